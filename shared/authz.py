@@ -79,7 +79,7 @@ class TokenVerifier:
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}
-        self._revoked_sessions: dict[str, float] = {}  # session -> when it was revoked (epoch s)
+        self._revoked_sessions: dict[str, float] = {}  # session -> until when its revocation is kept (epoch s)
         # Where the full revocation list comes from (VerifierFeed.start sets it) and whether it was ever read: a
         # process that started while auth was not answering yet must not accept a token revoked before its start
         self._fetch_revocations: Callable[[], Awaitable[Any]] | None = None
@@ -137,13 +137,14 @@ class TokenVerifier:
         if not refresh.cancelled() and isinstance(refresh.exception(), RailyardError):
             log.warning("could not fetch signing keys: %s", refresh.exception().msg)  # once, not once a waiter
 
-    def set_revocations(self, users: dict[str, float], sessions: dict[str, float] | None = None) -> None:
+    def set_revocations(self, users: dict[str, float], sessions: dict[str, float] | None = None,
+                        session_expiry: dict[str, float] | None = None) -> None:
         """Merge a full list: revocation moments only ever move forward, so merging by max is safe even
         when a poll that started before an event finishes after it."""
         for user_id, before in users.items():
             self.revoke(user_id, before)
         for session, revoked_at in (sessions or {}).items():
-            self.revoke_session(session, revoked_at)
+            self.revoke_session(session, revoked_at, (session_expiry or {}).get(session))
         self._revocations_read = True
 
     @property
@@ -173,7 +174,7 @@ class TokenVerifier:
             raise Unavailable(f"tokens cannot be checked yet: the list of revoked tokens could not be read "
                               f"from the auth service ({exc.msg}); try again in a moment") from None
         if not self._revocations_read:  # (applied by _first_read_done already, which runs first)
-            self.set_revocations(revocations.users, revocations.sessions)
+            self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry)
 
     def _first_read_done(self, read: asyncio.Future) -> None:
         """The shared read ended: the next token met (if the list is still unread) starts a new one."""
@@ -182,19 +183,22 @@ class TokenVerifier:
         if read.cancelled() or read.exception() is not None:  # retrieved: the callers waiting raise it
             return
         revocations = read.result()  # applied even when every caller went away meanwhile
-        self.set_revocations(revocations.users, revocations.sessions)
+        self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry)
 
     def revoke(self, user_id: str, before: float) -> None:
         self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))
 
-    def revoke_session(self, session: str, revoked_at: float) -> None:
-        """Refuse every token of a session, whenever issued (a reused authorization code's). Kept while an access
-        token of it could be valid (issued by the revocation, give or take a moment, plus its lifetime)."""
-        forget_before = time.time() - self._settings.access_token_ttl - 60
-        for old in [s for s, at in self._revoked_sessions.items() if at < forget_before]:
+    def revoke_session(self, session: str, revoked_at: float, expires: float | None = None) -> None:
+        """Refuse every token of a session, whenever issued (a reused authorization code's, an ended task run's).
+        Kept while an access token of it could be valid: issued by the revocation, give or take a moment, plus its
+        lifetime, or (`expires`: a task run's tokens, whose lifetime is the run's timeout) until the last expires,
+        give or take a minute."""
+        now = time.time()
+        keep_until = revoked_at + self._settings.access_token_ttl + 60 if expires is None else float(expires) + 60
+        for old in [s for s, until in self._revoked_sessions.items() if until < now]:
             del self._revoked_sessions[old]
-        if revoked_at >= forget_before:
-            self._revoked_sessions[session] = revoked_at
+        if keep_until >= now:
+            self._revoked_sessions[session] = max(keep_until, self._revoked_sessions.get(session, 0))
 
     def _is_revoked(self, principal: Principal) -> bool:
         if principal.session is not None and principal.session in self._revoked_sessions:
@@ -444,7 +448,9 @@ class VerifierFeed:
             try:
                 event = json.loads(msg.data)
                 if event.get("session"):  # one session of the subject, every token of it
-                    self._verifier.revoke_session(str(event["session"]), _event_moment(event["revoked_before"]))
+                    expires = event.get("expires")  # a task run's session: kept until its tokens expire
+                    self._verifier.revoke_session(str(event["session"]), _event_moment(event["revoked_before"]),
+                                                  None if expires is None else _event_moment(expires))
                 else:
                     self._verifier.revoke(str(event["subject"]), _event_moment(event["revoked_before"]))
             except (ValueError, KeyError, TypeError):
@@ -482,7 +488,7 @@ class VerifierFeed:
     async def _poll_once(self) -> None:
         try:
             revocations = await self._fetch()
-            self._verifier.set_revocations(revocations.users, revocations.sessions)
+            self._verifier.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry)
         except RailyardError as exc:
             # The services start together and auth is often not answering yet at the first read: that is no
             # fault (a token met meanwhile reads the list itself, or is refused with 503), so it is told at INFO

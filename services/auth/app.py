@@ -52,7 +52,7 @@ from shared.messages.auth import (
 )
 from shared.messages.deployer import PipelineVersionCreated
 from shared.messages.registry import ModelUploaded
-from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
+from shared.messages.tasks import IssueTaskToken, TaskRunEvent, TaskTokenIssued
 from shared.outbox import Outbox
 from shared.service import Runtime, ServiceSpec
 
@@ -91,6 +91,20 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     # many at once: a failed login's delay (handlers._password_login) sleeps in its handler, and one at a time those
     # sleeps queued every other sign-in behind them, so one address guessing a password stalled everyone's (504)
+    def run_ends_subscriber(subject: str, durable: str):
+        return durable_subscriber(
+            router, subject, durable=durable, service=NAME, decode=json_model(TaskRunEvent), pool=lambda: runtime.db,
+            policy=policy, ack_wait=5.0, batch_size=16, title=f"{subject}:TaskRunEvent",
+            description="Revoke an ended task run's tokens (its session; services/auth/task_tokens.py).")
+
+    @run_ends_subscriber(subjects.EVENT_TASK_RUN_SUCCEEDED, "auth-task-runs-succeeded")
+    async def on_run_succeeded(event: TaskRunEvent, message) -> None:
+        await handlers.task_run_ended(deps(), event.run_id, event.owner_id)
+
+    @run_ends_subscriber(subjects.EVENT_TASK_RUN_FAILED, "auth-task-runs-failed")
+    async def on_run_failed(event: TaskRunEvent, message) -> None:
+        await handlers.task_run_ended(deps(), event.run_id, event.owner_id)
+
     @command(router, subjects.AUTH_TOKEN_ISSUE, service=NAME, max_workers=TOKEN_WORKERS)
     async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:
         """Issue tokens for the password, refresh_token, client_credentials and authorization_code grants."""

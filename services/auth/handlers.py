@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from services.auth import store
+from services.auth import store, task_tokens
 from shared import paging, subjects
 from shared.authz import (
     ALGORITHM,
@@ -580,11 +580,16 @@ async def issue_task_token(deps: AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssu
         raise NotFound(f"the task's owner is no longer a member of workspace {cmd.workspace_id}")
     kid, key = await _active_key(deps)
     now = _issued_at()
+    expires = int(now) + cmd.ttl
+    # a run's token: in the run's own session (its id), revoked when the run ends (task_tokens.py), its expiry
+    # written before it is handed out; refused when the run's end was read already
+    if cmd.run_id and not await task_tokens.record_issue(deps.pool, cmd.run_id, str(user["id"]), expires):
+        raise Unauthorized(f"task run {cmd.run_id} has ended: no token is issued for it", code="invalid_grant")
     claims = _base_claims(deps.settings, str(user["id"]), "task-scheduler", now) | {
-        "exp": int(now) + cmd.ttl, "typ": "Bearer", "scope": "profile email",
+        "exp": expires, "typ": "Bearer", "scope": "profile email",
         "preferred_username": user["username"], "email": user["email"], "railyard_kind": KIND_USER,
         "railyard_admin": False, "railyard_workspace": cmd.workspace_id, "railyard_task": cmd.task_id,
-    } | ({"railyard_task_run": cmd.run_id} if cmd.run_id else {})
+    } | ({"railyard_task_run": cmd.run_id, "session_state": cmd.run_id} if cmd.run_id else {})
     token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
     return TaskTokenIssued(access_token=token, expires_in=cmd.ttl)
 
@@ -592,8 +597,19 @@ async def issue_task_token(deps: AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssu
 async def revocations(pool: asyncpg.Pool, settings: AuthSettings) -> Revocations:
     """Subjects' revocation moments, and the sessions revoked recently enough that an access token of theirs could
     still be valid."""
+    now = time.time()
+    runs = await task_tokens.revoked(pool, now)  # ended task runs' sessions, listed until their tokens expire
     return Revocations(users=await store.revocations(pool),
-                       sessions=await store.revoked_sessions(pool, time.time() - settings.access_token_ttl - 60))
+                       sessions=await store.revoked_sessions(pool, now - settings.access_token_ttl - 60)
+                       | {r["run_id"]: r["revoked_at"] for r in runs},
+                       session_expiry={r["run_id"]: r["expires_at"] for r in runs})
+
+
+async def task_run_ended(deps: AuthDeps, run_id: uuid.UUID, owner_id: str) -> None:
+    """A task run ended (events.task_run.succeeded / failed, read from the EVENTS stream): its tokens stop working
+    (task_tokens.revoke_run; its events.auth.tokens_revoked sent from the outbox)."""
+    if await task_tokens.revoke_run(deps.pool, str(run_id), owner_id) is not None:
+        deps.events_committed()
 
 
 # --- users ---------------------------------------------------------------------------------------------

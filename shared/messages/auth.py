@@ -102,6 +102,9 @@ class Revocations(Message):
     sessions: dict[str, float] = Field(default_factory=dict, description="session (a token's session_state) -> "
                                        "when it was revoked (epoch s): every token of it is refused, whenever issued. "
                                        "Listed while an access token of it could still be valid.")
+    session_expiry: dict[str, float] = Field(default_factory=dict, description=(
+        "Sessions among `sessions` whose tokens may outlive access_token_ttl (a task run's, revoked at the run's "
+        "end) -> when the last of them expires (epoch s): a verifier keeps the revocation until then."))
 
 
 # --- users -------------------------------------------------------------------------------------------
@@ -366,6 +369,9 @@ class TokensRevoked(Event):
     session: str | None = Field(None, description="When set, only this session of the subject (its tokens' "
                                 "session_state) is revoked, and every token of it, whenever issued (a reused "
                                 "authorization code's); revoked_before is then the moment it was revoked.")
+    expires: float | None = Field(None, description="With `session`: when the last token of the session expires "
+                                  "(epoch s), when that may be later than access_token_ttl after the revocation (a "
+                                  "task run's session, revoked at the run's end): kept until then.")
 
 
 class UserActivated(Event):

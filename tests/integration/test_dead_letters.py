@@ -49,8 +49,10 @@ CONSUMERS: dict[str, list[tuple[str, str]]] = {  # subject: (schema, durable) of
     subjects.EVENT_MONITORING_REVIEW_CREATED: [("monitoring", "monitoring-continuous-reviews")],
     subjects.EVENT_ASSAY_ALERT: [("monitoring", "monitoring-continuous-assay-alerts")],
     subjects.EVENT_MODEL_VERSION_FINISHED: [("monitoring", "monitoring-continuous-conversions")],
-    subjects.EVENT_TASK_RUN_SUCCEEDED: [("monitoring", "monitoring-continuous-runs-succeeded")],
-    subjects.EVENT_TASK_RUN_FAILED: [("monitoring", "monitoring-continuous-runs-failed")],
+    subjects.EVENT_TASK_RUN_SUCCEEDED: [("auth", "auth-task-runs-succeeded"),
+                                        ("monitoring", "monitoring-continuous-runs-succeeded")],
+    subjects.EVENT_TASK_RUN_FAILED: [("auth", "auth-task-runs-failed"),
+                                     ("monitoring", "monitoring-continuous-runs-failed")],
 }
 
 

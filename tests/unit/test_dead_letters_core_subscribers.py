@@ -31,7 +31,7 @@ class Verifier:
     def read_revocations_from(self, fetch) -> None:
         pass
 
-    def set_revocations(self, users, sessions=None) -> None:
+    def set_revocations(self, users, sessions=None, session_expiry=None) -> None:
         pass
 
     @property
@@ -41,7 +41,7 @@ class Verifier:
     def revoke(self, user_id: str, before: float) -> None:
         self.calls.append(("revoke", user_id))
 
-    def revoke_session(self, session: str, before: float) -> None:
+    def revoke_session(self, session: str, before: float, expires: float | None = None) -> None:
         self.calls.append(("revoke_session", session))
 
     async def refresh_keys(self) -> None:
