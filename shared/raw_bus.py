@@ -56,7 +56,7 @@ def log_refused_reply(logger: logging.Logger, subject: str, reply_subject: str) 
         _refused_logged[subject] = (last, skipped + 1)
         return
     _refused_logged[subject] = (now, 0)
-    logger.warning("a request on %s named the reply subject %r, not a caller's inbox (%s...): not run, nothing "
+    logger.warning("a request on %s named the reply subject %r, not a caller's inbox (under %s): not run, nothing "
                    "answered%s", subject, reply_subject[:200], REPLY_INBOXES,
                    f" ({skipped} more such requests on it since the last warning)" if skipped else "")
 
