@@ -35,6 +35,13 @@ CLIENT = "client"
 BOOTSTRAP = "bootstrap"
 OPS = "ops"
 REPLY_INBOXES = "_INBOX.>"  # where services answer: the callers' inboxes (inbox_prefix), never another subject
+# Services only other services send requests to keep `allow_responses` instead: they answer the requests they
+# received and publish into no inbox. Engine replicas: the gateway, monitoring, the lineage service and the
+# deployer's probes ask them, and no `client` subject reaches `engine.`; with `_INBOX.>` every replica (one tenant's,
+# compromised: docs/security.md's threat table) could publish into every identity's inbox, the gateway's inference
+# inboxes included, which count up under one prefix each replica sees (services/gateway/bus_request.py): it could
+# answer other tenants' inferences before their own replicas did.
+ANSWER_RECEIVED_ONLY = (ENGINE,)
 
 
 @cache
@@ -65,6 +72,10 @@ def permissions(identity: str) -> dict[str, Any]:
     spec, common = document["services"][identity], document["every_service"]
     # the gateway forwards outside callers' requests: it gets the same token-checked commands as `client`
     front_door = document["clients"][CLIENT]["publish"] if spec.get("front_door") else []
+    received_only = identity in ANSWER_RECEIVED_ONLY
+    if received_only and any(s.split(".")[0] in (identity, "*", ">") for s in document["clients"][CLIENT]["publish"]):
+        raise ValueError(f"`client` may send {identity} requests: its answers must go to inboxes only, not to any "
+                         "reply subject (`allow_responses`)")
     # it answers the requests it receives on their callers' inboxes (every identity's is `_INBOX.<identity>`), and
     # nowhere else: NATS's `allow_responses` lets a responder publish to whatever reply subject a request names, so
     # with it anyone who may send one command (the `client` identity) had every service publish its answer on any
@@ -72,11 +83,11 @@ def permissions(identity: str) -> dict[str, Any]:
     # other services' commands included (tests/integration/test_bus_reply_subjects.py)
     return {
         "publish": {"allow": [*common["publish"], *jetstream_api(identity), *spec.get("publish", []), *front_door,
-                              REPLY_INBOXES],
+                              *([] if received_only else [REPLY_INBOXES])],
                     "deny": list(spec.get("publish_deny", []))},
         "subscribe": {"allow": [f"{identity}.>", f"{inbox_prefix(identity)}.>", *common["subscribe"],
                                 *spec.get("subscribe", [])]},
-        "allow_responses": False,
+        "allow_responses": received_only,
     }
 
 

@@ -49,3 +49,39 @@ async def test_a_command_answers_on_its_callers_inbox_only(stack):
     finally:
         await client.close()
         await ops.close()
+
+
+async def test_an_engine_replica_answers_what_it_was_asked_and_publishes_into_no_inbox(stack):
+    """Replicas keep `allow_responses` (only services ask them; shared/bus_identities.py ANSWER_RECEIVED_ONLY): a
+    replica answers a request it received, and cannot publish into another identity's inbox, where with `_INBOX.>`
+    it could answer the gateway's inferences meant for other tenants' replicas (their inboxes count up under one
+    prefix every replica sees)."""
+    ops = await nats.connect(stack.nats_url("ops"))
+    engine = await nats.connect(stack.nats_url("engine"), inbox_prefix="_INBOX.engine")
+    gateway = await nats.connect(stack.nats_url("gateway"), inbox_prefix="_INBOX.gateway")
+    seen: list[str] = []
+
+    async def heard(message) -> None:
+        seen.append(message.subject)
+
+    async def answer(message) -> None:
+        await message.respond(b"answered")
+
+    try:
+        for target in ("_INBOX.gateway.>", "_INBOX.deployer.>", "_INBOX.client.>"):
+            await ops.subscribe(target, cb=heard)
+        await ops.flush()
+        await engine.subscribe(subjects.engine_infer("audit-reply"), cb=answer)
+        await engine.flush()
+        reply = await gateway.request(subjects.engine_infer("audit-reply"), b"{}", timeout=10)
+        assert reply.data == b"answered"
+        seen.clear()  # the answer above, on the gateway's inbox
+        for target in ("_INBOX.gateway.forged.1", "_INBOX.deployer.forged.1", "_INBOX.client.forged.1"):
+            await engine.publish(target, b"forged")
+        await engine.flush()
+        await asyncio.sleep(1.0)
+        assert seen == [], seen
+    finally:
+        await gateway.close()
+        await engine.close()
+        await ops.close()
