@@ -407,7 +407,7 @@ def quota_gaps(fdinfo: str = "/proc/self/fdinfo/{fd}", machine: str | None = Non
 # cap one run held all 256 and the gateway refused every other run there, and on a loopback gateway every client of
 # the host too (until 2026-12-05; tests/integration/test_sandbox_gateway_relay.py).
 RELAY_CONNECTIONS = 32
-RELAY_REFUSED_BODY = b"too many connections from this sandbox to the gateway (32 at most)\n"
+RELAY_REFUSED_BODY = f"too many connections from this sandbox to the gateway ({RELAY_CONNECTIONS} at most)\n".encode()
 RELAY_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
                  b"content-length: " + str(len(RELAY_REFUSED_BODY)).encode() + b"\r\nconnection: close\r\n"
                  b"retry-after: 1\r\n\r\n" + RELAY_REFUSED_BODY)
