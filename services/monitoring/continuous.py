@@ -70,7 +70,7 @@ import asyncpg
 from faststream.nats import NatsRouter
 from pydantic import BaseModel
 
-from services.monitoring import challenge_pairs, handlers, ml_backend, sequential, sweeps
+from services.monitoring import challenge_pairs, handlers, ml_backend, model_inputs, sequential, sweeps
 from services.monitoring import feedback_store as fs
 from shared import outbox, subjects
 from shared.authz import Principal, require_user
@@ -366,6 +366,33 @@ def _backend_reads(dataset: lineage.DatasetInfo) -> None:
                              "(or orchestration_id, a recipe of your own that reads other data)")
 
 
+async def _backend_reads_kept(deps: ContinuousDeps, token: str | None, deployment_id: int,
+                              given: DatasetVersionRef | None) -> None:
+    """Set up again as an ML backend's (kind ml_backend) over a set-up with a recipe of its own: the datasets attached
+    then stay attached (a set-up keeps them), and a tabular one among them would fail every run as one given now
+    would (_backend_reads). Those this set-up does not replace (`given` replaces the `train` alias and its own
+    dataset) are checked: a 400 naming the alias and what to do. A set-up that was an ML backend's already checked
+    each when it was attached: nothing is asked then; a dataset deleted since is not this check's to refuse."""
+    rows = await deps.base.pool.fetch(
+        "SELECT d.alias, d.dataset_id FROM continuous_training_datasets d JOIN continuous_training c USING"
+        " (deployment_id) WHERE d.deployment_id = $1 AND c.kind IS DISTINCT FROM 'ml_backend' ORDER BY d.alias",
+        deployment_id)
+    for row in rows:
+        if given is not None and (row["alias"] == "train" or row["dataset_id"] == given.dataset_id):
+            continue
+        try:
+            dataset = await request(deps.base.broker, subjects.LINEAGE_DATASETS_GET, lineage.DatasetRef(
+                dataset_id=row["dataset_id"]), token=token, timeout=deps.base.timeout, reply_model=lineage.DatasetInfo)
+        except NotFound:
+            continue
+        if dataset.kind != "images":
+            raise InvalidRequest(
+                f"dataset {dataset.id}, attached as {row['alias']!r} when continuous training was set up with a recipe "
+                f"of its own, is {lineage.a_dataset_of_kind(dataset.kind)}: continuous training through the "
+                "deployment's ML backend reads reviewed predictions from images datasets, so every run would fail; "
+                "detach it first (detach_dataset_version_from_continuous_training), or give orchestration_id")
+
+
 async def _review_count(conn: Any, deployment_id: int) -> int:
     """Predictions of the deployment reviewed so far (one reviews row per reviewed prediction)."""
     return await conn.fetchval("SELECT count(*) FROM reviews WHERE deployment_id = $1", deployment_id)
@@ -380,6 +407,11 @@ async def _alert_count(conn: Any, deployment_id: int) -> int:
 async def setup_training(deps: ContinuousDeps, principal: Principal, token: str | None,
                          cmd: SetupContinuousTraining) -> ContinuousInformation:
     """setup_continuous_training: checked whole before anything is stored (400/404/409 change nothing)."""
+    if cmd.orchestration_id is None and cmd.experiment_parameters is None and cmd.scan_config is None:
+        raise InvalidRequest("give experiment_parameters (experiment_parameters={} for none): without "
+                             "orchestration_id, the deployment's ML backend trains through its own fit, which takes "
+                             "experiment_parameters as keywords (scan_config is for a recipe of your own, given as "
+                             "orchestration_id)", code="experiment_parameters_missing")
     if (cmd.experiment_parameters is None) == (cmd.scan_config is None):
         raise InvalidRequest("give exactly one of experiment_parameters or scan_config (the seed: 'whether "
                              "experiment_parameters or scan_config but not both')")
@@ -430,6 +462,8 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
         dataset = await _check_dataset(deps, token, workspace_id, cmd.dataset_version)
         if kind == "ml_backend":
             _backend_reads(dataset)
+    if kind == "ml_backend":
+        await _backend_reads_kept(deps, token, view.route.deployment_id, cmd.dataset_version)
     if orchestration_id is None:  # every check passed: register the built-in recipe (once per workspace)
         orchestration_id = await ml_backend.builtin_orchestration(base, token, workspace_id, principal)
     deployment_id = view.route.deployment_id
@@ -451,7 +485,9 @@ async def setup_training(deps: ContinuousDeps, principal: Principal, token: str 
             kind, view.pipeline_id)
         if cmd.dataset_version is not None:
             await _attach(conn, deployment_id, "train", cmd.dataset_version)
-    await check_trigger(deps, deployment_id)
+    # not behind this process's lock of the deployment, which a delivery's or swap's deploy holds up to deploy_wait
+    # (305 s) while the gateway waits setup_answers: the row lock on continuous_training makes the check once
+    await check_trigger(deps, deployment_id, in_process_lock=False)
     return await information(base.pool, deployment_id)
 
 
@@ -506,8 +542,8 @@ async def toggle_training(deps: ContinuousDeps, principal: Principal, token: str
         await conn.execute("UPDATE continuous_training SET active = $2, updated_at = now(), suspended_reason ="
                            " CASE WHEN $2 THEN NULL ELSE suspended_reason END WHERE deployment_id = $1",
                            view.route.deployment_id, cmd.active)
-    if cmd.active:
-        await check_trigger(deps, view.route.deployment_id)
+    if cmd.active:  # not behind a deploy under way (setup_training's reason)
+        await check_trigger(deps, view.route.deployment_id, in_process_lock=False)
     return await information(deps.base.pool, view.route.deployment_id)
 
 
@@ -1426,6 +1462,13 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             timeout=deps.base.timeout, reply_model=ResolvedModel)
         new = {"name": resolved.name, "version": resolved.model_version, "sha": resolved.sha}
         await pool.execute("UPDATE trainings SET model_version = $2 WHERE id = $1", training["id"], json.dumps(new))
+        # a version taking other inputs than the served model would fail every request once served (set_model's
+        # check, model_inputs.py): the delivery fails with the reason (IncompatibleModel), nothing deployed
+        served = await handlers.resolve_served(deps.base, token, cd["workspace_id"], champion)
+        if served is not None:
+            await model_inputs.check(deps.base.objects, served, resolved, f"continuous deployment ({policy})", (
+                "the trained version stays registered: serve it through a pipeline whose steps feed it, or have the "
+                "training recipe keep the served model's inputs"))
         if policy == "DEPLOY_AUTO":
             # not served over a newer training delivered meanwhile (during the look-ups above: a resumed delivery
             # would otherwise serve the older version over it); its claim holds

@@ -377,10 +377,40 @@ def _refuse_split(view: DeploymentView, shadow: bool) -> None:
                    "deployment's name and URL), or one model with add_model_step")
 
 
+async def resolve_served(deps: MonitoringDeps, token: str | None, workspace_id: int,
+                         served: ModelVersionRef) -> ResolvedModel | None:
+    """The deployment's model as the registry knows it (None: no longer there for the caller, nothing to compare)."""
+    try:
+        return await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+            workspace_id=workspace_id, name=served.name, version=served.version, sha=served.sha), token=token,
+            timeout=deps.timeout, reply_model=ResolvedModel)
+    except NotFound:
+        return None
+
+
+async def _check_inputs(deps: MonitoringDeps, token: str | None, view: DeploymentView, new: ResolvedModel,
+                        what: str) -> None:
+    """400 incompatible_model (services/monitoring/model_inputs.py) when `new` takes other inputs than the model the
+    deployment serves (its champion under a shadow), before anything is created or deployed."""
+    from services.monitoring import model_inputs
+
+    served = current_model(view.definition)
+    if served is None:
+        return
+    current = await resolve_served(deps, token, view.route.workspace_id, served)
+    if current is None:
+        return
+    await model_inputs.check(deps.objects, current, new, what, (
+        "serve a version that takes the same inputs, or deploy a pipeline whose steps feed this model (SDK: "
+        f"client.pipeline({view.route.pipeline_name!r}).clear().add_model_step(model).deploy(deploy_id="
+        f"{view.deploy_id!r}); the same deploy_id keeps the deployment's name and URL)"))
+
+
 async def set_model(deps: MonitoringDeps, principal: Principal, token: str | None, cmd: SetDeploymentModel,
                     shadow: bool = False) -> DeploymentModel:
-    """set_model / set_shadow_model: the model version is checked first (a model that does not resolve changes
-    nothing), then a new pipeline version is created and deployed under the same deploy_id."""
+    """set_model / set_shadow_model: the model version is checked first (a model that does not resolve, or that
+    takes other inputs than the deployment's model, changes nothing: model_inputs.py), then a new pipeline version is
+    created and deployed under the same deploy_id."""
     view = await _deployment(deps, principal, token, cmd.deployment)
     _refuse_split(view, shadow)
     wanted = cmd.model_version
@@ -391,6 +421,7 @@ async def set_model(deps: MonitoringDeps, principal: Principal, token: str | Non
     definition = _with_model(view.definition, model, shadow)
     if definition == view.definition:
         return DeploymentModel(model_version=_ref(model), pipeline_version=view.route.pipeline_version)
+    await _check_inputs(deps, token, view, resolved, "set_shadow_model" if shadow else "set_model")
     created = await request(deps.broker, subjects.DEPLOYER_PIPELINES_CREATE, CreatePipeline(
         pipeline_id=view.route.pipeline_name, workspace_id=view.route.workspace_id, definition=definition),
         token=token, timeout=deps.timeout, reply_model=PipelineCreated)

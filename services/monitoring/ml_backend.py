@@ -31,6 +31,10 @@ from shared.pipeline_pages import caller_pages
 from shared.staging import staged_key
 
 BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.package puts it
+# seconds beyond the request timeout the built-in orchestration's upload waits (the task scheduler checks the zip), as
+# the gateway's orchestration/upload does; the gateway's setup_continuous_training route waits for it
+# (services/gateway/monitoring_continuous.py setup_answers)
+REGISTER_EXTRA = 60.0
 
 
 def _holds_backend_config(read_range: Callable[[int, int], bytes], size: int) -> bool:
@@ -89,5 +93,5 @@ async def builtin_orchestration(deps: handlers.MonitoringDeps, token: str | None
     await deps.objects.put_bytes(BUCKET_ORCHESTRATIONS, staged, archive, content_type="application/zip")
     created = await request(deps.broker, subjects.TASKS_ORCHESTRATIONS_UPLOAD, UploadOrchestration(
         workspace_id=workspace_id, name=name, file_name="railyard-ml-continuous-training.zip", staged_key=staged),
-        token=token, timeout=deps.timeout + 60, reply_model=OrchestrationCreated)
+        token=token, timeout=deps.timeout + REGISTER_EXTRA, reply_model=OrchestrationCreated)
     return created.id

@@ -163,3 +163,36 @@ def test_reviews_retrain_the_backend_through_its_fit_into_a_new_model_version(st
                                                         "ref": trained["version"], "direction": "ancestors"})
     assert graph.status_code == 200, graph.text
     assert ("task_run", training["run_id"]) in {(n["kind"], n["ref"]) for n in graph.json()["nodes"]}
+
+    # session 28 (setmodel): without orchestration_id and experiment_parameters, the answer says to pass
+    # experiment_parameters (the seed's "exactly one of experiment_parameters or scan_config" named scan_config too,
+    # which a backend refuses)
+    ours = {"deployment": deployment.name, "project_id": project["id"], "threshold": 5}
+    refused = post(stack, "deployments/setup_continuous_training", owner.token, ours)
+    assert refused.status_code == 400 and refused.json()["code"] == "experiment_parameters_missing", refused.text
+    assert "experiment_parameters={}" in refused.json()["msg"], refused.text
+    # set up with a recipe of its own, a tabular dataset attached (allowed: the recipe reads what it wants); set up
+    # again as the backend's fit, that dataset would fail every run: 400 naming it, nothing changed
+    own = deployment.setup_continuous_training(project, None, threshold=5, experiment_parameters={},
+                                               orchestration=info["orchestration_id"])["training"]
+    assert own["kind"] == "orchestration"
+    kept = post(stack, "deployments/attach_dataset_version_to_continuous_training", owner.token, {
+        "deployment": deployment.name, "alias": "eval", "dataset_version": {"dataset_id": rows["id"]}})
+    assert kept.status_code == 200, kept.text
+    before = deployment.retrieve_information()["continuous"]["training"]
+    refused = post(stack, "deployments/setup_continuous_training", owner.token, ours | {"experiment_parameters": {}})
+    assert refused.status_code == 400, refused.text
+    assert f"dataset {rows['id']}, attached as 'eval'" in refused.json()["msg"], refused.text
+    assert deployment.retrieve_information()["continuous"]["training"] == before
+
+    # set_model of an ONNX model (input tensor) onto the backend's deployment (input task): 400, still the backend
+    from tests.models import ccfraud_onnx
+
+    (tmp_path / "ccfraud.onnx").write_bytes(ccfraud_onnx())
+    fraud = client.upload_model("ccfraud", tmp_path / "ccfraud.onnx", progress=False)
+    for route in ("set_model", "set_shadow_model"):
+        refused = post(stack, f"deployments/{route}", owner.token, {
+            "deployment": deployment.name, "model_version": {"name": fraud.name, "version": fraud.version}})
+        assert refused.status_code == 400 and refused.json()["code"] == "incompatible_model", refused.text
+        assert "does not take ['task']" in refused.json()["msg"], refused.text
+    assert deployment.get_model_version()["version"] == served["version"] and deployment.get_shadow_model() is None

@@ -1,0 +1,156 @@
+"""Whether a model version takes the inputs a deployment's model takes, before monitoring swaps it in.
+
+set_model, set_shadow_model and continuous deployment's delivery (DEPLOY_AUTO, DEPLOY_SHADOW) put another model
+version in a deployment's model step under the same name and URL: its callers go on sending what the served model
+takes. A version that takes other inputs would answer every request 400 (the engine's "the model takes columns ..."),
+so the swap is refused first (400 incompatible_model, nothing created or deployed).
+
+A version's inputs are what the registry records (`ResolvedModel.input_schema`: an Arrow schema, one field per input,
+its ONNX shape in the field's `onnx_shape` metadata), or, for an ML backend package (`railyard-ml deploy railyard`),
+its one column `task` (a Label Studio task as JSON, ml_backend_predictions.TASK_COLUMN). Two versions match when they
+name the same inputs, each of the same kind of value (floating point, integer, boolean, text: the engine casts within
+a kind, e.g. float64 numbers for a float32 input, and refuses across), of the same rank, and of the same size in every
+dimension both fix (a dimension one leaves free takes what the other fixes). A version whose inputs are not known (a
+Python step, a bring-your-own-predict model uploaded without input_schema) is not compared: nothing can be said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from services.monitoring.ml_backend import BACKEND_CONFIG, _holds_backend_config
+from shared.errors import InvalidRequest
+from shared.objectstore import BUCKET_ARTIFACTS, content_key
+
+if TYPE_CHECKING:
+    from shared.messages.registry import ResolvedModel
+
+INCOMPATIBLE_MODEL = "incompatible_model"
+FRAMEWORKS = {"onnx": "an ONNX model", "custom": "a bring-your-own-predict model"}  # how a message names them
+BACKEND_INPUTS = {"task": ("text", ())}  # an ML backend's step takes one column: a Label Studio task as JSON
+
+
+class IncompatibleModel(InvalidRequest):
+    """The model version takes inputs other than the deployment's model: swapping it in would fail every request."""
+
+    code = INCOMPATIBLE_MODEL
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A model version's inputs: name -> (kind, dimensions after the row's, None where free), and how to name it."""
+
+    columns: dict[str, tuple[str, tuple[int | None, ...]]]
+    what: str  # e.g. "an ML backend", "an ONNX model"
+
+
+def _kind(value_type: pa.DataType) -> str:
+    if pa.types.is_floating(value_type):
+        return "float"
+    if pa.types.is_integer(value_type):
+        return "integer"
+    if pa.types.is_boolean(value_type):
+        return "boolean"
+    if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
+        return "text"
+    return str(value_type)
+
+
+def _column(field: pa.Field) -> tuple[str, tuple[int | None, ...]]:
+    """A schema field as (kind, dimensions after the row's): its ONNX shape when the registry recorded one, else the
+    nesting of its list types (a fixed-size list fixes its dimension)."""
+    value_type, dims = field.type, []
+    while pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or pa.types.is_fixed_size_list(
+            value_type):
+        dims.append(value_type.list_size if pa.types.is_fixed_size_list(value_type) else None)
+        value_type = value_type.value_type
+    shape = (field.metadata or {}).get(b"onnx_shape")
+    if shape is not None:
+        try:
+            recorded = json.loads(shape)
+        except ValueError:
+            recorded = None
+        if isinstance(recorded, list) and len(recorded) == len(dims) + 1:
+            dims = [d if isinstance(d, int) and d > 0 else None for d in recorded[1:]]
+    return _kind(value_type), tuple(dims)
+
+
+def from_schema(input_schema: str) -> dict[str, tuple[str, tuple[int | None, ...]]] | None:
+    """The inputs of a registry's base64 Arrow input schema (None when it does not read as one)."""
+    try:
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(input_schema)))
+    except (ValueError, TypeError, pa.ArrowException):
+        return None
+    return {field.name: _column(field) for field in schema}
+
+
+async def inputs_of(objects: Any, resolved: ResolvedModel) -> Inputs | None:
+    """What `resolved` takes, or None when that is not known (not compared)."""
+    if resolved.input_schema:
+        columns = from_schema(resolved.input_schema)
+        if columns is not None:
+            return Inputs(columns, FRAMEWORKS.get(resolved.framework, f"a {resolved.framework} model"))
+    if resolved.framework == "custom" and objects is not None and resolved.sha:
+        key = content_key(resolved.sha)
+        try:
+            size = await objects.size(BUCKET_ARTIFACTS, key)
+        except Exception:  # the artifact unreadable here: not known (the deploy reads it and says so)
+            return None
+        holds = await asyncio.to_thread(_holds_backend_config, lambda offset, length: objects.read_range_sync(
+            BUCKET_ARTIFACTS, key, offset, length), size)
+        if holds:
+            return Inputs(dict(BACKEND_INPUTS), f"an ML backend ({BACKEND_CONFIG} in its package)")
+    return None
+
+
+def _shown(column: tuple[str, tuple[int | None, ...]]) -> str:
+    kind, dims = column
+    return kind + (f"[{', '.join('?' if d is None else str(d) for d in dims)}]" if dims else "")
+
+
+def differences(current: dict[str, tuple[str, tuple[int | None, ...]]],
+                new: dict[str, tuple[str, tuple[int | None, ...]]]) -> list[str]:
+    """How `new`'s inputs differ from `current`'s (empty: it takes what `current` takes)."""
+    found = []
+    missing, extra = sorted(set(current) - set(new)), sorted(set(new) - set(current))
+    if missing:
+        found.append(f"it does not take {missing}")
+    if extra:
+        found.append(f"it takes {extra}, which the deployment's model does not")
+    for name in sorted(set(current) & set(new)):
+        (kind, dims), (new_kind, new_dims) = current[name], new[name]
+        if kind != new_kind or len(dims) != len(new_dims) or any(
+                a is not None and b is not None and a != b for a, b in zip(dims, new_dims, strict=True)):
+            found.append(f"{name!r} is {_shown(new[name])} where the deployment's model takes {_shown(current[name])}")
+    return found
+
+
+def _label(resolved: ResolvedModel) -> str:
+    return f"{resolved.name!r} version {resolved.model_version}"
+
+
+async def check(objects: Any, current: ResolvedModel, new: ResolvedModel, what: str, remedy: str) -> None:
+    """IncompatibleModel when `new` takes other inputs than `current` (the deployment's model), both known. `what`
+    names the change (e.g. "set_model"), `remedy` what to do instead."""
+    if current.sha == new.sha and current.input_schema == new.input_schema:
+        return  # the same artifact takes the same inputs
+    new_inputs = await inputs_of(objects, new)
+    if new_inputs is None:
+        return
+    current_inputs = await inputs_of(objects, current)
+    if current_inputs is None:
+        return
+    found = differences(current_inputs.columns, new_inputs.columns)
+    if not found:
+        return
+    takes = ", ".join(f"{name!r} ({_shown(column)})" for name, column in sorted(current_inputs.columns.items()))
+    raise IncompatibleModel(
+        f"{what}: model {_label(new)} ({new_inputs.what}) does not take the inputs of the deployment's model "
+        f"{_label(current)} ({current_inputs.what}, inputs {takes}): {'; '.join(found)}. Every request sent to the "
+        f"deployment would be refused, so nothing was changed; {remedy}")
