@@ -129,6 +129,8 @@ ENV_ROUTE_TIMEOUTS = "RAILYARD_CLIENT_ROUTE_TIMEOUTS"
 # gave up at 80 s, where the gateway may take 313 s). The gateway's other long-running routes (a deployment's
 # predict, predict_bytes, monitor, monitor_bytes and get_stats, an upload from a registry, an interactive assay run, the
 # benchmarks and collect_objects) wait 5 + 300 s (registry.worker_timeout): the client gave up on them at 60 s too.
+# A deployment's setup_continuous_training waits 5 + 65 s (its lookups, and the first ML backend set-up of a workspace
+# registering the built-in training orchestration, which the task scheduler checks).
 # Every other route waits Client(timeout); a larger Client(timeout) wins here too. A server whose gateway waits longer
 # (a larger deployer.ready_timeout or registry.worker_timeout) is met with Client(route_timeouts=) or
 # RAILYARD_CLIENT_ROUTE_TIMEOUTS (`read_route_timeouts`), which replace these per route.
@@ -137,6 +139,7 @@ _LONG_RUNNING = ("deployments/predict", "deployments/predict_bytes", "deployment
                  "benchmarks/run_classification", "benchmarks/evaluate_detections", "maintenance/collect_objects")
 ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 323.0, "pipelines/undeploy": 35.0,
                   "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0,
+                  "deployments/setup_continuous_training": 80.0,
                   **dict.fromkeys(_LONG_RUNNING, 315.0)}
 
 
