@@ -374,46 +374,102 @@ def _list_like(t: Any) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _castable(have: Any, want: Any) -> bool:
+    """Whether a column of type `have` holds values the dataset's `want` holds too, so Arrow's safe cast (which
+    refuses to lose a value: an integer past 2**53 to double, a timestamp's finer digits, a 129th category of an
+    int8 dictionary) may put it in the dataset's layout: another list layout of such values, string and large_string
+    and a dictionary of either (pandas 3 sends str columns as large_string, JSON records as string; a category as a
+    dictionary), binary alike, an integer as another integer or floating type (JSON's 1 for 1.0), a float as a
+    wider float, a timestamp in another unit of the same zone, a column of nulls only (all missing in this batch)."""
+    import pyarrow as pa
+
+    t = pa.types
+    if have.equals(want) or t.is_null(have):
+        return True
+    if _list_like(have) and _list_like(want):
+        return _castable(have.value_type, want.value_type)
+    have_v = have.value_type if t.is_dictionary(have) else have
+    want_v = want.value_type if t.is_dictionary(want) else want
+    for family in (lambda x: t.is_string(x) or t.is_large_string(x) or t.is_string_view(x),
+                   lambda x: t.is_binary(x) or t.is_large_binary(x) or t.is_binary_view(x)):
+        if family(have_v) and family(want_v):
+            return True
+    if t.is_dictionary(have) or t.is_dictionary(want):
+        return False
+    if t.is_integer(have):
+        return t.is_integer(want) or t.is_floating(want)
+    if t.is_floating(have) and t.is_floating(want):
+        return have.bit_width <= want.bit_width
+    return t.is_timestamp(have) and t.is_timestamp(want) and have.tz == want.tz
+
+
+def _listed(items: list[str], most: int = 20) -> str:
+    """Names for a message, the first `most` of them (a dataset of thousands of columns is not a message)."""
+    return ", ".join(items[:most]) + (f", ... ({len(items) - most} more)" if len(items) > most else "")
+
+
+def _other_lengths(column: Any, want: Any) -> bool:
+    """Whether a list column holds a (non-null) list whose length is not the dataset's fixed size."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_fixed_size_list(want) or not _list_like(column.type):
+        return False
+    if pa.types.is_fixed_size_list(column.type):
+        return column.type.list_size != want.list_size and len(column) > column.null_count
+    return bool(pc.any(pc.not_equal(pc.list_value_length(column), want.list_size)).as_py())
+
+
 def conform_appended(schema: Any, table: Any) -> Any:
     """The appended rows as the dataset's schema holds them, or a 400 naming each difference.
 
-    The same columns in another order are put in the dataset's order, and a list column in another list layout
-    of the same values (pandas-records JSON makes `fixed_size_list<double>[29]` of the rows a DataFrame sends as
-    `list<double>`, the SDK's and CLI's form) is cast to the dataset's; a fixed-size list takes only lists of its
-    size. Anything else (a missing or extra column, another value type) is refused, naming the columns and both
-    types, not the schemas' metadata."""
+    The same columns in another order are put in the dataset's order, and a column of another layout of the same
+    values (_castable: pandas-records JSON makes `fixed_size_list<double>[29]` and `string` of the rows a DataFrame
+    sends as `list<double>` and, with pandas 3, `large_string`, the SDK's and CLI's form) is cast to the dataset's
+    with Arrow's safe cast; a fixed-size list takes only lists of its size. Anything else (a missing or extra column,
+    another value type, a value the dataset's type cannot hold, a null in a column that holds none) is refused,
+    naming the columns and both types, not the schemas' metadata."""
     import pyarrow as pa
 
     names, sent = list(schema.names), list(table.schema.names)
     if sent != names:
         missing = [n for n in names if n not in sent]
         extra = [n for n in sent if n not in names]
-        if missing or extra or len(set(sent)) != len(sent):
-            parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
-                    ([f"unexpected {', '.join(map(repr, extra))}"] if extra else [])
+        if missing or extra or len(set(sent)) != len(sent) or len(sent) != len(names):
+            parts = ([f"missing {_listed(list(map(repr, missing)))}"] if missing else []) + \
+                    ([f"unexpected {_listed(list(map(repr, extra)))}"] if extra else [])
             raise InvalidRequest("appended rows must have the dataset's schema "
-                                 f"({', '.join(f'{n}: {_type_text(schema.field(n).type)}' for n in names)}): "
+                                 f"({_listed([f'{f.name}: {_type_text(f.type)}' for f in schema])}): "
                                  + ("; ".join(parts) or "a column is named twice"))
         table = table.select(names)
     columns, wrong = [], []
-    for want in schema:
-        column = table.column(want.name)
+    for i, want in enumerate(schema):
+        column = table.column(i)  # by place: the names are the dataset's now (and a name may be there twice)
         if not column.type.equals(want.type):
-            if _list_like(column.type) and _list_like(want.type) and column.type.value_type.equals(
-                    want.type.value_type):
-                try:
-                    column = column.cast(want.type)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                    wrong.append(f"{want.name!r} holds lists of other lengths than the dataset's "
-                                 f"{_type_text(want.type)}")
-                    continue
-            else:
+            if not _castable(column.type, want.type):
                 wrong.append(f"{want.name!r} is {_type_text(column.type)}, the dataset's is "
                              f"{_type_text(want.type)}")
                 continue
+            if _other_lengths(column, want.type):
+                wrong.append(f"{want.name!r} holds lists of other lengths than the dataset's "
+                             f"{_type_text(want.type)}")
+                continue
+            try:
+                column = column.cast(want.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                reason = str(exc).split("\n")[0][:200]
+                if pa.types.is_dictionary(want.type):
+                    reason = f"more distinct values than its {want.type.index_type} index numbers ({reason})"
+                wrong.append(f"{want.name!r} ({_type_text(column.type)}) holds values the dataset's "
+                             f"{_type_text(want.type)} cannot hold: {reason}")
+                continue
+        if not want.nullable and column.null_count:  # Parquet refuses the table then: a 500 after the checks
+            wrong.append(f"{want.name!r} holds {column.null_count} null(s); the dataset's column holds none")
+            continue
         columns.append(column)
     if wrong:
-        raise InvalidRequest("appended rows must have the dataset's schema: " + "; ".join(wrong)
+        raise InvalidRequest("appended rows must have the dataset's schema: " + "; ".join(wrong[:20])
+                             + (f"; ... ({len(wrong) - 20} more columns)" if len(wrong) > 20 else "")
                              + " (send the values as the dataset holds them, or replace the rows: mode=replace)")
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata()) if columns else table
 

@@ -78,3 +78,33 @@ def test_a_refused_append_names_the_difference_and_changes_nothing(stack, alice)
         assert "pandas" not in message, message  # the stored schema's metadata is no help to the sender
     after = ok(post(stack, "datasets/get", alice.token, {"dataset_id": dataset}))
     assert (after["row_count"], after["rows_sha256"]) == (1, before["rows_sha256"])
+
+
+def test_the_same_values_in_another_type_are_appended_and_a_value_it_cannot_hold_is_refused(stack, alice):
+    """review of ea23c9ba (session 28): only list columns were conformed. pandas 3 sends a DataFrame's str column as
+    large_string and a category as a dictionary, JSON records make string, and JSON's 1 for 1.0 makes int64: a
+    records append to any SDK dataset with a text column was still a 400. A value the dataset's type cannot hold
+    (an integer past 2**53 in a double column, a 129th category of an int8 dictionary) is refused by Arrow's safe
+    cast, naming it; a null in a column the dataset holds none in was Parquet's ArrowInvalid: a 500."""
+    dataset = _dataset(stack, alice)
+    frame = pd.DataFrame({"name": ["a"], "kind": pd.Categorical(["x"]), "amount": [1.5]})
+    ok(upload_rows(stack, alice, dataset, _dataframe(frame), ARROW_FILE))
+    added = ok(upload_rows(stack, alice, dataset, _records([{"name": "b", "kind": "y", "amount": 3}]), JSON))
+    assert added["row_count"] == 2
+    assert _rows(stack, alice, dataset) == [{"name": "a", "kind": "x", "amount": 1.5},
+                                            {"name": "b", "kind": "y", "amount": 3.0}]
+    for body, words in [
+        (_records([{"name": "c", "kind": "z", "amount": 2**53 + 1}]),
+         "'amount' (int64) holds values the dataset's double cannot hold"),
+        (_records([{"name": "c", "kind": str(i), "amount": 1.0} for i in range(200)]),
+         "more distinct values than its int8 index numbers"),
+    ]:
+        refused = upload_rows(stack, alice, dataset, body, JSON)
+        assert refused.status_code == 400 and words in refused.json()["msg"], refused.text
+    strict = _dataset(stack, alice)
+    schema = pa.schema([pa.field("amount", pa.float64(), nullable=False)])
+    ok(upload_rows(stack, alice, strict, to_ipc_file(pa.table({"amount": [1.0]}, schema=schema)), ARROW_FILE))
+    refused = upload_rows(stack, alice, strict, to_ipc_file(pa.table({"amount": [None, 2.0]})), ARROW_FILE)
+    assert refused.status_code == 400 and "'amount' holds 1 null(s)" in refused.json()["msg"], refused.text
+    for name, count in [(dataset, 2), (strict, 1)]:
+        assert ok(post(stack, "datasets/get", alice.token, {"dataset_id": name}))["row_count"] == count
