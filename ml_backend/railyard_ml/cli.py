@@ -159,7 +159,8 @@ def serve(folder: Path, host: str, port: int, basic_auth_user: str | None, basic
 def start(
     folder: Annotated[Path, typer.Argument(help="a folder made by `railyard-ml init`")],
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 to serve other machines)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port, 1-65535")] = 9090,
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535,
+                                       help="TCP port, 1-65535; 0: any free one, uvicorn's line names it")] = 9090,
     basic_auth_user: Annotated[str | None, typer.Option(envvar="ML_SERVER_BASIC_AUTH_USER")] = None,
     basic_auth_pass: Annotated[str | None, typer.Option(envvar="ML_SERVER_BASIC_AUTH_PASS")] = None,
     model_dir: Annotated[Path | None, typer.Option(envvar="MODEL_DIR", help="where the model's state is kept")] = None,
@@ -220,14 +221,15 @@ def deploy_railyard(
 
 
 def port_number(text: str) -> int:
-    """A TCP port, 1-65535: a larger number was passed on to the socket, which listened on it modulo 65536 (99999
-    served on 34463 while uvicorn's line said 99999), and PORT=abc ended in a ValueError's traceback."""
+    """A TCP port, 1-65535, or 0 for any free one (uvicorn's line names the one it got): a larger number was passed
+    on to the socket, which listened on it modulo 65536 (99999 served on 34463 while uvicorn's line said 99999), and
+    PORT=abc ended in a ValueError's traceback."""
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number: ports are 1-65535")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535, or 0 for any free one)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number: ports are 1-65535 (0: any free one)")
     return port
 
 
@@ -235,13 +237,18 @@ def main_for_folder(folder: str) -> int:
     """`python _wsgi.py [--host --port ...]` in a backend folder."""
     parser = argparse.ArgumentParser(description="Serve this ML backend")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("-p", "--port", type=port_number, default=os.getenv("PORT", "9090"),
-                        help="TCP port, 1-65535 (default: PORT, else 9090)")
+    parser.add_argument("-p", "--port", type=port_number, default=None,
+                        help="TCP port, 1-65535, 0 for any free one (default: PORT, else 9090)")
     parser.add_argument("--basic-auth-user", default=os.getenv("ML_SERVER_BASIC_AUTH_USER"))
     parser.add_argument("--basic-auth-pass", default=os.getenv("ML_SERVER_BASIC_AUTH_PASS"))
     parser.add_argument("--model-dir", default=os.getenv("MODEL_DIR"))
     parser.add_argument("--log-level", default=os.getenv("LOG_LEVEL", "INFO"))
     args = parser.parse_args()
+    if args.port is None:  # PORT is read only when --port is not given, and its error names PORT, not --port
+        try:
+            args.port = port_number(os.getenv("PORT") or "9090")
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"PORT={os.getenv('PORT')!r}: {exc}")
     try:
         serve(Path(folder), args.host, args.port, args.basic_auth_user, args.basic_auth_pass,
               Path(args.model_dir) if args.model_dir else None, args.log_level)

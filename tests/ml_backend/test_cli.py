@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,9 +213,10 @@ def test_a_port_out_of_range_or_a_broken_config_file_is_refused_with_a_reason(tm
     wsgi = [sys.executable, str(folder / "_wsgi.py")]
     for command, extra_env, reason in [
         ([CLI, "start", str(folder), "--port", "99999"], {}, "65535"),
-        ([CLI, "start", str(folder), "--port", "0"], {}, "greater than or equal to 1"),
+        ([CLI, "start", str(folder), "--port", "-1"], {}, "greater than or equal to 0"),
         ([*wsgi, "--port", "99999"], {}, "99999 is not a port number: ports are 1-65535"),
-        (wsgi, {"PORT": "abc"}, "'abc' is not a port number (1-65535)"),
+        (wsgi, {"PORT": "abc"}, "PORT='abc': 'abc' is not a port number"),
+        (wsgi, {"PORT": "70000"}, "PORT='70000': 70000 is not a port number"),
     ]:
         answer = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**user_env(), **extra_env})
         said = " ".join(answer.stderr.replace("│", " ").split())  # typer's box wraps its lines
@@ -229,3 +231,27 @@ def test_a_port_out_of_range_or_a_broken_config_file_is_refused_with_a_reason(tm
         answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
         assert answer.returncode == 2 and f"{config}: {reason}" in answer.stderr, answer.stderr
         assert "Traceback" not in answer.stderr and "could not deploy" not in answer.stderr, answer.stderr
+
+
+def test_port_0_serves_on_a_free_port_its_line_names(tmp_path):
+    """review of ddeda4bc (session 28): `--port 0` (any free port: uvicorn's line names the one it got, as it did
+    before) was refused with the ports past 65535."""
+    folder = tmp_path / "b"
+    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    for command in ([CLI, "start", str(folder), "--port", "0"], [sys.executable, str(folder / "_wsgi.py")]):
+        log = tmp_path / "serve.log"
+        process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**user_env(), "PORT": "0"})
+        try:
+            port = _port_it_names(process, log)
+            assert port != 0 and up(f"http://127.0.0.1:{port}"), log.read_text()
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+def _port_it_names(process: subprocess.Popen, log: Path) -> int:
+    said = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+    wait_until(lambda: said.search(log.read_text()) or process.poll() is not None, timeout=120, every=0.2)
+    assert process.poll() is None, log.read_text()
+    return int(said.search(log.read_text()).group(1))
