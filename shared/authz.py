@@ -44,6 +44,9 @@ KEY_REFETCH_INTERVAL = 1.0
 VERIFIED_CACHE = 10_000
 STARTUP_RETRY = 0.5  # s: the first wait before reading the revocation list again while it was never read (doubling)
 STARTUP_GRACE = 30.0  # s after a feed's start in which a failed first read is expected (auth starting), told at INFO
+# s: the longest a token auth issues can live: IssueTaskToken.ttl's bound (a task run's token: its timeout + 60 s, at
+# most RAILYARD_TASKS__TOKEN_TTL); access and refresh tokens are counted from the settings (_longest_token_lifetime)
+TASK_TOKEN_MAX_TTL = 24 * 3600 + 60
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,11 @@ class TokenVerifier:
         self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry)
 
     def revoke(self, user_id: str, before: float) -> None:
+        """Refuse the user's tokens issued at or before `before`. A moment that is no finite number (a NaN or
+        infinity from the list or an event) counts as now, the moment it is applied: failing closed. Kept as it was
+        (`max` keeps a NaN), it dropped the earlier revocation or refused the user's every token for good; ignored,
+        it left the tokens it revokes accepted until the next poll."""
+        before = _finite_or_now(before, f"user {user_id}'s revocation moment")
         self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))
 
     def revoke_session(self, session: str, revoked_at: float, expires: float | None = None) -> None:
@@ -194,6 +202,12 @@ class TokenVerifier:
         lifetime, or (`expires`: a task run's tokens, whose lifetime is the run's timeout) until the last expires,
         give or take a minute."""
         now = time.time()
+        # fail closed: a moment that is no finite number is now, an expiry that is none is now + the longest lifetime
+        # a token can have (a NaN kept nothing, so the session's tokens were accepted until the next poll)
+        revoked_at = _finite_or_now(revoked_at, f"session {session}'s revocation moment")
+        if expires is not None:
+            expires = _finite_or_now(expires, f"session {session}'s expiry",
+                                     _longest_token_lifetime(self._settings))
         keep_until = revoked_at + self._settings.access_token_ttl + 60 if expires is None else float(expires) + 60
         for old in [s for s, until in self._revoked_sessions.items() if until < now]:
             del self._revoked_sessions[old]
@@ -393,16 +407,45 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
     return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval)
 
 
+def _longest_token_lifetime(settings: AuthSettings) -> float:
+    """Seconds the longest-lived token auth issues may be valid: an access, refresh or task run's token."""
+    return float(max(settings.access_token_ttl, settings.refresh_token_ttl, TASK_TOKEN_MAX_TTL))
+
+
+def _finite_or_now(moment: float, what: str, plus: float = 0.0) -> float:
+    """`moment` when a finite number, else now (+ `plus`), with a warning: a revocation is applied, not dropped."""
+    if isinstance(moment, (int, float)) and not isinstance(moment, bool) and math.isfinite(moment):
+        return moment
+    log.warning("%s is no finite moment (%r): taken as now%s", what, moment, f" + {plus:.0f} s" if plus else "")
+    return time.time() + plus
+
+
 def _event_moment(value: Any) -> float:
     """An event's `revoked_before` (epoch seconds): a finite number, else ValueError (a malformed event). JSON's
     1e999 reads as infinity, which refused the subject's every token for good, and a NaN (`max` keeps it) dropped
     the subject's earlier revocation."""
     if isinstance(value, bool):
         raise TypeError("a boolean is no moment")
-    moment = float(value)
+    try:
+        moment = float(value)
+    except OverflowError:  # an integer past a float's range (JSON's 1 and 400 zeros): no ArithmeticError escapes
+        raise ValueError(f"revoked_before is not a finite number: {value!r}") from None
     if not math.isfinite(moment):
         raise ValueError(f"revoked_before is not a finite number: {value!r}")
     return moment
+
+
+def _moment_heard(event: dict[str, Any], key: str, subject: str, plus: float = 0.0) -> float:
+    """The event's `key` as a moment (_event_moment); when it is none (missing, no number, NaN, infinite), now
+    (+ `plus`), with a warning: a revocation whose subject or session is known is applied as of the moment it was
+    heard, failing closed. Ignored (34178300), it left every token it revokes accepted until the next poll of the
+    list (20 s), or for good where the list had it wrong too."""
+    try:
+        return _event_moment(event.get(key))
+    except (ValueError, TypeError):
+        log.warning("a malformed %s event: its %s (%r) is no finite moment: applied as of now%s", subject, key,
+                    event.get(key), f" + {plus:.0f} s" if plus else "")
+        return time.time() + plus
 
 
 def _event_id(value: Any) -> int:
@@ -437,24 +480,40 @@ class VerifierFeed:
         from shared import subjects
         from shared.dead_letters import ignoring_replays
 
+        # A revocation naming whom it revokes is applied even when its moment is no moment (_moment_heard: now,
+        # failing closed); one that names nobody, or is no JSON object (a list: `.get` raised AttributeError out of
+        # the callback), is malformed: warned and ignored
         async def on_deactivated(msg: Any) -> None:
             try:
                 event = json.loads(msg.data)
-                self._verifier.revoke(str(event["user_id"]), _event_moment(event["revoked_before"]))
+                if not isinstance(event, dict):
+                    raise TypeError("not a JSON object")
+                user_id = str(event["user_id"])
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_USER_DEACTIVATED)
+                return
+            self._verifier.revoke(user_id, _moment_heard(event, "revoked_before", subjects.EVENT_USER_DEACTIVATED))
 
         async def on_tokens_revoked(msg: Any) -> None:
             try:
                 event = json.loads(msg.data)
-                if event.get("session"):  # one session of the subject, every token of it
-                    expires = event.get("expires")  # a task run's session: kept until its tokens expire
-                    self._verifier.revoke_session(str(event["session"]), _event_moment(event["revoked_before"]),
-                                                  None if expires is None else _event_moment(expires))
-                else:
-                    self._verifier.revoke(str(event["subject"]), _event_moment(event["revoked_before"]))
+                if not isinstance(event, dict):
+                    raise TypeError("not a JSON object")
+                session = str(event["session"]) if event.get("session") else None
+                subject = None if session else str(event["subject"])
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed %s event", subjects.EVENT_TOKENS_REVOKED)
+                return
+            heard = _moment_heard(event, "revoked_before", subjects.EVENT_TOKENS_REVOKED)
+            if session is not None:  # one session of the subject, every token of it
+                # a task run's session is kept until its tokens expire; an expiry that is none: the longest a
+                # token can live from now
+                expires = None if event.get("expires") is None else _moment_heard(
+                    event, "expires", subjects.EVENT_TOKENS_REVOKED,
+                    _longest_token_lifetime(self._verifier._settings))
+                self._verifier.revoke_session(session, heard, expires)
+            else:
+                self._verifier.revoke(subject, heard)
 
         async def on_key_rotated(msg: Any) -> None:
             try:
