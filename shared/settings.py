@@ -313,6 +313,14 @@ class DeployerSettings(BaseModel):
     stop_timeout: float = Field(20.0, gt=0, description="Seconds a stopping replica has to drain before it is "
                                 "killed; a set's replicas drain at once (the gateway waits this long for an "
                                 "undeploy).")
+    liveness_timeout: float = Field(60.0, ge=0, description="Seconds a replica that answered before may leave its "
+                                    "status probes unanswered (and liveness_probes of them in a row) before it is "
+                                    "taken as hung, killed and replaced as one that exited; the deployer probes each "
+                                    "replica every liveness_timeout / liveness_probes seconds. 0: never (a replica "
+                                    "held in a debugger). A busy replica answers within a second "
+                                    "(docs/deployment.md, \"Liveness: a hung replica is replaced\").")
+    liveness_probes: int = Field(6, ge=1, description="Status probes in a row a replica leaves unanswered, over "
+                                 "liveness_timeout at least, before it is taken as hung.")
 
 
 class MonitoringSettings(BaseModel):

@@ -157,6 +157,9 @@ def _lease(leases: Path | None, port: int) -> None:
                 handle.write(str(os.getpid()))
 
 
+DEPLOYER_LIVENESS_TIMEOUT, DEPLOYER_LIVENESS_PROBES = 20, 4  # the test stack's (stack_env)
+
+
 def stack_env(data_dir: Path) -> dict[str, str]:
     """Environment for `railyard up` on fresh free ports."""
     names = list(PORT_NAMES) + ["GATEWAY"]
@@ -199,6 +202,10 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # an autoscaled deployment retires an idle replica 4 s after it last scaled, not 10 (test_pipelines.py)
     env["RAILYARD_DEPLOYER__SCALE_DOWN_AFTER"] = "4"
+    # a replica whose status probes go unanswered for 20 s (4 in a row) is hung: killed and replaced, not after 60 s
+    # (test_deploy_busy_status.py holds one with SIGSTOP)
+    env["RAILYARD_DEPLOYER__LIVENESS_TIMEOUT"] = str(DEPLOYER_LIVENESS_TIMEOUT)
+    env["RAILYARD_DEPLOYER__LIVENESS_PROBES"] = str(DEPLOYER_LIVENESS_PROBES)
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds
     env["RAILYARD_REGISTRY__WORKER_TIMEOUT"] = "45"  # a normal conversion: 4 s idle, 20 s on a loaded machine
     # ...but ~1.5 s of CPU however loaded the machine is, so a spinning one is stopped on CPU long before 45 s

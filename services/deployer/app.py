@@ -113,7 +113,10 @@ async def start(runtime: Runtime) -> None:
     work_dir = settings.stack.data_dir.expanduser().resolve() / "deployments"
     backend = LocalBackend(work_dir, nats_request, scale_down_after=settings.deployer.scale_down_after,
                            ready_timeout=settings.deployer.ready_timeout, stop_timeout=settings.deployer.stop_timeout,
-                           request_slice_us=settings.request_path_slice_us)
+                           request_slice_us=settings.request_path_slice_us,
+                           liveness_timeout=settings.deployer.liveness_timeout,
+                           liveness_probes=settings.deployer.liveness_probes,
+                           bus_epoch=lambda: nc.stats["reconnects"] if nc.is_connected else None)
     backend.start_supervising()
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     # a pipeline's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per pipeline

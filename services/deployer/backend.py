@@ -1,5 +1,5 @@
 """Where engine replicas run. The local backend runs each replica as an OS process of this machine
-(`python -m services.engine.replica <spec> <replica id>`), restarts one that dies, and swaps a redeployed
+(`python -m services.engine.replica <spec> <replica id>`), restarts one that dies or hangs, and swaps a redeployed
 pipeline without failing requests: the new replicas join the deployment's queue group and must answer
 before the old ones are asked to drain and stop. A Kubernetes backend will implement the same methods.
 """
@@ -40,6 +40,18 @@ under batch-1000 load at load 8 (session 28), past 0.5 s at load ~19 (docs/infer
 `Starting` while it served (its route was resolved again on every request, OIP's model ready said no).
 A replica never answered yet is Starting (it loads its models); one with no status subscriber (it unsubscribes when
 it drains) is not kept."""
+LIVENESS_PROBE_WAIT = 2.0  # seconds the supervisor's own status probe waits (4x a status read's, 7x the most seen)
+LIVENESS_KILL_GRACE = 5.0  # seconds a replica killed as hung has after SIGTERM before SIGKILL
+"""Liveness (as a Kubernetes liveness probe, which KServe's predictors get): a replica that answered before and whose
+status probes then went unanswered (timed out) for settings.deployer.liveness_timeout seconds and liveness_probes
+probes in a row is hung (a deadlocked or stopped event loop): it still holds its place in the deployment's queue
+group, so NATS kept sending it a share of the requests (each re-sent after the gateway's 3 s, or a 504 after 30 s
+with one replica) until someone redeployed. The supervisor probes every replica itself every liveness_timeout /
+liveness_probes seconds (a status read's probe counts too), so a replica nobody asks about is noticed; a hung one is
+sent SIGTERM, SIGKILL after LIVENESS_KILL_GRACE, and replaced at once as one that exited. Busy is not hung: the
+busiest replica measured answered within 280 ms (session 28, batch-1000 at load 8), and any one answer resets the
+count. A probe that timed out while the deployer's own bus connection was down or reconnected does not count (a NATS
+outage is not every replica hanging). A replica not subscribed (no responders: loading, draining) is not counted."""
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -98,6 +110,9 @@ class Replica:
     answered: dict[str, Any] | None = None  # its last answer to a status probe
     silent_since: float | None = None  # when the first of its unanswered probes in a row was sent
     silent_probes: int = 0  # its status probes unanswered in a row
+    probed_at: float = 0.0  # when its last status probe was sent
+    probing: bool = False  # the supervisor's liveness probe of it is under way
+    last_restart: str | None = None  # why the replica it replaced went: "exited with 1", "hung: ..."
 
     def cpu_percent(self) -> float:
         if self.usage is None:
@@ -124,12 +139,19 @@ class LocalBackend:
     """Engine replicas as local processes, supervised."""
 
     def __init__(self, work_dir: Path, nats_request, *, scale_down_after: float, ready_timeout: float,
-                 stop_timeout: float, request_slice_us: int = 0) -> None:
+                 stop_timeout: float, request_slice_us: int = 0, liveness_timeout: float = 0.0,
+                 liveness_probes: int = 1, bus_epoch: Callable[[], int | None] = lambda: 0) -> None:
         """Timings from settings.deployer (their defaults live there only): an idle replica retires
         scale_down_after seconds after the last scaling, new replicas have ready_timeout to answer, a stopping
-        one stop_timeout to drain; request_slice_us: the scheduler slice replicas ask for (settings'
-        request_path_slice_us)."""
+        one stop_timeout to drain, a hung one is replaced after liveness_timeout and liveness_probes unanswered
+        probes (0: never); request_slice_us: the scheduler slice replicas ask for (settings'
+        request_path_slice_us). bus_epoch: the deployer's bus connection, None while it is down, else a number
+        that changes when it reconnects (a probe timed out across an outage is not counted)."""
         self.work_dir = work_dir
+        self.liveness_timeout = liveness_timeout
+        self.liveness_probes = liveness_probes
+        self.bus_epoch = bus_epoch
+        self._probes: set[asyncio.Task] = set()  # the supervisor's liveness probes under way
         self.request_slice_us = request_slice_us
         self.request = nats_request  # async (subject, payload bytes, timeout) -> bytes
         self.scale_down_after = scale_down_after
@@ -199,30 +221,36 @@ class LocalBackend:
             await asyncio.sleep(0.05)
         raise TimeoutError("the engine replicas did not become ready")
 
-    async def replica_state(self, replica_set: ReplicaSet, replica: Replica) -> dict[str, Any]:
+    async def replica_state(self, replica_set: ReplicaSet, replica: Replica,
+                            wait: float = STATUS_PROBE_WAIT) -> dict[str, Any]:
         base = {"name": f"engine-{replica_set.name}-{replica.replica_id}", "ip": "127.0.0.1", "details": [],
-                "reason": None, "pid": replica.process.pid, "restarts": replica.restarts}
+                "reason": None, "pid": replica.process.pid, "restarts": replica.restarts,
+                "last_restart": replica.last_restart}
         if replica.process.returncode is not None:
             reason = self._last_log_line(replica_set, replica)
             return base | {"status": "Error", "reason": reason or f"exited with {replica.process.returncode}"}
+        replica.probed_at = time.monotonic()
+        epoch = self.bus_epoch()
         try:
             answer = json.loads(await self.request(
-                subjects.engine_replica_status(replica_set.name, replica.replica_id), b"{}", STATUS_PROBE_WAIT))
+                subjects.engine_replica_status(replica_set.name, replica.replica_id), b"{}", wait))
         except TimeoutError:  # no answer in time: loading its models, or busy (SILENT_KEPT_FOR)
-            return base | self._silent(replica)
+            if epoch is None or self.bus_epoch() != epoch:  # the deployer's bus was down: nothing known of it
+                return base | (replica.answered or {"status": "Starting"})
+            return base | self._silent(replica, wait)
         except Exception:  # no responders (not subscribed yet, or draining), the bus down, a reply not JSON
             return base | {"status": "Starting"}
         replica.answered, replica.silent_since, replica.silent_probes = answer, None, 0
         return base | answer
 
     @staticmethod
-    def _silent(replica: Replica) -> dict[str, Any]:
+    def _silent(replica: Replica, wait: float = STATUS_PROBE_WAIT) -> dict[str, Any]:
         """What a replica whose status probe timed out is: its last answer for a while when it answered before."""
         now = time.monotonic()
         if replica.answered is None:
             return {"status": "Starting"}
         if replica.silent_since is None:
-            replica.silent_since = now - STATUS_PROBE_WAIT
+            replica.silent_since = now - wait
         replica.silent_probes += 1
         silent = now - replica.silent_since
         if silent < SILENT_KEPT_FOR or replica.silent_probes < SILENT_KEPT_PROBES:
@@ -307,27 +335,91 @@ class LocalBackend:
             replica_set.last_scaled = now
             log.info("%s: CPU %.0f%%: scaled down to %d replicas", replica_set.name, average, count - 1)
             # it drains its in-flight requests and publishes its logs first (killed past stop_timeout, as in a set)
-            task = asyncio.create_task(self._stop_replica(retired))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retire(self._stop_replica(retired))
+
+    def _hung(self, replica: Replica) -> str | None:
+        """Why `replica` counts as hung (LIVENESS_PROBE_WAIT's rule), or None."""
+        if not self.liveness_timeout or replica.answered is None or replica.silent_since is None:
+            return None
+        silent = time.monotonic() - replica.silent_since
+        if silent < self.liveness_timeout or replica.silent_probes < self.liveness_probes:
+            return None
+        return f"hung: it answered no status probe for {silent:.0f} s ({replica.silent_probes} in a row)"
+
+    def _probe_if_due(self, replica_set: ReplicaSet, replica: Replica) -> None:
+        """The supervisor's own liveness probe of `replica`, in the background (the loop goes on replacing the ones
+        that exited), when none was sent for liveness_timeout / liveness_probes seconds: at most one a replica
+        under way, one small request a replica every 10 s by default."""
+        if not self.liveness_timeout or replica.probing or replica.process.returncode is not None or \
+                time.monotonic() - replica.probed_at < self.liveness_timeout / self.liveness_probes:
+            return
+        replica.probing = True
+
+        async def probe() -> None:
+            try:
+                await self.replica_state(replica_set, replica, LIVENESS_PROBE_WAIT)
+            finally:
+                replica.probing = False
+
+        task = asyncio.create_task(probe())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _kill_hung(self, replica: Replica) -> None:
+        """SIGTERM, then SIGKILL after LIVENESS_KILL_GRACE (a hung loop does not drain; a stopped process takes only
+        SIGKILL)."""
+        with contextlib.suppress(ProcessLookupError):
+            replica.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(min(LIVENESS_KILL_GRACE, self.stop_timeout)):
+                await replica.process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.kill()
+            await replica.process.wait()
 
     async def _supervise(self) -> None:
-        """Replace replicas that died (the deployment reports the loss until the new one answers) and apply
-        autoscaling."""
+        """Replace replicas that died or hung (the deployment reports the loss until the new one answers), probe the
+        replicas for that (LIVENESS_PROBE_WAIT), and apply autoscaling."""
         while True:
             await asyncio.sleep(0.2)
-            for replica_set in list(self.sets.values()):
-                if replica_set.stopping or not replica_set.ready:  # a replica failing its start fails the start
-                    continue  # (start raises; a restore says so), not replaced behind _wait_ready's back
-                await self._autoscale(replica_set)
-                for index, replica in enumerate(replica_set.replicas):
-                    if replica.process.returncode is not None:
-                        log.warning("engine replica %s of %s exited with %s; replacing it", replica.replica_id,
-                                    replica_set.name, replica.process.returncode)
-                        fresh = await self._spawn(replica_set, uuid.uuid4().hex[:8])
-                        fresh.restarts = replica.restarts + 1
-                        fresh.last_exit = replica.process.returncode
-                        replica_set.replicas[index] = fresh
+            await self._supervise_pass()
+
+    async def _supervise_pass(self) -> None:
+        for replica_set in list(self.sets.values()):
+            if replica_set.stopping or not replica_set.ready:  # a replica failing its start fails the start
+                continue  # (start raises; a restore says so), not replaced behind _wait_ready's back
+            await self._autoscale(replica_set)
+            for replica in list(replica_set.replicas):
+                if replica.process.returncode is not None:
+                    log.warning("engine replica %s of %s exited with %s; replacing it", replica.replica_id,
+                                replica_set.name, replica.process.returncode)
+                    why = f"exited with {replica.process.returncode}"
+                elif (why := self._hung(replica)) is not None:
+                    log.warning("engine replica %s of %s (pid %s) is %s; killing and replacing it",
+                                replica.replica_id, replica_set.name, replica.process.pid, why)
+                    self._retire(self._kill_hung(replica))
+                else:
+                    self._probe_if_due(replica_set, replica)
+                    continue
+                fresh = await self._spawn(replica_set, uuid.uuid4().hex[:8])
+                fresh.restarts = replica.restarts + 1
+                fresh.last_exit = replica.process.returncode
+                fresh.last_restart = why
+                if replica_set.stopping:  # stopped while it spawned: _stop_set did not see it
+                    self._retire(self._stop_replica(fresh))
+                    break
+                at = next((i for i, r in enumerate(replica_set.replicas) if r is replica), None)
+                if at is None:
+                    replica_set.replicas.append(fresh)
+                else:
+                    replica_set.replicas[at] = fresh
+
+    def _retire(self, stopping: Awaitable[None]) -> None:
+        """A replica's stop in the background; close() waits for it."""
+        task = asyncio.ensure_future(stopping)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
         """Stop every replica set at once, and the scaled-down replicas still draining: at most stop_timeout however
@@ -338,6 +430,8 @@ class LocalBackend:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        for probe in list(self._probes):
+            probe.cancel()
         sets = list(self.sets.values())
         self.sets.clear()
         await asyncio.gather(*(self._stop_set(replica_set) for replica_set in sets), *list(self._retiring))

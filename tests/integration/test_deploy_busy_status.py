@@ -7,11 +7,15 @@ the probe's 0.5 s on a loaded machine. A replica held by SIGSTOP is that replica
 answering nothing. Before 2026-12-05 its first unanswered probe made the deployment `Starting` (status, the gateway's
 route resolved again for every request, OIP's model ready); now it keeps its last answer until its probes went
 unanswered for backend.SILENT_KEPT_FOR seconds (and SILENT_KEPT_PROBES in a row), then is `Starting` with the reason.
+Held past the deployer's liveness bound (the test stack's: tests/stack.py DEPLOYER_LIVENESS_TIMEOUT, 20 s) it is hung:
+killed and replaced (docs/deployment.md, "Liveness: a hung replica is replaced"); before 2026-12-05 it stayed in the
+deployment's queue group, taking a share of the requests, until a redeploy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +33,7 @@ from services.deployer.backend import SILENT_KEPT_FOR
 from shared import subjects
 from tests.integration.conftest import Account, post
 from tests.models import ccfraud_onnx, sample_rows
+from tests.stack import DEPLOYER_LIVENESS_TIMEOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -136,6 +141,9 @@ def test_a_busy_replica_keeps_its_deployment_running(stack, alice):
         assert starting["engines"][0]["pid"] == pid  # the same replica, not replaced: it is alive
     finally:
         os.kill(pid, signal.SIGCONT)
+        held_for = time.monotonic() - held_at
+    # past the liveness bound it would have been replaced (test_a_hung_replica_is_killed_and_replaced)
+    assert held_for < DEPLOYER_LIVENESS_TIMEOUT, f"held {held_for:.0f} s: a machine too loaded for this test"
     _until(lambda: _status(stack, alice, name)["status"] == "Running", "not Running once it answers again")
     assert _infer(url, alice.token).status_code == 200
     assert _replica_pids(stack, name) == {pid}
@@ -193,3 +201,60 @@ def test_an_inference_on_a_starting_deployment_resolves_its_route_once(stack, al
             os.kill(held, signal.SIGCONT)
     _until(lambda: _status(stack, alice, name)["status"] == "Running", "the replacement never served")
     _until(lambda: _infer(url, alice.token).status_code == 200, "the gateway did not send to the replacement")
+
+
+def _deployer_log(stack) -> str:
+    return Path(stack.state()["components"]["deployer"]["log"]).read_text(errors="replace")
+
+
+def test_a_hung_replica_is_killed_and_replaced_and_a_busy_one_is_not(stack, alice):
+    """Busy (a saturating load for longer than the liveness bound, nobody reading the status): the same replica.
+    Hung (SIGSTOP: subscribed, answering nothing), nobody reading the status either (the deployer probes the replicas
+    itself): killed within the bound and replaced by a new process, the deployment Running again and inferring."""
+    name, url, _ = _deployed(stack, alice, "livenessreplaced")
+    assert _status(stack, alice, name)["status"] == "Running"
+    [pid] = _replica_pids(stack, name)
+
+    request = loadgen.build_request(url, ONE_ROW.encode(), {"Authorization": f"Bearer {alice.token}",
+                                                             "Content-Type": RECORDS})
+    answered: Counter[int] = Counter()
+
+    async def worker(until: float) -> None:
+        connection = await loadgen.Connection(url).open()
+        try:
+            while time.monotonic() < until:
+                answered[(await connection.send(request))[0]] += 1
+        finally:
+            connection.close()
+
+    async def busy() -> None:  # bounded: the bound and 5 s more, 8 connections on loopback
+        until = time.monotonic() + DEPLOYER_LIVENESS_TIMEOUT + 5
+        await asyncio.gather(*(worker(until) for _ in range(8)))
+
+    asyncio.run(busy())
+    assert answered[200] > 0, answered
+    assert _replica_pids(stack, name) == {pid}, "a busy replica was replaced"
+    assert _status(stack, alice, name)["engines"][0]["restarts"] == 0
+
+    os.kill(pid, signal.SIGSTOP)
+    held_at = time.monotonic()
+    try:
+        # the first probe after the hold: within a period (bound / probes) and its 2 s wait; then the bound; a
+        # 5 s grace before SIGKILL runs beside the replacement's start. Generous for a loaded machine
+        fresh = _until(lambda: _replica_pids(stack, name) - {pid},
+                       "a hung replica was not replaced", within=DEPLOYER_LIVENESS_TIMEOUT * 4)
+        replaced_after = time.monotonic() - held_at
+        assert replaced_after >= DEPLOYER_LIVENESS_TIMEOUT - 1, f"replaced after {replaced_after:.1f} s"
+        _until(lambda: pid not in _replica_pids(stack, name), "the hung replica was not killed", within=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    running = _until(lambda: (s := _status(stack, alice, name))["status"] == "Running" and s,
+                     "the replacement never served")
+    [engine] = running["engines"]
+    assert engine["pid"] in fresh and engine["restarts"] == 1, engine
+    assert engine["last_restart"].startswith("hung: it answered no status probe for"), engine
+    assert _infer(url, alice.token).status_code == 200
+    warned = [line for line in _deployer_log(stack).splitlines()
+              if "killing and replacing it" in line and f"pid {pid})" in line]
+    assert warned and "WARNING" in warned[0], warned
