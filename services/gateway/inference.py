@@ -101,6 +101,8 @@ class RouteCache:
         self.members: dict[tuple[str, int], float] = {}
         self.membership_changes = 0  # heard by gateway/app.py forget_membership: a check under way is not kept
         self.refreshing: dict[str, asyncio.Task] = {}
+        self.resolving: dict[str, tuple[str, float, asyncio.Task]] = {}  # a resolve requests wait for: its token,
+        # when it started, it
         self.coalescer: Coalescer | None = None
 
     async def _resolve(self, runtime: Runtime, name: str, token: str) -> DeploymentRoute:
@@ -111,6 +113,37 @@ class RouteCache:
                               token=token, timeout=runtime.settings.nats.request_timeout, reply_model=DeploymentRoute)
         self.routes[name] = (started, route)
         return route
+
+    async def _resolve_shared(self, runtime: Runtime, name: str, token: str, since: float = 0.0,
+                              again: bool = True) -> DeploymentRoute:
+        """The deployer's route now, for a request that waits for it: concurrent requests for one deployment share
+        one resolve under way (the deployer asks every replica for each; before 2026-12-05 each request to a
+        deployment not Running made its own). Its route is each request's, authorized by each (`reach`), as a cached
+        route is. Its error is shared by the requests with the resolving request's token only, and never cached: a
+        resolve answers by its token (an outsider's is NotFound, a member's may say more), so a request with another
+        token, whose resolve failed, asks the deployer with its own (shared again by the requests of its token: with
+        none of another's the second time). `since`: a resolve started before then is not joined (the engine had no
+        responder for this request: what the deployer says from then on)."""
+        joined = self.resolving.get(name)
+        if joined is None or joined[1] < since:
+            task = asyncio.create_task(self._resolve(runtime, name, token))
+            joined = self.resolving[name] = (token, time.monotonic(), task)
+            task.add_done_callback(functools.partial(self._resolved, name, joined))
+        leader, _, task = joined
+        try:
+            return await asyncio.shield(task)  # shared: one caller's cancel does not end it for the others
+        except Exception:
+            if leader == token:
+                raise
+        if again:
+            return await self._resolve_shared(runtime, name, token, since, again=False)
+        return await self._resolve(runtime, name, token)
+
+    def _resolved(self, name: str, joined: tuple[str, float, asyncio.Task], task: asyncio.Task) -> None:
+        if self.resolving.get(name) is joined:
+            del self.resolving[name]
+        if not task.cancelled():
+            task.exception()  # retrieved: every request that waited for it may have gone
 
     async def reach(self, runtime: Runtime, principal: Principal, token: str, name: str) -> DeploymentRoute:
         """The route of deployment `name` for a caller who may infer on it (else the not-found error), its
@@ -136,7 +169,7 @@ class RouteCache:
         cached = self.routes.get(name)
         if cached and cached[1].status == "Running" and time.monotonic() - cached[0] < ROUTE_MAX_AGE:
             return cached[1]
-        return await self._resolve(runtime, name, token)
+        return await self._resolve_shared(runtime, name, token)
 
     def _refresh_if_due(self, runtime: Runtime, name: str, token: str) -> None:
         cached = self.routes.get(name)
@@ -155,7 +188,7 @@ class RouteCache:
         """(the engine's answer headers, the output table), or its typed error. Concurrent requests to a
         deployment whose steps allow it travel together (services/gateway/coalesce.py). When no replica answers,
         what the deployer says now (the cached route may be stale: undeployed is 404, starting 503)."""
-        name = route.name
+        name, asked = route.name, time.monotonic()
         try:
             if route.batchable:
                 if self.coalescer is None:
@@ -182,7 +215,7 @@ class RouteCache:
             # cost two resolves, each probing every replica. Its word answers a request no replica took; a
             # replica's own 503 (or the bus down) keeps its words
             if route.status == "Running":
-                route = await self._resolve(runtime, name, token)
+                route = await self._resolve_shared(runtime, name, token, since=asked)
             elif not isinstance(exc, NoEngine):
                 raise
             if route.status != "Running":
