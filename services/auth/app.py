@@ -89,8 +89,6 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def on_pipeline_created(event: PipelineVersionCreated, message) -> None:
         await handlers.record_resource(deps(), event.workspace_id, "pipeline", event.pipeline_id)
 
-    # many at once: a failed login's delay (handlers._password_login) sleeps in its handler, and one at a time those
-    # sleeps queued every other sign-in behind them, so one address guessing a password stalled everyone's (504)
     def run_ends_subscriber(subject: str, durable: str):
         return durable_subscriber(
             router, subject, durable=durable, service=NAME, decode=json_model(TaskRunEvent), pool=lambda: runtime.db,
@@ -105,6 +103,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def on_run_failed(event: TaskRunEvent, message) -> None:
         await handlers.task_run_ended(deps(), event.run_id, event.owner_id)
 
+    # many at once: a failed login's delay (handlers._password_login) sleeps in its handler, and one at a time those
+    # sleeps queued every other sign-in behind them, so one address guessing a password stalled everyone's (504)
     @command(router, subjects.AUTH_TOKEN_ISSUE, service=NAME, max_workers=TOKEN_WORKERS)
     async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:
         """Issue tokens for the password, refresh_token, client_credentials and authorization_code grants."""
