@@ -492,9 +492,13 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
         except Exception:
             raise InvalidRequest("rows must be an Arrow IPC table (file or stream)") from None
         if cmd.mode == "append" and row["rows_sha256"]:
-            existing = pq.read_table(io.BytesIO(await deps.objects.get_bytes(
-                BUCKET_DATASETS, content_key(row["rows_sha256"]))))
-            table = pa.concat_tables([existing, conform_appended(existing.schema, table)])
+            stored_rows = await deps.objects.get_bytes(BUCKET_DATASETS, content_key(row["rows_sha256"]))
+
+            def appended(sent: pa.Table) -> pa.Table:  # in a thread: a large dataset's read and casts take seconds
+                existing = pq.read_table(io.BytesIO(stored_rows))
+                return pa.concat_tables([existing, conform_appended(existing.schema, sent)])
+
+            table = await asyncio.to_thread(appended, table)
         data = await asyncio.to_thread(_parquet, table)
         hold = await store.hold_object(deps.pool, hashlib.sha256(data).hexdigest())  # before it may find the object
         stored = await deps.objects.put_content_addressed(BUCKET_DATASETS, io.BytesIO(data))
