@@ -186,7 +186,11 @@ class Scheduler:
             await self._stop_step(self._loop, "the scheduler's last pass")
         conn = self._conn
         if not await self._stop_step(self._drop_connection(), "releasing the scheduler's connection"):
-            conn.terminate()  # the server drops its LISTEN with it
+            # the server drops its LISTEN with it. The release left in the background may have given the connection
+            # back to the pool already (its proxy detached a few steps of the loop before the step's task ends):
+            # then the pool's reset dropped the LISTEN and terminate raises InterfaceError, which came out of stop
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
         for event in self.kills.values():
             event.set()
         if self.runs:
