@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import textwrap
@@ -186,14 +187,29 @@ def test_huge_allocation_hits_the_memory_limit(settings):
 
 
 def test_spinning_hits_the_cpu_limit(settings):
-    started = time.monotonic()
-    result = python("while True: pass", settings, limits=Limits(cpu_seconds=1, wall_seconds=20))
-    assert result.limit_hit == "cpu"
-    assert time.monotonic() - started < 10
+    """The CPU limit ends a spinning process: it dies of SIGXCPU, having used about cpu_seconds of CPU by its own
+    accounting when the kernel sent it. Not a wall-clock bound (it failed at load 12-14, 10.01 s for 1 s of CPU):
+    the wall limit is far enough that only a missing CPU limit reaches it, and then the test fails ("wall_time",
+    nothing printed); a CPU limit other than the one given fails the CPU time's bounds. The kernel's own reading at
+    SIGXCPU is a little below the limit on some hosts (0.85-0.99 s for 1 s here)."""
+    result = python("""
+        import os, resource, signal
+        def report(*_):  # the first SIGXCPU: say how much CPU it took, then die of it as without a handler
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            print(usage.ru_utime + usage.ru_stime, flush=True)
+            signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGXCPU)
+        signal.signal(signal.SIGXCPU, report)
+        while True:
+            pass
+    """, settings, limits=Limits(cpu_seconds=1, wall_seconds=120))
+    assert result.limit_hit == "cpu", (result.returncode, result.stderr_tail)
+    assert result.returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU), result.returncode
+    used = float(result.stdout)
+    assert 0.5 < used < 1 + 0.5, used
 
 
 def test_sleeping_forever_is_killed_with_its_whole_tree(settings):
-    started = time.monotonic()
     result = python("""
         import os, time
         if os.fork() == 0:
@@ -201,8 +217,7 @@ def test_sleeping_forever_is_killed_with_its_whole_tree(settings):
             time.sleep(1000 + 7)  # a grandchild that left the process group
         time.sleep(1000)
     """, settings, limits=Limits(wall_seconds=1.5))
-    assert result.limit_hit == "wall_time"
-    assert time.monotonic() - started < 10
+    assert result.limit_hit == "wall_time"  # not a wall-clock bound: one not killed sleeps past pytest's timeout
     time.sleep(0.3)
     left = [p for p in psutil.process_iter(["cmdline"]) if "1000 + 7" in " ".join(p.info["cmdline"] or [])]
     assert not left
