@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import hashlib
 import io
 import json
@@ -491,6 +492,10 @@ async def put_rows(deps: Deps, principal: Principal, token: str | None, cmd: Put
             table = from_ipc(await asyncio.to_thread(local.read_bytes))
         except Exception:
             raise InvalidRequest("rows must be an Arrow IPC table (file or stream)") from None
+        twice = sorted(n for n, times in collections.Counter(table.column_names).items() if times > 1)
+        if twice:  # Parquet stores them, but no read can pick the column by name then ("Multiple matches")
+            raise InvalidRequest(f"rows name a column more than once ({_listed(list(map(repr, twice)))}): a dataset's"
+                                 " columns need names of their own; rename or drop the repeated ones")
         if cmd.mode == "append" and row["rows_sha256"]:
             stored_rows = await deps.objects.get_bytes(BUCKET_DATASETS, content_key(row["rows_sha256"]))
 

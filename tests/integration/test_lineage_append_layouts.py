@@ -108,3 +108,38 @@ def test_the_same_values_in_another_type_are_appended_and_a_value_it_cannot_hold
     assert refused.status_code == 400 and "'amount' holds 1 null(s)" in refused.json()["msg"], refused.text
     for name, count in [(dataset, 2), (strict, 1)]:
         assert ok(post(stack, "datasets/get", alice.token, {"dataset_id": name}))["row_count"] == count
+
+
+async def test_rows_naming_a_column_twice_are_refused_and_nothing_is_stored(stack, alice):
+    """A hand-made Arrow table may name a column twice (pandas and records JSON cannot): replace stored it, and the
+    dataset's Parquet then answered every read and append 500 ("Multiple matches for FieldRef"). Refused in either
+    mode with a 400 naming the names, the rows unchanged and the staged upload deleted as other refusals do."""
+    import nats as nats_client
+
+    from shared.objectstore import BUCKET_DATASETS, MinioObjectStore
+    from shared.sealed import sealed_request
+
+    dataset = _dataset(stack, alice)
+    before = ok(upload_rows(stack, alice, dataset, _records([{"a": 1, "b": 2}]), JSON))
+    twice = to_ipc_file(pa.Table.from_arrays([pa.array([1]), pa.array([2]), pa.array([3]), pa.array(["x"])],
+                                             names=["a", "b", "a", "b"]))
+    for mode in ("replace", "append"):
+        refused = upload_rows(stack, alice, dataset, twice, ARROW_FILE, mode=mode)
+        assert refused.status_code == 400, (mode, refused.text)
+        assert refused.json()["code"] == "invalid_request"
+        assert refused.json()["msg"].startswith("rows name a column more than once ('a', 'b')"), refused.text
+    after = ok(post(stack, "datasets/get", alice.token, {"dataset_id": dataset}))
+    assert (after["row_count"], after["rows_sha256"]) == (1, before["rows_sha256"])
+    assert _rows(stack, alice, dataset) == [{"a": 1, "b": 2}]  # still readable
+    objects = MinioObjectStore(stack.settings().s3)  # on the bus, by a staged key of its own: deleted when refused
+    key = f"staging/{alice.user_id}/{uuid.uuid4()}"
+    await objects.put_bytes(BUCKET_DATASETS, key, twice)
+    nc = await nats_client.connect(stack.nats_url("client"), inbox_prefix="_INBOX.client")
+    try:
+        command = {"dataset_id": dataset, "staged_key": key, "mode": "replace"}
+        reply = json.loads((await sealed_request(nc, "workflow_lineage.datasets.put_rows", json.dumps(command).encode(),
+                                                 headers={"authorization": f"Bearer {alice.token}"}, timeout=30)).data)
+    finally:
+        await nc.close()
+    assert not reply["ok"] and reply["status"] == 400, reply
+    assert not await objects.exists(BUCKET_DATASETS, key)
