@@ -1464,8 +1464,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         await pool.execute("UPDATE trainings SET model_version = $2 WHERE id = $1", training["id"], json.dumps(new))
         # a version taking other inputs than the served model would fail every request once served (set_model's
         # check, model_inputs.py): the delivery fails with the reason (IncompatibleModel), nothing deployed
-        served = await handlers.resolve_served(deps.base, token, cd["workspace_id"], champion)
-        if served is not None:
+        served = await _resolve_served(deps, token, cd["workspace_id"], champion)
+        if served is not None and served.sha != resolved.sha:  # the same artifact takes the same inputs
             await model_inputs.check(deps.base.objects, served, resolved, f"continuous deployment ({policy})", (
                 "the trained version stays registered: serve it through a pipeline whose steps feed it, or have the "
                 "training recipe keep the served model's inputs"))
@@ -1555,6 +1555,17 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
             exc = RailyardError(f"{give_up}; its last look at what serves failed: {exc.msg}")
         await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
         return False
+
+
+async def _resolve_served(deps: ContinuousDeps, token: str, workspace_id: int,
+                          served: ModelVersionRef) -> ResolvedModel | None:
+    """The served model as the registry knows it, to compare a delivery's inputs with (None: no longer there)."""
+    try:
+        return await request(deps.base.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+            workspace_id=workspace_id, name=served.name, version=served.version, sha=served.sha), token=token,
+            timeout=deps.base.timeout, reply_model=ResolvedModel)
+    except NotFound:
+        return None
 
 
 async def _delivery_refused(deps: ContinuousDeps, training: asyncpg.Record, policy: str, exc: ServingChanged,

@@ -138,8 +138,8 @@ def _label(resolved: ResolvedModel) -> str:
 async def check(objects: Any, current: ResolvedModel, new: ResolvedModel, what: str, remedy: str) -> None:
     """IncompatibleModel when `new` takes other inputs than `current` (the deployment's model), both known. `what`
     names the change (e.g. "set_model"), `remedy` what to do instead."""
-    if current.sha == new.sha and current.input_schema == new.input_schema:
-        return  # the same artifact takes the same inputs
+    if current.sha == new.sha:
+        return  # the same artifact (sha256) takes the same inputs
     new_inputs = await inputs_of(objects, new)
     if new_inputs is None:
         return

@@ -695,8 +695,9 @@ async def test_a_delivery_looks_the_owner_and_the_deployment_up_once(monitoring_
     await continuous._deliver(deps, training, policy)
 
     assert looked_up == ["act_as", "deployed_name", "deployment"]
-    assert asked == [subjects.REGISTRY_MODELS_RESOLVE, subjects.DEPLOYER_PIPELINES_CREATE,
-                     subjects.DEPLOYER_PIPELINES_DEPLOY]
+    # the new version, then the served one (its inputs compared: model_inputs.py), before anything is created
+    assert asked == [subjects.REGISTRY_MODELS_RESOLVE, subjects.REGISTRY_MODELS_RESOLVE,
+                     subjects.DEPLOYER_PIPELINES_CREATE, subjects.DEPLOYER_PIPELINES_DEPLOY]
     swapped = [json.loads(r["payload"]) for r in await pool.fetch(
         "SELECT payload FROM outbox WHERE subject = $1", subjects.EVENT_MONITORING_MODEL_SWAPPED)]
     assert [(e["action"], e["pipeline_version"]) for e in swapped] == [
