@@ -55,6 +55,19 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _label_config_text(path: Path) -> str:
+    """The --label-config file's text: UTF-8 (a byte order mark is dropped), as Label Studio stores configs; a file
+    in another encoding or one that cannot be read exits 2 naming it (it was a UnicodeDecodeError naming no file)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        fail(f"{path}: the labeling config must be UTF-8 text (byte {exc.start} is not: {exc.reason}); "
+             "save it as UTF-8")
+    except OSError as exc:
+        fail(f"{path}: cannot read the labeling config ({exc.strerror or exc})")
+    raise AssertionError("unreachable")  # fail() exits
+
+
 @cli.command()
 def init(
     folder: Annotated[Path, typer.Argument(help="the backend folder to create")],
@@ -196,7 +209,7 @@ def deploy_railyard(
 
     try:
         load_model_class(folder)
-        config_text = label_config.read_text() if label_config else None
+        config_text = _label_config_text(label_config) if label_config else None
         archive, shipped = package(folder, project, config_text, model_dir)
         if config_text is not None:  # one Label Studio never gave this backend: can its model use it?
             check_label_config(archive, config_text)

@@ -233,6 +233,28 @@ def test_a_port_out_of_range_or_a_broken_config_file_is_refused_with_a_reason(tm
         assert "Traceback" not in answer.stderr and "could not deploy" not in answer.stderr, answer.stderr
 
 
+def test_a_label_config_not_in_utf8_is_refused_naming_the_file(tmp_path):
+    """review of ea23c9ba (session 28): `deploy railyard --label-config` of a file in another encoding ended in
+    "'utf-8' codec can't decode byte 0xe9 ..." naming no file (and a folder in a traceback). Now exit 2 naming the
+    file and UTF-8; a UTF-8 file with a byte order mark (Windows editors) is read as UTF-8."""
+    folder = tmp_path / "b"
+    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    sign_in = ("--url", f"http://127.0.0.1:{free_port()}", "--username", "u", "--password", "p", "--client-id", "c",
+               "--client-secret", "s")
+    config = tmp_path / "config.xml"
+    config.write_bytes(TEXT_CONFIG.replace("<View>", "<View><!-- caf\u00e9 -->").encode("latin-1"))
+    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
+    assert answer.returncode == 2, answer.stderr
+    assert f"{config}: the labeling config must be UTF-8 text (byte " in answer.stderr, answer.stderr
+    assert "Traceback" not in answer.stderr and "could not deploy" not in answer.stderr, answer.stderr
+    answer = run("deploy", "railyard", str(folder), "--label-config", str(tmp_path), *sign_in)
+    assert answer.returncode == 2 and f"{tmp_path}: cannot read the labeling config" in answer.stderr, answer.stderr
+    assert "Traceback" not in answer.stderr, answer.stderr
+    config.write_bytes(b"\xef\xbb\xbf" + TEXT_CONFIG.encode())  # checked, then sent (here to nobody)
+    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
+    assert answer.returncode == 2 and "could not deploy to Railyard" in answer.stderr, answer.stderr
+
+
 def test_port_0_serves_on_a_free_port_its_line_names(tmp_path):
     """review of ddeda4bc (session 28): `--port 0` (any free port: uvicorn's line names the one it got, as it did
     before) was refused with the ports past 65535."""
