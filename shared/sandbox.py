@@ -407,10 +407,45 @@ def quota_gaps(fdinfo: str = "/proc/self/fdinfo/{fd}", machine: str | None = Non
 # cap one run held all 256 and the gateway refused every other run there, and on a loopback gateway every client of
 # the host too (until 2026-12-05; tests/integration/test_sandbox_gateway_relay.py).
 RELAY_CONNECTIONS = 32
-RELAY_REFUSED_BODY = f"too many connections from this sandbox to the gateway ({RELAY_CONNECTIONS} at most)\n".encode()
-RELAY_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                 b"content-length: " + str(len(RELAY_REFUSED_BODY)).encode() + b"\r\nconnection: close\r\n"
-                 b"retry-after: 1\r\n\r\n" + RELAY_REFUSED_BODY)
+RELAY_TRUSTED_DRAIN = 2.0  # seconds a refused run's request is read and dropped after the answer (below)
+
+
+def relay_refusal(code: str, msg: str, *, retry: bool) -> bytes:
+    """An answer of the relay's own, in the gateway's shape (services/gateway/errors.py): 503 with a typed
+    `{"code", "msg"}` JSON body, `Retry-After: 1` when a retry can mend it, and the connection closed."""
+    body = json.dumps({"code": code, "msg": msg}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n" + (b"retry-after: 1\r\n" if retry else b"")
+            + b"\r\n" + body)
+
+
+RELAY_REFUSED = relay_refusal(
+    "too_many_gateway_connections",
+    f"this task run has {RELAY_CONNECTIONS} connections to the gateway open, the most a run may hold at once: close "
+    f"the ones it no longer uses, or send its requests through one client (one requests.Session or httpx.Client, "
+    f"which reuses its connections) instead of a new connection each, and retry", retry=True)
+
+
+def relay_source_trusted(address: str) -> bytes:
+    """The answer to every connection of a run whose relay would reach the gateway from `address`, a trusted proxy's:
+    not retryable, the operator has to change the setting."""
+    return relay_refusal(
+        "gateway_relay_trusted",
+        f"task runs cannot reach the gateway here: their connections would come from {address}, which "
+        f"RAILYARD_GATEWAY__TRUSTED_PROXIES lists, so a run could name any client address in X-Forwarded-For; "
+        f"the operator should list only the reverse proxies' own addresses there, not this one", retry=False)
+
+
+def _trusted(address: str, networks: list) -> bool:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return bool(networks)  # not an address: trusted or not cannot be told, so not relayed when any is set
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # as the gateway reads a peer (services/gateway/source_address.py, parse_address)
+    return any(ip in network for network in networks)
 
 
 def relay_source(host: str, key: str, trusted_proxies: list[str]) -> str | None:
@@ -443,7 +478,8 @@ def relay_source(host: str, key: str, trusted_proxies: list[str]) -> str | None:
 async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyncio.AbstractServer, Path]:
     """Network.GATEWAY_ONLY, host side: a unix socket (in a folder the sandbox sees read-only) whose every
     connection is relayed to the gateway's host:port and nowhere else, at most RELAY_CONNECTIONS at once, from
-    `relay_source`'s address when the gateway is on loopback."""
+    `relay_source`'s address when the gateway is on loopback, and never from a trusted proxy's (`refuse_trusted`)."""
+    import ipaddress
     import secrets
     import tempfile
 
@@ -462,7 +498,9 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
                         "choice of address, which the host's own clients share", source, exc)
             source = None
     local_addr = (source, 0) if source else None
+    trusted = [ipaddress.ip_network(n, strict=False) for n in settings.gateway.trusted_proxies]
     open_now = 0
+    said_trusted = False
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="railyard-gateway-"))
     await asyncio.to_thread(folder.chmod, 0o755)  # the sandbox's user must reach the socket
     path = folder / "gateway.sock"
@@ -476,6 +514,25 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
                 writer.write_eof()
         except (ConnectionError, OSError):
             pass
+
+    async def refuse_trusted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
+        """The gateway believes X-Forwarded-For from a trusted proxy: a run whose connections came from one could
+        write its own and be counted as any client (anyone's token buckets and failed sign-ins, another tenant's
+        address, a lock of any user from anywhere). Refused instead, saying why; what it sent meanwhile is read and
+        dropped for RELAY_TRUSTED_DRAIN, so that its client reads the answer rather than a reset."""
+        nonlocal said_trusted
+        if not said_trusted:  # once per run
+            said_trusted = True
+            log.error("a task run's connections to the gateway would come from %s, which gateway.trusted_proxies "
+                      "(RAILYARD_GATEWAY__TRUSTED_PROXIES) lists: a run could write its own X-Forwarded-For and be "
+                      "counted as any client, so they are refused (503 gateway_relay_trusted); list only the reverse "
+                      "proxies' own addresses there", address)
+        with contextlib.suppress(OSError, TimeoutError):
+            writer.write(relay_source_trusted(address))
+            writer.write_eof()
+            async with asyncio.timeout(RELAY_TRUSTED_DRAIN):
+                while await reader.read(65536):
+                    pass
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal open_now
@@ -492,6 +549,13 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
                 writer.close()
                 return
             try:
+                # the address the gateway sees, as connected (the system's choice included: the fallback above, a
+                # gateway off loopback, 127.0.0.1 when every candidate of relay_source was trusted)
+                own = upstream_writer.get_extra_info("sockname")
+                if trusted and (own is None or _trusted(str(own[0]), trusted)):
+                    upstream_writer.close()  # nothing of the run's was sent on it
+                    await refuse_trusted(reader, writer, str(own[0]) if own else "an unknown address")
+                    return
                 await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
             finally:
                 writer.close()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import logging
 import sys
 import textwrap
 
@@ -35,22 +37,24 @@ def at(settings: Settings, port: int, **gateway) -> Settings:
     return Settings(stack={"data_dir": settings.stack.data_dir}, gateway={"host": "127.0.0.1", "port": port, **gateway})
 
 
-async def run_with_gateway(settings: Settings, code: str, keys: list[str], **gateway) -> tuple[list, list[str], int]:
+async def run_with_gateway(settings: Settings, code: str, keys: list[str],
+                           **gateway) -> tuple[list, list[str], int, int]:
     """Runs `code` in one GATEWAY_ONLY sandbox per source key, one after another, against a server on 127.0.0.1
     that holds every connection open without answering: (results, the peer address of every connection it saw,
-    the most it held at once)."""
+    the most it held at once, the bytes it received)."""
     peers: list[str] = []
     held = 0
     most = 0
+    received = 0
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal held, most
+        nonlocal held, most, received
         peers.append(writer.get_extra_info("peername")[0])
         held += 1
         most = max(most, held)
         try:
-            while await reader.read(65536):
-                pass
+            while data := await reader.read(65536):
+                received += len(data)
         finally:
             held -= 1
             writer.close()
@@ -67,32 +71,54 @@ async def run_with_gateway(settings: Settings, code: str, keys: list[str], **gat
                 settings=at(settings, port, **gateway)))
     finally:
         server.close()
-    return results, peers, most
+    return results, peers, most, received
 
 
 def test_a_sandbox_holds_at_most_its_share_of_connections_to_the_gateway(settings):
     """300 connections opened and held (more than the gateway's 256 per source): the gateway sees RELAY_CONNECTIONS
-    of them at most, and every other is answered 503 by the relay and closed; the ones let through still work."""
+    of them at most, and every other is answered 503 by the relay, in the gateway's error shape (a typed JSON
+    `{"code", "msg"}`, Retry-After), and closed; the ones let through still work."""
     code = """
-        import socket, time
+        import json, socket, time
+        CODE = "too_many_gateway_connections"
         held = [socket.create_connection(("127.0.0.1", PORT), timeout=10) for _ in range(300)]
         time.sleep(1)
-        refused = 0
+        refused, answers = 0, set()
         for sock in held:
             sock.settimeout(0.05)
             try:
-                answer = sock.recv(200)
+                answer = sock.recv(65536)
             except (TimeoutError, socket.timeout):
                 continue
             except ConnectionResetError:
                 answer = b"reset"
-            refused += answer.startswith(b"HTTP/1.1 503") and b"too many connections from this sandbox" in answer
-        print("refused", refused, flush=True)
+            sock.settimeout(10)
+            try:
+                while chunk := sock.recv(65536):  # to its end: the relay closes a refused connection
+                    answer += chunk
+            except OSError:
+                pass
+            head, _, body = answer.partition(b"\\r\\n\\r\\n")
+            try:
+                refused += head.startswith(b"HTTP/1.1 503") and json.loads(body)["code"] == CODE
+            except ValueError:
+                pass
+            answers.add(answer.decode(errors="replace"))
+        print(json.dumps({"refused": refused, "answers": sorted(answers)}), flush=True)
     """
-    results, peers, most = asyncio.run(run_with_gateway(settings, code, ["owner-a"]))
+    results, peers, most, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a"]))
     assert results[0].returncode == 0, results[0].stderr_tail
     assert most == RELAY_CONNECTIONS, most
-    assert results[0].stdout == f"refused {300 - RELAY_CONNECTIONS}\n".encode(), results[0].stderr_tail
+    said = json.loads(results[0].stdout)
+    assert said["refused"] == 300 - RELAY_CONNECTIONS and len(said["answers"]) == 1, said
+    head, _, body = said["answers"][0].partition("\r\n\r\n")
+    assert head.split("\r\n")[0] == "HTTP/1.1 503 Service Unavailable", head
+    headers = dict(line.lower().split(": ", 1) for line in head.split("\r\n")[1:])
+    assert headers["content-type"] == "application/json" and headers["retry-after"] == "1", headers
+    assert headers["connection"] == "close" and int(headers["content-length"]) == len(body.encode()), headers
+    error = json.loads(body)
+    assert set(error) == {"code", "msg"} and error["code"] == "too_many_gateway_connections", error
+    assert f"{RELAY_CONNECTIONS} connections" in error["msg"] and "requests.Session" in error["msg"], error
 
 
 def test_a_run_reaches_a_loopback_gateway_from_its_owners_own_address(settings):
@@ -104,7 +130,7 @@ def test_a_run_reaches_a_loopback_gateway_from_its_owners_own_address(settings):
         print("ok", flush=True)
     """
     trusted = relay_source("127.0.0.1", "owner-b", []) + "/32"
-    results, peers, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a", "owner-a", "owner-b"],
+    results, peers, _, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a", "owner-a", "owner-b"],
                                                      trusted_proxies=trusted))
     assert [r.stdout for r in results] == [b"ok\n"] * 3, [r.stderr_tail for r in results]
     assert len(peers) == 3 and peers[0] == peers[1] != peers[2], peers
@@ -124,9 +150,55 @@ def test_a_run_reaches_the_gateway_when_its_owners_address_cannot_be_bound(setti
         socket.create_connection(("127.0.0.1", PORT), timeout=10).close()
         print("ok", flush=True)
     """
-    results, peers, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a"]))
+    results, peers, _, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a"]))
     assert results[0].stdout == b"ok\n", results[0].stderr_tail
     assert peers == ["127.0.0.1"], peers
+
+
+@pytest.mark.parametrize("case", ["every_candidate_trusted", "owners_address_not_bound"])
+def test_a_run_whose_relay_would_come_from_a_trusted_proxy_is_refused(settings, monkeypatch, caplog, case):
+    """The gateway believes X-Forwarded-For from a trusted proxy. A relay whose connection would reach it from one
+    (the system's choice, 127.0.0.1 here: when trusted_proxies covers every candidate of relay_source, or when the
+    owner's address cannot be bound and 127.0.0.1 is trusted) relays nothing: each connection is answered 503
+    `gateway_relay_trusted` naming the address and the setting, and the scheduler's log says so once per run.
+    Before, the run's request (with the X-Forwarded-For it chose) went through and the gateway counted it as that
+    client."""
+    if case == "every_candidate_trusted":
+        trusted = "127.0.0.0/8"
+    else:
+        monkeypatch.setattr(sandbox, "relay_source", lambda *args: "192.0.2.1")
+        trusted = "127.0.0.1"
+    code = """
+        import json, socket
+        answers = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+            sock.sendall(b"GET /v1/api/whoami HTTP/1.1\\r\\nhost: gateway\\r\\n"
+                         b"x-forwarded-for: 203.0.113.7\\r\\n\\r\\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            answers.append(answer.decode())
+        print(json.dumps(answers), flush=True)
+    """
+    with caplog.at_level(logging.ERROR, logger="railyard.sandbox"):
+        results, peers, _, received = asyncio.run(run_with_gateway(settings, code, ["owner-a"],
+                                                                   trusted_proxies=trusted))
+    assert results[0].returncode == 0, results[0].stderr_tail
+    answers = json.loads(results[0].stdout)
+    assert len(answers) == 2 and answers[0] == answers[1], answers
+    head, _, body = answers[0].partition("\r\n\r\n")
+    assert head.split("\r\n")[0] == "HTTP/1.1 503 Service Unavailable", head
+    headers = dict(line.lower().split(": ", 1) for line in head.split("\r\n")[1:])
+    assert headers["content-type"] == "application/json" and "retry-after" not in headers, headers
+    error = json.loads(body)
+    assert error["code"] == "gateway_relay_trusted", error
+    assert "127.0.0.1" in error["msg"] and "RAILYARD_GATEWAY__TRUSTED_PROXIES" in error["msg"], error
+    assert received == 0, received  # nothing of the run's reached the gateway
+    assert all(peer == "127.0.0.1" for peer in peers), peers
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.ERROR and "trusted_proxies" in r.getMessage()]
+    assert len(errors) == 1 and "127.0.0.1" in errors[0], errors
 
 
 def test_relay_source_only_on_ipv4_loopback():
