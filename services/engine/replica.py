@@ -54,7 +54,7 @@ from shared.messages.engine import ReplicaSpec  # noqa: E402
 from shared.nats_direct import write_now  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
 from shared.probe_files import keep_probe_files  # noqa: E402
-from shared.raw_bus import connect_options  # noqa: E402
+from shared.raw_bus import REPLY_INBOXES, connect_options, log_refused_reply  # noqa: E402
 from shared.sched_hint import request_path_slice  # noqa: E402
 from shared.settings import Settings, load_settings  # noqa: E402
 
@@ -285,6 +285,14 @@ class Replica:
 
         answers = RepeatedRequests()
 
+        # Each callback below (infer, the batcher's submit, status) first drops a request whose reply subject is not a
+        # caller's inbox, or that has none: nothing is run and nothing published (shared/raw_bus.py,
+        # answers_elsewhere). The engine keeps NATS's allow_responses (shared/bus_identities.py), which would let
+        # this replica's answer out on any subject a request names (`events.>`, `logs.inference.>`, a command).
+        # reply() and resend() publish only on the reply subject of a request those callbacks let through.
+        def refuse(msg) -> None:
+            log_refused_reply(log, msg.subject, msg.reply)
+
         async def reply(msg, body: bytes, headers: dict[str, str], received: int) -> None:
             answers.answered(msg, body, headers, (time.perf_counter_ns() - received) / 1e9)
             if not write_now(nc, msg.reply, body, headers):  # at once, not on the flusher's next turn
@@ -303,6 +311,9 @@ class Replica:
 
         async def infer(msg) -> None:
             received = time.perf_counter_ns()
+            if not msg.reply.startswith(REPLY_INBOXES):  # msg.reply: a str, "" without one
+                refuse(msg)
+                return
             earlier = answers.earlier(msg)
             if earlier is not None:
                 await resend(msg, earlier)
@@ -337,6 +348,9 @@ class Replica:
                 self.log_record(record)
 
         async def status(msg) -> None:
+            if not msg.reply.startswith(REPLY_INBOXES):
+                refuse(msg)
+                return
             await msg.respond(json.dumps({
                 "status": "Running",
                 "pipeline_statuses": {"pipelines": [{"id": self.spec["deployment"]["pipeline"],
@@ -350,8 +364,16 @@ class Replica:
         if batching is not None and can_batch(self):  # concurrent requests share a model call (batching.py)
             requests = RequestBatcher(self, *batching, nc.max_payload, run_alone, deliver, repeat)
             self.request_batcher = requests
+            queue = requests.submit
+
+            async def submit(msg) -> None:
+                if not msg.reply.startswith(REPLY_INBOXES):
+                    refuse(msg)
+                    return
+                await queue(msg)
+
         subscription = await nc.subscribe(subjects.engine_infer(self.name), queue=f"engine-{self.name}",
-                                          cb=requests.submit if requests else infer)
+                                          cb=submit if requests else infer)
         if requests is not None:
             requests.subscription = subscription
             if FastLane.applies(self):
