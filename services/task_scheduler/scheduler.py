@@ -349,7 +349,7 @@ class Scheduler:
         # went to the lowest-id workspace with a backlog for as long as it lasted
         while True:
             started_any = False
-            for workspace_id in await store.workspaces_waiting(conn):
+            for workspace_id in await store.workspaces_waiting(conn, settings.max_concurrent_runs_per_workspace):
                 if settings.max_runs_per_process - len(self.runs) <= 0:
                     return busy
                 started = await store.start_queued(conn, workspace_id, settings.max_concurrent_runs_per_workspace,

@@ -235,18 +235,22 @@ async def queue_once(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id:
 
 # --- runs --------------------------------------------------------------------------------------------------------
 
-async def workspaces_waiting(conn: asyncpg.Connection) -> list[int]:
+async def workspaces_waiting(conn: asyncpg.Connection, limit: int | None = None) -> list[int]:
     """The workspaces with queued runs, fairest first: fewest runs running now (in every process), then the oldest
     queued run (the longest wait), then the id. The starting step (scheduler.start_queued) offers each a run in turn
     in this order, so freed places go round the workspaces waiting. Before, `SELECT DISTINCT` answered them in
     ascending id (its sort), and every place freed went to the lowest-id workspace with a backlog: two old workspaces
     with queued long runs held every place of a process, and newer workspaces' runs waited as long as those backlogs
-    lasted (audit, session 28)."""
+    lasted (audit, session 28). With `limit` (the per-workspace limit), those running that many already are left out:
+    start_queued, which counts again under the workspace's lock, would start nothing there, and the starting step
+    offered each of them a transaction in every round of every pass (a place freed there sends NOTIFY: the next
+    pass sees it)."""
     rows = await conn.fetch(
         "SELECT w.workspace_id FROM (SELECT workspace_id, min(created_at) AS oldest FROM runs WHERE status = 'queued'"
         " GROUP BY workspace_id) w CROSS JOIN LATERAL (SELECT count(*) AS running FROM runs r"
         " WHERE r.workspace_id = w.workspace_id AND r.status = 'running') r"
-        " ORDER BY r.running, w.oldest, w.workspace_id")
+        " WHERE $1::bigint IS NULL OR r.running < $1::bigint"
+        " ORDER BY r.running, w.oldest, w.workspace_id", limit)
     return [r["workspace_id"] for r in rows]
 
 

@@ -116,3 +116,34 @@ async def test_an_empty_process_fills_round_the_workspaces(pool, tmp_path):
             process.release.setdefault(run_id, asyncio.Event()).set()
         if process.runs:
             await asyncio.wait(list(process.runs.values()), timeout=30)
+
+
+async def test_a_workspace_at_its_limit_is_not_offered_a_place(pool, tmp_path):
+    """A workspace running its limit already is left out of the round (store.workspaces_waiting's `limit`): its
+    start_queued would start nothing, and every round of every pass opened a transaction for it. Seen here: with that
+    workspace's advisory lock held elsewhere, the start step does not find it busy (it did, having tried it)."""
+    from services.task_scheduler import store
+
+    settings = TaskSettings(tick=60, max_runs_per_process=4, max_concurrent_runs_per_workspace=2)
+    process = scheduler_on(Held, pool, tmp_path, "limit", settings, start=False)
+    process.release = {}
+    old = await queue(pool, OLD, 4, queued_seconds_ago=600)
+    try:
+        async with pool.acquire() as conn:
+            await process.start_queued(conn)
+        assert list(process.runs) == old[:2]  # the limit: 2 of OLD's, 2 places of the process left
+        new = await queue(pool, NEW, 1, queued_seconds_ago=1)
+        async with pool.acquire() as conn:
+            assert await store.workspaces_waiting(conn, 2) == [NEW]
+            assert await store.workspaces_waiting(conn) == [NEW, OLD]
+        async with pool.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1, $2::int)", store.WORKSPACE_LOCK, OLD)
+            async with pool.acquire() as conn:
+                busy = await process.start_queued(conn)
+        assert list(process.runs) == [*old[:2], new[0]]
+        assert busy is False, "the workspace at its limit was tried (and found locked)"
+    finally:
+        for run_id in list(process.runs):
+            process.release.setdefault(run_id, asyncio.Event()).set()
+        if process.runs:
+            await asyncio.wait(list(process.runs.values()), timeout=30)
