@@ -51,8 +51,9 @@ class Client:
         own waits with `route_timeouts` (seconds by route, e.g. `{"pipelines/deploy": 900}`; or the variable
         `RAILYARD_CLIENT_ROUTE_TIMEOUTS=pipelines/deploy=900,pipelines/copy=910`, which the argument's routes
         override): a route named there waits that long or `timeout`, whichever is longer.
-        Raises ConfigurationError when nothing says where or who, or a route's wait is not a positive number of
-        seconds; AuthenticationError on wrong credentials."""
+        Raises ConfigurationError when nothing says where or who, `route_timeouts` is not a mapping, names a route
+        the API does not have (`railyard_client.session.API_ROUTES`; an inference route's wait is Pipeline.infer's
+        `timeout`) or a wait that is not a positive number of seconds; AuthenticationError on wrong credentials."""
         self._session = Session(url, username=username, password=password, client_id=client_id,
                                 client_secret=client_secret, token=token, credentials_file=credentials_file,
                                 timeout=timeout, route_timeouts=route_timeouts)

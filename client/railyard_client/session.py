@@ -14,7 +14,9 @@ How long a call waits: `Client(timeout)` (60 s), and for the gateway's long comm
 a model swap, a deployment's predict, ...) as long as the gateway may take on them at its default settings
 (`ROUTE_TIMEOUTS`), each of which `Client(route_timeouts={"pipelines/deploy": 900})` or the variable
 `RAILYARD_CLIENT_ROUTE_TIMEOUTS` (`pipelines/deploy=900,pipelines/copy=910`; the argument's routes win) replaces, for
-a server whose gateway waits longer; the CLI reads the variable too.
+a server whose gateway waits longer; the CLI reads the variable too. A route named there must be one of the API's
+(`API_ROUTES`: a misspelt one is a ConfigurationError, where it was taken and changed nothing); an inference's wait is
+Pipeline.infer's `timeout`.
 
 With only a client id and secret (an inference client of a workspace), the client signs in with the
 client_credentials grant: its tokens may run inferences on that workspace's deployments (`Client.infer`).
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import difflib
 import json
 import math
 import os
@@ -141,14 +144,57 @@ ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 323.0, "pipelines
                   "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0,
                   "deployments/setup_continuous_training": 80.0,
                   **dict.fromkeys(_LONG_RUNNING, 315.0)}
+# The API's POST routes a route_timeouts entry may name (without /v1/api/): a misspelt one was taken and had no effect.
+# Routes with path parameters (pipelines/infer/<deployment>/<pipeline>: Pipeline.infer(timeout=)) are not named here.
+_API_ROUTE_NAMES = {  # prefix: names (services/gateway; tests/unit/test_client_long_calls.py checks them)
+    "admin": "get_pipeline_external_url",
+    "assays": "create get_baseline get_results list run_interactive run_interactive_baseline set_active",
+    "benchmarks": "compare evaluate_detections get list run_classification",
+    "connections": "add_to_workspace create delete get get_by_id list remove_from_workspace",
+    "datasets": ("create delete delete_file download_file get get_file_info get_rows list list_files upload_file "
+                 "upload_rows"),
+    "deployments": ("add_tags attach_dataset_version_to_continuous_training attach_dataset_version_to_feedback_loop "
+                    "check_feedback_loop_status check_training_data_metrics_status delete "
+                    "detach_dataset_version_from_continuous_training detach_dataset_version_from_feedback_loop "
+                    "disable_feedback_loop disable_training_data_reference get_model_version get_prediction_image "
+                    "get_shadow_model get_stats get_tags list_feedback_loop_datasets list_predictions_to_review "
+                    "monitor monitor_bytes predict predict_bytes retrieve_information review_prediction set_model "
+                    "set_shadow_model set_training_data setup_continuous_deployment setup_continuous_training "
+                    "setup_feedback_loop toggle_continuous_deployment toggle_continuous_training toggle_feedback_loop "
+                    "update"),
+    "features": "list",
+    "files": "delete download get_info list upload",
+    "maintenance": "collect_objects",
+    "models": ("attach_registry_to_workspace create_registry download get get_by_id get_config_by_id get_registry list "
+               "list_registries list_registry_model_version_artifacts list_registry_models list_versions "
+               "remove_registry_from_workspace upload_and_convert upload_from_registry upload_stream"),
+    "orchestration": "list upload",
+    "pipelines": "copy create deploy get get_logs list list_quarantined_logs set_log_retention undeploy",
+    "projects": "create create_version delete get list list_versions restore_version verify_version",
+    "status": "get_deployment",
+    "task": "get_by_id get_logs_for_run get_tasks_by_orch_sha kill list list_task_runs run_once run_scheduled",
+    "users": "activate deactivate invite query update_password",
+    "workflow": ("add_input_dataset add_input_file add_input_folder add_input_job add_input_project add_input_task "
+                 "add_output_app add_output_dataset add_output_file add_output_folder add_output_job "
+                 "add_output_project add_output_task graph"),
+    "workspaces": ("add_user create create_inference_client list list_inference_clients list_users remove_user "
+                   "revoke_inference_client"),
+}
+API_ROUTES = frozenset(f"{prefix}/{name}" for prefix, names in _API_ROUTE_NAMES.items() for name in names.split())
 
 
 def read_route_timeouts(given: Mapping[str, float] | None = None,
                         env: Mapping[str, str] | None = None) -> dict[str, float]:
     """The seconds each route waits at least (`Session.wait_for`): ROUTE_TIMEOUTS, with the routes of
     RAILYARD_CLIENT_ROUTE_TIMEOUTS (`route=seconds` pairs, comma-separated: `pipelines/deploy=900,pipelines/copy=910`)
-    replaced, then those of `given` (Client(route_timeouts=)). Any POST route of the API may be named (without
-    `/v1/api/`); a value that is not a positive number of seconds is a ConfigurationError naming it."""
+    replaced, then those of `given` (Client(route_timeouts=), a mapping). Each names one of the API's POST routes
+    without path parameters (`API_ROUTES`, with or without `/v1/api/`); an inference route
+    (`pipelines/infer/<deployment>/<pipeline>`) cannot be named: give Pipeline.infer its `timeout`. An unknown route
+    (a misspelt one had no effect), a `given` that is not a mapping, or a value that is not a positive number of
+    seconds is a ConfigurationError naming it."""
+    if given is not None and not isinstance(given, Mapping):
+        raise ConfigurationError(f"route_timeouts must be a mapping of route to seconds (e.g. "
+                                 f'{{"pipelines/deploy": 900}}), not {type(given).__name__}')
     env = os.environ if env is None else env
     waits = dict(ROUTE_TIMEOUTS)
     raw = (env.get(ENV_ROUTE_TIMEOUTS) or "").strip()
@@ -170,6 +216,14 @@ def _route_name(route: Any, where: str) -> str:
         name = name[len("v1/api/"):]
     if not name:
         raise ConfigurationError(f"{where}: {route!r} is not a route name (e.g. pipelines/deploy)")
+    if name not in API_ROUTES:
+        if name.startswith("pipelines/infer/"):
+            raise ConfigurationError(f"{where}: {route!r} cannot be given a timeout here: give Pipeline.infer its "
+                                     "timeout")
+        close = difflib.get_close_matches(name, sorted(API_ROUTES), n=3)
+        raise ConfigurationError(f"{where}: {route!r} is not a route of the API"
+                                 + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                                 + "; the routes: " + ", ".join(sorted(API_ROUTES)))
     return name
 
 

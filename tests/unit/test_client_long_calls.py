@@ -173,3 +173,48 @@ def test_a_user_sets_route_timeouts_by_argument_or_variable(gateway, tmp_path, m
         with pytest.raises(ConfigurationError, match="route_timeouts"):
             Client(gateway, token="t", credentials_file=tmp_path / "none.json", route_timeouts=given)
     assert sent[4:] == []  # nothing sent by the refused ones
+
+
+def test_an_unknown_route_or_a_route_timeouts_that_is_no_mapping_is_refused(tmp_path, monkeypatch):
+    """review of smallfix (session 28): `route_timeouts={"pipelines/deplyo": 900}` was taken and had no effect (the
+    deploy still gave up at 315 s), and `route_timeouts=[("pipelines/deploy", 900)]` raised AttributeError. Both are
+    a ConfigurationError now: the misspelt route naming the close one and the API's routes, from the argument or the
+    variable; an inference route (path parameters) says where its wait is given."""
+    from railyard_client import Client
+    from railyard_client.errors import ConfigurationError
+    from railyard_client.session import API_ROUTES, ENV_ROUTE_TIMEOUTS
+
+    monkeypatch.delenv(ENV_ROUTE_TIMEOUTS, raising=False)
+    none = tmp_path / "none.json"
+    with pytest.raises(ConfigurationError) as refused:
+        Client("http://h:1", token="t", credentials_file=none, route_timeouts={"pipelines/deplyo": 900})
+    message = str(refused.value)
+    assert "route_timeouts: 'pipelines/deplyo' is not a route of the API" in message, message
+    assert "did you mean pipelines/deploy" in message and "datasets/upload_rows" in message, message
+    with pytest.raises(ConfigurationError, match="Pipeline.infer its timeout"):
+        Client("http://h:1", token="t", credentials_file=none, route_timeouts={"pipelines/infer/d/p": 900})
+    for given in ([("pipelines/deploy", 900)], "pipelines/deploy=900", 900):
+        with pytest.raises(ConfigurationError, match="route_timeouts must be a mapping of route to seconds"):
+            Client("http://h:1", token="t", credentials_file=none, route_timeouts=given)
+    monkeypatch.setenv(ENV_ROUTE_TIMEOUTS, "pipelines/deploy=900,pipeline/copy=910")
+    with pytest.raises(ConfigurationError, match=f"{ENV_ROUTE_TIMEOUTS}: 'pipeline/copy' is not a route"):
+        Client("http://h:1", token="t", credentials_file=none)
+    monkeypatch.delenv(ENV_ROUTE_TIMEOUTS)
+    assert set(ROUTE_TIMEOUTS) <= API_ROUTES
+
+
+def test_the_clients_routes_are_the_gateways_post_routes():
+    """API_ROUTES (what route_timeouts may name) are the gateway's POST routes without path parameters: a route
+    added to the API without it would be refused by the client."""
+    from types import SimpleNamespace
+
+    from railyard_client.session import API_ROUTES
+
+    from services.gateway.http import create_app
+
+    app = create_app(SimpleNamespace(settings=Settings(), extras={}, broker=None, objects=None))
+    while not hasattr(app, "openapi"):  # under the inference fast path and the body limits
+        app = app.app
+    routes = {path.removeprefix("/v1/api/") for path, operations in app.openapi()["paths"].items()
+              if "post" in operations and path.startswith("/v1/api/") and "{" not in path}
+    assert API_ROUTES == routes, (routes - API_ROUTES, API_ROUTES - routes)
