@@ -70,11 +70,16 @@ def load_migrations(directory: Path) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: list[Migration]) -> list[int]:
-    """Apply what is missing; return the versions applied now (empty when up to date)."""
+async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: list[Migration],
+                           *, lock_timeout: float | None = None) -> list[int]:
+    """Apply what is missing; return the versions applied now (empty when up to date). With `lock_timeout`
+    (seconds), waiting longer than that for any one lock (the advisory lock of another starter, a table a migration
+    alters) raises asyncpg.LockNotAvailableError, everything rolled back."""
     check_schema_name(schema)
     applied_now: list[int] = []
     async with conn.transaction():
+        if lock_timeout is not None:
+            await conn.execute(f"SET LOCAL lock_timeout = '{max(1, round(lock_timeout * 1000))}ms'")
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"railyard-migrations:{schema}")
         # a service's own role may not create schemas (shared.db_roles made its schema for it); CREATE SCHEMA
         # IF NOT EXISTS checks that privilege even when the schema exists, so look first
@@ -127,13 +132,57 @@ async def create_pool(settings: PostgresSettings, schema: str) -> asyncpg.Pool:
     )
 
 
-async def migrate(settings: PostgresSettings, schema: str, migrations: list[Migration]) -> list[int]:
+MIGRATION_LOCK_TIMEOUT = 10.0
+"""Seconds `migrate` waits for any one lock before it rolls back and tries again (`MIGRATION_RETRY_PAUSE` later)."""
+
+MIGRATION_RETRY_PAUSE = 1.0
+"""Seconds between `migrate`'s tries: a table lock queued behind a long transaction lets the table's readers on."""
+
+MIGRATION_GIVE_UP = 540.0
+"""Seconds `migrate` keeps trying for its locks before it raises: under the Kubernetes startup probe's 10 minutes."""
+
+MIGRATION_CLIENT_CHECK_MS = 2000
+"""How often (ms) the migrating backend checks that its client is still there during a long statement, and the
+TCP keepalive's idle seconds x probes bound a client whose host vanished: a dead starter's migration is rolled
+back and its advisory lock let go, not held until the statement ends or the kernel's 2-hour keepalive."""
+
+
+async def migrate(settings: PostgresSettings, schema: str, migrations: list[Migration], *,
+                  lock_timeout: float = MIGRATION_LOCK_TIMEOUT, give_up_after: float = MIGRATION_GIVE_UP) -> list[int]:
     """apply_migrations on a connection of its own, closed afterwards (a service's start leaves no backend
-    open for it)."""
+    open for it).
+
+    A migration's statements have no time limit (no command_timeout, statement_timeout 0 whatever the role or
+    database says): a migration that rewrites a large table (auth's 016: 75 s for 1,000,000 memberships) cut at a
+    limit would be rolled back at every start, and the service never start. What bounds a start instead: each lock
+    is waited for at most `lock_timeout` seconds, then everything is rolled back and tried again, for
+    `give_up_after` seconds in all (MigrationError); and the backend ends the transaction itself when its client
+    is gone (MIGRATION_CLIENT_CHECK_MS, idle_in_transaction_session_timeout), so a starter that died or was
+    killed by a startup probe holds no lock for the next one."""
     check_schema_name(schema)
-    conn = await asyncpg.connect(settings.dsn, server_settings=_server_settings(schema), command_timeout=30)
+    keepalive = max(1, MIGRATION_CLIENT_CHECK_MS // 1000)
+    session = {**_server_settings(schema), "statement_timeout": "0", "idle_in_transaction_session_timeout": "60s",
+               "client_connection_check_interval": str(MIGRATION_CLIENT_CHECK_MS),
+               "tcp_keepalives_idle": str(keepalive * 5), "tcp_keepalives_interval": str(keepalive),
+               "tcp_keepalives_count": "3"}
+    conn = await asyncpg.connect(settings.dsn, server_settings=session, command_timeout=None)
     try:
-        return await apply_migrations(conn, schema, migrations)
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + give_up_after
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await apply_migrations(conn, schema, migrations, lock_timeout=lock_timeout)
+            except asyncpg.LockNotAvailableError as error:
+                if loop.time() + MIGRATION_RETRY_PAUSE >= give_up_at:
+                    raise MigrationError(
+                        f"migrations of {schema}: no lock after {tries} tries of {lock_timeout:g} s (another replica"
+                        " applying them, or a transaction on a table a migration alters): gave up; the next start"
+                        " tries again") from error
+                log.warning("migrations of %s: waited %g s for a lock (another replica applying them, or a transaction"
+                            " on a table a migration alters): rolled back, trying again", schema, lock_timeout)
+                await asyncio.sleep(MIGRATION_RETRY_PAUSE)
     finally:
         await conn.close()
 
