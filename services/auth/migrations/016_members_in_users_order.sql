@@ -15,7 +15,10 @@ ALTER TABLE workspace_members ALTER COLUMN user_created_at SET NOT NULL;
 CREATE FUNCTION workspace_member_user_created_at() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
-    NEW.user_created_at := (SELECT created_at FROM users WHERE id = NEW.user_id);
+    -- FOR SHARE: a change of the user's created_at waits for this membership's transaction (and this for that
+    -- change's), so the users' trigger below sees the membership and no membership keeps an older time; a user that
+    -- does not exist gives -infinity, for the foreign key to refuse the row as it did before this migration
+    NEW.user_created_at := coalesce((SELECT created_at FROM users WHERE id = NEW.user_id FOR SHARE), '-infinity');
     RETURN NEW;
 END
 $$;
