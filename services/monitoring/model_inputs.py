@@ -9,9 +9,10 @@ A version's inputs are what the registry records (`ResolvedModel.input_schema`: 
 its ONNX shape in the field's `onnx_shape` metadata), or, for an ML backend package (`railyard-ml deploy railyard`),
 its one column `task` (a Label Studio task as JSON, ml_backend_predictions.TASK_COLUMN). Two versions match when they
 name the same inputs, each of the same kind of value (floating point, integer, boolean, text: the engine casts within
-a kind, e.g. float64 numbers for a float32 input, and refuses across), of the same rank, and of the same size in every
-dimension both fix (a dimension one leaves free takes what the other fixes). A version whose inputs are not known (a
-Python step, a bring-your-own-predict model uploaded without input_schema) is not compared: nothing can be said.
+a kind, e.g. float64 numbers for a float32 input, and integers for a floating-point one, not the other way), of the
+same rank, and of the same size in every dimension both fix (a dimension one leaves free takes what the other fixes).
+A version whose inputs are not known (a Python step, a bring-your-own-predict model uploaded without input_schema)
+is not compared: nothing can be said.
 """
 
 from __future__ import annotations
@@ -114,6 +115,13 @@ def _shown(column: tuple[str, tuple[int | None, ...]]) -> str:
     return kind + (f"[{', '.join('?' if d is None else str(d) for d in dims)}]" if dims else "")
 
 
+def _takes(kind: str, new_kind: str) -> bool:
+    """Whether an input of `new_kind` takes what callers send an input of `kind`: the same kind, or integers for a
+    floating-point input, which the engine casts (services/engine/runtimes.py column_to_tensor: JSON has one number
+    type). Not floats for an integer input: a fraction is refused there, so a float model's callers would be."""
+    return kind == new_kind or (kind, new_kind) == ("integer", "float")
+
+
 def differences(current: dict[str, tuple[str, tuple[int | None, ...]]],
                 new: dict[str, tuple[str, tuple[int | None, ...]]]) -> list[str]:
     """How `new`'s inputs differ from `current`'s (empty: it takes what `current` takes)."""
@@ -125,7 +133,7 @@ def differences(current: dict[str, tuple[str, tuple[int | None, ...]]],
         found.append(f"it takes {extra}, which the deployment's model does not")
     for name in sorted(set(current) & set(new)):
         (kind, dims), (new_kind, new_dims) = current[name], new[name]
-        if kind != new_kind or len(dims) != len(new_dims) or any(
+        if not _takes(kind, new_kind) or len(dims) != len(new_dims) or any(
                 a is not None and b is not None and a != b for a, b in zip(dims, new_dims, strict=True)):
             found.append(f"{name!r} is {_shown(new[name])} where the deployment's model takes {_shown(current[name])}")
     return found

@@ -44,6 +44,23 @@ def test_the_same_inputs_match_across_float_widths_and_free_dimensions():
     assert model_inputs.differences(ccfraud, model_inputs.from_schema(free)) == []
 
 
+def test_a_float_model_takes_an_integer_models_inputs_and_not_the_other_way():
+    """The engine casts integers for a floating-point input (column_to_tensor) and refuses fractions for an integer
+    one: an integer model's callers are served by a float model, a float model's are not by an integer one."""
+    integer = model_inputs.from_schema(schema_b64(onnx_field("tensor", pa.int64(), [None, 29])))
+    assert model_inputs.differences(integer, model_inputs.from_schema(CCFRAUD)) == []
+    assert model_inputs.differences(model_inputs.from_schema(CCFRAUD), integer) != []
+
+
+def test_the_gateway_waits_for_the_builtin_orchestrations_upload():
+    """setup_continuous_training's route (gateway) counts the upload's extra wait monitoring gives it: the two
+    constants are kept equal here (the gateway does not import monitoring)."""
+    from services.gateway import monitoring_continuous
+    from services.monitoring import ml_backend
+
+    assert monitoring_continuous.REGISTER_EXTRA == ml_backend.REGISTER_EXTRA
+
+
 @pytest.mark.parametrize(("other", "said"), [
     (schema_b64(onnx_field("image", pa.float32(), [None, 29])), ["it does not take ['tensor']",
                                                                  "it takes ['image'], which"]),
