@@ -223,7 +223,8 @@ def _route_name(route: Any, where: str) -> str:
         close = difflib.get_close_matches(name, sorted(API_ROUTES), n=3)
         raise ConfigurationError(f"{where}: {route!r} is not a route of the API"
                                  + (f" (did you mean {' or '.join(close)}?)" if close else "")
-                                 + "; the routes: " + ", ".join(sorted(API_ROUTES)))
+                                 + "; railyard_client.session.API_ROUTES lists the routes (the API's POST routes "
+                                   "without path parameters)")
     return name
 
 
