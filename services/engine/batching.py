@@ -12,6 +12,8 @@ A request that cannot share a call runs alone, as before: a table sent by refere
 or a pipeline that is not served in this process alone (Python steps and BYOP models in sandboxed workers,
 A/B splits, which choose per request, and shadow deployments). When a shared call fails (one request's bad tensor
 fails the whole call), each of its requests runs alone, so the error reaches only the request that caused it.
+Each request is answered on its own: one whose answer cannot be made or sent (object storage refusing an answer
+above the bus limit, a publish failing) gets its own error answer, and the others of its batch are answered as usual.
 
 Configured per deployment in `engine_config`: `batch_max_delay_ms` (0 by default; a negative value turns batching
 off) and `batch_max_rows` (4096: a larger call is split).
@@ -31,7 +33,8 @@ import pyarrow as pa
 from services.engine.fast_lane import FastLane, meta_header, meta_prefix
 from services.engine.handlers import Answer, runs_inline
 from shared.arrow_codec import from_ipc, schema_message, write_stream
-from shared.errors import RailyardError
+from shared.errors import RailyardError, Unavailable
+from shared.raw_bus import error_headers
 from shared.table_transport import INFERENCE_PREFIX, META_HEADER, SHADOWS_HEADER, TABLE_REF, above_bus_limit, put_table
 
 log = logging.getLogger("railyard.engine")
@@ -97,8 +100,8 @@ class RequestBatcher:
             try:
                 if await self.run_lone(msg, received, at_ms):
                     return
-            except Exception:
-                log.exception("a request of %s failed in the engine", self.pipeline.spec["deployment"].get("name"))
+            except Exception as exc:
+                await self.answer_failed(msg, received, at_ms, exc)
                 return
             finally:
                 self.busy = False
@@ -160,7 +163,7 @@ class RequestBatcher:
                 continue
             try:
                 table = self.pipeline.narrow(from_ipc(msg.data))
-            except RailyardError:
+            except Exception:  # a bad body (RailyardError) or anything else: not shared
                 alone.append(item)  # answered with its error by the ordinary path
                 continue
             groups.setdefault(table.schema, []).append((*item, table))
@@ -176,7 +179,7 @@ class RequestBatcher:
                 rows += entry[3].num_rows
             chunks.append(chunk)
         # one failing call (a closed connection, a bug) must not leave the others unanswered
-        work = [(self.run_shared, (chunk,)) for chunk in chunks] + [(self.run_alone, item) for item in alone]
+        work = [(self.run_shared, (chunk,)) for chunk in chunks] + [(self.alone, item) for item in alone]
         for call, args in work:
             try:
                 await call(*args)
@@ -193,7 +196,7 @@ class RequestBatcher:
                 else await asyncio.to_thread(pipeline.run, combined)
         except Exception:  # someone's bad input (or a model failure): each request alone gets its own answer
             for msg, received, at_ms, _ in chunk:
-                await self.run_alone(msg, received, at_ms)
+                await self.alone(msg, received, at_ms)
             return
         if len(chunk) > 1:
             self.batches += 1
@@ -211,9 +214,37 @@ class RequestBatcher:
         for msg, received, at_ms, table in chunk:
             part = output.slice(offset, table.num_rows)
             offset += table.num_rows
-            timings = (step_ns, time.perf_counter_ns() - received)
-            body = write_stream(part, schema_bytes)
-            headers = {META_HEADER: meta_header(prefix, timings)}
-            if above_bus_limit(body, self.max_payload):  # answer by reference
-                headers[TABLE_REF], body = await put_table(pipeline.store, INFERENCE_PREFIX, body), b""
-            await self.deliver(msg, Answer(body, headers, table, part, last_model, timings), received, at_ms)
+            try:  # one request's failure is its own: the others of the batch are answered all the same
+                timings = (step_ns, time.perf_counter_ns() - received)
+                body = write_stream(part, schema_bytes)
+                headers = {META_HEADER: meta_header(prefix, timings)}
+                if above_bus_limit(body, self.max_payload):  # answer by reference
+                    try:
+                        headers[TABLE_REF], body = await put_table(pipeline.store, INFERENCE_PREFIX, body), b""
+                    except Exception as exc:
+                        raise Unavailable("the answer is too large for the bus and object storage could not take "
+                                          "it; try again, or ask for fewer rows") from exc
+                await self.deliver(msg, Answer(body, headers, table, part, last_model, timings), received, at_ms)
+            except Exception as exc:
+                await self.answer_failed(msg, received, at_ms, exc)
+
+    async def alone(self, msg: Any, received: int, at_ms: int) -> None:
+        """`run_alone`, and an error answer when it raises (object storage or a publish failing)."""
+        try:
+            await self.run_alone(msg, received, at_ms)
+        except Exception as exc:
+            await self.answer_failed(msg, received, at_ms, exc)
+
+    async def answer_failed(self, msg: Any, received: int, at_ms: int, exc: Exception) -> None:
+        """A request whose answering raised gets a typed error answer at once (nothing logged for it: an answer
+        without output has no record). Unanswered, it would wait for the gateway's re-send, and the replica would
+        hold that re-send for an answer of the first attempt that never comes. Logged once, with the deployment."""
+        error = exc if isinstance(exc, RailyardError) else \
+            RailyardError(f"the engine could not answer: {type(exc).__name__}", code="inference_failed")
+        try:
+            await self.deliver(msg, Answer(b"", error_headers(error)), received, at_ms)
+            outcome = f"answered {error.code} instead"
+        except Exception as again:
+            outcome = f"its error answer failed too: {type(again).__name__}: {again}"
+        log.error("a request of %s could not be answered (%s)", self.pipeline.spec["deployment"].get("name"),
+                  outcome, exc_info=exc)
