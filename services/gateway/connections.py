@@ -11,8 +11,9 @@ Here a connection is counted when it is accepted: one above either limit is answ
 with `Connection: close` at once, without waiting for its request, then half-closed; what the client still sends
 is read and dropped for up to `REFUSED_LINGER` seconds (closing with unread bytes would make the kernel send a
 reset, which may reach the client before it read the 503), then it is closed. The connections already open are
-served as before. Refused connections lingering at once are capped (REFUSED_LINGERING_MAX): past it one is closed
-at once, so a flood of them cannot take the descriptors the admitted connections and the gateway's own need.
+served as before. The 503 is the gateway's typed JSON error (`too_many_connections`, `Retry-After: 1`), encoded
+once (`REFUSED`). Refused connections lingering at once are capped (REFUSED_LINGERING_MAX): past it one is closed at
+once, so a flood of them cannot take the descriptors the admitted connections and the gateway's own need.
 
 An admitted connection has `keep_alive` seconds (uvicorn's timeout_keep_alive) from its start, and from each
 response, to send the whole head of its next request, or it is closed: uvicorn arms its keep-alive timer only after
@@ -44,15 +45,29 @@ import resource
 from collections import Counter
 from typing import Protocol
 
+from services.gateway.errors import error_parts
 from services.gateway.source_address import SourceAddress, counted_as, parse_address
+from shared.errors import Unavailable
 
 try:  # the gateway's server (services/gateway/app.py); another uvicorn layout has no connection limits
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
-REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
-           b"connection: close\r\nretry-after: 1\r\n\r\ntoo many connections\n")
+def _refusal(exc: Unavailable) -> bytes:
+    """The whole HTTP answer to a refused connection, in the gateway's error shape (services/gateway/errors.py: 503,
+    the typed `{"code", "msg"}` body, `Retry-After`), encoded once: it is written when the gateway is full."""
+    status, headers, body = error_parts(exc, close=True)
+    head = [f"HTTP/1.1 {status} Service Unavailable", "content-type: application/json",
+            f"content-length: {len(body)}", *(f"{name.lower()}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+REFUSED = _refusal(Unavailable(
+    "the gateway has as many connections open as it takes, from your address or in all: send your requests over "
+    "one client's connections (one requests.Session or httpx.Client, which reuses them) instead of a new "
+    "connection each, close the ones you no longer use, and retry after a second",
+    code="too_many_connections"))
 REFUSED_LINGER = 2.0
 REFUSED_LINGERING_MAX = 128  # refused connections draining at once (each a descriptor for up to REFUSED_LINGER)
 

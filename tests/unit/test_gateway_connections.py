@@ -7,6 +7,7 @@ connection frees its place, and a trusted proxy has no per-source cap. Other sou
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 
@@ -100,7 +101,12 @@ async def test_one_source_is_capped_and_others_keep_being_served():
         reader, writer = await gateway.connect("127.0.0.2")
         answer = await _ask(reader, writer)
         assert answer.startswith(b"HTTP/1.1 503"), answer
-        assert b"connection: close" in answer.lower() and answer.endswith(b"too many connections\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"connection: close" in head.lower() and b"retry-after: 1" in head.lower(), head
+        assert b"content-type: application/json" in head.lower(), head
+        error = json.loads(body)
+        assert set(error) == {"code", "msg"} and error["code"] == "too_many_connections", error
+        assert "httpx.Client" in error["msg"] and "retry" in error["msg"], error
         assert await _closed(reader)
         writer.close()
         # another source, and the three held connections, are served
@@ -220,7 +226,8 @@ async def test_a_client_library_reads_the_refusal_even_with_a_body_on_its_way():
         async with httpx.AsyncClient(timeout=5) as client:
             for _ in range(3):
                 response = await client.post(f"http://127.0.0.1:{gateway.settings.port}/x", content=b"0" * 2**20)
-                assert response.status_code == 503 and response.text == "too many connections\n"
+                assert response.status_code == 503 and response.headers["retry-after"] == "1"
+                assert response.json()["code"] == "too_many_connections", response.text
         writer.close()
 
 
