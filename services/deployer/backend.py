@@ -42,6 +42,7 @@ A replica never answered yet is Starting (it loads its models); one with no stat
 it drains) is not kept."""
 LIVENESS_PROBE_WAIT = 2.0  # seconds the supervisor's own status probe waits (4x a status read's, 7x the most seen)
 LIVENESS_KILL_GRACE = 5.0  # seconds a replica killed as hung has after SIGTERM before SIGKILL
+LIVENESS_LATE = 1.0  # a liveness probe whose timeout fired this much late: the deployer's own loop stalled, not counted
 """Liveness (as a Kubernetes liveness probe, which KServe's predictors get): a replica that answered before and whose
 status probes then went unanswered (timed out) for settings.deployer.liveness_timeout seconds and liveness_probes
 probes in a row is hung (a deadlocked or stopped event loop): it still holds its place in the deployment's queue
@@ -50,8 +51,12 @@ with one replica) until someone redeployed. The supervisor probes every replica 
 liveness_probes seconds (a status read's probe counts too), so a replica nobody asks about is noticed; a hung one is
 sent SIGTERM, SIGKILL after LIVENESS_KILL_GRACE, and replaced at once as one that exited. Busy is not hung: the
 busiest replica measured answered within 280 ms (session 28, batch-1000 at load 8), and any one answer resets the
-count. A probe that timed out while the deployer's own bus connection was down or reconnected does not count (a NATS
-outage is not every replica hanging). A replica not subscribed (no responders: loading, draining) is not counted."""
+count. Only the supervisor's own probes (LIVENESS_PROBE_WAIT) are counted: a status read's 0.5 s probe times out on
+a replica short of CPU (load ~19), and the gateway reads the status every ROUTE_MAX_AGE per deployment, and on every
+request once the deployment says Starting; counted, and deferring the supervisor's probe, they had a busy replica
+killed. A probe that timed out while the deployer's own bus connection was down or reconnected does not count (a NATS
+outage is not every replica hanging), nor one whose timeout fired LIVENESS_LATE late (the deployer's loop stalled: the
+answer may be waiting unread). A replica not subscribed (no responders: loading, draining) is not counted."""
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -110,7 +115,9 @@ class Replica:
     answered: dict[str, Any] | None = None  # its last answer to a status probe
     silent_since: float | None = None  # when the first of its unanswered probes in a row was sent
     silent_probes: int = 0  # its status probes unanswered in a row
-    probed_at: float = 0.0  # when its last status probe was sent
+    probed_at: float = 0.0  # when its last liveness probe was sent, or it last answered any probe
+    live_silent_since: float | None = None  # when the first of its unanswered liveness probes in a row was sent
+    live_silent_probes: int = 0  # its liveness probes (the supervisor's, LIVENESS_PROBE_WAIT) unanswered in a row
     probing: bool = False  # the supervisor's liveness probe of it is under way
     last_restart: str | None = None  # why the replica it replaced went: "exited with 1", "hung: ..."
 
@@ -222,14 +229,17 @@ class LocalBackend:
         raise TimeoutError("the engine replicas did not become ready")
 
     async def replica_state(self, replica_set: ReplicaSet, replica: Replica,
-                            wait: float = STATUS_PROBE_WAIT) -> dict[str, Any]:
+                            wait: float = STATUS_PROBE_WAIT, liveness: bool = False) -> dict[str, Any]:
+        """The replica's state; `liveness`: the supervisor's probe, whose timeout counts towards hung (_hung)."""
         base = {"name": f"engine-{replica_set.name}-{replica.replica_id}", "ip": "127.0.0.1", "details": [],
                 "reason": None, "pid": replica.process.pid, "restarts": replica.restarts,
                 "last_restart": replica.last_restart}
         if replica.process.returncode is not None:
             reason = self._last_log_line(replica_set, replica)
             return base | {"status": "Error", "reason": reason or f"exited with {replica.process.returncode}"}
-        replica.probed_at = time.monotonic()
+        sent = time.monotonic()
+        if liveness:
+            replica.probed_at = sent
         epoch = self.bus_epoch()
         try:
             answer = json.loads(await self.request(
@@ -237,11 +247,27 @@ class LocalBackend:
         except TimeoutError:  # no answer in time: loading its models, or busy (SILENT_KEPT_FOR)
             if epoch is None or self.bus_epoch() != epoch:  # the deployer's bus was down: nothing known of it
                 return base | (replica.answered or {"status": "Starting"})
+            if liveness:
+                self._missed(replica, sent, wait)
             return base | self._silent(replica, wait)
         except Exception:  # no responders (not subscribed yet, or draining), the bus down, a reply not JSON
             return base | {"status": "Starting"}
         replica.answered, replica.silent_since, replica.silent_probes = answer, None, 0
+        replica.live_silent_since, replica.live_silent_probes = None, 0
+        replica.probed_at = time.monotonic()  # alive now: the next liveness probe is due a period from here
         return base | answer
+
+    @staticmethod
+    def _missed(replica: Replica, sent: float, wait: float) -> None:
+        """A liveness probe of a replica timed out: counted unless the timeout fired late (LIVENESS_LATE)."""
+        late = time.monotonic() - sent - wait
+        if late > LIVENESS_LATE:  # the deployer's loop stalled: the answer may have come and waited unread
+            log.info("liveness probe of engine replica %s timed out %.1f s late: the deployer's loop was busy; "
+                     "not counted", replica.replica_id, late)
+            return
+        if replica.live_silent_since is None:
+            replica.live_silent_since = sent
+        replica.live_silent_probes += 1
 
     @staticmethod
     def _silent(replica: Replica, wait: float = STATUS_PROBE_WAIT) -> dict[str, Any]:
@@ -339,17 +365,17 @@ class LocalBackend:
 
     def _hung(self, replica: Replica) -> str | None:
         """Why `replica` counts as hung (LIVENESS_PROBE_WAIT's rule), or None."""
-        if not self.liveness_timeout or replica.answered is None or replica.silent_since is None:
+        if not self.liveness_timeout or replica.answered is None or replica.live_silent_since is None:
             return None
-        silent = time.monotonic() - replica.silent_since
-        if silent < self.liveness_timeout or replica.silent_probes < self.liveness_probes:
+        silent = time.monotonic() - replica.live_silent_since
+        if silent < self.liveness_timeout or replica.live_silent_probes < self.liveness_probes:
             return None
-        return f"hung: it answered no status probe for {silent:.0f} s ({replica.silent_probes} in a row)"
+        return f"hung: it answered no status probe for {silent:.0f} s ({replica.live_silent_probes} in a row)"
 
     def _probe_if_due(self, replica_set: ReplicaSet, replica: Replica) -> None:
         """The supervisor's own liveness probe of `replica`, in the background (the loop goes on replacing the ones
-        that exited), when none was sent for liveness_timeout / liveness_probes seconds: at most one a replica
-        under way, one small request a replica every 10 s by default."""
+        that exited), when none was sent and it answered no probe for liveness_timeout / liveness_probes seconds: at
+        most one a replica under way, one small request a replica every 10 s by default."""
         if not self.liveness_timeout or replica.probing or replica.process.returncode is not None or \
                 time.monotonic() - replica.probed_at < self.liveness_timeout / self.liveness_probes:
             return
@@ -357,7 +383,7 @@ class LocalBackend:
 
         async def probe() -> None:
             try:
-                await self.replica_state(replica_set, replica, LIVENESS_PROBE_WAIT)
+                await self.replica_state(replica_set, replica, LIVENESS_PROBE_WAIT, liveness=True)
             finally:
                 replica.probing = False
 

@@ -139,7 +139,7 @@ async def test_time_alone_or_probes_alone_are_not_enough(tmp_path, monkeypatch, 
         await backend.status("d-1")
         await _pass(backend)
     assert replica_set.replicas == [replica]
-    replica.silent_since, replica.silent_probes = clock[0] - 10 * TIMEOUT, 1  # long silent, one probe
+    replica.live_silent_since, replica.live_silent_probes = clock[0] - 10 * TIMEOUT, 1  # long silent, one probe
     assert backend._hung(replica) is None
 
 
@@ -154,7 +154,7 @@ async def test_probes_timed_out_while_the_deployers_bus_was_down_do_not_count(tm
     bus.answers["0"] = nats.errors.TimeoutError()
     epoch[0] = None  # down
     await _run_for(backend, clock, 3 * TIMEOUT)
-    assert replica_set.replicas == [replica] and replica.silent_probes == 0
+    assert replica_set.replicas == [replica] and replica.live_silent_probes == 0
 
     async def reconnecting(subject: str, payload: bytes, wait: float) -> bytes:
         epoch[0] = (epoch[0] or 0) + 1  # it reconnected while the probe waited
@@ -162,7 +162,7 @@ async def test_probes_timed_out_while_the_deployers_bus_was_down_do_not_count(tm
 
     backend.request = reconnecting
     await _run_for(backend, clock, 3 * TIMEOUT)
-    assert replica_set.replicas == [replica] and replica.silent_probes == 0
+    assert replica_set.replicas == [replica] and replica.live_silent_probes == 0
 
 
 async def test_liveness_off_and_a_replica_that_never_answered(tmp_path, monkeypatch, clock):
@@ -181,3 +181,48 @@ async def test_liveness_off_and_a_replica_that_never_answered(tmp_path, monkeypa
     bus.answers["0"] = nats.errors.TimeoutError()  # never answered (loading): ready_timeout's matter, not hung
     await _run_for(backend, clock, 3 * TIMEOUT, step=5.0)
     assert [r.process.pid for r in replica_set.replicas] == [100]
+
+
+async def test_status_reads_timing_out_neither_count_nor_defer_the_supervisors_probe(tmp_path, monkeypatch, clock):
+    """A replica short of CPU answers the supervisor's 2 s probe but not a status read's 0.5 s one (load ~19). The
+    gateway reads the status every ROUTE_MAX_AGE, and on every request once the deployment says Starting: those
+    timed-out reads counted as liveness misses and deferred the supervisor's probe, so the busy replica was killed."""
+    backend, bus, replica_set = _world(tmp_path, monkeypatch)
+    bus.answers["0"] = RUNNING
+    await _pass(backend)
+    [busy] = replica_set.replicas
+
+    async def slow(subject: str, payload: bytes, wait: float) -> bytes:  # answers in 1 s
+        backend.probes.append(wait)
+        if wait < 1.0:
+            raise nats.errors.TimeoutError()
+        return await bus.request(subject, payload, wait)
+
+    backend.request = slow
+    for _ in range(int(3 * TIMEOUT)):  # a status read every second, for three times the bound
+        clock[0] += 1
+        await backend.status("d-1")
+        await _pass(backend)
+    assert replica_set.replicas == [busy] and not busy.process.signals
+    assert backend.probes.count(LIVENESS_PROBE_WAIT) >= 3 * PROBES, "the supervisor's probes were deferred"
+
+
+async def test_a_probe_timed_out_late_is_the_deployers_stall_not_the_replicas(tmp_path, monkeypatch, clock):
+    """The deployer's loop stalled (a blocking call, a long GC): the timeout fires late and the answer may be in the
+    socket, unread. Such a probe is not counted; one that timed out on time is."""
+    backend, bus, replica_set = _world(tmp_path, monkeypatch)
+    bus.answers["0"] = RUNNING
+    await _pass(backend)
+    [replica] = replica_set.replicas
+    stall = [5.0]
+
+    async def stalled(subject: str, payload: bytes, wait: float) -> bytes:
+        clock[0] += wait + stall[0]  # the timer fired this late
+        raise nats.errors.TimeoutError()
+
+    backend.request = stalled
+    await _run_for(backend, clock, 3 * TIMEOUT)
+    assert replica_set.replicas == [replica] and replica.live_silent_probes == 0
+    stall[0] = 0.0  # on time: the replica's silence, counted
+    await _run_for(backend, clock, 2 * TIMEOUT)
+    assert replica_set.replicas != [replica] and replica.process.signals[0] == signal.SIGTERM
