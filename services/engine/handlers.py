@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from shared.arrow_codec import from_ipc, to_ipc_stream
-from shared.errors import InvalidRequest, RailyardError
+from shared.errors import InvalidRequest, RailyardError, Unavailable
 from shared.objectstore import BUCKET_TABLES
 from shared.raw_bus import error_headers
 from shared.table_transport import (
@@ -125,6 +125,10 @@ def runs_inline(pipeline: Pipeline, rows: int) -> bool:
     return rows * learnt < INLINE_NS
 
 
+TOO_LARGE_UNSTORED = ("the answer is too large for the bus and object storage could not take it; try again, or ask "
+                      "for fewer rows")
+
+
 async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None, received: int,
                 max_payload: int) -> Answer:
     """Run the request's table through the pipeline; failures become a typed error header, never a crash."""
@@ -165,5 +169,9 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
     body = to_ipc_stream(answered)
     answer_headers = {META_HEADER: json.dumps(meta)}
     if above_bus_limit(body, max_payload):  # answer by reference
-        answer_headers[TABLE_REF], body = await put_table(pipeline.store, INFERENCE_PREFIX, body), b""
+        try:
+            answer_headers[TABLE_REF], body = await put_table(pipeline.store, INFERENCE_PREFIX, body), b""
+        except Exception:  # the caller's answer, not a crash: 503 as a shared batch's request gets (batching.py)
+            log.exception("an answer of %s could not be stored", pipeline.spec["deployment"].get("name"))
+            return Answer(b"", error_headers(Unavailable(TOO_LARGE_UNSTORED)))
     return Answer(body, answer_headers, table, output, last_model, timings, shadows, shadow_outputs)

@@ -54,7 +54,7 @@ from shared.messages.engine import ReplicaSpec  # noqa: E402
 from shared.nats_direct import write_now  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
 from shared.probe_files import keep_probe_files  # noqa: E402
-from shared.raw_bus import REPLY_INBOXES, connect_options, log_refused_reply  # noqa: E402
+from shared.raw_bus import REPLY_INBOXES, connect_options, error_headers, log_refused_reply  # noqa: E402
 from shared.sched_hint import request_path_slice  # noqa: E402
 from shared.settings import Settings, load_settings  # noqa: E402
 
@@ -318,7 +318,28 @@ class Replica:
             if earlier is not None:
                 await resend(msg, earlier)
                 return
-            await run_alone(msg, received, time.time_ns() // 1_000_000)
+            at_ms = time.time_ns() // 1_000_000
+            try:
+                await run_alone(msg, received, at_ms)
+            except Exception as exc:  # every request let through gets one answer (the batcher's alone() does so too)
+                await answer_failed(msg, received, at_ms, exc)
+            except BaseException:  # cancelled (the replica stopping): a re-send is not held for an answer never sent
+                answers.forget(msg)
+                raise
+
+        async def answer_failed(msg, received: int, at_ms: int, exc: Exception) -> None:
+            """A typed error answer at once (an answer without output leaves no record), which also answers a re-send
+            waiting for this attempt; unanswered, the re-send would be held until the gateway gives up. Logged once."""
+            error = exc if isinstance(exc, RailyardError) else \
+                RailyardError(f"the engine could not answer: {type(exc).__name__}", code="inference_failed")
+            try:
+                await deliver(msg, handlers.Answer(b"", error_headers(error)), received, at_ms)
+                outcome = f"answered {error.code} instead"
+            except Exception as again:
+                outcome = f"its error answer failed too: {type(again).__name__}: {again}"
+            finally:
+                answers.forget(msg)  # a no-op once answered; else a later re-send of the id runs again
+            log.error("a request of %s could not be answered (%s)", self.name, outcome, exc_info=exc)
 
         async def run_alone(msg, received: int, at_ms: int) -> None:
             answer = await handlers.infer(self, msg.data, msg.headers, received, nc.max_payload)

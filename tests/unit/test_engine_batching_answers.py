@@ -124,5 +124,6 @@ def test_requests_run_alone_after_a_failed_shared_call_are_answered_each(pipelin
     assert alone == ["r0", "bad", "r2", "r3"]
     answers = _one_each(delivered, ["r0", "bad", "r2", "r3"])
     assert "NaN" in _error(answers["bad"])["msg"]
-    assert _error(answers["r2"])["status"] == 500  # run_alone raised: an internal error answer
+    # object storage refusing r2's answer: 503 from handlers.infer; its publish failing: run_alone raised, a 500
+    assert _error(answers["r2"])["status"] == (503 if fail == "store" else 500)
     assert answers["r0"].output.num_rows == 2 and answers["r3"].output.num_rows == 3
