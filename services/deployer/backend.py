@@ -57,6 +57,16 @@ request once the deployment says Starting; counted, and deferring the supervisor
 killed. A probe that timed out while the deployer's own bus connection was down or reconnected does not count (a NATS
 outage is not every replica hanging), nor one whose timeout fired LIVENESS_LATE late (the deployer's loop stalled: the
 answer may be waiting unread). A replica not subscribed (no responders: loading, draining) is not counted."""
+CRASH_BACKOFF_FIRST = 1.0  # seconds before respawning a replica whose predecessor also exited soon after its start
+CRASH_BACKOFF_MAX = 60.0  # the most, doubling from CRASH_BACKOFF_FIRST
+CRASH_STABLE_AFTER = 10.0  # a replica that answered a probe and lived this long came up: its exit resets the back-off
+"""Crash-loop back-off (as Kubernetes' CrashLoopBackOff): a replica that exits after it came up (answered a status probe
+and lived CRASH_STABLE_AFTER) is replaced at once; one that exits before (a bad model, OOM at load, a broken
+environment) is replaced after CRASH_BACKOFF_FIRST, doubling for each such exit in a row up to CRASH_BACKOFF_MAX. Before
+2026-12-05 it was respawned on the supervisor's next 0.2 s pass, for ever: a Python process started several times a
+second. While it waits the replica is `Error`, its reason saying so and `restart_in` the seconds left. A replica killed
+as hung (liveness) answered before, so it came up: replaced at once, the count reset."""
+TAIL_BYTES = 8192  # of an exited replica's log read for its reason (the last line, an engine error preferred)
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -120,6 +130,8 @@ class Replica:
     live_silent_probes: int = 0  # its liveness probes (the supervisor's, LIVENESS_PROBE_WAIT) unanswered in a row
     probing: bool = False  # the supervisor's liveness probe of it is under way
     last_restart: str | None = None  # why the replica it replaced went: "exited with 1", "hung: ..."
+    crashes: int = 0  # exits in a row of this slot's replicas before they came up (CRASH_BACKOFF_FIRST)
+    respawn_at: float | None = None  # exited: when the supervisor replaces it (crash-loop back-off)
 
     def cpu_percent(self) -> float:
         if self.usage is None:
@@ -235,8 +247,13 @@ class LocalBackend:
                 "reason": None, "pid": replica.process.pid, "restarts": replica.restarts,
                 "last_restart": replica.last_restart}
         if replica.process.returncode is not None:
-            reason = self._last_log_line(replica_set, replica)
-            return base | {"status": "Error", "reason": reason or f"exited with {replica.process.returncode}"}
+            reason = self._last_log_line(replica_set, replica) or f"exited with {replica.process.returncode}"
+            left = None if replica.respawn_at is None else replica.respawn_at - time.monotonic()
+            if left is None or left <= 0:
+                return base | {"status": "Error", "reason": reason}
+            return base | {"status": "Error", "restart_in": round(left, 1),
+                           "reason": f"CrashLoopBackOff: {reason} ({replica.crashes} exits in a row soon after "
+                                     f"start); restarted in {left:.0f} s"}
         sent = time.monotonic()
         if liveness:
             replica.probed_at = sent
@@ -290,11 +307,20 @@ class LocalBackend:
         return list(await asyncio.gather(*(self.replica_state(replica_set, r) for r in list(replica_set.replicas))))
 
     def _last_log_line(self, replica_set: ReplicaSet, replica: Replica) -> str | None:
+        """The last line of the replica's log, an engine error's (`railyard-engine:`) preferred, from its last
+        TAIL_BYTES only: the whole file was read on every status read of an exited replica."""
         path = self.work_dir / replica_set.name / f"replica-{replica.replica_id}.log"
         try:
-            lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+            with path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - TAIL_BYTES))
+                tail = handle.read(TAIL_BYTES)
         except OSError:
             return None
+        lines = tail.decode(errors="replace").splitlines()
+        if size > TAIL_BYTES:
+            lines = lines[1:]  # the first one is cut
+        lines = [line for line in lines if line.strip()]
         errors = [line for line in lines if "railyard-engine:" in line]
         return (errors or lines or [None])[-1]
 
@@ -418,12 +444,15 @@ class LocalBackend:
             await self._autoscale(replica_set)
             for replica in list(replica_set.replicas):
                 if replica.process.returncode is not None:
-                    log.warning("engine replica %s of %s exited with %s; replacing it", replica.replica_id,
-                                replica_set.name, replica.process.returncode)
+                    if replica.respawn_at is None:
+                        self._back_off(replica_set, replica)
+                    if time.monotonic() < replica.respawn_at:  # crash-loop back-off: Error until then
+                        continue
                     why = f"exited with {replica.process.returncode}"
                 elif (why := self._hung(replica)) is not None:
                     log.warning("engine replica %s of %s (pid %s) is %s; killing and replacing it",
                                 replica.replica_id, replica_set.name, replica.process.pid, why)
+                    replica.crashes = 0  # it answered: it came up (CRASH_BACKOFF_FIRST)
                     self._retire(self._kill_hung(replica))
                 else:
                     self._probe_if_due(replica_set, replica)
@@ -432,6 +461,7 @@ class LocalBackend:
                 fresh.restarts = replica.restarts + 1
                 fresh.last_exit = replica.process.returncode
                 fresh.last_restart = why
+                fresh.crashes = replica.crashes
                 if replica_set.stopping:  # stopped while it spawned: _stop_set did not see it
                     self._retire(self._stop_replica(fresh))
                     break
@@ -440,6 +470,26 @@ class LocalBackend:
                     replica_set.replicas.append(fresh)
                 else:
                     replica_set.replicas[at] = fresh
+
+    @staticmethod
+    def _back_off(replica_set: ReplicaSet, replica: Replica) -> None:
+        """When the exited `replica` is replaced (CRASH_BACKOFF_FIRST): at once if it came up, else after a delay
+        doubling with each exit in a row."""
+        now = time.monotonic()
+        lived = now - replica.started_at
+        if replica.answered is not None and lived >= CRASH_STABLE_AFTER:
+            replica.crashes, delay = 0, 0.0
+        else:
+            replica.crashes += 1
+            delay = min(CRASH_BACKOFF_FIRST * 2 ** (replica.crashes - 1), CRASH_BACKOFF_MAX)
+        replica.respawn_at = now + delay
+        if not delay:
+            log.warning("engine replica %s of %s exited with %s; replacing it", replica.replica_id,
+                        replica_set.name, replica.process.returncode)
+        else:
+            log.warning("engine replica %s of %s exited with %s %.1f s after its start (%d in a row before coming "
+                        "up); replacing it in %g s (crash-loop back-off)", replica.replica_id, replica_set.name,
+                        replica.process.returncode, lived, replica.crashes, delay)
 
     def _retire(self, stopping: Awaitable[None]) -> None:
         """A replica's stop in the background; close() waits for it."""
