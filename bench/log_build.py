@@ -7,7 +7,7 @@ every `engine_segment_ms` (docs/performance.md items 77 and 79), in one process,
 `--kind lane` (the default): records of the fast lane (`ArrayRecord`, ccfraud-like: 29 float32 inputs a row, a
 (rows, 1) float32 output, each request's arrays its own), `tables`: ordinary records (`InferenceRecord` of tables,
 the general path's). `--against FILE` loads another `logrecords.py` (e.g. `git show <rev>:shared/logrecords.py >
-/tmp/old_logrecords.py`) beside this tree's and alternates the two round by round on records each made with its
+<scratch dir>/old_logrecords.py`) beside this tree's and alternates the two round by round on records each made with its
 own classes, checking their tables are equal; each round's figures are the median wall time of `--reps` builds and
 this thread's CPU time a build (which the machine's other load does not count), in us.
 """

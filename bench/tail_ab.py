@@ -34,7 +34,7 @@ from bench.tail_trace import OUT, autogroup, describe, fine_role, quiet_group, s
 from tests.models import ccfraud_onnx
 from tests.stack import REPO, RunningStack, stack_env
 
-VENVS = Path("/tmp/railyard-tailab-venvs")
+VENVS = Path(tempfile.gettempdir()) / "railyard-tailab-venvs"
 # the editable installs of the repository's own packages (.venv's finders map them to /work/main): a tree's venv
 # puts these folders of the tree on sys.path instead
 OWN_PACKAGES = (".", "client", "ml_backend")

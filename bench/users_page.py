@@ -22,7 +22,7 @@ analyzed workspaces of N members and 5,000 other users, then autovacuum off on a
 new workspace of its owner and N users made in one statement (one created_at, ~215-character emails, as the UI's
 13,000-member test makes them); its pages of 1000 walked with the cursor through store.list_users, as users/query
 reads them: by workspace (`workspace_id`, the owner a member) and as the owner's co-members; each page's ms, then the
-same after an ANALYZE. Run from an old tree (`git archive <rev> | tar -x -C /tmp/x`, this file copied in) for its
+same after an ANALYZE. Run from an old tree (`git archive <rev> | tar -x -C <scratch dir>`, this file copied in) for its
 figures: the store and the migrations are read from the working directory.
 
 On scratch schemas (auth's migrations) of the given PostgreSQL, dropped afterwards; without --dsn, of a scratch

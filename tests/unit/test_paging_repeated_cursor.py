@@ -12,7 +12,7 @@ import httpx
 import pytest
 from railyard_client.errors import RailyardError
 from railyard_client.pipelines import Pipeline
-from railyard_client.session import Session
+from railyard_client.session import Session, read_route_timeouts
 
 from shared import paging
 
@@ -21,6 +21,7 @@ def _session(answers):
     """A Session whose requests get the next of `answers` (an answer object, or (bare list, header cursor))."""
     session = Session.__new__(Session)
     session.timeout = 5.0
+    session.route_timeouts = read_route_timeouts(None, {})  # what __init__ sets (no user's waits)
     asked = []
 
     def send(method, path, **kwargs):
