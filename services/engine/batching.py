@@ -55,6 +55,14 @@ def can_batch(pipeline: Any) -> bool:
                                         for step in pipeline.steps)
 
 
+def failure_error(exc: Exception) -> RailyardError:
+    """What a request whose answering raised is answered with (the batcher's and the replica's lone path alike): the
+    RailyardError it raised, else 500 `inference_failed` naming only the exception's type."""
+    if isinstance(exc, RailyardError):
+        return exc
+    return RailyardError(f"the engine could not answer: {type(exc).__name__}", code="inference_failed")
+
+
 class RequestBatcher:
     """Queues a replica's requests and runs them in shared calls.
 
@@ -239,8 +247,7 @@ class RequestBatcher:
         """A request whose answering raised gets a typed error answer at once (nothing logged for it: an answer
         without output has no record). Unanswered, it would wait for the gateway's re-send, and the replica would
         hold that re-send for an answer of the first attempt that never comes. Logged once, with the deployment."""
-        error = exc if isinstance(exc, RailyardError) else \
-            RailyardError(f"the engine could not answer: {type(exc).__name__}", code="inference_failed")
+        error = failure_error(exc)
         try:
             await self.deliver(msg, Answer(b"", error_headers(error)), received, at_ms)
             outcome = f"answered {error.code} instead"

@@ -39,7 +39,7 @@ import pyarrow as pa  # noqa: E402
 
 from services.engine import handlers  # noqa: E402
 from services.engine.answers import RepeatedRequests  # noqa: E402
-from services.engine.batching import RequestBatcher, batching_config, can_batch  # noqa: E402
+from services.engine.batching import RequestBatcher, batching_config, can_batch, failure_error  # noqa: E402
 from services.engine.fast_lane import FastLane, LaneAnswer  # noqa: E402
 from services.engine.logbatcher import LogBatcher  # noqa: E402
 from services.engine.logpolicy import LogPolicy  # noqa: E402
@@ -330,8 +330,7 @@ class Replica:
         async def answer_failed(msg, received: int, at_ms: int, exc: Exception) -> None:
             """A typed error answer at once (an answer without output leaves no record), which also answers a re-send
             waiting for this attempt; unanswered, the re-send would be held until the gateway gives up. Logged once."""
-            error = exc if isinstance(exc, RailyardError) else \
-                RailyardError(f"the engine could not answer: {type(exc).__name__}", code="inference_failed")
+            error = failure_error(exc)
             try:
                 await deliver(msg, handlers.Answer(b"", error_headers(error)), received, at_ms)
                 outcome = f"answered {error.code} instead"
