@@ -11,8 +11,12 @@ ciphertext only; a reply altered on the way, or moved to another inbox, does not
 
 Enforced: a request whose reply subject is under `_INBOX.client.` without a key is refused at once, unsealed (400
 `reply_key_required`; a key that is not base64url of 32 bytes: 400 `bad_reply_key`), before its handler runs, so the
-command has no effect. Services and the gateway reply to their own inboxes, which no other identity may read: they
-send no key and pay nothing. A request with a key is sealed whatever its inbox.
+command has no effect. Those two are the only replies sent unsealed to a request that goes to the shared inbox, and
+only when there is no key to seal with; every other refusal is sealed like an answer. So a caller that sent a valid
+key (`sealed_request` always does) accepts sealed replies only: an unsealed one, refusal or not, is not the service's
+answer to it (every service may publish into `_INBOX.>` and could forge one) and is `UnsealedReply`. Services and
+the gateway reply to their own inboxes, which no other identity may read: they send no key and pay nothing. A
+request with a key is sealed whatever its inbox.
 
 One implementation for every handler a `client` may reach: `shared.bus.command` (the typed commands) and the log
 store's raw query (services/log_store/app.py) use `reply_key` and `seal_reply`; callers use `sealed_request`.
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bus_identities import CLIENT, inbox_prefix
-from shared.errors import InvalidRequest, RailyardError, Unavailable
+from shared.errors import InvalidRequest, RailyardError
 
 REPLY_KEY_HEADER = "Railyard-Reply-Key"
 SEALED_HEADER = "Railyard-Sealed"
@@ -60,6 +64,15 @@ class UnsealError(RailyardError):
 
     status = 502
     code = "bad_sealed_reply"
+
+
+class UnsealedReply(UnsealError):
+    """A reply to a request that sent a valid key which arrives unsealed, an ok answer or a refusal: no service
+    answers such a request in the clear (the key refusals are for requests without a valid key), so it came from a
+    service that does not seal (an older version) or from another identity that may publish into callers' inboxes
+    (every service may publish to `_INBOX.>`). Nothing of it is read or passed on."""
+
+    code = "unsealed_reply"
 
 
 def new_key() -> bytes:
@@ -158,25 +171,21 @@ class OpenedReply:
     headers: dict[str, str] | None = field(default=None)
 
 
-def _refusal(data: bytes, headers: Mapping[str, str] | None) -> bool:
-    """An unsealed reply a service may send to a caller with a key: a refusal of the key itself (a typed error in
-    the header of a raw reply, or an error `Reply`), which carries nothing of anybody's."""
-    return bool(_header(headers, "Railyard-Error")) or bytes(data[:12]) == b'{"ok":false,'
-
-
 async def sealed_request(nc: Any, subject: str, data: bytes = b"", *, headers: Mapping[str, str] | None = None,
                          timeout: float = 5.0) -> OpenedReply:
     """`nc.request` for a caller on a shared inbox (the `client` identity): sends a fresh key with the request and
-    returns the reply opened. nats-py's errors as `nc.request` raises them (NoRespondersError, TimeoutError);
-    UnsealError when the reply does not open, Unavailable when the service answered an ok reply unsealed (a service
-    that does not seal: its reply was readable by every caller of the identity)."""
+    returns the reply opened, refusals included (a `Reply` with `ok: false`, or the `Railyard-Error` header of a
+    raw reply). nats-py's errors as `nc.request` raises them (NoRespondersError, TimeoutError); UnsealError when the
+    reply does not open, UnsealedReply (502 `unsealed_reply`) when it arrives unsealed, whatever it says: the key
+    sent is always valid, so the only replies a service sends unsealed (`reply_key_required`, `bad_reply_key`) are
+    never the answer to it, and an unsealed refusal is one that any service could have forged (every service may
+    publish into `_INBOX.>`) or one of a service that does not seal; it is not passed on."""
     key = new_key()
     sent = {**(headers or {}), REPLY_KEY_HEADER: encode_key(key)}
     reply = await nc.request(subject, data, timeout=timeout, headers=sent)
     if not is_sealed(reply.headers):
-        if _refusal(reply.data, reply.headers):
-            return OpenedReply(reply.subject, reply.data, dict(reply.headers) if reply.headers else None)
-        raise Unavailable(f"{subject.split('.')[0]} answered without sealing its reply (an older version?): it was "
-                          "readable by every caller of this bus identity")
+        raise UnsealedReply(f"the reply to {subject} arrived unsealed although the request sent a valid "
+                            f"{REPLY_KEY_HEADER}: it is not {subject.split('.')[0]}'s sealed answer (a service that "
+                            "does not seal, or a reply forged into this inbox), so it was not read")
     body, out = unseal(key, reply.subject, reply.data, reply.headers)
     return OpenedReply(reply.subject, body, out or None)

@@ -18,7 +18,7 @@ from faststream.nats import NatsBroker
 from services.log_store.app import _raw_responder
 from shared import sealed
 from shared.bus import CallContext, command
-from shared.errors import Forbidden, InvalidRequest, Unavailable
+from shared.errors import Forbidden, InvalidRequest
 from shared.messages.base import Message, Reply
 from shared.raw_bus import ERROR_HEADER, error_headers
 from tests.local_nats import local_nats_server
@@ -192,18 +192,38 @@ async def test_the_log_store_responder_seals_and_refuses_the_same_way(nats_url: 
             await nc.close()
 
 
-async def test_the_caller_refuses_an_ok_reply_that_was_not_sealed(nats_url: str) -> None:
+async def test_the_caller_refuses_any_reply_that_was_not_sealed(nats_url: str) -> None:
+    """A reply to a request that sent a valid key arrives sealed or is refused, an ok answer and a refusal alike: an
+    unsealed refusal is what any service may publish into a caller's inbox (`_INBOX.>`), so a forged 403 or a forged
+    `reply_key_required` is not passed on as the service's answer, and nothing it says reaches the caller."""
     service = await nats.connect(nats_url, max_reconnect_attempts=0)
     caller = await nats.connect(nats_url, inbox_prefix="_INBOX.client", max_reconnect_attempts=0)
+    forged_error = Reply(ok=False, status=403, error={"code": "forbidden", "msg": "forged: call evil.example"})
+    unsealed = {
+        "auth.old.get": (b'{"ok":true,"data":{"email":"a@example.com"}}', None),  # an older version, say
+        "auth.forged.get": (forged_error.model_dump_json().encode(), None),  # a command's refusal, forged
+        "auth.forged_key.get": (Reply(ok=False, status=400, error={
+            "code": "reply_key_required", "msg": "forged: call evil.example"}).model_dump_json().encode(), None),
+        "log_store.forged.query": (b"", error_headers(Forbidden("forged: call evil.example"))),  # a raw refusal
+    }
 
-    async def old_version(msg) -> None:
-        await msg.respond(b'{"ok":true,"data":{"email":"a@example.com"}}')
+    def answer(subject: str):
+        async def respond(msg) -> None:
+            assert sealed.REPLY_KEY_HEADER in msg.headers
+            body, headers = unsealed[subject]
+            await service.publish(msg.reply, body, headers=headers)
+        return respond
 
     try:
-        await service.subscribe("auth.old.get", cb=old_version)
+        for subject in unsealed:
+            await service.subscribe(subject, cb=answer(subject))
         await service.flush()
-        with pytest.raises(Unavailable, match="without sealing its reply"):
-            await sealed.sealed_request(caller, "auth.old.get", b"{}", timeout=30)
+        for subject in unsealed:
+            with pytest.raises(sealed.UnsealedReply) as refused:
+                await sealed.sealed_request(caller, subject, b"{}", timeout=30)
+            assert (refused.value.status, refused.value.code) == (502, "unsealed_reply")
+            assert "arrived unsealed" in str(refused.value) and "evil" not in str(refused.value)
+            assert isinstance(refused.value, sealed.UnsealError)  # who catches the seal's errors catches this one
     finally:
         for nc in (service, caller):
             await nc.close()
