@@ -215,6 +215,10 @@ class LogSettings(BaseModel):
     flush_interval: float = Field(0.25, description="Seconds the log store gathers records into one segment.")
     ack_wait: float = Field(30.0, gt=0, description="Seconds before JetStream redelivers a record the log store "
                             "took and did not acknowledge (it died holding it); set when its consumer is created.")
+    unknown_retry: float = Field(2.0, gt=0, le=60, allow_inf_nan=False, description="Seconds before a batch of a "
+                                 "deployment the deployer has not announced yet comes back to the log store (a nak's "
+                                 "delay), doubling at each return up to 60 s; an announcement asks the held batches "
+                                 "back at once (docs/logs.md).")
     segment_max_bytes: int = Field(64 * 1024 * 1024, description="Bytes of records that make the log store write "
                                    "a segment before flush_interval is up.")
     row_group_rows: int = Field(8192, description="Rows per Parquet row group (the unit a page reads).")

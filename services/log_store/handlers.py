@@ -112,9 +112,8 @@ LOG_SUBJECT_PREFIX = "logs.inference."
 # Once this process records the announcement, its held batches are asked back at once (`Ingestor.wake_held`); once
 # another log-store process recorded it, when its NOTIFY is heard (deployments.CHANNEL) or at the next look in
 # PostgreSQL (`Ingestor.look_up_held`)
-UNKNOWN_RETRY = 2.0
+UNKNOWN_RETRY = 2.0  # the default of logs.unknown_retry (RAILYARD_LOGS__UNKNOWN_RETRY; 0.5 s in the test stack)
 UNKNOWN_RETRY_MAX = 60.0
-UNKNOWN_BACKOFF = DeliveryPolicy(backoff=UNKNOWN_RETRY, backoff_max=UNKNOWN_RETRY_MAX)
 # batches held at most at once (they count in the consumer's max_ack_pending, 50,000: at that many the server sends
 # no other batch); one more of a deployment not announced is quarantined at once, so ingestion goes on
 HOLD_MAX = 10_000
@@ -784,7 +783,8 @@ class Ingestor:
                     log.warning("inference log batches of deployment %s wait for the deployer to announce it "
                                 "(events.pipeline.deployed); kept unacknowledged (%d held since start)", subject[:200],
                                 self.held)
-                await _nak(batch.msg, _retry_delay(batch.msg))
+                await _nak(batch.msg, _retry_delay(batch.msg, getattr(self.deps.settings, "unknown_retry",
+                                                                      UNKNOWN_RETRY)))
             elif owner.workspace_id != batch.workspace_id:
                 await self.quarantine(batch.msg, f"deployment {subject[:200]!r} belongs to workspace "
                                       f"{owner.workspace_id}, not to workspace {batch.workspace_id} its Railyard-Log "
@@ -828,14 +828,14 @@ def _consumer_seq(msg: Any) -> int | None:
         return None
 
 
-def _retry_delay(msg: Any) -> float:
-    """UNKNOWN_RETRY after a first delivery, doubling with each redelivery, at most UNKNOWN_RETRY_MAX (the
-    consumers' own backoff, shared.consumers.DeliveryPolicy, with these bounds)."""
+def _retry_delay(msg: Any, first: float = UNKNOWN_RETRY) -> float:
+    """`first` (logs.unknown_retry) after a first delivery, doubling with each redelivery, at most UNKNOWN_RETRY_MAX
+    (the consumers' own backoff, shared.consumers.DeliveryPolicy, with these bounds)."""
     try:
         delivered = int(msg.metadata.num_delivered)
     except (AttributeError, TypeError, ValueError):
         delivered = 1
-    return UNKNOWN_BACKOFF.delay(delivered)
+    return DeliveryPolicy(backoff=first, backoff_max=UNKNOWN_RETRY_MAX).delay(delivered)
 
 
 def _stream_time(msg: Any) -> float:

@@ -54,6 +54,24 @@ async def _send(nc, subject_deployment: str, header: str, body: bytes, segment: 
     return batch_id
 
 
+STORED_WITHIN = 6.0  # seconds from a late announcement until the batches held for it are stored (a wake-up)
+WAITING = "wait for the deployer to announce it"  # the log store's line for a deployment whose batches it holds
+
+
+def _unknown_retry(stack) -> float:
+    """Seconds before a held batch first comes back (logs.unknown_retry, tests/stack.py): it comes back after 1, 3, 7,
+    15, 31 ... times that (the delay doubles at each return, at most 60 s)."""
+    return float(stack.env["RAILYARD_LOGS__UNKNOWN_RETRY"])
+
+
+def _wait_held(log: Path, deployment: str, within: float = 30.0) -> None:
+    """Until the log store writing `log` has held a batch of `deployment` (its line saying the batches wait)."""
+    deadline = time.monotonic() + within
+    while deployment not in "".join(line for line in log.read_text(errors="replace").splitlines() if WAITING in line):
+        assert time.monotonic() < deadline, f"the log store never held a batch of {deployment}"
+        time.sleep(0.1)
+
+
 async def _quarantine_reasons(stack, batch_ids: list[str]) -> dict[str, str]:
     conn = await asyncpg.connect(stack.settings().postgres.dsn)
     try:
@@ -135,7 +153,9 @@ def test_a_batch_of_a_deployment_not_announced_yet_waits_and_is_stored_once_it_i
             await nc.close()
 
     batches = asyncio.run(publish())
-    time.sleep(5.0)  # the log store has fetched them, held them and had them back at least once (UNKNOWN_RETRY 2 s)
+    # the log store has fetched them, held them and had them back at least once (at 1 and 3 times unknown_retry)
+    _wait_held(stack.data_dir / "logs" / "log_store.log", deployment)
+    time.sleep(3 * _unknown_retry(stack))
     assert all_rows(stack, alice, pipeline) == []  # not stored unverified
     assert asyncio.run(_quarantine_reasons(stack, batches)) == {}  # nor quarantined
 
@@ -153,11 +173,12 @@ def test_a_batch_of_a_deployment_not_announced_yet_waits_and_is_stored_once_it_i
 
 
 def test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands(stack, alice):
-    """A held batch comes back at its nak's delay, which doubles at each return (2, 4, 8, 16 s ... at most 60): held
-    16 s, its next return is ~14 s away. Once the announcement lands the log store asks its held batches back at once
-    (a plain NAK: the server delivers them again now): they are stored within a few seconds, each once, and a batch of
-    another deployment still not announced stays held (neither stored nor quarantined). On the old code they waited
-    for their delay to run out (stored ~14 s after the announcement)."""
+    """A held batch comes back at its nak's delay, which doubles at each return (logs.unknown_retry r, then 2r, 4r,
+    8r ... at most 60 s; the test stack's r is 0.5 s, the default 2 s): held 16r (8 s), its next return is ~15r
+    (7.5 s) away. Once the announcement lands the log store asks its held batches back at once (a plain NAK: the
+    server delivers them again now): they are stored within a few seconds, each once, and a batch of another
+    deployment still not announced stays held (neither stored nor quarantined). On the old code they waited for their
+    delay to run out (stored ~15r after the announcement)."""
     pipeline, other = f"later-{uuid.uuid4().hex[:6]}", f"never-{uuid.uuid4().hex[:6]}"
     for name in (pipeline, other):
         _create_once(stack, alice, name)
@@ -174,10 +195,12 @@ def test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands(sta
         finally:
             await nc.close()
 
+    retry = _unknown_retry(stack)
     batches = asyncio.run(publish())
-    # the scenario, not a wait for something: held this long, each batch was back at ~2, ~6 and ~14 s and will be
-    # next at ~30 s
-    time.sleep(16.0)
+    # the scenario, not a wait for something: held this long, each batch was back at ~r, 3r, 7r and 15r and will be
+    # next at ~31r (15r after the announcement: the bound below is well under it)
+    time.sleep(16 * retry)
+    assert 15 * retry >= STORED_WITHIN + 1.0, "the test stack's unknown_retry leaves no time to tell a wake-up"
     assert all_rows(stack, alice, pipeline) == []
 
     async def announce_it() -> None:
@@ -191,7 +214,7 @@ def test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands(sta
     asyncio.run(announce_it())
     rows = wait_rows(stack, alice, pipeline, 3, timeout=30, order="Asc")
     took = time.monotonic() - announced
-    assert took < 6.0, f"the held batches were stored {took:.1f} s after their deployment's announcement"
+    assert took < STORED_WITHIN, f"the held batches were stored {took:.1f} s after their deployment's announcement"
     assert _values(rows) == [0.0, 1.0, 2.0]
     time.sleep(1.0)  # a second copy (the delayed return as well) would show by now
     assert _values(all_rows(stack, alice, pipeline, order="Asc")) == [0.0, 1.0, 2.0]  # each once
