@@ -399,12 +399,42 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
     async def keys() -> list[dict[str, Any]]:
         return (await request(broker, subjects.AUTH_KEYS_GET, {}, timeout=timeout, reply_model=SigningKeys)).keys
 
-    async def revocations() -> Revocations:
-        return await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(), timeout=timeout,
+    async def page(after: str | None) -> Revocations:
+        return await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(after=after), timeout=timeout,
                              reply_model=Revocations)
+
+    async def revocations() -> Revocations:
+        return await read_revocation_pages(page)
 
     verifier = TokenVerifier(settings, keys)
     return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval)
+
+
+MAX_REVOCATION_PAGES = 10_000  # a list of more pages than this (billions of bytes) is a fault, not a list
+
+
+async def read_revocation_pages(page: Callable[[str | None], Awaitable[Any]]) -> Any:
+    """The whole revocation list from auth's pages (`auth.revocations.list` answers one page of it at a time, each
+    under the bus's payload limit, `next` naming the following one), merged: the list is applied only once every page
+    was read, so a read failing part way (auth away, a page refused) fails as a whole and the verifier keeps what it
+    had (and one that never read the list refuses tokens with 503). Unavailable when a page's `next` does not move
+    on or there are more than MAX_REVOCATION_PAGES."""
+    first = await page(None)
+    users, sessions, expiry = dict(first.users), dict(first.sessions), dict(first.session_expiry)
+    after, seen = first.next, set()
+    while after is not None:
+        if after in seen or len(seen) >= MAX_REVOCATION_PAGES:
+            raise Unavailable(f"the revocation list's pages do not end (page {len(seen) + 2} after {after[:40]!r})")
+        seen.add(after)
+        more = await page(after)
+        for user_id, before in more.users.items():
+            users[user_id] = max(before, users.get(user_id, before))
+        for session, revoked_at in more.sessions.items():
+            sessions[session] = max(revoked_at, sessions.get(session, revoked_at))
+        for session, expires in more.session_expiry.items():
+            expiry[session] = max(expires, expiry.get(session, expires))
+        after = more.next
+    return type(first)(users=users, sessions=sessions, session_expiry=expiry)
 
 
 def _longest_token_lifetime(settings: AuthSettings) -> float:

@@ -132,8 +132,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     @command(router, subjects.AUTH_REVOCATIONS_LIST, service=NAME)
     async def list_revocations(cmd: ListRevocations, ctx: CallContext) -> Revocations:
-        """Deactivated users and the moment before which their tokens are refused; revoked sessions."""
-        return await handlers.revocations(runtime.db, runtime.settings.auth)
+        """Deactivated users and the moment before which their tokens are refused; revoked sessions (a page)."""
+        return await handlers.revocations(runtime.db, runtime.settings.auth, cmd.after, deps().reply_limit())
 
     @command(router, subjects.AUTH_USERS_QUERY, service=NAME, too_large_hint=paging.too_large_hint("users/query"))
     async def query_users(cmd: QueryUsers, ctx: CallContext) -> EncodedData:

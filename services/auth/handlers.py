@@ -40,6 +40,7 @@ from shared.authz import (
     ALGORITHM,
     KIND_INFERENCE,
     KIND_USER,
+    TASK_TOKEN_MAX_TTL,
     Principal,
     out_of_scope,
     require_admin,
@@ -594,15 +595,62 @@ async def issue_task_token(deps: AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssu
     return TaskTokenIssued(access_token=token, expires_in=cmd.ttl)
 
 
-async def revocations(pool: asyncpg.Pool, settings: AuthSettings) -> Revocations:
-    """Subjects' revocation moments, and the sessions revoked recently enough that an access token of theirs could
-    still be valid."""
+REVOCATION_PAGE_SPARE = 4096  # bytes of a page's budget left for the envelope (Reply, field names, `next`)
+REVOCATION_ENTRY_SPARE = 28  # bytes an entry takes besides its key's JSON: `:`, `,` and a float's repr (<= 24)
+
+
+async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | None = None,
+                      budget: int | None = None) -> Revocations:
+    """Subjects' revocation moments, the sessions revoked recently enough that an access token of theirs could still
+    be valid, and ended task runs' sessions until their tokens expire: what every verifier must have read before it
+    accepts a token. An entry that can no longer refuse a valid token is left out, so the list holds only what was
+    revoked within a token's lifetime.
+
+    A page of at most `budget` bytes of JSON (None: the whole list), from the start or after `after` (a previous
+    page's `next`); `next` is set while more follow. Ended runs grow the list with the platform's use (~120 bytes a
+    run within its tokens' lifetime, up to a day): answered whole, ~70k of them passed the bus's 8 MiB limit and the
+    list could no longer be read at all, so a service starting then refused every token. Pages stay under the limit
+    whatever its length."""
     now = time.time()
-    runs = await task_tokens.revoked(pool, now)  # ended task runs' sessions, listed until their tokens expire
-    return Revocations(users=await store.revocations(pool),
-                       sessions=await store.revoked_sessions(pool, now - settings.access_token_ttl - 60)
-                       | {r["run_id"]: r["revoked_at"] for r in runs},
-                       session_expiry={r["run_id"]: r["expires_at"] for r in runs})
+    longest = max(settings.access_token_ttl, TASK_TOKEN_MAX_TTL)  # a verifier accepts no token living longer
+    since = (now - longest - 2 * task_tokens.LEEWAY, now - longest - 2 * task_tokens.LEEWAY,
+             now - settings.access_token_ttl - 60, now - task_tokens.LEEWAY)
+    part, key = _revocations_cursor(after)
+    users: dict[str, float] = {}
+    sessions: dict[str, float] = {}
+    expiry: dict[str, float] = {}
+    left = None if budget is None else max(budget - REVOCATION_PAGE_SPARE, 1)
+    while part < len(store.REVOCATION_PARTS):
+        # a run's entry is two (sessions and session_expiry): at least ~2 x (38 + 28) bytes, a subject's ~66
+        limit = None if left is None else max(left // 60, 1)
+        rows = await store.revocation_part(pool, part, since[part], key, limit)
+        for row in rows:
+            size = (len(orjson.dumps(row["key"])) + REVOCATION_ENTRY_SPARE) * (2 if row["expires"] is not None else 1)
+            if left is not None:
+                if size > left and (users or sessions):  # it goes on the next page (a page holds one at least)
+                    return Revocations(users=users, sessions=sessions, session_expiry=expiry, next=f"{part}:{key}")
+                left -= size
+            if part < 2:  # a service account may be a user too: the later moment refuses more
+                users[row["key"]] = max(float(row["at"]), users.get(row["key"], 0.0))
+            else:
+                sessions[row["key"]] = max(float(row["at"]), sessions.get(row["key"], 0.0))
+                if row["expires"] is not None:
+                    expiry[row["key"]] = max(float(row["expires"]), expiry.get(row["key"], 0.0))
+            key = row["key"]
+        if limit is not None and len(rows) == limit:
+            continue  # this part has more rows (or the budget is spent: the next pass returns the page)
+        part, key = part + 1, ""
+    return Revocations(users=users, sessions=sessions, session_expiry=expiry)
+
+
+def _revocations_cursor(after: str | None) -> tuple[int, str]:
+    """(part, last key) of a revocation page's `next`; (0, '') for the first page."""
+    if after is None:
+        return 0, ""
+    part, sep, key = after.partition(":")
+    if not sep or part not in {str(p) for p in range(len(store.REVOCATION_PARTS))}:
+        raise InvalidRequest("after: not a `next` of auth.revocations.list; ask for the first page without it")
+    return int(part), key
 
 
 async def task_run_ended(deps: AuthDeps, run_id: uuid.UUID, owner_id: str) -> None:

@@ -354,12 +354,30 @@ async def users_answer_size(pool: asyncpg.Pool, *, ids: list[uuid.UUID] | None, 
     return row["users"], row["text_bytes"]
 
 
-async def revocations(pool: asyncpg.Pool) -> dict[str, float]:
-    """Token subjects (users, inference clients' service accounts) -> tokens issued at or before are refused."""
-    rows = await pool.fetch(
-        "SELECT id::text AS subject, revoked_before FROM users WHERE revoked_before IS NOT NULL"
-        " UNION ALL SELECT service_account_id::text, revoked_at FROM clients WHERE revoked_at IS NOT NULL")
-    return {r["subject"]: float(r["revoked_before"]) for r in rows}
+# The revocation list's parts, in the order it is answered (handlers.revocations pages through them): each a query
+# of (key, at, expires) rows with key > $2, in key order, at most $3 (NULL: all). $1: the moment before which an
+# entry can no longer refuse a valid token (a subject's: revoked before the longest token lifetime; a session's:
+# before an access token's; a run's: its tokens expired).
+REVOCATION_PARTS = (
+    # users whose tokens issued at or before revoked_before are refused (deactivated, a new password)
+    "SELECT id::text AS key, revoked_before AS at, NULL::float8 AS expires FROM users"
+    " WHERE revoked_before >= $1::float8 AND id::text > $2 ORDER BY id::text LIMIT $3",
+    # inference clients' service accounts, revoked
+    "SELECT service_account_id::text AS key, revoked_at AS at, NULL::float8 AS expires FROM clients"
+    " WHERE revoked_at >= $1::float8 AND service_account_id::text > $2 ORDER BY service_account_id::text LIMIT $3",
+    # sessions revoked for a reused authorization code
+    "SELECT session::text AS key, revoked_at AS at, NULL::float8 AS expires FROM revoked_sessions"
+    " WHERE revoked_at >= $1::float8 AND session::text > $2 ORDER BY session::text LIMIT $3",
+    # ended task runs' sessions, until their tokens expire (task_tokens.revoked; the primary key's order)
+    "SELECT run_id AS key, revoked_at AS at, expires_at AS expires FROM task_run_tokens WHERE revoked_at IS NOT NULL"
+    " AND expires_at >= $1::float8 AND run_id > $2 ORDER BY run_id LIMIT $3",
+)
+
+
+async def revocation_part(pool: asyncpg.Pool, part: int, since: float, after: str,
+                          limit: int | None) -> list[asyncpg.Record]:
+    """Rows of REVOCATION_PARTS[part] listed since `since`, after key `after` ('' from the start), at most `limit`."""
+    return await pool.fetch(REVOCATION_PARTS[part], since, after, limit)
 
 
 # --- clients and refresh tokens ------------------------------------------------------------------------

@@ -92,7 +92,10 @@ class SigningKeyRotated(Message):
 
 
 class ListRevocations(Command):
-    """Users whose tokens issued before a moment no longer count (deactivated users), and revoked sessions."""
+    """Users whose tokens issued before a moment no longer count (deactivated users), and revoked sessions: a page of
+    them, from the start or after `after` (the previous page's `next`)."""
+
+    after: str | None = Field(None, max_length=1024, description="The previous page's `next`; none: the first page.")
 
 
 class Revocations(Message):
@@ -105,6 +108,9 @@ class Revocations(Message):
     session_expiry: dict[str, float] = Field(default_factory=dict, description=(
         "Sessions among `sessions` whose tokens may outlive access_token_ttl (a task run's, revoked at the run's "
         "end) -> when the last of them expires (epoch s): a verifier keeps the revocation until then."))
+    next: str | None = Field(None, description=(
+        "More entries follow (the list is answered in pages that fit the bus): ask again with `after` set to this; "
+        "none: this was the last page. Only the pages read to the end make the list."))
 
 
 # --- users -------------------------------------------------------------------------------------------

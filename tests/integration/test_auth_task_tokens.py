@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.auth import task_tokens
+from shared.errors import InvalidRequest
 from tests.integration.conftest import service_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -64,3 +65,49 @@ async def test_an_end_before_any_token_refuses_a_later_issue_and_rows_go_when_us
     await task_tokens.revoke_run(pool, other, owner, now + task_tokens.UNISSUED_KEPT + 120)  # a day later
     left = {r["run_id"] for r in await pool.fetch("SELECT run_id FROM task_run_tokens")}
     assert left == {other}, left  # the unissued end and the expired token's row went
+
+
+async def test_the_revocation_list_drops_what_refuses_nothing_and_comes_in_pages_under_the_bus_limit(pool, stack):
+    """Ended runs grow the list with the platform's use (~120 bytes each within their tokens' lifetime, up to a day):
+    answered whole it passed the bus's limit past ~70k runs, and then no service could read it. It holds only what
+    can still refuse a valid token, and auth.revocations.list answers it in pages of at most the reply's budget, which
+    a verifier reads to the end before applying (shared.authz.read_revocation_pages)."""
+    from services.auth import handlers
+    from shared.authz import TASK_TOKEN_MAX_TTL, read_revocation_pages
+
+    settings, now = stack.settings().auth, time.time()
+    owner = uuid.uuid4()
+    await pool.execute("INSERT INTO users (id, username, password_hash, revoked_before) VALUES ($1, 'o', 'x', $2)",
+                       owner, now - 10)  # a new password ten seconds ago: listed
+    old_user = uuid.uuid4()  # deactivated before any token still valid was issued: refuses nothing now
+    await pool.execute("INSERT INTO users (id, username, password_hash, revoked_before) VALUES ($1, 'p', 'x', $2)",
+                       old_user, now - TASK_TOKEN_MAX_TTL - 3 * task_tokens.LEEWAY)
+    code_session = uuid.uuid4()
+    await pool.execute("INSERT INTO revoked_sessions (session, user_id, revoked_at) VALUES ($1, $2, $3)",
+                       code_session, owner, now - 5)
+    live = sorted(str(uuid.uuid4()) for _ in range(300))
+    for run in live:
+        assert await task_tokens.record_issue(pool, run, str(owner), now + 3600)
+        await task_tokens.revoke_run(pool, run, str(owner), now)
+    gone = str(uuid.uuid4())  # its token expired: nothing to refuse
+    await pool.execute("INSERT INTO task_run_tokens VALUES ($1, $2, $3, $4)", gone, str(owner),
+                       now - task_tokens.LEEWAY - 5, now - 7200)
+
+    whole = await handlers.revocations(pool, settings)
+    assert whole.next is None
+    assert whole.users == {str(owner): pytest.approx(now - 10)}
+    assert set(whole.sessions) == {str(code_session), *live} and set(whole.session_expiry) == set(live)
+    assert len(whole.model_dump_json()) > 30_000  # the pages below are a tenth of it
+
+    budget, pages = 4096 + 3_000, []
+
+    async def page(after):
+        answered = await handlers.revocations(pool, settings, after, budget)
+        pages.append(len(answered.model_dump_json()))
+        return answered
+
+    read = await read_revocation_pages(page)
+    assert len(pages) >= 10 and max(pages) <= budget, pages
+    assert (read.users, read.sessions, read.session_expiry) == (whole.users, whole.sessions, whole.session_expiry)
+    with pytest.raises(InvalidRequest):
+        await handlers.revocations(pool, settings, "9:x", budget)  # not a `next` auth gave

@@ -1,0 +1,91 @@
+"""The revocation list read in pages (shared.authz.read_revocation_pages): auth answers `auth.revocations.list` one
+page at a time under the bus's payload limit (ended task runs grow the list; answered whole, ~70k of them passed the
+8 MiB limit and no service could read it). A verifier merges every page and applies the list only once the last was
+read: a page that fails fails the read, so a verifier that never read the list refuses tokens (503) and one that had
+read it keeps what it had, never a part of the list taken for all of it. A `next` that does not move on ends the
+read as a fault, not a loop."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared.authz import Principal, TokenVerifier, read_revocation_pages
+from shared.bus import reply_too_large
+from shared.errors import Unavailable
+from shared.messages.auth import Revocations
+from shared.settings import AuthSettings
+
+USER = "3f2a9c1e-0000-4000-8000-000000000002"
+
+
+def _pages(now: float) -> dict[str | None, Revocations]:
+    return {
+        None: Revocations(users={USER: now - 5}, sessions={"run-a": now}, session_expiry={"run-a": now + 600},
+                          next="3:run-a"),
+        "3:run-a": Revocations(users={USER: now - 50}, sessions={"run-b": now}, session_expiry={"run-b": now + 900},
+                               next="3:run-b"),
+        "3:run-b": Revocations(users={}, sessions={"run-c": now}, session_expiry={"run-c": now + 60}),
+    }
+
+
+def _run_token(session: str) -> Principal:
+    return Principal(subject=USER, kind="user", admin=False, client_id="c", username="u", issued_at=time.time(),
+                     session=session)
+
+
+async def _keys():
+    return []
+
+
+async def test_every_page_is_read_and_merged() -> None:
+    now, asked = time.time(), []
+    pages = _pages(now)
+
+    async def page(after):
+        asked.append(after)
+        return pages[after]
+
+    read = await read_revocation_pages(page)
+    assert asked == [None, "3:run-a", "3:run-b"] and read.next is None
+    assert read.users == {USER: now - 5}  # the later moment of the two pages
+    assert read.sessions == {"run-a": now, "run-b": now, "run-c": now}
+    assert read.session_expiry == {"run-a": now + 600, "run-b": now + 900, "run-c": now + 60}
+    verifier = TokenVerifier(AuthSettings(), _keys)
+    verifier.read_revocations_from(lambda: read_revocation_pages(page))
+    await verifier._read_revocations_once()
+    assert all(verifier._is_revoked(_run_token(run)) for run in ("run-a", "run-b", "run-c"))
+
+
+async def test_a_page_that_fails_fails_the_read_closed() -> None:
+    now = time.time()
+    pages = _pages(now)
+    failing = True
+
+    async def page(after):
+        if failing and after == "3:run-b":
+            raise reply_too_large(9 * 1024 * 1024, 8 * 1024 * 1024)  # a page the bus would not carry
+        return pages[after]
+
+    verifier = TokenVerifier(AuthSettings(), _keys)
+    verifier.read_revocations_from(lambda: read_revocation_pages(page))
+    with pytest.raises(Unavailable, match="list of revoked tokens could not be read"):
+        await verifier._read_revocations_once()  # never read: tokens refused (503), not accepted on part of it
+    assert not verifier.revocations_read and not verifier._is_revoked(_run_token("run-a"))  # nothing half-applied
+
+    failing = False
+    verifier.set_revocations(**{k: v for k, v in (await read_revocation_pages(page)).model_dump().items()
+                                if k != "next"})
+    failing = True
+    with pytest.raises(Exception, match="above"):
+        await read_revocation_pages(page)  # a later poll failing part way ...
+    assert verifier._is_revoked(_run_token("run-c"))  # ... leaves what was read before
+
+
+async def test_a_next_that_does_not_move_on_is_a_fault_not_a_loop() -> None:
+    async def page(after):
+        return Revocations(users={}, next="3:same")
+
+    with pytest.raises(Unavailable, match="do not end"):
+        await read_revocation_pages(page)
