@@ -157,7 +157,9 @@ def _lease(leases: Path | None, port: int) -> None:
                 handle.write(str(os.getpid()))
 
 
-DEPLOYER_LIVENESS_TIMEOUT, DEPLOYER_LIVENESS_PROBES = 20, 4  # the test stack's (stack_env)
+# the test stack's (stack_env): above test_deploy_busy_status's hold of a replica until its status reads say Starting
+# (the deployer's SILENT_KEPT_FOR, 10 s: held 10.0 s at load 17), which must not get it replaced
+DEPLOYER_LIVENESS_TIMEOUT, DEPLOYER_LIVENESS_PROBES = 15, 3
 
 
 def stack_env(data_dir: Path) -> dict[str, str]:
@@ -194,19 +196,19 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     # a batch of a deployment not announced yet comes back 0.5 s later, then 1, 2, 4 ... s, not 2, 4, 8 ...: the tests
     # holding batches for a late announcement (test_log_owners.py, test_log_held_two_stores.py) wait 8 s, not 16
     env["RAILYARD_LOGS__UNKNOWN_RETRY"] = "0.5"
-    # an event whose handler keeps failing is redelivered 0.1, 0.2, 0.4 ... 4, 4 s later, not 2, 4 ... 300: its 10
-    # deliveries and dead letter take about 18 s (tests/integration/test_dead_letters.py), still longer than a test
-    # keeps a consumer's dependency away (a service restarted), which the default 13 minutes are for
+    # an event whose handler keeps failing is redelivered 0.1, 0.2, 0.4 ... 2, 2 s later, not 2, 4 ... 300: its 10
+    # deliveries and dead letter take about 11 s (tests/integration/test_dead_letters.py waits them out), still longer
+    # than a test keeps a consumer's dependency away (a service restarted), which the default 13 minutes are for
     env["RAILYARD_NATS__CONSUMER_BACKOFF"] = "0.1"
-    env["RAILYARD_NATS__CONSUMER_BACKOFF_MAX"] = "4"
+    env["RAILYARD_NATS__CONSUMER_BACKOFF_MAX"] = "2"
     # users' code: a hanging step is stopped after 5 s, a file above 64 MiB refused
     # (tests/integration/test_sandbox_hostile.py)
     env["RAILYARD_SANDBOX__WALL_SECONDS"] = "5"
     env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # an autoscaled deployment retires an idle replica 4 s after it last scaled, not 10 (test_pipelines.py)
     env["RAILYARD_DEPLOYER__SCALE_DOWN_AFTER"] = "4"
-    # a replica whose status probes go unanswered for 20 s (4 in a row) is hung: killed and replaced, not after 60 s
-    # (test_deploy_busy_status.py holds one with SIGSTOP)
+    # a replica whose status probes go unanswered for 15 s (3 in a row) is hung: killed and replaced, not after 60 s
+    # (test_deploy_busy_status.py holds one with SIGSTOP, and loads another for longer than that)
     env["RAILYARD_DEPLOYER__LIVENESS_TIMEOUT"] = str(DEPLOYER_LIVENESS_TIMEOUT)
     env["RAILYARD_DEPLOYER__LIVENESS_PROBES"] = str(DEPLOYER_LIVENESS_PROBES)
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds

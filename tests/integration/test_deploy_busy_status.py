@@ -7,7 +7,7 @@ the probe's 0.5 s on a loaded machine. A replica held by SIGSTOP is that replica
 answering nothing. Before 2026-12-05 its first unanswered probe made the deployment `Starting` (status, the gateway's
 route resolved again for every request, OIP's model ready); now it keeps its last answer until its probes went
 unanswered for backend.SILENT_KEPT_FOR seconds (and SILENT_KEPT_PROBES in a row), then is `Starting` with the reason.
-Held past the deployer's liveness bound (the test stack's: tests/stack.py DEPLOYER_LIVENESS_TIMEOUT, 20 s) it is hung:
+Held past the deployer's liveness bound (the test stack's: tests/stack.py DEPLOYER_LIVENESS_TIMEOUT, 15 s) it is hung:
 killed and replaced (docs/deployment.md, "Liveness: a hung replica is replaced"); before 2026-12-05 it stayed in the
 deployment's queue group, taking a share of the requests, until a redeploy.
 """
