@@ -7,7 +7,7 @@ for ever.
 
 A handler that fails for real (a trigger on auth's workspace_resources the test adds, raising for the test's
 model ids: auth's own PostgreSQL refuses the insert) is redelivered with the backoff (the test stack's: 0.1 s
-doubling up to 4 s) and handled once the failure passes; one that fails at every delivery is delivered exactly
+doubling up to 2 s) and handled once the failure passes; one that fails at every delivery is delivered exactly
 `nats.consumer_max_deliver` times, its last failure kept as a dead letter."""
 
 from __future__ import annotations
@@ -218,12 +218,12 @@ async def test_a_failing_handler_is_redelivered_with_backoff_up_to_max_deliver_t
         started = await conn.fetchval("SELECT clock_timestamp()")  # PostgreSQL's clock, as the rows' created_at
         first = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(flaky))
         second = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(broken))
-        await handled(js, durable, second, within=90)  # 10 deliveries over ~18 s
+        await handled(js, durable, second, within=90)  # 10 deliveries over ~11 s
         assert await resource(flaky) == 1 and await attempts("flaky") == 3  # failed twice, stored at the third
         assert not await dead_letters(conn, "auth", durable, first)
         (row,) = await dead_letters(conn, "auth", durable, second)
         assert row["deliveries"] == max_deliver and "injected failure" in row["error"], dict(row)
-        # redelivered after the backoff's delays (0.1 s doubling up to 4 s: 18.3 s for 9), not at once
+        # redelivered after the backoff's delays (0.1 s doubling up to 2 s: 11.1 s for 9), not at once
         assert (row["created_at"] - started).total_seconds() >= 0.9 * backoff_total(stack, max_deliver)
         assert await attempts("broken") == max_deliver and not await resource(broken)
         last = await publish(js, subjects.EVENT_MODEL_UPLOADED, uploaded(after))
