@@ -226,25 +226,28 @@ def _write_converted(onx: Any, target: Path, model: Any) -> dict[str, Any]:
 def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
     """An XGBoost model (a pickled XGBClassifier/XGBRegressor, or XGBoost's own JSON/UBJSON model file)
     converted to ONNX with onnxmltools (its XGBoost converter supports opset 15)."""
-    import xgboost
-    from onnxmltools.convert import convert_xgboost as to_onnx
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
     head = source.read_bytes()[:2]
     if head[:1] in (b"{", b"["):  # XGBoost's JSON or UBJSON model file
+        import xgboost
+
         try:
             model = xgboost.Booster(model_file=str(source))
         except xgboost.core.XGBoostError as exc:
             raise Rejected(f"not an XGBoost model file: {str(exc).splitlines()[0][:200]}") from None
         features = model.num_features()
     else:
-        model = _unpickle(source, "the uploaded XGBoost pickle")
+        model = _unpickle(source, "the uploaded XGBoost pickle")  # before the converter's imports (convert_sklearn)
+        import xgboost
+
         if not isinstance(model, xgboost.XGBModel | xgboost.Booster):
             raise Rejected(f"not an XGBoost model (found {_type_name(model)})")
         features = model.num_features() if isinstance(model, xgboost.Booster) else getattr(model, "n_features_in_",
                                                                                            None)
     if not isinstance(features, int) or features < 1:
         raise Rejected("the XGBoost model does not say how many features it takes (is it fitted?)")
+    from onnxmltools.convert import convert_xgboost as to_onnx
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
     try:
         onx = to_onnx(model, initial_types=[("tensor", FloatTensorType([None, features]))], target_opset=15)
     except Exception as exc:  # onnxmltools raises many kinds for unsupported objectives
@@ -253,10 +256,12 @@ def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
 
 
 def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
-    """Unpickle a scikit-learn model (in this limited process only) and convert it to ONNX."""
-    from skl2onnx import convert_sklearn as to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
+    """Unpickle a scikit-learn model (in this limited process only) and convert it to ONNX.
 
+    The converter is imported after the pickle loaded: importing skl2onnx (sklearn, scipy, pandas) takes ~2.5 s of
+    CPU, which a pickle that cannot be loaded (a missing module, another Python's pickle, a hostile one) does not
+    need, and a model's pickle imports the sklearn modules it names anyway. Its code runs in this process either
+    way, before or after the import, so the order changes nothing of what it can do."""
     model = _unpickle(source, "the uploaded sklearn pickle")
     try:
         features = getattr(model, "n_features_in_", None)
@@ -264,6 +269,9 @@ def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
         raise Rejected(f"not a fitted scikit-learn model: {_library_message(exc)}") from None
     if not isinstance(features, int):
         raise Rejected("not a fitted scikit-learn model (no n_features_in_)")
+    from skl2onnx import convert_sklearn as to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
     options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
     try:
         onx = to_onnx(model, initial_types=[("tensor", FloatTensorType([None, features]))], options=options,
