@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -145,6 +145,9 @@ class AuthDeps:
     # the bytes a reply may carry on the bus (its payload limit less shared.bus.REPLY_HEADROOM), once connected; None:
     # not known (a whole users/query is then built and encode_reply refuses it if it does not fit)
     reply_limit: Callable[[], int | None] = lambda: None
+    # a round of the outbox's sending now (app.py: Outbox.send), for a change that answers only once its event is out
+    # (`_published`); None: not known (tests), the outbox is woken instead
+    send_events: Callable[[], Awaitable[Any]] | None = None
 
 
 # --- passwords -----------------------------------------------------------------------------------------
@@ -947,11 +950,45 @@ async def list_inference_clients(deps: AuthDeps, principal: Principal, workspace
 async def revoke_inference_client(deps: AuthDeps, principal: Principal, workspace_id: int, client_id: str) -> Empty:
     await _require_owner(deps, principal, workspace_id, "revoke inference clients")
     revoked_at = time.time()
-    account = await store.revoke_inference_client(deps.pool, workspace_id, client_id, revoked_at)
-    if account is None:
+    event = await store.revoke_inference_client(deps.pool, workspace_id, client_id, revoked_at)
+    if event is None:
         raise NotFound(f"no inference client {client_id!r} in workspace {workspace_id}")
-    deps.events_committed()  # its events.auth.tokens_revoked, put in the outbox with the revocation
+    # answered once its events.auth.tokens_revoked (put in the outbox with the revocation) is published: the owner
+    # is told the tokens stop working at once, and JetStream acknowledged the event, so NATS had handed it to every
+    # verifier's connection before the answer is even sent (the gateway relaying the 200 reads the event first).
+    # Answered before the outbox had sent it, a token still inferred for ~5-20 ms after the 200
+    await _published(deps, event.event_id, f"inference client {client_id}'s revocation")
     return Empty()
+
+
+EVENT_OUT_WAIT = 2.0  # s: how long a change that is answered once its event is out waits for the outbox at most
+
+
+async def _published(deps: AuthDeps, event_id: uuid.UUID, what: str) -> bool:
+    """Until the outbox has published the event (JetStream acknowledged it, the row gone), at most EVENT_OUT_WAIT:
+    one round of this process's sending now (one try of the row: a row refused counts its attempts, and a round a
+    few milliseconds apart would spend its OWN_RETRIES at once), then the row looked at every 50 ms (another
+    process sending it, the outbox's own retry). False, with a warning, when it is still unsent then (the bus away):
+    it goes out when the bus takes it, and every verifier reads it in the revocation list at its next poll
+    (RAILYARD_AUTH__REVOCATION_POLL_INTERVAL)."""
+    deadline = time.monotonic() + EVENT_OUT_WAIT
+    if deps.send_events is None:
+        deps.events_committed()
+        return False
+    sending = asyncio.ensure_future(deps.send_events())
+    # a failed round is the outbox's to tell (it logs and retries): retrieved, also when it ends after this returned
+    sending.add_done_callback(lambda done: done.cancelled() or done.exception())
+    with contextlib.suppress(Exception):  # TimeoutError, or the round's own failure
+        # shielded: a round cut short mid-transaction would publish rows it then does not delete
+        await asyncio.wait_for(asyncio.shield(sending), EVENT_OUT_WAIT)
+    while await store.event_unsent(deps.pool, event_id):
+        if time.monotonic() >= deadline:
+            deps.events_committed()
+            log.warning("%s is committed but its event is not published yet (the bus?): answered; verifiers apply it "
+                        "when the outbox sends it, or at their next poll of the revocation list", what)
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 # --- workspaces ----------------------------------------------------------------------------------------

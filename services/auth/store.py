@@ -417,19 +417,25 @@ async def inference_clients(pool: asyncpg.Pool, workspace_id: int, after: tuple[
 
 
 async def revoke_inference_client(pool: asyncpg.Pool, workspace_id: int, client_id: str,
-                                  revoked_at: float) -> uuid.UUID | None:
+                                  revoked_at: float) -> TokensRevoked | None:
     """Revoke a live inference client of the workspace (and, in the same transaction, put events.auth.tokens_revoked
-    of its service account in the outbox); its service account (the `sub` of its tokens), or None."""
+    of its service account in the outbox); that event (its subject: the `sub` of the client's tokens), or None."""
     async with pool.acquire() as conn, conn.transaction():
         account = await conn.fetchval(
             "UPDATE clients SET revoked_at = $3 WHERE client_id = $2 AND workspace_id = $1 AND revoked_at IS NULL"
             " RETURNING service_account_id",
             workspace_id, client_id, revoked_at,
         )
-        if account is not None:
-            await add_event(conn, subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(account),
-                                                                               revoked_before=revoked_at))
-        return account
+        if account is None:
+            return None
+        event = TokensRevoked(subject=str(account), revoked_before=revoked_at)
+        await add_event(conn, subjects.EVENT_TOKENS_REVOKED, event)
+        return event
+
+
+async def event_unsent(pool: asyncpg.Pool, event_id: uuid.UUID) -> bool:
+    """Whether the outbox still holds the event (not yet acknowledged by JetStream)."""
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE event_id = $1)", event_id))
 
 
 async def ensure_client(conn: asyncpg.Connection, client_id: str, secret_hash: str) -> bool:
