@@ -29,13 +29,19 @@ def _deploy(stack, account, pipeline_id: int, version_id: int, deploy_id: str, o
     return post(stack, "pipelines/deploy", account.token, body)
 
 
-def _deployed_events(stack, pipeline_id: int, count: int) -> list[dict]:
-    """The pipeline's events.pipeline.deployed on the stream, once there are `count` (or 10 s)."""
+def _deployed_events(stack, pipeline_id: int, count: int = 0, version_created: str | None = None) -> list[dict]:
+    """The pipeline's events.pipeline.deployed on the stream, once there are `count`, or once the events.pipeline.
+    version_created of its version `version_created` is there (or 10 s). The deployer's outbox sends a pipeline's
+    events in order (services/deployer/store.py): a deployed event written before that version was created is on the
+    stream by then, so one that must not have been written is looked for without waiting out a timer for it."""
     deadline = time.monotonic() + 10
     while True:
-        found = asyncio.run(stream_events(stack, subjects.EVENT_PIPELINE_DEPLOYED, "pipeline_id", {pipeline_id}))
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
+        found = asyncio.run(stream_events(stack, "events.pipeline.>", "pipeline_id", {pipeline_id}))
+        deployed = [e for e in found if e["_subject"] == subjects.EVENT_PIPELINE_DEPLOYED]
+        if version_created is None and len(deployed) >= count or time.monotonic() > deadline or \
+                any(e["_subject"] == subjects.EVENT_PIPELINE_VERSION_CREATED and
+                    e["pipeline_version"] == version_created for e in found):
+            return deployed
         time.sleep(0.2)
 
 
@@ -75,11 +81,19 @@ def test_a_deploy_only_if_a_version_serves(stack, alice):
     assert post(stack, "status/get_deployment", alice.token, {"name": deployment}).json()["status"] == "Running"
     assert query(stack, "SELECT count(*) AS n FROM deployer.outbox WHERE payload->>'pipeline_id' = $1",
                  str(pipeline_id))[0]["n"] == 0
-    assert len(_deployed_events(stack, pipeline_id, 2)) == 1
+    # and no deployed event: looked for below, behind a later event of the pipeline (it waited 10 s here)
 
     # v1 serves: the precondition holds, v2 is deployed in its place
     swapped = _deploy(stack, alice, pipeline_id, v2, name, only_if_serving=v1)
     assert swapped.status_code == 200, swapped.text
     record = post(stack, "pipelines/get", alice.token, {"pipeline_id": pipeline_id}).json()
     assert record["deployment"]["pipeline_version_pk_id"] == v2
-    assert len(_deployed_events(stack, pipeline_id, 2)) == 2
+    # a version created after it all: the deployed events written before it are the first deploy's and the swap's,
+    # none of the refusals'
+    marker = post(stack, "pipelines/create", alice.token, {
+        "pipeline_id": name, "workspace_id": alice.workspace_id,
+        "definition": {"steps": [{"ModelInference": {"models": [{"name": name}]}}], "note": "marker"}})
+    assert marker.status_code == 200, marker.text
+    events = _deployed_events(stack, pipeline_id, version_created=marker.json()["pipeline_variant_version"])
+    assert [e["pipeline_version"] for e in events] == [first["pipeline_variant_version"],
+                                                       second.json()["pipeline_variant_version"]], events
