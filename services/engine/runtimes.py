@@ -100,6 +100,22 @@ def _column_to_tensor(name: str, column: pa.ChunkedArray | pa.Array, dims: list,
     return tensor.astype(dtype, copy=False)
 
 
+def non_finite_rows(tensor: np.ndarray, shown: int = 5) -> str:
+    """The words " in row 3" or " in rows 0, 4 and 7 (and 2 more)", with "(counted from 0)": the rows (the tensor's
+    first axis: the request's rows, counted as in its JSON list) holding a NaN or infinity. A JSON body's refusal
+    named the column only, and only the SDK's DataFrame and Arrow paths found the rows (client-side); a request that
+    failed a shared batch is run alone, so these are its own rows. Empty for a tensor with no row axis."""
+    if tensor.ndim == 0:
+        return ""
+    rows = np.flatnonzero(~np.isfinite(tensor.reshape(len(tensor), -1)).all(axis=1))
+    if not len(rows):
+        return ""
+    named = [str(int(row)) for row in rows[:shown]]
+    words = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    more = f" (and {len(rows) - shown} more)" if len(rows) > shown else ""
+    return f" in row{'s' if len(rows) > 1 else ''} {words}{more} (counted from 0)"
+
+
 def _check_integers(name: str, tensor: np.ndarray, target: np.dtype) -> None:
     """Values for an integer model input that its type cannot hold exactly are refused, not cast: numpy's cast
     made 1.5 a 1, NaN and 1e300 -2**63, and wrapped an integer past the type's range (2**40 for int32 is 0), so the
@@ -108,8 +124,8 @@ def _check_integers(name: str, tensor: np.ndarray, target: np.dtype) -> None:
     info = np.iinfo(target)
     if tensor.dtype.kind == "f":
         if not np.isfinite(tensor).all():
-            raise InvalidRequest(f"column {name!r}: NaN or infinite values where the model expects {target.name} "
-                                 "integers")
+            raise InvalidRequest(f"column {name!r}: NaN or infinite values{non_finite_rows(tensor)} where the model "
+                                 f"expects {target.name} integers")
         fractions = tensor != np.trunc(tensor)
         if fractions.any():
             example = float(tensor[fractions].flat[0])
@@ -210,7 +226,7 @@ class OnnxRuntime:
                 raise InvalidRequest(f"input {name!r} has a type the engine does not feed")
             tensor = column_to_tensor(name, batch.column(name), dims, dtype, self.refuse_booleans)
             if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
-                raise InvalidRequest(f"column {name!r}: NaN or infinite values")
+                raise InvalidRequest(f"column {name!r}: NaN or infinite values{non_finite_rows(tensor)}")
             feeds[name] = tensor
         outputs = self.session.run(self.output_names, feeds)
         columns = [tensor_array(np.asarray(o)) if np.asarray(o).ndim > 1 else pa.array(np.asarray(o))

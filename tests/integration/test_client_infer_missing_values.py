@@ -2,12 +2,15 @@
 conversion (pa.Table.from_pandas) carries each NaN as an Arrow null, and the API refused the rows with "column
 'tensor': null values" (a NaN nobody sent as null, no row, nothing to do). The SDK now adds to the API's 400 which
 rows of the column hold them and what to do (railyard_client.data.explain_missing, called by infer_at); what the API
-refuses is unchanged (a Python step, which gets the rows as a DataFrame, takes them)."""
+refuses is unchanged (a Python step, which gets the rows as a DataFrame, takes them). JSON records holding NaN or
+Infinity get the rows and the column in the API's own message (services/engine/runtimes.py, non_finite_rows)."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import httpx
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -42,6 +45,15 @@ def test_the_apis_refusal_of_missing_values_names_the_rows_and_what_to_do(stack,
             pipeline.infer(table)
         message = str(refused.value)
         assert "column 'tensor': NaN or infinite values" in message and "row 1" in message, message
+        # JSON records holding NaN and Infinity (Python's json writes them): the API's own message names the rows
+        # and the column (it named the column only, and the SDK finds rows for frames and tables alone)
+        body = json.dumps([{"tensor": good}, {"tensor": good[:3] + [math.nan] + good[4:]}, {"tensor": good},
+                           {"tensor": good[:-1] + [-math.inf]}])
+        answer = httpx.post(pipeline.url(), content=body, timeout=60, headers={
+            "Authorization": f"Bearer {alice.token}", "Content-Type": "application/json"})
+        assert answer.status_code == 400 and answer.json()["code"] == "invalid_request", answer.text
+        assert answer.json()["msg"] == ("column 'tensor': NaN or infinite values in rows 1 and 3 (counted from 0)"), \
+            answer.text
         assert len(pipeline.infer(frame.iloc[[0, 2]])) == 2  # the other rows are taken
         pipeline.undeploy()
     finally:

@@ -51,7 +51,8 @@ def _arrow(values: np.ndarray) -> tuple[str, bytes]:
 
 REFUSED = {
     "a fraction in JSON": (lambda: _records([[1, 2], [1.5, 2]]), "column 'ids': a number with a fraction (1.5)"),
-    "NaN in JSON": (lambda: _records([[float("nan"), 2]]), "column 'ids': NaN or infinite values"),
+    "NaN in JSON": (lambda: _records([[1, 2], [float("nan"), 2]]),
+                    "column 'ids': NaN or infinite values in row 1 (counted from 0) where the model expects int64"),
     "1e300 in JSON": (lambda: _records([[1e300, 2]]), "column 'ids': a value (1e+300) outside the range of int64"),
     "2**63 as a float in Arrow": (lambda: _arrow(np.array([[2.0**63, 1.0]])), "column 'ids': a value "
                                   "(9.223372036854776e+18) outside the range of int64"),
