@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, trees: dict[str, Path], settings: dict[str, di
                         slices = {t: Path(f"/proc/{pid}/task/{t}/sched").read_text().split("se.slice")[1]
                                   .split(":")[1].split()[0] for t in os.listdir(f"/proc/{pid}/task")}
                         print(f"  {label}: {_role(pid)} slices (ns) {sorted(set(slices.values()))}")
-                if "python" in line and "-m" in line:
+                if "python" in line and " -m " in line:  # a child may name "-m" otherwise (python3 -mvenv)
                     with contextlib.suppress(OSError):
                         paths = [e for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                                  if e.startswith(b"PYTHONPATH=")]

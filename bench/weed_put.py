@@ -6,6 +6,7 @@ engine writes its segments) given to each in turn, A B A B: CPU of each `weed` f
     python -m bench.weed_put [--variants base,gomaxprocs1] [--mb 4.1] [--puts 20] [--rounds 4] [--inflight 2]
     python -m bench.weed_put --variants filerhttp --via s3,filer     # the S3 gateway against the filer's HTTP API
     python -m bench.weed_put --variants base --durability 20         # acknowledged PUTs survive a SIGKILL
+    python -m bench.weed_put --variants base --via s3,s3keep --mb 0.09 --inflight 1   # a PUT's connection's share
 
 Nothing else runs in those processes, so the per-MB figure is SeaweedFS's own (the rest of the stack is not
 started); `--idle 5` also reports each one's CPU per second while nothing is PUT. The objects are random bytes
@@ -144,12 +145,48 @@ async def filer_put(weed: Weed, key: str, data: bytes) -> bool:
         writer.close()
 
 
+class KeptPut:
+    """S3 PUTs signed as `shared.s3_light.put_object` signs them (UNSIGNED-PAYLOAD on loopback), each on one kept-alive
+    connection of a pool instead of a connection a PUT (`--via s3keep`): what SeaweedFS's per-PUT cost is without
+    the TCP connection's set-up and close."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self.settings = settings
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def put(self, bucket: str, key: str, data: bytes) -> bool:
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            host, _, port = self.settings.endpoint.rpartition(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+        path = f"/{bucket}/{key}"
+        headers = s3_light.signed_headers(self.settings, "PUT", path, payload_sha256=s3_light.UNSIGNED_PAYLOAD) | {
+            "content-type": "application/octet-stream", "content-length": str(len(data))}
+        writer.write((f"PUT {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                      + "\r\n").encode())
+        writer.write(data)
+        await writer.drain()
+        status = (await reader.readline()).split()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        self.idle.append((reader, writer))
+        return len(status) > 1 and status[1] == b"200"
+
+
 async def put_round(weed: Weed, data: bytes, puts: int, inflight: int, tag: str, via: str = "s3") -> float:
     gate = asyncio.Semaphore(inflight)
+    kept = weed.kept if via == "s3keep" else None
 
     async def one(i: int) -> None:
         async with gate:
-            if via == "filer":
+            if kept is not None:
+                assert await kept.put("bench", f"{tag}/{i:05d}", data)
+            elif via == "filer":
                 assert await filer_put(weed, f"{tag}/{i:05d}", data)
             else:
                 assert await s3_light.put_object(weed.s3, "bench", f"{tag}/{i:05d}", data)
@@ -185,9 +222,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--inflight", type=int, default=2)
     parser.add_argument("--idle", type=float, default=0.0)
-    parser.add_argument("--via", default="s3", help="s3, or filer: each variant's PUTs through the S3 gateway "
-                        "or the filer's HTTP API; s3,filer: both in turn on the first variant (which needs "
-                        "the filer's HTTP API on: filerhttp)")
+    parser.add_argument("--via", default="s3", help="s3, s3keep or filer: each variant's PUTs through the S3 "
+                        "gateway (a connection a PUT, or kept-alive connections: s3keep) or the filer's HTTP API; "
+                        "s3,filer: both in turn on the first variant (filer needs the filer's HTTP API on: filerhttp)")
     parser.add_argument("--durability", type=int, default=0,
                         help="N: PUT N objects to the first variant, SIGKILL it the moment the last is acknowledged, "
                              "start it again and read every object back (instead of the CPU rounds)")
@@ -207,6 +244,7 @@ def main() -> None:
 
             async def run() -> None:
                 for weed in weeds:
+                    weed.kept = KeptPut(weed.s3)
                     assert await s3_light.make_bucket(weed.s3, "bench")
                     await put_round(weed, data, 3, 1, "warm")
                 ways = args.via.split(",")
