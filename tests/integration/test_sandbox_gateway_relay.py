@@ -79,17 +79,21 @@ def test_a_sandbox_holds_at_most_its_share_of_connections_to_the_gateway(setting
     of them at most, and every other is answered 503 by the relay, in the gateway's error shape (a typed JSON
     `{"code", "msg"}`, Retry-After), and closed; the ones let through still work."""
     code = """
-        import json, socket, time
+        import json, select, socket, time
         CODE = "too_many_gateway_connections"
         held = [socket.create_connection(("127.0.0.1", PORT), timeout=10) for _ in range(300)]
-        time.sleep(1)
+        # until the relay has answered as many as it must refuse (10 s at most): more refused would leave the
+        # server holding fewer than its share, which the test checks there
+        answered, until = set(), time.monotonic() + 10
+        while len(answered) < REFUSED and time.monotonic() < until:
+            answered.update(select.select([s for s in held if s not in answered], [], [], 0.1)[0])
+        time.sleep(0.5)  # the server accepted the first ones long before; held open a moment longer all the same
         refused, answers = 0, set()
         for sock in held:
-            sock.settimeout(0.05)
+            if sock not in answered:
+                continue
             try:
                 answer = sock.recv(65536)
-            except (TimeoutError, socket.timeout):
-                continue
             except ConnectionResetError:
                 answer = b"reset"
             sock.settimeout(10)
@@ -106,6 +110,7 @@ def test_a_sandbox_holds_at_most_its_share_of_connections_to_the_gateway(setting
             answers.add(answer.decode(errors="replace"))
         print(json.dumps({"refused": refused, "answers": sorted(answers)}), flush=True)
     """
+    code = code.replace("REFUSED", str(300 - RELAY_CONNECTIONS))
     results, peers, most, _ = asyncio.run(run_with_gateway(settings, code, ["owner-a"]))
     assert results[0].returncode == 0, results[0].stderr_tail
     assert most == RELAY_CONNECTIONS, most
