@@ -142,6 +142,13 @@ def json_model(model: type[BaseModel] | None) -> Callable[[bytes], Any]:
     return decode
 
 
+FETCH_WAIT = 5.0
+"""Seconds one pull request of a consumer waits on the server for a message. A message that comes meanwhile is
+handed over at once: nats-py's first pull request of a fetch carries `no_wait` and `expires`, which the server
+(2.10 and later) answers with what is there as soon as one message is, so this is not a delivery delay. It is the
+idle cost (one request and its timeout reply per consumer per wait: 1 s had auth, monitoring and lineage's
+consumers send ~17 requests a second to an idle bus; docs/performance.md item 80), and how long a consumer whose
+connection came back after NATS was away waits before it asks again (its request was lost with the connection)."""
 FAILURES_KEPT = 4096
 """Messages whose failure this process logged, remembered (oldest forgotten first) so that a message's first failed
 delivery it sees is the WARNING with the traceback, whatever its delivery count."""
@@ -231,7 +238,7 @@ def durable_subscriber(router: NatsRouter, subject: str, *, durable: str, servic
             subject,
             stream=JStream(subjects.EVENTS_STREAM, declare=False),
             durable=durable,
-            pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+            pull_sub=PullSub(batch_size=batch_size, timeout=FETCH_WAIT),
             # the pull requests' replies come to this service's own inbox (its bus identity may read only that one)
             inbox_prefix=f"_INBOX.{service}.".encode(),
             # what the handler's failures become is settle's; a failure of settle itself (the bus away while it
