@@ -36,7 +36,7 @@ async def _app(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI calla
 
 async def _slow_app(scope, receive, send) -> None:  # noqa: ANN001 - a raw ASGI callable
     if scope["type"] == "http":
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.0)  # twice the head deadline (keep_alive=0.5) of the test that uses it
         await _app(scope, receive, send)
 
 
@@ -279,14 +279,16 @@ async def test_a_client_that_reads_nothing_of_a_response_is_cut_off_and_frees_it
         await writer.drain()
         answers = []
         try:
-            await asyncio.sleep(1.5)  # reads nothing, and keeps its socket open
-            for _ in range(20):  # the place is given back once the gateway cut the unread one
+            # reads nothing, and keeps its socket open; the place is given back once the gateway cut the unread one
+            # (keep_alive after the buffer stopped draining), asked every 0.1 s for up to ~5.5 s (1.5 s of sleep,
+            # then 20 tries 0.2 s apart, before: the first 1.5 s could only be refused)
+            for _ in range(55):
                 again = await gateway.connect("127.0.0.2")
                 answers.append((await _ask(*again))[:12])
                 again[1].close()
                 if answers[-1] == b"HTTP/1.1 200":
                     break
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
         finally:
             writer.transport.abort()  # (uvicorn's shutdown would wait for the stuck response for ever)
         assert answers[-1] == b"HTTP/1.1 200", answers
@@ -299,6 +301,7 @@ async def test_refused_connections_draining_at_once_are_capped(monkeypatch):
     from services.gateway import connections
 
     monkeypatch.setattr(connections, "REFUSED_LINGERING_MAX", 3)
+    monkeypatch.setattr(connections, "REFUSED_LINGER", 1.0)  # 2.0: a second of this test's wait, no more checked
     async with _Gateway(max_connections=1) as gateway:
         held = await gateway.connect("127.0.0.2")
         assert (await _ask(*held)).startswith(b"HTTP/1.1 200")
