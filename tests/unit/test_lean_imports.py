@@ -167,13 +167,16 @@ def test_a_second_thread_reading_unittest_while_its_init_runs_waits_for_it():
         import sys, threading
         import unittest.mock
         import unittest
-        inside, read = threading.Event(), threading.Event()
+        inside, reading, read = threading.Event(), threading.Event(), threading.Event()
 
         class HoldSignals:
             def find_spec(self, fullname, path=None, target=None):
                 if fullname == "unittest.signals" and threading.current_thread() is threading.main_thread():
                     inside.set()
-                    read.wait(3.0)  # the other thread reads now; on a waiting read this bound lets the init go on
+                    # the other thread reads now: a read that raises sets `read` at once; on a waiting read this
+                    # bound, counted from the read's start, lets the init go on
+                    reading.wait(60)
+                    read.wait(1.0)
                 return None
 
         sys.meta_path.insert(0, HoldSignals())
@@ -181,6 +184,7 @@ def test_a_second_thread_reading_unittest_while_its_init_runs_waits_for_it():
 
         def reader():
             inside.wait(60)
+            reading.set()
             try:
                 seen.append(unittest.installHandler.__qualname__)
             except AttributeError as exc:
