@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 import requests
 
 from shared.sealed import sealed_request
-from tests.integration.conftest import PASSWORD, Account, inference_token, post
+from tests.integration.conftest import PASSWORD, Account, inference_token, make_account, post, undeploy_all
 from tests.models import ccfraud_onnx
 
 pytestmark = pytest.mark.integration
@@ -152,6 +152,23 @@ NOT_WORKSPACE_SCOPED = {
 
 @pytest.fixture
 def victim_model(stack, alice) -> int:
+    return _upload_victim_model(stack, alice)
+
+
+@pytest.fixture(scope="module")
+def outsiders(stack, admin) -> Iterator[tuple[Account, Account, int]]:
+    """(alice, bob, alice's model) made once for the parametrised cases (one route each, ~60 of them): a case
+    changes nothing of either account (what each asserts: alice's state is the same after it as before, and bob
+    got no 2xx), so a fresh pair and upload per case (4 sign-ins, 2 invites, an upload: ~0.2 s of a case's
+    ~0.25 s) proved nothing more. The tests that add bob to alice's workspace keep fresh accounts of their own."""
+    alice, bob = make_account(stack, admin, "alice"), make_account(stack, admin, "bob")
+    yield alice, bob, _upload_victim_model(stack, alice)
+    for account in (alice, bob):
+        undeploy_all(stack, account)
+        account.client.close()
+
+
+def _upload_victim_model(stack, alice: Account) -> int:
     response = requests.post(
         f"{stack.api}/models/upload_stream", files={"file": ("m.onnx", ccfraud_onnx())},
         data={"name": "victim-model", "workspace_id": alice.workspace_id},
@@ -185,7 +202,8 @@ def test_every_route_is_classified(stack):
 
 
 @pytest.mark.parametrize("path", sorted(WORKSPACE_ROUTES))
-def test_foreign_workspace_is_not_found_and_unchanged(stack, alice, bob, victim_model, path):
+def test_foreign_workspace_is_not_found_and_unchanged(stack, outsiders, path):
+    alice, bob, victim_model = outsiders
     before = _state(stack, alice)
     response = post(stack, path, bob.token, WORKSPACE_ROUTES[path](alice, bob, victim_model))
     assert not 200 <= response.status_code < 300, response.text
@@ -194,9 +212,10 @@ def test_foreign_workspace_is_not_found_and_unchanged(stack, alice, bob, victim_
 
 
 @pytest.mark.parametrize("path", sorted(UPLOAD_ROUTES))
-def test_uploads_into_a_foreign_workspace_are_not_found_and_leave_nothing(stack, alice, bob, path):
+def test_uploads_into_a_foreign_workspace_are_not_found_and_leave_nothing(stack, outsiders, path):
     from tests.integration.test_registry import artifact_keys
 
+    alice, bob, _ = outsiders
     before, keys = _state(stack, alice), artifact_keys(stack)
     data, files = UPLOAD_ROUTES[path](alice)
     response = requests.post(f"{stack.api}/{path}", data=data, files=files,
@@ -207,7 +226,8 @@ def test_uploads_into_a_foreign_workspace_are_not_found_and_leave_nothing(stack,
 
 
 @pytest.mark.parametrize("path", sorted(WORKSPACE_ROUTES))
-def test_inference_tokens_cannot_reach_workspace_routes(stack, alice, victim_model, path):
+def test_inference_tokens_cannot_reach_workspace_routes(stack, outsiders, path):
+    alice, _, victim_model = outsiders
     token = inference_token(stack, alice)  # of alice's own workspace: still inference only
     response = post(stack, path, token, WORKSPACE_ROUTES[path](alice, alice, victim_model))
     assert response.status_code == 403
