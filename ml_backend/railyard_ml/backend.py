@@ -25,8 +25,16 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from railyard_ml.errors import BadModelOutput, InvalidRequest
-from railyard_ml.model import TRAINED_KEY, LabelStudioMLBase, _constructing, _Construction, next_version
+from railyard_ml.errors import BadModelOutput, InvalidRequest, LabelConfigRequired, LabelConfigUnfit, MLBackendError
+from railyard_ml.label_config import LabelConfigMismatch
+from railyard_ml.model import (
+    TRAINED_KEY,
+    LabelStudioMLBase,
+    _constructing,
+    _Construction,
+    config_reads,
+    next_version,
+)
 from railyard_ml.response import ModelResponse
 from railyard_ml.store import PendingWrites, ProjectCache, Store
 
@@ -78,6 +86,24 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _config_refusal(exc: Exception, project_id: str, label_config: str | None, where: str) -> MLBackendError:
+    """The 400 for a model failing over the labeling config: one that asked it for a control it lacks
+    (railyard_ml.label_config's LabelConfigMismatch, from get_first_tag_occurence or get_control), or one that had
+    no config at all (none sent, none set up for the project) and failed after reading its `parsed_label_config`
+    (model._NoConfig: `list(self.parsed_label_config.items())[0]`, a 1.x backend's first line, is an IndexError).
+    Without a config the request could have carried it, `label_config_required`; with one, it does not fit the
+    model, `label_config_mismatch`. Any other failure of the model's constructor or predict stays a 500
+    `model_error`: nothing the request could have changed is known to be the cause."""
+    if not label_config:
+        project = f"project {project_id!r}" if project_id else "this request (no project)"
+        return LabelConfigRequired(
+            f"{where} needs a labeling config and none was sent or set up for {project} (the model's "
+            f"{type(exc).__name__}: {exc}): send the project's labeling config as label_config with /predict (Label "
+            "Studio sends it), or as schema to /setup first")
+    return LabelConfigUnfit(f"{where}: the labeling config does not fit the model: {exc}; send a labeling config "
+                            "with the control the model asks for, or serve a model made for this config")
+
+
 @dataclass
 class _Serving:
     instance: LabelStudioMLBase
@@ -120,7 +146,16 @@ class Backend:
         try:
             kwargs = dict(project_id=project_id, label_config=label_config, train_output=train_output,
                           hostname=hostname, access_token=token, **self.init_kwargs)
-            return self.model_class(**_accepts(self.model_class.__init__, **kwargs))
+            reads: list = []
+            reading = config_reads.set(reads)
+            try:
+                return self.model_class(**_accepts(self.model_class.__init__, **kwargs))
+            except Exception as exc:
+                if isinstance(exc, LabelConfigMismatch) or (not label_config and reads):
+                    raise _config_refusal(exc, project_id, label_config, "building the model") from exc
+                raise
+            finally:
+                config_reads.reset(reading)
         finally:
             _constructing.reset(token_)
 
@@ -156,7 +191,18 @@ class Backend:
         params = dict(params)
         context = params.pop("context", None)
         kwargs = _accepts(model.predict, context=context, **params)
-        answer = await run_in_threadpool(model.predict, tasks, **kwargs)
+        reads: list = []
+        reading = config_reads.set(reads)
+        try:
+            answer = await run_in_threadpool(model.predict, tasks, **kwargs)
+        except Exception as exc:
+            serving = self._serving.get(project_id)
+            config = serving.label_config if serving else label_config
+            if isinstance(exc, LabelConfigMismatch) or (not config and reads):
+                raise _config_refusal(exc, project_id, config, "predict") from exc
+            raise
+        finally:
+            config_reads.reset(reading)
         version = self.version(project_id)
         return {"results": self._predictions(answer, len(tasks), version), "model_version": version}
 

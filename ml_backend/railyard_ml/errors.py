@@ -2,7 +2,9 @@
 
     MLBackendError (500 internal)
     ├── InvalidRequest        400 invalid_request
-    │   └── InvalidLabelConfig 400 invalid_label_config
+    │   ├── InvalidLabelConfig 400 invalid_label_config
+    │   ├── LabelConfigRequired 400 label_config_required (the model reads a labeling config; none was sent or set up)
+    │   └── LabelConfigUnfit  400 label_config_mismatch (the config sent lacks the control the model asks for)
     ├── Unauthorized          401 unauthorized
     ├── PayloadTooLarge       413 payload_too_large
     └── BadModelOutput        500 bad_model_output   (the model's predict answered something Label Studio can't use)
@@ -35,6 +37,20 @@ class InvalidLabelConfig(InvalidRequest):
     """The labeling config is not a parsable Label Studio config."""
 
     code = "invalid_label_config"
+
+
+class LabelConfigRequired(InvalidRequest):
+    """Building the model, or its predict, asked the labeling config for a control and there was no config: none was
+    sent with the request and none was set up for the project. The request could have carried it."""
+
+    code = "label_config_required"
+
+
+class LabelConfigUnfit(InvalidRequest):
+    """The labeling config sent (or set up) lacks the control the model asks for (`get_first_tag_occurence`,
+    `get_control`): the project's config and the model do not fit together."""
+
+    code = "label_config_mismatch"
 
 
 class Unauthorized(MLBackendError):

@@ -48,6 +48,54 @@ class _Construction:
 _constructing: contextvars.ContextVar[_Construction | None] = contextvars.ContextVar("railyard_ml_construct",
                                                                                      default=None)
 _default_stores: dict[str, Store] = {}
+# set by the server around building a model and around its predict: a list that gets an entry when the model reads
+# the labeling config of an instance that has none (_NoConfig), so a failure after such a read can be told the
+# request lacked the config (backend._config_refusal); None outside the server
+config_reads: contextvars.ContextVar[list | None] = contextvars.ContextVar("railyard_ml_config_reads", default=None)
+
+
+class _NoConfig(dict):
+    """`parsed_label_config` of an instance without a labeling config (none sent, none set up for the project): an
+    empty dict, as before, that notes in `config_reads` each time the model reads it (`list(...items())[0]`, the
+    1.x backends' first line, raised IndexError, and the server answered 500 model_error for a config the request
+    could have carried)."""
+
+    def _read(self) -> None:
+        reads = config_reads.get()
+        if reads is not None:
+            reads.append(True)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._read()
+        return super().__getitem__(key)
+
+    def __iter__(self):  # noqa: ANN204
+        self._read()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._read()
+        return super().__len__()
+
+    def __contains__(self, key: object) -> bool:
+        self._read()
+        return super().__contains__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._read()
+        return super().get(key, default)
+
+    def items(self):  # noqa: ANN201
+        self._read()
+        return super().items()
+
+    def keys(self):  # noqa: ANN201
+        self._read()
+        return super().keys()
+
+    def values(self):  # noqa: ANN201
+        self._read()
+        return super().values()
 
 
 def _default_cache(project_id: str) -> ProjectCache:
@@ -163,7 +211,7 @@ class LabelStudioMLBase:
     def _apply_label_config(self, label_config: str | None) -> None:
         self.label_config = label_config
         self.label_interface = LabelInterface(label_config)
-        self.parsed_label_config = self.label_interface.parsed
+        self.parsed_label_config = self.label_interface.parsed if label_config else _NoConfig()
 
     # --- the per-project cache, as label_studio_ml's get/set
     def get(self, key: str) -> str | None:

@@ -189,6 +189,58 @@ def test_model_failures_are_5xx_naming_the_problem(model_dir):
         assert answer.status_code == 200 and versions(url)["runs"] == []
 
 
+class NeedsAFile(LabelStudioMLBase):
+    """A constructor that fails for something no request can supply (reading no labeling config)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        raise FileNotFoundError("weights.bin")
+
+
+class ReadsTheConfigThenFails(LabelStudioMLBase):
+    """A constructor that reads the labeling config, then fails for something else."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.from_name = next(iter(self.parsed_label_config))
+        raise RuntimeError("the GPU is away")
+
+
+def test_a_missing_or_unfit_labeling_config_is_a_400_naming_it_and_other_constructor_failures_stay_500(model_dir):
+    """A model built or asked to predict without a labeling config (none sent, none set up for the project) answered
+    500 model_error ("IndexError: list index out of range" for a 1.x backend's `list(self.parsed_label_config
+    .items())[0]`), although the request could have carried it. Label Studio sends the project's config with every
+    /predict and /setup (label_studio_ml's own server builds the model from it and answers 500 for anything that
+    raises); a caller that left it out now gets 400 label_config_required naming it and what the model said, and a
+    config lacking the control the model asks for 400 label_config_mismatch. Anything else stays 500."""
+    bare = {"tasks": tasks("good film"), "project": PROJECT}
+    with serve(init_app(MajorityModel, model_dir=model_dir / "ls1")) as url:
+        answer = httpx.post(f"{url}/predict", json=bare, timeout=30)
+        assert answer.status_code == 400 and answer.json()["code"] == "label_config_required", answer.text
+        msg = answer.json()["msg"]
+        assert "IndexError" in msg and "label_config" in msg and "/setup" in msg and "'1'" in msg, msg
+        setup = httpx.post(f"{url}/setup", json={"project": PROJECT}, timeout=30)  # /setup without its schema
+        assert setup.status_code == 400 and setup.json()["code"] == "label_config_required", setup.text
+        assert predict(url, tasks("good film")).status_code == 200  # with the config: served, and kept
+        assert httpx.post(f"{url}/predict", json=bare, timeout=30).status_code == 200
+    with serve(init_app(KeywordModel, model_dir=model_dir / "ls2")) as url:
+        # its predict asks label_interface for <Choices> over <Text>: no config, then one without them
+        answer = httpx.post(f"{url}/predict", json=bare, timeout=30)
+        assert answer.status_code == 400 and answer.json()["code"] == "label_config_required", answer.text
+        assert "no <Choices> over <Text>" in answer.json()["msg"], answer.text
+        labels = '<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="A"/></Labels></View>'
+        answer = httpx.post(f"{url}/predict", json={**bare, "label_config": labels}, timeout=30)
+        assert answer.status_code == 400 and answer.json()["code"] == "label_config_mismatch", answer.text
+        assert "no <Choices> over <Text>" in answer.json()["msg"], answer.text
+        assert predict(url, tasks("good film")).status_code == 200
+    for model, said in ((NeedsAFile, "FileNotFoundError: weights.bin"), (ReadsTheConfigThenFails,
+                                                                          "RuntimeError: the GPU is away")):
+        with serve(init_app(model, model_dir=model_dir / model.__name__)) as url:
+            answer = httpx.post(f"{url}/predict", json=bare if model is NeedsAFile else {
+                **bare, "label_config": TEXT_CONFIG}, timeout=30)
+            assert answer.status_code == 500 and answer.json() == {"code": "model_error", "msg": said}, answer.text
+
+
 class Gated(LabelStudioMLBase):
     """Counts how many of its fits run at once, per project; each fit waits for the test to open the gate."""
 
