@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_file, to_ipc_stream
-from tests.integration.conftest import Account, inference_token, post
+from tests.integration.conftest import Account, inference_token, make_account, post, undeploy_all
 from tests.models import ccfraud_onnx, sample_rows
 
 pytestmark = pytest.mark.integration
@@ -45,23 +45,47 @@ def create_pipeline(stack, account: Account, name: str, version: dict | None) ->
     return response.json()
 
 
-@pytest.fixture
-def deployed(stack, alice):
-    version = upload_model(stack, alice)
-    pipeline = create_pipeline(stack, alice, "pipelinemodels", version)
-    response = post(stack, "pipelines/deploy", alice.token, {
+def _deploy_pipelinemodels(stack, account: Account) -> dict:
+    """The ccfraud model uploaded, pipeline `pipelinemodels` of it created and deployed (one replica)."""
+    version = upload_model(stack, account)
+    pipeline = create_pipeline(stack, account, "pipelinemodels", version)
+    response = post(stack, "pipelines/deploy", account.token, {
         "deploy_id": "pipelinemodels", "pipeline_version_pk_id": pipeline["pipeline_variant_pk_id"],
         "pipeline_id": pipeline["pipeline_pk_id"],
         "models": [{"name": version["model_id"], "version": version["model_version"], "sha": version["sha"]}]})
     assert response.status_code == 200, response.text
     deployment_id = response.json()["id"]
-    url = post(stack, "admin/get_pipeline_external_url", alice.token,
-               {"workspace_id": alice.workspace_id, "pipeline_name": "pipelinemodels"}).json()["url"]
-    info = {"pipeline": pipeline, "version": version, "deployment_id": deployment_id,
+    url = post(stack, "admin/get_pipeline_external_url", account.token,
+               {"workspace_id": account.workspace_id, "pipeline_name": "pipelinemodels"}).json()["url"]
+    return {"pipeline": pipeline, "version": version, "deployment_id": deployment_id,
             "name": f"pipelinemodels-{deployment_id}", "url": url}
+
+
+@pytest.fixture
+def deployed(stack, alice):
+    info = _deploy_pipelinemodels(stack, alice)
     yield info
     post(stack, "pipelines/undeploy", alice.token,
-         {"pipeline_id": pipeline["pipeline_pk_id"], "deployment_id": deployment_id})
+         {"pipeline_id": info["pipeline"]["pipeline_pk_id"], "deployment_id": info["deployment_id"]})
+
+
+@pytest.fixture(scope="module")
+def owner(stack, admin) -> Account:
+    """An account of the module's, whose deployment (`served`) its tests share."""
+    account = make_account(stack, admin, "owner")
+    yield account
+    undeploy_all(stack, account)
+    account.client.close()
+
+
+@pytest.fixture(scope="module")
+def served(stack, owner):
+    """`deployed` once for the module's tests that only infer on it or copy it (none undeploys or redeploys it):
+    a deploy for each of them (15) started and stopped a replica each, ~1 s."""
+    info = _deploy_pipelinemodels(stack, owner)
+    yield info
+    post(stack, "pipelines/undeploy", owner.token,
+         {"pipeline_id": info["pipeline"]["pipeline_pk_id"], "deployment_id": info["deployment_id"]})
 
 
 def infer(url: str, token: str, body, content_type: str = RECORDS, accept: str | None = None):
@@ -134,9 +158,9 @@ def test_deploy_status_infer_undeploy(stack, alice, deployed):
     assert gone.status_code == 404, gone.text
 
 
-def test_inference_token_is_accepted_on_inference(stack, alice, deployed):
-    token = inference_token(stack, alice)  # from an inference client of the deployment's workspace
-    response = infer(deployed["url"], token, [{"tensor": sample_rows(1)[0].tolist()}])
+def test_inference_token_is_accepted_on_inference(stack, owner, served):
+    token = inference_token(stack, owner)  # from an inference client of the deployment's workspace
+    response = infer(served["url"], token, [{"tensor": sample_rows(1)[0].tolist()}])
     assert response.status_code == 200, response.text
 
 
@@ -161,51 +185,51 @@ BAD_INFERENCES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INFERENCES))
-def test_bad_inferences_are_400_with_the_reason(stack, alice, deployed, case):
+def test_bad_inferences_are_400_with_the_reason(stack, owner, served, case):
     body, content_type, message = BAD_INFERENCES[case]
-    response = infer(deployed["url"], alice.token, body, content_type=content_type)
+    response = infer(served["url"], owner.token, body, content_type=content_type)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "invalid_request" and message in response.json()["msg"], response.text
 
 
-def test_outsiders_and_wrong_names_get_404(stack, alice, bob, deployed):
-    assert infer(deployed["url"], bob.token, [{"tensor": [1.0] * 29}]).status_code == 404
-    wrong = deployed["url"].rsplit("/", 1)[0] + "/otherpipeline"
-    assert infer(wrong, alice.token, [{"tensor": [1.0] * 29}]).status_code == 404
-    missing = deployed["url"].replace(deployed["name"], "nothing-999999")
-    assert infer(missing, alice.token, [{"tensor": [1.0] * 29}]).status_code == 404
+def test_outsiders_and_wrong_names_get_404(stack, owner, bob, served):
+    assert infer(served["url"], bob.token, [{"tensor": [1.0] * 29}]).status_code == 404
+    wrong = served["url"].rsplit("/", 1)[0] + "/otherpipeline"
+    assert infer(wrong, owner.token, [{"tensor": [1.0] * 29}]).status_code == 404
+    missing = served["url"].replace(served["name"], "nothing-999999")
+    assert infer(missing, owner.token, [{"tensor": [1.0] * 29}]).status_code == 404
 
 
-def test_copy_pipeline(stack, alice, deployed):
-    copied = post(stack, "pipelines/copy", alice.token, {
-        "name": "copiedmodelpipeline", "workspace_id": alice.workspace_id,
-        "source_pipeline": deployed["pipeline"]["pipeline_pk_id"]}).json()
-    assert copied["pipeline_pk_id"] != deployed["pipeline"]["pipeline_pk_id"]
+def test_copy_pipeline(stack, owner, served):
+    copied = post(stack, "pipelines/copy", owner.token, {
+        "name": "copiedmodelpipeline", "workspace_id": owner.workspace_id,
+        "source_pipeline": served["pipeline"]["pipeline_pk_id"]}).json()
+    assert copied["pipeline_pk_id"] != served["pipeline"]["pipeline_pk_id"]
     assert copied["pipeline_version"] is None and copied["deployment"] is None
-    record = post(stack, "pipelines/get", alice.token, {"pipeline_id": copied["pipeline_pk_id"]}).json()
-    source = post(stack, "pipelines/get", alice.token, {"pipeline_id": deployed["pipeline"]["pipeline_pk_id"]}).json()
+    record = post(stack, "pipelines/get", owner.token, {"pipeline_id": copied["pipeline_pk_id"]}).json()
+    source = post(stack, "pipelines/get", owner.token, {"pipeline_id": served["pipeline"]["pipeline_pk_id"]}).json()
     assert record["versions"][-1]["definition"] == source["versions"][-1]["definition"]
-    assert post(stack, "pipelines/copy", alice.token, {
-        "name": "copiedmodelpipeline", "workspace_id": alice.workspace_id,
-        "source_pipeline": deployed["pipeline"]["pipeline_pk_id"]}).status_code == 409
-    # a copy with `deploy` refused (400) creates nothing: its retry was a 409 (the deployed fixture is reused)
-    empty = create_pipeline(stack, alice, "copyemptysource", None)["pipeline_pk_id"]
-    source_pk = deployed["pipeline"]["pipeline_pk_id"]
+    assert post(stack, "pipelines/copy", owner.token, {
+        "name": "copiedmodelpipeline", "workspace_id": owner.workspace_id,
+        "source_pipeline": served["pipeline"]["pipeline_pk_id"]}).status_code == 409
+    # a copy with `deploy` refused (400) creates nothing: its retry was a 409 (the served fixture is reused)
+    empty = create_pipeline(stack, owner, "copyemptysource", None)["pipeline_pk_id"]
+    source_pk = served["pipeline"]["pipeline_pk_id"]
     for bad, from_pk, says in [({"deploy": "bad_id"}, source_pk, "invalid deploy_id"),
                                ({"deploy": "copied", "engine_config": {"cpus": 0}}, source_pk, "engine_config"),
                                ({"deploy": "copied"}, empty, "no steps")]:
-        response = post(stack, "pipelines/copy", alice.token, {
-            "name": "copybaddeploy", "workspace_id": alice.workspace_id, "source_pipeline": from_pk} | bad)
+        response = post(stack, "pipelines/copy", owner.token, {
+            "name": "copybaddeploy", "workspace_id": owner.workspace_id, "source_pipeline": from_pk} | bad)
         assert response.status_code == 400 and says in response.text, response.text
-    names = {p["name"] for p in post(stack, "pipelines/list", alice.token,
-                                     {"workspace_id": alice.workspace_id}).json()["pipelines"]}
+    names = {p["name"] for p in post(stack, "pipelines/list", owner.token,
+                                     {"workspace_id": owner.workspace_id}).json()["pipelines"]}
     assert "copybaddeploy" not in names
-    response = post(stack, "pipelines/copy", alice.token, {
-        "name": "copybaddeploy", "workspace_id": alice.workspace_id, "source_pipeline": source_pk, "deploy": "copied"})
+    response = post(stack, "pipelines/copy", owner.token, {
+        "name": "copybaddeploy", "workspace_id": owner.workspace_id, "source_pipeline": source_pk, "deploy": "copied"})
     assert response.status_code == 200, response.text
     copied = response.json()
     assert copied["deployment"]["name"] == f"copied-{copied['deployment']['id']}"
-    post(stack, "pipelines/undeploy", alice.token,
+    post(stack, "pipelines/undeploy", owner.token,
          {"pipeline_id": copied["pipeline_pk_id"], "deployment_id": copied["deployment"]["id"]})
 
 
@@ -370,13 +394,13 @@ def test_an_over_large_definition_or_engine_config_is_400_and_nothing_is_stored(
     assert shown["deployment"] is None
 
 
-def test_tables_above_the_bus_limit_travel_by_reference(stack, alice, deployed):
+def test_tables_above_the_bus_limit_travel_by_reference(stack, owner, served):
     from tests.integration.test_registry import s3
 
     rows = np.random.default_rng(0).normal(size=(60_000, 29))
     body = to_ipc_file(pa.table({"tensor": tensor_array(rows)}))
     assert len(body) > 8 * 1024 * 1024  # above the embedded NATS payload limit
-    response = infer(deployed["url"], alice.token, body, content_type=ARROW, accept=ARROW)
+    response = infer(served["url"], owner.token, body, content_type=ARROW, accept=ARROW)
     assert response.status_code == 200, response.text
     result = from_ipc(response.content)
     assert result.num_rows == 60_000
@@ -535,19 +559,19 @@ def test_answers_above_the_bus_limit_travel_by_reference(stack, alice):
     assert list(s3(stack).list_objects("railyard-tables", prefix="inference/", recursive=True)) == []
 
 
-def test_inference_bodies_above_the_limit_are_413(stack, alice, deployed):
-    headers = {"Authorization": f"Bearer {alice.token}", "Content-Type": RECORDS}
+def test_inference_bodies_above_the_limit_are_413(stack, owner, served):
+    headers = {"Authorization": f"Bearer {owner.token}", "Content-Type": RECORDS}
     big = b"[" + b" " * (17 * 1024 * 1024) + b"]"
-    response = httpx.post(deployed["url"], content=big, headers=headers, timeout=60)
+    response = httpx.post(served["url"], content=big, headers=headers, timeout=60)
     assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
 
     def chunks():
         for _ in range(300):
             yield b" " * 65536
 
-    streamed = httpx.post(deployed["url"], content=chunks(), headers=headers, timeout=60)
+    streamed = httpx.post(served["url"], content=chunks(), headers=headers, timeout=60)
     assert streamed.status_code == 413 and streamed.json()["code"] == "payload_too_large"
-    small = infer(deployed["url"], alice.token, [{"tensor": sample_rows(1)[0].tolist()}])
+    small = infer(served["url"], owner.token, [{"tensor": sample_rows(1)[0].tolist()}])
     assert small.status_code == 200, small.text  # the gateway serves on
 
 
