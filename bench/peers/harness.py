@@ -412,11 +412,19 @@ class RailyardDeployer:
     """Uploads models and deploys pipelines on a running stack, as a user would (the admin's token)."""
 
     def __init__(self, stack) -> None:
-        from shared.client import RailyardClient
+        from shared.client import RailyardAPIError, RailyardClient
 
         secrets = stack.secrets()
         self.client = client = RailyardClient(stack.base_url, secrets["client_id"], secrets["client_secret"])
-        client.login(secrets["admin_username"], secrets["admin_password"])
+        deadline = time.monotonic() + 60
+        while True:  # healthy, but on a loaded machine auth may not answer the gateway yet: 503, retried a while
+            try:
+                client.login(secrets["admin_username"], secrets["admin_password"])
+                break
+            except RailyardAPIError as exc:
+                if exc.status != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         self.workspace = client.post("workspaces/create", {"workspace_name": "peers"})["workspace_id"]
         self.versions: dict[str, str] = {}
 
