@@ -46,6 +46,7 @@ from tests.integration.ui_browser import (  # noqa: F401 (sign_in: test_ui_*.py 
     sign_in_to,
     wait_for,
     wait_text,
+    waiting,
 )
 from tests.models import ccfraud_onnx, sample_rows
 
@@ -61,7 +62,7 @@ if MISSING is None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -1029,7 +1030,7 @@ def test_integers_beyond_2_53_read_exactly(stack, alice_ui: Account, as_alice):
 def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, as_alice):
     browser = as_alice
     browser.find_element(By.ID, "signout").send_keys(Keys.ENTER)
-    WebDriverWait(browser, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
+    waiting(browser).until(ec.visibility_of_element_located((By.ID, "username")))
     assert browser.execute_script("return sessionStorage.getItem('railyard.session')") is None
     sign_in(browser, stack, bob_ui.email, PASSWORD)
     wait_text(browser, "#who", bob_ui.email)

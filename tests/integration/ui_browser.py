@@ -19,6 +19,11 @@ from tests.integration.conftest import PASSWORD
 CHROMIUM = os.environ.get("RAILYARD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("RAILYARD_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT = 30
+# how often a wait looks again: with Selenium's default 0.5 s a wait not met at its first look (a page drawn after a
+# click, a text shown after a read: 50-300 ms) lasted 0.5 s or more, ~0.25 s longer than its condition took. Counted
+# over test_ui.py and the list, older, members and sign-in pages (~290 waits): 96 s asleep between looks, 41-50 s at
+# 0.1 s; a look is one script run in the page, ~4 ms of CPU (test process, chromedriver and Chromium)
+POLL = 0.1
 
 # RAILYARD_TEST_REQUIRE_BROWSER=1 (set by .ci/run): no browser is a failure of every UI test, not a skip (a CI
 # machine that lost its Chromium would otherwise pass without testing the UI at all)
@@ -142,6 +147,11 @@ def browser(ui_chromium, stack):
     ui_chromium.leave()
 
 
+def waiting(driver, **options) -> WebDriverWait:
+    """A wait of at most WAIT seconds, looking every POLL."""
+    return WebDriverWait(driver, WAIT, poll_frequency=POLL, **options)
+
+
 def shown(driver) -> str:
     return (f"the page shows:\n{driver.execute_script('return document.body.innerText')}\n"
             f"console: {driver.get_log('browser')}")
@@ -149,14 +159,14 @@ def shown(driver) -> str:
 
 def wait_text(driver, selector: str, text: str) -> None:
     try:
-        WebDriverWait(driver, WAIT).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
+        waiting(driver).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
     except TimeoutException:
         raise AssertionError(f"{text!r} not in {selector} after {WAIT} s; {shown(driver)}") from None
 
 
 def wait_for(driver, script: str, *args, what: str = "condition") -> None:
     try:
-        WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(script, *args))
+        waiting(driver).until(lambda d: d.execute_script(script, *args))
     except TimeoutException:
         raise AssertionError(f"{what} not met after {WAIT} s; {shown(driver)}") from None
 
@@ -182,7 +192,7 @@ def sign_in(driver, stack, email: str, password: str) -> None:
     (authorization code flow with PKCE): no client fields (its client is public)."""
     driver.get(stack.base_url + "/")
     try:
-        WebDriverWait(driver, WAIT).until(ec.visibility_of_element_located((By.ID, "username")))
+        waiting(driver).until(ec.visibility_of_element_located((By.ID, "username")))
     except TimeoutException:  # a script error leaves the form hidden: show the console
         raise AssertionError(f"no sign-in form; browser console: {driver.get_log('browser')}") from None
     assert driver.current_url.startswith(stack.base_url + "/auth/realms/master/protocol/openid-connect/auth?")
@@ -203,7 +213,7 @@ def pick_workspace(driver, workspace_id: int) -> None:
         Select(d.find_element(By.ID, "workspace")).select_by_value(str(workspace_id))
         return d.find_element(By.ID, "workspace").get_attribute("value") == str(workspace_id)
 
-    WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(picked)
+    waiting(driver, ignored_exceptions=(StaleElementReferenceException,)).until(picked)
 
 
 def sign_in_to(driver, stack, account, *, keep: bool = False) -> None:
@@ -219,7 +229,7 @@ def sign_in_to(driver, stack, account, *, keep: bool = False) -> None:
                 and driver.execute_script("return sessionStorage.getItem('railyard.session')"))
         if kept:
             driver.get(stack.base_url + "/")
-            WebDriverWait(driver, WAIT).until(
+            waiting(driver).until(
                 lambda d: d.find_elements(By.ID, "username") or account.email in d.execute_script(who))
             kept = not driver.find_elements(By.ID, "username")  # else the kept session had ended: the sign-in page
     if not kept:
