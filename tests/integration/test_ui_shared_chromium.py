@@ -1,7 +1,8 @@
 """The test process's one headless Chromium (tests/integration/ui_browser.py, Chromium; conftest's `ui_chromium`),
 which every UI module takes fresh: what one module leaves must not reach the next, and a browser an earlier module
 broke is launched again, so one broken module does not fail every later UI module of the worker. No stack needed: a
-local page stands in for the stack's origin. Each test launches a Chromium of its own (not the session's one)."""
+local page stands in for the stack's origin. The first two tests take the session's one (a dead driver left by the
+second is launched again by its own fresh()); the third's child pytest launches its own."""
 
 from __future__ import annotations
 
@@ -50,9 +51,13 @@ def origin():
 
 
 @pytest.fixture
-def chromium():
-    """A Chromium of this test's own (skipped without one; failed with RAILYARD_TEST_REQUIRE_BROWSER=1)."""
-    yield from ui_browser.chromium()
+def chromium(ui_chromium):
+    """The test process's Chromium, as the UI modules take it (skipped without one; failed with
+    RAILYARD_TEST_REQUIRE_BROWSER=1). A launch and quit of one of the test's own was ~1.3 s of CPU (chromedriver and
+    Chromium) and 2-16 s of the worker's time under load, twice a run; what these tests leave (windows, storage, a
+    dead driver) is what the next UI module's fresh() is there to undo, and the second test checks it does."""
+    yield ui_chromium
+    ui_chromium.leave()
 
 
 def test_what_a_module_left_in_the_browser_is_gone_for_the_next(chromium, origin):
