@@ -285,8 +285,14 @@ def test_kill_stops_a_running_run_and_a_schedule(stack, alice):
         "workspace_id": alice.workspace_id, "orch_id": orch["id"], "json": {}, "schedule": "* * * * * */1"})
     assert scheduled.status_code == 200, scheduled.text
     wait_run(stack, alice, scheduled.json()["id"], {"running", "success", "failure"})
-    post(stack, "task/kill", alice.token, {"id": scheduled.json()["id"]})
-    time.sleep(3)
+    assert post(stack, "task/kill", alice.token, {"id": scheduled.json()["id"]}).status_code == 200
+    # the kill's transaction fails the queued runs and flags the running ones, locking the task against a pass that
+    # fires a point (store.kill_task, due_tasks): once it answered no run can be made, so the runs are looked at as
+    # soon as every one has ended (it was a 3-s sleep), then again 3 s (three points of the schedule) later
+    deadline = time.monotonic() + 30
+    while any(r["status"] in ("queued", "running") for r in runs(stack, alice, scheduled.json()["id"])):
+        assert time.monotonic() < deadline, runs(stack, alice, scheduled.json()["id"])
+        time.sleep(0.2)
     settled = runs(stack, alice, scheduled.json()["id"])
     time.sleep(3)
     assert runs(stack, alice, scheduled.json()["id"]) == settled  # nothing fires after the kill
