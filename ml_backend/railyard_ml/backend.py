@@ -86,11 +86,32 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+# What reading an absent labeling config (model._NoConfig: empty) leads to: `list(...items())[0]` an IndexError,
+# `[name]` a KeyError, `next(iter(...))` a StopIteration, `(a, b), = ...items()` a ValueError, utils'
+# get_single_tag_keys an AssertionError, get_first_tag_keys's (None, None) used a TypeError or an AttributeError. A
+# model that read the config only to see whether it has one (`if self.parsed_label_config:`, a default otherwise: it
+# needs none) and then failed for something else (a file, the GPU, a connection, its own RuntimeError) was answered
+# 400 label_config_required, told to send a config that changes nothing; those stay the 500 model_error they are.
+_EMPTY_CONFIG_FAILURES = (LookupError, StopIteration, AssertionError, TypeError, AttributeError, ValueError)
+
+
+def _failed_on_no_config(exc: BaseException, label_config: str | None, reads: list) -> bool:
+    """Whether a model failing with `exc` failed for want of a labeling config: none was there, it read it
+    (`reads`, model.config_reads), and `exc` is what reading nothing leads to (_EMPTY_CONFIG_FAILURES; a
+    StopIteration out of a predict run in the thread pool arrives as the RuntimeError it causes)."""
+    if label_config or not reads:
+        return False
+    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, StopIteration):
+        exc = exc.__cause__
+    return isinstance(exc, _EMPTY_CONFIG_FAILURES)
+
+
 def _config_refusal(exc: Exception, project_id: str, label_config: str | None, where: str) -> MLBackendError:
     """The 400 for a model failing over the labeling config: one that asked it for a control it lacks
     (railyard_ml.label_config's LabelConfigMismatch, from get_first_tag_occurence or get_control), or one that had
     no config at all (none sent, none set up for the project) and failed after reading its `parsed_label_config`
-    (model._NoConfig: `list(self.parsed_label_config.items())[0]`, a 1.x backend's first line, is an IndexError).
+    as reading nothing fails (_failed_on_no_config; model._NoConfig: `list(self.parsed_label_config.items())[0]`,
+    a 1.x backend's first line, is an IndexError).
     Without a config the request could have carried it, `label_config_required`; with one, it does not fit the
     model, `label_config_mismatch`. Any other failure of the model's constructor or predict stays a 500
     `model_error`: nothing the request could have changed is known to be the cause."""
@@ -151,7 +172,7 @@ class Backend:
             try:
                 return self.model_class(**_accepts(self.model_class.__init__, **kwargs))
             except Exception as exc:
-                if isinstance(exc, LabelConfigMismatch) or (not label_config and reads):
+                if isinstance(exc, LabelConfigMismatch) or _failed_on_no_config(exc, label_config, reads):
                     raise _config_refusal(exc, project_id, label_config, "building the model") from exc
                 raise
             finally:
@@ -198,7 +219,7 @@ class Backend:
         except Exception as exc:
             serving = self._serving.get(project_id)
             config = serving.label_config if serving else label_config
-            if isinstance(exc, LabelConfigMismatch) or (not config and reads):
+            if isinstance(exc, LabelConfigMismatch) or _failed_on_no_config(exc, config, reads):
                 raise _config_refusal(exc, project_id, config, "predict") from exc
             raise
         finally:

@@ -206,6 +206,23 @@ class ReadsTheConfigThenFails(LabelStudioMLBase):
         raise RuntimeError("the GPU is away")
 
 
+class OptionalConfigThenFails(LabelStudioMLBase):
+    """Needs no labeling config (a default name without one), looks whether it has one, then its predict fails for
+    something no config changes."""
+
+    def predict(self, tasks, **kwargs):
+        self.from_name = next(iter(self.parsed_label_config), "label") if self.parsed_label_config else "label"
+        raise RuntimeError("the GPU is away")
+
+
+class ReadsInPredict(LabelStudioMLBase):
+    """A 1.x-style backend that reads its labeling config in predict (in the server's thread pool), not in __init__."""
+
+    def predict(self, tasks, **kwargs):
+        from_name = list(self.parsed_label_config)[0]
+        return [{"result": [{"from_name": from_name}]} for _ in tasks]
+
+
 def test_a_missing_or_unfit_labeling_config_is_a_400_naming_it_and_other_constructor_failures_stay_500(model_dir):
     """A model built or asked to predict without a labeling config (none sent, none set up for the project) answered
     500 model_error ("IndexError: list index out of range" for a 1.x backend's `list(self.parsed_label_config
@@ -239,6 +256,20 @@ def test_a_missing_or_unfit_labeling_config_is_a_400_naming_it_and_other_constru
             answer = httpx.post(f"{url}/predict", json=bare if model is NeedsAFile else {
                 **bare, "label_config": TEXT_CONFIG}, timeout=30)
             assert answer.status_code == 500 and answer.json() == {"code": "model_error", "msg": said}, answer.text
+    with serve(init_app(ReadsTheConfigThenFails, model_dir=model_dir / "reads-none")) as url:
+        answer = httpx.post(f"{url}/predict", json=bare, timeout=30)  # next(iter({})): it needs the config
+        assert answer.status_code == 400 and answer.json()["code"] == "label_config_required", answer.text
+    with serve(init_app(ReadsInPredict, model_dir=model_dir / "reads-in-predict")) as url:
+        answer = httpx.post(f"{url}/predict", json=bare, timeout=30)  # read in the thread pool: seen all the same
+        assert answer.status_code == 400 and answer.json()["code"] == "label_config_required", answer.text
+        assert "IndexError" in answer.json()["msg"], answer.text
+        assert predict(url, tasks("good film")).status_code == 200
+    with serve(init_app(OptionalConfigThenFails, model_dir=model_dir / "optional")) as url:
+        # it read the config only to see it has none (it needs none); its failure is its own: not a 400 telling the
+        # caller to send a config (it was, before this was checked: any failure after a read counted)
+        answer = httpx.post(f"{url}/predict", json=bare, timeout=30)
+        assert answer.status_code == 500 and answer.json() == {
+            "code": "model_error", "msg": "RuntimeError: the GPU is away"}, answer.text
 
 
 class Gated(LabelStudioMLBase):
