@@ -240,8 +240,12 @@ class IssueTaskToken(Command):
     workspace_id: int
     ttl: int = Field(gt=0, le=24 * 3600 + 60)
     task_id: str
-    run_id: str | None = Field(None, description="The run the token is for: what calls that default a task run"
-                                                 " (the lineage input/output methods) name.")
+    # bounded: the run's id is its session, listed with its end in auth.revocations.list, whose page cursor
+    # (ListRevocations.after, `3:<run_id>`) takes 1,024 characters at most; an id longer than that made every
+    # verifier's paged read of the list fail (closed) until the run's token expired. The scheduler's are UUIDs
+    run_id: str | None = Field(None, max_length=64, description=(
+        "The run the token is for (the task scheduler's run id, a UUID; at most 64 characters): what calls that "
+        "default a task run (the lineage input/output methods) name."))
 
 
 class TaskTokenIssued(Message):

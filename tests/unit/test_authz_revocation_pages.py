@@ -89,3 +89,20 @@ async def test_a_next_that_does_not_move_on_is_a_fault_not_a_loop() -> None:
 
     with pytest.raises(Unavailable, match="do not end"):
         await read_revocation_pages(page)
+
+
+def test_the_longest_run_id_auth_takes_fits_the_page_cursor() -> None:
+    """A run's id is its session, listed in auth.revocations.list, and a page's `next` is `<part>:<key>`, which
+    ListRevocations.after takes up to 1,024 characters: an IssueTaskToken.run_id past that made every verifier's paged
+    read fail (closed) until the run's token expired. So run_id is bounded (the scheduler's are UUIDs)."""
+    from pydantic import ValidationError
+
+    from services.auth import store
+    from shared.messages.auth import ListRevocations
+    from shared.messages.tasks import IssueTaskToken
+
+    longest = IssueTaskToken.model_json_schema()["properties"]["run_id"]["anyOf"][0]["maxLength"]
+    ListRevocations(after=f"{len(store.REVOCATION_PARTS) - 1}:{'r' * longest}")  # the last part's cursor: taken
+    IssueTaskToken(user_id=USER, workspace_id=1, ttl=60, task_id="t", run_id="3f2a9c1e-0000-4000-8000-000000000009")
+    with pytest.raises(ValidationError):
+        IssueTaskToken(user_id=USER, workspace_id=1, ttl=60, task_id="t", run_id="r" * (longest + 1))
