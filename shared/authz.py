@@ -400,14 +400,22 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
         return (await request(broker, subjects.AUTH_KEYS_GET, {}, timeout=timeout, reply_model=SigningKeys)).keys
 
     async def page(after: str | None) -> Revocations:
-        return await request(broker, subjects.AUTH_REVOCATIONS_LIST, ListRevocations(after=after), timeout=timeout,
-                             reply_model=Revocations)
+        return await request(broker, subjects.AUTH_REVOCATIONS_LIST, revocation_page_request(after, ListRevocations),
+                             timeout=timeout, reply_model=Revocations)
 
     async def revocations() -> Revocations:
         return await read_revocation_pages(page)
 
     verifier = TokenVerifier(settings, keys)
     return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval)
+
+
+def revocation_page_request(after: str | None, model: type[Any]) -> dict[str, Any]:
+    """The body of `auth.revocations.list` asking for the page after `after` (`model`: ListRevocations). The first
+    page's is `{}`, not `{"after": null}`: an auth of before session 29 (its ListRevocations has no field and refuses
+    unknown ones) answers it with the whole list and no `next`, which is then read as it was; `{"after": null}` it
+    refused (400), so a service upgraded before auth never read the list (every token 503 after its start)."""
+    return {} if after is None else model(after=after).model_dump(mode="json")
 
 
 MAX_REVOCATION_PAGES = 10_000  # a list of more pages than this (billions of bytes) is a fault, not a list

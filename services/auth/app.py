@@ -38,7 +38,6 @@ from shared.messages.auth import (
     Membership,
     QueryUsers,
     RemoveWorkspaceUser,
-    Revocations,
     RevokeInferenceClient,
     RotateSigningKey,
     SigningKeyRotated,
@@ -131,9 +130,10 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.rotate_signing_key(deps(), await caller(ctx))
 
     @command(router, subjects.AUTH_REVOCATIONS_LIST, service=NAME)
-    async def list_revocations(cmd: ListRevocations, ctx: CallContext) -> Revocations:
+    async def list_revocations(cmd: ListRevocations, ctx: CallContext) -> dict:
         """Deactivated users and the moment before which their tokens are refused; revoked sessions (a page)."""
-        return await handlers.revocations(runtime.db, runtime.settings.auth, cmd.after, deps().reply_limit())
+        return handlers.revocations_reply(
+            await handlers.revocations(runtime.db, runtime.settings.auth, cmd.after, deps().reply_limit()))
 
     @command(router, subjects.AUTH_USERS_QUERY, service=NAME, too_large_hint=paging.too_large_hint("users/query"))
     async def query_users(cmd: QueryUsers, ctx: CallContext) -> EncodedData:

@@ -646,6 +646,15 @@ async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | N
     return Revocations(users=users, sessions=sessions, session_expiry=expiry)
 
 
+def revocations_reply(page: Revocations) -> dict[str, Any]:
+    """A page of the revocation list as auth.revocations.list answers it: `next` only while more pages follow. A
+    verifier of before session 29 (its Revocations has no `next` and refuses unknown fields) then reads a list that
+    fits one page as it did, and refuses a paged one, failing closed (it keeps what it had; one started then answers
+    503), never taking a first page for the whole list. With `"next": null` in every answer it refused them all, so
+    during an upgrade every service not yet upgraded stopped reading the list, whatever its length."""
+    return page.model_dump(mode="json", exclude_none=True)
+
+
 def _revocations_cursor(after: str | None) -> tuple[int, str]:
     """(part, last key) of a revocation page's `next`; (0, '') for the first page."""
     if after is None:

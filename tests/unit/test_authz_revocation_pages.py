@@ -106,3 +106,38 @@ def test_the_longest_run_id_auth_takes_fits_the_page_cursor() -> None:
     IssueTaskToken(user_id=USER, workspace_id=1, ttl=60, task_id="t", run_id="3f2a9c1e-0000-4000-8000-000000000009")
     with pytest.raises(ValidationError):
         IssueTaskToken(user_id=USER, workspace_id=1, ttl=60, task_id="t", run_id="r" * (longest + 1))
+
+
+def test_a_version_before_paging_reads_a_one_page_list_and_refuses_a_paged_one() -> None:
+    """Mixed versions during an upgrade: the first page is asked for with `{}`, which an auth of before paging (no
+    field, unknown ones refused) answers with the whole list; a page's answer names `next` only while more follow, so
+    a verifier of before paging (Revocations without `next`, unknown fields refused) reads a one-page list as it did
+    and refuses a paged one: failing closed, never taking the first page for the whole list. With `"after": null`
+    and `"next": null` in every request and answer, each refused the other's whatever the list's length."""
+    from pydantic import Field, ValidationError
+
+    from services.auth.handlers import revocations_reply
+    from shared.authz import revocation_page_request
+    from shared.messages.auth import ListRevocations
+    from shared.messages.base import Command, Message
+
+    class ListRevocationsBefore(Command):  # session 28's
+        pass
+
+    class RevocationsBefore(Message):  # session 28's
+        users: dict[str, float]
+        sessions: dict[str, float] = Field(default_factory=dict)
+        session_expiry: dict[str, float] = Field(default_factory=dict)
+
+    first = revocation_page_request(None, ListRevocations)
+    ListRevocationsBefore.model_validate(first)  # an auth of before paging takes it (it refused `"after": null`)
+    assert ListRevocations.model_validate(first).after is None
+    assert ListRevocations.model_validate(revocation_page_request("3:run-a", ListRevocations)).after == "3:run-a"
+
+    now = time.time()
+    whole = revocations_reply(Revocations(users={USER: now}, sessions={"run-a": now}, session_expiry={"run-a": now}))
+    assert "next" not in whole and RevocationsBefore.model_validate(whole).sessions == {"run-a": now}
+    paged = revocations_reply(Revocations(users={USER: now}, next=f"0:{USER}"))
+    with pytest.raises(ValidationError, match="next"):
+        RevocationsBefore.model_validate(paged)  # fails closed: a first page is not the list
+    assert Revocations.model_validate(paged).next == f"0:{USER}"
