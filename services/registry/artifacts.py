@@ -236,7 +236,7 @@ def convert_xgboost(source: Path, target: Path) -> dict[str, Any]:
             raise Rejected(f"not an XGBoost model file: {str(exc).splitlines()[0][:200]}") from None
         features = model.num_features()
     else:
-        model = _unpickle(source, "the uploaded XGBoost pickle")  # before the converter's imports (convert_sklearn)
+        model = _unpickle(source, "the uploaded XGBoost pickle")  # before importing xgboost: see convert_sklearn
         import xgboost
 
         if not isinstance(model, xgboost.XGBModel | xgboost.Booster):
@@ -261,7 +261,10 @@ def convert_sklearn(source: Path, target: Path) -> dict[str, Any]:
     The converter is imported after the pickle loaded: importing skl2onnx (sklearn, scipy, pandas) takes ~2.5 s of
     CPU, which a pickle that cannot be loaded (a missing module, another Python's pickle, a hostile one) does not
     need, and a model's pickle imports the sklearn modules it names anyway. Its code runs in this process either
-    way, before or after the import, so the order changes nothing of what it can do."""
+    way, before or after the import, so the order changes nothing of what it can do: a module it puts in
+    sys.modules, which the import then takes for skl2onnx, does no more than patching the imported converter
+    or writing the file and the answer itself did, and the registry trusts neither (handlers._convert checks
+    the written file again in a fresh sandbox)."""
     model = _unpickle(source, "the uploaded sklearn pickle")
     try:
         features = getattr(model, "n_features_in_", None)
