@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from shared.lean_imports import lazy_module
-from shared.logrecords import META_VERSION, TIME, dropped_columns, schema_fingerprint
+from shared.logrecords import (
+    META_DROPPED,
+    META_VERSION,
+    TIME,
+    dropped_columns,
+    schema_fingerprint,
+    storage_order,
+)
 from shared.messages.logs import SegmentDescription
 
 if TYPE_CHECKING:
@@ -51,8 +58,20 @@ def segment_key(workspace_id: int, pipeline: str, suffix: str = ".parquet", now:
     maintenance's orphan sweep lists only the keys that passed its cutoff since its last pass (`list_keys_between`)
     instead of the whole bucket. Keys named before 2026-12-02 (a uuid4's 32 hex digits) have the same shape."""
     moment = time.time() if now is None else now
-    day = datetime.fromtimestamp(moment, UTC).strftime("%Y/%m/%d")
-    return f"{key_prefix(workspace_id, pipeline)}{day}/{key_time(moment)}{secrets.token_hex(10)}{suffix}"
+    return f"{key_prefix(workspace_id, pipeline)}{_day(moment)}/{key_time(moment)}{secrets.token_hex(10)}{suffix}"
+
+
+_DAY: tuple[int, str] = (0, "1970/01/01")
+
+
+def _day(moment: float) -> str:
+    """The UTC day folder (`yyyy/mm/dd`) of `moment`, formatted once a day (strftime was ~5 us a key)."""
+    global _DAY
+    number, text = _DAY  # one tuple: a thread sees a day and its text together
+    if number != moment // 86400:
+        number, text = moment // 86400, datetime.fromtimestamp(moment, UTC).strftime("%Y/%m/%d")
+        _DAY = number, text
+    return text
 
 
 def key_time(moment: float) -> str:
@@ -89,7 +108,7 @@ def key_prefix(workspace_id: int, pipeline: str) -> str:
 def sort_by_time(table: pa.Table, positions: np.ndarray | None = None) -> pa.Table:
     """Rows in (time, position) order, a stable sort (positions default to the rows' order); a segment is
     written so, which lets a page find its first row from the footer and merge schemas by time."""
-    times = table.column(TIME).to_numpy()
+    times = _times(table)
     if positions is None:
         if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])):
             return table
@@ -99,6 +118,86 @@ def sort_by_time(table: pa.Table, positions: np.ndarray | None = None) -> pa.Tab
         if bool(np.all(order == np.arange(len(order)))):
             return table
     return table.take(pa.array(order))
+
+
+def _times(table: pa.Table) -> np.ndarray:
+    """The `time` column as numpy: a lone chunk without nulls (an engine's batch table) is read as it lies
+    (ChunkedArray.to_numpy took ~13 us of a 500-row write, the chunk's 0.6)."""
+    index = table.schema.get_field_index(TIME)
+    column = table.column(TIME if index < 0 else index)
+    if column.num_chunks == 1 and not column.null_count:
+        return column.chunk(0).to_numpy(zero_copy_only=False)
+    return column.to_numpy()
+
+
+class _Layout:
+    """What a segment's write and description take from its table's schema, worked out once per schema (a replica
+    writes one schema every `engine_segment_ms`: walking it per write was ~40 % of the write's Python, docs/
+    performance.md item 82): the storage order of its columns, whether one cannot be stored, how each tensor column
+    is packed, the string columns, the fingerprint, and the Parquet codecs by which packed columns are stored raw."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        names = storage_order(schema.empty_table()).column_names
+        self.order = None if names == schema.names else [schema.get_field_index(name) for name in names]
+        self.time, self.version, self.dropped = (_column_at(schema, name) for name in (TIME, META_VERSION,
+                                                                                     META_DROPPED))
+        self.unwritable = any(unwritable(f.type) for f in schema if f.name.startswith(("in.", "out.", "out_")))
+        self.packs: list[tuple[int, pa.Field, int, pa.DataType, int, pa.Field]] = []
+        for index, field in enumerate(schema):
+            shape = _tensor_shape(field.type)
+            if shape is not None:
+                dims, kind = shape
+                width = int(np.prod(dims)) * kind.byte_width
+                spec = f"{np.dtype(kind.to_pandas_dtype()).str}:{','.join(map(str, dims))}".encode()
+                packed = pa.field(field.name, pa.binary(width), field.nullable,
+                                  {**(field.metadata or {}), TENSOR: spec})
+                self.packs.append((index, field, len(dims), kind, width, packed))
+        self.strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                        or pa.types.is_dictionary(f.type)]
+        self.statistics = [c for c in (TIME, POS) if c in schema.names]
+        self.fingerprint = schema_fingerprint(schema)
+        self.codecs: dict[tuple[tuple[int, ...], tuple[str, ...]], dict[str, str]] = {}
+
+    def compression(self, schema: pa.Schema, packed: list[int], stored_raw: list[str]) -> dict[str, str]:
+        """The codec of each Parquet column path of `schema`, this schema with the columns at `packed` packed:
+        none for the packed columns in `stored_raw`, snappy for the rest."""
+        key = (tuple(packed), tuple(stored_raw))
+        codecs = self.codecs.get(key)
+        if codecs is None:
+            codecs = {path: "none" if path in stored_raw else "snappy" for path in _leaf_paths(schema)}
+            self.codecs[key] = codecs
+        return codecs
+
+
+def _column_at(schema: pa.Schema, name: str) -> int | str | None:
+    """Where `table.column` finds the column `name` (its index: reading the table's column names took ~5-8 us a
+    time), the name itself when several have it (`table.column` raises as it did), None when none."""
+    index = schema.get_field_index(name)
+    return index if index >= 0 else name if name in schema.names else None
+
+
+_LAYOUTS: tuple[_Layout, ...] = ()
+LAYOUTS_KEPT = 16
+
+
+def layout(schema: pa.Schema) -> _Layout:
+    """The schema's `_Layout`, from the last LAYOUTS_KEPT schemas seen (compared with their metadata: ~0.1 us;
+    hashing a schema walks its fields, ~10 us for a log table's)."""
+    global _LAYOUTS
+    known = _LAYOUTS  # the log store's writes run in threads: each sees a whole tuple, old or new
+    for made in known:
+        if made.schema.equals(schema, check_metadata=True):
+            return made
+    made = _Layout(schema)
+    _LAYOUTS = (made, *known[:LAYOUTS_KEPT - 1])
+    return made
+
+
+def storage_ordered(table: pa.Table) -> pa.Table:
+    """`logrecords.storage_order` of the table, the order worked out once per schema."""
+    order = layout(table.schema).order
+    return table if order is None else table.select(order)
 
 
 def _tensor_shape(kind: pa.DataType) -> tuple[list[int], pa.DataType] | None:
@@ -112,26 +211,23 @@ def _tensor_shape(kind: pa.DataType) -> tuple[list[int], pa.DataType] | None:
     return None
 
 
-def _pack(field: pa.Field, column: pa.ChunkedArray) -> tuple[pa.Field, pa.Array] | None:
-    """A null-free numeric tensor column as fixed-size binary (each row's values, bytes as they lie), or None."""
-    shape = _tensor_shape(field.type)
-    if shape is None:
-        return None
-    dims, kind = shape
+def _pack(column: pa.ChunkedArray, depth: int, kind: pa.DataType, width: int) -> pa.Array | None:
+    """A null-free numeric tensor column (`depth` nested fixed-size lists of `kind`, `width` bytes a row) as
+    fixed-size binary (each row's values, bytes as they lie), or None."""
     # one chunk (an engine's batch table, a sorted one): used as it is; combine_chunks copies even a lone chunk
     array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     values = array
-    for _ in dims:
+    for _ in range(depth):
         if values.null_count:
             return None
-        values = values.flatten()  # honours the slice's offset
+        # the rows' values: the child sliced as the list is (what flatten() gives a list without nulls, at
+        # 1 us instead of its 17)
+        size = values.type.list_size
+        values = values.values.slice(values.offset * size, len(values) * size)
     if values.null_count:
         return None
-    data = np.ascontiguousarray(values.to_numpy(zero_copy_only=False))
-    width = int(np.prod(dims)) * kind.byte_width
-    packed = pa.Array.from_buffers(pa.binary(width), len(array), [None, pa.py_buffer(data)])
-    spec = f"{np.dtype(kind.to_pandas_dtype()).str}:{','.join(map(str, dims))}".encode()
-    return pa.field(field.name, packed.type, field.nullable, {**(field.metadata or {}), TENSOR: spec}), packed
+    data = values.buffers()[1].slice(values.offset * kind.byte_width, len(values) * kind.byte_width)
+    return pa.Array.from_buffers(pa.binary(width), len(array), [None, data])
 
 
 SAMPLE_BYTES = 16 * 1024  # each of a packed column's three samples (start, middle, end) snappy is tried on
@@ -194,20 +290,20 @@ def encode_segment_buffer(table: pa.Table, row_group_rows: int) -> pa.Buffer:
     a row (writing them as nested lists took three times as long, reading them five times; `unpack_tensors`
     turns them back). Every column is snappy-compressed but a packed one whose samples snappy does not shrink
     (`COMPRESS_BELOW`): its pages are written as they are, which Parquet's readers read alike."""
-    stored_raw = []
-    for index, field in enumerate(table.schema):
-        packed = _pack(field, table.column(index))
+    plan = layout(table.schema)
+    stored_raw, packed_at = [], []
+    for index, field, depth, kind, width, packed_field in plan.packs:
+        packed = _pack(table.column(index), depth, kind, width)
         if packed is not None:
-            table = table.set_column(index, *packed)
-            if not _compresses(packed[1]):
+            table = table.set_column(index, packed_field, packed)
+            packed_at.append(index)
+            if not _compresses(packed):
                 stored_raw.append(field.name)
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-               or pa.types.is_dictionary(f.type)]
     compression: str | dict[str, str] = "snappy"
     if stored_raw:  # a packed column is one Parquet column whose path is its name
-        compression = {path: "none" if path in stored_raw else "snappy" for path in _leaf_paths(table.schema)}
-    options = {"row_group_size": row_group_rows, "compression": compression, "use_dictionary": strings,
-               "write_statistics": [c for c in (TIME, POS) if c in table.column_names]}
+        compression = plan.compression(table.schema, packed_at, stored_raw)
+    options = {"row_group_size": row_group_rows, "compression": compression, "use_dictionary": plan.strings,
+               "write_statistics": plan.statistics}
     room = table.nbytes + SINK_SLACK
     if room <= SINK_MAX:
         target = pa.allocate_buffer(room)
@@ -259,9 +355,38 @@ class SegmentRef(SegmentDescription):
 
 
 def describe(table: pa.Table, key: str, size: int) -> SegmentRef:
-    """A sorted table's description once stored as `key` (`size` bytes)."""
-    times = table.column(TIME)
-    versions = pc.unique(table.column(META_VERSION)).to_pylist() if META_VERSION in table.column_names else []
-    return SegmentRef(key=key, bytes=size, rows=table.num_rows, min_time=int(pc.min(times).as_py()),
-                      max_time=int(pc.max(times).as_py()), schema_fp=schema_fingerprint(table.schema),
-                      versions=[str(v) for v in versions], dropped=dropped_columns(table))
+    """A sorted table's description once stored as `key` (`size` bytes). An engine's batch table (one chunk a
+    column, no null times, one pipeline version, no row that lost a column) is read without pyarrow.compute (each
+    call ~20 us of Python around it, five a write); any other goes through it."""
+    plan = layout(table.schema)
+    times = table.column(TIME if plan.time is None else plan.time)
+    if table.num_rows and times.num_chunks == 1 and not times.null_count and pa.types.is_integer(times.type):
+        values = times.chunk(0).to_numpy()
+        low, high = int(values.min()), int(values.max())
+    else:
+        low, high = int(pc.min(times).as_py()), int(pc.max(times).as_py())
+    return SegmentRef(key=key, bytes=size, rows=table.num_rows, min_time=low, max_time=high,
+                      schema_fp=plan.fingerprint, versions=_versions(table, plan.version),
+                      dropped=_dropped(table, plan.dropped))
+
+
+def _versions(table: pa.Table, index: int | str | None) -> list[str]:
+    """The pipeline versions of the table's rows (pc.unique of its column at `index`, as text)."""
+    if index is None:
+        return []
+    column = table.column(index)
+    if column.num_chunks == 1 and table.num_rows and not column.null_count:
+        chunk = column.chunk(0)
+        if pa.types.is_dictionary(chunk.type) and len(chunk.dictionary) == 1:  # every row is its one value
+            return [str(chunk.dictionary[0].as_py())]
+    return [str(v) for v in pc.unique(column).to_pylist()]
+
+
+def _dropped(table: pa.Table, index: int | str | None) -> list[str]:
+    """`dropped_columns` (of the column at `index`): lists that hold no value at all (children empty) name
+    nothing."""
+    if isinstance(index, int):
+        column = table.column(index)
+        if pa.types.is_list(column.type) and all(len(chunk.values) == 0 for chunk in column.chunks):
+            return []
+    return dropped_columns(table)

@@ -47,9 +47,10 @@ from shared.log_segments import (
     SegmentRef,
     describe,
     encode_segment_buffer,
+    layout,
     segment_key,
     sort_by_time,
-    unwritable,
+    storage_ordered,
 )
 from shared.logrecords import (
     BATCH_ID,
@@ -64,7 +65,6 @@ from shared.logrecords import (
     group_records,
     log_header,
     log_subject,
-    storage_order,
 )
 from shared.objectstore import BUCKET_LOGS
 from shared.settings import LogSettings
@@ -284,9 +284,9 @@ class LogBatcher:
     def _segment(self, table: pa.Table) -> tuple[pa.Buffer, SegmentRef] | None:
         """The table as a segment (its bytes, in the Arrow buffer Parquet wrote them to: the PUT sends them from
         there, no `bytes` copy) and description, or None when a column cannot be stored."""
-        if any(unwritable(f.type) for f in table.schema if f.name.startswith(("in.", "out.", "out_"))):
+        if layout(table.schema).unwritable:  # the schema's checks and column order are worked out once
             return None
-        table = sort_by_time(storage_order(table))
+        table = sort_by_time(storage_ordered(table))
         key = segment_key(self.workspace_id, self.pipeline, ENGINE_SUFFIX)
         data = encode_segment_buffer(table, self.settings.row_group_rows)
         return data, describe(table, key, len(data))
