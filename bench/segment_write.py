@@ -3,6 +3,7 @@ Parquet write, description) of one flush's batch table, in one process, no stack
 82: at batch 1 a replica writes ~500 rows every `engine_segment_ms`, beside the loop answering requests).
 
     python -m bench.segment_write [--rows 500] [--rounds 8] [--reps 200] [--against OLD/shared/log_segments.py]
+                                  [--gil]
 
 Tables of the two bench models' records (`bench.peers`: ccfraud and the seed-like MLP, both log `in.tensor`
 float32[29] and `out.dense_1` float32[1] a row; the fast lane's records, one row each, as `bench.log_build` makes
@@ -14,6 +15,11 @@ with it as the batcher of that time did (`unwritable` over the schema, `sort_by_
 two must write the same bytes and the same description (but the key). Figures are this thread's CPU time a write
 (the Parquet write leaves the GIL but runs in the same thread: counted), us; the machine's other load does not
 count in them, but does in the cache misses it causes, hence the alternation.
+
+`--gil`: the writes run in a thread of their own, as in a replica, while this thread sleeps 200 us at a time as
+an idle event loop between requests would, and counts how late it wakes (waiting for the GIL the writer holds, or
+for a core the machine's other load holds: the same in both arms, alternated). Figures: lateness summed, us a
+write, and its p99.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import importlib.util
 import os
 import statistics
 import sys
+import threading
 import time
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -74,6 +81,27 @@ def _writer_of(module: ModuleType | None, settings: LogSettings) -> Any:
     return old
 
 
+def _held(write: Any, tables: list, reps: int) -> tuple[float, float]:
+    """(us a write this thread woke late, the p99 of its lateness) while another thread wrote."""
+    done = threading.Event()
+
+    def writer() -> None:
+        for number in range(reps):
+            write(tables[number % len(tables)])
+        done.set()
+
+    late: list[int] = []
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while not done.is_set():
+        asked = time.perf_counter_ns()
+        time.sleep(0.0002)
+        late.append(max(time.perf_counter_ns() - asked - 200_000, 0))
+    thread.join()
+    late.sort()
+    return sum(late) / reps / 1000, late[int(len(late) * 0.99)] / 1000
+
+
 def _round(write: Any, tables: list, reps: int) -> float:
     cpu = time.thread_time_ns()
     for number in range(reps):
@@ -87,6 +115,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--against", help="another log_segments.py to alternate with this tree's")
+    parser.add_argument("--gil", action="store_true", help="writes in a thread; how late this one wakes")
     args = parser.parse_args()
     settings = LogSettings()
     writers = {"this tree": _writer_of(None, settings)}
@@ -101,20 +130,29 @@ def main() -> None:
                 assert ref.model_dump(exclude={"key"}) == results[0][1].model_dump(exclude={"key"}), model
     gc.collect()
     gc.freeze()
-    print(f"segment write of {args.rows} batch-1 rows, {args.reps} writes a round, CPU us a write; "
+    what = "us a write this thread woke late (p99 of a wake-up's lateness)" if args.gil else \
+        "CPU us a write"
+    print(f"segment write of {args.rows} batch-1 rows, {args.reps} writes a round, {what}; "
           f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     cpus: dict[tuple[str, str], list[float]] = {}
+    longest: dict[tuple[str, str], list[float]] = {}
     for number in range(args.rounds):
         line = []
         for model in MODELS:
             order = list(writers.items()) if number % 2 == 0 else list(reversed(writers.items()))
             for name, write in order:
-                cpu = _round(write, tables[model], args.reps)
+                if args.gil:
+                    cpu, stall = _held(write, tables[model], args.reps)
+                    longest.setdefault((model, name), []).append(stall)
+                    line.append(f"{model} {name} {cpu:.0f} ({stall:.0f})")
+                else:
+                    cpu = _round(write, tables[model], args.reps)
+                    line.append(f"{model} {name} {cpu:.0f}")
                 cpus.setdefault((model, name), []).append(cpu)
-                line.append(f"{model} {name} {cpu:.0f}")
         print(f"round {number + 1}: " + ", ".join(line))
     for (model, name), values in cpus.items():
-        print(f"{model} {name}: median {statistics.median(values):.0f}, best {min(values):.0f} us a write")
+        extra = f"; p99 lateness median {statistics.median(longest[model, name]):.0f} us" if args.gil else ""
+        print(f"{model} {name}: median {statistics.median(values):.0f}, best {min(values):.0f} us a write{extra}")
     print(f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
