@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -177,20 +178,26 @@ def _column_at(schema: pa.Schema, name: str) -> int | str | None:
     return index if index >= 0 else name if name in schema.names else None
 
 
-_LAYOUTS: tuple[_Layout, ...] = ()
-LAYOUTS_KEPT = 16
+_LAYOUTS: dict[tuple[str, ...], tuple[_Layout, ...]] = {}  # by column names, oldest first
+_LAYOUTS_LOCK = threading.Lock()
+LAYOUTS_KEPT = 256
+"""Column-name lists whose layouts are kept (each list's last 8 schemas): a layout costs ~260 us to work out, a
+log store writes segments of every pipeline's schemas."""
 
 
 def layout(schema: pa.Schema) -> _Layout:
-    """The schema's `_Layout`, from the last LAYOUTS_KEPT schemas seen (compared with their metadata: ~0.1 us;
-    hashing a schema walks its fields, ~10 us for a log table's)."""
-    global _LAYOUTS
-    known = _LAYOUTS  # the log store's writes run in threads: each sees a whole tuple, old or new
-    for made in known:
+    """The schema's `_Layout`: kept by column names, each compared with its metadata (~0.1 us; hashing a schema
+    walks its fields, ~10 us for a log table's)."""
+    names = tuple(schema.names)
+    for made in _LAYOUTS.get(names, ()):
         if made.schema.equals(schema, check_metadata=True):
             return made
     made = _Layout(schema)
-    _LAYOUTS = (made, *known[:LAYOUTS_KEPT - 1])
+    with _LAYOUTS_LOCK:  # the log store's writes run in threads
+        known = _LAYOUTS.pop(names, ())
+        while len(_LAYOUTS) >= LAYOUTS_KEPT:
+            del _LAYOUTS[next(iter(_LAYOUTS))]
+        _LAYOUTS[names] = (made, *known[:7])
     return made
 
 

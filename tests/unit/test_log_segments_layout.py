@@ -94,3 +94,16 @@ def test_a_keys_day_folder_is_its_moments_utc_day(moment):
     day = datetime.fromtimestamp(moment, UTC).strftime("%Y/%m/%d")
     assert log_segments.segment_key(1, "p", now=moment).split("/")[2:5] == day.split("/")
     assert log_segments.segment_key(1, "p", now=86_400.0 * 3).split("/")[2:5] == ["1970", "01", "04"]
+
+
+def test_layouts_are_kept_for_a_bounded_number_of_column_lists(monkeypatch):
+    monkeypatch.setattr(log_segments, "_LAYOUTS", {})
+    monkeypatch.setattr(log_segments, "LAYOUTS_KEPT", 2)
+    schemas = [pa.schema([(TIME, pa.int64()), (f"in.x{n}", pa.float32())]) for n in range(3)]
+    first = log_segments.layout(schemas[0])
+    assert log_segments.layout(schemas[0]) is first
+    for schema in schemas[1:]:
+        log_segments.layout(schema)
+    assert len(log_segments._LAYOUTS) == 2
+    again = log_segments.layout(schemas[0])  # the oldest went: worked out again, the same
+    assert again is not first and again.order == first.order and again.fingerprint == first.fingerprint
