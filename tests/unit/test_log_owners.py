@@ -15,6 +15,7 @@ import pytest
 from services.log_store import handlers
 from services.log_store.deployments import Deployments, Owner
 from services.log_store.handlers import UNKNOWN_RETRY, UNKNOWN_WAIT, Batch, Ingestor
+from shared.settings import LogSettings
 
 
 class Msg:
@@ -134,6 +135,24 @@ def test_a_held_batch_comes_back_less_and_less_often():
         delays += held.msg.naks
     assert delays == [UNKNOWN_RETRY, 2 * UNKNOWN_RETRY, 4 * UNKNOWN_RETRY, 16 * UNKNOWN_RETRY,
                       handlers.UNKNOWN_RETRY_MAX, handlers.UNKNOWN_RETRY_MAX]
+
+
+def test_a_held_batch_comes_back_after_the_log_stores_unknown_retry():
+    """logs.unknown_retry (RAILYARD_LOGS__UNKNOWN_RETRY) is the first delay, doubling from there; its default is
+    UNKNOWN_RETRY, 2 s as before the setting (the test stack's 0.5 s is the test stack's only); 0, a negative, NaN or
+    more than a minute is refused at the start."""
+    assert LogSettings().unknown_retry == UNKNOWN_RETRY == 2.0
+    ing, _ = ingestor(Known({}))
+    ing.deps = SimpleNamespace(settings=LogSettings(unknown_retry=0.5))
+    delays = []
+    for delivered in (1, 2, 3, 5):
+        held = Batch(Msg("d-9", seq=1, delivered=delivered), "b", 7, "p", None, deployment="d-9")
+        asyncio.run(ing.check_owners([held]))
+        delays += held.msg.naks
+    assert delays == [0.5, 1.0, 2.0, 8.0]
+    for bad in (0, -1, float("nan"), 61):
+        with pytest.raises(ValueError):
+            LogSettings(unknown_retry=bad)
 
 
 def test_at_most_hold_max_batches_are_held_and_one_more_is_quarantined_at_once(monkeypatch):
