@@ -403,10 +403,12 @@ def test_orchestration_task_run_and_its_logs(stack, world, alice_ui: Account, as
     assert not browser.find_element(By.ID, "run-logs-all").is_displayed()
 
 
-# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s),
-# and the second of them is held (its answer read, then kept) until releaseLogs(done), which hands it over and calls
-# back 300 ms later with what the page then shows (before the next 1.5-s read could change it)
+# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s,
+# RUN_LOG_FOLLOW_MS, set here: these checks need the next read that far off), and the second of them is held (its
+# answer read, then kept) until releaseLogs(done), which hands it over and calls back 300 ms later with what the page
+# then shows (before the next 1.5-s read could change it)
 LIVE_LOGS_HELD = """
+RUN_LOG_FOLLOW_MS = 1500;
 window.logsRead = 0;
 window.releaseLogs = null;
 if (!window.unheldLogsFetch) {
@@ -551,9 +553,11 @@ def test_last_lines_past_a_reply_show_fewer_and_say_why(stack, world, alice_ui: 
     assert not browser.find_element(By.ID, "error").text
 
 
-# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s);
-# the second of them answers a 503
+# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s,
+# RUN_LOG_FOLLOW_MS: set here, as the failed read's note must stay up until the wait sees it); the second of them
+# answers a 503
 LIVE_LOGS_FAIL_ONCE = """
+RUN_LOG_FOLLOW_MS = 1500;
 window.logsRead = 0;
 if (!window.unfailedLogsFetch) {
   window.unfailedLogsFetch = window.fetch;
@@ -617,11 +621,14 @@ def test_lines_written_after_a_run_ended_are_still_shown(stack, world, alice_ui:
     """A run marked failed as lost whose supervisor was only paused writes its last lines after that status (the
     scheduler stores them whatever the status). The page reads an ended run's logs again until SETTLE_QUIET reads in a
     row bring no new line (SETTLE_READS at most), the last lines and every line alike. Before, the first read that saw
-    the ended status stopped following: the late line never showed (the page said 1 line fewer, for good)."""
+    the ended status stopped following: the late line never showed (the page said 1 line fewer, for good).
+
+    The reads are counted, not timed: they follow each other 0.1 s apart (RUN_LOG_FOLLOW_MS; the UI's own 1.5 s made
+    this test wait ~9 s of its 11.6)."""
     browser = as_alice
     every = ok(post(stack, "task/get_logs_for_run", alice_ui.token, {"id": world["run_id"]}))["logs"]
     assert len(every) >= 2, every
-    browser.execute_script("RUN_LOG_LINES = 2000; state.tasks.allLines = null")
+    browser.execute_script("RUN_LOG_LINES = 2000; RUN_LOG_FOLLOW_MS = 100; state.tasks.allLines = null")
     browser.execute_script(LATE_LINE_AFTER_THE_END, True)
     open_page(browser, "tasks")
     wait_text(browser, "#run-logs-state", "failure")

@@ -21,13 +21,16 @@ let RUN_LOG_PAGE = 10000;
 let RUN_LOG_MAX = 500000;
 // a run that failed may still add lines: one marked failed as lost whose supervisor was only paused writes its last
 // batches when it wakes (the scheduler stores them whatever the run's status). Past a `failure` status the logs are
-// read again every 1.5 s until SETTLE_QUIET reads in a row bring no new line, SETTLE_READS reads at most. Before, the
-// first read that saw the ended status stopped following (when it had any line), and lines written after it showed
-// only when the page was opened again. A run that succeeded is read once: its supervisor recorded the end after its
-// last lines, and the status is read before the lines (every finished run opened was read three times, 3 s apart, as
-// `railyard tasks logs -f` does not). The tests make them smaller.
+// read again every RUN_LOG_FOLLOW_MS (1.5 s) until SETTLE_QUIET reads in a row bring no new line, SETTLE_READS reads at
+// most. Before, the first read that saw the ended status stopped following (when it had any line), and lines written
+// after it showed only when the page was opened again. A run that succeeded is read once: its supervisor recorded the
+// end after its last lines, and the status is read before the lines (every finished run opened was read three times,
+// 3 s apart, as `railyard tasks logs -f` does not). The tests make them smaller.
 let SETTLE_QUIET = 2;
 let SETTLE_READS = 20;
+// a followed run's logs (live, or settling past a failure) are read again RUN_LOG_FOLLOW_MS after the last read ended,
+// and a failed read of a live run is tried again as long after. The tests that count reads make it smaller.
+let RUN_LOG_FOLLOW_MS = 1500;
 
 /** The first `pages` pages of a task's runs (further while `wanted`, a run id, is not among them, RUN_SEEK_PAGES at
  *  most) and the cursor of the page after them (null: none). A search that did not find `wanted` lists the `pages`
@@ -151,8 +154,8 @@ PAGES.tasks = async function tasks() {
   section.append(el('h3', {id: `run-${run.run_id}`, tabindex: '-1'}, `Logs of run ${short(run.run_id)}`), note,
     el('div', {class: 'row'}, cutNote, allButton), logs);
 
-  // live: while the run is queued or running, fetch its logs again every 1.5 s (only while this run is shown); past a
-  // failure status, until SETTLE_QUIET reads bring no new line (SETTLE_READS at most)
+  // live: while the run is queued or running, fetch its logs again every RUN_LOG_FOLLOW_MS (1.5 s; only while this run
+  // is shown); past a failure status, until SETTLE_QUIET reads bring no new line (SETTLE_READS at most)
   let settling = 0, quiet = 0, lastSeen = null;
   let status = run.status;  // the run's status as last read (a failed read keeps following a run last seen live)
   // the last lines shown: RUN_LOG_LINES, fewer when that many pass what one reply carries (lines of up to 16 KiB:
@@ -250,17 +253,17 @@ PAGES.tasks = async function tasks() {
       note.dataset.following = again ? 'yes' : 'no';
       if (again && all && !live) every.reread = true;
       clearTimeout(followTimer);  // one loop, also when "Show all lines" is pressed while a read is on its way
-      if (again) followTimer = setTimeout(follow, 1500);
+      if (again) followTimer = setTimeout(follow, RUN_LOG_FOLLOW_MS);
     } catch (e) {
       if (stale()) return;  // before, such a read's error was shown over the page (every line shown, or another page)
-      // said beside the logs, and a run last seen live is still followed: the next read is tried in 1.5 s (before,
-      // one failed read stopped following the run for good, with its error in the page's error line)
+      // said beside the logs, and a run last seen live is still followed: the next read is tried RUN_LOG_FOLLOW_MS
+      // later (before, one failed read stopped following the run for good, with its error in the page's error line)
       const live = status === 'queued' || status === 'running';
       note.replaceChildren(badge(status), ` reading the logs failed (${e.message})` +
         (live ? '; trying again…' : ''));
       clearTimeout(followTimer);
       note.dataset.following = live ? 'yes' : 'no';
-      if (live) followTimer = setTimeout(follow, 1500);
+      if (live) followTimer = setTimeout(follow, RUN_LOG_FOLLOW_MS);
       else if (all) { cutNote.textContent = 'Every line could not be read: Show all lines tries again.'; allButton.hidden = false; }
     }
   };
