@@ -136,6 +136,7 @@ def _converted(stack, account: Account, name: str, content: bytes, framework: st
     while True:
         listed = api(stack, account, "models/list_versions", {"models_pk_id": model_id})
         texts.append(listed.text)
+        assert listed.status_code == 200, listed.text
         version = listed.json()[0]
         if version["status"] != "converting":
             break
