@@ -66,11 +66,15 @@ _DAY: tuple[int, str] = (0, "1970/01/01")
 
 
 def _day(moment: float) -> str:
-    """The UTC day folder (`yyyy/mm/dd`) of `moment`, formatted once a day (strftime was ~5 us a key)."""
+    """The UTC day folder (`yyyy/mm/dd`) of `moment`, formatted once a day (strftime was ~5 us a key). The text is
+    the day's own (formatted from its first second): `moment` itself can round up to the next day within half a
+    microsecond of midnight (fromtimestamp rounds to microseconds), and kept for its day number that text would
+    have named every later key of the day before (e.g. another thread's, taken a few ms earlier) after the next."""
     global _DAY
     number, text = _DAY  # one tuple: a thread sees a day and its text together
-    if number != moment // 86400:
-        number, text = moment // 86400, datetime.fromtimestamp(moment, UTC).strftime("%Y/%m/%d")
+    day = moment // 86400
+    if number != day:
+        number, text = day, datetime.fromtimestamp(day * 86400, UTC).strftime("%Y/%m/%d")
         _DAY = number, text
     return text
 

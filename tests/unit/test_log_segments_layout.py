@@ -4,6 +4,7 @@ for tables off the fast path, the same packing for a table of a known schema who
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import numpy as np
@@ -107,3 +108,46 @@ def test_layouts_are_kept_for_a_bounded_number_of_column_lists(monkeypatch):
     assert len(log_segments._LAYOUTS) == 2
     again = log_segments.layout(schemas[0])  # the oldest went: worked out again, the same
     assert again is not first and again.order == first.order and again.fingerprint == first.fingerprint
+
+
+def test_a_moment_that_rounds_to_the_next_day_does_not_name_the_day_before_after_it(monkeypatch):
+    """A moment within half a microsecond of midnight rounds up (datetime.fromtimestamp keeps microseconds); the
+    day folder kept for its day number must still be that day's, or every key made later in that day (another
+    thread's moment taken a few ms before) lands in the next day's folder, where its name's time (`key_moment`)
+    does not belong and the orphan sweep's listing of that folder by time never reaches it."""
+    monkeypatch.setattr(log_segments, "_DAY", (0, "1970/01/01"))
+    midnight = 1_764_892_800.0  # 2025-12-05 00:00 UTC
+    last = math.nextafter(midnight, 0)
+    assert datetime.fromtimestamp(last, UTC).day == 5  # the rounding this is about
+    log_segments.segment_key(1, "p", now=last)
+    earlier = log_segments.segment_key(1, "p", now=midnight - 0.005)
+    assert earlier.split("/")[2:5] == ["2025", "12", "04"]
+    assert log_segments.key_moment(earlier) == pytest.approx(midnight - 0.005, abs=0.001)
+    assert log_segments.segment_key(1, "p", now=midnight).split("/")[2:5] == ["2025", "12", "05"]
+
+
+def _offset_tensors() -> dict[str, pa.Array]:
+    """Six-row tensor columns whose rows start inside their buffers at every level: a child array that is itself a
+    slice, a nested fixed-size list sliced at both levels, a parent sliced over a sliced child."""
+    child = pa.array(np.arange(40, dtype=np.int32)).slice(5, 24)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(200, dtype=np.float64)).slice(7, 120), 4)
+    return {"child_offset": pa.FixedSizeListArray.from_arrays(child, 3).slice(1, 6),
+            "nested": pa.FixedSizeListArray.from_arrays(inner.slice(3, 24), 2).slice(2, 6),
+            "uint8": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(64, dtype=np.uint8)).slice(1, 56), 7)
+            .slice(1, 6)}
+
+
+@pytest.mark.parametrize("name", list(_offset_tensors()))
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_a_tensor_whose_rows_start_inside_its_buffers_is_packed_as_its_rows(name, chunks):
+    """_pack slices the child as the list is (not flatten, which honours every offset): each level's offset must be
+    taken, the child's own too, in one chunk or several (sliced) ones; read back, the rows are the table's."""
+    tensor = _offset_tensors()[name]
+    assert tensor.offset and tensor.values.offset  # rows start inside the parent's and the child's buffers
+    parts = [tensor.slice(0, 2), tensor.slice(2, 1), tensor.slice(3)] if chunks == 3 else [tensor]
+    table = pa.table({TIME: pa.array(np.arange(6), pa.int64()), "in.x": pa.chunked_array(parts)})
+    assert table.column("in.x").num_chunks == chunks
+    data = encode_segment(table, row_group_rows=4)
+    stored = pq.read_table(pa.BufferReader(data))
+    assert TENSOR in stored.schema.field("in.x").metadata  # stored packed
+    assert unpack_tensors(stored).column("in.x").to_pylist() == tensor.to_pylist()
