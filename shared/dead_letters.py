@@ -210,7 +210,45 @@ class Unreachable(OSError):
     """No server answered."""
 
 
-async def _connect_bus(settings: Settings) -> tuple[Any, list[Exception]]:
+class _BusErrors(list):
+    """The errors the server sent on a connection, and an event set as each arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import asyncio
+
+        self.arrived = asyncio.Event()
+
+
+async def _unless_refused(call: Awaitable[Any], bus_errors: _BusErrors, subject: str) -> Any:
+    """`call`'s answer, or the permissions violation for publishing to `subject` as soon as the server sends it: the
+    server drops a message its sender may not publish and answers nothing, so the call would only end at its timeout
+    (the request timeout, 5 s), while the violation arrives at once (an async -ERR, error_cb). Only a violation that
+    arrives while the call waits and names its subject ends it; any other, or none, leaves the call to answer or
+    time out as before."""
+    import asyncio
+
+    violation = f'permissions violation for publish to "{subject}"'.lower()
+    seen = len(bus_errors)
+    answer = asyncio.ensure_future(call)
+    try:
+        while True:
+            bus_errors.arrived.clear()
+            refused = [e for e in bus_errors[seen:] if violation in str(e).lower()]
+            if refused:
+                raise refused[-1]
+            arrived = asyncio.ensure_future(bus_errors.arrived.wait())
+            try:
+                await asyncio.wait([answer, arrived], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+            if answer.done():
+                return answer.result()
+    finally:
+        answer.cancel()
+
+
+async def _connect_bus(settings: Settings) -> tuple[Any, _BusErrors]:
     """A connection to the bus as `settings.nats` says (a comma-separated URL is a cluster's servers, as for the
     services), each server tried twice (nats-py reads 0 attempts as no limit), and the errors the server sent
     meanwhile (kept, not logged: nats-py's own handler printed a traceback for each, and its default retries took two
@@ -219,10 +257,11 @@ async def _connect_bus(settings: Settings) -> tuple[Any, list[Exception]]:
 
     from shared.raw_bus import connect_options
 
-    errors: list[Exception] = []
+    errors = _BusErrors()
 
     async def keep(exc: Exception) -> None:
         errors.append(exc)
+        errors.arrived.set()
 
     servers = [url.strip() for url in settings.nats.url.split(",") if url.strip()]
     try:
@@ -234,7 +273,7 @@ async def _connect_bus(settings: Settings) -> tuple[Any, list[Exception]]:
     return nc, errors
 
 
-async def _durable_refuses(nc: Any, bus_errors: list[Exception], durable: str, subject: str) -> str | None:
+async def _durable_refuses(nc: Any, bus_errors: _BusErrors, durable: str, subject: str) -> str | None:
     """Why a replay for `durable` of a message of `subject` would reach nobody (None: it reaches `durable`): the
     durable consumer no longer exists on EVENTS, or its filter no longer takes the subject. Every other durable
     acknowledges a replay meant for another (shared/consumers.py) unread."""
@@ -244,7 +283,8 @@ async def _durable_refuses(nc: Any, bus_errors: list[Exception], durable: str, s
     from shared import subjects
 
     try:
-        info = await nc.jetstream().consumer_info(subjects.EVENTS_STREAM, durable)
+        info = await _unless_refused(nc.jetstream().consumer_info(subjects.EVENTS_STREAM, durable), bus_errors,
+                                     f"$JS.API.CONSUMER.INFO.{subjects.EVENTS_STREAM}.{durable}")
     except NotFoundError:
         return (f"its durable consumer {durable} no longer exists on {subjects.EVENTS_STREAM}: nothing would handle"
                 " the replay (the subject's other consumers leave it)")
@@ -297,8 +337,9 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
                 headers |= {"Nats-Msg-Id": msg_id, REPLAY_HEADER: f"{args.service}/{args.id}",
                             REPLAY_FOR_HEADER: row["durable"]}
                 try:
-                    ack = await nc.jetstream().publish(row["subject"], row["payload"], stream=subjects.EVENTS_STREAM,
-                                                       headers=headers, timeout=settings.nats.request_timeout)
+                    ack = await _unless_refused(nc.jetstream().publish(
+                        row["subject"], row["payload"], stream=subjects.EVENTS_STREAM, headers=headers,
+                        timeout=settings.nats.request_timeout), bus_errors, row["subject"])
                 except nats.errors.TimeoutError:
                     # an identity that may not publish the subject gets no answer, only an error from the server
                     refused = [e for e in bus_errors if "permissions violation for publish" in str(e)]
