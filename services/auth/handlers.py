@@ -855,9 +855,12 @@ async def deactivate_user(deps: AuthDeps, principal: Principal, email: str) -> E
         if user["is_admin"] and user["enabled"] and await store.count_admins(conn) <= 1:
             raise Conflict("cannot deactivate the last active administrator")
         await store.set_enabled(conn, user["id"], False, revoked_before)
-        await store.add_event(conn, subjects.EVENT_USER_DEACTIVATED,
-                              UserDeactivated(user_id=user["id"], revoked_before=revoked_before))
-    deps.events_committed()
+        event = UserDeactivated(user_id=user["id"], revoked_before=revoked_before)
+        await store.add_event(conn, subjects.EVENT_USER_DEACTIVATED, event)
+    # answered once its events.user.deactivated is published (`_published`): the administrator is told the user's
+    # tokens stop working at once. Answered before the outbox had sent it, a token still worked for a few
+    # milliseconds after the 200
+    await _published(deps, event.event_id, f"user {user['id']}'s deactivation")
     return Empty()
 
 
@@ -962,10 +965,9 @@ async def revoke_inference_client(deps: AuthDeps, principal: Principal, workspac
     event = await store.revoke_inference_client(deps.pool, workspace_id, client_id, revoked_at)
     if event is None:
         raise NotFound(f"no inference client {client_id!r} in workspace {workspace_id}")
-    # answered once its events.auth.tokens_revoked (put in the outbox with the revocation) is published: the owner
-    # is told the tokens stop working at once, and JetStream acknowledged the event, so NATS had handed it to every
-    # verifier's connection before the answer is even sent (the gateway relaying the 200 reads the event first).
-    # Answered before the outbox had sent it, a token still inferred for ~5-20 ms after the 200
+    # answered once its events.auth.tokens_revoked (put in the outbox with the revocation) is published
+    # (`_published`: what that means on one NATS server and on a cluster): the owner is told the tokens stop
+    # working at once. Answered before the outbox had sent it, a token still inferred for ~5-20 ms after the 200
     await _published(deps, event.event_id, f"inference client {client_id}'s revocation")
     return Empty()
 
@@ -979,7 +981,16 @@ async def _published(deps: AuthDeps, event_id: uuid.UUID, what: str) -> bool:
     few milliseconds apart would spend its OWN_RETRIES at once), then the row looked at every 50 ms (another
     process sending it, the outbox's own retry). False, with a warning, when it is still unsent then (the bus away):
     it goes out when the bus takes it, and every verifier reads it in the revocation list at its next poll
-    (RAILYARD_AUTH__REVOCATION_POLL_INTERVAL)."""
+    (RAILYARD_AUTH__REVOCATION_POLL_INTERVAL).
+
+    What True means for the verifiers (core subscriptions, shared/authz.py). On one NATS server (the embedded
+    stack, docker-compose): the server queued the event on every subscriber's connection when it read it from
+    auth's, before it read anything auth sent after, so before the acknowledgement led to the answer; the gateway
+    relaying the answer reads the event first on its connection, and the client's next request there is refused.
+    Other verifiers apply it as they read their connection, a moment later. On a NATS cluster (the Kubernetes
+    manifests: 3 nodes) the acknowledgement comes from the stream's leader once its replicas stored the event;
+    auth's node had forwarded it on its routes, but a verifier connected to another node gets it only when that node
+    passes it on, possibly after the answer (not bounded here; the poll bounds it)."""
     deadline = time.monotonic() + EVENT_OUT_WAIT
     if deps.send_events is None:
         deps.events_committed()
