@@ -910,9 +910,12 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
         elif cmd.current_password is None or not await secret_matches(user["password_hash"], cmd.current_password):
             raise Forbidden("current_password is missing or wrong: give your current password to set a new one")
     revoked_before = time.time()
-    await store.set_password(deps.pool, user["id"], await hash_secret(cmd.password),
-                             temporary=str(user["id"]) != principal.user_id, revoked_before=revoked_before)
-    deps.events_committed()  # its events.auth.tokens_revoked, put in the outbox with the password
+    event = await store.set_password(deps.pool, user["id"], await hash_secret(cmd.password),
+                                     temporary=str(user["id"]) != principal.user_id, revoked_before=revoked_before)
+    # answered once its events.auth.tokens_revoked (put in the outbox with the password) is published
+    # (`_published`): every session of the user has ended when the 200 comes. Answered before the outbox had sent
+    # it, an access token issued before the change still worked for a few milliseconds after the 200
+    await _published(deps, event.event_id, f"user {user['id']}'s password change")
     return Empty()
 
 

@@ -184,17 +184,18 @@ async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: boo
 
 
 async def set_password(pool: asyncpg.Pool, user_id: uuid.UUID, password_hash: str, *, temporary: bool,
-                       revoked_before: float) -> None:
+                       revoked_before: float) -> TokensRevoked:
     """A new password; tokens issued before `revoked_before` stop counting and refresh tokens are spent (and, in the
-    same transaction, events.auth.tokens_revoked put in the outbox)."""
+    same transaction, events.auth.tokens_revoked put in the outbox). That event."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE users SET password_hash = $2, temporary_password = $3,"
             " revoked_before = GREATEST(COALESCE(revoked_before, 0), $4) WHERE id = $1",
             user_id, password_hash, temporary, revoked_before)
         await conn.execute("UPDATE refresh_tokens SET used = true WHERE user_id = $1 AND NOT used", user_id)
-        await add_event(conn, subjects.EVENT_TOKENS_REVOKED, TokensRevoked(subject=str(user_id),
-                                                                           revoked_before=revoked_before))
+        event = TokensRevoked(subject=str(user_id), revoked_before=revoked_before)
+        await add_event(conn, subjects.EVENT_TOKENS_REVOKED, event)
+        return event
 
 
 LISTED_COLUMNS = "u.id, u.username, u.email, u.enabled, u.temporary_password, u.created_at"
