@@ -194,7 +194,7 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     # that even loaded, and a redelivery of a committed batch is refused as a duplicate anyway
     env["RAILYARD_LOGS__ACK_WAIT"] = "5"
     # a batch of a deployment not announced yet comes back 0.5 s later, then 1, 2, 4 ... s, not 2, 4, 8 ...: the tests
-    # holding batches for a late announcement (test_log_owners.py, test_log_held_two_stores.py) wait 8 s, not 16
+    # holding batches for a late announcement (test_log_owners.py, test_log_held_two_stores.py) wait 10.5 s, not 16
     env["RAILYARD_LOGS__UNKNOWN_RETRY"] = "0.5"
     # an event whose handler keeps failing is redelivered 0.1, 0.2, 0.4 ... 2, 2 s later, not 2, 4 ... 300: its 10
     # deliveries and dead letter take about 11 s (tests/integration/test_dead_letters.py waits them out), still longer
