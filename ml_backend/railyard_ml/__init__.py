@@ -33,11 +33,17 @@ _EXPORTS = {  # public name -> the module that defines it
     "parse_config": "railyard_ml.label_config",
 }
 
+# `import railyard_ml` then `railyard_ml.model....`: the submodules the eager imports made attributes stay reachable
+_SUBMODULES = {"api", "backend", "cli", "continuous_training", "errors", "label_config", "model", "railyard_step",
+               "response", "store", "utils"}
+
 __all__ = ["LabelInterface", "LabelStudioMLBase", "ModelResponse", "PredictionValue", "init_app", "parse_config"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # the import sets it as an attribute of the package
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

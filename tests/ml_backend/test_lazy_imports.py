@@ -86,6 +86,19 @@ except AttributeError as exc:
     assert answer.stdout.strip() == "module 'railyard_ml' has no attribute 'LabelStudioMLBass'"
 
 
+def test_the_package_s_submodules_are_still_its_attributes():
+    """`import railyard_ml` then `railyard_ml.model.LabelStudioMLBase`: the eager imports made the submodules they
+    loaded attributes of the package; each is imported when first asked for."""
+    answer = python("""
+import railyard_ml, sys
+assert "railyard_ml.model" not in sys.modules
+print(railyard_ml.model.LabelStudioMLBase.__name__, railyard_ml.api.init_app.__name__,
+      railyard_ml.utils.get_single_tag_keys.__name__, railyard_ml.model is sys.modules["railyard_ml.model"])
+""")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split() == ["LabelStudioMLBase", "init_app", "get_single_tag_keys", "True"]
+
+
 def test_importing_the_package_or_its_label_config_loads_no_web_stack():
     """Railyard's services import railyard_ml.label_config (monitoring parses labeling configs with it)."""
     answer = python("import sys, json, railyard_ml, railyard_ml.label_config; print(json.dumps(sorted(sys.modules)))")
