@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 # The child: the real `railyard` main with the pipeline's session answering from files in its directory.
-CHILD = r'''
+STUB = r'''
 import json, sys
 from pathlib import Path
 from railyard_client import cli
@@ -77,10 +77,28 @@ class Workspace:
 
 cli._client = lambda workspace=None: type("Client", (), {"current_workspace": lambda self: Workspace(),
                                                          "_session": Session()})()
+'''
+CHILD = STUB + r'''
 code = cli.main(sys.argv[2:])
 print(json.dumps({"pandas": "pandas" in sys.modules, "pyarrow": "pyarrow" in sys.modules, "sent": sent}),
       file=sys.stderr)
 sys.exit(code)
+'''
+# Commands one after another in one interpreter (for those run with pandas loaded, where a fresh interpreter each
+# imported pandas again, ~0.7 s of CPU): [[directory, args], ...] in argv[2] (argv[1]: the first directory), each
+# command's [exit code, stdout, {pandas, pyarrow, sent}] in the JSON file argv[3].
+BATCH = STUB + r'''
+import contextlib, io
+done = []
+for directory, args in json.loads(sys.argv[2]):
+    here = Path(directory)
+    sent.clear()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(args)
+    done.append([code, out.getvalue(),
+                 {"pandas": "pandas" in sys.modules, "pyarrow": "pyarrow" in sys.modules, "sent": list(sent)}])
+Path(sys.argv[3]).write_text(json.dumps(done))
 '''
 
 ROWS = [{"tensor": [0.5, -1.25]}, {"tensor": [2.0, 0.0]}]
@@ -151,6 +169,16 @@ def run(directory: Path, *args: str) -> tuple[str, dict]:
     return done.stdout, json.loads(done.stderr.strip().splitlines()[-1])
 
 
+def run_in_one_interpreter(preamble: str, commands: list[tuple[Path, list[str]]], answers: Path) -> list[tuple]:
+    """run's (exit code, stdout, child) for each command, run one after another in one interpreter after `preamble`
+    (an exit code of 0 is not asserted here)."""
+    listed = json.dumps([[str(directory), args] for directory, args in commands])
+    done = subprocess.run([sys.executable, "-c", preamble + BATCH, str(commands[0][0]), listed, str(answers)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [tuple(answer) for answer in json.loads(answers.read_text())]
+
+
 def printed(rows: list[dict]) -> str:
     """What `show(..., as_json=True)` prints."""
     return json.dumps(rows, indent=1) + "\n"
@@ -219,14 +247,14 @@ def test_pipelines_logs_json_prints_every_page_oldest_first_without_pandas(canne
 def test_the_json_commands_print_the_same_when_pandas_is_loaded(canned: Path):
     """The same output whether or not pandas is in the process (as it was before these commands stopped importing
     it): nothing printed depends on it."""
-    with_pandas = "import pandas\n" + CHILD
-    for args in (["infer", "fraud", str(canned / "rows.json"), "--json"],
-                 ["infer", "fraud", str(canned / "rows.parquet"), "--json"],
-                 ["pipelines", "logs", "fraud", "--limit", "0", "--json"]):
-        loaded = subprocess.run([sys.executable, "-c", with_pandas, str(canned), *args], capture_output=True,
-                                text=True, timeout=120)
-        assert loaded.returncode == 0 and json.loads(loaded.stderr.strip().splitlines()[-1])["pandas"] is True
-        assert loaded.stdout == run(canned, *args)[0]
+    commands = [["infer", "fraud", str(canned / "rows.json"), "--json"],
+                ["infer", "fraud", str(canned / "rows.parquet"), "--json"],
+                ["pipelines", "logs", "fraud", "--limit", "0", "--json"]]
+    # the three with pandas loaded in one interpreter (pandas is there anyway); each without it in a fresh one
+    loaded = run_in_one_interpreter("import pandas\n", [(canned, args) for args in commands], canned / "done.json")
+    for args, (code, out, child) in zip(commands, loaded, strict=True):
+        assert code == 0 and child["pandas"] is True
+        assert out == run(canned, *args)[0]
 
 
 def test_the_sdk_still_answers_dataframes(canned: Path):
@@ -266,16 +294,27 @@ def test_datasets_upload_of_a_json_file_makes_the_same_table_without_pandas(cann
     (canned / "rows.json").write_text(json.dumps(UPLOADED))
     (canned / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in UPLOADED))
     sent = {}
+    for name in ("rows.json", "rows.jsonl"):  # without pandas: a fresh interpreter each
+        done = subprocess.run([sys.executable, "-c", AS_THE_COMMAND + CHILD, str(canned), "datasets", "upload", "7",
+                               str(canned / name), "--json"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        child = json.loads(done.stderr.strip().splitlines()[-1])
+        assert child["pandas"] is False
+        assert [s["path"] for s in child["sent"]] == ["datasets/get", "/v1/api/datasets/upload_rows"]
+        assert json.loads(done.stdout) == [{"rows_added": 2}]
+        sent[name, False] = (canned / "uploaded.arrow").read_bytes()
+    # with pandas loaded: both in one interpreter, each writing its upload into a directory of its own
+    commands = []
     for name in ("rows.json", "rows.jsonl"):
-        for preamble in (AS_THE_COMMAND, AS_THE_COMMAND + "import pandas\n"):
-            done = subprocess.run([sys.executable, "-c", preamble + CHILD, str(canned), "datasets", "upload", "7",
-                                   str(canned / name), "--json"], capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, done.stderr
-            child = json.loads(done.stderr.strip().splitlines()[-1])
-            assert child["pandas"] is ("pandas" in preamble)
-            assert [s["path"] for s in child["sent"]] == ["datasets/get", "/v1/api/datasets/upload_rows"]
-            assert json.loads(done.stdout) == [{"rows_added": 2}]
-            sent[name, "pandas" in preamble] = (canned / "uploaded.arrow").read_bytes()
+        (canned / f"{name}-pandas").mkdir()
+        commands.append((canned / f"{name}-pandas", ["datasets", "upload", "7", str(canned / name), "--json"]))
+    loaded = run_in_one_interpreter(AS_THE_COMMAND + "import pandas\n", commands, canned / "done.json")
+    for (directory, _), (name, (code, out, child)) in zip(commands, zip(("rows.json", "rows.jsonl"), loaded,
+                                                                         strict=True), strict=True):
+        assert code == 0 and child["pandas"] is True
+        assert [s["path"] for s in child["sent"]] == ["datasets/get", "/v1/api/datasets/upload_rows"]
+        assert json.loads(out) == [{"rows_added": 2}]
+        sent[name, True] = (directory / "uploaded.arrow").read_bytes()
     assert len(set(sent.values())) == 1  # the same table, with or without pandas, from either file
     table = pa.ipc.open_file(pa.py_buffer(sent["rows.json", False])).read_all()
     assert table.to_pylist() == UPLOADED and table.equals(pa.Table.from_pylist(UPLOADED))
