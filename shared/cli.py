@@ -165,6 +165,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """The durable event consumers' dead letters: list them, replay one (shared/dead_letters.py)."""
+    from shared.lean_imports import decline_unused
+
+    # before nats: it imports aiohttp (its WebSocket transport; the bus is nats://) whenever it is installed, ~40 % of
+    # the command's start (shared/lean_imports.py); the command reads no tables (pandas) and serves nothing either
+    decline_unused()
     import asyncpg
     import nats.errors
 
