@@ -2,9 +2,9 @@
 refuse with a 400: a missing or unreadable file, text that is not JSON, JSON that is not pandas-records rows, and
 rows the API cannot read (different keys, nulls, mixed types, ragged tensors). Exit code 2, one line naming the
 input, the record and the rule, and still without pandas. Each command runs the real CLI in a fresh interpreter;
-`_client` (signing in, then every request) only records that it was reached; the many refusals of one rule set run
-one after another in one fresh interpreter (refusals_in_one_interpreter), each still checked for its exit code, its
-one error line, nothing reached and no pandas after it. The client's rules are the API's
+`_client` (signing in, then every request) only records that it was reached; the rule table's refusals, and a test's
+commands that read no stdin, run one after another in one fresh interpreter (run_in_one_interpreter), each still
+checked for its exit code, its one error line, nothing reached and no pandas after it. The client's rules are the API's
 (`shared.arrow_codec.records_json_to_table`, which the gateway's `read_records` gives the same verdicts): the last
 test holds them to it on the same JSON texts."""
 
@@ -109,10 +109,12 @@ def refused_as(answer: tuple[int, str, dict]) -> str:
 
 def test_good_rows_are_sent(tmp_path: Path):
     (tmp_path / "rows.json").write_text(json.dumps(GOOD))
-    code, err, child = run(tmp_path, "infer", "fraud", "rows.json", "--json")
-    assert (code, child) == (0, {"reached": True, "pandas": False}), err
     (tmp_path / "rows.ndjson").write_text("\n".join(json.dumps(row) for row in GOOD) + "\n")  # JSON lines
-    assert run(tmp_path, "infer", "fraud", "rows.ndjson", "--json")[0] == 0
+    (code, err, child), lines = run_in_one_interpreter([(tmp_path, ["infer", "fraud", "rows.json", "--json"]),
+                                                        (tmp_path, ["infer", "fraud", "rows.ndjson", "--json"])],
+                                                       tmp_path)
+    assert (code, child) == (0, {"reached": True, "pandas": False}), err
+    assert lines[0] == 0, lines
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
@@ -150,13 +152,15 @@ def test_bytes_that_are_not_text_are_refused_as_the_api_refuses_them(tmp_path: P
 
 
 def test_a_missing_or_unreadable_file_is_refused_by_name(tmp_path: Path):
-    assert "'missing.json' does not exist" in refused(tmp_path, "infer", "fraud", "missing.json")
     (tmp_path / "folder.json").mkdir()
-    assert "'folder.json' is a directory" in refused(tmp_path, "infer", "fraud", "folder.json")
+    names = {"missing.json": "'missing.json' does not exist", "folder.json": "'folder.json' is a directory"}
     if os.geteuid() != 0:  # root reads any file
         (tmp_path / "secret.json").write_text(json.dumps(GOOD))
         (tmp_path / "secret.json").chmod(0)
-        assert "'secret.json' is not readable" in refused(tmp_path, "infer", "fraud", "secret.json")
+        names["secret.json"] = "'secret.json' is not readable"
+    answers = run_in_one_interpreter([(tmp_path, ["infer", "fraud", name]) for name in names], tmp_path)
+    for message, answer in zip(names.values(), answers, strict=True):
+        assert message in refused_as(answer)
 
 
 REFUSED = [
@@ -227,13 +231,17 @@ def test_stdin_rows_are_checked_alike(tmp_path: Path):
 
 def test_an_output_file_it_cannot_write_is_refused_before_sending(tmp_path: Path):
     (tmp_path / "rows.json").write_text(json.dumps(GOOD))
-    assert "out.csv: unknown output type .csv" in refused(tmp_path, "infer", "fraud", "rows.json", "-o", "out.csv")
+    csv, parquet, written, logs = run_in_one_interpreter([
+        (tmp_path, ["infer", "fraud", "rows.json", "-o", "out.csv"]),
+        (tmp_path, ["infer", "fraud", "rows.json", "-o", "out.parquet"]),
+        (tmp_path, ["infer", "fraud", "rows.json", "-o", "out.json"]),
+        (tmp_path, ["pipelines", "logs", "fraud", "-o", "logs.txt"])], tmp_path)
+    assert "out.csv: unknown output type .csv" in refused_as(csv)
     # the API's JSON records are not a table: written as JSON into out.parquet before
-    assert "write them to a .json file, not out.parquet" in refused(tmp_path, "infer", "fraud", "rows.json", "-o",
-                                                                    "out.parquet")
-    assert run(tmp_path, "infer", "fraud", "rows.json", "-o", "out.json")[0] == 0
+    assert "write them to a .json file, not out.parquet" in refused_as(parquet)
+    assert written[0] == 0, written
     assert json.loads((tmp_path / "out.json").read_text())[1]["in"] == GOOD[1]
-    assert "unknown output type" in refused(tmp_path, "pipelines", "logs", "fraud", "-o", "logs.txt")
+    assert "unknown output type" in refused_as(logs)
 
 
 CASES = [
