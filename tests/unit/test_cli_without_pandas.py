@@ -135,6 +135,10 @@ def _log_page(rows: list[dict]) -> bytes:
 
 @pytest.fixture
 def canned(tmp_path: Path) -> Path:
+    return fill_canned(tmp_path)
+
+
+def fill_canned(tmp_path: Path) -> Path:
     (tmp_path / "rows.json").write_text(json.dumps(ROWS))
     pq.write_table(pa.table({"tensor": pa.array([r["tensor"] for r in ROWS], pa.list_(pa.float64()))}),
                    tmp_path / "rows.parquet")
@@ -202,18 +206,36 @@ def test_infer_json_to_a_json_file_without_pandas_or_pyarrow(canned: Path):
 @pytest.mark.parametrize("suffix", ["parquet", "arrow", "json"])
 def test_the_output_files_are_written_without_pandas(canned: Path, suffix: str):
     """`-o FILE` of `infer` (Arrow answer) and `pipelines logs`: the rows in the file, and no pandas."""
-    answer = canned / f"answer-out.{suffix}"
-    _, child = run(canned, "infer", "fraud", str(canned / "rows.parquet"), "-o", str(answer))
-    assert read_back(answer) == ANSWER_ROWS and child["pandas"] is False
-    logs = canned / f"logs-out.{suffix}"
-    _, child = run(canned, "pipelines", "logs", "fraud", "--limit", "0", "-o", str(logs))
-    assert read_back(logs) == LOG_ROWS and child["pandas"] is False
+    answer, logs = canned / f"answer-out.{suffix}", canned / f"logs-out.{suffix}"
+    # one interpreter, the two commands one after the other: pandas is looked for after each
+    written = run_in_one_interpreter("", [(canned, ["infer", "fraud", str(canned / "rows.parquet"), "-o", str(answer)]),
+                                          (canned, ["pipelines", "logs", "fraud", "--limit", "0", "-o", str(logs)])],
+                                     canned / "done.json")
+    assert [(code, child["pandas"]) for code, _, child in written] == [(0, False), (0, False)], written
+    assert read_back(answer) == ANSWER_ROWS
+    assert read_back(logs) == LOG_ROWS
 
 
-@pytest.mark.parametrize("args", [[], ["--json"], ["-o", "rows.parquet"], ["-o", "rows.arrow"], ["-o", "rows.csv"]])
-def test_datasets_read_without_pandas(canned: Path, args: list[str]):
+READS = [[], ["--json"], ["-o", "rows.parquet"], ["-o", "rows.arrow"], ["-o", "rows.csv"]]
+
+
+@pytest.fixture(scope="module")
+def datasets_read(tmp_path_factory) -> tuple[Path, dict[tuple, tuple]]:
+    """`datasets read 7` with each of READS' arguments, one after another in one fresh interpreter (each writes its
+    own file, or prints): the canned directory and each command's (exit code, stdout, child)."""
+    canned = fill_canned(tmp_path_factory.mktemp("read"))
+    commands = [[str(canned / a) if a.startswith("rows.") else a for a in args] for args in READS]
+    answers = run_in_one_interpreter("", [(canned, ["datasets", "read", "7", *target]) for target in commands],
+                                     canned / "done.json")
+    return canned, dict(zip(map(tuple, READS), answers, strict=True))
+
+
+@pytest.mark.parametrize("args", READS)
+def test_datasets_read_without_pandas(datasets_read, args: list[str]):
+    canned, answers = datasets_read
     target = [str(canned / a) if a.startswith("rows.") else a for a in args]
-    out, child = run(canned, "datasets", "read", "7", *target)
+    code, out, child = answers[tuple(args)]
+    assert code == 0, out
     assert child["sent"][0]["path"] == "/v1/api/datasets/get_rows" and child["pandas"] is False
     if args == ["--json"]:
         assert json.loads(out) == DATASET.to_pylist()
