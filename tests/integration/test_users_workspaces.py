@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
@@ -96,11 +95,10 @@ def test_deactivated_user_gets_no_tokens_and_loses_existing_ones(stack, admin, a
     token = alice.token
     assert post(stack, "workspaces/list", token).status_code == 200
     assert admin.post("users/deactivate", {"email": alice.email}) == {}
-    deadline = time.monotonic() + 60
-    while post(stack, "workspaces/list", token).status_code != 401:
-        assert time.monotonic() < deadline, "token still accepted 60 s after deactivation"
-        time.sleep(0.2)
-    print(f"token refused {60 - (deadline - time.monotonic()):.2f}s after deactivation")
+    # refused by the very next request: users/deactivate answers once events.user.deactivated is published, which on
+    # the stack's one NATS server the gateway has by then (docs/auth.md); this polled up to 60 s before b16fd94a
+    denied = post(stack, "workspaces/list", token)
+    assert denied.status_code == 401, denied.text
     with pytest.raises(Exception) as refused:
         client_for(stack).login(alice.email, PASSWORD)
     assert getattr(refused.value, "status", 0) == 401
