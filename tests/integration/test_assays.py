@@ -242,10 +242,15 @@ def test_scheduled_windows_run_by_themselves_alert_and_survive_a_restart(stack, 
     name = drifted["pipeline"]["name"]
     rng = np.random.default_rng(9)
 
-    async def feed(seconds: float) -> None:  # shifted values, a batch every 0.3 s
-        end = time.monotonic() + seconds
+    async def feed(done, most: float) -> None:
+        """Shifted values, a batch every 0.3 s, until `done()` (asked between batches) or `most` seconds: the
+        windows the test waits for are fed until they are scored. Before, fixed stretches of 7 s and 6 s (the
+        second set of windows was scored ~2 s before it ended at load ~5)."""
+        end = time.monotonic() + most
         while time.monotonic() < end:
             await publish_rows(stack, alice, name, rng.normal(2.0, 1.0, 40), int(time.time() * 1000))
+            if await done():
+                return
             await asyncio.sleep(0.3)
 
     def results() -> list[dict]:
@@ -253,7 +258,10 @@ def test_scheduled_windows_run_by_themselves_alert_and_survive_a_restart(stack, 
         assert response.status_code == 200, response.text
         return response.json()
 
-    asyncio.run(feed(7.0))
+    async def two_scored() -> bool:
+        return len(results()) >= 2
+
+    asyncio.run(feed(two_scored, 20))
     deadline = time.monotonic() + 20
     while len(results()) < 2:
         assert time.monotonic() < deadline, "the scheduled assay did not run by itself"
@@ -274,14 +282,29 @@ def test_scheduled_windows_run_by_themselves_alert_and_survive_a_restart(stack, 
         assert time.monotonic() < deadline, "no events.assay.alert"
         time.sleep(0.3)
 
+    def continued(later: list[dict]) -> bool:
+        newest = datetime.fromisoformat(later[0]["window_start"].replace("Z", "+00:00"))
+        return len(later) > len(first) + 1 and newest > datetime.now(UTC) - timedelta(seconds=8)
+
+    async def continued_after_restart() -> bool:
+        """Results are asked for only once a new assay runner answers its health subject: asked of the killed one,
+        get_results waits out the gateway's 5 s bus timeout and answers 504."""
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            reply = json.loads((await nc.request(subjects.health("assay_runner"), b"{}", timeout=0.25)).data)
+        except (nats_client.errors.TimeoutError, nats_client.errors.NoRespondersError):
+            return False
+        finally:
+            await nc.close()
+        return bool(reply.get("ok")) and reply["data"]["pid"] != pid and continued(results())
+
     pid = stack.state()["components"]["assay_runner"]["pid"]
     os.kill(pid, signal.SIGKILL)
-    asyncio.run(feed(6.0))
+    asyncio.run(feed(continued_after_restart, 30))
     deadline = time.monotonic() + 30
     while True:
         later = results()
-        newest = datetime.fromisoformat(later[0]["window_start"].replace("Z", "+00:00"))
-        if len(later) > len(first) + 1 and newest > datetime.now(UTC) - timedelta(seconds=8):
+        if continued(later):
             break
         assert time.monotonic() < deadline, "the schedule did not continue after a restart"
         time.sleep(0.3)
