@@ -118,10 +118,9 @@ def init(
     typer.echo(f"created {folder}: {model_class} from {source.name}; run it with `railyard-ml start {folder}`")
 
 
-def load_model_class(folder: Path) -> type[LabelStudioMLBase]:
-    """Import the model class a backend folder names in its railyard-ml.json."""
-    from railyard_ml.model import LabelStudioMLBase
-
+def backend_config(folder: Path) -> dict[str, str]:
+    """A backend folder's railyard-ml.json (its script and model class), checked: a folder that is not one raises
+    FileNotFoundError saying why. Nothing of the folder is imported."""
     config_file = folder / CONFIG
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} is not a backend folder (no {CONFIG}): make one with `railyard-ml init`")
@@ -137,6 +136,16 @@ def load_model_class(folder: Path) -> type[LabelStudioMLBase]:
         raise FileNotFoundError(f"{config_file} must name the \"script\" and its \"model_class\": {remake}")
     if not (folder / config["script"]).is_file():
         raise FileNotFoundError(f"{config_file} names the script {config['script']!r}, which is not in {folder}")
+    return config
+
+
+def load_model_class(folder: Path) -> type[LabelStudioMLBase]:
+    """Import the model class a backend folder names in its railyard-ml.json (the folder goes first on sys.path)."""
+    from railyard_ml.model import LabelStudioMLBase
+
+    config = backend_config(folder)
+    config_file = folder / CONFIG
+    remake = f"make it again with `railyard-ml init {folder} --script <script>[:Class] --force`"
     sys.path.insert(0, str(folder.resolve()))
     module = importlib.import_module(Path(config["script"]).stem)
     model_class = getattr(module, config["model_class"], None)
@@ -155,10 +164,12 @@ def app_for(folder: str | Path, model_dir: str | Path | None = None, basic_auth_
     folder = Path(folder)
     model_dir = Path(model_dir or os.getenv("MODEL_DIR") or folder / "models")
     os.environ.setdefault("MODEL_DIR", str(model_dir))  # 1.x examples read it for their checkpoints
-    model_class = load_model_class(folder)  # a folder that is not one fails here, before the web app is imported
+    backend_config(folder)  # a folder that is not one fails here, before the web app is imported
+    # the app before the model: load_model_class puts the folder first on sys.path, and a module of the folder named
+    # like one the app imports (an html.py: starlette imports the standard library's) would be taken for it
     from railyard_ml.api import init_app
 
-    return init_app(model_class, basic_auth_user=basic_auth_user, basic_auth_pass=basic_auth_pass,
+    return init_app(load_model_class(folder), basic_auth_user=basic_auth_user, basic_auth_pass=basic_auth_pass,
                     model_dir=model_dir)
 
 

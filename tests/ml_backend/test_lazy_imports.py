@@ -134,3 +134,25 @@ def test_start_of_a_folder_that_is_not_one_fails_before_importing_the_web_app(tm
     assert answer.returncode == 2
     assert "is not a backend folder" in answer.stderr
     assert "starlette" not in {m.split(".")[0] for m in modules} and "railyard_ml.api" not in modules
+
+
+def test_a_backend_folder_s_own_modules_do_not_shadow_the_web_app_s(tmp_path):
+    """load_model_class puts the folder first on sys.path to import its script; the web app is imported before that
+    (as when the package imported it eagerly), so a module of the folder named like one the app imports (html.py
+    here; starlette imports the standard library's html) is not taken for it. With the app imported after the
+    script, `railyard-ml start` and `python _wsgi.py` of such a folder ended in the folder's html.py."""
+    folder = tmp_path / "shadowing"
+    folder.mkdir()
+    (folder / "railyard-ml.json").write_text(json.dumps({"script": "backend.py", "model_class": "Model"}))
+    (folder / "backend.py").write_text("from railyard_ml import LabelStudioMLBase\n\n\n"
+                                       "class Model(LabelStudioMLBase):\n    pass\n")
+    (folder / "html.py").write_text("raise RuntimeError('the html.py of the folder was imported')\n")
+    answer = python("""
+import sys
+from railyard_ml.cli import app_for
+assert "html" not in sys.modules, "imported before app_for: this test no longer tells"
+app = app_for(sys.argv[1])
+print(type(app).__name__, sys.modules["html"].__file__ != sys.argv[1] + "/html.py")
+""", str(folder))
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split() == ["Starlette", "True"]
