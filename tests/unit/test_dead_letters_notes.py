@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,10 @@ def test_a_refused_connection_is_one_line_naming_the_data_directory(tmp_path, mo
         raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 15432)")
 
     monkeypatch.setattr(dead_letters, "run", unreachable)
+    # the command declines pandas, aiohttp, uvicorn and pyarrow's remote filesystems for its process (b4367551):
+    # run here, in the test process, on a copy of its finders, or every later test of the process would find them
+    # refused (a run of this file and one importing pandas after it)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     status = cli.cmd_dead_letters(argparse.Namespace(data_dir=str(tmp_path / "typo")))
     err = capsys.readouterr().err
     assert status == 5
