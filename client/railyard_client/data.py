@@ -620,9 +620,12 @@ def oip_outputs(answer: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 # the API's refusals of a column holding nulls or NaN/infinity (services/engine/runtimes.py: column_to_tensor,
-# tensor_parts, OnnxRuntime.predict, _check_integers), which name the column only
+# tensor_parts, OnnxRuntime.predict, _check_integers): nulls by column only, NaN/infinity with the rows of the
+# request since session 29 (non_finite_rows: " in rows 1 and 3 (counted from 0)"), which an explanation leaves out
+# of the API's words as it names the rows itself, with the index and what to do
 _MISSING = re.compile(r"""column ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"): """
                       r"(null values|null tensor|NaN or infinite values)")
+_API_ROWS = re.compile(r" in rows? \d+(?:(?:, | and )\d+)*(?: \(and \d+ more\))? \(counted from 0\)")
 SHOWN_ROWS = 5  # rows named in an explained refusal; the count says how many more
 
 
@@ -672,7 +675,8 @@ def explain_missing(refused: InvalidRequest, table: pa.Table, index: Any = None)
                 f"(frame.drop(index=[{', '.join(map(repr, labels))}{', ...' if len(rows) > SHOWN_ROWS else ''}]))")
     else:
         todo = f"replace {them} or leave {those_rows} out (the model takes no missing values)"
-    message = (f"{refused.message}: {where} of column {name!r} hold{'s' if len(rows) == 1 else ''} {what}{inside};"
+    api = refused.message[:found.end()] + _API_ROWS.sub("", refused.message[found.end():], count=1)
+    message = (f"{api}: {where} of column {name!r} hold{'s' if len(rows) == 1 else ''} {what}{inside};"
                f" {todo}, then infer again")
     return type(refused)(refused.status, refused.code, message)
 

@@ -127,3 +127,20 @@ def test_repeated_index_labels_are_dropped_by_position():
     assert "frame.drop(" not in message and "if i not in {1}" in message, message
     kept = frame.iloc[[i for i in range(len(frame)) if i not in {1}]]
     assert len(kept) == 2 and not kept["tensor"].map(lambda t: any(map(math.isnan, t))).any()
+
+
+def test_the_apis_own_row_words_are_not_repeated():
+    """Since session 29 the engine names a NaN's rows itself (" in rows 1 and 3 (counted from 0)"); the SDK's
+    explanation names them with the index and what to do, and said them twice ("values in rows 1 and 3 (counted from
+    0): rows 1 and 3 of column ..."). The API's other words after them stay."""
+    table = pa.table({"ids": [1.0, math.nan, 2.0, math.inf]})
+    api = "column 'ids': NaN or infinite values in rows 1 and 3 (counted from 0) where the model expects int64"
+    message = data.explain_missing(InvalidRequest(400, "invalid_request", api), table).message
+    assert message.startswith("column 'ids': NaN or infinite values where the model expects int64: rows 1 and 3 of"
+                              " column 'ids' hold NaN or infinity"), message
+    assert "counted from 0" not in message
+    many = "column 'ids': NaN or infinite values in rows 0, 1, 2, 3 and 4 (and 2 more) (counted from 0)"
+    sevens = pa.table({"ids": [math.nan] * 7})
+    message = data.explain_missing(InvalidRequest(400, "invalid_request", many), sevens).message
+    assert message.startswith("column 'ids': NaN or infinite values: rows 0, 1, 2, 3 and 4 and 2 more of column"), \
+        message
