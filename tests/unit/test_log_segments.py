@@ -110,22 +110,27 @@ def test_a_segment_is_written_into_one_buffer_allocated_at_once(monkeypatch):
     def no_growing_stream(*args, **kwargs):
         raise AssertionError("a segment of a 600 KB table went to the growing BufferOutputStream")
 
-    monkeypatch.setattr(pa, "BufferOutputStream", no_growing_stream)
+    monkeypatch.setattr(log_segments.pa, "BufferOutputStream", no_growing_stream)  # its pa: see _growing_streams
     buffer = log_segments.encode_segment_buffer(table, row_group_rows=2048)
     assert buffer.to_pybytes() == expected
     assert buffer.size == len(expected)
 
 
 def _growing_streams(monkeypatch) -> list[int]:
-    """Counts the growing streams made from here on (one an entry)."""
+    """Counts the growing streams made from here on (one an entry). Patched on shared.log_segments' own `pa`, not
+    on pyarrow: imported before pyarrow was (services.log_store.handlers does, collected first from
+    test_log_owners.py), its `pa` is a lean_imports.LazyModule that took a copy of pyarrow's attributes at its first
+    read, so a stand-in set on pyarrow afterwards is never called (the counts stayed 0)."""
+    from shared import log_segments
+
     made: list[int] = []
-    real = pa.BufferOutputStream
+    real = log_segments.pa.BufferOutputStream
 
     def counted(*args, **kwargs):
         made.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pa, "BufferOutputStream", counted)
+    monkeypatch.setattr(log_segments.pa, "BufferOutputStream", counted)
     return made
 
 
@@ -146,7 +151,7 @@ def test_a_segment_larger_than_its_buffer_is_written_again_whole(monkeypatch):
     def allocated_at_once(size, *args, **kwargs):
         raise AssertionError(f"{size:,} bytes allocated at once for a table above SINK_MAX")
 
-    monkeypatch.setattr(pa, "allocate_buffer", allocated_at_once)
+    monkeypatch.setattr(log_segments.pa, "allocate_buffer", allocated_at_once)
     assert log_segments.encode_segment_buffer(table, row_group_rows=1024).to_pybytes() == expected
     assert len(growing) == 2
 
