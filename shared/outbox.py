@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -112,6 +113,26 @@ def row_refused(exc: Exception) -> bool:
         exc, js_errors.ServiceUnavailableError | js_errors.ServerError)
 
 
+@dataclass
+class SendRound:
+    """What one round of `Outbox.send_round` did with the rows it read, by event_id: `sent` (JetStream acknowledged
+    them, their rows deleted), `failed` (tried and left unsent, or held behind a failed row of their key, which
+    fails the same way until the next round). `bus_failed`: a failure of the bus ended the round, so the rows after
+    it were not read (they would have met it too); `elsewhere`: another process was sending (SendingElsewhere), so
+    this round read nothing. A row in neither set was not this round's: sent by an earlier round (this process's
+    loop, another process) or committed after the round read its batch."""
+
+    sent: set[Any] = field(default_factory=set)
+    failed: set[Any] = field(default_factory=set)
+    bus_failed: bool = False
+    elsewhere: bool = False
+
+    def left_unsent(self, event_id: Any) -> bool:
+        """Whether this round tried the event, or met a failure of the bus before reaching it, and left it unsent:
+        the next round is the outbox's retry (RETRY seconds on)."""
+        return event_id in self.failed or (self.bus_failed and event_id not in self.sent)
+
+
 class Outbox:
     """The sender of one service's outbox. `event_types`: the event class of each subject the service puts there;
     `order_field`: the payload field (or fields, the first present) whose value is the order key (`order_key`);
@@ -149,12 +170,19 @@ class Outbox:
         """Publish what is unsent (module docstring); how many events were sent. Raises only a database error
         (nothing is lost: rows not deleted are sent again). One round at a time in a process (the loop's and a
         route's), so its own rounds send in order: another's `SKIP LOCKED` read would pass the rows a round holds."""
-        async with self._sending:
-            return await self._send()
+        return len((await self.send_round()).sent)
 
-    async def _send(self) -> int:
+    async def send_round(self) -> SendRound:
+        """`send`, telling which events the round sent and which it tried and left unsent (SendRound): for a caller
+        that answers once its own event is out, and wants to know when this round has tried it (auth's
+        handlers._published)."""
+        async with self._sending:
+            done = SendRound()
+            await self._send(done)
+            return done
+
+    async def _send(self, done: SendRound) -> None:
         self.retry_soon = False
-        sent = 0
         after = 0  # the last row id this round has read (held rows are not read again)
         held: set[Any] = set()  # the keys whose row failed this round: their later rows wait for the next one
         failed = False
@@ -164,12 +192,14 @@ class Outbox:
                     rows = await self.rows.unsent_events(conn, BATCH, after)
                 except SendingElsewhere:  # it sends what it read; what was committed after, this process soon
                     self.retry_soon = True
+                    done.elsewhere = True
                     self._round_later()
-                    return sent
+                    return
                 for row in rows:
                     after = row["id"]
                     key = order_key(row, self.order_field)
                     if key in held:
+                        done.failed.add(row["event_id"])
                         continue
                     try:
                         event = self.event_of(row["subject"], row["payload"])
@@ -186,20 +216,22 @@ class Outbox:
                         tried_before = _attempts(row)
                         await self.rows.event_failed(conn, row["id"], f"{type(error).__name__}: {error}")
                         self._failed(row, error)
+                        done.failed.add(row["event_id"])
                         if not its_own:
                             self.retry_soon = True
-                            return sent  # the transaction commits: what was acknowledged before stays sent
+                            done.bus_failed = True
+                            return  # the transaction commits: what was acknowledged before stays sent
                         if tried_before + 1 < OWN_RETRIES:
                             self.retry_soon = True
                         held.add(key)
                         continue
                     await self.rows.event_sent(conn, row["id"])
-                    sent += 1
+                    done.sent.add(row["event_id"])
             if len(rows) < BATCH:
                 if self.failing_since is not None and not failed:
                     log.info("%s are published again", self.what)
                     self.failing_since = None
-                return sent
+                return
 
     async def stop(self, task: asyncio.Task) -> None:
         """Stop the sending loop `task` (this outbox's `run`) and send what is unsent once more: now if the bus takes

@@ -232,7 +232,7 @@ async def start(runtime: Runtime) -> None:
     connection = runtime.broker.config.connection_state.connection
     # the server's payload limit is learnt when connecting (as shared.bus.command reads it)
     deps = handlers.AuthDeps(pool=runtime.db, settings=settings, keys={}, events_committed=outbox.wake,
-                             send_events=outbox.send,
+                             send_events=outbox.send_round,
                              reply_limit=lambda: reply_limit(getattr(connection, "max_payload", None)))
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))

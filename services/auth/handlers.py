@@ -100,6 +100,7 @@ from shared.messages.auth import (
     WorkspaceWasCreated,
 )
 from shared.messages.tasks import IssueTaskToken, TaskTokenIssued
+from shared.outbox import SendRound
 from shared.settings import AuthSettings
 
 log = logging.getLogger("railyard.auth")
@@ -145,9 +146,9 @@ class AuthDeps:
     # the bytes a reply may carry on the bus (its payload limit less shared.bus.REPLY_HEADROOM), once connected; None:
     # not known (a whole users/query is then built and encode_reply refuses it if it does not fit)
     reply_limit: Callable[[], int | None] = lambda: None
-    # a round of the outbox's sending now (app.py: Outbox.send), for a change that answers only once its event is out
-    # (`_published`); None: not known (tests), the outbox is woken instead
-    send_events: Callable[[], Awaitable[Any]] | None = None
+    # a round of the outbox's sending now, telling what it did with each row (app.py: Outbox.send_round), for a
+    # change that answers only once its event is out (`_published`); None: not known (tests), the outbox is woken
+    send_events: Callable[[], Awaitable[SendRound]] | None = None
 
 
 # --- passwords -----------------------------------------------------------------------------------------
@@ -980,10 +981,16 @@ EVENT_OUT_WAIT = 2.0  # s: how long a change that is answered once its event is 
 
 async def _published(deps: AuthDeps, event_id: uuid.UUID, what: str) -> bool:
     """Until the outbox has published the event (JetStream acknowledged it, the row gone), at most EVENT_OUT_WAIT:
-    one round of this process's sending now (one try of the row: a row refused counts its attempts, and a round a
-    few milliseconds apart would spend its OWN_RETRIES at once), then the row looked at every 50 ms (another
-    process sending it, the outbox's own retry). False, with a warning, when it is still unsent then (the bus away):
-    it goes out when the bus takes it, and every verifier reads it in the revocation list at its next poll
+    a round of this process's sending now (`Outbox.send_round`, which tells what it did with each row it read).
+    True once the event is out: sent by that round, or found gone (sent by the loop's round or another process's).
+    False, with a warning, as soon as a round of this process tried the row and left it unsent (the stream refused
+    it, the bus failed before it, or an earlier row of its key failed): the outbox's next try is its own retry,
+    RETRY (2 s) later, so waiting on only delayed the answer by the full EVENT_OUT_WAIT. While another process holds
+    the outbox's sender lock (a rolling update: two auth processes), the round reads nothing: the row is looked at
+    and a round tried again every 50 ms until one has tried it or it is gone. One round at a time: a row refused
+    counts its attempts, and rounds a few milliseconds apart would spend its OWN_RETRIES at once. Also False when
+    EVENT_OUT_WAIT passes first (a round hanging on the bus). Either way the change is committed: the event goes out
+    when the bus takes it, and every verifier reads it in the revocation list at its next poll
     (RAILYARD_AUTH__REVOCATION_POLL_INTERVAL).
 
     What True means for the verifiers (core subscriptions, shared/authz.py). On one NATS server (the embedded
@@ -998,20 +1005,27 @@ async def _published(deps: AuthDeps, event_id: uuid.UUID, what: str) -> bool:
     if deps.send_events is None:
         deps.events_committed()
         return False
-    sending = asyncio.ensure_future(deps.send_events())
-    # a failed round is the outbox's to tell (it logs and retries): retrieved, also when it ends after this returned
-    sending.add_done_callback(lambda done: done.cancelled() or done.exception())
-    with contextlib.suppress(Exception):  # TimeoutError, or the round's own failure
-        # shielded: a round cut short mid-transaction would publish rows it then does not delete
-        await asyncio.wait_for(asyncio.shield(sending), EVENT_OUT_WAIT)
-    while await store.event_unsent(deps.pool, event_id):
+    while True:
+        sending = asyncio.ensure_future(deps.send_events())
+        # a failed round is the outbox's to tell (it logs and retries): retrieved, also when it ends after this returned
+        sending.add_done_callback(lambda done: done.cancelled() or done.exception())
+        done: SendRound | None = None
+        with contextlib.suppress(Exception):  # TimeoutError, or the round's own failure
+            # shielded: a round cut short mid-transaction would publish rows it then does not delete
+            done = await asyncio.wait_for(asyncio.shield(sending), max(deadline - time.monotonic(), 0.0))
+        if done is not None and event_id in done.sent:
+            return True
+        if done is not None and done.left_unsent(event_id):
+            break  # this process tried it: the outbox tries again at its own retry pace
+        if not await store.event_unsent(deps.pool, event_id):
+            return True
         if time.monotonic() >= deadline:
-            deps.events_committed()
-            log.warning("%s is committed but its event is not published yet (the bus?): answered; verifiers apply it "
-                        "when the outbox sends it, or at their next poll of the revocation list", what)
-            return False
-        await asyncio.sleep(0.05)
-    return True
+            break
+        await asyncio.sleep(0.05)  # another process is sending (or the round failed): a round again
+    deps.events_committed()
+    log.warning("%s is committed but its event is not published yet (the bus?): answered; verifiers apply it "
+                "when the outbox sends it, or at their next poll of the revocation list", what)
+    return False
 
 
 # --- workspaces ----------------------------------------------------------------------------------------
