@@ -10,6 +10,7 @@ numbers never mix. Tensors become (nested) fixed-size lists so their shape trave
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -410,10 +411,20 @@ def flat_array(values: np.ndarray) -> pa.Array:
 
 def tensor_array(arr: np.ndarray) -> pa.Array:
     """An (n, d1, d2, ...) array as a column of n nested fixed-size-list tensors."""
-    flat: pa.Array = flat_array(arr.reshape(-1)) if arr.dtype.kind != "U" else pa.array(arr.reshape(-1).tolist())
-    for size in reversed(arr.shape[1:]):
-        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    flat: pa.Array = flat_array(arr.reshape(-1)) if arr.dtype.kind != "U" \
+        else pa.array(arr.reshape(-1).tolist(), pa.string())  # typed: no values would make a null column
+    for depth in range(arr.ndim - 1, 0, -1):
+        flat = fixed_size_lists(flat, arr.shape[depth], math.prod(arr.shape[:depth]))
     return flat
+
+
+def fixed_size_lists(values: pa.Array, size: int, count: int) -> pa.Array:
+    """`count` lists of `size` of `values` (FixedSizeListArray.from_arrays), lists of no values (a zero-size
+    dimension: a model output of shape [N, 0]) too: pyarrow refuses a list size of 0 there (ArrowInvalid), and
+    given the type instead divides by it (SIGFPE, the process ends)."""
+    if size:
+        return pa.FixedSizeListArray.from_arrays(values, size)
+    return pa.Array.from_buffers(pa.list_(values.type, 0), count, [None], children=[values])
 
 
 def _numeric_column(values: list[Any]) -> pa.Array | None:

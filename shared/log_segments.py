@@ -151,13 +151,15 @@ class _Layout:
         self.packs: list[tuple[int, pa.Field, int, pa.DataType, int, pa.Field]] = []
         for index, field in enumerate(schema):
             shape = _tensor_shape(field.type)
-            if shape is not None:
+            if shape is not None and 0 not in shape[0]:  # a zero-size tensor packs to no bytes: relisted below
                 dims, kind = shape
                 width = int(np.prod(dims)) * kind.byte_width
                 spec = f"{np.dtype(kind.to_pandas_dtype()).str}:{','.join(map(str, dims))}".encode()
                 packed = pa.field(field.name, pa.binary(width), field.nullable,
                                   {**(field.metadata or {}), TENSOR: spec})
                 self.packs.append((index, field, len(dims), kind, width, packed))
+        self.relists = [(index, pa.field(field.name, kind, field.nullable, field.metadata)) for index, field, kind
+                        in ((i, f, _relisted(f.type)) for i, f in enumerate(schema)) if kind is not None]
         self.strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
                         or pa.types.is_dictionary(f.type)]
         self.statistics = [c for c in (TIME, POS) if c in schema.names]
@@ -209,6 +211,22 @@ def storage_ordered(table: pa.Table) -> pa.Table:
     """`logrecords.storage_order` of the table, the order worked out once per schema."""
     order = layout(table.schema).order
     return table if order is None else table.select(order)
+
+
+def _relisted(kind: pa.DataType) -> pa.DataType | None:
+    """The type with its fixed-size lists as lists when one of them has size 0 (a zero-size dimension), else None:
+    Parquet has no zero-length FIXED_LEN_BYTE_ARRAY to pack such a tensor into, and pyarrow writes such a list
+    unpacked but cannot read it back (a numeric or boolean one; strings end the process), while lists of no
+    values go both ways (read back as lists)."""
+    sizes, inner = [], kind
+    while pa.types.is_fixed_size_list(inner) or pa.types.is_list(inner) or pa.types.is_large_list(inner):
+        sizes.append(inner.list_size if pa.types.is_fixed_size_list(inner) else None)
+        inner = inner.value_type
+    if 0 not in sizes:
+        return None
+    for _ in sizes:
+        inner = pa.list_(inner)
+    return inner
 
 
 def _tensor_shape(kind: pa.DataType) -> tuple[list[int], pa.DataType] | None:
@@ -310,6 +328,8 @@ def encode_segment_buffer(table: pa.Table, row_group_rows: int) -> pa.Buffer:
             packed_at.append(index)
             if not _compresses(packed):
                 stored_raw.append(field.name)
+    for index, relisted in plan.relists:
+        table = table.set_column(index, relisted, table.column(index).cast(relisted.type))
     compression: str | dict[str, str] = "snappy"
     if stored_raw:  # a packed column is one Parquet column whose path is its name
         compression = plan.compression(table.schema, packed_at, stored_raw)

@@ -106,6 +106,27 @@ def wide_onnx(width: int = 20_000) -> bytes:
     return model.SerializeToString()
 
 
+def zero_size_onnx() -> bytes:
+    """ONNX with a zero-size output dimension: input `x` float[N,3] -> `total` float[N,1] (the row's sum) and
+    `none` float[N,0] (a slice of no columns: every row an empty tensor)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1),
+         helper.make_node("Slice", ["x", "zero", "zero", "axes"], ["none"])],
+        "zero_size",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [None, 1]),
+         helper.make_tensor_value_info("none", TensorProto.FLOAT, [None, 0])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("zero", TensorProto.INT64, [1], [0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 BYOP_SCRIPT = '''
 import pickle
 from typing import Any, Set
