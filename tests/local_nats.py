@@ -1,5 +1,6 @@
 """A bare nats-server for unit tests of bus code (no stack): on a port it picks itself, read from its log, so no
-other process can take the port between a free-port pick and the bind."""
+other process can take the port between a free-port pick and the bind. And `subscribed`, for unit and stack tests
+alike: until the server has a connection's new subscriptions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.embedded.servers import find_binary
+
+if TYPE_CHECKING:
+    import nats
 
 
 @contextlib.contextmanager
@@ -30,3 +35,15 @@ def local_nats_server(directory: Path, jetstream: bool = False) -> Iterator[str]
     finally:
         process.terminate()
         process.wait(10)
+
+
+async def subscribed(nc: nats.NATS) -> None:
+    """Returns once the server has read every SUB (and PUB, UNSUB) `nc` made so far: two flushes, not one. nats-py
+    (2.16, nats/aio/client.py) keeps a SUB in its pending buffer for its flusher task, while `flush()` writes its
+    PING straight to the socket (`_send_ping`), ahead of it: the first PONG only says the server read the PING, and
+    another connection's publish right after can reach the server before the SUB (nobody hears it: a test that
+    asserts it heard nothing passes without listening; a request meets "no responders"). While the first flush
+    waits for its PONG, the flusher writes the pending SUBs, so the second flush's PING goes out after them, and the
+    server reads a connection's commands in order."""
+    await nc.flush()
+    await nc.flush()

@@ -15,7 +15,7 @@ from faststream.nats import NatsBroker
 from shared.bus import raw_request, request
 from shared.errors import NotFound, Unavailable
 from shared.messages.base import Message
-from tests.local_nats import local_nats_server
+from tests.local_nats import local_nats_server, subscribed
 
 
 class Keys(Message):
@@ -46,8 +46,7 @@ async def test_an_unreadable_reply_is_a_typed_503_naming_the_service(nats_url: s
 
     try:
         await responder.subscribe("auth.>", cb=answer)
-        await responder.flush()
-        await responder.flush()  # the SUB is at the server before the first request (see test_gateway_bus_request)
+        await subscribed(responder)  # the SUB is at the server before the first request
         await broker.start()
         for subject in ("auth.keys.get", "auth.garbled.get", "auth.other.get"):
             with pytest.raises(Unavailable) as raised:

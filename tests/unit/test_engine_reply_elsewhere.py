@@ -27,7 +27,7 @@ from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import REQUEST_ID, expand_runs
 from shared.settings import Settings
-from tests.local_nats import local_nats_server
+from tests.local_nats import local_nats_server, subscribed
 from tests.models import ccfraud_onnx, sample_rows
 
 ELSEWHERE = ("events.pipeline.x", "logs.inference.x", "registry.models.list", "_INBOXES.x", "x._INBOX.y")
@@ -79,7 +79,7 @@ def test_a_replica_answers_no_subject_but_an_inbox(nats_url, tmp_path, caplog, m
 
         for subject in ELSEWHERE:
             await listener.subscribe(subject, cb=keep)
-        await listener.flush()
+        await subscribed(listener)  # listening before anything is asked: else `seen == []` could pass without it
         replica = Replica(spec, "r1", settings)
         runtime = OnnxRuntime(model)
         runtime.load()

@@ -13,7 +13,7 @@ import nats.errors
 import pytest
 
 from services.gateway.bus_request import WRITE_AT_ONCE, Requester, header_block
-from tests.local_nats import local_nats_server
+from tests.local_nats import local_nats_server, subscribed
 
 
 @pytest.fixture
@@ -21,14 +21,6 @@ def nats_url(tmp_path: Path):
     """A nats-server (tests/local_nats.py)."""
     with local_nats_server(tmp_path) as url:
         yield url
-
-
-async def subscribed(nc: nats.NATS) -> None:
-    """Returns once the server has the connection's new subscriptions: nats-py 2.16's flush writes its PING
-    straight to the socket while a SUB may still wait in its pending buffer (the PONG can come before the server
-    saw the SUB: a request right after was answered "no responders" ~1 in 15), so the second PING goes after it."""
-    await nc.flush()
-    await nc.flush()
 
 
 async def _connect(url: str, **options) -> nats.NATS:

@@ -12,7 +12,8 @@ import nats.errors
 import pytest
 
 from shared.nats_direct import WRITE_AT_ONCE, write_now
-from tests.unit.test_gateway_bus_request import _connect, nats_url, subscribed  # noqa: F401 - nats_url: the fixture
+from tests.local_nats import subscribed
+from tests.unit.test_gateway_bus_request import _connect, nats_url  # noqa: F401 - nats_url: the fixture
 
 
 async def test_written_at_once_is_received_as_nats_pys_publish(nats_url: str) -> None:  # noqa: F811

@@ -20,7 +20,7 @@ from services.log_store.app import _raw_responder
 from shared import sealed
 from shared.bus import CallContext, command
 from shared.messages.base import Message, Reply
-from tests.local_nats import local_nats_server
+from tests.local_nats import local_nats_server, subscribed
 
 ELSEWHERE = ("events.model.uploaded", "logs.inference.x", "registry.models.list", "_INBOXES.x")
 """Reply subjects a caller names (a reply of `$JS.ACK.>` the server itself refuses to pass on)."""
@@ -51,7 +51,7 @@ async def _listen(nc, subjects: tuple[str, ...]) -> list:
 
     for subject in subjects:
         await nc.subscribe(subject, cb=keep)
-    await nc.flush()
+    await subscribed(nc)  # listening before anything is asked: else `seen == []` could pass without it
     return seen
 
 
@@ -83,7 +83,7 @@ async def test_a_command_answers_no_subject_but_an_inbox(nats_url: str, caplog) 
     listener = await nats.connect(nats_url, max_reconnect_attempts=0)
     try:
         await broker.start()
-        await broker.config.connection_state.connection.flush()
+        await subscribed(broker.config.connection_state.connection)  # the forged requests reach the command
         seen = await _listen(listener, tuple(s for s in ELSEWHERE if s != "registry.models.list"))
         await _elsewhere(caller, "registry.models.list", b'{"name": "elsewhere"}')
         # the same command on an inbox is answered: taken after the ones above (one subscription, in order)
@@ -119,7 +119,7 @@ async def test_the_log_store_responder_answers_no_subject_but_an_inbox(nats_url:
 
     try:
         await service.subscribe("log_store.logs.query", cb=_raw_responder(service, work, "ask for less"))
-        await service.flush()
+        await subscribed(service)  # the forged requests reach the responder
         seen = await _listen(listener, tuple(s for s in ELSEWHERE if s != "registry.models.list"))
         await _elsewhere(caller, "log_store.logs.query", b"elsewhere")
         await caller.publish("log_store.logs.query", b"no reply")  # nobody to answer: not run either

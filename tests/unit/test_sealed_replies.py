@@ -21,7 +21,7 @@ from shared.bus import CallContext, command
 from shared.errors import Forbidden, InvalidRequest
 from shared.messages.base import Message, Reply
 from shared.raw_bus import ERROR_HEADER, error_headers
-from tests.local_nats import local_nats_server
+from tests.local_nats import local_nats_server, subscribed
 
 SUBJECT = "_INBOX.client.abc.1"
 SECRET = b'{"users": [{"email": "secret-alice@example.com"}]}'
@@ -96,21 +96,12 @@ async def _until(condition, wait: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _subscribed(nc) -> None:
-    """Until the server has read the SUBs `nc` made so far: two flushes. nats-py writes a flush's PING straight to the
-    socket, ahead of commands still waiting for its flusher task (a SUB just made), so the first PONG can come back
-    before the server read the SUBs, and another connection's request then met no responders (seen at load ~10,
-    1 run in 5); the second PING goes out after them."""
-    await nc.flush()
-    await nc.flush()
-
-
 async def _eavesdrop(nc, seen: list) -> None:
     async def keep(msg) -> None:
         seen.append(msg)
 
     await nc.subscribe("_INBOX.client.>", cb=keep)
-    await _subscribed(nc)
+    await subscribed(nc)
 
 
 async def test_commands_seal_replies_to_the_client_inbox_and_refuse_them_without_a_key(nats_url: str) -> None:
@@ -130,7 +121,7 @@ async def test_commands_seal_replies_to_the_client_inbox_and_refuse_them_without
     seen: list = []
     try:
         await broker.start()
-        await _subscribed(broker.config.connection_state.connection)  # the SUB at the server before a request
+        await subscribed(broker.config.connection_state.connection)  # the SUB at the server before a request
         await _eavesdrop(eavesdropper, seen)
         opened = await sealed.sealed_request(caller, "auth.secret.get", b"{}", headers={"authorization": "Bearer t"},
                                              timeout=30)
@@ -178,7 +169,7 @@ async def test_the_log_store_responder_seals_and_refuses_the_same_way(nats_url: 
 
     try:
         await service.subscribe("log_store.logs.query", cb=_raw_responder(service, work, "ask for less"))
-        await _subscribed(service)
+        await subscribed(service)
         await _eavesdrop(eavesdropper, seen)
         opened = await sealed.sealed_request(caller, "log_store.logs.query", b"{}", timeout=30,
                                              headers={"authorization": "Bearer t"})
@@ -226,7 +217,7 @@ async def test_the_caller_refuses_any_reply_that_was_not_sealed(nats_url: str) -
     try:
         for subject in unsealed:
             await service.subscribe(subject, cb=answer(subject))
-        await _subscribed(service)
+        await subscribed(service)
         for subject in unsealed:
             with pytest.raises(sealed.UnsealedReply) as refused:
                 await sealed.sealed_request(caller, subject, b"{}", timeout=30)
