@@ -418,6 +418,20 @@ def tensor_array(arr: np.ndarray) -> pa.Array:
     return flat
 
 
+def rows_words(rows: Any, shown: int = 5, of: str = "", note: str = "") -> str:
+    """The words " in row 3" or " in rows 0, 4 and 7 (and 2 more)", then `of` (whose rows they are, when not the
+    request's), then "(counted from 0)" (`note` added inside): the first `shown` of the row positions `rows` (in
+    order, each once). Empty for none. One phrasing for every refusal naming a request's rows (the engine's NaN
+    refusal, OIP's data checks)."""
+    rows = [int(row) for row in rows]
+    if not rows:
+        return ""
+    named = [str(row) for row in rows[:shown]]
+    words = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    more = f" (and {len(rows) - shown} more)" if len(rows) > shown else ""
+    return f" in row{'s' if len(rows) > 1 else ''} {words}{more}{of} (counted from 0{note})"
+
+
 def fixed_size_lists(values: pa.Array, size: int, count: int) -> pa.Array:
     """`count` lists of `size` of `values` (FixedSizeListArray.from_arrays), lists of no values (a zero-size
     dimension: a model output of shape [N, 0]) too: pyarrow refuses a list size of 0 there (ArrowInvalid), and

@@ -43,7 +43,7 @@ from services.engine.batching import RequestBatcher, batching_config, can_batch,
 from services.engine.fast_lane import FastLane, LaneAnswer  # noqa: E402
 from services.engine.logbatcher import LogBatcher  # noqa: E402
 from services.engine.logpolicy import LogPolicy  # noqa: E402
-from services.engine.runtimes import OnnxRuntime, narrowing, tensor_inputs  # noqa: E402
+from services.engine.runtimes import NonFiniteValues, OnnxRuntime, narrowing, tensor_inputs  # noqa: E402
 from services.engine.sandboxed import SandboxedRuntime  # noqa: E402
 from shared import subjects  # noqa: E402
 from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE, fixed_shapes, narrow  # noqa: E402
@@ -258,7 +258,12 @@ class Replica:
         cpu_started = time.thread_time_ns()
         for step in self.steps:
             started = time.perf_counter_ns()
-            current, last, step_shadows = step.run(current)
+            try:
+                current, last, step_shadows = step.run(current)
+            except NonFiniteValues as exc:  # rows of what an earlier step returned: the request's while it kept them
+                if last is None or current.num_rows == table.num_rows:
+                    raise
+                raise exc.after_step(str(last["name"]), current.num_rows, table.num_rows) from None
             shadows += step_shadows
             elapsed.append(time.perf_counter_ns() - started)
         rows = table.num_rows

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from shared.arrow_codec import tensor_array
+from shared.arrow_codec import rows_words, tensor_array
 from shared.errors import InvalidRequest
 
 ORT_TO_NUMPY = {
@@ -105,15 +105,30 @@ def non_finite_rows(tensor: np.ndarray, shown: int = 5) -> str:
     first axis: the request's rows, counted as in its JSON list) holding a NaN or infinity. A JSON body's refusal
     named the column only, and only the SDK's DataFrame and Arrow paths found the rows (client-side); a request that
     failed a shared batch is run alone, so these are its own rows. Empty for a tensor with no row axis."""
+    return rows_words(_non_finite_at(tensor), shown)
+
+
+def _non_finite_at(tensor: np.ndarray) -> np.ndarray:
+    """The positions of the rows (first axis) holding a NaN or infinity; none for a tensor with no row axis."""
     if tensor.ndim == 0:
-        return ""
-    rows = np.flatnonzero(~np.isfinite(tensor.reshape(len(tensor), -1)).all(axis=1))
-    if not len(rows):
-        return ""
-    named = [str(int(row)) for row in rows[:shown]]
-    words = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
-    more = f" (and {len(rows) - shown} more)" if len(rows) > shown else ""
-    return f" in row{'s' if len(rows) > 1 else ''} {words}{more} (counted from 0)"
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(~np.isfinite(tensor.reshape(len(tensor), -1)).all(axis=1))
+
+
+class NonFiniteValues(InvalidRequest):
+    """OnnxRuntime.predict's refusal of NaN or infinity, naming the rows of the table the model was given. After a
+    step that changed the number of rows (a Python step's filter or expansion) those are not the request's rows:
+    the replica then says whose they are (`after_step`, Replica.run)."""
+
+    def __init__(self, column: str, rows: np.ndarray, of: str = "", note: str = "") -> None:
+        super().__init__(f"column {column!r}: NaN or infinite values{rows_words(rows, of=of, note=note)}")
+        self.column, self.rows = column, rows
+
+    def after_step(self, step: str, step_rows: int, request_rows: int) -> NonFiniteValues:
+        """The refusal saying its rows are of the `step_rows` rows the step `step` (its model's name) returned:
+        "... in rows 0 and 2 of the 4 rows step 'prep' returned (counted from 0; the request had 3)"."""
+        of = f" of the {step_rows} row{'s' * (step_rows != 1)} step {step!r} returned"
+        return NonFiniteValues(self.column, self.rows, of, f"; the request had {request_rows}")
 
 
 def _check_integers(name: str, tensor: np.ndarray, target: np.dtype) -> None:
@@ -226,7 +241,7 @@ class OnnxRuntime:
                 raise InvalidRequest(f"input {name!r} has a type the engine does not feed")
             tensor = column_to_tensor(name, batch.column(name), dims, dtype, self.refuse_booleans)
             if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
-                raise InvalidRequest(f"column {name!r}: NaN or infinite values{non_finite_rows(tensor)}")
+                raise NonFiniteValues(name, _non_finite_at(tensor))
             feeds[name] = tensor
         outputs = self.session.run(self.output_names, feeds)
         columns = [tensor_array(np.asarray(o)) if np.asarray(o).ndim > 1 else pa.array(np.asarray(o))
