@@ -34,8 +34,10 @@ class Client:
         client = Client()   # from RAILYARD_CLIENT_* variables, a task run, or `railyard login`'s file
 
     Workspace-scoped shortcuts (`upload_model`, `build_pipeline`, `pipeline`, ...) act on the current
-    workspace: `workspace=` here, else `RAILYARD_CLIENT_WORKSPACE`, else the one `railyard workspaces use`
-    saved, else the caller's first workspace.
+    workspace: the one `set_current_workspace` chose, else `workspace=` here, else `RAILYARD_CLIENT_WORKSPACE`,
+    else the one `railyard workspaces use` saved (as the file says at each call), else the caller's first
+    workspace. It is looked up at each call, as the server has it now: a workspace the caller is no longer a
+    member of is NotFound, not the record read when the client first used it.
     """
 
     def __init__(self, url: str | None = None, *, username: str | None = None, password: str | None = None,
@@ -57,9 +59,10 @@ class Client:
         self._session = Session(url, username=username, password=password, client_id=client_id,
                                 client_secret=client_secret, token=token, credentials_file=credentials_file,
                                 timeout=timeout, route_timeouts=route_timeouts)
-        self._workspace_ref = workspace if workspace is not None else (
-            os.environ.get(ENV_WORKSPACE) or self._session.saved_workspace)
-        self._workspace: Workspace | None = None
+        # the current workspace as chosen (a name or an id; None: the saved choice, read at each call, or the first):
+        # looked up at each call (current_workspace)
+        self._workspace_ref: str | int | None = workspace if workspace is not None else (
+            os.environ.get(ENV_WORKSPACE) or None)
 
     # --- connection ---------------------------------------------------------------------------------------
 
@@ -128,22 +131,26 @@ class Client:
         return self.workspace(created["workspace_id"])
 
     def set_current_workspace(self, workspace: Workspace | str | int) -> Workspace:
-        """Make a workspace the one the shortcuts act on."""
-        self._workspace = workspace if isinstance(workspace, Workspace) else self.workspace(workspace)
-        return self._workspace
+        """Make a workspace the one the shortcuts act on (kept by its id: a rename does not lose it). NotFound when
+        the caller is not its member."""
+        chosen = self.workspace(workspace.id if isinstance(workspace, Workspace) else workspace)
+        self._workspace_ref = chosen.id
+        return chosen
 
     def current_workspace(self) -> Workspace:
-        """The workspace the shortcuts act on (see the class description for how it is chosen)."""
-        if self._workspace is None:
-            if self._workspace_ref is not None:
-                self._workspace = self.workspace(self._workspace_ref)
-            else:
-                found = sorted(self.workspaces(), key=lambda w: w.id)
-                if not found:
-                    raise ConfigurationError("you belong to no workspace yet: create one "
-                                             "(client.create_workspace(name) or `railyard workspaces create`)")
-                self._workspace = found[0]
-        return self._workspace
+        """The workspace the shortcuts act on (see the class description for how it is chosen), as the server has
+        it now: looked up at each call (one workspaces/list request for most callers), so a `railyard workspaces use`
+        run elsewhere since, a rename, or the caller's removal from it (NotFound) shows at once, not the record read
+        at the first call. ConfigurationError when the caller belongs to no workspace."""
+        ref = self._workspace_ref if self._workspace_ref is not None else self._session.saved_workspace
+        if ref is not None:
+            return self.workspace(ref)
+        # the first workspace: workspaces/list answers in id order, so its first page's first
+        first = self._session.post("workspaces/list", {"limit": 1})["workspaces"]
+        if not first:
+            raise ConfigurationError("you belong to no workspace yet: create one "
+                                     "(client.create_workspace(name) or `railyard workspaces create`)")
+        return Workspace(self._session, first[0])
 
     # --- shortcuts on the current workspace ------------------------------------------------------------------
 

@@ -526,7 +526,9 @@ class Session:
     @property
     def saved_workspace(self) -> Any:
         """The workspace `railyard workspaces use` chose for this server and user (None when none was): another
-        user's choice on the same server is not theirs (their commands ran in it, or failed as not a member)."""
+        user's choice on the same server is not theirs (their commands ran in it, or failed as not a member). Read
+        from the credentials file as it is now: a `railyard workspaces use` run since this session started counts."""
+        self.saved = read_credentials(self.credentials_file)
         return saved_choice(self.saved, self.url, self.user)
 
     def _save(self, replaced: tuple[str | None, str | None]) -> None:

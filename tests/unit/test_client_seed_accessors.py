@@ -75,7 +75,7 @@ def test_the_client_finds_the_model_in_its_current_workspace():
     session = FakeSession()
     client = Client.__new__(Client)
     client._session = session
-    client._workspace = Workspace(session, {"id": 3, "name": "apiworkspaces"})
+    client.current_workspace = lambda: Workspace(session, {"id": 3, "name": "apiworkspaces"})
     assert client.get_model("my-model").get_version("latest").version == "uuid-2"
     assert ("models/list", {"workspace_id": 3}) in session.calls
     with pytest.raises(NotFound, match="model 'nope' not found"):
