@@ -141,17 +141,25 @@ async def _is_ok(report: Awaitable[HealthReport]) -> bool:
 
 
 def build_broker(spec: ServiceSpec, runtime: Runtime) -> NatsBroker:
-    """The service's broker with its router and health subscriber (connects only when started)."""
+    """The service's broker with its router and health subscriber (connects only when started).
+
+    The health subscriber is started last: FastStream's `start()` subscribes one subscriber after another (a durable
+    one after a JetStream round trip), and the server reads a connection's SUBs in order, so once `<name>.health`
+    answers every command of the service is subscribed. Registered on the broker itself it came first (the broker's
+    own subscribers start before its routers'), and at load ~30 the stack was healthy while auth had not subscribed
+    `auth.token.issue` yet: the first sign-in was a 503 "auth is not running"."""
     broker = make_broker(runtime.settings, spec.name)
     runtime.broker = broker
     with command_workers(runtime.settings.nats.command_workers):
         broker.include_router(spec.build_router(runtime))
+    last = NatsRouter()
 
-    @command(broker, subjects.health(spec.name), service=spec.name, max_workers=runtime.settings.nats.command_workers)
+    @command(last, subjects.health(spec.name), service=spec.name, max_workers=runtime.settings.nats.command_workers)
     async def health(cmd: CheckHealth, ctx: CallContext) -> HealthReport:
         """Report the service's health."""
         return await check_health(runtime)
 
+    broker.include_router(last)
     return broker
 
 
