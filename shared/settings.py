@@ -313,7 +313,9 @@ class DeployerSettings(BaseModel):
     scale_down_after: float = Field(10.0, gt=0, description="Seconds an autoscaled deployment waits after its "
                                     "last scaling before it retires an idle replica.")
     ready_timeout: float = Field(60.0, gt=0, description="Seconds a deployment's new replicas have to answer "
-                                 "before the deploy fails (the gateway waits this long for a deploy or a copy).")
+                                 "before the deploy fails (the gateway waits this long for a deploy or a copy); "
+                                 "also what a replacement or an added replica has before it is killed and replaced "
+                                 "(crash-loop back-off).")
     stop_timeout: float = Field(20.0, gt=0, description="Seconds a stopping replica has to drain before it is "
                                 "killed; a set's replicas drain at once (the gateway waits this long for an "
                                 "undeploy).")
@@ -325,6 +327,25 @@ class DeployerSettings(BaseModel):
                                     "(docs/deployment.md, \"Liveness: a hung replica is replaced\").")
     liveness_probes: int = Field(6, ge=1, description="Status probes in a row a replica leaves unanswered, over "
                                  "liveness_timeout at least, before it is taken as hung.")
+    # finite: a respawn time is now + the delay, compared on every supervisor pass
+    crash_backoff: float = Field(1.0, gt=0, le=86400, allow_inf_nan=False, description="Seconds before a replica "
+                                 "that exited (or was killed for not answering within ready_timeout) before it "
+                                 "came up is replaced, doubling with each such exit in a row (1, 2, 4 ... 60 s), as "
+                                 "Kubernetes' CrashLoopBackOff (docs/deployment.md, \"Crash-loop back-off\").")
+    crash_backoff_max: float = Field(60.0, gt=0, le=86400, allow_inf_nan=False,
+                                     description="The longest of those delays (seconds).")
+    crash_stable_after: float = Field(10.0, ge=0, le=86400, allow_inf_nan=False, description="Seconds a replica "
+                                      "that answered a status probe must have lived to count as come up: its exit "
+                                      "is replaced at once and resets the back-off.")
+
+    @model_validator(mode="after")
+    def _backoff_within_its_max(self) -> DeployerSettings:
+        # the delays are min(backoff * 2**n, max): a first delay above the longest would be cut to it silently
+        if self.crash_backoff > self.crash_backoff_max:
+            raise ValueError(f"RAILYARD_DEPLOYER__CRASH_BACKOFF ({self.crash_backoff:g} s) is above "
+                             f"RAILYARD_DEPLOYER__CRASH_BACKOFF_MAX ({self.crash_backoff_max:g} s): the first "
+                             "restart delay cannot be longer than the longest; lower it or raise the max")
+        return self
 
 
 class MonitoringSettings(BaseModel):

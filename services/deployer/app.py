@@ -116,6 +116,9 @@ async def start(runtime: Runtime) -> None:
                            request_slice_us=settings.request_path_slice_us,
                            liveness_timeout=settings.deployer.liveness_timeout,
                            liveness_probes=settings.deployer.liveness_probes,
+                           crash_backoff=settings.deployer.crash_backoff,
+                           crash_backoff_max=settings.deployer.crash_backoff_max,
+                           crash_stable_after=settings.deployer.crash_stable_after,
                            bus_epoch=lambda: nc.stats["reconnects"] if nc.is_connected else None)
     backend.start_supervising()
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"

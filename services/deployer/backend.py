@@ -25,6 +25,7 @@ import psutil
 
 from shared import sched_hint, subjects
 from shared.messages.engine import ReplicaSpec
+from shared.settings import DeployerSettings
 
 log = logging.getLogger("railyard.deployer.backend")
 MEASURE_EVERY = 2.0
@@ -57,15 +58,18 @@ request once the deployment says Starting; counted, and deferring the supervisor
 killed. A probe that timed out while the deployer's own bus connection was down or reconnected does not count (a NATS
 outage is not every replica hanging), nor one whose timeout fired LIVENESS_LATE late (the deployer's loop stalled: the
 answer may be waiting unread). A replica not subscribed (no responders: loading, draining) is not counted."""
-CRASH_BACKOFF_FIRST = 1.0  # seconds before respawning a replica whose predecessor also exited soon after its start
-CRASH_BACKOFF_MAX = 60.0  # the most, doubling from CRASH_BACKOFF_FIRST
-CRASH_STABLE_AFTER = 10.0  # a replica that answered a probe and lived this long came up: its exit resets the back-off
-"""Crash-loop back-off (as Kubernetes' CrashLoopBackOff): a replica that exits after it came up (answered a status probe
-and lived CRASH_STABLE_AFTER) is replaced at once; one that exits before (a bad model, OOM at load, a broken
-environment) is replaced after CRASH_BACKOFF_FIRST, doubling for each such exit in a row up to CRASH_BACKOFF_MAX. Before
-2026-12-05 it was respawned on the supervisor's next 0.2 s pass, for ever: a Python process started several times a
-second. While it waits the replica is `Error`, its reason saying so and `restart_in` the seconds left. A replica killed
-as hung (liveness) answered before, so it came up: replaced at once, the count reset."""
+"""Crash-loop back-off (as Kubernetes' CrashLoopBackOff; settings.deployer.crash_backoff, crash_backoff_max,
+crash_stable_after): a replica that exits after it came up (answered a status probe and lived crash_stable_after) is
+replaced at once; one that exits before (a bad model, OOM at load, a broken environment), or that the supervisor
+killed for not answering within ready_timeout of its start (a load that hangs), is replaced after crash_backoff,
+doubling for each such exit in a row up to crash_backoff_max. Before 2026-12-05 it was respawned on the supervisor's
+next 0.2 s pass, for ever: a Python process started several times a second. While it waits the replica is `Error`, its
+reason saying so and `restart_in` the seconds left; its replacement is `Starting` with a CrashLoopBackOff reason until
+it answers; both carry `crashes` (the exits in a row), and a deployment whose other replicas all run is `Running`,
+one whose replicas all exited or loop `Error` (handlers.deployment_state), not `Starting`. A replica killed as hung
+(liveness) answered before, so it came up: replaced at once, the count reset. Before 2026-12-05 the three were module
+constants (1, 60 and 10 s)."""
+_DEFAULTS = DeployerSettings.model_fields  # the back-off's defaults live in the settings only
 TAIL_BYTES = 8192  # of an exited replica's log read for its reason (the last line, an engine error preferred)
 
 
@@ -126,12 +130,15 @@ class Replica:
     silent_since: float | None = None  # when the first of its unanswered probes in a row was sent
     silent_probes: int = 0  # its status probes unanswered in a row
     probed_at: float = 0.0  # when its last liveness probe was sent, or it last answered any probe
+    answered_at: float | None = None  # when it last answered a status probe (any)
     live_silent_since: float | None = None  # when the first of its unanswered liveness probes in a row was sent
     live_silent_probes: int = 0  # its liveness probes (the supervisor's, LIVENESS_PROBE_WAIT) unanswered in a row
     probing: bool = False  # the supervisor's liveness probe of it is under way
     last_restart: str | None = None  # why the replica it replaced went: "exited with 1", "hung: ..."
-    crashes: int = 0  # exits in a row of this slot's replicas before they came up (CRASH_BACKOFF_FIRST)
+    crashes: int = 0  # exits in a row of this slot's replicas before they came up (crash_backoff)
     respawn_at: float | None = None  # exited: when the supervisor replaces it (crash-loop back-off)
+    crash_reason: str | None = None  # in a crash loop: why the replica it replaced went (its log's last line)
+    gave_up: str | None = None  # why the supervisor killed it before it came up (not ready within ready_timeout)
 
     def cpu_percent(self) -> float:
         if self.usage is None:
@@ -159,16 +166,23 @@ class LocalBackend:
 
     def __init__(self, work_dir: Path, nats_request, *, scale_down_after: float, ready_timeout: float,
                  stop_timeout: float, request_slice_us: int = 0, liveness_timeout: float = 0.0,
-                 liveness_probes: int = 1, bus_epoch: Callable[[], int | None] = lambda: 0) -> None:
+                 liveness_probes: int = 1, bus_epoch: Callable[[], int | None] = lambda: 0,
+                 crash_backoff: float = _DEFAULTS["crash_backoff"].default,
+                 crash_backoff_max: float = _DEFAULTS["crash_backoff_max"].default,
+                 crash_stable_after: float = _DEFAULTS["crash_stable_after"].default) -> None:
         """Timings from settings.deployer (their defaults live there only): an idle replica retires
         scale_down_after seconds after the last scaling, new replicas have ready_timeout to answer, a stopping
         one stop_timeout to drain, a hung one is replaced after liveness_timeout and liveness_probes unanswered
-        probes (0: never); request_slice_us: the scheduler slice replicas ask for (settings'
-        request_path_slice_us). bus_epoch: the deployer's bus connection, None while it is down, else a number
-        that changes when it reconnects (a probe timed out across an outage is not counted)."""
+        probes (0: never), one that never answers is killed ready_timeout after its start; a replica that exits
+        (or is killed) before it came up is replaced after crash_backoff, doubling up to crash_backoff_max (it came
+        up once it answered and lived crash_stable_after); request_slice_us: the scheduler slice replicas ask for
+        (settings' request_path_slice_us). bus_epoch: the deployer's bus connection, None while it is down, else a
+        number that changes when it reconnects (a probe timed out across an outage is not counted)."""
         self.work_dir = work_dir
         self.liveness_timeout = liveness_timeout
         self.liveness_probes = liveness_probes
+        self.crash_backoff, self.crash_backoff_max = crash_backoff, crash_backoff_max
+        self.crash_stable_after = crash_stable_after
         self.bus_epoch = bus_epoch
         self._probes: set[asyncio.Task] = set()  # the supervisor's liveness probes under way
         self.request_slice_us = request_slice_us
@@ -247,13 +261,42 @@ class LocalBackend:
                 "reason": None, "pid": replica.process.pid, "restarts": replica.restarts,
                 "last_restart": replica.last_restart}
         if replica.process.returncode is not None:
-            reason = self._last_log_line(replica_set, replica) or f"exited with {replica.process.returncode}"
+            reason = self._exit_reason(replica_set, replica)
             left = None if replica.respawn_at is None else replica.respawn_at - time.monotonic()
             if left is None or left <= 0:
-                return base | {"status": "Error", "reason": reason}
-            return base | {"status": "Error", "restart_in": round(left, 1),
+                return base | {"status": "Error", "reason": reason} | self._looping(replica)
+            return base | {"status": "Error", "restart_in": round(left, 1), "crashes": replica.crashes,
                            "reason": f"CrashLoopBackOff: {reason} ({replica.crashes} exits in a row soon after "
                                      f"start); restarted in {left:.0f} s"}
+        if replica.gave_up is not None:  # being killed (_give_up): it counts as this slot's next exit
+            return base | {"status": "Error", "reason": replica.gave_up, "crashes": replica.crashes + 1}
+        return base | self._starting_in_a_loop(replica, await self._probe(replica_set, replica, wait, liveness))
+
+    @staticmethod
+    def _looping(replica: Replica) -> dict[str, Any]:
+        """The `crashes` field of a replica whose slot is in a crash loop (its exits in a row before coming up)."""
+        return {"crashes": replica.crashes} if replica.crashes else {}
+
+    @staticmethod
+    def _starting_in_a_loop(replica: Replica, state: dict[str, Any]) -> dict[str, Any]:
+        """A replacement in a crash loop that has not answered yet: `Starting` with the loop's reason and `crashes`,
+        not a bare `Starting` (which reads as a first start: the deployment said `Starting` for the whole loop)."""
+        if not replica.crashes or replica.answered is not None or state.get("status") == "Running":
+            return state
+        return state | {"crashes": replica.crashes, "reason": (
+            f"CrashLoopBackOff: restarted after {replica.crashes} exits in a row soon after start (the last: "
+            f"{replica.crash_reason or replica.last_restart}); starting") + (
+            f"; {state['reason']}" if state.get("reason") else "")}
+
+    def _exit_reason(self, replica_set: ReplicaSet, replica: Replica) -> str:
+        """Why an exited replica went: the supervisor's reason when it killed it (_give_up), else its log's last
+        line, else its exit code."""
+        return replica.gave_up or self._last_log_line(replica_set, replica) or \
+            f"exited with {replica.process.returncode}"
+
+    async def _probe(self, replica_set: ReplicaSet, replica: Replica, wait: float,
+                     liveness: bool) -> dict[str, Any]:
+        """A running replica's answer to its status probe, or what its silence means (SILENT_KEPT_FOR)."""
         sent = time.monotonic()
         if liveness:
             replica.probed_at = sent
@@ -263,16 +306,17 @@ class LocalBackend:
                 subjects.engine_replica_status(replica_set.name, replica.replica_id), b"{}", wait))
         except TimeoutError:  # no answer in time: loading its models, or busy (SILENT_KEPT_FOR)
             if epoch is None or self.bus_epoch() != epoch:  # the deployer's bus was down: nothing known of it
-                return base | (replica.answered or {"status": "Starting"})
+                return replica.answered or {"status": "Starting"}
             if liveness:
                 self._missed(replica, sent, wait)
-            return base | self._silent(replica, wait)
+            return self._silent(replica, wait)
         except Exception:  # no responders (not subscribed yet, or draining), the bus down, a reply not JSON
-            return base | {"status": "Starting"}
+            return {"status": "Starting"}
         replica.answered, replica.silent_since, replica.silent_probes = answer, None, 0
         replica.live_silent_since, replica.live_silent_probes = None, 0
-        replica.probed_at = time.monotonic()  # alive now: the next liveness probe is due a period from here
-        return base | answer
+        # alive now: the next liveness probe is due a period from here
+        replica.probed_at = replica.answered_at = time.monotonic()
+        return answer
 
     @staticmethod
     def _missed(replica: Replica, sent: float, wait: float) -> None:
@@ -448,20 +492,25 @@ class LocalBackend:
                         self._back_off(replica_set, replica)
                     if time.monotonic() < replica.respawn_at:  # crash-loop back-off: Error until then
                         continue
-                    why = f"exited with {replica.process.returncode}"
+                    why = replica.gave_up or f"exited with {replica.process.returncode}"
                 elif (why := self._hung(replica)) is not None:
                     log.warning("engine replica %s of %s (pid %s) is %s; killing and replacing it",
                                 replica.replica_id, replica_set.name, replica.process.pid, why)
-                    replica.crashes = 0  # it answered: it came up (CRASH_BACKOFF_FIRST)
+                    replica.crashes = 0  # it answered: it came up (crash_backoff)
                     self._retire(self._kill_hung(replica))
                 else:
-                    self._probe_if_due(replica_set, replica)
+                    if self._start_overdue(replica):
+                        self._check_start(replica_set, replica)
+                    elif replica.gave_up is None:
+                        self._probe_if_due(replica_set, replica)
                     continue
                 fresh = await self._spawn(replica_set, uuid.uuid4().hex[:8])
                 fresh.restarts = replica.restarts + 1
                 fresh.last_exit = replica.process.returncode
                 fresh.last_restart = why
                 fresh.crashes = replica.crashes
+                if fresh.crashes:  # in a crash loop: its Starting says why (_starting_in_a_loop)
+                    fresh.crash_reason = self._exit_reason(replica_set, replica)
                 if replica_set.stopping:  # stopped while it spawned: _stop_set did not see it
                     self._retire(self._stop_replica(fresh))
                     break
@@ -471,25 +520,66 @@ class LocalBackend:
                 else:
                     replica_set.replicas[at] = fresh
 
-    @staticmethod
-    def _back_off(replica_set: ReplicaSet, replica: Replica) -> None:
-        """When the exited `replica` is replaced (CRASH_BACKOFF_FIRST): at once if it came up, else after a delay
-        doubling with each exit in a row."""
+    def _back_off(self, replica_set: ReplicaSet, replica: Replica) -> None:
+        """When the exited `replica` is replaced (crash_backoff): at once if it came up, else after a delay doubling
+        with each exit in a row."""
         now = time.monotonic()
         lived = now - replica.started_at
-        if replica.answered is not None and lived >= CRASH_STABLE_AFTER:
+        if replica.answered is not None and lived >= self.crash_stable_after:
             replica.crashes, delay = 0, 0.0
         else:
             replica.crashes += 1
-            delay = min(CRASH_BACKOFF_FIRST * 2 ** (replica.crashes - 1), CRASH_BACKOFF_MAX)
+            delay = min(self.crash_backoff * 2 ** min(replica.crashes - 1, 64), self.crash_backoff_max)
         replica.respawn_at = now + delay
+        went = f"exited with {replica.process.returncode}" if replica.gave_up is None else \
+            f"was killed ({replica.gave_up})"
         if not delay:
-            log.warning("engine replica %s of %s exited with %s; replacing it", replica.replica_id,
-                        replica_set.name, replica.process.returncode)
+            log.warning("engine replica %s of %s %s; replacing it", replica.replica_id, replica_set.name, went)
         else:
-            log.warning("engine replica %s of %s exited with %s %.1f s after its start (%d in a row before coming "
-                        "up); replacing it in %g s (crash-loop back-off)", replica.replica_id, replica_set.name,
-                        replica.process.returncode, lived, replica.crashes, delay)
+            log.warning("engine replica %s of %s %s %.1f s after its start (%d in a row before coming up); "
+                        "replacing it in %g s (crash-loop back-off)", replica.replica_id, replica_set.name, went,
+                        lived, replica.crashes, delay)
+
+    def _start_overdue(self, replica: Replica) -> bool:
+        """Whether `replica` (running) has not answered any status probe within ready_timeout of its start: a
+        replacement or an added replica whose load hangs (a deploy's own replicas are the start's to bound)."""
+        now = time.monotonic()
+        return replica.answered is None and replica.gave_up is None and not replica.probing and \
+            now - replica.started_at >= self.ready_timeout and now - replica.probed_at >= LIVENESS_PROBE_WAIT
+
+    def _check_start(self, replica_set: ReplicaSet, replica: Replica) -> None:
+        """A last status probe of an overdue replica (_start_overdue) in the background (LIVENESS_PROBE_WAIT, as
+        the supervisor's own probes: a status read may never have asked it); still unanswered, with the deployer's
+        bus up all along, it is killed (_give_up)."""
+        replica.probing, replica.probed_at = True, time.monotonic()
+
+        async def check() -> None:
+            try:
+                epoch = self.bus_epoch()
+                await self._probe(replica_set, replica, LIVENESS_PROBE_WAIT, liveness=False)
+                if replica.answered is not None or replica.process.returncode is not None or replica_set.stopping:
+                    return
+                if epoch is None or self.bus_epoch() != epoch:  # the deployer's bus was down: nothing known of it
+                    return
+                self._give_up(replica_set, replica)
+            finally:
+                replica.probing = False
+
+        task = asyncio.create_task(check())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    def _give_up(self, replica_set: ReplicaSet, replica: Replica) -> None:
+        """Kill a replica that did not answer within ready_timeout of its start (SIGTERM, SIGKILL after
+        LIVENESS_KILL_GRACE): `Error` with the reason meanwhile, then replaced as one that exited before it came up
+        (crash_backoff). Before 2026-12-05 such a replica was `Starting` for ever: liveness counts only replicas that
+        answered, and the supervisor replaced only those that exited or hung."""
+        lived = time.monotonic() - replica.started_at
+        replica.gave_up = f"it did not answer within {self.ready_timeout:g} s of its start (deployer.ready_timeout)"
+        log.warning("engine replica %s of %s (pid %s) answered no status probe %.0f s after its start (its models "
+                    "still loading, or hung); killing and replacing it", replica.replica_id, replica_set.name,
+                    replica.process.pid, lived)
+        self._retire(self._kill_hung(replica))
 
     def _retire(self, stopping: Awaitable[None]) -> None:
         """A replica's stop in the background; close() waits for it."""

@@ -1176,11 +1176,27 @@ async def deployment_status(deps: DeployerDeps, principal: Principal, token: str
     if failure is not None:
         return DeploymentStatus(status="Error", details=[failure], engines=[], engine_lbs=[], sidekicks=[])
     engines = await deps.backend.status(name)
-    states = {e["status"] for e in engines}
-    status = "Running" if engines and states == {"Running"} else ("Error" if states == {"Error"} else "Starting")
     details = [f"{e['name']}: {e['reason']}" for e in engines if e.get("reason")]
     lbs = [{"ip": "127.0.0.1", "name": "gateway", "status": "Running", "reason": None, "details": []}]
-    return DeploymentStatus(status=status, details=details, engines=engines, engine_lbs=lbs, sidekicks=[])
+    return DeploymentStatus(status=deployment_state(engines), details=details, engines=engines, engine_lbs=lbs,
+                            sidekicks=[])
+
+
+def deployment_state(engines: list[dict[str, Any]]) -> str:
+    """A deployment's status from its replicas': `Running` when every replica runs, or when the others all run and
+    the rest are in a crash loop (`crashes`: exited before coming up, waiting out the back-off or starting again;
+    the details name them); `Error` when none runs and every one exited or is in a crash loop; else `Starting`
+    (replicas loading for the first time, or after a restart that is no loop). Before 2026-12-05 a crash loop read
+    `Starting` (mixed states), for up to crash_backoff_max (60 s) at a time and for as long as it lasted, as if it
+    were about to serve: a replica that keeps failing is not starting, and `Running` is what the seed tells users
+    to wait for before inferring, which the other replicas answer (the gateway's route is `Running` then too)."""
+    running = sum(e["status"] == "Running" for e in engines)
+    looping = sum(e["status"] != "Running" and bool(e.get("crashes")) for e in engines)
+    if engines and running + looping == len(engines) and running:
+        return "Running"
+    if engines and not running and all(e["status"] == "Error" or e.get("crashes") for e in engines):
+        return "Error"
+    return "Starting"
 
 
 UNDEPLOY_ANSWERS_WITHIN = 0.8

@@ -86,7 +86,7 @@ async def test_a_replica_that_came_up_resets_the_back_off(tmp_path, monkeypatch,
     await _run_for(backend, clock, 8.4)  # the next one comes up
     assert len(spawns) == 5, spawns
     [up] = replica_set.replicas
-    await _run_for(backend, clock, backend_module.CRASH_STABLE_AFTER)
+    await _run_for(backend, clock, backend.crash_stable_after)
     assert len(spawns) == 5 and replica_set.replicas == [up]
     backend.crashing[0] = True
     up.process.returncode = 1  # it came up and exits: replaced at once, and the next crash waits 1 s again

@@ -50,8 +50,8 @@ def clock(monkeypatch) -> list[float]:
     return now
 
 
-def _world(tmp_path, monkeypatch, *, liveness_timeout: float = TIMEOUT, epoch: list | None = None
-           ) -> tuple[LocalBackend, Bus, ReplicaSet]:
+def _world(tmp_path, monkeypatch, *, liveness_timeout: float = TIMEOUT, epoch: list | None = None,
+           ready_timeout: float = 10) -> tuple[LocalBackend, Bus, ReplicaSet]:
     bus = Bus()
     probes: list[float] = []
 
@@ -59,17 +59,18 @@ def _world(tmp_path, monkeypatch, *, liveness_timeout: float = TIMEOUT, epoch: l
         probes.append(wait)
         return await bus.request(subject, payload, wait)
 
-    backend = LocalBackend(tmp_path, request, scale_down_after=60, ready_timeout=10, stop_timeout=0.05,
+    backend = LocalBackend(tmp_path, request, scale_down_after=60, ready_timeout=ready_timeout, stop_timeout=0.05,
                            liveness_timeout=liveness_timeout, liveness_probes=PROBES,
                            bus_epoch=(lambda: epoch[0]) if epoch is not None else (lambda: 0))
     backend.probes = probes
     replica_set = ReplicaSet(name="d-1", spec_path=tmp_path / "spec.json", ready=True, replicas=[
-        Replica(replica_id="0", process=Process(100), started_at=0.0)])
+        Replica(replica_id="0", process=Process(100), started_at=backend_module.time.monotonic())])
     backend.sets["d-1"] = replica_set
     spawned = iter(range(101, 200))
 
     async def spawn(replica_set: ReplicaSet, replica_id: str) -> Replica:
-        return Replica(replica_id=replica_id, process=Process(next(spawned)), started_at=0.0)
+        return Replica(replica_id=replica_id, process=Process(next(spawned)),
+                       started_at=backend_module.time.monotonic())
 
     monkeypatch.setattr(backend, "_spawn", spawn)
     return backend, bus, replica_set
@@ -177,8 +178,9 @@ async def test_liveness_off_and_a_replica_that_never_answered(tmp_path, monkeypa
         await _pass(backend)
     assert replica_set.replicas == [replica] and len(backend.probes) == 1 + PROBES * 2  # status reads only
 
-    backend, bus, replica_set = _world(tmp_path, monkeypatch)
-    bus.answers["0"] = nats.errors.TimeoutError()  # never answered (loading): ready_timeout's matter, not hung
+    # never answered (loading): ready_timeout's matter (test_deployer_start_bound.py), not hung
+    backend, bus, replica_set = _world(tmp_path, monkeypatch, ready_timeout=4 * TIMEOUT)
+    bus.answers["0"] = nats.errors.TimeoutError()
     await _run_for(backend, clock, 3 * TIMEOUT, step=5.0)
     assert [r.process.pid for r in replica_set.replicas] == [100]
 
