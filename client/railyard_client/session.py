@@ -11,8 +11,9 @@ Credentials are looked up in this order (the first that gives a URL and a way to
    `$XDG_CONFIG_HOME/railyard/credentials.json`, i.e. `~/.config/railyard/credentials.json`, mode 0600).
 
 How long a call waits: `Client(timeout)` (60 s), and for the gateway's long commands (a deploy, a copy, an undeploy,
-a model swap, a deployment's predict, ...) as long as the gateway may take on them at its default settings
-(`ROUTE_TIMEOUTS`), each of which `Client(route_timeouts={"pipelines/deploy": 900})` or the variable
+a model swap, a deployment's predict, an upload: 315 s for a model's, which the registry checks, 75 s for a file's,
+rows' or orchestration zip's, counted once the body is sent, ...) as long as the gateway may take on them at its
+default settings (`ROUTE_TIMEOUTS`), each of which `Client(route_timeouts={"pipelines/deploy": 900})` or the variable
 `RAILYARD_CLIENT_ROUTE_TIMEOUTS` (`pipelines/deploy=900,pipelines/copy=910`; the argument's routes win) replaces, for
 a server whose gateway waits longer; the CLI reads the variable too. A route named there must be one of the API's
 (`API_ROUTES`: a misspelt one is a ConfigurationError, where it was taken and changed nothing); an inference's wait is
@@ -140,10 +141,19 @@ ENV_ROUTE_TIMEOUTS = "RAILYARD_CLIENT_ROUTE_TIMEOUTS"
 _LONG_RUNNING = ("deployments/predict", "deployments/predict_bytes", "deployments/monitor", "deployments/monitor_bytes",
                  "deployments/get_stats", "models/upload_from_registry", "assays/run_interactive",
                  "benchmarks/run_classification", "benchmarks/evaluate_detections", "maintenance/collect_objects")
+# The uploads (multipart, and a dataset's rows), which the gateway answers once it has staged the body in object
+# storage and the owning service has taken it: a model's after the registry's model check (5 + 300 s,
+# registry.worker_timeout: services/gateway/http.py, _stage_and_register), a dataset's file or rows, a workspace file
+# and an orchestration zip 5 + 60 s (services/gateway/lineage.py, orchestrations.py). The client's wait for the answer
+# starts once it has sent the body; the gateway's staging of a very large file comes on top (Client(route_timeouts=)).
+# With the client's 60 s a model whose check took longer was a ConnectionFailed while the upload carried on, and these
+# calls (Session.send, not post) did not use route_timeouts at all: a wait named for them was accepted and ignored.
+UPLOAD_TIMEOUTS = {"models/upload_and_convert": 315.0, "models/upload_stream": 315.0, "datasets/upload_file": 75.0,
+                   "datasets/upload_rows": 75.0, "files/upload": 75.0, "orchestration/upload": 75.0}
 ROUTE_TIMEOUTS = {"pipelines/deploy": 315.0, "pipelines/copy": 323.0, "pipelines/undeploy": 35.0,
                   "deployments/set_model": 320.0, "deployments/set_shadow_model": 320.0, "deployments/delete": 320.0,
                   "deployments/setup_continuous_training": 80.0,
-                  **dict.fromkeys(_LONG_RUNNING, 315.0)}
+                  **dict.fromkeys(_LONG_RUNNING, 315.0), **UPLOAD_TIMEOUTS}
 # The API's POST routes a route_timeouts entry may name (without /v1/api/): a misspelt one was taken and had no effect.
 # Routes with path parameters (pipelines/infer/<deployment>/<pipeline>: Pipeline.infer(timeout=)) are not named here.
 _API_ROUTE_NAMES = {  # prefix: names (services/gateway; tests/unit/test_client_long_calls.py checks them)
@@ -551,7 +561,10 @@ class Session:
 
     def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One authenticated request (path under the server root); typed errors for error answers. A token the
-        server refuses is refreshed once and the request repeated (bodies must be replayable)."""
+        server refuses is refreshed once and the request repeated (bodies must be replayable). A POST to an API
+        route without a `timeout` of its own waits as `post` does (`wait_for`: ROUTE_TIMEOUTS, route_timeouts)."""
+        if method == "POST" and "timeout" not in kwargs and path.startswith(f"{API_PREFIX}/"):
+            kwargs["timeout"] = self.wait_for(path[len(API_PREFIX) + 1:])
         for attempt in (0, 1):
             headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self.token}"}
             try:
