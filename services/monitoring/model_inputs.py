@@ -12,7 +12,12 @@ name the same inputs, each of the same kind of value (floating point, integer, b
 a kind, e.g. float64 numbers for a float32 input, and integers for a floating-point one, not the other way), of the
 same rank, and of the same size in every dimension both fix (a dimension one leaves free takes what the other fixes).
 A version whose inputs are not known (a Python step, a bring-your-own-predict model uploaded without input_schema)
-is not compared: nothing can be said.
+cannot be compared: swapped in for a model whose inputs are known (what the callers send), it is refused too (400
+model_inputs_unknown: upload it with input_schema, which seed 001 asks of every non-native runtime, or deploy a
+pipeline that feeds it); before 2026-12-05 (session 30) it was swapped in unchecked. Over a model whose inputs are
+not known, anything goes: nothing says what its callers send, and refusing would hold the deployment to such models.
+ONNX models always have theirs: the registry reads them at upload (artifacts.inspect_onnx, refusing a model whose
+inputs it cannot read) and again from a converted file.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ if TYPE_CHECKING:
     from shared.messages.registry import ResolvedModel
 
 INCOMPATIBLE_MODEL = "incompatible_model"
-FRAMEWORKS = {"onnx": "an ONNX model", "custom": "a bring-your-own-predict model"}  # how a message names them
+MODEL_INPUTS_UNKNOWN = "model_inputs_unknown"
+FRAMEWORKS = {"onnx": "an ONNX model", "custom": "a bring-your-own-predict model",  # how a message names them
+              "python": "a Python step"}
 BACKEND_INPUTS = {"task": ("text", ())}  # an ML backend's step takes one column: a Label Studio task as JSON
 
 
@@ -41,6 +48,13 @@ class IncompatibleModel(InvalidRequest):
     """The model version takes inputs other than the deployment's model: swapping it in would fail every request."""
 
     code = INCOMPATIBLE_MODEL
+
+
+class UnknownInputs(IncompatibleModel):
+    """The model version's inputs are not recorded, the deployment's model's are: whether it takes what the callers
+    send cannot be told (an IncompatibleModel, so a continuous deployment's delivery fails on it the same way)."""
+
+    code = MODEL_INPUTS_UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -144,20 +158,28 @@ def _label(resolved: ResolvedModel) -> str:
 
 
 async def check(objects: Any, current: ResolvedModel, new: ResolvedModel, what: str, remedy: str) -> None:
-    """IncompatibleModel when `new` takes other inputs than `current` (the deployment's model), both known. `what`
-    names the change (e.g. "set_model"), `remedy` what to do instead."""
+    """IncompatibleModel when `new` takes other inputs than `current` (the deployment's model), both known;
+    UnknownInputs when `current`'s are known and `new`'s are not. `what` names the change (e.g. "set_model"),
+    `remedy` what to do instead."""
     if current.sha == new.sha:
         return  # the same artifact (sha256) takes the same inputs
-    new_inputs = await inputs_of(objects, new)
-    if new_inputs is None:
-        return
     current_inputs = await inputs_of(objects, current)
     if current_inputs is None:
-        return
+        return  # what the callers send is not known: nothing to hold the new version to
+    takes = ", ".join(f"{name!r} ({_shown(column)})" for name, column in sorted(current_inputs.columns.items()))
+    new_inputs = await inputs_of(objects, new)
+    if new_inputs is None:
+        kind = FRAMEWORKS.get(new.framework, f"a {new.framework} model")
+        raise UnknownInputs(
+            f"{what}: model {_label(new)} ({kind}) has no recorded inputs (uploaded without input_schema), so "
+            f"whether it takes the inputs of the deployment's model {_label(current)} ({current_inputs.what}, inputs "
+            f"{takes}) cannot be checked, and if it does not, every request sent to the deployment would be "
+            "refused; nothing was changed. Upload the version again with input_schema (an Arrow schema of the "
+            "inputs it takes, base64; SDK: upload_model(..., input_schema=pyarrow schema)) so it is checked, or "
+            f"{remedy}")
     found = differences(current_inputs.columns, new_inputs.columns)
     if not found:
         return
-    takes = ", ".join(f"{name!r} ({_shown(column)})" for name, column in sorted(current_inputs.columns.items()))
     raise IncompatibleModel(
         f"{what}: model {_label(new)} ({new_inputs.what}) does not take the inputs of the deployment's model "
         f"{_label(current)} ({current_inputs.what}, inputs {takes}): {'; '.join(found)}. Every request sent to the "

@@ -2,7 +2,9 @@
 session 28): set_model of an ML backend's deployment to an ONNX model answered 200, and every inference after was a
 400 ("the model takes columns ['tensor']: missing columns ['tensor']; unexpected columns ['task']"). Now a 400
 incompatible_model naming the inputs, with no pipeline version made and the old model still serving; a version of the
-same inputs is still swapped in. Real NATS, PostgreSQL, S3 and onnxruntime (services/monitoring/model_inputs.py)."""
+same inputs is still swapped in. A Python step (inputs not recorded: its code's) is refused too, 400
+model_inputs_unknown (session 30; it was swapped in unchecked). Real NATS, PostgreSQL, S3 and onnxruntime
+(services/monitoring/model_inputs.py)."""
 
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ def test_a_model_of_other_inputs_is_refused_and_the_deployment_keeps_serving(sta
     wide.write_bytes(wide_onnx(64))  # input image float[?, 64]
     other = client.upload_model("wide", wide, progress=False)
     backend = upload_backend(client, tmp_path, "squares-backend", DETECTION_CONFIG)  # one column, task
+    script = tmp_path / "step.py"
+    script.write_text("def wallaroo_json(data):\n    return data\n")
+    step = client.upload_model("step", script, framework="python", progress=False)  # no input_schema: not known
     pipeline = client.build_pipeline("inputs").add_model_step(first).deploy(replicas=1, cpus=0.5, timeout=180)
     name = client.get_deployment("inputs").name
     rows = pd.DataFrame({"tensor": list(sample_rows(3, seed=3).astype(np.float64))})
@@ -48,14 +53,18 @@ def test_a_model_of_other_inputs_is_refused_and_the_deployment_keeps_serving(sta
     before = versions(stack, owner)
 
     for route in ("set_model", "set_shadow_model"):
-        for refused, says in ((other, "it takes ['image']"), (backend, "it takes ['task']")):
+        for refused, says in ((other, "it takes ['image']"), (backend, "it takes ['task']"),
+                              (step, "(a Python step) has no recorded inputs")):
             answer = post(stack, f"deployments/{route}", owner.token, {
                 "deployment": name, "model_version": {"name": refused.name, "version": refused.version}})
             assert answer.status_code == 400, (route, refused.name, answer.text)
             body = answer.json()
-            assert body["code"] == "incompatible_model", body
-            assert "'tensor' (float[29])" in body["msg"] and "does not take ['tensor']" in body["msg"], body
-            assert says in body["msg"] and f"{route}:" in body["msg"], body
+            assert "'tensor' (float[29])" in body["msg"] and says in body["msg"] and f"{route}:" in body["msg"], body
+            if refused is step:
+                assert body["code"] == "model_inputs_unknown" and "input_schema" in body["msg"], body
+            else:
+                assert body["code"] == "incompatible_model", body
+                assert "does not take ['tensor']" in body["msg"], body
     assert versions(stack, owner) == before  # no pipeline version made, nothing deployed
     information = post(stack, "deployments/retrieve_information", owner.token, {"deployment": name}).json()
     assert information["model_version"]["version"] == first.version and information["shadow_model_version"] is None

@@ -76,7 +76,7 @@ def test_other_inputs_are_named(other, said):
     assert len(found) == len(said) and all(f.startswith(s) for f, s in zip(found, said, strict=True)), found
 
 
-def test_check_refuses_a_different_model_and_leaves_unknown_inputs_alone():
+def test_check_refuses_a_different_model_and_one_whose_inputs_are_unknown():
     current = resolved("ccfraud", CCFRAUD, "a" * 64)
     image = resolved("images", schema_b64(onnx_field("image", pa.float32(), [None, 3, 8, 8])), "b" * 64)
     with pytest.raises(model_inputs.IncompatibleModel) as refused:
@@ -84,10 +84,23 @@ def test_check_refuses_a_different_model_and_leaves_unknown_inputs_alone():
     assert refused.value.status == 400 and refused.value.code == "incompatible_model"
     assert "'images' version v-images" in refused.value.msg and "'tensor' (float[29])" in refused.value.msg
     assert refused.value.msg.endswith("do this instead")
-    # a Python step or a bring-your-own-predict model without input_schema: not known, not compared
+    # a Python step or a bring-your-own-predict model without input_schema swapped in for a model whose inputs are
+    # known: it cannot be checked, so it is refused too (session 30; it was swapped in unchecked)
     python = resolved("step", None, "c" * 64, framework="python")
-    asyncio.run(model_inputs.check(None, current, python, "set_model", ""))
+    custom = resolved("byop", None, "e" * 64, framework="custom")
+    for unknown, kind in ((python, "a Python step"), (custom, "a bring-your-own-predict model")):
+        with pytest.raises(model_inputs.UnknownInputs) as refused:
+            asyncio.run(model_inputs.check(None, current, unknown, "set_model", "do this instead"))
+        assert refused.value.status == 400 and refused.value.code == "model_inputs_unknown"
+        assert isinstance(refused.value, model_inputs.IncompatibleModel)  # a delivery fails on it as on a difference
+        assert f"({kind}) has no recorded inputs" in refused.value.msg and "'tensor' (float[29])" in refused.value.msg
+        assert "input_schema" in refused.value.msg and refused.value.msg.endswith("do this instead")
+    # the same version with its inputs declared at upload: compared as any other
+    declared = resolved("step", CCFRAUD, "c" * 64, framework="python")
+    asyncio.run(model_inputs.check(None, current, declared, "set_model", ""))
+    # over a model whose inputs are not known, anything goes (nothing says what its callers send)
     asyncio.run(model_inputs.check(None, python, image, "set_model", ""))
+    asyncio.run(model_inputs.check(None, python, custom, "set_model", ""))
     asyncio.run(model_inputs.check(None, current, resolved("ccfraud", CCFRAUD, "d" * 64), "set_model", ""))
 
 
