@@ -414,8 +414,19 @@ def revocation_page_request(after: str | None, model: type[Any]) -> dict[str, An
     """The body of `auth.revocations.list` asking for the page after `after` (`model`: ListRevocations). The first
     page's is `{}`, not `{"after": null}`: an auth of before session 29 (its ListRevocations has no field and refuses
     unknown ones) answers it with the whole list and no `next`, which is then read as it was; `{"after": null}` it
-    refused (400), so a service upgraded before auth never read the list (every token 503 after its start)."""
-    return {} if after is None else model(after=after).model_dump(mode="json")
+    refused (400), so a service upgraded before auth never read the list (every token 503 after its start).
+    Unavailable when `after` (a page's `next`) is no cursor the command takes (longer than its 1,024 characters: a
+    key of the list that long): the read fails closed as for any page that cannot be read, where the model's
+    ValidationError was no RailyardError and a token met before the list was read got a 500, not the 503."""
+    if after is None:
+        return {}
+    from pydantic import ValidationError
+
+    try:
+        return model(after=after).model_dump(mode="json")
+    except ValidationError:
+        raise Unavailable(f"the revocation list's page after {after[:40]!r} ({len(after)} characters) cannot be "
+                          "asked for: its cursor is longer than auth.revocations.list takes") from None
 
 
 MAX_REVOCATION_PAGES = 10_000  # a list of more pages than this (billions of bytes) is a fault, not a list

@@ -141,3 +141,28 @@ def test_a_version_before_paging_reads_a_one_page_list_and_refuses_a_paged_one()
     with pytest.raises(ValidationError, match="next"):
         RevocationsBefore.model_validate(paged)  # fails closed: a first page is not the list
     assert Revocations.model_validate(paged).next == f"0:{USER}"
+
+
+async def test_a_next_too_long_to_ask_for_fails_the_read_closed_as_unavailable() -> None:
+    """A page whose `next` is longer than ListRevocations.after takes (1,024 characters: a key of the list that long)
+    cannot be asked for: the read fails as Unavailable, so a verifier that never read the list answers a token 503
+    (typed), not the model's ValidationError (no RailyardError: a 500), and a feed keeps the list it had."""
+    from shared.authz import revocation_page_request
+    from shared.messages.auth import ListRevocations
+
+    now, asked = time.time(), []
+    cursor = "3:" + "r" * 1023
+
+    async def page(after):  # as bus_verifier's: the request's body built from the cursor
+        asked.append(revocation_page_request(after, ListRevocations))
+        return Revocations(users={USER: now}, next=cursor)
+
+    with pytest.raises(Unavailable, match="longer than auth.revocations.list takes"):
+        await read_revocation_pages(page)
+    assert asked == [{}]  # the first page only: nothing asked with a cursor cut short
+    verifier = TokenVerifier(AuthSettings(), _keys)
+    verifier.read_revocations_from(lambda: read_revocation_pages(page))
+    with pytest.raises(Unavailable, match="tokens cannot be checked yet"):
+        await verifier._read_revocations_once()
+    longest = cursor[:1024]  # the longest cursor it takes is still asked for
+    assert ListRevocations.model_validate(revocation_page_request(longest, ListRevocations)).after == longest
