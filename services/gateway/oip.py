@@ -24,6 +24,7 @@ from shared.arrow_codec import (
     check_column_count,
     flat_array,
     flat_values,
+    rows_words,
     tensor_array,
 )
 from shared.authz import Principal
@@ -229,29 +230,40 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
                 # the model as NaN, FP32 called it out of range), a non-finite FP32/FP16 value is a number beyond
                 # the type's range, which the cast turned into inf (the engine would refuse it as "infinite")
                 if dtype.kind == "f" and not np.isfinite(array).all():
-                    if np.isnan(array).any():
-                        raise InvalidRequest(f"input {name!r}: {datatype} data holds null; every value must be a "
+                    nulls = np.flatnonzero(np.isnan(array))
+                    if len(nulls):
+                        raise InvalidRequest(f"input {name!r}: {datatype} data holds null"
+                                             f"{_rows_of(name, shape, nulls, array.size)}; every value must be a "
                                              "number")
                     if dtype.itemsize < 8:
-                        raise OverflowError
+                        at = int(np.flatnonzero(np.isinf(array))[0])
+                        raise _outside(name, datatype, shape, _leaves(data)[at], at, array.size)
                 # numpy's cast reads a null as False and any non-empty string ("false" too) as True: a missing or
                 # mistyped value would reach the model as a real one. true/false, or the numbers 0 and 1
                 if dtype.kind == "b" and not isinstance(data, np.ndarray):
                     given = np.asarray(data, dtype=object).reshape(-1)
-                    if any(value is None for value in given):
-                        raise InvalidRequest(f"input {name!r}: BOOL data holds null; every value must be true or "
-                                             "false")
-                    if not all(type(value) is bool or (type(value) is int and value in (0, 1)) for value in given):
+                    nulls = [at for at, value in enumerate(given) if value is None]
+                    if nulls:
+                        raise InvalidRequest(f"input {name!r}: BOOL data holds null"
+                                             f"{_rows_of(name, shape, nulls, len(given))}; every value must be true "
+                                             "or false")
+                    wrong = [at for at, value in enumerate(given)
+                             if not (type(value) is bool or (type(value) is int and value in (0, 1)))]
+                    if wrong:
                         raise InvalidRequest(f"input {name!r}: BOOL data must be true or false (or 0 and 1), not "
-                                             "strings or other numbers")
+                                             f"strings or other numbers: {_json_text(given[wrong[0]])}"
+                                             f"{_rows_of(name, shape, wrong[:1], len(given))}")
                 if dtype.kind in "iu" and not isinstance(data, np.ndarray):  # numpy would truncate 1.5 to 1
                     given = np.asarray(data).reshape(-1)
                     if given.dtype.kind == "f" and not np.array_equal(given, array):
-                        raise InvalidRequest(f"input {name!r}: {datatype} data holds a number with a fraction")
-            except OverflowError:
-                raise InvalidRequest(f"input {name!r}: a value is outside the range of {datatype}") from None
+                        at = int(np.flatnonzero(given != array)[0])
+                        raise InvalidRequest(f"input {name!r}: {datatype} data holds a number with a fraction "
+                                             f"({float(given[at])!r}){_rows_of(name, shape, [at], given.size)}; "
+                                             "send whole numbers")
+            except OverflowError:  # numpy's cast of a Python int (or float) past an integer type's range
+                raise _out_of_range(name, datatype, shape, _leaves(data)) from None
             except (ValueError, TypeError):
-                raise InvalidRequest(f"input {name!r}: data is not {datatype}") from None
+                raise _not_of_type(name, datatype, shape, data) from None
         if array.size != math.prod(shape):  # Python's ints: numpy's int64 product wraps (2^32 x 2^32 is 0)
             raise InvalidRequest(f"input {name!r}: {array.size} values do not fill shape {shape}")
         if rows is not None and shape[0] != rows:
@@ -271,6 +283,75 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         raise InvalidRequest("`outputs` must be a list of the outputs to answer, each an object with a name (a "
                              "string)")
     return request, pa.Table.from_arrays(columns, names=names)
+
+
+def _fills(name: str, shape: list[int], count: int) -> None:
+    """The refusal of `count` values that do not fill `shape` (before a refusal names their rows: only values that
+    fill the shape have rows)."""
+    if count != math.prod(shape):  # Python's ints: numpy's int64 product wraps (2^32 x 2^32 is 0)
+        raise InvalidRequest(f"input {name!r}: {count} values do not fill shape {shape}")
+
+
+def _rows_of(name: str, shape: list[int], positions: Any, count: int) -> str:
+    """" in rows 1 and 3 (counted from 0)" for values at `positions` of a tensor's `count` flat (row-major) values,
+    as the engine names a request's rows (arrow_codec.rows_words); the fill refusal when they do not fill `shape`."""
+    _fills(name, shape, count)
+    per_row = math.prod(shape[1:])
+    return rows_words(np.unique(np.asarray(positions, np.int64) // per_row))
+
+
+def _leaves(data: Any) -> list[Any]:
+    """A tensor's `data` as its flat (row-major) JSON values, nested lists read in order (a refusal's look)."""
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).tolist()
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value as the request wrote it (at most 40 characters): "yes", 2, null."""
+    text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode() if not isinstance(value, float) \
+        else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _outside(name: str, datatype: str, shape: list[int], value: Any, at: int, count: int) -> InvalidRequest:
+    return InvalidRequest(f"input {name!r}: a value ({_json_text(value)}) outside the range of {datatype}"
+                          f"{_rows_of(name, shape, [at], count)}")
+
+
+def _out_of_range(name: str, datatype: str, shape: list[int], values: list[Any]) -> InvalidRequest:
+    """The refusal of the first of `values` an integer `datatype` cannot hold (numpy's OverflowError names none)."""
+    info = np.iinfo(DATATYPES[datatype])
+    for at, value in enumerate(values):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not info.min <= value <= info.max:
+            return _outside(name, datatype, shape, value, at, len(values))
+    return InvalidRequest(f"input {name!r}: a value is outside the range of {datatype}")
+
+
+def _not_of_type(name: str, datatype: str, shape: list[int], data: Any) -> InvalidRequest:
+    """The refusal of `data` numpy could not cast to `datatype`: the first value that is not a number (a string, a
+    null for an integer type, an object), or lists of different lengths."""
+    values = _leaves(data)
+    for at, value in enumerate(values):
+        if value is None:
+            return InvalidRequest(f"input {name!r}: {datatype} data holds null"
+                                  f"{_rows_of(name, shape, [at], len(values))}; every value must be a number")
+        if not isinstance(value, (int, float)):
+            return InvalidRequest(f"input {name!r}: data is not {datatype}: {_json_text(value)}"
+                                  f"{_rows_of(name, shape, [at], len(values))}")
+    return InvalidRequest(f"input {name!r}: data is not {datatype} (nested lists of different lengths)")
 
 
 def _json_type(value: Any) -> str:

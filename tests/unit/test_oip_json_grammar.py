@@ -151,7 +151,8 @@ def test_json_values_other_than_numbers_are_read_as_the_general_path_reads_them(
 
 def test_fp32_beyond_its_range_gets_the_typed_error():
     body = _body("1.0, 3.5e38", "FP32", [2])
-    assert _same_everywhere(body) == ("error", "input 't': a value is outside the range of FP32")
+    assert _same_everywhere(body) == ("error", "input 't': a value (3.5e+38) outside the range of FP32 in row 1 "
+                                               "(counted from 0)")
     assert _same_everywhere(_body("1.0, 3.4e38", "FP32", [2]))[0] == "ok"
 
 
