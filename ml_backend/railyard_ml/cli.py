@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -139,6 +140,32 @@ def backend_config(folder: Path) -> dict[str, str]:
     return config
 
 
+class ScriptImportFailed(ImportError):
+    """The backend's script (or a module of its folder) did not import: not valid Python, or its code raised. Said on
+    one line naming the file and line, a user's error like the others (`railyard-ml: ...`, exit 2), where it was a
+    traceback with exit 1. An ImportError, so every command that refuses an unimportable script refuses it."""
+
+
+MESSAGE_CHARS = 300  # of what the user's exception says, on one line
+
+
+def _import_script(folder: Path, script: str):  # noqa: ANN202 - the user's module
+    """Import the backend's script (its folder first on sys.path), or raise ScriptImportFailed saying why."""
+    try:
+        return importlib.import_module(Path(script).stem)
+    except SyntaxError as exc:  # its own, or one of a module of the folder it imports: str() names file and line
+        name = Path(exc.filename).name if exc.filename else script
+        raise ScriptImportFailed(f"{name} is not valid Python: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's code at import (a missing package, a model file, a GPU)
+        said = " ".join(str(exc).split())
+        said = said if len(said) <= MESSAGE_CHARS else said[:MESSAGE_CHARS] + "..."
+        where = [frame for frame in traceback.extract_tb(exc.__traceback__)
+                 if frame.filename and Path(frame.filename).resolve().is_relative_to(folder)]
+        at = f" ({Path(where[-1].filename).name}, line {where[-1].lineno})" if where else ""
+        raise ScriptImportFailed(f"{script} raised {type(exc).__name__} when imported: {said or '(no message)'}"
+                                 f"{at}") from None
+
+
 def load_model_class(folder: Path) -> type[LabelStudioMLBase]:
     """Import the model class a backend folder names in its railyard-ml.json (the folder goes first on sys.path)."""
     from railyard_ml.model import LabelStudioMLBase
@@ -147,7 +174,7 @@ def load_model_class(folder: Path) -> type[LabelStudioMLBase]:
     config_file = folder / CONFIG
     remake = f"make it again with `railyard-ml init {folder} --script <script>[:Class] --force`"
     sys.path.insert(0, str(folder.resolve()))
-    module = importlib.import_module(Path(config["script"]).stem)
+    module = _import_script(folder.resolve(), config["script"])
     model_class = getattr(module, config["model_class"], None)
     if model_class is None:
         raise AttributeError(f"{config['script']} has no {config['model_class']!r} (the model_class {config_file} "
@@ -285,7 +312,7 @@ def main_for_folder(folder: str) -> int:
     try:
         serve(Path(folder), args.host, args.port, args.basic_auth_user, args.basic_auth_pass,
               Path(args.model_dir) if args.model_dir else None, args.log_level)
-    except ModelDirInUse as exc:
+    except (ModelDirInUse, ScriptImportFailed) as exc:
         print(f"railyard-ml: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -150,6 +150,38 @@ def test_init_and_start_refuse_with_a_reason(tmp_path):
     assert json.loads((tmp_path / "x" / "railyard-ml.json").read_text())["model_class"] == "A"
 
 
+def test_a_script_that_does_not_import_is_a_users_error_naming_its_line(tmp_path):
+    """A backend script that is not valid Python or raises when imported (no GPU, a model file missing, a module of
+    its folder failing): `start`, `deploy railyard` and the folder's `_wsgi.py` ended in a (rich) traceback with exit
+    1; now exit 2 and one `railyard-ml:` line naming the file, the line and what it raised, as other user errors."""
+    folder = tmp_path / "b"
+    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    script = folder / "ls2_style_backend.py"
+    original = script.read_text()
+    end = original.count("\n") + 1  # the line appended
+    (folder / "helper.py").write_text("LIMIT = 1\nRATIO = LIMIT / 0\n")
+    start, deploy = [CLI, "start", str(folder), "--port", str(free_port())], [CLI, "deploy", "railyard", str(folder)]
+    wsgi = [sys.executable, str(folder / "_wsgi.py"), "--port", str(free_port())]
+    cases = [  # each command meets one script at least (a start costs ~1 s of CPU)
+        ("raise RuntimeError('no GPU\\nhere')\n", [start, wsgi],
+         f"railyard-ml: ls2_style_backend.py raised RuntimeError when imported: no GPU here (ls2_style_backend.py, "
+         f"line {end})"),
+        ("def broken(:\n    pass\n", [deploy, wsgi],
+         "railyard-ml: ls2_style_backend.py is not valid Python: "),
+        ("import helper\n", [start],
+         "railyard-ml: ls2_style_backend.py raised ZeroDivisionError when imported: division by zero (helper.py, "
+         "line 2)"),
+    ]
+    for tail, commands, said in cases:
+        script.write_text(original + tail)
+        for command in commands:
+            answer = subprocess.run(command, capture_output=True, text=True, timeout=60, env=user_env())
+            assert answer.returncode == 2 and answer.stderr.startswith(said), (command, answer.stderr[-800:])
+            assert answer.stderr.count("\n") == 1 and "Traceback" not in answer.stderr, answer.stderr[-800:]
+            if "valid Python" in said:
+                assert answer.stderr.rstrip().endswith(f"(ls2_style_backend.py, line {end})"), answer.stderr
+
+
 def test_a_hand_edited_folder_config_is_named_with_how_to_remake_it(tmp_path):
     """railyard-ml.json broken by hand: start and deploy name the file and the fix (a JSONDecodeError or KeyError
     traceback before, or "module 'ls2_style_backend' has no attribute 'Nope'")."""
