@@ -1182,19 +1182,27 @@ async def deployment_status(deps: DeployerDeps, principal: Principal, token: str
                             sidekicks=[])
 
 
+CRASH_LOOP_AFTER = 2
+"""Exits in a row before coming up (a replica's `crashes`) from which its slot is in a crash loop for the
+deployment's status: one is a restart (a replica killed once, out of memory while loading), not yet a loop."""
+
+
 def deployment_state(engines: list[dict[str, Any]]) -> str:
     """A deployment's status from its replicas': `Running` when every replica runs, or when the others all run and
-    the rest are in a crash loop (`crashes`: exited before coming up, waiting out the back-off or starting again;
-    the details name them); `Error` when none runs and every one exited or is in a crash loop; else `Starting`
-    (replicas loading for the first time, or after a restart that is no loop). Before 2026-12-05 a crash loop read
-    `Starting` (mixed states), for up to crash_backoff_max (60 s) at a time and for as long as it lasted, as if it
-    were about to serve: a replica that keeps failing is not starting, and `Running` is what the seed tells users
-    to wait for before inferring, which the other replicas answer (the gateway's route is `Running` then too)."""
+    the rest are in a crash loop (CRASH_LOOP_AFTER exits in a row before coming up: waiting out the back-off or
+    starting again; the details name them); `Error` when none runs and every one exited or is in a crash loop; else
+    `Starting` (replicas loading for the first time, or after a restart that is no loop). Before 2026-12-05 a crash
+    loop read `Starting` (mixed states), for up to crash_backoff_max (60 s) at a time and for as long as it lasted,
+    as if it were about to serve: a replica that keeps failing is not starting, and `Running` is what the seed tells
+    users to wait for before inferring, which the other replicas answer (the gateway's route is `Running` then
+    too)."""
+    def looping(engine: dict[str, Any]) -> bool:
+        return engine["status"] != "Running" and engine.get("crashes", 0) >= CRASH_LOOP_AFTER
+
     running = sum(e["status"] == "Running" for e in engines)
-    looping = sum(e["status"] != "Running" and bool(e.get("crashes")) for e in engines)
-    if engines and running + looping == len(engines) and running:
+    if engines and running and all(e["status"] == "Running" or looping(e) for e in engines):
         return "Running"
-    if engines and not running and all(e["status"] == "Error" or e.get("crashes") for e in engines):
+    if engines and not running and all(e["status"] == "Error" or looping(e) for e in engines):
         return "Error"
     return "Starting"
 

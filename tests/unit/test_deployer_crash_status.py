@@ -128,6 +128,11 @@ def test_the_deployment_state_rule():
     assert deployment_state([looping_starting]) == "Error"
     assert deployment_state([error, looping_starting]) == "Error"
     assert deployment_state([error, error]) == "Error"
+    # one exit before coming up is a restart, not yet a loop (a replica killed once while loading)
+    assert deployment_state([running, error | {"crashes": 1}]) == "Starting"
+    assert deployment_state([running, starting | {"crashes": 1}]) == "Starting"
+    assert deployment_state([starting | {"crashes": 1}]) == "Starting"
+    assert deployment_state([error | {"crashes": 1}]) == "Error"
     # as before: a first start, a replica replaced after it came up (no loop), or one silent for long
     assert deployment_state([starting, starting]) == "Starting"
     assert deployment_state([running, starting]) == "Starting"
