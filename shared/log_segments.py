@@ -163,7 +163,10 @@ class _Layout:
         self.strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
                         or pa.types.is_dictionary(f.type)]
         self.statistics = [c for c in (TIME, POS) if c in schema.names]
-        self.fingerprint = schema_fingerprint(schema)
+        stored = schema  # the fingerprint is the stored schema's: a segment read back (compaction) keeps it
+        for index, relisted in self.relists:
+            stored = stored.set(index, relisted)
+        self.fingerprint = schema_fingerprint(stored)
         self.codecs: dict[tuple[tuple[int, ...], tuple[str, ...]], dict[str, str]] = {}
 
     def compression(self, schema: pa.Schema, packed: list[int], stored_raw: list[str]) -> dict[str, str]:

@@ -133,3 +133,21 @@ def test_the_replica_stores_a_zero_size_output_as_a_segment():
     assert ref.rows == 4 and stored.column("time").to_pylist() == [10, 10, 20, 20]
     assert stored.column("out.none").to_pylist() == [[]] * 4
     assert stored.column("out.total").to_pylist() == [[30.0], [30.0], [60.0], [60.0]]
+
+
+def test_a_segment_read_back_keeps_the_fingerprint_it_was_described_with():
+    """Compaction reads segments back and describes what it writes again; pages end at a fingerprint change
+    (SchemaChange) and only segments of one fingerprint are merged: the description is of the schema as stored (the
+    zero-size tensor as a list), so a segment read back, and a compacted one, keep it."""
+    from shared.log_segments import ENGINE_SUFFIX, describe, encode_segment, segment_key, sort_by_time
+    from shared.logrecords import schema_fingerprint
+
+    table = sort_by_time(_zero_size_table())
+    key = segment_key(1, "p", ENGINE_SUFFIX)
+    data = encode_segment(table, 1000)
+    described = describe(table, key, len(data))
+    read = _read(data)
+    assert schema_fingerprint(read.schema) == described.schema_fp
+    assert describe(read, key, len(data)).schema_fp == described.schema_fp
+    again = _read(encode_segment(read, 1000))  # compacted: written from what was read
+    assert again.schema == read.schema and again.to_pylist() == read.to_pylist()
