@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import ipaddress
 import ssl
+import time
+import weakref
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -67,8 +69,54 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 CLOSE_TIMEOUT = 1.0  # waiting for our side of the connection to close; then the socket is aborted
 
 
+# Object PUTs (`put_object`: an engine's log segments, two a second per replica at batch 1, up to two at once) go on
+# kept-alive connections: a new connection a PUT cost SeaweedFS ~0.45 ms of CPU (its accept, TLS-less HTTP state,
+# close) and the caller ~0.35 ms (docs/performance.md items 81 and 83). At most KEEP_IDLE idle ones per event loop and
+# endpoint, each reused for KEEP_IDLE_FOR seconds after its last answer at most (an older one is closed: servers drop
+# idle connections, SeaweedFS's Go server on its own timeouts). A kept connection the server closed meanwhile fails
+# before any answer: the request is sent again at once on a new connection (`StaleConnection`, not one of the
+# retries: a PUT of the same bytes under the same key is idempotent). Other requests close their connection.
+KEEP_IDLE = 2
+KEEP_IDLE_FOR = 10.0
+_kept: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, bool], list[tuple[
+    float, asyncio.StreamReader, asyncio.StreamWriter]]]] = weakref.WeakKeyDictionary()
+
+
 class NotHttpAnswer(OSError):
     """S3's endpoint answered something that is not HTTP: not retried."""
+
+
+class StaleConnection(ConnectionResetError):
+    """A kept-alive connection failed before its answer began (the server had closed it while idle)."""
+
+
+def _take_kept(settings: S3Settings) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """An idle kept connection to `settings.endpoint` on this loop (the one used last), or None; any too old or
+    already closed by the server is closed here."""
+    idle = _kept.get(asyncio.get_running_loop(), {}).get((settings.endpoint, settings.secure))
+    now = time.monotonic()
+    while idle:
+        since, reader, writer = idle.pop()
+        if now - since < KEEP_IDLE_FOR and not reader.at_eof() and not writer.is_closing():
+            return reader, writer
+        writer.transport.abort()
+    return None
+
+
+def _keep(settings: S3Settings, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Keep a connection whose answer was read whole for the next PUT; False when KEEP_IDLE are kept already."""
+    idle = _kept.setdefault(asyncio.get_running_loop(), {}).setdefault((settings.endpoint, settings.secure), [])
+    if len(idle) >= KEEP_IDLE or reader.at_eof() or writer.is_closing():
+        return False
+    idle.append((time.monotonic(), reader, writer))
+    return True
+
+
+def forget_kept() -> None:
+    """Close every kept connection of this loop (a service's stop; tests)."""
+    for idle in _kept.pop(asyncio.get_running_loop(), {}).values():
+        for _, _, writer in idle:
+            writer.transport.abort()
 
 
 def backoff(attempt: int) -> float:
@@ -78,15 +126,21 @@ def backoff(attempt: int) -> float:
 
 async def request(settings: S3Settings, method: str, path: str, body: bytes | memoryview | pa.Buffer = b"",
                   timeout: float = 10.0, retries: int = RETRIES, extra: dict[str, str] | None = None,
-                  payload_sha256: str | None = None) -> tuple[int, bytes]:
-    """An HTTP/1.1 request (connection closed after it, and awaited closed); returns the status and the body (HEAD:
-    empty). Connection errors and 500/502/503/504 are retried as the SDK retries them (`retries` times, `backoff`),
-    within `timeout` overall; the last error is raised, or the last such status returned."""
+                  payload_sha256: str | None = None, keep: bool = False) -> tuple[int, bytes]:
+    """An HTTP/1.1 request (connection closed after it, and awaited closed; `keep`: on a kept-alive connection,
+    KEEP_IDLE); returns the status and the body (HEAD: empty). Connection errors and 500/502/503/504 are retried as
+    the SDK retries them (`retries` times, `backoff`), within `timeout` overall; the last error is raised, or the
+    last such status returned. A kept connection the server had closed is not an attempt: the request goes again
+    at once on a new one."""
     async with asyncio.timeout(timeout):
         attempt = 0
         while True:
             try:
-                status, answer = await _attempt(settings, method, path, body, extra, payload_sha256)
+                try:
+                    status, answer = await _attempt(settings, method, path, body, extra, payload_sha256, keep)
+                except StaleConnection:
+                    status, answer = await _attempt(settings, method, path, body, extra, payload_sha256, keep,
+                                                    fresh=True)
             except (NotHttpAnswer, ssl.SSLError):
                 raise
             except OSError:
@@ -100,46 +154,69 @@ async def request(settings: S3Settings, method: str, path: str, body: bytes | me
 
 
 async def _attempt(settings: S3Settings, method: str, path: str, body: bytes | memoryview | pa.Buffer,
-                   extra: dict[str, str] | None = None,
-                   payload_sha256: str | None = None) -> tuple[int, bytes]:
-    host, _, port = settings.endpoint.rpartition(":")
-    if not host or not port.isdigit():
-        host, port = settings.endpoint, "443" if settings.secure else "80"
-    context = ssl.create_default_context() if settings.secure else None
-    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
+                   extra: dict[str, str] | None = None, payload_sha256: str | None = None, keep: bool = False,
+                   fresh: bool = False) -> tuple[int, bytes]:
+    kept = _take_kept(settings) if keep and not fresh else None
+    if kept is not None:
+        reader, writer = kept
+    else:
+        host, _, port = settings.endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            host, port = settings.endpoint, "443" if settings.secure else "80"
+        context = ssl.create_default_context() if settings.secure else None
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
+    answered = kept_now = False
     try:
         view = memoryview(body).cast("B")  # any bytes-like body (an Arrow buffer: a log segment), not copied
         headers = signed_headers(settings, method, path, view, payload_sha256=payload_sha256) | (extra or {}) | {
-            "content-length": str(view.nbytes), "connection": "close"}
+            "content-length": str(view.nbytes)} | ({} if keep else {"connection": "close"})
         head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         if view.nbytes > 65536:  # not copied into one string with the head (uvloop's transport keeps the view)
             writer.write(head.encode())
             writer.write(view)
         else:
             writer.write(head.encode() + view)
-        await writer.drain()
-        status_line = await reader.readline()
+        try:
+            await writer.drain()
+            status_line = await reader.readline()
+        except OSError as exc:
+            if kept is not None:  # the server closed the kept connection while it was idle
+                raise StaleConnection(f"S3 had closed the kept connection: {exc}") from exc
+            raise
         if not status_line:  # closed before answering: a connection error, as urllib3 counts it
+            if kept is not None:
+                raise StaleConnection("S3 had closed the kept connection")
             raise ConnectionResetError("S3 closed the connection without answering")
+        answered = True
         parts = status_line.split()
         if len(parts) < 2 or not parts[1].isdigit():
             raise NotHttpAnswer(f"not an HTTP answer from S3: {status_line[:80]!r}")
-        length, chunked = None, False
+        length, chunked, closes = None, False, False
         while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value.strip())
             elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
                 chunked = True
+            elif name.strip().lower() == "connection" and "close" in value.lower():
+                closes = True
         if method == "HEAD":
             return int(parts[1]), b""
         if chunked:  # small error documents only: read to the end and keep the raw text (codes are searched)
             return int(parts[1]), await reader.read(65536)
-        return int(parts[1]), await (reader.readexactly(length) if length is not None else reader.read(65536))
+        if length is None:
+            return int(parts[1]), await reader.read(65536)
+        answer = await reader.readexactly(length)
+        # the answer read whole, its length known: the connection can carry the next PUT
+        kept_now = keep and not closes and parts[0] == b"HTTP/1.1" and _keep(settings, reader, writer)
+        return int(parts[1]), answer
     except asyncio.IncompleteReadError as exc:  # closed in the middle of the answer
+        if kept is not None and not answered:
+            raise StaleConnection("S3 had closed the kept connection") from exc
         raise ConnectionResetError("S3 closed the connection in the middle of its answer") from exc
     finally:
-        await _close(writer)
+        if not kept_now:
+            await _close(writer)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -200,12 +277,13 @@ async def put_object(settings: S3Settings, bucket: str, key: str, data: bytes | 
     computed in a worker thread: hashlib leaves the GIL, so the caller's event loop goes on); True when S3 stored
     it (200), False for any other answer (the caller asks the SDK, which raises the S3 error). Connection errors are
     retried as in `request` (a PUT of the same bytes under the same key is idempotent), then raised. No SDK, no
-    thread for the transfer, one PUT whatever the size (the SDK goes multipart above 5 MiB)."""
+    thread for the transfer, one PUT whatever the size (the SDK goes multipart above 5 MiB), on a kept-alive
+    connection (KEEP_IDLE)."""
     if payload_travels_safely(settings):
         digest = UNSIGNED_PAYLOAD
     else:
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
     path = f"/{bucket}/{quote(key, safe='/')}"
     status, _ = await request(settings, "PUT", path, data, timeout=60.0 + memoryview(data).nbytes / 1_000_000,
-                              extra={"content-type": content_type}, payload_sha256=digest)
+                              extra={"content-type": content_type}, payload_sha256=digest, keep=True)
     return status == 200

@@ -282,3 +282,116 @@ async def test_a_put_sends_any_bytes_like_body_whole(monkeypatch: pytest.MonkeyP
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if line)
         assert body == raw and headers["content-length"] == str(len(raw))
         assert headers["x-amz-content-sha256"] == payload
+
+
+async def _forget() -> None:
+    """Close the kept connections and let the stand-in's handlers see it (no socket left to the next test)."""
+    s3_light.forget_kept()
+    await asyncio.sleep(0.05)
+
+
+async def _keeping(closes_after: int | None = None, close_header: bool = False
+                   ) -> tuple[asyncio.Server, S3Settings, list[list[bytes]]]:
+    """An S3 stand-in that answers PUTs on kept-alive connections: one list of received bodies per connection.
+    `closes_after`: it closes each connection after that many answers (as a server dropping an idle one);
+    `close_header`: its answers say `Connection: close` (and it closes)."""
+    connections: list[list[bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        bodies: list[bytes] = []
+        connections.append(bodies)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                bodies.append(await reader.readexactly(length))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                             + (b"Connection: close\r\n" if close_header else b"") + b"\r\n")
+                await writer.drain()
+                if close_header or (closes_after is not None and len(bodies) >= closes_after):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, SETTINGS.model_copy(update={"endpoint": f"127.0.0.1:{server.sockets[0].getsockname()[1]}"}), \
+        connections
+
+
+async def test_object_puts_share_a_kept_alive_connection() -> None:
+    """A log segment's PUT goes on the connection the last one used (a new one cost SeaweedFS and the engine ~0.8
+    ms of CPU a PUT); bucket calls still close theirs."""
+    server, settings, connections = await _keeping()
+    async with server:
+        for number in range(3):
+            assert await s3_light.put_object(settings, "railyard-logs", f"k{number}", b"x" * (number + 1)) is True
+        assert connections == [[b"x", b"xx", b"xxx"]]
+        await _forget()
+        assert await s3_light.put_object(settings, "railyard-logs", "k3", b"y") is True
+        assert len(connections) == 2
+        await _forget()
+
+
+async def test_two_puts_at_once_each_get_a_connection_and_both_are_kept() -> None:
+    server, settings, connections = await _keeping()
+    async with server:
+        assert await asyncio.gather(*(s3_light.put_object(settings, "b", f"k{n}", b"z") for n in range(2))) == \
+            [True, True]
+        assert await asyncio.gather(*(s3_light.put_object(settings, "b", f"k{n}", b"z") for n in range(2))) == \
+            [True, True]
+        assert sorted(len(bodies) for bodies in connections) == [2, 2]
+        await _forget()
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_at_once_not_retried(monkeypatch) -> None:
+    """The server drops each connection after one answer (as an idle timeout would): the next PUT's send or read
+    on the kept connection fails before any answer, and the PUT goes again at once on a new connection without
+    spending a retry (retries=0 still stores it, no backoff sleep)."""
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args):
+        slept.append(delay)
+        await real_sleep(delay, *args)
+
+    monkeypatch.setattr(s3_light.asyncio, "sleep", sleep)
+    server, settings, connections = await _keeping(closes_after=1)
+    async with server:
+        for number in range(3):
+            status, _ = await s3_light.request(settings, "PUT", f"/b/k{number}", b"v%d" % number, retries=0,
+                                               keep=True)
+            assert status == 200
+        await real_sleep(0.05)  # the server's close of the last one arrives: it is not reused, but not an error
+        assert (await s3_light.request(settings, "PUT", "/b/k3", b"v3", retries=0, keep=True))[0] == 200
+    assert [bodies for bodies in connections if bodies] == [[b"v0"], [b"v1"], [b"v2"], [b"v3"]]
+    assert not slept
+    await _forget()
+
+
+async def test_a_stale_connection_that_fails_again_is_an_attempt_as_before() -> None:
+    """The new connection after a stale one failing too (S3 gone) is a connection error as without keep-alive: the
+    retries and then the error, not a loop."""
+    server, settings, _ = await _keeping(closes_after=1)
+    async with server:
+        assert await s3_light.put_object(settings, "b", "k", b"1") is True
+    with pytest.raises(OSError):
+        await s3_light.request(settings, "PUT", "/b/k", b"2", retries=0, keep=True)
+    await _forget()
+
+
+async def test_connections_are_not_kept_when_the_server_says_close_or_when_idle_too_long(monkeypatch) -> None:
+    server, settings, connections = await _keeping(close_header=True)
+    async with server:
+        for number in range(2):
+            assert await s3_light.put_object(settings, "b", f"k{number}", b"c") is True
+        assert [len(bodies) for bodies in connections] == [1, 1]
+        assert not any(s3_light._kept.get(asyncio.get_running_loop(), {}).values())
+    server, settings, connections = await _keeping()
+    monkeypatch.setattr(s3_light, "KEEP_IDLE_FOR", 0.0)
+    async with server:
+        for number in range(2):
+            assert await s3_light.put_object(settings, "b", f"k{number}", b"c") is True
+        assert [len(bodies) for bodies in connections] == [1, 1]
+    await _forget()
