@@ -244,7 +244,8 @@ async def signing_keys(pool: asyncpg.Pool, settings: AuthSettings) -> SigningKey
 
 
 def key_retention(settings: AuthSettings) -> float:
-    """Seconds a rotated-out key keeps verifying: the longest token lifetime, plus the verifiers' leeway."""
+    """Seconds a rotated-out key keeps verifying: the longest access or refresh token lifetime, plus the verifiers'
+    leeway; longer while a task token it signed is valid (store.public_keys, issue_task_token)."""
     return max(settings.access_token_ttl, settings.refresh_token_ttl) + 60
 
 
@@ -590,6 +591,9 @@ async def issue_task_token(deps: AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssu
     # written before it is handed out; refused when the run's end was read already
     if cmd.run_id and not await task_tokens.record_issue(deps.pool, cmd.run_id, str(user["id"]), expires):
         raise Unauthorized(f"task run {cmd.run_id} has ended: no token is issued for it", code="invalid_grant")
+    # its key stays in the JWKS until the token expires, also when rotated out meanwhile: a run's token may outlive
+    # key_retention (access and refresh tokens) by almost a day, and a long run lost it an hour after a rotation
+    await store.key_signs_run_token(deps.pool, kid, expires)
     claims = _base_claims(deps.settings, str(user["id"]), "task-scheduler", now) | {
         "exp": expires, "typ": "Bearer", "scope": "profile email",
         "preferred_username": user["username"], "email": user["email"], "railyard_kind": KIND_USER,

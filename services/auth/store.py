@@ -71,11 +71,24 @@ async def ensure_first_key(pool: asyncpg.Pool, kid: str, private_pem: str, publi
 
 
 async def public_keys(pool: asyncpg.Pool, keep_retired: float) -> list[dict[str, Any]]:
-    """The active key and the keys retired less than `keep_retired` seconds ago (their tokens may still be valid)."""
+    """The active key, the keys retired less than `keep_retired` seconds ago, and those that signed a task token
+    still valid (`signs_run_tokens_until`, plus the verifiers' RUN_TOKEN_KEY_LEEWAY): their tokens may still be
+    valid."""
     rows = await pool.fetch(
         "SELECT public_jwk FROM signing_keys WHERE active OR retired_at > now() - make_interval(secs => $1)"
-        " ORDER BY created_at DESC", float(keep_retired))
+        " OR signs_run_tokens_until > extract(epoch FROM now()) - $2::float8"
+        " ORDER BY created_at DESC", float(keep_retired), RUN_TOKEN_KEY_LEEWAY)
     return [json.loads(r["public_jwk"]) for r in rows]
+
+
+RUN_TOKEN_KEY_LEEWAY = 60.0  # s a key stays past the expiry of the last task token it signed (verifiers' leeway: 5 s)
+
+
+async def key_signs_run_token(pool: asyncpg.Pool, kid: str, expires_at: float) -> None:
+    """Before a task token signed by `kid` is handed out: the key stays in the JWKS until it expires (public_keys),
+    also when it is rotated out meanwhile."""
+    await pool.execute("UPDATE signing_keys SET signs_run_tokens_until = GREATEST(signs_run_tokens_until, $2::float8)"
+                       " WHERE kid = $1", kid, float(expires_at))
 
 
 # --- users -------------------------------------------------------------------------------------------

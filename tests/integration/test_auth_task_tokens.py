@@ -111,3 +111,45 @@ async def test_the_revocation_list_drops_what_refuses_nothing_and_comes_in_pages
     assert (read.users, read.sessions, read.session_expiry) == (whole.users, whole.sessions, whole.session_expiry)
     with pytest.raises(InvalidRequest):
         await handlers.revocations(pool, settings, "9:x", budget)  # not a `next` auth gave
+
+
+async def test_a_rotated_out_key_verifies_a_long_runs_token_until_it_expires(pool):
+    """A run's token (up to its timeout + 60 s: a day) signed before a rotation: its key stays in the JWKS until the
+    token expires (migration 018, store.public_keys), not only key_retention (the access and refresh tokens'
+    lifetime + 60 s: ~1 h), after which a run still going had its token refused for the rest of the run. A key that
+    signed no run token, or none still valid, leaves at key_retention as before (a leaked key rotated out)."""
+    import jwt
+    from jwt.algorithms import RSAAlgorithm
+
+    from services.auth import handlers, store
+    from shared.messages.tasks import IssueTaskToken
+    from shared.settings import AuthSettings
+
+    settings = AuthSettings()
+    deps = handlers.AuthDeps(pool=pool, settings=settings, keys={})
+    owner = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await store.create_user(conn, owner, f"runner-{owner.hex[:8]}", None, "not a hash")
+        workspace = await store.create_workspace(conn, f"ws-{owner.hex[:8]}", owner)
+    await handlers.ensure_signing_key(pool)
+    first = (await store.active_key(pool))["kid"]
+    ttl = 10 * 3600  # a ten-hour run
+    issued = await handlers.issue_task_token(deps, IssueTaskToken(
+        user_id=str(owner), workspace_id=workspace, ttl=ttl, task_id="t", run_id=str(uuid.uuid4())))
+    for _ in range(2):  # rotated out, then the next key too (it signed no run token)
+        await store.add_active_key(pool, *handlers._new_key())
+    second = (await pool.fetch("SELECT kid FROM signing_keys WHERE NOT active AND kid <> $1", first))[0]["kid"]
+    # both rotated out two hours ago: past key_retention, the run's token not expired
+    await pool.execute("UPDATE signing_keys SET retired_at = now() - interval '2 hours' WHERE NOT active")
+    assert handlers.key_retention(settings) < 2 * 3600 < ttl
+
+    keys = {k["kid"]: k for k in await store.public_keys(pool, handlers.key_retention(settings))}
+    assert first in keys and second not in keys  # the one that signed the run's token; not the one that signed none
+    claims = jwt.decode(issued.access_token, RSAAlgorithm.from_jwk(keys[first]), algorithms=["RS256"],
+                        audience=settings.audience, issuer=settings.issuer)
+    assert claims["exp"] - time.time() > 9 * 3600
+
+    # once the run's token has expired (and the verifiers' leeway passed), the key leaves the JWKS
+    await pool.execute("UPDATE signing_keys SET signs_run_tokens_until = $2 WHERE kid = $1", first,
+                       time.time() - store.RUN_TOKEN_KEY_LEEWAY - 1)
+    assert first not in {k["kid"] for k in await store.public_keys(pool, handlers.key_retention(settings))}
