@@ -5,6 +5,7 @@ short, and lists larger than a bus reply answered 422 with pages (limit, cursor)
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -39,24 +40,53 @@ BIG_NOTE = "x" * (62 * 1024)  # a pipeline definition's note under its 64 KiB bo
 
 def static_assays(stack, account: Account, pipeline: dict, rng, name: str = "static {}", count: int = 50) -> list[int]:
     """`count` inactive assays of `pipeline` (named `name`.format(index)), each with a Static baseline of 10,000
-    values (~200 KB of JSON): 50 make an assays/list past the 8 MiB a bus reply carries. Their ids, oldest first."""
-    ids = []
-    for index in range(count):
-        body = {**config(account, pipeline, name.format(index), static(rng.random(10_000).tolist()), FUTURE,
-                         "1 hours"), "active": False}
-        created = post(stack, "assays/create", account.token, body)
-        assert created.status_code == 200, created.text[:300]
-        ids.append(created.json()["assay_id"])
+    values (~200 KB of JSON): 50 make an assays/list past the 8 MiB a bus reply carries. Their ids, oldest first.
+
+    The first is made by assays/create; the others are copies of its row under their own names (config's name too),
+    inserted in PostgreSQL one after the other, as many_versions makes versions: the lists are what these tests read,
+    and 49 more assays/create of ~200 KB each (the gateway and the assay runner reading and checking every value)
+    were most of the time of the three files that build one (test_ui_list_pages, test_client_list_pages, this one)."""
+    body = {**config(account, pipeline, name.format(0), static(rng.random(10_000).tolist()), FUTURE, "1 hours"),
+            "active": False}
+    created = post(stack, "assays/create", account.token, body)
+    assert created.status_code == 200, created.text[:300]
+    return [created.json()["assay_id"]] + asyncio.run(_copies(
+        stack, created.json()["assay_id"], [name.format(index) for index in range(1, count)],
+        "INSERT INTO assay_runner.assays (workspace_id, pipeline_id, pipeline_name, name, active, status, config,"
+        " warning_threshold, alert_threshold, width_seconds, interval_seconds, run_until, last_run, next_run,"
+        " baseline_summary, created_by) SELECT workspace_id, pipeline_id, pipeline_name, $2, active, status,"
+        " jsonb_set(config, '{name}', to_jsonb($2::text)), warning_threshold, alert_threshold, width_seconds,"
+        " interval_seconds, run_until, last_run, next_run, baseline_summary, created_by FROM assay_runner.assays"
+        " WHERE id = $1 RETURNING id"))
+
+
+async def _copies(stack, source: int, names: list[str], insert: str) -> list[int]:
+    """The ids `insert` (a copy of row `source` named $2) returns for each of `names`, in order, in one transaction."""
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        async with conn.transaction():
+            ids = [await conn.fetchval(insert, source, name) for name in names]
+    finally:
+        await conn.close()
+    assert None not in ids and ids == sorted(ids), ids  # each copied, oldest first
     return ids
 
 
 def big_pipelines(stack, account: Account, count: int = 140) -> list[str]:
     """`count` pipelines big0, big1, ... with a ~62 KiB definition (BIG_NOTE): 140 make a pipelines/list past the
-    8 MiB a bus reply carries. Their names, oldest first."""
+    8 MiB a bus reply carries. Their names, oldest first.
+
+    big0 is made by pipelines/create; the others are copies of its row and its version's under their own names,
+    inserted in PostgreSQL, as static_assays does (in place of 139 more pipelines/create of 62 KiB each)."""
     names = [f"big{index}" for index in range(count)]
-    for name in names:
-        new_pipeline(stack, account, name, {"steps": [{"ModelInference": {"models": [{"name": "m"}],
-                                                                            "note": BIG_NOTE}}]})
+    first = new_pipeline(stack, account, names[0], {"steps": [{"ModelInference": {"models": [{"name": "m"}],
+                                                                                    "note": BIG_NOTE}}]})
+    asyncio.run(_copies(
+        stack, first["pipeline_pk_id"], names[1:],
+        "WITH made AS (INSERT INTO deployer.pipelines (workspace_id, name, owner_id) SELECT workspace_id, $2,"
+        " owner_id FROM deployer.pipelines WHERE id = $1 RETURNING id) INSERT INTO deployer.pipeline_versions"
+        " (pipeline_id, version, definition) SELECT made.id, gen_random_uuid(), v.definition FROM made,"
+        " deployer.pipeline_versions v WHERE v.pipeline_id = $1 RETURNING pipeline_id"))
     return names
 
 
