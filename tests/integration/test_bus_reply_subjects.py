@@ -14,6 +14,7 @@ import nats
 import pytest
 
 from shared import subjects
+from tests.local_nats import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ async def test_a_command_answers_on_its_callers_inbox_only(stack):
     try:
         for target in TARGETS:
             await ops.subscribe(target, cb=heard)
-        await ops.flush()
+        await subscribed(ops)  # listening before anything is asked: else `seen == []` could pass without it
         for command in (subjects.REGISTRY_MODELS_LIST, subjects.AUTH_USERS_QUERY, subjects.DEPLOYER_PIPELINES_LIST):
             for target in TARGETS:
                 await client.publish(command, b"{}", reply=target)
@@ -74,7 +75,7 @@ async def test_an_engine_replica_answers_what_it_was_asked_and_publishes_into_no
             await ops.subscribe(target, cb=heard)
         await ops.flush()
         await engine.subscribe(subjects.engine_infer("audit-reply"), cb=answer)
-        await engine.flush()
+        await subscribed(engine)  # at the server before the gateway's request (else: no responders)
         reply = await gateway.request(subjects.engine_infer("audit-reply"), b"{}", timeout=10)
         assert reply.data == b"answered"
         # ops hears that answer on the gateway's inbox: its wildcard subscriptions are live, so the forged publishes

@@ -19,6 +19,7 @@ from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import REQUEST_ID
 from tests.integration.conftest import post
 from tests.integration.test_pipelines import deployed, infer  # noqa: F401 - the fixture is reused
+from tests.local_nats import subscribed
 from tests.models import sample_rows
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ async def test_a_replica_publishes_no_answer_but_on_its_callers_inbox(stack, ali
     try:
         for reply in elsewhere:
             await ops.subscribe(reply, cb=keep)
-        await ops.flush()
+        await subscribed(ops)  # listening before anything is asked: else `heard == []` could pass without it
         # the replica serves: its status on the deployer's inbox, an inference on the gateway's
         status = await deployer.request(status_subject, b"{}", timeout=30)
         assert b"Running" in status.data, status.data

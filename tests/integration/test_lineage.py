@@ -29,6 +29,7 @@ from shared.arrow_codec import from_ipc, to_ipc_file
 from shared.objectstore import BUCKET_DATASETS, MinioObjectStore, content_key
 from shared.sealed import sealed_request
 from tests.integration.conftest import Account, post
+from tests.local_nats import subscribed
 from tests.models import ccfraud_onnx
 
 pytestmark = pytest.mark.integration
@@ -371,7 +372,7 @@ async def test_events_are_published(stack, alice):
 
     await nc.subscribe("events.project.>", cb=collect)
     await nc.subscribe("events.workflow.>", cb=collect)
-    await nc.flush()  # the subscriptions are on the server before the (blocking) HTTP calls below
+    await subscribed(nc)  # the subscriptions are on the server before the (blocking) HTTP calls below
     try:
         project = ok(post(stack, "projects/create", alice.token, {"workspace_id": alice.workspace_id, "name": "ev"}))
         version = ok(post(stack, "projects/create_version", alice.token, {"project_id": project["id"]}))

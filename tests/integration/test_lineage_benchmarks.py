@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from shared.arrow_codec import tensor_array, to_ipc_file
 from tests.integration.conftest import Account, post
 from tests.integration.test_lineage import ARROW_FILE, ok, png, upload_file, upload_rows
+from tests.local_nats import subscribed
 from tests.unit.test_benchmarks import cocoeval_directly, synthetic_detection
 
 pytestmark = pytest.mark.integration
@@ -218,7 +219,7 @@ async def test_automatic_benchmark_of_a_task_runs_model(stack, alice):
 
     for subject in seen:
         await nc.subscribe(subject, cb=collect)
-    await nc.flush()
+    await subscribed(nc)
     try:
         deployment = await asyncio.to_thread(deploy_onnx, stack, alice, "autodigits", content)
 

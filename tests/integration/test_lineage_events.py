@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import post
+from tests.local_nats import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ async def test_a_change_that_waited_on_another_publishes_the_hash_with_both(stac
             arrived.set()
 
     await nc.subscribe("events.project.changed", cb=collect)
-    await nc.flush()  # the subscription is on the server before the upload
+    await subscribed(nc)  # the subscription is on the server before the upload
     conn = await asyncpg.connect(stack.settings().postgres.dsn)
     threads = ThreadPoolExecutor(1)
     try:

@@ -18,6 +18,7 @@ import pytest
 
 from shared import sealed, subjects
 from tests.integration.conftest import post
+from tests.local_nats import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -50,11 +51,8 @@ async def test_a_command_aimed_at_a_services_own_subject_is_not_run_and_not_answ
     try:
         for _, _, reply in requests:
             await ops.subscribe(reply, cb=keep)
-        # two flushes: nats-py writes a flush's PING ahead of SUBs its flusher has not sent yet, so the first PONG
-        # can come back before the server read them (tests/unit/test_sealed_replies.py _subscribed); the second
-        # PING goes out after them, and ops hears anything published to those subjects from here on
-        await ops.flush()
-        await ops.flush()
+        # ops hears anything published to those subjects from here on (two flushes: tests/local_nats.py)
+        await subscribed(ops)
         for command, body, reply in requests:
             data = json.dumps(body).encode()
             await client.publish(command, data, reply=reply, headers=bearer)

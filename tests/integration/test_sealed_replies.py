@@ -21,6 +21,7 @@ from shared.raw_bus import ERROR_HEADER
 from shared.table_transport import PAGE_HEADER
 from tests.integration.conftest import post
 from tests.integration.test_logs import _create, _publish
+from tests.local_nats import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ async def test_an_eavesdropper_on_the_client_inbox_sees_ciphertext_only(stack, a
 
     try:
         await eavesdropper.subscribe("_INBOX.client.>", cb=keep)  # what the shared identity lets anyone do
-        await eavesdropper.flush()
+        await subscribed(eavesdropper)  # at the server before the first request
         created = await sealed.sealed_request(caller, subjects.AUTH_WORKSPACES_CREATE,
                                               json.dumps({"workspace_name": secret_workspace}).encode(),
                                               headers=_bearer(alice.token), timeout=10)
