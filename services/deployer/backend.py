@@ -284,7 +284,8 @@ class LocalBackend:
         if not replica.crashes or replica.answered is not None or state.get("status") == "Running":
             return state
         return state | {"crashes": replica.crashes, "reason": (
-            f"CrashLoopBackOff: restarted after {replica.crashes} exits in a row soon after start (the last: "
+            f"CrashLoopBackOff: restarted after {replica.crashes} exit{'s' if replica.crashes > 1 else ''} in a row "
+            f"soon after start (the last: "
             f"{replica.crash_reason or replica.last_restart}); starting") + (
             f"; {state['reason']}" if state.get("reason") else "")}
 
@@ -400,6 +401,21 @@ class LocalBackend:
         if replica_set is None:
             return []
         return await self._states(replica_set)
+
+    def serving_now(self, name: str) -> bool:
+        """Whether a replica of `name` is known to run without asking: it answered `Running` to a status probe
+        within SILENT_KEPT_FOR (the supervisor's liveness probes, status reads, resolves), no probe of it went
+        unanswered since, and it has not exited or been given up on (_give_up). A route's resolve then needs no
+        probe of every replica (handlers.resolve_deployment); otherwise it asks them, as before."""
+        replica_set = self.sets.get(name)
+        if replica_set is None or replica_set.stopping:
+            return False
+        now = time.monotonic()
+        return any(
+            r.process.returncode is None and r.gave_up is None and r.answered is not None
+            and r.answered.get("status") == "Running" and r.answered_at is not None
+            and now - r.answered_at < SILENT_KEPT_FOR and not r.silent_probes and not r.live_silent_probes
+            for r in replica_set.replicas)
 
     def start_supervising(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise())

@@ -1374,8 +1374,12 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
     if failure is not None:
         raise Unavailable(failure, code=DEPLOYMENT_FAILED)
     spec = json.loads(row["spec"])
-    engines = await deps.backend.status(name)
-    status = "Running" if engines and any(e["status"] == "Running" for e in engines) else "Starting"
+    # Running when any replica is: known without a probe of every replica when one answered lately (serving_now)
+    if deps.backend.serving_now(name):
+        status = "Running"
+    else:
+        engines = await deps.backend.status(name)
+        status = "Running" if engines and any(e["status"] == "Running" for e in engines) else "Starting"
     first = spec["steps"][0]["models"][0] if spec.get("steps") else {}
     last = spec["steps"][-1]["models"][0] if spec.get("steps") else {}
     return DeploymentRoute(deployment_id=row["id"], name=name, pipeline_name=row["pipeline_name"],

@@ -33,6 +33,9 @@ class StatusBackend(StandInBackend):
     async def status(self, name) -> list:
         return []
 
+    def serving_now(self, name) -> bool:
+        return False
+
 
 class _Stalls:
     seconds = 0.0
