@@ -175,10 +175,18 @@ class Outbox:
     async def send_round(self) -> SendRound:
         """`send`, telling which events the round sent and which it tried and left unsent (SendRound): for a caller
         that answers once its own event is out, and wants to know when this round has tried it (auth's
-        handlers._published)."""
+        handlers._published). A round that left rows to try again soon (`retry_soon`) has the loop try them RETRY
+        seconds on (`_round_later`): the loop may be waiting its IDLE round, and the caller must not wake it now
+        either (its round would try a refused row again milliseconds later, spending its OWN_RETRIES twice as fast,
+        and meet a failing bus again at once)."""
+        return await self._round(from_loop=False)
+
+    async def _round(self, *, from_loop: bool) -> SendRound:
         async with self._sending:
             done = SendRound()
             await self._send(done)
+            if self.retry_soon and not from_loop and not done.elsewhere:  # SendingElsewhere asked for it already
+                self._round_later()
             return done
 
     async def _send(self, done: SendRound) -> None:
@@ -271,9 +279,9 @@ class Outbox:
             try:
                 if quiet:
                     async with background_pass(self.pool):
-                        await self.send()
+                        await self._round(from_loop=True)
                 else:
-                    await self.send()
+                    await self._round(from_loop=True)
             except Exception:
                 failed = True
                 log.exception("the %s outbox failed a round", self.what)

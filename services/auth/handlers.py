@@ -1020,13 +1020,15 @@ async def _published(deps: AuthDeps, event_id: uuid.UUID, what: str) -> bool:
         if done is not None and event_id in done.sent:
             return True
         if done is not None and done.left_unsent(event_id):
-            break  # this process tried it: the outbox tries again at its own retry pace
+            # this process tried it: the outbox tries again at its own retry pace (send_round asked its loop for a
+            # round RETRY on), not woken now: a round milliseconds after this one would count another attempt
+            break
         if not await store.event_unsent(deps.pool, event_id):
             return True
         if time.monotonic() >= deadline:
+            deps.events_committed()  # a round still under way (the bus hanging): the loop's is the next
             break
         await asyncio.sleep(0.05)  # another process is sending (or the round failed): a round again
-    deps.events_committed()
     log.warning("%s is committed but its event is not published yet (the bus?): answered; verifiers apply it "
                 "when the outbox sends it, or at their next poll of the revocation list", what)
     return False

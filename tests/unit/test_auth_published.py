@@ -19,6 +19,7 @@ import pytest
 from nats.js import errors as js_errors
 
 from services.auth import handlers, store
+from shared import outbox as outbox_module
 from shared import subjects
 from shared.messages.auth import TokensRevoked
 from shared.outbox import Outbox, SendingElsewhere
@@ -171,3 +172,53 @@ def test_an_event_another_process_sent_is_answered_as_out(monkeypatch):
 
     assert published(monkeypatch, rows, event_id, publish, other_process()) == (True, [])
     assert sent == []  # not this process's to send
+
+
+@pytest.mark.parametrize("error", [
+    js_errors.BadRequestError(description="message size exceeds maximum allowed"),  # the row's own
+    js_errors.ServiceUnavailableError(),  # the bus's
+], ids=["refused-row", "unavailable"])
+def test_the_outbox_loop_tries_a_refused_event_again_at_its_retry_pace_not_at_once(monkeypatch, error):
+    """With the outbox's loop running (waiting its IDLE round): the answer does not wake it at once (its round,
+    milliseconds after the handler's, tried the row again: a refused row spent two of its OWN_RETRIES per answer,
+    a failing bus was met twice), and the handler's round asked it for a round RETRY on (not IDLE)."""
+    rows = AuthRows([])
+    tried: list[uuid.UUID] = []
+
+    async def publish(subject: str, event: Any) -> None:
+        tried.append(event.event_id)
+        raise error
+
+    monkeypatch.setattr(handlers, "EVENT_OUT_WAIT", 3600.0)
+    monkeypatch.setattr(outbox_module, "IDLE", 60.0)  # its value today; a test must not depend on it
+
+    async def event_unsent(pool, wanted: uuid.UUID) -> bool:
+        return rows.unsent(wanted)
+
+    monkeypatch.setattr(store, "event_unsent", event_unsent)
+    monkeypatch.setattr(handlers.log, "warning", lambda message, *args: None)
+
+    async def scenario() -> tuple[bool, float | None]:
+        box = Outbox(Pool(), publish, event_types=store.EVENT_TYPES, order_field=store.ORDER_FIELDS,
+                     what="auth events", retry=30.0, rows=rows)
+        loop_task = asyncio.create_task(box.run())
+        try:
+            await asyncio.sleep(0.1)  # its round at start found nothing: it waits its IDLE round
+            subject, event = revoked(uuid.uuid4())  # the change, committed
+            rows.rows[1] = {"id": 1, "event_id": event.event_id, "subject": subject,
+                            "payload": event.model_dump_json()}
+            deps = SimpleNamespace(pool=Pool(), send_events=box.send_round, events_committed=box.wake)
+            event_id = event.event_id
+            is_out = await asyncio.wait_for(handlers._published(deps, event_id, "the test's change"),
+                                            ANSWERED_WITHIN)
+            await asyncio.sleep(0.3)  # a woken loop's round comes within milliseconds
+            later = None if box._later is None else box._later.when() - asyncio.get_running_loop().time()
+            return is_out, later
+        finally:
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+
+    is_out, later = asyncio.run(scenario())
+    assert is_out is False
+    assert len(tried) == 1  # the handler's round only
+    assert later is not None and 20.0 < later <= 30.0  # the loop's next round: RETRY on, not IDLE (60 s)
