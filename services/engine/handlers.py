@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from services.engine.runtimes import NonFiniteValues
 from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.errors import InvalidRequest, RailyardError, Unavailable
 from shared.objectstore import BUCKET_TABLES
@@ -95,15 +96,19 @@ async def run_awaiting_workers(steps: list, table: pa.Table) -> tuple[pa.Table, 
     the next request's)."""
     elapsed = []
     current = table
-    for step in steps:
+    for index, step in enumerate(steps):
         started = time.perf_counter_ns()
         runtime = step.runtimes[0]
-        if hasattr(runtime, "predict_async"):
-            current = await asyncio.shield(runtime.predict_async(current))
-        elif current.num_rows > INLINE_ROWS:
-            current = await asyncio.to_thread(runtime.predict, current)
-        else:
-            current = runtime.predict(current)
+        try:
+            if hasattr(runtime, "predict_async"):
+                current = await asyncio.shield(runtime.predict_async(current))
+            elif current.num_rows > INLINE_ROWS:
+                current = await asyncio.to_thread(runtime.predict, current)
+            else:
+                current = runtime.predict(current)
+        except NonFiniteValues as exc:  # rows of what the step before returned (as Replica.run says them)
+            raise exc.for_request(steps[index - 1].model if index else None, current.num_rows,
+                                  table.num_rows) from None
         elapsed.append(time.perf_counter_ns() - started)
     return current, elapsed, steps[-1].model, []
 

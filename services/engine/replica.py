@@ -261,9 +261,7 @@ class Replica:
             try:
                 current, last, step_shadows = step.run(current)
             except NonFiniteValues as exc:  # rows of what an earlier step returned: the request's while it kept them
-                if last is None or current.num_rows == table.num_rows:
-                    raise
-                raise exc.after_step(str(last["name"]), current.num_rows, table.num_rows) from None
+                raise exc.for_request(last, current.num_rows, table.num_rows) from None
             shadows += step_shadows
             elapsed.append(time.perf_counter_ns() - started)
         rows = table.num_rows

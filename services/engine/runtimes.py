@@ -9,7 +9,7 @@ import sys
 import traceback
 import types
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -124,10 +124,15 @@ class NonFiniteValues(InvalidRequest):
         super().__init__(f"column {column!r}: NaN or infinite values{rows_words(rows, of=of, note=note)}")
         self.column, self.rows = column, rows
 
-    def after_step(self, step: str, step_rows: int, request_rows: int) -> NonFiniteValues:
-        """The refusal saying its rows are of the `step_rows` rows the step `step` (its model's name) returned:
-        "... in rows 0 and 2 of the 4 rows step 'prep' returned (counted from 0; the request had 3)"."""
-        of = f" of the {step_rows} row{'s' * (step_rows != 1)} step {step!r} returned"
+    def for_request(self, previous: dict[str, Any] | None, step_rows: int, request_rows: int) -> NonFiniteValues:
+        """The refusal as the request's caller reads it, raised by a model given `step_rows` rows, `previous` the
+        model of the step before (None: the model is the first step's): itself when those are the request's rows
+        (every step before kept their number), else one saying they are of the `step_rows` rows that step returned:
+        "... in rows 0 and 2 of the 4 rows step 'prep' returned (counted from 0; the request had 3)". Both ways a
+        pipeline runs (Replica.run, handlers.run_awaiting_workers) say it."""
+        if previous is None or step_rows == request_rows:
+            return self
+        of = f" of the {step_rows} row{'s' * (step_rows != 1)} step {str(previous['name'])!r} returned"
         return NonFiniteValues(self.column, self.rows, of, f"; the request had {request_rows}")
 
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 from railyard_client.errors import InvalidInput, InvalidRequest
 
-from tests.integration.conftest import sdk_client
+from tests.integration.conftest import post, sdk_client
+from tests.integration.test_pipelines import _deploy_definition, _upload_bytes
 from tests.models import ccfraud_onnx
 
 pytestmark = pytest.mark.integration
@@ -58,3 +59,34 @@ def test_the_apis_refusal_of_missing_values_names_the_rows_and_what_to_do(stack,
         pipeline.undeploy()
     finally:
         client.close()
+
+
+STEP_DROPS_FIRST_ROW = b'''
+import pandas as pd
+
+def wallaroo_json(data: pd.DataFrame):
+    return {"tensor": [list(row) for row in data["tensor"]][1:]}
+'''
+
+
+def test_nan_rows_after_a_python_step_that_dropped_a_row_are_said_to_be_the_steps(stack, alice):
+    """A model after a Python step that returned fewer rows than the request: the NaN's row is the step's, said so
+    (services/engine/replica.py, Replica.run); before session 30 the message named it as if it were the request's
+    (row 1 here, where the request's NaN is in row 2)."""
+    _upload_bytes(stack, alice, "ccfraud", ccfraud_onnx())
+    uploaded = httpx.post(f"{stack.api}/models/upload_stream", files={"file": ("dropfirst.py", STEP_DROPS_FIRST_ROW)},
+                          data={"name": "dropfirst", "workspace_id": alice.workspace_id, "framework": "python"},
+                          headers={"Authorization": f"Bearer {alice.token}"}, timeout=60)
+    assert uploaded.status_code == 200, uploaded.text
+    steps = [{"ModelInference": {"models": [{"name": name}]}} for name in ("dropfirst", "ccfraud")]
+    _, url, pipeline = _deploy_definition(stack, alice, "stepholes", {"steps": steps})
+    try:
+        good = [0.1] * 29
+        headers = {"Authorization": f"Bearer {alice.token}", "Content-Type": "application/json"}
+        body = json.dumps([{"tensor": good}, {"tensor": good}, {"tensor": good[:3] + [math.nan] + good[4:]}])
+        answer = httpx.post(url, content=body, timeout=60, headers=headers)
+        assert answer.status_code == 400 and answer.json()["code"] == "invalid_request", answer.text
+        assert answer.json()["msg"] == ("column 'tensor': NaN or infinite values in row 1 of the 2 rows step "
+                                        "'dropfirst' returned (counted from 0; the request had 3)"), answer.text
+    finally:
+        post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]})

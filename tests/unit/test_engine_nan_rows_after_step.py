@@ -2,9 +2,10 @@
 model (a Python step's filter or expansion) returned another number of rows than the request's, those are not the
 request's rows: the refusal says whose they are, "in rows 0 and 2 of the 4 rows step 'prep' returned (counted from 0;
 the request had 3)". Before, it said "in rows 0 and 2 (counted from 0)", which a caller reads as its own rows. A step
-that keeps the number of rows keeps the request's row numbers. The replica is loaded as the deployer starts one
-(Replica.load builds its steps from the spec), the first step's model then stood in by a runtime that answers as a
-Python step would (any rows it likes)."""
+that keeps the number of rows keeps the request's row numbers. Both ways a pipeline runs say it: Replica.run, and
+handlers.run_awaiting_workers (a pipeline with a sandboxed worker, one model a step: a Python step then a model).
+The replica is loaded as the deployer starts one (Replica.load builds its steps from the spec), the first step's
+model then stood in by a runtime that answers as a Python step would (any rows it likes)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from services.engine import replica as replica_module
+from services.engine.handlers import run_awaiting_workers
 from services.engine.replica import Replica
 from services.engine.runtimes import NonFiniteValues
 from shared.arrow_codec import tensor_array
@@ -73,11 +75,16 @@ def _request() -> pa.Table:
 
 
 def _refusal(replica: Replica, choose) -> str:
+    """The refusal's words, the same from both runners."""
     replica.steps[0].runtimes[0] = StepStandIn(choose)
-    with pytest.raises(InvalidRequest) as refused:
-        replica.run(_request())
-    assert isinstance(refused.value, NonFiniteValues) and refused.value.code == "invalid_request"
-    return refused.value.msg
+    said = []
+    for run in (replica.run, lambda table: asyncio.run(run_awaiting_workers(replica.steps, table))):
+        with pytest.raises(InvalidRequest) as refused:
+            run(_request())
+        assert isinstance(refused.value, NonFiniteValues) and refused.value.code == "invalid_request"
+        said.append(refused.value.msg)
+    assert said[0] == said[1], said
+    return said[0]
 
 
 def test_rows_of_a_step_that_changed_their_number_are_said_to_be_the_steps(pipeline):
@@ -98,3 +105,5 @@ def test_a_step_that_keeps_the_rows_keeps_the_requests_row_numbers(pipeline):
 def test_the_first_steps_refusal_names_the_requests_rows(pipeline):
     with pytest.raises(NonFiniteValues, match=r"^column 'x': NaN or infinite values in row 1 \(counted from 0\)$"):
         pipeline.run(_request())
+    with pytest.raises(NonFiniteValues, match=r"^column 'x': NaN or infinite values in row 1 \(counted from 0\)$"):
+        asyncio.run(run_awaiting_workers(pipeline.steps[1:], _request()))
