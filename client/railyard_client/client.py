@@ -117,11 +117,14 @@ class Client:
                                                                                           "workspaces")]
 
     def workspace(self, ref: str | int | None = None) -> Workspace:
-        """A workspace by name or id; without one, the current workspace. NotFound when there is none."""
+        """A workspace by name or id; without one, the current workspace. NotFound when there is none. An int is an
+        id only (names may be digits: workspace 3 named "7" is not workspace 7, which set_current_workspace and
+        `railyard workspaces use` keep by id); a str is the name or id of the first workspace that has it."""
         if ref is None:
             return self.current_workspace()
+        by_id_only = isinstance(ref, int) and not isinstance(ref, bool)
         for record in self._session.post_pages("workspaces/list", {}, "workspaces"):  # up to the page that holds it
-            if str(record["id"]) == str(ref) or record["name"] == str(ref):
+            if str(record["id"]) == str(ref) or (not by_id_only and record["name"] == str(ref)):
                 return Workspace(self._session, record)
         raise NotFound(404, "not_found", f"workspace {ref!r} not found (or you are not a member)")
 
@@ -181,11 +184,12 @@ class Client:
 
     def get_deployment(self, name: str) -> Deployment:
         """A deployment by pipeline name or deployment name (`<deploy_id>-<id>`) in the current workspace."""
-        for pipeline in self.current_workspace().pipelines():
+        workspace = self.current_workspace()  # looked up once: the one searched is the one the NotFound names
+        for pipeline in workspace.pipelines():
             record = pipeline.to_dict().get("deployment")
             if record and name in (pipeline.name, record["name"]):
                 return Deployment(self._session, record, pipeline)
-        raise NotFound(404, "not_found", f"no active deployment {name!r} in workspace {self.current_workspace().name}")
+        raise NotFound(404, "not_found", f"no active deployment {name!r} in workspace {workspace.name}")
 
     def infer(self, deployment: str, pipeline: str, data_in: Any, *, timeout: float = 60.0) -> Any:
         """Run rows through a deployment by its names alone (`<deploy_id>-<id>` and the pipeline's name), as an

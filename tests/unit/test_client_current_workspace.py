@@ -99,3 +99,17 @@ def test_the_session_reads_the_saved_choice_from_the_file_as_it_is_now(tmp_path)
         assert session.saved_workspace == 5  # was 3: the file as the session started
     finally:
         session.close()
+
+
+def test_a_choice_kept_by_id_is_not_a_workspace_named_as_that_id():
+    """Names may be digits: set_current_workspace keeps its choice by id (and `railyard workspaces use` saves the
+    id), so workspace 3 named "8" must not stand for workspace 8 (it comes first in id order, and matched by its
+    name the shortcuts went on in workspace 3)."""
+    server = Server()
+    server.member_of[3] = "8"
+    client = client_of(server)
+    client.set_current_workspace("gamma")
+    assert client.current_workspace().id == 8
+    server.saved_workspace = 8  # the file's choice, an id as `railyard workspaces use` writes it
+    assert client_of(server).current_workspace().id == 8
+    assert client_of(server).workspace("8").id == 3  # a name given as text is still found by its name
