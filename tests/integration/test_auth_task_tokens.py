@@ -153,3 +153,12 @@ async def test_a_rotated_out_key_verifies_a_long_runs_token_until_it_expires(poo
     await pool.execute("UPDATE signing_keys SET signs_run_tokens_until = $2 WHERE kid = $1", first,
                        time.time() - store.RUN_TOKEN_KEY_LEEWAY - 1)
     assert first not in {k["kid"] for k in await store.public_keys(pool, handlers.key_retention(settings))}
+
+    # an operator's cut of a leaked key (docs/security.md, "Task-run tokens"): gone at once, also within the hour
+    # after its rotation and while a run's token it signed is valid; the statement the docs give
+    await pool.execute("UPDATE signing_keys SET retired_at = now(), signs_run_tokens_until = $2 WHERE kid = $1",
+                       first, time.time() + ttl)
+    assert first in {k["kid"] for k in await store.public_keys(pool, handlers.key_retention(settings))}
+    await pool.execute("UPDATE signing_keys SET retired_at = '-infinity', signs_run_tokens_until = NULL"
+                       " WHERE kid = $1 AND NOT active", first)
+    assert first not in {k["kid"] for k in await store.public_keys(pool, handlers.key_retention(settings))}
