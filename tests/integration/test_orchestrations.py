@@ -20,6 +20,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import requests
 
@@ -57,14 +58,29 @@ def orchestrations(stack, account: Account) -> list[dict]:
     return response.json()
 
 
+def _polled(response: httpx.Response):
+    """A read's answer for a loop waiting for a state, None for a read the task scheduler did not answer in time
+    (the gateway's 504 upstream_timeout, seen in these loops at load 15-57 on a scheduler busy supervising runs):
+    one more look, not the test's failure. Anything else but a 200 still is; every loop keeps its own bound."""
+    if response.status_code == 504 and response.json().get("code") == "upstream_timeout":
+        return None
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def polled_orchestration(stack, account: Account, orch_id: str) -> dict | None:
+    listed = _polled(post(stack, "orchestration/list", account.token, {"workspace_id": account.workspace_id}))
+    return None if listed is None else next(o for o in listed if o["id"] == orch_id)
+
+
 def ready_orchestration(stack, account: Account, members: dict[str, str | bytes], timeout: float = 120) -> dict:
     response = upload(stack, account, make_zip(members))
     assert response.status_code == 200, response.text
     orch_id = response.json()["id"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = next(o for o in orchestrations(stack, account) if o["id"] == orch_id)
-        if found["status"] != "packaging":
+        found = polled_orchestration(stack, account, orch_id)
+        if found is not None and found["status"] != "packaging":
             assert found["status"] == "ready", found
             return found
         time.sleep(0.5)
@@ -84,10 +100,20 @@ def runs(stack, account: Account, task_id: str) -> list[dict]:
     return response.json()
 
 
+def polled_runs(stack, account: Account, task_id: str) -> list[dict] | None:
+    return _polled(post(stack, "task/list_task_runs", account.token, {"task_id": task_id}))
+
+
+def unsettled(stack, account: Account, task_id: str) -> bool:
+    """Whether a run of the task is queued or running (a read not answered in time: not known yet, so True)."""
+    found = polled_runs(stack, account, task_id)
+    return found is None or any(r["status"] in ("queued", "running") for r in found)
+
+
 def wait_run(stack, account: Account, task_id: str, status: set[str], timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = runs(stack, account, task_id)
+        found = polled_runs(stack, account, task_id)
         if found and found[0]["status"] in status:
             return found[0]
         time.sleep(0.3)
@@ -255,7 +281,7 @@ def test_requirements_are_installed_once_into_an_environment_on_the_base(stack, 
     response = upload(stack, alice, make_zip({"main.py": "", "requirements.txt": "railyard-no-such-package==0.0.1\n"}))
     orch_id = response.json()["id"]
     deadline = time.monotonic() + 120
-    while (found := next(o for o in orchestrations(stack, alice) if o["id"] == orch_id))["status"] == "packaging":
+    while (found := polled_orchestration(stack, alice, orch_id)) is None or found["status"] == "packaging":
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert found["status"] == "failed" and "railyard-no-such-package" in found["reason"], found
@@ -290,7 +316,7 @@ def test_kill_stops_a_running_run_and_a_schedule(stack, alice):
     # fires a point (store.kill_task, due_tasks): once it answered no run can be made, so the runs are looked at as
     # soon as every one has ended (it was a 3-s sleep), then again 3 s (three points of the schedule) later
     deadline = time.monotonic() + 30
-    while any(r["status"] in ("queued", "running") for r in runs(stack, alice, scheduled.json()["id"])):
+    while unsettled(stack, alice, scheduled.json()["id"]):
         assert time.monotonic() < deadline, runs(stack, alice, scheduled.json()["id"])
         time.sleep(0.2)
     settled = runs(stack, alice, scheduled.json()["id"])
@@ -502,6 +528,26 @@ def took_over(stack, task_id: str, killed: float, dead: int, alive: int, within:
     assert all("scheduler process supervising the run died" in r["reason"] for r in lost), lost
 
 
+def missed_points(task_id: str, logs: list[Path]) -> dict[datetime, int]:
+    """The points of the task a scheduler ran late, each with how many points before it it logged as missed."""
+    said = re.compile(rf"task {task_id}: run queued for (\S+) \((\d+) earlier points were missed\)")
+    return {datetime.fromisoformat(m.group(1)): int(m.group(2))
+            for path in logs for m in said.finditer(path.read_text(errors="replace"))}
+
+
+def succeeded_after(stack, task_id: str, moment: float, alive: int, within: float = 60) -> None:
+    """Until a run of a point after `moment`, supervised by the scheduler process `alive`, ended in success."""
+    deadline = time.monotonic() + within
+    while True:
+        found = query(stack, "SELECT scheduled_for, status, supervisor FROM task_scheduler.runs WHERE task_id = $1",
+                      uuid.UUID(task_id))
+        if any(r["scheduled_for"].timestamp() > moment and r["status"] == "success"
+               and f":{alive}:" in r["supervisor"] for r in found):
+            return
+        assert time.monotonic() < deadline, ("no run after the kill succeeded", moment, found)
+        time.sleep(0.3)
+
+
 def test_a_schedule_fires_once_per_point_with_two_schedulers_and_a_kill(stack, admin, tmp_path):
     account = make_account(stack, admin, "sched")
     orch = ready_orchestration(stack, account, {"main.py": "print('tick')"})
@@ -528,35 +574,62 @@ def test_a_schedule_fires_once_per_point_with_two_schedulers_and_a_kill(stack, a
             killed = time.time()
             points_after(stack, task_id, killed, 3)  # three more from the kill on (was 9 s)
             took_over(stack, task_id, killed, dead=first, alive=second.pid)
+            succeeded_after(stack, task_id, killed, alive=second.pid)  # and its runs still run to their end
         finally:
             os.kill(stack.process.pid, signal.SIGCONT)  # it restarts the killed scheduler
+        # the runs ended before the task's kill (the kill fails what is queued or running at that moment: how many
+        # that is depends on how long runs take on the machine, 7 of 9 at load 15-20)
+        ended = {r["scheduled_for"] for r in query(
+            stack, "SELECT scheduled_for FROM task_scheduler.runs WHERE task_id = $1 AND status IN ('success', "
+                   "'failure')", uuid.UUID(task_id))}
         killed_at = time.time()
         assert post(stack, "task/kill", account.token, {"id": task_id}).status_code == 200
         deadline = time.monotonic() + 30
-        while any(r["status"] in ("queued", "running") for r in runs(stack, account, task_id)):
+        while unsettled(stack, account, task_id):
             assert time.monotonic() < deadline, runs(stack, account, task_id)
             time.sleep(0.5)
     finally:
         second.kill()
         second.wait()
     # the stack's own scheduler, restarted after its kill -9, answers the reads once it serves again: on a loaded
-    # machine its start can outlast the wait above (a 503 "task_scheduler is not running" seen at load 13)
+    # machine its start can outlast the wait above (a 503 "task_scheduler is not running" seen at load 13, or a 504
+    # while it starts)
     deadline = time.monotonic() + 60
-    while (response := post(stack, "task/list_task_runs", account.token, {"task_id": task_id})).status_code == 503:
+    while (response := post(stack, "task/list_task_runs", account.token,
+                            {"task_id": task_id})).status_code in (503, 504):
         assert time.monotonic() < deadline, response.text
         time.sleep(0.5)
     found = runs(stack, account, task_id)
     points = Counter(r["scheduled_for"] for r in found)
     assert all(n == 1 for n in points.values()), points
     moments = sorted(datetime.fromisoformat(p) for p in points)
-    # every 2-second point from the first to the last has its run (the other scheduler covered the kill)
-    expected = (moments[-1] - moments[0]) / timedelta(seconds=2) + 1
-    assert len(moments) == expected, moments
-    assert len(moments) >= (killed_at - created) / 2 - 3
+    # every 2-second point from the first to the last has its run (the other scheduler covered the kill), but for
+    # points a scheduler's pass came too late for, which it says: fire_once runs the latest of the points passed and
+    # logs how many before it it missed (a pass over 2 s late at load 57). Never across the kill: there a gap is the
+    # takeover coming late, whatever was logged
+    said = missed_points(task_id, [log, Path(stack.state()["components"]["task_scheduler"]["log"])])
+    missed = 0
+    for before, point in zip(moments, moments[1:], strict=False):
+        gap = round((point - before) / timedelta(seconds=2)) - 1
+        if gap:
+            assert said.get(point) == gap and not before.timestamp() < killed < point.timestamp(), \
+                (before, point, said, killed)
+            missed += gap
+    assert len(moments) + missed == (moments[-1] - moments[0]) / timedelta(seconds=2) + 1, moments
+    assert len(moments) + missed >= (killed_at - created) / 2 - 3
     lost = [r for r in found if r["status"] == "failure"]
     assert all("scheduler process supervising the run died" in r["reason"] or "killed" in r["reason"]
                for r in lost), [(r, logs(stack, account, r["run_id"])[-5:]) for r in lost]
-    assert sum(r["status"] == "success" for r in found) >= len(found) - 3
+    # each run's end accounted for: lost only if the killed scheduler supervised it, killed only if it had not
+    # ended before the task's kill; every other run succeeded (was: at least all but 3, whatever the machine's load)
+    for row in query(stack, "SELECT scheduled_for, status, supervisor, reason FROM task_scheduler.runs"
+                            " WHERE task_id = $1", uuid.UUID(task_id)):
+        if row["status"] == "failure" and "supervising the run died" in (row["reason"] or ""):
+            assert f":{first}:" in row["supervisor"], row
+        elif row["scheduled_for"] in ended:
+            assert row["status"] == "success", row
+        else:
+            assert row["status"] == "success" or "killed" in (row["reason"] or ""), row
 
 
 def test_a_workspace_runs_two_at_a_time_and_the_rest_wait_in_order(stack, admin):
@@ -566,7 +639,11 @@ def test_a_workspace_runs_two_at_a_time_and_the_rest_wait_in_order(stack, admin)
     seen_queued = False
     deadline = time.monotonic() + 120
     while True:
-        states = [(runs(stack, account, t) or [{"status": "queued"}])[0]["status"] for t in tasks]
+        read = [polled_runs(stack, account, t) for t in tasks]
+        if None in read:  # a read not answered in time: look again
+            assert time.monotonic() < deadline, read
+            continue
+        states = [(found or [{"status": "queued"}])[0]["status"] for found in read]
         seen_queued |= "queued" in states and "running" in states
         if all(s in ("success", "failure") for s in states):
             break
@@ -602,7 +679,7 @@ def test_points_missed_while_no_scheduler_ran_fire_once_late(stack, admin):
     points_after(stack, task_id, time.time(), 1)  # the late one has fired, and a point after it
     post(stack, "task/kill", account.token, {"id": task_id})
     deadline = time.monotonic() + 30
-    while any(r["status"] in ("queued", "running") for r in runs(stack, account, task_id)):
+    while unsettled(stack, account, task_id):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     moments = sorted(datetime.fromisoformat(r["scheduled_for"]) for r in runs(stack, account, task_id))
