@@ -31,7 +31,7 @@ class Ask(Command):
     """A test command."""
 
 
-def _router(runtime) -> NatsRouter:  # noqa: ANN001 - shared.service.Runtime
+def _router(runtime) -> NatsRouter:  # runtime: shared.service.Runtime
     router = NatsRouter()
 
     @command(router, subjects.AUTH_TOKEN_ISSUE, service="auth")
@@ -44,7 +44,7 @@ def _router(runtime) -> NatsRouter:  # noqa: ANN001 - shared.service.Runtime
 def test_health_answers_once_every_command_is_subscribed(tmp_path: Path, monkeypatch) -> None:
     real_subscribe = Client.subscribe
 
-    async def held_up(self, subject: str, *args, **kwargs):  # noqa: ANN001, ANN202 - nats-py's own signature
+    async def held_up(self, subject: str, *args, **kwargs):  # nats-py's Client.subscribe
         if subject == subjects.AUTH_TOKEN_ISSUE:
             await asyncio.sleep(HELD)
         return await real_subscribe(self, subject, *args, **kwargs)
