@@ -104,7 +104,16 @@ def _take_kept(settings: S3Settings) -> tuple[asyncio.StreamReader, asyncio.Stre
 
 
 def _keep(settings: S3Settings, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """Keep a connection whose answer was read whole for the next PUT; False when KEEP_IDLE are kept already."""
+    """Keep a connection whose answer was read whole for the next PUT; False when KEEP_IDLE are kept already.
+    The connections of loops closed meanwhile are let go: each holds its loop, so `_kept`'s weak key alone never
+    freed a closed loop nor its sockets (a process running loop after loop: `asyncio.run` a call, tests); garbage
+    collection then closes them (their transports cannot be closed through a closed loop)."""
+    try:
+        closed = [loop for loop in list(_kept.keys()) if loop.is_closed()]
+    except RuntimeError:  # another thread's loop added itself meanwhile: let them go next time
+        closed = []
+    for loop in closed:
+        _kept.pop(loop, None)
     idle = _kept.setdefault(asyncio.get_running_loop(), {}).setdefault((settings.endpoint, settings.secure), [])
     if len(idle) >= KEEP_IDLE or reader.at_eof() or writer.is_closing():
         return False
@@ -113,7 +122,7 @@ def _keep(settings: S3Settings, reader: asyncio.StreamReader, writer: asyncio.St
 
 
 def forget_kept() -> None:
-    """Close every kept connection of this loop (a service's stop; tests)."""
+    """Close every kept connection of this loop (tests; a service's loop keeps its own until the process ends)."""
     for idle in _kept.pop(asyncio.get_running_loop(), {}).values():
         for _, _, writer in idle:
             writer.transport.abort()

@@ -4,7 +4,9 @@ read S3's answers (exists, missing, created, already owned, anything else -> Non
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import weakref
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -370,14 +372,25 @@ async def test_a_kept_connection_the_server_closed_is_replaced_at_once_not_retri
     await _forget()
 
 
-async def test_a_stale_connection_that_fails_again_is_an_attempt_as_before() -> None:
+async def test_a_stale_connection_that_fails_again_is_an_attempt_as_before(monkeypatch) -> None:
     """The new connection after a stale one failing too (S3 gone) is a connection error as without keep-alive: the
     retries and then the error, not a loop."""
+    tries: list[bool] = []
+    real_attempt = s3_light._attempt
+
+    async def attempt(*args, fresh: bool = False):
+        tries.append(fresh)
+        return await real_attempt(*args, fresh=fresh)
+
+    monkeypatch.setattr(s3_light, "_attempt", attempt)
     server, settings, _ = await _keeping(closes_after=1)
     async with server:
         assert await s3_light.put_object(settings, "b", "k", b"1") is True
-    with pytest.raises(OSError):
-        await s3_light.request(settings, "PUT", "/b/k", b"2", retries=0, keep=True)
+        server.close()  # S3 gone; the kept connection still looks alive (the stand-in closes it after its answer)
+        tries.clear()
+        with pytest.raises(ConnectionRefusedError):  # not the timeout (an OSError too) of a loop
+            await s3_light.request(settings, "PUT", "/b/k", b"2", retries=0, keep=True)
+        assert tries == [False, True]  # the kept connection, found closed; one new one, refused
     await _forget()
 
 
@@ -395,3 +408,57 @@ async def test_connections_are_not_kept_when_the_server_says_close_or_when_idle_
             assert await s3_light.put_object(settings, "b", f"k{number}", b"c") is True
         assert [len(bodies) for bodies in connections] == [1, 1]
     await _forget()
+
+
+async def test_no_more_than_keep_idle_connections_are_kept() -> None:
+    """Three PUTs at once need three connections; two are kept (KEEP_IDLE), the third is closed, and the next three
+    at once reuse the two and open one."""
+    server, settings, connections = await _keeping()
+    async with server:
+        for _ in range(2):
+            assert await asyncio.gather(*(s3_light.put_object(settings, "b", f"k{n}", b"z") for n in range(3))) == \
+                [True] * 3
+            assert len(s3_light._kept[asyncio.get_running_loop()][(settings.endpoint, False)]) == s3_light.KEEP_IDLE
+        assert len(connections) == 4 and sum(len(bodies) for bodies in connections) == 6
+        await _forget()
+
+
+async def test_an_answer_of_unknown_length_or_http_1_0_is_not_kept() -> None:
+    """The next answer on a connection begins where this one ends: only an HTTP/1.1 answer with a Content-Length,
+    read whole, leaves the connection ready for the next PUT."""
+    denied = b"<Error><Code>AccessDenied</Code></Error>"
+    server, settings, _ = await _answering({
+        ("PUT", "/b/chunked"): b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                               % (len(denied), denied),
+        ("PUT", "/b/unframed"): b"HTTP/1.1 200 OK\r\n\r\n",
+        ("PUT", "/b/old"): b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ("PUT", "/b/framed"): b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    })
+    async with server:
+        for key in ("chunked", "unframed", "old"):
+            await s3_light.request(settings, "PUT", f"/b/{key}", b"x", retries=0, keep=True)
+            assert not any(s3_light._kept.get(asyncio.get_running_loop(), {}).values()), key
+        await s3_light.request(settings, "PUT", "/b/framed", b"x", retries=0, keep=True)
+        assert any(s3_light._kept[asyncio.get_running_loop()].values())  # what the others are told apart from
+        await _forget()
+
+
+async def test_the_connections_of_a_closed_loop_are_let_go() -> None:
+    """A kept connection holds its event loop: a loop closed with connections kept (`asyncio.run` of one call, a
+    thread's loop) stayed in `_kept` with its sockets for the life of the process. The next connection kept lets
+    it go, and the loop and its sockets are collected."""
+    server, settings, connections = await _keeping()
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def put_elsewhere() -> bool:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await s3_light.put_object(settings, "b", "elsewhere", b"e")
+
+    async with server:
+        assert await asyncio.to_thread(asyncio.run, put_elsewhere()) is True
+        assert await s3_light.put_object(settings, "b", "here", b"h") is True
+        gc.collect()
+        assert loops[0]() is None  # and with it its transports (each holds it): their sockets closed
+        assert list(s3_light._kept) == [asyncio.get_running_loop()]
+        assert [len(bodies) for bodies in connections] == [1, 1]
+        await _forget()
