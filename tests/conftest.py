@@ -45,6 +45,31 @@ def _share_httpx_default_ssl_context() -> None:
 _share_httpx_default_ssl_context()
 
 
+def _load_blas_on_one_thread() -> None:
+    """This test process's BLAS libraries (numpy's and scipy's OpenBLAS) loaded with one thread each.
+
+    The tests fit small scikit-learn models and convert them (tests/models.py, tests/image_models.py,
+    test_lineage_benchmarks.py): on the suite's 2-core machine, busy with two workers and their stacks, OpenBLAS's
+    other thread spins waiting for a core, and a logistic regression on 1,000 digits took 10.9-12.9 s instead of
+    0.07-0.15 s (load ~9; the CCFraud model's 4.7 s instead of 3.0 s with its imports). OpenBLAS reads its thread count
+    when it is loaded, so the variable is set while numpy and scipy are imported, then taken out again: the processes
+    the tests start (the stack's services, the commands) get the environment they got before."""
+    unset = "OPENBLAS_NUM_THREADS" not in os.environ
+    if unset:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy  # noqa: F401
+        import scipy.linalg  # noqa: F401
+    except ImportError:  # a checkout without them: nothing here fits a model
+        pass
+    finally:
+        if unset:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
+_load_blas_on_one_thread()
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """The slowest files first (tests/file_seconds.py says why); a file's own tests keep their order."""
     seconds = file_seconds.load()
