@@ -61,10 +61,13 @@ class Answer:
     shadow_outputs: dict[str, pa.Table] | None = None  # challengers already run (inline): their outputs by name
 
 
-async def run_challengers(shadows: list, outputs: dict[str, pa.Table], deployment: str = "") -> dict[str, int]:
+async def run_challengers(shadows: list, outputs: dict[str, pa.Table], deployment: str = "",
+                          rows: int | None = None) -> dict[str, int]:
     """Run the challengers of one request, one after the other, each output going into `outputs` as soon as it is
     there (a run cancelled half-way keeps those done): the elapsed ns by challenger name. A failing or slow
-    (SHADOW_TIMEOUT) challenger is logged and left out. Both paths use it: before the answer (inline, below) and
+    (SHADOW_TIMEOUT) challenger is logged and left out, and so is one that answered another number of rows than
+    `rows` (the request's, which its columns are logged beside: a Python step's filter, which the champion's answer
+    may not do either, `rows_changed`). Both paths use it: before the answer (inline, below) and
     after it (the replica's shadow queue). A cancel always ends it: bounded by asyncio.timeout, not wait_for, which on
     Python 3.11 returns the thread's result instead of raising CancelledError when the thread ends as the cancel
     comes (bpo-42130), and the next challengers ran (up to SHADOW_TIMEOUT each) in a stopping replica."""
@@ -73,7 +76,12 @@ async def run_challengers(shadows: list, outputs: dict[str, pa.Table], deploymen
         started = time.perf_counter_ns()
         try:
             async with asyncio.timeout(SHADOW_TIMEOUT):
-                outputs[name] = await asyncio.to_thread(runtime.predict, shadow_input)
+                output = await asyncio.to_thread(runtime.predict, shadow_input)
+            if rows is not None and output.num_rows != rows:  # its columns would not pair with the record's rows
+                log.warning("challenger %s of %s answered %d rows for a request of %d: left out", name, deployment,
+                            output.num_rows, rows)
+                continue
+            outputs[name] = output
             elapsed[name] = time.perf_counter_ns() - started
         except Exception as exc:
             log.warning("challenger %s of %s failed: %s", name, deployment, exc)
@@ -96,9 +104,11 @@ async def run_awaiting_workers(steps: list, table: pa.Table) -> tuple[pa.Table, 
     the next request's)."""
     elapsed = []
     current = table
+    changed_by = None  # the model of the last step that returned another number of rows than it was given
     for index, step in enumerate(steps):
         started = time.perf_counter_ns()
         runtime = step.runtimes[0]
+        given = current.num_rows
         try:
             if hasattr(runtime, "predict_async"):
                 current = await asyncio.shield(runtime.predict_async(current))
@@ -109,8 +119,29 @@ async def run_awaiting_workers(steps: list, table: pa.Table) -> tuple[pa.Table, 
         except NonFiniteValues as exc:  # rows of what the step before returned (as Replica.run says them)
             raise exc.for_request(steps[index - 1].model if index else None, current.num_rows,
                                   table.num_rows) from None
+        if current.num_rows != given:
+            changed_by = step.model
         elapsed.append(time.perf_counter_ns() - started)
+    if current.num_rows != table.num_rows:
+        raise rows_changed(changed_by, current.num_rows, table.num_rows)
     return current, elapsed, steps[-1].model, []
+
+
+def rows_changed(step: dict[str, Any] | None, answered: int, requested: int) -> InvalidRequest:
+    """The refusal of a pipeline whose answer has another number of rows than the request: a Python step (BYOP and
+    ONNX models refuse it themselves, runtimes' "equal rows rule") filtered or expanded the rows and no later step
+    gave back one row per request row. The records and Arrow answers pair each output row with its input row, and
+    so does the inference log (one row per inferred row, shared/logrecords.py), so there is no answer to give: the
+    seed's equal rows constraint, every format alike (OIP too, whose answer would not pair but whose log would).
+    `step` is the model of the last step that changed the number of rows (None: unknown). Steps in between may
+    change it: only the pipeline's answer is held to the request's rows (docs/inference.md, "Rows a step
+    returns")."""
+    who = f"step {str(step['name'])!r}" if step else "the pipeline"
+    return InvalidRequest(
+        f"{who} returned {answered} row{'s' * (answered != 1)} for a request of {requested}: a pipeline answers one "
+        f"row for each row of the request (the answer and the inference log pair them); a step may drop or add rows "
+        f"for the steps after it, but the last must give back {requested} (to filter, mark rows instead of dropping "
+        "them)")
 
 
 def runs_inline(pipeline: Pipeline, rows: int) -> bool:
@@ -161,7 +192,8 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
     if shadows and (headers or {}).get(SHADOWS_HEADER) == SHADOWS_INLINE:
         # the caller wants the challengers' outputs in the answer (monitoring's predict keeps both)
         shadow_outputs = {}
-        shadow_elapsed = await run_challengers(shadows, shadow_outputs, pipeline.spec["deployment"].get("name", ""))
+        shadow_elapsed = await run_challengers(shadows, shadow_outputs, pipeline.spec["deployment"].get("name", ""),
+                                               table.num_rows)
         shadows = []
         for name, table in shadow_outputs.items():
             for column in table.column_names:

@@ -255,16 +255,22 @@ class Replica:
         current = table
         last = None
         shadows: list = []
+        changed_by = None  # the model of the last step that returned another number of rows than it was given
         cpu_started = time.thread_time_ns()
         for step in self.steps:
             started = time.perf_counter_ns()
+            given = current.num_rows
             try:
                 current, last, step_shadows = step.run(current)
             except NonFiniteValues as exc:  # rows of what an earlier step returned: the request's while it kept them
                 raise exc.for_request(last, current.num_rows, table.num_rows) from None
+            if current.num_rows != given:
+                changed_by = last
             shadows += step_shadows
             elapsed.append(time.perf_counter_ns() - started)
         rows = table.num_rows
+        if current.num_rows != rows:  # a Python step's filter or expansion that no later step undid
+            raise handlers.rows_changed(changed_by, current.num_rows, rows)
         if rows >= LEARN_ROWS and self._one_model_a_step():  # what handlers.runs_inline decides by
             # this thread's CPU, not the wall clock: in a thread, the run also waits for the loop's turns of the GIL
             self.recent_ns_per_row.append((time.thread_time_ns() - cpu_started) / rows)
@@ -459,7 +465,7 @@ class Replica:
         the inline path); a failing or slow challenger only loses its own columns in that request's record."""
         while not self.shadows_stopped:
             record, shadows = self.shadow_current = await self.shadow_queue.get()
-            await handlers.run_challengers(shadows, record.shadows, self.name)
+            await handlers.run_challengers(shadows, record.shadows, self.name, record.rows)
             self.shadow_current = None
             self.log_record(record)
             self.shadow_queue.task_done()

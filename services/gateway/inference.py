@@ -402,9 +402,12 @@ class Inference:
         # answers the 503 of this route's word (no responders)
         at_ms = int(time.time() * 1000)
         headers, outputs = await self.cache.ask(runtime, route, token, table)
+        rows = table.num_rows
+        if outputs.num_rows != rows:  # both answers pair the rows: the engine refuses this (handlers.rows_changed)
+            raise InvalidRequest(f"the pipeline answered {outputs.num_rows} rows for a request of {rows}: a pipeline "
+                                 "answers one row for each row of the request")
         meta = headers.get(META_HEADER, "{}")
         if arrow_answer:
-            rows = table.num_rows
             combined = pa.Table.from_arrays(
                 [flat_array(np.full(rows, at_ms, np.int64)), *table.columns, *outputs.columns, _no_failures(rows)],
                 names=["time", *(f"in.{c}" for c in table.column_names),

@@ -27,7 +27,7 @@ def test_a_stop_the_finishing_challenger_swallows_still_logs_every_record_once(t
 
     swallowed: list[int] = []
 
-    async def challenger_done_at_the_cancel(shadows, outputs, deployment=""):
+    async def challenger_done_at_the_cancel(shadows, outputs, deployment="", rows=None):
         try:
             await asyncio.sleep(0.05)
         except asyncio.CancelledError:
