@@ -195,9 +195,9 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
         shadow_elapsed = await run_challengers(shadows, shadow_outputs, pipeline.spec["deployment"].get("name", ""),
                                                table.num_rows)
         shadows = []
-        for name, table in shadow_outputs.items():
-            for column in table.column_names:
-                answered = answered.append_column(f"out_{name}.{column}", table.column(column))
+        for name, shadow in shadow_outputs.items():  # not `table`: the request's, which the record's inputs are
+            for column in shadow.column_names:
+                answered = answered.append_column(f"out_{name}.{column}", shadow.column(column))
     timings = (elapsed[0] if elapsed else 0, time.perf_counter_ns() - received)
     meta = {"last_model": last_model, "pipeline_version": pipeline.spec["deployment"]["pipeline_version"],
             "elapsed": list(timings)}

@@ -30,8 +30,9 @@ from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.errors import InvalidRequest
 from shared.logrecords import InferenceRecord, build_batch
 from shared.raw_bus import ERROR_HEADER
-from shared.table_transport import META_HEADER
+from shared.table_transport import META_HEADER, SHADOWS_HEADER, SHADOWS_INLINE
 from tests.unit.test_engine_nan_rows_after_step import StepStandIn, pipeline  # noqa: F401 - the fixture
+from tests.unit.test_engine_shadows_inline import _infer
 from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING, _engine
 
 REFUSAL = ("step 'prep' returned {n} rows for a request of 3: a pipeline answers one row for each row of the request "
@@ -140,3 +141,11 @@ async def test_the_gateway_refuses_an_answer_of_other_rows_in_both_formats(monke
     for accept in ("", "application/vnd.apache.arrow.file"):
         with pytest.raises(InvalidRequest, match=r"^the pipeline answered 2 rows for a request of 3: "):
             await Inference(RUNTIME).run(ALICE, "t", "d", "p", "application/json", accept, body)
+
+
+def test_the_record_of_an_answer_with_inline_challengers_holds_the_requests_inputs():
+    """With `Railyard-Shadows: inline` (monitoring's predict) the loop adding the challengers' columns to the answer
+    rebound `table`, so the record's inputs were the last challenger's output (`in.y` logged for the request's `x`)."""
+    answer = _infer({SHADOWS_HEADER: SHADOWS_INLINE})
+    assert answer.table.column_names == ["x"] and answer.table.column("x").to_pylist() == [1, 2]
+    assert set(answer.shadow_outputs) == {"twice"}
