@@ -413,8 +413,10 @@ def tensor_array(arr: np.ndarray) -> pa.Array:
     """An (n, d1, d2, ...) array as a column of n nested fixed-size-list tensors."""
     flat: pa.Array = flat_array(arr.reshape(-1)) if arr.dtype.kind != "U" \
         else pa.array(arr.reshape(-1).tolist(), pa.string())  # typed: no values would make a null column
-    for depth in range(arr.ndim - 1, 0, -1):
-        flat = fixed_size_lists(flat, arr.shape[depth], math.prod(arr.shape[:depth]))
+    for depth in range(arr.ndim - 1, 0, -1):  # a zero-size level (size 0) needs its list count, worked out then only
+        size = arr.shape[depth]
+        flat = pa.FixedSizeListArray.from_arrays(flat, size) if size else \
+            fixed_size_lists(flat, 0, math.prod(arr.shape[:depth]))
     return flat
 
 
