@@ -312,6 +312,7 @@ class LocalBackend:
                 self._missed(replica, sent, wait)
             return self._silent(replica, wait)
         except Exception:  # no responders (not subscribed yet, or draining), the bus down, a reply not JSON
+            replica.answered_at = None  # not known to run any more: a route's resolve probes it (serving_now)
             return {"status": "Starting"}
         replica.answered, replica.silent_since, replica.silent_probes = answer, None, 0
         replica.live_silent_since, replica.live_silent_probes = None, 0
@@ -405,8 +406,11 @@ class LocalBackend:
     def serving_now(self, name: str) -> bool:
         """Whether a replica of `name` is known to run without asking: it answered `Running` to a status probe
         within SILENT_KEPT_FOR (the supervisor's liveness probes, status reads, resolves), no probe of it went
-        unanswered since, and it has not exited or been given up on (_give_up). A route's resolve then needs no
-        probe of every replica (handlers.resolve_deployment); otherwise it asks them, as before."""
+        unanswered or found no status subscriber (draining, its bus connection lost) since, and it has not exited
+        (its process's exit is seen at once: the replica is this process's child) or been given up on (_give_up).
+        A route's resolve then needs no probe of every replica (handlers.resolve_deployment); otherwise it asks
+        them, as before. Only the route's Running/Starting rests on it: the gateway sends each request to the
+        deployment's queue group, which NATS keeps to the replicas subscribed, whatever the route says."""
         replica_set = self.sets.get(name)
         if replica_set is None or replica_set.stopping:
             return False

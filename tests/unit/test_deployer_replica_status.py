@@ -111,8 +111,10 @@ async def test_a_replica_with_no_status_subscriber_is_not_kept(tmp_path, clock):
     backend, bus, _ = _world(tmp_path)
     bus.answers["0"] = RUNNING
     assert await _status(backend) == ["Running"]
+    assert backend.serving_now("d-1")  # a route's resolve takes its answer without a probe (serving_now)
     bus.answers["0"] = nats.errors.NoRespondersError()
     assert await _status(backend) == ["Starting"]
+    assert not backend.serving_now("d-1")  # and no longer once a probe found no subscriber: it probes again
 
 
 async def test_an_exited_replica_is_an_error_whatever_it_answered(tmp_path, clock):
