@@ -91,10 +91,11 @@ class RouteCache:
     """Deployment routes and memberships, cached briefly so an inference costs no extra round trip.
 
     A running deployment's route older than ROUTE_TTL is still used while one request refreshes it in the
-    background (resolving asks the deployer, which asks every replica: done inline, it was a latency spike every
-    ROUTE_TTL seconds); past ROUTE_MAX_AGE, or when the deployment was not running, a request waits for a fresh
-    one. Who may call is checked on every request either way (`authorize`), and only a caller who passed it
-    starts the refresh (`reach`): an outsider's token resolves to NotFound, which drops the route."""
+    background (resolving asks the deployer, which probes every replica unless one answered Running within 10 s,
+    deployer/backend.py serving_now, and before 2026-12-05 probed them on every resolve: done inline, it was a
+    latency spike every ROUTE_TTL seconds); past ROUTE_MAX_AGE, or when the deployment was not running, a request
+    waits for a fresh one. Who may call is checked on every request either way (`authorize`), and only a caller
+    who passed it starts the refresh (`reach`): an outsider's token resolves to NotFound, which drops the route."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[float, DeploymentRoute]] = {}
@@ -117,13 +118,13 @@ class RouteCache:
     async def _resolve_shared(self, runtime: Runtime, name: str, token: str, since: float = 0.0,
                               again: bool = True) -> DeploymentRoute:
         """The deployer's route now, for a request that waits for it: concurrent requests for one deployment share
-        one resolve under way (the deployer asks every replica for each; before 2026-12-05 each request to a
-        deployment not Running made its own). Its route is each request's, authorized by each (`reach`), as a cached
-        route is. Its error is shared by the requests with the resolving request's token only, and never cached: a
-        resolve answers by its token (an outsider's is NotFound, a member's may say more), so a request with another
-        token, whose resolve failed, asks the deployer with its own (shared again by the requests of its token: with
-        none of another's the second time). `since`: a resolve started before then is not joined (the engine had no
-        responder for this request: what the deployer says from then on)."""
+        one resolve under way (the deployer probes every replica for each unless one answered Running lately; before
+        2026-12-05 each request to a deployment not Running made its own). Its route is each request's, authorized by
+        each (`reach`), as a cached route is. Its error is shared by the requests with the resolving request's token
+        only, and never cached: a resolve answers by its token (an outsider's is NotFound, a member's may say more),
+        so a request with another token, whose resolve failed, asks the deployer with its own (shared again by the
+        requests of its token: with none of another's the second time). `since`: a resolve started before then is
+        not joined (the engine had no responder for this request: what the deployer says from then on)."""
         joined = self.resolving.get(name)
         if joined is None or joined[1] < since:
             task = asyncio.create_task(self._resolve(runtime, name, token))
@@ -158,7 +159,8 @@ class RouteCache:
         """The deployer's route now, not the cache's (which may be ROUTE_MAX_AGE old, from before a model swap), for
         a caller who may infer on it: asked only where the cached one refused a request (OIP outputs). It joins a
         resolve under way (the refresh `reach` started, or another refusal's): requests refused at once cost the
-        deployer, which asks every replica, one resolve, as a request for a deployment not running does."""
+        deployer one resolve (a probe of every replica when none answered Running lately), as a request for a
+        deployment not running does."""
         task = self.refreshing.get(name) or self._start_refresh(runtime, name, token)
         route = await asyncio.shield(task)  # shared: one caller's cancel does not end it for the others
         await self.authorize(runtime, principal, token, route)
@@ -212,8 +214,9 @@ class RouteCache:
             # a Running route may be the cache's (up to ROUTE_MAX_AGE old): what the deployer says now (NotFound
             # when it is gone). Any other was resolved for this very request (`route` resolves a route not Running
             # every time), so it is the deployer's word already: asked again, a request to a starting deployment
-            # cost two resolves, each probing every replica. Its word answers a request no replica took; a
-            # replica's own 503 (or the bus down) keeps its words
+            # cost two resolves, each probing every replica (none answered Running lately: deployer/backend.py
+            # serving_now). Its word answers a request no replica took; a replica's own 503 (or the bus down) keeps
+            # its words
             if route.status == "Running":
                 route = await self._resolve_shared(runtime, name, token, since=asked)
             elif not isinstance(exc, NoEngine):
