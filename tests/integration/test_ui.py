@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -96,15 +97,19 @@ def world(stack, alice_ui: Account):
     """Alice's things, made through the public API: a deployed model with 12 inferences in two batches (the second
     from the SDK), an assay over them, a finished task run, a project with a version, two benchmark reports."""
     alice = alice_ui
-    # the task runs while the rest is made
-    orch = ready_orchestration(stack, alice, {"main.py": "print('hello from the ui task')\nprint('second line')\n"})
-    task_id = run_once(stack, alice, orch, name="uitask")
-    # a square detector for the review queue, deployed while the other one is
     sdk = Client(stack.base_url, token=alice.token, workspace=alice.workspace_id)
-    detector = sdk.upload_model("uisquares", detector_onnx(), progress=False)
+    # the two models are uploaded (each checked by the registry's sandboxed worker) while the orchestration is packaged
+    with ThreadPoolExecutor(2) as uploads:
+        detector_upload = uploads.submit(sdk.upload_model, "uisquares", detector_onnx(), progress=False)
+        model_upload = uploads.submit(_upload_bytes, stack, alice, "uimodel", ccfraud_onnx())
+        # the task runs while the rest is made
+        orch = ready_orchestration(stack, alice, {"main.py": "print('hello from the ui task')\nprint('second line')\n"})
+        task_id = run_once(stack, alice, orch, name="uitask")
+        detector = detector_upload.result()
+        model_upload.result()
+    # a square detector for the review queue, deployed while the other one is
     finder = sdk.build_pipeline("uisquares").add_model_step(detector, image=detector_image_config())
     finder.deploy(replicas=1, cpus=0.5, wait=False)
-    _upload_bytes(stack, alice, "uimodel", ccfraud_onnx())
     definition = {"steps": [{"ModelInference": {"models": [{"name": "uimodel"}]}}]}
     deployment, url, pipeline = _deploy_definition(stack, alice, "uipipe", definition)
     squares = finder.deployment().wait_until_running(120)
