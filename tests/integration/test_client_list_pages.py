@@ -1,8 +1,9 @@
 """The SDK and the `railyard` command read pipelines/list and assays/list a page at a time (docs/api-paging.md):
 asked whole, a workspace's pipelines or a pipeline's assays past the 8 MiB a bus reply carries were the 422
 reply_too_large, which told the caller to page where the SDK had no way to. Shown through the real gateway with the
-SDK's page size cut to 2 (the lists of test_request_bounds_http that pass 8 MiB take minutes to build): every item
-once, in the list's order, page after page, and the same objects as a whole list gave."""
+SDK's page size cut to 2 on lists of five (every item once, in the list's order, page after page, and the same
+objects as a whole list gave), and at the SDK's own page size on the lists of test_request_bounds_http that pass
+8 MiB, whose pages the services cut short at 4 MiB."""
 
 from __future__ import annotations
 
