@@ -4,7 +4,8 @@ Every place that runs code a user uploaded (the engine's Python-step and BYOP wo
 XGBoost conversion and its upload checks, later task runs and ML backends) starts it through `spawn` (a
 long-lived process talking over pipes) or `run` (one shot, with a wall-time limit). What the code gets:
 
-- exactly the environment in `SandboxSpec.env` (plus a minimal PATH, LANG and HOME): nothing of `os.environ`;
+- exactly the environment in `SandboxSpec.env` (plus a minimal PATH, LANG and HOME, and the numeric libraries' thread
+  counts, `thread_env`, each one the spec does not set itself): nothing of `os.environ`;
 - a filesystem of its own: the system directories, the Python installation, the virtualenv and Railyard's code
   read-only, `readonly_paths` read-only, the working directory alone writable; the stack's data directory is an
   empty tmpfs (no secrets file, no artifacts, no engine cache); /tmp and /dev/shm are small private tmpfs;
@@ -47,6 +48,7 @@ import enum
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import pwd
@@ -77,6 +79,11 @@ STDERR_TAIL = 2000
 # parked in the queue of one of this process's sockets would be counted by no sandbox's disk quota
 SO_PASSRIGHTS = 83
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# the thread counts of the numeric libraries users' code loads (OpenMP, OpenBLAS, MKL, BLIS, Apple's Accelerate,
+# numexpr, numba: joblib's list for its workers); `thread_env`
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+THREADS_PER_PROCESS_LIMIT = 4  # a library's threads are at most a quarter of the sandbox's process limit
 _STREAM_LIMIT = 64 * 1024 * 1024
 
 
@@ -190,11 +197,83 @@ def _mechanism(settings: SandboxSettings) -> str:
     return "root" if os.geteuid() == 0 else "userns"
 
 
+@functools.cache
+def host_cpus(cgroup_file: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo") -> int:
+    """The CPUs this process (and so each sandbox it starts) may use, at least 1: those of its affinity, and no more
+    than its cgroup's CPU quota (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us, of its cgroup and the
+    ones above it), rounded up. OpenBLAS and OpenMP count the machine's CPUs instead: a service in a container or
+    pod allowed 1 CPU of a 64-CPU host would have each sandbox's libraries start 64 threads on it."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cpu_quota(cgroup_file, mountinfo)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def _cpu_quota(cgroup_file: str, mountinfo: str) -> float | None:
+    """The smallest CPU quota (in CPUs) on this process's cgroup and its ancestors, None when none is set or none
+    can be read."""
+    read = sandbox_launcher._read_cgroups(cgroup_file, mountinfo)
+    if isinstance(read, str):
+        return None
+    lines, mounts = read
+    quotas: list[float] = []
+    for fields in mounts:
+        if "-" not in fields:
+            continue
+        fstype, options, root, point = fields[fields.index("-") + 1], fields[-1].split(","), fields[3], fields[4]
+        if fstype == "cgroup2":
+            own = next((path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers), None)
+        elif fstype == "cgroup" and "cpu" in options:
+            own = next((path for hierarchy, controllers, path in lines
+                        if hierarchy != "0" and "cpu" in controllers.split(",")), None)
+        else:
+            continue
+        found = None if own is None else sandbox_launcher._under_mount(point, root, own)
+        top = os.path.normpath(point.replace("\\040", " "))
+        while found is not None:  # up to the mount's top
+            quotas += [quota] if (quota := _quota_in(found, v2=fstype == "cgroup2")) is not None else []
+            found = os.path.dirname(found) if found.startswith(top + "/") else None
+    return min(quotas, default=None)
+
+
+def _quota_in(directory: str, *, v2: bool) -> float | None:
+    try:
+        if v2:
+            with open(os.path.join(directory, "cpu.max")) as handle:
+                quota, period = (handle.read().split() + ["100000"])[:2]
+        else:
+            with open(os.path.join(directory, "cpu.cfs_quota_us")) as handle:
+                quota = handle.read().strip()
+            with open(os.path.join(directory, "cpu.cfs_period_us")) as handle:
+                period = handle.read().strip()
+        return int(quota) / int(period) if quota != "max" and int(quota) > 0 and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def thread_env(env: dict[str, str], limits: Limits) -> dict[str, str]:
+    """The thread counts (THREAD_VARIABLES) a sandbox gets besides `env`, its spec's: each variable `env` does not set.
+
+    Unset, OpenBLAS and OpenMP start a thread per CPU of the machine whatever the sandbox may use, and on a busy
+    host the extra threads spin waiting for a core (a scikit-learn fit of 0.1-0.3 s took 7-13 s on a loaded
+    2-core machine, tests/conftest.py). The count is the CPUs the sandbox may use (`host_cpus`), at most a
+    quarter of its process limit (numpy's and scipy's OpenBLAS and an OpenMP runtime are three pools in one
+    process, and the limit counts threads), at least 1. A value the spec gives wins (the engine's and the
+    registry's workers give 1); its OMP_NUM_THREADS, a plain number, is also the count of the variables it does
+    not set, as OpenBLAS and MKL would fall back to it. Code in the sandbox can still set any of them before it
+    loads its libraries."""
+    count = max(1, min(host_cpus(), limits.processes // THREADS_PER_PROCESS_LIMIT))
+    given = env.get("OMP_NUM_THREADS", "").strip()
+    value = given if given.isdigit() and int(given) > 0 else str(count)
+    return {name: value for name in THREAD_VARIABLES if name not in env}
+
+
 def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
     mechanism = _mechanism(settings.sandbox)
     workdir = spec.workdir.absolute()
     env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
-    env |= spec.env
+    env |= thread_env(spec.env, spec.limits) | spec.env
     limits = spec.limits
     config = {
         "mechanism": mechanism, "parent": os.getpid(), "argv": [str(a) for a in spec.argv], "env": env,

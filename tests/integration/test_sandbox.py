@@ -52,7 +52,9 @@ def test_environment_is_exactly_what_the_spec_gives(settings):
     env = json.loads(result.stdout)
     assert env["INPUT"] == "given"
     assert not [name for name in env if name.startswith("RAILYARD_")]
-    assert set(env) <= {"INPUT", "PATH", "LANG", "HOME", "PYTHONDONTWRITEBYTECODE"}
+    assert set(env) <= {"INPUT", "PATH", "LANG", "HOME", "PYTHONDONTWRITEBYTECODE", *sandbox.THREAD_VARIABLES}
+    # and the numeric libraries' thread counts: the CPUs it may use (tests/unit/test_sandbox_threads.py)
+    assert {env[name] for name in sandbox.THREAD_VARIABLES} == {str(sandbox.host_cpus())}
     assert SECRET not in result.stdout.decode()
 
 
