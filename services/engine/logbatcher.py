@@ -11,10 +11,17 @@ What the buffer holds: records not yet published and batches not yet acknowledge
 `engine_max_pending_rows` rows and `engine_max_pending_bytes` bytes (Arrow sizes). While JetStream refuses
 writes (the stream at its byte cap, the server unreachable), a batch is retried with the same id, backing off to
 one try every 5 s, for as long as the replica runs; records of new requests are still gathered until the buffer
-is full. Past that, a new request's record is not logged: it is counted (`lost_rows`, `lost_records`, in the
-replica's status and in its log every 10 s while it happens), never dropped silently; inference itself goes on.
+is full. Past that, a new request's record is not logged: it is counted (`lost_rows`, `lost_records`, in
+`stats()` and in the replica's log every 10 s while it happens), never dropped silently; inference itself goes on.
 On a graceful stop the batcher publishes what it holds for at most `close_timeout` seconds and reports what it
 could not.
+
+A record the log batch cannot be made of (`build_batch` or its encoding raises: a malformed record) does not hold
+up the others: only when a group's batch fails are its records tried one by one, those that fail alone are set
+aside (counted in `lost_rows` / `lost_records` and in `malformed_rows` / `malformed_records`, logged with what was
+wrong, at most every 10 s after the first), and the others are published as before, in their order, each once.
+Anything else a flush raises is logged and counted the same way and the batcher goes on with the next records: its
+task ends only with the replica.
 
 With an object store (`logs.engine_segments`, the default) a batch's rows do not travel through the stream: the
 batcher writes them as a Parquet segment (the log store's layout, shared/log_segments.py) under a new key of the
@@ -81,6 +88,29 @@ def _at_ms(record: InferenceRecord) -> int:
     return record.at_ms
 
 
+def _rows_of(record: InferenceRecord) -> int:
+    """A record's rows, 0 when even that cannot be read (a malformed record being set aside)."""
+    try:
+        return int(record.rows)
+    except Exception:
+        return 0
+
+
+def _describe(record: InferenceRecord) -> str:
+    """What a malformed record holds, for the log line saying it was set aside (never raises)."""
+    parts = []
+    for name in ("inputs", "outputs"):
+        try:
+            table = getattr(record, name)
+            parts.append(f"{name} {table.num_rows} rows [{', '.join(table.column_names)[:200]}]")
+        except Exception as exc:
+            parts.append(f"{name} unreadable ({type(exc).__name__})")
+    shadows = getattr(record, "shadows", None) or {}
+    if shadows:
+        parts.append(f"challengers {', '.join(shadows)[:100]}")
+    return "; ".join(parts) + f"; last model {str(getattr(record, 'last_model', ''))[:120]}"
+
+
 def _record_bytes(record: InferenceRecord) -> int:
     return record.inputs.nbytes + record.outputs.nbytes + sum(t.nbytes for t in record.shadows.values())
 
@@ -118,14 +148,20 @@ class LogBatcher:
         self.lost_records = 0
         self.refused_publishes = 0
         self.last_report = 0.0
+        self.malformed_rows = 0  # records set aside: no log batch could be made of them (also in lost_*)
+        self.malformed_records = 0
+        self.last_malformed_report = 0.0
+        self.failed_flushes = 0
         self.closing = False
         self.wake = asyncio.Event()
         self.full = asyncio.Event()  # the records gathered reached engine_flush_bytes: publish now
 
     def stats(self) -> dict[str, int]:
-        """What the replica's status reports about its log buffer."""
+        """The log buffer's counts (what it holds, what it could not log and why); the replica's log says them too."""
         return {"held_rows": self.held_rows, "held_bytes": self.held_bytes, "lost_rows": self.lost_rows,
-                "lost_records": self.lost_records, "refused_publishes": self.refused_publishes}
+                "lost_records": self.lost_records, "refused_publishes": self.refused_publishes,
+                "malformed_rows": self.malformed_rows, "malformed_records": self.malformed_records,
+                "failed_flushes": self.failed_flushes}
 
     def add(self, record: InferenceRecord, size: int = 0) -> None:
         """Hold a record for the next publish; `size`, when known, is its bytes as `_record_bytes` counts them
@@ -171,7 +207,10 @@ class LogBatcher:
             self.wake.clear()
             self.full.clear()
             if self.pending and self.objects is None:
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception as exc:  # last resort: the next records are still published (flush counted)
+                    self._flush_failed(exc)
             elif self.pending:  # segments: the next one is written while the last one's PUT is under way
                 await self._writing(WRITES_AT_ONCE - 1)
                 self.writes.add(asyncio.create_task(self.flush()))
@@ -185,11 +224,45 @@ class LogBatcher:
                 done, _ = await asyncio.wait(self.writes, return_when=asyncio.FIRST_COMPLETED)
                 self.writes -= done
                 for task in done:
-                    task.result()
+                    try:
+                        task.result()
+                    except Exception as exc:  # last resort, as in `run`: the batcher goes on
+                        self._flush_failed(exc)
         except asyncio.CancelledError:
             for task in self.writes:
                 task.cancel()
             raise
+
+    def _flush_failed(self, exc: Exception) -> None:
+        """A flush raised something its own handling did not expect (a malformed record is set aside in `_encode`):
+        its rows not published (the flush's `abandoned_rows`) are lost, counted and logged (with the traceback at
+        most every REPORT_EVERY), and the batcher goes on: it waits for the next records as before, so a flush
+        that keeps failing runs once per gathering, not in a loop."""
+        self.failed_flushes += 1
+        lost, self.abandoned_rows = self.abandoned_rows, 0
+        self.lost_rows += lost
+        now = time.monotonic()
+        if self.failed_flushes == 1 or now - self.last_malformed_report >= REPORT_EVERY:
+            self.last_malformed_report = now
+            log.error("a log flush of %s failed (%d so far): %d rows not logged (%d rows lost so far); going on "
+                      "with the next records", self.subject, self.failed_flushes, lost, self.lost_rows, exc_info=exc)
+
+    def set_aside(self, bad: list[tuple[InferenceRecord, Exception]]) -> None:
+        """Records no log batch can be made of: counted as lost (and as malformed), never published; logged with
+        what was wrong (the first with its traceback), at most every REPORT_EVERY."""
+        rows = sum(_rows_of(record) for record, _ in bad)
+        self.malformed_records += len(bad)
+        self.malformed_rows += rows
+        self.lost_records += len(bad)
+        self.lost_rows += rows
+        now = time.monotonic()
+        if self.malformed_records == len(bad) or now - self.last_malformed_report >= REPORT_EVERY:
+            self.last_malformed_report = now
+            record, exc = bad[-1]
+            log.error("%d inference log records of %s (%d rows) could not be made into a log batch and are not "
+                      "logged (%d records, %d rows so far); the other records are. Last: %s (%s: %s)", len(bad),
+                      self.subject, rows, self.malformed_records, self.malformed_rows, _describe(record),
+                      type(exc).__name__, str(exc)[:300], exc_info=exc if self.malformed_records == len(bad) else None)
 
     async def close(self, task: asyncio.Task | None, timeout: float) -> None:
         """Graceful stop: let a flush under way finish, publish what is left, within `timeout` seconds."""
@@ -260,8 +333,11 @@ class LogBatcher:
                 count = sum(r.rows for r in records) + sum(t.num_rows for t, _ in tables)
                 # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing
                 # it here (bench/log_flush_lag.py measured both, issue 20)
-                payloads = await self._in_thread(self._encode, records, tables) if count > 2000 else \
-                    self._encode(records, tables)
+                malformed: list[tuple[InferenceRecord, Exception]] = []  # records _encode set aside
+                payloads = await self._in_thread(self._encode, records, tables, malformed) if count > 2000 else \
+                    self._encode(records, tables, malformed)
+                if malformed:  # counted here, on the loop
+                    self.set_aside(malformed)
                 unpublished -= count - sum(c for _, _, c in payloads)  # rows _split gave up on are counted there
                 for payload, requests, c in payloads:
                     await self._publish(payload, requests)
@@ -326,23 +402,61 @@ class LogBatcher:
         await self._publish(ref.to_json(), {}, segment=True)
         return True
 
-    def _encode(self, records: list[InferenceRecord], tables: list[tuple[pa.Table, list[int]]] = ()
+    def _encode(self, records: list[InferenceRecord], tables: list[tuple[pa.Table, list[int]]] = (),
+                malformed: list[tuple[InferenceRecord, Exception]] | None = None
                 ) -> list[tuple[bytes, dict[str, list[int]], int]]:
         """(payload, the rows of requests to store once, rows) for each message the records make, and the batch
-        tables (with their records' rows) of segments that could not be stored."""
+        tables (with their records' rows) of segments that could not be stored. Records no message can be made of
+        go to `malformed` (`_salvage`; the caller counts them)."""
         payloads: list[tuple[bytes, dict[str, list[int]], int]] = []
         for table, counts in tables:
             payloads += self._split(encode_runs(table, counts), 0, {})
         for group in group_records(records):
-            once: dict[str, list[int]] = {}
-            row = 0
-            for record in group:  # rows of records to be stored once (slow or re-sent requests)
-                if record.request_id:
-                    once[record.request_id] = [row, record.rows]
-                row += record.rows
-            table = self._table(group)
-            table = encode_runs(table, (record.rows for record in group))  # a value per record
-            payloads += self._split(table, 0, once)
+            try:
+                payloads += self._payloads(group)
+            except Exception:  # a malformed record: the others still go (only now tried one by one)
+                payloads += self._salvage(group, [] if malformed is None else malformed)
+        return payloads
+
+    def _payloads(self, group: list[InferenceRecord]) -> list[tuple[bytes, dict[str, list[int]], int]]:
+        """The messages of one group's records (one schema), in their order."""
+        once: dict[str, list[int]] = {}
+        row = 0
+        for record in group:  # rows of records to be stored once (slow or re-sent requests)
+            if record.request_id:
+                once[record.request_id] = [row, record.rows]
+            row += record.rows
+        table = self._table(group)
+        table = encode_runs(table, (record.rows for record in group))  # a value per record
+        return self._split(table, 0, once)
+
+    def _salvage(self, group: list[InferenceRecord], malformed: list[tuple[InferenceRecord, Exception]]
+                 ) -> list[tuple[bytes, dict[str, list[int]], int]]:
+        """A group whose messages could not be made: each record's batch is built alone, those that fail are set
+        aside (in `malformed`, counted by the flush), the others go as one group again in their order, or, if
+        that still fails (or none failed alone: only the records together did), each alone, any that fails then set
+        aside too. Only run once a group failed: the usual flush builds each group once, as before."""
+        good: list[InferenceRecord] = []
+        bad: list[tuple[InferenceRecord, Exception]] = []
+        for record in group:
+            try:
+                self._table([record])
+            except Exception as alone:
+                bad.append((record, alone))
+            else:
+                good.append(record)
+        payloads: list[tuple[bytes, dict[str, list[int]], int]] = []
+        if good and bad:
+            try:
+                payloads, good = self._payloads(good), []
+            except Exception:  # the rest fail together too: each alone below
+                pass
+        for record in good:
+            try:
+                payloads += self._payloads([record])
+            except Exception as alone:
+                bad.append((record, alone))
+        malformed += bad  # none when only records together failed (each then went alone)
         return payloads
 
     def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]]

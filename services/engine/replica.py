@@ -451,10 +451,15 @@ class Replica:
 
     def log_record(self, record: InferenceRecord, size: int = 0) -> None:
         """Hand a request's record to the log batcher, as the deployment's log policy says (logpolicy.py); `size`:
-        its bytes when known (the fast lane's), which hold while the policy keeps every row and column."""
-        logged = self.log_policy.apply(record)
-        if logged is not None:
-            self.batcher.add(logged, size if self.log_policy.mode == "all" else 0)
+        its bytes when known (the fast lane's), which hold while the policy keeps every row and column. A record
+        the policy or the buffer cannot take (malformed) is counted as such (`LogBatcher.set_aside`): its answer is
+        out, and raising here would have answered it a second time (deliver's callers) or ended the shadow worker."""
+        try:
+            logged = self.log_policy.apply(record)
+            if logged is not None:
+                self.batcher.add(logged, size if self.log_policy.mode == "all" else 0)
+        except Exception as exc:  # the answer is out: a record that cannot be held is counted, not answered again
+            self.batcher.set_aside([(record, exc)])
 
     async def stop_workers(self) -> None:
         for worker in self.workers:

@@ -397,3 +397,130 @@ async def test_a_segments_requests_are_let_go_once_its_table_is_built_and_a_refu
     assert table.column("time").to_pylist() == [10] * 3 + [20] * 3 + [30] * 3 + [40] * 3
     assert [row[0] for row in table.column("in.tensor").to_pylist()] == [1.0] * 3 + [3.0] * 3 + [2.0] * 3 + [0.0] * 3
     assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
+
+
+def malformed(rows: int = 3) -> InferenceRecord:
+    """A record build_batch cannot make a table of: 3 rows in, 2 out (what a Python step that dropped a row left
+    before c21ac254 refused it in the engine), standing for any record a log batch cannot be built of."""
+    data = np.full((rows, 8), -1.0, np.float32)
+    return InferenceRecord(0, pa.table({"tensor": tensor_array(data)}),
+                           pa.table({"y": tensor_array(data[: rows - 1, :1])}), "m", (1, 2))
+
+
+def logged_values(stream: RefusingStream) -> list[float]:
+    """The first input value of every row published as rows, in publish order."""
+    from shared.log_segments import SEGMENT_HEADER
+    from shared.logrecords import expand_runs
+
+    assert all(SEGMENT_HEADER not in headers for _, headers in stream.published)
+    return [row[0] for payload, _ in stream.published
+            for row in expand_runs(pa.ipc.open_stream(payload).read_all()).column("in.tensor").to_pylist()]
+
+
+async def test_a_malformed_record_is_set_aside_and_counted_the_others_are_published_once_in_order():
+    """A record the log batch cannot be built of ended the batcher's task (build_batch raised out of flush and
+    run): nothing of the replica was logged after it. Now it alone is set aside, counted, and every good record
+    around it, and every record after it, is published once, in order."""
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=20), 8 * 1024 * 1024)
+    runner = asyncio.create_task(batcher.run())
+    for value in (1.0, 2.0):
+        batcher.add(record(value, rows=2))
+    batcher.add(malformed())
+    batcher.add(record(3.0, rows=2, request_id="slow-one"))  # its rows in the batch are those left after the bad one
+    batcher.add(record(4.0, rows=2))
+    await published(stream)
+    assert len(stream.published) == 1  # the good ones of the group still go as one batch
+    assert json.loads(stream.published[0][1][REQUESTS_HEADER]) == {"slow-one": [4, 2]}
+    for value in (5.0, 6.0):  # after the bad record: still logged (the task goes on)
+        batcher.add(record(value, rows=2))
+        await asyncio.sleep(0.05)
+    batcher.add(malformed())
+    batcher.add(record(7.0, rows=2))
+    await asyncio.sleep(0.1)
+    assert not runner.done()
+    await batcher.close(runner, 5.0)
+    assert logged_values(stream) == [v for v in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0) for _ in range(2)]
+    ids = [headers[BATCH_ID] for _, headers in stream.published]
+    assert len(ids) == len(set(ids))
+    assert (batcher.malformed_records, batcher.malformed_rows) == (2, 6)
+    assert (batcher.lost_records, batcher.lost_rows) == (2, 6) and batcher.stats()["malformed_rows"] == 6
+    assert batcher.held_rows == 0 and batcher.held_bytes == 0 and batcher.abandoned_rows == 0
+
+
+async def test_records_that_fail_only_together_are_published_each_alone():
+    # a record whose last model is None builds alone, but sorting the group's model names fails: none is bad
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=1), 8 * 1024 * 1024)
+    odd = record(2.0, rows=2)
+    odd.last_model = None
+    for one in (record(1.0, rows=2), odd, record(3.0, rows=2)):
+        batcher.add(one)
+    await batcher.flush()
+    assert logged_values(stream) == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0] and len(stream.published) == 3
+    assert batcher.malformed_records == 0 and batcher.lost_rows == 0 and batcher.held_rows == 0
+
+
+async def test_a_malformed_record_with_an_object_store_goes_aside_and_its_group_as_rows():
+    stream, objects = RefusingStream(), Objects()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_segment_ms=20), 8 * 1024 * 1024, objects=objects)
+    runner = asyncio.create_task(batcher.run())
+    batcher.add(record(1.0, rows=2))
+    batcher.add(malformed())
+    batcher.add(record(2.0, rows=2))
+    await published(stream)
+    batcher.add(record(3.0, rows=2))  # after it: a segment again
+    for _ in range(200):
+        if objects.stored:
+            break
+        await asyncio.sleep(0.01)
+    await batcher.close(runner, 5.0)
+    from shared.log_segments import SEGMENT_HEADER
+    rows = [payload for payload, headers in stream.published if SEGMENT_HEADER not in headers]
+    assert [r[0] for p in rows for r in pa.ipc.open_stream(p).read_all().column("in.tensor").to_pylist()] == \
+        [1.0, 1.0, 2.0, 2.0]
+    assert len(objects.stored) == 1 and len(stream.published) == 2
+    assert batcher.malformed_records == 1 and batcher.lost_rows == 3 and batcher.held_rows == 0
+
+
+async def test_a_flush_that_raises_anything_is_counted_and_the_batcher_goes_on():
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=1), 8 * 1024 * 1024)
+    encode, calls = batcher._encode, []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return encode(*args)
+
+    batcher._encode = failing_once
+    runner = asyncio.create_task(batcher.run())
+    batcher.add(record(1.0, rows=2))
+    await asyncio.sleep(0.1)
+    assert stream.published == [] and not runner.done() and len(calls) == 1  # no retry loop: it waits for records
+    batcher.add(record(2.0, rows=2))
+    await published(stream)
+    await batcher.close(runner, 5.0)
+    assert logged_values(stream) == [2.0, 2.0] and batcher.failed_flushes == 1
+    assert batcher.lost_rows == 2 and batcher.abandoned_rows == 0 and batcher.held_rows == 0
+
+
+def test_a_record_the_buffer_cannot_take_is_counted_not_raised_to_the_answer():
+    from types import SimpleNamespace
+
+    from services.engine.replica import Replica
+
+    class Broken(InferenceRecord):
+        @property
+        def rows(self) -> int:
+            raise ValueError("no rows")
+
+    batcher = LogBatcher(RefusingStream(), DEPLOYMENT, LogSettings(), 8 * 1024 * 1024)
+    replica = SimpleNamespace(batcher=batcher, log_policy=SimpleNamespace(apply=lambda r: r, mode="all"))
+    Replica.log_record(replica, Broken(0, pa.table({"x": [1]}), pa.table({"y": [1]}), "m", (1, 2)))
+    assert batcher.malformed_records == 1 and batcher.lost_records == 1 and batcher.held_rows == 0
