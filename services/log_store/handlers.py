@@ -6,8 +6,9 @@ committed), grouped per pipeline and schema, written as Parquet segments to obje
 transaction that also records their batch ids, and only then acknowledged. A crash anywhere before the commit
 leaves the messages unacknowledged (redelivered, and at worst an object no index row names, which
 maintenance deletes); a crash after it makes the redelivered batches known duplicates. A `Railyard-Segment`
-message describes a segment an engine replica wrote itself (shared/log_segments.py): it is indexed as it is, in
-the same transaction, the log store writing or deleting no object for it; an unindexed engine segment is kept for
+message describes a segment an engine replica wrote itself (shared/log_segments.py): it is indexed as it is, as
+soon as it is fetched (the descriptions of one fetch in one transaction, the same flush as rows'; rows fetched with
+it gather on), the log store writing or deleting no object for it; an unindexed engine segment is kept for
 the stream's age cap plus an hour (its description may still be on the way) before maintenance deletes it. A batch
 is taken only when its `Railyard-Log` header agrees with the deployer's announcement of the deployment its subject
 names (`Ingestor.check_owners`, deployments.py); one that disagrees is quarantined, one of a deployment not
@@ -225,6 +226,11 @@ class Unreadable(Exception):
     """A stream message that is not an inference log batch (quarantined with this reason)."""
 
 
+def is_description(msg: Any) -> bool:
+    """Whether a stream message is an engine's segment description (`Railyard-Segment`), not rows."""
+    return bool((getattr(msg, "headers", None) or {}).get(SEGMENT_HEADER))
+
+
 def message_batch_id(msg: Any) -> str:
     headers = msg.headers or {}
     return headers.get(BATCH_ID) or headers.get(MSG_ID) or f"seq-{msg.metadata.sequence.stream}"
@@ -387,10 +393,16 @@ class Ingestor:
                 # at most ~8 MiB per fetch: the server cuts off a client that falls far behind its socket
                 average = sum(len(m.data) for m in msgs) / len(msgs)
                 self.fetch_batch = max(1, min(1024, int(FETCH_BYTES // max(average, 1))))
-            if msgs and not pending:
+            rows = [m for m in msgs if not is_description(m)]
+            if rows and not pending:
                 opened = time.monotonic()
-            pending += msgs
-            size += sum(len(m.data) for m in msgs)
+            pending += rows
+            size += sum(len(m.data) for m in rows)
+            if len(rows) < len(msgs):
+                # segment descriptions are indexed at once (those fetched together in one transaction): the engine
+                # gathered their rows for engine_segment_ms already, there is nothing to write, and waiting
+                # flush_interval here only delayed their rows' readability (docs/performance.md item 85)
+                await self.flush_with_retry([m for m in msgs if is_description(m)])
             if pending and (time.monotonic() - opened >= settings.flush_interval or size >= settings.segment_max_bytes
                             or len(pending) >= 20_000):
                 await self.flush_with_retry(pending)
