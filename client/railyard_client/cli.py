@@ -365,7 +365,8 @@ def pipelines_create(name: str, models: tuple[str, ...], workspace: str | None, 
 @click.option("--replicas", type=int, help="Engine replicas (engine_config.replica_count).")
 @click.option("--cpus", type=float, help="CPUs per replica (engine_config.cpus).")
 @click.option("--deploy-id", help="Deployment name prefix (default: the pipeline's name).")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every replica is Running.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until the deployment is Running (its replicas serve, or the others while one crash-loops).")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for Running.")
 @workspace_option
 @progress_option

@@ -131,9 +131,11 @@ class Deployment(DeploymentManagement, DeploymentContinuous, DeploymentPredictio
         return self._session.post("status/get_deployment", {"name": self.name})
 
     def wait_until_running(self, timeout: float = 300.0, progress: bool | None = None) -> Deployment:
-        """Poll the status until every replica runs; WaitTimeout (with the last reasons) if it does not, and
-        DeploymentFailed as soon as the status has said `Error` for ERROR_SETTLE seconds in a row (every replica
-        exited and none came back, or the restore after a deployer restart failed): no wait fixes that."""
+        """Poll the status until it says `Running`: every replica runs, or the others run and the rest are in a
+        crash loop (exited soon after start, restarted after a back-off: `status()` names them and why; the
+        running ones serve); WaitTimeout (with the last reasons) if it does not, and DeploymentFailed as soon as
+        the status has said `Error` for ERROR_SETTLE seconds in a row (every replica exited and none came back, or
+        the restore after a deployer restart failed): no wait fixes that."""
         deadline = time.monotonic() + timeout
         show = progress if progress is not None else False
         error_since: float | None = None
