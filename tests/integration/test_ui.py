@@ -1039,6 +1039,32 @@ def test_integers_beyond_2_53_read_exactly(stack, alice_ui: Account, as_alice):
     assert got["edges"][1] == ['{"k\\"123456789012345678":"x 12345678901234567","v":100000000000000000000}'] * 2
 
 
+REPLICA_ROWS = r"""
+const rows = (status) => replicaRows(status).map(n => n.textContent);
+return {
+  looping: rows({status: 'Running', details: ['engine-d-1-1: x'], engines: [
+    {name: 'engine-d-1-0', status: 'Running', reason: null, details: []},
+    {name: 'engine-d-1-1', status: 'Error', details: [], crashes: 3, restart_in: 7.5,
+     reason: 'CrashLoopBackOff: ValueError: bad weights (3 exits in a row soon after start); restarted in 8 s'},
+    {name: 'engine-d-1-2', status: 'Error', details: [], restart_in: 4, reason: 'exited with 1'}]}),
+  none: rows({status: 'Error', details: ['restore failed: the model store did not answer'], engines: []}),
+};
+"""
+
+
+def test_replicas_show_why_they_do_not_run(as_alice):
+    """The pipelines page's replica table (replicaRows, from a status/get_deployment answer) shows each replica's
+    reason: a Running deployment's crash-looping replica its CrashLoopBackOff with the last exit's line and when it
+    restarts; a deployment with no replicas listed its own details. (The engines' `details` it showed are always
+    empty: a crash loop read as a bare Error.)"""
+    got = as_alice.execute_script(REPLICA_ROWS)
+    table = got["looping"][0]
+    assert "reason" in table and "engine-d-1-0Running" in table
+    assert "CrashLoopBackOff: ValueError: bad weights (3 exits in a row soon after start); restarted in 8 s" in table
+    assert "exited with 1; restarts in 4 s" in table
+    assert got["none"] == ["restore failed: the model store did not answer"]
+
+
 def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, as_alice):
     browser = as_alice
     browser.find_element(By.ID, "signout").send_keys(Keys.ENTER)
