@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from services.monitoring import handlers
 from shared import paging, subjects
 from shared.authz import Principal
 from shared.bus import request
-from shared.errors import Conflict
+from shared.errors import Conflict, NotFound, Unavailable
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.registry import ResolvedModel, ResolveModel
 from shared.messages.tasks import ListOrchestrations, OrchestrationCreated, Orchestrations, UploadOrchestration
 from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS, RangedFile, content_key
 from shared.pipeline_pages import caller_pages
 from shared.staging import staged_key
+
+log = logging.getLogger(__name__)
 
 BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.package puts it
 # seconds beyond the request timeout the built-in orchestration's upload waits (the task scheduler checks the zip), as
@@ -37,12 +41,52 @@ BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.p
 REGISTER_EXTRA = 60.0
 
 
+class PackageUnreadable(Unavailable):
+    """The model version's stored package could not be read (the object store failed or did not answer): whether it
+    is an ML backend is not known. A 503 (retry), not "not a package": set_model answered 400 model_inputs_unknown
+    ("uploaded without input_schema") for an ML backend whose store read failed, and a continuous deployment's
+    delivery failed with that reason."""
+
+
+class _ReadFailed(Exception):
+    """A ranged read's error, carried past zipfile (which turns an OSError of its index read into BadZipFile, the
+    answer for a file that is not a zip). Not an OSError, so zipfile lets it through."""
+
+
 def _holds_backend_config(read_range: Callable[[int, int], bytes], size: int) -> bool:
+    """Whether the zip of `size` bytes read by `read_range` lists BACKEND_CONFIG; False for anything that is not a
+    zip; PackageUnreadable when a read fails."""
+    def read(offset: int, length: int) -> bytes:
+        try:
+            return read_range(offset, length)
+        except Exception as exc:
+            raise _ReadFailed() from exc
+
     try:
-        with zipfile.ZipFile(RangedFile(read_range, size)) as archive:
+        with zipfile.ZipFile(RangedFile(read, size)) as archive:
             return BACKEND_CONFIG in archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
+    except _ReadFailed as failed:
+        log.warning("reading a model package's zip index failed: %r", failed.__cause__)
+        raise PackageUnreadable("the model's stored package could not be read (the object store failed or did not "
+                                "answer); retry shortly") from failed.__cause__
+
+
+async def holds_backend_config(objects: Any, sha: str) -> bool:
+    """Whether the stored artifact `sha` is an ML backend package (its zip lists BACKEND_CONFIG): False when it is
+    not a zip or not stored; PackageUnreadable when the store fails."""
+    key = content_key(sha)
+    try:
+        size = await objects.size(BUCKET_ARTIFACTS, key)
+    except NotFound:
+        return False
+    except Exception as exc:
+        log.warning("the size of model package %s could not be read: %r", key, exc)
+        raise PackageUnreadable("the model's stored package could not be read (the object store failed or did not "
+                                "answer); retry shortly") from exc
+    return await asyncio.to_thread(_holds_backend_config, lambda offset, length: objects.read_range_sync(
+        BUCKET_ARTIFACTS, key, offset, length), size)
 
 
 async def is_backend(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int,
@@ -53,11 +97,7 @@ async def is_backend(deps: handlers.MonitoringDeps, token: str | None, workspace
         reply_model=ResolvedModel)
     if resolved.framework != "custom" or deps.objects is None:
         return False
-    key = content_key(resolved.sha)
-    size = await deps.objects.size(BUCKET_ARTIFACTS, key)
-    return await asyncio.to_thread(_holds_backend_config,
-                                   lambda offset, length: deps.objects.read_range_sync(BUCKET_ARTIFACTS, key, offset,
-                                                                                       length), size)
+    return await holds_backend_config(deps.objects, resolved.sha)
 
 
 def _orchestration() -> tuple[str, bytes]:

@@ -17,12 +17,12 @@ model_inputs_unknown: upload it with input_schema, which seed 001 asks of every 
 pipeline that feeds it); before 2026-12-05 (session 30) it was swapped in unchecked. Over a model whose inputs are
 not known, anything goes: nothing says what its callers send, and refusing would hold the deployment to such models.
 ONNX models always have theirs: the registry reads them at upload (artifacts.inspect_onnx, refusing a model whose
-inputs it cannot read) and again from a converted file.
+inputs it cannot read) and again from a converted file. A `custom` version's package that cannot be read (the object
+store failing) is a 503 to retry (ml_backend.PackageUnreadable), not a version of unknown inputs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from dataclasses import dataclass
@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from services.monitoring.ml_backend import BACKEND_CONFIG, _holds_backend_config
+from services.monitoring.ml_backend import BACKEND_CONFIG, holds_backend_config
 from shared.errors import InvalidRequest
-from shared.objectstore import BUCKET_ARTIFACTS, content_key
 
 if TYPE_CHECKING:
     from shared.messages.registry import ResolvedModel
@@ -106,20 +105,16 @@ def from_schema(input_schema: str) -> dict[str, tuple[str, tuple[int | None, ...
 
 
 async def inputs_of(objects: Any, resolved: ResolvedModel) -> Inputs | None:
-    """What `resolved` takes, or None when that is not known (not compared)."""
+    """What `resolved` takes, or None when that is not known (not compared); ml_backend.PackageUnreadable (503,
+    retry) when a `custom` version's package could not be read to tell whether it is an ML backend."""
     if resolved.input_schema:
         columns = from_schema(resolved.input_schema)
         if columns is not None:
             return Inputs(columns, FRAMEWORKS.get(resolved.framework, f"a {resolved.framework} model"))
     if resolved.framework == "custom" and objects is not None and resolved.sha:
-        key = content_key(resolved.sha)
-        try:
-            size = await objects.size(BUCKET_ARTIFACTS, key)
-        except Exception:  # the artifact unreadable here: not known (the deploy reads it and says so)
-            return None
-        holds = await asyncio.to_thread(_holds_backend_config, lambda offset, length: objects.read_range_sync(
-            BUCKET_ARTIFACTS, key, offset, length), size)
-        if holds:
+        # PackageUnreadable (503) when the store fails: before, that read as "not a package", so an ML backend with
+        # no input_schema was refused 400 model_inputs_unknown ("uploaded without input_schema"), for good
+        if await holds_backend_config(objects, resolved.sha):
             return Inputs(dict(BACKEND_INPUTS), f"an ML backend ({BACKEND_CONFIG} in its package)")
     return None
 

@@ -1,13 +1,19 @@
 """Knowing an ML backend package by its zip index alone (services/monitoring/ml_backend.py): ranged reads of the
-stored object find `backend/railyard-ml.json` without reading the members' bytes; anything else is not a backend."""
+stored object find `backend/railyard-ml.json` without reading the members' bytes; anything else is not a backend;
+a read that fails is PackageUnreadable (503), not "not a backend"."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import zipfile
 
-from services.monitoring.ml_backend import _holds_backend_config
+import pytest
+
+from services.monitoring.ml_backend import PackageUnreadable, _holds_backend_config, holds_backend_config
+from shared.errors import NotFound
+from shared.objectstore import content_key
 
 
 def archive(names: dict[str, bytes]) -> bytes:
@@ -40,3 +46,47 @@ def test_other_packages_and_non_zips_are_not_backends():
     garbage = b"not a zip at all" * 100
     assert not _holds_backend_config(reader(garbage, []), len(garbage))
     assert not _holds_backend_config(reader(b"", []), 0)
+
+
+def test_a_failed_read_is_unreadable_not_a_non_package():
+    """A ranged read that fails (the object store down or timing out) is PackageUnreadable, a 503 to retry, not
+    "not a backend": zipfile turned the OSError of its index read into BadZipFile, which read as a non-package."""
+    package = archive({"backend/railyard-ml.json": b"{}"})
+
+    def failing(exc: Exception):
+        def read_range(offset: int, length: int) -> bytes:
+            raise exc
+        return read_range
+
+    for exc in (TimeoutError("read timed out"), ConnectionResetError(), RuntimeError("S3Error: InternalError")):
+        with pytest.raises(PackageUnreadable) as unreadable:
+            _holds_backend_config(failing(exc), len(package))
+        assert unreadable.value.status == 503 and unreadable.value.__cause__ is exc
+    # a store that answers with fewer bytes than the size said (a truncated object) is still not a package
+    assert not _holds_backend_config(reader(package[:10], []), len(package))
+
+
+def test_the_stored_artifact_is_looked_up_by_its_sha():
+    package = archive({"backend/railyard-ml.json": b"{}"})
+    byop = archive({"model.py": b""})
+
+    class Objects:
+        def __init__(self, stored: dict[str, bytes], fail: Exception | None = None) -> None:
+            self.stored, self.fail = stored, fail
+
+        async def size(self, bucket: str, key: str) -> int:
+            if self.fail is not None:
+                raise self.fail
+            if key not in self.stored:
+                raise NotFound("object not found")
+            return len(self.stored[key])
+
+        def read_range_sync(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+            return self.stored[key][offset:offset + length]
+
+    stored = Objects({content_key("a" * 64): package, content_key("b" * 64): byop})
+    assert asyncio.run(holds_backend_config(stored, "a" * 64))
+    assert not asyncio.run(holds_backend_config(stored, "b" * 64))
+    assert not asyncio.run(holds_backend_config(stored, "c" * 64))  # not stored: not a package
+    with pytest.raises(PackageUnreadable):
+        asyncio.run(holds_backend_config(Objects({}, fail=OSError("connection refused")), "a" * 64))

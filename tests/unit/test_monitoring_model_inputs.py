@@ -132,3 +132,38 @@ def test_an_ml_backend_takes_task_and_an_onnx_model_does_not():
         asyncio.run(model_inputs.check(objects, backend, resolved("ccfraud", CCFRAUD, "a" * 64), "set_model", ""))
     # another backend package (a trained version of it): the same input
     asyncio.run(model_inputs.check(objects, backend, resolved("colors", None, "f" * 64, "custom"), "set_model", ""))
+
+
+class FailingStore:
+    """An object store that does not answer (every call raises, as minio does when S3 is down)."""
+
+    async def size(self, bucket: str, key: str) -> int:
+        raise OSError("connection refused")
+
+    def read_range_sync(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+        raise OSError("connection refused")
+
+
+class ReadFailingStore(FailingStore):
+    """One whose stat answers and whose ranged reads fail (the zip reader turned that into "not a package")."""
+
+    async def size(self, bucket: str, key: str) -> int:
+        return 4096
+
+
+def test_a_store_that_cannot_be_read_is_a_503_not_unknown_inputs():
+    """A bring-your-own-predict version without input_schema swapped in while the object store fails: whether it is
+    an ML backend (its inputs known) cannot be told, so 503 to retry, not 400 model_inputs_unknown "uploaded without
+    input_schema" (which a continuous deployment's delivery failed with for good)."""
+    from services.monitoring.ml_backend import PackageUnreadable
+
+    current = resolved("ccfraud", CCFRAUD, "a" * 64)
+    custom = resolved("byop", None, "e" * 64, framework="custom")
+    for store in (FailingStore(), ReadFailingStore()):
+        with pytest.raises(PackageUnreadable) as unavailable:
+            asyncio.run(model_inputs.check(store, current, custom, "set_model", "do this instead"))
+        assert unavailable.value.status == 503 and unavailable.value.code == "unavailable"
+        assert not isinstance(unavailable.value, model_inputs.IncompatibleModel)
+        # the served model's own package unreadable: the same
+        with pytest.raises(PackageUnreadable):
+            asyncio.run(model_inputs.check(store, custom, current, "set_model", ""))
