@@ -119,7 +119,8 @@ async def start(runtime: Runtime) -> None:
                            crash_backoff=settings.deployer.crash_backoff,
                            crash_backoff_max=settings.deployer.crash_backoff_max,
                            crash_stable_after=settings.deployer.crash_stable_after,
-                           bus_epoch=lambda: nc.stats["reconnects"] if nc.is_connected else None)
+                           bus_epoch=lambda: nc.stats["reconnects"] if nc.is_connected else None,
+                           engine_work_dir=settings.stack.data_dir.expanduser().resolve() / "engine-work")
     backend.start_supervising()
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     # a pipeline's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per pipeline

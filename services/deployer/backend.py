@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -169,7 +170,8 @@ class LocalBackend:
                  liveness_probes: int = 1, bus_epoch: Callable[[], int | None] = lambda: 0,
                  crash_backoff: float = _DEFAULTS["crash_backoff"].default,
                  crash_backoff_max: float = _DEFAULTS["crash_backoff_max"].default,
-                 crash_stable_after: float = _DEFAULTS["crash_stable_after"].default) -> None:
+                 crash_stable_after: float = _DEFAULTS["crash_stable_after"].default,
+                 engine_work_dir: Path | None = None) -> None:
         """Timings from settings.deployer (their defaults live there only): an idle replica retires
         scale_down_after seconds after the last scaling, new replicas have ready_timeout to answer, a stopping
         one stop_timeout to drain, a hung one is replaced after liveness_timeout and liveness_probes unanswered
@@ -177,8 +179,10 @@ class LocalBackend:
         (or is killed) before it came up is replaced after crash_backoff, doubling up to crash_backoff_max (it came
         up once it answered and lived crash_stable_after); request_slice_us: the scheduler slice replicas ask for
         (settings' request_path_slice_us). bus_epoch: the deployer's bus connection, None while it is down, else a
-        number that changes when it reconnects (a probe timed out across an outage is not counted)."""
+        number that changes when it reconnects (a probe timed out across an outage is not counted).
+        engine_work_dir: where replicas keep their sandboxed workers' folders (engine-work; swept_work)."""
         self.work_dir = work_dir
+        self.engine_work_dir = engine_work_dir
         self.liveness_timeout = liveness_timeout
         self.liveness_probes = liveness_probes
         self.crash_backoff, self.crash_backoff_max = crash_backoff, crash_backoff_max
@@ -380,9 +384,10 @@ class LocalBackend:
         it has not exited within stop_timeout: a set stops in at most stop_timeout, whatever its size. The waits
         used to run one after another, each with its own 20 s, so N replicas that hung took N x 20 s."""
         replica_set.stopping = True
-        await asyncio.gather(*(self._stop_replica(replica) for replica in replica_set.replicas))
+        await asyncio.gather(*(self._stop_replica(replica, replica_set.name) for replica in replica_set.replicas))
 
-    async def _stop_replica(self, replica: Replica) -> None:
+    async def _stop_replica(self, replica: Replica, name: str | None = None) -> None:
+        """SIGTERM, SIGKILL past stop_timeout; then its work folders swept when `name` (its deployment) is given."""
         if replica.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.send_signal(signal.SIGTERM)
@@ -396,6 +401,8 @@ class LocalBackend:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()
             await replica.process.wait()
+        if name is not None:
+            await self.swept_work(name, replica)
 
     async def status(self, name: str) -> list[dict[str, Any]]:
         replica_set = self.sets.get(name)
@@ -451,7 +458,7 @@ class LocalBackend:
             replica_set.last_scaled = now
             log.info("%s: CPU %.0f%%: scaled down to %d replicas", replica_set.name, average, count - 1)
             # it drains its in-flight requests and publishes its logs first (killed past stop_timeout, as in a set)
-            self._retire(self._stop_replica(retired))
+            self._retire(self._stop_replica(retired, replica_set.name))
 
     def _hung(self, replica: Replica) -> str | None:
         """Why `replica` counts as hung (LIVENESS_PROBE_WAIT's rule), or None."""
@@ -481,9 +488,9 @@ class LocalBackend:
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
-    async def _kill_hung(self, replica: Replica) -> None:
+    async def _kill_hung(self, replica: Replica, name: str) -> None:
         """SIGTERM, then SIGKILL after LIVENESS_KILL_GRACE (a hung loop does not drain; a stopped process takes only
-        SIGKILL)."""
+        SIGKILL); its work folders swept (swept_work)."""
         with contextlib.suppress(ProcessLookupError):
             replica.process.send_signal(signal.SIGTERM)
         try:
@@ -493,6 +500,27 @@ class LocalBackend:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()
             await replica.process.wait()
+        await self.swept_work(name, replica)
+
+    async def swept_work(self, name: str, replica: Replica) -> None:
+        """Remove the exited `replica`'s sandboxed workers' folders (engine-work/<deployment>/<replica id>-<n>,
+        services/engine/replica.py). A replica that stops cleanly removes its own (SandboxedRuntime.stop); one
+        killed with SIGKILL (hung, out of memory, past stop_timeout) or that crashed left them for ever, one set per
+        restart of a crash loop. Replica ids are fresh per process, so only that process's folders match."""
+        if self.engine_work_dir is None:
+            return
+        folder, prefix = self.engine_work_dir / name, f"{replica.replica_id}-"
+
+        def sweep() -> None:
+            try:
+                paths = list(folder.iterdir())
+            except OSError:  # no folder: it ran no sandboxed worker
+                return
+            for path in paths:
+                if path.name.startswith(prefix) and path.name[len(prefix):].isdigit():
+                    shutil.rmtree(path, ignore_errors=True)
+
+        await asyncio.to_thread(sweep)
 
     async def _supervise(self) -> None:
         """Replace replicas that died or hung (the deployment reports the loss until the new one answers), probe the
@@ -508,8 +536,9 @@ class LocalBackend:
             await self._autoscale(replica_set)
             for replica in list(replica_set.replicas):
                 if replica.process.returncode is not None:
-                    if replica.respawn_at is None:
+                    if replica.respawn_at is None:  # its exit seen for the first time
                         self._back_off(replica_set, replica)
+                        await self.swept_work(replica_set.name, replica)
                     if time.monotonic() < replica.respawn_at:  # crash-loop back-off: Error until then
                         continue
                     why = replica.gave_up or f"exited with {replica.process.returncode}"
@@ -517,7 +546,7 @@ class LocalBackend:
                     log.warning("engine replica %s of %s (pid %s) is %s; killing and replacing it",
                                 replica.replica_id, replica_set.name, replica.process.pid, why)
                     replica.crashes = 0  # it answered: it came up (crash_backoff)
-                    self._retire(self._kill_hung(replica))
+                    self._retire(self._kill_hung(replica, replica_set.name))
                 else:
                     if self._start_overdue(replica):
                         self._check_start(replica_set, replica)
@@ -532,7 +561,7 @@ class LocalBackend:
                 if fresh.crashes:  # in a crash loop: its Starting says why (_starting_in_a_loop)
                     fresh.crash_reason = self._exit_reason(replica_set, replica)
                 if replica_set.stopping:  # stopped while it spawned: _stop_set did not see it
-                    self._retire(self._stop_replica(fresh))
+                    self._retire(self._stop_replica(fresh, replica_set.name))
                     break
                 at = next((i for i, r in enumerate(replica_set.replicas) if r is replica), None)
                 if at is None:
@@ -599,7 +628,7 @@ class LocalBackend:
         log.warning("engine replica %s of %s (pid %s) answered no status probe %.0f s after its start (its models "
                     "still loading, or hung); killing and replacing it", replica.replica_id, replica_set.name,
                     replica.process.pid, lived)
-        self._retire(self._kill_hung(replica))
+        self._retire(self._kill_hung(replica, replica_set.name))
 
     def _retire(self, stopping: Awaitable[None]) -> None:
         """A replica's stop in the background; close() waits for it."""
