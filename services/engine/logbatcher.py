@@ -334,11 +334,16 @@ class LogBatcher:
                 # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing
                 # it here (bench/log_flush_lag.py measured both, issue 20)
                 malformed: list[tuple[InferenceRecord, Exception]] = []  # records _encode set aside
-                payloads = await self._in_thread(self._encode, records, tables, malformed) if count > 2000 else \
-                    self._encode(records, tables, malformed)
-                if malformed:  # counted here, on the loop
+                dropped: list[int] = []  # rows _split gave up on (too big for the bus alone)
+                payloads = await self._in_thread(self._encode, records, tables, malformed, dropped) \
+                    if count > 2000 else self._encode(records, tables, malformed, dropped)
+                if malformed:  # counted here, on the loop (not in the thread, beside add's counting)
                     self.set_aside(malformed)
-                unpublished -= count - sum(c for _, _, c in payloads)  # rows _split gave up on are counted there
+                if dropped:
+                    self.lost_rows += len(dropped)
+                    self.lost_records += len(dropped)
+                    self._report(force=True)
+                unpublished -= count - sum(c for _, _, c in payloads)  # malformed and dropped: counted above
                 for payload, requests, c in payloads:
                     await self._publish(payload, requests)
                     unpublished -= c
@@ -403,23 +408,28 @@ class LogBatcher:
         return True
 
     def _encode(self, records: list[InferenceRecord], tables: list[tuple[pa.Table, list[int]]] = (),
-                malformed: list[tuple[InferenceRecord, Exception]] | None = None
+                malformed: list[tuple[InferenceRecord, Exception]] | None = None, dropped: list[int] | None = None
                 ) -> list[tuple[bytes, dict[str, list[int]], int]]:
         """(payload, the rows of requests to store once, rows) for each message the records make, and the batch
         tables (with their records' rows) of segments that could not be stored. Records no message can be made of
-        go to `malformed` (`_salvage`; the caller counts them)."""
+        go to `malformed` (`_salvage`), a row too big for the bus alone to `dropped` (`_split`): the caller counts
+        both, once the messages are made (a group built again by `_salvage` would count its dropped rows twice; and
+        this may run in the batcher's thread, where `lost_rows +=` raced add's on the loop)."""
+        dropped = [] if dropped is None else dropped
         payloads: list[tuple[bytes, dict[str, list[int]], int]] = []
         for table, counts in tables:
-            payloads += self._split(encode_runs(table, counts), 0, {})
+            payloads += self._split(encode_runs(table, counts), 0, {}, dropped)
         for group in group_records(records):
             try:
-                payloads += self._payloads(group)
+                payloads += self._payloads(group, dropped)
             except Exception:  # a malformed record: the others still go (only now tried one by one)
-                payloads += self._salvage(group, [] if malformed is None else malformed)
+                payloads += self._salvage(group, [] if malformed is None else malformed, dropped)
         return payloads
 
-    def _payloads(self, group: list[InferenceRecord]) -> list[tuple[bytes, dict[str, list[int]], int]]:
-        """The messages of one group's records (one schema), in their order."""
+    def _payloads(self, group: list[InferenceRecord], dropped: list[int]
+                  ) -> list[tuple[bytes, dict[str, list[int]], int]]:
+        """The messages of one group's records (one schema), in their order; rows `_split` gave up on go to
+        `dropped` only when all the messages were made."""
         once: dict[str, list[int]] = {}
         row = 0
         for record in group:  # rows of records to be stored once (slow or re-sent requests)
@@ -428,10 +438,13 @@ class LogBatcher:
             row += record.rows
         table = self._table(group)
         table = encode_runs(table, (record.rows for record in group))  # a value per record
-        return self._split(table, 0, once)
+        mine: list[int] = []
+        payloads = self._split(table, 0, once, mine)
+        dropped += mine
+        return payloads
 
-    def _salvage(self, group: list[InferenceRecord], malformed: list[tuple[InferenceRecord, Exception]]
-                 ) -> list[tuple[bytes, dict[str, list[int]], int]]:
+    def _salvage(self, group: list[InferenceRecord], malformed: list[tuple[InferenceRecord, Exception]],
+                 dropped: list[int]) -> list[tuple[bytes, dict[str, list[int]], int]]:
         """A group whose messages could not be made: each record's batch is built alone, those that fail are set
         aside (in `malformed`, counted by the flush), the others go as one group again in their order, or, if
         that still fails (or none failed alone: only the records together did), each alone, any that fails then set
@@ -448,18 +461,18 @@ class LogBatcher:
         payloads: list[tuple[bytes, dict[str, list[int]], int]] = []
         if good and bad:
             try:
-                payloads, good = self._payloads(good), []
+                payloads, good = self._payloads(good, dropped), []
             except Exception:  # the rest fail together too: each alone below
                 pass
         for record in good:
             try:
-                payloads += self._payloads([record])
+                payloads += self._payloads([record], dropped)
             except Exception as alone:
                 bad.append((record, alone))
         malformed += bad  # none when only records together failed (each then went alone)
         return payloads
 
-    def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]]
+    def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]], dropped: list[int]
                ) -> list[tuple[bytes, dict[str, list[int]], int]]:
         payload = to_ipc_stream(table)
         if len(payload) > self.max_bytes and table.num_rows == 1 and META_DROPPED in table.column_names:
@@ -469,10 +482,8 @@ class LogBatcher:
             lost = set(table.column(META_DROPPED)[0].as_py() or [])
             table = table.drop_columns([name for name in table.column_names if name in lost])
             payload = to_ipc_stream(table)
-            if len(payload) > self.max_bytes:  # what must stay (time, metadata) is itself too big: count it lost
-                self.lost_rows += 1
-                self.lost_records += 1
-                self._report(force=True)
+            if len(payload) > self.max_bytes:  # what must stay (time, metadata) is itself too big: lost (counted
+                dropped.append(1)  # by flush)
                 return []
         if len(payload) <= self.max_bytes or table.num_rows == 1:
             mine: dict[str, list[int]] = {}
@@ -483,8 +494,8 @@ class LogBatcher:
                     mine[key] = [lo - offset, hi - lo]
             return [(payload, mine, table.num_rows)]
         half = table.num_rows // 2
-        return self._split(table.slice(0, half), offset, once) + \
-            self._split(table.slice(half), offset + half, once)
+        return self._split(table.slice(0, half), offset, once, dropped) + \
+            self._split(table.slice(half), offset + half, once, dropped)
 
     async def _publish(self, payload: bytes, requests: dict[str, list[int]], segment: bool = False) -> None:
         batch_id = str(uuid.uuid4())

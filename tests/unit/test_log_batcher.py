@@ -524,3 +524,40 @@ def test_a_record_the_buffer_cannot_take_is_counted_not_raised_to_the_answer():
     replica = SimpleNamespace(batcher=batcher, log_policy=SimpleNamespace(apply=lambda r: r, mode="all"))
     Replica.log_record(replica, Broken(0, pa.table({"x": [1]}), pa.table({"y": [1]}), "m", (1, 2)))
     assert batcher.malformed_records == 1 and batcher.lost_records == 1 and batcher.held_rows == 0
+
+
+async def test_a_row_too_big_alone_is_counted_once_when_its_group_is_built_again(monkeypatch):
+    """A row `_split` gives up on (too big for the bus even without its dropped columns) was counted lost as the
+    messages were made: when a later part of the same group then raised, `_salvage` made the group's messages
+    again and counted the row a second time (and from the batcher's thread, beside add's counting on the loop).
+    Now the rows given up on are counted by the flush, once its messages are made. A stand-in `to_ipc_stream` makes
+    the row with y 9.0 too big alone and the row with y 2.0 fail once."""
+    import services.engine.logbatcher as logbatcher
+
+    real, failed = logbatcher.to_ipc_stream, []
+    max_bytes = 1024 * 1024
+
+    def to_ipc_stream(table: pa.Table) -> bytes:
+        ys = [row[0] for row in table.column("out.y").to_pylist()]
+        if table.num_rows > 1 or ys == [9.0]:
+            return b"x" * (max_bytes + 1)
+        if ys == [2.0] and not failed:
+            failed.append(1)
+            raise RuntimeError("a failure after the too-big row was counted")
+        return real(table)
+
+    monkeypatch.setattr(logbatcher, "to_ipc_stream", to_ipc_stream)
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=1, max_row_bytes=256 * 1024), max_bytes)
+    for y in (9.0, 2.0):  # one group: the same schemas, each row's tensor above max_row_bytes (dropped)
+        wide = np.full((1, 100_000), y, np.float32)
+        batcher.add(InferenceRecord(0, pa.table({"tensor": tensor_array(wide)}),
+                                    pa.table({"y": tensor_array(wide[:, :1])}), "m", (1, 2)))
+    await batcher.flush()
+    assert failed == [1]
+    ys = [row[0] for payload, _ in stream.published
+          for row in pa.ipc.open_stream(payload).read_all().column("out.y").to_pylist()]
+    assert ys == [2.0]
+    assert (batcher.lost_rows, batcher.lost_records, batcher.malformed_records) == (1, 1, 0)
+    assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
