@@ -265,7 +265,8 @@ def thread_env(env: dict[str, str], limits: Limits) -> dict[str, str]:
     loads its libraries."""
     count = max(1, min(host_cpus(), limits.processes // THREADS_PER_PROCESS_LIMIT))
     given = env.get("OMP_NUM_THREADS", "").strip()
-    value = given if given.isdigit() and int(given) > 0 else str(count)
+    # ASCII digits only: str.isdigit takes "²", which int() refuses (the launch would raise)
+    value = given if given.isascii() and given.isdigit() and int(given) > 0 else str(count)
     return {name: value for name in THREAD_VARIABLES if name not in env}
 
 

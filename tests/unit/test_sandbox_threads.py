@@ -61,6 +61,10 @@ def test_the_spec_s_omp_num_threads_is_the_count_of_those_it_does_not_set(tmp_pa
     odd = launched_env(SandboxSpec(argv=["true"], workdir=tmp_path, env={"OMP_NUM_THREADS": "4,2"}), off)
     assert odd["OMP_NUM_THREADS"] == "4,2"  # kept as given, but not copied where a library wants a plain number
     assert {odd[name] for name in THREAD_VARIABLES if name != "OMP_NUM_THREADS"} == {"4"}
+    # a digit str.isdigit takes and int() does not ("²"): kept as given, not a launch that raises ValueError
+    sup = launched_env(SandboxSpec(argv=["true"], workdir=tmp_path, env={"OMP_NUM_THREADS": "\u00b2"}), off)
+    assert sup["OMP_NUM_THREADS"] == "\u00b2"
+    assert {sup[name] for name in THREAD_VARIABLES if name != "OMP_NUM_THREADS"} == {"4"}
 
 
 def test_the_count_is_at_most_a_quarter_of_the_process_limit_and_at_least_one(tmp_path, off, monkeypatch):
