@@ -7,8 +7,9 @@ transaction that also records their batch ids, and only then acknowledged. A cra
 leaves the messages unacknowledged (redelivered, and at worst an object no index row names, which
 maintenance deletes); a crash after it makes the redelivered batches known duplicates. A `Railyard-Segment`
 message describes a segment an engine replica wrote itself (shared/log_segments.py): it is indexed as it is, as
-soon as it is fetched (the descriptions of one fetch in one transaction, the same flush as rows'; rows fetched with
-it gather on), the log store writing or deleting no object for it; an unindexed engine segment is kept for
+soon as it is fetched unless descriptions were indexed less than `flush_interval` ago (then with those that come
+until it is up: one transaction, the same flush as rows'; rows fetched with it gather on), the log store writing
+or deleting no object for it; an unindexed engine segment is kept for
 the stream's age cap plus an hour (its description may still be on the way) before maintenance deletes it. A batch
 is taken only when its `Railyard-Log` header agrees with the deployer's announcement of the deployment its subject
 names (`Ingestor.check_owners`, deployments.py); one that disagrees is quarantined, one of a deployment not
@@ -365,9 +366,16 @@ class Ingestor:
             except TimeoutError:
                 log.warning("the deployer's announcements were not all read in %.0f s; ingestion starts", START_WAIT)
         settings = self.deps.settings
-        pending: list[Any] = []
+        pending: list[Any] = []  # rows fetched, gathering
         size = 0
         opened = 0.0
+        # segment descriptions fetched, not indexed yet: indexed at once unless descriptions were indexed less than
+        # flush_interval ago, then with those that come until it is up (at most one such flush per flush_interval,
+        # as when they gathered with rows: a busy stack's ~10-20 segments a second cost no more transactions). The
+        # engine gathered their rows for engine_segment_ms already and there is nothing to write: waiting here only
+        # made a lone record readable ~0.25 s later (docs/performance.md item 85)
+        described: list[Any] = []
+        indexed = -settings.flush_interval  # when descriptions were last indexed (monotonic)
         while self.running:
             if self.holding or self.listening:
                 await self.listen()
@@ -375,11 +383,14 @@ class Ingestor:
                 self.prune_held()
                 await self.look_up_held()
             if self.announced_names is None or self.announced_names:
-                await self.wake_held(pending)
-            if self.holding and not pending:
+                await self.wake_held(pending + described)
+            if self.holding and not pending and not described:
                 await self.note_held()
-            wait = settings.flush_interval if not pending else max(0.01, opened + settings.flush_interval
-                                                                    - time.monotonic())
+            due = [opened] if pending else []
+            if described:
+                due.append(indexed)
+            wait = settings.flush_interval if not due else max(0.01, min(due) + settings.flush_interval
+                                                                - time.monotonic())
             try:
                 msgs = await self.sub.fetch(batch=self.fetch_batch, timeout=wait)
             except (TimeoutError, nats.errors.TimeoutError):  # no message in time: since nats-py 2.15 also the
@@ -398,11 +409,11 @@ class Ingestor:
                 opened = time.monotonic()
             pending += rows
             size += sum(len(m.data) for m in rows)
-            if len(rows) < len(msgs):
-                # segment descriptions are indexed at once (those fetched together in one transaction): the engine
-                # gathered their rows for engine_segment_ms already, there is nothing to write, and waiting
-                # flush_interval here only delayed their rows' readability (docs/performance.md item 85)
-                await self.flush_with_retry([m for m in msgs if is_description(m)])
+            described += [m for m in msgs if is_description(m)]
+            if described and time.monotonic() - indexed >= settings.flush_interval:
+                indexed = time.monotonic()
+                await self.flush_with_retry(described)
+                described = []
             if pending and (time.monotonic() - opened >= settings.flush_interval or size >= settings.segment_max_bytes
                             or len(pending) >= 20_000):
                 await self.flush_with_retry(pending)
