@@ -1048,6 +1048,14 @@ return {
      reason: 'CrashLoopBackOff: ValueError: bad weights (3 exits in a row soon after start); restarted in 8 s'},
     {name: 'engine-d-1-2', status: 'Error', details: [], restart_in: 4, reason: 'exited with 1'}]}),
   none: rows({status: 'Error', details: ['restore failed: the model store did not answer'], engines: []}),
+  // a reason holds the last line the user's model logged: text, never markup
+  markup: (() => {
+    const nodes = replicaRows({status: 'Error', details: [], engines: [{name: 'engine-d-1-3',
+      status: 'Error', details: [], reason: 'CrashLoopBackOff: <img src=x onerror="window.__xss=1">'}]});
+    const none = replicaRows({status: 'Error', details: ['<img src=y onerror="window.__xss=2">'], engines: []});
+    return {text: nodes[0].textContent, elements: [...nodes, ...none].map(n => n.querySelectorAll('img').length),
+            none: none.map(n => n.textContent)};
+  })(),
 };
 """
 
@@ -1063,6 +1071,10 @@ def test_replicas_show_why_they_do_not_run(as_alice):
     assert "CrashLoopBackOff: ValueError: bad weights (3 exits in a row soon after start); restarted in 8 s" in table
     assert "exited with 1; restarts in 4 s" in table
     assert got["none"] == ["restore failed: the model store did not answer"]
+    # the user's log line in a reason (and a deployment's details) shown as text, not made into elements
+    assert 'CrashLoopBackOff: <img src=x onerror="window.__xss=1">' in got["markup"]["text"]
+    assert got["markup"]["none"] == ['<img src=y onerror="window.__xss=2">']
+    assert got["markup"]["elements"] == [0, 0]
 
 
 def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, as_alice):
