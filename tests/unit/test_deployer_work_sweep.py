@@ -68,3 +68,17 @@ async def test_nothing_is_swept_without_an_engine_work_folder(tmp_path):
     backend.engine_work_dir = tmp_path / "engine-work"
     await backend.swept_work("d-2", Replica(replica_id="ab", process=Process(100), started_at=0.0))  # no folder
     assert len(_left(folder)) == 5
+
+
+async def test_a_link_in_a_swept_folder_is_not_followed(tmp_path):
+    """A worker's folder is the sandbox's writable working directory: a symbolic link its code made there (to the data
+    directory, another deployment's folder) goes with the folder, and what it points at stays."""
+    backend, replica_set, folder = _backend(tmp_path)
+    outside = tmp_path / "outside"
+    (outside / "kept").mkdir(parents=True)
+    (outside / "kept" / "file").write_bytes(b"x")
+    (folder / "ab-0" / "link").symlink_to(outside, target_is_directory=True)
+    (folder / "ab-1" / "file-link").symlink_to(outside / "kept" / "file")
+    await backend.swept_work("d-1", Replica(replica_id="ab", process=Process(100), started_at=0.0))
+    assert _left(folder) == {"abc-0", "ab-x", "cd-0"}
+    assert (outside / "kept" / "file").read_bytes() == b"x"
