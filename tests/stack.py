@@ -196,8 +196,9 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     # a batch of a deployment not announced yet comes back 0.5 s later, then 1, 2, 4 ... s, not 2, 4, 8 ...: the tests
     # holding batches for a late announcement (test_log_owners.py, test_log_held_two_stores.py) wait 10.5 s, not 16
     env["RAILYARD_LOGS__UNKNOWN_RETRY"] = "0.5"
-    # a due window waiting for the log store is looked at again every 0.25 s, not every 1 s: test_assays.py's held
-    # window is checked still held after 3 ticks, and a window due sooner than a tick after a pass waits one
+    # a due window waiting for the log store is looked at again every 0.25 s, not every 1 s, and a window due sooner
+    # than a tick after a pass waits one: test_assays.py's windows are scored sooner (its held window is still checked
+    # held 3 s past due, not 3 ticks: b04024f3)
     env["RAILYARD_ASSAYS__TICK"] = "0.25"
     # an event whose handler keeps failing is redelivered 0.1, 0.2, 0.4 ... 2, 2 s later, not 2, 4 ... 300: its 10
     # deliveries and dead letter take about 11 s (tests/integration/test_dead_letters.py waits them out), still longer
