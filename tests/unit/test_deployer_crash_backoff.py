@@ -1,10 +1,10 @@
-"""Crash-loop back-off (services/deployer/backend.py, CRASH_BACKOFF_FIRST; docs/deployment.md, "Crash-loop back-off"):
-a replica that exits before it came up (answered a probe and lived CRASH_STABLE_AFTER) is replaced after a delay
-doubling from 1 s to 60 s; one that came up is replaced at once and resets the count. Before 2026-12-05 every exited
-replica was respawned on the supervisor's next 0.2 s pass: one crashing at its start (a bad model, OOM at load) was
-started five times a second for ever. And an exited replica's reason (the last line of its log) read the whole log
-file on the deployer's loop at every status read. The processes are stand-ins (tests/unit/test_deployer_liveness.py's
-fake clock and supervisor pass)."""
+"""Crash-loop back-off (services/deployer/backend.py; settings.deployer.crash_backoff, crash_backoff_max,
+crash_stable_after; docs/deployment.md, "Crash-loop back-off"): a replica that exits before it came up (answered a
+probe and lived crash_stable_after) is replaced after a delay doubling from 1 s to 60 s; one that came up is replaced
+at once and resets the count. Before 2026-12-05 every exited replica was respawned on the supervisor's next 0.2 s
+pass: one crashing at its start (a bad model, OOM at load) was started five times a second for ever. And an exited
+replica's reason (the last line of its log) read the whole log file on the deployer's loop at every status read. The
+processes are stand-ins (tests/unit/test_deployer_liveness.py's fake clock and supervisor pass)."""
 
 from __future__ import annotations
 

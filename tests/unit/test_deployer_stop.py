@@ -62,7 +62,7 @@ def test_a_replica_dying_while_its_set_starts_is_not_replaced_behind_the_start(t
         backend._spawn = spawn
         replica_set = ReplicaSet(name="d-1", spec_path=tmp_path / "spec.json",
                                  replicas=[Replica(replica_id="0", process=dead, started_at=time.monotonic())])
-        # it came up (answered, lived past CRASH_STABLE_AFTER): once ready, replaced at once, not after the
+        # it came up (answered, lived past crash_stable_after): once ready, replaced at once, not after the
         # crash-loop back-off's delay (tests/unit/test_deployer_crash_backoff.py)
         replica_set.replicas[0].answered = {"status": "Running"}
         replica_set.replicas[0].started_at -= 60
