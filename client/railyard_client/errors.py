@@ -57,8 +57,9 @@ class WaitTimeout(RailyardError):
 
 
 class DeploymentFailed(RailyardError):
-    """A deployment being waited on reports `Error` and keeps reporting it (every replica exited, or its restore
-    after a deployer restart failed): waiting longer cannot help; the message carries the server's reasons."""
+    """A deployment being waited on reports `Error` and keeps reporting it (every replica exited or is in a crash
+    loop, or its restore after a deployer restart failed): waiting longer cannot help; the message carries the
+    server's reasons."""
 
     code = "deployment_failed"
 

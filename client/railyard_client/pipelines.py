@@ -134,8 +134,8 @@ class Deployment(DeploymentManagement, DeploymentContinuous, DeploymentPredictio
         """Poll the status until it says `Running`: every replica runs, or the others run and the rest are in a
         crash loop (exited soon after start, restarted after a back-off: `status()` names them and why; the
         running ones serve); WaitTimeout (with the last reasons) if it does not, and DeploymentFailed as soon as
-        the status has said `Error` for ERROR_SETTLE seconds in a row (every replica exited and none came back, or
-        the restore after a deployer restart failed): no wait fixes that."""
+        the status has said `Error` for ERROR_SETTLE seconds in a row (every replica exited and none came back or
+        each keeps exiting soon after start, or the restore after a deployer restart failed): no wait fixes that."""
         deadline = time.monotonic() + timeout
         show = progress if progress is not None else False
         error_since: float | None = None
