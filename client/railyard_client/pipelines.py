@@ -283,9 +283,10 @@ class Pipeline(Resource):
     def deploy(self, deploy_id: str | None = None, engine_config: dict[str, Any] | None = None, *,
                replicas: int | None = None, cpus: float | None = None, wait: bool = True, timeout: float = 300.0,
                progress: bool | None = None) -> Pipeline:
-        """Deploy the current definition (stored as a version first) and, with `wait`, return once every replica
-        is Running. `engine_config` is the seed's (`cpus`, `replica_count`, `replica_autoscale_min_max`, ...);
-        `replicas` and `cpus` are shortcuts for its two most used fields."""
+        """Deploy the current definition (stored as a version first) and, with `wait`, return once the deployment
+        is Running (`Deployment.wait_until_running`: its replicas serve). `engine_config` is the seed's (`cpus`,
+        `replica_count`, `replica_autoscale_min_max`, ...); `replicas` and `cpus` are shortcuts for its two most
+        used fields."""
         if self._steps or self.id is None:
             self.create()
         versions = self._record.get("versions") or []
