@@ -53,9 +53,9 @@ class _ReadFailed(Exception):
     answer for a file that is not a zip). Not an OSError, so zipfile lets it through."""
 
 
-def _holds_backend_config(read_range: Callable[[int, int], bytes], size: int) -> bool:
+def _holds_backend_config(read_range: Callable[[int, int], bytes], size: int, key: str = "") -> bool:
     """Whether the zip of `size` bytes read by `read_range` lists BACKEND_CONFIG; False for anything that is not a
-    zip; PackageUnreadable when a read fails."""
+    zip; PackageUnreadable when a read fails (`key`: the object, for the log)."""
     def read(offset: int, length: int) -> bytes:
         try:
             return read_range(offset, length)
@@ -68,7 +68,7 @@ def _holds_backend_config(read_range: Callable[[int, int], bytes], size: int) ->
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
     except _ReadFailed as failed:
-        log.warning("reading a model package's zip index failed: %r", failed.__cause__)
+        log.warning("reading model package %s's zip index failed: %r", key or "(unnamed)", failed.__cause__)
         raise PackageUnreadable("the model's stored package could not be read (the object store failed or did not "
                                 "answer); retry shortly") from failed.__cause__
 
@@ -86,7 +86,7 @@ async def holds_backend_config(objects: Any, sha: str) -> bool:
         raise PackageUnreadable("the model's stored package could not be read (the object store failed or did not "
                                 "answer); retry shortly") from exc
     return await asyncio.to_thread(_holds_backend_config, lambda offset, length: objects.read_range_sync(
-        BUCKET_ARTIFACTS, key, offset, length), size)
+        BUCKET_ARTIFACTS, key, offset, length), size, key)
 
 
 async def is_backend(deps: handlers.MonitoringDeps, token: str | None, workspace_id: int,

@@ -90,3 +90,17 @@ def test_the_stored_artifact_is_looked_up_by_its_sha():
     assert not asyncio.run(holds_backend_config(stored, "c" * 64))  # not stored: not a package
     with pytest.raises(PackageUnreadable):
         asyncio.run(holds_backend_config(Objects({}, fail=OSError("connection refused")), "a" * 64))
+
+
+def test_a_failed_read_is_logged_with_the_object_and_its_cause(caplog):
+    """The operator's log names which package could not be read and why (the 503 the caller gets does not)."""
+    class Objects:
+        async def size(self, bucket: str, key: str) -> int:
+            return 4096
+
+        def read_range_sync(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+            raise TimeoutError("read timed out")
+
+    with caplog.at_level("WARNING", logger="services.monitoring.ml_backend"), pytest.raises(PackageUnreadable):
+        asyncio.run(holds_backend_config(Objects(), "d" * 64))
+    assert content_key("d" * 64) in caplog.text and "read timed out" in caplog.text
