@@ -32,7 +32,7 @@ from shared.objectstore import BUCKET_ARTIFACTS, BUCKET_ORCHESTRATIONS, RangedFi
 from shared.pipeline_pages import caller_pages
 from shared.staging import staged_key
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("railyard.monitoring.ml_backend")
 
 BACKEND_CONFIG = "backend/railyard-ml.json"  # where railyard_ml.railyard_step.package puts it
 # seconds beyond the request timeout the built-in orchestration's upload waits (the task scheduler checks the zip), as

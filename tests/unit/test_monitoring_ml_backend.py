@@ -101,6 +101,6 @@ def test_a_failed_read_is_logged_with_the_object_and_its_cause(caplog):
         def read_range_sync(self, bucket: str, key: str, offset: int, length: int) -> bytes:
             raise TimeoutError("read timed out")
 
-    with caplog.at_level("WARNING", logger="services.monitoring.ml_backend"), pytest.raises(PackageUnreadable):
+    with caplog.at_level("WARNING", logger="railyard.monitoring.ml_backend"), pytest.raises(PackageUnreadable):
         asyncio.run(holds_backend_config(Objects(), "d" * 64))
     assert content_key("d" * 64) in caplog.text and "read timed out" in caplog.text
