@@ -1392,6 +1392,16 @@ def _not_done(exc: DeployUnanswered) -> str:
     return "went unanswered in time: it may still be served"
 
 
+def _for_now(exc: RailyardError) -> bool:
+    """Whether a delivery's or a swap's Railyard error (other than its deploy's: DeployUnanswered) says "not now"
+    rather than "never": a 503 (`unavailable`: the registry, the deployer or auth away or its database failing, the
+    object store unreadable, ml_backend.PackageUnreadable) or a 504 (a look-up or pipelines/create unanswered: nothing
+    of it serves). Such a delivery is left claimed, a swap decided, for the resume STALE_SWAP later, as an unanswered
+    deploy is (bounded by MAX_RESUMES: its last resume fails it with the reason); a 4xx (refused, incompatible, not
+    found, the owner refused) and a 500 fail it at once. Before, every one of them failed it for good."""
+    return isinstance(exc, (Unavailable, UpstreamTimeout))
+
+
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
                    displaced: dict[str, Any] | None = None, alone: bool = False, refused: bool = False,
                    give_up: str | None = None) -> bool:
@@ -1417,7 +1427,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
     only over the version this delivery looked at (its precondition): it is not recorded as failed (which a late
     serving would contradict) but left claimed, so resume_deliveries takes it STALE_SWAP later: it records it if it
     serves, delivers it again if not, or serves the newest delivered training again over it when a newer one was
-    delivered since.
+    delivered since. A 503 or 504 before the deploy (_for_now: a look-up, pipelines/create, the object store for the
+    inputs' check) is left claimed the same way; a 4xx or a 500 fails it (_delivery_failed).
 
     A deploy the deployer refused because what serves changed since this delivery's look (ServingChanged: another
     deploy landed first, a person's, a newer delivery's, an older one's late one) deployed nothing: with a newer
@@ -1551,6 +1562,10 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
                 async with pool.acquire() as conn, conn.transaction():
                     await _suspend_deployment(conn, deployment_id, cd["owner_id"], exc)
             raise
+        if give_up is None and _for_now(exc):  # left claimed for resume_deliveries, as an unanswered deploy
+            log.warning("continuous deployment of training %s: %s %s (%s); delivered again in %.0f s"
+                        " (resume_deliveries)", training["id"], exc.status, exc.code, exc.msg, deps.stale_swap)
+            return False
         if give_up is not None and not isinstance(exc, (GivenUp, OwnerRefused)):
             exc = RailyardError(f"{give_up}; its last look at what serves failed: {exc.msg}")
         await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
@@ -1780,8 +1795,8 @@ async def _resume_delivery(deps: ContinuousDeps, training: asyncpg.Record) -> No
                   " unless its version serves now", training["id"], training["deployment_id"],
                   training["delivery_resumes"])
         give_up = (f"its delivery did not finish after {training['delivery_resumes']} tries, {deps.stale_swap:.0f} s"
-                   " apart (its deploy unanswered, or the service stopping mid-delivery): given up; the deployer"
-                   " may still serve its last deploy, made only over the version it was made from")
+                   " apart (its deploy unanswered, a service unavailable, or the service stopping mid-delivery): given"
+                   " up; the deployer may still serve its last deploy, made only over the version it was made from")
     else:
         log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
                  training["id"], training["deployment_id"])
@@ -2314,10 +2329,11 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     ('superseded', with the reason). It stays decided until then, so a process dying in between leaves it to
     resume_swap; serving the newest again failing leaves it decided for resume_swap's one more try (`resumed`:
     that try, after which it is closed whatever happens). A deploy unanswered in time (DeployUnanswered) leaves
-    it decided too, for resume_swap. Auth refusing the owner fails it and suspends continuous deployment, keeping
-    the refused decision (`swap_refused`) for a set-up or re-activation to redo (redo_refused_swap). `give_up`
-    (resume_swap's last resume, past MAX_RESUMES): nothing is deployed; the decided version alone serving already
-    (its last deploy landed late) is recorded as the swap done, else the challenge is failed with that reason.
+    it decided too, for resume_swap, and so does a 503 or 504 before it (_for_now). Auth refusing the owner fails it
+    and suspends continuous deployment, keeping the refused decision (`swap_refused`) for a set-up or re-activation
+    to redo (redo_refused_swap). `give_up` (resume_swap's last resume, past MAX_RESUMES): nothing is deployed; the
+    decided version alone serving already (its last deploy landed late) is recorded as the swap done, else the
+    challenge is failed with that reason.
     `looked_again` (look_again_at_given_up_swaps, the challenge failed by that give-up): only the decided version
     alone serving changes it (recorded as the swap done); anything else leaves it failed as it was, neither closed
     superseded nor the newest training served again."""
@@ -2354,6 +2370,10 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
                     challenge["id"], _not_done(exc), exc.msg, deps.stale_swap)
         return
     except RailyardError as exc:
+        if give_up is None and _for_now(exc):  # left decided for resume_swap, as an unanswered deploy
+            log.warning("challenge %s: the swap met %s %s (%s); swapped again %.0f s after the decision (resume_swap)",
+                        challenge["id"], exc.status, exc.code, exc.msg, deps.stale_swap)
+            return
         log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)
         async with pool.acquire() as conn, conn.transaction():
             if isinstance(exc, OwnerRefused):
@@ -2498,8 +2518,8 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
         log.error("challenge %s of deployment %s: its swap did not finish after %d tries: failed unless its version"
                   " serves now", row["id"], deployment_id, row["swap_resumes"])
         give_up = (f"its swap did not finish after {row['swap_resumes']} tries, {deps.stale_swap:.0f} s apart (its"
-                   " deploy unanswered, or the service stopping mid-swap): given up; the deployer may still serve its"
-                   " last deploy, made only over the version it was made from")
+                   " deploy unanswered, a service unavailable, or the service stopping mid-swap): given up; the"
+                   " deployer may still serve its last deploy, made only over the version it was made from")
         try:
             await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True, give_up=give_up)
         except Exception:  # the look failed unexpectedly: failed all the same, not looked at for ever

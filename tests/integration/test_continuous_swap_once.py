@@ -123,7 +123,7 @@ async def test_a_swap_resumed_while_the_first_still_runs_is_recorded_and_told_on
             swapping.set()
             await release.wait()
             if first_swap == "fails":
-                raise Unavailable("the deployer did not answer")
+                raise NotFound("pipeline 5 was deleted")  # a 503 is resumed, not failed
         return "7"
 
     monkeypatch.setattr(continuous, "_serve", serve)
@@ -327,7 +327,7 @@ async def test_a_delivery_that_fails_after_the_other_recorded_it_changes_nothing
         if len(serves) == 1:  # the one started first is slow, and fails once the other has recorded the delivery
             slow.set()
             await release.wait()
-            raise Unavailable("the deployer did not answer")
+            raise NotFound("pipeline 5 was deleted")  # a 503 is resumed, not failed
         return "7"
 
     deliver_with(monkeypatch, lambda: CHAMPION, serve)
@@ -452,7 +452,7 @@ async def test_a_slow_delivery_that_serves_after_the_resumed_one_failed_is_recor
             slow.set()
             await release.wait()
             return "7"
-        raise Unavailable("the deployer did not answer")  # the resumed one fails
+        raise NotFound("pipeline 5 was deleted")  # a 503 is resumed, not failed  # the resumed one fails
 
     deliver_with(monkeypatch, lambda: CHAMPION, serve)
     first = asyncio.create_task(continuous._deliver(process(pool), training, "DEPLOY_SHADOW"))

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from services.monitoring import continuous
-from shared.errors import Unavailable
+from shared.errors import NotFound, Unavailable
 from shared.messages.monitoring_continuous import ToggleContinuous
 from tests.integration.continuous_setups import (
     CHALLENGER,
@@ -620,11 +620,11 @@ async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_cha
                                                                                               monkeypatch, outcome):
     """A challenge runs (v1 shadowed by v2, training 1's) when the policy is DEPLOY_AUTO and training 2 (v3) is
     delivered; its deploy serves nothing: refused twice (a person's deploy, keeping v1 shadowed by v2 with another
-    set-up, lands before each try), failed (the deployer away), or unanswered. Before, the delivery superseded the
-    running challenge before its deploy: the challenge was closed though its champion and challenger went on serving
-    and nothing was delivered (never decided, its pairs no longer compared). Now the challenge ends with the
-    delivery's record, so it stays running; recorded once the deploy serves (a resume finding v3 served), it is
-    superseded then."""
+    set-up, lands before each try), failed (its pipeline deleted: a 4xx; a 503 is left for the resume), or
+    unanswered. Before, the delivery superseded the running challenge before its deploy: the challenge was closed
+    though its champion and challenger went on serving and nothing was delivered (never decided, its pairs no longer
+    compared). Now the challenge ends with the delivery's record, so it stays running; recorded once the deploy serves
+    (a resume finding v3 served), it is superseded then."""
     pool = monitoring_schema
     await continuous_deployment(pool, "DEPLOY_AUTO")
     older, training_id = uuid.uuid4(), uuid.uuid4()
@@ -644,9 +644,9 @@ async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_cha
             deployer.person_deploys(definition)
         deployer.on_create = person_deploys
     elif outcome == "failed":
-        def deployer_away() -> None:
-            raise Unavailable("the deployer is not reachable")
-        deployer.on_create = deployer_away
+        def pipeline_deleted() -> None:
+            raise NotFound("pipeline 5 was deleted")  # a 503 is resumed, not failed
+        deployer.on_create = pipeline_deleted
     else:
         deployer.unanswered = 1
     training = await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", training_id)
@@ -672,7 +672,7 @@ async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_cha
 async def test_a_swap_is_made_while_a_newer_delivery_is_still_under_way(monitoring_schema, monkeypatch, delivery):
     """Training 1's challenge (v1 shadowed by v2) is decided (promote) while training 2's delivery (v3, DEPLOY_AUTO)
     is claimed but not recorded. Before, the swap counted that delivery as overtaking it: nothing was deployed and
-    the challenge closed superseded; when the delivery then failed (the deployer away) the decision was lost, v1
+    the challenge closed superseded; when the delivery then failed (its pipeline deleted) the decision was lost, v1
     shadowed by v2 serving on with no challenge. Now only a recorded delivery overtakes a swap (the deployer's
     precondition orders the two deploys): v2 is promoted, told once; the delivery then fails (v2 keeps serving) or
     serves v3 over it from what serves now (promoted, then deployed)."""
@@ -695,9 +695,9 @@ async def test_a_swap_is_made_while_a_newer_delivery_is_still_under_way(monitori
     assert deployer.serves() == ("v2", None)
     assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "promoted"
     if delivery == "fails":
-        def deployer_away() -> None:
-            raise Unavailable("the deployer is not reachable")
-        deployer.on_create = deployer_away
+        def pipeline_deleted() -> None:
+            raise NotFound("pipeline 5 was deleted")  # a 503 is resumed, not failed
+        deployer.on_create = pipeline_deleted
     await continuous._deliver(Deployer.process(pool), await pool.fetchrow("SELECT * FROM trainings WHERE id = $1",
                                                                  newer), "DEPLOY_AUTO")
     assert deployer.serves() == (("v2", None) if delivery == "fails" else ("v3", None))

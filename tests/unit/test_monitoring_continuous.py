@@ -148,7 +148,8 @@ async def test_one_training_that_cannot_be_started_does_not_stop_the_others(monk
 async def test_only_the_deploy_going_unanswered_is_an_unknown_outcome(monkeypatch):
     """_serve: the deployer's pipelines/deploy timing out is DeployUnanswered (the deploy may still be served: the
     caller leaves its delivery open / its challenge decided, docs/monitoring.md); pipelines/create timing out is a
-    plain UpstreamTimeout (nothing can be served by it: a failure as before)."""
+    plain UpstreamTimeout (nothing can be served by it: _deliver leaves it for the resume as any 504 before the deploy,
+    _for_now)."""
     view = SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]},
                            route=SimpleNamespace(pipeline_name="p", pipeline_version="1", deployment_id=1),
                            deploy_id="d",

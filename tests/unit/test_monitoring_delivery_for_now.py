@@ -1,0 +1,160 @@
+"""A continuous deployment's delivery or a challenge's swap meeting a 503 (`unavailable`: a service away or its
+database failing, the object store unreadable: ml_backend.PackageUnreadable) or a 504 (a look-up unanswered) before
+its deploy is not failed: it is left claimed / decided for the resume STALE_SWAP later, as an unanswered deploy is
+(services/monitoring/continuous.py _for_now; docs/monitoring.md). A 4xx still fails it at once, and the last resume
+(`give_up`, past MAX_RESUMES) fails it whatever the error. Before, every Railyard error failed it for good."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from services.monitoring import continuous, model_inputs
+from services.monitoring.ml_backend import PackageUnreadable
+from shared.errors import NotFound, RailyardError, Unavailable, UpstreamTimeout
+from tests.unit.continuous_world import continuous_deps
+
+CHAMPION = {"name": "digits", "version": "v1", "sha": "a"}
+NEW = {"name": "digits", "version": "v2", "sha": "b"}
+
+
+class _Pool:
+    """The continuous_deployment row, and every other statement recorded (none is expected before the failure)."""
+
+    def __init__(self) -> None:
+        self.executed: list[str] = []
+
+    async def fetchrow(self, sql, *args):
+        assert sql.startswith("SELECT * FROM continuous_deployment"), sql
+        return {"deployment_id": 42, "owner_id": uuid.uuid4(), "workspace_id": 1, "deployment": "d-42"}
+
+    async def execute(self, sql, *args):
+        self.executed.append(sql)
+
+
+def _delivery_world(monkeypatch, fail_at: str, error: RailyardError) -> list[RailyardError]:
+    """_deliver's look-ups as stand-ins, `error` raised at `fail_at` (act_as, resolve, check); the failures recorded
+    (_delivery_failed) returned."""
+    async def act_as(deps, owner_id, workspace_id, purpose):
+        if fail_at == "act_as":
+            raise error
+        return None, "token"
+
+    async def deployed_name(deps, token, name):
+        return None
+
+    async def deployment(base, principal, token, name):
+        return SimpleNamespace(definition={"steps": [{"ModelInference": {"models": [CHAMPION]}}]})
+
+    async def request(broker, subject, cmd, **kwargs):
+        if fail_at == "resolve":
+            raise error
+        return SimpleNamespace(name=cmd.name, model_version=cmd.version, sha="b")
+
+    async def resolve_served(deps, token, workspace_id, served):
+        return SimpleNamespace(sha="a")
+
+    async def check(objects, served, resolved, what, advice):
+        raise error
+
+    failed: list[RailyardError] = []
+
+    async def delivery_failed(pool, training, policy, exc, owner_id):
+        failed.append(exc)
+
+    monkeypatch.setattr(continuous, "act_as", act_as)
+    monkeypatch.setattr(continuous, "deployed_name", deployed_name)
+    monkeypatch.setattr(continuous.handlers, "_deployment", deployment)
+    monkeypatch.setattr(continuous, "request", request)
+    monkeypatch.setattr(continuous, "_resolve_served", resolve_served)
+    monkeypatch.setattr(model_inputs, "check", check)
+    monkeypatch.setattr(continuous, "_delivery_failed", delivery_failed)
+    return failed
+
+
+def _training() -> dict:
+    return {"id": uuid.uuid4(), "deployment_id": 42, "model_version": NEW, "delivering_since": "claimed"}
+
+
+@pytest.mark.parametrize("fail_at,error", [
+    ("check", PackageUnreadable("reading model package 'b' failed: the object store did not answer")),
+    ("act_as", Unavailable("auth is not running")),
+    ("resolve", UpstreamTimeout("registry did not answer within 5s")),
+], ids=["package unreadable", "auth away", "registry unanswered"])
+@pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
+async def test_a_delivery_meeting_a_5xx_is_left_claimed_for_the_resume(monkeypatch, caplog, fail_at, error, policy):
+    failed = _delivery_world(monkeypatch, fail_at, error)
+    deps = continuous_deps(pool=_Pool(), broker=None, timeout=5.0, objects=None)
+    assert await continuous._deliver(deps, _training(), policy) is False
+    assert failed == []  # not failed: its claim (delivering_since) stays, for resume_deliveries
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert error.msg in record.getMessage() and "delivered again in" in record.getMessage()
+
+
+@pytest.mark.parametrize("fail_at,error", [
+    ("check", model_inputs.IncompatibleModel("the version takes other inputs")),
+    ("act_as", continuous.OwnerRefused("user is not a member of the workspace")),
+    ("resolve", NotFound("model version v2 not found")),
+], ids=["incompatible", "owner refused", "version gone"])
+async def test_a_delivery_meeting_a_4xx_still_fails_at_once(monkeypatch, fail_at, error):
+    failed = _delivery_world(monkeypatch, fail_at, error)
+    deps = continuous_deps(pool=_Pool(), broker=None, timeout=5.0, objects=None)
+    assert await continuous._deliver(deps, _training(), "DEPLOY_AUTO") is False
+    assert failed == [error]
+
+
+async def test_the_last_resume_fails_a_delivery_meeting_a_5xx(monkeypatch):
+    """The resumes are bounded: past MAX_RESUMES (`give_up`), a 503 of its look fails it, the 503 in the reason."""
+    error = PackageUnreadable("reading model package 'b' failed: the object store did not answer")
+    failed = _delivery_world(monkeypatch, "check", error)
+    deps = continuous_deps(pool=_Pool(), broker=None, timeout=5.0, objects=None)
+    assert await continuous._deliver(deps, _training(), "DEPLOY_AUTO", give_up="given up") is False
+    [exc] = failed
+    assert exc.msg == f"given up; its last look at what serves failed: {error.msg}"
+
+
+class _SwapPool(_Pool):
+    def acquire(self):
+        pool = self
+
+        class Conn:
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc):
+                return False
+
+            def transaction(self):
+                return self
+
+            async def execute(self, sql, *args):
+                pool.executed.append(sql)
+
+        return Conn()
+
+
+@pytest.mark.parametrize("error,give_up,fails", [
+    (Unavailable("the deployer's database did not answer within 4 s"), None, False),
+    (UpstreamTimeout("deployer did not answer within 5s"), None, False),
+    (NotFound("pipeline 5 not found"), None, True),
+    (Unavailable("the deployer's database did not answer within 4 s"), "given up", True),
+], ids=["503", "504", "404", "503 at the last resume"])
+async def test_a_swap_meeting_a_5xx_is_left_decided_for_the_resume(monkeypatch, error, give_up, fails):
+    async def swap_overtaken(conn, challenge, say=True):
+        return None
+
+    async def serve(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(continuous, "_swap_overtaken", swap_overtaken)
+    monkeypatch.setattr(continuous, "_serve", serve)
+    pool = _SwapPool()
+    challenge = {"id": uuid.uuid4(), "deployment_id": 42, "champion": CHAMPION, "challenger": NEW}
+    evidence = SimpleNamespace(decision=SimpleNamespace(value="promote"), n01=9, n10=1, pairs=10, log_evidence=3.2,
+                               threshold=3.0, alpha=0.05, min_sample=10)
+    await continuous._apply_decision(continuous_deps(pool=pool), challenge, "promoting", evidence, give_up=give_up)
+    assert [sql.startswith("UPDATE challenges SET state = 'failed'") for sql in pool.executed] == (
+        [True] if fails else [])
