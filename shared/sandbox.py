@@ -132,6 +132,9 @@ class SandboxSpec:
     # 127.0.0.0/8 address of this key's own, so the gateway's per-source counts (connections, token requests,
     # failed sign-ins) are the tenant's, not 127.0.0.1's, which the host's own clients use ("" = one per sandbox)
     source_key: str = ""
+    # how many sandboxes like this one its caller may run at once (the task scheduler: tasks.max_runs_per_process):
+    # the numeric libraries' thread count it gets by default is its share of the CPUs (`thread_env`)
+    at_once: int = 1
 
 
 @dataclass
@@ -252,18 +255,21 @@ def _quota_in(directory: str, *, v2: bool) -> float | None:
         return None
 
 
-def thread_env(env: dict[str, str], limits: Limits) -> dict[str, str]:
+def thread_env(env: dict[str, str], limits: Limits, *, at_once: int = 1, threads: int = 0) -> dict[str, str]:
     """The thread counts (THREAD_VARIABLES) a sandbox gets besides `env`, its spec's: each variable `env` does not set.
 
     Unset, OpenBLAS and OpenMP start a thread per CPU of the machine whatever the sandbox may use, and on a busy
     host the extra threads spin waiting for a core (a scikit-learn fit of 0.1-0.3 s took 7-13 s on a loaded
-    2-core machine, tests/conftest.py). The count is the CPUs the sandbox may use (`host_cpus`), at most a
-    quarter of its process limit (numpy's and scipy's OpenBLAS and an OpenMP runtime are three pools in one
-    process, and the limit counts threads), at least 1. A value the spec gives wins (the engine's and the
-    registry's workers give 1); its OMP_NUM_THREADS, a plain number, is also the count of the variables it does
-    not set, as OpenBLAS and MKL would fall back to it. Code in the sandbox can still set any of them before it
-    loads its libraries."""
-    count = max(1, min(host_cpus(), limits.processes // THREADS_PER_PROCESS_LIMIT))
+    2-core machine, tests/conftest.py). The count is `threads` (SandboxSettings.threads) when set, else the CPUs
+    the service may use (`host_cpus`) shared among the `at_once` sandboxes of this kind it may run at once (the
+    task scheduler's runs: joblib's rule for its workers, CPUs // n_jobs), so that runs side by side do not each
+    start a thread per CPU; either way at most a quarter of the sandbox's process limit (numpy's and scipy's
+    OpenBLAS and an OpenMP runtime are three pools in one process, and the limit counts threads), at least 1. A
+    value the spec gives wins (the engine's and the registry's workers give 1); its OMP_NUM_THREADS, a plain
+    number, is also the count of the variables it does not set, as OpenBLAS and MKL would fall back to it. Code
+    in the sandbox can still set any of them before it loads its libraries (or use threadpoolctl)."""
+    share = threads if threads > 0 else host_cpus() // max(1, at_once)
+    count = max(1, min(share, limits.processes // THREADS_PER_PROCESS_LIMIT))
     given = env.get("OMP_NUM_THREADS", "").strip()
     # ASCII digits only: str.isdigit takes "²", which int() refuses (the launch would raise)
     value = given if given.isascii() and given.isdigit() and int(given) > 0 else str(count)
@@ -274,7 +280,7 @@ def _launch_config(spec: SandboxSpec, settings: Settings) -> dict:
     mechanism = _mechanism(settings.sandbox)
     workdir = spec.workdir.absolute()
     env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
-    env |= thread_env(spec.env, spec.limits) | spec.env
+    env |= thread_env(spec.env, spec.limits, at_once=spec.at_once, threads=settings.sandbox.threads) | spec.env
     limits = spec.limits
     config = {
         "mechanism": mechanism, "parent": os.getpid(), "argv": [str(a) for a in spec.argv], "env": env,

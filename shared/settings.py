@@ -383,6 +383,12 @@ class SandboxSettings(BaseModel):
                             "directory may gain.")
     wall_seconds: float = Field(25.0, description="Seconds one inference (or one one-shot run) may take before "
                                 "the sandbox is killed (under the gateway's 30 s inference timeout).")
+    threads: int = Field(0, ge=0, description="Threads of the numeric libraries (OMP_NUM_THREADS, "
+                         "OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and the others of docs/security.md, \"Threads\") in "
+                         "a sandbox whose caller sets none: task runs (the ML backends' fit too) and environment "
+                         "installs. 0: the CPUs the service may use divided by the sandboxes it may run at once "
+                         "(the task scheduler's tasks.max_runs_per_process), at least 1. Either way at most a "
+                         "quarter of the sandbox's process limit. The engine's and the registry's workers use 1.")
 
 
 class StackSettings(BaseModel):

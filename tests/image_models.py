@@ -54,7 +54,7 @@ def digits_classifier(train_size: int = 1200, seed: int = 0):
 
     Fitted on one BLAS thread: on the suite's busy 2-core machine OpenBLAS's other thread spins waiting for a core
     (1200 digits: 6.9 s, 4 s of it CPU, against 0.12 s at load 10), here and in test_monitoring_loop's training runs,
-    which fit with this module in their sandbox (which gives them a thread per CPU it may use: shared/sandbox.py
+    which fit with this module in their sandbox (which gives them their share of the CPUs it may use: shared/sandbox.py
     thread_env)."""
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits

@@ -269,6 +269,7 @@ async def _pip(env: Path, scratch: Path, wheelhouse: Path | None, settings: Task
                       wall_seconds=settings.install_timeout, disk_bytes=settings.install_disk_mb << 20,
                       disk_files=settings.install_disk_files),
         network=Network.NONE,
+        at_once=settings.max_runs_per_process,  # installs run beside runs: a share of the CPUs too
     )
     result = await run(spec)
     output = result.stdout.decode(errors="replace") + "\n" + result.stderr_tail

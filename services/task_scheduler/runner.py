@@ -96,6 +96,7 @@ class RunPlan:
     cpu_seconds: int
     disk_bytes: int = 4096 << 20  # the sandbox's disk quota (TaskSettings.run_disk_mb)
     disk_files: int = 50_000  # and its file quota (TaskSettings.run_disk_files)
+    at_once: int = 1  # runs its scheduler may run at once (TaskSettings.max_runs_per_process): its share of the CPUs
 
 
 @dataclass
@@ -234,6 +235,7 @@ def sandbox_spec(plan: RunPlan) -> SandboxSpec:
                       disk_bytes=plan.disk_bytes, disk_files=plan.disk_files),
         network=Network.GATEWAY_ONLY,
         source_key=plan.env.get("ORCH_OWNER_ID", ""),  # the gateway counts an owner's runs as one source
+        at_once=plan.at_once,  # the numeric libraries' threads: the CPUs shared among the runs (sandbox.thread_env)
     )
 
 

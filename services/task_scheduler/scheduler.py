@@ -649,7 +649,7 @@ class Scheduler:
                                args=args if isinstance(args, dict) else json.loads(args)),
             timeout=task["timeout_seconds"], memory_bytes=deps.settings.run_memory_mb << 20,
             cpu_seconds=deps.settings.run_cpu_seconds, disk_bytes=deps.settings.run_disk_mb << 20,
-            disk_files=deps.settings.run_disk_files)
+            disk_files=deps.settings.run_disk_files, at_once=deps.settings.max_runs_per_process)
         seq = 0
         refused = False
 

@@ -1,8 +1,10 @@
 """The numeric libraries' thread counts a sandbox's code gets (shared/sandbox.py `thread_env`, `host_cpus`): the CPUs
-the sandbox may use unless the spec (a task run's, the engine's or the registry's worker's) sets its own."""
+the sandbox may use, shared among the sandboxes its caller may run at once (a scheduler's runs), or the threads
+setting, unless the spec (a task run's, the engine's or the registry's worker's) sets its own."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -135,3 +137,102 @@ def test_host_cpus_without_readable_cgroups_is_the_affinity(tmp_path, monkeypatc
         assert sandbox.host_cpus(str(tmp_path / "missing"), str(tmp_path / "missing")) == 3
     finally:
         sandbox.host_cpus.cache_clear()
+
+
+def _run_plan(tmp_path, **given) -> runner.RunPlan:
+    env = runner.run_env(task_id="t", run_id="r", orch_sha="s", owner_id="o", workspace_id=1,
+                         gateway_url="http://127.0.0.1:1", token="x", args={})
+    return runner.RunPlan(run_id="r", workdir=tmp_path, zip_path=tmp_path / "o.zip", entrypoint="main.py",
+                          python=sys.executable, env_dir=None, env=env, timeout=20, memory_bytes=1 << 30,
+                          cpu_seconds=60, **given)
+
+
+def test_runs_at_once_share_the_cpus(tmp_path, off, monkeypatch):
+    """Four runs a scheduler may run at once on 8 CPUs get 2 threads each (8 in all), not 8 each (32 threads
+    spinning for 8 cores); on 2 CPUs, 1 each (at least 1)."""
+    monkeypatch.setattr(sandbox, "host_cpus", lambda: 8)
+    launched = launched_env(runner.sandbox_spec(_run_plan(tmp_path, at_once=4)), off)
+    assert {launched[name] for name in THREAD_VARIABLES} == {"2"}
+    assert {launched_env(runner.sandbox_spec(_run_plan(tmp_path, at_once=3)), off)[name]
+            for name in THREAD_VARIABLES} == {"2"}  # 8 // 3: rounded down, never more threads than CPUs
+    monkeypatch.setattr(sandbox, "host_cpus", lambda: 2)
+    launched = launched_env(runner.sandbox_spec(_run_plan(tmp_path, at_once=4)), off)
+    assert {launched[name] for name in THREAD_VARIABLES} == {"1"}
+
+
+def test_the_scheduler_s_installs_share_them_by_its_runs_at_once(tmp_path, off, monkeypatch):
+    from services.task_scheduler import packaging
+    from shared.settings import TaskSettings
+
+    monkeypatch.setattr(sandbox, "host_cpus", lambda: 12)
+    specs = []
+
+    async def run(spec):
+        specs.append(spec)
+        return sandbox.SandboxResult(0, b"", "", None)
+
+    monkeypatch.setattr(packaging, "run", run)
+    asyncio.run(packaging._pip(tmp_path / "env", tmp_path, None, TaskSettings(max_runs_per_process=3)))
+    (spec,) = specs
+    assert {launched_env(spec, off)[name] for name in THREAD_VARIABLES} == {"4"}
+
+
+def test_the_threads_setting_sets_the_count_of_every_sandbox_whose_caller_sets_none(tmp_path, tmp_path_factory,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(sandbox, "host_cpus", lambda: 8)
+    data = tmp_path_factory.mktemp("data")
+    three = Settings(stack={"data_dir": data}, sandbox={"mode": "off-for-single-user", "threads": 3})
+    assert {launched_env(runner.sandbox_spec(_run_plan(tmp_path, at_once=4)), three)[name]
+            for name in THREAD_VARIABLES} == {"3"}  # not 8 // 4
+    # still at most a quarter of the sandbox's process limit, and a caller's own value still wins
+    many = Settings(stack={"data_dir": data}, sandbox={"mode": "off-for-single-user", "threads": 100})
+    assert launched_env(SandboxSpec(argv=["true"], workdir=tmp_path, limits=Limits(processes=64)),
+                        many)["OMP_NUM_THREADS"] == "16"
+    env = launched_env(SandboxSpec(argv=["true"], workdir=tmp_path, env={"OMP_NUM_THREADS": "1"}), three)
+    assert {env[name] for name in THREAD_VARIABLES} == {"1"}
+    with pytest.raises(ValueError):
+        Settings(sandbox={"threads": -1})
+
+
+def test_the_scheduler_plans_its_runs_with_its_runs_at_once(tmp_path, monkeypatch):
+    """Scheduler._run hands each run's plan tasks.max_runs_per_process (the sandbox shares the CPUs by it)."""
+    import uuid
+    from types import SimpleNamespace
+
+    from services.task_scheduler import scheduler, store
+    from shared.settings import TaskSettings
+
+    async def task(pool, task_id):
+        return {"id": task_id, "orch_id": 1, "owner_id": "o", "workspace_id": 1, "timeout_seconds": 20, "args": {}}
+
+    async def orchestration(pool, orch_id):
+        return {"sha": "s", "requirements_sha": None, "entrypoint": "main.py"}
+
+    plans = []
+
+    async def execute(plan, writer, kill):
+        plans.append(plan)
+        return runner.RunOutcome("success", 0, None)
+
+    monkeypatch.setattr(store, "task", task)
+    monkeypatch.setattr(store, "orchestration", orchestration)
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "cleanup", lambda workdir: None)
+    deps = SimpleNamespace(pool=None, settings=TaskSettings(max_runs_per_process=3), work_root=tmp_path)
+
+    async def mint(*args):
+        return "token"
+
+    async def local_zip(self, sha):
+        return tmp_path / "o.zip"
+
+    monkeypatch.setattr(scheduler.Scheduler, "_local_zip", local_zip)
+    run_id = uuid.uuid4()
+
+    async def main():
+        sched = scheduler.Scheduler(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1")
+        sched.kills[run_id] = asyncio.Event()
+        return await sched._run({"id": run_id, "task_id": 7})
+
+    assert asyncio.run(main()).status == "success"
+    assert [plan.at_once for plan in plans] == [3]
