@@ -586,20 +586,25 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
     local_addr = (source, 0) if source else None
     trusted = [ipaddress.ip_network(n, strict=False) for n in settings.gateway.trusted_proxies]
     open_now = 0
+    running: set[asyncio.Task] = set()
     said_trusted = False
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="railyard-gateway-"))
     await asyncio.to_thread(folder.chmod, 0o755)  # the sandbox's user must reach the socket
     path = folder / "gateway.sock"
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ended=None) -> None:
+        """`reader`'s bytes to `writer` until its end, then its end (a half-close), after calling `ended`."""
         try:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
         except (ConnectionError, OSError):
             pass
+        if ended is not None:
+            ended()
+        with contextlib.suppress(ConnectionError, OSError):
+            if writer.can_write_eof():
+                writer.write_eof()
 
     async def refuse_trusted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
         """The gateway believes X-Forwarded-For from a trusted proxy: a run whose connections came from one could
@@ -628,6 +633,20 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
             writer.close()
             return
         open_now += 1
+        counted = True
+        # held here while it runs: once the run has half-closed its end, nothing else refers to this task (asyncio's
+        # streams hold their reader weakly), and the garbage collector destroyed it mid-answer
+        running.add(asyncio.current_task())
+
+        def free() -> None:
+            """The slot is given back once, as soon as the connection is over for the gateway: before the run can
+            read the gateway's end (so a client that reconnects at once, as a pool does, is not refused for a slot
+            the closed one still held) and before the run has closed its own end."""
+            nonlocal open_now, counted
+            if counted:
+                counted = False
+                open_now -= 1
+
         try:
             try:
                 upstream_reader, upstream_writer = await asyncio.open_connection(host, port, local_addr=local_addr)
@@ -642,12 +661,23 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
                     upstream_writer.close()  # nothing of the run's was sent on it
                     await refuse_trusted(reader, writer, str(own[0]) if own else "an unknown address")
                     return
-                await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+                # the gateway's end (it closed the connection: its idle timeout, `Connection: close`, a reset) ends
+                # the connection: the slot is free at once and both sides are closed, whether or not the run has
+                # closed its end (a pooled client keeps an idle one open until it next uses it). Until 2026-12-05
+                # both directions were awaited, so a connection the gateway had closed counted against the run's
+                # RELAY_CONNECTIONS until the run closed it too. The run's own end alone (a half-close) does not end
+                # it: the gateway's answer still comes back.
+                up = asyncio.ensure_future(pipe(reader, upstream_writer))
+                try:
+                    await pipe(upstream_reader, writer, ended=free)
+                finally:
+                    up.cancel()  # what the run sends from now on has nowhere to go
             finally:
                 writer.close()
                 upstream_writer.close()
         finally:
-            open_now -= 1
+            free()
+            running.discard(asyncio.current_task())
 
     server = await asyncio.start_unix_server(relay, path=str(path))
     for listening in server.sockets:  # code in the sandbox can connect to it directly: refuse descriptors on it
