@@ -12,7 +12,8 @@ What the buffer holds: records not yet published and batches not yet acknowledge
 writes (the stream at its byte cap, the server unreachable), a batch is retried with the same id, backing off to
 one try every 5 s, for as long as the replica runs; records of new requests are still gathered until the buffer
 is full. Past that, a new request's record is not logged: it is counted (`lost_rows`, `lost_records`, in
-`stats()` and in the replica's log every 10 s while it happens), never dropped silently; inference itself goes on.
+`stats()`, which the replica's status carries as `logs`, and in the replica's log every 10 s while it happens),
+never dropped silently; inference itself goes on.
 On a graceful stop the batcher publishes what it holds for at most `close_timeout` seconds and reports what it
 could not.
 
@@ -152,6 +153,7 @@ class LogBatcher:
         self.malformed_records = 0
         self.last_malformed_report = 0.0
         self.failed_flushes = 0
+        self.last_failed_report = 0.0  # _flush_failed's own: sharing set_aside's, either's reports hid the other's
         self.closing = False
         self.wake = asyncio.Event()
         self.full = asyncio.Event()  # the records gathered reached engine_flush_bytes: publish now
@@ -242,8 +244,8 @@ class LogBatcher:
         lost, self.abandoned_rows = self.abandoned_rows, 0
         self.lost_rows += lost
         now = time.monotonic()
-        if self.failed_flushes == 1 or now - self.last_malformed_report >= REPORT_EVERY:
-            self.last_malformed_report = now
+        if self.failed_flushes == 1 or now - self.last_failed_report >= REPORT_EVERY:
+            self.last_failed_report = now
             log.error("a log flush of %s failed (%d so far): %d rows not logged (%d rows lost so far); going on "
                       "with the next records", self.subject, self.failed_flushes, lost, self.lost_rows, exc_info=exc)
 

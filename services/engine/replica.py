@@ -152,6 +152,23 @@ def first_step_tensors(steps: list[Step]) -> frozenset[str]:
     return tensor_inputs(first.runtimes, frozenset([first.hash_key] if first.hash_key else []))
 
 
+def logs_detail(counts: dict[str, int]) -> str | None:
+    """A replica's status `details` line when its inference log lost rows (LogBatcher.stats' counts), else None."""
+    if not counts["lost_rows"] and not counts["lost_records"] and not counts["failed_flushes"]:
+        return None
+    why = []
+    if counts["malformed_records"]:
+        why.append(f"{counts['malformed_records']} malformed records ({counts['malformed_rows']} rows) set aside")
+    if counts["failed_flushes"]:
+        why.append(f"{counts['failed_flushes']} log flushes failed")
+    others = counts["lost_records"] - counts["malformed_records"]
+    if others > 0:
+        why.append(f"{others} records the log buffer could not take (full: the stream refused "
+                   f"{counts['refused_publishes']} publishes; or a row above the bus limit)")
+    return (f"inference log: {counts['lost_rows']} rows not logged since this replica started: {'; '.join(why)}"
+            f" (the replica's log says more)")
+
+
 def _sha256_of(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -283,6 +300,26 @@ class Replica:
         pipeline keeps handlers.INLINE_ROWS' rule."""
         return all(step.kind == "ModelInference" and len(step.runtimes) == 1 for step in self.steps)
 
+    def status(self) -> dict[str, Any]:
+        """The status probe's answer: seed 001's engine fields (status, pipeline_statuses, model_statuses; the
+        deployer adds name, ip, reason, details, ...) and `logs`, the inference log buffer's counts since this replica
+        started (LogBatcher.stats: held_rows / held_bytes, lost_rows / lost_records, refused_publishes,
+        malformed_rows / malformed_records, failed_flushes). Rows it could not log also give a `details` line, which
+        status/get_deployment and the UI's replica table show: before, they were only in the replica's log."""
+        answer: dict[str, Any] = {
+            "status": "Running",
+            "pipeline_statuses": {"pipelines": [{"id": self.spec["deployment"]["pipeline"], "status": "Running"}]},
+            "model_statuses": {"models": [{"name": m["name"], "version": m["model_version"], "sha": m["sha"],
+                                           "status": "Running"} for s in self.steps for m in s.models]},
+        }
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            counts = answer["logs"] = batcher.stats()
+            said = logs_detail(counts)
+            if said:
+                answer["details"] = [said]
+        return answer
+
     async def serve(self) -> None:  # noqa: C901 - the request path is kept in one place on purpose
         identity = connect_options(self.settings.nats)  # the `engine` identity, from the deployer
         nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-{self.replica_id}",
@@ -380,13 +417,7 @@ class Replica:
             if not msg.reply.startswith(REPLY_INBOXES):
                 refuse(msg)
                 return
-            await msg.respond(json.dumps({
-                "status": "Running",
-                "pipeline_statuses": {"pipelines": [{"id": self.spec["deployment"]["pipeline"],
-                                                     "status": "Running"}]},
-                "model_statuses": {"models": [{"name": m["name"], "version": m["model_version"], "sha": m["sha"],
-                                               "status": "Running"} for s in self.steps for m in s.models]},
-            }).encode())
+            await msg.respond(json.dumps(self.status()).encode())
 
         batching = batching_config(self.spec.get("engine_config", {}))
         requests = None
