@@ -122,6 +122,7 @@ async def start(runtime: Runtime) -> None:
                            bus_epoch=lambda: nc.stats["reconnects"] if nc.is_connected else None,
                            engine_work_dir=settings.stack.data_dir.expanduser().resolve() / "engine-work")
     backend.start_supervising()
+    backend.sweep_stale_work()  # a previous deployer's replicas' work folders (in the background)
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     # a pipeline's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per pipeline
     outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field="pipeline_id",

@@ -7,6 +7,7 @@ before the old ones are asked to drain and stop. A Kubernetes backend will imple
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -72,6 +73,7 @@ one whose replicas all exited or loop `Error` (handlers.deployment_state), not `
 constants (1, 60 and 10 s)."""
 _DEFAULTS = DeployerSettings.model_fields  # the back-off's defaults live in the settings only
 TAIL_BYTES = 8192  # of an exited replica's log read for its reason (the last line, an engine error preferred)
+REPLICA_MODULE = "services.engine.replica"  # a replica's command line: python -m REPLICA_MODULE <spec> <replica id>
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -180,7 +182,8 @@ class LocalBackend:
         up once it answered and lived crash_stable_after); request_slice_us: the scheduler slice replicas ask for
         (settings' request_path_slice_us). bus_epoch: the deployer's bus connection, None while it is down, else a
         number that changes when it reconnects (a probe timed out across an outage is not counted).
-        engine_work_dir: where replicas keep their sandboxed workers' folders (engine-work; swept_work)."""
+        engine_work_dir: where replicas keep their sandboxed workers' folders (engine-work; sweep_work,
+        sweep_stale_work)."""
         self.work_dir = work_dir
         self.engine_work_dir = engine_work_dir
         self.liveness_timeout = liveness_timeout
@@ -197,12 +200,14 @@ class LocalBackend:
         self.sets: dict[str, ReplicaSet] = {}
         self._supervisor: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()  # scaled-down replicas draining; close() waits for them too
+        self._sweeps: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()  # _sweep_later
+        self._sweeper: asyncio.Task | None = None
 
     async def _spawn(self, replica_set: ReplicaSet, replica_id: str) -> Replica:
         log_path = self.work_dir / replica_set.name / f"replica-{replica_id}.log"
         handle = open(log_path, "ab")  # noqa: SIM115, ASYNC230 - the child writes to it for its life
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.engine.replica", str(replica_set.spec_path), replica_id,
+            sys.executable, "-m", REPLICA_MODULE, str(replica_set.spec_path), replica_id,
             stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=functools.partial(_die_with_parent, self.request_slice_us, os.getpid()),
             env=replica_environment(os.environ))
@@ -238,6 +243,7 @@ class LocalBackend:
             await self._stop_set(replica_set)
             if previous is None:
                 self.sets.pop(name, None)
+                self._forget_work(name)
             raise
         # a redeploy (hot swap): the running set stays the deployment's status until the new one serves, so the
         # gateway never sees a "starting" deployment in between (it would answer 503)
@@ -375,9 +381,12 @@ class LocalBackend:
         return (errors or lines or [None])[-1]
 
     async def stop(self, name: str) -> None:
+        """Stop deployment `name`'s replicas (an undeploy, a redeploy under another name); its engine-work folder
+        goes once its replicas' are swept (_forget_work)."""
         replica_set = self.sets.pop(name, None)
         if replica_set is not None:
             await self._stop_set(replica_set)
+            self._forget_work(name)
 
     async def _stop_set(self, replica_set: ReplicaSet) -> None:
         """Every replica drains at once (SIGTERM: it answers what it took and publishes its logs) and is killed if
@@ -402,7 +411,7 @@ class LocalBackend:
                 replica.process.kill()
             await replica.process.wait()
         if name is not None:
-            await self.swept_work(name, replica)
+            self.sweep_work(name, replica)
 
     async def status(self, name: str) -> list[dict[str, Any]]:
         replica_set = self.sets.get(name)
@@ -490,7 +499,7 @@ class LocalBackend:
 
     async def _kill_hung(self, replica: Replica, name: str) -> None:
         """SIGTERM, then SIGKILL after LIVENESS_KILL_GRACE (a hung loop does not drain; a stopped process takes only
-        SIGKILL); its work folders swept (swept_work)."""
+        SIGKILL); its work folders swept (sweep_work)."""
         with contextlib.suppress(ProcessLookupError):
             replica.process.send_signal(signal.SIGTERM)
         try:
@@ -500,13 +509,14 @@ class LocalBackend:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()
             await replica.process.wait()
-        await self.swept_work(name, replica)
+        self.sweep_work(name, replica)
 
-    async def swept_work(self, name: str, replica: Replica) -> None:
+    def sweep_work(self, name: str, replica: Replica) -> None:
         """Remove the exited `replica`'s sandboxed workers' folders (engine-work/<deployment>/<replica id>-<n>,
-        services/engine/replica.py). A replica that stops cleanly removes its own (SandboxedRuntime.stop); one
-        killed with SIGKILL (hung, out of memory, past stop_timeout) or that crashed left them for ever, one set per
-        restart of a crash loop. Replica ids are fresh per process, so only that process's folders match."""
+        services/engine/replica.py), in the background (_sweep_later). A replica that stops cleanly removes its own
+        (SandboxedRuntime.stop); one killed with SIGKILL (hung, out of memory, past stop_timeout) or that crashed
+        left them for ever, one set per restart of a crash loop. Replica ids are fresh per process, so only that
+        process's folders match."""
         if self.engine_work_dir is None:
             return
         folder, prefix = self.engine_work_dir / name, f"{replica.replica_id}-"
@@ -514,13 +524,86 @@ class LocalBackend:
         def sweep() -> None:
             try:
                 paths = list(folder.iterdir())
-            except OSError:  # no folder: it ran no sandboxed worker
+            except FileNotFoundError:  # no folder: it ran no sandboxed worker
                 return
             for path in paths:
                 if path.name.startswith(prefix) and path.name[len(prefix):].isdigit():
-                    shutil.rmtree(path, ignore_errors=True)
+                    _remove_tree(path)
 
-        await asyncio.to_thread(sweep)
+        self._sweep_later(f"the work folders of engine replica {replica.replica_id} of {name}", sweep)
+
+    def _forget_work(self, name: str) -> None:
+        """Remove deployment `name`'s engine-work folder once it is empty (after its replicas' folders, queued before
+        this) and no set of that name runs again: an undeployed deployment's empty folder stayed for ever."""
+        if self.engine_work_dir is None:
+            return
+        folder = self.engine_work_dir / name
+
+        def forget() -> None:
+            if name not in self.sets:  # read from the sweep's thread: a redeploy of the name meanwhile keeps it
+                _remove_if_empty(folder)
+
+        self._sweep_later(f"the engine-work folder of {name}", forget)
+
+    def sweep_stale_work(self) -> None:
+        """At the deployer's start: remove the sandboxed workers' folders that no live replica owns (a previous
+        deployer process's replicas killed with it or crashed: each replica sweeps only its own on a clean stop, and
+        this process's supervisor only its own replicas'), and the deployment folders left empty. A folder whose
+        replica process still runs (a previous deployer's replica draining after its deployer died: it got SIGTERM,
+        _die_with_parent; or another deployer's on this machine sharing the data directory) is kept: the live
+        replicas are found by their command line (REPLICA_MODULE) after the folders are listed, so a replica started
+        meanwhile (the restore's) is never missed: its folder is not in the list, or it runs at the look."""
+        if self.engine_work_dir is None:
+            return
+        top = self.engine_work_dir
+
+        def sweep() -> None:
+            try:
+                deployments = [path for path in top.iterdir() if path.is_dir() and not path.is_symlink()]
+            except FileNotFoundError:  # no replica ever ran a sandboxed worker here
+                return
+            folders: dict[Path, list[Path]] = {}
+            for deployment in deployments:
+                try:
+                    folders[deployment] = list(deployment.iterdir())
+                except OSError as exc:  # one unreadable folder does not keep the others
+                    log.warning("could not list %s: %s", deployment, exc)
+            live_ids, live_names = _live_replicas()
+            removed = 0
+            for deployment, paths in folders.items():
+                for path in paths:
+                    replica_id, dash, number = path.name.rpartition("-")
+                    if dash and number.isdigit() and replica_id not in live_ids:
+                        _remove_tree(path)
+                        removed += 1
+                if deployment.name not in live_names and deployment.name not in self.sets:
+                    _remove_if_empty(deployment)
+            if removed:
+                log.info("removed %d sandboxed workers' folders of engine replicas no longer running in %s", removed,
+                         top)
+
+        self._sweep_later(f"the stale work folders in {top}", sweep)
+
+    def _sweep_later(self, what: str, sweep: Callable[[], None]) -> None:
+        """Run `sweep` (file removals) in a thread in the background, after the sweeps queued before it, one at a
+        time; its error is logged, and the next one runs. The supervisor's pass used to await each (in a thread, but
+        awaited): removing a large unpacked package held the other replicas' replacements and probes meanwhile."""
+        self._sweeps.append((what, sweep))
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep_all())
+
+    async def _sweep_all(self) -> None:
+        while self._sweeps:
+            what, sweep = self._sweeps.popleft()
+            try:
+                await asyncio.to_thread(sweep)
+            except Exception as exc:  # noqa: BLE001 - logged; the next sweep runs
+                log.warning("removing %s failed: %r", what, exc)
+
+    async def swept(self) -> None:
+        """Once the sweeps queued so far (and any queued meanwhile) are done."""
+        while self._sweeper is not None and not self._sweeper.done():
+            await asyncio.shield(self._sweeper)
 
     async def _supervise(self) -> None:
         """Replace replicas that died or hung (the deployment reports the loss until the new one answers), probe the
@@ -538,7 +621,7 @@ class LocalBackend:
                 if replica.process.returncode is not None:
                     if replica.respawn_at is None:  # its exit seen for the first time
                         self._back_off(replica_set, replica)
-                        await self.swept_work(replica_set.name, replica)
+                        self.sweep_work(replica_set.name, replica)
                     if time.monotonic() < replica.respawn_at:  # crash-loop back-off: Error until then
                         continue
                     why = replica.gave_up or f"exited with {replica.process.returncode}"
@@ -564,10 +647,12 @@ class LocalBackend:
                     self._retire(self._stop_replica(fresh, replica_set.name))
                     break
                 at = next((i for i, r in enumerate(replica_set.replicas) if r is replica), None)
-                if at is None:
-                    replica_set.replicas.append(fresh)
-                else:
-                    replica_set.replicas[at] = fresh
+                if at is None:  # its slot went while the replacement started (a scale-down): not one replica more
+                    log.info("engine replica %s of %s was removed while its replacement %s started; stopping that",
+                             replica.replica_id, replica_set.name, fresh.replica_id)
+                    self._retire(self._stop_replica(fresh, replica_set.name))
+                    continue
+                replica_set.replicas[at] = fresh
 
     def _back_off(self, replica_set: ReplicaSet, replica: Replica) -> None:
         """When the exited `replica` is replaced (crash_backoff): at once if it came up, else after a delay doubling
@@ -650,3 +735,43 @@ class LocalBackend:
         sets = list(self.sets.values())
         self.sets.clear()
         await asyncio.gather(*(self._stop_set(replica_set) for replica_set in sets), *list(self._retiring))
+        if self._sweeper is not None:  # what is left is the next start's (sweep_stale_work); a removal under way
+            self._sweeper.cancel()  # runs on in its thread
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a worker's folder (a symbolic link in it is removed, not followed); what could not be removed is
+    logged, once per folder."""
+    failed: list[str] = []
+
+    def failure(function, name: str, exc_info) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):  # gone meanwhile (its replica's own clean stop)
+            failed.append(f"{name}: {exc_info[1]}")
+
+    shutil.rmtree(path, onerror=failure)
+    if failed:
+        log.warning("could not remove %s (%d entries failed; the first: %s)", path, len(failed), failed[0])
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty (a replica's worker folder): kept; or gone already
+        folder.rmdir()
+
+
+def _live_replicas() -> tuple[set[str], set[str]]:
+    """(the replica ids, the deployment names) of the engine replicas running on this machine, by their command
+    lines (`python -m services.engine.replica <deployments>/<name>/spec-<x>.json <replica id>`)."""
+    ids: set[str] = set()
+    names: set[str] = set()
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        try:
+            at = cmdline.index(REPLICA_MODULE)
+        except ValueError:
+            continue
+        if len(cmdline) > at + 2:
+            names.add(Path(cmdline[at + 1]).parent.name)
+            ids.add(cmdline[at + 2])
+    return ids, names
