@@ -1196,15 +1196,38 @@ def deployment_state(engines: list[dict[str, Any]]) -> str:
     as if it were about to serve: a replica that keeps failing is not starting, and `Running` is what the seed tells
     users to wait for before inferring, which the other replicas answer (the gateway's route is `Running` then
     too)."""
-    def looping(engine: dict[str, Any]) -> bool:
-        return engine["status"] != "Running" and engine.get("crashes", 0) >= CRASH_LOOP_AFTER
-
     running = sum(e["status"] == "Running" for e in engines)
-    if engines and running and all(e["status"] == "Running" or looping(e) for e in engines):
+    if engines and running and all(e["status"] == "Running" or _looping(e) for e in engines):
         return "Running"
-    if engines and not running and all(e["status"] == "Error" or looping(e) for e in engines):
+    if engines and not running and all(e["status"] == "Error" or _looping(e) for e in engines):
         return "Error"
     return "Starting"
+
+
+def _looping(engine: dict[str, Any]) -> bool:
+    """Whether a replica's slot is in a crash loop (CRASH_LOOP_AFTER)."""
+    return engine["status"] != "Running" and engine.get("crashes", 0) >= CRASH_LOOP_AFTER
+
+
+ROUTE_REASON_MAX = 500  # characters of a crash loop's reason in a route (a replica's log line may be 8 KiB)
+
+
+def route_state(engines: list[dict[str, Any]]) -> tuple[str, str | None, float | None]:
+    """A route's (status, reason, retry_after): `Running` when any replica is; `Error` when every replica is in a
+    crash loop (CRASH_LOOP_AFTER exits in a row before coming up; a one-replica deployment whose model no longer
+    loads), with the deployer's reason (a replica's CrashLoopBackOff reason, the last line of its log) and, when
+    none is starting now, the seconds until the next one starts; else `Starting`. Before 2026-12-05 a crash loop's
+    route said `Starting`, and the gateway answered its inferences 503 "deployment X is starting; retry shortly"
+    for as long as the loop lasted. Not `Error` for replicas that merely exited (a restart, replaced within a
+    supervisor pass) or whose first replacement failed: that is no loop yet."""
+    if any(e["status"] == "Running" for e in engines):
+        return "Running", None, None
+    if not engines or not all(_looping(e) for e in engines):
+        return "Starting", None, None
+    reason = next((e["reason"] for e in engines if e.get("reason")), None) or \
+        f"{len(engines)} replica(s) exiting soon after their start"
+    waits = [e["restart_in"] for e in engines if e.get("restart_in") is not None]
+    return "Error", reason[:ROUTE_REASON_MAX], min(waits) if len(waits) == len(engines) else None
 
 
 UNDEPLOY_ANSWERS_WITHIN = 0.8
@@ -1376,17 +1399,16 @@ async def resolve_deployment(deps: DeployerDeps, principal: Principal, token: st
     spec = json.loads(row["spec"])
     # Running when any replica is: known without a probe of every replica when one answered lately (serving_now)
     if deps.backend.serving_now(name):
-        status = "Running"
+        status, reason, retry_after = "Running", None, None
     else:
-        engines = await deps.backend.status(name)
-        status = "Running" if engines and any(e["status"] == "Running" for e in engines) else "Starting"
+        status, reason, retry_after = route_state(await deps.backend.status(name))
     first = spec["steps"][0]["models"][0] if spec.get("steps") else {}
     last = spec["steps"][-1]["models"][0] if spec.get("steps") else {}
     return DeploymentRoute(deployment_id=row["id"], name=name, pipeline_name=row["pipeline_name"],
                            workspace_id=row["workspace_id"], status=status,
                            pipeline_version=str(row["pipeline_version"]), input_schema=first.get("input_schema"),
                            output_schema=last.get("output_schema"), batchable=_batchable(spec),
-                           pipeline_id=row["pipeline_id"])
+                           pipeline_id=row["pipeline_id"], reason=reason, retry_after=retry_after)
 
 
 def _restore_failure(deps: DeployerDeps, name: str) -> str | None:

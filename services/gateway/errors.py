@@ -41,7 +41,8 @@ def error_parts(exc: RailyardError, shape: Shape = "api", *, close: bool = False
     elif isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     elif status == 503 and code not in NOT_RETRYABLE_503:
-        headers["Retry-After"] = "1"
+        # a 503 that knows when to come back (a deployment in a crash loop: the deployer's back-off) says so
+        headers["Retry-After"] = str(max(1, math.ceil(getattr(exc, "retry_after", 1))))
     if close:
         headers["Connection"] = "close"
     return status, headers, orjson.dumps(body)

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import functools
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -222,7 +223,7 @@ class RouteCache:
             elif not isinstance(exc, NoEngine):
                 raise
             if route.status != "Running":
-                raise Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly") from None
+                raise not_serving(route) from None
             raise
 
     def narrowed(self, route: DeploymentRoute, table: pa.Table) -> pa.Table:
@@ -309,6 +310,36 @@ def _row_objects(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any
 class NoEngine(Unavailable):
     """No replica took the request (no responders on the deployment's queue): the deployer's word on the deployment
     is the answer (RouteCache.ask)."""
+
+
+CRASH_LOOP = "deployment_crash_loop"
+
+
+class CrashLoop(Unavailable):
+    """The deployment's replicas all keep exiting soon after they start (the deployer's route says `Error`): a 503
+    whose Retry-After is the deployer's wait before it starts one again (services/gateway/errors.py)."""
+
+    code = CRASH_LOOP
+
+    def __init__(self, msg: str, *, retry_after: float) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+def not_serving(route: DeploymentRoute) -> Unavailable:
+    """The 503 for a request no replica took, in the words of the deployer's route: starting, or failing to start
+    (a crash loop: its reason, code `deployment_crash_loop`). Before 2026-12-05 a crash loop read 'deployment X is
+    starting; retry shortly' for as long as it lasted (the deployer said Starting)."""
+    name = route.name
+    if route.status != "Error":
+        return Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly")
+    wait = route.retry_after if route.retry_after is not None and math.isfinite(route.retry_after) else None
+    when = "a replica is starting again now" if wait is None else \
+        f"the deployer starts a replica again in {math.ceil(wait)} s"
+    return CrashLoop(f"deployment {name!r} is failing to start: its engine replicas keep exiting soon after they start "
+                     f"(crash loop): {route.reason or 'no reason given'}. Retry later ({when}); if it keeps failing, "
+                     "fix the model or the pipeline and redeploy (its replicas: status/get_deployment)",
+                     retry_after=min(max(1.0, wait or 1.0), 3600.0))
 
 
 @dataclass

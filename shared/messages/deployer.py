@@ -192,7 +192,8 @@ class DeploymentRoute(Message):
     name: str
     pipeline_name: str
     workspace_id: int
-    status: str
+    status: str = Field(description="Running (a replica serves), Starting, or Error (every replica is in a crash loop: "
+                        "`reason`).")
     pipeline_version: str
     input_schema: str | None = Field(description="base64 Arrow schema of the first step's input")
     output_schema: str | None = Field(None, description="base64 Arrow schema of the last step's output")
@@ -200,6 +201,12 @@ class DeploymentRoute(Message):
                             "step is a plain ONNX ModelInference and engine batching is on (gateway/coalesce.py).")
     pipeline_id: int | None = Field(None, description="The deployed pipeline's id (its record: pipelines/get); absent "
                                     "in a reply from a deployer older than the field.")
+    reason: str | None = Field(None, description="With `status` Error: why no replica serves, the deployer's reason "
+                               "(every replica is in a crash loop: it keeps exiting soon after it starts; "
+                               "CrashLoopBackOff and the last line of its log), at most 500 characters. Absent "
+                               "otherwise, and from a deployer older than the field (it said Starting then).")
+    retry_after: float | None = Field(None, description="With `status` Error: seconds until the deployer starts a "
+                                      "replica again (crash-loop back-off), when none is starting now.")
 
 
 class PipelineDeployed(Event):
