@@ -603,7 +603,7 @@ class LocalBackend:
     async def swept(self) -> None:
         """Once the sweeps queued so far (and any queued meanwhile) are done."""
         while self._sweeper is not None and not self._sweeper.done():
-            await asyncio.shield(self._sweeper)
+            await asyncio.wait({self._sweeper})  # neither cancels it nor raises its cancellation (close)
 
     async def _supervise(self) -> None:
         """Replace replicas that died or hung (the deployment reports the loss until the new one answers), probe the
