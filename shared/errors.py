@@ -213,3 +213,16 @@ def echo(value: str, limit: int = ECHO_CHARS) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def rows_changed(step: str | None, answered: int, requested: int) -> InvalidRequest:
+    """The refusal of a pipeline whose answer has another number of rows than the request (the seed's equal rows
+    constraint, every format alike): the engine's (services/engine/handlers.py `rows_changed`, naming `step`, the
+    last step that changed the number) and the gateway's for an engine that answered such rows (older engines did;
+    None: the step is not known, "the pipeline")."""
+    who = f"step {step!r}" if step is not None else "the pipeline"
+    return InvalidRequest(
+        f"{who} returned {answered} row{'s' * (answered != 1)} for a request of {requested}: a pipeline answers one "
+        f"row for each row of the request (the answer and the inference log pair them); a step may drop or add rows "
+        f"for the steps after it, but the last must give back {requested} (to filter, mark rows instead of dropping "
+        "them)")

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from services.engine.runtimes import NonFiniteValues
+from shared import errors
 from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.errors import InvalidRequest, RailyardError, Unavailable
 from shared.objectstore import BUCKET_TABLES
@@ -136,12 +137,7 @@ def rows_changed(step: dict[str, Any] | None, answered: int, requested: int) -> 
     `step` is the model of the last step that changed the number of rows (None: unknown). Steps in between may
     change it: only the pipeline's answer is held to the request's rows (docs/inference.md, "Rows a step
     returns")."""
-    who = f"step {str(step['name'])!r}" if step else "the pipeline"
-    return InvalidRequest(
-        f"{who} returned {answered} row{'s' * (answered != 1)} for a request of {requested}: a pipeline answers one "
-        f"row for each row of the request (the answer and the inference log pair them); a step may drop or add rows "
-        f"for the steps after it, but the last must give back {requested} (to filter, mark rows instead of dropping "
-        "them)")
+    return errors.rows_changed(str(step["name"]) if step else None, answered, requested)  # the gateway's words too
 
 
 def runs_inline(pipeline: Pipeline, rows: int) -> bool:

@@ -62,6 +62,7 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
     UpstreamTimeout,
+    rows_changed,
 )
 from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
@@ -437,9 +438,8 @@ class Inference:
         at_ms = int(time.time() * 1000)
         headers, outputs = await self.cache.ask(runtime, route, token, table)
         rows = table.num_rows
-        if outputs.num_rows != rows:  # both answers pair the rows: the engine refuses this (handlers.rows_changed)
-            raise InvalidRequest(f"the pipeline answered {outputs.num_rows} rows for a request of {rows}: a pipeline "
-                                 "answers one row for each row of the request")
+        if outputs.num_rows != rows:  # both answers pair the rows: the engine refuses this (handlers.rows_changed),
+            raise rows_changed(None, outputs.num_rows, rows)  # an older one answered it: its words (no step known)
         meta = headers.get(META_HEADER, "{}")
         if arrow_answer:
             combined = pa.Table.from_arrays(
@@ -468,6 +468,9 @@ class Inference:
             _, outputs = await self.cache.ask(runtime, route, token, table)
         except RailyardError as exc:  # the engine's words are the records route's (columns): OIP's are inputs
             raise in_oip_words(exc) from None
+        if outputs.num_rows != table.num_rows:  # as run's (an older engine answered it): a client reads the
+            # outputs' first dimension as the request's batch, a row for each of its rows
+            raise rows_changed(None, outputs.num_rows, table.num_rows)
         return encode_response(parsed, model, route.pipeline_version, outputs)
 
 

@@ -118,10 +118,21 @@ def test_a_challenger_answering_other_rows_is_left_out_of_the_record():
     assert build_batch([record], "v").column("out_keeps.x").to_pylist() == [1.0, 2.0, 3.0]
 
 
-# the gateway: an engine answer of other rows than the request (an engine of an earlier build) is the same 400,
-# not the records' zip or Arrow's from_arrays failing (500 "internal error")
+# the gateway: an engine answer of other rows than the request (an engine of an earlier build) is the same 400 in
+# the engine's words (the step not known: "the pipeline"), not the records' zip or Arrow's from_arrays failing (500
+# "internal error"), nor OIP's 200 with outputs of 2 rows for a batch of 3
 
-async def test_the_gateway_refuses_an_answer_of_other_rows_in_both_formats(monkeypatch):
+PIPELINE_REFUSAL = ("the pipeline returned 2 rows for a request of 3: a pipeline answers one row for each row of the "
+                    "request (the answer and the inference log pair them); a step may drop or add rows for the steps "
+                    "after it, but the last must give back 3 (to filter, mark rows instead of dropping them)")
+
+
+def test_the_engine_s_words_without_a_step_are_the_gateway_s():
+    assert handlers.rows_changed(None, 2, 3).msg == PIPELINE_REFUSAL
+    assert handlers.rows_changed({"name": "prep"}, 2, 3).msg == REFUSAL.format(n=2)
+
+
+async def test_the_gateway_refuses_an_answer_of_other_rows_in_every_format(monkeypatch):
     async def request(broker, subject, message, *, token, timeout, reply_model):
         return STARTING.model_copy(update={"status": "Running"})
 
@@ -139,8 +150,13 @@ async def test_the_gateway_refuses_an_answer_of_other_rows_in_both_formats(monke
     _engine(monkeypatch, two_rows)
     body = orjson.dumps([{"x": 1.0}, {"x": 2.0}, {"x": 3.0}])
     for accept in ("", "application/vnd.apache.arrow.file"):
-        with pytest.raises(InvalidRequest, match=r"^the pipeline answered 2 rows for a request of 3: "):
+        with pytest.raises(InvalidRequest) as refused:
             await Inference(RUNTIME).run(ALICE, "t", "d", "p", "application/json", accept, body)
+        assert refused.value.msg == PIPELINE_REFUSAL
+    oip = orjson.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]})
+    with pytest.raises(InvalidRequest) as refused:
+        await Inference(RUNTIME).run_oip(ALICE, "t", "d", None, oip)
+    assert refused.value.msg == PIPELINE_REFUSAL
 
 
 def test_the_record_of_an_answer_with_inline_challengers_holds_the_requests_inputs():
