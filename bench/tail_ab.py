@@ -9,6 +9,11 @@ requests on one connection against every stack in turn (the order reversed every
 other work weighs on both alike. Prints p50, p99 and p99/p50 per tree and form, pooled and per round, and writes
 the samples (start on CLOCK_MONOTONIC, latency) to build/tail/ab.json for bench/tail_trace.py's describe.
 A label may be given twice with different `--env` (label:NAME=value) and the same tree: settings A/B.
+
+With two or more stacks, each run starts with its replica's log batcher idle (the other stacks' runs in between
+last longer than a window), so its segment flushes fall `engine_segment_ms` apart from the run's start: the
+share of requests above 2x the run's p50 in the first AFTER_WINDOW s after each window's end is printed against
+the share elsewhere (docs/performance.md item 86: a flush's cost to the requests beside it).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import uvloop
 from bench.cpu_account import _role
 from bench.peers.harness import RailyardDeployer, cmdline, descendants
 from bench.tail_trace import OUT, autogroup, describe, fine_role, quiet_group, set_slice, timed
+from shared.settings import LogSettings
 from tests.models import ccfraud_onnx
 from tests.stack import REPO, RunningStack, stack_env
 
@@ -71,6 +77,23 @@ def tree_python(tree: Path) -> str:
     if Path(found).resolve() != (tree / "services").resolve():
         raise SystemExit(f"{python} imports services from {found}, not {tree}")
     return str(python)
+
+
+AFTER_WINDOW = 0.02
+
+
+def after_windows(run: list[tuple[float, float]], window: float) -> tuple[float, float]:
+    """(% of requests above 2x their run's p50 within AFTER_WINDOW after a window's end, % elsewhere); `run` is
+    one label and form's samples, runs told apart by gaps of more than 0.3 s."""
+    starts = np.array([s for s, _ in run])
+    lat = np.array([v for _, v in run])
+    near, slow = np.zeros(len(lat), bool), np.zeros(len(lat), bool)
+    for part in np.split(np.arange(len(lat)), np.nonzero(np.diff(starts) > 0.3)[0] + 1):
+        offset = starts[part] - starts[part[0]]
+        near[part] = (offset >= window) & (offset % window < AFTER_WINDOW)
+        slow[part] = lat[part] > 2 * np.median(lat[part])
+    inside = 100 * slow[near].mean() if near.any() else 0.0
+    return inside, 100 * slow[~near].mean()
 
 
 def start(tree: Path, settings: dict[str, str], folder: Path) -> RunningStack:
@@ -198,8 +221,15 @@ def run(args: argparse.Namespace, trees: dict[str, Path], settings: dict[str, di
             lat = np.array([v for _, v in run]) * 1e3
             p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
             r = ratios[label, form]
+            window = float(settings[label].get("RAILYARD_LOGS__ENGINE_SEGMENT_MS",
+                                               LogSettings().engine_segment_ms)) / 1000
+            after = ""
+            if len(trees) > 1 and window <= 5:
+                inside, elsewhere = after_windows(run, window)
+                after = (f"  >2x p50: {inside:.1f} % in the {AFTER_WINDOW * 1e3:.0f} ms after a window, "
+                         f"{elsewhere:.2f} % else")
             print(f"  {label:10s} {form:8s} p50 {p50:.3f} ms  p99 {p99:.3f} ms  p99/p50 {p99 / p50:.2f}  "
-                  f"per round {min(r):.2f}-{max(r):.2f} median {statistics.median(r):.2f}")
+                  f"per round {min(r):.2f}-{max(r):.2f} median {statistics.median(r):.2f}{after}")
         Path(args.out).write_text(json.dumps({f"{label}|{form}": run for (label, form), run in samples.items()}))
     finally:
         for stack in stacks.values():

@@ -4,12 +4,19 @@ something only when RAILYARD_BENCH_GC names a folder. Each garbage collection's 
 an event, with the process's command line first. In an engine replica the log batcher's steps are written the same
 way, their kind in place of the generation (SPANS: 10 + their index; + 100 when run off the event loop's thread):
 the segment's table, its Parquet write, the rows' encoding, the PUT and the publish (the last two awaited, so
-their spans include waiting); a step the module no longer has is left out."""
+their spans include waiting), and inside them `build_batch`, `drop_oversized`, `encode_segment_buffer`,
+`describe` and `sort_by_time` (SPANS_INNER: 20 + their index); a step the module no longer has is left out. A
+step's line also holds its thread's CPU seconds, minor page faults and context switches during it.
+
+RAILYARD_BENCH_SKIP (diagnostics only: the rows are not logged) leaves out the engine segment's PUT (`put`), the
+publish of its description (`publish`: the log store then indexes nothing) or both (`both`), to tell each one's
+share of what a flush costs the requests beside it (docs/performance.md item 86)."""
 
 import os
 
 if os.environ.get("RAILYARD_BENCH_GC"):
     import gc
+    import resource
     import sys
     import threading
     import time
@@ -18,8 +25,16 @@ if os.environ.get("RAILYARD_BENCH_GC"):
     _STARTED = [0.0]
     _FILE = []
     SPANS = ("_table", "_segment", "_encode", "put", "_publish")
+    SPANS_INNER = ("build_batch", "drop_oversized", "encode_segment_buffer", "describe", "sort_by_time")
+    SKIP = os.environ.get("RAILYARD_BENCH_SKIP", "")
 
-    def _write(kind: int, started: float, took: float, count: int) -> None:
+    def _usage() -> tuple[float, int, int]:
+        """This thread's CPU seconds, minor faults and context switches so far."""
+        used = resource.getrusage(resource.RUSAGE_THREAD)
+        return time.thread_time(), used.ru_minflt, used.ru_nvcsw + used.ru_nivcsw
+
+    def _write(kind: int, started: float, took: float, count: int,
+               usage: tuple[float, int, int] = (0.0, 0, 0)) -> None:
         if not _FILE:
             try:
                 cmdline = open("/proc/self/cmdline", "rb").read().replace(b"\0", b" ").decode()  # noqa: SIM115
@@ -29,7 +44,7 @@ if os.environ.get("RAILYARD_BENCH_GC"):
                 return
             handle.write(f"# {cmdline}\n")
             _FILE.append(handle)
-        _FILE[0].write(f"{kind}\t{started:.6f}\t{took:.6f}\t{count}\n")
+        _FILE[0].write(f"{kind}\t{started:.6f}\t{took:.6f}\t{count}\t{usage[0]:.6f}\t{usage[1]}\t{usage[2]}\n")
         _FILE[0].flush()
 
     def _on_collection(phase: str, info: dict) -> None:
@@ -60,23 +75,41 @@ if os.environ.get("RAILYARD_BENCH_GC"):
             else:
                 @functools.wraps(function)
                 def spanned(*args, **kwargs):  # noqa: ANN202
+                    before = _usage()
                     started = _CLOCK()
                     try:
                         return function(*args, **kwargs)
                     finally:
+                        took = _CLOCK() - started
+                        after = _usage()
                         off = threading.current_thread() is not main
-                        _write(kind + 100 * off, started, _CLOCK() - started, 0)
+                        spent = tuple(a - b for a, b in zip(after, before, strict=True))
+                        _write(kind + 100 * off, started, took, 0, spent)
             setattr(owner, attribute, spanned)
 
         for index, name in enumerate(SPANS):
             if name != "put" and hasattr(batcher, name):
                 wrap(batcher, name, 10 + index)
+        for index, name in enumerate(SPANS_INNER):
+            if hasattr(module, name):
+                wrap(module, name, 20 + index)
         original = batcher._store_segment
+
+        async def skipped(*args, **kwargs):  # noqa: ANN202
+            return None
 
         @functools.wraps(original)
         async def store(self, *args, **kwargs):  # noqa: ANN001, ANN202
             objects = self.objects
+            if SKIP in ("publish", "both") and not getattr(self, "_unpublished", False):
+                publish = self._publish
+
+                async def unpublished(payload, requests, segment=False):  # noqa: ANN001, ANN202
+                    return None if segment else await publish(payload, requests, segment)
+                self._publish, self._unpublished = unpublished, True
             if objects is not None and not getattr(objects, "_spanned", False):
+                if SKIP in ("put", "both"):
+                    objects.put_bytes = skipped
                 wrap(objects, "put_bytes", 10 + SPANS.index("put"))
                 objects._spanned = True
             return await original(self, *args, **kwargs)
