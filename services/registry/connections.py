@@ -6,6 +6,10 @@ does not exist (404). Details come back whole from get/get_by_id; list responses
 only; administrators: all): a connection shared with workspace B must not tell A's members that B exists.
 A task run's token may read the connections of its workspace but not create, attach, detach or delete any (403
 `out_of_scope`): stored secrets and who reaches them are changed by people, not by a run's code.
+
+Names are unique per owner, and among the connections attached to one workspace (migration 005), not across the
+platform: a global name made create answer 409 for a name any other tenant used, which told anyone whether a name
+existed anywhere. A lookup by name (get, get_by_id given a name, delete) reads only what the caller sees (`_named`).
 """
 
 from __future__ import annotations
@@ -155,13 +159,45 @@ class ConnectionService:
         self.my_workspaces = my_workspaces
         self.rules = rules
 
-    async def _seen(self, principal: Principal, token: str | None) -> set[int] | None:
+    async def _seen(self, principal: Principal, token: str | None,
+                    mine: dict[int, str] | None = None) -> set[int] | None:
         """The workspaces whose names the caller may read in `workspace_names`: the caller's own (a task run's
-        token: its workspace only), or None (all) for an administrator's unscoped token, who may list any user's
-        workspaces anyway (workspaces/list with a user_id)."""
+        token: its workspace only; `mine` when already read), or None (all) for an administrator's unscoped token,
+        who may list any user's workspaces anyway (workspaces/list with a user_id)."""
         if principal.admin and scoped_workspace(principal) is None:
             return None
-        return set(await self.my_workspaces(token))
+        return set(mine if mine is not None else await self.my_workspaces(token))
+
+    async def _named(self, principal: Principal, token: str | None, name: str,
+                     own_only: bool = False) -> tuple[asyncpg.Record, dict[int, str]]:
+        """The connection the caller means by `name`, with the caller's workspaces (id -> name). Among what the
+        caller sees (their own, and those attached to their workspaces; a task run's token: its workspace's), their
+        own wins (unique per owner); else the one attached to their workspaces (unique per workspace, so a run's
+        lookup is never ambiguous); two of those in different workspaces are 409 naming those workspaces (get it by
+        id). `own_only`: the caller's own alone (what they may delete). Nobody else's connections are read, so an
+        answer says nothing of other tenants' names."""
+        require_user(principal)
+        mine = await self.my_workspaces(token)
+        owner = None if principal.scoped_task is not None else uuid.UUID(principal.user_id)
+        rows = await self.pool.fetch(
+            f"{self.QUERY} WHERE c.name = $1 AND (c.owner_id = $2 OR c.id IN (SELECT connection_id FROM"
+            " connection_workspaces WHERE connection_name = $1 AND workspace_id = ANY($3::bigint[])))"
+            " GROUP BY c.id ORDER BY c.created_at, c.id", name, owner, list(mine))
+        own = [row for row in rows if owner is not None and row["owner_id"] == owner]
+        if own_only:
+            rows = own
+        if own or len(rows) == 1:
+            row = (own or rows)[0]
+        elif not rows:
+            raise NotFound("connection not found")
+        else:
+            where = sorted({mine[w] for row in rows for w in row["workspace_ids"] if w in mine})
+            raise Conflict(f"{len(rows)} connections attached to your workspaces are named {name!r} (in "
+                           f"{', '.join(repr(w) for w in where)}): get the one you mean by its id (connections/"
+                           "get_by_id; connections/list of a workspace shows the ids)")
+        await require_owner_or_member(self.membership(token), principal, str(row["owner_id"]),
+                                      list(row["workspace_ids"]), "connection")
+        return row, mine
 
     async def _visible(self, principal: Principal, token: str | None, where: str, value: Any) -> asyncpg.Record:
         require_user(principal)
@@ -185,8 +221,9 @@ class ConnectionService:
                     "INSERT INTO connections (id, name, type, details_encrypted, owner_id) VALUES ($1, $2, $3, $4, $5)",
                     connection_id, cmd.name, cmd.type, self.box.seal(cmd.details), uuid.UUID(principal.user_id))
                 await self._changed(conn, connection_id, "created")
-        except asyncpg.UniqueViolationError:
-            raise Conflict(f"a connection named {cmd.name!r} already exists") from None
+        except asyncpg.UniqueViolationError:  # names are unique per owner: only the caller's own conflict
+            raise Conflict(f"you already have a connection named {cmd.name!r}: choose another name, or delete that"
+                           " one first (connections/delete)") from None
         self.events_committed()
         return ConnectionId(id=str(connection_id))
 
@@ -202,13 +239,22 @@ class ConnectionService:
         require_unscoped(principal, "attach connections to workspaces")
         row = await self._visible(principal, token, "c.id = $1", _uuid(cmd.connection_id))
         name = (await self.my_workspaces(token)).get(cmd.workspace_id, str(cmd.workspace_id))
-        async with self.pool.acquire() as conn, conn.transaction():
-            link = await conn.fetchval(
-                "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
-                " EXCLUDED.workspace_name RETURNING id",
-                uuid.uuid4(), row["id"], cmd.workspace_id, name)
-            await self._changed(conn, row["id"], "attached", cmd.workspace_id)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # the link's connection_name is set by the table's trigger (migration 005); a workspace holds one
+                # connection of a name, so a lookup by name in it (a task run's) is never ambiguous
+                link = await conn.fetchval(
+                    "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
+                    " EXCLUDED.workspace_name RETURNING id",
+                    uuid.uuid4(), row["id"], cmd.workspace_id, name)
+                await self._changed(conn, row["id"], "attached", cmd.workspace_id)
+        except asyncpg.UniqueViolationError:  # the caller is a member: it may list the workspace's connections
+            message = (f"workspace {name!r} already has a connection named {row['name']!r}: remove that one from it"
+                       " first (connections/remove_from_workspace), or attach a connection of another name")
+            raise Conflict(message) from None
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("connection not found (it was deleted meanwhile)") from None
         self.events_committed()
         return ConnectionId(id=str(link))
 
@@ -236,9 +282,9 @@ class ConnectionService:
             except ValueError:  # seed 001's get_by_id example sends the connection's name as `id`
                 by_id, name = None, str(connection_id)
         if name is not None:
-            row = await self._visible(principal, token, "c.name = $1", name)
-        else:
-            row = await self._visible(principal, token, "c.id = $1", by_id)
+            row, mine = await self._named(principal, token, name)
+            return _record(row, self.box.open(row["details_encrypted"]), await self._seen(principal, token, mine))
+        row = await self._visible(principal, token, "c.id = $1", by_id)
         return _record(row, self.box.open(row["details_encrypted"]), await self._seen(principal, token))
 
     async def remove_from_workspace(self, principal: Principal, token: str | None, workspace_id: int,
@@ -257,7 +303,8 @@ class ConnectionService:
 
     async def delete(self, principal: Principal, token: str | None, name: str) -> NoContent:
         require_unscoped(principal, "delete connections")
-        row = await self._visible(principal, token, "c.name = $1", name)
+        # an administrator may delete what they see (their own first); anyone else only their own
+        row, _ = await self._named(principal, token, name, own_only=not principal.admin)
         if str(row["owner_id"]) != principal.user_id and not principal.admin:
             raise NotFound("connection not found")
         if row["workspace_ids"]:

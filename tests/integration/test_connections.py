@@ -4,13 +4,18 @@ details encrypted at rest and masked in lists; URL checks; isolation."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from shared.db import load_migrations, migrate
+from tests.integration import conftest
 from tests.integration.conftest import post
 
 pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "registry" / "migrations"
 
 
 def details():
@@ -64,11 +69,88 @@ async def test_details_are_encrypted_at_rest(stack, alice):
     assert b"hunter22" not in bytes(stored) and b"housepricesaga" not in bytes(stored)
 
 
-def test_duplicate_name_is_409(stack, alice, bob):
+def test_names_are_unique_per_owner_and_per_workspace_never_across_tenants(stack, admin, alice, bob):
+    """A name conflicts with the caller's own connections (create) and with those attached to the workspace
+    (add_to_workspace, whose caller may list them), and a name means what the caller sees. Until 2026-12-05 names
+    were unique across the platform: bob's create of a name alice had used was 409, so anyone could ask whether a
+    name existed anywhere."""
     name, first = create(stack, alice)
-    assert first.status_code == 200
-    _, second = create(stack, bob, name=name)
-    assert second.status_code == 409
+    assert first.status_code == 200, first.text
+    again = create(stack, alice, name=name)[1]
+    assert again.status_code == 409 and "you already have a connection named" in again.json()["msg"], again.text
+    theirs = create(stack, bob, name=name)[1]
+    assert theirs.status_code == 200, theirs.text  # says nothing of alice's
+    alice_id, bob_id = first.json()["id"], theirs.json()["id"]
+    for account, own in ((alice, alice_id), (bob, bob_id)):
+        assert post(stack, "connections/get", account.token, {"name": name}).json()["id"] == own
+        assert post(stack, "connections/get_by_id", account.token, {"id": name}).json()["id"] == own
+        assert post(stack, "connections/add_to_workspace", account.token,
+                    {"workspace_id": account.workspace_id, "connection_id": own}).status_code == 200
+
+    # bob joins alice's workspace: his own is still what the name means to him, and a workspace holds one of a name
+    alice.client.post("workspaces/add_user", {"email": bob.email, "workspace_id": alice.workspace_id})
+    assert post(stack, "connections/get", bob.token, {"name": name}).json()["id"] == bob_id
+    refused = post(stack, "connections/add_to_workspace", bob.token,
+                   {"workspace_id": alice.workspace_id, "connection_id": bob_id})
+    assert refused.status_code == 409 and "already has a connection named" in refused.json()["msg"], refused.text
+    assert [c["id"] for c in post(stack, "connections/list", bob.token, {"workspace_id": alice.workspace_id})
+            .json()["connections"]] == [alice_id]  # nothing attached by the refused request
+
+    # carol, in both workspaces and owning none: the name is ambiguous to her (409 naming her workspaces), each
+    # connection readable by its id
+    carol = conftest.make_account(stack, admin, "carol")
+    try:
+        for account in (alice, bob):
+            account.client.post("workspaces/add_user", {"email": carol.email, "workspace_id": account.workspace_id})
+        ambiguous = post(stack, "connections/get", carol.token, {"name": name})
+        assert ambiguous.status_code == 409 and "get_by_id" in ambiguous.json()["msg"], ambiguous.text
+        for own in (alice_id, bob_id):
+            assert post(stack, "connections/get_by_id", carol.token, {"id": own}).json()["id"] == own
+        # a delete by name is of the caller's own: bob's, alice's stays (and is then all carol sees of the name)
+        assert post(stack, "connections/delete", carol.token, {"name": name}).status_code == 404
+        post(stack, "connections/remove_from_workspace", bob.token,
+             {"workspace_id": bob.workspace_id, "connection_id": bob_id})
+        assert post(stack, "connections/delete", bob.token, {"name": name}).status_code == 204
+        assert post(stack, "connections/get", carol.token, {"name": name}).json()["id"] == alice_id
+        assert post(stack, "connections/get", bob.token, {"name": name}).json()["id"] == alice_id
+    finally:
+        carol.client.close()
+
+
+async def test_migration_005_scopes_names_on_a_database_with_rows(stack, monkeypatch):
+    """Registry migration 005 on connections made before it (names unique across the platform): each link gets its
+    connection's name, and from then on a name is unique per owner and per workspace, not across owners; a link
+    written without the name (a registry of before 005 during a rolling update) gets it from the trigger."""
+    directory = MIGRATIONS
+    migrations = load_migrations(directory)
+    assert [(m.version, m.name) for m in migrations if m.version >= 5][0] == (5, "connection_names_per_owner")
+    monkeypatch.setattr(conftest, "load_migrations", lambda folder: [m for m in migrations if m.version < 5])
+    owner_a, owner_b, links = uuid.uuid4(), uuid.uuid4(), {}
+    async with conftest.service_schema(stack, "regnames", directory) as pool:
+        ids = {}
+        for name, owner in (("db", owner_a), ("lake", owner_b)):
+            ids[name] = await pool.fetchval("INSERT INTO connections (id, name, type, details_encrypted, owner_id)"
+                                            " VALUES ($1, $2, 'T', 'x', $3) RETURNING id", uuid.uuid4(), name, owner)
+            links[name] = await pool.fetchval("INSERT INTO connection_workspaces (id, connection_id, workspace_id,"
+                                              " workspace_name) VALUES ($1, $2, 7, 'w') RETURNING id",
+                                              uuid.uuid4(), ids[name])
+        schema = await pool.fetchval("SELECT current_schema()")
+        monkeypatch.undo()
+        await migrate(stack.settings().postgres, schema, migrations)
+        named = {r["id"]: r["connection_name"] for r in await pool.fetch(
+            "SELECT id, connection_name FROM connection_workspaces")}
+        assert named == {links["db"]: "db", links["lake"]: "lake"}
+        other = await pool.fetchval("INSERT INTO connections (id, name, type, details_encrypted, owner_id)"
+                                    " VALUES ($1, 'db', 'T', 'x', $2) RETURNING id", uuid.uuid4(), owner_b)
+        with pytest.raises(asyncpg.UniqueViolationError):  # owner_a's second 'db'
+            await pool.execute("INSERT INTO connections (id, name, type, details_encrypted, owner_id)"
+                               " VALUES ($1, 'db', 'T', 'x', $2)", uuid.uuid4(), owner_a)
+        with pytest.raises(asyncpg.UniqueViolationError):  # workspace 7 has a 'db' already
+            await pool.execute("INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
+                               " VALUES ($1, $2, 7, 'w')", uuid.uuid4(), other)
+        await pool.execute("INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
+                           " VALUES ($1, $2, 8, 'v')", uuid.uuid4(), other)
+        assert await pool.fetchval("SELECT connection_name FROM connection_workspaces WHERE workspace_id = 8") == "db"
 
 
 @pytest.mark.parametrize("extra, message", [
