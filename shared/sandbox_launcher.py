@@ -7,7 +7,9 @@ the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it doe
    the capabilities to build the rest inside it; (root) no user namespace: it drops to the dedicated sandbox
    uid at the end instead;
 2. new mount, pid, network, IPC and UTS namespaces; then it forks: the child is pid 1 of the new pid namespace
-   and dies with this process (PDEATHSIG), and every process of the namespace dies with it;
+   and dies with this process (PDEATHSIG), and every process of the namespace dies with it; the target it forks
+   to run the code has a PDEATHSIG of its own (without a pid namespace, `off`, nothing else would end it), so a
+   service killed with SIGKILL takes its sandboxes' code with it (this process has a PDEATHSIG too);
 3. the child builds a new root on a tmpfs: the system directories (/usr, /etc, /lib...), the Python
    installation, the virtualenv and the code are bound read-only at their own paths, the stack's data directory
    is an empty tmpfs, the working directory alone is bound writable, /proc is a fresh procfs of the new pid
@@ -1320,9 +1322,16 @@ def child(config: dict, root: str | None, alive: int, mapping: tuple[int, int], 
             pass
         os.close(alive)
         go, ready = os.pipe()  # the target executes the code only once this process holds no REPORT_FD
+        init = os.getpid()
         target = os.fork()
         if target == 0:
             os.close(ready)
+            # the target dies with this process too (a PDEATHSIG is not inherited by a fork, and survives the exec):
+            # in a pid namespace the kernel kills it anyway once pid 1 is gone, but `off-for-single-user` has none,
+            # and there the code outlived a service killed with SIGKILL (an engine replica: its workers ran on)
+            check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+            if os.getppid() != init:  # this process died before it was armed
+                os._exit(125)
             try:
                 set_limits(config["limits"])
                 for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
