@@ -53,9 +53,14 @@ def test_the_fast_reader_takes_flat_floats_and_leaves_the_rest():
     assert isinstance(flat["inputs"][0]["data"], np.ndarray)
     assert flat["inputs"][0]["data"].dtype == np.float64
     assert flat["outputs"] == [{"name": "dense_1"}] and flat["id"] == "r1"
-    assert oip._read_json_fast(orjson.dumps(BODIES[2])) is None  # nested lists: the general path
+    nested = oip._read_json_fast(orjson.dumps(BODIES[2]))  # a nested tensor: its values, flat
+    assert nested["inputs"][0]["data"].tolist() == [1.0, 2.0, 3.0, 4.0]
     ragged = b'{"inputs": [{"name": "t", "shape": [2], "datatype": "FP32", "data": [1, [2]]}]}'
     assert oip._read_json_fast(ragged) is None  # as many values as elements, but one is a list
+    for data in (b"[[1, 2], [3]]", b"[[1, 2], 3]", b"[[1, [2]], [3, 4]]", b"[[[1, 2]], [[3], [4]]]",
+                 b"[[[1, 2], [3]], [[4, 5], [6, 7]]]", b"[[], [1]]"):  # no tensor: the general path's words
+        assert oip._read_json_fast(b'{"inputs": [{"name": "t", "shape": [2, 2], "datatype": "FP32", "data": '
+                                   + data + b"}]}") is None, data
     assert oip._read_json_fast(b'{"id": "[", "inputs": [{"name": "t", "shape": [1], "datatype": "FP32", '
                                b'"data": [1]}]}') is None  # a `[` in a string: the general path, to be safe
     mixed = oip._read_json_fast(orjson.dumps(BODIES[1]))
