@@ -17,7 +17,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -514,8 +514,8 @@ def took_over(stack, task_id: str, killed: float, dead: int, alive: int, within:
     lost once their heartbeat was supervisor_lost_after old, 10 s)."""
     deadline = time.monotonic() + within
     while True:
-        found = query(stack, "SELECT scheduled_for, status, supervisor, reason FROM task_scheduler.runs"
-                             " WHERE task_id = $1", uuid.UUID(task_id))
+        found = query(stack, "SELECT scheduled_for, status, supervisor, reason, created_at, started_at, finished_at"
+                             " FROM task_scheduler.runs WHERE task_id = $1 ORDER BY scheduled_for", uuid.UUID(task_id))
         orphans = [r for r in found if r["status"] == "running" and f":{dead}:" in r["supervisor"]]
         # started (a place in the workspace may wait for an orphan's loss)
         later = [r for r in found if r["scheduled_for"].timestamp() > killed and r["status"] != "queued"]
@@ -523,9 +523,15 @@ def took_over(stack, task_id: str, killed: float, dead: int, alive: int, within:
             break
         assert time.monotonic() < deadline, ("not failed as lost", orphans, "started after the kill", later)
         time.sleep(0.3)
-    assert all(f":{alive}:" in r["supervisor"] for r in later), later
+    # what a failure shows: the kill's time and both pids beside every run's times (a run of a point after the kill
+    # supervised by the killed process, seen once in session 30, could not be explained afterwards without them)
+    seen = (f"killed at {datetime.fromtimestamp(killed, UTC).isoformat()}, dead {dead}, alive {alive}",
+            [dict(r) for r in found])
+    # the killed process started nothing once killed, and every run of a point after the kill is the other's
+    assert all(r["started_at"].timestamp() < killed for r in found if f":{dead}:" in (r["supervisor"] or "")), seen
+    assert all(f":{alive}:" in r["supervisor"] for r in later), seen
     lost = [r for r in found if f":{dead}:" in (r["supervisor"] or "") and r["status"] == "failure"]
-    assert all("scheduler process supervising the run died" in r["reason"] for r in lost), lost
+    assert all("scheduler process supervising the run died" in r["reason"] for r in lost), seen
 
 
 def missed_points(task_id: str, logs: list[Path]) -> dict[datetime, int]:
