@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -146,6 +147,13 @@ CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnig
 """The macros a Kubernetes CronJob takes for a whole schedule (croniter reads them: '@hourly' is '0 * * * *')."""
 
 
+# croniter's random field (R, R(0-29), R/5): every croniter built from the schedule draws another value, and the
+# scheduler builds one at each pass (scheduler.due_point): "R * * * *" queued a run of some minute, then took another
+# minute for the next point (a point in the future queued at once, or a point repeated or left out). Not cron's, nor
+# a Kubernetes CronJob's. Tasks stored with one before December 2026 keep it.
+RANDOM_FIELD = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
+
+
 def check_schedule(schedule: str) -> str:
     """A 5-field cron expression (minute hour day-of-month month day-of-week, as Kubernetes CronJobs read it), or
     6 fields whose last is seconds (Railyard), or one of CRON_MACROS; InvalidRequest otherwise. Times are UTC: a
@@ -164,6 +172,10 @@ def check_schedule(schedule: str) -> str:
         raise InvalidRequest(f"schedule {schedule!r} has {len(fields)} field{'' if len(fields) == 1 else 's'}; "
                              "cron needs 5: minute hour day-of-month month day-of-week (e.g. '*/5 * * * *'), or 6 "
                              "with seconds last, or a macro such as '@hourly'", code="invalid_schedule")
+    if any(RANDOM_FIELD.match(part) for f in fields for part in f.split(",")):
+        raise InvalidRequest(f"schedule {schedule!r} has a random field (R): each reading of it draws another time, so"
+                             " its points are not fixed; give the minute, hour, ... (e.g. '17 * * * *')",
+                             code="invalid_schedule")
     if not croniter.is_valid(" ".join(fields)):
         raise InvalidRequest(f"schedule {schedule!r} is not a valid cron expression (minute hour day-of-month "
                              "month day-of-week)", code="invalid_schedule")
