@@ -75,7 +75,11 @@ DROP_SECONDS = 5.0  # the loop's connection released (its LISTEN dropped) within
 END_ATTEMPT_SECONDS = 5.0  # one attempt at recording a run's end (a server that stopped answering): tried again
 END_RECORD_SECONDS = 30.0  # how long a run's end record is retried before it is left to the lost-run step
 BEATS_UNDER_WAY = 2  # an install's beats sent and not answered yet, at most (Scheduler._install_one)
-MISSED_COUNTED = 1000  # missed schedule points walked one by one at most (due_point); past it: "at least" that many
+# missed schedule points walked one by one at most (due_point); past it: "at least" that many. A pass catches up to
+# FIRE_BATCH tasks in one go on the event loop: 50 x 100 croniter steps, ~0.3 s (~60 us a step; 0.15-0.4 ms at load
+# 9). At 1,000 (review of 7d59f296) a batch of per-second tasks back after 17 minutes took 3 s quiet, 7-19 s at load 9,
+# past supervisor_lost_after (10 s): the pass beats its runs after it, so another process could take them as lost
+MISSED_COUNTED = 100
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
