@@ -615,16 +615,17 @@ async def test_a_last_resume_whose_look_fails_is_failed_with_the_look_s_error(mo
         assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "running"
 
 
-@pytest.mark.parametrize("outcome", ["refused", "failed", "unanswered"])
+@pytest.mark.parametrize("outcome", ["refused", "failed", "unanswered", "unavailable"])
 async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_challenge_running(monitoring_schema,
                                                                                               monkeypatch, outcome):
     """A challenge runs (v1 shadowed by v2, training 1's) when the policy is DEPLOY_AUTO and training 2 (v3) is
     delivered; its deploy serves nothing: refused twice (a person's deploy, keeping v1 shadowed by v2 with another
-    set-up, lands before each try), failed (its pipeline deleted: a 4xx; a 503 is left for the resume), or
-    unanswered. Before, the delivery superseded the running challenge before its deploy: the challenge was closed
-    though its champion and challenger went on serving and nothing was delivered (never decided, its pairs no longer
-    compared). Now the challenge ends with the delivery's record, so it stays running; recorded once the deploy serves
-    (a resume finding v3 served), it is superseded then."""
+    set-up, lands before each try), failed (its pipeline deleted: a 4xx), unanswered, or its pipelines/create
+    answered 503 (the deployer's database away: `unavailable`, left claimed for the resume, which delivers it;
+    before session 31 it failed for good). Before, the delivery superseded the running challenge before its deploy:
+    the challenge was closed though its champion and challenger went on serving and nothing was delivered (never
+    decided, its pairs no longer compared). Now the challenge ends with the delivery's record, so it stays running;
+    recorded once the deploy serves (a resume finding v3 served, or serving it), it is superseded then."""
     pool = monitoring_schema
     await continuous_deployment(pool, "DEPLOY_AUTO")
     older, training_id = uuid.uuid4(), uuid.uuid4()
@@ -647,6 +648,11 @@ async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_cha
         def pipeline_deleted() -> None:
             raise NotFound("pipeline 5 was deleted")  # a 503 is resumed, not failed
         deployer.on_create = pipeline_deleted
+    elif outcome == "unavailable":
+        def database_away() -> None:
+            deployer.on_create = lambda: None  # once
+            raise Unavailable("the database did not answer within 4 s")
+        deployer.on_create = database_away
     else:
         deployer.unanswered = 1
     training = await pool.fetchrow("SELECT * FROM trainings WHERE id = $1", training_id)
@@ -657,9 +663,11 @@ async def test_a_deploy_auto_delivery_that_serves_nothing_leaves_the_running_cha
     row = await pool.fetchrow("SELECT outcome, delivering_since FROM trainings WHERE id = $1", training_id)
     assert row["outcome"] == ("failed" if outcome == "failed" else "deployed"), dict(row)
     assert await swapped_events(pool) == []
-    if outcome != "unanswered":
+    if outcome not in ("unanswered", "unavailable"):
         return
-    deployer.serving = 2  # the unanswered deploy lands late; the resume finds it serving and records it
+    assert row["delivering_since"] is not None  # left claimed for the resume
+    if outcome == "unanswered":
+        deployer.serving = 2  # the unanswered deploy lands late; the resume finds it serving and records it
     await pool.execute("UPDATE trainings SET delivering_since = now() - make_interval(secs => $2) WHERE id = $1",
                        training_id, continuous.STALE_SWAP + 10)
     await continuous.resume_deliveries(Deployer.process(pool))

@@ -125,6 +125,8 @@ def test_deploy_status_infer_undeploy(stack, alice, deployed):
     assert engine["status"] == "Running"
     assert engine["pipeline_statuses"]["pipelines"] == [{"id": "pipelinemodels", "status": "Running"}]
     assert engine["model_statuses"]["models"][0]["sha"] == deployed["version"]["sha"]
+    # the replica's inference log counts reach the API (Replica.status: `logs`); nothing lost, no details line
+    assert engine["logs"]["lost_rows"] == 0 and engine["logs"]["failed_flushes"] == 0 and engine["details"] == []
     assert deployed["url"].endswith(f"/v1/api/pipelines/infer/{deployed['name']}/pipelinemodels")
 
     rows = sample_rows(5, seed=11).astype(np.float64)
