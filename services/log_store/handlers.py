@@ -750,6 +750,10 @@ class Ingestor:
             if batch.batch_id not in seen:
                 seen.add(batch.batch_id)
                 unique.append(batch)
+        if unique and all(b.ref is not None for b in unique):  # engines' segment descriptions only: each recorded
+            # and its segment indexed in one statement, one recorded before skipped there (no look-up first)
+            await store.index_described(deps.pool, [(b.batch_id, _from_ref(b)) for b in unique])
+            seen, unique = set(), []
         committed = await store.committed_batches(deps.pool, list(seen)) if seen else set()
         fresh = [b for b in unique if b.batch_id not in committed]
         once = await self.store_requests_once(fresh)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import asyncpg
@@ -77,6 +78,58 @@ async def commit_segments(pool: asyncpg.Pool, batch_ids: list[str], segments: li
                 "true)",
                 row["id"], row["first_pos"], row["first_pos"] + seg.row_count - 1, seg.row_count, seg.min_time,
                 seg.max_time, seg.schema_fp, seg.versions, seg.dropped, seg.object_key, seg.bytes)
+
+
+# Record each batch and index its segment, one statement (one round trip; it is its own transaction): a batch
+# recorded before (a redelivery, another process's copy, committed or committing: ON CONFLICT waits for it) is
+# skipped with its segment, so a description indexed twice is recorded once. Each pipeline's row is moved once by the
+# sum of its new segments' rows (a row may be updated once a statement) and locked until the statement commits, so
+# segments become visible in the order of their positions; its segments take positions in the order given. Rows are
+# inserted in key order (batch ids, then pipelines), so two such statements wait for each other, never deadlock.
+INDEX_DESCRIBED = """
+WITH described AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::bigint[], $6::bigint[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[]) WITH ORDINALITY
+        AS d (batch_id, workspace_id, pipeline, row_count, min_time, max_time, schema_fp, versions, dropped,
+              object_key, bytes, n)
+), recorded AS (
+    INSERT INTO batches (batch_id) SELECT batch_id FROM described ORDER BY batch_id ON CONFLICT DO NOTHING
+    RETURNING batch_id
+), fresh AS (
+    SELECT d.*, sum(d.row_count) OVER (PARTITION BY d.workspace_id, d.pipeline ORDER BY d.n) AS upto,
+           sum(d.row_count) OVER (PARTITION BY d.workspace_id, d.pipeline) AS total
+    FROM described d JOIN recorded r USING (batch_id)
+), moved AS (
+    INSERT INTO pipelines (workspace_id, name, next_pos)
+    SELECT workspace_id, pipeline, sum(row_count) FROM fresh GROUP BY workspace_id, pipeline ORDER BY 1, 2
+    ON CONFLICT (workspace_id, name) DO UPDATE SET next_pos = pipelines.next_pos + EXCLUDED.next_pos
+    RETURNING id, workspace_id, name, next_pos
+)
+INSERT INTO segments (pipeline_id, first_pos, last_pos, row_count, min_time, max_time, schema_fp, versions, dropped,
+                      object_key, bytes, sorted)
+SELECT m.id, m.next_pos - f.total + f.upto - f.row_count, m.next_pos - f.total + f.upto - 1, f.row_count, f.min_time,
+       f.max_time, f.schema_fp,
+       ARRAY(SELECT v FROM jsonb_array_elements_text(f.versions::jsonb) WITH ORDINALITY AS e (v, i) ORDER BY i),
+       ARRAY(SELECT v FROM jsonb_array_elements_text(f.dropped::jsonb) WITH ORDINALITY AS e (v, i) ORDER BY i),
+       f.object_key, f.bytes, true
+FROM fresh f JOIN moved m ON m.workspace_id = f.workspace_id AND m.name = f.pipeline
+"""
+
+
+async def index_described(pool: asyncpg.Pool, described: list[tuple[str, NewSegment]]) -> None:
+    """Record the batches of engine segment descriptions (batch id, its segment; ids unique) and index the segments
+    of those not recorded before, in one statement (INDEX_DESCRIBED). What commit_segments after committed_batches
+    does for such batches, without the look-up and the transaction's own round trips: the insert of a batch's id
+    decides whether its segment is indexed, in the same statement, so nothing races between them."""
+    if not described:
+        return
+    segments = [seg for _, seg in described]
+    await pool.execute(
+        INDEX_DESCRIBED, [batch_id for batch_id, _ in described], [s.workspace_id for s in segments],
+        [s.pipeline for s in segments], [s.row_count for s in segments], [s.min_time for s in segments],
+        [s.max_time for s in segments], [s.schema_fp for s in segments],
+        [json.dumps(s.versions) for s in segments], [json.dumps(s.dropped) for s in segments],
+        [s.object_key for s in segments], [s.bytes for s in segments])
 
 
 async def pipeline(pool: asyncpg.Pool, workspace_id: int, name: str) -> asyncpg.Record | None:
