@@ -8,7 +8,8 @@ A pass of the loop:
    moves past now, and the run is inserted with `ON CONFLICT (task_id, scheduled_for) DO NOTHING` in the same
    transaction: a point makes exactly one run, whichever process sees it, across kills and restarts. When
    several points passed while no scheduler ran, only the latest is considered: `fire_once` runs it (late),
-   `skip` runs it only if it is at most `missed_run_grace` seconds old. Never several runs for one catch-up;
+   `skip` runs it only if it is at most `missed_run_grace` seconds old. Never several runs for one catch-up. A point
+   that comes while QUEUED_PER_TASK runs of its task wait to start makes no run (logged);
 3. starts queued runs, a workspace's oldest first, up to the workspace's concurrent-run limit (counted under a
    per-workspace advisory lock, so the limit holds across processes) and this process's own room, one run per
    waiting workspace in turn, the workspace with the fewest running first (then the longest wait);
@@ -80,6 +81,11 @@ BEATS_UNDER_WAY = 2  # an install's beats sent and not answered yet, at most (Sc
 # 9). At 1,000 (review of 7d59f296) a batch of per-second tasks back after 17 minutes took 3 s quiet, 7-19 s at load 9,
 # past supervisor_lost_after (10 s): the pass beats its runs after it, so another process could take them as lost
 MISSED_COUNTED = 100
+# runs of one task waiting to start (`queued`) at most: a point that comes while it has that many is not queued, and
+# logged (Scheduler.fire_due). Before, a task whose runs outlast its interval queued one more at every point, without
+# end: the backlog only grew, each run started later than the last, and the workspace's other tasks' runs (started
+# oldest first) waited behind all of it. Airflow's max_active_runs (16 a DAG) bounds the same; a CronJob makes no queue
+QUEUED_PER_TASK = 10
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -347,6 +353,13 @@ class Scheduler:
                                                      task["missed_run_policy"], grace)
                 if point is None:
                     log.info("task %s: skipping missed schedule points up to %s", task["id"], task["now"])
+                elif await store.queued_of_task(conn, task["id"], task["workspace_id"],
+                                                QUEUED_PER_TASK) >= QUEUED_PER_TASK:
+                    # counted under the task's row lock, which every point of it is fired under; a start elsewhere
+                    # meanwhile only lowers the count
+                    log.info("task %s: point %s not queued: %d runs of the task are still waiting to start (at most"
+                             " %d; its workspace runs %d at a time)", task["id"], point.isoformat(), QUEUED_PER_TASK,
+                             QUEUED_PER_TASK, self.deps.settings.max_concurrent_runs_per_workspace)
                 elif await store.fire(conn, task["id"], task["workspace_id"], point):
                     log.info("task %s: run queued for %s%s", task["id"], point.isoformat(),
                              "" if not missed else f" ({missed} earlier points were missed)" if missed < MISSED_COUNTED

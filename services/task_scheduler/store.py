@@ -221,6 +221,14 @@ async def fire(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, 
     return inserted is not None
 
 
+async def queued_of_task(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, at_most: int) -> int:
+    """How many runs of the task wait to start (`queued`), counted up to `at_most`: read through the workspace's
+    queued runs (index runs_queued), not through every run the task ever had."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM runs WHERE workspace_id = $2 AND status = 'queued' AND task_id = $1 "
+        "LIMIT $3) q", task_id, workspace_id, at_most)
+
+
 async def set_next_fire(conn: asyncpg.Connection, task_id: uuid.UUID, next_fire: datetime) -> None:
     await conn.execute("UPDATE tasks SET next_fire = $2 WHERE id = $1", task_id, next_fire)
 
