@@ -239,24 +239,35 @@ class ConnectionService:
         require_unscoped(principal, "attach connections to workspaces")
         row = await self._visible(principal, token, "c.id = $1", _uuid(cmd.connection_id))
         name = (await self.my_workspaces(token)).get(cmd.workspace_id, str(cmd.workspace_id))
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                # the link's connection_name is set by the table's trigger (migration 005); a workspace holds one
-                # connection of a name, so a lookup by name in it (a task run's) is never ambiguous
-                link = await conn.fetchval(
-                    "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
-                    " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
-                    " EXCLUDED.workspace_name RETURNING id",
-                    uuid.uuid4(), row["id"], cmd.workspace_id, name)
-                await self._changed(conn, row["id"], "attached", cmd.workspace_id)
-        except asyncpg.UniqueViolationError:  # the caller is a member: it may list the workspace's connections
-            message = (f"workspace {name!r} already has a connection named {row['name']!r}: remove that one from it"
-                       " first (connections/remove_from_workspace), or attach a connection of another name")
-            raise Conflict(message) from None
-        except asyncpg.ForeignKeyViolationError:
-            raise NotFound("connection not found (it was deleted meanwhile)") from None
+        for attempt in (1, 2):
+            try:
+                link = await self._attach(row["id"], cmd.workspace_id, name)
+                break
+            except asyncpg.UniqueViolationError:
+                # ON CONFLICT answers only for its own key: an attach of the same connection to the same workspace
+                # committed while this one was inserting fails on the name's key, not the link's (7 in 1,200 of 4 at
+                # once); tried again, this one finds that link and answers it. Twice: another connection of the name
+                if attempt == 2:  # the caller is a member: it may list the workspace's connections
+                    raise Conflict(f"workspace {name!r} already has a connection named {row['name']!r}: remove that"
+                                   " one from it first (connections/remove_from_workspace), or attach a connection"
+                                   " of another name") from None
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound("connection not found (it was deleted meanwhile)") from None
         self.events_committed()
         return ConnectionId(id=str(link))
+
+    async def _attach(self, connection_id: uuid.UUID, workspace_id: int, workspace_name: str) -> uuid.UUID:
+        """The link of a connection to a workspace, made (or its workspace_name renewed), with its event; its id."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # the link's connection_name is set by the table's trigger (migration 005); a workspace holds one
+            # connection of a name, so a lookup by name in it (a task run's) is never ambiguous
+            link = await conn.fetchval(
+                "INSERT INTO connection_workspaces (id, connection_id, workspace_id, workspace_name)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id, workspace_id) DO UPDATE SET workspace_name ="
+                " EXCLUDED.workspace_name RETURNING id",
+                uuid.uuid4(), connection_id, workspace_id, workspace_name)
+            await self._changed(conn, connection_id, "attached", workspace_id)
+        return link
 
     async def list(self, principal: Principal, token: str | None, workspace_id: int, limit: int | None = None,
                    cursor: str | None = None) -> Connections:
