@@ -187,11 +187,12 @@ class RouteCache:
         task.add_done_callback(lambda done: self._refreshed(name, done))
         return task
 
-    async def ask(self, runtime: Runtime, route: DeploymentRoute, token: str, table: pa.Table
-                  ) -> tuple[dict[str, str], pa.Table]:
+    async def ask(self, runtime: Runtime, route: DeploymentRoute, token: str, table: pa.Table,
+                  principal: Principal | None = None) -> tuple[dict[str, str], pa.Table]:
         """(the engine's answer headers, the output table), or its typed error. Concurrent requests to a
         deployment whose steps allow it travel together (services/gateway/coalesce.py). When no replica answers,
-        what the deployer says now (the cached route may be stale: undeployed is 404, starting 503)."""
+        what the deployer says now (the cached route may be stale: undeployed is 404, starting 503; a crash loop's
+        reason only to a `principal` who may read the deployment's status: not_serving)."""
         name, asked = route.name, time.monotonic()
         try:
             if route.batchable:
@@ -224,7 +225,8 @@ class RouteCache:
             elif not isinstance(exc, NoEngine):
                 raise
             if route.status != "Running":
-                raise not_serving(route) from None
+                raise not_serving(route, reason_shown=principal is not None and principal.kind != KIND_INFERENCE
+                                  ) from None
             raise
 
     def narrowed(self, route: DeploymentRoute, table: pa.Table) -> pa.Table:
@@ -327,19 +329,24 @@ class CrashLoop(Unavailable):
         self.retry_after = retry_after
 
 
-def not_serving(route: DeploymentRoute) -> Unavailable:
+def not_serving(route: DeploymentRoute, reason_shown: bool = False) -> Unavailable:
     """The 503 for a request no replica took, in the words of the deployer's route: starting, or failing to start
-    (a crash loop: its reason, code `deployment_crash_loop`). Before 2026-12-05 a crash loop read 'deployment X is
-    starting; retry shortly' for as long as it lasted (the deployer said Starting)."""
+    (a crash loop: code `deployment_crash_loop`). Before 2026-12-05 a crash loop read 'deployment X is starting;
+    retry shortly' for as long as it lasted (the deployer said Starting). The loop's reason (the last line of a
+    replica's log: a user's step's exception, the platform's paths and hosts) is said to a workspace member or a
+    run (`reason_shown`), who may read it in status/get_deployment too, not to an inference token: those are handed
+    to external applications, which get the same code, words without the reason, and Retry-After."""
     name = route.name
     if route.status != "Error":
         return Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly")
     wait = route.retry_after if route.retry_after is not None and math.isfinite(route.retry_after) else None
     when = "a replica is starting again now" if wait is None else \
-        f"the deployer starts a replica again in {math.ceil(wait)} s"
+        f"the deployer starts a replica again in {max(1, math.ceil(wait))} s"  # as Retry-After
     return CrashLoop(f"deployment {name!r} is failing to start: its engine replicas keep exiting soon after they start "
-                     f"(crash loop): {route.reason or 'no reason given'}. Retry later ({when}); if it keeps failing, "
-                     "fix the model or the pipeline and redeploy (its replicas: status/get_deployment)",
+                     f"(crash loop){': ' + (route.reason or 'no reason given') if reason_shown else ''}. Retry later "
+                     f"({when}); if it keeps failing, "
+                     + ("fix the model or the pipeline and redeploy (its replicas: status/get_deployment)"
+                        if reason_shown else "a member of its workspace sees why in status/get_deployment"),
                      retry_after=min(max(1.0, wait or 1.0), 3600.0))
 
 
@@ -436,7 +443,7 @@ class Inference:
         # SILENT_KEPT_FOR), and this refusal was a 503 while a replica served; with no replica serving, `ask`
         # answers the 503 of this route's word (no responders)
         at_ms = int(time.time() * 1000)
-        headers, outputs = await self.cache.ask(runtime, route, token, table)
+        headers, outputs = await self.cache.ask(runtime, route, token, table, principal)
         rows = table.num_rows
         if outputs.num_rows != rows:  # both answers pair the rows: the engine refuses this (handlers.rows_changed),
             raise rows_changed(None, outputs.num_rows, rows)  # an older one answered it: its words (no step known)
@@ -465,7 +472,7 @@ class Inference:
             route = await self.cache.fresh(runtime, principal, token, model)
             check_outputs(parsed, route)
         try:
-            _, outputs = await self.cache.ask(runtime, route, token, table)
+            _, outputs = await self.cache.ask(runtime, route, token, table, principal)
         except RailyardError as exc:  # the engine's words are the records route's (columns): OIP's are inputs
             raise in_oip_words(exc) from None
         if outputs.num_rows != table.num_rows:  # as run's (an older engine answered it): a client reads the

@@ -208,6 +208,17 @@ class DeploymentRoute(Message):
     retry_after: float | None = Field(None, description="With `status` Error: seconds until the deployer starts a "
                                       "replica again (crash-loop back-off), when none is starting now.")
 
+    @model_serializer(mode="wrap")
+    def _without_unset_crash_loop(self, handler: Any):  # no return type: see Pipelines
+        # left out when unset: messages refuse unknown fields, so a gateway (monitoring, lineage) older than them
+        # could read no route of a newer deployer during a rolling update (every inference 503 'deployer answered
+        # with a reply that could not be read'); only a crash loop's Error route carries them
+        data = handler(self)
+        for key in ("reason", "retry_after"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
 
 class PipelineDeployed(Event):
     deployment_id: int

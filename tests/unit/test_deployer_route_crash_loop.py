@@ -78,3 +78,24 @@ def test_the_resolve_carries_the_reason_and_the_wait(world, monkeypatch):  # noq
         assert (route.status, route.reason, route.retry_after) == ("Running", None, None)
 
     asyncio.run(scenario(world))
+
+
+def test_a_route_without_a_crash_loop_reads_as_it_did_for_an_older_gateway():
+    """Messages refuse unknown fields: a gateway (monitoring, lineage) older than `reason` and `retry_after` could read
+    no route of a newer deployer during a rolling update if they were always sent (null). They are left out unset, so
+    only a crash loop's Error route carries them (it was a 503 for that gateway anyway)."""
+    from shared.messages.deployer import DeploymentRoute
+
+    older = set(DeploymentRoute.model_fields) - {"reason", "retry_after"}  # the fields before 9c82caad
+    running = DeploymentRoute(deployment_id=1, name="d", pipeline_name="p", workspace_id=1, status="Running",
+                              pipeline_version="1", input_schema=None)
+    for route in (running, running.model_copy(update={"status": "Starting"})):
+        assert set(route.model_dump(mode="json", by_alias=True)) <= older, route
+        assert DeploymentRoute.model_validate_json(route.model_dump_json()) == route
+    looping = running.model_copy(update={"status": "Error", "reason": "CrashLoopBackOff: x", "retry_after": 2.5})
+    dumped = looping.model_dump(mode="json", by_alias=True)
+    assert (dumped["reason"], dumped["retry_after"]) == ("CrashLoopBackOff: x", 2.5)
+    assert DeploymentRoute.model_validate(dumped) == looping
+    starting_again = looping.model_copy(update={"retry_after": None})
+    assert "retry_after" not in starting_again.model_dump(mode="json") and \
+        DeploymentRoute.model_validate(starting_again.model_dump(mode="json")) == starting_again

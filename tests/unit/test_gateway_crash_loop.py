@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from services.gateway.inference import ARROW_FILE, CRASH_LOOP, EngineReply, Inference, InferenceFastPath, NoEngine
 from shared.arrow_codec import to_ipc_file
+from shared.authz import Principal
 from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING, _engine
 
 REASON = ("CrashLoopBackOff: railyard-engine: model 'm' failed to load: out of memory (3 exits in a row soon after "
@@ -22,9 +23,14 @@ REASON = ("CrashLoopBackOff: railyard-engine: model 'm' failed to load: out of m
 LOOPING = STARTING.model_copy(update={"status": "Error", "reason": REASON, "retry_after": 11.6})
 
 
+APP = Principal(subject="app", kind="inference", admin=False, client_id="c", username=None, issued_at=0.0,
+                workspace_id=1)  # an inference token of the deployment's workspace: handed to an external app
+CALLER = [ALICE]
+
+
 class Verifier:
     async def verify(self, token: str):
-        return ALICE
+        return CALLER[0]
 
 
 @pytest.fixture
@@ -43,6 +49,7 @@ def routes(monkeypatch) -> list[object]:
         return lookup
 
     monkeypatch.setattr(inference, "request", request)
+    CALLER[0] = ALICE  # each test starts as a member
     monkeypatch.setattr(inference, "bus_membership", bus_membership)
 
     async def no_responders(payload: bytes) -> EngineReply:
@@ -93,3 +100,18 @@ async def test_a_starting_deployment_keeps_its_answer(routes):
     answer = await _post(*FORMATS["records"])
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.text
     assert answer.json() == {"code": "unavailable", "msg": "deployment 'd' is starting; retry shortly"}
+
+
+@pytest.mark.parametrize("form", list(FORMATS))
+async def test_an_inference_token_gets_the_code_and_the_wait_not_the_reason(routes, form):
+    """The reason is the last line of a replica's log (a step's exception, the platform's paths and hosts): a member
+    reads it (here and in status/get_deployment); an inference token, handed to an external application, gets the
+    same 503, code and Retry-After without it."""
+    CALLER[0] = APP
+    answer = await _post(*FORMATS[form])
+    assert answer.status_code == 503 and answer.json()["code"] == CRASH_LOOP, answer.text
+    message = answer.json()["error" if form == "oip" else "msg"]
+    assert message.startswith("deployment 'd' is failing to start: its engine replicas keep exiting soon after they "
+                              "start (crash loop). Retry later (the deployer starts a replica again in 12 s)"), message
+    assert "member of its workspace" in message and answer.headers["Retry-After"] == "12", answer.text
+    assert "CrashLoopBackOff" not in answer.text and "out of memory" not in answer.text, answer.text
