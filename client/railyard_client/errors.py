@@ -15,7 +15,8 @@ the server's typed `code` and its `message`:
         ├── NotFound            404
         ├── Conflict            409
         ├── PayloadTooLarge     413
-        └── Unavailable         503 (a deployment still starting, a service down; deployment_failed)
+        └── Unavailable         503 (a deployment still starting, a service down; deployment_failed,
+                                deployment_crash_loop)
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class PayloadTooLarge(APIError):
 class Unavailable(APIError):
     """503: a service is down or a deployment is still starting; retrying later may work (inference retries
     for 15 s). Not with `code` `deployment_failed`: the deployment failed to restore, and only a redeploy
-    (or an undeploy) ends that."""
+    (or an undeploy) ends that; nor with `code` `deployment_crash_loop`: its replicas keep exiting soon after
+    they start (the message says why to a workspace member), and inference raises it at once."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {400: InvalidRequest, 422: InvalidRequest, 401: AuthenticationError,

@@ -27,6 +27,7 @@ ModelLike = Model | ModelVersion | str
 InferInput = "pd.DataFrame | pa.Table | pa.RecordBatch | str | Path | list | dict"  # (annotations only)
 LOG_PAGE = 10_000
 UNAVAILABLE_RETRY = 15.0  # seconds an inference keeps retrying a deployment that is (re)starting (not a failed one)
+NOT_RETRIED = frozenset({"deployment_failed", "deployment_crash_loop"})  # 503 codes an inference raises at once
 
 
 def _model_ref(model: ModelLike) -> dict[str, Any]:
@@ -101,8 +102,10 @@ def _send_retrying(session: Session, path: str, body: dict[str, Any], timeout: f
         try:
             return session.send("POST", path, timeout=timeout, **{**body, "headers": dict(body["headers"])})
         except Unavailable as exc:
-            # a deployment that failed to restore (503 deployment_failed) is mended by a redeploy, not by waiting
-            if exc.code == "deployment_failed" or time.monotonic() > deadline:
+            # a deployment that failed to restore (503 deployment_failed) is mended by a redeploy, not by waiting,
+            # and one whose replicas all crash-loop (deployment_crash_loop) is not mended by 15 s of waiting: its
+            # back-off runs up to a minute and the message says why (it retried for 15 s before, then said it)
+            if exc.code in NOT_RETRIED or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 

@@ -36,6 +36,19 @@ def test_a_failed_deployment_is_not_retried():
     assert time.monotonic() - started < 0.4
 
 
+def test_a_crash_looping_deployment_is_not_retried():
+    """Every replica keeps exiting soon after it starts (503 deployment_crash_loop, the gateway's since 9c82caad): its
+    back-off runs up to a minute and the message says why, so it is raised at once as deployment_failed is (it was
+    retried for 15 s, then raised)."""
+    looping = Unavailable(503, "deployment_crash_loop", "deployment 'fraud-1' is failing to start: ... (crash loop)")
+    session = Session(looping, "answer")
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as raised:
+        pipelines._send_retrying(session, "/v1/api/pipelines/infer/fraud-1/fraud", {"headers": {}}, 30)
+    assert raised.value.code == "deployment_crash_loop" and session.calls == 1
+    assert time.monotonic() - started < 0.4
+
+
 def test_a_starting_deployment_is_retried_until_it_serves(monkeypatch):
     monkeypatch.setattr(pipelines.time, "sleep", lambda seconds: None)
     session = Session(Unavailable(503, "unavailable", "starting; retry shortly"), "answer")
