@@ -5,10 +5,10 @@ engine's fast lane and general path answer it (the same bytes), the gateway answ
 segment (the write succeeds: no rows through the stream), and a log page read from that segment (the log store's
 SegmentReader, the bus's Arrow hop, the gateway's JSON and Arrow page answers) holds the column as empty lists.
 
-These replace tests/integration/test_infer_zero_size_output.py (session 30: the same assertions through the running
-stack, ~8.6 s of suite time for its upload, deploy and undeploy): what is zero-size-specific is each hop's code,
-checked here with the same assertions; the processes, NATS, SeaweedFS and PostgreSQL move these bytes as any others
-(their paths are the other stack tests')."""
+These replace most of tests/integration/test_infer_zero_size_output.py (session 30: the same assertions through the
+running stack): what is zero-size-specific is each hop's code, checked here with the same assertions. One pass through
+the stack stays (tests/integration/test_oip.py, the zero-size test: the registry's upload, the replica, NATS,
+SeaweedFS and the log store's own index and pages, which read a segment here only through SegmentReader)."""
 
 from __future__ import annotations
 
