@@ -83,6 +83,7 @@ from shared.errors import (
     InvalidRequest,
     NotFound,
     RailyardError,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     UpstreamTimeout,
@@ -1395,11 +1396,14 @@ def _not_done(exc: DeployUnanswered) -> str:
 def _for_now(exc: RailyardError) -> bool:
     """Whether a delivery's or a swap's Railyard error (other than its deploy's: DeployUnanswered) says "not now"
     rather than "never": a 503 (`unavailable`: the registry, the deployer or auth away or its database failing, the
-    object store unreadable, ml_backend.PackageUnreadable) or a 504 (a look-up or pipelines/create unanswered: nothing
-    of it serves). Such a delivery is left claimed, a swap decided, for the resume STALE_SWAP later, as an unanswered
-    deploy is (bounded by MAX_RESUMES: its last resume fails it with the reason); a 4xx (refused, incompatible, not
-    found, the owner refused) and a 500 fail it at once. Before, every one of them failed it for good."""
-    return isinstance(exc, (Unavailable, UpstreamTimeout))
+    object store unreadable, ml_backend.PackageUnreadable), a 504 (a look-up or pipelines/create unanswered: nothing
+    of it serves) or a 429 (`rate_limited`: nothing done, retry after `retry_after`; none of the services a delivery
+    asks answers one today, so a limit added to one later does not fail deliveries for good: the resume STALE_SWAP
+    later comes after any Retry-After Railyard sends). Such a delivery is left claimed, a swap decided, for the resume
+    STALE_SWAP later, as an unanswered deploy is (bounded by MAX_RESUMES: its last resume fails it with the reason);
+    another 4xx (refused, incompatible, not found, the owner refused) and a 500 fail it at once. Before, every one of
+    them failed it for good."""
+    return isinstance(exc, (Unavailable, UpstreamTimeout, TooManyRequests))
 
 
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
@@ -1427,8 +1431,8 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
     only over the version this delivery looked at (its precondition): it is not recorded as failed (which a late
     serving would contradict) but left claimed, so resume_deliveries takes it STALE_SWAP later: it records it if it
     serves, delivers it again if not, or serves the newest delivered training again over it when a newer one was
-    delivered since. A 503 or 504 before the deploy (_for_now: a look-up, pipelines/create, the object store for the
-    inputs' check) is left claimed the same way; a 4xx or a 500 fails it (_delivery_failed).
+    delivered since. A 503, 504 or 429 before the deploy (_for_now: a look-up, pipelines/create, the object store for
+    the inputs' check) is left claimed the same way; another 4xx or a 500 fails it (_delivery_failed).
 
     A deploy the deployer refused because what serves changed since this delivery's look (ServingChanged: another
     deploy landed first, a person's, a newer delivery's, an older one's late one) deployed nothing: with a newer
@@ -2329,11 +2333,11 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     ('superseded', with the reason). It stays decided until then, so a process dying in between leaves it to
     resume_swap; serving the newest again failing leaves it decided for resume_swap's one more try (`resumed`:
     that try, after which it is closed whatever happens). A deploy unanswered in time (DeployUnanswered) leaves
-    it decided too, for resume_swap, and so does a 503 or 504 before it (_for_now). Auth refusing the owner fails it
-    and suspends continuous deployment, keeping the refused decision (`swap_refused`) for a set-up or re-activation
-    to redo (redo_refused_swap). `give_up` (resume_swap's last resume, past MAX_RESUMES): nothing is deployed; the
-    decided version alone serving already (its last deploy landed late) is recorded as the swap done, else the
-    challenge is failed with that reason.
+    it decided too, for resume_swap, and so does a 503, 504 or 429 before it (_for_now). Auth refusing the owner
+    fails it and suspends continuous deployment, keeping the refused decision (`swap_refused`) for a set-up or
+    re-activation to redo (redo_refused_swap). `give_up` (resume_swap's last resume, past MAX_RESUMES): nothing is
+    deployed; the decided version alone serving already (its last deploy landed late) is recorded as the swap done,
+    else the challenge is failed with that reason.
     `looked_again` (look_again_at_given_up_swaps, the challenge failed by that give-up): only the decided version
     alone serving changes it (recorded as the swap done); anything else leaves it failed as it was, neither closed
     superseded nor the newest training served again."""

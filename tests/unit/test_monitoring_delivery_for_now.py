@@ -1,8 +1,9 @@
 """A continuous deployment's delivery or a challenge's swap meeting a 503 (`unavailable`: a service away or its
-database failing, the object store unreadable: ml_backend.PackageUnreadable) or a 504 (a look-up unanswered) before
-its deploy is not failed: it is left claimed / decided for the resume STALE_SWAP later, as an unanswered deploy is
-(services/monitoring/continuous.py _for_now; docs/monitoring.md). A 4xx still fails it at once, and the last resume
-(`give_up`, past MAX_RESUMES) fails it whatever the error. Before, every Railyard error failed it for good."""
+database failing, the object store unreadable: ml_backend.PackageUnreadable), a 504 (a look-up unanswered) or a 429
+(`rate_limited`) before its deploy is not failed: it is left claimed / decided for the resume STALE_SWAP later, as an
+unanswered deploy is (services/monitoring/continuous.py _for_now; docs/monitoring.md). Another 4xx and a 500 still
+fail it at once, and the last resume (`give_up`, past MAX_RESUMES) fails it whatever the error. Before, every Railyard
+error failed it for good."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from services.monitoring import continuous, model_inputs
 from services.monitoring.ml_backend import PackageUnreadable
-from shared.errors import NotFound, RailyardError, Unavailable, UpstreamTimeout
+from shared.errors import NotFound, RailyardError, TooManyRequests, Unavailable, UpstreamTimeout
 from tests.unit.continuous_world import continuous_deps
 
 CHAMPION = {"name": "digits", "version": "v1", "sha": "a"}
@@ -83,7 +84,8 @@ def _training() -> dict:
     ("check", PackageUnreadable("reading model package 'b' failed: the object store did not answer")),
     ("act_as", Unavailable("auth is not running")),
     ("resolve", UpstreamTimeout("registry did not answer within 5s")),
-], ids=["package unreadable", "auth away", "registry unanswered"])
+    ("resolve", TooManyRequests("too many requests to the registry; slow down", retry_after=2.0)),
+], ids=["package unreadable", "auth away", "registry unanswered", "registry 429"])
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
 async def test_a_delivery_meeting_a_5xx_is_left_claimed_for_the_resume(monkeypatch, caplog, fail_at, error, policy):
     failed = _delivery_world(monkeypatch, fail_at, error)
@@ -98,7 +100,8 @@ async def test_a_delivery_meeting_a_5xx_is_left_claimed_for_the_resume(monkeypat
     ("check", model_inputs.IncompatibleModel("the version takes other inputs")),
     ("act_as", continuous.OwnerRefused("user is not a member of the workspace")),
     ("resolve", NotFound("model version v2 not found")),
-], ids=["incompatible", "owner refused", "version gone"])
+    ("resolve", RailyardError("the registry failed: internal error")),
+], ids=["incompatible", "owner refused", "version gone", "500"])
 async def test_a_delivery_meeting_a_4xx_still_fails_at_once(monkeypatch, fail_at, error):
     failed = _delivery_world(monkeypatch, fail_at, error)
     deps = continuous_deps(pool=_Pool(), broker=None, timeout=5.0, objects=None)
@@ -139,9 +142,11 @@ class _SwapPool(_Pool):
 @pytest.mark.parametrize("error,give_up,fails", [
     (Unavailable("the deployer's database did not answer within 4 s"), None, False),
     (UpstreamTimeout("deployer did not answer within 5s"), None, False),
+    (TooManyRequests("too many deploys; slow down", retry_after=1.0), None, False),
     (NotFound("pipeline 5 not found"), None, True),
+    (RailyardError("the deployer failed: internal error"), None, True),
     (Unavailable("the deployer's database did not answer within 4 s"), "given up", True),
-], ids=["503", "504", "404", "503 at the last resume"])
+], ids=["503", "504", "429", "404", "500", "503 at the last resume"])
 async def test_a_swap_meeting_a_5xx_is_left_decided_for_the_resume(monkeypatch, error, give_up, fails):
     async def swap_overtaken(conn, challenge, say=True):
         return None
