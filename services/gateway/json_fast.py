@@ -35,10 +35,11 @@ def parse(body: bytes) -> Any:
 
 def count_brackets(body: bytes, limit: int) -> int:
     """How many `[` the body holds, counted up to `limit` + 1 (a larger count is given as `limit` + 1). An OIP body
-    holds a few: a memchr each (~7 us for 600 KB). A records body holds one a row or more: past the first
-    `_FOUND_ONE_BY_ONE` the rest is counted by numpy in 64 KiB pieces (~45 us for 600 KB, where a find per
-    bracket took ~140). (Counting with numpy at once made a bool array the body's size: fresh memory in a busy
-    gateway, ~120 us of its CPU a 1,000-row request, more when that memory faulted in.)"""
+    of flat tensors holds a few: a memchr each (~7 us for 600 KB). A records body, and an OIP body of nested
+    tensors, holds one a row or more: past the first `_FOUND_ONE_BY_ONE` the rest is counted by numpy in 64 KiB
+    pieces (~45 us for 600 KB, where a find per bracket took ~140). (Counting with numpy at once made a bool array
+    the body's size: fresh memory in a busy gateway, ~120 us of its CPU a 1,000-row request, more when that memory
+    faulted in.)"""
     count, at = 0, body.find(b"[")
     while at >= 0 and count <= limit:
         count += 1
