@@ -217,7 +217,11 @@ class Client:
         return Connection(self._session, self._session.post("connections/get_by_id", {"id": created["id"]}))
 
     def connection(self, name: str) -> Connection:
-        """A data connection by name, with its whole details."""
+        """A data connection by name, with its whole details. A name means your own connection of that name, else
+        the one attached to your workspaces (names are unique per owner and per workspace, not across the
+        platform): NotFound when you see none; Conflict (409, naming the workspaces) when you own none and two of
+        your workspaces each have another user's of that name attached. `Workspace.connections()` of the one you
+        mean lists it (details masked)."""
         return Connection(self._session, self._session.post("connections/get", {"name": name}))
 
     # --- task runs -------------------------------------------------------------------------------------------
