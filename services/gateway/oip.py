@@ -200,18 +200,20 @@ def in_oip_words(exc: RailyardError) -> RailyardError:
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], pa.Table]:
     """An OIP inference request (JSON, or JSON + binary tensors) as its JSON part and an Arrow table."""
+    read_fast: list[bool] = []  # the fast reader read this body (not one it declined, nor a binary body)
     try:
-        return _parse_request(body, header_length, fast=True)
+        return _parse_request(body, header_length, fast=True, read_fast=read_fast)
     except InvalidRequest:
-        if len(body) <= FAST_BODY:
+        if not read_fast:  # the general path's refusal already: reading the body again would say the same
             raise
         # refused: in the general path's words. The fast reader holds float data as float64, so a value it names
-        # (one beyond FP16's range) read 9007199254740992.0 where the body wrote 9007199254740993; a refusal reads
-        # the body twice, a request taken once
+        # (one beyond FP16's range) read 9007199254740992.0 where the body wrote 9007199254740993; a refusal of a
+        # body the fast reader read reads it twice, a request taken once
         return _parse_request(body, header_length, fast=False)
 
 
-def _parse_request(body: bytes, header_length: str | None, *, fast: bool) -> tuple[dict[str, Any], pa.Table]:
+def _parse_request(body: bytes, header_length: str | None, *, fast: bool,
+                   read_fast: list[bool] | None = None) -> tuple[dict[str, Any], pa.Table]:
     try:
         split = int(header_length) if header_length else len(body)
     except ValueError:
@@ -221,7 +223,10 @@ def _parse_request(body: bytes, header_length: str | None, *, fast: bool) -> tup
         if not 0 <= split <= len(body):
             raise InvalidRequest(f"{HEADER_LENGTH} is {split}, outside the body's {len(body)} bytes")
         fast = fast and split == len(body) > FAST_BODY  # below it orjson's own path is quicker (set-up)
-        request = (_read_json_fast(body) if fast else None) or orjson.loads(body[:split])
+        request = _read_json_fast(body) if fast else None
+        if request is not None and read_fast is not None:
+            read_fast.append(True)
+        request = request or orjson.loads(body[:split])
     except (ValueError, UnicodeDecodeError) as exc:  # the reader's reason: where, and what (1e400: "infinity")
         raise InvalidRequest(f"the request is not valid JSON: {str(exc)[:200]}") from None
     binary = memoryview(body)[split:]

@@ -101,3 +101,24 @@ def test_a_large_body_s_refusal_names_the_value_as_the_body_wrote_it(nested):
     data[3][1] = 2**53 + 1
     msg = refusal(body(data if nested else sum(data, []), "FP16", [1000, 2]))
     assert msg == "input 'x': a value (9007199254740993) outside the range of FP16 in row 3 (counted from 0)"
+
+
+def test_a_large_body_the_fast_reader_declined_is_read_once_when_refused(monkeypatch):
+    """A refusal is said again from the general reading only for a body the fast reader read: one it declined (a
+    string among float data here), a binary one or a small one was read by the general path already, and reading a
+    refused body of up to the gateway's 64 MiB twice doubled its cost for nothing."""
+    reads, read = [], orjson.loads
+
+    def loads(data):
+        reads.append(len(data))
+        return read(data)
+
+    monkeypatch.setattr(oip.orjson, "loads", loads)
+    data = [[1.5, 2.5] for _ in range(1000)]
+    data[7][0] = "1.5"
+    assert refusal(body(data, "FP32", [1000, 2])) == 'input \'x\': data is not FP32: "1.5" in row 7 (counted from 0)'
+    assert len(reads) == 1
+    reads.clear()
+    data[7][0] = 2**53 + 1  # read by the fast reader, refused, said from the general reading: read once more
+    assert refusal(body(data, "FP16", [1000, 2])).startswith("input 'x': a value (9007199254740993) outside")
+    assert len(reads) == 1
