@@ -276,6 +276,8 @@ def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record]) -> str:
     if row["killed"]:
         return "pending_kill" if active else "killed"
     if row["schedule"] is not None:
+        if row["next_fire"] is None:  # its schedule could not be evaluated (scheduler.fire_due): it makes no runs
+            return "failed"
         return "started" if runs else "pending"
     if not runs or runs[0]["status"] == "queued":
         return "pending"

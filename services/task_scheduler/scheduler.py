@@ -49,7 +49,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.fetch_orchestration import download_verified
-from services.task_scheduler.handlers import Deps
+from services.task_scheduler.handlers import Deps, check_schedule
 from shared import db
 from shared.errors import RailyardError
 from shared.outbox import Outbox
@@ -86,6 +86,8 @@ MISSED_COUNTED = 100
 # end: the backlog only grew, each run started later than the last, and the workspace's other tasks' runs (started
 # oldest first) waited behind all of it. Airflow's max_active_runs (16 a DAG) bounds the same; a CronJob makes no queue
 QUEUED_PER_TASK = 10
+# the start of a failed run's reason when its task's schedule could not be evaluated (Scheduler.fire_due)
+UNEVALUATED = "schedule cannot be evaluated"
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -346,11 +348,31 @@ class Scheduler:
     # --- 2. schedule points -------------------------------------------------------------------------------------
 
     async def fire_due(self, conn: asyncpg.Connection) -> None:
+        """Turns the due tasks' points into runs, in one transaction. Each task's schedule is evaluated before
+        anything is written for it; one that cannot be (check_schedule refuses it now, as a stored `R` schedule since
+        71adc2bc or one a newer croniter rejects; croniter raises) stops that task alone (store.stop_schedule: a failed
+        run saying why, the task `failed`), logged once: its `next_fire` cleared, no pass takes it again. Before, the
+        exception left the transaction, every pass, and no task of any workspace fired, nor were runs started or beaten
+        (the pass's later steps)."""
         grace = timedelta(seconds=self.deps.settings.missed_run_grace)
+        stopped = False
         async with conn.transaction():
             for task in await store.due_tasks(conn, FIRE_BATCH):
-                point, following, missed = due_point(task["schedule"], task["next_fire"], task["now"],
-                                                     task["missed_run_policy"], grace)
+                try:
+                    check_schedule(task["schedule"])  # what a new task's schedule must pass
+                    point, following, missed = due_point(task["schedule"], task["next_fire"], task["now"],
+                                                         task["missed_run_policy"], grace)
+                except Exception as exc:  # noqa: BLE001 - this task's schedule alone: the others fire
+                    error = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}: {exc}"
+                    reason = (f"{UNEVALUATED}: {error}"[:1500] + "; the task makes no more runs: kill it and"
+                              " schedule it again (task/run_scheduled) with a schedule Railyard accepts")
+                    recorded = await store.stop_schedule(conn, task["id"], task["workspace_id"], task["next_fire"],
+                                                         reason)
+                    stopped = stopped or recorded
+                    log.warning("task %s: its schedule %r stopped at %s: %s%s", task["id"], task["schedule"],
+                                task["next_fire"].isoformat(), reason,
+                                "" if recorded else " (the point had a run already: no failed run recorded)")
+                    continue
                 if point is None:
                     log.info("task %s: skipping missed schedule points up to %s", task["id"], task["now"])
                 elif await store.queued_of_task(conn, task["id"], task["workspace_id"],
@@ -365,6 +387,8 @@ class Scheduler:
                              "" if not missed else f" ({missed} earlier points were missed)" if missed < MISSED_COUNTED
                              else f" (at least {missed} earlier points were missed)")
                 await store.set_next_fire(conn, task["id"], following)
+        if stopped:
+            self.events_committed()  # the failed runs' events.task_run.failed
 
     # --- 3. starting queued runs --------------------------------------------------------------------------------
 

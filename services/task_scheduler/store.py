@@ -233,6 +233,22 @@ async def set_next_fire(conn: asyncpg.Connection, task_id: uuid.UUID, next_fire:
     await conn.execute("UPDATE tasks SET next_fire = $2 WHERE id = $1", task_id, next_fire)
 
 
+async def stop_schedule(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, point: datetime,
+                        reason: str) -> bool:
+    """A scheduled task whose schedule cannot be evaluated (scheduler.fire_due): its schedule stops (`next_fire`
+    NULL, not killed: what no other path writes, read as the task's status `failed`) and the point that came (its
+    stored `next_fire`) gets a run failed at once with `reason`, and that run's events.task_run.failed. In the pass's
+    transaction, under the task's row lock; whether the failed run was inserted (False: that point had a run)."""
+    await conn.execute("UPDATE tasks SET next_fire = NULL, updated_at = now() WHERE id = $1", task_id)
+    run = await conn.fetchrow(
+        "INSERT INTO runs (id, task_id, workspace_id, scheduled_for, status, reason, finished_at) "
+        "VALUES ($1, $2, $3, $4, 'failure', $5, now()) ON CONFLICT (task_id, scheduled_for) DO NOTHING RETURNING *",
+        uuid.uuid4(), task_id, workspace_id, point, no_nul(reason))
+    if run is not None:
+        await add_run_event(conn, run, "failure", None, run["reason"])
+    return run is not None
+
+
 async def queue_once(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int) -> uuid.UUID:
     run_id = uuid.uuid4()
     await conn.execute("INSERT INTO runs (id, task_id, workspace_id, status) VALUES ($1, $2, $3, 'queued')",
