@@ -150,7 +150,8 @@ CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnig
 # croniter's random field (R, R(0-29), R/5): every croniter built from the schedule draws another value, and the
 # scheduler builds one at each pass (scheduler.due_point): "R * * * *" queued a run of some minute, then took another
 # minute for the next point (a point in the future queued at once, or a point repeated or left out). Not cron's, nor
-# a Kubernetes CronJob's. Tasks stored with one before December 2026 keep it.
+# a Kubernetes CronJob's. A task stored with one before December 2026 stops at its next point (scheduler.fire_due:
+# its schedule cannot be evaluated).
 RANDOM_FIELD = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
 
 
