@@ -1039,7 +1039,10 @@ def test_integers_beyond_2_53_read_exactly(stack, alice_ui: Account, as_alice):
     assert got["edges"][1] == ['{"k\\"123456789012345678":"x 12345678901234567","v":100000000000000000000}'] * 2
 
 
+LOST = ("inference log: 3 rows not logged since this replica started: 1 malformed records (3 rows) set aside (the"
+        " replica's log says more)")
 REPLICA_ROWS = r"""
+const LOST = arguments[0];
 const rows = (status) => replicaRows(status).map(n => n.textContent);
 return {
   looping: rows({status: 'Running', details: ['engine-d-1-1: x'], engines: [
@@ -1056,6 +1059,16 @@ return {
     return {text: nodes[0].textContent, elements: [...nodes, ...none].map(n => n.querySelectorAll('img').length),
             none: none.map(n => n.textContent)};
   })(),
+  // an engine's details (a replica whose inference log lost rows: Replica.status) are lines of text under its
+  // reason, not the list's JSON
+  details: (() => {
+    const [t] = replicaRows({status: 'Running', details: [], engines: [{name: 'engine-d-1-4', status: 'Running',
+      reason: 'exited with 1', restart_in: 4, details: [LOST, '<img src=z onerror="window.__xss=3">']},
+      {name: 'engine-d-1-5', status: 'Running', reason: null, details: [LOST]}]});
+    const cells = [...t.querySelectorAll('tbody tr')].map(tr => tr.children[2].firstElementChild);
+    return {lines: cells.map(cell => [...cell.children].map(line => line.textContent)),
+            elements: t.querySelectorAll('img').length, text: t.textContent};
+  })(),
 };
 """
 
@@ -1065,7 +1078,7 @@ def test_replicas_show_why_they_do_not_run(as_alice):
     reason: a Running deployment's crash-looping replica its CrashLoopBackOff with the last exit's line and when it
     restarts; a deployment with no replicas listed its own details. (The engines' `details` it showed are always
     empty: a crash loop read as a bare Error.)"""
-    got = as_alice.execute_script(REPLICA_ROWS)
+    got = as_alice.execute_script(REPLICA_ROWS, LOST)
     table = got["looping"][0]
     assert "reason" in table and "engine-d-1-0Running" in table
     assert "CrashLoopBackOff: ValueError: bad weights (3 exits in a row soon after start); restarted in 8 s" in table
@@ -1075,6 +1088,10 @@ def test_replicas_show_why_they_do_not_run(as_alice):
     assert 'CrashLoopBackOff: <img src=x onerror="window.__xss=1">' in got["markup"]["text"]
     assert got["markup"]["none"] == ['<img src=y onerror="window.__xss=2">']
     assert got["markup"]["elements"] == [0, 0]
+    # an engine's details: one line of text each under its reason (before, the list's JSON text, ["inference log: ..."])
+    assert got["details"]["lines"] == [["exited with 1; restarts in 4 s", LOST, '<img src=z onerror="window.__xss=3">'],
+                                       [LOST]]
+    assert got["details"]["elements"] == 0 and '["' not in got["details"]["text"]
 
 
 def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, as_alice):
