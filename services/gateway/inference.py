@@ -10,7 +10,6 @@ import asyncio
 import base64
 import functools
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -66,6 +65,7 @@ from shared.errors import (
 )
 from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
+from shared.not_serving import CRASH_LOOP, CrashLoop, not_serving  # noqa: F401 (CRASH_LOOP, CrashLoop: here before)
 from shared.objectstore import BUCKET_TABLES
 from shared.service import Runtime
 from shared.table_transport import INFERENCE_PREFIX, META_HEADER, TABLE_REF, above_bus_limit, put_table, take_table
@@ -313,41 +313,6 @@ def _row_objects(columns: dict[str, list[Any]], rows: int) -> list[dict[str, Any
 class NoEngine(Unavailable):
     """No replica took the request (no responders on the deployment's queue): the deployer's word on the deployment
     is the answer (RouteCache.ask)."""
-
-
-CRASH_LOOP = "deployment_crash_loop"
-
-
-class CrashLoop(Unavailable):
-    """The deployment's replicas all keep exiting soon after they start (the deployer's route says `Error`): a 503
-    whose Retry-After is the deployer's wait before it starts one again (services/gateway/errors.py)."""
-
-    code = CRASH_LOOP
-
-    def __init__(self, msg: str, *, retry_after: float) -> None:
-        super().__init__(msg)
-        self.retry_after = retry_after
-
-
-def not_serving(route: DeploymentRoute, reason_shown: bool = False) -> Unavailable:
-    """The 503 for a request no replica took, in the words of the deployer's route: starting, or failing to start
-    (a crash loop: code `deployment_crash_loop`). Before 2026-12-05 a crash loop read 'deployment X is starting;
-    retry shortly' for as long as it lasted (the deployer said Starting). The loop's reason (the last line of a
-    replica's log: a user's step's exception, the platform's paths and hosts) is said to a workspace member or a
-    run (`reason_shown`), who may read it in status/get_deployment too, not to an inference token: those are handed
-    to external applications, which get the same code, words without the reason, and Retry-After."""
-    name = route.name
-    if route.status != "Error":
-        return Unavailable(f"deployment {name!r} is {route.status.lower()}; retry shortly")
-    wait = route.retry_after if route.retry_after is not None and math.isfinite(route.retry_after) else None
-    when = "a replica is starting again now" if wait is None else \
-        f"the deployer starts a replica again in {max(1, math.ceil(wait))} s"  # as Retry-After
-    return CrashLoop(f"deployment {name!r} is failing to start: its engine replicas keep exiting soon after they start "
-                     f"(crash loop){': ' + (route.reason or 'no reason given') if reason_shown else ''}. Retry later "
-                     f"({when}); if it keeps failing, "
-                     + ("fix the model or the pipeline and redeploy (its replicas: status/get_deployment)"
-                        if reason_shown else "a member of its workspace sees why in status/get_deployment"),
-                     retry_after=min(max(1.0, wait or 1.0), 3600.0))
 
 
 @dataclass

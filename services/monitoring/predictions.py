@@ -89,6 +89,7 @@ from shared.messages.monitoring_predictions import (
     PredictionFormat,
     PredictionResult,
 )
+from shared.not_serving import not_serving
 from shared.objectstore import BUCKET_MONITORING, BUCKET_TABLES
 from shared.pipeline_pages import caller_pages
 from shared.staging import StagedWording, check_staged
@@ -547,7 +548,10 @@ async def _prepare_predict(
                            "an 'image' (how images become the model's input, see docs/monitoring.md) to predict on "
                            "images, or serve an ML backend (railyard-ml deploy railyard)")
     if view.route.status != "Running":
-        raise Unavailable(f"deployment {cmd.deployment!r} is {view.route.status.lower()}; retry shortly")
+        # the gateway's words (a crash loop: 503 deployment_crash_loop, failing to start, the deployer's back-off);
+        # the reason shown: predict is a user's (require_user) who is a member of the deployment's workspace
+        # (_deployment), who reads it in status/get_deployment too
+        raise not_serving(view.route, reason_shown=True)
     content_type = images.content_type_of(img)
     shadow_base = None  # how an ML-backend challenger's answer is read, when the champion is no ML backend
     import pyarrow as pa  # here, not at the top: the idle service does without pyarrow (~25 MiB)
