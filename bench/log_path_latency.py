@@ -30,21 +30,29 @@ def _burn(stop_at: float) -> None:
         spin += 1
 
 
+def _answer(reply: httpx.Response) -> dict:
+    """A set-up call's JSON answer; a refusal ends the run with its status and body (the API's code and message),
+    not raise_for_status's bare status line."""
+    if reply.status_code >= 400:
+        raise SystemExit(f"{reply.request.method} {reply.request.url.path}: {reply.status_code} {reply.text[:2000]}")
+    return reply.json()
+
+
 def main(burners: int, rounds: int) -> int:
     with stack_with_pipeline(NAME) as bench:
         api = bench.stack.api
         headers = {"Authorization": f"Bearer {bench.token}"}
         http = httpx.Client(timeout=60, headers=headers)
-        http.post(f"{api}/models/upload_stream", files={"file": ("ccfraud", ccfraud_onnx())},
-                  data={"name": "ccfraud", "workspace_id": bench.workspace}).raise_for_status()
-        version = http.post(f"{api}/pipelines/create", json={
+        _answer(http.post(f"{api}/models/upload_stream", files={"file": ("ccfraud", ccfraud_onnx())},
+                          data={"name": "ccfraud", "workspace_id": bench.workspace}))
+        version = _answer(http.post(f"{api}/pipelines/create", json={
             "pipeline_id": NAME, "workspace_id": bench.workspace,
-            "definition": {"steps": [{"ModelInference": {"models": [{"name": "ccfraud"}]}}]}}).json()
-        http.post(f"{api}/pipelines/deploy", json={
+            "definition": {"steps": [{"ModelInference": {"models": [{"name": "ccfraud"}]}}]}}))
+        _answer(http.post(f"{api}/pipelines/deploy", json={
             "deploy_id": NAME, "pipeline_version_pk_id": version["pipeline_variant_pk_id"],
-            "pipeline_id": bench.pipeline_id}).raise_for_status()
-        url = http.post(f"{api}/admin/get_pipeline_external_url", json={
-            "workspace_id": bench.workspace, "pipeline_name": NAME}).json()["url"]
+            "pipeline_id": bench.pipeline_id}))
+        url = _answer(http.post(f"{api}/admin/get_pipeline_external_url", json={
+            "workspace_id": bench.workspace, "pipeline_name": NAME}))["url"]
         body = [{"tensor": row.tolist()} for row in sample_rows(6, seed=3)]
 
         arrivals: list[float] = []
