@@ -728,8 +728,7 @@ class LocalBackend:
         stop killed replicas still publishing the log rows of requests they had answered."""
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await _cancelled(self._supervisor)
         for probe in list(self._probes):
             probe.cancel()
         sets = list(self.sets.values())
@@ -737,13 +736,33 @@ class LocalBackend:
         await asyncio.gather(*(self._stop_set(replica_set) for replica_set in sets), *list(self._retiring))
         if self._sweeper is not None:  # what is left is the next start's (sweep_stale_work); a removal under way
             self._sweeper.cancel()  # runs on in its thread
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await _cancelled(self._sweeper)
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    """Wait for `task`, just cancelled, without raising its cancellation; a cancellation of the waiter (close()
+    cancelled meanwhile: a stack stop's timeout) is raised. `contextlib.suppress(CancelledError)` around `await task`
+    swallowed both, so a cancelled close() returned as if it had finished and its caller went on. asyncio.wait, not
+    `current_task().cancelling()`: a close() run in the `finally` of a task whose cancellation came before (shared/
+    service.py's stop hooks) reads cancelling() 1 for good, and would stop at the supervisor with the sets running."""
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.result()  # its error, as `await task` raised it
 
 
 def _remove_tree(path: Path) -> None:
     """Remove a worker's folder (a symbolic link in it is removed, not followed); what could not be removed is
-    logged, once per folder."""
+    logged, once per folder. A worker's folder that is itself a symbolic link (whoever made it) is unlinked, never
+    followed, and what it points at stays: shutil.rmtree refuses a link
+    ('Cannot call rmtree on a symbolic link'), so it was never removed and its warning came again at every start."""
+    if path.is_symlink():
+        try:
+            path.unlink()
+        except FileNotFoundError:  # gone meanwhile
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s (a symbolic link): %s", path, exc)
+        return
     failed: list[str] = []
 
     def failure(function, name: str, exc_info) -> None:
