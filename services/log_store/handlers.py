@@ -364,6 +364,12 @@ class Ingestor:
         except asyncio.CancelledError:
             task.cancel()
             raise
+        # the loop has ended: its subscription goes, so the server drops a pull request still waiting there (the idle
+        # fetch's, up to IDLE_FETCH, whose wait was cancelled above). app.py closes this connection only after the
+        # deployer's announcements stop, and a record published meanwhile went to this process, never acknowledged,
+        # and came back to another only after ack_wait (30 s)
+        with contextlib.suppress(Exception):  # the connection closed or lost: its requests went with it
+            await self.sub.unsubscribe()
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("the inference log consumer had stopped on an error", exc_info=error)
 
