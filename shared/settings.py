@@ -205,12 +205,13 @@ class LogSettings(BaseModel):
                                   "indexes (false: the rows travel through INFERENCE_LOGS and the log store writes "
                                   "them). Batches with rows of re-sent requests, or columns Parquet cannot store, and "
                                   "any batch object storage refuses, go through the stream either way.")
-    engine_segment_ms: float = Field(500.0, gt=0, description="With engine_segments: milliseconds at most an engine "
+    engine_segment_ms: float = Field(750.0, gt=0, description="With engine_segments: milliseconds at most an engine "
                                      "gathers records before writing a segment (sooner at engine_segment_bytes). Each "
                                      "write wakes the replica's writer, SeaweedFS, nats-server (an fsync), the log "
-                                     "store and PostgreSQL at once: the batch-1 tail's slow requests fall at its "
-                                     "period (docs/performance.md item 32); a lone record is readable ~0.6 s after "
-                                     "it came (item 85).")
+                                     "store and PostgreSQL at once and slows the batch-1 requests beside it ~2x for "
+                                     "~20 ms (docs/performance.md items 86, 89: 750 rather than 500 for the tail); a "
+                                     "lone record is readable ~0.8-0.9 s after it came. The assay runner's "
+                                     "assays.close_delay allows for it: raise that with this.")
     engine_segment_bytes: int = Field(4 * 1024 * 1024, gt=0, description="With engine_segments: bytes of records "
                                       "(Arrow sizes) that make an engine write a segment before engine_segment_ms.")
     flush_interval: float = Field(0.25, description="Seconds the log store gathers rows that came through the "
@@ -255,7 +256,7 @@ class AssaySettings(BaseModel):
     max_windows: int = Field(1000, description="Most windows one run_interactive request, or one catch-up pass "
                              "of a scheduled assay, computes; the most closed windows a scheduled assay may start "
                              "with (assays/create), and the newest an assay turned on again scores (set_active).")
-    close_delay: float = Field(1.0, description="Seconds after a window closes before it is due: the time an "
+    close_delay: float = Field(1.25, description="Seconds after a window closes before it is due: the time an "
                                "engine has to publish its records to INFERENCE_LOGS (a record's time is when the "
                                "replica received the request: the request's own time counts, and the engine gathers "
                                "records up to logs.engine_segment_ms before publishing). A due window is scored once "
