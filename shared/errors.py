@@ -20,10 +20,16 @@ object keys or internal hosts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.omit_unset import omit_when_unset
+
+RETRY_AFTER_MAX = 3600.0
+"""Seconds of a retry_after an error read from the bus keeps at most (as shared/not_serving.py's crash loop)."""
 
 
 class ErrorBody(BaseModel):
@@ -33,6 +39,21 @@ class ErrorBody(BaseModel):
 
     code: str
     msg: str
+    retry_after: float | None = Field(
+        None, description="Railyard: seconds the caller should wait before trying again (the gateway's Retry-After), "
+        "when the service knows more than a reader assumes (1 s for a 429 or a retryable 503): a deployment in a "
+        "crash loop, the deployer's back-off. Absent otherwise, so an error body without it is what it was before "
+        "the field (a reader older than it, which refuses unknown fields, still reads every other error).")
+
+    _without_unset_retry = omit_when_unset("retry_after")
+
+    @field_validator("retry_after")
+    @classmethod
+    def _bounded(cls, value: float | None) -> float | None:
+        # read, not refused: a reply that says a strange wait is still the error it carries (its code and words)
+        if value is None or not math.isfinite(value):
+            return None
+        return min(max(1.0, value), RETRY_AFTER_MAX)
 
 
 class RailyardError(Exception):
@@ -48,7 +69,12 @@ class RailyardError(Exception):
             self.code = code
 
     def body(self) -> ErrorBody:
-        return ErrorBody(code=self.code, msg=self.msg)
+        """The error as it travels on the bus: its code and words, and its `retry_after` (TooManyRequests, a crash
+        loop's shared.not_serving.CrashLoop) when a reader's default (1 s) would not say it: 1 s or less, or none,
+        leaves it out, so such an error's bytes are what an older reader reads."""
+        retry = getattr(self, "retry_after", None)
+        carried = retry if isinstance(retry, int | float) and math.isfinite(retry) and math.ceil(retry) > 1 else None
+        return ErrorBody(code=self.code, msg=self.msg, retry_after=carried)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, msg={self.msg!r})"
@@ -161,7 +187,10 @@ def error_from_body(body: ErrorBody, status: int | None = None) -> RailyardError
     cls = _BY_CODE.get(body.code)
     if cls is None:
         cls = next((c for c in _BY_CODE.values() if c.status == status), RailyardError)
-    return cls(body.msg, code=body.code)
+    exc = cls(body.msg, code=body.code)
+    if body.retry_after is not None:  # the gateway's Retry-After (services/gateway/errors.py), else its default
+        exc.retry_after = body.retry_after  # type: ignore[attr-defined]
+    return exc
 
 
 # pydantic puts these before the sentence a validator raised ("Value error, must be a finite number: nan"): noise

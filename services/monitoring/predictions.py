@@ -67,7 +67,7 @@ from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, paging, subjects
 from shared.authz import Principal, require_user
-from shared.bus import CallContext, command, raise_for_error_header
+from shared.bus import CallContext, command, raise_for_error_header, request
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -80,7 +80,7 @@ from shared.errors import (
     validation_message,
 )
 from shared.lean_imports import lazy_module
-from shared.messages.deployer import GetPipeline, PipelineRecord
+from shared.messages.deployer import DeploymentRoute, GetPipeline, PipelineRecord, ResolveDeployment
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
     ImageConfig,
@@ -266,11 +266,12 @@ async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionR
 # --- predict ---------------------------------------------------------------------------------------------------------
 
 
-async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table,
-                      by_reference: bool = False) -> tuple[pa.Table, dict[str, Any]]:
+async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table, by_reference: bool = False, *,
+                      token: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
     """One inference on the deployment's replicas: (answer table, the answer's meta header). Challengers, if the
     serving version has any, run before the answer and their outputs come with it. `by_reference`: a table above
-    the bus limit goes through object storage, as the gateway sends one (an ML backend's task holds the image)."""
+    the bus limit goes through object storage, as the gateway sends one (an ML backend's task holds the image).
+    No replica taking it: the deployer's word now, asked with the caller's `token` (_no_engine)."""
     from shared.arrow_codec import from_ipc, to_ipc_stream
 
     nc = deps.broker.config.connection_state.connection
@@ -285,16 +286,42 @@ async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table,
     try:
         reply = await nc.request(subjects.engine_infer(deployment), payload, timeout=ENGINE_TIMEOUT, headers=headers)
     except nats.errors.NoRespondersError:
-        raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly") from None
+        reply = None  # answered below, once the staged table is gone
     except (TimeoutError, nats.errors.TimeoutError):
         raise UpstreamTimeout(f"the engine did not answer within {ENGINE_TIMEOUT:g}s") from None
     finally:
         if staged is not None:
             await deps.objects.delete(BUCKET_TABLES, staged)
+    if reply is None:
+        raise await _no_engine(deps, deployment, token)
     answer_headers = dict(reply.headers or {})
     raise_for_error_header(answer_headers)
     data = await take_table(deps.objects, answer_headers, reply.data)
     return from_ipc(data), json.loads(answer_headers.get(META_HEADER) or "{}")
+
+
+async def _no_engine(deps: MonitoringDeps, deployment: str, token: str | None) -> RailyardError:
+    """The answer to a predict no replica took (nobody listens on the deployment's queue). The route _deployment read
+    at the start said Running, and may be stale by now (the replicas exited since: a crash loop, an undeploy), so the
+    deployer is asked once more, as the gateway's inference asks it (services/gateway/inference.py RouteCache.ask):
+    not Running, its words (shared.not_serving: a crash loop is 503 deployment_crash_loop, why, and the back-off as
+    Retry-After; the reason shown, as in _prepare_predict: the caller is a member of the deployment's workspace);
+    gone, 404 'is not deployed'; still Running, or the deployer not answering in deps.timeout (its own 503 or 504
+    would hide the engine's), 'no running engine; retry shortly'. Before, that was the answer whatever the deployer
+    would have said."""
+    no_engine = Unavailable(f"deployment {deployment!r} has no running engine; retry shortly")
+    try:
+        route = await request(deps.broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=deployment),
+                              token=token, timeout=deps.timeout, reply_model=DeploymentRoute)
+    except NotFound:
+        return NotFound(f"deployment {deployment!r} is not deployed")
+    except RailyardError as exc:
+        log.info("no engine of deployment %s took a predict, and the deployer's route could not be read again: %s",
+                 deployment, exc.msg)
+        return no_engine
+    if route.status != "Running":
+        return not_serving(route, reason_shown=True)
+    return no_engine
 
 
 def _row_outputs(table: pa.Table, prefix: str | None) -> dict[str, np.ndarray]:
@@ -620,7 +647,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
                             image: _PreparedImage, *, owner: Principal) -> PredictionResult:
     convert = image.convert
     started = time.perf_counter()
-    answer, meta = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference)
+    answer, meta = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference, token=token)
     round_trip = time.perf_counter() - started
     definition = await _served(deps, token, view, meta)
     shadow = _current_shadow(definition)

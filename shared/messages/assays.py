@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict, Field, model_serializer, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import Command, Event, Message, omit_when_unset
 from shared.paging import cursor_field, limit_field
 
 
@@ -169,13 +169,7 @@ class Assays(Message):
     next_cursor: str | None = Field(None, description="Set when more assays follow this page: pass it as `cursor` "
                                     "(over HTTP, where the answer is the bare list, it is the x-next-cursor header).")
 
-    @model_serializer(mode="wrap")
-    def _without_empty_cursor(self, handler: Any):  # no return type: pydantic would take it for the
-        # reply's serialization schema (the gateway's OpenAPI answer of this list was then any object, no fields)
-        data = handler(self)
-        if data.get("next_cursor") is None:  # the answer of a whole list stays as it was
-            data.pop("next_cursor", None)
-        return data
+    _without_empty_cursor = omit_when_unset("next_cursor")  # the answer of a whole list stays as it was
 
 
 class SetAssayActive(Command):

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import ErrorBody
+from shared.omit_unset import omit_when_unset as omit_when_unset  # the messages' helper (there: shared.errors uses it)
 
 
 class Message(BaseModel):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator, model_serializer
+from pydantic import Field, field_validator
 
-from shared.messages.base import MAX_JSON_OBJECT, Command, Event, Message, json_at_most
+from shared.messages.base import MAX_JSON_OBJECT, Command, Event, Message, json_at_most, omit_when_unset
 from shared.paging import cursor_field, limit_field
 
 
@@ -85,26 +85,15 @@ class PipelineRecord(Message):
     versions_omitted: int | None = Field(None, description="Railyard: how many older versions are not listed (with "
                                          "`versions_cursor`).")
 
-    @model_serializer(mode="wrap")
-    def _without_unset_cut(self, handler: Any):  # no return type: see Pipelines
-        data = handler(self)
-        if data.get("versions_cursor") is None:  # a pipeline whose versions all fit is answered as it was
-            data.pop("versions_cursor", None)
-            data.pop("versions_omitted", None)
-        return data
+    # a pipeline whose versions all fit is answered as it was
+    _without_unset_cut = omit_when_unset("versions_cursor", "versions_omitted", decided_by="versions_cursor")
 
 
 class Pipelines(Message):
     pipelines: list[PipelineRecord]
     next_cursor: str | None = Field(None, description="Set when more pipelines follow this page: pass it as `cursor`.")
 
-    @model_serializer(mode="wrap")
-    def _without_empty_cursor(self, handler: Any):  # no return type: pydantic would take it for the
-        # reply's serialization schema (the gateway's OpenAPI answer of this list was then any object, no fields)
-        data = handler(self)
-        if data.get("next_cursor") is None:  # the answer of a whole list stays as it was
-            data.pop("next_cursor", None)
-        return data
+    _without_empty_cursor = omit_when_unset("next_cursor")  # the answer of a whole list stays as it was
 
 
 class GetPipeline(Command):
@@ -208,16 +197,10 @@ class DeploymentRoute(Message):
     retry_after: float | None = Field(None, description="With `status` Error: seconds until the deployer starts a "
                                       "replica again (crash-loop back-off), when none is starting now.")
 
-    @model_serializer(mode="wrap")
-    def _without_unset_crash_loop(self, handler: Any):  # no return type: see Pipelines
-        # left out when unset: messages refuse unknown fields, so a gateway (monitoring, lineage) older than them
-        # could read no route of a newer deployer during a rolling update (every inference 503 'deployer answered
-        # with a reply that could not be read'); only a crash loop's Error route carries them
-        data = handler(self)
-        for key in ("reason", "retry_after"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    # left out when unset: messages refuse unknown fields, so a gateway (monitoring, lineage) older than them could
+    # read no route of a newer deployer during a rolling update (every inference 503 'deployer answered with a reply
+    # that could not be read'); only a crash loop's Error route carries them
+    _without_unset_crash_loop = omit_when_unset("reason", "retry_after")
 
 
 class PipelineDeployed(Event):
