@@ -3,8 +3,9 @@
 The gateway and every service that owns resources use the same `TokenVerifier`: RS256 only (`alg`
 pinned, so `none` and HS256-signed-with-the-public-key are refused), keys from the auth service's JWKS
 cached locally (no bus round trip per request; an unknown `kid` refetches, at most every few seconds),
-`exp`, `iss` and `aud` checked, and tokens of deactivated users refused (revocations arrive as events
-and are re-read periodically, so a missed event costs at most one poll interval).
+`exp`, `iss` and `aud` checked, and tokens of deactivated users refused (revocations arrive as events,
+and what changed in the revocation list is read periodically, so a missed event costs at most one poll interval;
+the whole list is read at the start and every FULL_READ_INTERVAL).
 
 Workspace rules: a resource inside a workspace is visible only to the workspace's members; to anyone
 else it does not exist (404 for reads and writes alike). Admin-only operations are 403 for others.
@@ -32,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.errors import Forbidden, NotFound, RailyardError, Unauthorized, Unavailable, echo
+from shared.errors import Forbidden, InvalidRequest, NotFound, RailyardError, Unauthorized, Unavailable, echo
 from shared.settings import AuthSettings
 
 log = logging.getLogger("railyard.authz")
@@ -47,6 +48,11 @@ STARTUP_GRACE = 30.0  # s after a feed's start in which a failed first read is e
 # s: the longest a token auth issues can live: IssueTaskToken.ttl's bound (a task run's token: its timeout + 60 s, at
 # most RAILYARD_TASKS__TOKEN_TTL); access and refresh tokens are counted from the settings (_longest_token_lifetime)
 TASK_TOKEN_MAX_TTL = 24 * 3600 + 60
+# s between reads of the whole revocation list; the polls in between read only what changed since the last read (auth
+# migration 020). The safety net for what a change read could not tell (a database restored from a backup, whose
+# positions moved back); a change read auth cannot answer (a position it no longer covers, an older auth) reads the
+# whole list at once
+FULL_READ_INTERVAL = 600.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,10 @@ class TokenVerifier:
         # process that started while auth was not answering yet must not accept a token revoked before its start
         self._fetch_revocations: Callable[[], Awaitable[Any]] | None = None
         self._revocations_read = False
+        # where the last read stood (Revocations.position): the next poll asks for the changes since it; None: it
+        # reads the whole list. And when the whole list was last read (monotonic s)
+        self._position: str | None = None
+        self._full_read_at = 0.0
         # the first read in flight, shared by every token met meanwhile (one read, one outcome for all of them)
         self._first_read: asyncio.Future | None = None
         self._key_refresh: asyncio.Future | None = None  # a fetch of the keys for an unknown kid, shared likewise
@@ -141,14 +151,38 @@ class TokenVerifier:
             log.warning("could not fetch signing keys: %s", refresh.exception().msg)  # once, not once a waiter
 
     def set_revocations(self, users: dict[str, float], sessions: dict[str, float] | None = None,
-                        session_expiry: dict[str, float] | None = None) -> None:
+                        session_expiry: dict[str, float] | None = None, position: str | None = None) -> None:
         """Merge a full list: revocation moments only ever move forward, so merging by max is safe even
-        when a poll that started before an event finishes after it."""
+        when a poll that started before an event finishes after it. `position`: the list's (None: an auth that
+        answers none; the next poll reads the whole list again). A read that started before another one and ends
+        after it sets an older position: the next change read re-reads a little more, nothing is missed."""
+        self._merge(users, sessions, session_expiry)
+        self._revocations_read = True
+        self._position = position
+        self._full_read_at = time.monotonic()
+
+    def apply_changes(self, users: dict[str, float], sessions: dict[str, float] | None = None,
+                      session_expiry: dict[str, float] | None = None, position: str | None = None) -> None:
+        """Merge what changed since `position` was read (a read of changes), and move to the read's position."""
+        self._merge(users, sessions, session_expiry)
+        self._position = position
+
+    def _merge(self, users: dict[str, float], sessions: dict[str, float] | None,
+               session_expiry: dict[str, float] | None) -> None:
         for user_id, before in users.items():
             self.revoke(user_id, before)
         for session, revoked_at in (sessions or {}).items():
             self.revoke_session(session, revoked_at, (session_expiry or {}).get(session))
-        self._revocations_read = True
+
+    @property
+    def position(self) -> str | None:
+        """Where the last read of the revocation list stood (to read the changes since), or None."""
+        return self._position
+
+    @property
+    def full_read_at(self) -> float:
+        """When the whole list was last read (time.monotonic()), 0 never."""
+        return self._full_read_at
 
     @property
     def revocations_read(self) -> bool:
@@ -177,7 +211,8 @@ class TokenVerifier:
             raise Unavailable(f"tokens cannot be checked yet: the list of revoked tokens could not be read "
                               f"from the auth service ({exc.msg}); try again in a moment") from None
         if not self._revocations_read:  # (applied by _first_read_done already, which runs first)
-            self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry)
+            self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
+                                 getattr(revocations, "position", None))
 
     def _first_read_done(self, read: asyncio.Future) -> None:
         """The shared read ended: the next token met (if the list is still unread) starts a new one."""
@@ -186,7 +221,8 @@ class TokenVerifier:
         if read.cancelled() or read.exception() is not None:  # retrieved: the callers waiting raise it
             return
         revocations = read.result()  # applied even when every caller went away meanwhile
-        self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry)
+        self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
+                             getattr(revocations, "position", None))
 
     def revoke(self, user_id: str, before: float) -> None:
         """Refuse the user's tokens issued at or before `before`. A moment that is no finite number (a NaN or
@@ -399,31 +435,41 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
     async def keys() -> list[dict[str, Any]]:
         return (await request(broker, subjects.AUTH_KEYS_GET, {}, timeout=timeout, reply_model=SigningKeys)).keys
 
-    async def page(after: str | None) -> Revocations:
-        return await request(broker, subjects.AUTH_REVOCATIONS_LIST, revocation_page_request(after, ListRevocations),
-                             timeout=timeout, reply_model=Revocations)
+    async def page(after: str | None, **fields: Any) -> Revocations:
+        return await request(broker, subjects.AUTH_REVOCATIONS_LIST,
+                             revocation_page_request(after, ListRevocations, **fields), timeout=timeout,
+                             reply_model=Revocations)
 
     async def revocations() -> Revocations:
-        return await read_revocation_pages(page)
+        try:
+            return await read_revocation_pages(lambda after: page(after, with_position=True))
+        except InvalidRequest:
+            # an auth of before session 32 refuses `with_position` (messages refuse unknown fields): its whole list,
+            # with no position (every poll then reads it whole, as before)
+            return await read_revocation_pages(page)
+
+    async def changes(since: str) -> Revocations:
+        return await read_revocation_pages(lambda after: page(after, since=since))
 
     verifier = TokenVerifier(settings, keys)
-    return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval)
+    return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval, changes=changes)
 
 
-def revocation_page_request(after: str | None, model: type[Any]) -> dict[str, Any]:
+def revocation_page_request(after: str | None, model: type[Any], **fields: Any) -> dict[str, Any]:
     """The body of `auth.revocations.list` asking for the page after `after` (`model`: ListRevocations). The first
     page's is `{}`, not `{"after": null}`: an auth of before session 29 (its ListRevocations has no field and refuses
     unknown ones) answers it with the whole list and no `next`, which is then read as it was; `{"after": null}` it
     refused (400), so a service upgraded before auth never read the list (every token 503 after its start).
     Unavailable when `after` (a page's `next`) is no cursor the command takes (longer than its 1,024 characters: a
     key of the list that long): the read fails closed as for any page that cannot be read, where the model's
-    ValidationError was no RailyardError and a token met before the list was read got a 500, not the 503."""
-    if after is None:
+    ValidationError was no RailyardError and a token met before the list was read got a 500, not the 503.
+    `fields` (`since`, `with_position`) are sent only when given: an auth of before session 32 refuses them."""
+    if after is None and not fields:
         return {}
     from pydantic import ValidationError
 
     try:
-        return model(after=after).model_dump(mode="json")
+        return model(after=after, **fields).model_dump(mode="json", exclude_defaults=True)
     except ValidationError:
         raise Unavailable(f"the revocation list's page after {after[:40]!r} ({len(after)} characters) cannot be "
                           "asked for: its cursor is longer than auth.revocations.list takes") from None
@@ -453,7 +499,9 @@ async def read_revocation_pages(page: Callable[[str | None], Awaitable[Any]]) ->
         for session, expires in more.session_expiry.items():
             expiry[session] = max(expires, expiry.get(session, expires))
         after = more.next
-    return type(first)(users=users, sessions=sessions, session_expiry=expiry)
+    # the first page's position: a later page's snapshot is later, and what a page before it missed may be older
+    position = {"position": first.position} if getattr(first, "position", None) is not None else {}
+    return type(first)(users=users, sessions=sessions, session_expiry=expiry, **position)
 
 
 def _longest_token_lifetime(settings: AuthSettings) -> float:
@@ -507,13 +555,20 @@ def _event_id(value: Any) -> int:
 
 class VerifierFeed:
     """Keeps a verifier current: `events.user.deactivated` and `events.auth.tokens_revoked` apply at once,
-    `events.auth.signing_key_rotated` refetches the keys, and the full revocation list is re-read every
-    `interval` seconds in case an event was missed."""
+    `events.auth.signing_key_rotated` refetches the keys, and every `interval` seconds what changed in the revocation
+    list since the last read is read, in case an event was missed (the whole list at the start, every
+    `full_interval` seconds, and whenever a read of changes fails)."""
 
-    def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[Any]], interval: float) -> None:
-        """`fetch` answers the full list as `shared.messages.auth.Revocations` (users, sessions)."""
+    def __init__(self, verifier: TokenVerifier, fetch: Callable[[], Awaitable[Any]], interval: float,
+                 changes: Callable[[str], Awaitable[Any]] | None = None,
+                 full_interval: float = FULL_READ_INTERVAL) -> None:
+        """`fetch` answers the full list as `shared.messages.auth.Revocations` (users, sessions, and the `position`
+        to read changes from, or None); `changes(position)` what was revoked since that position, with the next
+        position (None: the whole list at every poll)."""
         self._verifier = verifier
         self._fetch = fetch
+        self._changes = changes
+        self._full_interval = full_interval
         self._interval = interval
         verifier.read_revocations_from(fetch)  # a token met before the first read here reads the list itself
         self._started_at = time.monotonic()
@@ -594,9 +649,24 @@ class VerifierFeed:
         self._task = asyncio.create_task(self._poll_forever())
 
     async def _poll_once(self) -> None:
+        position = self._verifier.position
+        if (self._changes is not None and position is not None
+                and time.monotonic() - self._verifier.full_read_at < self._full_interval):
+            try:
+                changed = await self._changes(position)
+            except RailyardError as exc:
+                # a position auth no longer covers (409 revocation_position_lost), or auth away (the whole list's
+                # read below fails too, and says so)
+                log.info("could not read the revocations changed since position %s (%s): reading the whole list",
+                         position, exc.msg)
+            else:
+                self._verifier.apply_changes(changed.users, changed.sessions, changed.session_expiry,
+                                             getattr(changed, "position", None))
+                return
         try:
             revocations = await self._fetch()
-            self._verifier.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry)
+            self._verifier.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
+                                           getattr(revocations, "position", None))
         except RailyardError as exc:
             # The services start together and auth is often not answering yet at the first read: that is no
             # fault (a token met meanwhile reads the list itself, or is refused with 503), so it is told at INFO

@@ -131,9 +131,13 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     @command(router, subjects.AUTH_REVOCATIONS_LIST, service=NAME)
     async def list_revocations(cmd: ListRevocations, ctx: CallContext) -> dict:
-        """Deactivated users and the moment before which their tokens are refused; revoked sessions (a page)."""
-        return handlers.revocations_reply(
-            await handlers.revocations(runtime.db, runtime.settings.auth, cmd.after, deps().reply_limit()))
+        """Deactivated users and the moment before which their tokens are refused; revoked sessions (a page); with
+        `since`, those written since a previous read's `position`."""
+        if cmd.since is not None:
+            return handlers.revocations_reply(
+                await handlers.revocation_changes(runtime.db, cmd.since, cmd.after, deps().reply_limit()))
+        return handlers.revocations_reply(await handlers.revocations(
+            runtime.db, runtime.settings.auth, cmd.after, deps().reply_limit(), with_position=cmd.with_position))
 
     @command(router, subjects.AUTH_USERS_QUERY, service=NAME, too_large_hint=paging.too_large_hint("users/query"))
     async def query_users(cmd: QueryUsers, ctx: CallContext) -> EncodedData:
@@ -236,7 +240,9 @@ async def start(runtime: Runtime) -> None:
                              reply_limit=lambda: reply_limit(getattr(connection, "max_payload", None)))
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
-    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings), settings.revocation_poll_interval)
+    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings, with_position=True),
+                        settings.revocation_poll_interval,
+                        changes=lambda since: handlers.revocation_changes(runtime.db, since))
     await feed.start(connection)
     sweep = token_sweep.AuthStateSweep(runtime.db)
     sweep.start()

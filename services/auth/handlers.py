@@ -608,7 +608,7 @@ REVOCATION_ENTRY_SPARE = 28  # bytes an entry takes besides its key's JSON: `:`,
 
 
 async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | None = None,
-                      budget: int | None = None) -> Revocations:
+                      budget: int | None = None, with_position: bool = False) -> Revocations:
     """Subjects' revocation moments, the sessions revoked recently enough that an access token of theirs could still
     be valid, and ended task runs' sessions until their tokens expire: what every verifier must have read before it
     accepts a token. An entry that can no longer refuse a valid token is left out, so the list holds only what was
@@ -618,7 +618,11 @@ async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | N
     page's `next`); `next` is set while more follow. Ended runs grow the list with the platform's use (~120 bytes a
     run within its tokens' lifetime, up to a day): answered whole, ~70k of them passed the bus's 8 MiB limit and the
     list could no longer be read at all, so a service starting then refused every token. Pages stay under the limit
-    whatever its length."""
+    whatever its length.
+
+    `with_position`: each page names the `position` to ask `revocation_changes` from next (taken before the page is
+    read; a verifier keeps the first page's)."""
+    position = str(await store.revocation_position(pool)) if with_position else None
     now = time.time()
     longest = max(settings.access_token_ttl, TASK_TOKEN_MAX_TTL)  # a verifier accepts no token living longer
     since = (now - longest - 2 * task_tokens.LEEWAY, now - longest - 2 * task_tokens.LEEWAY,
@@ -636,19 +640,69 @@ async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | N
             size = (len(orjson.dumps(row["key"])) + REVOCATION_ENTRY_SPARE) * (2 if row["expires"] is not None else 1)
             if left is not None:
                 if size > left and (users or sessions):  # it goes on the next page (a page holds one at least)
-                    return Revocations(users=users, sessions=sessions, session_expiry=expiry, next=f"{part}:{key}")
+                    return Revocations(users=users, sessions=sessions, session_expiry=expiry, next=f"{part}:{key}",
+                                       position=position)
                 left -= size
-            if part < 2:  # a service account may be a user too: the later moment refuses more
-                users[row["key"]] = max(float(row["at"]), users.get(row["key"], 0.0))
-            else:
-                sessions[row["key"]] = max(float(row["at"]), sessions.get(row["key"], 0.0))
-                if row["expires"] is not None:
-                    expiry[row["key"]] = max(float(row["expires"]), expiry.get(row["key"], 0.0))
+            _add_entry(users, sessions, expiry, part, row["key"], float(row["at"]),
+                       None if row["expires"] is None else float(row["expires"]))
             key = row["key"]
         if limit is not None and len(rows) == limit:
             continue  # this part has more rows (or the budget is spent: the next pass returns the page)
         part, key = part + 1, ""
-    return Revocations(users=users, sessions=sessions, session_expiry=expiry)
+    return Revocations(users=users, sessions=sessions, session_expiry=expiry, position=position)
+
+
+def _add_entry(users: dict[str, float], sessions: dict[str, float], expiry: dict[str, float], part: int, key: str,
+               at: float, expires: float | None) -> None:
+    """An entry of the list's part `part` (store.REVOCATION_PARTS) merged into a page: the later moment refuses more."""
+    if part < 2:  # a service account may be a user too
+        users[key] = max(at, users.get(key, 0.0))
+    else:
+        sessions[key] = max(at, sessions.get(key, 0.0))
+        if expires is not None:
+            expiry[key] = max(expires, expiry.get(key, 0.0))
+
+
+async def revocation_changes(pool: asyncpg.Pool, since: str, after: str | None = None,
+                             budget: int | None = None) -> Revocations:
+    """The revocations written since `since` (a previous answer's `position`; migration 020), a page of at most
+    `budget` bytes after `after` (a previous page's `next`), and this read's `position`, to ask from next time. Every
+    revocation written at or after the transactions still running at `since` is in it, and a few read before may be
+    again (merged by max, they change nothing). Entries that can no longer refuse a valid token are not left out:
+    verifiers drop them as they do the events'. A position the kept changes no longer cover (older than a day: the
+    sweep deleted some) or from another database's history is 409 `revocation_position_lost`: read the whole list."""
+    if not since.isdigit() or len(since) > 20:
+        raise InvalidRequest("since: not a `position` of auth.revocations.list; read the whole list without it")
+    start = 0
+    if after is not None:
+        kind, sep, last = after.partition(":")
+        if kind != "c" or not sep or not last.isdigit() or len(last) > 20:
+            raise InvalidRequest("after: not a `next` of this read of auth.revocations.list's changes; ask for the "
+                                 "first page without it")
+        start = int(last)
+    left = None if budget is None else max(budget - REVOCATION_PAGE_SPARE, 1)
+    users: dict[str, float] = {}
+    sessions: dict[str, float] = {}
+    expiry: dict[str, float] = {}
+    limit = None if left is None else max(left // 60, 1)  # (as revocations' pages: an entry takes ~60 bytes or more)
+    try:
+        position, rows = await store.revocation_changes(pool, int(since), start, limit)
+    except store.PositionLost:
+        raise Conflict(f"the revocations written since position {since} are no longer all kept (or it is another "
+                       "database's): read the whole list", code="revocation_position_lost") from None
+    for row in rows:
+        size = (len(orjson.dumps(row["key"])) + REVOCATION_ENTRY_SPARE) * (2 if row["expires"] is not None else 1)
+        if left is not None:
+            if size > left and (users or sessions):
+                return Revocations(users=users, sessions=sessions, session_expiry=expiry, next=f"c:{start}",
+                                   position=str(position))
+            left -= size
+        _add_entry(users, sessions, expiry, row["part"], row["key"], float(row["at"]),
+                   None if row["expires"] is None else float(row["expires"]))
+        start = row["id"]
+    more = limit is not None and len(rows) == limit  # (a next page may be empty: read to the end all the same)
+    return Revocations(users=users, sessions=sessions, session_expiry=expiry, position=str(position),
+                       next=f"c:{start}" if more else None)
 
 
 def revocations_reply(page: Revocations) -> dict[str, Any]:

@@ -394,6 +394,51 @@ async def revocation_part(pool: asyncpg.Pool, part: int, since: float, after: st
     return await pool.fetch(REVOCATION_PARTS[part], since, after, limit)
 
 
+# A read's position (migration 020): the oldest transaction still running at the read's snapshot. Every revocation
+# that snapshot did not see was written by a transaction at or above it, so "changes at or above it" covers it.
+POSITION = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+async def revocation_position(pool: asyncpg.Pool) -> int:
+    """The position of a read of the whole list that starts after this returns (its statements' snapshots are later
+    than this one's: whatever they miss was written at or above it)."""
+    return await pool.fetchval(f"SELECT {POSITION}")
+
+
+class PositionLost(Exception):
+    """A position older than the changes kept (the sweep deleted rows at or above it), or from another database's
+    history (above any transaction id it has given): the changes since it cannot be told."""
+
+
+async def revocation_changes(pool: asyncpg.Pool, since: int, after: int,
+                             limit: int | None) -> tuple[int, list[asyncpg.Record]]:
+    """(the position of this read, the revocations written by transactions at or above `since`, after change id
+    `after`, in id order, at most `limit`: rows of (id, part, key, at, expires)). One snapshot for the three: a sweep
+    that deleted rows this read needed is seen, and PositionLost raised, never an answer missing them."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        now = await conn.fetchrow(f"SELECT {POSITION} AS position,"
+                                  " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next,"
+                                  " (SELECT below::text::bigint FROM revocation_changes_pruned) AS below")
+        if since < now["below"] or since > now["next"]:
+            raise PositionLost
+        rows = await conn.fetch("SELECT id, part, key, at, expires FROM revocation_changes"
+                                " WHERE xid >= $1::text::xid8 AND id > $2 ORDER BY id LIMIT $3",
+                                str(since), after, limit)
+    return now["position"], rows
+
+
+async def delete_old_revocation_changes(pool: asyncpg.Pool, older_than: float) -> int:
+    """Delete the revocation changes written more than `older_than` seconds ago and raise the kept changes' bound past
+    them (one statement, one snapshot and one now(): the bound covers the very rows deleted, and a read sees both or
+    neither); how many were deleted."""
+    status = await pool.execute(
+        "WITH raised AS (UPDATE revocation_changes_pruned SET below = GREATEST(below, (SELECT (max(xid::text::bigint)"
+        " + 1)::text::xid8 FROM revocation_changes WHERE created_at < now() - make_interval(secs => $1)))"
+        " WHERE EXISTS (SELECT 1 FROM revocation_changes WHERE created_at < now() - make_interval(secs => $1)))"
+        " DELETE FROM revocation_changes WHERE created_at < now() - make_interval(secs => $1)", older_than)
+    return int(status.split()[-1])
+
+
 # --- clients and refresh tokens ------------------------------------------------------------------------
 
 

@@ -13,7 +13,11 @@ Per-(user, source) sign-in state: attempt claims a crashed process left (auth.lo
 STALE_ATTEMPT_SECONDS; the next attempt of their user and source takes them over anyway), and failed-login counts idle
 for a day and not locked (auth.login_failures: sources come and go). Neither changes a decision: a claim that old is
 taken over, a failure that old no longer counts; the sweep only bounds the tables, off the sign-in's path (the
-failures' delete used to run inside every failed sign-in's transaction, an attack's hot path)."""
+failures' delete used to run inside every failed sign-in's transaction, an attack's hot path).
+
+Revocation changes (auth.revocation_changes, migration 020) older than CHANGES_KEPT_SECONDS: verifiers read the changes
+every 20 s and the whole list every 10 minutes, so only one that could not read for a day asks for deleted ones; it is
+answered 409 revocation_position_lost and reads the whole list."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ log = logging.getLogger("railyard.auth.token_sweep")
 SWEEP_EVERY_SECONDS = 3600.0
 BATCH = 1000
 STALE_ATTEMPT_SECONDS = 3600.0  # far above handlers.ATTEMPT_LEASE_SECONDS: only dead claims are that old
+CHANGES_KEPT_SECONDS = 86400.0  # far above authz.FULL_READ_INTERVAL
 
 
 async def sweep(pool: asyncpg.Pool, batch: int = BATCH) -> int:
@@ -48,6 +53,8 @@ async def sweep(pool: asyncpg.Pool, batch: int = BATCH) -> int:
         log.info("deleted %d sign-in attempt claim(s) left by stopped processes", stale)
     if idle := await store.delete_idle_login_failures(pool):
         log.info("deleted %d failed-login count(s) idle for a day", idle)
+    if changes := await store.delete_old_revocation_changes(pool, CHANGES_KEPT_SECONDS):
+        log.info("deleted %d revocation change(s) older than a day", changes)
     return deleted
 
 

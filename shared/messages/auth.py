@@ -96,6 +96,13 @@ class ListRevocations(Command):
     them, from the start or after `after` (the previous page's `next`)."""
 
     after: str | None = Field(None, max_length=1024, description="The previous page's `next`; none: the first page.")
+    since: str | None = Field(None, max_length=20, description=(
+        "A previous answer's `position`: only the revocations written since then (pages likewise, with `after`), "
+        "and this read's `position`; 409 `revocation_position_lost` when they can no longer be told (read the whole "
+        "list). None: the whole list."))
+    with_position: bool = Field(False, description=(
+        "The whole list, each page naming the `position` to ask for changes from next (a reader keeps the first "
+        "page's)."))
 
 
 class Revocations(Message):
@@ -111,6 +118,9 @@ class Revocations(Message):
     next: str | None = Field(None, description=(
         "More entries follow (the list is answered in pages that fit the bus): ask again with `after` set to this; "
         "none: this was the last page. Only the pages read to the end make the list."))
+    position: str | None = Field(None, description=(
+        "Asked for (`since`, `with_position`): where this read stands, to pass as `since` next time (the first "
+        "page's; every revocation this read may have missed was written at or after it)."))
 
 
 # --- users -------------------------------------------------------------------------------------------

@@ -162,3 +162,79 @@ async def test_a_rotated_out_key_verifies_a_long_runs_token_until_it_expires(poo
     await pool.execute("UPDATE signing_keys SET retired_at = '-infinity', signs_run_tokens_until = NULL"
                        " WHERE kid = $1 AND NOT active", first)
     assert first not in {k["kid"] for k in await store.public_keys(pool, handlers.key_retention(settings))}
+
+
+async def test_the_revocations_written_since_a_read_are_read_by_position_none_missed(pool, stack):
+    """Verifiers poll what changed since their last read (migration 020), not the whole list: every path that
+    revokes writes a change (the triggers), a read answers a `position`, and the next read from it holds every
+    revocation that read did not see, a transaction's that was running during it and committed after it included
+    (a position from a sequence number or the newest change would miss it for good). A verifier fed so, with every
+    event missed, refuses the revoked tokens after one poll. Once the sweep has deleted changes a position needs,
+    it is 409 revocation_position_lost (the verifier reads the whole list)."""
+    from services.auth import handlers, store, token_sweep
+    from shared.authz import Principal, TokenVerifier, VerifierFeed
+    from shared.errors import Conflict
+
+    settings = stack.settings().auth
+    user, owner = uuid.uuid4(), uuid.uuid4()
+    for who, name in ((user, "u"), (owner, "o")):
+        await pool.execute("INSERT INTO users (id, username, password_hash) VALUES ($1, $2, 'x')", who, name)
+    workspace = await pool.fetchval("INSERT INTO workspaces (name, created_by) VALUES ('w', $1) RETURNING id", owner)
+    await store.create_inference_client(pool, "inference-a", "h", workspace, "a", owner)
+    account = str(await pool.fetchval("SELECT service_account_id FROM clients WHERE client_id = 'inference-a'"))
+    run = str(uuid.uuid4())
+    assert await task_tokens.record_issue(pool, run, str(owner), time.time() + 3600)
+
+    async def whole():
+        return await handlers.revocations(pool, settings, with_position=True)
+
+    verifier = TokenVerifier(settings, lambda: [])
+    feed = VerifierFeed(verifier, whole, 20.0, changes=lambda since: handlers.revocation_changes(pool, since))
+    verifier.read_revocations_from(whole)
+    await verifier._read_revocations_once()  # as at a start: the whole list, and its position
+    first = verifier.position
+    assert first is not None
+    issued = time.time() - 1
+
+    def token(subject: str, session: str | None = None) -> Principal:
+        return Principal(subject=subject, kind="user", admin=False, client_id="c", username="u", issued_at=issued,
+                         session=session)
+
+    assert not any(verifier._is_revoked(t) for t in (token(str(user)), token(account), token(str(owner), run)))
+    # a revocation written by a transaction that runs across a read and commits after it
+    slow = await pool.acquire()
+    slow_tx = slow.transaction()
+    await slow_tx.start()
+    await slow.execute("INSERT INTO revoked_sessions (session, user_id, revoked_at) VALUES ($1, $2, $3)",
+                       uuid.UUID(int=7), owner, time.time())
+    async with pool.acquire() as conn:
+        await store.set_enabled(conn, user, False, time.time())  # a deactivation
+    await store.revoke_inference_client(pool, workspace, "inference-a", time.time())
+    await task_tokens.revoke_run(pool, run, str(owner))
+    await feed._poll_once()  # no event: the changes since the start's read
+    assert verifier._is_revoked(token(str(user))) and verifier._is_revoked(token(account))
+    assert verifier._is_revoked(token(str(owner), run))
+    during = verifier.position
+    coded = token("a-subject-never-revoked", str(uuid.UUID(int=7)))  # the session alone refuses it
+    assert not verifier._is_revoked(coded)  # not committed yet
+    await slow_tx.commit()
+    await pool.release(slow)
+    await store.set_password(pool, owner, "y", temporary=False, revoked_before=time.time())  # a new password
+    await feed._poll_once()
+    assert verifier._is_revoked(coded), "a revocation committed after a read that ran while it was written: missed"
+    assert verifier._is_revoked(token(str(owner)))
+    assert verifier.full_read_at and int(verifier.position) >= int(during) >= int(first)
+    # nothing changed: an empty answer, not the list again
+    assert (await handlers.revocation_changes(pool, verifier.position)).model_dump(exclude_none=True) == {
+        "users": {}, "sessions": {}, "session_expiry": {}, "position": verifier.position}
+
+    await pool.execute("UPDATE revocation_changes SET created_at = now() - interval '2 days'")
+    assert await token_sweep.sweep(pool) == 0  # (refresh tokens deleted: none)
+    assert await pool.fetchval("SELECT count(*) FROM revocation_changes") == 0
+    with pytest.raises(Conflict) as lost:
+        await handlers.revocation_changes(pool, first)
+    assert lost.value.code == "revocation_position_lost"
+    latest = (await whole()).position
+    assert (await handlers.revocation_changes(pool, latest)).position is not None  # a position after the sweep: read
+    with pytest.raises(InvalidRequest):
+        await handlers.revocation_changes(pool, "12; x")

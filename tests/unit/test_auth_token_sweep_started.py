@@ -31,7 +31,7 @@ class RecordingPool:
 class IdleFeed:
     """The revocation feed's face (it subscribes on the bus)."""
 
-    def __init__(self, *args) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         pass
 
     async def start(self, nats_client) -> None:

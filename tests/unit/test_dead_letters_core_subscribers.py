@@ -31,7 +31,9 @@ class Verifier:
     def read_revocations_from(self, fetch) -> None:
         pass
 
-    def set_revocations(self, users, sessions=None, session_expiry=None) -> None:
+    position = None  # (no read of changes: the feed reads the whole list)
+
+    def set_revocations(self, users, sessions=None, session_expiry=None, position=None) -> None:
         pass
 
     @property
