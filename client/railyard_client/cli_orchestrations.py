@@ -140,17 +140,24 @@ def run(orchestration_id: str, raw_args: str | None, name: str | None, timeout: 
 @click.option("--name", help="A name for the task.")
 @click.option("--timeout", type=int, help="Seconds a run may take before it is stopped.")
 @click.option("--missed", type=click.Choice(["fire_once", "skip"]), help="What a point missed while down does.")
+@click.option("--concurrency", type=click.Choice(["allow", "forbid", "replace"], case_sensitive=False),
+              help="What a point does while a run of the task is queued or running: allow (default) makes its run "
+              "too, forbid makes none, replace stops them and makes its own.")
+@click.option("--max-queued", type=click.IntRange(1, 100), help="With allow: runs of the task waiting to start at "
+              "most (default 10).")
 @click.option("--id", "task_id", type=click.UUID, help="The task's id, chosen by you: the same again makes no "
               "second task.")
 @workspace_option
 @json_option
 def schedule(orchestration_id: str, cron: str, raw_args: str | None, name: str | None, timeout: int | None,
-             missed: str | None, task_id: uuid.UUID | None, workspace: str | None, as_json: bool) -> None:
+             missed: str | None, concurrency: str | None, max_queued: int | None, task_id: uuid.UUID | None,
+             workspace: str | None, as_json: bool) -> None:
     """Run ORCHESTRATION_ID on CRON (minute hour day-of-month month day-of-week, in UTC; a sixth field, last, is
     seconds; or @hourly, @daily, @weekly, @monthly, @yearly) until killed: '0 6 * * 1-5' is 06:00 UTC on weekdays."""
     task = _orchestrations(workspace).run_scheduled(orchestration_id, cron, _args(raw_args), name=name,
                                                     timeout=timeout, missed_run_policy=missed,
-                                                    task_id=None if task_id is None else str(task_id))
+                                                    task_id=None if task_id is None else str(task_id),
+                                                    concurrency_policy=concurrency, max_queued=max_queued)
     _show([task], ["id"], as_json, task)
 
 

@@ -141,11 +141,15 @@ class Orchestrations:
 
     def run_scheduled(self, orchestration_id: str, schedule: str, args: dict[str, Any] | None = None, *,
                       name: str | None = None, timeout: int | None = None,
-                      missed_run_policy: str | None = None, task_id: str | None = None) -> dict[str, Any]:
+                      missed_run_policy: str | None = None, task_id: str | None = None,
+                      concurrency_policy: str | None = None, max_queued: int | None = None) -> dict[str, Any]:
         """Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week, in UTC; a sixth
         field, last, is seconds; or a macro: @hourly, @daily, @weekly, @monthly, @yearly) until killed;
         `missed_run_policy` is `fire_once` (the default) or `skip`; `task_id` as in `run_once` (the same again
-        makes no second task). Returns `{"id": task}`."""
+        makes no second task). `concurrency_policy`, as a Kubernetes CronJob's, says what a point does while a run
+        of the task is queued or running: `allow` (the default) makes its run all the same, up to `max_queued`
+        (1-100, default 10) waiting to start; `forbid` makes none; `replace` stops those runs and makes its own.
+        Returns `{"id": task}`."""
         body: dict[str, Any] = {"orch_id": str(orchestration_id), "workspace_id": self.workspace_id,
                                 "json": args or {}, "schedule": schedule}
         if name:
@@ -154,6 +158,10 @@ class Orchestrations:
             body["timeout"] = timeout
         if missed_run_policy:
             body["missed_run_policy"] = missed_run_policy
+        if concurrency_policy:
+            body["concurrency_policy"] = concurrency_policy
+        if max_queued is not None:
+            body["max_queued"] = max_queued
         if task_id is not None:
             body["id"] = str(task_id)
         return self._post("task/run_scheduled", body)

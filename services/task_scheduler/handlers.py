@@ -268,12 +268,16 @@ async def run_scheduled(deps: Deps, principal: Principal, token: str | None, cmd
         await _insert_or_same(conn, task_id, cmd, True, lambda: store.insert_task(
             conn, id=task_id, workspace_id=cmd.workspace_id, orch_id=orch["id"], orch_sha=orch["sha"], name=cmd.name,
             owner_id=principal.user_id, args=args, timeout_seconds=timeout, schedule=schedule,
-            missed_run_policy=cmd.missed_run_policy, next_fire=next_point(schedule, now)))
+            missed_run_policy=cmd.missed_run_policy, next_fire=next_point(schedule, now),
+            concurrency_policy=cmd.concurrency_policy, max_queued=cmd.max_queued))
     return TaskCreated(id=task_id)
 
 
-def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record]) -> str:
-    active = any(r["running"] for r in runs)
+def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record], active: bool | None = None) -> str:
+    """The task's status from its row and its last runs; `active`: whether it has a run queued or running, however
+    old (store.with_active_runs; read for killed tasks only), else read from `runs`."""
+    if active is None:
+        active = any(r["running"] for r in runs)
     if row["killed"]:
         return "pending_kill" if active else "killed"
     if row["schedule"] is not None:
@@ -285,7 +289,8 @@ def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record]) -> str:
     return "failed" if runs[0]["status"] == "failure" else "started"
 
 
-def _task_record(row: asyncpg.Record, runs: list[asyncpg.Record], settings: TaskSettings) -> TaskRecord:
+def _task_record(row: asyncpg.Record, runs: list[asyncpg.Record], settings: TaskSettings,
+                 active: bool | None = None) -> TaskRecord:
     args = json.loads(row["args"]) if isinstance(row["args"], str) else row["args"]
     scheduled = row["schedule"] is not None
     return TaskRecord(
@@ -295,14 +300,18 @@ def _task_record(row: asyncpg.Record, runs: list[asyncpg.Record], settings: Task
         auth_init=True, workspace_id=row["workspace_id"],
         flavor="exec_orch_cron" if scheduled else "exec_orch_oneshot", reap_threshold_secs=row["timeout_seconds"],
         exec_type="cron_job" if scheduled else "job", schedule=row["schedule"],
-        missed_run_policy=row["missed_run_policy"], status=_task_status(row, runs), input_data=args,
+        missed_run_policy=row["missed_run_policy"], concurrency_policy=row.get("concurrency_policy"),
+        max_queued=row.get("max_queued"), status=_task_status(row, runs, active), input_data=args,
         killed=row["killed"], created_at=iso(row["created_at"]), updated_at=iso(row["updated_at"]),
         last_runs=[LastRun(run_id=r["id"], status=r["status"], created_at=iso(r["created_at"])) for r in runs])
 
 
 async def _records(deps: Deps, rows: list[asyncpg.Record]) -> list[TaskRecord]:
     runs = await store.last_runs(deps.pool, [r["id"] for r in rows], LAST_RUNS)
-    return [_task_record(r, runs.get(r["id"], []), deps.settings) for r in rows]
+    # a killed task is pending_kill while any run of it is still stopping, not only one of its last LAST_RUNS
+    active = await store.with_active_runs(deps.pool, [r for r in rows if r["killed"]])
+    return [_task_record(r, runs.get(r["id"], []), deps.settings, r["id"] in active if r["killed"] else None)
+            for r in rows]
 
 
 async def _visible_task(deps: Deps, principal: Principal, token: str | None, task_id: uuid.UUID) -> asyncpg.Record:

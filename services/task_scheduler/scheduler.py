@@ -52,6 +52,7 @@ from services.task_scheduler.fetch_orchestration import download_verified
 from services.task_scheduler.handlers import Deps, check_schedule
 from shared import db
 from shared.errors import RailyardError
+from shared.messages import tasks as tasks_messages
 from shared.outbox import Outbox
 from shared.settings import TASK_STOP_TIMEOUT
 
@@ -81,13 +82,23 @@ BEATS_UNDER_WAY = 2  # an install's beats sent and not answered yet, at most (Sc
 # 9). At 1,000 (review of 7d59f296) a batch of per-second tasks back after 17 minutes took 3 s quiet, 7-19 s at load 9,
 # past supervisor_lost_after (10 s): the pass beats its runs after it, so another process could take them as lost
 MISSED_COUNTED = 100
-# runs of one task waiting to start (`queued`) at most: a point that comes while it has that many is not queued, and
-# logged (Scheduler.fire_due). Before, a task whose runs outlast its interval queued one more at every point, without
-# end: the backlog only grew, each run started later than the last, and the workspace's other tasks' runs (started
-# oldest first) waited behind all of it. Airflow's max_active_runs (16 a DAG) bounds the same; a CronJob makes no queue
-QUEUED_PER_TASK = 10
+# runs of one task waiting to start (`queued`) at most, unless the task's max_queued says otherwise (concurrency
+# policy allow): a point that comes while it has that many is not queued, and logged (Scheduler.fire_due). Before, a
+# task whose runs outlast its interval queued one more at every point, without end: the backlog only grew, each run
+# started later than the last, and the workspace's other tasks' runs (started oldest first) waited behind all of it.
+# Airflow's max_active_runs (16 a DAG) bounds the same; a CronJob makes no queue (its forbid/replace: the policies)
+QUEUED_PER_TASK = tasks_messages.QUEUED_PER_TASK
 # the start of a failed run's reason when its task's schedule could not be evaluated (Scheduler.fire_due)
 UNEVALUATED = "schedule cannot be evaluated"
+# the start of the reason of a run a later point's run replaced (concurrency_policy replace; Scheduler.fire_due)
+REPLACED = "replaced by the task's run for"
+# A database error for one task's point undoes that task's writes alone (Scheduler.fire_due: a savepoint); these
+# stay the pass's (re-raised: the pass fails and is tried again on a new connection): the connection's, the server's
+# (shutting down, a statement cancelled, out of resources), and asyncpg's own (InterfaceError, not a PostgresError)
+PASS_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+               asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.InternalServerError)
+HELD_FIRST = 2.0  # seconds a task whose point met a database error is left out of this process's passes, at first
+HELD_MAX = 60.0  # ... doubling at each error in a row, up to this
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -145,6 +156,15 @@ class Scheduler:
     # runs another process declared lost: stopped (their kill event), their lines and end no longer recorded
     lost: set[uuid.UUID] = field(default_factory=set)
     ending: set[uuid.UUID] = field(default_factory=set)  # runs whose end is being recorded (store.finish_run)
+    # runs whose end this process could not record (Scheduler._supervise gave up): they ran, and are never adopted
+    # (Scheduler.fail_lost); an id is dropped once no longer running under this process
+    unrecorded: set[uuid.UUID] = field(default_factory=set)
+    # tasks whose point met a database error (fire_due), left out of its passes: (the wait, until loop.time());
+    # `retrying`: those tried again after one, with the wait that preceded (doubled at the next error)
+    held: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
+    retrying: dict[uuid.UUID, float] = field(default_factory=dict)
+    # why a run's kill was asked when not by task/kill (a replace policy's later point): recorded as its reason
+    kill_reasons: dict[uuid.UUID, str] = field(default_factory=dict)
     installing: asyncio.Task | None = None
     _loop: asyncio.Future | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -285,7 +305,10 @@ class Scheduler:
                 await self.install_next(conn)
                 own_beat_in = (last_beat + settings.heartbeat_interval / 2 - loop.time()) if self.runs else None
                 installer_free = self.installing is None or self.installing.done()  # else its end wakes the loop
-                to_next_due = await store.seconds_to_next_due(conn, settings.supervisor_lost_after, installer_free)
+                to_next_due = await store.seconds_to_next_due(conn, settings.supervisor_lost_after, installer_free,
+                                                              list(self.held))
+                if (held_for := self.held_for()) is not None:  # a held task's point: looked at again then
+                    to_next_due = held_for if to_next_due is None else min(to_next_due, held_for)
                 delay = sleep_for(to_next_due, settings.tick, own_beat_in)
                 if busy:
                     delay = min(delay, BUSY_RETRY)
@@ -337,6 +360,7 @@ class Scheduler:
     # --- 1. lost runs -------------------------------------------------------------------------------------------
 
     async def fail_lost(self, conn: asyncpg.Connection) -> None:
+        await self.adopt_unanswered(conn)
         # not this process's own runs, whose beats (the pass's step 4) may be older than supervisor_lost_after when it
         # was paused (SIGSTOP, a suspended VM, a loop held up): it failed them as lost on waking, its live supervisors
         # could no longer record their end, and their last lines were refused (store.LATE_LINES)
@@ -345,50 +369,118 @@ class Scheduler:
             log.warning("run %s lost its supervisor %s: marked failed", row["id"], row["supervisor"])
             self.events_committed()
 
+    async def adopt_unanswered(self, conn: asyncpg.Connection) -> None:
+        """Supervises the runs started under this process's identity whose start's answer never came back: the
+        transaction of store.start_queued committed, then the connection dropped (or the pass was cut) before its rows
+        were read, so the pass failed and no supervisor was made for them. Such a run is `running` under this process
+        and not among its runs; nobody beat it, and the lost-run step failed it SUPERVISOR_LOST_AFTER later as if
+        this process had died ("the task scheduler process supervising the run died"), its point never run. It is
+        supervised now, at the next pass (its main.py never started: it starts now; a kill asked meanwhile is seen at
+        this pass's heartbeat, before it starts). Not a run whose end this process could not record (`unrecorded`):
+        that one ran, and is left to the lost-run step."""
+        found = await store.own_unsupervised(conn, self.identity, list(self.runs))
+        self.unrecorded.intersection_update(r["id"] for r in found)  # the others ended (the lost-run step)
+        for row in found:
+            if row["id"] in self.unrecorded:
+                continue
+            log.warning("run %s: its start (at %s) was committed but the answer did not reach this process (the pass"
+                        " that started it failed): supervised now", row["id"],
+                        row["started_at"].isoformat() if row["started_at"] is not None else "?")
+            self.events_committed()  # its events.task_run.started, committed with the start
+            self.kills[row["id"]] = asyncio.Event()
+            self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
+
     # --- 2. schedule points -------------------------------------------------------------------------------------
 
     async def fire_due(self, conn: asyncpg.Connection) -> None:
-        """Turns the due tasks' points into runs, in one transaction. Each task's schedule is evaluated before
-        anything is written for it; one that cannot be (check_schedule refuses it now, as a stored `R` schedule since
-        71adc2bc or one a newer croniter rejects; croniter raises) stops that task alone (store.stop_schedule: a failed
-        run saying why, the task `failed`), logged once: its `next_fire` cleared, no pass takes it again. Before, the
-        exception left the transaction, every pass, and no task of any workspace fired, nor were runs started or beaten
-        (the pass's later steps)."""
+        """Turns the due tasks' points into runs, in one transaction, each task's writes in a savepoint of their own.
+
+        Each task's schedule is evaluated before anything is written for it; one that cannot be (check_schedule refuses
+        it now, as a stored `R` schedule since 71adc2bc or one a newer croniter rejects; croniter raises) stops that
+        task alone (store.stop_schedule: a failed run saying why, the task `failed`), logged once: its `next_fire`
+        cleared, no pass takes it again. Before, the exception left the transaction, every pass, and no task of any
+        workspace fired, nor were runs started or beaten (the pass's later steps).
+
+        A database error for one task (one its data or writes meet: a value refused, a constraint, a deadlock; not the
+        connection's nor the server's, which stay the pass's: PASS_ERRORS) undoes that task's writes alone (its
+        savepoint): the pass's other tasks fire, and the task, its point not handled, is left out of this process's
+        passes for a while (HELD_FIRST, doubling up to HELD_MAX; `held`), then tried again. Before, it failed the whole
+        pass, every pass, for every workspace: a point that met such an error every time stopped every task's runs
+        (started, beaten) on every process that took it."""
         grace = timedelta(seconds=self.deps.settings.missed_run_grace)
-        stopped = False
+        loop = asyncio.get_running_loop()
+        for task_id in [t for t, (_, until) in self.held.items() if until <= loop.time()]:
+            self.retrying[task_id] = self.held.pop(task_id)[0]  # its next error doubles the wait
+        ended = False
         async with conn.transaction():
-            for task in await store.due_tasks(conn, FIRE_BATCH):
+            for task in await store.due_tasks(conn, FIRE_BATCH, list(self.held)):
                 try:
-                    check_schedule(task["schedule"])  # what a new task's schedule must pass
-                    point, following, missed = due_point(task["schedule"], task["next_fire"], task["now"],
-                                                         task["missed_run_policy"], grace)
-                except Exception as exc:  # noqa: BLE001 - this task's schedule alone: the others fire
-                    error = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}: {exc}"
-                    reason = (f"{UNEVALUATED}: {error}"[:1500] + "; the task makes no more runs: kill it and"
-                              " schedule it again (task/run_scheduled) with a schedule Railyard accepts")
-                    recorded = await store.stop_schedule(conn, task["id"], task["workspace_id"], task["next_fire"],
-                                                         reason)
-                    stopped = stopped or recorded
-                    log.warning("task %s: its schedule %r stopped at %s: %s%s", task["id"], task["schedule"],
-                                task["next_fire"].isoformat(), reason,
-                                "" if recorded else " (the point had a run already: no failed run recorded)")
-                    continue
-                if point is None:
-                    log.info("task %s: skipping missed schedule points up to %s", task["id"], task["now"])
-                elif await store.queued_of_task(conn, task["id"], task["workspace_id"],
-                                                QUEUED_PER_TASK) >= QUEUED_PER_TASK:
-                    # counted under the task's row lock, which every point of it is fired under; a start elsewhere
-                    # meanwhile only lowers the count
-                    log.info("task %s: point %s not queued: %d runs of the task are still waiting to start (at most"
-                             " %d; its workspace runs %d at a time)", task["id"], point.isoformat(), QUEUED_PER_TASK,
-                             QUEUED_PER_TASK, self.deps.settings.max_concurrent_runs_per_workspace)
-                elif await store.fire(conn, task["id"], task["workspace_id"], point):
-                    log.info("task %s: run queued for %s%s", task["id"], point.isoformat(),
-                             "" if not missed else f" ({missed} earlier points were missed)" if missed < MISSED_COUNTED
-                             else f" (at least {missed} earlier points were missed)")
-                await store.set_next_fire(conn, task["id"], following)
-        if stopped:
+                    async with conn.transaction():  # a savepoint
+                        ended = await self._fire_one(conn, task, grace) or ended
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, PASS_ERRORS):
+                        raise
+                    wait = min(self.retrying.get(task["id"], HELD_FIRST / 2) * 2, HELD_MAX)
+                    self.held[task["id"]] = (wait, loop.time() + wait)
+                    log.warning("task %s: its point %s could not be handled (%s: %s): tried again in %.0f s; the"
+                                " pass's other tasks go on", task["id"], task["next_fire"].isoformat(),
+                                type(exc).__name__, exc, wait)
+                else:
+                    self.retrying.pop(task["id"], None)
+        if ended:
             self.events_committed()  # the failed runs' events.task_run.failed
+
+    def held_for(self) -> float | None:
+        """Seconds until a held task (fire_due) is tried again, the soonest; None when none is held."""
+        if not self.held:
+            return None
+        return max(min(until for _, until in self.held.values()) - asyncio.get_running_loop().time(), 0.0)
+
+    async def _fire_one(self, conn: asyncpg.Connection, task: asyncpg.Record, grace: timedelta) -> bool:
+        """One due task's point (fire_due), under its row lock; whether runs were ended (their events to send)."""
+        try:
+            check_schedule(task["schedule"])  # what a new task's schedule must pass
+            point, following, missed = due_point(task["schedule"], task["next_fire"], task["now"],
+                                                 task["missed_run_policy"], grace)
+        except Exception as exc:  # noqa: BLE001 - this task's schedule alone: the others fire
+            error = exc.msg if isinstance(exc, RailyardError) else f"{type(exc).__name__}: {exc}"
+            reason = (f"{UNEVALUATED}: {error}"[:1500] + "; the task makes no more runs: kill it and"
+                      " schedule it again (task/run_scheduled) with a schedule Railyard accepts")
+            recorded = await store.stop_schedule(conn, task["id"], task["workspace_id"], task["next_fire"], reason)
+            log.warning("task %s: its schedule %r stopped at %s: %s%s", task["id"], task["schedule"],
+                        task["next_fire"].isoformat(), reason,
+                        "" if recorded else " (the point had a run already: no failed run recorded)")
+            return recorded
+        ended = False
+        # the task's concurrency policy (task/run_scheduled; NULL, as every task stored before it: allow): what a point
+        # does while a run of the task is queued or running, counted and changed under the task's row lock, which
+        # every point of it is fired under (a start elsewhere meanwhile changes nothing read)
+        policy = task.get("concurrency_policy") or "allow"
+        bound = task.get("max_queued") or QUEUED_PER_TASK
+        if point is None:
+            log.info("task %s: skipping missed schedule points up to %s", task["id"], task["now"])
+        elif policy == "forbid" and await store.active_of_task(conn, task["id"], task["workspace_id"]):
+            log.info("task %s: point %s skipped: a run of the task is still queued or running"
+                     " (concurrency_policy forbid)", task["id"], point.isoformat())
+        elif policy == "allow" and await store.queued_of_task(conn, task["id"], task["workspace_id"],
+                                                              bound) >= bound:
+            log.info("task %s: point %s not queued: %d runs of the task are still waiting to start (at most"
+                     " %d; its workspace runs %d at a time)", task["id"], point.isoformat(), bound, bound,
+                     self.deps.settings.max_concurrent_runs_per_workspace)
+        elif await store.fire(conn, task["id"], task["workspace_id"], point):
+            log.info("task %s: run queued for %s%s", task["id"], point.isoformat(),
+                     "" if not missed else f" ({missed} earlier points were missed)" if missed < MISSED_COUNTED
+                     else f" (at least {missed} earlier points were missed)")
+            if policy == "replace":  # the task's other runs: this point's run takes their place
+                failed, flagged = await store.replace_active(
+                    conn, task["id"], task["workspace_id"], point,
+                    f"{REPLACED} {point.isoformat()} (concurrency_policy replace)")
+                ended = failed > 0
+                if failed or flagged:
+                    log.info("task %s: the run for %s replaces %d queued run(s) (failed) and %d running"
+                             " (being stopped)", task["id"], point.isoformat(), failed, flagged)
+        await store.set_next_fire(conn, task["id"], following)
+        return ended
 
     # --- 3. starting queued runs --------------------------------------------------------------------------------
 
@@ -430,7 +522,10 @@ class Scheduler:
         for run_id, kill_requested in beaten.items():
             event = self.kills.get(run_id)
             if kill_requested and event is not None and not event.is_set():
-                log.info("run %s: kill requested", run_id)
+                log.info("run %s: kill requested%s", run_id,
+                         f" ({kill_requested})" if isinstance(kill_requested, str) else "")
+                if isinstance(kill_requested, str):  # store.beat_runs: the reason it was asked with
+                    self.kill_reasons[run_id] = kill_requested
                 event.set()
 
     def _taken_over(self, asked: list[uuid.UUID], beaten: dict[uuid.UUID, bool]) -> None:
@@ -632,10 +727,13 @@ class Scheduler:
             if self._stop.is_set() and outcome.reason == runner.KILLED:
                 outcome = runner.RunOutcome("failure", outcome.exit_code,
                                             "stopped: its task scheduler process shut down")
+            elif outcome.reason == runner.KILLED and run_id in self.kill_reasons:  # replaced, not task/kill
+                outcome = runner.RunOutcome("failure", outcome.exit_code, self.kill_reasons[run_id])
             self.ending.add(run_id)
             try:
                 await self._record_end(run_id, outcome)  # False: the run was ended already (below)
             except Exception as exc:  # noqa: BLE001 - never raised out of the task, whose exception nobody reads
+                self.unrecorded.add(run_id)  # it ran: not one to adopt (fail_lost)
                 log.warning("run %s: its end (%s%s) could not be recorded (%s: %s): it stays 'running' until a"
                             " scheduler's lost-run step fails it, %.0f s after its last heartbeat", run_id,
                             outcome.status, f", {outcome.reason}" if outcome.reason else "", type(exc).__name__, exc,
@@ -649,6 +747,7 @@ class Scheduler:
         finally:
             self.runs.pop(run_id, None)
             self.kills.pop(run_id, None)
+            self.kill_reasons.pop(run_id, None)
             self.lost.discard(run_id)
             self.ending.discard(run_id)
             self.wake()  # this process has room again

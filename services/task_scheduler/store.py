@@ -140,15 +140,17 @@ async def env_status(pool: asyncpg.Pool, requirements_sha: str) -> asyncpg.Recor
 
 async def insert_task(conn: asyncpg.Connection, *, id: uuid.UUID, workspace_id: int, orch_id: uuid.UUID,
                       orch_sha: str, name: str | None, owner_id: str, args: dict[str, Any], timeout_seconds: int,
-                      schedule: str | None, missed_run_policy: str | None, next_fire: datetime | None) -> bool:
+                      schedule: str | None, missed_run_policy: str | None, next_fire: datetime | None,
+                      concurrency_policy: str | None = None, max_queued: int | None = None) -> bool:
     """Insert the task; whether it was inserted (False: a task of that id exists already, unchanged: a caller's
-    chosen id given again, RunTaskOnce.id)."""
+    chosen id given again, RunTaskOnce.id). `concurrency_policy` and `max_queued` None: allow, QUEUED_PER_TASK."""
     inserted = await conn.fetchval(
         "INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, name, owner_id, args, timeout_seconds, schedule, "
-        "missed_run_policy, next_fire) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11)"
+        "missed_run_policy, next_fire, concurrency_policy, max_queued)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11, $12, $13)"
         " ON CONFLICT (id) DO NOTHING RETURNING true",
         id, workspace_id, orch_id, orch_sha, name, owner_id, json.dumps(args), timeout_seconds, schedule,
-        missed_run_policy, next_fire)
+        missed_run_policy, next_fire, concurrency_policy, max_queued)
     if inserted and next_fire is not None:
         await notify_work(conn)  # a point the sleeping schedulers do not know yet
     return bool(inserted)
@@ -184,6 +186,22 @@ async def last_runs(pool: asyncpg.Pool, task_ids: list[uuid.UUID], per_task: int
     return found
 
 
+async def with_active_runs(pool: asyncpg.Pool, tasks: list[asyncpg.Record]) -> set[uuid.UUID]:
+    """Those of `tasks` (rows with `id` and `workspace_id`) that have a run queued or running, however old: read
+    through the workspaces' queued and running runs (indexes runs_queued, runs_running_workspace), not through every
+    run the tasks ever had. Before, a killed task's `pending_kill` was read from its last LAST_RUNS runs only: a
+    long run with 10 later runs read `killed` while it was still being stopped."""
+    if not tasks:
+        return set()
+    ids, workspaces = [t["id"] for t in tasks], list({t["workspace_id"] for t in tasks})
+    rows = await pool.fetch(
+        "SELECT task_id FROM runs WHERE workspace_id = ANY($2::bigint[]) AND status = 'running'"
+        " AND task_id = ANY($1::uuid[])"
+        " UNION SELECT task_id FROM runs WHERE workspace_id = ANY($2::bigint[]) AND status = 'queued'"
+        " AND task_id = ANY($1::uuid[])", ids, workspaces)
+    return {r["task_id"] for r in rows}
+
+
 async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> int:
     """Stop a task: no more schedule points, queued runs fail (with their events.task_run.failed in the outbox, as
     every other end of a run), running ones are stopped by their supervisor. How many queued runs failed."""
@@ -203,12 +221,14 @@ async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> int:
 
 # --- schedule points ---------------------------------------------------------------------------------------------
 
-async def due_tasks(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """Scheduled tasks whose next point has come, locked for this transaction (others skip them)."""
+async def due_tasks(conn: asyncpg.Connection, limit: int, held: list[uuid.UUID] | None = None) -> list[asyncpg.Record]:
+    """Scheduled tasks whose next point has come, locked for this transaction (others skip them); not those `held`
+    (the caller leaves them out for a while: scheduler.fire_due)."""
     return await conn.fetch(
-        "SELECT id, workspace_id, schedule, missed_run_policy, next_fire, now() AS now FROM tasks "
-        "WHERE schedule IS NOT NULL AND NOT killed AND next_fire <= now() "
-        "ORDER BY next_fire LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+        "SELECT id, workspace_id, schedule, missed_run_policy, concurrency_policy, max_queued, next_fire,"
+        " now() AS now FROM tasks "
+        "WHERE schedule IS NOT NULL AND NOT killed AND next_fire <= now() AND NOT (id = ANY($2::uuid[])) "
+        "ORDER BY next_fire LIMIT $1 FOR UPDATE SKIP LOCKED", limit, held or [])
 
 
 async def fire(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, point: datetime) -> bool:
@@ -227,6 +247,36 @@ async def queued_of_task(conn: asyncpg.Connection, task_id: uuid.UUID, workspace
     return await conn.fetchval(
         "SELECT count(*) FROM (SELECT 1 FROM runs WHERE workspace_id = $2 AND status = 'queued' AND task_id = $1 "
         "LIMIT $3) q", task_id, workspace_id, at_most)
+
+
+async def active_of_task(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int) -> bool:
+    """Whether the task has a run queued or running (through the workspace's queued and running runs: indexes
+    runs_queued, runs_running_workspace)."""
+    return await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE workspace_id = $2 AND status = 'running' AND task_id = $1)"
+        " OR EXISTS (SELECT 1 FROM runs WHERE workspace_id = $2 AND status = 'queued' AND task_id = $1)",
+        task_id, workspace_id)
+
+
+async def replace_active(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, point: datetime,
+                         reason: str) -> tuple[int, int]:
+    """A replace policy's point (scheduler.fire_due), its run queued: under the task's row lock in the pass's
+    transaction, the task's other queued runs fail at once with `reason` (and their events.task_run.failed), its
+    running ones are flagged to be killed with `reason` as what their supervisor records (kill_reason; one flagged
+    already, by task/kill or an earlier point, keeps its own). (queued failed, running flagged)."""
+    failed = await conn.fetch(
+        "UPDATE runs SET status = 'failure', reason = $4, finished_at = now(), updated_at = now() "
+        "WHERE workspace_id = $2 AND status = 'queued' AND task_id = $1 AND scheduled_for IS DISTINCT FROM $3"
+        " RETURNING *", task_id, workspace_id, point, reason)
+    for run in failed:
+        await add_run_event(conn, run, "failure", None, run["reason"])
+    flagged = await conn.fetchval(
+        "WITH f AS (UPDATE runs SET kill_requested = true, kill_reason = $3, updated_at = now() WHERE workspace_id = $2"
+        " AND status = 'running' AND task_id = $1 AND NOT kill_requested RETURNING 1) SELECT count(*) FROM f",
+        task_id, workspace_id, reason)
+    if flagged:
+        await notify_work(conn)  # their supervisors stop them at their next pass
+    return len(failed), flagged
 
 
 async def set_next_fire(conn: asyncpg.Connection, task_id: uuid.UUID, next_fire: datetime) -> None:
@@ -302,14 +352,15 @@ async def start_queued(conn: asyncpg.Connection, workspace_id: int, limit: int, 
 
 
 async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.UUID],
-                    supervisor: str) -> dict[uuid.UUID, bool]:
+                    supervisor: str) -> dict[uuid.UUID, str | bool]:
     """Heartbeat this process's runs: the ids beaten (still running under `supervisor`), each with whether its kill
-    was requested. An id asked for and not answered is no longer this supervisor's: it ended, or another process
-    declared it lost (fail_lost_runs)."""
+    was requested: False, True (task/kill) or the reason it was asked with (kill_reason: the run was replaced). An id
+    asked for and not answered is no longer this supervisor's: it ended, or another process declared it lost
+    (fail_lost_runs)."""
     rows = await pool.fetch(
         "UPDATE runs SET heartbeat_at = now() WHERE id = ANY($1::uuid[]) AND supervisor = $2 AND status = 'running' "
-        "RETURNING id, kill_requested", run_ids, supervisor)
-    return {r["id"]: r["kill_requested"] for r in rows}
+        "RETURNING id, kill_requested, kill_reason", run_ids, supervisor)
+    return {r["id"]: (r["kill_reason"] or True) if r["kill_requested"] else False for r in rows}
 
 
 async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,
@@ -327,6 +378,17 @@ async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, sta
             await add_run_event(conn, await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id), status,
                                 exit_code, reason)
     return done is not None
+
+
+async def own_unsupervised(conn: asyncpg.Connection, supervisor: str,
+                           known: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """Runs `running` under `supervisor` (the caller's own identity) other than `known` (those it supervises): a start
+    of its (start_queued) that committed though its answer never came back (the connection dropped after the commit),
+    or a run whose end it could not record (the caller tells them apart). Read through the running runs (index
+    runs_running: `heartbeat_at IS NOT NULL` lets the planner use it)."""
+    return await conn.fetch("SELECT * FROM runs WHERE status = 'running' AND heartbeat_at IS NOT NULL"
+                            " AND supervisor = $1 AND NOT (id = ANY($2::uuid[])) ORDER BY started_at, id",
+                            supervisor, known)
 
 
 async def fail_lost_runs(conn: asyncpg.Connection, lost_after: float, supervisor: str | None = None,
@@ -371,17 +433,18 @@ async def add_run_event(conn: asyncpg.Connection, run: asyncpg.Record, status: s
         exit_code=exit_code, reason=reason))
 
 
-async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float, envs: bool) -> float | None:
+async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float, envs: bool,
+                              held: list[uuid.UUID] | None = None) -> float | None:
     """Seconds until the earliest moment a pass can find work no notification announces: a task's next schedule
-    point, a running run's heartbeat deadline and (with `envs`: this process could install one now) an installing
-    environment's (its supervisor or installer may die silently). None when there is none; negative when it has
-    passed."""
+    point (not those `held`: the caller knows when it looks at them again), a running run's heartbeat deadline and
+    (with `envs`: this process could install one now) an installing environment's (its supervisor or installer may
+    die silently). None when there is none; negative when it has passed."""
     return await conn.fetchval(
         "SELECT extract(epoch FROM least("
-        "  (SELECT min(next_fire) FROM tasks WHERE schedule IS NOT NULL AND NOT killed),"
+        "  (SELECT min(next_fire) FROM tasks WHERE schedule IS NOT NULL AND NOT killed AND NOT (id = ANY($3::uuid[]))),"
         "  (SELECT min(heartbeat_at) FROM runs WHERE status = 'running') + make_interval(secs => $1),"
         "  (SELECT min(heartbeat_at) FROM envs WHERE $2 AND status = 'installing') + make_interval(secs => $1)"
-        ") - now())::float8", lost_after, envs)
+        ") - now())::float8", lost_after, envs, held or [])
 
 
 async def running_among(pool: asyncpg.Pool, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:

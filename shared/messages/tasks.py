@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import Command, Event, Message, omit_when_unset
 from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
 
 MAX_LOG_PAGE = 100_000
@@ -16,6 +16,11 @@ MAX_LOG_PAGE = 100_000
 
 RunStatus = Literal["queued", "running", "success", "failure"]
 MissedRunPolicy = Literal["fire_once", "skip"]
+ConcurrencyPolicy = Literal["allow", "forbid", "replace"]
+QUEUED_PER_TASK = 10
+"""A scheduled task's runs waiting to start (`queued`) at most, unless its `max_queued` says otherwise."""
+MAX_QUEUED = 100
+"""The largest `max_queued` a task may be given."""
 
 
 class UploadOrchestration(Command):
@@ -87,6 +92,31 @@ class RunTaskScheduled(RunTaskOnce):
                           "day-of-week (Railyard: an optional 6th field is seconds).")
     missed_run_policy: MissedRunPolicy = Field(
         "fire_once", description="Railyard: a point missed while no scheduler ran fires once late, or is skipped.")
+    concurrency_policy: ConcurrencyPolicy | None = Field(None, description=(
+        "Railyard, as a Kubernetes CronJob's concurrencyPolicy (Allow, Forbid, Replace; either case): what a point "
+        "does while a run of the task is queued or running. allow (the default): it makes a run all the same, up to "
+        "`max_queued` waiting; forbid: it makes none (skipped); replace: those runs are stopped (a queued one failed "
+        "at once, a running one killed) and the point makes its run."))
+    max_queued: int | None = Field(None, ge=1, le=MAX_QUEUED, description=(
+        f"Railyard: with concurrency_policy allow, the task's runs waiting to start (queued) at most, 1 to "
+        f"{MAX_QUEUED} (default {QUEUED_PER_TASK}): a point that comes while it has that many makes no run."))
+
+    @field_validator("concurrency_policy", mode="before")
+    @classmethod
+    def _policy_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _queued_with_allow(self) -> RunTaskScheduled:
+        if self.max_queued is not None and self.concurrency_policy in ("forbid", "replace"):
+            raise ValueError(f"max_queued bounds the waiting runs of concurrency_policy allow; with "
+                             f"{self.concurrency_policy} a task has at most one run queued or running (leave out "
+                             f"max_queued, or use allow)")
+        return self
+
+    # left out when unset: a gateway forwards the command as it was before the fields to an older scheduler
+    # (shared/omit_unset.py)
+    _without_unset_policy = omit_when_unset("concurrency_policy", "max_queued")
 
 
 class TaskCreated(Message):
@@ -140,6 +170,11 @@ class TaskRecord(Message):
     exec_type: str
     schedule: str | None = None
     missed_run_policy: MissedRunPolicy | None = None
+    concurrency_policy: ConcurrencyPolicy | None = Field(None, description=(
+        "Railyard: a scheduled task's concurrency policy (task/run_scheduled); absent when it was not given: allow."))
+    max_queued: int | None = Field(None, description=(
+        f"Railyard: a scheduled task's bound of waiting runs (task/run_scheduled); absent when it was not given: "
+        f"{QUEUED_PER_TASK} (with allow)."))
     status: str = Field(description="pending, started, pending_kill, killed (scheduled tasks), or the last run's "
                         "outcome for one-shot tasks: success, failed.")
     input_data: dict[str, Any]
@@ -147,6 +182,9 @@ class TaskRecord(Message):
     created_at: str
     updated_at: str
     last_runs: list[LastRun]
+
+    # a task that does not set them is answered as before the fields (an older gateway reads it)
+    _without_unset_policy = omit_when_unset("concurrency_policy", "max_queued")
 
 
 class Tasks(Message, NextCursor):

@@ -198,3 +198,88 @@ async def test_sleeping_schedulers_are_woken_for_each_kind_of_work(database, tmp
                 await made.stop()
             else:
                 await made._drop_connection()
+
+
+async def policy_task(pool: asyncpg.Pool, orch_id: uuid.UUID, workspace: int, policy: str | None,
+                      max_queued: int | None = None, seconds: float = 60) -> uuid.UUID:
+    """A per-second task of its own workspace with `policy` and `max_queued`, its runs taking `seconds`."""
+    task_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        now = await conn.fetchval("SELECT now()")
+        await store.insert_task(conn, id=task_id, workspace_id=workspace, orch_id=orch_id, orch_sha="0" * 64,
+                                name=None, owner_id="u", args={"seconds": seconds}, timeout_seconds=60,
+                                schedule="* * * * * */1", missed_run_policy=None,
+                                next_fire=now.replace(microsecond=0) + timedelta(seconds=1),
+                                concurrency_policy=policy, max_queued=max_queued)
+    return task_id
+
+
+async def test_concurrency_policies_and_a_start_whose_answer_was_lost(database, tmp_path):
+    """Each concurrency policy's SQL on PostgreSQL (scheduler.fire_due's branches are unit-tested in
+    test_task_concurrency_policy.py), a killed task's pending_kill read over all its runs (store.with_active_runs),
+    and a run started under a live scheduler's identity that it never heard of (a start whose answer was lost): the
+    scheduler runs it. Per-second points, 60-s stand-in runs, each task in a workspace of its own (limit 2)."""
+    from services.task_scheduler.scheduler import REPLACED
+
+    pool, orch = database
+    sched = scheduler(pool, tmp_path, [], "policies")
+    try:
+        forbid = await policy_task(pool, orch, 11, "forbid")
+        replace = await policy_task(pool, orch, 12, "replace")
+        allow = await policy_task(pool, orch, 13, "allow", max_queued=1)
+        # four points of each have passed (next_fire 4 s past the first run's point)
+        by = time.monotonic() + 4 + WAKE
+        while True:
+            rows = await pool.fetch("SELECT t.id, t.next_fire - min(r.scheduled_for) AS past FROM tasks t JOIN runs r"
+                                    " ON r.task_id = t.id WHERE t.id = ANY($1::uuid[]) GROUP BY t.id",
+                                    [forbid, replace, allow])
+            if len(rows) == 3 and all(r["past"] >= timedelta(seconds=4) for r in rows):
+                break
+            assert time.monotonic() < by, rows
+            await asyncio.sleep(0.1)
+        # forbid: one run, the others skipped while it runs
+        runs = await store.runs_of(pool, forbid, None, None)
+        assert [r["status"] for r in runs] == ["running"], [dict(r) for r in runs]
+        # allow with max_queued 1: the workspace's 2 running and 1 waiting, no more
+        runs = await store.runs_of(pool, allow, None, None)
+        assert sorted(r["status"] for r in runs) == ["queued", "running", "running"], [dict(r) for r in runs]
+        # replace: each point's run replaced the one before; all but the newest ended with the reason
+        by = time.monotonic() + WAKE
+        while True:
+            runs = await store.runs_of(pool, replace, None, None, paged=True)  # newest first
+            older = runs[1:]
+            if len(runs) >= 3 and all(r["status"] == "failure" for r in older):
+                break
+            assert time.monotonic() < by, [dict(r) for r in runs]
+            await asyncio.sleep(0.1)
+        assert runs[0]["status"] in ("queued", "running") and runs[0]["reason"] is None, dict(runs[0])
+        assert all(r["reason"] == f"{REPLACED} {n['scheduled_for'].isoformat()} (concurrency_policy replace)"
+                   for r, n in zip(older, runs, strict=False)), [(dict(r), n["scheduled_for"]) for r, n in
+                                                                  zip(older, runs, strict=False)]
+        assert any(r["started_at"] is not None for r in older), [dict(r) for r in older]  # a running one stopped
+        # the tasks with a run queued or running, over all their runs (what pending_kill is read from), and a
+        # killed one's once its runs have stopped
+        tasks = [{"id": forbid, "workspace_id": 11}, {"id": replace, "workspace_id": 12},
+                 {"id": allow, "workspace_id": 13}, {"id": uuid.uuid4(), "workspace_id": 13}]
+        assert await store.with_active_runs(pool, tasks) == {forbid, replace, allow}
+        await store.kill_task(pool, allow)
+        by = time.monotonic() + WAKE
+        while (active := await store.with_active_runs(pool, tasks)) != {forbid, replace}:
+            assert time.monotonic() < by, active
+            await asyncio.sleep(0.1)
+        for task in (forbid, replace):
+            await store.kill_task(pool, task)
+        # a start whose answer was lost: the run is `running` under the scheduler's identity, which never had it
+        task = uuid.uuid4()
+        async with pool.acquire() as conn, conn.transaction():
+            await store.insert_task(conn, id=task, workspace_id=14, orch_id=orch, orch_sha="0" * 64, name=None,
+                                    owner_id="u", args={"seconds": 0.1}, timeout_seconds=60, schedule=None,
+                                    missed_run_policy=None, next_fire=None)
+            await conn.execute("INSERT INTO runs (id, task_id, workspace_id, status, supervisor, heartbeat_at,"
+                               " started_at) VALUES ($1, $2, 14, 'running', $3, now(), now())", uuid.uuid4(), task,
+                               sched.identity)  # as store.start_queued's committed UPDATE, no notification
+        sched.wake()  # its next pass
+        run = await settled(pool, task, {"success", "failure"}, WAKE)
+        assert (run["status"], run["reason"]) == ("success", None), dict(run)  # was: failed, "supervising ... died"
+    finally:
+        await sched.stop()

@@ -31,7 +31,7 @@ def fire_due(monkeypatch, waiting: int) -> tuple[dict, Scheduler]:
     """One pass's fire_due for a per-2-second task due at POINT whose workspace holds `waiting` of its runs queued."""
     seen: dict = {"fired": [], "next": [], "counted": []}
 
-    async def due_tasks(conn, limit):
+    async def due_tasks(conn, limit, held=None):
         return [{"id": TASK, "workspace_id": 7, "schedule": "* * * * * */2", "missed_run_policy": None,
                  "next_fire": POINT, "now": POINT + timedelta(milliseconds=20)}]
 

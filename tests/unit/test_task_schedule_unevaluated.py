@@ -22,15 +22,22 @@ POINT = datetime(2026, 12, 5, 14, 0, 2, tzinfo=UTC)
 
 
 class Conn:
-    """The loop's connection as fire_due uses it directly: a transaction (the store's calls are replaced)."""
+    """The loop's connection as fire_due uses it directly: a transaction, and a savepoint in it for each task (the
+    store's calls are replaced). `committed` counts the outermost's commits."""
 
     def __init__(self) -> None:
         self.committed = 0
+        self.depth = 0
 
     @contextlib.asynccontextmanager
     async def transaction(self):
-        yield
-        self.committed += 1
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if self.depth == 0:
+            self.committed += 1
 
 
 def pass_with(monkeypatch, bad_schedule: str) -> tuple[dict, Scheduler]:
@@ -38,7 +45,7 @@ def pass_with(monkeypatch, bad_schedule: str) -> tuple[dict, Scheduler]:
     A task whose schedule was stopped is no longer due (its next_fire cleared), as due_tasks' SQL reads it."""
     seen: dict = {"fired": [], "next": [], "stopped": [], "events": 0}
 
-    async def due_tasks(conn, limit):
+    async def due_tasks(conn, limit, held=None):
         rows = [{"id": BAD, "workspace_id": 3, "schedule": bad_schedule, "missed_run_policy": None,
                  "next_fire": POINT, "now": POINT + timedelta(milliseconds=20)},
                 {"id": GOOD, "workspace_id": 7, "schedule": "* * * * * */2", "missed_run_policy": None,

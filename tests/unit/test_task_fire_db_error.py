@@ -1,0 +1,121 @@
+"""A database error for one due task's point undoes that task's writes alone (scheduler.fire_due: a savepoint per
+task), the pass's other tasks fire, and the task is left out of the process's passes for a while, then tried again
+(HELD_FIRST, doubling to HELD_MAX). Before, it failed the whole pass at every pass: no run of any workspace was queued,
+started or beaten while the point met it. The connection's and the server's errors stay the pass's."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import asyncpg
+import pytest
+
+from services.task_scheduler import store
+from services.task_scheduler.scheduler import HELD_FIRST, HELD_MAX, Scheduler
+
+BAD, GOOD = uuid.uuid4(), uuid.uuid4()
+POINT = datetime(2026, 12, 5, 14, 0, 2, tzinfo=UTC)
+
+
+class Conn:
+    """The pass's transaction and the tasks' savepoints: which savepoints were rolled back (an exception left them)."""
+
+    def __init__(self) -> None:
+        self.depth, self.rolled_back, self.committed = 0, 0, 0
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        self.depth += 1
+        try:
+            yield
+        except BaseException:
+            self.rolled_back += 1
+            raise
+        finally:
+            self.depth -= 1
+        if self.depth == 0:
+            self.committed += 1
+
+
+def pass_with(monkeypatch, error: Exception) -> tuple[dict, Scheduler]:
+    seen: dict = {"fired": [], "next": [], "held": []}
+
+    async def due_tasks(conn, limit, held=None):
+        seen["held"].append(sorted(held or []))
+        return [{"id": t, "workspace_id": 3, "schedule": "* * * * * */2", "missed_run_policy": None,
+                 "next_fire": POINT, "now": POINT + timedelta(milliseconds=20)} for t in (BAD, GOOD)
+                if t not in (held or [])]
+
+    async def queued_of_task(conn, task_id, workspace_id, at_most):
+        return 0
+
+    async def fire(conn, task_id, workspace_id, point):
+        if task_id == BAD:
+            raise error
+        seen["fired"].append(task_id)
+        return True
+
+    async def set_next_fire(conn, task_id, next_fire):
+        seen["next"].append(task_id)
+
+    for name, fn in (("due_tasks", due_tasks), ("queued_of_task", queued_of_task), ("fire", fire),
+                     ("set_next_fire", set_next_fire)):
+        monkeypatch.setattr(store, name, fn)
+    settings = SimpleNamespace(missed_run_grace=30.0, max_concurrent_runs_per_workspace=2)
+    return seen, Scheduler(deps=SimpleNamespace(settings=settings), mint=None, gateway_url="")
+
+
+@pytest.mark.parametrize("error", [asyncpg.exceptions.DataError("value out of range"),
+                                   asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+                                   asyncpg.exceptions.UniqueViolationError("duplicate key")])
+async def test_a_database_error_for_one_task_leaves_the_others_firing(monkeypatch, caplog, error):
+    seen, sched = pass_with(monkeypatch, error)
+    conn = Conn()
+    await sched.fire_due(conn)
+    assert (conn.committed, conn.rolled_back) == (1, 1)  # its savepoint undone, the pass's transaction committed
+    assert seen["fired"] == [GOOD] and seen["next"] == [GOOD]  # BAD's point not handled: its next_fire unchanged
+    assert f"task {BAD}: its point {POINT.isoformat()} could not be handled ({type(error).__name__}" in caplog.text
+    assert list(sched.held) == [BAD] and sched.held[BAD][0] == HELD_FIRST
+    assert 0 < sched.held_for() <= HELD_FIRST
+
+    # held: the next passes leave it out (and their sleep does not count its past point)
+    await sched.fire_due(conn)
+    assert seen["held"][-1] == [BAD] and seen["fired"] == [GOOD, GOOD]
+
+    # its wait over, it is tried again; the same error doubles the wait, up to HELD_MAX
+    waits = []
+    for _ in range(8):
+        sched.held[BAD] = (sched.held[BAD][0], 0.0)
+        await sched.fire_due(conn)
+        assert seen["held"][-1] == []  # asked for again
+        waits.append(sched.held[BAD][0])
+    assert waits == [min(HELD_FIRST * 2 ** n, HELD_MAX) for n in range(1, 9)]
+
+
+async def test_once_it_fires_again_it_is_forgotten(monkeypatch):
+    seen, sched = pass_with(monkeypatch, asyncpg.exceptions.DataError("value out of range"))
+    await sched.fire_due(Conn())
+    monkeypatch.setattr(store, "fire", lambda conn, task_id, workspace_id, point: _true(seen, task_id))
+    sched.held[BAD] = (sched.held[BAD][0], 0.0)
+    await sched.fire_due(Conn())
+    assert BAD in seen["fired"] and sched.held == {} and sched.retrying == {} and sched.held_for() is None
+
+
+async def _true(seen: dict, task_id: uuid.UUID) -> bool:
+    seen["fired"].append(task_id)
+    return True
+
+
+@pytest.mark.parametrize("error", [asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+                                   asyncpg.exceptions.AdminShutdownError("terminating connection"),
+                                   asyncpg.exceptions.QueryCanceledError("canceling statement"),
+                                   asyncpg.InterfaceError("cannot perform operation")])
+async def test_the_connections_and_the_servers_errors_stay_the_passs(monkeypatch, error):
+    seen, sched = pass_with(monkeypatch, error)
+    conn = Conn()
+    with pytest.raises(type(error)):
+        await sched.fire_due(conn)
+    assert conn.committed == 0 and sched.held == {}  # the pass failed: tried again on a new connection, as before

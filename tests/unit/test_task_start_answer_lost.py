@@ -1,0 +1,86 @@
+"""A start whose answer was lost (store.start_queued's transaction committed, then the connection dropped before its
+rows came back: the pass failed, no supervisor made) is supervised by its process at the next pass
+(Scheduler.adopt_unanswered). Before, the run stayed `running` under a live process that did not know it, unbeaten,
+and was failed SUPERVISOR_LOST_AFTER later as "the task scheduler process supervising the run died", its main.py
+never run. A run whose end the process could not record ran already: it is not run again. The SQL
+(store.own_unsupervised) runs on PostgreSQL in tests/integration/test_task_scheduler_wakeups.py."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+from services.task_scheduler import runner, store
+from services.task_scheduler.scheduler import Scheduler
+
+STARTED = datetime(2026, 12, 5, 14, 0, tzinfo=UTC)
+
+
+class Ran(Scheduler):
+    ran: list
+
+    async def _run(self, row):
+        self.ran.append(row["id"])
+        return runner.RunOutcome("success", 0, None)
+
+
+def scheduler(monkeypatch, running: list[uuid.UUID], finish_fails: bool = False) -> tuple[Ran, dict]:
+    """A scheduler whose identity has `running` runs in the database (store.own_unsupervised reads them, less those
+    it is told it knows)."""
+    seen: dict = {"asked": [], "ended": []}
+
+    async def own_unsupervised(conn, supervisor, known):
+        seen["asked"].append((supervisor, sorted(known)))
+        return [{"id": r, "started_at": STARTED, "task_id": None} for r in running if r not in known]
+
+    async def finish_run(pool, run_id, supervisor, status, exit_code, reason):
+        if finish_fails:
+            raise ValueError("refused")  # not transient: given up at once
+        seen["ended"].append((run_id, status))
+        running.remove(run_id)
+        return True
+
+    monkeypatch.setattr(store, "own_unsupervised", own_unsupervised, raising=False)
+    monkeypatch.setattr(store, "finish_run", finish_run)
+    sched = Ran(deps=SimpleNamespace(settings=SimpleNamespace(supervisor_lost_after=10.0), pool=None), mint=None,
+                gateway_url="", identity="me")
+    sched.ran = []
+    return sched, seen
+
+
+async def settle(sched: Scheduler) -> None:
+    async with asyncio.timeout(10):
+        while sched.runs:
+            await asyncio.gather(*sched.runs.values(), return_exceptions=True)
+
+
+async def test_a_start_whose_answer_was_lost_is_run_at_the_next_pass(monkeypatch):
+    lost, mine = uuid.uuid4(), uuid.uuid4()
+    sched, seen = scheduler(monkeypatch, [lost, mine])
+    sched.runs[mine] = asyncio.get_running_loop().create_future()  # supervised already: not adopted twice
+    await sched.adopt_unanswered(None)
+    assert seen["asked"] == [("me", [mine])]
+    assert set(sched.runs) == {lost, mine} and lost in sched.kills  # beaten and killable from this pass on
+    sched.runs.pop(mine).cancel()
+    await settle(sched)
+    assert sched.ran == [lost]  # its main.py ran once
+    assert seen["ended"] == [(lost, "success")]
+    await sched.adopt_unanswered(None)  # ended: nothing more to adopt
+    assert sched.ran == [lost]
+
+
+async def test_a_run_whose_end_could_not_be_recorded_is_not_run_again(monkeypatch):
+    ran_once = uuid.uuid4()
+    sched, seen = scheduler(monkeypatch, [ran_once], finish_fails=True)
+    await sched.adopt_unanswered(None)
+    await settle(sched)
+    assert sched.ran == [ran_once] and sched.unrecorded == {ran_once}  # still `running` in the database
+    for _ in range(2):  # the next passes find it theirs and unsupervised: not run again
+        await sched.adopt_unanswered(None)
+        assert sched.runs == {} and sched.ran == [ran_once]
+    seen_running = []  # the lost-run step failed it meanwhile: forgotten
+    monkeypatch.setattr(store, "own_unsupervised", lambda *a: asyncio.sleep(0, seen_running))
+    await sched.adopt_unanswered(None)
+    assert sched.unrecorded == set()
