@@ -364,6 +364,22 @@ def pids_cgroup() -> tuple[str | None, str | None]:
     return parent, None
 
 
+def sweep_unused_cgroups() -> int:
+    """Remove the sandbox cgroups (memory, and on cgroup v1 pids) of this process's cgroup whose owner is gone and
+    that hold no process: those of a service killed with SIGKILL (an engine replica killed as hung, out of memory or
+    past its stop timeout), whose launchers and code died with it (parent-death signals) but whose removal
+    (`_remove_cgroup`) never ran. A process's first sandbox sweeps them too (`memory_cgroup`), killing what is left in
+    them; this one, for a process that starts no sandbox itself (the deployer, at its start), kills nothing and
+    changes nothing else. The number removed; none where no cgroup is readable."""
+    removed = 0
+    for version, parent in sandbox_launcher.sandbox_cgroup_parents():
+        swept = sandbox_launcher.sweep_unused_cgroups(version, parent)
+        if swept:
+            log.info("removed %d sandbox cgroups left by processes that are gone in %s", len(swept), parent)
+        removed += len(swept)
+    return removed
+
+
 def _warn_unbounded_processes() -> None:
     """Say (`_warn_host_gaps`: once a process) that its sandboxes' processes are bounded by RLIMIT_NPROC alone (no
     cgroup has the pids limit: neither a v2 memory cgroup with the pids controller nor a writable v1 pids

@@ -322,6 +322,55 @@ def sweep_stale_cgroups(version: int, parent: str) -> list[str]:
     return removed
 
 
+def sweep_unused_cgroups(version: int, parent: str) -> list[str]:
+    """Remove the sandbox cgroups in `parent` whose owner is gone and that no process is in (its launcher and code
+    died with it: a service killed with SIGKILL, whose own removal never ran); the names removed. Kills nothing: a
+    stale cgroup still holding a process is left for `sweep_stale_cgroups` (a process's first sandbox), and one a
+    process entered meanwhile the kernel refuses to remove (EBUSY). For a process that starts no sandbox of its own
+    (the deployer, whose replicas' cgroups these are)."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(CGROUP_PREFIX) or cgroup_owner_alive(name):
+            continue
+        group = Cgroup(version, os.path.join(parent, name))
+        if group.pids():
+            continue
+        try:
+            os.rmdir(group.path)
+        except OSError:  # gone meanwhile (its owner's own removal), or busy
+            continue
+        removed.append(name)
+    return removed
+
+
+def sandbox_cgroup_parents(cgroup_file: str = "/proc/self/cgroup",
+                           mountinfo: str = "/proc/self/mountinfo") -> list[tuple[int, str]]:
+    """Where this process's children make their sandboxes' cgroups ((version, parent directory): the memory
+    cgroup's, and on v1 the pids hierarchy's), found as `locate_memory_cgroup` and `locate_pids_cgroup` find them
+    but changing nothing (on v2 those enable the memory controller and move processes into CGROUP_LEAF). A process
+    whose children (engine replicas) run in its own cgroup finds theirs."""
+    read = _read_cgroups(cgroup_file, mountinfo)
+    if isinstance(read, str):
+        return []
+    lines, mounts = read
+    found: list[tuple[int, str]] = []
+    v2_path = next((path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers), None)
+    for fields in mounts:
+        if "-" in fields and fields[fields.index("-") + 1] == "cgroup2" and v2_path is not None:
+            own = _under_mount(fields[4], fields[3], v2_path)
+            if own is not None:
+                found.append((2, os.path.dirname(own) if os.path.basename(own) == CGROUP_LEAF else own))
+    for controller in ("memory", "pids"):
+        v1 = _v1_cgroup(controller, lines, mounts)
+        if isinstance(v1, tuple):
+            found.append(v1)
+    return [(version, parent) for version, parent in dict.fromkeys(found) if os.path.isdir(parent)]
+
+
 def locate_memory_cgroup(cgroup_file: str = "/proc/self/cgroup",
                          mountinfo: str = "/proc/self/mountinfo") -> tuple[int, str] | str:
     """Where this process may create sandbox memory cgroups: (2, dir) under its cgroup v2 cgroup when the memory
