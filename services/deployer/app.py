@@ -9,7 +9,7 @@ from faststream.nats import NatsRouter
 
 from services.deployer import handlers, store
 from services.deployer.backend import LocalBackend
-from shared import paging, subjects
+from shared import paging, sandbox, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event
 from shared.messages.deployer import (
@@ -120,9 +120,11 @@ async def start(runtime: Runtime) -> None:
                            crash_backoff_max=settings.deployer.crash_backoff_max,
                            crash_stable_after=settings.deployer.crash_stable_after,
                            bus_epoch=lambda: nc.stats["reconnects"] if nc.is_connected else None,
-                           engine_work_dir=settings.stack.data_dir.expanduser().resolve() / "engine-work")
+                           engine_work_dir=settings.stack.data_dir.expanduser().resolve() / "engine-work",
+                           sweep_cgroups=sandbox.sweep_unused_cgroups)
     backend.start_supervising()
-    backend.sweep_stale_work()  # a previous deployer's replicas' work folders (in the background)
+    # a previous deployer's replicas' work folders, and the sandbox cgroups of replicas killed (in the background)
+    backend.sweep_stale_work()
     public_url = settings.gateway.public_url or f"http://{settings.gateway.host}:{settings.gateway.port}"
     # a pipeline's events go out from the outbox (store.EVENT_TYPES; shared/outbox.py), in order per pipeline
     outbox = Outbox(runtime.db, publish, event_types=store.EVENT_TYPES, order_field="pipeline_id",

@@ -74,6 +74,11 @@ constants (1, 60 and 10 s)."""
 _DEFAULTS = DeployerSettings.model_fields  # the back-off's defaults live in the settings only
 TAIL_BYTES = 8192  # of an exited replica's log read for its reason (the last line, an engine error preferred)
 REPLICA_MODULE = "services.engine.replica"  # a replica's command line: python -m REPLICA_MODULE <spec> <replica id>
+REMOVING = ".removing-"
+"""An undeployed deployment's folders (deployments/<name>, engine-work/<name>) are renamed to <their parent>/
+.removing-<name>-<random> on the event loop, then removed in the sweep thread (LocalBackend._release); one left by a
+deployer that died meanwhile goes at the next start (sweep_stale_work). A deployment's name never starts with '.'
+(handlers._check_name)."""
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -173,7 +178,7 @@ class LocalBackend:
                  crash_backoff: float = _DEFAULTS["crash_backoff"].default,
                  crash_backoff_max: float = _DEFAULTS["crash_backoff_max"].default,
                  crash_stable_after: float = _DEFAULTS["crash_stable_after"].default,
-                 engine_work_dir: Path | None = None) -> None:
+                 engine_work_dir: Path | None = None, sweep_cgroups: Callable[[], int] | None = None) -> None:
         """Timings from settings.deployer (their defaults live there only): an idle replica retires
         scale_down_after seconds after the last scaling, new replicas have ready_timeout to answer, a stopping
         one stop_timeout to drain, a hung one is replaced after liveness_timeout and liveness_probes unanswered
@@ -183,7 +188,8 @@ class LocalBackend:
         (settings' request_path_slice_us). bus_epoch: the deployer's bus connection, None while it is down, else a
         number that changes when it reconnects (a probe timed out across an outage is not counted).
         engine_work_dir: where replicas keep their sandboxed workers' folders (engine-work; sweep_work,
-        sweep_stale_work)."""
+        sweep_stale_work). sweep_cgroups: removes the sandbox cgroups their owners left (shared/sandbox.py
+        sweep_unused_cgroups), called by sweep_stale_work and after an undeploy's replicas are gone (_release)."""
         self.work_dir = work_dir
         self.engine_work_dir = engine_work_dir
         self.liveness_timeout = liveness_timeout
@@ -202,16 +208,31 @@ class LocalBackend:
         self._retiring: set[asyncio.Task] = set()  # scaled-down replicas draining; close() waits for them too
         self._sweeps: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()  # _sweep_later
         self._sweeper: asyncio.Task | None = None
+        self.sweep_cgroups = sweep_cgroups
+        # a name's folders in use outside self.sets: its starts, its replicas being spawned and its retiring replicas
+        self._users: collections.Counter[str] = collections.Counter()
+        # names whose folders go once nothing uses them (_release): True both folders (an undeploy), False its
+        # engine-work folder only (a first start that failed: its replicas' logs and spec stay for the user)
+        self._undeployed: dict[str, bool] = {}
 
     async def _spawn(self, replica_set: ReplicaSet, replica_id: str) -> Replica:
-        log_path = self.work_dir / replica_set.name / f"replica-{replica_id}.log"
-        handle = open(log_path, "ab")  # noqa: SIM115, ASYNC230 - the child writes to it for its life
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", REPLICA_MODULE, str(replica_set.spec_path), replica_id,
-            stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=functools.partial(_die_with_parent, self.request_slice_us, os.getpid()),
-            env=replica_environment(os.environ))
-        handle.close()
+        """A new replica of the set. Its deployment's folders count as in use while it is spawned (a stop of the set
+        meanwhile does not remove them, _release); the caller then keeps it in the set or retires it, in the same
+        step (no await between), which takes over."""
+        name = replica_set.name
+        self._users[name] += 1
+        try:
+            log_path = self.work_dir / name / f"replica-{replica_id}.log"
+            with open(log_path, "ab") as handle:  # noqa: ASYNC230 - the child writes to it for its life
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", REPLICA_MODULE, str(replica_set.spec_path), replica_id,
+                    stdout=handle, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                    preexec_fn=functools.partial(_die_with_parent, self.request_slice_us, os.getpid()),
+                    env=replica_environment(os.environ))
+        except BaseException:
+            self._leave(name)
+            raise
+        self._leave(name, release=False)  # the caller's now (in the set, or retired: _retire counts it)
         return Replica(replica_id=replica_id, process=process, started_at=time.monotonic())
 
     async def start(self, name: str, spec: ReplicaSpec, replicas: int,
@@ -222,18 +243,32 @@ class LocalBackend:
         awaited once they answer, before they replace the running set (a redeploy records its new version then, not
         while the old set still serves alone); when it raises, the new set is stopped and the running one kept.
         `ready_within`: seconds the replicas have to answer when less than ready_timeout (what a deploy's caller
-        waits left them: handlers._activate), else TimeoutError as past ready_timeout."""
+        waits left them: handlers._activate), else TimeoutError as past ready_timeout.
+
+        The deployment's folders are in use from here (an undeploy's removal of them not begun yet is called off,
+        _release); when a first start fails, its engine-work folder goes but deployments/<name>/ stays: its
+        replicas' logs (the whole traceback behind the reason the deploy's 400 quotes) and its spec."""
+        self._undeployed.pop(name, None)
+        self._users[name] += 1
+        try:
+            return await self._start(name, spec, replicas, autoscale, cpu_target, serving, ready_within)
+        finally:
+            self._leave(name)
+
+    async def _start(self, name: str, spec: ReplicaSpec, replicas: int, autoscale: tuple[int, int] | None,
+                     cpu_target: float, serving: Callable[[], Awaitable[None]] | None,
+                     ready_within: float | None) -> ReplicaSet:
         folder = self.work_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / f"spec-{uuid.uuid4().hex[:8]}.json"
         spec_path.write_text(spec.model_dump_json())
         replica_set = ReplicaSet(name=name, spec_path=spec_path, autoscale=autoscale, cpu_target=cpu_target)
-        for _ in range(replicas):
-            replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))
         previous = self.sets.get(name)
-        if previous is None:  # a first deploy shows its replicas while they start
-            self.sets[name] = replica_set
         try:
+            for _ in range(replicas):
+                replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))
+            if previous is None:  # a first deploy shows its replicas while they start
+                self.sets[name] = replica_set
             async with asyncio.timeout(ready_within):
                 await self._wait_ready(replica_set)
             replica_set.ready = True
@@ -242,12 +277,14 @@ class LocalBackend:
         except BaseException:
             await self._stop_set(replica_set)
             if previous is None:
-                self.sets.pop(name, None)
-                self._forget_work(name)
+                if self.sets.get(name) is replica_set:
+                    del self.sets[name]
+                self._undeployed.setdefault(name, False)  # its workers' folders go (the start's _leave)
             raise
         # a redeploy (hot swap): the running set stays the deployment's status until the new one serves, so the
         # gateway never sees a "starting" deployment in between (it would answer 503)
         self.sets[name] = replica_set
+        self._undeployed.pop(name, None)  # it serves: a stop() made meanwhile stopped the previous set only
         if previous is not None:
             await self._stop_set(previous)
         return replica_set
@@ -381,12 +418,54 @@ class LocalBackend:
         return (errors or lines or [None])[-1]
 
     async def stop(self, name: str) -> None:
-        """Stop deployment `name`'s replicas (an undeploy, a redeploy under another name); its engine-work folder
-        goes once its replicas' are swept (_forget_work)."""
+        """Stop deployment `name`'s replicas (an undeploy, a redeploy under another name); its folders,
+        deployments/<name>/ (its replicas' logs, its specs) and engine-work/<name>/, go once no replica of it runs
+        and no start of it is under way (_release), also when none ran (an undeploy after a failed deploy, whose
+        logs a failed start kept)."""
         replica_set = self.sets.pop(name, None)
+        self._undeployed[name] = True
         if replica_set is not None:
             await self._stop_set(replica_set)
-            self._forget_work(name)
+        self._release(name)
+
+    def _leave(self, name: str, release: bool = True) -> None:
+        """One user of `name`'s folders less (_users); `release`: they go now if that was the last (_release)."""
+        self._users[name] -= 1
+        if self._users[name] <= 0:
+            del self._users[name]
+        if release:
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        """Remove `name`'s folders once it was undeployed (stop) or its first start failed (engine-work only), and
+        no set of it runs, no start of it is under way, no replica of it is being spawned or retired. Decided
+        here, on the event loop, where a start of the name happens too: each folder is renamed out of the way
+        (REMOVING) at once, and the renamed one removed in the sweep thread (_sweep_later). A redeploy of the name
+        that comes after makes folders of its own; one that came before called the removal off (start). Before
+        session 32 (2026-12-05) deployments/<name>/ was never removed, and the empty engine-work/<name>/ was removed
+        by the sweep thread after it had looked whether a set of the name ran: a redeploy starting between the look
+        and the removal lost the folder its replica was making its worker's in."""
+        everything = self._undeployed.get(name)
+        if everything is None or name in self.sets or self._users.get(name):
+            return
+        del self._undeployed[name]
+        for top, what in ((self.engine_work_dir, "engine-work folder"),
+                          (self.work_dir if everything else None, "deployments folder")):
+            if top is None:
+                continue
+            moved = top / f"{REMOVING}{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                (top / name).rename(moved)
+            except FileNotFoundError:  # nothing of it there (no sandboxed worker ran, or never deployed here)
+                continue
+            except OSError as exc:
+                log.warning("could not remove the %s of deployment %s: %s", what, name, exc)
+                continue
+            self._sweep_later(f"the {what} of deployment {name} ({moved})",
+                              functools.partial(_remove_moved, moved, workers=top == self.engine_work_dir))
+        if everything and self.sweep_cgroups is not None:  # replicas killed past stop_timeout left their sandboxes'
+            # cgroups (their launchers died with them: what a replica's own removal would have removed)
+            self._sweep_later("the sandbox cgroups of replicas that are gone", self.sweep_cgroups)
 
     async def _stop_set(self, replica_set: ReplicaSet) -> None:
         """Every replica drains at once (SIGTERM: it answers what it took and publishes its logs) and is killed if
@@ -457,7 +536,11 @@ class LocalBackend:
         low, high = replica_set.autoscale
         count = len(replica_set.replicas)
         if average > replica_set.cpu_target and count < high and now - replica_set.last_scaled > SCALE_UP_AFTER:
-            replica_set.replicas.append(await self._spawn(replica_set, uuid.uuid4().hex[:8]))
+            added = await self._spawn(replica_set, uuid.uuid4().hex[:8])
+            if replica_set.stopping:  # stopped while it spawned: _stop_set did not see it, so it would run on
+                self._retire(replica_set.name, self._stop_replica(added, replica_set.name))
+                return
+            replica_set.replicas.append(added)
             replica_set.last_scaled = now
             log.info("%s: CPU %.0f%% > %.0f%%: scaled up to %d replicas", replica_set.name, average,
                      replica_set.cpu_target, count + 1)
@@ -467,7 +550,7 @@ class LocalBackend:
             replica_set.last_scaled = now
             log.info("%s: CPU %.0f%%: scaled down to %d replicas", replica_set.name, average, count - 1)
             # it drains its in-flight requests and publishes its logs first (killed past stop_timeout, as in a set)
-            self._retire(self._stop_replica(retired, replica_set.name))
+            self._retire(replica_set.name, self._stop_replica(retired, replica_set.name))
 
     def _hung(self, replica: Replica) -> str | None:
         """Why `replica` counts as hung (LIVENESS_PROBE_WAIT's rule), or None."""
@@ -532,32 +615,28 @@ class LocalBackend:
 
         self._sweep_later(f"the work folders of engine replica {replica.replica_id} of {name}", sweep)
 
-    def _forget_work(self, name: str) -> None:
-        """Remove deployment `name`'s engine-work folder once it is empty (after its replicas' folders, queued before
-        this) and no set of that name runs again: an undeployed deployment's empty folder stayed for ever."""
-        if self.engine_work_dir is None:
-            return
-        folder = self.engine_work_dir / name
-
-        def forget() -> None:
-            if name not in self.sets:  # read from the sweep's thread: a redeploy of the name meanwhile keeps it
-                _remove_if_empty(folder)
-
-        self._sweep_later(f"the engine-work folder of {name}", forget)
-
     def sweep_stale_work(self) -> None:
         """At the deployer's start: remove the sandboxed workers' folders that no live replica owns (a previous
         deployer process's replicas killed with it or crashed: each replica sweeps only its own on a clean stop, and
-        this process's supervisor only its own replicas'), and the deployment folders left empty. A folder whose
-        replica process still runs (a previous deployer's replica draining after its deployer died: it got SIGTERM,
-        _die_with_parent; or another deployer's on this machine sharing the data directory) is kept: the live
-        replicas are found by their command line (REPLICA_MODULE) after the folders are listed, so a replica started
-        meanwhile (the restore's) is never missed: its folder is not in the list, or it runs at the look."""
-        if self.engine_work_dir is None:
-            return
+        this process's supervisor only its own replicas'), the engine-work folders of deployments none of whose
+        replicas runs (_drop_if_idle), the folders an undeploy was removing when the deployer died (REMOVING), and
+        the sandbox cgroups that replicas killed with SIGKILL left (sweep_cgroups; a replica's own process removes
+        them only at its first sandbox). A folder whose replica process still runs (a previous deployer's replica
+        draining after its deployer died: it got SIGTERM, _die_with_parent; or another deployer's on this machine
+        sharing the data directory) is kept: the live replicas are found by their command line (REPLICA_MODULE)
+        after the folders are listed, so a replica started meanwhile (the restore's) is never missed: its folder is
+        not in the list, or it runs at the look. deployments/<name>/ of a deployment not running is kept (a failed
+        deploy's replica logs)."""
         top = self.engine_work_dir
+        loop = asyncio.get_running_loop()
 
         def sweep() -> None:
+            if self.sweep_cgroups is not None:
+                self.sweep_cgroups()
+            for moved in _listed(self.work_dir, REMOVING):  # an undeploy's removal cut short
+                _remove_tree(moved)
+            if top is None:
+                return
             try:
                 deployments = [path for path in top.iterdir() if path.is_dir() and not path.is_symlink()]
             except FileNotFoundError:  # no replica ever ran a sandboxed worker here
@@ -576,13 +655,25 @@ class LocalBackend:
                     if dash and number.isdigit() and replica_id not in live_ids:
                         _remove_tree(path)
                         removed += 1
-                if deployment.name not in live_names and deployment.name not in self.sets:
+                if deployment.name.startswith(REMOVING):
                     _remove_if_empty(deployment)
+                elif deployment.name not in live_names:  # whether it runs now is the event loop's to say
+                    loop.call_soon_threadsafe(self._drop_if_idle, deployment.name)
             if removed:
                 log.info("removed %d sandboxed workers' folders of engine replicas no longer running in %s", removed,
                          top)
 
-        self._sweep_later(f"the stale work folders in {top}", sweep)
+        self._sweep_later(f"the stale work folders in {top} and {self.work_dir}", sweep)
+
+    def _drop_if_idle(self, name: str) -> None:
+        """(sweep_stale_work, on the event loop) Remove engine-work/<name>/ when no set of `name` runs and none is
+        starting, as an undeploy's removal (_release): the thread that found no replica of it running does not
+        decide this, since a restore of it may start between its look and the removal. Its deployments/<name>/
+        stays (the replicas' logs of a failed deploy or restore)."""
+        if name in self.sets or self._users.get(name) or name in self._undeployed:
+            return
+        self._undeployed[name] = False
+        self._release(name)
 
     def _sweep_later(self, what: str, sweep: Callable[[], None]) -> None:
         """Run `sweep` (file removals) in a thread in the background, after the sweeps queued before it, one at a
@@ -629,7 +720,7 @@ class LocalBackend:
                     log.warning("engine replica %s of %s (pid %s) is %s; killing and replacing it",
                                 replica.replica_id, replica_set.name, replica.process.pid, why)
                     replica.crashes = 0  # it answered: it came up (crash_backoff)
-                    self._retire(self._kill_hung(replica, replica_set.name))
+                    self._retire(replica_set.name, self._kill_hung(replica, replica_set.name))
                 else:
                     if self._start_overdue(replica):
                         self._check_start(replica_set, replica)
@@ -644,13 +735,13 @@ class LocalBackend:
                 if fresh.crashes:  # in a crash loop: its Starting says why (_starting_in_a_loop)
                     fresh.crash_reason = self._exit_reason(replica_set, replica)
                 if replica_set.stopping:  # stopped while it spawned: _stop_set did not see it
-                    self._retire(self._stop_replica(fresh, replica_set.name))
+                    self._retire(replica_set.name, self._stop_replica(fresh, replica_set.name))
                     break
                 at = next((i for i, r in enumerate(replica_set.replicas) if r is replica), None)
                 if at is None:  # its slot went while the replacement started (a scale-down): not one replica more
                     log.info("engine replica %s of %s was removed while its replacement %s started; stopping that",
                              replica.replica_id, replica_set.name, fresh.replica_id)
-                    self._retire(self._stop_replica(fresh, replica_set.name))
+                    self._retire(replica_set.name, self._stop_replica(fresh, replica_set.name))
                     continue
                 replica_set.replicas[at] = fresh
 
@@ -713,13 +804,16 @@ class LocalBackend:
         log.warning("engine replica %s of %s (pid %s) answered no status probe %.0f s after its start (its models "
                     "still loading, or hung); killing and replacing it", replica.replica_id, replica_set.name,
                     replica.process.pid, lived)
-        self._retire(self._kill_hung(replica, replica_set.name))
+        self._retire(replica_set.name, self._kill_hung(replica, replica_set.name))
 
-    def _retire(self, stopping: Awaitable[None]) -> None:
-        """A replica's stop in the background; close() waits for it."""
+    def _retire(self, name: str, stopping: Awaitable[None]) -> None:
+        """A replica's stop in the background; close() waits for it. Deployment `name`'s folders are in use until it
+        is done (_release: a draining replica still writes its log)."""
         task = asyncio.ensure_future(stopping)
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        self._users[name] += 1
+        task.add_done_callback(lambda _: self._leave(name))
 
     async def close(self) -> None:
         """Stop every replica set at once, and the scaled-down replicas still draining: at most stop_timeout however
@@ -772,6 +866,32 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=failure)
     if failed:
         log.warning("could not remove %s (%d entries failed; the first: %s)", path, len(failed), failed[0])
+
+
+def _remove_moved(moved: Path, workers: bool) -> None:
+    """Remove a folder renamed out of the way (REMOVING). `workers` (engine-work/<name>/): each worker's folder but
+    those of a replica still running (a previous deployer's, draining: found by its command line), then the folder
+    itself once empty; else (deployments/<name>/: logs and specs) all of it."""
+    if not workers:
+        _remove_tree(moved)
+        return
+    try:
+        paths = list(moved.iterdir())
+    except FileNotFoundError:
+        return
+    live_ids = _live_replicas()[0] if paths else set()
+    for path in paths:
+        if path.name.rpartition("-")[0] not in live_ids:
+            _remove_tree(path)
+    _remove_if_empty(moved)
+
+
+def _listed(top: Path, prefix: str) -> list[Path]:
+    """The entries of `top` whose names start with `prefix` (none when it is not there)."""
+    try:
+        return [path for path in top.iterdir() if path.name.startswith(prefix)]
+    except OSError:
+        return []
 
 
 def _remove_if_empty(folder: Path) -> None:

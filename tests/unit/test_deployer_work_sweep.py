@@ -4,7 +4,7 @@ past stop_timeout) or crashed never removed them (SandboxedRuntime.stop does on 
 a crash loop. Only that replica's folders go: another replica's, and names that only start alike, stay. The removals
 run in the background, one at a time, and do not hold the supervisor's pass (which awaited them before 2026-12-05);
 at the deployer's start the folders no running replica owns go (a previous deployer process's replicas), and an
-undeployed deployment's folder once empty. Stand-in processes (tests/unit/test_deployer_liveness.py)."""
+undeployed deployment's folder with them. Stand-in processes (tests/unit/test_deployer_liveness.py)."""
 
 from __future__ import annotations
 
@@ -222,23 +222,30 @@ async def test_a_replacement_whose_slot_went_while_it_started_is_stopped_not_add
     assert fresh.process.signals == [signal.SIGTERM, signal.SIGKILL]  # stopped (past stop_timeout: killed)
 
 
-async def test_an_undeployed_deployments_folder_goes_once_empty(tmp_path):
+async def test_an_undeployed_deployments_folder_goes_with_its_workers_folders(tmp_path):
+    """An undeploy removes engine-work/<deployment>/ once its replicas have stopped (what is in it included: since
+    session 32 the whole folder, tests/unit/test_deployer_undeploy_folders.py), another deployment's stays; a live
+    replica's worker folder in it (a previous deployer's, draining) stays."""
     backend, replica_set, folder = _backend(tmp_path)
-    for name in ("abc-0", "ab-x"):  # nobody's: the folder stays while they are there
-        shutil.rmtree(folder / name)
     replica_set.replicas = [Replica(replica_id="ab", process=Process(100), started_at=0.0, answered=RUNNING),
                             Replica(replica_id="cd", process=Process(101), started_at=0.0, answered=RUNNING)]
     kept = folder.parent / "d-2"
     (kept / "ef-0").mkdir(parents=True)
     await backend.stop("d-1")
     await backend.swept()
-    assert not folder.exists() and _left(kept) == {"ef-0"}
-    # a failed first deploy's set is stopped and forgotten too; another one's folder is not removed while not empty
+    assert not folder.exists() and _left(folder.parent) == {"d-2"} and _left(kept) == {"ef-0"}
     backend.sets["d-2"] = ReplicaSet(name="d-2", spec_path=tmp_path / "spec.json", ready=True)
     (kept / "ef-0" / "x").write_bytes(b"x")
-    await backend.stop("d-2")
-    await backend.swept()
-    assert _left(kept) == {"ef-0"}  # ef is no replica of that set: its folder is not the stop's to remove
+    (kept / "gh-0").mkdir()
+    draining = _replica_process("d-2", "ef", tmp_path)
+    try:
+        await backend.stop("d-2")
+        await backend.swept()
+    finally:
+        draining.kill()
+        draining.wait()
+    [moved] = _left(folder.parent)  # renamed out of the way, kept for the live replica's folder
+    assert moved.startswith(backend_module.REMOVING) and _left(folder.parent / moved) == {"ef-0"}
 
 
 def _replica_process(deployment: str, replica_id: str, tmp_path) -> subprocess.Popen:

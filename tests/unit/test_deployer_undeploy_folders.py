@@ -1,0 +1,304 @@
+"""An undeployed deployment's folders go: deployments/<name>/ (its replicas' logs, its specs) and engine-work/<name>/
+(its replicas' sandboxed workers' folders), once no replica of it runs (services/deployer/backend.py
+LocalBackend._release). Before session 32 deployments/<name>/ stayed for ever, and the empty engine-work/<name>/ was
+removed by the sweep thread after a look at the running sets that a redeploy of the same name could slip past. Now the
+removal is decided on the event loop, where starts happen: the folders are renamed out of the way (REMOVING) and the
+renamed ones removed in the thread, so a redeploy right after an undeploy keeps the folders it makes, and one before
+the removal began calls it off. A failed first deploy keeps its replicas' logs and spec (the traceback behind the
+reason its 400 quotes) until an undeploy. The LocalBackend's own start/stop/supervisor with stand-in processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import services.deployer.backend as backend_module
+from services.deployer import handlers
+from services.deployer.backend import REMOVING, REPLICA_MODULE, LocalBackend, Replica, ReplicaSet
+from shared.errors import InvalidRequest
+from shared.messages.engine import ReplicaDeployment, ReplicaSpec
+from tests.unit.deployer_world import ALICE, PIPELINE, _deploy, _until, make_world
+
+
+class Proc:
+    """A replica's process: exits on SIGTERM (`draining`: only when the test says, or on SIGKILL)."""
+
+    def __init__(self, pid: int, draining: bool = False) -> None:
+        self.pid, self.returncode, self.draining, self.signals = pid, None, draining, []
+        self._exited = asyncio.Event()
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        if sig == signal.SIGTERM and not self.draining:
+            self.exit(0)
+
+    def kill(self) -> None:
+        self.signals.append(signal.SIGKILL)
+        self.exit(-9)
+
+    def exit(self, code: int) -> None:
+        if self.returncode is None:
+            self.returncode = code
+            self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        return self.returncode
+
+
+class Backend(LocalBackend):
+    """The real LocalBackend (start, stop, _spawn's bookkeeping, the supervisor), its processes stand-ins: each
+    spawned replica makes a worker's folder as a replica's sandboxed worker would; `ready` answers the starts (None:
+    ready at once; an exception: they fail); `spawn_gate`, when set, holds each spawn until it is done."""
+
+    def __init__(self, tmp_path) -> None:
+        super().__init__(tmp_path / "deployments", None, scale_down_after=60, ready_timeout=10, stop_timeout=5,
+                         engine_work_dir=tmp_path / "engine-work", sweep_cgroups=self._count_cgroup_sweeps)
+        self.pids = iter(range(1000, 2000))
+        self.ready: BaseException | asyncio.Future | None = None
+        self.spawn_gate: asyncio.Future | None = None
+        self.processes: list[Proc] = []
+        self.cgroup_sweeps = 0
+
+    def _count_cgroup_sweeps(self) -> int:
+        self.cgroup_sweeps += 1
+        return 0
+
+    async def _wait_ready(self, replica_set: ReplicaSet) -> None:
+        if isinstance(self.ready, asyncio.Future):
+            await self.ready
+        elif self.ready is not None:
+            raise self.ready
+
+
+def _exec(backend: Backend):
+    async def create_subprocess_exec(*argv, stdout=None, **kwargs):
+        assert argv[2] == REPLICA_MODULE
+        stdout.write(b"railyard-engine: loading\n")
+        if backend.spawn_gate is not None:
+            await backend.spawn_gate
+        process = Proc(next(backend.pids))
+        backend.processes.append(process)
+        worker = backend.engine_work_dir / backend_module.Path(argv[3]).parent.name / f"{argv[4]}-0"
+        worker.mkdir(parents=True)
+        (worker / "scratch").write_bytes(b"x")
+        return process
+    return create_subprocess_exec
+
+
+@pytest.fixture
+def backend(tmp_path, monkeypatch) -> Backend:
+    made = Backend(tmp_path)
+    monkeypatch.setattr(backend_module.asyncio, "create_subprocess_exec", _exec(made))
+    return made
+
+
+SPEC = ReplicaSpec(deployment=ReplicaDeployment(pipeline="p", pipeline_version="1", workspace_id=1), steps=[],
+                   engine_config={})
+
+
+def _names(folder) -> set[str]:
+    return {path.name for path in folder.iterdir()} if folder.exists() else set()
+
+
+def _files(backend: Backend, name: str) -> set[str]:
+    """What deployments/<name>/ holds, by kind: spec, replica (its log)."""
+    return {path.name.split("-")[0] for path in (backend.work_dir / name).iterdir()}
+
+
+async def test_an_undeploy_removes_its_deployments_folders_and_no_others(backend):
+    await backend.start("d-1", SPEC, 2)
+    await backend.start("d-2", SPEC, 1)
+    assert _files(backend, "d-1") == {"spec", "replica"} and len(_names(backend.engine_work_dir / "d-1")) == 2
+    await backend.stop("d-1")
+    await backend.swept()
+    assert _names(backend.work_dir) == {"d-2"} and _names(backend.engine_work_dir) == {"d-2"}  # nothing left over
+    assert _files(backend, "d-2") == {"spec", "replica"} and len(_names(backend.engine_work_dir / "d-2")) == 1
+    assert backend.cgroup_sweeps == 1  # the undeploy's replicas' sandbox cgroups, once they are gone
+    await backend.stop("d-9")  # never deployed here: nothing to remove, nothing raised
+    await backend.swept()
+    assert _names(backend.work_dir) == {"d-2"}
+
+
+async def test_a_failed_first_deploy_keeps_its_logs_until_an_undeploy(backend):
+    """What a user reads after a failed deploy (its 400 quotes the last line of a replica's log): the logs and the
+    spec stay; the workers' folders of its replicas, which nobody reads, go. An undeploy of it (inactive, nothing
+    runs) then removes the rest. A failed redeploy of a running deployment removes nothing: the old set serves."""
+    backend.ready = RuntimeError("the model did not load")
+    with pytest.raises(RuntimeError):
+        await backend.start("d-1", SPEC, 2)
+    await backend.swept()
+    assert "d-1" not in backend.sets
+    assert _files(backend, "d-1") == {"spec", "replica"} and len(list((backend.work_dir / "d-1").iterdir())) == 3
+    assert _names(backend.engine_work_dir) == set()
+    await backend.stop("d-1")
+    await backend.swept()
+    assert _names(backend.work_dir) == set()
+
+    backend.ready = None
+    await backend.start("d-2", SPEC, 1)
+    backend.ready = RuntimeError("the new version did not load")
+    with pytest.raises(RuntimeError):
+        await backend.start("d-2", SPEC, 1)
+    await backend.swept()
+    assert "d-2" in backend.sets and len(list((backend.work_dir / "d-2").glob("replica-*.log"))) == 2
+    assert len(_names(backend.engine_work_dir / "d-2")) == 1  # the serving replica's (the failed one's swept)
+
+
+class Gate:
+    """shutil.rmtree held until opened (a removal under way in the sweep thread)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.open, self.entered = threading.Event(), threading.Event()
+        real = backend_module.shutil.rmtree
+
+        def rmtree(path, *args, **kwargs):
+            self.entered.set()
+            self.open.wait(30)  # bounded: a failing test leaves no thread behind for long
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(backend_module.shutil, "rmtree", rmtree)
+
+
+async def test_a_redeploy_while_the_removal_runs_keeps_its_own_folders(backend, monkeypatch):
+    """The undeploy's removal is under way in the sweep thread when the same name is deployed again: the new replicas'
+    spec, logs and workers' folders stay (the removal works on the renamed folders only)."""
+    await backend.start("d-1", SPEC, 1)
+    gate = Gate(monkeypatch)
+    try:
+        await backend.stop("d-1")
+        assert await asyncio.to_thread(gate.entered.wait, 10)  # the removal has begun
+        assert not (backend.work_dir / "d-1").exists()  # renamed away at once
+        await backend.start("d-1", SPEC, 1)
+    finally:
+        gate.open.set()
+    await backend.swept()
+    assert _files(backend, "d-1") == {"spec", "replica"} and len(list((backend.work_dir / "d-1").iterdir())) == 2
+    assert (backend.engine_work_dir / "d-1" / f"{backend.sets['d-1'].replicas[0].replica_id}-0" / "scratch").exists()
+    assert not [path for top in (backend.work_dir, backend.engine_work_dir) for path in top.iterdir()
+                if path.name.startswith(REMOVING)]  # and the old ones are gone
+
+
+async def test_the_folders_wait_for_a_draining_replica_and_a_redeploy_calls_their_removal_off(backend):
+    """A replica retired before the undeploy (scaled down, or killed as hung) still drains, writing its log: the
+    folders go once it has exited. A deploy of the name meanwhile keeps them, also after it exits."""
+    for redeployed in (False, True):
+        await backend.start("d-1", SPEC, 1)
+        draining = Replica(replica_id="dr", process=Proc(1, draining=True), started_at=0.0)
+        backend._retire("d-1", backend._stop_replica(draining, "d-1"))
+        await backend.stop("d-1")
+        await backend.swept()
+        assert _files(backend, "d-1") == {"spec", "replica"}  # kept while it drains
+        if redeployed:
+            await backend.start("d-1", SPEC, 1)
+        draining.process.exit(0)
+        await asyncio.gather(*backend._retiring)
+        await backend.swept()
+        assert (backend.work_dir / "d-1").exists() is redeployed
+        assert (backend.engine_work_dir / "d-1").exists() is redeployed
+
+
+async def test_a_replacement_spawned_while_its_set_stops_keeps_the_folders_until_it_is_stopped(backend):
+    """The supervisor replaces an exited replica; the undeploy comes while the replacement is being spawned (its log
+    opened, its spec not read yet): the folders stay until the replacement, retired, has exited."""
+    await backend.start("d-1", SPEC, 1)
+    replica_set = backend.sets["d-1"]
+    replica_set.ready = True
+    replica_set.replicas[0].answered = {"status": "Running"}
+    replica_set.replicas[0].process.exit(1)
+    backend.crash_stable_after = 0.0  # it came up: replaced at once
+    backend.spawn_gate = asyncio.get_running_loop().create_future()
+    supervising = asyncio.create_task(backend._supervise_pass())
+    for _ in range(200):
+        if backend._users.get("d-1"):
+            break
+        await asyncio.sleep(0.005)
+    await backend.stop("d-1")
+    await backend.swept()
+    assert _files(backend, "d-1") == {"spec", "replica"}  # the spawn under way uses them
+    backend.spawn_gate.set_result(None)
+    await supervising
+    await asyncio.gather(*backend._retiring)
+    await backend.swept()
+    assert backend.processes[-1].signals == [signal.SIGTERM]  # the replacement was stopped
+    assert _names(backend.work_dir) == set() and _names(backend.engine_work_dir) == set()
+
+
+async def test_a_replica_autoscaling_added_while_its_set_stopped_is_stopped(backend, monkeypatch):
+    """Before, it was appended to the stopped set after _stop_set had taken the set's list: it ran on, untracked."""
+    await backend.start("d-1", SPEC, 1)
+    replica_set = backend.sets["d-1"]
+    replica_set.autoscale, replica_set.last_scaled = (1, 3), 0.0
+    monkeypatch.setattr(Replica, "cpu_percent", lambda self: 100.0)
+    backend.spawn_gate = asyncio.get_running_loop().create_future()
+    scaling = asyncio.create_task(backend._autoscale(replica_set))
+    for _ in range(200):
+        if backend._users.get("d-1"):
+            break
+        await asyncio.sleep(0.005)
+    await backend.stop("d-1")
+    backend.spawn_gate.set_result(None)
+    await scaling
+    await asyncio.gather(*backend._retiring)
+    await backend.swept()
+    added = backend.processes[-1]
+    assert len(backend.processes) == 2 and added.returncode == 0 and added.signals == [signal.SIGTERM]
+    assert len(replica_set.replicas) == 1
+    assert _names(backend.work_dir) == set()
+
+
+def _replica_process(spec, replica_id: str) -> subprocess.Popen:
+    """A process with a replica's command line (python -m services.engine.replica <spec> <id>), sleeping."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", REPLICA_MODULE, str(spec),
+                             replica_id])
+
+
+async def test_at_start_what_an_undeploy_left_and_idle_workers_folders_go(backend):
+    """A deployer that died while it removed an undeployed deployment's folders left them renamed: they go at the next
+    start (but a live replica's worker folder in one). The engine-work folder of a deployment none of whose
+    replicas runs goes, decided on the event loop: not one whose start is under way or whose set runs. A
+    deployment's deployments/<name>/ stays (a failed deploy's logs). The sandbox cgroups are swept once."""
+    work, engine = backend.work_dir, backend.engine_work_dir
+    for folder in (work / f"{REMOVING}d-5-1234abcd", engine / f"{REMOVING}d-5-1234abcd" / "gone-0",
+                   engine / f"{REMOVING}d-6-1234abcd" / "lv-0", engine / "d-7" / "gone-0", engine / "d-8" / "x-0",
+                   engine / "d-9", work / "d-7"):
+        folder.mkdir(parents=True)
+        (folder / "file").write_bytes(b"x")
+    backend.sets["d-8"] = ReplicaSet(name="d-8", spec_path=work / "d-8" / "spec.json", ready=True)
+    backend._users["d-9"] += 1  # its start under way
+    live = _replica_process(work / "d-6" / "spec-1.json", "lv")
+    try:
+        backend.sweep_stale_work()
+        await backend.swept()
+    finally:
+        live.kill()
+        live.wait()
+    assert _names(work) == {"d-7"} and _names(work / "d-7") == {"file"}
+    assert _names(engine) == {f"{REMOVING}d-6-1234abcd", "d-8", "d-9"}
+    assert _names(engine / f"{REMOVING}d-6-1234abcd") == {"lv-0"}  # its replica still runs
+    assert _names(engine / "d-8") == set()  # x-0 is no running replica's: swept; the set runs: the folder stays
+    assert backend.cgroup_sweeps == 1
+
+
+async def test_through_the_handlers_the_last_failed_deploys_logs_stay_and_an_undeploy_removes_them(tmp_path,
+                                                                                                   monkeypatch):
+    """pipelines/deploy whose replicas fail (a 400 quoting the reason): deployments/a-5/ stays with its spec. A
+    deploy under another deploy_id renames the deployment and stops the old name: a-5's folder goes, b-5's (failed
+    too) stays; pipelines/undeploy of the (inactive) deployment then removes it."""
+    world = make_world(tmp_path, monkeypatch)
+    for deploy_id in ("a", "b"):
+        deploy = _deploy(world, deploy_id)
+        await _until(lambda: world.backend.waiting, "the deploy starts its replicas")
+        world.backend.waiting.pop()[1].set_exception(RuntimeError("the model did not load"))
+        with pytest.raises(InvalidRequest, match="the model did not load"):
+            await deploy
+        await world.backend.swept()
+        assert _names(tmp_path) == {f"{deploy_id}-5"} and _names(tmp_path / f"{deploy_id}-5") != set()
+    await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+    await world.backend.swept()
+    assert _names(tmp_path) == set()
