@@ -163,6 +163,7 @@ STALE_SWAP = 345.0
 """stale_swap at the default settings: ContinuousDeps.stale_swap's default (the service sets its settings')."""
 RESUME_CONCURRENCY = 4  # deployments whose unfinished deliveries / swaps one sweep resumes at once
 MAX_RESUMES = 6  # a swap or delivery taken up again this many times (~40 min) is failed at the next (migration 022)
+HELD_UP_CHARS = 300  # characters of what last held a delivery or swap up that its give-up's reason quotes (_held_up)
 EXPORT_WAIT = 30.0  # seconds a training waits for the feedback loop to write the reviews that triggered it
 STARTER_SWEEP = 2.0  # the training starter's soonest look: its first after the start, after a failed sweep, or when
 # a training is due that its look did not take (with none due it waits for the next, at most sweeps.IDLE_WAIT)
@@ -1406,6 +1407,36 @@ def _for_now(exc: RailyardError) -> bool:
     return isinstance(exc, (Unavailable, UpstreamTimeout, TooManyRequests))
 
 
+def _held_up(exc: RailyardError) -> str:
+    """What held a delivery or a swap up (or failed its last look), as its give-up's reason quotes it: the status,
+    the typed code and the message, cut to HELD_UP_CHARS. A deploy's own answer as the deployer gave it: 409
+    deploy_in_progress (DeployHeldUp), 503 and the deployer's code (DeployUnavailable); unanswered, 504."""
+    if isinstance(exc, DeployHeldUp):
+        status, code = 409, DEPLOY_IN_PROGRESS
+    elif isinstance(exc, DeployUnavailable):
+        status, code = 503, exc.deployer_code
+    else:
+        status, code = exc.status, exc.code
+    said = f"{status} {code}: {exc.msg}"
+    return said if len(said) <= HELD_UP_CHARS else said[:HELD_UP_CHARS - 1] + "…"
+
+
+def _last_held_up(held_up: str | None) -> str:
+    """The give-up reason's words for what held up its tries last (migration 027; '' when nothing was recorded:
+    every try's process stopped mid-way, or tries made before the column)."""
+    return f"; its last held-up try met {held_up}" if held_up else ""
+
+
+async def _note_held_up(pool: asyncpg.Pool, what: str, sql: str, *args: Any) -> None:
+    """Record what held a delivery or a swap up (`sql`: a conditional UPDATE, only while it is still this one's), for
+    the reason its give-up will say past MAX_RESUMES; before, that was in the WARNING log only. Best effort: a failure
+    to write it leaves the delivery or the swap as it is, for its resume."""
+    try:
+        await pool.execute(sql, *args)
+    except Exception as exc:
+        log.warning("%s: could not record what held it up (%s)", what, exc)
+
+
 async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, *, again: bool = False,
                    displaced: dict[str, Any] | None = None, alone: bool = False, refused: bool = False,
                    give_up: str | None = None) -> bool:
@@ -1556,6 +1587,7 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         # the deploy went unanswered: it may still be served; left claimed for resume_deliveries
         log.warning("continuous deployment of training %s: %s (%s); looked at again in %.0f s (resume_deliveries)",
                     training["id"], _not_done(exc), exc.msg, deps.stale_swap)
+        await _note_delivery_held_up(pool, training, exc)
         return False
     except RailyardError as exc:
         if again:
@@ -1569,11 +1601,19 @@ async def _deliver(deps: ContinuousDeps, training: asyncpg.Record, policy: str, 
         if give_up is None and _for_now(exc):  # left claimed for resume_deliveries, as an unanswered deploy
             log.warning("continuous deployment of training %s: %s %s (%s); delivered again in %.0f s"
                         " (resume_deliveries)", training["id"], exc.status, exc.code, exc.msg, deps.stale_swap)
+            await _note_delivery_held_up(pool, training, exc)
             return False
         if give_up is not None and not isinstance(exc, (GivenUp, OwnerRefused)):
-            exc = RailyardError(f"{give_up}; its last look at what serves failed: {exc.msg}")
+            exc = RailyardError(f"{give_up}; its last look at what serves failed: {_held_up(exc)}")
         await _delivery_failed(pool, training, policy, exc, cd["owner_id"])
         return False
+
+
+async def _note_delivery_held_up(pool: asyncpg.Pool, training: asyncpg.Record, exc: RailyardError) -> None:
+    """_note_held_up for a delivery left claimed for resume_deliveries: while its claim holds."""
+    await _note_held_up(pool, f"continuous deployment of training {training['id']}", "UPDATE trainings SET"
+                        " delivery_held_up = $3 WHERE id = $1 AND delivering_since = $2", training["id"],
+                        training["delivering_since"], _held_up(exc))
 
 
 async def _resolve_served(deps: ContinuousDeps, token: str, workspace_id: int,
@@ -1610,6 +1650,7 @@ async def _delivery_refused(deps: ContinuousDeps, training: asyncpg.Record, poli
         return await _deliver(deps, training, policy, refused=True)
     log.warning("continuous deployment of training %s: its deploy was refused again (%s): delivered again in %.0f s",
                 training["id"], exc.msg, deps.stale_swap)
+    await _note_delivery_held_up(pool, training, exc)
     return False
 
 
@@ -1800,7 +1841,8 @@ async def _resume_delivery(deps: ContinuousDeps, training: asyncpg.Record) -> No
                   training["delivery_resumes"])
         give_up = (f"its delivery did not finish after {training['delivery_resumes']} tries, {deps.stale_swap:.0f} s"
                    " apart (its deploy unanswered, a service unavailable, or the service stopping mid-delivery): given"
-                   " up; the deployer may still serve its last deploy, made only over the version it was made from")
+                   " up; the deployer may still serve its last deploy, made only over the version it was made from"
+                   + _last_held_up(training.get("delivery_held_up")))
     else:
         log.info("continuous deployment of training %s (deployment %s) did not finish: delivered again",
                  training["id"], training["deployment_id"])
@@ -2372,11 +2414,13 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
     except DeployUnanswered as exc:
         log.warning("challenge %s: the swap's deploy %s (%s); swapped again %.0f s after the decision (resume_swap)",
                     challenge["id"], _not_done(exc), exc.msg, deps.stale_swap)
+        await _note_swap_held_up(pool, challenge, state, exc)
         return
     except RailyardError as exc:
         if give_up is None and _for_now(exc):  # left decided for resume_swap, as an unanswered deploy
             log.warning("challenge %s: the swap met %s %s (%s); swapped again %.0f s after the decision (resume_swap)",
                         challenge["id"], exc.status, exc.code, exc.msg, deps.stale_swap)
+            await _note_swap_held_up(pool, challenge, state, exc)
             return
         log.warning("challenge %s: the swap failed: %s", challenge["id"], exc.msg)
         async with pool.acquire() as conn, conn.transaction():
@@ -2386,7 +2430,7 @@ async def _apply_decision(deps: ContinuousDeps, challenge: asyncpg.Record, state
             if isinstance(exc, GivenUp):
                 reason = f"{evidence.decision.value} decided, but {exc.msg}"
             elif give_up is not None:
-                reason = f"{evidence.decision.value} decided, but {give_up}; its last look failed: {exc.msg}"
+                reason = f"{evidence.decision.value} decided, but {give_up}; its last look failed: {_held_up(exc)}"
             else:
                 reason = f"{evidence.decision.value} decided, but the swap failed: {exc.msg}"
             await conn.execute("UPDATE challenges SET state = 'failed', reason = $2, swap_refused = $4 WHERE id = $1"
@@ -2523,7 +2567,8 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
                   " serves now", row["id"], deployment_id, row["swap_resumes"])
         give_up = (f"its swap did not finish after {row['swap_resumes']} tries, {deps.stale_swap:.0f} s apart (its"
                    " deploy unanswered, a service unavailable, or the service stopping mid-swap): given up; the"
-                   " deployer may still serve its last deploy, made only over the version it was made from")
+                   " deployer may still serve its last deploy, made only over the version it was made from"
+                   + _last_held_up(row.get("swap_held_up")))
         try:
             await _apply_decision(deps, row, row["state"], _evidence(row), resumed=True, give_up=give_up)
         except Exception:  # the look failed unexpectedly: failed all the same, not looked at for ever
@@ -2531,6 +2576,12 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
                 "UPDATE challenges SET state = 'failed', reason = $3 WHERE id = $1 AND state = $2", row["id"],
                 row["state"], f"{_evidence(row).decision.value} decided, but {give_up}")
             raise
+
+
+async def _note_swap_held_up(pool: asyncpg.Pool, challenge: asyncpg.Record, state: str, exc: RailyardError) -> None:
+    """_note_held_up for a swap left decided for resume_swap: while it is still decided."""
+    await _note_held_up(pool, f"the swap of challenge {challenge['id']}", "UPDATE challenges SET swap_held_up = $3"
+                        " WHERE id = $1 AND state = $2", challenge["id"], state, _held_up(exc))
 
 
 def _evidence(row: asyncpg.Record) -> sequential.Evidence:

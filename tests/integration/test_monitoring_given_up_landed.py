@@ -38,6 +38,8 @@ from tests.integration.continuous_setups import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 monitoring_schema = schema_fixture("monitoring_given_up")
+HELD_UP = "; its last held-up try met 504 upstream_timeout: deployer did not answer within 305s"
+"""The end of a give-up's reason when every try's deploy went unanswered (the stand-in deployer's UpstreamTimeout)."""
 
 
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
@@ -65,6 +67,8 @@ async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivere
         await continuous.resume_deliveries(deps)
     row = await pool.fetchrow("SELECT outcome, reason FROM trainings WHERE id = $1", training_id)
     assert row["outcome"] == "failed" and "did not finish after" in row["reason"], dict(row)
+    # what held its tries up, in the reason users read (migration 027; before, in the WARNING log only)
+    assert row["reason"].endswith(HELD_UP), row["reason"]
     deploys = list(deployer.deploys)
 
     await continuous.resume_deliveries(deps)  # too soon after the give-up: not looked at again yet
@@ -124,6 +128,7 @@ async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(mon
     await continuous.resume_swaps(deps)  # too soon after the give-up
     given_up = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
     assert given_up["state"] == "failed"
+    assert given_up["reason"].endswith(HELD_UP), given_up["reason"]  # migration 027
     serving = {"lands_after_the_give_up": ("v2", None), "never": ("v1", "v2"), "a_person_s_deploy": ("v5", None),
                "a_newer_delivery": ("v1", "v3")}[since]
     if since == "lands_after_the_give_up":

@@ -27,12 +27,16 @@ class _Pool:
 
     def __init__(self) -> None:
         self.executed: list[str] = []
+        self.held_up: list[tuple] = []  # (sql, args) of each note of what held a delivery or swap up
 
     async def fetchrow(self, sql, *args):
         assert sql.startswith("SELECT * FROM continuous_deployment"), sql
         return {"deployment_id": 42, "owner_id": uuid.uuid4(), "workspace_id": 1, "deployment": "d-42"}
 
     async def execute(self, sql, *args):
+        if "_held_up = $3" in sql:
+            self.held_up.append((sql, args))
+            return
         self.executed.append(sql)
 
 
@@ -89,11 +93,17 @@ def _training() -> dict:
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
 async def test_a_delivery_meeting_a_5xx_is_left_claimed_for_the_resume(monkeypatch, caplog, fail_at, error, policy):
     failed = _delivery_world(monkeypatch, fail_at, error)
-    deps = continuous_deps(pool=_Pool(), broker=None, timeout=5.0, objects=None)
-    assert await continuous._deliver(deps, _training(), policy) is False
+    pool = _Pool()
+    deps = continuous_deps(pool=pool, broker=None, timeout=5.0, objects=None)
+    training = _training()
+    assert await continuous._deliver(deps, training, policy) is False
     assert failed == []  # not failed: its claim (delivering_since) stays, for resume_deliveries
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert error.msg in record.getMessage() and "delivered again in" in record.getMessage()
+    # and what held it up is kept for its give-up's reason, while its claim holds (migration 027)
+    [(sql, args)] = pool.held_up
+    assert sql.startswith("UPDATE trainings SET delivery_held_up = $3 WHERE id = $1 AND delivering_since = $2"), sql
+    assert args == (training["id"], "claimed", f"{error.status} {error.code}: {error.msg}")
 
 
 @pytest.mark.parametrize("fail_at,error", [
@@ -116,7 +126,7 @@ async def test_the_last_resume_fails_a_delivery_meeting_a_5xx(monkeypatch):
     deps = continuous_deps(pool=_Pool(), broker=None, timeout=5.0, objects=None)
     assert await continuous._deliver(deps, _training(), "DEPLOY_AUTO", give_up="given up") is False
     [exc] = failed
-    assert exc.msg == f"given up; its last look at what serves failed: {error.msg}"
+    assert exc.msg == f"given up; its last look at what serves failed: 503 {error.code}: {error.msg}"
 
 
 class _SwapPool(_Pool):
@@ -163,3 +173,77 @@ async def test_a_swap_meeting_a_5xx_is_left_decided_for_the_resume(monkeypatch, 
     await continuous._apply_decision(continuous_deps(pool=pool), challenge, "promoting", evidence, give_up=give_up)
     assert [sql.startswith("UPDATE challenges SET state = 'failed'") for sql in pool.executed] == (
         [True] if fails else [])
+    # left decided: what held it up is kept for its give-up's reason, while it is still decided (migration 027)
+    assert [(sql, args) for sql, args in pool.held_up] == ([] if fails else [(
+        "UPDATE challenges SET swap_held_up = $3 WHERE id = $1 AND state = $2",
+        (challenge["id"], "promoting", f"{error.status} {error.code}: {error.msg}"))])
+
+
+@pytest.mark.parametrize("error,said", [
+    (continuous.DeployUnanswered("deployer did not answer within 305s"),
+     "504 upstream_timeout: deployer did not answer within 305s"),
+    (continuous.DeployHeldUp("another deploy of pipeline 5 is under way"),
+     "409 deploy_in_progress: another deploy of pipeline 5 is under way"),
+    (continuous.DeployUnavailable("the replicas could not be ready in time", "deploy_out_of_time"),
+     "503 deploy_out_of_time: the replicas could not be ready in time"),
+    (TooManyRequests("too many deploys; slow down", retry_after=3.0), "429 rate_limited: too many deploys; slow down"),
+    (Unavailable("x" * 1000), "503 unavailable: " + "x" * (continuous.HELD_UP_CHARS - 18) + "…"),
+], ids=["unanswered", "held up", "deployer 503", "429", "cut"])
+def test_what_held_a_delivery_up_is_said_with_its_status_and_code(error, said):
+    assert continuous._held_up(error) == said
+    assert len(said) <= continuous.HELD_UP_CHARS
+
+
+class _Locks:
+    def lock(self, deployment_id):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("held_up", ["503 unavailable: auth is not running", None], ids=["held up", "not recorded"])
+async def test_the_give_up_s_reason_quotes_what_held_the_delivery_up_last(monkeypatch, held_up):
+    """Past MAX_RESUMES the delivery's last resume gives up (_resume_delivery's give_up, the reason users read in
+    retrieve_information): it says what held its tries up last, recorded by them (delivery_held_up). Before, that
+    was in the WARNING log only and the reason named the possible causes in general."""
+    asked: list[str | None] = []
+
+    async def deliver(deps, training, policy, give_up=None):
+        asked.append(give_up)
+
+    monkeypatch.setattr(continuous, "_deliver", deliver)
+    deps = continuous_deps(pool=_Pool())
+    deps.lock = _Locks().lock
+    training = {**_training(), "outcome": "deployed", "delivery_resumes": continuous.MAX_RESUMES + 1,
+                "delivery_held_up": held_up}
+    await continuous._resume_delivery(deps, training)
+    [give_up] = asked
+    assert give_up.startswith(f"its delivery did not finish after {continuous.MAX_RESUMES + 1} tries"), give_up
+    if held_up:
+        assert give_up.endswith(f"; its last held-up try met {held_up}"), give_up
+    else:
+        assert "held-up" not in give_up and give_up.endswith("made only over the version it was made from")
+
+
+async def test_the_give_up_s_reason_quotes_what_held_the_swap_up_last(monkeypatch):
+    asked: list[str | None] = []
+
+    async def apply_decision(deps, row, state, evidence, *, resumed=False, give_up=None, looked_again=False):
+        asked.append(give_up)
+
+    class SwapRows(_Pool):
+        async def fetchrow(self, sql, *args):
+            assert sql.startswith("UPDATE challenges SET decided_at = now(), swap_resumes"), sql
+            return {"id": uuid.uuid4(), "deployment_id": 42, "state": "promoting",
+                    "swap_resumes": continuous.MAX_RESUMES + 1, "evidence": None,
+                    "swap_held_up": "409 deploy_in_progress: another deploy of pipeline 5 is under way"}
+
+    monkeypatch.setattr(continuous, "_apply_decision", apply_decision)
+    monkeypatch.setattr(continuous, "_evidence", lambda row: None)
+    deps = continuous_deps(pool=SwapRows())
+    deps.lock = _Locks().lock
+    await continuous.resume_swap(deps, 42)
+    [give_up] = asked
+    assert give_up.startswith(f"its swap did not finish after {continuous.MAX_RESUMES + 1} tries"), give_up
+    assert give_up.endswith("; its last held-up try met 409 deploy_in_progress: another deploy of pipeline 5 is under"
+                            " way"), give_up
