@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
+from uuid import UUID
 
 from railyard_client import tasks
 from railyard_client.connections import Connection
@@ -220,9 +221,21 @@ class Client:
         """A data connection by name, with its whole details. A name means your own connection of that name, else
         the one attached to your workspaces (names are unique per owner and per workspace, not across the
         platform): NotFound when you see none; Conflict (409, naming the workspaces) when you own none and two of
-        your workspaces each have another user's of that name attached. `Workspace.connections()` of the one you
-        mean lists it (details masked)."""
+        your workspaces each have another user's of that name attached: `Workspace.connections()` of the one you
+        mean lists it (details masked), and `connection_by_id` reads it whole."""
         return Connection(self._session, self._session.post("connections/get", {"name": name}))
+
+    def connection_by_id(self, connection_id: str | UUID) -> Connection:
+        """A data connection by its id (`Connection.id`, a UUID), with its whole details: the one a name cannot
+        tell apart (`connection` answers Conflict when two of your workspaces each have another user's of that
+        name). NotFound when you do not see it (neither yours nor attached to one of your workspaces). ValueError,
+        nothing sent, for an id that is not a UUID: the API reads such a value as a name."""
+        try:
+            wanted = str(UUID(str(connection_id)))
+        except ValueError:
+            raise ValueError(f"a connection id is a UUID, not {str(connection_id)[:80]!r}: "
+                             "Client.connection(name) reads one by name") from None
+        return Connection(self._session, self._session.post("connections/get_by_id", {"id": wanted}))
 
     # --- task runs -------------------------------------------------------------------------------------------
 

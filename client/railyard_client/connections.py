@@ -9,7 +9,8 @@ from railyard_client.resource import Resource
 
 
 class Connection(Resource):
-    """A data connection (its `details` are masked in listings and whole from `Client.connection`)."""
+    """A data connection (its `details` are masked in listings and whole from `Client.connection` and
+    `Client.connection_by_id`)."""
 
     @property
     def id(self) -> str:
