@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from services.auth import store, task_tokens
+from services.auth.hashing_turns import HashingTurns, SourceFailures
 from shared import paging, subjects
 from shared.authz import (
     ALGORITHM,
@@ -158,7 +159,10 @@ class AuthDeps:
 # the default cost): token requests are handled many at once (app.py), so no more hashes than this run together,
 # which is enough to keep 2 cores busy (docs/auth.md, "Sign-in capacity", has the figures)
 HASHING_AT_ONCE = 2
-_hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+# waiting checks are served by their source's recent failures, fewest first (hashing_turns.py: a flood's checks no
+# longer go before a person's); a semaphore served them in arrival order
+_hashing = HashingTurns(HASHING_AT_ONCE)
+_source_failures = SourceFailures()
 # A hash that waits longer than this for its turn is not made: the request is answered 503 with Retry-After instead.
 # Queued without a bound, above capacity every wait grew past the gateway's 5 s (nats.request_timeout), which answered
 # 504 while the hash was still made for nobody, and its retry met 429 (its user's attempt still being answered): at
@@ -167,10 +171,9 @@ HASH_WAIT_SECONDS = 2.0
 
 
 @contextlib.asynccontextmanager
-async def _hashing_turn() -> AsyncIterator[None]:
+async def _hashing_turn(priority: int = 0) -> AsyncIterator[None]:
     try:
-        async with asyncio.timeout(HASH_WAIT_SECONDS):
-            await _hashing.acquire()
+        await _hashing.acquire(priority, HASH_WAIT_SECONDS)
     except TimeoutError:
         raise Unavailable("the auth service is checking as many passwords as it can; retry in a moment") from None
     try:
@@ -184,15 +187,23 @@ async def hash_secret(secret: str) -> str:
         return await asyncio.to_thread(_hasher.hash, secret)
 
 
-async def secret_matches(stored_hash: str, secret: str) -> bool:
+async def secret_matches(stored_hash: str, secret: str, priority: int = 0) -> bool:
+    """`priority`: the place of this check among those waiting for a turn, lowest first (a sign-in's: its source's
+    recent failures, _priority)."""
     def check() -> bool:
         try:
             return _hasher.verify(stored_hash, secret)
         except (VerificationError, InvalidHashError):
             return False
 
-    async with _hashing_turn():
+    async with _hashing_turn(priority):
         return await asyncio.to_thread(check)
+
+
+def _priority(source: str) -> int:
+    """A sign-in's place among the checks waiting for a hashing turn: its source's failed checks lately (this process's
+    count), known and unknown users' alike, so the order tells nothing of whether a name exists."""
+    return _source_failures.priority(source)
 
 
 def client_secret_hash(key: str, secret: str) -> str:
@@ -446,7 +457,8 @@ async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     source = cmd.source or "bus"
     user = await store.user_by_login(deps.pool, cmd.username)
     if user is None:
-        await secret_matches(_DUMMY_HASH, cmd.password)
+        await secret_matches(_DUMMY_HASH, cmd.password, _priority(source))
+        _source_failures.failed(source)
         raise Unauthorized("invalid user credentials", code="invalid_grant")
     async with _one_attempt_at_a_time(deps.pool, user["id"], source):
         return await _checked_login(deps, cmd, user, source)
@@ -486,7 +498,8 @@ async def _checked_login(deps: AuthDeps, cmd: IssueToken, user: asyncpg.Record, 
                            code="account_locked")
     if failures is not None and failures["failures"]:
         await asyncio.sleep(min(4.0, settings.failed_login_delay * failures["failures"]))
-    if not await secret_matches(user["password_hash"], cmd.password):
+    if not await secret_matches(user["password_hash"], cmd.password, _priority(source)):
+        _source_failures.failed(source)
         count = await store.record_failed_login(deps.pool, user["id"], source, settings.lockout_after,
                                                 settings.lockout_seconds)
         if count >= settings.lockout_after:

@@ -1,33 +1,121 @@
-"""The auth service's argon2 turns (services/auth/handlers.py): at most HASHING_AT_ONCE hashes run together, and a
-check that cannot start within HASH_WAIT_SECONDS is answered 503 (the gateway adds Retry-After) instead of being
-made after its caller has given up (the gateway answers 504 after 5 s; bench/sign_in.py measured the collapse)."""
+"""The auth service's argon2 turns (services/auth/handlers.py, hashing_turns.py): at most HASHING_AT_ONCE hashes run
+together, and a check that cannot start within HASH_WAIT_SECONDS is answered 503 (the gateway adds Retry-After) instead
+of being made after its caller has given up (the gateway answers 504 after 5 s; bench/sign_in.py measured the
+collapse). Waiting checks are served fewest recent failures of their source first: a flood of failing guesses no longer
+takes every turn in its order while a person's sign-in waits behind it (503, or 504 past the gateway's 5 s)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from argon2 import PasswordHasher
 
 from services.auth import handlers
+from services.auth.hashing_turns import HashingTurns, SourceFailures
 from shared.errors import Unavailable
 
 
-async def test_a_check_that_cannot_get_a_turn_in_time_is_refused_and_takes_nothing(monkeypatch):
-    monkeypatch.setattr(handlers, "_hashing", asyncio.Semaphore(handlers.HASHING_AT_ONCE))
-    monkeypatch.setattr(handlers, "HASH_WAIT_SECONDS", 0.2)
+@pytest.fixture
+def turns(monkeypatch) -> HashingTurns:
+    turns = HashingTurns(handlers.HASHING_AT_ONCE)
+    monkeypatch.setattr(handlers, "_hashing", turns)
+    monkeypatch.setattr(handlers, "_source_failures", SourceFailures())
     monkeypatch.setattr(handlers, "_hasher", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))  # cheap
+    return turns
+
+
+async def test_a_check_that_cannot_get_a_turn_in_time_is_refused_and_takes_nothing(monkeypatch, turns):
+    monkeypatch.setattr(handlers, "HASH_WAIT_SECONDS", 0.2)
     stored = handlers._hasher.hash("the-password")
     for _ in range(handlers.HASHING_AT_ONCE):  # every turn taken, as by hashes under way
-        await handlers._hashing.acquire()
-    started = time.monotonic()
+        await turns.acquire(0, 1.0)
     with pytest.raises(Unavailable, match="retry in a moment"):
-        await handlers.secret_matches(stored, "the-password")
+        await asyncio.wait_for(handlers.secret_matches(stored, "the-password"), 10)
     with pytest.raises(Unavailable):
-        await handlers.hash_secret("another")
-    assert time.monotonic() - started < 2.0
-    handlers._hashing.release()  # one turn free again: the refused ones took none, so a check runs at once
+        await asyncio.wait_for(handlers.hash_secret("another"), 10)
+    assert turns.waiting == 0 and turns.held == handlers.HASHING_AT_ONCE
+    turns.release()  # one turn free again: the refused ones took none, so a check runs at once
     assert await handlers.secret_matches(stored, "the-password")
     assert not await handlers.secret_matches(stored, "wrong")
-    assert handlers._hashing._value == 1
+    assert turns.held == handlers.HASHING_AT_ONCE - 1
+
+
+async def test_waiting_checks_are_served_fewest_failures_first_then_in_arrival_order():
+    turns, served = HashingTurns(1), []
+    await turns.acquire(0, 1.0)  # a hash under way
+
+    async def check(name: str, priority: int) -> None:
+        await turns.acquire(priority, 10.0)
+        served.append(name)
+        turns.release()
+
+    waiting = []
+    for name, priority in [("flood-1", 5), ("flood-2", 3), ("person", 0), ("flood-3", 3), ("typo", 1)]:
+        waiting.append(asyncio.create_task(check(name, priority)))
+        await asyncio.sleep(0)  # queued in this order
+    assert turns.waiting == 5
+    turns.release()
+    await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert served == ["person", "typo", "flood-2", "flood-3", "flood-1"]  # first come first served: the flood's first
+    assert turns.held == 0 and turns.waiting == 0
+
+
+async def test_a_turn_granted_as_its_wait_ends_is_passed_on_not_lost():
+    turns = HashingTurns(1)
+    await turns.acquire(0, 1.0)
+    late = asyncio.create_task(turns.acquire(0, 10.0))
+    after = asyncio.create_task(turns.acquire(1, 10.0))
+    await asyncio.sleep(0)
+    turns.release()  # granted to `late`...
+    late.cancel()  # ...whose caller goes away before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    await asyncio.wait_for(after, 10)  # the turn went on to the next waiter
+    assert turns.held == 1
+    for _ in range(3):  # waiters that gave up are skipped: the turn comes free, it is not handed to them
+        with pytest.raises(TimeoutError):
+            await turns.acquire(0, 0.01)
+    assert turns.waiting == 0
+    turns.release()
+    assert turns.held == 0
+    await asyncio.wait_for(turns.acquire(5, 0.01), 10)  # free: taken at once
+
+
+async def test_a_source_that_keeps_failing_waits_behind_a_clean_one(monkeypatch, turns):
+    """Through the sign-in's own path: failed checks (an unknown user's too) raise their source's count."""
+    stored = handlers._hasher.hash("the-password")
+    for _ in range(3):
+        handlers._source_failures.failed("198.51.100.7")
+    assert handlers._priority("198.51.100.7") == 3 and handlers._priority("192.0.2.1") == 0
+    order = []
+    for _ in range(handlers.HASHING_AT_ONCE):
+        await turns.acquire(0, 1.0)
+
+    async def sign_in(source: str) -> None:
+        await handlers.secret_matches(stored, "the-password", handlers._priority(source))
+        order.append(source)
+
+    flood = asyncio.create_task(sign_in("198.51.100.7"))
+    await asyncio.sleep(0)
+    person = asyncio.create_task(sign_in("192.0.2.1"))
+    await asyncio.sleep(0)
+    turns.release()
+    await asyncio.wait_for(asyncio.gather(flood, person), 10)
+    assert order == ["192.0.2.1", "198.51.100.7"]
+
+
+def test_failures_fade_and_the_table_is_bounded(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("services.auth.hashing_turns.time.monotonic", lambda: now[0])
+    failures = SourceFailures(half_life=60.0, size=3)
+    for _ in range(4):
+        failures.failed("a")
+    assert failures.priority("a") == 4
+    now[0] += 60
+    assert failures.priority("a") == 2
+    now[0] += 600
+    assert failures.priority("a") == 0
+    for source in "bcd":
+        failures.failed(source)
+    assert failures.priority("a") == 0 and len(failures._counts) == 3  # the least recently failed, forgotten
