@@ -417,16 +417,30 @@ class LocalBackend:
         errors = [line for line in lines if "railyard-engine:" in line]
         return (errors or lines or [None])[-1]
 
-    async def stop(self, name: str) -> None:
+    async def stop(self, name: str, every_name: bool = False) -> None:
         """Stop deployment `name`'s replicas (an undeploy, a redeploy under another name); its folders,
         deployments/<name>/ (its replicas' logs, its specs) and engine-work/<name>/, go once no replica of it runs
         and no start of it is under way (_release), also when none ran (an undeploy after a failed deploy, whose
-        logs a failed start kept)."""
+        logs a failed start kept). `every_name` (an undeploy): the folders of the deployment's other names too
+        (<deploy_id>-<id> with another deploy_id: a redeploy under a new deploy_id that failed while the previous
+        name served kept its replicas' logs there, which no later stop named) that no set runs or starts under."""
         replica_set = self.sets.pop(name, None)
         self._undeployed[name] = True
         if replica_set is not None:
             await self._stop_set(replica_set)
         self._release(name)
+        if every_name:
+            for other in self._other_names(name):
+                self._undeployed[other] = True
+                self._release(other)
+
+    def _other_names(self, name: str) -> list[str]:
+        """The names other than `name` that folders of the same deployment (the same `-<id>` ending) have, and that no
+        set runs or start uses (a start of it under way keeps it)."""
+        ending = "-" + name.rpartition("-")[2]
+        found = {path.name for top in (self.work_dir, self.engine_work_dir) if top is not None
+                 for path in _listed(top, "") if path.name.endswith(ending) and not path.name.startswith(REMOVING)}
+        return sorted(other for other in found - {name} if other not in self.sets and not self._users.get(other))
 
     def _leave(self, name: str, release: bool = True) -> None:
         """One user of `name`'s folders less (_users); `release`: they go now if that was the last (_release)."""

@@ -1308,7 +1308,7 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
     try:
         deps.owed.forget(deployment_id)  # its owed deployed event, if any, was written with the undeployed
         deps.failed_restores.pop(name, None)
-        await deps.backend.stop(name)
+        await deps.backend.stop(name, every_name=True)  # and its folders under earlier names (failed deploys')
     finally:
         lock.release()
         deps.events_committed()

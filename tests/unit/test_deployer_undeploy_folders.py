@@ -302,3 +302,25 @@ async def test_through_the_handlers_the_last_failed_deploys_logs_stay_and_an_und
     await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
     await world.backend.swept()
     assert _names(tmp_path) == set()
+
+
+async def test_an_undeploy_removes_the_folders_of_the_deployments_other_names(tmp_path, monkeypatch):
+    """Deployment 5 serves as a-5; a redeploy under deploy_id b fails (a-5 serves on): b-5's folder keeps its logs.
+    Before, nothing ever removed it (an undeploy stops a-5, the name the row gives); now the undeploy of deployment 5
+    removes it with a-5's. Another deployment's (a-15, c-6) stays."""
+    world = make_world(tmp_path, monkeypatch)
+    for other in ("a-15", "c-6"):
+        (tmp_path / other).mkdir()
+    world.backend.hold = False
+    await _deploy(world, "a")
+    world.backend.hold = True
+    redeploy = _deploy(world, "b")
+    await _until(lambda: world.backend.waiting, "the redeploy starts its replicas")
+    world.backend.waiting.pop()[1].set_exception(RuntimeError("the new version did not load"))
+    with pytest.raises(InvalidRequest, match="a-5 still serves"):
+        await redeploy
+    await world.backend.swept()
+    assert _names(tmp_path) == {"a-5", "b-5", "a-15", "c-6"}
+    await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
+    await world.backend.swept()
+    assert _names(tmp_path) == {"a-15", "c-6"}
