@@ -73,6 +73,11 @@ one whose replicas all exited or loop `Error` (handlers.deployment_state), not `
 constants (1, 60 and 10 s)."""
 _DEFAULTS = DeployerSettings.model_fields  # the back-off's defaults live in the settings only
 TAIL_BYTES = 8192  # of an exited replica's log read for its reason (the last line, an engine error preferred)
+KEPT_LOGS = 10
+"""The logs of the last KEPT_LOGS replicas the supervisor replaced (exited, crashed, killed as hung) are kept per
+replica set; an older one's (deployments/<name>/replica-<id>.log) is removed when the next is replaced. A crash loop
+wrote one a restart for as long as it lasted (one a crash_backoff_max, 60 s: 1,440 a day). Kubernetes keeps a
+container's current and previous logs."""
 REPLICA_MODULE = "services.engine.replica"  # a replica's command line: python -m REPLICA_MODULE <spec> <replica id>
 REMOVING = ".removing-"
 """An undeployed deployment's folders (deployments/<name>, engine-work/<name>) are renamed to <their parent>/
@@ -167,6 +172,7 @@ class ReplicaSet:
     cpu_target: float = 50.0  # percent of one core per replica
     last_scaled: float = field(default_factory=time.monotonic)
     last_measured: float = 0.0
+    replaced: collections.deque[str] = field(default_factory=collections.deque)  # KEPT_LOGS: replaced replicas' ids
 
 
 class LocalBackend:
@@ -758,6 +764,14 @@ class LocalBackend:
                     self._retire(replica_set.name, self._stop_replica(fresh, replica_set.name))
                     continue
                 replica_set.replicas[at] = fresh
+                self._keep_logs(replica_set, replica.replica_id)
+
+    def _keep_logs(self, replica_set: ReplicaSet, replaced: str) -> None:
+        """Replica `replaced` of the set was replaced: its log is kept, the oldest beyond KEPT_LOGS removed."""
+        replica_set.replaced.append(replaced)
+        while len(replica_set.replaced) > KEPT_LOGS:
+            path = self.work_dir / replica_set.name / f"replica-{replica_set.replaced.popleft()}.log"
+            self._sweep_later(f"the log {path}", functools.partial(path.unlink, missing_ok=True))
 
     def _back_off(self, replica_set: ReplicaSet, replica: Replica) -> None:
         """When the exited `replica` is replaced (crash_backoff): at once if it came up, else after a delay doubling

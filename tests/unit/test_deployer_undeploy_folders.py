@@ -324,3 +324,24 @@ async def test_an_undeploy_removes_the_folders_of_the_deployments_other_names(tm
     await handlers.undeploy(world.deps, ALICE, "t", PIPELINE, 5)
     await world.backend.swept()
     assert _names(tmp_path) == {"a-15", "c-6"}
+
+
+async def test_a_crash_loop_keeps_the_logs_of_the_last_replicas_replaced(backend):
+    """Each replacement has a log of its own: the last KEPT_LOGS replaced replicas' and the running one's stay, the
+    older ones go (a crash loop wrote one a restart for as long as it lasted)."""
+    await backend.start("d-1", SPEC, 1)
+    replica_set = backend.sets["d-1"]
+    replica_set.ready = True
+    backend.crash_stable_after = 0.0  # each came up: replaced at once, no back-off
+    replaced = []
+    for _ in range(backend_module.KEPT_LOGS + 3):
+        replica = replica_set.replicas[0]
+        replica.answered = {"status": "Running"}
+        replica.process.exit(1)
+        replaced.append(replica.replica_id)
+        await backend._supervise_pass()
+        assert replica_set.replicas[0] is not replica
+    await backend.swept()
+    kept = {path.name for path in (backend.work_dir / "d-1").glob("replica-*.log")}
+    assert kept == {f"replica-{r}.log" for r in [*replaced[-backend_module.KEPT_LOGS:],
+                                                   replica_set.replicas[0].replica_id]}
