@@ -71,6 +71,13 @@ SUBJECTS = (subjects.EVENT_PIPELINE_DEPLOYED, subjects.EVENT_PIPELINE_SERVING)
 CHANNEL = "log_store_deployment_recorded"  # NOTIFY'd with a deployment's name as its announcement is recorded
 LISTEN_WAIT = 5.0  # seconds starting or ending the LISTEN may take (a server that stopped answering), then given up
 LISTEN_RETRY = 5.0  # seconds after a failed start of the LISTEN before the next try
+FETCH_WAIT = 1.0  # seconds a fetch waits while the stream is read (its backlog at a start, an announcement owed)
+IDLE_FETCH = 5.0
+"""Seconds the consumer waits, caught up and owing nothing, in one fetch of one announcement, which the server answers
+as soon as one is published (as handlers.IDLE_FETCH for ingestion): before session 32 it fetched with FETCH_WAIT as
+its timeout, a pull request and a wake-up every second with nothing to do. Bounded, not for ever: `caught_up` moves on
+at each end of a wait (a batch is judged unknown only UNKNOWN_WAIT, an hour, after it came: the seconds do not
+matter), and a pull request the server forgets (a reconnect) is renewed within it. A stop ends the wait at once."""
 
 
 class Owner(NamedTuple):
@@ -242,29 +249,44 @@ class Deployments:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+        # the loop has ended: its subscription goes, so the server drops a pull request still waiting there (the idle
+        # fetch's, up to IDLE_FETCH), and an announcement published before app.py closes the connection waits for
+        # another process's fetch instead of going to this one, never acknowledged (back only after ack_wait, 30 s)
+        sub = getattr(self, "sub", None)
+        if sub is not None:
+            with contextlib.suppress(Exception):  # the connection closed or lost: its requests went with it
+                await sub.unsubscribe()
         await self.unlisten()
 
     async def run(self) -> None:
+        idle = False  # caught up at the last fetch, nothing owed: the next waits for one announcement (IDLE_FETCH)
         while self.running:
             began = time.time()
             try:
-                msgs = await self.sub.fetch(batch=64, timeout=1.0)
+                if idle:
+                    msgs = await self.sub.fetch(batch=1, timeout=IDLE_FETCH)
+                else:
+                    msgs = await self.sub.fetch(batch=64, timeout=FETCH_WAIT)
             except (TimeoutError, nats.errors.TimeoutError):  # nothing left to read
                 if self.owed:
                     await self.forget_gone()
+                idle = not self.owed
                 if not self.owed:
                     self.caught_up = max(self.caught_up, began)
                     self.ready.set()
                 continue
             except Exception as exc:  # bus trouble: unacknowledged events stay in the stream
+                idle = False
                 log.warning("fetching deployment announcements failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
             recorded = [await self.take(msg) for msg in msgs]
+            idle = False  # more may be waiting: fetched in batches until a fetch finds the stream read
             with contextlib.suppress(Exception):
                 if all(recorded) and not self.owed and msgs[-1].metadata.num_pending == 0:
                     self.caught_up = max(self.caught_up, began)
                     self.ready.set()
+                    idle = True
 
     async def forget_gone(self) -> None:
         """Owed announcements EVENTS no longer has (its age or size limit took them before they were recorded) are
