@@ -3,7 +3,7 @@ on the bus) and an engine replica (its own batches, stored before it publishes t
 "How records travel").
 
 A segment's rows are sorted by (time, position), numeric tensor columns without nulls are stored packed (one
-fixed-size binary value a row, `services.log_store.segments.unpack_tensors` turns them back), and an engine-written
+fixed-size binary value a row, `unpack_tensors` turns them back), and an engine-written
 segment is described on the bus by `SegmentRef` (what the log store indexes without reading the object).
 """
 
@@ -351,6 +351,52 @@ def encode_segment_buffer(table: pa.Table, row_group_rows: int) -> pa.Buffer:
     growing = pa.BufferOutputStream()
     pq.write_table(table, growing, **options)
     return growing.getvalue()
+
+
+def _unpacked_type(field: pa.Field) -> tuple[np.dtype, list[int], pa.DataType] | None:
+    spec = (field.metadata or {}).get(TENSOR)
+    if spec is None or not pa.types.is_fixed_size_binary(field.type):
+        return None
+    dtype_text, _, dims_text = spec.decode().partition(":")
+    dtype, dims = np.dtype(dtype_text), [int(d) for d in dims_text.split(",")]
+    kind = pa.from_numpy_dtype(dtype)
+    for size in reversed(dims):
+        kind = pa.list_(kind, size)
+    return dtype, dims, kind
+
+
+def _unpack_chunk(chunk: pa.Array, dtype: np.dtype, dims: list[int]) -> pa.Array:
+    width = chunk.type.byte_width
+    raw = np.frombuffer(chunk.buffers()[1], np.uint8, len(chunk) * width, chunk.offset * width) if len(chunk) \
+        else np.zeros(0, np.uint8)
+    flat: pa.Array = pa.array(raw.view(dtype))
+    for size in reversed(dims):
+        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    return flat
+
+
+def unpack_tensors(table: pa.Table) -> pa.Table:
+    """A segment's table with its packed tensor columns (encode_segment) as fixed-size lists again; segments
+    written before packing pass as they are."""
+    for index, field in enumerate(table.schema):
+        found = _unpacked_type(field)
+        if found is None:
+            continue
+        dtype, dims, kind = found
+        column = pa.chunked_array([_unpack_chunk(c, dtype, dims) for c in table.column(index).chunks], kind)
+        metadata = {k: v for k, v in (field.metadata or {}).items() if k != TENSOR} or None
+        table = table.set_column(index, pa.field(field.name, kind, field.nullable, metadata), column)
+    return table
+
+
+def read_segment(data: pa.Buffer | bytes, names: list[str] | None = None) -> pa.Table:
+    """The rows of a segment `encode_segment_buffer` wrote (its bytes), as the log table it was written from: tensor
+    columns unpacked, the columns in the order of `names` when given (a segment stores them in `storage_order`), the
+    rows in the segment's (time) order. An engine replica reads back a segment whose PUT failed to send its rows
+    through the stream, instead of holding the segment's table while the PUT is under way. A zero-size tensor
+    column comes back as lists (`_relisted`), as the log store would store it."""
+    table = unpack_tensors(pq.read_table(pa.BufferReader(data), use_threads=False))
+    return table if names is None or table.column_names == names else table.select(names)
 
 
 def unwritable(kind: pa.DataType) -> bool:

@@ -56,6 +56,7 @@ from shared.log_segments import (
     describe,
     encode_segment_buffer,
     layout,
+    read_segment,
     segment_key,
     sort_by_time,
     storage_ordered,
@@ -377,10 +378,11 @@ class LogBatcher:
     async def _store_segment(self, group: list[InferenceRecord], rows: int
                              ) -> bool | tuple[pa.Table, list[int]]:
         """Write a group's rows as a segment and publish its description: True; False when the records must go as
-        rows; (the group's table, its records' rows) when the PUT failed, the table then going as rows. The
-        records are in time order (a stable sort: the segment's own sort then has nothing to copy) and leave
-        `group` once the table is built: from there on their request bytes are not held for the Parquet write
-        and the PUT, only the table (memory: docs/performance.md item 31)."""
+        rows; (the group's table, its records' rows) when the PUT failed, the table (read back from the segment's
+        bytes) then going as rows. The records are in time order (a stable sort: the segment's own sort then has
+        nothing to copy) and leave `group` once the table is built: from there on their request bytes are not held
+        for the Parquet write and the PUT, only the table (memory: docs/performance.md item 31), and during the PUT
+        only the segment's bytes (item 90)."""
         group.sort(key=_at_ms)
         try:
             # the table on the loop up to 2000 rows (as _encode), the Parquet write in a thread (it leaves the GIL)
@@ -395,6 +397,11 @@ class LogBatcher:
         counts = [record.rows for record in group]
         group.clear()
         data, ref = made
+        # the PUT holds the segment's bytes only, not also its table (~1.3x their size): two writes under way held
+        # both while their PUTs waited for SeaweedFS (docs/performance.md item 90); a refused PUT's rows are read
+        # back from the bytes
+        names = table.column_names
+        del table
         try:
             async with asyncio.timeout(SEGMENT_PUT_TIMEOUT):  # the client's own retries take ~13 s when it is down
                 await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
@@ -405,7 +412,7 @@ class LogBatcher:
             if self.segment_failures % 10 == 1:
                 log.warning("object storage refused an inference log segment of %s (%d so far): %s; sending the "
                             "rows through the stream", self.subject, self.segment_failures, exc)
-            return table, counts
+            return await self._in_thread(read_segment, data, names), counts
         await self._publish(ref.to_json(), {}, segment=True)
         return True
 

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from shared.lean_imports import lazy_module
-from shared.log_segments import POS, TENSOR, encode_segment  # noqa: F401 - the layout both writers share
+from shared.log_segments import POS, TENSOR, encode_segment, unpack_tensors  # noqa: F401 - the layout both writers share
 from shared.log_segments import unwritable as _unwritable
 from shared.logrecords import META_DROPPED
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore, RangedFile
@@ -51,42 +51,6 @@ def _fetch_ranges(objects: MinioObjectStore, key: str, ranges: list[tuple[int, i
 
     with ThreadPoolExecutor(PARALLEL_GETS) as pool:
         return list(pool.map(one, ranges))
-
-
-def _unpacked_type(field: pa.Field) -> tuple[np.dtype, list[int], pa.DataType] | None:
-    spec = (field.metadata or {}).get(TENSOR)
-    if spec is None or not pa.types.is_fixed_size_binary(field.type):
-        return None
-    dtype_text, _, dims_text = spec.decode().partition(":")
-    dtype, dims = np.dtype(dtype_text), [int(d) for d in dims_text.split(",")]
-    kind = pa.from_numpy_dtype(dtype)
-    for size in reversed(dims):
-        kind = pa.list_(kind, size)
-    return dtype, dims, kind
-
-
-def _unpack_chunk(chunk: pa.Array, dtype: np.dtype, dims: list[int]) -> pa.Array:
-    width = chunk.type.byte_width
-    raw = np.frombuffer(chunk.buffers()[1], np.uint8, len(chunk) * width, chunk.offset * width) if len(chunk) \
-        else np.zeros(0, np.uint8)
-    flat: pa.Array = pa.array(raw.view(dtype))
-    for size in reversed(dims):
-        flat = pa.FixedSizeListArray.from_arrays(flat, size)
-    return flat
-
-
-def unpack_tensors(table: pa.Table) -> pa.Table:
-    """A segment's table with its packed tensor columns (encode_segment) as fixed-size lists again; segments
-    written before packing pass as they are."""
-    for index, field in enumerate(table.schema):
-        found = _unpacked_type(field)
-        if found is None:
-            continue
-        dtype, dims, kind = found
-        column = pa.chunked_array([_unpack_chunk(c, dtype, dims) for c in table.column(index).chunks], kind)
-        metadata = {k: v for k, v in (field.metadata or {}).items() if k != TENSOR} or None
-        table = table.set_column(index, pa.field(field.name, kind, field.nullable, metadata), column)
-    return table
 
 
 def unpack_schema(schema: pa.Schema) -> pa.Schema:

@@ -361,9 +361,10 @@ async def test_a_stop_sends_what_is_left_as_rows_not_as_a_segment():
 
 
 async def test_a_segments_requests_are_let_go_once_its_table_is_built_and_a_refused_put_sends_the_table():
-    """Memory (docs/performance.md item 31): while a segment's Parquet is written and PUT, the batcher holds the
-    segment's table, not also the requests' records (their request buffers); when the PUT is refused, the table's
-    rows go through the stream, all of them, in time order (the segment's order)."""
+    """Memory (docs/performance.md items 31 and 90): while a segment's Parquet is written and PUT, the batcher holds
+    the segment's table, not also the requests' records (their request buffers), and during the PUT not the table
+    either, only the segment's bytes; when the PUT is refused, the table's rows (read back from those bytes) go
+    through the stream, all of them, in time order (the segment's order), each column as the table had it."""
     import gc
     import weakref
 
@@ -386,14 +387,26 @@ async def test_a_segments_requests_are_let_go_once_its_table_is_built_and_a_refu
         batcher.add(one)
     held = [weakref.ref(one) for one in records]
     del records, one
+    built: list[tuple[weakref.ref, pa.Schema, list[dict]]] = []
+    make_table = batcher._table
+
+    def table_of(group: list) -> pa.Table:
+        table = make_table(group)
+        built.append((weakref.ref(table), table.schema, table.to_pylist()))
+        return table
+
+    batcher._table = table_of
     flush = asyncio.create_task(batcher.flush())
     await asyncio.wait_for(putting.wait(), 5)
     gc.collect()
-    assert [ref() for ref in held] == [None] * 4  # the PUT is under way: only the table holds the rows
+    assert [ref() for ref in held] == [None] * 4  # the PUT is under way: only the segment's bytes hold the rows
+    (table_ref, schema, rows), = built
+    assert table_ref() is None
     refuse.set()
     await flush
     (payload, _), = stream.published
     table = expand_runs(pa.ipc.open_stream(payload).read_all())
+    assert table.schema == schema and table.to_pylist() == rows  # what the PUT would have stored, as built
     assert table.column("time").to_pylist() == [10] * 3 + [20] * 3 + [30] * 3 + [40] * 3
     assert [row[0] for row in table.column("in.tensor").to_pylist()] == [1.0] * 3 + [3.0] * 3 + [2.0] * 3 + [0.0] * 3
     assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
