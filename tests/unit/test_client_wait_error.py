@@ -4,8 +4,6 @@ timeout; a short `Error` (a replica being restarted) is waited through."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from railyard_client import pipelines
 from railyard_client.errors import DeploymentFailed
@@ -31,12 +29,29 @@ def quick(monkeypatch):
     monkeypatch.setattr(pipelines, "ERROR_SETTLE", 0.6)
 
 
-def test_a_steady_error_fails_fast_with_the_servers_reason():
-    deployment = Deployment(Statuses("Error"), {"name": "dep-1"}, None)
-    started = time.monotonic()
+class Clock:
+    """The SDK's clock (pipelines.time): its time moves only when the wait sleeps, so the test counts the wait's
+    seconds without taking them (a wall-clock bound of 5 s could fail on a loaded machine)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_steady_error_fails_fast_with_the_servers_reason(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(pipelines, "time", clock)
+    statuses = Statuses("Error")
+    deployment = Deployment(statuses, {"name": "dep-1"}, None)
     with pytest.raises(DeploymentFailed, match="dep-1 reports Error: failed to restore: sha256 mismatch"):
         deployment.wait_until_running(timeout=30)
-    assert time.monotonic() - started < 5
+    # given up once Error held ERROR_SETTLE (0.6 s), at the first poll past it: not at the 30 s timeout
+    assert clock.now - 1000.0 == pytest.approx(0.75) and statuses.calls == 4
 
 
 def test_a_short_error_is_waited_through():

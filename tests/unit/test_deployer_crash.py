@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import sys
 import uuid
 from types import SimpleNamespace
 
@@ -760,17 +761,33 @@ def test_the_looks_at_a_failed_record_are_bounded_by_the_request_timeout(world, 
             await asyncio.Event().wait()
         return await pipeline_deployment(conn, pipeline_id)
 
+    # what the looks wait, each: the pause before it and the bound it is given (called from _look_again)
+    paused: list[float] = []
+    bounded: list[float] = []
+    sleep, answered_within = asyncio.sleep, handlers._answered_within
+
+    def recorded_sleep(delay, *args, **kwargs):
+        if sys._getframe(1).f_code.co_name == "_look_again":
+            paused.append(delay)
+        return sleep(delay, *args, **kwargs)
+
+    def recorded_bound(seconds, work):
+        if sys._getframe(1).f_code.co_name == "_look_again":
+            bounded.append(seconds)
+        return answered_within(seconds, work)
+
     async def scenario(made) -> None:
         made.store.pipeline_deployment = hanging
         redeploy, old, new = await _redeploying(made, "b", "lost")
         made.deps.timeout = 0.1  # before the record runs (the task has not run since its replicas answered)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+        monkeypatch.setattr(handlers, "_answered_within", recorded_bound)
         with pytest.raises(Unavailable, match="not known whether"):
             await asyncio.wait_for(redeploy, 10)
-        took = loop.time() - started
         assert len(looks) == len(handlers.RECORD_CHECK_DELAYS) == 3
-        assert took < 0.1 * (0.8 + 3 * 1.0) + 1.5, took  # + 1.5 s: a loaded machine (before: 19 s)
+        # 0, 0.02 and 0.06 s apart, each given 0.1 s: 0.38 s at most (before: 1 and 3 s apart, 5 s each, 19 s). The
+        # waits the looks were given, not the wall time (a bound of 0.38 + 1.5 s could fail on a loaded machine)
+        assert paused == pytest.approx([0.0, 0.02, 0.06]) and bounded == pytest.approx([0.1] * 3), (paused, bounded)
         assert made.backend.sets == {"a-5": old} and new.stopping
 
     asyncio.run(scenario(world))
