@@ -123,7 +123,17 @@ async def test_not_killed_while_the_deployers_own_bus_is_down(tmp_path, monkeypa
     assert replica.process.signals == [signal.SIGTERM, signal.SIGKILL]
 
 
-async def test_a_redeploy_whose_new_replicas_never_answer_leaves_the_old_set_serving(tmp_path):
+async def test_a_redeploy_whose_new_replicas_never_answer_leaves_the_old_set_serving(tmp_path, monkeypatch, clock):
+    """The start's wait for the new set ends at ready_timeout (0.3 s) of the backend's clock, which moves here only
+    by the wait's own pauses (asyncio.sleep): counted, not timed (a wall-clock bound of 5 s could fail on a loaded
+    machine; a start that waited its default 60 s, or for ever, still fails)."""
+    sleep = asyncio.sleep
+
+    async def paused(delay: float, result=None):
+        clock[0] = round(clock[0] + delay, 6)
+        return await sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", paused)
     bus = Bus()
     backend = LocalBackend(tmp_path, bus.request, scale_down_after=60, ready_timeout=0.3, stop_timeout=0.05)
     old = ReplicaSet(name="d-1", spec_path=tmp_path / "old.json", ready=True, replicas=[
@@ -139,10 +149,10 @@ async def test_a_redeploy_whose_new_replicas_never_answer_leaves_the_old_set_ser
 
     backend._spawn = spawn
     spec = SimpleNamespace(model_dump_json=lambda: "{}")  # written to the set's folder, read by no stand-in
-    started = asyncio.get_running_loop().time()
+    started = clock[0]
     with pytest.raises(TimeoutError):
         await backend.start("d-1", spec, 1)
-    assert asyncio.get_running_loop().time() - started < 5
+    assert clock[0] - started == pytest.approx(0.3, abs=0.05 + 1e-6), clock[0] - started
     assert backend.sets["d-1"] is old and not old.stopping and not old.replicas[0].process.signals
     assert new[0].process.signals == [signal.SIGTERM, signal.SIGKILL]  # the new one stopped (killed: hung)
     [engine] = await backend.status("d-1")

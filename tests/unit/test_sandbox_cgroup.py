@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from shared import sandbox_launcher
 from shared.sandbox_launcher import (
@@ -215,17 +214,27 @@ def test_no_pids_cgroup_is_said_once_and_not_where_a_v2_memory_cgroup_has_pids(t
         sandbox._warn_host_gaps.cache_clear()
 
 
-def test_an_oom_event_cuts_the_launchers_wait_short():
+def test_an_oom_event_cuts_the_launchers_wait_short(monkeypatch):
     """(cgroup v1) The launcher waits for its child and for the memory cgroup's OOM eventfd at once: an event ends
     the wait (well before its 30 s) and is drained, so the OOM kill is acted on without waiting for the next
     measurement; a quiet wait and the child's end read as before."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     exited, event = os.pidfd_open(child.pid), os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    waits: list[tuple[list, float, list]] = []  # each select: what it watched, its timeout, what ended it
+    select = sandbox_launcher.select.select
+
+    def recorded(readable, writable, errors, timeout):
+        ready = select(readable, writable, errors, timeout)
+        waits.append((list(readable), timeout, list(ready[0])))
+        return ready
+
+    monkeypatch.setattr(sandbox_launcher.select, "select", recorded)
     try:
         os.eventfd_write(event, 1)
-        started = time.monotonic()
         assert sandbox_launcher.ended(exited, child.pid, 30.0, event) == (False, True)
-        assert time.monotonic() - started < 10
+        # the one wait watched the event beside the child and was ended by it, not by its 30 s running out (what
+        # ended the wait, not its wall time under 10 s, which a loaded machine could miss)
+        assert waits == [([exited, event], 30.0, [event])], waits
         assert sandbox_launcher.ended(exited, child.pid, 0.01, event) == (False, False)  # drained
         assert sandbox_launcher.ended(None, child.pid, 0.01, None) == (False, False)  # no pidfd: waitid
         child.kill()
