@@ -399,18 +399,23 @@ def read_segment(data: pa.Buffer | bytes, names: list[str] | None = None) -> pa.
     return table if names is None or table.column_names == names else table.select(names)
 
 
-def unwritable(kind: pa.DataType) -> bool:
-    """Types Parquet cannot hold: a struct with no fields (anywhere inside), unions."""
+def unwritable(kind: pa.DataType, nested: bool = False) -> bool:
+    """Types Parquet cannot hold: a struct with no fields (anywhere inside), unions, and a fixed-size list of size
+    0 inside a struct or a map (`nested`), where `_relisted` (a column's own lists) does not reach: pyarrow writes
+    it but cannot read it back (ArrowInvalid: a replica reading back a refused PUT's segment lost the whole flush)
+    and a string one ends the process as it is written (the replica's, or the log store's again at each redelivery)."""
     if pa.types.is_struct(kind):
-        return kind.num_fields == 0 or any(unwritable(kind.field(i).type) for i in range(kind.num_fields))
+        return kind.num_fields == 0 or any(unwritable(kind.field(i).type, True) for i in range(kind.num_fields))
     if pa.types.is_union(kind):
         return True
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return unwritable(kind.value_type)
+        if nested and pa.types.is_fixed_size_list(kind) and kind.list_size == 0:
+            return True
+        return unwritable(kind.value_type, nested)
     if pa.types.is_map(kind):
-        return unwritable(kind.key_type) or unwritable(kind.item_type)
+        return unwritable(kind.key_type, True) or unwritable(kind.item_type, True)
     if pa.types.is_dictionary(kind):
-        return unwritable(kind.value_type)
+        return unwritable(kind.value_type, nested)
     return False
 
 

@@ -151,3 +151,44 @@ def test_a_segment_read_back_keeps_the_fingerprint_it_was_described_with():
     assert describe(read, key, len(data)).schema_fp == described.schema_fp
     again = _read(encode_segment(read, 1000))  # compacted: written from what was read
     assert again.schema == read.schema and again.to_pylist() == read.to_pylist()
+
+
+def test_a_zero_size_tensor_inside_a_struct_is_a_column_parquet_cannot_store():
+    """A fixed-size list of size 0 inside a struct (or a map, or a list of structs) is not relisted (`_relisted`
+    takes a column's own lists only): pyarrow wrote it but could not read it back (a replica reading back a refused
+    PUT's segment lost the whole flush), and a string one ended the process as it was written (a replica's; the log
+    store's again at each redelivery of the batch). Such a column is one Parquet cannot store: the replica sends the
+    rows through the stream and the log store drops the column, named in `metadata.dropped`. In a child, so the old
+    code fails this test, not the test run."""
+    from shared.log_segments import unwritable
+
+    inner = pa.struct([("a", pa.list_(pa.string(), 0))])
+    for kind in (inner, pa.struct([("a", pa.list_(pa.float32(), 0))]), pa.list_(inner), pa.list_(inner, 2),
+                 pa.map_(pa.string(), pa.list_(pa.int64(), 0))):
+        assert unwritable(kind), kind
+    for kind in (pa.list_(pa.string(), 0), pa.list_(pa.list_(pa.float32(), 0), 2), pa.list_(pa.list_(pa.int8(), 2)),
+                 pa.struct([("a", pa.list_(pa.float32(), 2))]), pa.list_(pa.struct([("a", pa.float32())]), 0)):
+        assert not unwritable(kind), kind
+    script = (
+        "import asyncio, os, numpy as np, pyarrow as pa\n"
+        "from services.engine.logbatcher import LogBatcher\n"
+        "from services.log_store.segments import drop_unwritable\n"
+        "from shared.logrecords import InferenceRecord, expand_runs, storage_order\n"
+        "from shared.settings import LogSettings\n"
+        "from tests.unit.test_log_batcher import DEPLOYMENT, Objects, RefusingStream\n"
+        "labels = pa.StructArray.from_arrays([pa.array([[], []], pa.list_(pa.string(), 0))], ['a'])\n"
+        "stream, objects = RefusingStream(), Objects()\n"
+        "stream.full = False\n"
+        "batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=objects)\n"
+        "batcher.add(InferenceRecord(10, pa.table({'x': pa.array([1.0, 2.0]), 'labels': labels}),\n"
+        "                            pa.table({'y': pa.array([3.0, 4.0])}), 'm', (1, 2)))\n"
+        "asyncio.run(batcher.flush())\n"
+        "(body, headers), = stream.published\n"
+        "table, dropped = drop_unwritable(storage_order(expand_runs(pa.ipc.open_stream(body).read_all())))\n"
+        "print(sorted(objects.stored), 'Railyard-Segment' in headers, dropped, table.column('in.x').to_pylist(),\n"
+        "      table.column('metadata.dropped').to_pylist(), batcher.lost_rows, batcher.held_rows, flush=True)\n"
+        "os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[] False ['in.labels'] [1.0, 2.0] [['in.labels'], ['in.labels']] 0 0"
