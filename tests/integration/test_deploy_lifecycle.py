@@ -1,6 +1,7 @@
 """The deploy/undeploy lifecycle's edges over HTTP on the real stack (docs/inference.md, "Deployments"): a redeploy
 whose replicas fail to start changes nothing, and the engine replica processes that run are always exactly the
-active deployment's (none orphaned)."""
+active deployment's (none orphaned); a failed deploy's replica logs stay until the undeploy, which removes the
+deployment's folders (docs/deployment.md, "What an undeploy removes")."""
 
 from __future__ import annotations
 
@@ -95,12 +96,22 @@ def test_a_redeploy_whose_replicas_fail_to_start_leaves_the_deployment_serving_a
         assert status["status"] == "Running", status
         assert _replica_pids(stack, deployment_id) == serving  # the failed set is gone, the old one untouched
         assert _infer(url, alice.token).status_code == 200
+    # what a user reads after the failed deploy: its replicas' logs and spec (under the name it was given) stay
+    failed = stack.data_dir / "deployments" / f"liferenamed-{deployment_id}"
+    assert list(failed.glob("replica-*.log")) and list(failed.glob("spec-*.json")), list(failed.iterdir())
 
     undeployed = post(stack, "pipelines/undeploy", alice.token,
                       {"pipeline_id": working["pipeline_pk_id"], "deployment_id": deployment_id})
     assert undeployed.status_code == 200, undeployed.text
     assert _replica_pids(stack, deployment_id) == {}
     assert _infer(url, alice.token).status_code == 404
+    # the undeploy removes the deployment's folders, under both names (in the background: at once on an idle stack)
+    folders = [stack.data_dir / top / f"{deploy_id}-{deployment_id}" for top in ("deployments", "engine-work")
+               for deploy_id in ("life", "liferenamed")]
+    deadline = time.monotonic() + 10
+    while [folder for folder in folders if folder.exists()] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [folder for folder in folders if folder.exists()]
 
 
 def _slow_loading_byop(seconds: float) -> bytes:

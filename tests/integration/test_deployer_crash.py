@@ -177,7 +177,7 @@ class StandInBackend:
             await serving()
         self.sets[name] = SimpleNamespace(ready=True)
 
-    async def stop(self, name) -> None:
+    async def stop(self, name, every_name=False) -> None:
         self.stopped.append(name)
         self.sets.pop(name, None)
 
