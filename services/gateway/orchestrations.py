@@ -30,7 +30,8 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/task/run_once", subjects.TASKS_RUN_ONCE, t.RunTaskOnce, t.TaskCreated,
      "Run an orchestration once (json: the run's task_args(); timeout in seconds)."),
     ("/task/run_scheduled", subjects.TASKS_RUN_SCHEDULED, t.RunTaskScheduled, t.TaskCreated,
-     "Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week, in UTC) until killed."),
+     "Run an orchestration on a cron schedule (minute hour day-of-month month day-of-week, in UTC) until killed "
+     "(concurrency_policy allow, forbid or replace: what a point does while a run of the task is queued or running)."),
     ("/task/get_by_id", subjects.TASKS_GET, t.GetTask, t.TaskRecord, "Get a task with its last runs."),
     ("/task/get_tasks_by_orch_sha", subjects.TASKS_BY_ORCH_SHA, t.GetTasksByOrchSha, t.TaskIds,
      "The ids of the tasks of an orchestration sha."),

@@ -376,8 +376,8 @@ class Scheduler:
         and not among its runs; nobody beat it, and the lost-run step failed it SUPERVISOR_LOST_AFTER later as if
         this process had died ("the task scheduler process supervising the run died"), its point never run. It is
         supervised now, at the next pass (its main.py never started: it starts now; a kill asked meanwhile is seen at
-        this pass's heartbeat, before it starts). Not a run whose end this process could not record (`unrecorded`):
-        that one ran, and is left to the lost-run step."""
+        this pass's heartbeat, and stops it as any run's kill does, before or after its main.py starts). Not a run
+        whose end this process could not record (`unrecorded`): that one ran, and is left to the lost-run step."""
         found = await store.own_unsupervised(conn, self.identity, list(self.runs))
         self.unrecorded.intersection_update(r["id"] for r in found)  # the others ended (the lost-run step)
         for row in found:

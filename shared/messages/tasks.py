@@ -109,9 +109,9 @@ class RunTaskScheduled(RunTaskOnce):
     @model_validator(mode="after")
     def _queued_with_allow(self) -> RunTaskScheduled:
         if self.max_queued is not None and self.concurrency_policy in ("forbid", "replace"):
-            raise ValueError(f"max_queued bounds the waiting runs of concurrency_policy allow; with "
-                             f"{self.concurrency_policy} a task has at most one run queued or running (leave out "
-                             f"max_queued, or use allow)")
+            raise ValueError(f"max_queued bounds the waiting runs of concurrency_policy allow; "
+                             f"{self.concurrency_policy} keeps no backlog of the task's runs (leave out max_queued, or "
+                             f"use allow)")
         return self
 
     # left out when unset: a gateway forwards the command as it was before the fields to an older scheduler

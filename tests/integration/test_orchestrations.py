@@ -260,7 +260,28 @@ def test_task_requests_are_checked(stack, alice):
     assert response.status_code == 400
     response = post(stack, "task/run_once", alice.token, base | {"orch_id": "00000000-0000-0000-0000-000000000000"})
     assert response.status_code == 404
+    every = base | {"schedule": "*/5 * * * *"}
+    for bad, field in (({"concurrency_policy": "sometimes"}, "concurrency_policy"), ({"max_queued": 0}, "max_queued"),
+                       ({"concurrency_policy": "forbid", "max_queued": 2}, "max_queued"),
+                       ({"concurrency_policy": "allow"}, "concurrency_policy")):
+        if bad == {"concurrency_policy": "allow"}:  # run_once takes no policy
+            response = post(stack, "task/run_once", alice.token, base | bad)
+        else:
+            response = post(stack, "task/run_scheduled", alice.token, every | bad)
+        assert response.status_code == 400 and response.json()["code"] == "invalid_request", response.text
+        assert field in response.json()["msg"], response.text
     assert post(stack, "task/list", alice.token, {"workspace_id": alice.workspace_id}).json() == []
+    # given, a policy is answered in the task record (in the CronJob's spelling too); left out, neither field is
+    forbid = post(stack, "task/run_scheduled", alice.token, every | {"concurrency_policy": "Forbid"}).json()["id"]
+    plain = post(stack, "task/run_scheduled", alice.token, every).json()["id"]
+    try:
+        record = post(stack, "task/get_by_id", alice.token, {"id": forbid}).json()
+        assert record["concurrency_policy"] == "forbid" and "max_queued" not in record, record
+        record = post(stack, "task/get_by_id", alice.token, {"id": plain}).json()
+        assert "concurrency_policy" not in record and "max_queued" not in record, record
+    finally:
+        for task in (forbid, plain):
+            post(stack, "task/kill", alice.token, {"id": task})
 
 
 def test_requirements_are_installed_once_into_an_environment_on_the_base(stack, alice):

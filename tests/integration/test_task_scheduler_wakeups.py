@@ -222,7 +222,14 @@ async def test_concurrency_policies_and_a_start_whose_answer_was_lost(database, 
     from services.task_scheduler.scheduler import REPLACED
 
     pool, orch = database
-    sched = scheduler(pool, tmp_path, [], "policies")
+    # room for every run at once (each policy's workspace at its limit, a replaced run still stopping): a run waiting
+    # for the process's room would read as its policy's doing
+    settings = TaskSettings(tick=60, heartbeat_interval=0.5, supervisor_lost_after=2,
+                            max_concurrent_runs_per_workspace=2, max_runs_per_process=8)
+    sched = scheduler_on(StandInRuns, pool, tmp_path / "policies", "policies", settings, start=False)
+    sched.spans, sched.installed, sched.install_gate = [], [], asyncio.Event()
+    sched.install_gate.set()
+    sched.start()
     try:
         forbid = await policy_task(pool, orch, 11, "forbid")
         replace = await policy_task(pool, orch, 12, "replace")

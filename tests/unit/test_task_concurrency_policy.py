@@ -47,7 +47,7 @@ def test_a_policy_is_read_in_either_case(given, read):
     ({"max_queued": 0}, "max_queued"),
     ({"max_queued": 101}, "max_queued"),
     ({"concurrency_policy": "forbid", "max_queued": 3}, "max_queued bounds the waiting runs of concurrency_policy"),
-    ({"concurrency_policy": "Replace", "max_queued": 3}, "with replace a task has at most one run"),
+    ({"concurrency_policy": "Replace", "max_queued": 3}, "replace keeps no backlog of the task's runs"),
 ])
 def test_a_bad_policy_or_bound_is_refused(extra, said):
     with pytest.raises(ValidationError) as refused:
@@ -179,3 +179,47 @@ async def test_a_run_killed_for_its_replacement_says_so(monkeypatch, asked, reco
         await sched.runs[run_id]
     assert ends == [(run_id, "failure", recorded)]
     assert sched.kill_reasons == {} and sched.runs == {}
+
+
+# --- the SDK and the CLI ------------------------------------------------------------------------------------------
+
+class Session:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def post(self, route, body):
+        self.sent.append((route, body))
+        return {"id": str(TASK)}
+
+
+def test_the_sdk_sends_them_only_when_given():
+    from railyard_client.orchestrations import Orchestrations
+
+    session = Session()
+    orchestrations = Orchestrations(SimpleNamespace(_session=session), 5)
+    orchestrations.run_scheduled("o", "* * * * *")
+    orchestrations.run_scheduled("o", "* * * * *", concurrency_policy="replace")
+    orchestrations.run_scheduled("o", "* * * * *", max_queued=3)
+    bodies = [body for _, body in session.sent]
+    assert "concurrency_policy" not in bodies[0] and "max_queued" not in bodies[0]  # as before the fields
+    assert bodies[1]["concurrency_policy"] == "replace" and "max_queued" not in bodies[1]
+    assert bodies[2]["max_queued"] == 3 and "concurrency_policy" not in bodies[2]
+
+
+def test_the_cli_passes_them(monkeypatch):
+    from click.testing import CliRunner
+    from railyard_client import cli_orchestrations
+    from railyard_client.orchestrations import Orchestrations
+
+    session = Session()
+    monkeypatch.setattr(cli_orchestrations, "_orchestrations",
+                        lambda workspace: Orchestrations(SimpleNamespace(_session=session), 5))
+    orch = str(uuid.uuid4())
+    for extra in ([], ["--concurrency", "Forbid"], ["--max-queued", "4"]):
+        result = CliRunner().invoke(cli_orchestrations.tasks_app, ["schedule", orch, "* * * * *", "--json", *extra])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli_orchestrations.tasks_app, ["schedule", orch, "* * * * *", "--max-queued", "0"])
+    assert result.exit_code == 2 and "--max-queued" in result.output  # refused before anything is sent
+    bodies = [body for _, body in session.sent]
+    assert len(bodies) == 3 and "concurrency_policy" not in bodies[0] and "max_queued" not in bodies[0]
+    assert bodies[1]["concurrency_policy"] == "forbid" and bodies[2]["max_queued"] == 4
