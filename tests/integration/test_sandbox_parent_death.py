@@ -18,6 +18,8 @@ import textwrap
 import psutil
 import pytest
 
+from shared import sandbox, sandbox_launcher
+
 SERVICE = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
@@ -32,8 +34,9 @@ SERVICE = textwrap.dedent("""
         # no cgroups: any sandbox started on the machine kills what is left in the cgroups of owners that are gone
         # (sandbox_launcher.sweep_stale_cgroups), a backstop that made this pass on the old launcher when another
         # test started one in time; without cgroups (a host that gives none) nothing did
-        sandbox.memory_cgroup = lambda: (None, "none here")
-        sandbox.pids_cgroup = lambda: (None, "none here")
+        if sys.argv[4] != "cgroups":
+            sandbox.memory_cgroup = lambda: (None, "none here")
+            sandbox.pids_cgroup = lambda: (None, "none here")
         spec = SandboxSpec(argv=[sys.executable, "-c", "import time; print('up', flush=True); time.sleep(120 + 1)"],
                            workdir=Path(sys.argv[1]) / "engine-work" / "d" / "r-0")
         worker = await sandbox.spawn(spec, settings=settings)
@@ -43,6 +46,12 @@ SERVICE = textwrap.dedent("""
 
     asyncio.run(main())
 """)
+
+
+def _service(data, mode: str, mechanism: str, cgroups: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SERVICE, str(data), mode, mechanism, cgroups],
+                            stdout=subprocess.PIPE, env={k: v for k, v in os.environ.items()
+                                                         if not k.startswith("RAILYARD_")})
 
 
 def _gone(process: psutil.Process) -> bool:
@@ -57,8 +66,7 @@ def _gone(process: psutil.Process) -> bool:
 def test_a_service_killed_with_sigkill_takes_its_sandboxed_code_with_it(tmp_path, mode, mechanism):
     data = tmp_path / "data"
     data.mkdir()
-    service = subprocess.Popen([sys.executable, "-c", SERVICE, str(data), mode, mechanism], stdout=subprocess.PIPE,
-                               env={k: v for k, v in os.environ.items() if not k.startswith("RAILYARD_")})
+    service = _service(data, mode, mechanism, "none")
     try:
         launcher = psutil.Process(int(service.stdout.readline()))
         sandboxed = [launcher, *launcher.children(recursive=True)]
@@ -76,3 +84,37 @@ def test_a_service_killed_with_sigkill_takes_its_sandboxed_code_with_it(tmp_path
             if "time.sleep(120 + 1)" in " ".join(process.info["cmdline"] or []) and process.pid != os.getpid():
                 with contextlib.suppress(psutil.Error):
                     process.kill()
+
+
+def test_the_cgroups_of_a_service_killed_with_sigkill_go_at_the_deployers_sweep(tmp_path):
+    """The stand-in service with the sandbox's cgroups (memory; on cgroup v1 pids too) is killed with SIGKILL: its
+    launcher and code die with it, its own removal of the cgroups never runs, and they stay, empty. The deployer's
+    sweep (sandbox.sweep_unused_cgroups, at its start and after an undeploy: it starts no sandbox, so the first-sandbox
+    sweep never runs in it) removes them; before session 32 only some process's next first sandbox did."""
+    if isinstance(sandbox_launcher.locate_memory_cgroup(), str):
+        pytest.skip("no writable memory cgroup on this machine")
+    data = tmp_path / "data"
+    data.mkdir()
+    service = _service(data, "auto", "default", "cgroups")
+    prefix = f"{sandbox_launcher.CGROUP_PREFIX}{service.pid}-"
+
+    def theirs() -> list[str]:
+        return [os.path.join(parent, name) for _, parent in sandbox_launcher.sandbox_cgroup_parents()
+                for name in os.listdir(parent) if name.startswith(prefix)]
+
+    try:
+        launcher = psutil.Process(int(service.stdout.readline()))
+        sandboxed = [launcher, *launcher.children(recursive=True)]
+        made = theirs()
+        assert made, "the sandbox has no cgroup"
+        service.send_signal(signal.SIGKILL)
+        service.wait()
+        psutil.wait_procs(sandboxed, timeout=10)
+        assert theirs() == made  # nobody removed them: the service's removal died with it
+        assert sandbox.sweep_unused_cgroups() >= len(made)
+        assert theirs() == []
+    finally:
+        service.kill()
+        service.wait()
+        for path in theirs():  # a failure leaves no cgroup behind (killing what is in it)
+            sandbox_launcher.MemoryCgroup(1, path).remove(timeout=2.0)
