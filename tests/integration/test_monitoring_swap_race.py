@@ -605,13 +605,17 @@ async def test_a_last_resume_whose_look_fails_is_failed_with_the_look_s_error(mo
         row = await pool.fetchrow("SELECT state, reason, swap_refused FROM challenges WHERE id = $1", challenge_id)
         assert (row["state"], row["swap_refused"]) == ("failed", None), dict(row)
         assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
-        assert "its last look failed: the deployer is not reachable" in row["reason"]
+        # what held its tries up, then the look's own error, each with its status and code (migration 027)
+        assert row["reason"].endswith("; its last held-up try met 504 upstream_timeout: deployer did not answer within"
+                                      " 305s; its last look failed: 503 unavailable: the deployer is not reachable")
     else:
         row = await pool.fetchrow("SELECT outcome, reason, delivering_since, delivered_at FROM trainings WHERE id = $1",
                                   training_id)
         assert (row["outcome"], row["delivering_since"], row["delivered_at"]) == ("failed", None, None), dict(row)
         assert f"did not finish after {continuous.MAX_RESUMES + 1} tries" in row["reason"]
-        assert "its last look at what serves failed: the deployer is not reachable" in row["reason"]
+        assert row["reason"].endswith("; its last held-up try met 504 upstream_timeout: deployer did not answer within"
+                                      " 305s; its last look at what serves failed: 503 unavailable: the deployer is"
+                                      " not reachable"), row["reason"]
         assert await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id) == "running"
 
 
