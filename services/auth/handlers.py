@@ -173,13 +173,13 @@ HASH_WAIT_SECONDS = 2.0
 @contextlib.asynccontextmanager
 async def _hashing_turn(priority: int = 0) -> AsyncIterator[None]:
     try:
-        await _hashing.acquire(priority, HASH_WAIT_SECONDS)
+        failing = await _hashing.acquire(priority, HASH_WAIT_SECONDS)
     except TimeoutError:
         raise Unavailable("the auth service is checking as many passwords as it can; retry in a moment") from None
     try:
         yield
     finally:
-        _hashing.release()
+        _hashing.release(failing)
 
 
 async def hash_secret(secret: str) -> str:

@@ -7,8 +7,11 @@ and an honest sign-in queued behind all of it, waited the whole 2 s and got 503,
 with a hash slowed by a busy machine, passed the gateway's 5 s (504). Now a waiting check is served by its priority,
 the failed checks its source made lately (SourceFailures; its user and source's failures counted by the database
 too), lowest first, and in order of arrival among equals: a source with no recent failure (a person signing in) goes
-before every source that keeps failing, whatever their number. Nothing else changes: as many hashes at once, the same
-wait, the same 503; a flood's own checks wait longer (and more of them are refused) instead of the honest ones.
+before every source that keeps failing, whatever their number. And the failing sources' checks hold at most
+HASHING_AT_ONCE - 1 turns together: a clean source's check finds a turn free at once instead of waiting for a flood's
+hash to end (seconds each at the default cost on a busy machine: wait and own hash passed the gateway's 5 s). Nothing
+else changes: as many hashes at once, the same wait, the same 503; with no failing source every turn is a person's; a
+flood's own checks wait longer (and more of them are refused) instead of the honest ones.
 
 A source is the address the gateway names (an IPv6 client's /64). One with a botnet's many clean addresses gets one
 clean-priority check an address until each has failed: no worse than before. The counts are this process's only
@@ -27,11 +30,15 @@ from collections import OrderedDict
 
 class HashingTurns:
     """At most `at_once` turns held at a time; a waiter gets a freed turn lowest `priority` first, first come first
-    among equals, or TimeoutError after `wait` seconds (taking nothing)."""
+    among equals, or TimeoutError after `wait` seconds (taking nothing). Checks of failing sources (priority above 0)
+    hold at most `at_once - 1` turns together (at least 1): one turn is always left for a clean source's check, which
+    then waits for no flood's hash to end."""
 
     def __init__(self, at_once: int) -> None:
         self.at_once = at_once
+        self.failing_at_once = max(1, at_once - 1)
         self._held = 0
+        self._held_failing = 0
         self._waiting: list[tuple[int, int, asyncio.Future]] = []  # (priority, arrival, granted when done)
         self._arrivals = itertools.count()
         self._given_up = 0  # waiters that gave up and are still in the heap
@@ -41,14 +48,24 @@ class HashingTurns:
         return self._held
 
     @property
+    def held_failing(self) -> int:
+        return self._held_failing
+
+    @property
     def waiting(self) -> int:
         return len(self._waiting) - self._given_up
 
-    async def acquire(self, priority: int, wait: float) -> None:
-        # a turn is free only while nobody waits (release hands a freed turn to a waiter, never back to the pool)
-        if self._held < self.at_once:
-            self._held += 1
-            return
+    def _may_take(self, failing: bool) -> bool:
+        return self._held < self.at_once and (not failing or self._held_failing < self.failing_at_once)
+
+    async def acquire(self, priority: int, wait: float) -> bool:
+        """A turn (whether it counts as a failing source's: pass it to `release`)."""
+        failing = priority > 0
+        # a turn is free for a check only while no check it may take it for waits (release hands a freed turn to the
+        # first waiter that may take it, never back to the pool)
+        if self._may_take(failing):
+            self._take(failing)
+            return failing
         granted = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._arrivals), granted))
         try:
@@ -56,22 +73,33 @@ class HashingTurns:
                 await granted
         except BaseException:  # the wait ended (TimeoutError) or its caller went away (CancelledError)
             if granted.done() and not granted.cancelled():
-                self.release()  # handed over as the wait ended: pass it on, or a turn is lost for good
+                self.release(failing)  # handed over as the wait ended: pass it on, or a turn is lost for good
             else:
                 granted.cancel()
                 self._gave_up()
             raise
+        return failing
 
-    def release(self) -> None:
-        """A turn ends: to the first live waiter (it is counted held on its behalf), else free."""
+    def _take(self, failing: bool) -> None:
+        self._held += 1
+        self._held_failing += failing
+
+    def release(self, failing: bool) -> None:
+        """A turn ends: to the first live waiter that may take it (counted held on its behalf), else free."""
+        self._held -= 1
+        self._held_failing -= failing
         while self._waiting:
-            _, _, granted = heapq.heappop(self._waiting)
+            priority, _, granted = self._waiting[0]
             if granted.done():  # gave up (cancelled)
+                heapq.heappop(self._waiting)
                 self._given_up -= 1
                 continue
+            if not self._may_take(priority > 0):  # the first is a failing source's (clean ones come first): wait
+                return
+            heapq.heappop(self._waiting)
+            self._take(priority > 0)
             granted.set_result(None)
             return
-        self._held -= 1
 
     def _gave_up(self) -> None:
         self._given_up += 1

@@ -35,27 +35,27 @@ async def test_a_check_that_cannot_get_a_turn_in_time_is_refused_and_takes_nothi
     with pytest.raises(Unavailable):
         await asyncio.wait_for(handlers.hash_secret("another"), 10)
     assert turns.waiting == 0 and turns.held == handlers.HASHING_AT_ONCE
-    turns.release()  # one turn free again: the refused ones took none, so a check runs at once
+    turns.release(False)  # one turn free again: the refused ones took none, so a check runs at once
     assert await handlers.secret_matches(stored, "the-password")
     assert not await handlers.secret_matches(stored, "wrong")
     assert turns.held == handlers.HASHING_AT_ONCE - 1
 
 
 async def test_waiting_checks_are_served_fewest_failures_first_then_in_arrival_order():
-    turns, served = HashingTurns(1), []
+    turns, served = HashingTurns(1), []  # (one turn: the failing sources' share is that one too)
     await turns.acquire(0, 1.0)  # a hash under way
 
     async def check(name: str, priority: int) -> None:
         await turns.acquire(priority, 10.0)
         served.append(name)
-        turns.release()
+        turns.release(priority > 0)
 
     waiting = []
     for name, priority in [("flood-1", 5), ("flood-2", 3), ("person", 0), ("flood-3", 3), ("typo", 1)]:
         waiting.append(asyncio.create_task(check(name, priority)))
         await asyncio.sleep(0)  # queued in this order
     assert turns.waiting == 5
-    turns.release()
+    turns.release(False)
     await asyncio.wait_for(asyncio.gather(*waiting), 10)
     assert served == ["person", "typo", "flood-2", "flood-3", "flood-1"]  # first come first served: the flood's first
     assert turns.held == 0 and turns.waiting == 0
@@ -65,9 +65,9 @@ async def test_a_turn_granted_as_its_wait_ends_is_passed_on_not_lost():
     turns = HashingTurns(1)
     await turns.acquire(0, 1.0)
     late = asyncio.create_task(turns.acquire(0, 10.0))
-    after = asyncio.create_task(turns.acquire(1, 10.0))
+    after = asyncio.create_task(turns.acquire(0, 10.0))
     await asyncio.sleep(0)
-    turns.release()  # granted to `late`...
+    turns.release(False)  # granted to `late`...
     late.cancel()  # ...whose caller goes away before it runs
     with pytest.raises(asyncio.CancelledError):
         await late
@@ -77,7 +77,7 @@ async def test_a_turn_granted_as_its_wait_ends_is_passed_on_not_lost():
         with pytest.raises(TimeoutError):
             await turns.acquire(0, 0.01)
     assert turns.waiting == 0
-    turns.release()
+    turns.release(False)
     assert turns.held == 0
     await asyncio.wait_for(turns.acquire(5, 0.01), 10)  # free: taken at once
 
@@ -100,7 +100,7 @@ async def test_a_source_that_keeps_failing_waits_behind_a_clean_one(monkeypatch,
     await asyncio.sleep(0)
     person = asyncio.create_task(sign_in("192.0.2.1"))
     await asyncio.sleep(0)
-    turns.release()
+    turns.release(False)
     await asyncio.wait_for(asyncio.gather(flood, person), 10)
     assert order == ["192.0.2.1", "198.51.100.7"]
 
@@ -119,3 +119,24 @@ def test_failures_fade_and_the_table_is_bounded(monkeypatch):
     for source in "bcd":
         failures.failed(source)
     assert failures.priority("a") == 0 and len(failures._counts) == 3  # the least recently failed, forgotten
+
+
+async def test_failing_sources_leave_a_turn_for_a_clean_one():
+    """Checks of sources that keep failing hold at most HASHING_AT_ONCE - 1 turns: under a flood a person's check
+    starts at once, not after a flood's hash (each seconds long on a busy machine at the default cost)."""
+    turns = HashingTurns(2)
+    assert await turns.acquire(4, 1.0) is True  # a flood's check: the failing sources' one turn
+    flood = asyncio.create_task(turns.acquire(2, 10.0))
+    await asyncio.sleep(0)
+    assert not flood.done() and turns.held == 1 and turns.waiting == 1  # a turn is free, not for the flood
+    assert await asyncio.wait_for(turns.acquire(0, 10.0), 10) is False  # a person's: at once
+    assert turns.held == 2 and turns.held_failing == 1
+    turns.release(False)  # the person's hash ends: the turn stays free, the flood still waits for its own
+    await asyncio.sleep(0)
+    assert not flood.done() and turns.held == 1
+    turns.release(True)  # the flood's hash ends: the next flood check takes its turn
+    assert await asyncio.wait_for(flood, 10) is True and turns.held == 1 and turns.held_failing == 1
+    turns.release(True)
+    assert turns.held == 0 and turns.held_failing == 0
+    # with no flood a person's checks have every turn
+    assert await turns.acquire(0, 1.0) is False and await turns.acquire(0, 1.0) is False and turns.held == 2
