@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from typing import BinaryIO
 
 import nats as nats_client
 import numpy as np
@@ -174,12 +175,33 @@ def _stored_rows(stack, account, pipeline: str) -> tuple[int, int]:
     return int(stored), int(quarantined)
 
 
-def _log_lines(stack, deployment: str) -> list[str]:
-    """What the stack's services and the deployment's replicas said about it: warnings and errors of the replicas,
-    the lines of the deployer and the log store that name it, a quarantine, a failure or a replica killed."""
-    lines: list[str] = []
+def _open_replica_logs(stack, deployment: str, files: contextlib.ExitStack) -> dict[str, BinaryIO]:
+    """The deployment's replicas' logs, opened (closed with `files`) before its undeploy: the deployer removes
+    deployments/<name>/ once the undeploy's replicas have exited (services/deployer/backend.py LocalBackend._release,
+    since session 32), and a file opened before is still read whole after that, with what the replicas wrote while
+    they drained (_log_lines)."""
+    opened: dict[str, BinaryIO] = {}
     for path in sorted((stack.data_dir / "deployments" / deployment).glob("replica-*.log")):
-        lines += [f"{path.stem}: {line[:300]}" for line in path.read_text(errors="replace").splitlines()
+        with contextlib.suppress(OSError):  # one gone meanwhile (KEPT_LOGS): the others
+            opened[path.stem] = files.enter_context(open(path, "rb"))  # noqa: SIM115 - closed with `files`
+    return opened
+
+
+def _log_lines(stack, deployment: str, replica_logs: dict[str, BinaryIO]) -> list[str]:
+    """What the stack's services and the deployment's replicas said about it: warnings and errors of the replicas
+    (their logs opened before the undeploy, _open_replica_logs, and any still in the folder), the lines of the
+    deployer and the log store that name it, a quarantine, a failure or a replica killed."""
+    lines: list[str] = []
+    logs = dict(replica_logs)
+    for path in sorted((stack.data_dir / "deployments" / deployment).glob("replica-*.log")):
+        if path.stem not in logs:
+            with contextlib.suppress(OSError):
+                logs[path.stem] = path.read_bytes()
+    for stem, log in sorted(logs.items()):
+        if not isinstance(log, bytes):
+            log.seek(0)
+            log = log.read()
+        lines += [f"{stem}: {line[:300]}" for line in log.decode(errors="replace").splitlines()
                   if " WARNING " in line or " ERROR " in line]
     for service in ("deployer", "log_store"):
         path = stack.data_dir / "logs" / f"{service}.log"
@@ -205,6 +227,7 @@ def test_redeploy_under_shadow_load_loses_no_record(stack, alice):
                                               "challengers": [{"name": "shadowslow"}]}}]}
     deployment, url, pipeline = _deploy_definition(stack, alice, "redeployed", definition)
     load = BoundedLoad(url, alice.token)
+    files = contextlib.ExitStack()
     try:
         load.allow(BEFORE_REDEPLOY)
         load.settle()
@@ -218,6 +241,7 @@ def test_redeploy_under_shadow_load_loses_no_record(stack, alice):
         load.settle()
         assert not load.failed, load.failed[:10]
         answered = sorted(load.answered)
+        replica_logs = _open_replica_logs(stack, deployment, files)  # the undeploy removes them
         # and the replicas that took over stop gracefully too, with their own backlog of shadow work
         undeployed = post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"],
                                                                      "deployment_id": redeployed.json()["id"]})
@@ -240,7 +264,8 @@ def test_redeploy_under_shadow_load_loses_no_record(stack, alice):
             pytest.fail(f"{len(logged)} rows logged ({len(logged) - len(set(logged))} twice) of {len(answered)} "
                         f"answered; missing: {phases}, e.g. {missing[:10]}; the log store indexed {stored} rows and "
                         f"quarantined {quarantined} batches of the pipeline; logs:\n" +
-                        "\n".join(_log_lines(stack, deployment)))
+                        "\n".join(_log_lines(stack, deployment, replica_logs)))
     finally:
         load.stop()
+        files.close()
         post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]})
