@@ -69,7 +69,7 @@ async def test_details_are_encrypted_at_rest(stack, alice):
     assert b"hunter22" not in bytes(stored) and b"housepricesaga" not in bytes(stored)
 
 
-def test_names_are_unique_per_owner_and_per_workspace_never_across_tenants(stack, admin, alice, bob):
+def test_names_are_unique_per_owner_and_per_workspace_never_across_tenants(stack, admin, alice, bob, tmp_path):
     """A name conflicts with the caller's own connections (create) and with those attached to the workspace
     (add_to_workspace, whose caller may list them), and a name means what the caller sees. Until 2026-12-05 names
     were unique across the platform: bob's create of a name alice had used was 409, so anyone could ask whether a
@@ -106,6 +106,16 @@ def test_names_are_unique_per_owner_and_per_workspace_never_across_tenants(stack
         assert ambiguous.status_code == 409 and "get_by_id" in ambiguous.json()["msg"], ambiguous.text
         for own in (alice_id, bob_id):
             assert post(stack, "connections/get_by_id", carol.token, {"id": own}).json()["id"] == own
+        # the SDK follows the 409's advice: Client.connection raises Conflict, connection_by_id reads each whole
+        from railyard_client import Client
+        from railyard_client.errors import Conflict
+
+        with Client(stack.base_url, token=carol.token, credentials_file=tmp_path / "credentials.json") as sdk:
+            with pytest.raises(Conflict, match="get_by_id"):
+                sdk.connection(name)
+            for own in (alice_id, bob_id):
+                read = sdk.connection_by_id(own)
+                assert (read.id, read.name, read.details) == (own, name, details())
         # a delete by name is of the caller's own: bob's, alice's stays (and is then all carol sees of the name)
         assert post(stack, "connections/delete", carol.token, {"name": name}).status_code == 404
         post(stack, "connections/remove_from_workspace", bob.token,
