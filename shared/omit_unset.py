@@ -6,7 +6,8 @@ ErrorBody), so a field a newer service sends is one an older reader cannot read:
 answered with a reply that could not be read'). A field that is left out while unset keeps the message's bytes
 what they were before the field, for every reader; only a message that sets it needs readers that know it.
 
-Used by the messages through `shared.messages.base.omit_when_unset` (re-exported there). It lives here, outside the
+Used by the messages through `shared.messages.base.omit_when_unset` (re-exported there), and directly by
+shared/paging.py's NextCursor (every paged list's next_cursor). It lives here, outside the
 shared.messages package, because shared/errors.py's ErrorBody uses it too: importing any module of shared.messages
 imports shared.messages.base, which imports shared.errors (Reply carries an ErrorBody), so shared.errors cannot
 import from the package while its classes are being made."""

@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pydantic_core
-from pydantic import BaseModel, Field, model_serializer
+from pydantic import BaseModel, Field
 
 from shared.errors import InvalidRequest
+from shared.omit_unset import omit_when_unset
 
 MAX_PAGE = 1000
 """Items a page holds at most (`limit`)."""
@@ -42,13 +43,7 @@ class NextCursor(BaseModel):
 
     next_cursor: str | None = Field(None, description="Set when more items follow this page: pass it as `cursor`.")
 
-    @model_serializer(mode="wrap")
-    def _without_empty_cursor(self, handler: Any):  # no return type: pydantic would take it for the reply's
-        # serialization schema (see shared.messages.deployer.Pipelines)
-        data = handler(self)
-        if data.get("next_cursor") is None:
-            data.pop("next_cursor", None)
-        return data
+    _without_empty_cursor = omit_when_unset("next_cursor")  # the answer of a whole list stays as it was
 
 
 def limit_field(what: str) -> Any:

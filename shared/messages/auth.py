@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, model_serializer
+from pydantic import Field
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import Command, Event, Message, omit_when_unset
 from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
 
 # --- tokens and keys -------------------------------------------------------------------------------
@@ -152,14 +152,8 @@ class UserRecord(Message):
     disableableCredentialTypes: list[str] = Field(default_factory=list)
     access: dict[str, bool]
 
-    @model_serializer(mode="wrap")
-    def _without_absent_names(self, handler: Any):  # no return type: see deployer.Pipelines
-        # Keycloak (seed 001's admin row) leaves out an attribute a user does not have, rather than a null
-        data = handler(self)
-        for key in ("email", "firstName", "lastName"):
-            if data.get(key, "") is None:
-                del data[key]
-        return data
+    # Keycloak (seed 001's admin row) leaves out an attribute a user does not have, rather than a null
+    _without_absent_names = omit_when_unset("email", "firstName", "lastName")
 
 
 class Users(Message, NextCursor):
