@@ -432,8 +432,12 @@ class LocalBackend:
         name served kept its replicas' logs there, which no later stop named) that no set runs or starts under."""
         replica_set = self.sets.pop(name, None)
         self._undeployed[name] = True
-        if replica_set is not None:
-            await self._stop_set(replica_set)
+        if replica_set is not None:  # its draining replicas use the folders: an exit meanwhile of a replica retired
+            self._users[name] += 1  # before (_retire's _leave) is no cue to remove them
+            try:
+                await self._stop_set(replica_set)
+            finally:
+                self._leave(name, release=False)
         self._release(name)
         if every_name:
             for other in self._other_names(name):
@@ -899,8 +903,9 @@ def _remove_tree(path: Path) -> None:
 def _remove_moved(moved: Path, workers: bool) -> None:
     """Remove a folder renamed out of the way (REMOVING). `workers` (engine-work/<name>/): each worker's folder but
     those of a replica still running (a previous deployer's, draining: found by its command line), then the folder
-    itself once empty; else (deployments/<name>/: logs and specs) all of it."""
-    if not workers:
+    itself once empty; else (deployments/<name>/: logs and specs) all of it. One that is a symbolic link is unlinked,
+    never followed (_remove_tree): what it points at stays, as sweep_stale_work leaves a linked deployment folder."""
+    if not workers or moved.is_symlink():
         _remove_tree(moved)
         return
     try:

@@ -203,6 +203,28 @@ async def test_the_folders_wait_for_a_draining_replica_and_a_redeploy_calls_thei
         assert (backend.engine_work_dir / "d-1").exists() is redeployed
 
 
+async def test_a_retired_replica_exiting_while_the_undeployed_set_drains_leaves_the_folders_to_the_set(backend):
+    """The undeploy's set drains (stop() awaits it, the set already out of `sets`) when a replica retired before
+    (scaled down, killed as hung) exits: its end is no cue to remove the folders, which the set's replicas still
+    write their logs in and keep their workers' folders in. Before, that exit renamed and removed them under the
+    draining set (its replicas' logs of the drain lost, their workers' folders left in a .removing-* folder)."""
+    await backend.start("d-1", SPEC, 1)
+    backend.sets["d-1"].replicas[0].process.draining = True
+    retired = Replica(replica_id="dr", process=Proc(1, draining=True), started_at=0.0)
+    backend._retire("d-1", backend._stop_replica(retired, "d-1"))
+    stopping = asyncio.create_task(backend.stop("d-1"))
+    await asyncio.sleep(0)  # the set drains
+    retired.process.exit(0)
+    await asyncio.gather(*backend._retiring)
+    await backend.swept()
+    assert not stopping.done()
+    assert _files(backend, "d-1") == {"spec", "replica"} and len(_names(backend.engine_work_dir / "d-1")) == 1
+    backend.processes[0].exit(0)
+    await stopping
+    await backend.swept()
+    assert _names(backend.work_dir) == set() and _names(backend.engine_work_dir) == set()
+
+
 async def test_a_replacement_spawned_while_its_set_stops_keeps_the_folders_until_it_is_stopped(backend):
     """The supervisor replaces an exited replica; the undeploy comes while the replacement is being spawned (its log
     opened, its spec not read yet): the folders stay until the replacement, retired, has exited."""
@@ -250,6 +272,23 @@ async def test_a_replica_autoscaling_added_while_its_set_stopped_is_stopped(back
     assert len(backend.processes) == 2 and added.returncode == 0 and added.signals == [signal.SIGTERM]
     assert len(replica_set.replicas) == 1
     assert _names(backend.work_dir) == set()
+
+
+async def test_an_undeployed_deployments_folder_that_is_a_symbolic_link_is_unlinked_not_followed(backend, tmp_path):
+    """engine-work/<name>/ or deployments/<name>/ a symbolic link (whoever made it: an operator moving a large folder
+    to another disk): the undeploy removes the link, and what it points at stays, as at the start's sweep. Before,
+    the renamed engine-work link was listed through and each folder in its target removed."""
+    outside = tmp_path / "outside"
+    (outside / "kept-0").mkdir(parents=True)
+    (outside / "kept-0" / "file").write_bytes(b"x")
+    backend.engine_work_dir.mkdir()
+    backend.work_dir.mkdir()
+    (backend.engine_work_dir / "d-1").symlink_to(outside, target_is_directory=True)
+    (backend.work_dir / "d-1").symlink_to(outside, target_is_directory=True)
+    await backend.stop("d-1")
+    await backend.swept()
+    assert (outside / "kept-0" / "file").exists()
+    assert _names(backend.work_dir) == set() and _names(backend.engine_work_dir) == set()
 
 
 def _replica_process(spec, replica_id: str) -> subprocess.Popen:
