@@ -440,17 +440,18 @@ class LocalBackend:
                 self._leave(name, release=False)
         self._release(name)
         if every_name:
-            for other in self._other_names(name):
-                self._undeployed[other] = True
-                self._release(other)
+            # listed in a thread (one folder a deployment ever made here, those of before session 32 included), and
+            # decided here, on the loop: a name no set runs and no start uses now (a start of it keeps it)
+            found = await asyncio.to_thread(self._folder_names, "-" + name.rpartition("-")[2])
+            for other in sorted(found - {name}):
+                if other not in self.sets and not self._users.get(other):
+                    self._undeployed[other] = True
+                    self._release(other)
 
-    def _other_names(self, name: str) -> list[str]:
-        """The names other than `name` that folders of the same deployment (the same `-<id>` ending) have, and that no
-        set runs or start uses (a start of it under way keeps it)."""
-        ending = "-" + name.rpartition("-")[2]
-        found = {path.name for top in (self.work_dir, self.engine_work_dir) if top is not None
-                 for path in _listed(top, "") if path.name.endswith(ending) and not path.name.startswith(REMOVING)}
-        return sorted(other for other in found - {name} if other not in self.sets and not self._users.get(other))
+    def _folder_names(self, ending: str) -> set[str]:
+        """The names of the deployment folders ending in `ending` (a deployment's `-<id>`: its names), in both tops."""
+        return {path.name for top in (self.work_dir, self.engine_work_dir) if top is not None
+                for path in _listed(top, "") if path.name.endswith(ending) and not path.name.startswith(REMOVING)}
 
     def _leave(self, name: str, release: bool = True) -> None:
         """One user of `name`'s folders less (_users); `release`: they go now if that was the last (_release)."""
