@@ -158,7 +158,7 @@ class Orchestrations:
             body["timeout"] = timeout
         if missed_run_policy:
             body["missed_run_policy"] = missed_run_policy
-        if concurrency_policy:
+        if concurrency_policy is not None:
             body["concurrency_policy"] = concurrency_policy
         if max_queued is not None:
             body["max_queued"] = max_queued

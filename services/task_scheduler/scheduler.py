@@ -160,9 +160,11 @@ class Scheduler:
     # (Scheduler.fail_lost); an id is dropped once no longer running under this process
     unrecorded: set[uuid.UUID] = field(default_factory=set)
     # tasks whose point met a database error (fire_due), left out of its passes: (the wait, until loop.time());
-    # `retrying`: those tried again after one, with the wait that preceded (doubled at the next error)
+    # `retrying`: those tried again after one, (the wait that preceded, doubled at the next error; since loop.time()),
+    # forgotten once handled, or HELD_MAX after they were let go (killed meanwhile, fired by another process): before,
+    # a task that met an error once and was then killed stayed in it for the process's life
     held: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
-    retrying: dict[uuid.UUID, float] = field(default_factory=dict)
+    retrying: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
     # why a run's kill was asked when not by task/kill (a replace policy's later point): recorded as its reason
     kill_reasons: dict[uuid.UUID, str] = field(default_factory=dict)
     installing: asyncio.Task | None = None
@@ -375,19 +377,34 @@ class Scheduler:
         were read, so the pass failed and no supervisor was made for them. Such a run is `running` under this process
         and not among its runs; nobody beat it, and the lost-run step failed it SUPERVISOR_LOST_AFTER later as if
         this process had died ("the task scheduler process supervising the run died"), its point never run. It is
-        supervised now, at the next pass (its main.py never started: it starts now; a kill asked meanwhile is seen at
-        this pass's heartbeat, and stops it as any run's kill does, before or after its main.py starts). Not a run
-        whose end this process could not record (`unrecorded`): that one ran, and is left to the lost-run step."""
+        beaten and supervised now, at the next pass (its main.py never started: it starts now; a kill asked before
+        that beat stops it before it starts, one asked later as any run's kill does). Not a run whose end this process
+        could not record (`unrecorded`): that one ran, and is left to the lost-run step."""
         found = await store.own_unsupervised(conn, self.identity, list(self.runs))
         self.unrecorded.intersection_update(r["id"] for r in found)  # the others ended (the lost-run step)
+        found = [r for r in found if r["id"] not in self.unrecorded]
+        if not found:
+            return
+        # beaten before it is supervised, and adopted only if that beat found it still this process's: another
+        # process's lost-run step (its beat older than supervisor_lost_after: this process was cut off that long) either
+        # failed it first (not beaten: not run) or meets the fresh beat (the row's lock orders the two). Before, a run
+        # failed meanwhile as lost was adopted from the read and its main.py could start before this pass's heartbeat
+        # found it gone
+        beaten = await store.beat_runs(conn, [r["id"] for r in found], self.identity)
         for row in found:
-            if row["id"] in self.unrecorded:
+            if row["id"] not in beaten:
+                log.warning("run %s: its start was committed but the answer did not reach this process, and another"
+                            " process failed it as lost meanwhile: not run", row["id"])
                 continue
             log.warning("run %s: its start (at %s) was committed but the answer did not reach this process (the pass"
                         " that started it failed): supervised now", row["id"],
                         row["started_at"].isoformat() if row["started_at"] is not None else "?")
             self.events_committed()  # its events.task_run.started, committed with the start
             self.kills[row["id"]] = asyncio.Event()
+            if kill_requested := beaten[row["id"]]:  # asked meanwhile (task/kill, a replace): never started
+                if isinstance(kill_requested, str):
+                    self.kill_reasons[row["id"]] = kill_requested
+                self.kills[row["id"]].set()
             self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
 
     # --- 2. schedule points -------------------------------------------------------------------------------------
@@ -409,8 +426,11 @@ class Scheduler:
         (started, beaten) on every process that took it."""
         grace = timedelta(seconds=self.deps.settings.missed_run_grace)
         loop = asyncio.get_running_loop()
-        for task_id in [t for t, (_, until) in self.held.items() if until <= loop.time()]:
-            self.retrying[task_id] = self.held.pop(task_id)[0]  # its next error doubles the wait
+        now = loop.time()
+        for task_id in [t for t, (_, until) in self.held.items() if until <= now]:
+            self.retrying[task_id] = (self.held.pop(task_id)[0], now)  # its next error doubles the wait
+        for task_id in [t for t, (_, since) in self.retrying.items() if now - since > HELD_MAX]:
+            del self.retrying[task_id]  # not handled by this process since: a later error starts at HELD_FIRST
         ended = False
         async with conn.transaction():
             for task in await store.due_tasks(conn, FIRE_BATCH, list(self.held)):
@@ -420,7 +440,7 @@ class Scheduler:
                 except asyncpg.PostgresError as exc:
                     if isinstance(exc, PASS_ERRORS):
                         raise
-                    wait = min(self.retrying.get(task["id"], HELD_FIRST / 2) * 2, HELD_MAX)
+                    wait = min(self.retrying.pop(task["id"], (HELD_FIRST / 2, now))[0] * 2, HELD_MAX)
                     self.held[task["id"]] = (wait, loop.time() + wait)
                     log.warning("task %s: its point %s could not be handled (%s: %s): tried again in %.0f s; the"
                                 " pass's other tasks go on", task["id"], task["next_fire"].isoformat(),
@@ -462,8 +482,8 @@ class Scheduler:
         elif policy == "forbid" and await store.active_of_task(conn, task["id"], task["workspace_id"]):
             log.info("task %s: point %s skipped: a run of the task is still queued or running"
                      " (concurrency_policy forbid)", task["id"], point.isoformat())
-        elif policy == "allow" and await store.queued_of_task(conn, task["id"], task["workspace_id"],
-                                                              bound) >= bound:
+        elif policy not in ("forbid", "replace") and await store.queued_of_task(  # allow (one it does not know too:
+                conn, task["id"], task["workspace_id"], bound) >= bound:  # a newer process's, read as allow, bounded)
             log.info("task %s: point %s not queued: %d runs of the task are still waiting to start (at most"
                      " %d; its workspace runs %d at a time)", task["id"], point.isoformat(), bound, bound,
                      self.deps.settings.max_concurrent_runs_per_workspace)

@@ -112,7 +112,8 @@ def fire_due(monkeypatch, policy: str | None, max_queued: int | None = None, *, 
     return seen, sched
 
 
-@pytest.mark.parametrize("policy", [None, "allow"])
+# "suspend": a policy a newer process stored that this one does not know is read as allow, bounded (was: no bound)
+@pytest.mark.parametrize("policy", [None, "allow", "suspend"])
 @pytest.mark.parametrize("max_queued, waiting, fires", [(None, QUEUED_PER_TASK - 1, True),
                                                         (None, QUEUED_PER_TASK, False),
                                                         (2, 1, True), (2, 2, False), (50, 20, True)])
@@ -200,10 +201,12 @@ def test_the_sdk_sends_them_only_when_given():
     orchestrations.run_scheduled("o", "* * * * *")
     orchestrations.run_scheduled("o", "* * * * *", concurrency_policy="replace")
     orchestrations.run_scheduled("o", "* * * * *", max_queued=3)
+    orchestrations.run_scheduled("o", "* * * * *", concurrency_policy="")  # sent: the API's 400 names it
     bodies = [body for _, body in session.sent]
     assert "concurrency_policy" not in bodies[0] and "max_queued" not in bodies[0]  # as before the fields
     assert bodies[1]["concurrency_policy"] == "replace" and "max_queued" not in bodies[1]
     assert bodies[2]["max_queued"] == 3 and "concurrency_policy" not in bodies[2]
+    assert bodies[3]["concurrency_policy"] == ""  # was dropped: the task silently allow
 
 
 def test_the_cli_passes_them(monkeypatch):

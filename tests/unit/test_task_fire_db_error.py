@@ -5,6 +5,7 @@ started or beaten while the point met it. The connection's and the server's erro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -102,6 +103,29 @@ async def test_once_it_fires_again_it_is_forgotten(monkeypatch):
     sched.held[BAD] = (sched.held[BAD][0], 0.0)
     await sched.fire_due(Conn())
     assert BAD in seen["fired"] and sched.held == {} and sched.retrying == {} and sched.held_for() is None
+
+
+async def test_a_task_let_go_and_not_seen_again_is_forgotten(monkeypatch):
+    """A task tried again after an error that this process does not handle again (killed meanwhile, or fired by
+    another process) is dropped from `retrying` HELD_MAX after it was let go: before, it stayed for the process's life,
+    one entry for every such task."""
+    seen, sched = pass_with(monkeypatch, asyncpg.exceptions.DataError("value out of range"))
+    await sched.fire_due(Conn())
+    killed = store.due_tasks
+
+    async def due_tasks(conn, limit, held=None):  # BAD killed: no longer due
+        return [t for t in await killed(conn, limit, held) if t["id"] != BAD]
+
+    monkeypatch.setattr(store, "due_tasks", due_tasks)
+    sched.held[BAD] = (sched.held[BAD][0], 0.0)
+    await sched.fire_due(Conn())
+    assert sched.held == {} and list(sched.retrying) == [BAD]  # let go, its wait kept for an error soon after
+    loop = asyncio.get_running_loop()
+    later = loop.time() + HELD_MAX + 1
+    with monkeypatch.context() as m:  # HELD_MAX later on the loop's clock, BAD not handled meanwhile
+        m.setattr(loop, "time", lambda: later)
+        await sched.fire_due(Conn())
+    assert sched.retrying == {} and sched.held_for() is None
 
 
 async def _true(seen: dict, task_id: uuid.UUID) -> bool:

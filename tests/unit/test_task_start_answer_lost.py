@@ -42,7 +42,13 @@ def scheduler(monkeypatch, running: list[uuid.UUID], finish_fails: bool = False)
         running.remove(run_id)
         return True
 
+    async def beat_runs(conn, run_ids, supervisor):  # those still running under it; a kill asked, its reason
+        seen.setdefault("beaten", []).append(sorted(run_ids))
+        gone = seen.get("failed", set())
+        return {r: seen.get("kill", {}).get(r, False) for r in run_ids if r in running and r not in gone}
+
     monkeypatch.setattr(store, "own_unsupervised", own_unsupervised, raising=False)
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
     monkeypatch.setattr(store, "finish_run", finish_run)
     sched = Ran(deps=SimpleNamespace(settings=SimpleNamespace(supervisor_lost_after=10.0), pool=None), mint=None,
                 gateway_url="", identity="me")
@@ -84,3 +90,20 @@ async def test_a_run_whose_end_could_not_be_recorded_is_not_run_again(monkeypatc
     monkeypatch.setattr(store, "own_unsupervised", lambda *a: asyncio.sleep(0, seen_running))
     await sched.adopt_unanswered(None)
     assert sched.unrecorded == set()
+
+
+async def test_a_run_another_process_failed_meanwhile_is_not_run(monkeypatch):
+    """Read as this process's, then failed as lost by another process (this one was cut off past
+    supervisor_lost_after) before it was beaten: the adoption's beat does not find it, and it is not run. Before, it
+    was supervised from the read, its main.py started before the pass's heartbeat found it gone."""
+    failed, kept, killed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    sched, seen = scheduler(monkeypatch, [failed, kept, killed])
+    seen["failed"] = {failed}
+    seen["kill"] = {killed: "replaced by the task's run for 2026-12-05T14:00:01+00:00 (concurrency_policy replace)"}
+    await sched.adopt_unanswered(None)
+    assert seen["beaten"] == [sorted([failed, kept, killed])]
+    assert set(sched.runs) == {kept, killed} and failed not in sched.kills
+    # a kill asked before the beat (here a replace's): stopped before its main.py starts, with that reason
+    assert sched.kills[killed].is_set() and not sched.kills[kept].is_set()
+    assert sched.kill_reasons[killed] == seen["kill"][killed]
+    await settle(sched)
