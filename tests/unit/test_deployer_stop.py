@@ -39,11 +39,12 @@ def test_a_sets_stuck_replicas_are_killed_together_after_one_stop_timeout(tmp_pa
         replica_set = ReplicaSet(name="stuck-1", spec_path=tmp_path / "spec.json",
                                  replicas=[await _stuck_replica(i) for i in range(3)])
         backend.sets["stuck-1"] = replica_set
-        signals: list[tuple[str, int]] = []  # what each replica was sent, in order
+        signals: list[tuple[str, int]] = []  # what each replica was sent, and each wait for its exit, in order
         for index, replica in enumerate(replica_set.replicas):
             process = replica.process
             process.send_signal = _recorded(signals, "term", index, process.send_signal)
             process.kill = _recorded(signals, "kill", index, process.kill)
+            process.wait = _recorded(signals, "wait", index, process.wait)
         started = time.monotonic()
         await backend.stop("stuck-1")
         elapsed = time.monotonic() - started
@@ -51,8 +52,13 @@ def test_a_sets_stuck_replicas_are_killed_together_after_one_stop_timeout(tmp_pa
         # one timeout for all, not one after another: every replica was sent SIGTERM before any was killed (one
         # after another: term 0, kill 0, term 1, ...). Ordered, not timed: an upper bound on the wall time failed
         # on a loaded machine. Each was killed only once the timeout was up (a lower bound load cannot break)
-        assert sorted(signals[:3]) == [("term", 0), ("term", 1), ("term", 2)], signals
-        assert sorted(signals[3:]) == [("kill", 0), ("kill", 1), ("kill", 2)], signals
+        # Nor all sent SIGTERM and then each waited its own timeout after the previous one's kill (term 0, 1, 2, wait
+        # 0, kill 0, wait 1, kill 1, ...): every replica's wait for its exit had begun before any was killed
+        sent = [event for event in signals if event[0] != "wait"]
+        assert sorted(sent[:3]) == [("term", 0), ("term", 1), ("term", 2)], signals
+        assert sorted(sent[3:]) == [("kill", 0), ("kill", 1), ("kill", 2)], signals
+        first_kill = signals.index(next(event for event in signals if event[0] == "kill"))
+        assert {("wait", i) for i in range(3)} <= set(signals[:first_kill]), signals
         assert elapsed >= 0.6, elapsed
         assert backend.sets == {}
 
