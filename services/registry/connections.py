@@ -194,7 +194,8 @@ class ConnectionService:
             where = sorted({mine[w] for row in rows for w in row["workspace_ids"] if w in mine})
             raise Conflict(f"{len(rows)} connections attached to your workspaces are named {name!r} (in "
                            f"{', '.join(repr(w) for w in where)}): get the one you mean by its id (connections/"
-                           "get_by_id; connections/list of a workspace shows the ids)")
+                           "get_by_id, the SDK's Client.connection_by_id; connections/list of a workspace shows the"
+                           " ids)")
         await require_owner_or_member(self.membership(token), principal, str(row["owner_id"]),
                                       list(row["workspace_ids"]), "connection")
         return row, mine

@@ -104,6 +104,7 @@ def test_names_are_unique_per_owner_and_per_workspace_never_across_tenants(stack
             account.client.post("workspaces/add_user", {"email": carol.email, "workspace_id": account.workspace_id})
         ambiguous = post(stack, "connections/get", carol.token, {"name": name})
         assert ambiguous.status_code == 409 and "get_by_id" in ambiguous.json()["msg"], ambiguous.text
+        assert "Client.connection_by_id" in ambiguous.json()["msg"], ambiguous.text  # the SDK's way, named too
         for own in (alice_id, bob_id):
             assert post(stack, "connections/get_by_id", carol.token, {"id": own}).json()["id"] == own
         # the SDK follows the 409's advice: Client.connection raises Conflict, connection_by_id reads each whole

@@ -67,7 +67,8 @@ async def test_one_in_the_callers_workspaces_is_found_and_two_are_a_409_naming_t
     first, second = _row(OTHER, 1), _row(THIRD, 2, 9)
     row, _ = await _service([first], {1: "w1", 2: "w2"})._named(_caller(), "t", "db")
     assert row is first
-    with pytest.raises(Conflict, match=r"2 connections .* named 'db' \(in 'w1', 'w2'\): .*get_by_id") as error:
+    with pytest.raises(Conflict, match=r"2 connections .* named 'db' \(in 'w1', 'w2'\): .*get_by_id, the SDK's "
+                       r"Client\.connection_by_id;") as error:
         await _service([first, second], {1: "w1", 2: "w2"})._named(_caller(), "t", "db")
     assert "w9" not in str(error.value)  # a workspace the caller is not in is not named
     with pytest.raises(NotFound):
