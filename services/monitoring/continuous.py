@@ -2579,9 +2579,13 @@ async def resume_swap(deps: ContinuousDeps, deployment_id: int) -> None:
 
 
 async def _note_swap_held_up(pool: asyncpg.Pool, challenge: asyncpg.Record, state: str, exc: RailyardError) -> None:
-    """_note_held_up for a swap left decided for resume_swap: while it is still decided."""
+    """_note_held_up for a swap left decided for resume_swap: while it is still decided, and still this try's: a
+    resume claims the swap by moving decided_at (resume_swap), so a slower try another process made before that claim
+    does not write over the note of the resume's try (the delivery's note is held to its claim likewise). A first try
+    (evaluate_challenge's row, read before its decision set decided_at) is held to the state alone."""
     await _note_held_up(pool, f"the swap of challenge {challenge['id']}", "UPDATE challenges SET swap_held_up = $3"
-                        " WHERE id = $1 AND state = $2", challenge["id"], state, _held_up(exc))
+                        " WHERE id = $1 AND state = $2 AND ($4::timestamptz IS NULL OR decided_at = $4)",
+                        challenge["id"], state, _held_up(exc), challenge.get("decided_at"))
 
 
 def _evidence(row: asyncpg.Record) -> sequential.Evidence:
@@ -2599,7 +2603,7 @@ async def redo_refused_swap(deps: ContinuousDeps, deployment_id: int) -> bool:
     async with deps.lock(deployment_id):
         row = await deps.base.pool.fetchrow(
             "UPDATE challenges c SET state = swap_refused, swap_refused = NULL, reason = NULL, decided_at = now(),"
-            " swap_resumes = 0"
+            " swap_resumes = 0, swap_held_up = NULL"  # its tries start again: not a give-up quoting an older one's
             " WHERE deployment_id = $1 AND state = 'failed' AND swap_refused IS NOT NULL AND NOT EXISTS (SELECT 1"
             " FROM challenges n WHERE n.deployment_id = c.deployment_id AND n.started_at > c.started_at) AND NOT"
             " EXISTS (SELECT 1 FROM trainings n WHERE n.deployment_id = c.deployment_id AND n.state = 'done' AND"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -175,8 +176,8 @@ async def test_a_swap_meeting_a_5xx_is_left_decided_for_the_resume(monkeypatch, 
         [True] if fails else [])
     # left decided: what held it up is kept for its give-up's reason, while it is still decided (migration 027)
     assert [(sql, args) for sql, args in pool.held_up] == ([] if fails else [(
-        "UPDATE challenges SET swap_held_up = $3 WHERE id = $1 AND state = $2",
-        (challenge["id"], "promoting", f"{error.status} {error.code}: {error.msg}"))])
+        "UPDATE challenges SET swap_held_up = $3 WHERE id = $1 AND state = $2 AND ($4::timestamptz IS NULL OR"
+        " decided_at = $4)", (challenge["id"], "promoting", f"{error.status} {error.code}: {error.msg}", None))])
 
 
 @pytest.mark.parametrize("error,said", [
@@ -247,3 +248,27 @@ async def test_the_give_up_s_reason_quotes_what_held_the_swap_up_last(monkeypatc
     assert give_up.startswith(f"its swap did not finish after {continuous.MAX_RESUMES + 1} tries"), give_up
     assert give_up.endswith("; its last held-up try met 409 deploy_in_progress: another deploy of pipeline 5 is under"
                             " way"), give_up
+
+
+async def test_a_resumed_swap_s_note_is_held_to_its_own_claim(monkeypatch):
+    """A resume claims the swap by moving decided_at (resume_swap's RETURNING *): its try's note is written only while
+    decided_at is still that claim's, so a slower try of another process (its row read before that claim) does not
+    write over it. Before, the note was held to the state alone."""
+    async def swap_overtaken(conn, challenge, say=True):
+        return None
+
+    async def serve(*args, **kwargs):
+        raise UpstreamTimeout("deployer did not answer within 5s")
+
+    monkeypatch.setattr(continuous, "_swap_overtaken", swap_overtaken)
+    monkeypatch.setattr(continuous, "_serve", serve)
+    pool = _SwapPool()
+    claimed = datetime(2026, 12, 5, 17, 20, 1, 123456, tzinfo=UTC)
+    challenge = {"id": uuid.uuid4(), "deployment_id": 42, "champion": CHAMPION, "challenger": NEW,
+                 "decided_at": claimed}
+    evidence = SimpleNamespace(decision=SimpleNamespace(value="promote"), n01=9, n10=1, pairs=10, log_evidence=3.2,
+                               threshold=3.0, alpha=0.05, min_sample=10)
+    await continuous._apply_decision(continuous_deps(pool=pool), challenge, "promoting", evidence, resumed=True)
+    [(sql, args)] = pool.held_up
+    assert sql.endswith("AND state = $2 AND ($4::timestamptz IS NULL OR decided_at = $4)"), sql
+    assert args == (challenge["id"], "promoting", "504 upstream_timeout: deployer did not answer within 5s", claimed)
