@@ -47,9 +47,10 @@ async def _arm(name: str, flood: int, seconds: float, every: float) -> dict:
             try:
                 await handlers.secret_matches(stored, "wrong", priority(source))
                 flood_checks += 1
-            except Unavailable:
+            except Unavailable:  # refused before its hash: auth counts no failure for it (handlers._password_login)
                 await asyncio.sleep(1.0)  # Retry-After
-            handlers._source_failures.failed(source)
+            else:
+                handlers._source_failures.failed(source)
 
     async def someone() -> None:
         nonlocal refused

@@ -654,11 +654,12 @@ class VerifierFeed:
                 and time.monotonic() - self._verifier.full_read_at < self._full_interval):
             try:
                 changed = await self._changes(position)
-            except RailyardError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failed change read: the whole list, in this poll
                 # a position auth no longer covers (409 revocation_position_lost), or auth away (the whole list's
-                # read below fails too, and says so)
+                # read below fails too, and says so); an error no read expects (the bus client's, a reply that is
+                # not a page) too: let through, it lost this poll and every next one until the full interval
                 log.info("could not read the revocations changed since position %s (%s): reading the whole list",
-                         position, exc.msg)
+                         position, getattr(exc, "msg", None) or repr(exc))
             else:
                 self._verifier.apply_changes(changed.users, changed.sessions, changed.session_expiry,
                                              getattr(changed, "position", None))

@@ -140,3 +140,50 @@ async def test_failing_sources_leave_a_turn_for_a_clean_one():
     assert turns.held == 0 and turns.held_failing == 0
     # with no flood a person's checks have every turn
     assert await turns.acquire(0, 1.0) is False and await turns.acquire(0, 1.0) is False and turns.held == 2
+
+
+async def test_a_sign_ins_failed_check_raises_its_sources_count_known_user_or_not(monkeypatch, turns):
+    """Through handlers._password_login (the database's part stood in for): a wrong password for a known user and any
+    password for an unknown one count a failure of the source alike (the order tells nothing of whether a name
+    exists); a right one counts none. Without these counts every source stays clean and the order is arrival's."""
+    import types
+    import uuid
+
+    from shared.errors import Unauthorized
+    from shared.messages.auth import IssueToken
+
+    stored = handlers._hasher.hash("the-password")
+    monkeypatch.setattr(handlers, "_DUMMY_HASH", handlers._hasher.hash("dummy"))
+    alice = {"id": uuid.uuid4(), "password_hash": stored, "enabled": True}
+
+    async def user_by_login(pool, login):
+        return alice if login == "alice" else None
+
+    async def claim(*args):
+        return True
+
+    async def nothing(*args):
+        return None
+
+    async def failed_once(*args):
+        return 1
+
+    monkeypatch.setattr(handlers.store, "user_by_login", user_by_login)
+    monkeypatch.setattr(handlers.store, "claim_login_attempt", claim)
+    monkeypatch.setattr(handlers.store, "release_login_attempt", nothing)
+    monkeypatch.setattr(handlers.store, "login_failures", nothing)
+    monkeypatch.setattr(handlers.store, "record_failed_login", failed_once)
+    monkeypatch.setattr(handlers.store, "clear_failed_logins", nothing)
+    deps = types.SimpleNamespace(pool=None, settings=types.SimpleNamespace(
+        failed_login_delay=0.0, lockout_after=10, lockout_seconds=900))
+
+    def sign_in(username: str, password: str, source: str) -> IssueToken:
+        return IssueToken(grant_type="password", client_id="ui", client_secret="", username=username,
+                          password=password, source=source)
+
+    for username, password in (("alice", "wrong"), ("nobody", "the-password")):
+        with pytest.raises(Unauthorized):
+            await handlers._password_login(deps, sign_in(username, password, "198.51.100.7"))
+    assert handlers._priority("198.51.100.7") == 2
+    assert (await handlers._password_login(deps, sign_in("alice", "the-password", "192.0.2.1")))["id"] == alice["id"]
+    assert handlers._priority("192.0.2.1") == 0 and turns.held == 0

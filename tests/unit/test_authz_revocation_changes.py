@@ -121,6 +121,37 @@ async def test_a_change_read_auth_cannot_answer_reads_the_whole_list_in_the_same
         await feed.stop()
 
 
+async def test_a_change_read_failing_with_an_error_no_read_expects_reads_the_whole_list_in_the_same_poll() -> None:
+    """Not only auth's refusals: a change read that fails otherwise (the bus client's error, a reply that is no page)
+    reads the whole list at once too; let through, it lost the poll, and every next one up to the full interval."""
+    auth = _Auth()
+    feed, verifier = await _started(auth)
+    try:
+        auth.revoke(USER, time.time())
+
+        async def broken(since):
+            auth.asked.append(since)
+            raise RuntimeError("no page")
+
+        feed._changes = broken
+        await feed._poll_once()
+        assert auth.asked[-2:] == ["10", None]
+        assert verifier._is_revoked(_token()) and verifier.position == "11"
+    finally:
+        await feed.stop()
+
+
+@pytest.mark.parametrize("since, after", [("\u00b2", None), ("\u0661\u0662", None), ("10", "c:\u00b2"),
+                                          ("10", f"c:{2 ** 63}"), ("10", "0:x")])
+async def test_a_change_read_of_no_position_or_page_is_400_before_the_database(since, after) -> None:
+    """Refused as bad input, not a 500: digits int() takes but no position is made of ('\u0661'), or int() refuses
+    ('\u00b2'), a change id past a bigint (asyncpg could not send it), the whole list's cursor."""
+    from services.auth import handlers
+
+    with pytest.raises(InvalidRequest):
+        await handlers.revocation_changes(None, since, after)
+
+
 async def test_the_whole_list_is_read_again_every_full_interval() -> None:
     """The safety net: a revocation the change reads do not tell (a database restored from a backup, whose positions
     moved back) is read with the whole list within `full_interval`."""
