@@ -172,7 +172,8 @@ class TokenVerifier:
         for user_id, before in users.items():
             self.revoke(user_id, before)
         for session, revoked_at in (sessions or {}).items():
-            self.revoke_session(session, revoked_at, (session_expiry or {}).get(session))
+            self.revoke_session(session, revoked_at, (session_expiry or {}).get(session), prune=False)
+        self._prune_sessions(time.time())  # once a read: once an entry, a list of n sessions took n² steps
 
     @property
     def position(self) -> str | None:
@@ -232,7 +233,8 @@ class TokenVerifier:
         before = _finite_or_now(before, f"user {user_id}'s revocation moment")
         self._revoked[user_id] = max(before, self._revoked.get(user_id, 0))
 
-    def revoke_session(self, session: str, revoked_at: float, expires: float | None = None) -> None:
+    def revoke_session(self, session: str, revoked_at: float, expires: float | None = None, *,
+                       prune: bool = True) -> None:
         """Refuse every token of a session, whenever issued (a reused authorization code's, an ended task run's).
         Kept while an access token of it could be valid: issued by the revocation, give or take a moment, plus its
         lifetime, or (`expires`: a task run's tokens, whose lifetime is the run's timeout) until the last expires,
@@ -245,10 +247,15 @@ class TokenVerifier:
             expires = _finite_or_now(expires, f"session {session}'s expiry",
                                      _longest_token_lifetime(self._settings))
         keep_until = revoked_at + self._settings.access_token_ttl + 60 if expires is None else float(expires) + 60
-        for old in [s for s, until in self._revoked_sessions.items() if until < now]:
-            del self._revoked_sessions[old]
+        if prune:  # (`prune=False`: the caller prunes once after many, as _merge does)
+            self._prune_sessions(now)
         if keep_until >= now:
             self._revoked_sessions[session] = max(keep_until, self._revoked_sessions.get(session, 0))
+
+    def _prune_sessions(self, now: float) -> None:
+        """Forget the revoked sessions none of whose tokens can be valid any more."""
+        for old in [s for s, until in self._revoked_sessions.items() if until < now]:
+            del self._revoked_sessions[old]
 
     def _is_revoked(self, principal: Principal) -> bool:
         if principal.session is not None and principal.session in self._revoked_sessions:
