@@ -236,13 +236,15 @@ class LogBatcher:
                 task.cancel()
             raise
 
-    def _flush_failed(self, exc: Exception) -> None:
+    def _flush_failed(self, exc: Exception, lost: int | None = None) -> None:
         """A flush raised something its own handling did not expect (a malformed record is set aside in `_encode`):
         its rows not published (the flush's `abandoned_rows`) are lost, counted and logged (with the traceback at
         most every REPORT_EVERY), and the batcher goes on: it waits for the next records as before, so a flush
-        that keeps failing runs once per gathering, not in a loop."""
+        that keeps failing runs once per gathering, not in a loop. `lost` rows instead: one group of a flush that
+        failed alone (`_store_segment`), the flush's others going on."""
         self.failed_flushes += 1
-        lost, self.abandoned_rows = self.abandoned_rows, 0
+        if lost is None:
+            lost, self.abandoned_rows = self.abandoned_rows, 0
         self.lost_rows += lost
         now = time.monotonic()
         if self.failed_flushes == 1 or now - self.last_failed_report >= REPORT_EVERY:
@@ -326,7 +328,7 @@ class LogBatcher:
                     group = groups.pop(0)
                     count = sum(r.rows for r in group)
                     stored = False if any(r.request_id for r in group) else await self._store_segment(group, count)
-                    if stored is True:
+                    if stored is True or stored is None:  # None: its rows are lost, counted (_store_segment)
                         unpublished -= count
                     elif stored is False:
                         records += group
@@ -376,13 +378,14 @@ class LogBatcher:
         return data, describe(table, key, len(data))
 
     async def _store_segment(self, group: list[InferenceRecord], rows: int
-                             ) -> bool | tuple[pa.Table, list[int]]:
+                             ) -> bool | tuple[pa.Table, list[int]] | None:
         """Write a group's rows as a segment and publish its description: True; False when the records must go as
         rows; (the group's table, its records' rows) when the PUT failed, the table (read back from the segment's
-        bytes) then going as rows. The records are in time order (a stable sort: the segment's own sort then has
-        nothing to copy) and leave `group` once the table is built: from there on their request bytes are not held
-        for the Parquet write and the PUT, only the table (memory: docs/performance.md item 31), and during the PUT
-        only the segment's bytes (item 90)."""
+        bytes) then going as rows; None when that read failed too: the group's rows are lost, counted here as a
+        failed flush's (`_flush_failed`), and the flush's other groups still go. The records are in time order (a
+        stable sort: the segment's own sort then has nothing to copy) and leave `group` once the table is built:
+        from there on their request bytes are not held for the Parquet write and the PUT, only the table (memory:
+        docs/performance.md item 31), and during the PUT only the segment's bytes (item 90)."""
         group.sort(key=_at_ms)
         try:
             # the table on the loop up to 2000 rows (as _encode), the Parquet write in a thread (it leaves the GIL)
@@ -412,7 +415,11 @@ class LogBatcher:
             if self.segment_failures % 10 == 1:
                 log.warning("object storage refused an inference log segment of %s (%d so far): %s; sending the "
                             "rows through the stream", self.subject, self.segment_failures, exc)
-            return await self._in_thread(read_segment, data, names), counts
+            try:
+                return await self._in_thread(read_segment, data, names), counts
+            except Exception as unreadable:  # no known type does (df147863 sends those as rows), a future one may
+                self._flush_failed(unreadable, sum(counts))
+                return None
         await self._publish(ref.to_json(), {}, segment=True)
         return True
 

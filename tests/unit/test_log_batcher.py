@@ -574,3 +574,38 @@ async def test_a_row_too_big_alone_is_counted_once_when_its_group_is_built_again
     assert ys == [2.0]
     assert (batcher.lost_rows, batcher.lost_records, batcher.malformed_records) == (1, 1, 0)
     assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
+
+
+async def test_a_refused_segment_that_cannot_be_read_back_loses_its_group_only(monkeypatch):
+    """A refused PUT's rows are read back from the segment's bytes (read_segment); when that raised, it raised out
+    of the flush: the rows of every group of the flush were lost, the groups already read back and those not yet
+    written too. Now only the group whose read failed is lost (counted as a failed flush's), the others go through
+    the stream, each once."""
+    import services.engine.logbatcher as logbatcher
+
+    def wide(value: float, width: int) -> InferenceRecord:  # a width of its own: a group (a schema) of its own
+        data = np.full((2, width), value, np.float32)
+        return InferenceRecord(0, pa.table({"tensor": tensor_array(data)}),
+                               pa.table({"y": tensor_array(data[:, :1])}), "m", (1, 2))
+
+    read, reads = logbatcher.read_segment, []
+
+    def read_segment(data, names):
+        reads.append(1)
+        if len(reads) == 2:  # the flush's second group
+            raise ValueError("a type read_segment cannot read")
+        return read(data, names)
+
+    monkeypatch.setattr(logbatcher, "read_segment", read_segment)
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=Objects(down=True))
+    for value, width in ((1.0, 8), (2.0, 4), (3.0, 2), (1.5, 8), (2.5, 4), (3.5, 2)):
+        batcher.add(wide(value, width))
+    await batcher.flush()  # one flush, three groups (schemas), each PUT refused
+    assert len(reads) == 3 and batcher.segment_failures == 3
+    assert sorted(logged_values(stream)) == [v for v in (1.0, 1.5, 3.0, 3.5) for _ in range(2)]
+    ids = [headers[BATCH_ID] for _, headers in stream.published]
+    assert len(ids) == len(set(ids)) == 2
+    assert batcher.lost_rows == 4 and batcher.failed_flushes == 1 and batcher.lost_records == 0
+    assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
