@@ -607,17 +607,24 @@ async def forget(pool: asyncpg.Pool, deployment_id: int) -> None:
 # --- what retrieve_information shows -----------------------------------------------------------------------------
 
 def _training_record(row: asyncpg.Record) -> TrainingRecord:
+    """`delivery_held_up` (migration 027) only while the delivery is under way (claimed: left for the resume): once
+    it ended, the reason says how (a give-up's quotes it; one closed overtaken or failed otherwise keeps what held
+    its earlier tries up, not to be read as holding it up now)."""
     return TrainingRecord(id=row["id"], state=row["state"], reviews=row["reviews"], trigger=row["trigger"],
                           alerts=row["alerts"], task_id=row["task_id"],
                           run_id=row["run_id"], model_version=_ref(row["model_version"]), outcome=row["outcome"],
                           reason=row["reason"], created_at=_iso(row["created_at"]),
-                          updated_at=_iso(row["updated_at"]))
+                          updated_at=_iso(row["updated_at"]),
+                          delivery_held_up=row["delivery_held_up"] if row["delivering_since"] is not None else None)
 
 
 def _challenge_record(row: asyncpg.Record) -> ChallengeRecord:
+    """`swap_held_up` (migration 027) only while the swap is under way (decided: left for the resume), as
+    _training_record's delivery_held_up."""
     return ChallengeRecord(id=row["id"], champion=_ref(row["champion"]), challenger=_ref(row["challenger"]),
                            state=row["state"], evidence=_json(row["evidence"]), started_at=_iso(row["started_at"]),
-                           decided_at=_iso(row["decided_at"]), reason=row["reason"])
+                           decided_at=_iso(row["decided_at"]), reason=row["reason"],
+                           swap_held_up=row["swap_held_up"] if row["state"] in ("promoting", "rolling_back") else None)
 
 
 async def information(pool: asyncpg.Pool, deployment_id: int) -> ContinuousInformation:
@@ -1214,8 +1221,8 @@ async def _advance(deps: ContinuousDeps, deployment_id: int, training_id: uuid.U
                 # process dying in between leaves it set, and it is delivered again: resume_deliveries)
                 done = await conn.fetchrow(
                     "UPDATE trainings SET state = 'done', outcome = $2, updated_at = now(), delivering_since = CASE"
-                    " WHEN $2 IN ('shadow', 'deployed') THEN now() END WHERE id = $1 RETURNING *", training_id,
-                    outcome)
+                    " WHEN $2 IN ('shadow', 'deployed') THEN now() END, delivery_held_up = NULL WHERE id = $1"
+                    " RETURNING *", training_id, outcome)  # a new delivery: no earlier one's held-up note
             await _event(conn, subjects.EVENT_MONITORING_TRAINING_FINISHED, _finished(done))
         deps.events_committed()
         ended.append(True)
@@ -1823,7 +1830,8 @@ async def _delivered(conn: Any, training_id: uuid.UUID, policy: str) -> bool:
     this one, slower, was still deploying) is overruled: this one served the version."""
     return bool(await conn.fetchval(
         "UPDATE trainings SET delivering_since = NULL, outcome = $2, delivered_at = now(), reason = CASE WHEN"
-        " delivering_since IS NULL THEN NULL ELSE reason END WHERE id = $1 AND (delivering_since IS NOT NULL OR"
+        " delivering_since IS NULL THEN NULL ELSE reason END, delivery_held_up = NULL WHERE id = $1 AND"
+        " (delivering_since IS NOT NULL OR"
         " (outcome = 'failed' AND reason LIKE $3)) RETURNING true", training_id,
         "deployed" if policy == "DEPLOY_AUTO" else "shadow", f"{policy} failed: %"))
 
@@ -2479,9 +2487,9 @@ async def _swapped(conn: Any, challenge: asyncpg.Record, state: str, served: dic
     """A swap's record, in the caller's transaction: the challenge promoted / rolled back with its model_swapped,
     once (only while still decided, or failed: whichever swap of it records first writes it); whether this did."""
     swapped = await conn.fetchval(
-        "UPDATE challenges SET state = $2, reason = $3, swap_refused = NULL WHERE id = $1 AND state IN ($4,"
-        " 'failed') RETURNING 1", challenge["id"], "promoted" if state == "promoting" else "rolled_back", summary,
-        state)
+        "UPDATE challenges SET state = $2, reason = $3, swap_refused = NULL, swap_held_up = NULL WHERE id = $1 AND"
+        " state IN ($4, 'failed') RETURNING 1", challenge["id"], "promoted" if state == "promoting" else "rolled_back",
+        summary, state)
     if swapped:
         await _event(conn, subjects.EVENT_MONITORING_MODEL_SWAPPED, ModelSwapped(
             deployment_id=challenge["deployment_id"], workspace_id=challenge["workspace_id"],

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.messages.base import INT32, MAX_JSON_OBJECT, Command, Event, Message, json_at_most
+from shared.messages.base import INT32, MAX_JSON_OBJECT, Command, Event, Message, json_at_most, omit_when_unset
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_feedback import DatasetVersionRef
 
@@ -154,6 +154,15 @@ class TrainingRecord(Message):
     reason: str | None
     created_at: str
     updated_at: str
+    delivery_held_up: str | None = Field(
+        None, description="Railyard: while its model version's delivery (DEPLOY_AUTO, DEPLOY_SHADOW) is left for "
+        "the resume, what held its last try up: '<status> <code>: <message>' (a 503, 504 or 429, its deploy "
+        "unanswered or held up behind another), at most 300 characters. Absent otherwise: nothing held it up, or "
+        "it ended (a give-up's `reason` quotes it).")
+
+    # left out when unset: messages refuse unknown fields, so a reader older than the field (a gateway during a
+    # rolling update, an SDK's model) reads every other record's bytes as before
+    _without_unset_held_up = omit_when_unset("delivery_held_up")
 
 
 class ChallengeRecord(Message):
@@ -167,6 +176,13 @@ class ChallengeRecord(Message):
     started_at: str
     decided_at: str | None
     reason: str | None
+    swap_held_up: str | None = Field(
+        None, description="Railyard: while the decision's swap (promoting, rolling_back) is left for the resume, "
+        "what held its last try up: '<status> <code>: <message>' (a 503, 504 or 429, its deploy unanswered or held "
+        "up behind another), at most 300 characters. Absent otherwise: nothing held it up, or it ended (a "
+        "give-up's `reason` quotes it).")
+
+    _without_unset_held_up = omit_when_unset("swap_held_up")  # as TrainingRecord's delivery_held_up
 
 
 class ContinuousInformation(Message):

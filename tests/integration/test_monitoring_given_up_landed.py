@@ -38,8 +38,15 @@ from tests.integration.continuous_setups import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 monitoring_schema = schema_fixture("monitoring_given_up")
-HELD_UP = "; its last held-up try met 504 upstream_timeout: deployer did not answer within 305s"
-"""The end of a give-up's reason when every try's deploy went unanswered (the stand-in deployer's UpstreamTimeout)."""
+HELD_UP_BY = "504 upstream_timeout: deployer did not answer within 305s"
+"""What held each try up (the stand-in deployer's UpstreamTimeout), as noted (migration 027)."""
+HELD_UP = f"; its last held-up try met {HELD_UP_BY}"
+"""The end of a give-up's reason when every try's deploy went unanswered."""
+
+
+async def shown(pool, record: str) -> dict:
+    """retrieve_information's `continuous.<record>` (last_training, challenge) as it is sent."""
+    return (await continuous.information(pool, DEPLOYMENT)).model_dump(mode="json")[record]
 
 
 @pytest.mark.parametrize("policy", ["DEPLOY_AUTO", "DEPLOY_SHADOW"])
@@ -62,13 +69,16 @@ async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivere
         json.dumps(CHAMPION), json.dumps(CHALLENGER))
     await done(pool, training_id, NEWEST, "deployed" if policy == "DEPLOY_AUTO" else "shadow", 100, True)
     deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
-    for _ in range(continuous.MAX_RESUMES + 1):  # every resume's deploy unanswered, then the last look: given up
+    for taken in range(continuous.MAX_RESUMES + 1):  # every resume's deploy unanswered, then the last look: given up
         await make_stale(pool, "trainings", "delivering_since", training_id)
         await continuous.resume_deliveries(deps)
+        if taken == 0:  # left for the next resume: what held it up shown while it is (before, at the give-up only)
+            assert (await shown(pool, "last_training"))["delivery_held_up"] == HELD_UP_BY
     row = await pool.fetchrow("SELECT outcome, reason FROM trainings WHERE id = $1", training_id)
     assert row["outcome"] == "failed" and "did not finish after" in row["reason"], dict(row)
     # what held its tries up, in the reason users read (migration 027; before, in the WARNING log only)
     assert row["reason"].endswith(HELD_UP), row["reason"]
+    assert "delivery_held_up" not in await shown(pool, "last_training")  # ended: its reason says it
     deploys = list(deployer.deploys)
 
     await continuous.resume_deliveries(deps)  # too soon after the give-up: not looked at again yet
@@ -86,10 +96,13 @@ async def test_a_given_up_delivery_whose_deploy_lands_later_is_recorded_delivere
     assert failure_logged == []  # the give-up logged it; the look wrote nothing
 
     assert deployer.deploys == deploys  # nothing deployed by the look
-    row = await pool.fetchrow("SELECT outcome, reason, delivered_at, delivering_since FROM trainings WHERE id = $1",
-                              training_id)
+    row = await pool.fetchrow("SELECT outcome, reason, delivered_at, delivering_since, delivery_held_up FROM trainings"
+                              " WHERE id = $1", training_id)
     challenge = await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id)
     assert row["delivering_since"] is None
+    # recorded delivered: its note cleared by that record's statement (before, kept for good); failed: kept, unshown
+    assert row["delivery_held_up"] == (None if lands else HELD_UP_BY)
+    assert "delivery_held_up" not in await shown(pool, "last_training")
     if lands:
         auto = policy == "DEPLOY_AUTO"
         assert deployer.serves() == (("v3", None) if auto else ("v1", "v3"))
@@ -119,11 +132,13 @@ async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(mon
     pool = monitoring_schema
     deployer, deps = stand_in_deployer(pool, monkeypatch, 100)
     challenge_id = await promotion_unanswered(pool, deps)
+    assert (await shown(pool, "challenge"))["swap_held_up"] == HELD_UP_BY  # its first try's, left for the resume
     for _ in range(continuous.MAX_RESUMES + 1):
         await pool.execute("UPDATE challenges SET decided_at = now() - make_interval(secs => $2) WHERE id = $1",
                            challenge_id, continuous.STALE_SWAP + 10)
         await continuous.resume_swap(deps, DEPLOYMENT)
     assert (await pool.fetchval("SELECT state FROM challenges WHERE id = $1", challenge_id)) == "failed"
+    assert "swap_held_up" not in await shown(pool, "challenge")  # ended: its reason says it
 
     await continuous.resume_swaps(deps)  # too soon after the give-up
     given_up = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
@@ -147,8 +162,10 @@ async def test_a_given_up_swap_whose_deploy_lands_later_is_recorded_promoted(mon
     assert deployer.deploys == deploys  # nothing deployed by the look
     assert deployer.serves() == serving
     row = await pool.fetchrow("SELECT state, reason FROM challenges WHERE id = $1", challenge_id)
+    held_up = await pool.fetchval("SELECT swap_held_up FROM challenges WHERE id = $1", challenge_id)
     if since == "lands_after_the_give_up":
         assert row["state"] == "promoted", dict(row)  # was failed while v2 served alone
+        assert held_up is None  # cleared by the statement that records it (before, kept for good)
         assert [e["action"] for e in await swapped_events(pool)] == ["promoted"]
     else:  # was 'superseded' for a person's deploy or a newer delivery
         assert dict(row) == dict(given_up), dict(row)

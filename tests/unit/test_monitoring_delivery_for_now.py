@@ -272,3 +272,145 @@ async def test_a_resumed_swap_s_note_is_held_to_its_own_claim(monkeypatch):
     [(sql, args)] = pool.held_up
     assert sql.endswith("AND state = $2 AND ($4::timestamptz IS NULL OR decided_at = $4)"), sql
     assert args == (challenge["id"], "promoting", "504 upstream_timeout: deployer did not answer within 5s", claimed)
+
+
+# --- what held it up, shown while it is under way (retrieve_information's `continuous`) ---------------------------
+
+NOTE = "504 upstream_timeout: deployer did not answer within 305s"
+TRAINING_KEYS = ["id", "state", "reviews", "trigger", "alerts", "task_id", "run_id", "model_version", "outcome",
+                 "reason", "created_at", "updated_at"]
+"""A training record's fields as sent before delivery_held_up: every record without a note is sent so still."""
+CHALLENGE_KEYS = ["id", "champion", "challenger", "state", "evidence", "started_at", "decided_at", "reason"]
+
+
+def _training_row(delivering: bool, held_up: str | None) -> dict:
+    """A done training's row (SELECT *) delivered by DEPLOY_AUTO: under way (claimed) or ended, with a note or not."""
+    now = datetime(2026, 12, 5, 17, 30, tzinfo=UTC)
+    return {"id": uuid.uuid4(), "state": "done", "reviews": 3, "trigger": "FEEDBACK_LOOP", "alerts": None,
+            "task_id": uuid.uuid4(), "run_id": uuid.uuid4(), "model_version": '{"name": "digits", "version": "v2"}',
+            "outcome": "deployed" if delivering or held_up is None else "failed", "reason": None, "created_at": now,
+            "updated_at": now, "delivering_since": now if delivering else None, "delivery_held_up": held_up}
+
+
+def test_a_delivery_under_way_shows_what_held_its_last_try_up():
+    """retrieve_information's last_training says what held its delivery up while it is left for the resume (before,
+    only the give-up's reason quoted it, past MAX_RESUMES); ended, or with no note, the field is left out: the bytes
+    of before, which a reader older than the field reads (messages refuse unknown fields)."""
+    shown = continuous._training_record(_training_row(True, NOTE))
+    assert shown.model_dump(mode="json")["delivery_held_up"] == NOTE
+    assert f'"delivery_held_up":"{NOTE}"' in shown.model_dump_json()
+    for delivering, held_up in [(True, None), (False, NOTE), (False, None)]:  # not held up; ended (kept in the row)
+        record = continuous._training_record(_training_row(delivering, held_up))
+        assert list(record.model_dump(mode="json")) == TRAINING_KEYS, (delivering, held_up)
+        assert "delivery_held_up" not in record.model_dump_json()
+
+
+def _challenge_row(state: str, held_up: str | None) -> dict:
+    now = datetime(2026, 12, 5, 17, 30, tzinfo=UTC)
+    return {"id": uuid.uuid4(), "champion": CHAMPION, "challenger": NEW, "state": state, "evidence": None,
+            "started_at": now, "decided_at": None if state == "running" else now, "reason": None,
+            "swap_held_up": held_up}
+
+
+@pytest.mark.parametrize("state,under_way", [("promoting", True), ("rolling_back", True), ("running", False),
+                                             ("promoted", False), ("rolled_back", False), ("failed", False),
+                                             ("superseded", False)])
+def test_a_swap_under_way_shows_what_held_its_last_try_up(state, under_way):
+    """As a delivery's: the challenge's swap_held_up while the decision's swap is left for the resume (decided), left
+    out once it ended (or with no note), with the bytes of before. Nested in retrieve_information's `continuous`
+    (ContinuousInformation, dumped as JSON) it is left out there too."""
+    record = continuous._challenge_record(_challenge_row(state, NOTE))
+    information = continuous.ContinuousInformation(training=None, deployment=None, last_training=None,
+                                                   pending_model_version=None, challenge=record)
+    sent = information.model_dump(mode="json")["challenge"]
+    if under_way:
+        assert sent["swap_held_up"] == NOTE
+    else:
+        assert list(sent) == CHALLENGE_KEYS
+    assert list(continuous._challenge_record(_challenge_row(state, None)).model_dump(mode="json")) == CHALLENGE_KEYS
+
+
+class _RecordConn:
+    """A connection recording each statement; its UPDATE ... RETURNING answers as the row was changed."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    async def fetchval(self, sql, *args):
+        self.statements.append(sql)
+        return True
+
+
+async def test_the_statement_recording_a_delivery_or_a_swap_clears_its_note(monkeypatch):
+    """A delivery recorded delivered (_delivered: its own, a resumed one's, a late landing's from the deployer's event
+    or the one more look after a give-up) and a swap recorded promoted / rolled back (_swapped) clear what held them
+    up in that same statement, so no later read (nor a give-up) finds a cause of a delivery that is done. Before,
+    the note stayed for good. A note written after it is refused by its own condition (the claim, the state)."""
+    conn = _RecordConn()
+    assert await continuous._delivered(conn, uuid.uuid4(), "DEPLOY_AUTO")
+    [delivered] = conn.statements
+    assert delivered.startswith("UPDATE trainings SET delivering_since = NULL"), delivered
+    assert "delivery_held_up = NULL" in delivered.partition(" WHERE ")[0], delivered
+
+    async def event(conn, subject, event):
+        pass
+
+    monkeypatch.setattr(continuous, "_event", event)
+    conn = _RecordConn()
+    challenge = {"id": uuid.uuid4(), "deployment_id": 42, "workspace_id": 1}
+    assert await continuous._swapped(conn, challenge, "promoting", NEW, "v7", "promote: ...")
+    [swapped] = conn.statements
+    assert swapped.startswith("UPDATE challenges SET state = $2"), swapped
+    assert "swap_held_up = NULL" in swapped.partition(" WHERE ")[0], swapped
+
+
+class _AdvanceConn:
+    """_advance's transaction: the training succeeded with its model ready, continuous deployment DEPLOY_AUTO."""
+
+    def __init__(self, training: dict) -> None:
+        self.training = training
+        self.started: list[str] = []
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    def transaction(self):
+        return self
+
+    def acquire(self):
+        return self
+
+    async def fetchrow(self, sql, *args):
+        if sql.startswith("SELECT * FROM trainings"):
+            return {**self.training, "state": "succeeded", "model_status": "ready"}
+        if sql.startswith("SELECT * FROM continuous_deployment"):
+            return {"policy": "DEPLOY_AUTO", "active": True}
+        assert sql.startswith("UPDATE trainings SET state = 'done'"), sql
+        self.started.append(sql)
+        return {**self.training, "state": "done", "outcome": "deployed"}
+
+
+async def test_a_new_delivery_of_a_training_starts_with_no_note(monkeypatch):
+    """The statement that starts a training's delivery (_advance: done, delivering_since set) clears any note, so
+    what it shows and what its give-up quotes are this delivery's tries' alone."""
+    training = {"id": uuid.uuid4(), "deployment_id": 42, "workspace_id": 1, "run_id": None, "reason": None,
+                "model_version": NEW}
+    conn = _AdvanceConn(training)
+    delivered = []
+
+    async def event(conn, subject, event):
+        pass
+
+    async def deliver(deps, row, policy, **kwargs):
+        delivered.append(policy)
+        return True
+
+    monkeypatch.setattr(continuous, "_event", event)
+    monkeypatch.setattr(continuous, "_deliver", deliver)
+    await continuous._advance(continuous_deps(pool=conn), 42, training["id"], [])
+    [started] = conn.started
+    assert "delivering_since = CASE" in started and "delivery_held_up = NULL" in started.partition(" WHERE ")[0]
+    assert delivered == ["DEPLOY_AUTO"]
