@@ -132,6 +132,9 @@ class SandboxSpec:
     # 127.0.0.0/8 address of this key's own, so the gateway's per-source counts (connections, token requests,
     # failed sign-ins) are the tenant's, not 127.0.0.1's, which the host's own clients use ("" = one per sandbox)
     source_key: str = ""
+    # the key's own number, allocated once (the task scheduler's relay_sources: store.relay_number): the relay's address
+    # is the number's (relay_source), which no other key's is; None: a digest of source_key's, which another's may be
+    source_number: int | None = None
     # how many sandboxes like this one its caller may run at once (the task scheduler: tasks.max_runs_per_process):
     # the numeric libraries' thread count it gets by default is its share of the CPUs (`thread_env`)
     at_once: int = 1
@@ -550,13 +553,50 @@ def _trusted(address: str, networks: list) -> bool:
     return any(ip in network for network in networks)
 
 
-def relay_source(host: str, key: str, trusted_proxies: list[str]) -> str | None:
-    """The address a relay connects to a loopback IPv4 gateway from: 127.a.b.c from a digest of `key` (a task run's
-    owner), never in 127.0.0.0/16 (127.0.0.1, and what tests and operators use) nor in a trusted proxy's range (a
-    sandbox could write its own X-Forwarded-For there). None (the system's choice) for a gateway that is not on
-    IPv4 loopback, or when every candidate is trusted. The gateway then counts a tenant's runs on their own: one
-    run's connections, token requests and failed sign-ins (the lock of `admin` from 127.0.0.1 included) reach no
-    other tenant and no client of the host."""
+# The addresses of numbered owners (relay_source's `number`: the task scheduler's relay_sources, one number an owner,
+# allocated once): 127.1.0.0 up to 127.255.255.254 in order, so RELAY_NUMBERS owners get one each, no two alike. Not
+# 127.0.0.0/16 (127.0.0.1, and what tests and operators use) nor 127.255.255.255 (the loopback's broadcast: it binds,
+# but Linux then connects from 127.0.0.1), and a trusted proxy's addresses are skipped (the numbers after them move up)
+RELAY_NUMBERED_FIRST = 0x7F010000  # 127.1.0.0
+RELAY_NUMBERED_END = 0x7FFFFFFF  # 127.255.255.255, not one of them
+RELAY_NUMBERS = RELAY_NUMBERED_END - RELAY_NUMBERED_FIRST  # 16,711,679
+
+
+def relay_numbered_address(number: int, trusted: list) -> str | None:
+    """The `number`-th address (from 0) of 127.1.0.0 .. 127.255.255.254 that no network of `trusted` (ip_network
+    objects) holds; None past them (more numbered owners than addresses left). Distinct numbers give distinct
+    addresses for one `trusted`."""
+    import ipaddress
+
+    if number < 0:
+        return None
+    last = RELAY_NUMBERED_END - 1
+    spans = sorted((max(int(net.network_address), RELAY_NUMBERED_FIRST), min(int(net.broadcast_address), last))
+                   for net in trusted if net.version == 4 and int(net.broadcast_address) >= RELAY_NUMBERED_FIRST
+                   and int(net.network_address) <= last)
+    merged: list[list[int]] = []
+    for low, high in spans:
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    candidate = RELAY_NUMBERED_FIRST + number
+    for low, high in merged:  # each trusted span at or below the candidate moves it up past the span
+        if low > candidate:
+            break
+        candidate += high - low + 1
+    return str(ipaddress.IPv4Address(candidate)) if candidate <= last else None
+
+
+def relay_source(host: str, key: str, trusted_proxies: list[str], number: int | None = None) -> str | None:
+    """The address a relay connects to a loopback IPv4 gateway from, never in 127.0.0.0/16 (127.0.0.1, and what tests
+    and operators use) nor in a trusted proxy's range (a sandbox could write its own X-Forwarded-For there). With
+    `number` (the owner's own, allocated once by the task scheduler: store.relay_number), the number's address
+    (relay_numbered_address): no two owners share one. Without it, or past the numbered addresses (over 16.7 million
+    owners), 127.a.b.c from a digest of `key` (a task run's owner), which another key's may equal (24 bits: a pair in
+    16.7 million). None (the system's choice) for a gateway that is not on IPv4 loopback, or when every candidate is
+    trusted. The gateway then counts a tenant's runs on their own: one run's connections, token requests and failed
+    sign-ins (the lock of `admin` from 127.0.0.1 included) reach no other tenant and no client of the host."""
     import hashlib
     import ipaddress
 
@@ -567,6 +607,12 @@ def relay_source(host: str, key: str, trusted_proxies: list[str]) -> str | None:
     if address.version != 4 or not address.is_loopback:
         return None
     trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+    if number is not None:
+        if (numbered := relay_numbered_address(number, trusted)) is not None:
+            return numbered
+        log.warning("task owner number %d is past the %d relay addresses of 127.1.0.0-127.255.255.254 not trusted: "
+                    "its runs reach the gateway from an address of a digest of its id, which another owner's may "
+                    "equal (docs/orchestrations.md)", number, RELAY_NUMBERS)
     for attempt in range(64):
         digest = hashlib.sha256(f"{attempt}:{key}".encode()).digest()
         if digest[0] == 0 or digest[:3] == b"\xff\xff\xff":  # 127.255.255.255, the broadcast: bound, Linux
@@ -577,7 +623,8 @@ def relay_source(host: str, key: str, trusted_proxies: list[str]) -> str | None:
     return None
 
 
-async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyncio.AbstractServer, Path]:
+async def _gateway_relay(settings: Settings, source_key: str = "",
+                         source_number: int | None = None) -> tuple[asyncio.AbstractServer, Path]:
     """Network.GATEWAY_ONLY, host side: a unix socket (in a folder the sandbox sees read-only) whose every
     connection is relayed to the gateway's host:port and nowhere else, at most RELAY_CONNECTIONS at once, from
     `relay_source`'s address when the gateway is on loopback, and never from a trusted proxy's (`refuse_trusted`)."""
@@ -587,7 +634,7 @@ async def _gateway_relay(settings: Settings, source_key: str = "") -> tuple[asyn
 
     host = settings.gateway.host if settings.gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     port = settings.gateway.port
-    source = relay_source(host, source_key or secrets.token_hex(16), settings.gateway.trusted_proxies)
+    source = relay_source(host, source_key or secrets.token_hex(16), settings.gateway.trusted_proxies, source_number)
     if source is not None:
         # the whole 127.0.0.0/8 is the loopback's on Linux (the kernel's `local 127.0.0.0/8 dev lo` route, in this
         # service's own network namespace: nothing to set up), unless lo was given 127.0.0.1/32 alone: then every
@@ -743,7 +790,7 @@ async def spawn(spec: SandboxSpec, *, stdin=asyncio.subprocess.PIPE, stdout=asyn
     await asyncio.to_thread(_prepare_workdir, spec.workdir, config)
     relay = None
     if spec.network is Network.GATEWAY_ONLY and config["mechanism"] != "off":
-        relay = await _gateway_relay(settings, spec.source_key)
+        relay = await _gateway_relay(settings, spec.source_key, spec.source_number)
         config["readonly"].append(str(relay[1]))
         config["gateway"] = {"socket": str(relay[1] / "gateway.sock"), "port": settings.gateway.port}
     verdict, config["verdict_fd"] = os.pipe()  # the launcher's verdict (quota, setup), out of the tenant's reach

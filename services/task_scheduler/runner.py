@@ -97,6 +97,9 @@ class RunPlan:
     disk_bytes: int = 4096 << 20  # the sandbox's disk quota (TaskSettings.run_disk_mb)
     disk_files: int = 50_000  # and its file quota (TaskSettings.run_disk_files)
     at_once: int = 1  # runs its scheduler may run at once (TaskSettings.max_runs_per_process): its share of the CPUs
+    # the owner's number (store.relay_number): its relay's address to a loopback gateway, no other owner's; None: one
+    # from a digest of its id (SandboxSpec.source_number)
+    owner_number: int | None = None
 
 
 @dataclass
@@ -235,6 +238,7 @@ def sandbox_spec(plan: RunPlan) -> SandboxSpec:
                       disk_bytes=plan.disk_bytes, disk_files=plan.disk_files),
         network=Network.GATEWAY_ONLY,
         source_key=plan.env.get("ORCH_OWNER_ID", ""),  # the gateway counts an owner's runs as one source
+        source_number=plan.owner_number,  # ... at an address of its own (shared.sandbox.relay_source)
         at_once=plan.at_once,  # the numeric libraries' threads: the CPUs shared among the runs (sandbox.thread_env)
     )
 

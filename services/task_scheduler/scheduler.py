@@ -810,6 +810,13 @@ class Scheduler:
                 return runner.RunOutcome("failure", None, f"the orchestration's environment is missing: {reason}")
             env_dir = packaging.env_dir(deps.work_root, orch["requirements_sha"])
             python = str(packaging.env_python(env_dir))
+        try:  # the owner's relay address, no other owner's (store.relay_number)
+            owner_number = await store.relay_number(deps.pool, task["owner_id"])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            owner_number = None
+            log.warning("run %s: the owner's relay number could not be read or allocated (%s: %s): the run reaches the"
+                        " gateway from an address of a digest of its owner's id, which another owner's may equal",
+                        row["id"], type(exc).__name__, exc)
         ttl = min(deps.settings.token_ttl, task["timeout_seconds"] + 60)
         token = await self.mint(task["owner_id"], task["workspace_id"], ttl, str(task["id"]), str(row["id"]))
         args = task["args"]
@@ -822,7 +829,8 @@ class Scheduler:
                                args=args if isinstance(args, dict) else json.loads(args)),
             timeout=task["timeout_seconds"], memory_bytes=deps.settings.run_memory_mb << 20,
             cpu_seconds=deps.settings.run_cpu_seconds, disk_bytes=deps.settings.run_disk_mb << 20,
-            disk_files=deps.settings.run_disk_files, at_once=deps.settings.max_runs_per_process)
+            disk_files=deps.settings.run_disk_files, at_once=deps.settings.max_runs_per_process,
+            owner_number=owner_number)
         seq = 0
         refused = False
 

@@ -447,6 +447,21 @@ async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float, envs:
         ") - now())::float8", lost_after, envs, held or [])
 
 
+async def relay_number(pool: asyncpg.Pool | asyncpg.Connection, owner_id: str) -> int:
+    """The owner's own number (relay_sources), allocated at its first call and the same ever after, in every scheduler
+    process: its runs' relay address (shared.sandbox.relay_source). Read first, so that only an owner's first run
+    takes a number from the sequence (an insert that conflicts takes one too, and it is never used again: over the
+    ~16.7 million addresses only a race of two first runs wastes any); two processes inserting at once agree, as the
+    insert of the second waits for the first's and does nothing, and both read the first's (each statement on its own,
+    each reading what is committed then)."""
+    query = "SELECT n FROM relay_sources WHERE owner_id = $1"
+    if (number := await pool.fetchval(query, owner_id)) is None:
+        await pool.execute("INSERT INTO relay_sources (owner_id) VALUES ($1) ON CONFLICT (owner_id) DO NOTHING",
+                           owner_id)
+        number = await pool.fetchval(query, owner_id)
+    return number
+
+
 async def running_among(pool: asyncpg.Pool, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     rows = await pool.fetch("SELECT id FROM runs WHERE id = ANY($1::uuid[]) AND status = 'running'", run_ids)
     return {r["id"] for r in rows}

@@ -17,6 +17,8 @@ import json
 import logging
 import sys
 import textwrap
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -238,8 +240,14 @@ def test_relay_source_skips_the_loopback_broadcast(monkeypatch):
 def test_a_runs_failed_sign_ins_do_not_lock_the_user_out_of_the_host(stack, alice, bob):
     """bob's run fails alice's password past the lockout (the test stack locks after 5 failures from one address);
     alice then signs in from the host (127.0.0.1) at once. Before, the run's guesses came from 127.0.0.1 too and
-    alice was locked out there (`account_locked`) for 15 minutes."""
-    from tests.integration.conftest import PASSWORD, TOKEN_PATH
+    alice was locked out there (`account_locked`) for 15 minutes.
+
+    The run came from the address of bob's own number, allocated by the task scheduler in its database
+    (task_scheduler.relay_sources, store.relay_number): alice is locked out from that address, not another. And two
+    scheduler processes asking at once for the same owners agree on one number each, no two alike, and asking again
+    takes no number (a new owner's follows the last): tests/unit/test_sandbox_relay_numbers.py maps the numbers."""
+    from services.task_scheduler import store
+    from tests.integration.conftest import PASSWORD, TOKEN_PATH, query
     from tests.integration.test_orchestrations import ready_orchestration, run_once, wait_run
 
     secrets = stack.secrets()
@@ -268,3 +276,36 @@ print("codes", codes, flush=True)
         "grant_type": "password", "username": alice.email, "password": PASSWORD,
         "client_id": secrets["client_id"], "client_secret": secrets["client_secret"]}, timeout=30)
     assert response.status_code == 200, response.text
+
+    owner = query(stack, "SELECT r.owner_id, r.n FROM task_scheduler.relay_sources r JOIN task_scheduler.tasks t"
+                         " ON t.owner_id = r.owner_id WHERE t.id = $1", uuid.UUID(str(task)))
+    assert len(owner) == 1, owner  # allocated at bob's run
+    trusted = [p for p in stack.env["RAILYARD_GATEWAY__TRUSTED_PROXIES"].split(",") if p]
+    address = relay_source("127.0.0.1", owner[0]["owner_id"], trusted, owner[0]["n"])
+    assert address == sandbox.relay_numbered_address(owner[0]["n"], [ipaddress.ip_network(p) for p in trusted])
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30) as client:
+        response = client.post(f"{stack.base_url}{TOKEN_PATH}", data={
+            "grant_type": "password", "username": alice.email, "password": PASSWORD,
+            "client_id": secrets["client_id"], "client_secret": secrets["client_secret"]})
+    assert response.status_code == 401 and response.json().get("error") == "account_locked", response.text
+
+    async def two_processes() -> tuple[list[int], list[int], int, int]:
+        from shared.db import create_pool
+        from tests.integration.conftest import service_schema
+
+        migrations = Path(store.__file__).parent / "migrations"
+        async with service_schema(stack, "relay", migrations) as one:
+            other = await create_pool(stack.settings().postgres, await one.fetchval("SELECT current_schema()"))
+            try:
+                owners = [f"owner-{i}" for i in range(6)]
+                first = await asyncio.gather(*(store.relay_number(pool, o) for o in owners for pool in (one, other)))
+                alone = await store.relay_number(other, "owner-alone")  # after any number a race took and left
+                again = await asyncio.gather(*(store.relay_number(pool, o) for o in owners for pool in (other, one)))
+                return first, again, alone, await store.relay_number(one, "owner-new")
+            finally:
+                await other.close()
+
+    first, again, alone, new = asyncio.run(two_processes())
+    assert first[0::2] == first[1::2] == again[0::2] == again[1::2], (first, again)  # each owner: one number
+    assert len(set(first)) == 6 and alone > max(first), (first, alone)  # no two owners alike
+    assert new == alone + 1, (alone, again, new)  # asking again for owners that have one took no number

@@ -216,6 +216,11 @@ def test_the_scheduler_plans_its_runs_with_its_runs_at_once(tmp_path, monkeypatc
 
     monkeypatch.setattr(store, "task", task)
     monkeypatch.setattr(store, "orchestration", orchestration)
+
+    async def relay_number(pool, owner_id):  # the owner's relay address (test_sandbox_relay_numbers.py)
+        return 0
+
+    monkeypatch.setattr(store, "relay_number", relay_number)
     monkeypatch.setattr(runner, "execute", execute)
     monkeypatch.setattr(runner, "cleanup", lambda workdir: None)
     deps = SimpleNamespace(pool=None, settings=TaskSettings(max_runs_per_process=3), work_root=tmp_path)
