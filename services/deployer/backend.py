@@ -84,6 +84,14 @@ REMOVING = ".removing-"
 .removing-<name>-<random> on the event loop, then removed in the sweep thread (LocalBackend._release); one left by a
 deployer that died meanwhile goes at the next start (sweep_stale_work). A deployment's name never starts with '.'
 (handlers._check_name)."""
+RECHECK_EVERY, RECHECK_FOR = 2.0, 600.0
+"""A renamed folder (REMOVING) holding what a live replica uses (a previous deployer's replica still draining: its
+log, its workers' folders) keeps those and is looked at again every RECHECK_EVERY seconds, removed once the replica
+has exited; after RECHECK_FOR (a replica that never exits) what is left is the next start's (sweep_stale_work)."""
+CGROUP_RESWEEP = 5.0
+"""An undeploy's cgroup sweep runs again this long after the first: a replica killed with SIGKILL (past stop_timeout)
+takes its launchers with it by their parent-death signal, which the kernel delivers asynchronously, so a launcher
+may still hold its cgroup at the first sweep."""
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -220,6 +228,8 @@ class LocalBackend:
         # names whose folders go once nothing uses them (_release): True both folders (an undeploy), False its
         # engine-work folder only (a first start that failed: its replicas' logs and spec stay for the user)
         self._undeployed: dict[str, bool] = {}
+        self._later: dict[Any, asyncio.TimerHandle] = {}  # removals and sweeps to run again (_at_later)
+        self._closed = False
 
     async def _spawn(self, replica_set: ReplicaSet, replica_id: str) -> Replica:
         """A new replica of the set. Its deployment's folders count as in use while it is spawned (a stop of the set
@@ -486,11 +496,41 @@ class LocalBackend:
             except OSError as exc:
                 log.warning("could not remove the %s of deployment %s: %s", what, name, exc)
                 continue
-            self._sweep_later(f"the {what} of deployment {name} ({moved})",
-                              functools.partial(_remove_moved, moved, workers=top == self.engine_work_dir))
+            self._remove_later(f"the {what} of deployment {name} ({moved})", moved, top == self.engine_work_dir)
         if everything and self.sweep_cgroups is not None:  # replicas killed past stop_timeout left their sandboxes'
-            # cgroups (their launchers died with them: what a replica's own removal would have removed)
-            self._sweep_later("the sandbox cgroups of replicas that are gone", self.sweep_cgroups)
+            # cgroups (their launchers died with them: what a replica's own removal would have removed), and once more
+            # a little later (CGROUP_RESWEEP: a launcher's parent-death signal may not have ended it yet)
+            what = "the sandbox cgroups of replicas that are gone"
+            self._sweep_later(what, self.sweep_cgroups)
+            self._at_later("cgroups", CGROUP_RESWEEP, self._sweep_later, what, self.sweep_cgroups)
+
+    def _remove_later(self, what: str, moved: Path, workers: bool, until: float | None = None) -> None:
+        """Remove a renamed folder in the sweep thread (_remove_moved); what a live replica still uses in it stays,
+        and it is looked at again every RECHECK_EVERY seconds until it is gone or RECHECK_FOR has passed."""
+        loop = asyncio.get_running_loop()
+        until = time.monotonic() + RECHECK_FOR if until is None else until
+
+        def sweep() -> None:
+            if _remove_moved(moved, workers) and time.monotonic() < until:
+                loop.call_soon_threadsafe(self._at_later, moved, RECHECK_EVERY, self._remove_later, what, moved,
+                                          workers, until)
+
+        self._sweep_later(what, sweep)
+
+    def _at_later(self, key: Any, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        """`callback(*args)` on the loop `delay` seconds from now, unless close() comes first; one per `key` (a
+        later one for the same key replaces it)."""
+        if self._closed:  # a sweep thread that ran on past close(): what it left is the next start's
+            return
+        if key in self._later:
+            self._later.pop(key).cancel()
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            self._later.pop(key, None)
+            callback(*args)
+
+        self._later[key] = loop.call_later(delay, run)
 
     async def _stop_set(self, replica_set: ReplicaSet) -> None:
         """Every replica drains at once (SIGTERM: it answers what it took and publishes its logs) and is killed if
@@ -644,7 +684,8 @@ class LocalBackend:
         """At the deployer's start: remove the sandboxed workers' folders that no live replica owns (a previous
         deployer process's replicas killed with it or crashed: each replica sweeps only its own on a clean stop, and
         this process's supervisor only its own replicas'), the engine-work folders of deployments none of whose
-        replicas runs (_drop_if_idle), the folders an undeploy was removing when the deployer died (REMOVING), and
+        replicas runs (_drop_if_idle), the folders an undeploy was removing when the deployer died (REMOVING: whole,
+        but what a live replica or process uses, looked at again until it is gone: _remove_moved, _remove_later), and
         the sandbox cgroups that replicas killed with SIGKILL left (sweep_cgroups; a replica's own process removes
         them only at its first sandbox). A folder whose replica process still runs (a previous deployer's replica
         draining after its deployer died: it got SIGTERM, _die_with_parent; or another deployer's on this machine
@@ -659,9 +700,14 @@ class LocalBackend:
             if self.sweep_cgroups is not None:
                 self.sweep_cgroups()
             for moved in _listed(self.work_dir, REMOVING):  # an undeploy's removal cut short
-                _remove_tree(moved)
+                if _remove_moved(moved, workers=False):  # a live replica's log in it: looked at again
+                    loop.call_soon_threadsafe(self._at_later, moved, RECHECK_EVERY, self._remove_later,
+                                              f"the deployments folder {moved}", moved, False)
             if top is None:
                 return
+            for moved in _listed(top, REMOVING):  # a linked engine-work folder renamed: unlinked, not followed
+                if moved.is_symlink():
+                    _remove_tree(moved)
             try:
                 deployments = [path for path in top.iterdir() if path.is_dir() and not path.is_symlink()]
             except FileNotFoundError:  # no replica ever ran a sandboxed worker here
@@ -675,14 +721,17 @@ class LocalBackend:
             live_ids, live_names = _live_replicas()
             removed = 0
             for deployment, paths in folders.items():
+                if deployment.name.startswith(REMOVING):  # all of it but what a live replica uses, then the folder
+                    if _remove_moved(deployment, workers=True):
+                        loop.call_soon_threadsafe(self._at_later, deployment, RECHECK_EVERY, self._remove_later,
+                                                  f"the engine-work folder {deployment}", deployment, True)
+                    continue
                 for path in paths:
                     replica_id, dash, number = path.name.rpartition("-")
                     if dash and number.isdigit() and replica_id not in live_ids:
                         _remove_tree(path)
                         removed += 1
-                if deployment.name.startswith(REMOVING):
-                    _remove_if_empty(deployment)
-                elif deployment.name not in live_names:  # whether it runs now is the event loop's to say
+                if deployment.name not in live_names:  # whether it runs now is the event loop's to say
                     loop.call_soon_threadsafe(self._drop_if_idle, deployment.name)
             if removed:
                 log.info("removed %d sandboxed workers' folders of engine replicas no longer running in %s", removed,
@@ -861,6 +910,10 @@ class LocalBackend:
         sets = list(self.sets.values())
         self.sets.clear()
         await asyncio.gather(*(self._stop_set(replica_set) for replica_set in sets), *list(self._retiring))
+        self._closed = True
+        for handle in self._later.values():  # a removal to look at again, a cgroup sweep to run again
+            handle.cancel()
+        self._later.clear()
         if self._sweeper is not None:  # what is left is the next start's (sweep_stale_work); a removal under way
             self._sweeper.cancel()  # runs on in its thread
             await _cancelled(self._sweeper)
@@ -901,23 +954,52 @@ def _remove_tree(path: Path) -> None:
         log.warning("could not remove %s (%d entries failed; the first: %s)", path, len(failed), failed[0])
 
 
-def _remove_moved(moved: Path, workers: bool) -> None:
-    """Remove a folder renamed out of the way (REMOVING). `workers` (engine-work/<name>/): each worker's folder but
-    those of a replica still running (a previous deployer's, draining: found by its command line), then the folder
-    itself once empty; else (deployments/<name>/: logs and specs) all of it. One that is a symbolic link is unlinked,
-    never followed (_remove_tree): what it points at stays, as sweep_stale_work leaves a linked deployment folder."""
-    if not workers or moved.is_symlink():
+def _remove_moved(moved: Path, workers: bool) -> bool:
+    """Remove a folder renamed out of the way (REMOVING), all of it but what a replica still running uses (a previous
+    deployer's, draining: found by its command line): in engine-work/<name>/ (`workers`) its workers' folders
+    (<id>-<n>), in deployments/<name>/ its log (replica-<id>.log), in either an entry a live process has its working
+    directory in; then the folder itself once empty. True when something was kept (the caller looks again later:
+    LocalBackend._remove_later). Anything else in it goes too (before, a start's sweep removed only <id>-<n> folders
+    and an entry of any other name kept the folder for ever). One that is a symbolic link is unlinked, never followed
+    (_remove_tree), as is a link in it: what they point at stays, as sweep_stale_work leaves a linked deployment
+    folder. An open file of a live process in an entry removed stays readable to it (unlinked, not gone)."""
+    if moved.is_symlink():
         _remove_tree(moved)
-        return
+        return False
     try:
         paths = list(moved.iterdir())
     except FileNotFoundError:
-        return
-    live_ids = _live_replicas()[0] if paths else set()
-    for path in paths:
-        if path.name.rpartition("-")[0] not in live_ids:
-            _remove_tree(path)
+        return False
+    except OSError as exc:  # not looked at again: the next start's
+        log.warning("could not list %s: %s", moved, exc)
+        return False
+    kept = False
+    if paths:
+        live_ids, _, cwds = _live_replicas(cwds=True)
+        for path in paths:
+            if workers:
+                replica_id, dash, number = path.name.rpartition("-")
+                used = bool(dash) and number.isdigit() and replica_id in live_ids
+            else:
+                used = path.name.startswith("replica-") and path.name.endswith(".log") \
+                    and path.name[len("replica-"):-len(".log")] in live_ids
+            if used or any(cwd == path or path in cwd.parents for cwd in cwds):
+                kept = True
+            elif path.is_dir() and not path.is_symlink():
+                _remove_tree(path)
+            else:  # a file, or a link (unlinked, not followed)
+                _unlink(path)
     _remove_if_empty(moved)
+    return kept
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:  # gone meanwhile
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
 
 
 def _listed(top: Path, prefix: str) -> list[Path]:
@@ -933,12 +1015,16 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def _live_replicas() -> tuple[set[str], set[str]]:
+def _live_replicas(cwds: bool = False) -> Any:
     """(the replica ids, the deployment names) of the engine replicas running on this machine, by their command
-    lines (`python -m services.engine.replica <deployments>/<name>/spec-<x>.json <replica id>`)."""
+    lines (`python -m services.engine.replica <deployments>/<name>/spec-<x>.json <replica id>`); `cwds`: and the
+    working directories of the processes this one may read (a third item)."""
     ids: set[str] = set()
     names: set[str] = set()
-    for process in psutil.process_iter(["cmdline"]):
+    folders: set[Path] = set()
+    for process in psutil.process_iter(["cmdline", "cwd"] if cwds else ["cmdline"]):
+        if cwds and process.info.get("cwd"):
+            folders.add(Path(process.info["cwd"]))
         cmdline = process.info.get("cmdline") or []
         try:
             at = cmdline.index(REPLICA_MODULE)
@@ -947,4 +1033,4 @@ def _live_replicas() -> tuple[set[str], set[str]]:
         if len(cmdline) > at + 2:
             names.add(Path(cmdline[at + 1]).parent.name)
             ids.add(cmdline[at + 2])
-    return ids, names
+    return (ids, names, folders) if cwds else (ids, names)

@@ -384,3 +384,89 @@ async def test_a_crash_loop_keeps_the_logs_of_the_last_replicas_replaced(backend
     kept = {path.name for path in (backend.work_dir / "d-1").glob("replica-*.log")}
     assert kept == {f"replica-{r}.log" for r in [*replaced[-backend_module.KEPT_LOGS:],
                                                    replica_set.replicas[0].replica_id]}
+
+
+def _removing(folder) -> list:
+    return [path for path in folder.iterdir() if path.name.startswith(REMOVING)] if folder.exists() else []
+
+
+async def _gone(condition, what: str, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_previous_deployers_draining_replica_keeps_its_log_and_folder_until_it_exits(backend, monkeypatch):
+    """After a deployer restart a replica of the previous deployer may still drain (SIGTERM at its deployer's death).
+    An undeploy then removed its log at once and left its worker's folder in a renamed engine-work folder until the
+    next deployer start. Now both stay while it runs and go, with the renamed folders, once it has exited."""
+    monkeypatch.setattr(backend_module, "RECHECK_EVERY", 0.05)
+    work, engine = backend.work_dir, backend.engine_work_dir
+    (engine / "d-1" / "old-0").mkdir(parents=True)
+    (work / "d-1").mkdir(parents=True)
+    (work / "d-1" / "replica-old.log").write_bytes(b"draining\n")
+    draining = _replica_process(work / "d-1" / "spec-0.json", "old")
+    try:
+        await backend.start("d-1", SPEC, 1)  # the restore's own set
+        await backend.stop("d-1")
+        await backend.swept()
+        [logs], [workers] = _removing(work), _removing(engine)
+        assert _names(logs) == {"replica-old.log"} and _names(workers) == {"old-0"}  # its own: kept while it runs
+        assert _names(work) == {logs.name} and _names(engine) == {workers.name}  # the new set's: gone
+    finally:
+        draining.kill()
+        draining.wait()
+    await _gone(lambda: not _removing(work) and not _removing(engine), "the renamed folders go once it exited")
+    assert _names(work) == set() and _names(engine) == set()
+    await backend.close()
+
+
+def _sleeping_in(folder) -> subprocess.Popen:
+    """A process (not a replica) whose working directory is `folder`, sleeping."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=folder)
+
+
+async def test_at_start_a_renamed_engine_work_folder_goes_whole_but_what_a_live_process_uses(backend, tmp_path):
+    """A renamed engine-work folder (an undeploy cut short) was only emptied of <id>-<n> workers' folders at a start:
+    anything else in it kept it for ever. Now the rest goes too (a link in it unlinked, not followed), but a live
+    replica's worker folder and a folder a live process works in. A renamed link goes (unlinked): it was never
+    listed."""
+    engine = backend.engine_work_dir
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    stale, used = engine / f"{REMOVING}d-5-1234abcd", engine / f"{REMOVING}d-6-1234abcd"
+    for folder in (stale / "gone-0", stale / "not-a-worker", used / "in-use"):
+        folder.mkdir(parents=True)
+        (folder / "file").write_bytes(b"x")
+    (stale / "stray-file").write_bytes(b"x")
+    (stale / "link").symlink_to(outside, target_is_directory=True)
+    (used / "other-file").write_bytes(b"x")
+    (engine / f"{REMOVING}d-7-1234abcd").symlink_to(outside, target_is_directory=True)  # a linked one renamed
+    inside = _sleeping_in(used / "in-use")
+    try:
+        backend.sweep_stale_work()
+        await backend.swept()
+        assert _names(engine) == {used.name} and _names(used) == {"in-use"}
+    finally:
+        inside.kill()
+        inside.wait()
+    assert _names(outside) == {"keep"}
+    await backend.close()
+
+
+async def test_an_undeploys_cgroup_sweep_runs_again_a_little_later(backend, monkeypatch):
+    """A replica killed with SIGKILL takes its sandbox launchers with it by their parent-death signal, which the kernel
+    delivers asynchronously: the sweep right after the undeploy may find a launcher still in its cgroup. It runs
+    once more CGROUP_RESWEEP later (in the sweep thread), and only once."""
+    monkeypatch.setattr(backend_module, "CGROUP_RESWEEP", 0.05)
+    await backend.start("d-1", SPEC, 1)
+    await backend.stop("d-1")
+    await backend.swept()
+    assert backend.cgroup_sweeps == 1
+    await _gone(lambda: backend.cgroup_sweeps == 2, "the second sweep", 2.0)
+    await asyncio.sleep(0.2)
+    await backend.swept()
+    assert backend.cgroup_sweeps == 2
+    await backend.close()
