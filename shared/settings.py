@@ -161,7 +161,10 @@ class AuthSettings(BaseModel):
     failed_login_delay: float = Field(0.5, description="Extra seconds per recent failed login (capped at 4 s).")
     lockout_after: int = Field(10, description="Failed logins in a row that lock an account.")
     lockout_seconds: int = Field(900, description="How long a locked account stays locked.")
-    revocation_poll_interval: float = Field(20.0, description="Seconds between refreshes of deactivated users.")
+    revocation_poll_interval: float = Field(20.0, description=(
+        "Seconds between a verifier's reads of what changed in the revocation list (deactivated users, revoked "
+        "sessions and clients): the bound on a revocation whose event was missed. The whole list is read at the "
+        "start and every 10 minutes (shared.authz.FULL_READ_INTERVAL)."))
     # argon2id's cost (argon2-cffi's defaults, RFC 9106's second recommendation); only the test stack lowers it
     password_hash_time_cost: int = Field(3, ge=1, description="argon2id passes of a password hash.")
     password_hash_memory_kib: int = Field(65536, ge=8, description="argon2id memory of a password hash (KiB).")
