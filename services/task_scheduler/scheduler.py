@@ -226,7 +226,7 @@ class Scheduler:
     async def _stop_once(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TASK_STOP_TIMEOUT
-        self._stop.set()
+        self._stop.set()  # from here nothing is started or adopted unkilled, by a pass left below too (_supervised)
         self._wake.set()
         if self._loop is not None:
             await self._stop_step(self._loop, "the scheduler's last pass")
@@ -380,6 +380,8 @@ class Scheduler:
         beaten and supervised now, at the next pass (its main.py never started: it starts now; a kill asked before
         that beat stops it before it starts, one asked later as any run's kill does). Not a run whose end this process
         could not record (`unrecorded`): that one ran, and is left to the lost-run step."""
+        if self._stop.is_set():  # a stop adopts nothing (_supervised): the lost-run step fails them
+            return
         found = await store.own_unsupervised(conn, self.identity, list(self.runs))
         self.unrecorded.intersection_update(r["id"] for r in found)  # the others ended (the lost-run step)
         found = [r for r in found if r["id"] not in self.unrecorded]
@@ -400,12 +402,10 @@ class Scheduler:
                         " that started it failed): supervised now", row["id"],
                         row["started_at"].isoformat() if row["started_at"] is not None else "?")
             self.events_committed()  # its events.task_run.started, committed with the start
-            self.kills[row["id"]] = asyncio.Event()
-            if kill_requested := beaten[row["id"]]:  # asked meanwhile (task/kill, a replace): never started
-                if isinstance(kill_requested, str):
-                    self.kill_reasons[row["id"]] = kill_requested
-                self.kills[row["id"]].set()
-            self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
+            kill_requested = beaten[row["id"]]
+            if isinstance(kill_requested, str):  # asked meanwhile (a replace; task/kill: True): never started
+                self.kill_reasons[row["id"]] = kill_requested
+            self._supervised(row, killed=bool(kill_requested))
 
     # --- 2. schedule points -------------------------------------------------------------------------------------
 
@@ -516,8 +516,8 @@ class Scheduler:
         while True:
             started_any = False
             for workspace_id in await store.workspaces_waiting(conn, settings.max_concurrent_runs_per_workspace):
-                if settings.max_runs_per_process - len(self.runs) <= 0:
-                    return busy
+                if settings.max_runs_per_process - len(self.runs) <= 0 or self._stop.is_set():
+                    return busy  # full, or stopping: a stop starts nothing (_supervised)
                 started = await store.start_queued(conn, workspace_id, settings.max_concurrent_runs_per_workspace,
                                                    1, self.identity)
                 if started is None:
@@ -526,10 +526,21 @@ class Scheduler:
                 for row in started:
                     started_any = True
                     self.events_committed()
-                    self.kills[row["id"]] = asyncio.Event()
-                    self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
+                    self._supervised(row)
             if not started_any:
                 return busy
+
+    def _supervised(self, row: asyncpg.Record, killed: bool = False) -> None:
+        """A run this process started or adopts, supervised from now on; its kill set at once (`killed`, or a stop
+        under way), so its main.py never starts. The stop (_stop_once) sets `_stop` before it sets every run's kill, and
+        nothing awaits between this check and the run's place in `kills`: a run is either among the kills the stop sets
+        or killed here. Before, a pass the stop gave up on (past STOP_STEP, left to end in the background) could still
+        start or adopt a run after the stop had set every kill: its main.py ran while the process shut down, killed by
+        nothing (and one started while the stop waited for that pass ran until the kills came)."""
+        self.kills[row["id"]] = kill = asyncio.Event()
+        if killed or self._stop.is_set():
+            kill.set()
+        self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
 
     # --- 4. heartbeats and kills --------------------------------------------------------------------------------
 
@@ -796,6 +807,8 @@ class Scheduler:
 
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
         deps = self.deps
+        if self.kills[row["id"]].is_set():  # killed as it was started (a stop under way, a kill asked): nothing set up
+            return runner.RunOutcome("failure", None, runner.KILLED)
         task = await store.task(deps.pool, row["task_id"])
         orch = await store.orchestration(deps.pool, task["orch_id"])
         zip_path = await self._local_zip(orch["sha"])

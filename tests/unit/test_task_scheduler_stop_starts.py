@@ -1,0 +1,171 @@
+"""A stopping task scheduler starts and adopts nothing: a run its last pass starts or adopts once the stop has begun is
+killed as it is supervised (Scheduler._supervised), its main.py never run, and the pass claims nothing more.
+
+Before, Scheduler._stop_once set every run's kill once it had waited STOP_STEP for the loop's last pass; a pass it gave
+up on (left to end in the background: a statement whose answer came as it was cancelled) could still start or adopt a
+run after that, with a kill event nobody would set: its main.py ran while the process shut down. And a run the pass
+started while the stop waited for it ran until the kills came."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.task_scheduler import runner, store
+from services.task_scheduler import scheduler as scheduler_module
+from services.task_scheduler.handlers import Deps
+from services.task_scheduler.scheduler import Scheduler
+from shared import db
+from shared.settings import TaskSettings
+
+STARTED = datetime(2026, 12, 5, 17, 0, tzinfo=UTC)
+
+
+def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
+    """A scheduler whose runs reach runner.execute (main.py) with everything before it faked; `seen` records what
+    ran and what was recorded."""
+    seen: dict = {"executed": [], "ended": [], "claims": []}
+
+    async def publish(*_: object) -> None:
+        pass
+
+    async def mint(*_: object) -> str:
+        return "token"
+
+    async def task(pool, task_id):
+        return {"id": task_id, "orch_id": 1, "owner_id": "o", "workspace_id": 1, "timeout_seconds": 20, "args": {}}
+
+    async def orchestration(pool, orch_id):
+        return {"sha": "s", "requirements_sha": None, "entrypoint": "main.py"}
+
+    async def relay_number(pool, owner_id):
+        return 0
+
+    async def execute(plan, writer, kill):
+        seen["executed"].append(plan.run_id)
+        await kill.wait()  # main.py runs until its kill
+        return runner.RunOutcome("failure", None, runner.KILLED)
+
+    async def finish_run(pool, run_id, supervisor, status, exit_code, reason):
+        seen["ended"].append((run_id, status, reason))
+        return True
+
+    async def local_zip(self, sha):
+        return tmp_path / "o.zip"
+
+    monkeypatch.setattr(store, "task", task)
+    monkeypatch.setattr(store, "orchestration", orchestration)
+    monkeypatch.setattr(store, "relay_number", relay_number)
+    monkeypatch.setattr(store, "finish_run", finish_run)
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "cleanup", lambda workdir: None)
+    monkeypatch.setattr(Scheduler, "_local_zip", local_zip)
+    monkeypatch.setattr(scheduler_module, "STOP_STEP", 0.2)
+    deps = Deps(pool=None, objects=None, settings=TaskSettings(), work_root=tmp_path, membership=lambda token: None,
+                publish=publish)
+    return Scheduler(deps=deps, mint=mint, gateway_url="http://127.0.0.1:1", identity="me"), seen
+
+
+def a_row(run_id: uuid.UUID) -> dict:
+    return {"id": run_id, "task_id": uuid.uuid4(), "started_at": STARTED}
+
+
+async def settle(sched: Scheduler) -> None:
+    async with asyncio.timeout(10):
+        while sched.runs:
+            await asyncio.gather(*sched.runs.values(), return_exceptions=True)
+
+
+def fake_claims(seen: dict, answer: asyncio.Event, monkeypatch) -> asyncio.Event:
+    """store.start_queued and store.own_unsupervised answer one run, the first time, once `answer` is set (then
+    none); a cancel that comes meanwhile is lost, as one that meets a statement's answer is: the pass goes on with
+    what the claim committed. The event returned is set when a claim is under way."""
+    run_id = uuid.uuid4()
+    under_way = asyncio.Event()
+
+    async def answered(claim: str) -> list:
+        seen["claims"].append(claim)
+        under_way.set()
+        try:
+            await answer.wait()
+        except asyncio.CancelledError:
+            await answer.wait()  # the cancel lost: the claim's answer comes all the same
+        first = seen["claims"].count(claim) == 1
+        return [a_row(run_id)] if first else []
+
+    async def workspaces_waiting(conn, limit=None):
+        return [1]
+
+    async def start_queued(conn, workspace_id, limit, room, supervisor):
+        return await answered("start")
+
+    async def own_unsupervised(conn, supervisor, known):
+        return await answered("adopt")
+
+    async def beat_runs(conn, run_ids, supervisor):
+        return {r: False for r in run_ids}
+
+    monkeypatch.setattr(store, "workspaces_waiting", workspaces_waiting)
+    monkeypatch.setattr(store, "start_queued", start_queued)
+    monkeypatch.setattr(store, "own_unsupervised", own_unsupervised)
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
+    return under_way
+
+
+async def a_last_pass(sched: Scheduler, seen: dict, claim: str, answer: asyncio.Event, monkeypatch) -> asyncio.Future:
+    """The loop's last pass (`claim`: its start of queued runs or its adoption of unanswered starts), under way: its
+    claim is answered only when `answer` is set."""
+    under_way = fake_claims(seen, answer, monkeypatch)
+    sched._loop = db.begin(sched.start_queued(None) if claim == "start" else sched.adopt_unanswered(None))
+    await under_way.wait()
+    return sched._loop
+
+
+@pytest.mark.parametrize("claim", ["start", "adopt"])
+async def test_a_run_a_left_pass_starts_after_the_stop_never_runs(tmp_path, monkeypatch, claim):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    answer = asyncio.Event()
+    last_pass = await a_last_pass(sched, seen, claim, answer, monkeypatch)
+    async with asyncio.timeout(10):
+        await sched.stop()  # gives up on the pass after STOP_STEP, sets every kill (none yet), returns
+        assert not last_pass.done()
+        answer.set()  # the claim's answer: a run, started (or found) under this process
+        await asyncio.wait({last_pass})  # the left pass ends: it started (or adopted) the run
+        assert len(sched.runs) == 1 and all(kill.is_set() for kill in sched.kills.values())
+        await settle(sched)
+    assert seen["executed"] == []  # its main.py never ran; before, it ran with nothing to kill it
+    [(_, status, reason)] = seen["ended"]
+    assert (status, reason) == ("failure", "stopped: its task scheduler process shut down")
+
+
+async def test_a_run_started_while_the_stop_waits_for_the_pass_never_runs(tmp_path, monkeypatch):
+    """The pass's start answered within STOP_STEP, after the stop began: killed as it is supervised. Before, its
+    main.py ran until the stop's kills came, once the pass had ended."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    answer = asyncio.Event()
+    await a_last_pass(sched, seen, "start", answer, monkeypatch)
+    async with asyncio.timeout(10):
+        stopping = asyncio.ensure_future(sched.stop())
+        await asyncio.sleep(0.05)  # the stop has begun, and waits for the pass
+        answer.set()
+        await stopping
+        await settle(sched)
+    assert seen["executed"] == []
+    assert [(status, reason) for _, status, reason in seen["ended"]] == [
+        ("failure", "stopped: its task scheduler process shut down")]
+
+
+async def test_a_stopping_scheduler_claims_nothing(tmp_path, monkeypatch):
+    """Once the stop has begun, a pass asks the database for no start and no adoption."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    answer = asyncio.Event()
+    answer.set()
+    fake_claims(seen, answer, monkeypatch)
+    sched._stop.set()
+    assert await sched.start_queued(None) is False
+    await sched.adopt_unanswered(None)
+    assert seen["claims"] == [] and sched.runs == {}
