@@ -936,12 +936,7 @@ def _remove_tree(path: Path) -> None:
     followed, and what it points at stays: shutil.rmtree refuses a link
     ('Cannot call rmtree on a symbolic link'), so it was never removed and its warning came again at every start."""
     if path.is_symlink():
-        try:
-            path.unlink()
-        except FileNotFoundError:  # gone meanwhile
-            pass
-        except OSError as exc:
-            log.warning("could not remove %s (a symbolic link): %s", path, exc)
+        _unlink(path)
         return
     failed: list[str] = []
 
@@ -994,6 +989,7 @@ def _remove_moved(moved: Path, workers: bool) -> bool:
 
 
 def _unlink(path: Path) -> None:
+    """Remove a file or a symbolic link (not followed); gone meanwhile is fine, another failure logged."""
     try:
         path.unlink()
     except FileNotFoundError:  # gone meanwhile
