@@ -577,10 +577,23 @@ class Scheduler:
     # --- 5. environments ----------------------------------------------------------------------------------------
 
     async def install_next(self, conn: asyncpg.Connection) -> None:
-        if self.installing is None or self.installing.done():
-            env = await store.claim_env(conn, self.identity, self.deps.settings.supervisor_lost_after)
-            if env is not None:
-                self.installing = asyncio.create_task(self._install_one(env))
+        """The next environment waiting to be installed, claimed and installed in the background (`installing`). A
+        stopping process claims none, and one its claim found as the stop began is not installed (the claim lapses
+        and another scheduler claims it supervisor_lost_after later, as after a crash): the stop cancels `installing`
+        after setting `_stop`, and nothing awaits between the check and the install's start. Before, a last pass the
+        stop gave up on could start an install after that cancel: pip ran on in the sandbox while the process shut
+        down, cancelled by nothing."""
+        if self._stop.is_set() or not (self.installing is None or self.installing.done()):
+            return
+        env = await store.claim_env(conn, self.identity, self.deps.settings.supervisor_lost_after)
+        if env is None:
+            return
+        if self._stop.is_set():
+            log.info("requirements %s: claimed as this process stops: not installed here (another scheduler claims"
+                     " them %.0f s after this claim)", env["requirements_sha"][:12],
+                     self.deps.settings.supervisor_lost_after)
+            return
+        self.installing = asyncio.create_task(self._install_one(env))
 
     async def _install_one(self, env: asyncpg.Record) -> None:
         deps = self.deps

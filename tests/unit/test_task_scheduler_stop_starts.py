@@ -1,10 +1,12 @@
 """A stopping task scheduler starts and adopts nothing: a run its last pass starts or adopts once the stop has begun is
-killed as it is supervised (Scheduler._supervised), its main.py never run, and the pass claims nothing more.
+killed as it is supervised (Scheduler._supervised), its main.py never run, and the pass claims nothing more; nor
+does it start an environment's install (Scheduler.install_next).
 
 Before, Scheduler._stop_once set every run's kill once it had waited STOP_STEP for the loop's last pass; a pass it gave
 up on (left to end in the background: a statement whose answer came as it was cancelled) could still start or adopt a
 run after that, with a kill event nobody would set: its main.py ran while the process shut down. And a run the pass
-started while the stop waited for it ran until the kills came."""
+started while the stop waited for it ran until the kills came. An install such a pass claimed after the stop's cancel of
+`installing` ran pip on, cancelled by nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from services.task_scheduler import runner, store
+from services.task_scheduler import packaging, runner, store
 from services.task_scheduler import scheduler as scheduler_module
 from services.task_scheduler.handlers import Deps
 from services.task_scheduler.scheduler import Scheduler
@@ -165,7 +167,48 @@ async def test_a_stopping_scheduler_claims_nothing(tmp_path, monkeypatch):
     answer = asyncio.Event()
     answer.set()
     fake_claims(seen, answer, monkeypatch)
+
+    async def claim_env(conn, worker, lost_after):
+        seen["claims"].append("install")
+
+    monkeypatch.setattr(store, "claim_env", claim_env)
     sched._stop.set()
     assert await sched.start_queued(None) is False
     await sched.adopt_unanswered(None)
-    assert seen["claims"] == [] and sched.runs == {}
+    await sched.install_next(None)
+    assert seen["claims"] == [] and sched.runs == {} and sched.installing is None
+
+
+async def test_an_install_a_left_pass_claims_after_the_stop_is_not_started(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    answer, under_way = asyncio.Event(), asyncio.Event()
+    installs = []
+
+    async def claim_env(conn, worker, lost_after):
+        under_way.set()
+        try:
+            await answer.wait()
+        except asyncio.CancelledError:
+            await answer.wait()  # the cancel lost: the claim's answer comes all the same
+        return {"requirements_sha": "ab" * 32, "requirements": "numpy\n"}
+
+    async def install_env(work_root, sha, requirements, settings):
+        installs.append(sha)
+        await asyncio.sleep(3600)  # pip, in the sandbox
+        return True, None
+
+    monkeypatch.setattr(store, "claim_env", claim_env)
+    monkeypatch.setattr(packaging, "install_env", install_env)
+    sched._loop = db.begin(sched.install_next(None))
+    await under_way.wait()
+    async with asyncio.timeout(10):
+        await sched.stop()  # gives up on the pass, cancels `installing` (none yet)
+        answer.set()
+        await asyncio.wait({sched._loop})
+        for _ in range(5):  # an install started would have called install_env by now
+            await asyncio.sleep(0)
+    installing, sched.installing = sched.installing, None
+    if installing is not None:  # before: started, and cancelled by nothing; cancelled here, the test over
+        installing.cancel()
+        await asyncio.wait({installing})
+    assert installing is None and installs == []
