@@ -30,7 +30,7 @@ STARTED = datetime(2026, 12, 5, 17, 0, tzinfo=UTC)
 def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
     """A scheduler whose runs reach runner.execute (main.py) with everything before it faked; `seen` records what
     ran and what was recorded."""
-    seen: dict = {"executed": [], "ended": [], "claims": []}
+    seen: dict = {"executed": [], "ended": [], "claims": [], "set_up": []}
 
     async def publish(*_: object) -> None:
         pass
@@ -38,7 +38,8 @@ def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
     async def mint(*_: object) -> str:
         return "token"
 
-    async def task(pool, task_id):
+    async def task(pool, task_id):  # the first step of a run's setup (then its zip, environment, number, token)
+        seen["set_up"].append(task_id)
         return {"id": task_id, "orch_id": 1, "owner_id": "o", "workspace_id": 1, "timeout_seconds": 20, "args": {}}
 
     async def orchestration(pool, orch_id):
@@ -140,6 +141,7 @@ async def test_a_run_a_left_pass_starts_after_the_stop_never_runs(tmp_path, monk
         assert len(sched.runs) == 1 and all(kill.is_set() for kill in sched.kills.values())
         await settle(sched)
     assert seen["executed"] == []  # its main.py never ran; before, it ran with nothing to kill it
+    assert seen["set_up"] == []  # nor was it set up (its task read, zip, environment, relay number, token)
     [(_, status, reason)] = seen["ended"]
     assert (status, reason) == ("failure", "stopped: its task scheduler process shut down")
 
@@ -156,7 +158,7 @@ async def test_a_run_started_while_the_stop_waits_for_the_pass_never_runs(tmp_pa
         answer.set()
         await stopping
         await settle(sched)
-    assert seen["executed"] == []
+    assert seen["executed"] == [] and seen["set_up"] == []
     assert [(status, reason) for _, status, reason in seen["ended"]] == [
         ("failure", "stopped: its task scheduler process shut down")]
 
