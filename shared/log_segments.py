@@ -389,14 +389,27 @@ def unpack_tensors(table: pa.Table) -> pa.Table:
     return table
 
 
-def read_segment(data: pa.Buffer | bytes, names: list[str] | None = None) -> pa.Table:
+def read_segment(data: pa.Buffer | bytes, schema: pa.Schema | list[str] | None = None) -> pa.Table:
     """The rows of a segment `encode_segment_buffer` wrote (its bytes), as the log table it was written from: tensor
-    columns unpacked, the columns in the order of `names` when given (a segment stores them in `storage_order`), the
-    rows in the segment's (time) order. An engine replica reads back a segment whose PUT failed to send its rows
-    through the stream, instead of holding the segment's table while the PUT is under way. A zero-size tensor
-    column comes back as lists (`_relisted`), as the log store would store it."""
+    columns unpacked, the columns in the order of `schema` (or of a list of names) when given (a segment stores them
+    in `storage_order`), the rows in the segment's (time) order. An engine replica reads back a segment whose PUT
+    failed to send its rows through the stream, instead of holding the segment's table while the PUT is under way.
+
+    Given the schema the segment was written from, the table comes back of that schema: Parquet has no
+    timestamp[s], time32[s] nor date64, so they come back as timestamp[ms], time32[ms] and date32 (and a zero-size
+    tensor column as lists, `_relisted`), whose fingerprint is another one's: the log store stored the read-back rows
+    apart from the replica's segments, and pages saw a schema change. A table the cast refuses (not met: each value
+    came from that type) comes back as read."""
     table = unpack_tensors(pq.read_table(pa.BufferReader(data), use_threads=False))
-    return table if names is None or table.column_names == names else table.select(names)
+    names = schema.names if isinstance(schema, pa.Schema) else schema
+    if names is not None and table.column_names != names:
+        table = table.select(names)
+    if isinstance(schema, pa.Schema) and not table.schema.equals(schema, check_metadata=True):
+        try:
+            table = table.cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+            pass
+    return table
 
 
 def unwritable(kind: pa.DataType, nested: bool = False) -> bool:

@@ -403,7 +403,7 @@ class LogBatcher:
         # the PUT holds the segment's bytes only, not also its table (~1.3x their size): two writes under way held
         # both while their PUTs waited for SeaweedFS (docs/performance.md item 90); a refused PUT's rows are read
         # back from the bytes
-        names = table.column_names
+        schema = table.schema  # the read-back's types: Parquet gives timestamp[s] back as timestamp[ms] (read_segment)
         del table
         try:
             async with asyncio.timeout(SEGMENT_PUT_TIMEOUT):  # the client's own retries take ~13 s when it is down
@@ -416,7 +416,7 @@ class LogBatcher:
                 log.warning("object storage refused an inference log segment of %s (%d so far): %s; sending the "
                             "rows through the stream", self.subject, self.segment_failures, exc)
             try:
-                return await self._in_thread(read_segment, data, names), counts
+                return await self._in_thread(read_segment, data, schema), counts
             except Exception as unreadable:  # no known type does (df147863 sends those as rows), a future one may
                 self._flush_failed(unreadable, sum(counts))
                 return None

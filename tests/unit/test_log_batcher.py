@@ -609,3 +609,40 @@ async def test_a_refused_segment_that_cannot_be_read_back_loses_its_group_only(m
     assert len(ids) == len(set(ids)) == 2
     assert batcher.lost_rows == 4 and batcher.failed_flushes == 1 and batcher.lost_records == 0
     assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
+
+
+async def test_a_refused_segments_rows_go_with_the_types_the_replica_built_them_with():
+    """Parquet has no timestamp[s], time32[s] nor date64: a refused PUT's rows, read back from the segment's bytes,
+    came back as timestamp[ms], time32[ms] and date32 (a zero-size tensor as lists), so the log store stored them
+    under another schema fingerprint than the replica's segments and pages saw a schema change. They are sent with
+    the types (and the fingerprint) of the batch the replica built, as without a store."""
+    from shared.log_segments import layout
+    from shared.logrecords import expand_runs, schema_fingerprint
+
+    rows = 3
+    inputs = pa.table({"at": pa.array([1_700_000_000 + i for i in range(rows)], pa.timestamp("s")),
+                       "day": pa.array([86_400_000 * (19_000 + i) for i in range(rows)], pa.date64()),
+                       "clock": pa.array([60 * i for i in range(rows)], pa.time32("s")),
+                       "when": pa.array([{"s": i, "d": 86_400_000 * i} for i in range(rows)],
+                                        pa.struct([("s", pa.timestamp("s")), ("d", pa.date64())])),
+                       "empty": pa.array([[] for _ in range(rows)], pa.list_(pa.float32(), 0)),
+                       "x": pa.array([1.0, 2.0, 3.0], pa.float32())})
+    one = InferenceRecord(0, inputs, pa.table({"y": pa.array([1.0, 2.0, 3.0], pa.float64())}), "m", (1, 2))
+    inline, stream = RefusingStream(), RefusingStream()
+    inline.full = stream.full = False
+    without = LogBatcher(inline, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024)
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=Objects(down=True))
+    without.add(one)
+    batcher.add(one)
+    await without.flush()
+    await batcher.flush()
+    assert batcher.segment_failures == 1
+    (sent, _), = inline.published
+    (read_back, _), = stream.published
+    built = expand_runs(pa.ipc.open_stream(sent).read_all())
+    table = expand_runs(pa.ipc.open_stream(read_back).read_all())
+    assert table.schema.equals(built.schema, check_metadata=True)
+    assert schema_fingerprint(table.schema) == schema_fingerprint(built.schema)
+    assert layout(table.schema).fingerprint == layout(built.schema).fingerprint
+    assert table.to_pylist() == built.to_pylist()
+    assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
