@@ -52,6 +52,7 @@ import asyncpg
 import nats.errors
 from pydantic import ValidationError
 
+from services.log_store.waits import IDLE_FETCH
 from shared import db, subjects
 from shared.consumers import describe, record_dead_letter
 from shared.dead_letters import REPLAY_FOR_HEADER
@@ -72,12 +73,7 @@ CHANNEL = "log_store_deployment_recorded"  # NOTIFY'd with a deployment's name a
 LISTEN_WAIT = 5.0  # seconds starting or ending the LISTEN may take (a server that stopped answering), then given up
 LISTEN_RETRY = 5.0  # seconds after a failed start of the LISTEN before the next try
 FETCH_WAIT = 1.0  # seconds a fetch waits while the stream is read (its backlog at a start, an announcement owed)
-IDLE_FETCH = 5.0
-"""Seconds the consumer waits, caught up and owing nothing, in one fetch of one announcement, which the server answers
-as soon as one is published (as handlers.IDLE_FETCH for ingestion): before session 32 it fetched with FETCH_WAIT as
-its timeout, a pull request and a wake-up every second with nothing to do. Bounded, not for ever: `caught_up` moves on
-at each end of a wait (a batch is judged unknown only UNKNOWN_WAIT, an hour, after it came: the seconds do not
-matter), and a pull request the server forgets (a reconnect) is renewed within it. A stop ends the wait at once."""
+# IDLE_FETCH (waits.py): seconds a fetch waits, caught up and owing nothing, for one announcement
 
 
 class Owner(NamedTuple):

@@ -41,6 +41,7 @@ import nats.errors
 from services.log_store import pages, store
 from services.log_store.deployments import Deployments
 from services.log_store.segments import POS, SegmentReader, drop_unwritable, empty_page, encode_segment
+from services.log_store.waits import IDLE_FETCH
 from shared import subjects
 from shared.authz import MembershipLookup, Principal, require_admin, require_member
 from shared.bus import held_note, log_store_consumer_config
@@ -135,11 +136,7 @@ UNKNOWN_LOG_EVERY = 60.0  # seconds between two log lines about one deployment's
 HELD_FRESH = 2 * UNKNOWN_RETRY_MAX  # seconds a held batch not seen again still counts as held (`note_held`)
 HELD_NOTE_EVERY = 1.0  # seconds between two looks at the consumer while batches are held (`Ingestor.note_held`)
 STOP_WAIT = 5.0  # seconds a stop waits for the flush under way before it cancels the loop
-IDLE_FETCH = 5.0
-"""Seconds an idle consumer loop (nothing gathering, nothing held) waits for its next message in one fetch of one
-message, which the server answers as soon as one is published (`Ingestor.idle_fetch`): before, it fetched with
-`flush_interval` (0.25 s) as its timeout, waking four times a second with nothing to do. Bounded, not for ever: a
-pull request the server forgets (a reconnect) is renewed within it. A stop ends the wait at once."""
+# IDLE_FETCH (waits.py): seconds an idle consumer loop waits for its next message, in one fetch of one
 ANNOUNCED_MAX = 4096  # announcements noted between two turns of the loop at most; past it every held batch is woken
 # seconds between two looks in PostgreSQL, while batches are held, for announcements another log-store process recorded
 HELD_LOOKUP_EVERY = 1.0

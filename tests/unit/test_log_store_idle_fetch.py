@@ -81,3 +81,21 @@ def test_a_stop_between_the_loops_awaits_does_not_start_an_idle_wait():
         return await asyncio.wait_for(ingestor.idle_fetch(), 1)
 
     assert asyncio.run(scenario()) == []
+
+
+def test_both_consumer_loops_wait_by_one_idle_fetch_defined_once():
+    """IDLE_FETCH was defined twice, in handlers.py (ingestion) and in deployments.py (announcements), free to drift
+    apart: it is defined once (waits.py) and both loops use that one."""
+    import ast
+    from pathlib import Path
+
+    from services.log_store import deployments, waits
+
+    folder = Path(handlers.__file__).parent
+    defined = [path.name for path in sorted(folder.glob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, (ast.Assign, ast.AnnAssign))
+               and any(isinstance(t, ast.Name) and t.id == "IDLE_FETCH"
+                       for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))]
+    assert defined == ["waits.py"]
+    assert handlers.IDLE_FETCH is waits.IDLE_FETCH and deployments.IDLE_FETCH is waits.IDLE_FETCH
