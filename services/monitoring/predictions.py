@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -80,6 +81,7 @@ from shared.errors import (
     validation_message,
 )
 from shared.lean_imports import lazy_module
+from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.deployer import DeploymentRoute, GetPipeline, PipelineRecord, ResolveDeployment
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
@@ -116,6 +118,14 @@ else:  # imported by the first prediction (~12 MiB of RSS the idle monitoring se
 NAME = "monitoring"
 log = logging.getLogger("railyard.monitoring.predictions")
 ENGINE_TIMEOUT = 30.0
+FIRST_ATTEMPT = 3.0
+"""A predict unanswered after FIRST_ATTEMPT seconds is sent once more (the rest of ENGINE_TIMEOUT), with the same
+request id, as the gateway re-sends an inference (services/gateway/inference.py, services/engine/answers.py): a replica
+killed while it held the image never answers, so the predict went on waiting for it and the caller got a 504 after
+ENGINE_TIMEOUT (30 s) while the deployment's other replicas (or the dead one's replacement) were idle. A live replica
+takes the second attempt; one still running the first answers the second from that one run; none listening (a
+one-replica deployment whose replica died: its replacement loading, or a crash loop) is the deployer's word at once
+(_no_engine: 503 starting, or deployment_crash_loop with Retry-After)."""
 SPLIT_COLUMN = "_model_split"  # the engine's RandomSplit names the arm that answered in this column (JSON)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # monitor's timestamps before this are refused
 LATEST_AHEAD = 86_400.0  # seconds a monitor timestamp may be ahead of the service's clock
@@ -276,19 +286,27 @@ async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table, by
 
     nc = deps.broker.config.connection_state.connection
     payload = to_ipc_stream(table)
-    headers = {SHADOWS_HEADER: SHADOWS_INLINE}
+    headers = {SHADOWS_HEADER: SHADOWS_INLINE, REQUEST_ID: os.urandom(16).hex()}  # one id for both attempts
     staged = None
     if above_bus_limit(payload, nc.max_payload):
         if not by_reference:
             raise InvalidRequest("the preprocessed image is larger than the bus carries: configure a smaller size")
         staged = await put_table(deps.objects, INFERENCE_PREFIX, payload)
         headers[TABLE_REF], payload = staged, b""
+    reply = None  # no replica listening: answered below, once the staged table is gone
     try:
-        reply = await nc.request(subjects.engine_infer(deployment), payload, timeout=ENGINE_TIMEOUT, headers=headers)
-    except nats.errors.NoRespondersError:
-        reply = None  # answered below, once the staged table is gone
-    except (TimeoutError, nats.errors.TimeoutError):
-        raise UpstreamTimeout(f"the engine did not answer within {ENGINE_TIMEOUT:g}s") from None
+        for attempt, wait in enumerate((FIRST_ATTEMPT, ENGINE_TIMEOUT - FIRST_ATTEMPT)):
+            try:
+                reply = await nc.request(subjects.engine_infer(deployment), payload, timeout=wait,
+                                         headers={**headers, ATTEMPT: "2"} if attempt else headers)
+                break
+            except nats.errors.NoRespondersError:
+                break
+            except (TimeoutError, nats.errors.TimeoutError):
+                if attempt:
+                    raise UpstreamTimeout(f"the engine did not answer within {ENGINE_TIMEOUT:g}s") from None
+                log.info("no replica of %s answered a predict within %g s (one may have died holding it): sent once "
+                         "more", deployment, FIRST_ATTEMPT)
     finally:
         if staged is not None:
             await deps.objects.delete(BUCKET_TABLES, staged)
