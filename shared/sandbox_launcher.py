@@ -307,19 +307,21 @@ def process_start(pid: int) -> int | None:
         return None
 
 
-def sweep_stale_cgroups(version: int, parent: str) -> list[str]:
-    """Remove the sandbox cgroups in `parent` whose owner is gone (a service that crashed, or whose launcher was
-    killed while no one was left to clean up), killing what is left in them; the names removed."""
-    removed = []
+def _ownerless_cgroups(parent: str) -> list[str]:
+    """The names of the sandbox cgroups in `parent` whose owner is gone (cgroup_owner_alive); none when `parent`
+    cannot be listed. Both sweeps' listing."""
     try:
         names = os.listdir(parent)
     except OSError:
-        return removed
-    for name in names:
-        if name.startswith(CGROUP_PREFIX) and not cgroup_owner_alive(name):
-            if MemoryCgroup(version, os.path.join(parent, name)).remove(timeout=2.0):
-                removed.append(name)
-    return removed
+        return []
+    return [name for name in names if name.startswith(CGROUP_PREFIX) and not cgroup_owner_alive(name)]
+
+
+def sweep_stale_cgroups(version: int, parent: str) -> list[str]:
+    """Remove the sandbox cgroups in `parent` whose owner is gone (a service that crashed, or whose launcher was
+    killed while no one was left to clean up), killing what is left in them; the names removed."""
+    return [name for name in _ownerless_cgroups(parent)
+            if MemoryCgroup(version, os.path.join(parent, name)).remove(timeout=2.0)]
 
 
 def sweep_unused_cgroups(version: int, parent: str) -> list[str]:
@@ -329,13 +331,7 @@ def sweep_unused_cgroups(version: int, parent: str) -> list[str]:
     process entered meanwhile the kernel refuses to remove (EBUSY). For a process that starts no sandbox of its own
     (the deployer, whose replicas' cgroups these are)."""
     removed = []
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return removed
-    for name in names:
-        if not name.startswith(CGROUP_PREFIX) or cgroup_owner_alive(name):
-            continue
+    for name in _ownerless_cgroups(parent):
         group = Cgroup(version, os.path.join(parent, name))
         if group.pids():
             continue
