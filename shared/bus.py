@@ -115,6 +115,17 @@ def _with_credentials(url: str, user: str, password: str) -> list[str]:
     return servers
 
 
+JETSTREAM_TIMEOUT = 5.0
+"""Seconds a JetStream request waits for the server's answer: a publish's ack (`publish_event`) and the API
+requests made on the broker's JetStream context (`make_broker`'s `js_options`: at `broker.start()` each durable pull
+consumer's CONSUMER.INFO, and CREATE when it is missing; `ensure_streams`, `wait_for_streams`). nats-py's own default
+for the API requests, named here so a publish waits as long: FastStream waits 0.5 s for a publish's ack when not told
+otherwise, too short for a JetStream that fsyncs every write before it acknowledges (`sync_interval: always`, the
+embedded stack's and docker-compose's) on a loaded host. A fixed figure, not `nats.request_timeout`: that is how long
+a caller waits for another service's answer (an operator raises it for slow handlers), this is the server's own
+answer, and `publish_event`'s callers hold no settings."""
+
+
 def make_broker(settings: Settings, name: str) -> NatsBroker:
     """A NatsBroker for one service process, connecting as the process's bus identity; it connects only when
     started."""
@@ -134,6 +145,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         graceful_timeout=COMMAND_DRAIN_TIMEOUT,
+        js_options={"timeout": JETSTREAM_TIMEOUT},
         logger=logger,
         log_level=logging.DEBUG,  # per-message "Received/Processed" lines only when debugging
     )
@@ -584,13 +596,16 @@ async def wait_for_streams(broker: NatsBroker, timeout: float = 30.0) -> None:
                 await asyncio.sleep(0.2)
 
 
-async def publish_event(broker: NatsBroker, subject: str, event: Event) -> None:
-    """Publish an event durably (waits for the JetStream ack); the event id de-duplicates retries."""
+async def publish_event(broker: NatsBroker, subject: str, event: Event, *, timeout: float | None = None) -> None:
+    """Publish an event durably: waits for the JetStream ack up to `timeout` seconds (JETSTREAM_TIMEOUT when None),
+    else nats.errors.TimeoutError (the event may still have been stored). The event id is the message's Nats-Msg-Id:
+    the EVENTS stream keeps one of its retries within its duplicate window (120 s)."""
     await broker.publish(
         event,
         subject,
         stream=subjects.EVENTS_STREAM,
         headers={"Nats-Msg-Id": str(event.event_id)},
+        timeout=JETSTREAM_TIMEOUT if timeout is None else timeout,
     )
 
 

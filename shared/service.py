@@ -8,7 +8,9 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 3. builds the broker (the spec's subscribers plus `<name>.health`), connects, ensures the streams;
 4. opens the pool and applies migrations, ensures the buckets, starts the sweep of its staged uploads
    (`staged_bucket`), runs the start hook;
-5. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
+5. starts the subscriptions, publishes `events.service.started` (`announce_started`: tried for up to
+   STARTED_WITHIN seconds while JetStream does not acknowledge it, then a warning; never fatal) and logs "serving";
+6. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
    answered), stops the staged-upload sweep, runs the stop hook, stops the event consumers (in-flight
    work finishes and is acknowledged) and closes connections (the database pool's within
    shared.db.POOL_CLOSE_SECONDS: past them they are terminated, whether work still held them or the server
@@ -31,10 +33,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import asyncpg
+import nats.errors
+import nats.js.errors
 from faststream.nats import NatsBroker, NatsRouter
 
 from shared import __version__, subjects
 from shared.bus import (
+    JETSTREAM_TIMEOUT,
     CallContext,
     check_reachable,
     command,
@@ -54,6 +59,13 @@ from shared.settings import Settings, load_settings
 from shared.staging import StagedBucket, StagedUploadSweep
 
 log = logging.getLogger("railyard.service")
+
+STARTED_WITHIN = 10.0
+"""Seconds a start tries to publish its `events.service.started` (`announce_started`) before it serves without it."""
+STARTED_ACK_WAIT = JETSTREAM_TIMEOUT
+"""Seconds one try waits for JetStream's ack (at most what is left of STARTED_WITHIN)."""
+STARTED_RETRY_PAUSE = 0.5
+"""Seconds between two tries."""
 
 
 @dataclass
@@ -182,6 +194,40 @@ async def _preflight(spec: ServiceSpec, settings: Settings) -> None:
         await check_tcp(endpoint.hostname or "127.0.0.1", endpoint.port or 443, "S3")
 
 
+async def announce_started(broker: NatsBroker, event: ServiceStarted, stop: asyncio.Event) -> bool:
+    """Publish the start's `events.service.started`, trying again for up to STARTED_WITHIN seconds while JetStream
+    does not acknowledge it (no ack within STARTED_ACK_WAIT, no responders); True once acknowledged. Every try sends
+    the same event (its event_id is the Nats-Msg-Id), so a try whose ack was only late is not stored twice. Never
+    raises a bus error: the event is informational (only lineage's event log records it, nothing waits for it), and
+    a start that ended on it ended a service that was ready to serve (FastStream's 0.5 s ack wait, at one fsync'd
+    write under two stacks' load, exited monitoring with "nats: timeout"). After a stop (SIGTERM) no new try."""
+    began = time.monotonic()
+    deadline = began + STARTED_WITHIN
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            await publish_event(broker, subjects.EVENT_SERVICE_STARTED, event,
+                                timeout=max(0.1, min(STARTED_ACK_WAIT, deadline - time.monotonic())))
+            return True
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError) as exc:
+            error: Exception = exc
+        except nats.errors.Error as exc:  # JetStream refused it (the stream full, say) or the connection is down
+            error = exc
+            break
+        if stop.is_set() or time.monotonic() + STARTED_RETRY_PAUSE >= deadline:
+            break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STARTED_RETRY_PAUSE):
+                await stop.wait()
+        if stop.is_set():
+            break
+    log.warning("%s not acknowledged by JetStream (%d %s in %.1f s, last: %s): serving without it (lineage's event log "
+                "may miss this start)", subjects.EVENT_SERVICE_STARTED, tries, "try" if tries == 1 else "tries",
+                time.monotonic() - began, str(error) or type(error).__name__)
+    return False
+
+
 async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> None:
     """Start the service, serve until `stop` is set, then shut down gracefully."""
     await _preflight(spec, settings)
@@ -211,9 +257,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
             close_idle(runtime.db)  # the start's queries are done: no backend waits 30 s for more (shared/db.py)
         settle_garbage_collector()
         runtime.started_at = time.monotonic()
-        await publish_event(
-            broker, subjects.EVENT_SERVICE_STARTED, ServiceStarted(name=spec.name, version=__version__, pid=os.getpid())
-        )
+        await announce_started(broker, ServiceStarted(name=spec.name, version=__version__, pid=os.getpid()), stop)
         log.info("%s %s serving (pid %d)", spec.name, __version__, os.getpid())
         if settings.probe_dir is not None:  # container probes read these files (shared/probe_files.py)
             probes = asyncio.create_task(keep_probe_files(

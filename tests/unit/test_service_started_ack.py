@@ -1,0 +1,214 @@
+"""A service's start waits long enough for the JetStream ack of its `events.service.started`, tries it again with the
+same event id when the ack does not come, and serves without it after STARTED_WITHIN (shared/service.py,
+`announce_started`; shared/bus.py, `publish_event`'s JETSTREAM_TIMEOUT). Session 32's CI: a second monitoring start
+exited 2 with "nats: timeout" when that ack took over FastStream's default 0.5 s (the test stack's nats-server fsyncs
+every write, two stacks loaded the host).
+
+The service runner (`serve`) runs in the test's process on a real nats-server with JetStream (tests/local_nats.py),
+reached through a small TCP proxy that reads the NATS protocol both ways: it sees each publish of the event (and its
+Nats-Msg-Id header) and holds back, or drops, the server's PubAck replies; everything else passes as it came."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from faststream.nats import NatsRouter
+
+from shared import service, subjects
+from shared.service import ServiceSpec, serve
+from shared.settings import Settings
+from tests.local_nats import local_nats_server
+
+SERVICE = "registry"  # a known service name (subjects.health); nothing of the registry runs
+
+
+@dataclass
+class AckProxy:
+    """What the proxy does with the server's PubAcks of EVENTS: `delay` seconds held back (and every byte after them
+    on that connection), the first `drop` of them not passed on at all. It records the event publishes' Nats-Msg-Ids
+    (`published`) and the acks it passed on (`passed`)."""
+
+    delay: float = 0.0
+    drop: int = 0
+    published: list[str] = field(default_factory=list)
+    passed: list[dict] = field(default_factory=list)
+
+    async def _frames(self, reader: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bytes]]:
+        """(control line, payload) of each protocol message as it comes; payload b"" when it has none."""
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            words = line.split()
+            op = words[0].upper() if words else b""
+            size = 0
+            if op in (b"MSG", b"PUB"):
+                size = int(words[-1])
+            elif op in (b"HMSG", b"HPUB"):
+                size = int(words[-1])
+            payload = await reader.readexactly(size + 2) if op in (b"MSG", b"PUB", b"HMSG", b"HPUB") else b""
+            yield line, payload
+
+    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for line, payload in self._frames(reader):
+            words = line.split()
+            if words[0].upper() == b"HPUB" and words[1] == subjects.EVENT_SERVICE_STARTED.encode():
+                headers = payload[:int(words[-2])].decode()
+                self.published.append(re.search(r"Nats-Msg-Id:\s*(\S+)", headers, re.IGNORECASE).group(1))
+            writer.write(line + payload)
+            await writer.drain()
+
+    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for line, payload in self._frames(reader):
+            words = line.split()
+            op = words[0].upper() if words else b""
+            if op in (b"MSG", b"HMSG"):
+                body = payload[int(words[-2]) if op == b"HMSG" else 0:-2]
+                try:
+                    answer = json.loads(body)
+                except ValueError:
+                    answer = None
+                if isinstance(answer, dict) and answer.get("stream") == "EVENTS" and "seq" in answer:  # a PubAck
+                    if self.drop > 0:
+                        self.drop -= 1
+                        continue
+                    await asyncio.sleep(self.delay)
+                    self.passed.append(answer)
+            writer.write(line + payload)
+            await writer.drain()
+
+    @contextlib.asynccontextmanager
+    async def serving(self, upstream: str) -> AsyncIterator[str]:
+        """The proxy on 127.0.0.1 in front of the nats-server at `upstream`; yields its URL."""
+        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
+        pumps: set[asyncio.Task] = set()
+
+        async def accepted(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+            server_reader, server_writer = await asyncio.open_connection(host, int(port))
+
+            async def pump(direction, reader, writer) -> None:
+                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                    await direction(reader, writer)
+                writer.close()
+
+            for task in (asyncio.create_task(pump(self._to_server, client_reader, server_writer)),
+                         asyncio.create_task(pump(self._to_client, server_reader, client_writer))):
+                pumps.add(task)
+                task.add_done_callback(pumps.discard)
+
+        server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+        try:
+            yield f"nats://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            server.close()
+            for task in list(pumps):
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+
+def _spec() -> ServiceSpec:
+    return ServiceSpec(name=SERVICE, build_router=lambda runtime: NatsRouter())
+
+
+def _serving(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(r.name == "railyard.service" and "serving (pid" in r.getMessage() for r in caplog.records)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "railyard.service" and r.levelno == logging.WARNING
+            and subjects.EVENT_SERVICE_STARTED in r.getMessage()]
+
+
+async def _run(proxy: AckProxy, url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Start the service through the proxy; return once it logged "serving" and answers its health, then stop it.
+    Fails if the start ends first (before the fix: TimeoutError "nats: timeout" out of serve)."""
+    stop = asyncio.Event()
+    async with proxy.serving(url) as proxied:
+        task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
+        try:
+            async with asyncio.timeout(60):
+                while not _serving(caplog):
+                    assert not task.done(), task.exception() if not task.cancelled() else task
+                    await asyncio.sleep(0.02)
+            caller = await nats.connect(url, max_reconnect_attempts=0)
+            try:
+                health = await caller.request(subjects.health(SERVICE), b"{}", timeout=5)
+            finally:
+                await caller.close()
+            assert json.loads(health.data)["data"]["status"] == "ok", health.data
+            assert not task.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
+async def _started_events(url: str) -> int:
+    nc = await nats.connect(url, max_reconnect_attempts=0)
+    try:
+        info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.EVENT_SERVICE_STARTED)
+        return (info.state.subjects or {}).get(subjects.EVENT_SERVICE_STARTED, 0)
+    finally:
+        await nc.close()
+
+
+def test_a_late_ack_is_waited_for(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An ack held back 1 s (twice FastStream's default wait) is waited for: one publish, no warning, serving."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    proxy = AckProxy(delay=1.0)
+
+    async def scenario(url: str) -> None:
+        await _run(proxy, url, caplog)
+        assert await _started_events(url) == 1
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    assert len(proxy.published) == 1, proxy.published
+    assert [a.get("duplicate", False) for a in proxy.passed] == [False], proxy.passed
+    assert not _warnings(caplog), _warnings(caplog)
+
+
+def test_a_lost_ack_is_tried_again_with_the_same_event(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first ack never comes: the start tries the same event again (one Nats-Msg-Id), the stream, which stored
+    the first try, keeps one (the ack that comes says duplicate), and the service serves without a warning."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    monkeypatch.setattr(service, "STARTED_ACK_WAIT", 0.5)  # a try gives up sooner; STARTED_WITHIN as it is
+    proxy = AckProxy(drop=1)
+
+    async def scenario(url: str) -> None:
+        await _run(proxy, url, caplog)
+        assert await _started_events(url) == 1
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    assert len(proxy.published) >= 2 and len(set(proxy.published)) == 1, proxy.published
+    assert proxy.passed and proxy.passed[-1].get("duplicate") is True, proxy.passed
+    assert not _warnings(caplog), _warnings(caplog)
+
+
+def test_no_ack_at_all_serves_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ack ever comes: after STARTED_WITHIN the service logs a warning naming the event and serves anyway (its
+    health answers, it runs until stopped); every try was the same event."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    monkeypatch.setattr(service, "STARTED_WITHIN", 2.0)
+    monkeypatch.setattr(service, "STARTED_ACK_WAIT", 0.3)
+    proxy = AckProxy(drop=1_000)
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(_run(proxy, url, caplog))
+    assert len(proxy.published) >= 2 and len(set(proxy.published)) == 1, proxy.published
+    assert proxy.passed == []
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "serving without it" in warnings[0], warnings
