@@ -24,6 +24,7 @@ any other workspace as one the caller is not in (`out_of_scope`); lists of "my w
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import math
@@ -42,6 +43,11 @@ ALGORITHM = "RS256"
 KIND_USER = "user"
 KIND_INFERENCE = "inference"
 KEY_REFETCH_INTERVAL = 1.0
+# s: the longest the poll keeps the signing keys without reading them again. Keys are read when a token names a key
+# not known (at most every KEY_REFETCH_INTERVAL) and on `events.auth.signing_key_rotated`; this age only bounds how
+# long a key that left the JWKS without an event (retired, or cut by an operator: docs/security.md, "Task-run
+# tokens") is still taken. Every poll (20 s) read them, in every service: ten reads of auth's database a poll
+KEY_MAX_AGE = 300.0
 VERIFIED_CACHE = 10_000
 STARTUP_RETRY = 0.5  # s: the first wait before reading the revocation list again while it was never read (doubling)
 STARTUP_GRACE = 30.0  # s after a feed's start in which a failed first read is expected (auth starting), told at INFO
@@ -89,6 +95,9 @@ class TokenVerifier:
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}
         self._revoked_sessions: dict[str, float] = {}  # session -> until when its revocation is kept (epoch s)
+        # (until, session) for every value _revoked_sessions took, soonest first: what to forget is popped from it,
+        # not found by a pass over every session (an entry whose session was kept longer since is skipped)
+        self._session_expiry: list[tuple[float, str]] = []
         # Where the full revocation list comes from (VerifierFeed.start sets it) and whether it was ever read: a
         # process that started while auth was not answering yet must not accept a token revoked before its start
         self._fetch_revocations: Callable[[], Awaitable[Any]] | None = None
@@ -109,9 +118,18 @@ class TokenVerifier:
         async with self._lock:
             jwks = await self._fetch_keys()
             keys = {jwk["kid"]: jwk for jwk in jwks if jwk.get("kty") == "RSA" and jwk.get("kid")}
+            if any(kid not in keys or keys[kid] != jwk for kid, jwk in self._keys.items()):
+                # a key left (or changed): the tokens it verified are checked again at their next use, not taken
+                # from the cache until they expire (an operator's cut of a leaked key reached only new tokens)
+                self._verified.clear()
             self._keys = keys
             self._parsed = {kid: key for kid, key in self._parsed.items() if kid in keys and key[0] == keys[kid]}
             self._fetched_at = time.monotonic()
+
+    @property
+    def keys_stale(self) -> bool:
+        """The keys were never read, or last read KEY_MAX_AGE or longer ago: the poll reads them again."""
+        return not self._fetched_at or time.monotonic() - self._fetched_at >= KEY_MAX_AGE
 
     async def _key_for(self, kid: str | None) -> Any:
         if kid not in self._keys and (time.monotonic() - self._fetched_at >= KEY_REFETCH_INTERVAL or not self._keys):
@@ -156,7 +174,7 @@ class TokenVerifier:
         when a poll that started before an event finishes after it. `position`: the list's (None: an auth that
         answers none; the next poll reads the whole list again). A read that started before another one and ends
         after it sets an older position: the next change read re-reads a little more, nothing is missed."""
-        self._merge(users, sessions, session_expiry)
+        self._merge(users, sessions, session_expiry, whole=True)
         self._revocations_read = True
         self._position = position
         self._full_read_at = time.monotonic()
@@ -168,12 +186,18 @@ class TokenVerifier:
         self._position = position
 
     def _merge(self, users: dict[str, float], sessions: dict[str, float] | None,
-               session_expiry: dict[str, float] | None) -> None:
+               session_expiry: dict[str, float] | None, whole: bool = False) -> None:
         for user_id, before in users.items():
             self.revoke(user_id, before)
         for session, revoked_at in (sessions or {}).items():
             self.revoke_session(session, revoked_at, (session_expiry or {}).get(session), prune=False)
-        self._prune_sessions(time.time())  # once a read: once an entry, a list of n sessions took n² steps
+        # once a read: once an entry, a list of n sessions took n² steps. A read of the whole list (at the start and
+        # every FULL_READ_INTERVAL) also rebuilds the expiry heap in one pass, dropping the entries it holds for
+        # values a session no longer has (each later revocation of a session with a later expiry adds one)
+        if whole:
+            self._rebuild_sessions(time.time())
+        else:
+            self._prune_sessions(time.time())
 
     @property
     def position(self) -> str | None:
@@ -249,13 +273,26 @@ class TokenVerifier:
         keep_until = revoked_at + self._settings.access_token_ttl + 60 if expires is None else float(expires) + 60
         if prune:  # (`prune=False`: the caller prunes once after many, as _merge does)
             self._prune_sessions(now)
-        if keep_until >= now:
-            self._revoked_sessions[session] = max(keep_until, self._revoked_sessions.get(session, 0))
+        if keep_until >= now and keep_until > self._revoked_sessions.get(session, -math.inf):
+            self._revoked_sessions[session] = keep_until
+            heapq.heappush(self._session_expiry, (keep_until, session))
 
     def _prune_sessions(self, now: float) -> None:
-        """Forget the revoked sessions none of whose tokens can be valid any more."""
-        for old in [s for s, until in self._revoked_sessions.items() if until < now]:
-            del self._revoked_sessions[old]
+        """Forget the revoked sessions none of whose tokens can be valid any more: those at the top of the expiry
+        heap, in O(log n) each. It was a pass over every session kept, for each revocation event: a stack holding the
+        day's ended task runs' sessions (tens of thousands) spent that on the event loop per event."""
+        heap, kept = self._session_expiry, self._revoked_sessions
+        while heap and heap[0][0] < now:
+            until, session = heapq.heappop(heap)
+            if kept.get(session) == until:  # else kept longer since (a later entry holds it), or already gone
+                del kept[session]
+
+    def _rebuild_sessions(self, now: float) -> None:
+        """_prune_sessions by one pass over every session kept, and the heap made again from what stays."""
+        kept = {session: until for session, until in self._revoked_sessions.items() if until >= now}
+        self._revoked_sessions = kept
+        self._session_expiry = [(until, session) for session, until in kept.items()]
+        heapq.heapify(self._session_expiry)
 
     def _is_revoked(self, principal: Principal) -> bool:
         if principal.session is not None and principal.session in self._revoked_sessions:
@@ -705,8 +742,12 @@ class VerifierFeed:
                     # the first wait, or the services polled in step for good and auth opened a connection each
                     phase = 0.5 + random.random() / 2 if retried else 1.0  # noqa: S311 - a phase, not a secret
                     wait, retried = self._interval * phase, False
-                    try:  # retired keys leave the JWKS: drop them here too, even if no rotation event came
-                        await self._verifier.refresh_keys()
+                    try:
+                        # retired keys leave the JWKS: dropped here too, even with no event, once the keys are
+                        # KEY_MAX_AGE old (or never read: auth not answering them at the start). Read at every poll,
+                        # they cost auth a query per service every 20 s on an idle stack
+                        if self._verifier.keys_stale:
+                            await self._verifier.refresh_keys()
                     except RailyardError as exc:
                         # auth answers the revocation list a moment before its keys subject at its start (its
                         # subscribers start one by one): no fault then, told at INFO within STARTUP_GRACE

@@ -8,6 +8,7 @@ tests/integration/test_auth_task_tokens.py."""
 
 from __future__ import annotations
 
+import heapq
 import time
 
 import pytest
@@ -276,6 +277,8 @@ def test_a_read_of_many_sessions_prunes_the_expired_once_not_once_a_session() ->
     assert Counted.passes <= 2, f"{Counted.passes} passes over the kept sessions for one read of 200"
     assert "expired" not in verifier._revoked_sessions and "run-0" not in verifier._revoked_sessions
     assert verifier._is_revoked(_token(session="run-199"))
-    verifier._revoked_sessions["run-5"] = now - 1  # expired meanwhile: an event's revocation still prunes it
+    # expired meanwhile (its keep time passed): an event's revocation still prunes it (from the expiry heap)
+    verifier._revoked_sessions["run-5"] = now - 1
+    heapq.heappush(verifier._session_expiry, (now - 1, "run-5"))
     verifier.revoke_session("another", now)
     assert "run-5" not in verifier._revoked_sessions and verifier._is_revoked(_token(session="another"))
