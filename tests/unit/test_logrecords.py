@@ -233,3 +233,45 @@ def test_a_large_batch_of_small_rows_is_not_sized_row_by_row_and_a_long_list_row
     out = drop_oversized(table, 1024 * 1024)
     assert out.column("metadata.dropped").to_pylist()[-1] == ["in.x", "out.y"]  # inputs go first
     assert out.column("metadata.dropped").to_pylist()[0] == [] and out.column("out.y")[0].as_py() == [1.0]
+
+
+def test_a_large_batch_of_small_rows_is_not_sized_row_by_row(monkeypatch):
+    """drop_oversized's quick check bounded a list or string column's rows by the column's whole bytes, offsets
+    included (4 bytes a row): above 262,144 rows the empty `metadata.dropped` lists alone passed max_row_bytes'
+    1 MiB, and every row of a flush that size (an overflow flush of 300,000 rows) was sized one by one. A batch of
+    small rows passes without a row sized; a row that is over the limit at that size is still found."""
+    import shared.logrecords as logrecords
+
+    sized: list[int] = []
+    real = logrecords.row_sizes
+
+    def row_sizes(array):
+        sized.append(len(array))
+        return real(array)
+
+    monkeypatch.setattr(logrecords, "row_sizes", row_sizes)
+    rows, per = 300_000, 1000
+    records = [InferenceRecord(i, pa.table({"tensor": tensor_array(np.ones((per, 29), np.float32)),
+                                            "tag": pa.array(["abc"] * per)}),
+                               pa.table({"y": tensor_array(np.ones((per, 1), np.float32))}), "m", (1, 2))
+               for i in range(rows // per)]
+    table = build_batch(records, "v")
+    assert table.column("metadata.dropped").nbytes > 1024 * 1024  # the offsets alone: what the check summed
+    assert drop_oversized(table, 1024 * 1024) is table and sized == []
+    # at that size a row over the limit is still found and loses its column: a long string, a list of strings
+    tags = ["abc"] * rows
+    tags[123_456] = "x" * (2 * 1024 * 1024)
+    notes = pa.array([[]] * rows, pa.list_(pa.string()))
+    wide = table.set_column(table.schema.get_field_index("in.tag"), "in.tag", pa.array(tags))
+    kept = drop_oversized(wide, 1024 * 1024)
+    assert kept.column("in.tag")[123_456].as_py() is None and kept.column("in.tag").null_count == 1
+    assert kept.column("metadata.dropped")[123_456].as_py() == ["in.tag"]
+    listed = [[] for _ in range(rows)]
+    listed[7] = ["y" * (1024 * 1024), "z"]
+    noted = table.append_column("in.notes", pa.array(listed, pa.list_(pa.string())))
+    kept = drop_oversized(noted, 1024 * 1024)
+    assert kept.column("in.notes").null_count == 1 and kept.column("metadata.dropped")[7].as_py() == ["in.notes"]
+    # a slice of the table whose big row is left out is not sized either
+    sized.clear()
+    assert drop_oversized(noted.slice(100, 200_000), 1024 * 1024).num_rows == 200_000 and sized == []
+    assert notes.nbytes > 1024 * 1024
