@@ -16,6 +16,12 @@ from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_fiel
 
 # --- tokens and keys -------------------------------------------------------------------------------
 
+SOURCE_CHARS = 128
+"""The longest `source` a sign-in command takes. The gateway sends what services/gateway/source_address.py's
+counted_as gives: an IPv4 address (at most 15 characters), an IPv6 address's /64 (at most 24), or a peer that is no
+address as the ASGI server named it (`unknown` without one). Failed logins are counted per source, in auth's
+database and memory, so a source of any length was a row and a key of any size."""
+
 
 class IssueToken(Command):
     """An OAuth2 token request (password, refresh_token, client_credentials or authorization_code grant)."""
@@ -27,9 +33,10 @@ class IssueToken(Command):
     password: str | None = None
     refresh_token: str | None = None
     scope: str | None = None
-    source: str | None = Field(None, description="The client's source as the gateway counts it (services/gateway/"
-                               "source_address.py counted_as): an IPv4 address as it is, an IPv6 address's /64 "
-                               "(2001:db8:1:2::/64). Failed logins are counted and locked per user and source.")
+    source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "
+                               "it (services/gateway/source_address.py counted_as): an IPv4 address as it is, an IPv6 "
+                               "address's /64 (2001:db8:1:2::/64). Failed logins are counted and locked per user and "
+                               "source. At most 128 characters (400 invalid_request).")
     code: str | None = Field(None, description="authorization_code grant: the code the authorization endpoint "
                              "issued.")
     code_verifier: str | None = Field(None, description="authorization_code grant: the PKCE verifier whose S256 "
@@ -48,8 +55,9 @@ class AuthorizeUser(Command):
     code_challenge: str = Field(description="BASE64URL(SHA-256(code_verifier)), 43 characters (S256 only).")
     username: str
     password: str
-    source: str | None = Field(None, description="The client's source as the gateway counts it (an IPv4 address, "
-                               "an IPv6 address's /64), for failed logins, as IssueToken.source.")
+    source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "
+                               "it (an IPv4 address, an IPv6 address's /64), for failed logins, as IssueToken.source "
+                               "(at most 128 characters).")
 
 
 class AuthorizationCodeIssued(Message):
