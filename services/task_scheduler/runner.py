@@ -107,6 +107,9 @@ class RunOutcome:
     status: str  # success | failure
     exit_code: int | None
     reason: str | None
+    # main.py was started (False: the run was killed before its setup ended; scheduler._supervise puts one the stop
+    # killed back in the queue)
+    ran: bool = True
 
 
 LogSink = Callable[[list[tuple[datetime, str, bool, str]]], Awaitable[None]]

@@ -92,6 +92,9 @@ QUEUED_PER_TASK = tasks_messages.QUEUED_PER_TASK
 UNEVALUATED = "schedule cannot be evaluated"
 # the start of the reason of a run a later point's run replaced (concurrency_policy replace; Scheduler.fire_due)
 REPLACED = "replaced by the task's run for"
+# the reason of a run whose main.py its scheduler's stop ended (one the stop killed before it started goes back to the
+# queue instead: Scheduler._supervise)
+STOPPED = "stopped: its task scheduler process shut down"
 # A database error for one task's point undoes that task's writes alone (Scheduler.fire_due: a savepoint); these
 # stay the pass's (re-raised: the pass fails and is tried again on a new connection): the connection's, the server's
 # (shutting down, a statement cancelled, out of resources), and asyncpg's own (InterfaceError, not a PostgresError)
@@ -165,7 +168,10 @@ class Scheduler:
     # a task that met an error once and was then killed stayed in it for the process's life
     held: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
     retrying: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
-    # why a run's kill was asked when not by task/kill (a replace policy's later point): recorded as its reason
+    # why each run's kill was set, recorded as its reason: what set it first (Scheduler._kill), never overwritten: the
+    # stop (STOPPED), task/kill (runner.KILLED) or a replace policy's later point (its reason). Before, the stop's
+    # reason was read at the run's end, so a run a replace had already killed read "stopped" when the stop came
+    # during its SIGTERM's grace
     kill_reasons: dict[uuid.UUID, str] = field(default_factory=dict)
     installing: asyncio.Task | None = None
     _loop: asyncio.Future | None = None
@@ -237,8 +243,8 @@ class Scheduler:
             # then the pool's reset dropped the LISTEN and terminate raises InterfaceError, which came out of stop
             with contextlib.suppress(asyncpg.InterfaceError):
                 conn.terminate()
-        for event in self.kills.values():
-            event.set()
+        for run_id in list(self.kills):
+            self._kill(run_id, STOPPED)  # a run killed already keeps what killed it
         if self.runs:
             await self._runs_ended(deadline - STOP_STEP - loop.time())
         if self.installing is not None:
@@ -379,7 +385,13 @@ class Scheduler:
         this process had died ("the task scheduler process supervising the run died"), its point never run. It is
         beaten and supervised now, at the next pass (its main.py never started: it starts now; a kill asked before
         that beat stops it before it starts, one asked later as any run's kill does). Not a run whose end this process
-        could not record (`unrecorded`): that one ran, and is left to the lost-run step."""
+        could not record (`unrecorded`): that one ran, and is left to the lost-run step.
+
+        Adopted within the process's room (max_runs_per_process, as start_queued): one found when the process is full
+        goes back to the queue (store.requeue_unstarted; its main.py never started), where this process or another
+        starts it in its turn. Before, every one found was adopted, and a start whose commit landed after the next
+        pass's look (that pass then started another run in the room it took) made the process one past its
+        limit. A run whose kill was asked is adopted all the same: it never starts a process, only records its end."""
         if self._stop.is_set():  # a stop adopts nothing (_supervised): the lost-run step fails them
             return
         found = await store.own_unsupervised(conn, self.identity, list(self.runs))
@@ -393,19 +405,31 @@ class Scheduler:
         # failed meanwhile as lost was adopted from the read and its main.py could start before this pass's heartbeat
         # found it gone
         beaten = await store.beat_runs(conn, [r["id"] for r in found], self.identity)
+        room = self.deps.settings.max_runs_per_process - len(self.runs)  # as start_queued counts it
         for row in found:
             if row["id"] not in beaten:
                 log.warning("run %s: its start was committed but the answer did not reach this process, and another"
                             " process failed it as lost meanwhile: not run", row["id"])
                 continue
+            kill_requested = beaten[row["id"]]
+            if not kill_requested and room <= 0:
+                back = await store.requeue_unstarted(conn, row["id"], self.identity)
+                log.warning("run %s: its start was committed but the answer did not reach this process, which is full"
+                            " (%d runs at most): %s", row["id"], self.deps.settings.max_runs_per_process,
+                            "back in the queue" if back is False else "no longer this process's to give back"
+                            if back is None else "its kill was asked meanwhile: left to the next pass")
+                if back is False:
+                    self.events_committed()
+                continue
             log.warning("run %s: its start (at %s) was committed but the answer did not reach this process (the pass"
                         " that started it failed): supervised now", row["id"],
                         row["started_at"].isoformat() if row["started_at"] is not None else "?")
             self.events_committed()  # its events.task_run.started, committed with the start
-            kill_requested = beaten[row["id"]]
-            if isinstance(kill_requested, str):  # asked meanwhile (a replace; task/kill: True): never started
-                self.kill_reasons[row["id"]] = kill_requested
-            self._supervised(row, killed=bool(kill_requested))
+            if not kill_requested:
+                room -= 1
+            # asked meanwhile (a replace: its reason; task/kill: True): never started
+            self._supervised(row, killed=None if not kill_requested else kill_requested
+                             if isinstance(kill_requested, str) else runner.KILLED)
 
     # --- 2. schedule points -------------------------------------------------------------------------------------
 
@@ -530,17 +554,26 @@ class Scheduler:
             if not started_any:
                 return busy
 
-    def _supervised(self, row: asyncpg.Record, killed: bool = False) -> None:
+    def _supervised(self, row: asyncpg.Record, killed: str | None = None) -> None:
         """A run this process started or adopts, supervised from now on; its kill set at once (`killed`, or a stop
         under way), so its main.py never starts. The stop (_stop_once) sets `_stop` before it sets every run's kill, and
         nothing awaits between this check and the run's place in `kills`: a run is either among the kills the stop sets
         or killed here. Before, a pass the stop gave up on (past STOP_STEP, left to end in the background) could still
         start or adopt a run after the stop had set every kill: its main.py ran while the process shut down, killed by
         nothing (and one started while the stop waited for that pass ran until the kills came)."""
-        self.kills[row["id"]] = kill = asyncio.Event()
+        self.kills[row["id"]] = asyncio.Event()
         if killed or self._stop.is_set():
-            kill.set()
+            self._kill(row["id"], killed or STOPPED)
         self.runs[row["id"]] = asyncio.create_task(self._supervise(row))
+
+    def _kill(self, run_id: uuid.UUID, why: str) -> None:
+        """Set the run's kill, `why` recorded as its reason if it ends killed (kill_reasons); a run killed already keeps
+        the reason of what killed it first."""
+        event = self.kills.get(run_id)
+        if event is None or event.is_set():
+            return
+        self.kill_reasons[run_id] = why
+        event.set()
 
     # --- 4. heartbeats and kills --------------------------------------------------------------------------------
 
@@ -555,9 +588,8 @@ class Scheduler:
             if kill_requested and event is not None and not event.is_set():
                 log.info("run %s: kill requested%s", run_id,
                          f" ({kill_requested})" if isinstance(kill_requested, str) else "")
-                if isinstance(kill_requested, str):  # store.beat_runs: the reason it was asked with
-                    self.kill_reasons[run_id] = kill_requested
-                event.set()
+                # store.beat_runs: the reason it was asked with (a replace), or True: task/kill
+                self._kill(run_id, kill_requested if isinstance(kill_requested, str) else runner.KILLED)
 
     def _taken_over(self, asked: list[uuid.UUID], beaten: dict[uuid.UUID, bool]) -> None:
         """Runs beaten for and not beaten: another process declared them lost (this one was paused, or cut off from
@@ -768,11 +800,12 @@ class Scheduler:
                 log.warning("run %s, declared lost by another process, was stopped: %s%s", run_id, outcome.status,
                             f" ({outcome.reason})" if outcome.reason else "")
                 return
-            if self._stop.is_set() and outcome.reason == runner.KILLED:
+            if outcome.reason == runner.KILLED:  # what set its kill first (_kill): the stop, task/kill, a replace
+                if (self.kill_reasons.get(run_id) == STOPPED and not outcome.ran
+                        and await self._requeued(run_id)):
+                    return
                 outcome = runner.RunOutcome("failure", outcome.exit_code,
-                                            "stopped: its task scheduler process shut down")
-            elif outcome.reason == runner.KILLED and run_id in self.kill_reasons:  # replaced, not task/kill
-                outcome = runner.RunOutcome("failure", outcome.exit_code, self.kill_reasons[run_id])
+                                            self.kill_reasons.get(run_id, runner.KILLED))
             self.ending.add(run_id)
             try:
                 await self._record_end(run_id, outcome)  # False: the run was ended already (below)
@@ -795,6 +828,33 @@ class Scheduler:
             self.lost.discard(run_id)
             self.ending.discard(run_id)
             self.wake()  # this process has room again
+
+    async def _requeued(self, run_id: uuid.UUID) -> bool:
+        """A run the stop killed before its main.py started, put back in the queue (store.requeue_unstarted, retried as
+        a run's end is): another scheduler, or this one's next start, runs it in its turn. Before, it was recorded
+        failed 'stopped: its task scheduler process shut down', its point never run (a stopping pass's start answered
+        after the stop began; a run still being set up, its environment installed, when the stop came). False when
+        its kill was asked meanwhile (task/kill, a replace): its end is recorded with that reason (kill_reasons). True
+        otherwise, nothing more to record: put back, no longer this process's (declared lost meanwhile, or put back by
+        an attempt whose answer was lost), or not put back for the database's errors (logged: the lost-run step fails
+        it supervisor_lost_after after its last beat). Marked `ending` first: the stop's beats (_runs_ended) do not
+        take the run put back (no longer beaten) for one another process declared lost."""
+        self.ending.add(run_id)
+        try:
+            back = await self._retried(lambda: store.requeue_unstarted(self.deps.pool, run_id, self.identity),
+                                       "putting a run back in the queue")
+        except Exception as exc:  # noqa: BLE001 - never raised out of the run's task
+            log.warning("run %s: killed by the stop before it started, it could not be put back in the queue (%s: %s):"
+                        " it stays 'running' until a scheduler's lost-run step fails it", run_id, type(exc).__name__,
+                        exc)
+            return True
+        if isinstance(back, str) or back is True:  # its kill asked meanwhile: that is what ended it
+            self.kill_reasons[run_id] = back if isinstance(back, str) else runner.KILLED
+            return False
+        log.info("run %s: killed by the stop before its main.py started: %s", run_id,
+                 "back in the queue" if back is False else "no longer this process's")
+        self.events_committed()
+        return True
 
     async def _record_end(self, run_id: uuid.UUID, outcome: runner.RunOutcome) -> bool:
         """store.finish_run, retried on a transient error (runner.TRANSIENT) with backoff for END_RECORD_SECONDS, each
@@ -821,7 +881,7 @@ class Scheduler:
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
         deps = self.deps
         if self.kills[row["id"]].is_set():  # killed as it was started (a stop under way, a kill asked): nothing set up
-            return runner.RunOutcome("failure", None, runner.KILLED)
+            return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         task = await store.task(deps.pool, row["task_id"])
         orch = await store.orchestration(deps.pool, task["orch_id"])
         zip_path = await self._local_zip(orch["sha"])
@@ -875,7 +935,7 @@ class Scheduler:
         # killed, taken over or stopping while it was being set up (its environment installed, its token minted):
         # never started
         if self.kills[row["id"]].is_set():
-            return runner.RunOutcome("failure", None, runner.KILLED)
+            return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         try:
             return await runner.execute(plan, writer, self.kills[row["id"]])
         finally:

@@ -213,7 +213,12 @@ async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> int:
             "updated_at = now() WHERE task_id = $1 AND status = 'queued' RETURNING *", task_id)
         for run in killed:  # monitoring ends a continuous training at its run's end event; lineage draws it
             await add_run_event(conn, run, "failure", None, run["reason"])
-        await conn.execute("UPDATE runs SET kill_requested = true, updated_at = now() "
+        # task/kill is what its supervisor reads from now on (kill_reason NULL), also for a run a replace flagged and
+        # whose supervisor has not acted on that yet: it is ended by this kill, and the run that was to replace it
+        # failed above before it started. A supervisor that acted on the replace already keeps that reason (its kill
+        # was set then: scheduler.Scheduler._kill). Before, such a run read "replaced by the task's run for ..." though
+        # the task was killed and its replacement never ran
+        await conn.execute("UPDATE runs SET kill_requested = true, kill_reason = NULL, updated_at = now() "
                            "WHERE task_id = $1 AND status = 'running'", task_id)
         await notify_work(conn)  # the supervisor stops the run at its next pass
     return len(killed)
@@ -361,6 +366,30 @@ async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.
         "UPDATE runs SET heartbeat_at = now() WHERE id = ANY($1::uuid[]) AND supervisor = $2 AND status = 'running' "
         "RETURNING id, kill_requested, kill_reason", run_ids, supervisor)
     return {r["id"]: (r["kill_reason"] or True) if r["kill_requested"] else False for r in rows}
+
+
+async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uuid.UUID,
+                            supervisor: str) -> bool | str | None:
+    """A run started under `supervisor` whose main.py never started, put back in the queue (`queued`, its supervisor,
+    beat and start cleared; its place in its workspace freed): its scheduler stopped before it ran it
+    (scheduler.Scheduler._requeued), or, full, could not adopt it (adopt_unanswered). It keeps its `created_at`, so it
+    is its workspace's oldest again. Only while it is still this supervisor's and running, and no kill was asked for
+    it. False: put back; True or a reason (kill_reason): a kill was asked (task/kill, a replace), nothing written; None:
+    no longer this supervisor's running run (declared lost, or put back already by an attempt whose answer was lost).
+    Its events.task_run.started, sent at its start, is sent again when it starts (a run's events are its states; the
+    lineage service's card reads the last)."""
+    back = await pool.fetchval(
+        "UPDATE runs SET status = 'queued', supervisor = NULL, heartbeat_at = NULL, started_at = NULL,"
+        " updated_at = now() WHERE id = $1 AND supervisor = $2 AND status = 'running' AND NOT kill_requested"
+        " RETURNING true", run_id, supervisor)
+    if back:
+        await notify_work(pool)  # a process with room starts it (lost: the next tick's pass does)
+        return False
+    row = await pool.fetchrow("SELECT kill_requested, kill_reason FROM runs WHERE id = $1 AND supervisor = $2"
+                              " AND status = 'running'", run_id, supervisor)
+    if row is None:
+        return None
+    return (row["kill_reason"] or True) if row["kill_requested"] else None
 
 
 async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,

@@ -97,7 +97,9 @@ class RunTaskScheduled(RunTaskOnce):
         "does while a run of the task is queued or running. allow (the default): it makes a run all the same, up to "
         "`max_queued` waiting; forbid: it makes none (skipped); replace: those runs are stopped (a queued one failed "
         "at once, a running one killed) and the point makes its run."))
-    max_queued: int | None = Field(None, ge=1, le=MAX_QUEUED, description=(
+    # strict: a JSON integer only (true, "5" and 5.0 are refused, naming the field), as a new field has no client
+    # sending it otherwise; the seed's fields (workspace_id, timeout) stay lax for the clients that send "5"
+    max_queued: int | None = Field(None, ge=1, le=MAX_QUEUED, strict=True, description=(
         f"Railyard: with concurrency_policy allow, the task's runs waiting to start (queued) at most, 1 to "
         f"{MAX_QUEUED} (default {QUEUED_PER_TASK}): a point that comes while it has that many makes no run."))
 

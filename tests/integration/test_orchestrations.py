@@ -263,6 +263,7 @@ def test_task_requests_are_checked(stack, alice):
     every = base | {"schedule": "*/5 * * * *"}
     for bad, field in (({"concurrency_policy": "sometimes"}, "concurrency_policy"), ({"max_queued": 0}, "max_queued"),
                        ({"concurrency_policy": "forbid", "max_queued": 2}, "max_queued"),
+                       ({"max_queued": True}, "max_queued"), ({"max_queued": "5"}, "max_queued"),
                        ({"concurrency_policy": "allow"}, "concurrency_policy")):
         if bad == {"concurrency_policy": "allow"}:  # run_once takes no policy
             response = post(stack, "task/run_once", alice.token, base | bad)

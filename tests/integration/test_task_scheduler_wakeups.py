@@ -288,5 +288,31 @@ async def test_concurrency_policies_and_a_start_whose_answer_was_lost(database, 
         sched.wake()  # its next pass
         run = await settled(pool, task, {"success", "failure"}, WAKE)
         assert (run["status"], run["reason"]) == ("success", None), dict(run)  # was: failed, "supervising ... died"
+        # store.requeue_unstarted's SQL: runs started under another process (beaten an hour ahead: never lost here)
+        # that it never ran. One asked nothing goes back to the queue, and this scheduler runs it; one a replace
+        # flagged answers the replace's reason, and after task/kill (which clears that reason) True, both left running
+        flagged = [uuid.uuid4(), uuid.uuid4()]
+        async with pool.acquire() as conn, conn.transaction():
+            for workspace in (15, 16):
+                await store.insert_task(conn, id=flagged[workspace - 15], workspace_id=workspace, orch_id=orch,
+                                        orch_sha="0" * 64, name=None, owner_id="u", args={"seconds": 0.1},
+                                        timeout_seconds=60, schedule=None, missed_run_policy=None, next_fire=None)
+            back, kept = uuid.uuid4(), uuid.uuid4()
+            for run_id, task_id, workspace, kill in ((back, flagged[0], 15, False), (kept, flagged[1], 16, True)):
+                await conn.execute("INSERT INTO runs (id, task_id, workspace_id, status, supervisor, heartbeat_at,"
+                                   " started_at, kill_requested, kill_reason) VALUES ($1, $2, $3, 'running', 'other',"
+                                   " now() + interval '1 hour', now(), $4, $5)", run_id, task_id, workspace, kill,
+                                   "replaced by X" if kill else None)
+        assert await store.requeue_unstarted(pool, back, sched.identity) is None  # not its supervisor's
+        assert await store.requeue_unstarted(pool, kept, "other") == "replaced by X"
+        await store.kill_task(pool, flagged[1])
+        assert await store.requeue_unstarted(pool, kept, "other") is True
+        row = await pool.fetchrow("SELECT status, kill_reason FROM runs WHERE id = $1", kept)
+        assert (row["status"], row["kill_reason"]) == ("running", None), dict(row)
+        assert await store.requeue_unstarted(pool, back, "other") is False
+        assert await store.requeue_unstarted(pool, back, "other") is None  # again (an answer lost): nothing
+        run = await settled(pool, flagged[0], {"success", "failure"}, WAKE)  # started again, by this scheduler
+        assert (run["status"], run["reason"], run["supervisor"]) == ("success", None, sched.identity), dict(run)
+        await pool.execute("UPDATE runs SET status = 'failure', finished_at = now() WHERE id = $1", kept)
     finally:
         await sched.stop()

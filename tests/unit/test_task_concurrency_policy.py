@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -46,12 +47,20 @@ def test_a_policy_is_read_in_either_case(given, read):
     ({"concurrency_policy": 1}, "concurrency_policy"),
     ({"max_queued": 0}, "max_queued"),
     ({"max_queued": 101}, "max_queued"),
+    # strict (before: read as 1, 5, 5): a bool, a string or a float is no bound
+    ({"max_queued": True}, "max_queued"),
+    ({"max_queued": "5"}, "max_queued"),
+    ({"max_queued": 5.0}, "max_queued"),
+    ({"concurrency_policy": True}, "concurrency_policy"),
     ({"concurrency_policy": "forbid", "max_queued": 3}, "max_queued bounds the waiting runs of concurrency_policy"),
     ({"concurrency_policy": "Replace", "max_queued": 3}, "replace keeps no backlog of the task's runs"),
 ])
 def test_a_bad_policy_or_bound_is_refused(extra, said):
     with pytest.raises(ValidationError) as refused:
         RunTaskScheduled.model_validate({**BODY, **extra})
+    assert said in str(refused.value)
+    with pytest.raises(ValidationError) as refused:  # as the bus carries it (JSON)
+        RunTaskScheduled.model_validate_json(json.dumps({**BODY, **extra}))
     assert said in str(refused.value)
 
 

@@ -1,6 +1,7 @@
 """A stopping task scheduler starts and adopts nothing: a run its last pass starts or adopts once the stop has begun is
-killed as it is supervised (Scheduler._supervised), its main.py never run, and the pass claims nothing more; nor
-does it start an environment's install (Scheduler.install_next).
+killed as it is supervised (Scheduler._supervised), its main.py never run, and put back in the queue
+(store.requeue_unstarted: another scheduler runs it; before, it was recorded failed 'stopped: ...' without running);
+the pass claims nothing more; nor does it start an environment's install (Scheduler.install_next).
 
 Before, Scheduler._stop_once set every run's kill once it had waited STOP_STEP for the loop's last pass; a pass it gave
 up on (left to end in the background: a statement whose answer came as it was cancelled) could still start or adopt a
@@ -30,7 +31,8 @@ STARTED = datetime(2026, 12, 5, 17, 0, tzinfo=UTC)
 def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
     """A scheduler whose runs reach runner.execute (main.py) with everything before it faked; `seen` records what
     ran and what was recorded."""
-    seen: dict = {"executed": [], "ended": [], "claims": [], "set_up": []}
+    seen: dict = {"executed": [], "ended": [], "claims": [], "set_up": [], "requeued": [],
+                  "setting_up": asyncio.Event(), "running": asyncio.Event()}
 
     async def publish(*_: object) -> None:
         pass
@@ -40,6 +42,7 @@ def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
 
     async def task(pool, task_id):  # the first step of a run's setup (then its zip, environment, number, token)
         seen["set_up"].append(task_id)
+        seen["setting_up"].set()
         return {"id": task_id, "orch_id": 1, "owner_id": "o", "workspace_id": 1, "timeout_seconds": 20, "args": {}}
 
     async def orchestration(pool, orch_id):
@@ -50,12 +53,17 @@ def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
 
     async def execute(plan, writer, kill):
         seen["executed"].append(plan.run_id)
+        seen["running"].set()
         await kill.wait()  # main.py runs until its kill
         return runner.RunOutcome("failure", None, runner.KILLED)
 
     async def finish_run(pool, run_id, supervisor, status, exit_code, reason):
         seen["ended"].append((run_id, status, reason))
         return True
+
+    async def requeue_unstarted(pool, run_id, supervisor):  # False: back in the queue (a kill asked: its reason)
+        seen["requeued"].append(run_id)
+        return seen.get("kill_asked", False)
 
     async def local_zip(self, sha):
         return tmp_path / "o.zip"
@@ -64,6 +72,7 @@ def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
     monkeypatch.setattr(store, "orchestration", orchestration)
     monkeypatch.setattr(store, "relay_number", relay_number)
     monkeypatch.setattr(store, "finish_run", finish_run)
+    monkeypatch.setattr(store, "requeue_unstarted", requeue_unstarted, raising=False)
     monkeypatch.setattr(runner, "execute", execute)
     monkeypatch.setattr(runner, "cleanup", lambda workdir: None)
     monkeypatch.setattr(Scheduler, "_local_zip", local_zip)
@@ -142,8 +151,9 @@ async def test_a_run_a_left_pass_starts_after_the_stop_never_runs(tmp_path, monk
         await settle(sched)
     assert seen["executed"] == []  # its main.py never ran; before, it ran with nothing to kill it
     assert seen["set_up"] == []  # nor was it set up (its task read, zip, environment, relay number, token)
-    [(_, status, reason)] = seen["ended"]
-    assert (status, reason) == ("failure", "stopped: its task scheduler process shut down")
+    # a start is put back in the queue, not recorded failed (before: 'stopped: ...' though it never ran); an adoption
+    # likewise (the run was started under this process, its answer lost)
+    assert len(seen["requeued"]) == 1 and seen["ended"] == []
 
 
 async def test_a_run_started_while_the_stop_waits_for_the_pass_never_runs(tmp_path, monkeypatch):
@@ -159,8 +169,7 @@ async def test_a_run_started_while_the_stop_waits_for_the_pass_never_runs(tmp_pa
         await stopping
         await settle(sched)
     assert seen["executed"] == [] and seen["set_up"] == []
-    assert [(status, reason) for _, status, reason in seen["ended"]] == [
-        ("failure", "stopped: its task scheduler process shut down")]
+    assert len(seen["requeued"]) == 1 and seen["ended"] == []  # back in the queue: another scheduler runs it
 
 
 async def test_a_stopping_scheduler_claims_nothing(tmp_path, monkeypatch):
@@ -214,3 +223,86 @@ async def test_an_install_a_left_pass_claims_after_the_stop_is_not_started(tmp_p
         installing.cancel()
         await asyncio.wait({installing})
     assert installing is None and installs == []
+
+
+async def a_run_under_way(sched: Scheduler, gate: asyncio.Event | None = None) -> uuid.UUID:
+    """A run started and supervised (before any stop); with `gate`, its setup waits for it (its environment being
+    installed, say), main.py not started yet."""
+    run_id = uuid.uuid4()
+    if gate is not None:
+        async def held_zip(sha):
+            await gate.wait()
+            return sched.deps.work_root / "o.zip"
+        sched._local_zip = held_zip
+    sched._supervised(a_row(run_id))
+    return run_id
+
+
+async def test_a_run_the_stop_ends_while_it_is_set_up_goes_back_to_the_queue(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    gate = asyncio.Event()
+    run_id = await a_run_under_way(sched, gate)
+    async with asyncio.timeout(10):
+        await seen["setting_up"].wait()
+        stopping = asyncio.ensure_future(sched.stop())
+        await asyncio.sleep(0.05)
+        gate.set()  # its setup ends after the stop's kill: main.py is not started
+        await stopping
+        await settle(sched)
+    assert seen["executed"] == [] and seen["requeued"] == [run_id] and seen["ended"] == []
+
+
+async def test_a_run_whose_main_py_ran_is_recorded_stopped(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    run_id = await a_run_under_way(sched)
+    async with asyncio.timeout(10):
+        await seen["running"].wait()
+        await sched.stop()
+        await settle(sched)
+    assert seen["requeued"] == []  # it ran: not run again
+    assert seen["ended"] == [(run_id, "failure", scheduler_module.STOPPED)]
+
+
+@pytest.mark.parametrize("asked, recorded", [(True, runner.KILLED), ("replaced by the task's run for X",
+                                                                     "replaced by the task's run for X")])
+async def test_a_run_whose_kill_was_asked_is_not_put_back(tmp_path, monkeypatch, asked, recorded):
+    """Killed by the stop before it started, but task/kill (or a replace) was asked meanwhile: not put back in the
+    queue (it would run for a killed task, or beside its replacement); its end says what was asked."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    seen["kill_asked"] = asked
+    sched._stop.set()
+    run_id = await a_run_under_way(sched)
+    await settle(sched)
+    assert seen["requeued"] == [run_id] and seen["ended"] == [(run_id, "failure", recorded)]
+
+
+async def test_a_run_a_replace_killed_keeps_its_reason_when_the_stop_comes(tmp_path, monkeypatch):
+    """The replace's kill came first (a heartbeat read it), the stop during the run's SIGTERM grace: the run was
+    ended by the replace. Before, the stop's reason was read at the run's end: 'stopped: ...'."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    ending = asyncio.Event()
+
+    async def execute(plan, writer, kill):
+        seen["executed"].append(plan.run_id)
+        seen["running"].set()
+        await kill.wait()
+        await ending.wait()  # its process takes its SIGTERM's grace
+        return runner.RunOutcome("failure", None, runner.KILLED)
+
+    monkeypatch.setattr(runner, "execute", execute)
+    replaced = "replaced by the task's run for 2026-12-05T17:01:00+00:00 (concurrency_policy replace)"
+
+    async def beat_runs(conn, run_ids, supervisor):
+        return {r: replaced for r in run_ids}
+
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
+    run_id = await a_run_under_way(sched)
+    async with asyncio.timeout(10):
+        await seen["running"].wait()
+        await sched.heartbeat(None)  # the replace's kill
+        stopping = asyncio.ensure_future(sched.stop())
+        await asyncio.sleep(0.05)
+        ending.set()
+        await stopping
+        await settle(sched)
+    assert seen["ended"] == [(run_id, "failure", replaced)] and seen["requeued"] == []

@@ -26,7 +26,8 @@ class Ran(Scheduler):
         return runner.RunOutcome("success", 0, None)
 
 
-def scheduler(monkeypatch, running: list[uuid.UUID], finish_fails: bool = False) -> tuple[Ran, dict]:
+def scheduler(monkeypatch, running: list[uuid.UUID], finish_fails: bool = False,
+              at_most: int = 8) -> tuple[Ran, dict]:
     """A scheduler whose identity has `running` runs in the database (store.own_unsupervised reads them, less those
     it is told it knows)."""
     seen: dict = {"asked": [], "ended": []}
@@ -47,11 +48,17 @@ def scheduler(monkeypatch, running: list[uuid.UUID], finish_fails: bool = False)
         gone = seen.get("failed", set())
         return {r: seen.get("kill", {}).get(r, False) for r in run_ids if r in running and r not in gone}
 
+    async def requeue_unstarted(conn, run_id, supervisor):  # back in the queue: no longer running under it
+        seen.setdefault("requeued", []).append(run_id)
+        running.remove(run_id)
+        return False
+
+    monkeypatch.setattr(store, "requeue_unstarted", requeue_unstarted, raising=False)
     monkeypatch.setattr(store, "own_unsupervised", own_unsupervised, raising=False)
     monkeypatch.setattr(store, "beat_runs", beat_runs)
     monkeypatch.setattr(store, "finish_run", finish_run)
-    sched = Ran(deps=SimpleNamespace(settings=SimpleNamespace(supervisor_lost_after=10.0), pool=None), mint=None,
-                gateway_url="", identity="me")
+    sched = Ran(deps=SimpleNamespace(settings=SimpleNamespace(supervisor_lost_after=10.0, max_runs_per_process=at_most),
+                                     pool=None), mint=None, gateway_url="", identity="me")
     sched.ran = []
     return sched, seen
 
@@ -107,3 +114,31 @@ async def test_a_run_another_process_failed_meanwhile_is_not_run(monkeypatch):
     assert sched.kills[killed].is_set() and not sched.kills[kept].is_set()
     assert sched.kill_reasons[killed] == seen["kill"][killed]
     await settle(sched)
+
+
+async def test_a_full_process_puts_back_what_it_cannot_adopt(monkeypatch):
+    """A start whose commit landed after the next pass's look (that pass started another run in the room it took):
+    the process is full when it finds it. Adopted, it made the process one past max_runs_per_process; now it goes
+    back to the queue (its main.py never started), oldest first there. A run whose kill was asked starts no process:
+    adopted all the same, to record its end."""
+    supervised, late, second, killed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    sched, seen = scheduler(monkeypatch, [supervised, late, second, killed], at_most=2)
+    seen["kill"] = {killed: True}
+    held = asyncio.Event()
+
+    async def held_run(row):
+        if sched.kills[row["id"]].is_set():  # as Scheduler._run: killed before it starts, nothing set up
+            return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
+        sched.ran.append(row["id"])
+        await held.wait()
+        return runner.RunOutcome("success", 0, None)
+
+    sched._run = held_run
+    sched._supervised({"id": supervised, "task_id": None, "started_at": STARTED})  # one place of 2 taken
+    await sched.adopt_unanswered(None)
+    assert seen["requeued"] == [second]  # the second found: no room left
+    assert set(sched.runs) == {supervised, late, killed}
+    assert sum(1 for r in sched.runs if not sched.kills[r].is_set()) == 2  # at most max_runs_per_process run
+    held.set()
+    await settle(sched)
+    assert sorted(sched.ran) == sorted([supervised, late])  # the killed one's main.py never ran
