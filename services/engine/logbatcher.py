@@ -113,6 +113,25 @@ def _describe(record: InferenceRecord) -> str:
     return "; ".join(parts) + f"; last model {str(getattr(record, 'last_model', ''))[:120]}"
 
 
+def _records_left(records: list[InferenceRecord], tables: list[tuple[pa.Table, list[int]]],
+                  malformed: list[tuple[InferenceRecord, Exception]], unpublished: int) -> int:
+    """The records a flush's last `unpublished` rows belong to, once its messages were made: the messages are
+    published in order (the read-back tables' records, then each group's in `_encode`'s order), so those rows are
+    the last ones of that order, and a record any of whose rows is among them was not logged whole. Worked out only
+    when a flush ended with rows unpublished (a failure, a stop's timeout). Records set aside were counted apart; a
+    row `_split` gave up on (counted apart too) is taken as published here."""
+    bad = {id(record) for record, _ in malformed}
+    order = [count for _, counts in tables for count in counts]
+    order += [record.rows for group in group_records(records) for record in group if id(record) not in bad]
+    lost = 0
+    for count in reversed(order):
+        if unpublished <= 0:
+            break
+        unpublished -= count
+        lost += 1
+    return lost
+
+
 def _record_bytes(record: InferenceRecord) -> int:
     return record.inputs.nbytes + record.outputs.nbytes + sum(t.nbytes for t in record.shadows.values())
 
@@ -145,7 +164,9 @@ class LogBatcher:
         self.pending_bytes = 0
         self.held_rows = 0  # pending plus published but not yet acknowledged
         self.held_bytes = 0
+        self.held_records = 0  # the records of held_rows (lost_records when a stop's timeout loses them)
         self.abandoned_rows = 0  # rows of flushes that ended before the stream acknowledged them
+        self.abandoned_records = 0  # records of those flushes some of whose rows were not acknowledged
         self.lost_rows = 0
         self.lost_records = 0
         self.refused_publishes = 0
@@ -154,6 +175,7 @@ class LogBatcher:
         self.malformed_records = 0
         self.last_malformed_report = 0.0
         self.failed_flushes = 0
+        self.failed_records = 0  # records of failed flushes (also in lost_records): `logs_detail` tells them apart
         self.last_failed_report = 0.0  # _flush_failed's own: sharing set_aside's, either's reports hid the other's
         self.closing = False
         self.wake = asyncio.Event()
@@ -164,7 +186,7 @@ class LogBatcher:
         return {"held_rows": self.held_rows, "held_bytes": self.held_bytes, "lost_rows": self.lost_rows,
                 "lost_records": self.lost_records, "refused_publishes": self.refused_publishes,
                 "malformed_rows": self.malformed_rows, "malformed_records": self.malformed_records,
-                "failed_flushes": self.failed_flushes}
+                "failed_flushes": self.failed_flushes, "failed_records": self.failed_records}
 
     def add(self, record: InferenceRecord, size: int = 0) -> None:
         """Hold a record for the next publish; `size`, when known, is its bytes as `_record_bytes` counts them
@@ -181,6 +203,7 @@ class LogBatcher:
         self.pending_rows += rows
         self.pending_bytes += size
         self.held_rows += rows
+        self.held_records += 1
         self.held_bytes += size
         self.wake.set()
         if self.pending_bytes >= self.flush_bytes:
@@ -236,16 +259,21 @@ class LogBatcher:
                 task.cancel()
             raise
 
-    def _flush_failed(self, exc: Exception, lost: int | None = None) -> None:
+    def _flush_failed(self, exc: Exception, lost: int | None = None, records: int = 0) -> None:
         """A flush raised something its own handling did not expect (a malformed record is set aside in `_encode`):
-        its rows not published (the flush's `abandoned_rows`) are lost, counted and logged (with the traceback at
-        most every REPORT_EVERY), and the batcher goes on: it waits for the next records as before, so a flush
-        that keeps failing runs once per gathering, not in a loop. `lost` rows instead: one group of a flush that
-        failed alone (`_store_segment`), the flush's others going on."""
+        its rows not published (the flush's `abandoned_rows`) are lost, and its records some of whose rows were not
+        (`abandoned_records`), counted and logged (with the traceback at most every REPORT_EVERY), and the batcher
+        goes on: it waits for the next records as before, so a flush that keeps failing runs once per gathering,
+        not in a loop. `lost` rows of `records` records instead: one group of a flush that failed alone
+        (`_store_segment`), the flush's others going on. A segment object storage refused is not lost (its rows
+        go through the stream) and counts nowhere here."""
         self.failed_flushes += 1
         if lost is None:
             lost, self.abandoned_rows = self.abandoned_rows, 0
+            records, self.abandoned_records = self.abandoned_records, 0
         self.lost_rows += lost
+        self.lost_records += records
+        self.failed_records += records
         now = time.monotonic()
         if self.failed_flushes == 1 or now - self.last_failed_report >= REPORT_EVERY:
             self.last_failed_report = now
@@ -293,7 +321,8 @@ class LogBatcher:
             # rows still held (a flush of the task not yet cancelled, records never flushed) and rows of flushes
             # that ended unacknowledged (this close's own, cancelled by its timeout) are lost: counted, never silent
             lost = self.held_rows + self.abandoned_rows
-            self.abandoned_rows = 0
+            self.lost_records += self.held_records + self.abandoned_records
+            self.abandoned_rows = self.abandoned_records = 0
             self.lost_rows += lost
             self._report(force=True)
             log.error("stopping: %d rows of %s were not acknowledged by the stream in %.0f s and are not logged (%s)",
@@ -301,6 +330,8 @@ class LogBatcher:
         else:
             if self.abandoned_rows:
                 self.lost_rows += self.abandoned_rows
+                self.lost_records += self.abandoned_records
+                self.abandoned_records = 0
                 self._report(force=True)
                 log.error("stopping: %d rows of %s were not logged (the batcher failed)", self.abandoned_rows,
                           self.subject)
@@ -312,6 +343,9 @@ class LogBatcher:
         rows = sum(r.rows for r in records)
         size = sum(getattr(r, "held_bytes", 0) for r in records)
         unpublished = rows
+        members = left = len(records)  # records not all of whose rows are published or counted (lost, set aside)
+        payloads: list[tuple[bytes, dict[str, list[int]], int]] | None = None
+        malformed: list[tuple[InferenceRecord, Exception]] = []  # records _encode set aside
         try:
             # records that piled up beyond 4x the threshold while the last segment was written: object storage
             # does not keep up (a PUT of 4 MiB took 50-100 ms into the embedded SeaweedFS at load), so these go
@@ -326,10 +360,11 @@ class LogBatcher:
                 groups, records = group_records(records), []
                 while groups:  # a group's records go once its table is built (_store_segment), not with the flush
                     group = groups.pop(0)
-                    count = sum(r.rows for r in group)
+                    count, many = sum(r.rows for r in group), len(group)
                     stored = False if any(r.request_id for r in group) else await self._store_segment(group, count)
                     if stored is True or stored is None:  # None: its rows are lost, counted (_store_segment)
                         unpublished -= count
+                        left -= many
                     elif stored is False:
                         records += group
                     else:
@@ -338,12 +373,12 @@ class LogBatcher:
                 count = sum(r.rows for r in records) + sum(t.num_rows for t, _ in tables)
                 # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing
                 # it here (bench/log_flush_lag.py measured both, issue 20)
-                malformed: list[tuple[InferenceRecord, Exception]] = []  # records _encode set aside
                 dropped: list[int] = []  # rows _split gave up on (too big for the bus alone)
                 payloads = await self._in_thread(self._encode, records, tables, malformed, dropped) \
                     if count > 2000 else self._encode(records, tables, malformed, dropped)
                 if malformed:  # counted here, on the loop (not in the thread, beside add's counting)
                     self.set_aside(malformed)
+                    left -= len(malformed)
                 if dropped:
                     self.lost_rows += len(dropped)
                     self.lost_records += len(dropped)
@@ -355,7 +390,14 @@ class LogBatcher:
         finally:
             self.held_rows -= rows
             self.held_bytes -= size
+            self.held_records -= members
             self.abandoned_rows += unpublished  # a flush cancelled (a stop's timeout) or failed
+            if unpublished > 0:
+                try:
+                    left = left if payloads is None else _records_left(records, tables, malformed, unpublished)
+                except Exception:  # a record whose rows or key cannot be read (not met): every record left counts
+                    pass
+                self.abandoned_records += left
 
     async def _in_thread(self, work: Any, *args: Any) -> Any:
         """`work(*args)` in the batcher's own thread (one thread, so one glibc arena for what the batch tables and
@@ -418,7 +460,7 @@ class LogBatcher:
             try:
                 return await self._in_thread(read_segment, data, schema), counts
             except Exception as unreadable:  # no known type does (df147863 sends those as rows), a future one may
-                self._flush_failed(unreadable, sum(counts))
+                self._flush_failed(unreadable, sum(counts), len(counts))
                 return None
         await self._publish(ref.to_json(), {}, segment=True)
         return True

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from services.engine.logbatcher import LogBatcher
 from shared.arrow_codec import tensor_array
@@ -153,8 +154,9 @@ async def test_rows_of_a_stops_own_flush_cut_by_its_timeout_are_counted_lost():
     for value in range(3):
         batcher.add(record(float(value)))
     await batcher.close(None, 0.5)
-    assert stream.published == [] and batcher.lost_rows == 30 and batcher.lost_records == 0
+    assert stream.published == [] and batcher.lost_rows == 30 and batcher.lost_records == 3
     assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
+    assert batcher.held_records == 0 and batcher.abandoned_records == 0
 
 
 class Objects:
@@ -239,6 +241,7 @@ async def test_rows_of_re_sent_requests_and_batches_object_storage_refuses_go_th
     (payload, headers), = stream.published
     assert pa.ipc.open_stream(payload).read_all().num_rows == 4 and batcher.segment_failures == 1
     assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
+    assert batcher.lost_records == 0 and batcher.failed_flushes == 0  # sent as rows: nothing lost
 
 
 def test_a_description_is_checked_by_the_shape_of_its_key_not_by_the_pipelines_name():
@@ -521,6 +524,7 @@ async def test_a_flush_that_raises_anything_is_counted_and_the_batcher_goes_on()
     await batcher.close(runner, 5.0)
     assert logged_values(stream) == [2.0, 2.0] and batcher.failed_flushes == 1
     assert batcher.lost_rows == 2 and batcher.abandoned_rows == 0 and batcher.held_rows == 0
+    assert batcher.lost_records == 1 and batcher.abandoned_records == 0 and batcher.held_records == 0
 
 
 def test_a_record_the_buffer_cannot_take_is_counted_not_raised_to_the_answer():
@@ -607,7 +611,7 @@ async def test_a_refused_segment_that_cannot_be_read_back_loses_its_group_only(m
     assert sorted(logged_values(stream)) == [v for v in (1.0, 1.5, 3.0, 3.5) for _ in range(2)]
     ids = [headers[BATCH_ID] for _, headers in stream.published]
     assert len(ids) == len(set(ids)) == 2
-    assert batcher.lost_rows == 4 and batcher.failed_flushes == 1 and batcher.lost_records == 0
+    assert batcher.lost_rows == 4 and batcher.failed_flushes == 1 and batcher.lost_records == 2
     assert batcher.held_rows == 0 and batcher.abandoned_rows == 0
 
 
@@ -646,3 +650,46 @@ async def test_a_refused_segments_rows_go_with_the_types_the_replica_built_them_
     assert layout(table.schema).fingerprint == layout(built.schema).fingerprint
     assert table.to_pylist() == built.to_pylist()
     assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
+
+
+@pytest.mark.parametrize("segments", [False, True])
+async def test_a_failed_flush_counts_the_records_it_lost_not_those_it_published(segments):
+    """A flush that failed counted its unpublished rows in lost_rows but no record in lost_records: the replica's
+    status said rows of 0 requests were lost. Now the records any of whose rows went unpublished are counted, not
+    those published before the failure (nor, with a store, a refused segment's, which go as rows). Three groups
+    (schemas), the second one's publish fails: the first group's two records are logged, the other three lost."""
+    def wide(value: float, width: int, rows: int) -> InferenceRecord:
+        data = np.full((rows, width), value, np.float32)
+        return InferenceRecord(0, pa.table({"tensor": tensor_array(data)}),
+                               pa.table({"y": tensor_array(data[:, :1])}), "m", (1, 2))
+
+    stream = RefusingStream()
+    stream.full = False
+    objects = Objects() if segments else None
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=1, engine_segment_ms=1), 8 * 1024 * 1024,
+                         objects=objects)
+    publish, calls = batcher._publish, []
+
+    async def failing_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        await publish(*args, **kwargs)
+
+    batcher._publish = failing_second
+    runner = asyncio.create_task(batcher.run())
+    for value, width, rows in ((1.0, 8, 2), (2.0, 4, 3), (1.5, 8, 1), (3.0, 2, 4), (2.5, 4, 5)):
+        batcher.add(wide(value, width, rows))
+    for _ in range(100):
+        if batcher.failed_flushes:
+            break
+        await asyncio.sleep(0.02)
+    await batcher.close(runner, 5.0)
+    assert len(calls) == 2 and batcher.failed_flushes == 1
+    assert (batcher.lost_rows, batcher.lost_records) == (12, 3)  # widths 4 and 2: 3 + 5 + 4 rows, 3 records
+    assert batcher.stats()["failed_records"] == 3 and batcher.stats()["malformed_records"] == 0
+    if segments:
+        assert len(objects.stored) == 2 and len(stream.published) == 1  # the second's description failed
+    else:
+        assert sorted(logged_values(stream)) == [1.0, 1.0, 1.5]
+    assert batcher.held_rows == batcher.held_records == batcher.abandoned_rows == batcher.abandoned_records == 0
