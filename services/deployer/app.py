@@ -137,6 +137,8 @@ async def start(runtime: Runtime) -> None:
     outbox_task = asyncio.create_task(outbox.run())
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, outbox=outbox, outbox_task=outbox_task)
     runtime.extras["restore"] = await handlers.restore_deployments(deps)
+    # the folders of deployment names no deployment has any more (before session 32 an undeploy left them)
+    await handlers.sweep_gone_folders(deps)
 
 
 async def stop(runtime: Runtime) -> None:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import psutil
 
@@ -463,6 +463,24 @@ class LocalBackend:
         return {path.name for top in (self.work_dir, self.engine_work_dir) if top is not None
                 for path in _listed(top, "") if path.name.endswith(ending) and not path.name.startswith(REMOVING)}
 
+    def folder_names(self) -> set[str]:
+        """(in a thread) The names of every deployment folder here, in both tops (not those being removed)."""
+        return self._folder_names("")
+
+    def remove_gone(self, names: set[str]) -> list[str]:
+        """(on the event loop) Remove the folders of deployment `names` that no deployment has any more
+        (handlers.sweep_gone_folders, at the deployer's start): as an undeploy's removal (_release: renamed at once,
+        removed in the sweep thread, what a live replica or process uses kept), but never a name a set runs under, a
+        start or a replica uses, or whose removal is already decided. The names whose removal began."""
+        removing = []
+        for name in sorted(names):
+            if name in self.sets or self._users.get(name) or name in self._undeployed:
+                continue
+            self._undeployed[name] = True
+            self._release(name, cgroups=False)
+            removing.append(name)
+        return removing
+
     def _leave(self, name: str, release: bool = True) -> None:
         """One user of `name`'s folders less (_users); `release`: they go now if that was the last (_release)."""
         self._users[name] -= 1
@@ -471,7 +489,7 @@ class LocalBackend:
         if release:
             self._release(name)
 
-    def _release(self, name: str) -> None:
+    def _release(self, name: str, cgroups: bool = True) -> None:
         """Remove `name`'s folders once it was undeployed (stop) or its first start failed (engine-work only), and
         no set of it runs, no start of it is under way, no replica of it is being spawned or retired. Decided
         here, on the event loop, where a start of the name happens too: each folder is renamed out of the way
@@ -497,9 +515,10 @@ class LocalBackend:
                 log.warning("could not remove the %s of deployment %s: %s", what, name, exc)
                 continue
             self._remove_later(f"the {what} of deployment {name} ({moved})", moved, top == self.engine_work_dir)
-        if everything and self.sweep_cgroups is not None:  # replicas killed past stop_timeout left their sandboxes'
-            # cgroups (their launchers died with them: what a replica's own removal would have removed), and once more
-            # a little later (CGROUP_RESWEEP: a launcher's parent-death signal may not have ended it yet)
+        if everything and cgroups and self.sweep_cgroups is not None:  # replicas killed past stop_timeout left
+            # their sandboxes' cgroups (their launchers died with them: what a replica's own removal would have
+            # removed), and once more a little later (CGROUP_RESWEEP: a launcher's parent-death signal may not have
+            # ended it yet). Not for remove_gone's names: no replica of them ran in this process
             what = "the sandbox cgroups of replicas that are gone"
             self._sweep_later(what, self.sweep_cgroups)
             self._at_later("cgroups", CGROUP_RESWEEP, self._sweep_later, what, self.sweep_cgroups)
@@ -1011,7 +1030,15 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def _live_replicas(cwds: bool = False) -> Any:
+@overload
+def _live_replicas(cwds: Literal[False] = False) -> tuple[set[str], set[str]]: ...
+
+
+@overload
+def _live_replicas(cwds: Literal[True]) -> tuple[set[str], set[str], set[Path]]: ...
+
+
+def _live_replicas(cwds: bool = False) -> tuple[set[str], set[str]] | tuple[set[str], set[str], set[Path]]:
     """(the replica ids, the deployment names) of the engine replicas running on this machine, by their command
     lines (`python -m services.engine.replica <deployments>/<name>/spec-<x>.json <replica id>`); `cwds`: and the
     working directories of the processes this one may read (a third item)."""

@@ -1784,6 +1784,39 @@ async def restore_deployments(deps: DeployerDeps) -> DeploymentRestore:
     return restore
 
 
+async def sweep_gone_folders(deps: DeployerDeps) -> list[str]:
+    """At the deployer's start: remove the folders (deployments/<name>/, engine-work/<name>/) of deployment names no
+    deployment has any more, which nothing else would ever remove: a name whose deployment row does not exist (a
+    database reset under a kept data directory), and a name other than its row's own (`<deploy_id>-<id>` with another
+    deploy_id) of an inactive row: an earlier name left by an undeploy or a rename made before session 32 (2026-12-05),
+    when deployments/<name>/ was never removed, and which no later undeploy names. An active row's folders are never
+    touched (a failed renamed redeploy's logs stay until its undeploy), nor an inactive row's own name's: a failed
+    deploy's logs, kept until an undeploy, look exactly like a folder an undeploy before session 32 left, and nothing
+    in the row tells them apart. Decided on the event loop as an undeploy's removal (LocalBackend.remove_gone: never a
+    set's name nor one a start uses; a deploy that comes after makes folders of its own). The names whose removal
+    began; a listing or a database that fails removes nothing (logged): the next start looks again."""
+    try:
+        names = await asyncio.to_thread(deps.backend.folder_names)
+        ids: dict[str, int] = {}
+        for name in names:
+            deploy_id, dash, tail = name.rpartition("-")
+            if deploy_id and dash and tail.isascii() and tail.isdigit() and int(tail) < 2**63:
+                ids[name] = int(tail)
+        if not ids:
+            return []
+        rows = await _answered_within(deps.timeout, store.deployment_names(deps.pool, sorted(set(ids.values()))))
+    except Exception as exc:  # noqa: BLE001 - logged; nothing is removed, the next start looks again
+        log.warning("could not look for the folders of deployments that are gone: %r", exc)
+        return []
+    gone = {name for name, number in ids.items()
+            if number not in rows or (not rows[number][1] and name != f"{rows[number][0]}-{number}")}
+    removing = deps.backend.remove_gone(gone)
+    if removing:
+        log.info("removing the folders of %d deployment names no deployment has any more: %s", len(removing),
+                 ", ".join(removing[:20]) + (" ..." if len(removing) > 20 else ""))
+    return removing
+
+
 NAMED_AGAIN_AFTER = 3600.0
 """Seconds before a start names a deployment again in an events.pipeline.serving (store.record_serving)."""
 

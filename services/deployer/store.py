@@ -175,6 +175,12 @@ async def deployment(pool: asyncpg.Pool, deployment_id: int) -> asyncpg.Record |
         " JOIN pipeline_versions v ON v.id = d.pipeline_version_id WHERE d.id = $1", deployment_id)
 
 
+async def deployment_names(pool: asyncpg.Pool, ids: list[int]) -> dict[int, tuple[str, bool]]:
+    """(deploy_id, active) of each of these deployments that has a row, by id."""
+    rows = await pool.fetch("SELECT id, deploy_id, active FROM deployments WHERE id = ANY($1::bigint[])", ids)
+    return {row["id"]: (row["deploy_id"], row["active"]) for row in rows}
+
+
 async def deployment_active(conn: asyncpg.Connection, deployment_id: int) -> bool | None:
     """Whether the deployment is active (None: no such row), read once no transaction that changes the row runs (FOR
     SHARE waits for one: a deactivation whose client is gone may still be committing), in the caller's transaction."""
