@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -64,9 +65,11 @@ class Backend(LocalBackend):
         self.spawn_gate: asyncio.Future | None = None
         self.processes: list[Proc] = []
         self.cgroup_sweeps = 0
+        self.cgroup_swept_at: list[float] = []  # when each sweep ran (time.monotonic)
 
     def _count_cgroup_sweeps(self) -> int:
         self.cgroup_sweeps += 1
+        self.cgroup_swept_at.append(time.monotonic())
         return 0
 
     async def _wait_ready(self, replica_set: ReplicaSet) -> None:
@@ -460,13 +463,17 @@ async def test_an_undeploys_cgroup_sweep_runs_again_a_little_later(backend, monk
     """A replica killed with SIGKILL takes its sandbox launchers with it by their parent-death signal, which the kernel
     delivers asynchronously: the sweep right after the undeploy may find a launcher still in its cgroup. It runs
     once more CGROUP_RESWEEP later (in the sweep thread), and only once."""
-    monkeypatch.setattr(backend_module, "CGROUP_RESWEEP", 0.05)
+    monkeypatch.setattr(backend_module, "CGROUP_RESWEEP", 0.3)
     await backend.start("d-1", SPEC, 1)
+    stopping = time.monotonic()
     await backend.stop("d-1")
-    await backend.swept()
-    assert backend.cgroup_sweeps == 1
-    await _gone(lambda: backend.cgroup_sweeps == 2, "the second sweep", 2.0)
-    await asyncio.sleep(0.2)
+    await _gone(lambda: backend.cgroup_sweeps == 2, "the second sweep", 3.0)
+    # the second CGROUP_RESWEEP after the undeploy at least, not at once with the first. (Counted once swept() returned,
+    # the first alone failed under load: the undeploy's folder removals before it in the sweep thread took past a
+    # 0.05 s CGROUP_RESWEEP, and swept() waited for the second, queued meanwhile, too.)
+    first, second = backend.cgroup_swept_at
+    assert first < second and second - stopping >= 0.3, (stopping, backend.cgroup_swept_at)
+    await asyncio.sleep(0.4)
     await backend.swept()
     assert backend.cgroup_sweeps == 2
     await backend.close()
