@@ -245,12 +245,39 @@ class Scheduler:
                 conn.terminate()
         for run_id in list(self.kills):
             self._kill(run_id, STOPPED)  # a run killed already keeps what killed it
+        # beside the runs' wait, at most STOP_STEP (shorter than it): the stop's whole bound is unchanged
+        putting_back = asyncio.ensure_future(self._stop_step(self._put_back_unanswered(),
+                                                             "putting back the starts whose answer was lost"))
         if self.runs:
             await self._runs_ended(deadline - STOP_STEP - loop.time())
+        await putting_back
         if self.installing is not None:
             self.installing.cancel()
         if self._outbox_task is not None:  # the stopped runs' events: sent now if the bus takes them, else at a start
             await self._stop_step(self.outbox.stop(self._outbox_task), "the outbox's last send")
+
+    async def _put_back_unanswered(self) -> None:
+        """At a stop: the runs started under this process whose start's answer never came back (adopt_unanswered's,
+        which a stopping process no longer adopts) go back to the queue (store.requeue_unstarted: their main.py never
+        started), for another scheduler or this one after its restart. Before, they stayed `running`, unbeaten, until
+        the lost-run step failed them supervisor_lost_after later ("the task scheduler process supervising the run
+        died"), never run. A start a pass left in the background commits after this read: its answer, if it comes,
+        makes a run the stop kills and puts back (_supervise); put back here first, that one finds it no longer this
+        process's and records nothing. Not a run whose end could not be recorded (`unrecorded`: it ran). Errors are
+        logged: the lost-run step fails what is left, as before."""
+        try:
+            found = await store.own_unsupervised(self.deps.pool, self.identity, list(self.runs))
+            for row in found:
+                if row["id"] in self.unrecorded:
+                    continue
+                back = await store.requeue_unstarted(self.deps.pool, row["id"], self.identity)
+                log.warning("run %s: its start was committed but the answer did not reach this process, which is"
+                            " stopping: %s", row["id"], "back in the queue" if back is False else
+                            "no longer this process's" if back is None else
+                            "its kill was asked: left to the lost-run step")
+        except Exception as exc:  # noqa: BLE001 - the stop goes on; what is left is the lost-run step's
+            log.warning("stopping: could not put back the starts whose answer was lost (%s: %s)", type(exc).__name__,
+                        exc)
 
     @staticmethod
     async def _stop_step(step: Awaitable[Any], what: str) -> bool:

@@ -62,6 +62,8 @@ def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
         return True
 
     async def requeue_unstarted(pool, run_id, supervisor):  # False: back in the queue (a kill asked: its reason)
+        if run_id in seen["requeued"]:
+            return None  # queued already: no longer this process's
         seen["requeued"].append(run_id)
         return seen.get("kill_asked", False)
 
@@ -106,6 +108,8 @@ def fake_claims(seen: dict, answer: asyncio.Event, monkeypatch) -> asyncio.Event
             await answer.wait()
         except asyncio.CancelledError:
             await answer.wait()  # the cancel lost: the claim's answer comes all the same
+        if claim == "adopt":  # running under this process, unsupervised, until put back (the stop does too)
+            return [] if run_id in seen["requeued"] else [a_row(run_id)]
         first = seen["claims"].count(claim) == 1
         return [a_row(run_id)] if first else []
 
@@ -306,3 +310,30 @@ async def test_a_run_a_replace_killed_keeps_its_reason_when_the_stop_comes(tmp_p
         await stopping
         await settle(sched)
     assert seen["ended"] == [(run_id, "failure", replaced)] and seen["requeued"] == []
+
+
+async def test_a_start_whose_answer_was_lost_goes_back_to_the_queue_at_the_stop(tmp_path, monkeypatch):
+    """A start committed under this process whose answer never came (adopt_unanswered's, which a stopping process
+    does not adopt): put back in the queue by the stop. Before, it stayed `running` until the lost-run step failed it
+    ('the task scheduler process supervising the run died'), never run. A run whose end could not be recorded ran: not
+    put back."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    lost_answer, ran_once = uuid.uuid4(), uuid.uuid4()
+    asked = []
+    gate = asyncio.Event()
+    supervised = await a_run_under_way(sched, gate)  # its setup held: in self.runs while the stop looks
+
+    async def own_unsupervised(conn, supervisor, known):
+        asked.append(sorted(known))
+        gate.set()
+        return [a_row(r) for r in (lost_answer, ran_once, supervised) if r not in known]
+
+    monkeypatch.setattr(store, "own_unsupervised", own_unsupervised)
+    sched.unrecorded.add(ran_once)
+    async with asyncio.timeout(10):
+        await sched.stop()
+        await settle(sched)
+    assert asked == [[supervised]]
+    # the one whose answer was lost; the supervised one too, killed by the stop in its setup (its main.py not run)
+    assert sorted(seen["requeued"]) == sorted([lost_answer, supervised])
+    assert seen["executed"] == [] and seen["ended"] == []
