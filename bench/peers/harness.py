@@ -15,7 +15,7 @@ delay; each log policy) on the ccfraud model, one deployment after another (roun
 Environment: `BENCH_QUICK=1` (short loops, for development), `BENCH_SYSTEMS=railyard,raw,...` (a subset;
 names below), `BENCH_RAILYARD_VARIANTS=name:{json engine_config};...` (more Railyard deployments of the same
 models side by side, e.g. `nobatch:{"batch_max_delay_ms":-1}`), `BENCH_NO_DOCS=1` (print only, leave
-docs/benchmarks.md alone).
+docs/benchmarks.md alone), `BENCH_NO_SYNC=1` (no sync before each figure: docs/performance.md item 93).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -72,6 +73,7 @@ MEASURES = ("p50_ms", "p99_ms", "rps8", "rps32", "rows1000")
 SETTLE_CORES = 0.25
 SETTLE_WINDOW = 1.0
 SETTLE_MAX = 30.0
+SYNC = os.environ.get("BENCH_NO_SYNC") != "1"  # write_back before each measure (BENCH_NO_SYNC=1: not, for an A/B)
 
 
 @dataclass
@@ -154,6 +156,18 @@ async def settle() -> float:
         before = after
 
 
+def write_back() -> float:
+    """Write the machine's dirty page cache to disk now (sync); the seconds it took. What an earlier form's load
+    wrote (Railyard's logged rows: ~250 MiB a batch-1000 window) stays dirty in memory until the kernel's flusher
+    writes it back `vm.dirty_expire_centisecs` (30 s) later, in one burst of up to ~800 MiB; at ~17 s a form and
+    model that burst fell into the next form's batch-1000 window, where SeaweedFS's PUTs waited behind it and the
+    engine sent a flush through the stream (docs/performance.md item 93). Synced before every system's figures alike
+    (a peer that wrote nothing syncs nothing); the window's own writes are as before."""
+    started = time.monotonic()
+    os.sync()
+    return time.monotonic() - started
+
+
 async def measure(target: Target, model: str) -> dict[str, float]:
     """Check the answers, then time them (see the module docstring)."""
     want, _ = expected(model)
@@ -163,6 +177,7 @@ async def measure(target: Target, model: str) -> dict[str, float]:
     answer = await _one(target.url, target.thousand)
     if target.count(answer) != 1000:
         raise RuntimeError(f"{target.url}: {target.count(answer)} predictions for 1000 rows")
+    synced = write_back() if SYNC else 0.0
     settled = await settle()
     await loadgen.sequential(target.url, target.one, WARM)
     singles = await loadgen.sequential(target.url, target.one, SINGLES)
@@ -171,9 +186,21 @@ async def measure(target: Target, model: str) -> dict[str, float]:
                "rps8": await loadgen.concurrent(target.url, target.one, 8, CONCURRENT_S),
                "rps32": await loadgen.concurrent(target.url, target.one, 32, CONCURRENT_S)}
     await loadgen.sequential(target.url, target.thousand, 3)
-    figures["rows1000"] = 1000 * await loadgen.concurrent(target.url, target.thousand, 4, BATCH_S)
+    own, started = _own_cpu(), time.perf_counter()
+    rate = await loadgen.concurrent(target.url, target.thousand, 4, BATCH_S)
+    figures["rows1000"] = 1000 * rate
+    # the load generator's CPU a batch-1000 request: the same work in every round of a system, so a round where it
+    # is higher ran on a slower machine (docs/performance.md item 93: Railyard's rows/s moved inversely with it)
+    figures["loadgen_us"] = (_own_cpu() - own) / max(rate * (time.perf_counter() - started), 1) * 1e6
     figures["settle_s"] = settled
+    figures["sync_s"] = synced
     return figures
+
+
+def _own_cpu() -> float:
+    """This process's CPU seconds so far (it is the load generator)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def raw_onnxruntime(model: str) -> dict[str, float]:
@@ -651,7 +678,11 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
              "`dataframe_records` JSON; raw onnxruntime is in-process (its req/s is 1/p50). Each system's batch-1 "
              f"figures start once the machine is idle (busy CPU under {SETTLE_CORES} cores over {SETTLE_WINDOW:.0f} s, "
              f"waited for up to {SETTLE_MAX:.0f} s; the wait is in the tables): Railyard's log path stores the "
-             "previous form's batch-1000 rows for a few seconds after that load ends.", ""]
+             "previous form's batch-1000 rows for a few seconds after that load ends. Beside batch-1000 rows/s, the "
+             "load generator's own CPU a request: the same work in every round of a system, so a round where it is "
+             "higher had a slower machine. Before each system's figures the machine's dirty page cache is written "
+             "to disk (sync): Railyard's logged rows of an earlier form would otherwise go in one burst 30 s later, "
+             "inside another form's figures (docs/performance.md item 93).", ""]
     for model in MODELS:
         present = [s for s in systems if any(model in f.get(s, {}) for f in results.rounds)]
         lines += [f"### {model}", "", "| measure | " + " | ".join(present) + " |",
@@ -671,6 +702,12 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
                           if "settle_s" in f.get(s, {}).get(model, {})] for s in present]
                 lines.append("| waited for an idle machine before batch-1 | "
                              + " | ".join(_span(w, 1, " s") if w else "" for w in waits) + " |")
+            if measure == "rows1000":  # the machine's speed in each round's window: same work, same CPU on a
+                # machine as fast (item 93); by system, so across its rounds
+                meters = [[f[s][model]["loadgen_us"] for f in results.rounds
+                           if "loadgen_us" in f.get(s, {}).get(model, {})] for s in present]
+                lines.append("| load generator's CPU a batch-1000 request (the machine's speed) | "
+                             + " | ".join(_span(m, 0, " us") if m else "" for m in meters) + " |")
         lines.append("")
         ours = [s for s in present if s.startswith("Railyard")]
         peers = [s for s in present if s not in ours]
