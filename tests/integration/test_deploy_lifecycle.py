@@ -5,18 +5,25 @@ deployment's folders (docs/deployment.md, "What an undeploy removes")."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import signal
 import threading
 import time
 import zipfile
 from pathlib import Path
 
+import onnx
 import psutil
 import pytest
 import requests
+import urllib3
 
+from shared.objectstore import BUCKET_ARTIFACTS, content_key
 from tests.integration.conftest import Account, post
+from tests.integration.test_registry import s3
 from tests.models import byop_fraud_zip, ccfraud_onnx, sample_rows
 
 pytestmark = pytest.mark.integration
@@ -195,5 +202,71 @@ def test_two_deploys_of_one_pipeline_at_once_end_with_one_set_of_the_last_ones_v
 
     undeployed = post(stack, "pipelines/undeploy", alice.token,
                       {"pipeline_id": versions[last]["pipeline_pk_id"], "deployment_id": deployment_id})
+    assert undeployed.status_code == 200, undeployed.text
+    assert _replica_pids(stack, deployment_id) == {}
+
+
+def test_a_deployment_whose_replicas_keep_dying_at_their_start_answers_503_crash_loop_with_retry_after(stack, alice):
+    """A deployment that served, whose replica then exits at every start (its model's stored bytes went bad: each
+    replacement refuses the artifact by its sha256 and exits 2), is in a crash loop (CRASH_LOOP_AFTER exits in a
+    row): an inference through the gateway answers 503 `deployment_crash_loop` with a Retry-After (the deployer's
+    back-off) and, to a member of its workspace, why; the deployment's status says `Error` and why. Until the loop is
+    told (the first exit is a restart, no loop yet) the inferences are 503 `unavailable` (starting): never a 200, a
+    500 or a 504. (A model that never loads is no crash loop: its deploy is a 400, the first test above.)"""
+    model = onnx.load_from_string(ccfraud_onnx())
+    model.doc_string = "crash loop"  # an artifact of its own: no other test's replicas read its stored bytes
+    content = model.SerializeToString()
+    sha = hashlib.sha256(content).hexdigest()
+    _upload(stack, alice, "crashloop", content)
+    version = _version(stack, alice, "crashloop", ["crashloop"])
+    deployed = _deploy(stack, alice, version, "crashloop")
+    assert deployed.status_code == 200, deployed.text
+    deployment_id = deployed.json()["id"]
+    name = f"crashloop-{deployment_id}"
+    url = post(stack, "admin/get_pipeline_external_url", alice.token,
+               {"workspace_id": alice.workspace_id, "pipeline_name": "crashloop"}).json()["url"]
+    assert _infer(url, alice.token).status_code == 200  # the gateway caches its route as Running
+    http = urllib3.PoolManager()  # closed below: a client's own pool leaves its socket to the GC
+    store, bucket = s3(stack, http), f"{stack.settings().s3.bucket_prefix}-{BUCKET_ARTIFACTS}"
+    try:
+        # the stored artifact goes bad and the replicas' cached copy is gone (the running replica loaded it before):
+        # every replica started from now on downloads bytes that do not match their sha256, and exits at its start
+        store.put_object(bucket, content_key(sha), io.BytesIO(b"not the model"), len(b"not the model"))
+        (stack.data_dir / "engine-cache" / sha).unlink()
+        [pid] = _replica_pids(stack, deployment_id)[name]
+        os.kill(pid, signal.SIGKILL)  # the running replica dies (as out of memory): the supervisor replaces it
+        deadline = time.monotonic() + 30
+        while True:
+            answer = _infer(url, alice.token)
+            assert answer.status_code == 503, answer.text
+            if answer.json()["code"] == "deployment_crash_loop":
+                break
+            # starting again (or, before the deployer saw the exit, no engine): retry shortly
+            assert answer.json()["code"] == "unavailable" and "retry shortly" in answer.json()["msg"], answer.text
+            assert time.monotonic() < deadline, "the deployment's replicas exiting at their start was never told"
+            time.sleep(0.2)
+        retry_after = answer.headers.get("Retry-After", "")
+        assert retry_after.isdigit() and 1 <= int(retry_after) <= 60, answer.headers  # crash_backoff_max: 60 s
+        msg = answer.json()["msg"]
+        assert "crash loop" in msg and "sha256" in msg and "refusing to load it" in msg, msg  # why, to a member
+        # its status says why: the replica's CrashLoopBackOff reason (not in the instant between a replica's exit
+        # and the supervisor's pass that backs it off, when the reason is its log's last line alone: read again)
+        deadline = time.monotonic() + 10
+        while True:
+            status = post(stack, "status/get_deployment", alice.token, {"name": name}).json()
+            assert status["status"] == "Error", status
+            [engine] = status["engines"]
+            assert engine["crashes"] >= 2 and f"artifact {sha[:12]} does not match its sha256" in engine["reason"], \
+                engine
+            if "CrashLoopBackOff" in engine["reason"]:
+                break
+            assert time.monotonic() < deadline, engine
+            time.sleep(0.1)
+        assert len(_replica_pids(stack, deployment_id).get(name, ())) <= 1  # one replica at a time, backed off
+    finally:
+        undeployed = post(stack, "pipelines/undeploy", alice.token,
+                          {"pipeline_id": version["pipeline_pk_id"], "deployment_id": deployment_id})
+        store.put_object(bucket, content_key(sha), io.BytesIO(content), len(content))  # as uploaded
+        http.clear()
     assert undeployed.status_code == 200, undeployed.text
     assert _replica_pids(stack, deployment_id) == {}
