@@ -880,6 +880,8 @@ def test_review_queue_then_counted_on_the_monitoring_page(stack, world, alice_ui
     wait_for(browser, "const e = document.querySelector('#mon-tags'); return e && e.value === 'ui' && "
              "document.querySelector('#mon-predictions').textContent === '2'", what="both have the tag")
     assert "set_training_data" in browser.find_element(By.ID, "mon-drift").text  # the API says what is missing
+    # retrieve_information's continuous training: none set up for this deployment (the states: the test below)
+    assert "Not set up" in browser.find_element(By.ID, "mon-continuous").text
     shot(browser, "13-monitoring")
 
 
@@ -1092,6 +1094,89 @@ def test_replicas_show_why_they_do_not_run(as_alice):
     assert got["details"]["lines"] == [["exited with 1; restarts in 4 s", LOST, '<img src=z onerror="window.__xss=3">'],
                                        [LOST]]
     assert got["details"]["elements"] == 0 and '["' not in got["details"]["text"]
+
+
+CONTINUOUS = r"""
+const HELD = arguments[0];
+const shown = (continuous) => {
+  const box = continuousDetails(continuous);
+  const why = box.querySelector('#mon-continuous-why');
+  return {why: why ? [...why.querySelectorAll('li')].map(li => [li.id, li.textContent]) : [],
+          rows: [...box.querySelectorAll('tbody tr')].map(tr => [...tr.children].map(td => td.textContent)),
+          text: box.textContent, elements: box.querySelectorAll('img').length};
+};
+const training = {active: true, project_id: 1, orchestration_id: 'o-1', kind: 'orchestration',
+  trigger: 'FEEDBACK_LOOP', threshold: 5, experiment_parameters: {}, scan_config: null, model_name: 'squares',
+  datasets: {}, reviews: 12, reviews_at_last_training: 10, alerts: 0, alerts_at_last_training: 0,
+  suspended_reason: null};
+const policy = (name, more) => ({active: true, policy: name, alpha: 0.05, min_sample: 30, suspended_reason: null,
+  ...more});
+const v = (version) => ({name: 'squares', version, sha: null});
+const last = {id: 't-1', state: 'done', reviews: 10, trigger: 'FEEDBACK_LOOP', alerts: null, task_id: 'k-1',
+  run_id: 'r-1', model_version: v('v2'), outcome: null, reason: null, created_at: '2026-12-05T19:00:00Z',
+  updated_at: '2026-12-05T19:05:00Z'};
+const evidence = {decision: 'promote', pairs: 41, n11: 20, n10: 3, n01: 12, n00: 6, champion_accuracy: 0.5609,
+  challenger_accuracy: 0.7804, log_evidence: 3.4, threshold: 2.9957, p_lower: 0.6, p_upper: 0.9, alpha: 0.05,
+  min_sample: 30, metric: 'top1', champion_score: null, challenger_score: null};
+const challenge = (state, more) => ({id: 'c-1', champion: v('v1'), challenger: v('v2'), state, evidence,
+  started_at: '2026-12-05T19:06:00Z', decided_at: state === 'running' ? null : '2026-12-05T19:20:00Z',
+  reason: null, ...more});
+const shadow = {training, deployment: policy('DEPLOY_SHADOW'), pending_model_version: null,
+  last_training: {...last, outcome: 'shadow'}};
+return {
+  delivery: shown({training, deployment: policy('DEPLOY_AUTO'), pending_model_version: null, challenge: null,
+                   last_training: {...last, state: 'succeeded', delivery_held_up: HELD}}),
+  swap: shown({...shadow, challenge: challenge('promoting',
+    {swap_held_up: '504 timeout: deployer.deploy was not answered in 5 s'})}),
+  testing: shown({...shadow,
+    challenge: challenge('running', {evidence: {...evidence, decision: 'continue', pairs: 7}})}),
+  suspended: shown({training: {...training, active: false, suspended_reason: "its owner's token was refused (401)"},
+                    deployment: policy('DEPLOY_MANUAL',
+                                       {active: false, suspended_reason: 'the owner left the workspace'}),
+                    pending_model_version: v('v3'), challenge: null,
+                    last_training: {...last, outcome: 'pending', model_version: v('v3')}}),
+  failed: shown({training, deployment: null, pending_model_version: null, challenge: null,
+                 last_training: {...last, state: 'failed', model_version: null, reason: 'the run failed: exit 1'}}),
+  none: shown(null), error: shown({error: 'deployment d-9 not found'}),
+};
+"""
+
+
+def test_the_monitoring_page_says_why_a_trained_model_is_not_served(as_alice):
+    """The monitoring page's continuous section (continuousDetails, from retrieve_information's `continuous`) shows
+    the training's state and trigger, the deployment policy, the last training and the challenge with its evidence,
+    and first why a trained model version is not served yet: a delivery or swap held up (the cause monitoring keeps:
+    '<status> <code>: <message>'), training or deployment turned off by the service and why, a version waiting for a
+    person, the challenger still under test, the training failed. Before, none of it was on the page: a user could
+    not tell why continuous delivery was held up. Every value is text, never markup."""
+    held = '503 unavailable: deployer.deploy: <img src=x onerror="window.__xss=4"> (held up behind another)'
+    got = as_alice.execute_script(CONTINUOUS, held)
+    assert got["delivery"]["why"] == [["mon-delivery-held-up", "The delivery of squares v2 (training t-1) is held up; "
+                                       f"its last try met: {held}"]]
+    assert got["delivery"]["elements"] == 0
+    rows = {row[0]: row[1:] for row in got["delivery"]["rows"]}
+    assert rows["training"] == ["active", "FEEDBACK_LOOP: 2 of 5 review(s) since the last training; trains squares "
+                                          "(orchestration o-1)"]
+    assert rows["deployment"][0] == "active"
+    assert rows["deployment"][1].startswith("DEPLOY_AUTO; sequential test alpha 0.05")
+    assert rows["last training"][0] == "succeeded" and "model squares v2" in rows["last training"][1]
+    assert got["swap"]["why"] == [["mon-swap-held-up", "The promotion of squares v2 is held up; its last try met: 504 "
+                                   "timeout: deployer.deploy was not answered in 5 s"]]
+    challenge = {row[0]: row[1:] for row in got["swap"]["rows"]}["challenge"]
+    assert challenge[0] == "promoting"
+    assert challenge[1].startswith("squares v2 against squares v1: accuracy: champion 0.561, challenger 0.78; 41 "
+                                   "pair(s); evidence 3.4 of 2.996; decision promote"), challenge
+    assert got["testing"]["why"] == [["mon-challenge-running", "squares v2 runs as the shadow challenger under the "
+                                      "sequential test: 7 reviewed pair(s) of at least 30 before any decision."]]
+    assert [i for i, _ in got["suspended"]["why"]] == ["mon-cd-suspended", "mon-ct-suspended", "mon-pending-version"]
+    assert "Continuous deployment was turned off: the owner left the workspace" in got["suspended"]["text"]
+    assert "Continuous training was turned off: its owner's token was refused (401)" in got["suspended"]["text"]
+    assert "squares v3 waits for a person" in got["suspended"]["text"]
+    assert got["failed"]["why"] == [["mon-training-failed", "The last training failed: the run failed: exit 1"],
+                                    ["mon-cd-none", "No continuous deployment is set up: trained model versions wait "
+                                     "for a person (setup_continuous_deployment)."]]
+    assert "Not set up" in got["none"]["text"] and got["none"]["rows"] == []
+    assert "deployment d-9 not found" in got["error"]["text"]
 
 
 def test_bob_sees_none_of_it(stack, world, alice_ui: Account, bob_ui: Account, as_alice):

@@ -99,10 +99,11 @@ PAGES.monitoring = async function monitoring() {
   out.push(form);
   const stats = (service) => api('deployments/get_stats', {deployment: dep.name, service, ...filters})
     .then(r => r.stats, e => ({error: e.message}));
-  const [data, queue, classes, boxes, labels, drift] = await Promise.all([stats('AGGREGATED_PREDICTIONS_DATA'),
+  const [data, queue, classes, boxes, labels, drift, info] = await Promise.all([stats('AGGREGATED_PREDICTIONS_DATA'),
     api('deployments/list_predictions_to_review', {deployment: dep.name, limit: 1}).catch(e => ({error: e.message})),
     stats('REVIEWS_CLASSIFICATION_STATS'), stats('REVIEWS_OBJECT_DETECTION_STATS'),
-    stats('REVIEWS_LABEL_DISTRIBUTION_STATS'), stats('AGGREGATED_DRIFTING_PREDICTIONS')]);
+    stats('REVIEWS_LABEL_DISTRIBUTION_STATS'), stats('AGGREGATED_DRIFTING_PREDICTIONS'),
+    api('deployments/retrieve_information', {deployment: dep.name}).catch(e => ({error: e.message}))]);
   if (data.error) throw new ApiError(data.error);
 
   const figure = (label, value, id) => el('div', {class: 'card stat'}, el('div', {class: 'muted'}, label),
@@ -180,6 +181,9 @@ PAGES.monitoring = async function monitoring() {
       }, ['feature', 'PSI', 'mean', 'reference mean'], names.map(n => [n, fmtNumber(drift.features[n].psi),
         fmtNumber(drift.features[n].mean), fmtNumber(drift.features[n].reference_mean)])));
   }
+
+  // continuous training and deployment: their state, and why a trained model version is not served yet (ui.html)
+  out.push(continuousDetails(info.error ? {error: info.error} : info.continuous));
 
   // any view, as the API answers it
   const view = el('select', {id: 'mon-view'}, SERVICE_METRICS.map(s => el('option', {value: s}, s)));
