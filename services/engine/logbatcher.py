@@ -186,7 +186,8 @@ class LogBatcher:
         return {"held_rows": self.held_rows, "held_bytes": self.held_bytes, "lost_rows": self.lost_rows,
                 "lost_records": self.lost_records, "refused_publishes": self.refused_publishes,
                 "malformed_rows": self.malformed_rows, "malformed_records": self.malformed_records,
-                "failed_flushes": self.failed_flushes, "failed_records": self.failed_records}
+                "failed_flushes": self.failed_flushes, "failed_records": self.failed_records,
+                "refused_segments": self.segment_failures}
 
     def add(self, record: InferenceRecord, size: int = 0) -> None:
         """Hold a record for the next publish; `size`, when known, is its bytes as `_record_bytes` counts them

@@ -142,6 +142,46 @@ def test_get_logs_shapes_json_and_arrow(stack, alice, logged):
     assert from_ipc(one_column.content).column_names == ["time", "metadata.elapsed"]
 
 
+def test_a_segment_object_storage_refuses_loses_nothing_acknowledged(stack, alice, logged):
+    """An engine replica writes its log batches as segments (logs.engine_segments, the default); when object storage
+    refuses a segment's PUT, the rows are read back from the segment's bytes and go through the stream as rows,
+    which the log store stores in segments of its own. On the real stack: a bucket policy refuses PutObject of
+    engine-written segments (`*.e.parquet`) of alice's workspace only (the log store's own `.parquet` keys are not
+    refused); every row answered is then readable through the log API exactly once, none in an engine segment."""
+    from shared.log_segments import ENGINE_SUFFIX
+    from shared.objectstore import BUCKET_LOGS, MinioObjectStore
+
+    store = MinioObjectStore(stack.settings().s3)
+    bucket, prefix = store.bucket(BUCKET_LOGS), f"ws-{alice.workspace_id}/"
+
+    def keys() -> list[str]:
+        return [key for key, _ in asyncio.run(store.list_keys(BUCKET_LOGS, prefix))]
+
+    # first without the policy: the replica writes its own segment (what the refusal then takes away)
+    assert infer(logged["url"], alice.token, marked(range(3))).status_code == 200
+    assert len(wait_rows(stack, alice, "logged", 3, timeout=30)) == 3
+    engine_written = [key for key in keys() if key.endswith(ENGINE_SUFFIX)]
+    assert engine_written, keys()
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Sid": "RefuseEngineSegmentsOfOneWorkspace", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+        "Resource": f"arn:aws:s3:::{bucket}/{prefix}*{ENGINE_SUFFIX}"}]}
+    store._client.set_bucket_policy(bucket, json.dumps(policy))
+    try:
+        assert infer(logged["url"], alice.token, marked(range(100, 108))).status_code == 200
+        rows = wait_rows(stack, alice, "logged", 11, timeout=30)
+        status = post(stack, "status/get_deployment", alice.token, {"name": logged["deployment"]}).json()
+    finally:
+        store._client.delete_bucket_policy(bucket)
+    (engine,) = status["engines"]  # the replica says its PUT was refused, and that it lost nothing
+    assert engine["logs"]["refused_segments"] >= 1, engine["logs"]
+    assert engine["logs"]["lost_rows"] == engine["logs"]["lost_records"] == engine["logs"]["failed_flushes"] == 0
+    marks = sorted(row["in"]["tensor"][0] for row in rows)
+    assert marks == [0.0, 1.0, 2.0, *(float(v) for v in range(100, 108))]  # each once
+    # none written while refused (compared as sets: maintenance may compact the first one away meanwhile)
+    assert {key for key in keys() if key.endswith(ENGINE_SUFFIX)} - set(engine_written) == set()
+    assert any(not key.endswith(ENGINE_SUFFIX) for key in keys())  # the log store's own segments hold them
+
+
 def test_a_request_the_gateway_narrows_answers_and_logs_as_one_the_replica_narrows(stack, alice, logged):
     """From NARROW_MIN_ROWS rows the gateway casts a JSON request to the model's float32 before the bus (marked with
     the pipeline version; docs/logs.md, "Types"): the answer echoes the request as sent, the outputs are the model's

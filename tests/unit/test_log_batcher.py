@@ -242,6 +242,7 @@ async def test_rows_of_re_sent_requests_and_batches_object_storage_refuses_go_th
     assert pa.ipc.open_stream(payload).read_all().num_rows == 4 and batcher.segment_failures == 1
     assert batcher.held_rows == 0 and batcher.lost_rows == 0 and batcher.abandoned_rows == 0
     assert batcher.lost_records == 0 and batcher.failed_flushes == 0  # sent as rows: nothing lost
+    assert batcher.stats()["refused_segments"] == 1  # the replica's status says so
 
 
 def test_a_description_is_checked_by_the_shape_of_its_key_not_by_the_pipelines_name():
