@@ -159,9 +159,12 @@ def logs_detail(counts: dict[str, int]) -> str | None:
     why = []
     if counts["malformed_records"]:
         why.append(f"{counts['malformed_records']} malformed records ({counts['malformed_rows']} rows) set aside")
+    failed = counts["failed_records"]
     if counts["failed_flushes"]:
-        why.append(f"{counts['failed_flushes']} log flushes failed")
-    others = counts["lost_records"] - counts["malformed_records"]
+        why.append(f"{counts['failed_flushes']} log flushes failed" + (f" ({failed} records)" if failed else ""))
+    # lost_records also holds the malformed records and, since e6f0e66a, the failed flushes' records: neither is
+    # one the buffer could not take
+    others = counts["lost_records"] - counts["malformed_records"] - failed
     if others > 0:
         why.append(f"{others} records the log buffer could not take (full: the stream refused "
                    f"{counts['refused_publishes']} publishes; or a row above the bus limit)")
@@ -304,8 +307,10 @@ class Replica:
         """The status probe's answer: seed 001's engine fields (status, pipeline_statuses, model_statuses; the
         deployer adds name, ip, reason, details, ...) and `logs`, the inference log buffer's counts since this replica
         started (LogBatcher.stats: held_rows / held_bytes, lost_rows / lost_records, refused_publishes,
-        malformed_rows / malformed_records, failed_flushes). Rows it could not log also give a `details` line, which
-        status/get_deployment and the UI's replica table show: before, they were only in the replica's log."""
+        malformed_rows / malformed_records, failed_flushes / failed_records, refused_segments: segments object
+        storage refused or did not store in time, their rows sent through the stream, nothing lost). Rows it could
+        not log also give a `details` line, which status/get_deployment and the UI's replica table show: before, they
+        were only in the replica's log."""
         answer: dict[str, Any] = {
             "status": "Running",
             "pipeline_statuses": {"pipelines": [{"id": self.spec["deployment"]["pipeline"], "status": "Running"}]},

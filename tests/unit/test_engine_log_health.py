@@ -15,7 +15,7 @@ import services.engine.logbatcher as logbatcher
 from services.engine.logbatcher import LogBatcher
 from services.engine.replica import Replica, logs_detail
 from shared.settings import LogSettings, Settings
-from tests.unit.test_log_batcher import DEPLOYMENT, RefusingStream, malformed
+from tests.unit.test_log_batcher import DEPLOYMENT, RefusingStream, malformed, record
 
 SPEC = {"deployment": {"name": "d-1", "pipeline": "p", "pipeline_version": "v", "workspace_id": 1},
         "steps": [{"kind": "ModelInference", "models": [{"name": "m", "model_version": "1", "sha": "abc"}]}]}
@@ -46,13 +46,40 @@ def test_a_replica_that_set_records_aside_says_so_in_its_status(tmp_path):
 
 def test_the_details_line_names_each_cause():
     counts = {"held_rows": 0, "held_bytes": 0, "lost_rows": 120, "lost_records": 5, "refused_publishes": 40,
-              "malformed_rows": 3, "malformed_records": 1, "failed_flushes": 2}
+              "malformed_rows": 3, "malformed_records": 1, "failed_flushes": 2, "failed_records": 0,
+              "refused_segments": 0}
     line = logs_detail(counts)
     assert "120 rows not logged" in line and "1 malformed records (3 rows) set aside" in line
     assert "2 log flushes failed" in line and "4 records the log buffer could not take" in line
     assert "refused 40 publishes" in line
     assert logs_detail(counts | {"lost_rows": 0, "lost_records": 0, "malformed_rows": 0, "malformed_records": 0,
                                  "failed_flushes": 0}) is None
+
+
+async def test_a_failed_flushs_records_are_not_called_records_the_buffer_could_not_take(tmp_path):
+    """lost_records holds a failed flush's records too (failed_records, e6f0e66a): the details line took every lost
+    record but the malformed ones for one the buffer refused, so a replica whose flush failed said its buffer was
+    full. Two records lost in a failed flush, one refused by a full buffer: each said as what it is."""
+    replica = _replica(tmp_path)
+    replica.batcher = batcher = LogBatcher(RefusingStream(), DEPLOYMENT, LogSettings(engine_max_pending_rows=5),
+                                           8 * 1024 * 1024)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    batcher._publish = broken
+    batcher.add(record(1.0, rows=3))
+    batcher.add(record(2.0, rows=2))
+    with pytest.raises(RuntimeError):
+        await batcher.flush()
+    batcher._flush_failed(RuntimeError("a bug"))  # as LogBatcher.run does with what flush raised
+    batcher.add(record(3.0, rows=6))  # over engine_max_pending_rows: the buffer cannot take it
+    status = json.loads(json.dumps(replica.status()))
+    assert {k: status["logs"][k] for k in ("lost_rows", "lost_records", "failed_flushes", "failed_records")} == {
+        "lost_rows": 11, "lost_records": 3, "failed_flushes": 1, "failed_records": 2}
+    [line] = status["details"]
+    assert "1 log flushes failed (2 records)" in line, line
+    assert "1 records the log buffer could not take" in line, line  # the old arithmetic said 3
 
 
 def test_set_aside_and_failed_flush_reports_are_throttled_each_on_its_own(monkeypatch, caplog):
@@ -79,5 +106,6 @@ def test_set_aside_and_failed_flush_reports_are_throttled_each_on_its_own(monkey
 @pytest.mark.parametrize("field", ["lost_rows", "lost_records", "failed_flushes"])
 def test_any_loss_gives_a_line(field):
     counts = dict.fromkeys(("held_rows", "held_bytes", "lost_rows", "lost_records", "refused_publishes",
-                            "malformed_rows", "malformed_records", "failed_flushes"), 0)
+                            "malformed_rows", "malformed_records", "failed_flushes", "failed_records",
+                            "refused_segments"), 0)
     assert logs_detail(counts | {field: 1}) is not None
