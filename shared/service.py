@@ -9,7 +9,8 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 4. opens the pool and applies migrations, ensures the buckets, starts the sweep of its staged uploads
    (`staged_bucket`), runs the start hook;
 5. starts the subscriptions, publishes `events.service.started` (`announce_started`: tried for up to
-   STARTED_WITHIN seconds while JetStream does not acknowledge it, then a warning; never fatal) and logs "serving";
+   STARTED_WITHIN seconds while JetStream does not acknowledge it, then a warning; never fatal; a stop ends the
+   tries at once) and logs "serving";
 6. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
    answered), stops the staged-upload sweep, runs the stop hook, stops the event consumers (in-flight
    work finishes and is acknowledged) and closes connections (the database pool's within
@@ -200,21 +201,36 @@ async def announce_started(broker: NatsBroker, event: ServiceStarted, stop: asyn
     the same event (its event_id is the Nats-Msg-Id), so a try whose ack was only late is not stored twice. Never
     raises a bus error: the event is informational (only lineage's event log records it, nothing waits for it), and
     a start that ended on it ended a service that was ready to serve (FastStream's 0.5 s ack wait, at one fsync'd
-    write under two stacks' load, exited monitoring with "nats: timeout"). After a stop (SIGTERM) no new try."""
+    write under two stacks' load, exited monitoring with "nats: timeout"). A stop (SIGTERM, also one that came
+    during the start) ends the wait at once: the try under way is given up (the event may still be stored), none
+    follows (waiting for that try's ack, up to STARTED_ACK_WAIT, would spend the stack's whole 5 s stop grace)."""
     began = time.monotonic()
     deadline = began + STARTED_WITHIN
     tries = 0
+    error: BaseException | None = None
     while True:
         tries += 1
+        publishing = asyncio.ensure_future(publish_event(
+            broker, subjects.EVENT_SERVICE_STARTED, event,
+            timeout=max(0.1, min(STARTED_ACK_WAIT, deadline - time.monotonic()))))
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            await publish_event(broker, subjects.EVENT_SERVICE_STARTED, event,
-                                timeout=max(0.1, min(STARTED_ACK_WAIT, deadline - time.monotonic())))
-            return True
-        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError) as exc:
-            error: Exception = exc
-        except nats.errors.Error as exc:  # JetStream refused it (the stream full, say) or the connection is down
-            error = exc
+            await asyncio.wait((publishing, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not publishing.done():  # the stop came first (or this task is cancelled): its ack is not waited for
+                publishing.cancel()
+        if publishing.cancelled() or not publishing.done():
+            error = None
             break
+        error = publishing.exception()
+        if error is None:
+            return True
+        if not isinstance(error, (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
+                                  nats.errors.NoRespondersError)):
+            if isinstance(error, nats.errors.Error):  # JetStream refused it (the stream full, say), the connection down
+                break
+            raise error
         if stop.is_set() or time.monotonic() + STARTED_RETRY_PAUSE >= deadline:
             break
         with contextlib.suppress(TimeoutError):
@@ -222,9 +238,13 @@ async def announce_started(broker: NatsBroker, event: ServiceStarted, stop: asyn
                 await stop.wait()
         if stop.is_set():
             break
-    log.warning("%s not acknowledged by JetStream (%d %s in %.1f s, last: %s): serving without it (lineage's event log "
-                "may miss this start)", subjects.EVENT_SERVICE_STARTED, tries, "try" if tries == 1 else "tries",
-                time.monotonic() - began, str(error) or type(error).__name__)
+    what = (f"{tries} {'try' if tries == 1 else 'tries'} in {time.monotonic() - began:.1f} s, last: "
+            f"{'cancelled' if error is None else str(error) or type(error).__name__}")
+    if stop.is_set():
+        log.info("%s not acknowledged by JetStream before the stop (%s)", subjects.EVENT_SERVICE_STARTED, what)
+        return False
+    log.warning("%s not acknowledged by JetStream (%s): serving without it (lineage's event log may miss this start)",
+                subjects.EVENT_SERVICE_STARTED, what)
     return False
 
 

@@ -212,3 +212,43 @@ def test_no_ack_at_all_serves_with_a_warning(tmp_path: Path, caplog: pytest.LogC
     assert proxy.passed == []
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and "serving without it" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("when", ["during a try", "during the start"])
+def test_a_stop_ends_the_wait_for_the_ack_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """A SIGTERM while a try waits for its ack (or one that came before the start got that far) is not held up by
+    that wait: the try is given up, no other follows, the service stops, with no warning. A try waits 60 s here, so
+    a stop that waited for it (as it did, up to 5 s, the stack's whole stop grace) fails the 15 s bound."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    monkeypatch.setattr(service, "STARTED_WITHIN", 120.0)
+    monkeypatch.setattr(service, "STARTED_ACK_WAIT", 60.0)
+    proxy = AckProxy(drop=1_000)
+
+    async def scenario(url: str) -> None:
+        stop = asyncio.Event()
+        async with proxy.serving(url) as proxied:
+            if when == "during the start":
+                stop.set()
+            task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
+            try:
+                if when == "during a try":
+                    async with asyncio.timeout(60):
+                        while not proxy.published:
+                            assert not task.done(), task.exception() if not task.cancelled() else task
+                            await asyncio.sleep(0.02)
+                    stop.set()
+                await asyncio.wait_for(asyncio.shield(task), 15)
+            finally:
+                if not task.done():  # failed: not stopped within the bound
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    assert len(proxy.published) <= 1, proxy.published
+    assert not _warnings(caplog), _warnings(caplog)
+    told = [r.getMessage() for r in caplog.records
+            if r.name == "railyard.service" and "before the stop" in r.getMessage()]
+    assert len(told) == 1 and subjects.EVENT_SERVICE_STARTED in told[0], told
