@@ -398,17 +398,19 @@ def read_segment(data: pa.Buffer | bytes, schema: pa.Schema | list[str] | None =
     Given the schema the segment was written from, the table comes back of that schema: Parquet has no
     timestamp[s], time32[s] nor date64, so they come back as timestamp[ms], time32[ms] and date32 (and a zero-size
     tensor column as lists, `_relisted`), whose fingerprint is another one's: the log store stored the read-back rows
-    apart from the replica's segments, and pages saw a schema change. A table the cast refuses (not met: each value
-    came from that type) comes back as read."""
+    apart from the replica's segments, and pages saw a schema change. A table the cast refuses (a dictionary of
+    timestamp[s]: read back as timestamp[ms], which Arrow does not cast to a dictionary) or whose columns are not
+    the schema's (not met) comes back as read: its rows still go through the stream, where a raise here lost them
+    (the caller counts a read that fails as a failed flush's)."""
     table = unpack_tensors(pq.read_table(pa.BufferReader(data), use_threads=False))
     names = schema.names if isinstance(schema, pa.Schema) else schema
-    if names is not None and table.column_names != names:
-        table = table.select(names)
-    if isinstance(schema, pa.Schema) and not table.schema.equals(schema, check_metadata=True):
-        try:
+    try:
+        if names is not None and table.column_names != names:
+            table = table.select(names)
+        if isinstance(schema, pa.Schema) and not table.schema.equals(schema, check_metadata=True):
             table = table.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-            pass
+    except Exception:  # KeyError (a column missing), ValueError, any Arrow error of the cast: the rows as read
+        pass
     return table
 
 
