@@ -44,6 +44,11 @@ IDLE = 60.0
 round only finds rows another process left (one that stopped mid-send). Longer than the pools' 30 s idle close
 (`postgres.pool_min` 0), so an idle service's outbox holds no PostgreSQL backend, as before it had an outbox."""
 BATCH = 100
+STOP_SEND = 2.0
+"""Seconds a stop's last send may take. Each event's JetStream ack is waited up to shared.bus.JETSTREAM_TIMEOUT (5 s,
+session 33), so a bus that does not answer would otherwise hold the stop that long, and with the pool's close after it
+run past the embedded stack's 5 s stop grace into a SIGKILL. The rows stay unsent either way and go at a start (their
+message ids de-duplicate a send that did land)."""
 SENDER_LOCK = "outbox.sender:"
 """The sender's advisory lock (`unsent_events`): this text and the service's schema, hashed."""
 OWN_RETRIES = 10
@@ -243,12 +248,12 @@ class Outbox:
 
     async def stop(self, task: asyncio.Task) -> None:
         """Stop the sending loop `task` (this outbox's `run`) and send what is unsent once more: now if the bus takes
-        it within 5 s, else at a start (this or another process)."""
+        it within STOP_SEND seconds, else at a start (this or another process)."""
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.send(), 5)
+            await asyncio.wait_for(self.send(), STOP_SEND)
 
     def _round_later(self) -> None:
         """Have the loop (`run`) try a round RETRY seconds from now. A round that found another process sending

@@ -112,3 +112,32 @@ def test_stop_gives_up_on_a_bus_that_does_not_answer(monkeypatch):
     task = asyncio.run(scenario())
     assert task.cancelled()
     assert len(rows.rows) == 1  # kept for a start
+
+
+def test_a_stop_waits_for_a_silent_bus_less_than_the_stacks_stop_grace(monkeypatch):
+    """Each event's ack is waited up to 5 s (shared.bus.JETSTREAM_TIMEOUT): the stop's last send is bounded well
+    under the embedded stack's 5 s grace, so the pool's close after it still comes before a SIGKILL."""
+    from shared.embedded.stack import Child
+
+    rows = SharedRows()
+    rows.add("created")
+    bounds: list[float] = []
+    wait_for = asyncio.wait_for
+
+    async def publish(subject: str, event: Any) -> None:
+        await asyncio.sleep(3600)
+
+    async def recorded(awaitable, timeout):
+        bounds.append(timeout)
+        return await wait_for(awaitable, 0.05)
+
+    async def scenario() -> None:
+        box = registry_outbox(rows, publish)
+        task = asyncio.create_task(asyncio.sleep(3600))
+        monkeypatch.setattr(outbox_module.asyncio, "wait_for", recorded)
+        await box.stop(task)
+
+    asyncio.run(scenario())
+    grace = Child.__dataclass_fields__["stop_grace"].default
+    assert bounds and bounds[-1] <= grace / 2, (bounds, grace)
+    assert len(rows.rows) == 1
