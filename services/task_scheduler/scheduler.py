@@ -263,8 +263,11 @@ class Scheduler:
         the lost-run step failed them supervisor_lost_after later ("the task scheduler process supervising the run
         died"), never run. A start a pass left in the background commits after this read: its answer, if it comes,
         makes a run the stop kills and puts back (_supervise); put back here first, that one finds it no longer this
-        process's and records nothing. Not a run whose end could not be recorded (`unrecorded`: it ran). Errors are
-        logged: the lost-run step fails what is left, as before."""
+        process's and records nothing. Not a run whose end could not be recorded (`unrecorded`: it ran). One whose
+        kill was asked (task/kill, a replace) is recorded ended with that reason, its main.py never run, as an
+        adoption's would be; before, it was left to the lost-run step, which failed it "the task scheduler process
+        supervising the run died" supervisor_lost_after later. Errors are logged: the lost-run step fails what is
+        left, as before."""
         try:
             found = await store.own_unsupervised(self.deps.pool, self.identity, list(self.runs))
             for row in found:
@@ -273,8 +276,11 @@ class Scheduler:
                 back = await store.requeue_unstarted(self.deps.pool, row["id"], self.identity)
                 log.warning("run %s: its start was committed but the answer did not reach this process, which is"
                             " stopping: %s", row["id"], "back in the queue" if back is False else
-                            "no longer this process's" if back is None else
-                            "its kill was asked: left to the lost-run step")
+                            "no longer this process's" if back is None else "its kill was asked: ended, never run")
+                if back is not None and back is not False:
+                    await store.finish_run(self.deps.pool, row["id"], self.identity, "failure", None,
+                                           back if isinstance(back, str) else runner.KILLED)
+                    self.events_committed()
         except Exception as exc:  # noqa: BLE001 - the stop goes on; what is left is the lost-run step's
             log.warning("stopping: could not put back the starts whose answer was lost (%s: %s)", type(exc).__name__,
                         exc)
@@ -419,7 +425,7 @@ class Scheduler:
         starts it in its turn. Before, every one found was adopted, and a start whose commit landed after the next
         pass's look (that pass then started another run in the room it took) made the process one past its
         limit. A run whose kill was asked is adopted all the same: it never starts a process, only records its end."""
-        if self._stop.is_set():  # a stop adopts nothing (_supervised): the lost-run step fails them
+        if self._stop.is_set():  # a stop adopts nothing (_supervised): it puts them back (_put_back_unanswered)
             return
         found = await store.own_unsupervised(conn, self.identity, list(self.runs))
         self.unrecorded.intersection_update(r["id"] for r in found)  # the others ended (the lost-run step)

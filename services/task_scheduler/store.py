@@ -377,19 +377,37 @@ async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uui
     it. False: put back; True or a reason (kill_reason): a kill was asked (task/kill, a replace), nothing written; None:
     no longer this supervisor's running run (declared lost, or put back already by an attempt whose answer was lost).
     Its events.task_run.started, sent at its start, is sent again when it starts (a run's events are its states; the
-    lineage service's card reads the last)."""
-    back = await pool.fetchval(
-        "UPDATE runs SET status = 'queued', supervisor = NULL, heartbeat_at = NULL, started_at = NULL,"
-        " updated_at = now() WHERE id = $1 AND supervisor = $2 AND status = 'running' AND NOT kill_requested"
-        " RETURNING true", run_id, supervisor)
-    if back:
-        await notify_work(pool)  # a process with room starts it (lost: the next tick's pass does)
-        return False
-    row = await pool.fetchrow("SELECT kill_requested, kill_reason FROM runs WHERE id = $1 AND supervisor = $2"
-                              " AND status = 'running'", run_id, supervisor)
+    lineage service's card reads the last).
+
+    Under the task's row lock (FOR SHARE), which task/kill (kill_task) and a replace's point (fire_due: due_tasks) hold
+    while they fail the task's queued runs and then flag its running ones: a put-back waits for them, then finds the
+    run flagged (and, belt and braces, a killed task's run is never put back); or they wait for it, and find the run
+    queued. Before, a put-back that committed between their two statements took the run out of both (running for the
+    first, queued for the second): it was started again for a killed task (its main.py run after task/kill answered),
+    or beside the run that replaced it."""
+    if isinstance(pool, asyncpg.Pool):
+        async with pool.acquire() as conn:
+            return await requeue_unstarted(conn, run_id, supervisor)
+    conn = pool
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM tasks WHERE id = (SELECT task_id FROM runs WHERE id = $1) FOR SHARE",
+                           run_id)
+        back = await conn.fetchval(
+            "UPDATE runs SET status = 'queued', supervisor = NULL, heartbeat_at = NULL, started_at = NULL,"
+            " updated_at = now() WHERE id = $1 AND supervisor = $2 AND status = 'running' AND NOT kill_requested"
+            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = runs.task_id AND tasks.killed) RETURNING true",
+            run_id, supervisor)
+        if back:
+            await notify_work(conn)  # a process with room starts it (lost: the next tick's pass does)
+            return False
+        row = await conn.fetchrow("SELECT kill_requested, kill_reason, (SELECT killed FROM tasks WHERE tasks.id ="
+                                  " runs.task_id) AS task_killed FROM runs WHERE id = $1 AND supervisor = $2"
+                                  " AND status = 'running'", run_id, supervisor)
     if row is None:
         return None
-    return (row["kill_reason"] or True) if row["kill_requested"] else None
+    if row["kill_requested"]:
+        return row["kill_reason"] or True
+    return True if row["task_killed"] else None
 
 
 async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,

@@ -337,3 +337,25 @@ async def test_a_start_whose_answer_was_lost_goes_back_to_the_queue_at_the_stop(
     # the one whose answer was lost; the supervised one too, killed by the stop in its setup (its main.py not run)
     assert sorted(seen["requeued"]) == sorted([lost_answer, supervised])
     assert seen["executed"] == [] and seen["ended"] == []
+
+
+@pytest.mark.parametrize("asked, recorded", [(True, runner.KILLED), ("replaced by the task's run for X",
+                                                                     "replaced by the task's run for X")])
+async def test_a_start_whose_answer_was_lost_and_whose_kill_was_asked_is_recorded_at_the_stop(
+        tmp_path, monkeypatch, asked, recorded):
+    """The stop finds a start whose answer was lost, and task/kill (or a replace) was asked for it: not put back, and
+    its end recorded with what was asked, its main.py never run. Before (b0f9f92b), it was left 'running' to the
+    lost-run step, which failed it 'the task scheduler process supervising the run died' supervisor_lost_after
+    later."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    seen["kill_asked"] = asked
+    lost_answer = uuid.uuid4()
+
+    async def own_unsupervised(conn, supervisor, known):
+        return [a_row(lost_answer)]
+
+    monkeypatch.setattr(store, "own_unsupervised", own_unsupervised)
+    async with asyncio.timeout(10):
+        await sched.stop()
+    assert seen["requeued"] == [lost_answer] and seen["executed"] == []
+    assert seen["ended"] == [(lost_answer, "failure", recorded)]
