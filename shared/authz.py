@@ -44,9 +44,11 @@ KIND_USER = "user"
 KIND_INFERENCE = "inference"
 KEY_REFETCH_INTERVAL = 1.0
 # s: the longest the poll keeps the signing keys without reading them again. Keys are read when a token names a key
-# not known (at most every KEY_REFETCH_INTERVAL) and on `events.auth.signing_key_rotated`; this age only bounds how
-# long a key that left the JWKS without an event (retired, or cut by an operator: docs/security.md, "Task-run
-# tokens") is still taken. Every poll (20 s) read them, in every service: ten reads of auth's database a poll
+# not known (at most every KEY_REFETCH_INTERVAL), on `events.auth.signing_key_rotated`, and when the poll's answer
+# names another fingerprint of them (Revocations.keys: a key that left the JWKS without an event, retired or cut by
+# an operator, docs/security.md "Task-run tokens", is dropped at the next poll); this age bounds it only where auth
+# names no fingerprint (an auth of before session 33). Every poll (20 s) read them, in every service: ten reads of
+# auth's database a poll
 KEY_MAX_AGE = 300.0
 VERIFIED_CACHE = 10_000
 STARTUP_RETRY = 0.5  # s: the first wait before reading the revocation list again while it was never read (doubling)
@@ -109,6 +111,10 @@ class TokenVerifier:
         # the first read in flight, shared by every token met meanwhile (one read, one outcome for all of them)
         self._first_read: asyncio.Future | None = None
         self._key_refresh: asyncio.Future | None = None  # a fetch of the keys for an unknown kid, shared likewise
+        # the keys' fingerprint the last revocation read named (Revocations.keys; None: auth named none), and the one
+        # named when the keys last read were read: they differ, the keys changed since and the poll reads them
+        self._keys_told: str | None = None
+        self._keys_read_under: str | None = None
         # verified tokens -> (principal, exp); revocation and expiry are still checked on every use
         self._verified: dict[str, tuple[Principal, float]] = {}
 
@@ -116,6 +122,7 @@ class TokenVerifier:
 
     async def refresh_keys(self) -> None:
         async with self._lock:
+            told = self._keys_told  # (one named while this read is under way is read again at the next poll)
             jwks = await self._fetch_keys()
             keys = {jwk["kid"]: jwk for jwk in jwks if jwk.get("kty") == "RSA" and jwk.get("kid")}
             if any(kid not in keys or keys[kid] != jwk for kid, jwk in self._keys.items()):
@@ -125,11 +132,18 @@ class TokenVerifier:
             self._keys = keys
             self._parsed = {kid: key for kid, key in self._parsed.items() if kid in keys and key[0] == keys[kid]}
             self._fetched_at = time.monotonic()
+            self._keys_read_under = told
+
+    def keys_told(self, fingerprint: str | None) -> None:
+        """A revocation read named the keys' fingerprint (Revocations.keys; None: an auth that names none)."""
+        self._keys_told = fingerprint
 
     @property
     def keys_stale(self) -> bool:
-        """The keys were never read, or last read KEY_MAX_AGE or longer ago: the poll reads them again."""
-        return not self._fetched_at or time.monotonic() - self._fetched_at >= KEY_MAX_AGE
+        """The keys were never read, the last revocation read named another fingerprint of them than the one named
+        when they were read, or they were read KEY_MAX_AGE or longer ago: the poll reads them again."""
+        return (not self._fetched_at or time.monotonic() - self._fetched_at >= KEY_MAX_AGE
+                or (self._keys_told is not None and self._keys_told != self._keys_read_under))
 
     async def _key_for(self, kid: str | None) -> Any:
         if kid not in self._keys and (time.monotonic() - self._fetched_at >= KEY_REFETCH_INTERVAL or not self._keys):
@@ -248,6 +262,7 @@ class TokenVerifier:
         revocations = read.result()  # applied even when every caller went away meanwhile
         self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
                              getattr(revocations, "position", None))
+        self.keys_told(getattr(revocations, "keys", None))
 
     def revoke(self, user_id: str, before: float) -> None:
         """Refuse the user's tokens issued at or before `before`. A moment that is no finite number (a NaN or
@@ -322,7 +337,8 @@ class TokenVerifier:
             raise Unauthorized("malformed token") from None
         if header.get("alg") != ALGORITHM:
             raise Unauthorized(f"token algorithm must be {ALGORITHM}")
-        key = await self._key_for(header.get("kid"))
+        kid = header.get("kid")
+        key = await self._key_for(kid)
         try:
             claims = jwt.decode(
                 token,
@@ -366,6 +382,12 @@ class TokenVerifier:
             session=str(claims["session_state"]) if claims.get("session_state") else None,
         )
         await self._read_revocations_once()
+        parsed = self._parsed.get(kid)
+        if parsed is None or parsed[1] is not key:
+            # the keys were read while this token waited for the first revocation read, and its key left them (or
+            # changed): that read emptied the cache before this token was put in it, which would then have kept a
+            # token of a cut key accepted until it expired
+            raise Unauthorized("token signed with an unknown key")
         if self._is_revoked(principal):
             raise Unauthorized("token revoked")
         if len(self._verified) >= VERIFIED_CACHE:
@@ -484,7 +506,17 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
                              revocation_page_request(after, ListRevocations, **fields), timeout=timeout,
                              reply_model=Revocations)
 
+    # whether auth takes `with_keys` (session 33 on): an older one refuses it (messages refuse unknown fields); the
+    # whole read (at the start, every FULL_READ_INTERVAL) asks again, so an auth upgraded meanwhile is found
+    asks_keys = [True]
+
     async def revocations() -> Revocations:
+        try:
+            answer = await read_revocation_pages(lambda after: page(after, with_position=True, with_keys=True))
+            asks_keys[0] = True
+            return answer
+        except InvalidRequest:
+            asks_keys[0] = False  # an auth of session 32: no fingerprint, keys read once KEY_MAX_AGE old
         try:
             return await read_revocation_pages(lambda after: page(after, with_position=True))
         except InvalidRequest:
@@ -493,7 +525,8 @@ def bus_verifier(broker: Any, settings: AuthSettings, timeout: float) -> tuple[T
             return await read_revocation_pages(page)
 
     async def changes(since: str) -> Revocations:
-        return await read_revocation_pages(lambda after: page(after, since=since))
+        keys = {"with_keys": True} if asks_keys[0] else {}
+        return await read_revocation_pages(lambda after: page(after, since=since, **keys))
 
     verifier = TokenVerifier(settings, keys)
     return verifier, VerifierFeed(verifier, revocations, settings.revocation_poll_interval, changes=changes)
@@ -507,7 +540,8 @@ def revocation_page_request(after: str | None, model: type[Any], **fields: Any) 
     Unavailable when `after` (a page's `next`) is no cursor the command takes (longer than its 1,024 characters: a
     key of the list that long): the read fails closed as for any page that cannot be read, where the model's
     ValidationError was no RailyardError and a token met before the list was read got a 500, not the 503.
-    `fields` (`since`, `with_position`) are sent only when given: an auth of before session 32 refuses them."""
+    `fields` (`since`, `with_position`, `with_keys`) are sent only when given: an auth of before session 32 refuses
+    the first two, one of before session 33 `with_keys`."""
     if after is None and not fields:
         return {}
     from pydantic import ValidationError
@@ -545,6 +579,8 @@ async def read_revocation_pages(page: Callable[[str | None], Awaitable[Any]]) ->
         after = more.next
     # the first page's position: a later page's snapshot is later, and what a page before it missed may be older
     position = {"position": first.position} if getattr(first, "position", None) is not None else {}
+    if getattr(first, "keys", None) is not None:  # the first page's, taken with its position
+        position["keys"] = first.keys
     return type(first)(users=users, sessions=sessions, session_expiry=expiry, **position)
 
 
@@ -707,11 +743,13 @@ class VerifierFeed:
             else:
                 self._verifier.apply_changes(changed.users, changed.sessions, changed.session_expiry,
                                              getattr(changed, "position", None))
+                self._verifier.keys_told(getattr(changed, "keys", None))
                 return
         try:
             revocations = await self._fetch()
             self._verifier.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
                                            getattr(revocations, "position", None))
+            self._verifier.keys_told(getattr(revocations, "keys", None))
         except RailyardError as exc:
             # The services start together and auth is often not answering yet at the first read: that is no
             # fault (a token met meanwhile reads the list itself, or is refused with 503), so it is told at INFO
@@ -743,9 +781,10 @@ class VerifierFeed:
                     phase = 0.5 + random.random() / 2 if retried else 1.0  # noqa: S311 - a phase, not a secret
                     wait, retried = self._interval * phase, False
                     try:
-                        # retired keys leave the JWKS: dropped here too, even with no event, once the keys are
-                        # KEY_MAX_AGE old (or never read: auth not answering them at the start). Read at every poll,
-                        # they cost auth a query per service every 20 s on an idle stack
+                        # retired keys leave the JWKS: dropped here too, even with no event, once this poll's answer
+                        # names another fingerprint of them (a key cut in the database: at the next poll), or once
+                        # they are KEY_MAX_AGE old (an auth naming none), or never read (auth not answering them at
+                        # the start). Read at every poll, they cost auth a query per service every 20 s, idle or not
                         if self._verifier.keys_stale:
                             await self._verifier.refresh_keys()
                     except RailyardError as exc:

@@ -134,10 +134,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Deactivated users and the moment before which their tokens are refused; revoked sessions (a page); with
         `since`, those written since a previous read's `position`."""
         if cmd.since is not None:
+            kept = handlers.key_retention(runtime.settings.auth) if cmd.with_keys else None
             return handlers.revocations_reply(
-                await handlers.revocation_changes(runtime.db, cmd.since, cmd.after, deps().reply_limit()))
+                await handlers.revocation_changes(runtime.db, cmd.since, cmd.after, deps().reply_limit(), kept))
         return handlers.revocations_reply(await handlers.revocations(
-            runtime.db, runtime.settings.auth, cmd.after, deps().reply_limit(), with_position=cmd.with_position))
+            runtime.db, runtime.settings.auth, cmd.after, deps().reply_limit(), with_position=cmd.with_position,
+            with_keys=cmd.with_keys))
 
     @command(router, subjects.AUTH_USERS_QUERY, service=NAME, too_large_hint=paging.too_large_hint("users/query"))
     async def query_users(cmd: QueryUsers, ctx: CallContext) -> EncodedData:
@@ -240,9 +242,11 @@ async def start(runtime: Runtime) -> None:
                              reply_limit=lambda: reply_limit(getattr(connection, "max_payload", None)))
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
-    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings, with_position=True),
+    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings, with_position=True,
+                                                               with_keys=True),
                         settings.revocation_poll_interval,
-                        changes=lambda since: handlers.revocation_changes(runtime.db, since))
+                        changes=lambda since: handlers.revocation_changes(runtime.db, since,
+                                                                          keys_kept=handlers.key_retention(settings)))
     await feed.start(connection)
     sweep = token_sweep.AuthStateSweep(runtime.db)
     sweep.start()

@@ -621,7 +621,8 @@ REVOCATION_ENTRY_SPARE = 28  # bytes an entry takes besides its key's JSON: `:`,
 
 
 async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | None = None,
-                      budget: int | None = None, with_position: bool = False) -> Revocations:
+                      budget: int | None = None, with_position: bool = False,
+                      with_keys: bool = False) -> Revocations:
     """Subjects' revocation moments, the sessions revoked recently enough that an access token of theirs could still
     be valid, and ended task runs' sessions until their tokens expire: what every verifier must have read before it
     accepts a token. An entry that can no longer refuse a valid token is left out, so the list holds only what was
@@ -634,8 +635,20 @@ async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | N
     whatever its length.
 
     `with_position`: each page names the `position` to ask `revocation_changes` from next (taken before the page is
-    read; a verifier keeps the first page's)."""
-    position = str(await store.revocation_position(pool)) if with_position else None
+    read; a verifier keeps the first page's).
+
+    `with_keys`: the first page names `keys`, the JWKS's fingerprint (store.KEYS_FINGERPRINT, in the position's
+    statement): a verifier reads the keys again when it changed, so a key cut in the database reaches every verifier
+    at its next poll (20 s), with no read of the JWKS at every poll."""
+    keys = None
+    if with_keys and after is None:
+        if with_position:
+            number, keys = await store.revocation_position_and_keys(pool, key_retention(settings))
+            position: str | None = str(number)
+        else:
+            position, keys = None, await store.keys_fingerprint(pool, key_retention(settings))
+    else:
+        position = str(await store.revocation_position(pool)) if with_position else None
     now = time.time()
     longest = max(settings.access_token_ttl, TASK_TOKEN_MAX_TTL)  # a verifier accepts no token living longer
     since = (now - longest - 2 * task_tokens.LEEWAY, now - longest - 2 * task_tokens.LEEWAY,
@@ -654,7 +667,7 @@ async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | N
             if left is not None:
                 if size > left and (users or sessions):  # it goes on the next page (a page holds one at least)
                     return Revocations(users=users, sessions=sessions, session_expiry=expiry, next=f"{part}:{key}",
-                                       position=position)
+                                       position=position, keys=keys)
                 left -= size
             _add_entry(users, sessions, expiry, part, row["key"], float(row["at"]),
                        None if row["expires"] is None else float(row["expires"]))
@@ -662,7 +675,7 @@ async def revocations(pool: asyncpg.Pool, settings: AuthSettings, after: str | N
         if limit is not None and len(rows) == limit:
             continue  # this part has more rows (or the budget is spent: the next pass returns the page)
         part, key = part + 1, ""
-    return Revocations(users=users, sessions=sessions, session_expiry=expiry, position=position)
+    return Revocations(users=users, sessions=sessions, session_expiry=expiry, position=position, keys=keys)
 
 
 def _add_entry(users: dict[str, float], sessions: dict[str, float], expiry: dict[str, float], part: int, key: str,
@@ -677,13 +690,15 @@ def _add_entry(users: dict[str, float], sessions: dict[str, float], expiry: dict
 
 
 async def revocation_changes(pool: asyncpg.Pool, since: str, after: str | None = None,
-                             budget: int | None = None) -> Revocations:
+                             budget: int | None = None, keys_kept: float | None = None) -> Revocations:
     """The revocations written since `since` (a previous answer's `position`; migration 020), a page of at most
     `budget` bytes after `after` (a previous page's `next`), and this read's `position`, to ask from next time. Every
     revocation written at or after the transactions still running at `since` is in it, and a few read before may be
     again (merged by max, they change nothing). Entries that can no longer refuse a valid token are not left out:
     verifiers drop them as they do the events'. A position the kept changes no longer cover (older than a day: the
-    sweep deleted some) or from another database's history is 409 `revocation_position_lost`: read the whole list."""
+    sweep deleted some) or from another database's history is 409 `revocation_position_lost`: read the whole list.
+    `keys_kept` (key_retention, when `with_keys` was asked): each page names `keys`, the JWKS's fingerprint, read in
+    the page's own snapshot."""
     if not (since.isascii() and since.isdigit()) or len(since) > 20:  # ('²'.isdigit(): int() refuses it, a 500)
         raise InvalidRequest("since: not a `position` of auth.revocations.list; read the whole list without it")
     start = 0
@@ -700,7 +715,7 @@ async def revocation_changes(pool: asyncpg.Pool, since: str, after: str | None =
     expiry: dict[str, float] = {}
     limit = None if left is None else max(left // 60, 1)  # (as revocations' pages: an entry takes ~60 bytes or more)
     try:
-        position, rows = await store.revocation_changes(pool, int(since), start, limit)
+        position, rows, keys = await store.revocation_changes(pool, int(since), start, limit, keys_kept)
     except store.PositionLost:
         raise Conflict(f"the revocations written since position {since} are no longer all kept (or it is another "
                        "database's): read the whole list", code="revocation_position_lost") from None
@@ -709,14 +724,14 @@ async def revocation_changes(pool: asyncpg.Pool, since: str, after: str | None =
         if left is not None:
             if size > left and (users or sessions):
                 return Revocations(users=users, sessions=sessions, session_expiry=expiry, next=f"c:{start}",
-                                   position=str(position))
+                                   position=str(position), keys=keys)
             left -= size
         _add_entry(users, sessions, expiry, row["part"], row["key"], float(row["at"]),
                    None if row["expires"] is None else float(row["expires"]))
         start = row["id"]
     more = limit is not None and len(rows) == limit  # (a next page may be empty: read to the end all the same)
     return Revocations(users=users, sessions=sessions, session_expiry=expiry, position=str(position),
-                       next=f"c:{start}" if more else None)
+                       next=f"c:{start}" if more else None, keys=keys)
 
 
 def revocations_reply(page: Revocations) -> dict[str, Any]:

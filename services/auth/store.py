@@ -70,14 +70,22 @@ async def ensure_first_key(pool: asyncpg.Pool, kid: str, private_pem: str, publi
         return True
 
 
+# The keys in the JWKS ($1: keep_retired, $2: RUN_TOKEN_KEY_LEEWAY): public_keys, and the revocation poll's
+# fingerprint of them (KEYS_FINGERPRINT), so both always name the same keys
+PUBLIC_KEYS_WHERE = ("active OR retired_at > now() - make_interval(secs => $1)"
+                     " OR signs_run_tokens_until > extract(epoch FROM now()) - $2::float8")
+# md5 of the JWKS's keys, kid order: what a verifier compares between polls to read the keys only when they changed
+# (a key cut in the database, retired by time, or rotated in). A few rows: one index-less scan of a tiny table
+KEYS_FINGERPRINT = ("(SELECT md5(coalesce(string_agg(kid || '=' || public_jwk::text, ',' ORDER BY kid), ''))"
+                    f" FROM signing_keys WHERE {PUBLIC_KEYS_WHERE})")
+
+
 async def public_keys(pool: asyncpg.Pool, keep_retired: float) -> list[dict[str, Any]]:
     """The active key, the keys retired less than `keep_retired` seconds ago, and those that signed a task token
     still valid (`signs_run_tokens_until`, plus the verifiers' RUN_TOKEN_KEY_LEEWAY): their tokens may still be
     valid."""
-    rows = await pool.fetch(
-        "SELECT public_jwk FROM signing_keys WHERE active OR retired_at > now() - make_interval(secs => $1)"
-        " OR signs_run_tokens_until > extract(epoch FROM now()) - $2::float8"
-        " ORDER BY created_at DESC", float(keep_retired), RUN_TOKEN_KEY_LEEWAY)
+    rows = await pool.fetch(f"SELECT public_jwk FROM signing_keys WHERE {PUBLIC_KEYS_WHERE} ORDER BY created_at DESC",
+                            float(keep_retired), RUN_TOKEN_KEY_LEEWAY)
     return [json.loads(r["public_jwk"]) for r in rows]
 
 
@@ -405,26 +413,42 @@ async def revocation_position(pool: asyncpg.Pool) -> int:
     return await pool.fetchval(f"SELECT {POSITION}")
 
 
+async def revocation_position_and_keys(pool: asyncpg.Pool, keep_retired: float) -> tuple[int, str]:
+    """revocation_position and, in the same statement, the JWKS's fingerprint (KEYS_FINGERPRINT)."""
+    row = await pool.fetchrow(f"SELECT {POSITION} AS position, {KEYS_FINGERPRINT} AS keys",
+                              float(keep_retired), RUN_TOKEN_KEY_LEEWAY)
+    return row["position"], row["keys"]
+
+
+async def keys_fingerprint(pool: asyncpg.Pool, keep_retired: float) -> str:
+    """The JWKS's fingerprint alone (a whole read asked for keys without a position)."""
+    return await pool.fetchval(f"SELECT {KEYS_FINGERPRINT}", float(keep_retired), RUN_TOKEN_KEY_LEEWAY)
+
+
 class PositionLost(Exception):
     """A position older than the changes kept (the sweep deleted rows at or above it), or from another database's
     history (above any transaction id it has given): the changes since it cannot be told."""
 
 
-async def revocation_changes(pool: asyncpg.Pool, since: int, after: int,
-                             limit: int | None) -> tuple[int, list[asyncpg.Record]]:
+async def revocation_changes(pool: asyncpg.Pool, since: int, after: int, limit: int | None,
+                             keep_retired: float | None = None) -> tuple[int, list[asyncpg.Record], str | None]:
     """(the position of this read, the revocations written by transactions at or above `since`, after change id
-    `after`, in id order, at most `limit`: rows of (id, part, key, at, expires)). One snapshot for the three: a sweep
-    that deleted rows this read needed is seen, and PositionLost raised, never an answer missing them."""
+    `after`, in id order, at most `limit`: rows of (id, part, key, at, expires), and with `keep_retired` the JWKS's
+    fingerprint (KEYS_FINGERPRINT), else None). One snapshot for them all: a sweep that deleted rows this read needed
+    is seen, and PositionLost raised, never an answer missing them; the fingerprint costs no statement of its own."""
+    keys = f", {KEYS_FINGERPRINT} AS keys" if keep_retired is not None else ", NULL::text AS keys"
+    args = (float(keep_retired), RUN_TOKEN_KEY_LEEWAY) if keep_retired is not None else ()
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         now = await conn.fetchrow(f"SELECT {POSITION} AS position,"
                                   " pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next,"
-                                  " (SELECT below::text::bigint FROM revocation_changes_pruned) AS below")
+                                  f" (SELECT below::text::bigint FROM revocation_changes_pruned) AS below{keys}",
+                                  *args)
         if since < now["below"] or since > now["next"]:
             raise PositionLost
         rows = await conn.fetch("SELECT id, part, key, at, expires FROM revocation_changes"
                                 " WHERE xid >= $1::text::xid8 AND id > $2 ORDER BY id LIMIT $3",
                                 str(since), after, limit)
-    return now["position"], rows
+    return now["position"], rows, now["keys"]
 
 
 async def delete_old_revocation_changes(pool: asyncpg.Pool, older_than: float) -> int:

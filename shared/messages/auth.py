@@ -111,6 +111,9 @@ class ListRevocations(Command):
     with_position: bool = Field(False, description=(
         "The whole list, each page naming the `position` to ask for changes from next (a reader keeps the first "
         "page's)."))
+    with_keys: bool = Field(False, description=(
+        "The first page (and a read of changes) names `keys`, the signing keys' fingerprint: a verifier reads the "
+        "JWKS again when it changes. Sent only by verifiers of session 33 on: an older auth refuses the field."))
 
 
 class Revocations(Message):
@@ -129,6 +132,12 @@ class Revocations(Message):
     position: str | None = Field(None, description=(
         "Asked for (`since`, `with_position`): where this read stands, to pass as `since` next time (the first "
         "page's; every revocation this read may have missed was written at or after it)."))
+    keys: str | None = Field(None, max_length=64, description=(
+        "Asked for (`with_keys`): a fingerprint of the signing keys auth.keys.get would answer now (taken with "
+        "`position`): a verifier reads the keys again when it differs from the last one, so a key cut in the "
+        "database reaches it at its next poll. Left out when not asked (an older verifier refuses unknown fields)."))
+
+    _omit_unset = omit_when_unset("keys")
 
 
 # --- users -------------------------------------------------------------------------------------------

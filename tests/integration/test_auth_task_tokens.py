@@ -6,15 +6,18 @@ go."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from services.auth import task_tokens
-from shared.errors import InvalidRequest
+from shared.authz import TokenVerifier, VerifierFeed
+from shared.errors import InvalidRequest, Unauthorized
 from tests.integration.conftest import service_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -159,8 +162,39 @@ async def test_a_rotated_out_key_verifies_a_long_runs_token_until_it_expires(poo
     await pool.execute("UPDATE signing_keys SET retired_at = now(), signs_run_tokens_until = $2 WHERE kid = $1",
                        first, time.time() + ttl)
     assert first in {k["kid"] for k in await store.public_keys(pool, handlers.key_retention(settings))}
-    await pool.execute("UPDATE signing_keys SET retired_at = '-infinity', signs_run_tokens_until = NULL"
-                       " WHERE kid = $1 AND NOT active", first)
+    # a verifier fed as auth's own (the revocation poll's answer names the keys' fingerprint, Revocations.keys): the
+    # cut reaches it at its next poll, not once its keys are KEY_MAX_AGE (300 s) old, and reads no keys before
+    key_reads = []
+
+    async def read_keys():
+        key_reads.append(1)
+        return await store.public_keys(pool, handlers.key_retention(settings))
+
+    class Bus:
+        async def subscribe(self, subject, cb):
+            return SimpleNamespace(unsubscribe=lambda: asyncio.sleep(0))
+
+    verifier = TokenVerifier(settings, read_keys)
+    feed = VerifierFeed(verifier, lambda: handlers.revocations(pool, settings, with_position=True, with_keys=True),
+                        0.1, changes=lambda since: handlers.revocation_changes(
+                            pool, since, keys_kept=handlers.key_retention(settings)))
+    await feed.start(Bus())
+    try:
+        assert (await verifier.verify(issued.access_token)).subject == str(owner)  # verified and cached
+        before = (await handlers.revocations(pool, settings, with_keys=True)).keys
+        await asyncio.sleep(0.5)  # polls naming the same fingerprint: no key read after the token's
+        assert len(key_reads) == 1, key_reads
+        await pool.execute("UPDATE signing_keys SET retired_at = '-infinity', signs_run_tokens_until = NULL"
+                           " WHERE kid = $1 AND NOT active", first)
+        assert (await handlers.revocations(pool, settings, with_keys=True)).keys != before
+        deadline = time.monotonic() + 5  # a poll is 0.1 s here (20 s in a service); the fallback 300 s
+        while len(key_reads) < 2:
+            assert time.monotonic() < deadline, "the cut key was not read out at the next poll"
+            await asyncio.sleep(0.05)
+        with pytest.raises(Unauthorized, match="unknown key"):
+            await verifier.verify(issued.access_token)
+    finally:
+        await feed.stop()
     assert first not in {k["kid"] for k in await store.public_keys(pool, handlers.key_retention(settings))}
 
 

@@ -186,3 +186,112 @@ def test_a_revocation_event_forgets_the_expired_sessions_without_a_pass_over_all
     heapq.heappush(verifier._session_expiry, (0.0, "not kept"))  # an entry of a session gone: skipped
     verifier.revoke_session("other", clock.now)
     assert set(verifier._revoked_sessions) == {"last", "other"}
+
+
+async def test_a_key_cut_in_the_database_is_dropped_at_the_next_poll_by_the_keys_fingerprint(monkeypatch):
+    """An operator's cut of a leaked key (an UPDATE of auth.signing_keys, no event: docs/security.md, "Task-run
+    tokens") reached every verifier at its next 20 s poll while each poll read the JWKS; reading them only when
+    KEY_MAX_AGE old made it 300 s. The poll's answer now names the keys' fingerprint (Revocations.keys), and a
+    changed one reads the keys at that poll: the cut key's token (cached too) is refused after the next poll, with
+    no key read at the polls that name the same fingerprint."""
+    monkeypatch.setattr(authz.random, "random", lambda: 0.0)
+    answers = [jwks(KEY, "k1") + jwks(OTHER_KEY, "k2")]
+    fingerprint = ["f1"]
+    key_reads, polls = [], []
+
+    async def keys():
+        key_reads.append(1)
+        return answers[-1]
+
+    async def fetch():
+        polls.append(1)
+        return Revocations(users={}, position="7", keys=fingerprint[-1])
+
+    async def changes(since):
+        polls.append(1)
+        return Revocations(users={}, position="7", keys=fingerprint[-1])
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    feed = VerifierFeed(verifier, fetch, 0.02, changes=changes)
+    await feed.start(Bus())
+    try:
+        await _until(lambda: len(polls) >= 6, "6 polls")
+        assert len(key_reads) == 1, f"{len(key_reads)} key reads in {len(polls)} polls"
+        cut = make_token(OTHER_KEY, "k2")
+        assert (await verifier.verify(cut)).subject == "u1"  # verified and cached
+        answers.append(jwks(KEY, "k1"))  # k2 cut in the database: the next poll's fingerprint is another
+        fingerprint.append("f2")
+        seen = len(polls)
+        await _until(lambda: len(key_reads) >= 2, "the changed keys' read")
+        assert len(polls) <= seen + 2, f"read {len(polls) - seen} polls after the cut"  # the poll that named it
+        assert not verifier.keys_stale  # fresh keys, read under f2: nothing more to read
+        with pytest.raises(Unauthorized, match="unknown key"):  # at 9950f2f9: accepted until KEY_MAX_AGE
+            await verifier.verify(cut)
+        seen = len(polls)
+        await _until(lambda: len(polls) >= seen + 4, "4 more polls")
+    finally:
+        await feed.stop()
+    assert len(key_reads) == 2, f"{len(key_reads)} key reads"
+    assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"
+
+
+async def test_an_auth_naming_no_fingerprint_leaves_the_keys_to_their_max_age(monkeypatch):
+    """An auth of before session 33 names no `keys` (and refuses `with_keys`): the verifier asks without it and reads
+    the keys once they are KEY_MAX_AGE old, as before; the next whole read asks for it again (an upgraded auth)."""
+    from shared.errors import InvalidRequest
+
+    asked = []
+
+    async def request(broker, subject, body, timeout, reply_model):
+        asked.append(dict(body))
+        if "with_keys" in body:
+            raise InvalidRequest("with_keys: Extra inputs are not permitted")
+        return Revocations(users={}, position="3") if body.get("with_position") or "since" in body else \
+            Revocations(users={})
+
+    monkeypatch.setattr("shared.bus.request", request)
+    verifier, feed = authz.bus_verifier(object(), SETTINGS, 1.0)
+    whole = await feed._fetch()
+    assert whole.position == "3" and whole.keys is None
+    assert asked == [{"with_position": True, "with_keys": True}, {"with_position": True}]
+    changed = await feed._changes("3")
+    assert asked[-1] == {"since": "3"} and changed.keys is None  # not refused again at every poll
+    verifier.keys_told(changed.keys)
+    verifier._fetched_at = time.monotonic()
+    assert not verifier.keys_stale
+    verifier._fetched_at -= authz.KEY_MAX_AGE
+    assert verifier.keys_stale
+    asked.clear()
+    await feed._fetch()
+    assert asked[0] == {"with_position": True, "with_keys": True}  # asked again at each whole read
+
+
+async def test_a_token_checked_while_its_key_is_cut_is_not_cached():
+    """A token whose check waits for the first revocation read (a service just started) while a key read finds its
+    key gone: that read empties the cache, then the token would be put in it and accepted from it until it
+    expired (a task run's: a day). It is refused instead, and the next use is refused too."""
+    answers = [jwks(KEY, "k1") + jwks(OTHER_KEY, "k2")]
+    release = asyncio.Event()
+
+    async def keys():
+        return answers[-1]
+
+    async def fetch():
+        await release.wait()
+        return Revocations(users={})
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    verifier.read_revocations_from(fetch)
+    await verifier.refresh_keys()
+    cut = make_token(OTHER_KEY, "k2")
+    check = asyncio.ensure_future(verifier.verify(cut))
+    await asyncio.sleep(0.05)  # verified its signature, waiting for the revocation list
+    answers.append(jwks(KEY, "k1"))  # k2 cut
+    await verifier.refresh_keys()
+    release.set()
+    with pytest.raises(Unauthorized, match="unknown key"):  # before: accepted, and cached until it expired
+        await check
+    assert cut not in verifier._verified
+    with pytest.raises(Unauthorized, match="unknown key"):
+        await verifier.verify(cut)
+    assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"

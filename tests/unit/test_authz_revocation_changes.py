@@ -227,7 +227,7 @@ async def test_the_bus_verifier_reads_changes_and_falls_back_for_an_older_auth(m
 
     async def request(broker, subject, body, *, timeout, reply_model):
         sent.append(body)
-        if old_auth and ({"since", "with_position"} & set(body)):
+        if old_auth and ({"since", "with_position", "with_keys"} & set(body)):
             raise InvalidRequest("with_position: Extra inputs are not permitted")
         if "since" in body:
             return Revocations(users={OTHER: time.time()}, position="21")
@@ -236,14 +236,17 @@ async def test_the_bus_verifier_reads_changes_and_falls_back_for_an_older_auth(m
     monkeypatch.setattr("shared.bus.request", request)
     verifier, feed = bus_verifier(object(), AuthSettings(), 1.0)
     await verifier._read_revocations_once()
-    assert sent == [{"with_position": True}] and verifier.position == "20"
+    # (session 33: the keys' fingerprint asked for too, tests/unit/test_authz_key_reads.py)
+    assert sent == [{"with_position": True, "with_keys": True}] and verifier.position == "20"
     await feed._poll_once()
-    assert sent[-1] == {"since": "20"} and verifier.position == "21" and verifier._is_revoked(_token(OTHER))
+    assert sent[-1] == {"since": "20", "with_keys": True} and verifier.position == "21"
+    assert verifier._is_revoked(_token(OTHER))
 
     old_auth, sent[:] = True, []
     verifier, feed = bus_verifier(object(), AuthSettings(), 1.0)
     await verifier._read_revocations_once()
-    assert sent == [{"with_position": True}, {}] and verifier.revocations_read and verifier.position is None
+    assert sent == [{"with_position": True, "with_keys": True}, {"with_position": True}, {}]
+    assert verifier.revocations_read and verifier.position is None
 
 
 @pytest.mark.parametrize("position", [None, "10"])
