@@ -88,6 +88,11 @@ RECHECK_EVERY, RECHECK_FOR = 2.0, 600.0
 """A renamed folder (REMOVING) holding what a live replica uses (a previous deployer's replica still draining: its
 log, its workers' folders) keeps those and is looked at again every RECHECK_EVERY seconds, removed once the replica
 has exited; after RECHECK_FOR (a replica that never exits) what is left is the next start's (sweep_stale_work)."""
+LIVE_LISTING_FOR = 1.0
+"""Seconds one listing of the live replicas and working directories (_live_replicas, ~10-30 ms of CPU: every process's
+command line and working directory) serves the removals of one batch (remove_gone's, _remove_all_later). Removed one
+by one as an undeploy's, each folder listed every process itself: the thousands of folders of names no deployment has
+a start may find took that many listings of the sweep thread, every removal and cgroup sweep queued behind them."""
 CGROUP_RESWEEP = 5.0
 """An undeploy's cgroup sweep runs again this long after the first: a replica killed with SIGKILL (past stop_timeout)
 takes its launchers with it by their parent-death signal, which the kernel delivers asynchronously, so a launcher
@@ -472,14 +477,49 @@ class LocalBackend:
         (handlers.sweep_gone_folders, at the deployer's start): as an undeploy's removal (_release: renamed at once,
         removed in the sweep thread, what a live replica or process uses kept), but never a name a set runs under, a
         start or a replica uses, or whose removal is already decided. The names whose removal began."""
-        removing = []
+        removing: list[str] = []
+        removals: list[tuple[str, Path, bool]] = []
         for name in sorted(names):
             if name in self.sets or self._users.get(name) or name in self._undeployed:
                 continue
             self._undeployed[name] = True
-            self._release(name, cgroups=False)
+            self._release(name, cgroups=False, removals=removals)
             removing.append(name)
+        if removals:  # renamed, all of them: removed in one job of the sweep thread
+            self._remove_all_later(removals)
         return removing
+
+    def _remove_all_later(self, removals: list[tuple[str, Path, bool]]) -> None:
+        """Remove renamed folders ((what, folder, workers) each) in the sweep thread, each as _remove_later would
+        (what a live replica or process uses kept, and looked at again), in one job whose listing of the live
+        processes serves LIVE_LISTING_FOR seconds of removals: taken after every rename, so a replica started since
+        uses none of them (a start of the name makes folders of its own). The job stops at close(): what is left is
+        the next start's (sweep_stale_work removes .removing-* folders)."""
+        loop = asyncio.get_running_loop()
+
+        def sweep() -> None:
+            listing: tuple[set[str], set[str], set[Path]] | None = None
+            taken = 0.0
+
+            def live() -> tuple[set[str], set[str], set[Path]]:
+                nonlocal listing, taken
+                if listing is None or time.monotonic() - taken > LIVE_LISTING_FOR:
+                    listing, taken = _live_replicas(cwds=True), time.monotonic()
+                return listing
+
+            for what, moved, workers in removals:
+                if self._closed:
+                    return
+                try:
+                    kept = _remove_moved(moved, workers, live)
+                except Exception as exc:  # noqa: BLE001 - logged; one folder's error does not keep the others
+                    log.warning("removing %s failed: %r", what, exc)
+                    continue
+                if kept:
+                    loop.call_soon_threadsafe(self._at_later, moved, RECHECK_EVERY, self._remove_later, what, moved,
+                                              workers)
+
+        self._sweep_later(f"{len(removals)} folders of deployment names no deployment has any more", sweep)
 
     def _leave(self, name: str, release: bool = True) -> None:
         """One user of `name`'s folders less (_users); `release`: they go now if that was the last (_release)."""
@@ -489,7 +529,8 @@ class LocalBackend:
         if release:
             self._release(name)
 
-    def _release(self, name: str, cgroups: bool = True) -> None:
+    def _release(self, name: str, cgroups: bool = True,
+                 removals: list[tuple[str, Path, bool]] | None = None) -> None:
         """Remove `name`'s folders once it was undeployed (stop) or its first start failed (engine-work only), and
         no set of it runs, no start of it is under way, no replica of it is being spawned or retired. Decided
         here, on the event loop, where a start of the name happens too: each folder is renamed out of the way
@@ -514,7 +555,11 @@ class LocalBackend:
             except OSError as exc:
                 log.warning("could not remove the %s of deployment %s: %s", what, name, exc)
                 continue
-            self._remove_later(f"the {what} of deployment {name} ({moved})", moved, top == self.engine_work_dir)
+            what_moved, workers = f"the {what} of deployment {name} ({moved})", top == self.engine_work_dir
+            if removals is None:
+                self._remove_later(what_moved, moved, workers)
+            else:  # the caller removes them with others (remove_gone: _remove_all_later)
+                removals.append((what_moved, moved, workers))
         if everything and cgroups and self.sweep_cgroups is not None:  # replicas killed past stop_timeout left
             # their sandboxes' cgroups (their launchers died with them: what a replica's own removal would have
             # removed), and once more a little later (CGROUP_RESWEEP: a launcher's parent-death signal may not have
@@ -968,7 +1013,8 @@ def _remove_tree(path: Path) -> None:
         log.warning("could not remove %s (%d entries failed; the first: %s)", path, len(failed), failed[0])
 
 
-def _remove_moved(moved: Path, workers: bool) -> bool:
+def _remove_moved(moved: Path, workers: bool,
+                  live: Callable[[], tuple[set[str], set[str], set[Path]]] | None = None) -> bool:
     """Remove a folder renamed out of the way (REMOVING), all of it but what a replica still running uses (a previous
     deployer's, draining: found by its command line): in engine-work/<name>/ (`workers`) its workers' folders
     (<id>-<n>), in deployments/<name>/ its log (replica-<id>.log), in either an entry a live process has its working
@@ -976,7 +1022,8 @@ def _remove_moved(moved: Path, workers: bool) -> bool:
     LocalBackend._remove_later). Anything else in it goes too (before, a start's sweep removed only <id>-<n> folders
     and an entry of any other name kept the folder for ever). One that is a symbolic link is unlinked, never followed
     (_remove_tree), as is a link in it: what they point at stays, as sweep_stale_work leaves a linked deployment
-    folder. An open file of a live process in an entry removed stays readable to it (unlinked, not gone)."""
+    folder. An open file of a live process in an entry removed stays readable to it (unlinked, not gone). `live`: the
+    live processes' listing (_live_replicas(cwds=True)) when the caller shares one (_remove_all_later)."""
     if moved.is_symlink():
         _remove_tree(moved)
         return False
@@ -989,7 +1036,7 @@ def _remove_moved(moved: Path, workers: bool) -> bool:
         return False
     kept = False
     if paths:
-        live_ids, _, cwds = _live_replicas(cwds=True)
+        live_ids, _, cwds = live() if live is not None else _live_replicas(cwds=True)
         for path in paths:
             if workers:
                 replica_id, dash, number = path.name.rpartition("-")

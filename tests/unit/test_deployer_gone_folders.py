@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import services.deployer.backend as backend_module
 from services.deployer.backend import REMOVING, LocalBackend, ReplicaSet
 from services.deployer.handlers import sweep_gone_folders
 
@@ -103,4 +104,48 @@ async def test_nothing_to_look_up_asks_nothing(tmp_path):
     pool = _Pool({})
     assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=pool, timeout=4.0)) == []
     assert pool.asked == []
+    await backend.close()
+
+
+async def test_many_names_go_with_one_listing_of_the_live_processes_and_a_live_replica_s_log_stays(tmp_path,
+                                                                                                  monkeypatch):
+    """Each folder was removed in a job of its own that listed every process first (_live_replicas: ~10-30 ms of CPU):
+    the thousands of names a start may find took that many listings of the sweep thread, the undeploys' removals and
+    cgroup sweeps queued behind them. One listing serves a batch's removals for LIVE_LISTING_FOR seconds; what a live
+    replica uses (a previous deployer's draining replica's log) still stays and is looked at again."""
+    listings = []
+
+    def live_replicas(cwds=False):
+        listings.append(cwds)
+        return {"live1"}, set(), set()
+
+    monkeypatch.setattr(backend_module, "_live_replicas", live_replicas)
+    monkeypatch.setattr(backend_module, "LIVE_LISTING_FOR", 60.0)
+    for number in range(1, 41):
+        folder = tmp_path / "deployments" / f"old-{number}"
+        folder.mkdir(parents=True)
+        (folder / "replica-ab.log").write_text("railyard-engine: it failed\n")
+    (tmp_path / "deployments" / "old-7" / "replica-live1.log").write_text("draining\n")
+    backend = _backend(tmp_path)
+    removing = await sweep_gone_folders(SimpleNamespace(backend=backend, pool=_Pool({}), timeout=4.0))
+    assert len(removing) == 40
+    await backend.swept()
+    await asyncio.sleep(0)
+    assert listings == [True]  # one listing for the 40 folders (40 before)
+    [left] = (tmp_path / "deployments").iterdir()
+    assert left.name.startswith(f"{REMOVING}old-7-") and [p.name for p in left.iterdir()] == ["replica-live1.log"]
+    assert left in backend._later  # looked at again (RECHECK_EVERY)
+    await backend.close()
+    # a listing older than LIVE_LISTING_FOR is taken again
+    monkeypatch.setattr(backend_module, "LIVE_LISTING_FOR", 0.0)
+    listings.clear()
+    for number in range(41, 44):
+        folder = tmp_path / "deployments" / f"old-{number}"
+        folder.mkdir(parents=True)
+        (folder / "replica-ab.log").write_text("railyard-engine: it failed\n")
+    backend = _backend(tmp_path)
+    assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=_Pool({}), timeout=4.0)) == \
+        ["old-41", "old-42", "old-43"]
+    await backend.swept()
+    assert listings == [True] * 3
     await backend.close()
