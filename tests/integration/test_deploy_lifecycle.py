@@ -235,7 +235,8 @@ def test_a_deployment_whose_replicas_keep_dying_at_their_start_answers_503_crash
         (stack.data_dir / "engine-cache" / sha).unlink()
         [pid] = _replica_pids(stack, deployment_id)[name]
         os.kill(pid, signal.SIGKILL)  # the running replica dies (as out of memory): the supervisor replaces it
-        deadline = time.monotonic() + 30
+        # two replicas' starts and a 1 s back-off (~5-10 s); a bound for a loaded host, not a speed
+        deadline = time.monotonic() + 60
         while True:
             answer = _infer(url, alice.token)
             assert answer.status_code == 503, answer.text
@@ -264,9 +265,11 @@ def test_a_deployment_whose_replicas_keep_dying_at_their_start_answers_503_crash
             time.sleep(0.1)
         assert len(_replica_pids(stack, deployment_id).get(name, ())) <= 1  # one replica at a time, backed off
     finally:
-        undeployed = post(stack, "pipelines/undeploy", alice.token,
-                          {"pipeline_id": version["pipeline_pk_id"], "deployment_id": deployment_id})
-        store.put_object(bucket, content_key(sha), io.BytesIO(content), len(content))  # as uploaded
-        http.clear()
+        try:
+            undeployed = post(stack, "pipelines/undeploy", alice.token,
+                              {"pipeline_id": version["pipeline_pk_id"], "deployment_id": deployment_id})
+        finally:  # the stored bytes as uploaded, also when the undeploy's request raised
+            store.put_object(bucket, content_key(sha), io.BytesIO(content), len(content))
+            http.clear()
     assert undeployed.status_code == 200, undeployed.text
     assert _replica_pids(stack, deployment_id) == {}
