@@ -21,7 +21,8 @@ from shared.errors import RailyardError
 from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.deployer import DeploymentRoute
 from shared.not_serving import CRASH_LOOP
-from shared.table_transport import META_HEADER, SHADOWS_HEADER, SHADOWS_INLINE
+from shared.objectstore import BUCKET_TABLES
+from shared.table_transport import META_HEADER, SHADOWS_HEADER, SHADOWS_INLINE, TABLE_REF
 
 ANSWER = pa.table({"out": [0.25]})
 
@@ -107,3 +108,29 @@ def test_two_attempts_unanswered_are_a_504_after_the_engine_timeout_in_all():
     assert (caught.value.status, caught.value.code) == (504, "upstream_timeout"), repr(caught.value)
     assert caught.value.msg == "the engine did not answer within 30s"
     assert sum(wait for _, _, wait, _ in nc.sent) == predictions.ENGINE_TIMEOUT and len(nc.sent) == 2
+
+
+def test_an_image_sent_by_reference_stays_stored_for_the_second_attempt_and_goes_once_after_it():
+    """An image above the bus limit goes by reference (an ML backend's task): both attempts name the one stored table,
+    deleted once the second is answered, not after the first (the re-sent attempt would name an object gone)."""
+    nc = _Replicas("dies", "answers")
+    nc.max_payload = 0  # any table is above the limit
+    events = []
+
+    class Objects:
+        async def put_bytes(self, bucket, key, body):
+            events.append(("put", bucket, key))
+
+        async def delete(self, bucket, key):
+            events.append(("delete", bucket, key, len(nc.sent)))
+
+    deps = _deps(nc)
+    deps.objects = Objects()
+    answer, _ = asyncio.run(predictions._ask_engine(deps, "digits", pa.table({"x": [1.0]}), by_reference=True,
+                                                    token="alice's"))
+    assert answer.equals(ANSWER)
+    [(_, bucket, key)] = events[:1]
+    (_, first_payload, _, first), (_, second_payload, _, second) = nc.sent
+    assert first[TABLE_REF] == second[TABLE_REF] == key and first_payload == second_payload == b""
+    assert second[ATTEMPT] == "2" and bucket == BUCKET_TABLES
+    assert events[1:] == [("delete", BUCKET_TABLES, key, 2)]  # once, after both attempts
