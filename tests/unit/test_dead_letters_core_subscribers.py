@@ -36,6 +36,9 @@ class Verifier:
     def set_revocations(self, users, sessions=None, session_expiry=None, position=None) -> None:
         pass
 
+    def keys_told(self, fingerprint) -> None:
+        pass
+
     @property
     def revocations_read(self) -> bool:
         return True
