@@ -137,7 +137,11 @@ async def start(runtime: Runtime) -> None:
     outbox_task = asyncio.create_task(outbox.run())
     runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, outbox=outbox, outbox_task=outbox_task)
     runtime.extras["restore"] = await handlers.restore_deployments(deps)
-    # the folders of deployment names no deployment has any more (before session 32 an undeploy left them)
+    # the folders of deployment names no deployment has any more (before session 32 an undeploy left them). Awaited
+    # here, before the subscriptions start (shared/service.py runs on_start before broker.start): no deploy or
+    # undeploy runs between its query and its removal, so what the query read is what the rows say. Run in the
+    # background, a deploy meanwhile (one that failed under a name a folder from before session 32 has, its logs
+    # kept) could see its folders removed on the query's stale read
     await handlers.sweep_gone_folders(deps)
 
 
