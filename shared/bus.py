@@ -19,6 +19,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from shared.errors import (
     validation_message,
 )
 from shared.faststream_logs import PULL_TIMEOUT_RETRIES
+from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.base import Event, Message, Reply
 from shared.raw_bus import (  # noqa: F401 - defined there for FastStream-free processes
     ERROR_HEADER,
@@ -634,3 +636,33 @@ async def raw_request(nc: Any, subject: str, data: bytes, *, token: str | None, 
         raise Unavailable(f"{service} cannot be reached: the connection to the bus is down") from None
     raise_for_error_header(reply.headers)
     return reply
+
+
+ENGINE_FIRST_ATTEMPT = 3.0
+"""Seconds an engine request waits before `request_engine` sends it once more (the gateway's FIRST_ATTEMPT)."""
+
+
+async def request_engine(request: Callable[..., Awaitable[Any]], subject: str, data: bytes, headers: dict[str, str],
+                         *, timeout: float, first_attempt: float = ENGINE_FIRST_ATTEMPT) -> Any | None:
+    """An engine request (`engine.<deployment>.infer`) sent once more if no replica answered it within
+    `first_attempt` seconds: a replica killed while it held a request never answers, and the caller waited the whole
+    `timeout` for it while the deployment's other replicas (or the dead one's replacement) were idle. Both attempts
+    carry one Railyard-Request-Id (the caller's, else a new one), the second `Railyard-Attempt: 2`: a replica still
+    running the first answers the second from that one run (services/engine/answers.py); the second waits the rest
+    of `timeout`. `request(subject, data, timeout=, headers=)` is the connection's (nc.request) or a requester with
+    its signature. The reply message (its error header not read: the caller reads it); None when nobody listens (the
+    caller says why: the deployer's word); UpstreamTimeout after `timeout` in all; Unavailable when the bus is down."""
+    headers = {**headers, REQUEST_ID: headers.get(REQUEST_ID) or os.urandom(16).hex()}
+    for attempt, wait in enumerate((first_attempt, timeout - first_attempt)):
+        try:
+            return await request(subject, data, timeout=wait, headers={**headers, ATTEMPT: "2"} if attempt else headers)
+        except nats.errors.NoRespondersError:
+            return None
+        except (TimeoutError, nats.errors.TimeoutError):
+            if attempt:
+                raise UpstreamTimeout(f"the engine did not answer within {timeout:g}s") from None
+            log.info("no replica answered a request on %s within %g s (one may have died holding it): sent once more",
+                     subject, first_attempt)
+        except BUS_DOWN:  # as `request`
+            raise Unavailable("the engine cannot be reached: the connection to the bus is down") from None
+    return None  # not reached: the second attempt returns or raises

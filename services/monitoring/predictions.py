@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,7 +46,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
@@ -68,7 +66,7 @@ from services.monitoring.monitored_model import monitored_model
 from services.monitoring.predictions_store import PredictionRow, insert_prediction
 from shared import images, paging, subjects
 from shared.authz import Principal, require_user
-from shared.bus import CallContext, command, raise_for_error_header, request
+from shared.bus import ENGINE_FIRST_ATTEMPT, CallContext, command, raise_for_error_header, request, request_engine
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -76,12 +74,10 @@ from shared.errors import (
     PayloadTooLarge,
     RailyardError,
     Unavailable,
-    UpstreamTimeout,
     validation_detail,
     validation_message,
 )
 from shared.lean_imports import lazy_module
-from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.deployer import DeploymentRoute, GetPipeline, PipelineRecord, ResolveDeployment
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
@@ -118,14 +114,15 @@ else:  # imported by the first prediction (~12 MiB of RSS the idle monitoring se
 NAME = "monitoring"
 log = logging.getLogger("railyard.monitoring.predictions")
 ENGINE_TIMEOUT = 30.0
-FIRST_ATTEMPT = 3.0
+FIRST_ATTEMPT = ENGINE_FIRST_ATTEMPT
 """A predict unanswered after FIRST_ATTEMPT seconds is sent once more (the rest of ENGINE_TIMEOUT), with the same
 request id, as the gateway re-sends an inference (services/gateway/inference.py, services/engine/answers.py): a replica
 killed while it held the image never answers, so the predict went on waiting for it and the caller got a 504 after
 ENGINE_TIMEOUT (30 s) while the deployment's other replicas (or the dead one's replacement) were idle. A live replica
 takes the second attempt; one still running the first answers the second from that one run; none listening (a
 one-replica deployment whose replica died: its replacement loading, or a crash loop) is the deployer's word at once
-(_no_engine: 503 starting, or deployment_crash_loop with Retry-After)."""
+(_no_engine: 503 starting, or deployment_crash_loop with Retry-After). The attempts are shared.bus.request_engine's,
+which workflow_lineage's benchmarks use too."""
 SPLIT_COLUMN = "_model_split"  # the engine's RandomSplit names the arm that answered in this column (JSON)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()  # monitor's timestamps before this are refused
 LATEST_AHEAD = 86_400.0  # seconds a monitor timestamp may be ahead of the service's clock
@@ -286,27 +283,16 @@ async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table, by
 
     nc = deps.broker.config.connection_state.connection
     payload = to_ipc_stream(table)
-    headers = {SHADOWS_HEADER: SHADOWS_INLINE, REQUEST_ID: os.urandom(16).hex()}  # one id for both attempts
+    headers = {SHADOWS_HEADER: SHADOWS_INLINE}
     staged = None
     if above_bus_limit(payload, nc.max_payload):
         if not by_reference:
             raise InvalidRequest("the preprocessed image is larger than the bus carries: configure a smaller size")
         staged = await put_table(deps.objects, INFERENCE_PREFIX, payload)
         headers[TABLE_REF], payload = staged, b""
-    reply = None  # no replica listening: answered below, once the staged table is gone
-    try:
-        for attempt, wait in enumerate((FIRST_ATTEMPT, ENGINE_TIMEOUT - FIRST_ATTEMPT)):
-            try:
-                reply = await nc.request(subjects.engine_infer(deployment), payload, timeout=wait,
-                                         headers={**headers, ATTEMPT: "2"} if attempt else headers)
-                break
-            except nats.errors.NoRespondersError:
-                break
-            except (TimeoutError, nats.errors.TimeoutError):
-                if attempt:
-                    raise UpstreamTimeout(f"the engine did not answer within {ENGINE_TIMEOUT:g}s") from None
-                log.info("no replica of %s answered a predict within %g s (one may have died holding it): sent once "
-                         "more", deployment, FIRST_ATTEMPT)
+    try:  # None: no replica listening, answered below once the staged table is gone
+        reply = await request_engine(nc.request, subjects.engine_infer(deployment), payload, headers,
+                                     timeout=ENGINE_TIMEOUT, first_attempt=FIRST_ATTEMPT)
     finally:
         if staged is not None:
             await deps.objects.delete(BUCKET_TABLES, staged)

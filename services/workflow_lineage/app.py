@@ -13,9 +13,17 @@ from faststream.nats import NatsRouter
 from services.workflow_lineage import auto_benchmarks, handlers, links, object_gc, store
 from shared import subjects
 from shared.authz import Principal, bus_membership, bus_verifier
-from shared.bus import REPLY_HEADROOM, CallContext, command, publish_event, raw_request, request
+from shared.bus import (
+    REPLY_HEADROOM,
+    CallContext,
+    command,
+    publish_event,
+    raise_for_error_header,
+    request,
+    request_engine,
+)
 from shared.consumers import DeliveryPolicy, durable_subscriber
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, Unavailable
 from shared.messages import CountEvents, EventCount
 from shared.messages import lineage as m
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
@@ -274,6 +282,21 @@ def _link_subscriber(router: NatsRouter, runtime: Runtime, subject: str, caller:
     command(router, subject, service=NAME)(add_link)
 
 
+async def engine_infer(nc: Any, objects: Any, deployment: str, payload: bytes) -> tuple[dict[str, str], bytes]:
+    """One engine call of a benchmark, as the gateway makes it (answers above the bus limit come by reference): sent
+    once more if no replica answered within ENGINE_FIRST_ATTEMPT (a replica killed while it held the batch never
+    answers: the benchmark waited ENGINE_TIMEOUT for it and failed), with the same request id
+    (shared.bus.request_engine). Nobody listening: 503 (an auto-benchmark's claim is tried again later)."""
+    if len(payload) > nc.max_payload - 64 * 1024:
+        raise InvalidRequest("a batch is larger than the bus allows: lower batch_size")
+    reply = await request_engine(nc.request, subjects.engine_infer(deployment), payload, {}, timeout=ENGINE_TIMEOUT)
+    if reply is None:
+        raise Unavailable(f"deployment {deployment!r} has no running engine; retry shortly")
+    headers = dict(reply.headers or {})
+    raise_for_error_header(headers)
+    return headers, await take_table(objects, headers, reply.data)
+
+
 async def start(runtime: Runtime) -> None:
     settings = runtime.settings
     timeout = settings.nats.request_timeout
@@ -287,12 +310,7 @@ async def start(runtime: Runtime) -> None:
     nc = broker.config.connection_state.connection
 
     async def infer(deployment: str, payload: bytes) -> tuple[dict[str, str], bytes]:
-        """One engine call, as the gateway makes it (answers above the bus limit come by reference)."""
-        if len(payload) > nc.max_payload - 64 * 1024:
-            raise InvalidRequest("a batch is larger than the bus allows: lower batch_size")
-        reply = await raw_request(nc, subjects.engine_infer(deployment), payload, token=None, timeout=ENGINE_TIMEOUT)
-        headers = dict(reply.headers or {})
-        return headers, await take_table(runtime.objects, headers, reply.data)
+        return await engine_infer(nc, runtime.objects, deployment, payload)
 
     async def resolve(token: str | None, deployment: str) -> dict[str, Any]:
         route = await request(broker, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE, ResolveDeployment(name=deployment),
