@@ -1123,6 +1123,10 @@ async def _compact_pipeline(deps: Deps, pipeline: Any, report: LogMaintenanceRep
         deps.orphan_sweep.hear(key_prefix(pipeline["workspace_id"], pipeline["name"]), False, time.time())
         await deps.objects.put_bytes(BUCKET_LOGS, key, data)
         merged = _describe(table, key, len(data), pipeline["workspace_id"], pipeline["name"])
+        # the run's own fingerprint (one, `_runs`), not the read-back's: Parquet gives timestamp[s], time32[s] and
+        # date64 back as timestamp[ms], time32[ms] and date32, whose fingerprint is another one than the fresh
+        # segments' (pages ended at it with SchemaChange, and the merge never joined them again)
+        merged.schema_fp = run[0]["schema_fp"]
         merged.versions = sorted({v for seg in run for v in seg["versions"]})
         merged.dropped = sorted({d for seg in run for d in seg["dropped"]})
         try:
