@@ -1,6 +1,6 @@
-"""The assay runner's stop ends its outbox loop with Outbox.stop (a last send of what is unsent, bounded at STOP_SEND, 2 s), as
-the deployer's, registry's, monitoring's and task scheduler's stops do, after the scheduler's pass is cancelled.
-Before, it only cancelled the loop: events committed just before a stop waited for the next start."""
+"""The assay runner's stop ends its outbox loop with Outbox.stop (a last send of what is unsent, bounded at STOP_SEND,
+2 s), as the deployer's, registry's, monitoring's and task scheduler's stops do, after the scheduler's pass is
+cancelled. Before, it only cancelled the loop: events committed just before a stop waited for the next start."""
 
 from __future__ import annotations
 
