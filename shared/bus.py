@@ -653,13 +653,15 @@ async def request_engine(request: Callable[..., Awaitable[Any]], subject: str, d
     its signature. The reply message (its error header not read: the caller reads it); None when nobody listens (the
     caller says why: the deployer's word); UpstreamTimeout after `timeout` in all; Unavailable when the bus is down."""
     headers = {**headers, REQUEST_ID: headers.get(REQUEST_ID) or os.urandom(16).hex()}
-    for attempt, wait in enumerate((first_attempt, timeout - first_attempt)):
+    # a timeout no longer than the first attempt's wait is one attempt of `timeout` (no negative second wait)
+    waits = (first_attempt, timeout - first_attempt) if timeout > first_attempt else (timeout,)
+    for attempt, wait in enumerate(waits):
         try:
             return await request(subject, data, timeout=wait, headers={**headers, ATTEMPT: "2"} if attempt else headers)
         except nats.errors.NoRespondersError:
             return None
         except (TimeoutError, nats.errors.TimeoutError):
-            if attempt:
+            if attempt == len(waits) - 1:
                 raise UpstreamTimeout(f"the engine did not answer within {timeout:g}s") from None
             log.info("no replica answered a request on %s within %g s (one may have died holding it): sent once more",
                      subject, first_attempt)

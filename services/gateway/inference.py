@@ -52,7 +52,7 @@ from shared.authz import (
     out_of_scope,
     require_inference_access,
 )
-from shared.bus import BUS_DOWN, raise_for_error_header, request
+from shared.bus import BUS_DOWN, ENGINE_FIRST_ATTEMPT, raise_for_error_header, request
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -80,7 +80,7 @@ ROUTE_TTL = 2.0
 ROUTE_MAX_AGE = 20.0  # seconds a running deployment's route is used while it is refreshed in the background
 MEMBER_TTL = 30.0
 INFER_TIMEOUT = 30.0
-FIRST_ATTEMPT = 3.0
+FIRST_ATTEMPT = ENGINE_FIRST_ATTEMPT  # one figure for every engine caller's re-send (shared.bus.request_engine)
 
 
 @functools.lru_cache(maxsize=256)

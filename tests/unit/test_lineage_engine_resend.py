@@ -113,3 +113,16 @@ def test_an_answer_by_reference_is_read_and_deleted():
     _, data = _infer(nc, Objects())
     assert data == b"big answer"
     assert events == [("get", BUCKET_TABLES, "inference/abc"), ("delete", BUCKET_TABLES, "inference/abc")]
+
+
+@pytest.mark.parametrize("timeout", [ENGINE_FIRST_ATTEMPT, 1.0], ids=["equal", "shorter"])
+def test_a_timeout_no_longer_than_the_first_wait_is_one_attempt_of_that_timeout(timeout):
+    """request_engine with a timeout <= its first attempt's wait sent a second attempt with a negative (or zero)
+    wait; now it is one attempt of `timeout`, then the 504."""
+    from shared.bus import request_engine
+    from shared.errors import UpstreamTimeout
+
+    nc = _Replicas("dies", "dies")
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(request_engine(nc.request, "engine.digits.infer", BATCH, {}, timeout=timeout))
+    assert [wait for _, _, wait, _ in nc.sent] == [timeout]
