@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from faststream.nats import NatsRouter
@@ -141,8 +142,11 @@ async def start(runtime: Runtime) -> None:
     # here, before the subscriptions start (shared/service.py runs on_start before broker.start): no deploy or
     # undeploy runs between its query and its removal, so what the query read is what the rows say. Run in the
     # background, a deploy meanwhile (one that failed under a name a folder from before session 32 has, its logs
-    # kept) could see its folders removed on the query's stale read
+    # kept) could see its folders removed on the query's stale read. Then again every GONE_SWEEP_EVERY (a failed
+    # deploy's kept logs go KEPT_FAILED_FOR after their failure): those runs skip a name a start began or ended for
+    # after their listing (LocalBackend.remove_gone's `since`), which such a stale read would otherwise remove
     await handlers.sweep_gone_folders(deps)
+    runtime.extras["gone_sweep"] = asyncio.create_task(handlers.sweep_gone_folders_every(deps))
 
 
 async def stop(runtime: Runtime) -> None:
@@ -152,6 +156,11 @@ async def stop(runtime: Runtime) -> None:
     restore = runtime.extras.get("restore")
     if restore is not None:  # restarts still loading are cancelled (their replicas stopped) before the backend closes
         await restore.stop()
+    gone_sweep = runtime.extras.get("gone_sweep")
+    if gone_sweep is not None:
+        gone_sweep.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone_sweep
     deps = runtime.extras.get("deps")
     if deps is not None:
         await deps.owed.stop()  # owed deployed events not written yet stay owed (deployed_pending): the next restore

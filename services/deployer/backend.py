@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import functools
 import json
 import logging
@@ -18,7 +19,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -97,6 +98,20 @@ CGROUP_RESWEEP = 5.0
 """An undeploy's cgroup sweep runs again this long after the first: a replica killed with SIGKILL (past stop_timeout)
 takes its launchers with it by their parent-death signal, which the kernel delivers asynchronously, so a launcher
 may still hold its cgroup at the first sweep."""
+KEPT_MARKER = "kept.txt"
+"""In deployments/<name>/ of a deploy whose first start failed (and of a folder from before the marker, adopted at the
+first start with it: DATA_DIR_MARKED): its replicas' logs and spec are kept for the user, until an undeploy or until
+KEPT_FAILED_FOR has passed since the marker's time (its mtime: touch it to keep them longer) or KEPT_FAILED_MAX newer
+kept folders are there (handlers.sweep_gone_folders). An inactive deployment's own-name folder without one is what
+an undeploy (or a deactivation) left: removed at the next sweep. Removed when a set of the name serves."""
+DATA_DIR_MARKED = ".kept-marked"
+"""In deployments/: written once a sweep looked at every inactive deployment's own-name folder with KEPT_MARKER in
+use (kept_folders). Before it is there (a data directory of a deployer before session 34), a folder without a marker
+may be a failed deploy's logs: it is adopted (a marker written, kept KEPT_FAILED_FOR from then), not removed."""
+KEPT_FAILED_FOR = 7 * 86400.0
+KEPT_FAILED_MAX = 50
+"""A failed deploy's kept folder (KEPT_MARKER) of an inactive deployment is removed KEPT_FAILED_FOR seconds after
+its marker's time, or when KEPT_FAILED_MAX kept folders newer than it are there (the newest are kept)."""
 
 
 def _die_with_parent(slice_us: int = 0, parent: int | None = None) -> None:
@@ -235,6 +250,10 @@ class LocalBackend:
         self._undeployed: dict[str, bool] = {}
         self._later: dict[Any, asyncio.TimerHandle] = {}  # removals and sweeps to run again (_at_later)
         self._closed = False
+        # starts counted at their beginning and end, and each name's last (remove_gone: not a name started since
+        # the caller's listing, whose folders and kept marker it may have missed)
+        self._starts = 0
+        self._started: dict[str, int] = {}
 
     async def _spawn(self, replica_set: ReplicaSet, replica_id: str) -> Replica:
         """A new replica of the set. Its deployment's folders count as in use while it is spawned (a stop of the set
@@ -271,10 +290,20 @@ class LocalBackend:
         replicas' logs (the whole traceback behind the reason the deploy's 400 quotes) and its spec."""
         self._undeployed.pop(name, None)
         self._users[name] += 1
+        self._starting(name)
         try:
             return await self._start(name, spec, replicas, autoscale, cpu_target, serving, ready_within)
         finally:
+            self._starting(name)
             self._leave(name)
+
+    def _starting(self, name: str) -> None:
+        self._starts += 1
+        self._started[name] = self._starts
+
+    def sweep_began(self) -> int:
+        """A mark to give remove_gone: names a start began or ended for after it are not removed."""
+        return self._starts
 
     async def _start(self, name: str, spec: ReplicaSpec, replicas: int, autoscale: tuple[int, int] | None,
                      cpu_target: float, serving: Callable[[], Awaitable[None]] | None,
@@ -301,11 +330,13 @@ class LocalBackend:
                 if self.sets.get(name) is replica_set:
                     del self.sets[name]
                 self._undeployed.setdefault(name, False)  # its workers' folders go (the start's _leave)
+                _mark_kept(folder, f"the failed start of deployment {name}")
             raise
         # a redeploy (hot swap): the running set stays the deployment's status until the new one serves, so the
         # gateway never sees a "starting" deployment in between (it would answer 503)
         self.sets[name] = replica_set
         self._undeployed.pop(name, None)  # it serves: a stop() made meanwhile stopped the previous set only
+        _unlink(folder / KEPT_MARKER)  # a failed start's before it: its folder is a serving set's now
         if previous is not None:
             await self._stop_set(previous)
         return replica_set
@@ -472,15 +503,59 @@ class LocalBackend:
         """(in a thread) The names of every deployment folder here, in both tops (not those being removed)."""
         return self._folder_names("")
 
-    def remove_gone(self, names: set[str]) -> list[str]:
+    def kept_folders(self, names: Iterable[str], now: float) -> dict[str, float | None]:
+        """(in a thread) Of these deployment names (inactive deployments' own names: handlers.sweep_gone_folders),
+        the time of each one's KEPT_MARKER (a failed deploy's logs kept), None for one without (what an undeploy left:
+        to remove). Left out (kept, not looked at): a name a replica running on this machine has (found by its command
+        line: a previous deployer's, draining) and one whose folder or marker cannot be read. A data directory not
+        DATA_DIR_MARKED yet (its folders made before the markers) has its folders without one adopted: a marker
+        written (time `now`), so they are kept as a failed deploy's are, then it is marked (unless a marker could not
+        be written: the next sweep adopts again)."""
+        marked = (self.work_dir / DATA_DIR_MARKED).exists()
+        live_names = _live_replicas()[1]
+        adopted = True
+        found: dict[str, float | None] = {}
+        for name in names:
+            if name in live_names:
+                continue
+            folder = self.work_dir / name
+            try:
+                found[name] = (folder / KEPT_MARKER).stat().st_mtime
+                continue
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as exc:
+                log.warning("could not read %s: %s", folder / KEPT_MARKER, exc)
+                continue
+            if marked or folder.is_symlink() or not folder.is_dir():  # a link is unlinked, what it points at stays
+                found[name] = None
+            elif _mark_kept(folder, f"deployment {name}, found at the first start that marks kept folders", now):
+                found[name] = now
+            else:
+                adopted = False
+        if not marked and adopted:
+            try:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                (self.work_dir / DATA_DIR_MARKED).write_text(
+                    f"Since {_iso(now)} a deployment folder kept for the user here has {KEPT_MARKER} in it; "
+                    "an inactive deployment's without one is removed by the deployer.\n")
+            except OSError as exc:
+                log.warning("could not write %s: %s", self.work_dir / DATA_DIR_MARKED, exc)
+        return found
+
+    def remove_gone(self, names: set[str], since: int | None = None) -> list[str]:
         """(on the event loop) Remove the folders of deployment `names` that no deployment has any more
-        (handlers.sweep_gone_folders, at the deployer's start): as an undeploy's removal (_release: renamed at once,
-        removed in the sweep thread, what a live replica or process uses kept), but never a name a set runs under, a
-        start or a replica uses, or whose removal is already decided. The names whose removal began."""
+        (handlers.sweep_gone_folders, at the deployer's start and every GONE_SWEEP_EVERY): as an undeploy's removal
+        (_release: renamed at once, removed in the sweep thread, what a live replica or process uses kept), but never
+        a name a set runs under, a start or a replica uses, whose removal is already decided, or (`since`: the
+        caller's sweep_began() before it listed them) a start of which began or ended since. The names whose removal
+        began."""
         removing: list[str] = []
         removals: list[tuple[str, Path, bool]] = []
         for name in sorted(names):
             if name in self.sets or self._users.get(name) or name in self._undeployed:
+                continue
+            if since is not None and self._started.get(name, 0) > since:
                 continue
             self._undeployed[name] = True
             self._release(name, cgroups=False, removals=removals)
@@ -1052,6 +1127,26 @@ def _remove_moved(moved: Path, workers: bool,
                 _unlink(path)
     _remove_if_empty(moved)
     return kept
+
+
+def _iso(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _mark_kept(folder: Path, what: str, now: float | None = None) -> bool:
+    """Write KEPT_MARKER in deployments/<name>/ (`folder`), its mtime `now` (default: the clock's); False (logged) when
+    it could not be."""
+    now = time.time() if now is None else now
+    try:
+        (folder / KEPT_MARKER).write_text(
+            f"The replicas' logs and spec of {what} ({_iso(now)}), kept for inspection. The deployer removes this "
+            f"folder {KEPT_FAILED_FOR / 86400:g} days after this file's time (touch it to keep it longer), once "
+            f"{KEPT_FAILED_MAX} newer failed deploys' folders are kept, or at an undeploy of the deployment.\n")
+        os.utime(folder / KEPT_MARKER, (now, now))
+    except OSError as exc:
+        log.warning("could not mark %s as kept: %s", folder, exc)
+        return False
+    return True
 
 
 def _unlink(path: Path) -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from services.deployer import store
-from services.deployer.backend import LocalBackend
+from services.deployer.backend import KEPT_FAILED_FOR, KEPT_FAILED_MAX, LocalBackend
 from services.engine.logpolicy import check_batching, check_log_policy
 from shared import db, paging, subjects
 from shared.authz import (
@@ -1785,18 +1786,25 @@ async def restore_deployments(deps: DeployerDeps) -> DeploymentRestore:
 
 
 async def sweep_gone_folders(deps: DeployerDeps) -> list[str]:
-    """At the deployer's start: remove the folders (deployments/<name>/, engine-work/<name>/) of deployment names no
-    deployment has any more, which nothing else would ever remove: a name whose deployment row does not exist (a
-    database reset under a kept data directory), and a name other than its row's own (`<deploy_id>-<id>` with another
-    deploy_id) of an inactive row: an earlier name left by an undeploy or a rename made before session 32 (2026-12-05),
-    when deployments/<name>/ was never removed, and which no later undeploy names. An active row's folders are never
-    touched (a failed renamed redeploy's logs stay until its undeploy), nor an inactive row's own name's: a failed
-    deploy's logs, kept until an undeploy, look exactly like a folder an undeploy before session 32 left, and nothing
-    in the row tells them apart. Decided on the event loop as an undeploy's removal (LocalBackend.remove_gone: never a
-    set's name nor one a start uses; a deploy that comes after makes folders of its own). The names whose removal
-    began; a listing or a database that fails removes nothing (logged): the next start looks again."""
+    """At the deployer's start and every GONE_SWEEP_EVERY: remove the folders (deployments/<name>/, engine-work/<name>/)
+    of deployment names no deployment has any more, which nothing else would ever remove: a name whose deployment row
+    does not exist (a database reset under a kept data directory); a name other than its row's own (`<deploy_id>-<id>`
+    with another deploy_id) of an inactive row (an earlier name left by an undeploy or a rename made before session 32,
+    2026-12-05, when deployments/<name>/ was never removed, and which no later undeploy names); and an inactive row's
+    own name's unless it holds a failed deploy's kept logs (backend.KEPT_MARKER, written by a failed first start:
+    before session 34 nothing told those apart from what an undeploy before session 32 left, so both stayed for
+    ever), and those too KEPT_FAILED_FOR after their marker's time or once KEPT_FAILED_MAX newer ones are kept. A data
+    directory of before the markers has its unmarked folders adopted at the first sweep (LocalBackend.kept_folders:
+    kept KEPT_FAILED_FOR from then, not removed). An active row's folders are never touched (a failed renamed
+    redeploy's logs, a failed restore's, stay until its undeploy), nor a name a replica running here has. Decided on
+    the event loop as an undeploy's removal (LocalBackend.remove_gone: never a set's name, one a start uses, nor one
+    a start began or ended for since the listing, whose marker the listing may have missed; a deploy that comes
+    after makes folders of its own). The names whose removal began; a listing or a database that fails removes
+    nothing (logged): the next sweep looks again."""
+    backend = deps.backend
     try:
-        names = await asyncio.to_thread(deps.backend.folder_names)
+        since = backend.sweep_began()
+        names = await asyncio.to_thread(backend.folder_names)
         ids: dict[str, int] = {}
         for name in names:
             deploy_id, dash, tail = name.rpartition("-")
@@ -1805,16 +1813,39 @@ async def sweep_gone_folders(deps: DeployerDeps) -> list[str]:
         if not ids:
             return []
         rows = await _answered_within(deps.timeout, store.deployment_names(deps.pool, sorted(set(ids.values()))))
-    except Exception as exc:  # noqa: BLE001 - logged; nothing is removed, the next start looks again
+        own = [name for name, number in ids.items()
+               if number in rows and not rows[number][1] and name == f"{rows[number][0]}-{number}"]
+        now = time.time()
+        kept = await asyncio.to_thread(backend.kept_folders, own, now) if own else {}
+    except Exception as exc:  # noqa: BLE001 - logged; nothing is removed, the next sweep looks again
         log.warning("could not look for the folders of deployments that are gone: %r", exc)
         return []
     gone = {name for name, number in ids.items()
             if number not in rows or (not rows[number][1] and name != f"{rows[number][0]}-{number}")}
-    removing = deps.backend.remove_gone(gone)
+    gone.update(name for name, marked in kept.items() if marked is None)
+    newest_first = sorted(((marked, name) for name, marked in kept.items() if marked is not None), reverse=True)
+    gone.update(name for place, (marked, name) in enumerate(newest_first)
+                if place >= KEPT_FAILED_MAX or now - marked > KEPT_FAILED_FOR)
+    removing = backend.remove_gone(gone, since)
     if removing:
         log.info("removing the folders of %d deployment names no deployment has any more: %s", len(removing),
                  ", ".join(removing[:20]) + (" ..." if len(removing) > 20 else ""))
     return removing
+
+
+GONE_SWEEP_EVERY = 3600.0
+"""Seconds between sweep_gone_folders' runs after the start's: a failed deploy's kept logs go KEPT_FAILED_FOR after
+their marker's time without waiting for the deployer's next start."""
+
+
+async def sweep_gone_folders_every(deps: DeployerDeps, every: float = GONE_SWEEP_EVERY) -> None:
+    """sweep_gone_folders every `every` seconds, until cancelled (the deployer's stop)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await sweep_gone_folders(deps)
+        except Exception:  # noqa: BLE001 - logged; the next run looks again
+            log.exception("the sweep of the folders of deployments that are gone failed")
 
 
 NAMED_AGAIN_AFTER = 3600.0

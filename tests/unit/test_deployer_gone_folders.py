@@ -2,17 +2,29 @@
 (services/deployer/handlers.py sweep_gone_folders, LocalBackend.remove_gone): a name whose row does not exist, and a
 name other than its inactive row's own (an earlier deploy_id). Before session 32 (2026-12-05) deployments/<name>/ was
 never removed, so such folders stayed for ever: no later undeploy names them.
-Never an active row's folders (a failed renamed redeploy's logs stay until its undeploy), nor an inactive row's own
-name's (a failed deploy's logs, kept until an undeploy), nor a name a set runs under or a start uses."""
+Never an active row's folders (a failed renamed redeploy's logs stay until its undeploy), nor a name a set runs under
+or a start uses. An inactive row's own name's goes unless it holds a failed deploy's kept logs (KEPT_MARKER), and
+those KEPT_FAILED_FOR after their marker or past KEPT_FAILED_MAX newer ones; before session 34 nothing told the two
+apart and both stayed for ever. A data directory of before the markers has its unmarked folders adopted (kept)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from types import SimpleNamespace
 
 import services.deployer.backend as backend_module
-from services.deployer.backend import REMOVING, LocalBackend, ReplicaSet
-from services.deployer.handlers import sweep_gone_folders
+from services.deployer import handlers
+from services.deployer.backend import (
+    DATA_DIR_MARKED,
+    KEPT_FAILED_FOR,
+    KEPT_MARKER,
+    REMOVING,
+    LocalBackend,
+    ReplicaSet,
+)
+from services.deployer.handlers import sweep_gone_folders, sweep_gone_folders_every
 
 
 class _Pool:
@@ -56,7 +68,8 @@ def _folders(tmp_path) -> None:
 
 
 def _left(tmp_path, top: str) -> set[str]:
-    return {path.name for path in (tmp_path / top).iterdir() if not path.name.startswith(REMOVING)}
+    return {path.name for path in (tmp_path / top).iterdir()
+            if not path.name.startswith(REMOVING) and path.name != DATA_DIR_MARKED}
 
 
 async def test_folders_of_names_no_deployment_has_go_and_every_other_stays(tmp_path):
@@ -148,4 +161,123 @@ async def test_many_names_go_with_one_listing_of_the_live_processes_and_a_live_r
         ["old-41", "old-42", "old-43"]
     await backend.swept()
     assert listings == [True] * 3
+    await backend.close()
+
+
+def _marked(folder, age: float | None) -> None:
+    """deployments/<name>/ with a failed deploy's log, and a KEPT_MARKER `age` seconds old (None: no marker)."""
+    folder.mkdir(parents=True)
+    (folder / "replica-ab.log").write_text("railyard-engine: it failed\n")
+    if age is not None:
+        (folder / KEPT_MARKER).write_text("kept\n")
+        then = time.time() - age
+        os.utime(folder / KEPT_MARKER, (then, then))
+
+
+async def test_an_inactive_rows_own_folder_goes_unless_a_failed_deploys_logs_are_kept_in_it(tmp_path):
+    """In a data directory with the markers (DATA_DIR_MARKED): an inactive deployment's own-name folder without a
+    marker is what an undeploy before session 32 left (nothing removed it), and goes; a failed deploy's marked one
+    stays KEPT_FAILED_FOR after its marker, then goes. An active row's folder stays, marker or not. Before session 34
+    every inactive row's own-name folder stayed for ever."""
+    top = tmp_path / "deployments"
+    _marked(top / "left-5", None)  # undeployed before session 32
+    _marked(top / "failed-6", 3600.0)  # failed an hour ago
+    _marked(top / "failed-7", KEPT_FAILED_FOR + 60)  # failed 7 days and a minute ago
+    _marked(top / "live-8", None)  # active
+    _marked(top / "restore-9", KEPT_FAILED_FOR + 60)  # active (a failed restore: Error until its undeploy)
+    (tmp_path / "engine-work" / "left-5" / "ab-0").mkdir(parents=True)
+    (top / DATA_DIR_MARKED).write_text("marked\n")
+    backend = _backend(tmp_path)
+    pool = _Pool({5: ("left", False), 6: ("failed", False), 7: ("failed", False), 8: ("live", True),
+                  9: ("restore", True)})
+    assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=pool, timeout=4.0)) == ["failed-7", "left-5"]
+    await backend.swept()
+    assert _left(tmp_path, "deployments") == {"failed-6", "live-8", "restore-9"}
+    assert _left(tmp_path, "engine-work") == set()
+    await backend.close()
+
+
+async def test_a_data_directory_from_before_the_markers_keeps_its_folders_then_removes_them_in_time(tmp_path):
+    """The first sweep with the markers cannot tell an old failed deploy's logs from an undeploy's leftovers: it
+    writes a marker in each unmarked inactive own-name folder (kept as a failed deploy's, KEPT_FAILED_FOR from
+    then) and marks the data directory. A later sweep keeps them until that time has passed, then removes them;
+    a folder made unmarked after the first sweep (an undeploy's removal that failed) goes at the next."""
+    top = tmp_path / "deployments"
+    _marked(top / "old-5", None)
+    _marked(top / "failed-6", 60.0)
+    backend = _backend(tmp_path)
+    pool = _Pool({5: ("old", False), 6: ("failed", False), 7: ("later", False)})
+    deps = SimpleNamespace(backend=backend, pool=pool, timeout=4.0)
+    assert await sweep_gone_folders(deps) == []
+    assert (top / DATA_DIR_MARKED).exists()
+    adopted = (top / "old-5" / KEPT_MARKER).stat().st_mtime
+    assert abs(adopted - time.time()) < 60 and "old-5" in (top / "old-5" / KEPT_MARKER).read_text()
+    assert time.time() - (top / "failed-6" / KEPT_MARKER).stat().st_mtime > 59  # its own marker untouched
+    _marked(top / "later-7", None)
+    assert await sweep_gone_folders(deps) == ["later-7"]
+    then = time.time() - KEPT_FAILED_FOR - 60
+    os.utime(top / "old-5" / KEPT_MARKER, (then, then))
+    assert await sweep_gone_folders(deps) == ["old-5"]
+    await backend.swept()
+    assert _left(tmp_path, "deployments") == {"failed-6"}
+    await backend.close()
+
+
+async def test_only_the_newest_kept_folders_stay_past_kept_failed_max(tmp_path, monkeypatch):
+    monkeypatch.setattr(handlers, "KEPT_FAILED_MAX", 2)
+    top = tmp_path / "deployments"
+    for number, age in ((5, 300.0), (6, 100.0), (7, 200.0), (8, 400.0)):
+        _marked(top / f"f-{number}", age)
+    (top / DATA_DIR_MARKED).write_text("marked\n")
+    backend = _backend(tmp_path)
+    pool = _Pool({number: ("f", False) for number in (5, 6, 7, 8)})
+    assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=pool, timeout=4.0)) == ["f-5", "f-8"]
+    await backend.swept()
+    assert _left(tmp_path, "deployments") == {"f-6", "f-7"}
+    await backend.close()
+
+
+async def test_a_name_started_since_the_listing_or_a_live_replica_uses_is_not_removed(tmp_path, monkeypatch):
+    """A later sweep runs beside deploys: a start of the name that began or ended between its listing and its
+    removal (a failed deploy whose fresh logs and marker the listing missed) keeps its folder; so does a name a
+    replica running on this machine has (a previous deployer's, draining)."""
+    top = tmp_path / "deployments"
+    _marked(top / "a-5", None)
+    _marked(top / "b-6", None)
+    _marked(top / "c-7", None)
+    (top / DATA_DIR_MARKED).write_text("marked\n")
+    backend = _backend(tmp_path)
+    pool = _Pool({5: ("a", False), 6: ("b", False), 7: ("c", False)})
+    real_names = pool.fetch
+
+    async def fetch(sql, ids):
+        backend._starting("a-5")  # a deploy of a-5 began (and ended, failed) while the rows were read
+        backend._starting("a-5")
+        return await real_names(sql, ids)
+
+    pool.fetch = fetch
+    monkeypatch.setattr(backend_module, "_live_replicas", lambda cwds=False: ({"r1"}, {"b-6"}))
+    assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=pool, timeout=4.0)) == ["c-7"]
+    await backend.swept()
+    assert _left(tmp_path, "deployments") == {"a-5", "b-6"}
+    await backend.close()
+
+
+async def test_the_sweep_runs_again_until_cancelled(tmp_path):
+    top = tmp_path / "deployments"
+    (top / DATA_DIR_MARKED).parent.mkdir(parents=True)
+    (top / DATA_DIR_MARKED).write_text("marked\n")
+    backend = _backend(tmp_path)
+    deps = SimpleNamespace(backend=backend, pool=_Pool({5: ("a", False)}), timeout=4.0)
+    task = asyncio.create_task(sweep_gone_folders_every(deps, 0.01))
+    await asyncio.sleep(0.05)
+    _marked(top / "a-5", None)  # an undeploy's removal that failed, after the start's sweep
+    for _ in range(200):
+        if not (top / "a-5").exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not (top / "a-5").exists()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
     await backend.close()

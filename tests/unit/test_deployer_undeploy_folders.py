@@ -5,7 +5,8 @@ removed by the sweep thread after a look at the running sets that a redeploy of 
 removal is decided on the event loop, where starts happen: the folders are renamed out of the way (REMOVING) and the
 renamed ones removed in the thread, so a redeploy right after an undeploy keeps the folders it makes, and one before
 the removal began calls it off. A failed first deploy keeps its replicas' logs and spec (the traceback behind the
-reason its 400 quotes) until an undeploy. The LocalBackend's own start/stop/supervisor with stand-in processes."""
+reason its 400 quotes) until an undeploy, marked as such (KEPT_MARKER). The LocalBackend's own start/stop/supervisor
+with stand-in processes."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 
 import services.deployer.backend as backend_module
 from services.deployer import handlers
-from services.deployer.backend import REMOVING, REPLICA_MODULE, LocalBackend, Replica, ReplicaSet
+from services.deployer.backend import KEPT_MARKER, REMOVING, REPLICA_MODULE, LocalBackend, Replica, ReplicaSet
 from shared.errors import InvalidRequest
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec
 from tests.unit.deployer_world import ALICE, PIPELINE, _deploy, _until, make_world
@@ -137,19 +138,28 @@ async def test_a_failed_first_deploy_keeps_its_logs_until_an_undeploy(backend):
         await backend.start("d-1", SPEC, 2)
     await backend.swept()
     assert "d-1" not in backend.sets
-    assert _files(backend, "d-1") == {"spec", "replica"} and len(list((backend.work_dir / "d-1").iterdir())) == 3
+    # and its marker (KEPT_MARKER): what the sweep of folders no deployment has tells from an undeploy's leftovers
+    assert _files(backend, "d-1") == {"spec", "replica", KEPT_MARKER}
+    assert len(list((backend.work_dir / "d-1").iterdir())) == 4
+    assert "failed start of deployment d-1" in (backend.work_dir / "d-1" / KEPT_MARKER).read_text()
     assert _names(backend.engine_work_dir) == set()
     await backend.stop("d-1")
     await backend.swept()
     assert _names(backend.work_dir) == set()
 
+    backend.ready = RuntimeError("the model did not load")
+    with pytest.raises(RuntimeError):
+        await backend.start("d-2", SPEC, 1)
+    assert KEPT_MARKER in _names(backend.work_dir / "d-2")
     backend.ready = None
-    await backend.start("d-2", SPEC, 1)
+    await backend.start("d-2", SPEC, 1)  # a deploy of the name that serves: its folder is no failed deploy's now
+    assert KEPT_MARKER not in _names(backend.work_dir / "d-2")
     backend.ready = RuntimeError("the new version did not load")
     with pytest.raises(RuntimeError):
         await backend.start("d-2", SPEC, 1)
     await backend.swept()
-    assert "d-2" in backend.sets and len(list((backend.work_dir / "d-2").glob("replica-*.log"))) == 2
+    assert KEPT_MARKER not in _names(backend.work_dir / "d-2")  # a failed redeploy: the serving set's folder
+    assert "d-2" in backend.sets and len(list((backend.work_dir / "d-2").glob("replica-*.log"))) == 3
     assert len(_names(backend.engine_work_dir / "d-2")) == 1  # the serving replica's (the failed one's swept)
 
 
