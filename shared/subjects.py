@@ -216,6 +216,9 @@ TASKS_KILL = "task_scheduler.tasks.kill"
 TASKS_LIST_RUNS = "task_scheduler.runs.list"
 TASKS_RUN_LOGS = "task_scheduler.runs.logs"
 EVENT_TASK_RUN_STARTED = "events.task_run.started"
+# a started run put back in the queue, its main.py never started (the task scheduler's stop, a start whose answer was
+# lost): lineage's card reads queued until it starts again
+EVENT_TASK_RUN_QUEUED = "events.task_run.queued"
 EVENT_TASK_RUN_SUCCEEDED = "events.task_run.succeeded"
 EVENT_TASK_RUN_FAILED = "events.task_run.failed"
 

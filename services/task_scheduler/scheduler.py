@@ -280,6 +280,7 @@ class Scheduler:
                 if back is not None and back is not False:
                     await store.finish_run(self.deps.pool, row["id"], self.identity, "failure", None,
                                            back if isinstance(back, str) else runner.KILLED)
+                if back is not None:  # its events.task_run.queued (put back) or .failed (ended)
                     self.events_committed()
         except Exception as exc:  # noqa: BLE001 - the stop goes on; what is left is the lost-run step's
             log.warning("stopping: could not put back the starts whose answer was lost (%s: %s)", type(exc).__name__,
@@ -936,6 +937,12 @@ class Scheduler:
             log.warning("run %s: the owner's relay number could not be read or allocated (%s: %s): the run reaches the"
                         " gateway from an address of a digest of its owner's id, which another owner's may equal",
                         row["id"], type(exc).__name__, exc)
+        # the run's token is minted last, once everything else is set up and only if no kill came meanwhile (below):
+        # a run the stop kills during its setup (its environment installed, say) goes back to the queue with no token
+        # minted. Before, it was minted before that check, and a run put back had a token nobody ever received, valid
+        # (the run's session is revoked at its end, which is after its restart) until then or its expiry
+        if self.kills[row["id"]].is_set():
+            return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         ttl = min(deps.settings.token_ttl, task["timeout_seconds"] + 60)
         token = await self.mint(task["owner_id"], task["workspace_id"], ttl, str(task["id"]), str(row["id"]))
         args = task["args"]
@@ -965,8 +972,8 @@ class Scheduler:
                          " lines are not stored", row["id"], store.LATE_LINES)
 
         writer = runner.LogWriter(sink=sink, max_bytes=deps.settings.max_log_bytes)
-        # killed, taken over or stopping while it was being set up (its environment installed, its token minted):
-        # never started
+        # killed, taken over or stopping while its token was being minted (nothing awaited since): never started, the
+        # token handed to no process (see above: only a kill during the mint's own round trip leaves one)
         if self.kills[row["id"]].is_set():
             return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         try:

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from shared import subjects
-from shared.messages.tasks import TaskRunFailed, TaskRunStarted, TaskRunSucceeded
+from shared.messages.tasks import TaskRunFailed, TaskRunQueued, TaskRunStarted, TaskRunSucceeded
 from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's
 from shared.pg_text import no_nul
 
@@ -368,6 +368,10 @@ async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.
     return {r["id"]: (r["kill_reason"] or True) if r["kill_requested"] else False for r in rows}
 
 
+PUT_BACK = "put back in the queue: its main.py never started"
+"""The reason of a put-back run's events.task_run.queued (requeue_unstarted); its row's reason stays empty."""
+
+
 async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uuid.UUID,
                             supervisor: str) -> bool | str | None:
     """A run started under `supervisor` whose main.py never started, put back in the queue (`queued`, its supervisor,
@@ -376,8 +380,15 @@ async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uui
     is its workspace's oldest again. Only while it is still this supervisor's and running, and no kill was asked for
     it. False: put back; True or a reason (kill_reason): a kill was asked (task/kill, a replace), nothing written; None:
     no longer this supervisor's running run (declared lost, or put back already by an attempt whose answer was lost).
-    Its events.task_run.started, sent at its start, is sent again when it starts (a run's events are its states; the
-    lineage service's card reads the last).
+    Its events.task_run.queued (PUT_BACK its reason) is written with it, in its transaction: a run's events are its
+    states, and the lineage service's card reads the latest (before, the card read `running`, from its start's
+    events.task_run.started, until the run started again); events.task_run.started is sent again when it starts.
+    The caller wakes the outbox (events_committed) when it answers False.
+
+    Never refused for its task's `max_queued`: the run was queued within the bound when its point came, and is not a
+    new one. So the task may have, for a while, more than max_queued runs waiting (one more for each run put back);
+    a point that comes then makes no run (queued_of_task counts up to the bound: it reads the task full) until the
+    runs started bring the queue back under it.
 
     Under the task's row lock (FOR SHARE), which task/kill (kill_task) and a replace's point (fire_due: due_tasks) hold
     while they fail the task's queued runs and then flag its running ones: a put-back waits for them, then finds the
@@ -392,12 +403,13 @@ async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uui
     async with conn.transaction():
         await conn.execute("SELECT 1 FROM tasks WHERE id = (SELECT task_id FROM runs WHERE id = $1) FOR SHARE",
                            run_id)
-        back = await conn.fetchval(
+        back = await conn.fetchrow(
             "UPDATE runs SET status = 'queued', supervisor = NULL, heartbeat_at = NULL, started_at = NULL,"
             " updated_at = now() WHERE id = $1 AND supervisor = $2 AND status = 'running' AND NOT kill_requested"
-            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = runs.task_id AND tasks.killed) RETURNING true",
+            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = runs.task_id AND tasks.killed) RETURNING *",
             run_id, supervisor)
-        if back:
+        if back is not None:
+            await add_run_event(conn, back, "queued", None, PUT_BACK)
             await notify_work(conn)  # a process with room starts it (lost: the next tick's pass does)
             return False
         row = await conn.fetchrow("SELECT kill_requested, kill_reason, (SELECT killed FROM tasks WHERE tasks.id ="
@@ -458,10 +470,12 @@ async def fail_lost_runs(conn: asyncpg.Connection, lost_after: float, supervisor
 
 
 RUN_EVENTS = {"running": (TaskRunStarted, subjects.EVENT_TASK_RUN_STARTED),
+              "queued": (TaskRunQueued, subjects.EVENT_TASK_RUN_QUEUED),
               "success": (TaskRunSucceeded, subjects.EVENT_TASK_RUN_SUCCEEDED)}
-"""A run status's event (any other status: TaskRunFailed on events.task_run.failed)."""
-EVENT_TYPES = {subjects.EVENT_TASK_RUN_STARTED: TaskRunStarted, subjects.EVENT_TASK_RUN_SUCCEEDED: TaskRunSucceeded,
-               subjects.EVENT_TASK_RUN_FAILED: TaskRunFailed}
+"""A run status's event (any other status: TaskRunFailed on events.task_run.failed). `queued` is sent only for a
+started run put back in the queue (requeue_unstarted): a new run's queueing sends nothing, as before."""
+EVENT_TYPES = {subjects.EVENT_TASK_RUN_STARTED: TaskRunStarted, subjects.EVENT_TASK_RUN_QUEUED: TaskRunQueued,
+               subjects.EVENT_TASK_RUN_SUCCEEDED: TaskRunSucceeded, subjects.EVENT_TASK_RUN_FAILED: TaskRunFailed}
 """The outbox's subjects and their event classes (shared/outbox.py reads a row back with them)."""
 
 

@@ -264,6 +264,10 @@ class TaskRunStarted(TaskRunEvent):
     """events.task_run.started"""
 
 
+class TaskRunQueued(TaskRunEvent):
+    """events.task_run.queued: a started run put back in the queue, its main.py never started (Railyard)."""
+
+
 class TaskRunSucceeded(TaskRunEvent):
     """events.task_run.succeeded"""
 

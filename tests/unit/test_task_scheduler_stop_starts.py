@@ -31,13 +31,17 @@ STARTED = datetime(2026, 12, 5, 17, 0, tzinfo=UTC)
 def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
     """A scheduler whose runs reach runner.execute (main.py) with everything before it faked; `seen` records what
     ran and what was recorded."""
-    seen: dict = {"executed": [], "ended": [], "claims": [], "set_up": [], "requeued": [],
-                  "setting_up": asyncio.Event(), "running": asyncio.Event()}
+    seen: dict = {"executed": [], "ended": [], "claims": [], "set_up": [], "requeued": [], "minted": [],
+                  "setting_up": asyncio.Event(), "running": asyncio.Event(), "minting": asyncio.Event()}
 
     async def publish(*_: object) -> None:
         pass
 
-    async def mint(*_: object) -> str:
+    async def mint(owner_id, workspace_id, ttl, task_id, run_id) -> str:
+        seen["minted"].append(uuid.UUID(run_id))
+        seen["minting"].set()
+        if "mint_gate" in seen:  # the round trip to auth, held
+            await seen["mint_gate"].wait()
         return "token"
 
     async def task(pool, task_id):  # the first step of a run's setup (then its zip, environment, number, token)
@@ -254,6 +258,26 @@ async def test_a_run_the_stop_ends_while_it_is_set_up_goes_back_to_the_queue(tmp
         await stopping
         await settle(sched)
     assert seen["executed"] == [] and seen["requeued"] == [run_id] and seen["ended"] == []
+    # nor is its token minted: before, it was minted after the setup and before the kill was looked at, a token nobody
+    # received, valid until the run (put back, started again) ended or it expired
+    assert seen["minted"] == []
+
+
+async def test_a_run_the_stop_ends_while_its_token_is_minted_goes_back_to_the_queue(tmp_path, monkeypatch):
+    """The stop's kill comes during the mint's round trip (the last step of the setup): main.py is not started, the
+    token given to no process."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    seen["mint_gate"] = asyncio.Event()
+    run_id = await a_run_under_way(sched)
+    async with asyncio.timeout(10):
+        await seen["minting"].wait()
+        stopping = asyncio.ensure_future(sched.stop())
+        await asyncio.sleep(0.05)
+        seen["mint_gate"].set()
+        await stopping
+        await settle(sched)
+    assert seen["minted"] == [run_id]
+    assert seen["executed"] == [] and seen["requeued"] == [run_id] and seen["ended"] == []
 
 
 async def test_a_run_whose_main_py_ran_is_recorded_stopped(tmp_path, monkeypatch):
@@ -330,6 +354,8 @@ async def test_a_start_whose_answer_was_lost_goes_back_to_the_queue_at_the_stop(
 
     monkeypatch.setattr(store, "own_unsupervised", own_unsupervised)
     sched.unrecorded.add(ran_once)
+    woken = []
+    sched.events_committed = lambda: woken.append(True)
     async with asyncio.timeout(10):
         await sched.stop()
         await settle(sched)
@@ -337,6 +363,8 @@ async def test_a_start_whose_answer_was_lost_goes_back_to_the_queue_at_the_stop(
     # the one whose answer was lost; the supervised one too, killed by the stop in its setup (its main.py not run)
     assert sorted(seen["requeued"]) == sorted([lost_answer, supervised])
     assert seen["executed"] == [] and seen["ended"] == []
+    # the outbox woken for each put-back's events.task_run.queued (before: for the supervised one's alone)
+    assert len(woken) == 2
 
 
 @pytest.mark.parametrize("asked, recorded", [(True, runner.KILLED), ("replaced by the task's run for X",
