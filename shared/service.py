@@ -8,7 +8,9 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 3. builds the broker (the spec's subscribers plus `<name>.health`), connects, ensures the streams;
 4. opens the pool and applies migrations, ensures the buckets, starts the sweep of its staged uploads
    (`staged_bucket`), runs the start hook;
-5. starts the subscriptions, publishes `events.service.started` (`announce_started`: tried for up to
+5. sets up the durable JetStream consumers (`set_up_consumers`: tried again while JetStream does not answer, for up
+   to CONSUMERS_WITHIN seconds, each failed try a warning naming the consumer; then one line and exit code 2),
+   starts the subscriptions, publishes `events.service.started` (`announce_started`: tried for up to
    STARTED_WITHIN seconds while JetStream does not acknowledge it, then a warning; never fatal; a stop ends the
    tries at once) and logs "serving";
 6. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import signal
@@ -37,6 +40,16 @@ import asyncpg
 import nats.errors
 import nats.js.errors
 from faststream.nats import NatsBroker, NatsRouter
+from nats.js.api import ConsumerConfig
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    stop_when_event_set,
+    wait_exponential,
+    wait_fixed,
+)
 
 from shared import __version__, subjects
 from shared.bus import (
@@ -67,6 +80,12 @@ STARTED_ACK_WAIT = JETSTREAM_TIMEOUT
 """Seconds one try waits for JetStream's ack (at most what is left of STARTED_WITHIN)."""
 STARTED_RETRY_PAUSE = 0.5
 """Seconds between two tries."""
+CONSUMERS_WITHIN = 30.0
+"""Seconds a start tries to set up its durable JetStream consumers (`set_up_consumers`) before it ends, as long as
+it waits for the streams (`shared.bus.wait_for_streams`)."""
+CONSUMER_RETRY_FIRST = 0.5
+"""Seconds before a consumer's second try; each later pause doubles, up to CONSUMER_RETRY_MAX."""
+CONSUMER_RETRY_MAX = 4.0
 
 
 @dataclass
@@ -195,6 +214,44 @@ async def _preflight(spec: ServiceSpec, settings: Settings) -> None:
         await check_tcp(endpoint.hostname or "127.0.0.1", endpoint.port or 443, "S3")
 
 
+class _Stopped(Exception):
+    """The stop came first: the try under way was given up (`_unless_stopped`), or none was begun."""
+
+
+async def _unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> Any:
+    """`work`'s result (or its exception); _Stopped, `work` cancelled and not waited for, once `stop` is set first."""
+    working = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((working, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not working.done():  # the stop came first (or this task is cancelled): its answer is not waited for
+            working.cancel()
+    if working.cancelled() or not working.done():
+        raise _Stopped
+    return working.result()
+
+
+def _pause_unless_stopped(stop: asyncio.Event) -> Callable[[float], Awaitable[None]]:
+    """tenacity's `sleep` between two tries: `seconds`, or less when `stop` is set meanwhile (the next try then
+    finds it set and raises _Stopped: a stop does not wait for a back-off)."""
+
+    async def pause(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+
+    return pause
+
+
+JETSTREAM_BUSY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+"""A JetStream that did not answer (yet): no answer within the wait, nobody listening on its API (JetStream not
+enabled yet), 503 (not ready, a cluster without a leader). Worth another try; every other error is an answer."""
+ACK_MISSED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)
+"""A publish JetStream did not acknowledge: no ack within the wait, a 503, nobody listening."""
+
+
 async def announce_started(broker: NatsBroker, event: ServiceStarted, stop: asyncio.Event) -> bool:
     """Publish the start's `events.service.started`, trying again for up to STARTED_WITHIN seconds while JetStream
     does not acknowledge it (no ack within STARTED_ACK_WAIT, no responders); True once acknowledged. Every try sends
@@ -203,49 +260,143 @@ async def announce_started(broker: NatsBroker, event: ServiceStarted, stop: asyn
     a start that ended on it ended a service that was ready to serve (FastStream's 0.5 s ack wait, at one fsync'd
     write under two stacks' load, exited monitoring with "nats: timeout"). A stop (SIGTERM, also one that came
     during the start) ends the wait at once: the try under way is given up (the event may still be stored), none
-    follows (waiting for that try's ack, up to STARTED_ACK_WAIT, would spend the stack's whole 5 s stop grace)."""
+    follows (waiting for that try's ack, up to STARTED_ACK_WAIT, would spend the stack's whole 5 s stop grace).
+    The tries are tenacity's: STARTED_RETRY_PAUSE apart, none begun when its pause would end past STARTED_WITHIN."""
     began = time.monotonic()
     deadline = began + STARTED_WITHIN
     tries = 0
-    error: BaseException | None = None
-    while True:
-        tries += 1
-        publishing = asyncio.ensure_future(publish_event(
-            broker, subjects.EVENT_SERVICE_STARTED, event,
-            timeout=max(0.1, min(STARTED_ACK_WAIT, deadline - time.monotonic()))))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait((publishing, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not publishing.done():  # the stop came first (or this task is cancelled): its ack is not waited for
-                publishing.cancel()
-        if publishing.cancelled() or not publishing.done():
-            error = None
-            break
-        error = publishing.exception()
-        if error is None:
-            return True
-        if not isinstance(error, (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
-                                  nats.errors.NoRespondersError)):
-            if isinstance(error, nats.errors.Error):  # JetStream refused it (the stream full, say), the connection down
-                break
-            raise error
-        if stop.is_set() or time.monotonic() + STARTED_RETRY_PAUSE >= deadline:
-            break
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STARTED_RETRY_PAUSE):
-                await stop.wait()
+    last: BaseException | None = None  # the last try's error; None: the stop gave it up
+
+    async def publish() -> None:
+        nonlocal tries, last
         if stop.is_set():
-            break
+            raise _Stopped
+        tries += 1
+        try:
+            await _unless_stopped(publish_event(
+                broker, subjects.EVENT_SERVICE_STARTED, event,
+                timeout=max(0.1, min(STARTED_ACK_WAIT, deadline - time.monotonic()))), stop)
+        except _Stopped:
+            last = None
+            raise
+        except Exception as exc:
+            last = exc
+            raise
+
+    retrying = AsyncRetrying(retry=retry_if_exception_type(ACK_MISSED),
+                             stop=stop_when_event_set(stop) | stop_before_delay(STARTED_WITHIN),
+                             wait=wait_fixed(STARTED_RETRY_PAUSE), sleep=_pause_unless_stopped(stop), reraise=True)
+    try:
+        await retrying(publish)
+        return True
+    except _Stopped:
+        pass
+    except nats.errors.Error:  # unacknowledged to the end, JetStream refused it (the stream full), the bus down
+        pass
     what = (f"{tries} {'try' if tries == 1 else 'tries'} in {time.monotonic() - began:.1f} s, last: "
-            f"{'cancelled' if error is None else str(error) or type(error).__name__}")
+            f"{'cancelled' if last is None else str(last) or type(last).__name__}")
     if stop.is_set():
         log.info("%s not acknowledged by JetStream before the stop (%s)", subjects.EVENT_SERVICE_STARTED, what)
         return False
     log.warning("%s not acknowledged by JetStream (%s): serving without it (lineage's event log may miss this start)",
                 subjects.EVENT_SERVICE_STARTED, what)
     return False
+
+
+@dataclass(frozen=True)
+class DurableConsumer:
+    """A durable pull consumer one of the broker's subscribers reads (`broker.start()` binds to it)."""
+
+    stream: str
+    durable: str
+    subject: str
+    config: ConsumerConfig
+
+
+def durable_consumers(broker: NatsBroker) -> list[DurableConsumer]:
+    """The durable JetStream pull consumers of the broker's subscribers, in their start order (core subscribers,
+    the commands, have none)."""
+    found = []
+    for sub in broker.subscribers:
+        options = getattr(sub, "extra_options", None) or {}
+        if getattr(sub, "pull_sub", None) is None or not options.get("durable") or not options.get("stream"):
+            continue
+        found.append(DurableConsumer(options["stream"], options["durable"], sub.subject.broker_address, sub.config))
+    return found
+
+
+async def _set_up_consumer(js: Any, consumer: DurableConsumer) -> None:
+    """What nats-py's `pull_subscribe` does before it binds: the consumer's CONSUMER.INFO, and its CREATE (with the
+    config `pull_subscribe` would give it) when it does not exist. An existing consumer is left as it is."""
+    try:
+        await js.consumer_info(consumer.stream, consumer.durable)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    config = copy.copy(consumer.config)
+    if not config.filter_subjects:
+        config.filter_subject = consumer.subject
+    config.name = config.durable_name = consumer.durable
+    try:
+        await js.add_consumer(consumer.stream, config=config)
+    except nats.js.errors.BadRequestError:  # created meanwhile (another replica of the service): read it
+        await js.consumer_info(consumer.stream, consumer.durable)
+
+
+async def set_up_consumers(broker: NatsBroker, stop: asyncio.Event) -> bool:
+    """Make sure each durable consumer of the broker's subscribers exists before `broker.start()` binds them, trying
+    again while JetStream does not answer (JETSTREAM_BUSY: each request waits shared.bus.JETSTREAM_TIMEOUT) with a
+    back-off from CONSUMER_RETRY_FIRST to CONSUMER_RETRY_MAX seconds, each failed try a WARNING naming the consumer
+    and the stream, for CONSUMERS_WITHIN seconds in all; then Unavailable naming them (the start ends with that one
+    line and exit code 2, and the supervisor starts it again). Any other error (JetStream refused the consumer, a
+    bus identity not allowed to create it) ends the start as it comes. False when a stop came first (the request
+    under way given up, none follows). Unretried, one answer later than 5 s at a start (ten services creating
+    consumers at once on a loaded host, a cluster electing a leader) ended the start with "TimeoutError: nats:
+    timeout" naming nothing, and the supervisor redid the whole start."""
+    consumers = durable_consumers(broker)
+    if not consumers:
+        return True
+    js = broker.config.connection_state.stream
+    began = time.monotonic()
+    deadline = began + CONSUMERS_WITHIN
+
+    def told(state: RetryCallState) -> None:
+        consumer = state.args[0]
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("JetStream consumer %s of stream %s: no answer (%s) at try %d; trying again in %.1f s",
+                    consumer.durable, consumer.stream, str(error) or type(error).__name__, state.attempt_number,
+                    state.upcoming_sleep)
+
+    tries = 0
+
+    async def one(consumer: DurableConsumer) -> None:
+        nonlocal tries
+        if stop.is_set():
+            raise _Stopped
+        tries += 1
+        await _unless_stopped(_set_up_consumer(js, consumer), stop)
+
+    for consumer in consumers:
+        tries = 0
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(JETSTREAM_BUSY),
+            stop=stop_when_event_set(stop) | (lambda state: time.monotonic() + state.upcoming_sleep >= deadline),
+            wait=wait_exponential(multiplier=CONSUMER_RETRY_FIRST, max=CONSUMER_RETRY_MAX),
+            sleep=_pause_unless_stopped(stop), before_sleep=told, reraise=True)
+        try:
+            await retrying(one, consumer)
+        except _Stopped:
+            return False
+        except JETSTREAM_BUSY as exc:
+            if stop.is_set():
+                return False
+            raise Unavailable(
+                f"JetStream did not set up the consumer {consumer.durable} of stream {consumer.stream} within "
+                f"{time.monotonic() - began:.0f} s ({tries} {'try' if tries == 1 else 'tries'}, last: "
+                f"{str(exc) or type(exc).__name__}): see nats-server's log for why JetStream does not answer") from None
+        if tries > 1:
+            log.info("JetStream consumer %s of stream %s set up at try %d", consumer.durable, consumer.stream, tries)
+    return True
 
 
 async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> None:
@@ -272,6 +423,8 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         start_staged_sweep(spec, runtime)
         if spec.on_start is not None:
             await spec.on_start(runtime)
+        if not await set_up_consumers(broker, stop):
+            raise _Stopped
         await broker.start()
         if runtime.db is not None:
             close_idle(runtime.db)  # the start's queries are done: no backend waits 30 s for more (shared/db.py)
@@ -284,6 +437,8 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
                 settings.probe_dir, lambda: _is_ok(check_health(runtime))))
         await stop.wait()
         log.info("%s stopping: draining subscriptions", spec.name)
+    except _Stopped:  # a stop while the consumers were set up: nothing was subscribed yet
+        log.info("%s stopping: the stop came while its JetStream consumers were set up", spec.name)
     finally:
         if probes is not None:  # not ready from the first moment of the drain
             probes.cancel()

@@ -214,15 +214,18 @@ def test_no_ack_at_all_serves_with_a_warning(tmp_path: Path, caplog: pytest.LogC
     assert len(warnings) == 1 and "serving without it" in warnings[0], warnings
 
 
-@pytest.mark.parametrize("when", ["during a try", "during the start"])
+@pytest.mark.parametrize("when", ["during a try", "during the start", "during a pause"])
 def test_a_stop_ends_the_wait_for_the_ack_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                   monkeypatch: pytest.MonkeyPatch, when: str) -> None:
-    """A SIGTERM while a try waits for its ack (or one that came before the start got that far) is not held up by
-    that wait: the try is given up, no other follows, the service stops, with no warning. A try waits 60 s here, so
-    a stop that waited for it (as it did, up to 5 s, the stack's whole stop grace) fails the 15 s bound."""
+    """A SIGTERM while a try waits for its ack (or one that came before the start got that far, or between two
+    tries) is not held up by that wait: the try is given up, no other follows, the service stops, with no warning. A
+    try (or the pause after it) waits 60 s here, so a stop that waited for it (as it did, up to 5 s, the stack's
+    whole stop grace) fails the 15 s bound."""
     caplog.set_level(logging.INFO, logger="railyard.service")
     monkeypatch.setattr(service, "STARTED_WITHIN", 120.0)
-    monkeypatch.setattr(service, "STARTED_ACK_WAIT", 60.0)
+    monkeypatch.setattr(service, "STARTED_ACK_WAIT", 0.3 if when == "during a pause" else 60.0)
+    if when == "during a pause":
+        monkeypatch.setattr(service, "STARTED_RETRY_PAUSE", 60.0)
     proxy = AckProxy(drop=1_000)
 
     async def scenario(url: str) -> None:
@@ -232,11 +235,13 @@ def test_a_stop_ends_the_wait_for_the_ack_at_once(tmp_path: Path, caplog: pytest
                 stop.set()
             task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
             try:
-                if when == "during a try":
+                if when != "during the start":
                     async with asyncio.timeout(60):
                         while not proxy.published:
                             assert not task.done(), task.exception() if not task.cancelled() else task
                             await asyncio.sleep(0.02)
+                    if when == "during a pause":  # the try's 0.3 s are over: the start pauses before the next
+                        await asyncio.sleep(1.0)
                     stop.set()
                 await asyncio.wait_for(asyncio.shield(task), 15)
             finally:

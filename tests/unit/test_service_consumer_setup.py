@@ -1,0 +1,257 @@
+"""A service's start sets up its durable JetStream consumers before FastStream subscribes them, trying again while
+JetStream does not answer, and ends with one line naming the consumer and the stream when it never does
+(shared/service.py, `set_up_consumers`). Before, the consumer's CONSUMER.INFO / CREATE was FastStream's
+`broker.start()`'s own, unretried: one answer later than 5 s (shared.bus.JETSTREAM_TIMEOUT) ended the start with
+"TimeoutError: nats: timeout", naming nothing.
+
+The service runner (`serve`) runs in the test's process on a real nats-server with JetStream (tests/local_nats.py),
+reached through a small TCP proxy that reads the NATS protocol both ways: it sees the JetStream API requests about
+the test's consumer and holds back the server's answers to the first `drop` of them; everything else passes as it
+came."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from faststream.nats import NatsRouter
+
+from shared import bus, service, subjects
+from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
+from shared.errors import Unavailable
+from shared.service import ServiceSpec, serve
+from shared.settings import Settings
+from tests.local_nats import local_nats_server
+
+SERVICE = "registry"  # a known service name (subjects.health); nothing of the registry runs
+DURABLE = "test-consumer-setup"
+
+
+@dataclass
+class ApiProxy:
+    """Holds back (never passes on) the server's answers to the first `drop` JetStream API requests about DURABLE
+    (`$JS.API.CONSUMER.*`); records those requests' subjects (`asked`)."""
+
+    drop: int = 0
+    asked: list[str] = field(default_factory=list)
+    _dropping: set[bytes] = field(default_factory=set)
+
+    async def _frames(self, reader: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bytes]]:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            words = line.split()
+            op = words[0].upper() if words else b""
+            has_payload = op in (b"MSG", b"PUB", b"HMSG", b"HPUB")
+            payload = await reader.readexactly(int(words[-1]) + 2) if has_payload else b""
+            yield line, payload
+
+    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for line, payload in self._frames(reader):
+            words = line.split()
+            op = words[0].upper()
+            if op in (b"PUB", b"HPUB") and words[1].startswith(b"$JS.API.CONSUMER.") and DURABLE.encode() in line:
+                self.asked.append(words[1].decode())
+                if self.drop > 0:
+                    self.drop -= 1
+                    self._dropping.add(words[2])  # the request's reply subject
+            writer.write(line + payload)
+            await writer.drain()
+
+    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for line, payload in self._frames(reader):
+            words = line.split()
+            if words[0].upper() in (b"MSG", b"HMSG") and words[1] in self._dropping:
+                self._dropping.discard(words[1])
+                continue
+            writer.write(line + payload)
+            await writer.drain()
+
+    @contextlib.asynccontextmanager
+    async def serving(self, upstream: str) -> AsyncIterator[str]:
+        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
+        pumps: set[asyncio.Task] = set()
+
+        async def accepted(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+            server_reader, server_writer = await asyncio.open_connection(host, int(port))
+
+            async def pump(direction, reader, writer) -> None:
+                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                    await direction(reader, writer)
+                writer.close()
+
+            for task in (asyncio.create_task(pump(self._to_server, client_reader, server_writer)),
+                         asyncio.create_task(pump(self._to_client, server_reader, client_writer))):
+                pumps.add(task)
+                task.add_done_callback(pumps.discard)
+
+        server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+        try:
+            yield f"nats://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            server.close()
+            for task in list(pumps):
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+
+def _spec() -> ServiceSpec:
+    def build_router(runtime: service.Runtime) -> NatsRouter:
+        router = NatsRouter()
+
+        @durable_subscriber(router, "events.model.>", durable=DURABLE, service=SERVICE, decode=json_model(None),
+                            pool=lambda: runtime.db, policy=DeliveryPolicy(), ack_wait=30.0, batch_size=10,
+                            title="test", description="the test's consumer")
+        async def consume(value: dict, message: object) -> None:
+            """Nothing."""
+
+        return router
+
+    return ServiceSpec(name=SERVICE, build_router=build_router)
+
+
+def _logged(caplog: pytest.LogCaptureFixture, text: str, level: int | None = None) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "railyard.service" and text in r.getMessage()
+            and (level is None or r.levelno == level)]
+
+
+async def _acknowledged(nc: nats.NATS) -> int:
+    return (await nc.jetstream().consumer_info(subjects.EVENTS_STREAM, DURABLE)).ack_floor.stream_seq
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JetStream request gives up after 0.5 s (the broker's js_options), tries are 0.1 s apart at first."""
+    monkeypatch.setattr(bus, "JETSTREAM_TIMEOUT", 0.5)
+    monkeypatch.setattr(service, "CONSUMER_RETRY_FIRST", 0.1)
+
+
+@pytest.mark.usefixtures("quick")
+def test_a_consumer_jetstream_answers_late_is_set_up_at_a_later_try(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The first two requests about the consumer get no answer: the start tries again (a WARNING each failed try,
+    naming the consumer and the stream), creates it, serves (its health answers) and consumes from it."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    proxy = ApiProxy(drop=2)
+
+    async def scenario(url: str) -> None:
+        stop = asyncio.Event()
+        async with proxy.serving(url) as proxied:
+            task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
+            try:
+                async with asyncio.timeout(60):
+                    while not _logged(caplog, "serving (pid"):
+                        assert not task.done(), task.exception() if not task.cancelled() else task
+                        await asyncio.sleep(0.02)
+                nc = await nats.connect(url, max_reconnect_attempts=0)
+                try:
+                    health = await nc.request(subjects.health(SERVICE), b"{}", timeout=5)
+                    assert json.loads(health.data)["data"]["status"] == "ok", health.data
+                    info = await nc.jetstream().consumer_info(subjects.EVENTS_STREAM, DURABLE)
+                    assert info.config.filter_subject == "events.model.>" and info.config.ack_wait == 30.0, info
+                    await nc.jetstream().publish("events.model.test", b"{}", timeout=5)
+                    async with asyncio.timeout(30):  # the subscriber is bound: it takes and acknowledges it
+                        while await _acknowledged(nc) < 1:  # noqa: ASYNC110 - the server's count, no event
+                            await asyncio.sleep(0.05)
+                finally:
+                    await nc.close()
+                assert not task.done()
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    # two tries at least (more only when the server itself took over 0.5 s, on a loaded host), each failed one said
+    warnings = _logged(caplog, "JetStream consumer", logging.WARNING)
+    assert len(warnings) >= 2 and all(DURABLE in w and subjects.EVENTS_STREAM in w for w in warnings), warnings
+    assert len(_logged(caplog, f"set up at try {len(warnings) + 1}")) == 1
+
+
+@pytest.mark.usefixtures("quick")
+def test_a_consumer_jetstream_never_answers_for_ends_the_start_naming_it(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """JetStream never answers about the consumer: after CONSUMERS_WITHIN the start ends with Unavailable (main's
+    one line and exit code 2) naming the consumer and the stream; it never served."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    monkeypatch.setattr(service, "CONSUMERS_WITHIN", 2.0)
+    proxy = ApiProxy(drop=1_000)
+
+    async def scenario(url: str) -> None:
+        async with proxy.serving(url) as proxied:
+            with pytest.raises(Unavailable) as raised:
+                await asyncio.wait_for(serve(_spec(), Settings(nats={"url": proxied}), asyncio.Event()), 30)
+        assert DURABLE in raised.value.msg and subjects.EVENTS_STREAM in raised.value.msg, raised.value.msg
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    assert len(proxy.asked) >= 2, proxy.asked
+    assert not _logged(caplog, "serving (pid")
+    assert len(_logged(caplog, "JetStream consumer", logging.WARNING)) == len(proxy.asked) - 1
+
+
+@pytest.mark.parametrize("when", ["during a request", "during a pause"])
+def test_a_stop_during_the_consumer_set_up_ends_the_start_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """A SIGTERM while the start waits for JetStream's answer about a consumer, or pauses before it asks again, is
+    not held up by that wait (60 s here): the start ends without subscribing or serving, and no other request
+    follows."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    monkeypatch.setattr(bus, "JETSTREAM_TIMEOUT", 0.3 if when == "during a pause" else 60.0)
+    monkeypatch.setattr(service, "CONSUMER_RETRY_FIRST", 60.0)
+    monkeypatch.setattr(service, "CONSUMER_RETRY_MAX", 60.0)
+    monkeypatch.setattr(service, "CONSUMERS_WITHIN", 300.0)
+    proxy = ApiProxy(drop=1_000)
+
+    async def scenario(url: str) -> None:
+        stop = asyncio.Event()
+        async with proxy.serving(url) as proxied:
+            task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
+            try:
+                async with asyncio.timeout(60):
+                    while not proxy.asked:
+                        assert not task.done(), task.exception() if not task.cancelled() else task
+                        await asyncio.sleep(0.02)
+                if when == "during a pause":  # the request's 0.3 s are over: the start pauses before the next
+                    async with asyncio.timeout(60):
+                        while not _logged(caplog, "JetStream consumer", logging.WARNING):  # noqa: ASYNC110 - a log
+                            await asyncio.sleep(0.02)
+                stop.set()
+                await asyncio.wait_for(asyncio.shield(task), 15)
+            finally:
+                if not task.done():  # failed: not stopped within the bound
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    assert len(proxy.asked) == 1, proxy.asked
+    assert not _logged(caplog, "serving (pid")
+    assert len(_logged(caplog, "JetStream consumer", logging.WARNING)) == (when == "during a pause")
+    assert len(_logged(caplog, "while its JetStream consumers were set up")) == 1
+
+
+@pytest.mark.parametrize("name", ["auth", "monitoring", "workflow_lineage"])
+def test_every_jetstream_subscriber_of_a_service_is_set_up(name: str) -> None:
+    """The services' JetStream subscribers (shared.consumers.durable_subscriber's) are each a durable consumer the
+    set-up finds, with its stream and subject: one it missed would be created by FastStream's start unretried."""
+    spec = importlib.import_module(f"services.{name}.app").SPEC
+    broker = service.build_broker(spec, service.Runtime(name=spec.name, settings=Settings()))
+    jetstream = [sub for sub in broker.subscribers if getattr(sub, "stream", None) is not None]
+    found = service.durable_consumers(broker)
+    assert jetstream and len(found) == len(jetstream), (found, jetstream)
+    assert len({c.durable for c in found}) == len(found), found
+    for consumer in found:
+        assert consumer.stream == subjects.EVENTS_STREAM and consumer.subject.startswith("events."), consumer
+        assert consumer.config.durable_name == consumer.durable, consumer
