@@ -341,6 +341,8 @@ def _fixed_width(kind: pa.DataType) -> int | None:
     byte, fixed-size binary, and fixed-size lists and structs of those), else None."""
     if pa.types.is_boolean(kind):
         return 1
+    if isinstance(kind, pa.BaseExtensionType):  # a fixed-shape tensor: its storage's rows
+        return _fixed_width(kind.storage_type)
     if pa.types.is_fixed_size_list(kind):
         inner = _fixed_width(kind.value_type)
         return None if inner is None else inner * kind.list_size
@@ -357,26 +359,50 @@ def _fixed_width(kind: pa.DataType) -> int | None:
 
 
 def row_sizes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Bytes each row of a column takes (values only; validity bits and offsets are not counted)."""
+    """Bytes each row of a column takes (values only; validity bits and offsets are not counted). A dictionary's
+    row counts its index and the bytes of the value it names (a value many rows name counts in each: a row alone
+    carries it), a run-end encoded row its run's value, an extension type's row its storage's."""
     n = len(array)
     kind = array.type
     width = _fixed_width(kind)
     if width is not None:  # a tensor of 29 floats is 116 bytes a row: no need to size its values one by one
         return np.full(n, width, np.int64)
     if isinstance(array, pa.ChunkedArray):
+        if pa.types.is_dictionary(kind) and array.num_chunks > 1:  # each chunk its own dictionary: not unified
+            return np.concatenate([row_sizes(chunk) for chunk in array.chunks])
         array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     if pa.types.is_boolean(kind):
         return np.ones(n, np.int64)
+    if pa.types.is_dictionary(kind):
+        return _dictionary_rows(array)
+    if isinstance(kind, pa.BaseExtensionType):
+        return row_sizes(array.storage)
+    if pa.types.is_run_end_encoded(kind):
+        values = row_sizes(array.values)
+        if not len(values):
+            return np.zeros(n, np.int64)
+        # run_ends are logical positions of the whole array: a slice's rows are at offset..offset+n
+        runs = np.searchsorted(array.run_ends.to_numpy(), np.arange(array.offset, array.offset + n), side="right")
+        return values[np.minimum(runs, len(values) - 1)]
     if pa.types.is_fixed_size_list(kind):
         child = row_sizes(array.flatten())
         return child.reshape(n, kind.list_size).sum(axis=1) if n else np.zeros(0, np.int64)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
         offsets = array.offsets.to_numpy()
         child = np.concatenate([[0], np.cumsum(row_sizes(array.values))])
         return child[offsets[1:]] - child[offsets[:-1]]
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        child = np.concatenate([[0], np.cumsum(row_sizes(array.values))])
+        starts = pc.fill_null(array.offsets, 0).to_numpy()
+        return child[starts + pc.fill_null(array.sizes, 0).to_numpy()] - child[starts]
     if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind) \
             or pa.types.is_large_binary(kind):
-        return pc.fill_null(pc.binary_length(array), 0).to_numpy().astype(np.int64)
+        return _string_rows(array)
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        # binary_length has no view kernel: each row's 16-byte view starts with its length
+        views = np.frombuffer(array.buffers()[1], np.int32, 4 * (array.offset + n))[4 * array.offset::4]
+        return np.where(array.is_valid().to_numpy(zero_copy_only=False), views, 0).astype(np.int64) \
+            if array.null_count else views.astype(np.int64)
     if pa.types.is_struct(kind):
         total = np.zeros(n, np.int64)
         for index in range(kind.num_fields):
@@ -386,6 +412,40 @@ def row_sizes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.full(n, kind.bit_width // 8, np.int64)
     except ValueError:
         return np.full(n, array.nbytes // max(n, 1), np.int64)
+
+
+def _string_rows(array: pa.Array) -> np.ndarray:
+    """`row_sizes` of a string or binary array: its offsets' steps (a null row 0), read from the offsets buffer
+    (pc.binary_length, fill_null and to_numpy cost ~16 us a call, more than the sizes of a 1,000-row column)."""
+    n = len(array)
+    if not n:
+        return np.zeros(0, np.int64)
+    step = np.int64 if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type) else np.int32
+    sizes = np.diff(np.frombuffer(array.buffers()[1], step, n + 1, array.offset * step(0).itemsize)).astype(np.int64)
+    if array.null_count:
+        sizes[~array.is_valid().to_numpy(zero_copy_only=False)] = 0  # a null's offsets may span bytes
+    return sizes
+
+
+def _dictionary_rows(array: pa.DictionaryArray) -> np.ndarray:
+    """`row_sizes` of a dictionary array: each row's index and the bytes of the value it names (a null row its
+    index), one lookup of the dictionary's sizes, not a row at a time. Counted as the index alone, a row naming a
+    value above max_row_bytes was never dropped and every payload of its batch carried that value (the dictionary
+    goes whole with each slice): the stream refused them all, the batch's rows were lost."""
+    width = array.type.index_type.bit_width // 8
+    values = row_sizes(array.dictionary)
+    n = len(array)
+    if not n or not len(values):
+        return np.full(n, width, np.int64)
+    values += width
+    indices = array.indices
+    if not indices.null_count:
+        if len(values) == 1:  # one value (one model's name, the pipeline's version)
+            return np.full(n, values[0], np.int64)
+        return np.take(values, indices.to_numpy())
+    sizes = np.take(values, pc.fill_null(indices, 0).to_numpy())  # a null's index slot may hold anything
+    sizes[~indices.is_valid().to_numpy(zero_copy_only=False)] = width
+    return sizes
 
 
 def _row_bound(column: pa.ChunkedArray) -> int:
@@ -422,6 +482,31 @@ def _row_bound(column: pa.ChunkedArray) -> int:
             bound = max(bound, inner * longest if inner is not None else chunk.values.slice(first, last - first).nbytes)
         return bound
     return column.nbytes
+
+
+def _named_values(array: pa.DictionaryArray) -> pa.DictionaryArray:
+    """The dictionary array with only the dictionary values its rows name (indices renumbered, the same values).
+    A dictionary goes whole with every IPC payload of its batch, so a value above the bus limit that a dropped row
+    named made every payload too big; numpy over the indices, not if_else's per-row hashing of the values (~1 s
+    for 10,000 rows naming a 1 MB value)."""
+    dictionary = array.dictionary
+    indices = array.indices
+    if not len(dictionary):
+        return array
+    codes = (pc.fill_null(indices, 0) if indices.null_count else indices).to_numpy()
+    named = np.zeros(len(dictionary), bool)
+    if indices.null_count:
+        valid = indices.is_valid().to_numpy(zero_copy_only=False)
+        named[codes[valid]] = True
+    else:
+        valid = None
+        named[codes] = True
+    if named.all():
+        return array
+    renumbered = (np.cumsum(named) - 1).astype(codes.dtype)[codes]
+    return pa.DictionaryArray.from_arrays(
+        pa.array(renumbered, indices.type, mask=None if valid is None else ~valid),
+        dictionary.filter(pa.array(named)), ordered=array.type.ordered)
 
 
 def _droppable(name: str) -> int | None:
@@ -465,11 +550,12 @@ def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
     for name, mask in masks.items():
         if mask.any():
             column = table.column(name)
-            kept = pc.if_else(pa.array(~mask), column, pa.scalar(None, column.type))
-            # if_else keeps the column's value buffer whole (a nulled 10 MB string still serializes as 10 MB, so
-            # the record never fit the stream and was retried until the replica stopped): take() copies only the
-            # values kept
-            kept = kept.take(pa.array(np.arange(len(kept))))
+            # take() with the dropped rows' indices null: it copies only the values kept (if_else kept the value
+            # buffer whole: a nulled 10 MB string still serialized as 10 MB, so the record never fit the stream and
+            # was retried until the replica stopped), and takes extension types, which if_else has no kernel for
+            kept = column.take(pa.array(np.arange(len(column)), mask=mask))
+            if pa.types.is_dictionary(column.type):  # take() keeps the whole dictionary: the dropped values go
+                kept = pa.chunked_array([_named_values(chunk) for chunk in kept.chunks], column.type)
             table = table.set_column(table.schema.get_field_index(name), name, kept)
     index = table.schema.get_field_index(META_DROPPED)
     existing = table.column(META_DROPPED).to_pylist() if index >= 0 else [[] for _ in dropped]

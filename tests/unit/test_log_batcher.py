@@ -100,6 +100,26 @@ async def test_a_row_whose_tensor_alone_is_above_the_bus_limit_is_logged_without
     assert batcher.lost_rows == 0 and batcher.held_rows == 0
 
 
+async def test_a_request_naming_a_dictionary_value_above_the_bus_limit_loses_it_and_its_batch_is_logged():
+    # a categorical input (dictionary-encoded) was sized as its 4-byte index: the row naming a 2 MiB value kept it,
+    # and Arrow sends a batch's dictionary whole with each slice of it, so every payload the batch was cut into was
+    # above the bus limit: the three requests' rows were all lost (lost_rows 3) for one request's value
+    settings = LogSettings(engine_flush_ms=1, max_row_bytes=256 * 1024)
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, settings, 1024 * 1024)
+    for i, tag in enumerate(["small", "x" * (2 * 1024 * 1024), "other"]):
+        batcher.add(InferenceRecord(i, pa.table({"tag": pa.array([tag]).dictionary_encode()}),
+                                    pa.table({"y": pa.array([float(i)])}), "m", (1, 2)))
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert stream.published and all(len(payload) <= batcher.max_bytes for payload, _ in stream.published)
+    table = pa.concat_tables(pa.ipc.open_stream(payload).read_all() for payload, _ in stream.published)
+    assert table.column("in.tag").to_pylist() == ["small", None, "other"]
+    assert table.column("metadata.dropped").to_pylist() == [[], ["in.tag"], []]
+    assert table.column("out.y").to_pylist() == [0.0, 1.0, 2.0]
+    assert batcher.lost_rows == 0 and batcher.held_rows == 0
+
+
 async def published(stream: RefusingStream) -> None:
     for _ in range(1000):  # 5 s at most
         if stream.published:

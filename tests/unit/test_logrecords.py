@@ -83,6 +83,53 @@ def test_a_dropped_value_leaves_the_serialized_record():
     assert len(to_ipc_stream(kept)) < 64 * 1024
 
 
+def test_a_dictionary_row_counts_the_value_it_names_and_a_dropped_value_leaves_the_dictionary():
+    """A dictionary column's row was sized as its 4-byte index: a request whose categorical input named a 2 MiB
+    value was never dropped for size, and as Arrow sends a dictionary whole with every slice of its batch, every
+    payload of the batch was above the bus limit and all its rows were lost (tests/unit/test_log_batcher.py). A
+    row counts the bytes of the value it names; a dropped value leaves the dictionary; the other rows keep theirs."""
+    from shared.arrow_codec import to_ipc_stream
+
+    tags = pa.array(["ab", "", "abcd", "ab", None]).dictionary_encode()
+    assert row_sizes(tags).tolist() == [6, 4, 8, 6, 4]  # index + value; a null row its index
+    assert row_sizes(tags.slice(2, 2)).tolist() == [8, 6]
+    chunks = pa.chunked_array([pa.array(["x" * 100]).dictionary_encode(), tags.slice(0, 2)])  # two dictionaries
+    assert row_sizes(chunks).tolist() == [104, 6, 4]
+    assert row_sizes(pa.array([["ab", "abcd"], []], pa.list_(pa.dictionary(pa.int8(), pa.string())))).tolist() == [8, 0]
+    big = "x" * (2 << 20)
+    inputs = pa.table({"tag": pa.array(["small", big, "small", "other"]).dictionary_encode(),
+                       "n": tensor_array(np.ones((4, 2), np.float32))})
+    table = build_batch([InferenceRecord(1, inputs, pa.table({"y": pa.array([1.0, 2.0, 3.0, 4.0])}), "m",
+                                         (1, 2))], "v")
+    assert row_sizes(table.column("in.tag"))[1] > 2 << 20
+    kept = drop_oversized(table, 1 << 20)
+    assert kept.column("metadata.dropped").to_pylist() == [[], ["in.tag"], [], []]
+    assert kept.column("in.tag").to_pylist() == ["small", None, "small", "other"]
+    assert kept.column("in.tag").type == table.column("in.tag").type
+    assert kept.column("in.tag").chunk(0).dictionary.to_pylist() == ["small", "other"]
+    assert len(to_ipc_stream(kept)) < 64 * 1024 and len(to_ipc_stream(kept.slice(2, 1))) < 64 * 1024
+
+
+def test_row_sizes_of_extension_run_end_encoded_map_and_view_columns():
+    """Types an Arrow request may carry, sized by the bytes of their rows (they were each the column's average:
+    one long row among short ones passed as short)."""
+    shape = pa.FixedShapeTensorArray.from_numpy_ndarray(np.zeros((3, 2, 5), np.float32))
+    assert row_sizes(shape).tolist() == [40, 40, 40]
+    runs = pa.RunEndEncodedArray.from_arrays(pa.array([2, 3, 6], pa.int32()), pa.array(["a", "x" * 1000, "bc"]))
+    assert row_sizes(runs).tolist() == [1, 1, 1000, 2, 2, 2]
+    assert row_sizes(runs.slice(1, 3)).tolist() == [1, 1000, 2]
+    pairs = pa.array([[("a", 1)], [], [("bcd", 2), ("e", 3)]], pa.map_(pa.string(), pa.int64()))
+    assert row_sizes(pairs).tolist() == [9, 0, 20]
+    views = pa.array(["ab", None, "x" * 40, ""], pa.string_view())
+    assert row_sizes(views).tolist() == [2, 0, 40, 0] and row_sizes(views.slice(2)).tolist() == [40, 0]
+    assert row_sizes(pa.array([[1, 2], [], [3]], pa.list_view(pa.int64()))).tolist() == [16, 0, 8]
+    assert row_sizes(pa.array(["ab", None, "abcd"], pa.large_string()).slice(1)).tolist() == [0, 4]
+    table = pa.table({"time": pa.array([1, 2], pa.int64()), "in.t": pa.FixedShapeTensorArray.from_numpy_ndarray(
+        np.zeros((2, 300, 300), np.float32)), "metadata.dropped": pa.array([[], []], pa.list_(pa.string()))})
+    kept = drop_oversized(table, 100_000)  # an extension column can be dropped (if_else had no kernel for it)
+    assert kept.column("in.t").null_count == 2 and kept.column("in.t").type == table.column("in.t").type
+
+
 def test_dataset_selection_keeps_time_and_groups_or_columns():
     names = ["time", "in.tensor", "in.id", "out.dense_1", "out_ch.dense_1", "metadata.elapsed"]
     assert select_columns(names, ["*"], []) == names
