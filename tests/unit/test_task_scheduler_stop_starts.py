@@ -172,7 +172,7 @@ async def test_a_run_started_while_the_stop_waits_for_the_pass_never_runs(tmp_pa
     await a_last_pass(sched, seen, "start", answer, monkeypatch)
     async with asyncio.timeout(10):
         stopping = asyncio.ensure_future(sched.stop())
-        await asyncio.sleep(0.05)  # the stop has begun, and waits for the pass
+        await sched._stop.wait()  # the stop has begun, and waits for the pass (not a sleep: a loaded host)
         answer.set()
         await stopping
         await settle(sched)
@@ -253,7 +253,7 @@ async def test_a_run_the_stop_ends_while_it_is_set_up_goes_back_to_the_queue(tmp
     async with asyncio.timeout(10):
         await seen["setting_up"].wait()
         stopping = asyncio.ensure_future(sched.stop())
-        await asyncio.sleep(0.05)
+        await sched.kills[run_id].wait()  # the stop's kill (not a sleep: a loaded host may take longer)
         gate.set()  # its setup ends after the stop's kill: main.py is not started
         await stopping
         await settle(sched)
@@ -272,7 +272,7 @@ async def test_a_run_the_stop_ends_while_its_token_is_minted_goes_back_to_the_qu
     async with asyncio.timeout(10):
         await seen["minting"].wait()
         stopping = asyncio.ensure_future(sched.stop())
-        await asyncio.sleep(0.05)
+        await sched.kills[run_id].wait()  # the stop's kill, during the mint
         seen["mint_gate"].set()
         await stopping
         await settle(sched)
