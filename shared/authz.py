@@ -111,6 +111,10 @@ class TokenVerifier:
         # the first read in flight, shared by every token met meanwhile (one read, one outcome for all of them)
         self._first_read: asyncio.Future | None = None
         self._key_refresh: asyncio.Future | None = None  # a fetch of the keys for an unknown kid, shared likewise
+        # when a read of the keys last failed (monotonic s, 0 never) and what it said: an unknown kid reads them at
+        # most every KEY_REFETCH_INTERVAL after a failed read as after a good one (_key_for)
+        self._keys_failed_at = 0.0
+        self._keys_failure = ""
         # the keys' fingerprint the last revocation read named (Revocations.keys; None: auth named none), and the one
         # named when the keys last read were read: they differ, the keys changed since and the poll reads them
         self._keys_told: str | None = None
@@ -123,7 +127,13 @@ class TokenVerifier:
     async def refresh_keys(self) -> None:
         async with self._lock:
             told = self._keys_told  # (one named while this read is under way is read again at the next poll)
-            jwks = await self._fetch_keys()
+            try:
+                jwks = await self._fetch_keys()
+            except Exception as exc:
+                self._keys_failed_at = time.monotonic()
+                # what a client's 503 says until the next read (_key_for): not an unexpected error's text
+                self._keys_failure = exc.msg if isinstance(exc, RailyardError) else "the read failed"
+                raise
             keys = {jwk["kid"]: jwk for jwk in jwks if jwk.get("kty") == "RSA" and jwk.get("kid")}
             if any(kid not in keys or keys[kid] != jwk for kid, jwk in self._keys.items()):
                 # a key left (or changed): the tokens it verified are checked again at their next use, not taken
@@ -146,15 +156,21 @@ class TokenVerifier:
                 or (self._keys_told is not None and self._keys_told != self._keys_read_under))
 
     async def _key_for(self, kid: str | None) -> Any:
-        if kid not in self._keys and (time.monotonic() - self._fetched_at >= KEY_REFETCH_INTERVAL or not self._keys):
-            try:
-                await self._shared_refresh()
-            except RailyardError as exc:
-                # the key may well exist: auth did not say (a service started before auth answers, as they start
-                # together, or auth away). 503 to try again, not 401 'unknown key', which tells a client its token
-                # is bad (fac827b's 503 for the revocation list was never reached: this came first)
-                raise Unavailable(f"tokens cannot be checked yet: the signing keys could not be read from the auth "
-                                  f"service ({exc.msg}); try again in a moment") from None
+        if kid not in self._keys:
+            # read the keys again (one read shared by the tokens met meanwhile) unless a read ended, good or failed,
+            # less than KEY_REFETCH_INTERVAL ago. Before session 34 only a good read counted: while auth failed fast
+            # (its database down) a flood of tokens of unknown kids read the keys back to back, one read after another
+            last = max(self._fetched_at, self._keys_failed_at)
+            if self._key_refresh is not None or not last or time.monotonic() - last >= KEY_REFETCH_INTERVAL:
+                try:
+                    await self._shared_refresh()
+                except RailyardError as exc:
+                    # the key may well exist: auth did not say (a service started before auth answers, as they
+                    # start together, or auth away). 503 to try again, not 401 'unknown key', which tells a client
+                    # its token is bad (fac827b's 503 for the revocation list was never reached: this came first)
+                    raise self._keys_unread(exc.msg) from None
+            elif self._keys_failed_at > self._fetched_at:  # the last read failed just now: not read again yet
+                raise self._keys_unread(self._keys_failure)
         if kid not in self._keys:
             raise Unauthorized("token signed with an unknown key")
         jwk = self._keys[kid]
@@ -166,6 +182,11 @@ class TokenVerifier:
 
             parsed = self._parsed[kid] = (jwk, RSAAlgorithm.from_jwk(json.dumps(jwk)))
         return parsed[1]
+
+    @staticmethod
+    def _keys_unread(why: str) -> Unavailable:
+        return Unavailable(f"tokens cannot be checked yet: the signing keys could not be read from the auth service "
+                           f"({why}); try again in a moment")
 
     async def _shared_refresh(self) -> None:
         """`refresh_keys` for a token whose key is not known, shared by every token met while it is under way: each

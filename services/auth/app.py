@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
+import asyncpg
 from faststream.nats import NatsRouter
 from pydantic import BaseModel
 
@@ -13,6 +15,7 @@ from shared import paging, subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
 from shared.bus import CallContext, EncodedData, command, publish_event, reply_limit
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
+from shared.errors import Unavailable
 from shared.messages.auth import (
     ActivateUser,
     AddWorkspaceUser,
@@ -56,6 +59,10 @@ from shared.outbox import Outbox
 from shared.service import Runtime, ServiceSpec
 
 NAME = "auth"
+log = logging.getLogger("railyard.auth")
+# what auth's database failing raises (TimeoutError is an OSError): the verifier's key read a 503, not a 500
+DATABASE_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                 asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 # token requests handled at once: each waits mostly on its failed-login delay or the database (pool_max), while
 # password hashing runs HASHING_AT_ONCE at a time (handlers.py)
 TOKEN_WORKERS = 64
@@ -224,6 +231,17 @@ def build_router(runtime: Runtime) -> NatsRouter:
     return router
 
 
+async def own_keys(pool: asyncpg.Pool, settings) -> list[dict]:
+    """The signing keys auth's own verifier reads (from its database). A database that is down is Unavailable: the
+    verifier's 503 'try again in a moment', read again at most every KEY_REFETCH_INTERVAL (shared/authz.py); it
+    raised out of the verifier, each token a 500 'internal error' with a logged traceback."""
+    try:
+        return await store.public_keys(pool, handlers.key_retention(settings))
+    except DATABASE_DOWN as exc:
+        log.warning("could not read the signing keys from the database: %r", exc)
+        raise Unavailable("auth's database did not answer") from None
+
+
 async def start(runtime: Runtime) -> None:
     settings = runtime.settings.auth
 
@@ -241,7 +259,7 @@ async def start(runtime: Runtime) -> None:
                              send_events=outbox.send_round,
                              reply_limit=lambda: reply_limit(getattr(connection, "max_payload", None)))
     await handlers.bootstrap(deps)
-    verifier = TokenVerifier(settings, lambda: store.public_keys(runtime.db, handlers.key_retention(settings)))
+    verifier = TokenVerifier(settings, lambda: own_keys(runtime.db, settings))
     feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings, with_position=True,
                                                                with_keys=True),
                         settings.revocation_poll_interval,

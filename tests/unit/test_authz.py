@@ -369,6 +369,10 @@ async def test_tokens_met_while_auth_cannot_give_the_keys_get_503_from_one_share
     assert len(calls) == 1
     assert all(isinstance(a, Unavailable) and "signing keys could not be read" in str(a) for a in answers), answers
     answer.append(jwks())
+    with pytest.raises(Unavailable, match="signing keys could not be read"):  # read again a second later, not now
+        await verifier.verify(token)
+    assert len(calls) == 1
+    verifier._keys_failed_at -= 1.0  # KEY_REFETCH_INTERVAL later
     assert (await verifier.verify(token)).subject == "u1" and len(calls) == 2
     with pytest.raises(Unauthorized, match="unknown key"):  # auth answered, and has no such key: 401 as before
         await verifier.verify(make_token(kid="other"))

@@ -15,7 +15,7 @@ import pytest
 
 from shared import authz, subjects
 from shared.authz import TokenVerifier, VerifierFeed
-from shared.errors import Unauthorized
+from shared.errors import Unauthorized, Unavailable
 from shared.messages.auth import Revocations
 from tests.unit.test_authz import KEY, OTHER_KEY, SETTINGS, jwks, make_token
 
@@ -113,6 +113,42 @@ async def test_rotation_and_an_unknown_key_still_read_the_keys_at_once(monkeypat
         assert len(key_reads) == 3
     finally:
         await feed.stop()
+
+
+async def test_an_unknown_kid_reads_the_keys_at_most_every_interval_also_while_reads_fail_fast(monkeypatch):
+    """While auth fails fast (its database down: an error answer at once), a flood of tokens naming unknown kids read
+    the keys back to back: one read in flight, the next as soon as it failed, since only a good read counted towards
+    KEY_REFETCH_INTERVAL. Now a failed read counts too: tokens met within the interval after it get the same 503
+    with no read. Tokens every 0.25 s for 5 s: 5 reads (20 before). Once auth answers, the next read (a second
+    after the last failed one) gives the keys; a bogus kid then is 401 with no read until the interval has passed."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    reads, down = [], [True]
+
+    async def keys():
+        reads.append(clock.now)
+        if down[0]:
+            raise Unavailable("auth's database did not answer")
+        return jwks(KEY, "k1")
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    for step in range(20):
+        with pytest.raises(Unavailable, match=r"signing keys could not be read.*database did not answer"):
+            await verifier.verify(make_token(KEY, f"bogus-{step}"))
+        clock.now += 0.25
+    assert reads == [1000.0, 1001.0, 1002.0, 1003.0, 1004.0]
+    down[0] = False
+    assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"  # 1005.0: a second after the last
+    assert len(reads) == 6
+    for step in range(3):
+        clock.now += 0.25
+        with pytest.raises(Unauthorized, match="unknown key"):
+            await verifier.verify(make_token(KEY, f"bogus-{step}"))
+    assert len(reads) == 6
+    clock.now += 0.25
+    with pytest.raises(Unauthorized, match="unknown key"):
+        await verifier.verify(make_token(KEY, "bogus-again"))
+    assert len(reads) == 7
 
 
 class Clock:
