@@ -503,21 +503,18 @@ class LocalBackend:
         """(in a thread) The names of every deployment folder here, in both tops (not those being removed)."""
         return self._folder_names("")
 
-    def kept_folders(self, names: Iterable[str], now: float) -> dict[str, float | None]:
+    def kept_folders(self, names: Iterable[str], now: float) -> tuple[dict[str, float | None], set[str]]:
         """(in a thread) Of these deployment names (inactive deployments' own names: handlers.sweep_gone_folders),
         the time of each one's KEPT_MARKER (a failed deploy's logs kept), None for one without (what an undeploy left:
-        to remove). Left out (kept, not looked at): a name a replica running on this machine has (found by its command
-        line: a previous deployer's, draining) and one whose folder or marker cannot be read. A data directory not
-        DATA_DIR_MARKED yet (its folders made before the markers) has its folders without one adopted: a marker
-        written (time `now`), so they are kept as a failed deploy's are, then it is marked (unless a marker could not
-        be written: the next sweep adopts again)."""
+        to remove); one whose folder or marker cannot be read is left out (kept). And the names the replicas running
+        on this machine have (found by their command lines, listed after the folders: a previous deployer's,
+        draining). A data directory not DATA_DIR_MARKED yet (its folders made before the markers) has its folders
+        without one adopted: a marker written (time `now`), so they are kept as a failed deploy's are, then it is
+        marked (unless a marker could not be written: the next sweep adopts again)."""
         marked = (self.work_dir / DATA_DIR_MARKED).exists()
-        live_names = _live_replicas()[1]
         adopted = True
         found: dict[str, float | None] = {}
         for name in names:
-            if name in live_names:
-                continue
             folder = self.work_dir / name
             try:
                 found[name] = (folder / KEPT_MARKER).stat().st_mtime
@@ -541,7 +538,7 @@ class LocalBackend:
                     "an inactive deployment's without one is removed by the deployer.\n")
             except OSError as exc:
                 log.warning("could not write %s: %s", self.work_dir / DATA_DIR_MARKED, exc)
-        return found
+        return found, _live_replicas()[1]
 
     def remove_gone(self, names: set[str], since: int | None = None) -> list[str]:
         """(on the event loop) Remove the folders of deployment `names` that no deployment has any more

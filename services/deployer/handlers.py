@@ -1810,15 +1810,17 @@ async def sweep_gone_folders(deps: DeployerDeps) -> list[str]:
             deploy_id, dash, tail = name.rpartition("-")
             if deploy_id and dash and tail.isascii() and tail.isdigit() and int(tail) < 2**63:
                 ids[name] = int(tail)
-        if not ids:
-            return []
-        rows = await _answered_within(deps.timeout, store.deployment_names(deps.pool, sorted(set(ids.values()))))
+        rows = await _answered_within(deps.timeout, store.deployment_names(
+            deps.pool, sorted(set(ids.values())))) if ids else {}
         own = [name for name, number in ids.items()
                if number in rows and not rows[number][1] and name == f"{rows[number][0]}-{number}"]
         now = time.time()
-        kept = await asyncio.to_thread(backend.kept_folders, own, now) if own else {}
+        # (also with no folder to look at: a data directory with none from before the markers is marked now)
+        kept, live = await asyncio.to_thread(backend.kept_folders, own, now)
     except Exception as exc:  # noqa: BLE001 - logged; nothing is removed, the next sweep looks again
         log.warning("could not look for the folders of deployments that are gone: %r", exc)
+        return []
+    if not ids:
         return []
     gone = {name for name, number in ids.items()
             if number not in rows or (not rows[number][1] and name != f"{rows[number][0]}-{number}")}
@@ -1826,7 +1828,7 @@ async def sweep_gone_folders(deps: DeployerDeps) -> list[str]:
     newest_first = sorted(((marked, name) for name, marked in kept.items() if marked is not None), reverse=True)
     gone.update(name for place, (marked, name) in enumerate(newest_first)
                 if place >= KEPT_FAILED_MAX or now - marked > KEPT_FAILED_FOR)
-    removing = backend.remove_gone(gone, since)
+    removing = backend.remove_gone(gone - live, since)
     if removing:
         log.info("removing the folders of %d deployment names no deployment has any more: %s", len(removing),
                  ", ".join(removing[:20]) + (" ..." if len(removing) > 20 else ""))

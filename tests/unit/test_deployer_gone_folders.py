@@ -117,6 +117,8 @@ async def test_nothing_to_look_up_asks_nothing(tmp_path):
     pool = _Pool({})
     assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=pool, timeout=4.0)) == []
     assert pool.asked == []
+    # no folder from before the markers: the data directory is marked (an unmarked folder found later goes)
+    assert (tmp_path / "deployments" / DATA_DIR_MARKED).exists()
     await backend.close()
 
 
@@ -144,8 +146,9 @@ async def test_many_names_go_with_one_listing_of_the_live_processes_and_a_live_r
     assert len(removing) == 40
     await backend.swept()
     await asyncio.sleep(0)
-    assert listings == [True]  # one listing for the 40 folders (40 before)
-    [left] = (tmp_path / "deployments").iterdir()
+    # one listing for the 40 folders' removals (40 before), after the names of the running replicas (never removed)
+    assert listings == [False, True]
+    [left] = [path for path in (tmp_path / "deployments").iterdir() if path.name != DATA_DIR_MARKED]
     assert left.name.startswith(f"{REMOVING}old-7-") and [p.name for p in left.iterdir()] == ["replica-live1.log"]
     assert left in backend._later  # looked at again (RECHECK_EVERY)
     await backend.close()
@@ -160,7 +163,7 @@ async def test_many_names_go_with_one_listing_of_the_live_processes_and_a_live_r
     assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=_Pool({}), timeout=4.0)) == \
         ["old-41", "old-42", "old-43"]
     await backend.swept()
-    assert listings == [True] * 3
+    assert listings == [False] + [True] * 3
     await backend.close()
 
 
@@ -245,6 +248,7 @@ async def test_a_name_started_since_the_listing_or_a_live_replica_uses_is_not_re
     _marked(top / "a-5", None)
     _marked(top / "b-6", None)
     _marked(top / "c-7", None)
+    _marked(top / "d-9", None)  # no row; a replica of it runs
     (top / DATA_DIR_MARKED).write_text("marked\n")
     backend = _backend(tmp_path)
     pool = _Pool({5: ("a", False), 6: ("b", False), 7: ("c", False)})
@@ -256,10 +260,10 @@ async def test_a_name_started_since_the_listing_or_a_live_replica_uses_is_not_re
         return await real_names(sql, ids)
 
     pool.fetch = fetch
-    monkeypatch.setattr(backend_module, "_live_replicas", lambda cwds=False: ({"r1"}, {"b-6"}))
+    monkeypatch.setattr(backend_module, "_live_replicas", lambda cwds=False: ({"r1"}, {"b-6", "d-9"}))
     assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=pool, timeout=4.0)) == ["c-7"]
     await backend.swept()
-    assert _left(tmp_path, "deployments") == {"a-5", "b-6"}
+    assert _left(tmp_path, "deployments") == {"a-5", "b-6", "d-9"}
     await backend.close()
 
 
