@@ -87,9 +87,12 @@ class _Source:
     def __init__(self, reader: SegmentReader, seg: Any, cmd: GetLogs, desc: bool) -> None:
         self.reader, self.seg, self.desc = reader, seg, desc
         self.sign = -1 if desc else 1
-        self.fp = seg["schema_fp"]
         key, size = seg["object_key"], seg["bytes"]
         names = reader.columns(key, size)
+        # the schema the page reads, not the index's schema_fp: a segment merged before session 33 has its rows'
+        # read-back fingerprint there, another one than the fresh segments' of the same columns (timestamp[s],
+        # time32[s], date64), and pages ended with SchemaChange between them (SegmentReader.fingerprint)
+        self.fp = reader.fingerprint(key, size)
         self.has_pos = POS in names
         columns = select_columns([n for n in names if n != POS], cmd.dataset, cmd.dataset_exclude)
         if META_DROPPED in names and META_DROPPED not in columns:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from shared.lean_imports import lazy_module
 from shared.log_segments import POS, TENSOR, encode_segment, unpack_tensors  # noqa: F401 - the layout both writers share
 from shared.log_segments import unwritable as _unwritable
-from shared.logrecords import META_DROPPED
+from shared.logrecords import META_DROPPED, schema_fingerprint
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore, RangedFile
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class SegmentReader:
         self.small_bytes = 0
         self.bounds: OrderedDict[str, list] = OrderedDict()  # group_bounds per segment
         self.names: OrderedDict[str, list[str]] = OrderedDict()  # column names per segment
+        self.fingerprints: OrderedDict[str, str] = OrderedDict()  # the schema a page reads per segment
 
     def remember(self, key: str, data: bytes) -> None:
         """Keep a just-written segment (small ones whole, large ones' footer)."""
@@ -119,6 +120,7 @@ class SegmentReader:
             self.footers.pop(key, None)
             self.bounds.pop(key, None)
             self.names.pop(key, None)
+            self.fingerprints.pop(key, None)
             data = self.small.pop(key, None)
             if data is not None:
                 self.small_bytes -= len(data)
@@ -204,6 +206,23 @@ class SegmentReader:
                 while len(self.names) > 4096:
                     self.names.popitem(last=False)
         return list(names)
+
+    def fingerprint(self, key: str, size: int) -> str:
+        """The schema fingerprint of the segment's rows as a page reads them (tensors unpacked, without `_pos`):
+        equal for segments whose rows concatenate as read. Not its index row's `schema_fp` (the batch it was written
+        from): a merge before session 33 took the fingerprint of its rows read back, where Parquet gives
+        timestamp[s], time32[s] and date64 as timestamp[ms], time32[ms] and date32, so such a merged segment and the
+        fresh ones after it differ there though a page reads both alike."""
+        with self.lock:
+            found = self.fingerprints.get(key)
+        if found is None:
+            schema = unpack_schema(self._open(key, size).schema_arrow)
+            found = schema_fingerprint(pa.schema([field for field in schema if field.name != POS]))
+            with self.lock:
+                self.fingerprints[key] = found
+                while len(self.fingerprints) > 4096:
+                    self.fingerprints.popitem(last=False)
+        return found
 
     def read(self, key: str, size: int, lo: int, hi: int, columns: list[str] | None) -> pa.Table:
         """Rows lo .. hi-1 of the segment (positions relative to its first row)."""

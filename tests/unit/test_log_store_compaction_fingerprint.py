@@ -65,3 +65,56 @@ async def test_a_compacted_segment_keeps_its_segments_fingerprint(monkeypatch):
     # the merge read back timestamp[ms], time32[ms] and date32; it is still the run's schema for pages
     assert read_segment(objects[merged.object_key]).schema.field("in.at").type == pa.timestamp("ms")
     assert merged.schema_fp == first["schema_fp"]
+
+
+async def test_a_segment_merged_before_the_fix_and_the_fresh_ones_after_it_are_one_page(monkeypatch):
+    """A merge before 4dabda3b stored its read-back's fingerprint (timestamp[ms], date32, time32[ms]) in the index,
+    and such segments are still there: a page compared the index's fingerprints and ended with SchemaChange between
+    the merged rows and the fresh ones after them, though it reads both alike (Parquet gives the fresh segments'
+    timestamp[s], date64 and time32[s] back the same way). A page compares the schemas it reads: one page, with all
+    the rows. A real change of schema (another output type) still ends the page."""
+    import numpy as np
+
+    from services.log_store import pages
+    from services.log_store.segments import POS, SegmentReader
+    from shared.log_segments import read_segment
+    from shared.messages.logs import GetLogs
+
+    old, old_data = _segment(0, [1_700_000_000, 1_700_000_001])
+    back = read_segment(old_data)  # as the merge read its run back before 4dabda3b, and described it
+    assert back.schema.field("in.at").type == pa.timestamp("ms")
+    merged_data = encode_segment(back.append_column(POS, pa.array(np.arange(2), pa.int64())), 1000)
+    merged_key = f"ws-{WORKSPACE}/{PIPELINE}/merged.parquet"
+    old.update(object_key=merged_key, bytes=len(merged_data), level=1,
+               schema_fp=handlers._describe(back, merged_key, len(merged_data), WORKSPACE, PIPELINE).schema_fp)
+    fresh, fresh_data = _segment(2, [1_700_000_002, 1_700_000_003])
+    assert old["schema_fp"] != fresh["schema_fp"]  # the index's fingerprints differ
+    other = pa.table({"time": pa.array([1_700_000_004_000], pa.int64()), "out.y": pa.array([4], pa.int64())})
+    other_key = f"ws-{WORKSPACE}/{PIPELINE}/other.parquet"
+    other_data = encode_segment(other, 1000)
+    changed = {**fresh, "id": 9, "first_pos": 4, "last_pos": 4, "row_count": 1, "min_time": 1_700_000_004_000,
+               "max_time": 1_700_000_004_000, "object_key": other_key, "bytes": len(other_data),
+               "schema_fp": handlers._describe(other, other_key, len(other_data), WORKSPACE, PIPELINE).schema_fp}
+    objects = {merged_key: merged_data, fresh["object_key"]: fresh_data, other_key: other_data}
+    segments = [old, fresh, changed]
+    for seg in segments:
+        seg["sorted"] = True
+
+    async def segments_by_time(pool, pipeline_id, desc, bound, start, end, after, limit):
+        return [] if after is not None else (segments[::-1] if desc else segments)
+
+    monkeypatch.setattr(pages.store, "segments_by_time", segments_by_time)
+    store_ = SimpleNamespace(read_range_sync=lambda bucket, key, start, length: objects[key][start:start + length])
+    reader = SegmentReader(store_)
+    for order, times in (("Asc", [1_700_000_000, 1_700_000_001, 1_700_000_002, 1_700_000_003]),
+                         ("Desc", [1_700_000_003, 1_700_000_002, 1_700_000_001, 1_700_000_000])):
+        cmd = GetLogs(pipeline_id=PIPELINE, workspace_id=WORKSPACE, order=order, page_size=100)
+        if order == "Desc":  # the changed schema comes first: its page, then the four rows of one schema
+            page, meta = await pages.scan(None, reader, 1, cmd, None, 4 << 20)
+            assert meta.status == "SchemaChange" and page.num_rows == 1
+            cursor = pages.decode_cursor(meta.cursor, order)
+        else:
+            cursor = None
+        page, meta = await pages.scan(None, reader, 1, cmd, cursor, 4 << 20)
+        assert meta.status == "SchemaChange" if order == "Asc" else meta.status == "All", (order, meta)
+        assert page.column("in.at").cast(pa.int64()).to_pylist() == [t * 1000 for t in times]
