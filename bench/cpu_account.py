@@ -1,7 +1,7 @@
 """Where the CPU goes: per-process CPU time per request on a running embedded stack, for each format.
 
     python -m bench.cpu_account [--rows 1000] [--connections 4] [--seconds 5] [--forms records,Arrow,OIP v2]
-                                [--engine-config '{"log_policy": "off"}'] [--spy 'log store'] [--pprof-nats]
+                                [--engine-config '{"log_policy": "off"}'] [--spy 'log store' [--native]] [--pprof-nats]
                                 [--perf nats]
 
 Starts a fresh embedded stack, deploys ccfraud, and for each request format runs the load generator while
@@ -92,13 +92,13 @@ def _nats_profile(url: str, seconds: int, label: str) -> threading.Thread:
 
 
 def account(root: int, run, spy: str = "", seconds: float = 5.0, label: str = "", pprof: str = "",
-            perf: str = "") -> tuple[dict[str, float], float, int, dict[str, int]]:
+            perf: str = "", native: bool = False) -> tuple[dict[str, float], float, int, dict[str, int]]:
     pids = descendants(root)
     before = {pid: _stat(pid) for pid in pids}
     if spy or perf:
         SPY_DIR.mkdir(parents=True, exist_ok=True)
     profilers = [subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(max(1, int(seconds) - 1)),
-                                   "-r", "250", "-f", "raw", "--nonblocking",
+                                   "-r", "250", "-f", "raw", "--native" if native else "--nonblocking",
                                    "-o", str(SPY_DIR / f"{role.replace(' ', '_')}-{label}.txt")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for pid in pids if spy and (role := _role(pid)) in spy.split(",")]
@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="RAILYARD_...=value for the whole stack")
     parser.add_argument("--spy", default="", help="roles to profile with py-spy, e.g. 'gateway,engine replica'")
     parser.add_argument("--pprof-nats", action="store_true", help="nats-server's own CPU profile per form")
+    parser.add_argument("--native", action="store_true", help="--spy with native frames (py-spy pauses the process "
+                                                                 "at each sample: its CPU figures are not the run's)")
     parser.add_argument("--rss", action="store_true", help="each role's RSS right after the load (MiB)")
     parser.add_argument("--perf", default="", help="roles to record with `perf record -g` (kernel time too), "
                                                    "e.g. 'nats'")
@@ -158,7 +160,7 @@ def main() -> None:
                 return round(rate * args.seconds)
 
             roles, wall, count, faults = account(stack.process.pid, run, args.spy, args.seconds, form.replace(' ', ''),
-                                         pprof, args.perf)
+                                         pprof, args.perf, args.native)
             print(f"\n{form}: {args.rows} rows x {args.connections} connections: {count / wall:,.0f} req/s, "
                   f"{count * args.rows / wall:,.0f} rows/s; CPU per request (us):")
             total = 0.0
