@@ -25,6 +25,8 @@ def test_main_sets_the_read_piece_before_it_runs(monkeypatch):
 
     monkeypatch.setattr(uvloop, "run", run)
     monkeypatch.setattr(replica, "load_settings", lambda name: object())
+    # main()'s basicConfig would leave a root handler on this test's captured stderr for every later test
+    monkeypatch.setattr(replica.logging, "basicConfig", lambda **kwargs: None)
     monkeypatch.setattr(sys, "argv", ["replica", "spec.json", "r0"])
     try:
         replica.main()
