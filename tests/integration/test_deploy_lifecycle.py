@@ -106,6 +106,7 @@ def test_a_redeploy_whose_replicas_fail_to_start_leaves_the_deployment_serving_a
     # what a user reads after the failed deploy: its replicas' logs and spec (under the name it was given) stay
     failed = stack.data_dir / "deployments" / f"liferenamed-{deployment_id}"
     assert list(failed.glob("replica-*.log")) and list(failed.glob("spec-*.json")), list(failed.iterdir())
+    assert (failed / "kept.txt").exists(), list(failed.iterdir())  # marked kept: the folder sweep leaves it its time
 
     undeployed = post(stack, "pipelines/undeploy", alice.token,
                       {"pipeline_id": working["pipeline_pk_id"], "deployment_id": deployment_id})
