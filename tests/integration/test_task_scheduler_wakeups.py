@@ -9,6 +9,7 @@ or its length, instead of a sandbox): the loop, its SQL and its notifications ar
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter
@@ -20,6 +21,7 @@ import pytest
 
 from services.task_scheduler import runner, store
 from services.task_scheduler.scheduler import Scheduler
+from shared import subjects
 from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
 from tests.integration.task_scheduler_setup import MIGRATIONS, scheduler_on
@@ -355,5 +357,48 @@ async def test_concurrency_policies_and_a_start_whose_answer_was_lost(database, 
         row = await pool.fetchrow("SELECT status, kill_requested FROM runs WHERE id = $1", racing)
         assert (row["status"], row["kill_requested"]) == ("running", True), dict(row)  # was: queued, False
         await pool.execute("UPDATE runs SET status = 'failure', finished_at = now() WHERE id = $1", racing)
+        await put_back_over_max_queued(pool, orch, sched)
     finally:
         await sched.stop()
+
+
+async def put_back_over_max_queued(pool: asyncpg.Pool, orch_id: uuid.UUID, sched: Scheduler) -> None:
+    """A run put back in the queue of a task that has max_queued runs waiting already (allow, max_queued 1): put back
+    all the same (it was queued within the bound, not a new run), with its events.task_run.queued in the outbox (the
+    lineage card's status: it read `running` until the run started again); the task's next point then makes no run
+    (its queue read full), and one that comes once the queue is empty does. In one transaction rolled back at the end
+    (now() is its start: the points are relative to it), so the running scheduler never sees these rows."""
+    task, waiting, put_back = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await store.insert_task(conn, id=task, workspace_id=18, orch_id=orch_id, orch_sha="0" * 64, name=None,
+                                    owner_id="u", args={"seconds": 0.1}, timeout_seconds=60,
+                                    schedule="* * * * * */1", missed_run_policy=None,
+                                    next_fire=await conn.fetchval("SELECT now() - interval '2 s'"),
+                                    concurrency_policy="allow", max_queued=1)
+            await conn.execute("INSERT INTO runs (id, task_id, workspace_id, status) VALUES ($1, $2, 18, 'queued')",
+                               waiting, task)
+            await conn.execute("INSERT INTO runs (id, task_id, workspace_id, status, supervisor, heartbeat_at,"
+                               " started_at) VALUES ($1, $2, 18, 'running', 'other', now(), now())", put_back, task)
+            assert await store.requeue_unstarted(conn, put_back, "other") is False  # not refused for the bound
+            assert await store.queued_of_task(conn, task, 18, 1) == 1  # two waiting: counted up to the bound
+            [event] = await conn.fetch("SELECT subject, payload FROM outbox WHERE payload->>'run_id' = $1",
+                                       str(put_back))
+            payload = json.loads(event["payload"])
+            assert (event["subject"], payload["status"], payload["reason"], payload["task_id"]) == (
+                subjects.EVENT_TASK_RUN_QUEUED, "queued", store.PUT_BACK, str(task)), dict(event)
+            before = await conn.fetchval("SELECT next_fire FROM tasks WHERE id = $1", task)
+            await sched.fire_due(conn)  # over the bound: the point makes no run, the schedule goes on
+            runs = await store.runs_of(conn, task, None, None)
+            assert sorted(r["id"] for r in runs) == sorted([waiting, put_back]), [dict(r) for r in runs]
+            assert await conn.fetchval("SELECT next_fire FROM tasks WHERE id = $1", task) > before
+            # the queue emptied (both started): the next point is queued again
+            await conn.execute("UPDATE runs SET status = 'running', supervisor = 'other', started_at = now()"
+                               " WHERE task_id = $1", task)
+            await conn.execute("UPDATE tasks SET next_fire = now() - interval '1 s' WHERE id = $1", task)
+            await sched.fire_due(conn)
+            assert [r["status"] for r in await store.runs_of(conn, task, "queued", None)] == ["queued"]
+        finally:
+            await transaction.rollback()
