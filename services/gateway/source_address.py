@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
+from shared.messages.auth import SOURCE_CHARS
+
 UNKNOWN = "unknown"
 X_FORWARDED_FOR = "x-forwarded-for"
 FORWARDED = "forwarded"
@@ -98,10 +100,11 @@ def counted_as(source: str) -> str:
     Why the /64: it is the smallest network an IPv6 client is usually given (one LAN or subscriber, RFC 6177), and
     every address inside it is free to whoever has it, so keyed by full address one client could take a bucket and
     a failed-login count per request. The price: clients sharing a /64 share a bucket and a lock, as clients behind
-    one IPv4 NAT do."""
+    one IPv4 NAT do. A source that is no address (`unknown`, a peer the ASGI server named otherwise) is counted as
+    its first SOURCE_CHARS characters, the longest source the sign-in commands take (a longer one was a 400 there)."""
     address = parse_address(source)
     if address is None:
-        return source  # "unknown"
+        return source[:SOURCE_CHARS]  # "unknown"
     if isinstance(address, IPv6Address):
         return str(ip_network(f"{address}/64", strict=False))
     return str(address)  # an IPv4-mapped IPv6 address as its IPv4 address

@@ -81,6 +81,22 @@ def test_an_ipv6_source_is_counted_as_its_64():
     assert counted_as("unknown") == "unknown"
 
 
+def test_a_peer_that_is_no_address_is_counted_as_at_most_the_sign_in_bound():
+    """A non-IP peer (as the ASGI server names it) longer than the sign-in commands' `source` bound is cut to it: it
+    was sent whole, and auth's sign-in answered 400 invalid_request for every request from that peer."""
+    from shared.messages.auth import SOURCE_CHARS, AuthorizeUser, IssueToken
+
+    peer = "peer-" + "x" * (2 * SOURCE_CHARS)
+    source = counted_as(SourceAddress().of(peer))
+    assert source == peer[:SOURCE_CHARS]
+    assert counted_as(source) == source  # counting twice changes nothing
+    assert counted_as(SourceAddress(PROXIES).of(peer, ["203.0.113.9"])) == source  # not a proxy: the header unread
+    IssueToken.model_validate({"grant_type": "password", "client_id": "c", "client_secret": "s", "source": source})
+    AuthorizeUser.model_validate({"client_id": "c", "redirect_uri": "http://127.0.0.1/", "code_challenge": "c" * 43,
+                                  "username": "u", "password": "p", "source": source})
+    assert counted_as("y" * SOURCE_CHARS) == "y" * SOURCE_CHARS  # one at the bound as it is
+
+
 def test_the_auth_commands_describe_the_source_the_gateway_sends():
     """IssueToken.source and AuthorizeUser.source are what counted_as gives (an IPv6 client's /64), not the client's
     address as the gateway saw it: the contract (protos/) tells a bus caller what the auth service counts by."""
