@@ -122,6 +122,11 @@ def to_ipc_file(table: pa.Table) -> bytes:
 
 
 def _write_file(table: pa.Table) -> bytes:
+    # A file holds one dictionary per field: chunks with dictionaries of their own (log segments of two pipeline
+    # versions, each naming its own `metadata.pipeline_version`) are given one, or the writer refuses the table
+    # ("Dictionary replacement detected"); a stream may replace them and needs none of this.
+    if any(pa.types.is_dictionary(field.type) for field in table.schema):
+        table = table.unify_dictionaries()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
