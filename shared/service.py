@@ -339,8 +339,11 @@ async def _set_up_consumer(js: Any, consumer: DurableConsumer) -> None:
     config.name = config.durable_name = consumer.durable
     try:
         await js.add_consumer(consumer.stream, config=config)
-    except nats.js.errors.BadRequestError:  # created meanwhile (another replica of the service): read it
-        await js.consumer_info(consumer.stream, consumer.durable)
+    except nats.js.errors.BadRequestError as refused:  # created meanwhile (another replica of the service): read it
+        try:
+            await js.consumer_info(consumer.stream, consumer.durable)
+        except nats.js.errors.NotFoundError:  # not there: the refusal was this config's (a filter outside the
+            raise refused from None  # stream, the stream's consumer limit), not "not found"
 
 
 async def set_up_consumers(broker: NatsBroker, stop: asyncio.Event) -> bool:
@@ -348,8 +351,10 @@ async def set_up_consumers(broker: NatsBroker, stop: asyncio.Event) -> bool:
     again while JetStream does not answer (JETSTREAM_BUSY: each request waits shared.bus.JETSTREAM_TIMEOUT) with a
     back-off from CONSUMER_RETRY_FIRST to CONSUMER_RETRY_MAX seconds, each failed try a WARNING naming the consumer
     and the stream, for CONSUMERS_WITHIN seconds in all; then Unavailable naming them (the start ends with that one
-    line and exit code 2, and the supervisor starts it again). Any other error (JetStream refused the consumer, a
-    bus identity not allowed to create it) ends the start as it comes. False when a stop came first (the request
+    line and exit code 2, and the supervisor starts it again). JetStream's refusal (an API error: a filter outside
+    the stream, the stream's consumer limit) ends the start at once with one line naming the consumer and JetStream's
+    words (RailyardError, exit code 2). A bus identity not allowed to ask gets no answer (nats-server drops the
+    request and logs a permissions violation): it is retried as a timeout. False when a stop came first (the request
     under way given up, none follows). Unretried, one answer later than 5 s at a start (ten services creating
     consumers at once on a loaded host, a cluster electing a leader) ended the start with "TimeoutError: nats:
     timeout" naming nothing, and the supervisor redid the whole start."""
@@ -394,6 +399,11 @@ async def set_up_consumers(broker: NatsBroker, stop: asyncio.Event) -> bool:
                 f"JetStream did not set up the consumer {consumer.durable} of stream {consumer.stream} within "
                 f"{time.monotonic() - began:.0f} s ({tries} {'try' if tries == 1 else 'tries'}, last: "
                 f"{str(exc) or type(exc).__name__}): see nats-server's log for why JetStream does not answer") from None
+        except nats.js.errors.APIError as exc:  # an answer: JetStream refused the consumer; one line naming it
+            raise RailyardError(
+                f"JetStream refused the consumer {consumer.durable} of stream {consumer.stream} (subject "
+                f"{consumer.subject}): {exc.description or type(exc).__name__} (code {exc.code}, err_code "
+                f"{exc.err_code})") from None
         if tries > 1:
             log.info("JetStream consumer %s of stream %s set up at try %d", consumer.durable, consumer.stream, tries)
     return True

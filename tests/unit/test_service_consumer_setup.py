@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import importlib
 import json
 import logging
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import nats
 import pytest
-from faststream.nats import NatsRouter
+from faststream.nats import JStream, NatsRouter, PullSub
+from nats.js.api import ConsumerConfig
 
 from shared import bus, service, subjects
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
-from shared.errors import Unavailable
+from shared.errors import RailyardError, Unavailable
 from shared.service import ServiceSpec, serve
 from shared.settings import Settings
 from tests.local_nats import local_nats_server
@@ -255,3 +257,73 @@ def test_every_jetstream_subscriber_of_a_service_is_set_up(name: str) -> None:
     for consumer in found:
         assert consumer.stream == subjects.EVENTS_STREAM and consumer.subject.startswith("events."), consumer
         assert consumer.config.durable_name == consumer.durable, consumer
+
+
+def test_the_consumers_are_created_as_faststream_would_create_them(tmp_path: Path) -> None:
+    """Each service's durable consumer, as the set-up creates it, has exactly the config FastStream's own start gives
+    it (nats-py's `pull_subscribe` with the subscriber's config and options, as PullStreamSubscriber calls it): a
+    field set otherwise (the filter, the ack wait, the name) would leave every new consumer different from the one
+    the code declares, with no error anywhere."""
+
+    async def scenario(url: str) -> None:
+        settings = Settings(nats={"url": url})
+        for name in ("auth", "monitoring", "workflow_lineage"):
+            spec = importlib.import_module(f"services.{name}.app").SPEC
+            broker = service.build_broker(spec, service.Runtime(name=spec.name, settings=settings))
+            await broker.connect()
+            try:
+                await bus.ensure_streams(broker, settings)
+                js = broker.config.connection_state.stream
+                assert await service.set_up_consumers(broker, asyncio.Event())
+                subscribers = {sub.extra_options["durable"]: sub for sub in broker.subscribers
+                               if getattr(sub, "pull_sub", None) is not None}
+                found = service.durable_consumers(broker)
+                assert found and len(found) == len(subscribers), (found, subscribers)
+                for consumer in found:
+                    ours = (await js.consumer_info(consumer.stream, consumer.durable)).config.as_dict()
+                    await js.delete_consumer(consumer.stream, consumer.durable)
+                    sub = subscribers[consumer.durable]
+                    # FastStream's call (its PullStreamSubscriber._create_subscription), on a copy of the config
+                    # it would change in place
+                    bound = await js.pull_subscribe(subject=sub.subject.broker_address,
+                                                    config=copy.deepcopy(sub.config), **sub.extra_options)
+                    await bound.unsubscribe()
+                    theirs = (await js.consumer_info(consumer.stream, consumer.durable)).config.as_dict()
+                    assert ours == theirs, (consumer.durable, ours, theirs)
+            finally:
+                await broker.stop()
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+
+
+def test_a_consumer_jetstream_refuses_ends_the_start_naming_it_at_once(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """JetStream answers the consumer's CREATE with a refusal (here: a back-off longer than its max_deliver allows):
+    the start ends at the first try with one line (RailyardError: main's exit code 2) naming the consumer, the stream
+    and JetStream's own words, not with the "consumer not found" of the read after it, and not after 30 s of tries."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+
+    def build_router(runtime: service.Runtime) -> NatsRouter:
+        router = NatsRouter()
+
+        @router.subscriber("events.model.>", stream=JStream(subjects.EVENTS_STREAM, declare=False), durable=DURABLE,
+                           pull_sub=PullSub(batch_size=10), config=ConsumerConfig(backoff=[1.0, 2.0], max_deliver=1))
+        async def consume(body: dict) -> None:
+            """Nothing."""
+
+        return router
+
+    async def scenario(url: str) -> None:
+        with pytest.raises(RailyardError) as raised:
+            await asyncio.wait_for(serve(ServiceSpec(name=SERVICE, build_router=build_router),
+                                         Settings(nats={"url": url}), asyncio.Event()), 30)
+        assert not isinstance(raised.value, Unavailable), raised.value
+        message = raised.value.msg
+        assert f"refused the consumer {DURABLE} of stream {subjects.EVENTS_STREAM}" in message, message
+        assert "max deliver" in message.lower() and "not found" not in message, message
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    assert not _logged(caplog, "JetStream consumer", logging.WARNING)
+    assert not _logged(caplog, "serving (pid")
