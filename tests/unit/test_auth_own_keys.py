@@ -6,11 +6,14 @@ next read at most KEY_REFETCH_INTERVAL later (shared/authz.py)."""
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 
 from services.auth import app as auth_app
+from shared import authz
 from shared.authz import TokenVerifier
 from shared.errors import Unavailable
 from tests.unit.test_authz import SETTINGS, jwks, make_token
@@ -30,7 +33,10 @@ class Pool:
 @pytest.mark.parametrize("fails", [ConnectionRefusedError(111, "Connect call failed"), TimeoutError(),
                                    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
                                    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")])
-async def test_a_database_that_is_down_is_a_503_for_the_tokens_auth_checks_and_read_at_most_once_a_second(fails):
+async def test_a_database_that_is_down_is_a_503_for_the_tokens_auth_checks_and_read_at_most_once_a_second(
+        fails, monkeypatch):
+    # the verifier's clock stands still: a host stalled past KEY_REFETCH_INTERVAL between two tokens read again
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: 1000.0, time=time.time))
     pool = Pool(fails)
     verifier = TokenVerifier(SETTINGS, lambda: auth_app.own_keys(pool, SETTINGS))
     for kid in ("k1", "bogus-1", "bogus-2"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from shared import authz
 from shared.authz import (
     Principal,
     TokenVerifier,
@@ -333,7 +335,7 @@ async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifie
     assert all(isinstance(answer, Unauthorized) and "revoked" in str(answer) for answer in answers), answers
 
 
-async def test_tokens_met_while_auth_cannot_give_the_keys_get_503_from_one_shared_fetch():
+async def test_tokens_met_while_auth_cannot_give_the_keys_get_503_from_one_shared_fetch(monkeypatch):
     """A service that started before auth answers knows no signing key: the first tokens met fetch them. That fetch
     failing was answered 401 'token signed with an unknown key' (a client told its token is bad, and the 503 of the
     revocation read above never reached), each token fetching in turn under the lock (n-th request: n timeouts).
@@ -344,6 +346,8 @@ async def test_tokens_met_while_auth_cannot_give_the_keys_get_503_from_one_share
     from shared.messages.auth import Revocations
 
     calls, release, answer = [], asyncio.Event(), []
+    # the verifier's clock stands still: a host stalled past KEY_REFETCH_INTERVAL after the failed read read again
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: 1000.0, time=time.time))
 
     async def keys():
         calls.append(1)
