@@ -35,6 +35,8 @@ from tests.local_nats import local_nats_server
 
 SERVICE = "registry"  # a known service name (subjects.health); nothing of the registry runs
 DURABLE = "test-consumer-setup"
+QUICK_WAIT = 1.0
+"""Seconds a JetStream request waits in the tests that drop answers (`quick`)."""
 
 
 @dataclass
@@ -132,8 +134,10 @@ async def _acknowledged(nc: nats.NATS) -> int:
 
 @pytest.fixture
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A JetStream request gives up after 0.5 s (the broker's js_options), tries are 0.1 s apart at first."""
-    monkeypatch.setattr(bus, "JETSTREAM_TIMEOUT", 0.5)
+    """A JetStream request gives up after 1 s (the broker's js_options), tries are 0.1 s apart at first. Not less:
+    the wait is every request's, also the unretried ones (ensure_streams, FastStream's bind), which a loaded host
+    (a stack starting on the other worker) can keep from the server's answer for a few tenths of a second."""
+    monkeypatch.setattr(bus, "JETSTREAM_TIMEOUT", QUICK_WAIT)
     monkeypatch.setattr(service, "CONSUMER_RETRY_FIRST", 0.1)
 
 
@@ -173,7 +177,7 @@ def test_a_consumer_jetstream_answers_late_is_set_up_at_a_later_try(tmp_path: Pa
 
     with local_nats_server(tmp_path, jetstream=True) as url:
         asyncio.run(scenario(url))
-    # two tries at least (more only when the server itself took over 0.5 s, on a loaded host), each failed one said
+    # two tries at least (more only when the server itself took over QUICK_WAIT, on a loaded host), each failed one said
     warnings = _logged(caplog, "JetStream consumer", logging.WARNING)
     assert len(warnings) >= 2 and all(DURABLE in w and subjects.EVENTS_STREAM in w for w in warnings), warnings
     assert len(_logged(caplog, f"set up at try {len(warnings) + 1}")) == 1
@@ -209,7 +213,7 @@ def test_a_stop_during_the_consumer_set_up_ends_the_start_at_once(tmp_path: Path
     not held up by that wait (60 s here): the start ends without subscribing or serving, and no other request
     follows."""
     caplog.set_level(logging.INFO, logger="railyard.service")
-    monkeypatch.setattr(bus, "JETSTREAM_TIMEOUT", 0.3 if when == "during a pause" else 60.0)
+    monkeypatch.setattr(bus, "JETSTREAM_TIMEOUT", QUICK_WAIT if when == "during a pause" else 60.0)
     monkeypatch.setattr(service, "CONSUMER_RETRY_FIRST", 60.0)
     monkeypatch.setattr(service, "CONSUMER_RETRY_MAX", 60.0)
     monkeypatch.setattr(service, "CONSUMERS_WITHIN", 300.0)
@@ -224,7 +228,7 @@ def test_a_stop_during_the_consumer_set_up_ends_the_start_at_once(tmp_path: Path
                     while not proxy.asked:
                         assert not task.done(), task.exception() if not task.cancelled() else task
                         await asyncio.sleep(0.02)
-                if when == "during a pause":  # the request's 0.3 s are over: the start pauses before the next
+                if when == "during a pause":  # the request's QUICK_WAIT is over: the start pauses before the next
                     async with asyncio.timeout(60):
                         while not _logged(caplog, "JetStream consumer", logging.WARNING):  # noqa: ASYNC110 - a log
                             await asyncio.sleep(0.02)
