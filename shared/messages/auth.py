@@ -19,8 +19,8 @@ from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_fiel
 SOURCE_CHARS = 128
 """The longest `source` a sign-in command takes. The gateway sends what services/gateway/source_address.py's
 counted_as gives: an IPv4 address (at most 15 characters), an IPv6 address's /64 (at most 24), or a peer that is no
-address as the ASGI server named it (`unknown` without one). Failed logins are counted per source, in auth's
-database and memory, so a source of any length was a row and a key of any size."""
+address as the ASGI server named it, cut to its first SOURCE_CHARS characters (`unknown` without one). Failed logins
+are counted per source, in auth's database and memory, so a source of any length was a row and a key of any size."""
 
 
 class IssueToken(Command):
