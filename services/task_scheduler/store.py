@@ -482,8 +482,15 @@ EVENT_TYPES = {subjects.EVENT_TASK_RUN_STARTED: TaskRunStarted, subjects.EVENT_T
 async def add_run_event(conn: asyncpg.Connection, run: asyncpg.Record, status: str, exit_code: int | None,
                         reason: str | None) -> None:
     """A run's events.task_run.* in the outbox, in the caller's transaction (the one that changed the run's status;
-    shared/outbox.py publishes it once that commits). Nothing for a run whose task is gone."""
-    task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", run["task_id"])
+    shared/outbox.py publishes it once that commits). Nothing for a run whose task is gone.
+
+    Its `occurred_at` is PostgreSQL's clock (clock_timestamp(), read in that transaction), not the process's: the
+    lineage card shows the event with the latest occurred_at, and one run's events come from several scheduler
+    processes, on hosts whose clocks differ. A run put back (`queued`) by a stopping process is started again by
+    another within milliseconds: with that host's clock a few milliseconds behind, its `running` read as older than
+    the `queued` and the card read queued for the whole run (2026-12-05, review). On the one database clock, an event
+    written after another's transaction committed is later."""
+    task = await conn.fetchrow("SELECT *, clock_timestamp() AS event_at FROM tasks WHERE id = $1", run["task_id"])
     if task is None:
         return
     kind, subject = RUN_EVENTS.get(status, (TaskRunFailed, subjects.EVENT_TASK_RUN_FAILED))
@@ -491,7 +498,7 @@ async def add_run_event(conn: asyncpg.Connection, run: asyncpg.Record, status: s
     await add_event(conn, subject, kind(
         run_id=run["id"], task_id=task["id"], name=task["name"], orch_id=task["orch_id"], orch_sha=task["orch_sha"],
         orch_name=orch_name, workspace_id=task["workspace_id"], owner_id=task["owner_id"], status=status,
-        exit_code=exit_code, reason=reason))
+        exit_code=exit_code, reason=reason, occurred_at=task["event_at"]))
 
 
 async def seconds_to_next_due(conn: asyncpg.Connection, lost_after: float, envs: bool,

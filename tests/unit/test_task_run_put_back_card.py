@@ -20,7 +20,10 @@ T0 = datetime(2026, 12, 5, 22, 0, tzinfo=UTC)
 
 
 class SchedulerConn:
-    """The scheduler's connection as add_run_event uses it: the task and orchestration read, the outbox row kept."""
+    """The scheduler's connection as add_run_event uses it: the task and orchestration read (with the database's
+    clock_timestamp(), `database_clock`), the outbox row kept."""
+
+    database_clock = T0
 
     def __init__(self) -> None:
         self.outbox: list[tuple[str, dict]] = []
@@ -28,7 +31,7 @@ class SchedulerConn:
     async def fetchrow(self, query: str, *args: object) -> dict:
         assert "FROM tasks" in query
         return {"id": TASK, "name": "nightly", "orch_id": ORCH, "orch_sha": "ab" * 32, "workspace_id": 5,
-                "owner_id": "u"}
+                "owner_id": "u", "event_at": SchedulerConn.database_clock}
 
     async def fetchval(self, query: str, *args: object) -> str:
         return "train"
@@ -45,12 +48,8 @@ async def written(status: str, reason: str | None) -> tuple[str, dict]:
     return event
 
 
-async def test_a_put_back_run_reads_queued_on_its_card_until_it_starts_again(monkeypatch):
-    started = await written("running", None)
-    put_back = await written("queued", store.PUT_BACK)
-    assert put_back[0] == subjects.EVENT_TASK_RUN_QUEUED  # not .failed (monitoring and auth end a run at it)
-    assert (put_back[1]["status"], put_back[1]["reason"]) == ("queued", store.PUT_BACK)
-
+def a_card(monkeypatch) -> dict:
+    """The run's card as graph.apply_event draws it (lineage's store faked: set_if_newer as its SQL)."""
     card: dict = {}
 
     async def lock_graph(conn, workspace_id):
@@ -69,9 +68,44 @@ async def test_a_put_back_run_reads_queued_on_its_card_until_it_starts_again(mon
     for name, fake in (("lock_graph", lock_graph), ("upsert_node", upsert_node), ("set_if_newer", set_if_newer),
                        ("add_edge", add_edge)):
         monkeypatch.setattr(lineage_store, name, fake)
+    return card
+
+
+async def test_a_put_back_run_reads_queued_on_its_card_until_it_starts_again(monkeypatch):
+    started = await written("running", None)
+    put_back = await written("queued", store.PUT_BACK)
+    assert put_back[0] == subjects.EVENT_TASK_RUN_QUEUED  # not .failed (monitoring and auth end a run at it)
+    assert (put_back[1]["status"], put_back[1]["reason"]) == ("queued", store.PUT_BACK)
+
+    card = a_card(monkeypatch)
     await graph.apply_event(None, *started, T0)
     assert card["status"] == "running"
     await graph.apply_event(None, *put_back, T0 + timedelta(seconds=1))
     assert card["status"] == "queued"  # was: running until the run started again
     await graph.apply_event(None, *started, T0 + timedelta(seconds=2))  # its start again
     assert card["status"] == "running"
+
+
+async def test_a_restart_on_a_host_whose_clock_is_behind_reads_running(monkeypatch):
+    """The put-back is written by the stopping process, the restart's events.task_run.started by another one a few
+    milliseconds later, on a host whose clock is behind the first's: each event's occurred_at is the database's clock
+    (store.add_run_event), so the card reads running. Before, each process stamped its own clock's time, the start
+    read as older than the put-back, and the card read queued for the whole run (until its end's event)."""
+    host_clocks = iter([T0, T0 + timedelta(milliseconds=20), T0 + timedelta(milliseconds=5)])  # B's 20 ms behind A's
+
+    class HostClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return next(host_clocks)
+
+    monkeypatch.setattr("shared.messages.base.datetime", HostClock)
+    events = []
+    for status, reason, database_clock in (("running", None, T0), ("queued", store.PUT_BACK, T0 + timedelta(seconds=1)),
+                                           ("running", None, T0 + timedelta(seconds=1, milliseconds=3))):
+        monkeypatch.setattr(SchedulerConn, "database_clock", database_clock)
+        events.append(await written(status, reason))
+    card = a_card(monkeypatch)
+    for subject, payload in events:  # in the outbox's order, each at its own occurred_at, as lineage draws it
+        await graph.apply_event(None, subject, payload, datetime.fromisoformat(payload["occurred_at"]))
+    assert [e[1]["status"] for e in events] == ["running", "queued", "running"]
+    assert card["status"] == "running"  # was: queued (its start stamped 17 ms before its put-back)
