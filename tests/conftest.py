@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import defaultdict
@@ -90,6 +91,7 @@ _worker_down: dict[str, float] = {}
 def pytest_sessionstart(session) -> None:
     global _session_started
     _session_started = time.monotonic()
+    _start_stack_early(session.config)
 
 
 def pytest_runtest_logreport(report) -> None:
@@ -110,8 +112,54 @@ def pytest_terminal_summary(terminalreporter) -> None:
             for worker, done in sorted(_worker_down.items())))
 
 
+# RAILYARD_TEST_STACK_EARLY=1 (`make test`): each process that runs tests starts its embedded stack when its
+# session starts, before collection, instead of when its first test asks for the stack: `railyard up` (PostgreSQL's
+# initdb, the servers' starts, ten services' imports; ~10 s alone, 15-25 s with two workers) then runs while the
+# process collects the suite's ~4,400 items (seconds of CPU a worker), and the first test waits only for what is left
+# of it. Under pytest-xdist the controller runs no test and starts none. The `stack` fixture takes it over as it is
+# (waits for it to be healthy, stops it at the session's end); a process whose tests never ask for it stops it at its
+# session's end. Without the variable (a developer's `pytest tests/unit`), nothing starts before a test asks. A
+# process that runs tests takes the variable out of its environment: the pytest a test starts (test_ui_browser_required
+# runs test_ui.py without a browser) starts no stack of its own.
+EARLY = "RAILYARD_TEST_STACK_EARLY"
+_early: tuple[contextlib.ExitStack, RunningStack] | None = None
+
+
+def _start_stack_early(config) -> None:
+    global _early
+    if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
+        return  # xdist's controller: its workers start theirs (they have the variable from it)
+    if os.environ.pop(EARLY, None) != "1" or config.option.collectonly:
+        return
+    cleanup = contextlib.ExitStack()
+    try:
+        data_dir = cleanup.enter_context(stack_directory())
+        running = start_stack(data_dir)
+        cleanup.callback(running.stop)
+    except BaseException:
+        cleanup.close()
+        raise
+    _early = (cleanup, running)
+
+
+def pytest_sessionfinish(session) -> None:
+    """An early stack no test asked for: stopped, its directory removed."""
+    global _early
+    if _early is not None:
+        cleanup, _ = _early
+        _early = None
+        cleanup.close()
+
+
 @pytest.fixture(scope="session")
 def stack() -> RunningStack:
+    global _early
+    if _early is not None:  # started at the session's start (RAILYARD_TEST_STACK_EARLY): this fixture's from now on
+        (cleanup, running), _early = _early, None
+        with cleanup:
+            running.wait_healthy()
+            yield running
+        return
     with stack_directory() as data_dir:
         running = start_stack(data_dir)
         try:

@@ -1,0 +1,93 @@
+"""tests/conftest.py's early stack (RAILYARD_TEST_STACK_EARLY, set by `make test`): which process starts one when its
+session starts, and that a pytest started by a test does not start one again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests import conftest
+
+EARLY = conftest.EARLY
+
+
+class FakeStack:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.stopped = 0
+
+    def stop(self) -> int:
+        self.stopped += 1
+        return 0
+
+
+@pytest.fixture
+def started(monkeypatch, tmp_path) -> list[FakeStack]:
+    """Stands in for stack_directory and start_stack; the stacks "started" (none is, nothing binds a port)."""
+    made: list[FakeStack] = []
+
+    @contextlib.contextmanager
+    def directory():
+        folder = tmp_path / f"stack{len(made)}"
+        folder.mkdir()
+        yield folder / "data"
+
+    def start(data_dir: Path) -> FakeStack:
+        made.append(FakeStack(data_dir))
+        return made[-1]
+
+    monkeypatch.setattr(conftest, "stack_directory", directory)
+    monkeypatch.setattr(conftest, "start_stack", start)
+    monkeypatch.setattr(conftest, "_early", None)
+    return made
+
+
+def config(numprocesses: int | None, worker: bool = False, collectonly: bool = False) -> SimpleNamespace:
+    made = SimpleNamespace(option=SimpleNamespace(numprocesses=numprocesses, collectonly=collectonly))
+    if worker:
+        made.workerinput = {"workerid": "gw0"}
+    return made
+
+
+@pytest.mark.parametrize("which", [config(None), config(0), config(2, worker=True)],
+                         ids=["no xdist", "-n 0", "an xdist worker"])
+def test_a_process_that_runs_tests_starts_it_and_takes_the_variable_out(monkeypatch, started, which):
+    monkeypatch.setenv(EARLY, "1")
+    conftest._start_stack_early(which)
+    assert len(started) == 1 and conftest._early is not None and conftest._early[1] is started[0]
+    assert EARLY not in os.environ  # a pytest one of its tests starts (test_ui_browser_required) starts none
+    conftest.pytest_sessionfinish(None)  # no test asked for it: stopped at the session's end
+    assert started[0].stopped == 1 and conftest._early is None
+
+
+@pytest.mark.parametrize("which, value", [(config(2), "1"), (config(0), None), (config(0), "0"),
+                                          (config(2, worker=True, collectonly=True), "1")],
+                         ids=["xdist's controller", "without the variable", "variable 0", "--collect-only"])
+def test_no_early_stack(monkeypatch, started, which, value):
+    if value is None:
+        monkeypatch.delenv(EARLY, raising=False)
+    else:
+        monkeypatch.setenv(EARLY, value)
+    conftest._start_stack_early(which)
+    assert started == [] and conftest._early is None
+    if which.option.numprocesses and not hasattr(which, "workerinput"):
+        assert os.environ.get(EARLY) == "1"  # the controller leaves it to the workers it starts
+
+
+def test_the_stack_fixture_takes_the_early_stack_over(monkeypatch, started):
+    monkeypatch.setenv(EARLY, "1")
+    conftest._start_stack_early(config(0))
+    healthy = []
+    monkeypatch.setattr(FakeStack, "wait_healthy", lambda self: healthy.append(self), raising=False)
+    fixture = conftest.stack.__wrapped__()
+    assert next(fixture) is started[0] and healthy == started  # the one started early, waited for
+    assert conftest._early is None  # the session's end leaves it to the fixture
+    conftest.pytest_sessionfinish(None)
+    assert started[0].stopped == 0
+    with pytest.raises(StopIteration):
+        next(fixture)
+    assert started[0].stopped == 1 and len(started) == 1
