@@ -39,10 +39,14 @@ holds the burst on disk, the log store writes it, as without segments).
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
+import itertools
 import json
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,6 +78,7 @@ from shared.logrecords import (
     group_records,
     log_header,
     log_subject,
+    named_dictionaries,
 )
 from shared.objectstore import BUCKET_LOGS
 from shared.settings import LogSettings
@@ -130,6 +135,15 @@ def _records_left(records: list[InferenceRecord], tables: list[tuple[pa.Table, l
         unpublished -= count
         lost += 1
     return lost
+
+
+def _per_record(rows: list[int], counts: Iterable[int]) -> list[int]:
+    """The rows `_split` gave up on (their positions in the table it cut) as the number each record lost, one entry
+    per record (the table's records have `counts` rows each, in order): `lost_records` counts records, not rows."""
+    if not rows:
+        return []
+    ends = list(itertools.accumulate(counts))
+    return list(collections.Counter(bisect.bisect_right(ends, row) for row in rows).values())
 
 
 def _record_bytes(record: InferenceRecord) -> int:
@@ -374,14 +388,14 @@ class LogBatcher:
                 count = sum(r.rows for r in records) + sum(t.num_rows for t, _ in tables)
                 # on the event loop up to 2000 rows: in a thread, the GIL it holds stalled the loop more than doing
                 # it here (bench/log_flush_lag.py measured both, issue 20)
-                dropped: list[int] = []  # rows _split gave up on (too big for the bus alone)
+                dropped: list[int] = []  # rows _split gave up on (too big for the bus alone), one count a record
                 payloads = await self._in_thread(self._encode, records, tables, malformed, dropped) \
                     if count > 2000 else self._encode(records, tables, malformed, dropped)
                 if malformed:  # counted here, on the loop (not in the thread, beside add's counting)
                     self.set_aside(malformed)
                     left -= len(malformed)
-                if dropped:
-                    self.lost_rows += len(dropped)
+                if dropped:  # before session 34 each row counted as a record: "1000 rows of 1000 requests" for one
+                    self.lost_rows += sum(dropped)
                     self.lost_records += len(dropped)
                     self._report(force=True)
                 unpublished -= count - sum(c for _, _, c in payloads)  # malformed and dropped: counted above
@@ -477,7 +491,9 @@ class LogBatcher:
         dropped = [] if dropped is None else dropped
         payloads: list[tuple[bytes, dict[str, list[int]], int]] = []
         for table, counts in tables:
-            payloads += self._split(encode_runs(table, counts), 0, {}, dropped)
+            rows: list[int] = []
+            payloads += self._split(encode_runs(table, counts), 0, {}, rows)
+            dropped += _per_record(rows, counts)
         for group in group_records(records):
             try:
                 payloads += self._payloads(group, dropped)
@@ -499,7 +515,7 @@ class LogBatcher:
         table = encode_runs(table, (record.rows for record in group))  # a value per record
         mine: list[int] = []
         payloads = self._split(table, 0, once, mine)
-        dropped += mine
+        dropped += _per_record(mine, (record.rows for record in group))
         return payloads
 
     def _salvage(self, group: list[InferenceRecord], malformed: list[tuple[InferenceRecord, Exception]],
@@ -534,6 +550,13 @@ class LogBatcher:
     def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]], dropped: list[int]
                ) -> list[tuple[bytes, dict[str, list[int]], int]]:
         payload = to_ipc_stream(table)
+        if len(payload) > self.max_bytes and any(pa.types.is_dictionary(kind) for kind in table.schema.types):
+            # a slice carries its table's whole dictionaries (Arrow sends them with each message): rows small each
+            # but naming many distinct values (1,000 of 2 KB: a 2 MB dictionary) made every slice, down to one row,
+            # too big, and all of them were lost. A slice too big keeps the values its rows name, then is cut
+            named = named_dictionaries(table)
+            if named is not table:
+                table, payload = named, to_ipc_stream(named)
         if len(payload) > self.max_bytes and table.num_rows == 1 and META_DROPPED in table.column_names:
             # a fixed-width tensor keeps its value slots when drop_oversized nulls it: a row whose tensor alone is
             # above the bus limit stayed above it, the stream refused it, and the retries held up every later
@@ -542,7 +565,7 @@ class LogBatcher:
             table = table.drop_columns([name for name in table.column_names if name in lost])
             payload = to_ipc_stream(table)
             if len(payload) > self.max_bytes:  # what must stay (time, metadata) is itself too big: lost (counted
-                dropped.append(1)  # by flush)
+                dropped.append(offset)  # by flush, per record: _per_record)
                 return []
         if len(payload) <= self.max_bytes or table.num_rows == 1:
             mine: dict[str, list[int]] = {}

@@ -120,6 +120,41 @@ async def test_a_request_naming_a_dictionary_value_above_the_bus_limit_loses_it_
     assert batcher.lost_rows == 0 and batcher.held_rows == 0
 
 
+
+async def test_a_batch_whose_dictionary_alone_is_above_the_bus_limit_is_cut_into_slices_that_fit():
+    # each row is small (one 8 KB categorical value) but the batch's dictionary (200 distinct values, 1.6 MB) is
+    # above the bus limit, and Arrow sends it whole with every slice: each slice down to one row was too big, and
+    # all 200 rows were lost (lost_rows 200). A slice too big keeps the dictionary values its rows name
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=1), 1024 * 1024)
+    tags = [f"{i:03d}" + "x" * 8192 for i in range(200)]
+    batcher.add(InferenceRecord(0, pa.table({"tag": pa.array(tags).dictionary_encode()}),
+                                pa.table({"y": pa.array(np.arange(200, dtype=np.float64))}), "m", (1, 2)))
+    await asyncio.wait_for(batcher.flush(), 30)
+    assert (batcher.lost_rows, batcher.lost_records, batcher.held_rows) == (0, 0, 0)
+    assert stream.published and all(len(payload) <= batcher.max_bytes for payload, _ in stream.published)
+    tables = [pa.ipc.open_stream(payload).read_all() for payload, _ in stream.published]
+    assert [tag for table in tables for tag in table.column("in.tag").to_pylist()] == tags  # each once, in order
+    assert [y for table in tables for y in table.column("out.y").to_pylist()] == list(map(float, range(200)))
+
+
+async def test_rows_too_big_alone_count_their_records_once_each_in_lost_records(monkeypatch):
+    """`_split` counted each row it gave up on as a record too: one request of 4 such rows was "4 rows of 4
+    requests" in lost_records (and in the status' details line). A stand-in `to_ipc_stream` makes every message
+    too big: a request of 4 rows and one of 2 lose 6 rows of 2 requests."""
+    import services.engine.logbatcher as logbatcher
+
+    monkeypatch.setattr(logbatcher, "to_ipc_stream", lambda table: b"x" * (1024 * 1024 + 1))
+    stream = RefusingStream()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(engine_flush_ms=1), 1024 * 1024)
+    batcher.add(record(1.0, rows=4))
+    batcher.add(record(2.0, rows=2))
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert stream.published == []
+    assert (batcher.lost_rows, batcher.lost_records, batcher.held_rows) == (6, 2, 0)
+
 async def published(stream: RefusingStream) -> None:
     for _ in range(1000):  # 5 s at most
         if stream.published:
