@@ -567,7 +567,13 @@ def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
             # take() with the dropped rows' indices null: it copies only the values kept (if_else kept the value
             # buffer whole: a nulled 10 MB string still serialized as 10 MB, so the record never fit the stream and
             # was retried until the replica stopped), and takes extension types, which if_else has no kernel for
-            kept = column.take(pa.array(np.arange(len(column)), mask=mask))
+            indices = pa.array(np.arange(len(column)), mask=mask)
+            if pa.types.is_run_end_encoded(column.type):  # take() has no run-end encoded kernel: it raised, and the
+                # flush set the group's records aside one by one, the oversized one lost whole (taken decoded)
+                kept = pc.run_end_encode(pc.run_end_decode(column).take(indices),
+                                         run_end_type=column.type.run_end_type)
+            else:
+                kept = column.take(indices)
             if pa.types.is_dictionary(column.type):  # take() keeps the whole dictionary: the dropped values go
                 kept = pa.chunked_array([_named_values(chunk) for chunk in kept.chunks], column.type)
             table = table.set_column(table.schema.get_field_index(name), name, kept)

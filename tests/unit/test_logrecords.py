@@ -128,6 +128,11 @@ def test_row_sizes_of_extension_run_end_encoded_map_and_view_columns():
         np.zeros((2, 300, 300), np.float32)), "metadata.dropped": pa.array([[], []], pa.list_(pa.string()))})
     kept = drop_oversized(table, 100_000)  # an extension column can be dropped (if_else had no kernel for it)
     assert kept.column("in.t").null_count == 2 and kept.column("in.t").type == table.column("in.t").type
+    table = pa.table({"time": pa.array([1, 2, 3], pa.int64()), "in.r": runs.slice(1, 3),
+                      "metadata.dropped": pa.array([[], [], []], pa.list_(pa.string()))})
+    kept = drop_oversized(table, 500)  # a run-end encoded row can lose its value (take() has no kernel for it)
+    assert kept.column("in.r").to_pylist() == ["a", None, "bc"] and kept.column("in.r").type == runs.type
+    assert kept.column("metadata.dropped").to_pylist() == [[], ["in.r"], []]
 
 
 def test_dataset_selection_keeps_time_and_groups_or_columns():
