@@ -110,6 +110,10 @@ class TokenVerifier:
         self._full_read_at = 0.0
         # the first read in flight, shared by every token met meanwhile (one read, one outcome for all of them)
         self._first_read: asyncio.Future | None = None
+        # when such a read last failed (monotonic s, 0 never) and what it said: a token met within
+        # KEY_REFETCH_INTERVAL after it is refused 503 without a read of its own (_read_revocations_once)
+        self._revocations_failed_at = 0.0
+        self._revocations_failure = ""
         self._key_refresh: asyncio.Future | None = None  # a fetch of the keys for an unknown kid, shared likewise
         # when a read of the keys last failed (monotonic s, 0 never) and what it said: an unknown kid reads them at
         # most every KEY_REFETCH_INTERVAL after a failed read as after a good one (_key_for)
@@ -259,31 +263,49 @@ class TokenVerifier:
         tokens met while a read is under way wait for that one read and share its outcome (they took a lock in
         turn, each reading again after the one before failed: while auth took its full timeout to fail, the n-th
         request met waited n timeouts). The read is a task of its own, which a caller going away (a client that
-        disconnects) does not cancel."""
+        disconnects) does not cancel. A read that failed is not started again until KEY_REFETCH_INTERVAL after its
+        end: a token met meanwhile gets the same 503 without a read (before session 34, while auth failed fast, its
+        database down, the tokens met read the list back to back: one read in flight, the next as soon as it failed).
+        """
         if self._revocations_read or self._fetch_revocations is None:
             return
         if self._first_read is None:
+            if (self._revocations_failed_at
+                    and time.monotonic() - self._revocations_failed_at < KEY_REFETCH_INTERVAL):
+                raise self._revocations_unread(self._revocations_failure)
             self._first_read = asyncio.ensure_future(self._fetch_revocations())
             self._first_read.add_done_callback(self._first_read_done)
         try:
             revocations = await asyncio.shield(self._first_read)
         except RailyardError as exc:
-            raise Unavailable(f"tokens cannot be checked yet: the list of revoked tokens could not be read "
-                              f"from the auth service ({exc.msg}); try again in a moment") from None
+            raise self._revocations_unread(exc.msg) from None
         if not self._revocations_read:  # (applied by _first_read_done already, which runs first)
             self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
                                  getattr(revocations, "position", None))
 
     def _first_read_done(self, read: asyncio.Future) -> None:
-        """The shared read ended: the next token met (if the list is still unread) starts a new one."""
+        """The shared read ended: the next token met (if the list is still unread) starts a new one, after a failed
+        one not before KEY_REFETCH_INTERVAL has passed."""
         if self._first_read is read:
             self._first_read = None
-        if read.cancelled() or read.exception() is not None:  # retrieved: the callers waiting raise it
+        if read.cancelled():
+            return
+        failure = read.exception()  # retrieved: the callers waiting raise it
+        if failure is not None:
+            # counted from the read's end, failed as it did: the next read is not before KEY_REFETCH_INTERVAL, and
+            # a client's 503 until then says this (not an unexpected error's text)
+            self._revocations_failed_at = time.monotonic()
+            self._revocations_failure = failure.msg if isinstance(failure, RailyardError) else "the read failed"
             return
         revocations = read.result()  # applied even when every caller went away meanwhile
         self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
                              getattr(revocations, "position", None))
         self.keys_told(getattr(revocations, "keys", None))
+
+    @staticmethod
+    def _revocations_unread(why: str) -> Unavailable:
+        return Unavailable(f"tokens cannot be checked yet: the list of revoked tokens could not be read from the auth "
+                           f"service ({why}); try again in a moment")
 
     def revoke(self, user_id: str, before: float) -> None:
         """Refuse the user's tokens issued at or before `before`. A moment that is no finite number (a NaN or

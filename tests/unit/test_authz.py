@@ -216,14 +216,17 @@ class _Bus:
         return _Subscription()
 
 
-async def test_no_token_is_accepted_before_the_revocation_list_was_read_once(verifier):
+async def test_no_token_is_accepted_before_the_revocation_list_was_read_once(verifier, monkeypatch):
     """A service that started while auth was not answering (the services start together) read no revocation list:
     a token of a user deactivated before that start must not pass until the list comes. The first token met
     reads the list itself; while auth cannot answer, tokens get 503 with a message to retry."""
-    from shared.authz import VerifierFeed
+    from shared.authz import KEY_REFETCH_INTERVAL, VerifierFeed
     from shared.errors import Unavailable
     from shared.messages.auth import Revocations
 
+    # the verifier's clock stands still: a failed read is read again KEY_REFETCH_INTERVAL later, moved by hand
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
     answers = [Unavailable("auth is not running"), Revocations(users={"u1": time.time() - 5})]
 
     async def fetch():
@@ -236,6 +239,7 @@ async def test_no_token_is_accepted_before_the_revocation_list_was_read_once(ver
     old = make_token(iat=int(time.time()) - 10)
     with pytest.raises(Unavailable, match="revoked tokens could not be read.*auth is not running"):
         await verifier.verify(old)
+    clock.now += KEY_REFETCH_INTERVAL  # (within it, the same 503 with no read: test_authz_key_reads.py)
     with pytest.raises(Unauthorized, match="revoked"):  # the list read at this token: u1 was deactivated
         await verifier.verify(old)
     assert (await verifier.verify(make_token())).subject == "u1"  # issued after: fine, and no read again
@@ -292,15 +296,18 @@ async def test_a_failed_first_read_is_retried_within_seconds_and_told_at_info(ve
     assert len(failures) == 2 and all(r.levelno == logging.INFO for r in failures)
 
 
-async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifier):
+async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifier, monkeypatch):
     """While the list was never read, the tokens met during one read wait for that read, not each for one of its
     own in turn: with auth taking its full timeout to fail, the n-th request waited n timeouts (a lock around a
     read each). A caller that goes away does not cancel the read the others wait for."""
-    from shared.authz import VerifierFeed
+    from shared.authz import KEY_REFETCH_INTERVAL, VerifierFeed
     from shared.errors import Unavailable, UpstreamTimeout
     from shared.messages.auth import Revocations
 
     calls, release, outcome = [], asyncio.Event(), []
+    # the verifier's clock stands still: a failed read is read again KEY_REFETCH_INTERVAL later, moved by hand
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
 
     async def fetch():
         calls.append(1)
@@ -323,7 +330,9 @@ async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifie
     assert len(calls) == 1  # one read for the five
     assert isinstance(answers[0], asyncio.CancelledError)
     assert all(isinstance(answer, Unavailable) for answer in answers[1:]), answers
-    # the next token met reads again; this time the list comes, and it names u1
+    # the next token met reads again, KEY_REFETCH_INTERVAL after the failed read; this time the list comes, and it
+    # names u1
+    clock.now += KEY_REFETCH_INTERVAL
     release.clear()
     outcome.append(Revocations(users={"u1": time.time() + 5}))
     again = [asyncio.create_task(verifier.verify(token)) for _ in range(3)]

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from shared import authz, subjects
-from shared.authz import TokenVerifier, VerifierFeed
+from shared.authz import KEY_REFETCH_INTERVAL, TokenVerifier, VerifierFeed
 from shared.errors import Unauthorized, Unavailable
 from shared.messages.auth import Revocations
 from tests.unit.test_authz import KEY, OTHER_KEY, SETTINGS, jwks, make_token
@@ -149,6 +149,68 @@ async def test_an_unknown_kid_reads_the_keys_at_most_every_interval_also_while_r
     with pytest.raises(Unauthorized, match="unknown key"):
         await verifier.verify(make_token(KEY, "bogus-again"))
     assert len(reads) == 7
+
+
+async def test_the_first_revocation_read_starts_at_most_every_interval_also_while_reads_fail_fast(monkeypatch):
+    """Before a verifier's first good read of the revocation list, the tokens met read it themselves. While auth
+    failed fast (its database down: an error answer at once), they read it back to back: one read in flight, the
+    next as soon as it failed. Now a failed read counts as the keys' does (KEY_REFETCH_INTERVAL): a token met within
+    the interval after it gets the same 503 with no read. Tokens every 0.25 s for 5 s: 5 reads (20 before). Once
+    auth answers, the next read (a second after the last failed one) gives the list, and no token reads it again."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    reads, down = [], [True]
+
+    async def keys():
+        return jwks(KEY, "k1")
+
+    async def fetch():
+        reads.append(clock.now)
+        if down[0]:
+            raise Unavailable("auth's database did not answer")
+        return Revocations(users={"u2": time.time() + 5})
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    verifier.read_revocations_from(fetch)
+    for step in range(20):
+        with pytest.raises(Unavailable, match=r"revoked tokens could not be read.*database did not answer"):
+            await verifier.verify(make_token(KEY, "k1", jti=f"t{step}"))
+        clock.now += 0.25
+    assert reads == [1000.0, 1001.0, 1002.0, 1003.0, 1004.0]
+    down[0] = False
+    assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"  # 1005.0: a second after the last
+    assert reads == [1000.0, 1001.0, 1002.0, 1003.0, 1004.0, 1005.0] and verifier.revocations_read
+    with pytest.raises(Unauthorized, match="revoked"):  # the list read names u2
+        await verifier.verify(make_token(KEY, "k1", sub="u2"))
+    assert len(reads) == 6  # read once: the tokens after it read nothing
+
+
+async def test_a_first_revocation_read_that_fails_unexpectedly_is_not_read_again_at_once(monkeypatch):
+    """An error no read expects (the bus client's) still goes out of the token that met it, as before; a token met
+    within KEY_REFETCH_INTERVAL after it gets a 503 that does not echo the error's text, with no read."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    reads = []
+
+    async def keys():
+        return jwks(KEY, "k1")
+
+    async def fetch():
+        reads.append(clock.now)
+        raise RuntimeError("nats: connection closed")
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    verifier.read_revocations_from(fetch)
+    with pytest.raises(RuntimeError, match="connection closed"):
+        await verifier.verify(make_token(KEY, "k1"))
+    clock.now = 1000.0 + KEY_REFETCH_INTERVAL / 2
+    with pytest.raises(Unavailable, match=r"revoked tokens could not be read from the auth service \(the read failed"):
+        await verifier.verify(make_token(KEY, "k1"))
+    assert reads == [1000.0]
+    clock.now = 1000.0 + KEY_REFETCH_INTERVAL
+    with pytest.raises(RuntimeError, match="connection closed"):
+        await verifier.verify(make_token(KEY, "k1"))
+    assert len(reads) == 2
 
 
 class Clock:
