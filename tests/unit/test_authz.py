@@ -246,6 +246,16 @@ async def test_no_token_is_accepted_before_the_revocation_list_was_read_once(ver
     assert answers == []
 
 
+async def _steps_until(condition, what: str) -> None:
+    """Let the loop run until `condition()` (in-memory awaits only: a few steps), failing at once if it never holds
+    (a spin with no bound hung until pytest's timeout, 5 minutes, when a change stopped the read from starting)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not within 1000 steps of the loop: {what}")
+
+
 def _feed_waits(monkeypatch, feed) -> list[float]:
     """The timeouts of the feed's waits between its reads (`asyncio.wait_for` on its stop event), in order."""
     waits: list[float] = []
@@ -319,8 +329,7 @@ async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifie
     VerifierFeed(verifier, fetch, 20.0)
     token = make_token()
     waiting = [asyncio.create_task(verifier.verify(token)) for _ in range(5)]
-    while not calls:  # noqa: ASYNC110 - the first read has started
-        await asyncio.sleep(0)
+    await _steps_until(lambda: calls, "the first read has started")
     for _ in range(20):  # every verify on its way to the read (in-memory awaits only: a few steps each)
         await asyncio.sleep(0)
     assert len(calls) == 1 and not any(task.done() for task in waiting)
@@ -336,8 +345,7 @@ async def test_tokens_met_during_the_first_read_share_it_and_its_failure(verifie
     release.clear()
     outcome.append(Revocations(users={"u1": time.time() + 5}))
     again = [asyncio.create_task(verifier.verify(token)) for _ in range(3)]
-    while len(calls) < 2:  # noqa: ASYNC110
-        await asyncio.sleep(0)
+    await _steps_until(lambda: len(calls) == 2, "the second read has started")
     release.set()
     answers = await asyncio.gather(*again, return_exceptions=True)
     assert len(calls) == 2 and verifier.revocations_read
@@ -372,8 +380,7 @@ async def test_tokens_met_while_auth_cannot_give_the_keys_get_503_from_one_share
     VerifierFeed(verifier, revocations, 20.0)
     token = make_token()
     waiting = [asyncio.create_task(verifier.verify(token)) for _ in range(5)]
-    while not calls:  # noqa: ASYNC110 - the first fetch has started
-        await asyncio.sleep(0)
+    await _steps_until(lambda: calls, "the first fetch has started")
     for _ in range(20):  # every verify on its way to the fetch (in-memory awaits only)
         await asyncio.sleep(0)
     assert len(calls) == 1 and not any(task.done() for task in waiting)
