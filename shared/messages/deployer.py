@@ -26,9 +26,12 @@ class NewPipeline(CreatePipeline):
     too): a CreatePipeline whose definition takes at most MAX_JSON_OBJECT bytes of JSON. Every version keeps its
     definition and pipelines/get and pipelines/list answer with them all. Stored versions are read as they are; the
     monitoring service's set_model sends a stored definition back with a model swapped, which is a new version and
-    bounded like any other (docs/inference.md)."""
+    bounded like any other (docs/inference.md). Its definition is required, as the seed has it (`{}` for none): a
+    create without one made a new version with an empty definition (a 200 that changed the pipeline's latest version);
+    CreatePipeline, the deployer's own and its callers' in-process, keeps the default."""
 
-    definition: dict[str, Any] = Field(default_factory=dict, description=f"At most {MAX_JSON_OBJECT} bytes of JSON.")
+    definition: dict[str, Any] = Field(description=f"Required (`{{}}` for none). At most {MAX_JSON_OBJECT} bytes of "
+                                       "JSON.")
 
     @field_validator("definition")
     @classmethod

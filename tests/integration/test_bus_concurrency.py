@@ -57,7 +57,7 @@ def test_a_slow_command_does_not_hold_up_the_next_one_of_its_subject(stack, alic
             started = time.monotonic()
             fast = await loop.run_in_executor(pool, lambda: post(
                 stack, "pipelines/create", alice.token,
-                {"pipeline_id": f"fast-{uuid.uuid4().hex[:8]}", "workspace_id": alice.workspace_id}))
+                {"pipeline_id": f"fast-{uuid.uuid4().hex[:8]}", "workspace_id": alice.workspace_id, "definition": {}}))
             fast_s = time.monotonic() - started
             held_answered_first = held.done()
         finally:
