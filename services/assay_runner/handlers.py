@@ -249,6 +249,20 @@ async def _check_pipeline(deps: Deps, principal: Principal, token: str | None, c
         raise InvalidRequest(f"pipeline {cfg.pipeline_id} is named {pipeline['name']!r}, not {cfg.pipeline_name!r}")
 
 
+async def _check_named_assay(deps: Deps, cfg: AssayConfig) -> None:
+    """The assay a run_interactive (or run_interactive_baseline) body names by `id` (the seed's "identifier for
+    the assay"; its results echo it as `assay_id`) is one of the body's pipeline, in its workspace: else a 404, as
+    get_results answers. Before, any id was echoed (99999: a 200 whose results named an assay that does not exist).
+    No id (the SDK's run_assay, a preview of an assay not created) is scored as before. After _check_pipeline: the
+    caller is a member of cfg.workspace_id, so an assay of another workspace is the same 404 as none."""
+    if cfg.id is None:
+        return
+    row = await store.get(deps.pool, cfg.id)
+    if row is None or row["workspace_id"] != cfg.workspace_id or row["pipeline_id"] != cfg.pipeline_id:
+        raise NotFound(f"assay {cfg.id} not found in pipeline {cfg.pipeline_id} (leave `id` out to score an assay "
+                       "that is not created)")
+
+
 async def _training(deps: Deps, token: str | None, p: Plan, start_ms: int | None = None,
                     end_ms: int | None = None) -> dict[str, Any]:
     """The Training baseline's feature from the monitoring service (and its values in a window): with a token by
@@ -509,6 +523,7 @@ async def run_baseline(deps: Deps, principal: Principal, token: str | None, cfg:
     started = time.perf_counter()
     p = plan(cfg)
     await _check_pipeline(deps, principal, token, cfg)
+    await _check_named_assay(deps, cfg)
     baseline, bounds, _ = await _baseline(deps, token, p)
     edges, names = compute.edges_and_names(bounds, p.summarizer, False)
     as_window = {**baseline, "edges": edges, "edge_names": names}
@@ -524,6 +539,7 @@ async def run_interactive(deps: Deps, principal: Principal, token: str | None, c
     the log store has not all stored yet)."""
     p = plan(cfg)
     await _check_pipeline(deps, principal, token, cfg)
+    await _check_named_assay(deps, cfg)
     baseline, bounds, baseline_end = await _baseline(deps, token, p)
     start = _utc(cfg.window.start) if cfg.window.start else baseline_end
     if start is None:

@@ -60,7 +60,11 @@ def deps(monkeypatch) -> handlers.Deps:
     async def baseline(deps_, token, p):  # its summary, bin edges and end (the Fixed baseline's)
         return {"aggregated_values": [0.2] * 5}, np.linspace(0.0, 1.0, 6), END
 
+    async def assay_row(pool, assay_id):  # the assay the body's id names, of its pipeline and workspace
+        return {"id": assay_id, "workspace_id": 1, "pipeline_id": 1}
+
     monkeypatch.setattr(handlers, "_check_pipeline", checked)
+    monkeypatch.setattr(handlers.store, "get", assay_row)
     monkeypatch.setattr(handlers, "_baseline", baseline)
     made = handlers.Deps(pool=None, settings=AssaySettings(), membership=lambda token: None,  # type: ignore[arg-type]
                          read_field=never, pipeline_of=never, log_page=never, outbox=None)  # type: ignore[arg-type]
