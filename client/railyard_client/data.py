@@ -117,13 +117,28 @@ def _tensor_list(array: pa.Array) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(values, size)
 
 
+def _regular_file(path: str | Path) -> Path:
+    """`path` if it is a regular file (or a link to one); else InvalidInput saying which: no such file, or a path that
+    exists but is a directory, device or pipe (`/dev/null`, a `<(...)` process substitution's /dev/fd/N), which was
+    "no such file" too. Such a path is not read: its kind is not in its name, and a pipe's reader waits for its
+    writer; `railyard infer` takes a stream on stdin, its format guessed from its bytes or given by --format."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise InvalidInput(f"no such file: {path}")
+    kind = "a directory" if path.is_dir() else "a pipe" if path.is_fifo() else \
+        "a device" if path.is_char_device() or path.is_block_device() else "a socket" if path.is_socket() else \
+        "another kind of file"
+    raise InvalidInput(f"not a regular file: {path} ({kind}): give a .json, .arrow/.feather or .parquet file; "
+                       "`railyard infer PIPELINE -` reads a stream from stdin (`cmd | railyard infer PIPELINE -`)")
+
+
 def read_table(path: str | Path) -> tuple[pa.Table, str]:
     """A file of rows as an Arrow table, with its kind: `arrow` (IPC file or stream), `parquet` or `json`
     (pandas-records: a list of row objects, or one object per line). A file of no rows is InvalidInput (the API
     refuses a request or an upload of no rows)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"no such file: {path}")
+    path = _regular_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix in PARQUET_SUFFIXES:  # one file: ParquetFile, as pq.read_table's dataset layer imports pandas
@@ -289,9 +304,7 @@ def _refuse_lone_surrogates(rows: list[dict[str, Any]], source: str) -> None:
 def read_json_records(path: str | Path) -> list[dict[str, Any]]:
     """A pandas-records JSON file as row objects, as they go to the inference API, checked as it reads them (no
     Arrow table: `pa.Table.from_pylist` imports pandas through pyarrow's pandas shim)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"no such file: {path}")
+    path = _regular_file(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -356,3 +356,9 @@ def test_a_lone_surrogate_is_refused_before_sending_with_its_record(tmp_path: Pa
         read_table(tmp_path / "lone.json")  # the SDK's file path (Arrow): UnicodeEncodeError from Arrow before
     with pytest.raises(InvalidRequest, match="lone UTF-16 surrogate"):
         records_json_to_table(sent[0].content)
+
+
+def test_a_path_that_is_no_regular_file_is_refused_saying_so(tmp_path):
+    """`railyard infer fraud /dev/null` said "no such file: /dev/null" (the s34 walk-through): exit 2 before signing
+    in, saying what it is and that stdin takes a stream (tests/unit/test_client_data_not_regular_file.py)."""
+    assert "not a regular file: /dev/null (a device)" in refused(tmp_path, "infer", "fraud", "/dev/null")
