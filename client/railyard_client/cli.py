@@ -320,11 +320,14 @@ def _pipeline_row(pipeline: Pipeline) -> dict[str, Any]:
     record = pipeline.to_dict()
     versions = record.get("versions") or []
     deployment = record.get("deployment") or {}
-    # a record whose versions pass 4 MiB lists the newest (and the deployed one) and counts the rest apart
-    return {"id": record.get("id"), "name": record.get("name"),
-            "versions": len(versions) + (record.get("versions_omitted") or 0),
-            "latest_version": versions[-1]["version"] if versions else None,
-            "deployment": deployment.get("name"), "created_at": record.get("created_at")}
+    # a record whose versions pass 4 MiB lists the newest (and the deployed one) and counts the rest apart; a value
+    # there is none of (no deployment, no version) is an empty cell, as a key a row lacks: it read `null` (JSON's
+    # word; --json prints the record itself)
+    row = {"id": record.get("id"), "name": record.get("name"),
+           "versions": len(versions) + (record.get("versions_omitted") or 0),
+           "latest_version": versions[-1]["version"] if versions else None,
+           "deployment": deployment.get("name"), "created_at": record.get("created_at")}
+    return {key: "" if value is None else value for key, value in row.items()}
 
 
 @pipelines_app.command("list")
