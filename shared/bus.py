@@ -545,8 +545,11 @@ async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -
         except NotFoundError:
             try:
                 await js.add_stream(config)
-            except BadRequestError:  # created meanwhile by another process
-                info = await js.stream_info(config.name)
+            except BadRequestError as refused:  # created meanwhile by another process: read it
+                try:
+                    info = await js.stream_info(config.name)
+                except NotFoundError:  # not there: JetStream refused this config (its limits, a subject another
+                    raise _refused(f"the stream {config.name}", refused) from refused  # stream has), not "not found"
             else:
                 info = None
         if info is not None:
@@ -573,8 +576,18 @@ async def ensure_log_store_consumer(broker: NatsBroker, settings: Settings | Non
         pass
     try:
         await js.add_consumer(subjects.INFERENCE_LOGS_STREAM, log_store_consumer_config(settings.logs.ack_wait))
-    except BadRequestError:  # created meanwhile by the log store
-        await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+    except BadRequestError as refused:  # created meanwhile by the log store: read it
+        try:
+            await js.consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+        except NotFoundError:  # not there: JetStream refused this config (the stream's consumer limit)
+            raise _refused(f"the consumer {subjects.INFERENCE_LOGS_DURABLE} of stream "
+                           f"{subjects.INFERENCE_LOGS_STREAM}", refused) from refused
+
+
+def _refused(what: str, refused: Any) -> RailyardError:
+    """One line naming what JetStream refused to create and its own words (a read-back's 404 hid them)."""
+    return RailyardError(f"JetStream refused {what}: {refused.description or type(refused).__name__} (code "
+                         f"{refused.code}, err_code {refused.err_code})")
 
 
 async def wait_for_streams(broker: NatsBroker, timeout: float = 30.0) -> None:

@@ -358,10 +358,17 @@ async def set_up_consumers(broker: NatsBroker, stop: asyncio.Event) -> bool:
     under way given up, none follows). Unretried, one answer later than 5 s at a start (ten services creating
     consumers at once on a loaded host, a cluster electing a leader) ended the start with "TimeoutError: nats:
     timeout" naming nothing, and the supervisor redid the whole start."""
-    consumers = durable_consumers(broker)
+    return await set_up_durable_consumers(broker.config.connection_state.stream, durable_consumers(broker), stop)
+
+
+async def set_up_durable_consumers(js: Any, consumers: list[DurableConsumer], stop: asyncio.Event,
+                                   set_up: Callable[[Any, DurableConsumer], Awaitable[None]] = _set_up_consumer,
+                                   ) -> bool:
+    """`set_up_consumers`'s tries, for consumers a service's own code subscribes (the log store's raw pull
+    consumers, on a connection of their own: `js`): `set_up(js, consumer)` for each (default: its CONSUMER.INFO, and
+    CREATE when missing), retried, logged and ended as `set_up_consumers` says."""
     if not consumers:
         return True
-    js = broker.config.connection_state.stream
     began = time.monotonic()
     deadline = began + CONSUMERS_WITHIN
 
@@ -379,7 +386,7 @@ async def set_up_consumers(broker: NatsBroker, stop: asyncio.Event) -> bool:
         if stop.is_set():
             raise _Stopped
         tries += 1
-        await _unless_stopped(_set_up_consumer(js, consumer), stop)
+        await _unless_stopped(set_up(js, consumer), stop)
 
     for consumer in consumers:
         tries = 0

@@ -57,6 +57,7 @@ from shared import db, subjects
 from shared.consumers import describe, record_dead_letter
 from shared.dead_letters import REPLAY_FOR_HEADER
 from shared.messages.deployer import PipelineDeployed
+from shared.service import DurableConsumer, set_up_durable_consumers
 
 log = logging.getLogger("railyard.log_store")
 DURABLE = "log-store-announcements"
@@ -100,6 +101,10 @@ def announced(data: bytes) -> PipelineDeployed:
         raise ValueError("not a JSON object")
     return PipelineDeployed.model_validate({name: body.get(name) for name in (
         "deployment_id", "name", "pipeline_id", "workspace_id", "pipeline_version", "pipeline_name")})
+
+
+async def _create_or_update(js: Any, consumer: DurableConsumer) -> None:
+    await js.add_consumer(consumer.stream, config=consumer.config)
 
 
 class Deployments:
@@ -231,11 +236,14 @@ class Deployments:
             with contextlib.suppress(Exception):
                 conn.terminate()
 
-    async def start(self, js: Any) -> None:
+    async def start(self, js: Any, stop: asyncio.Event | None = None) -> None:
         self.js = js
         # created, or its settings updated (pull_subscribe leaves an existing durable as it is); never its filter
-        # (PREVIOUS_DURABLE)
-        await js.add_consumer(subjects.EVENTS_STREAM, config=consumer_config())
+        # (PREVIOUS_DURABLE). Tried again while JetStream does not answer (shared.service.set_up_durable_consumers:
+        # a late answer ended the start with "TimeoutError: nats: timeout"); nothing is started when `stop` came first
+        consumer = DurableConsumer(subjects.EVENTS_STREAM, DURABLE, ",".join(SUBJECTS), consumer_config())
+        if not await set_up_durable_consumers(js, [consumer], stop or asyncio.Event(), set_up=_create_or_update):
+            return
         self.sub = await js.pull_subscribe_bind(durable=DURABLE, stream=subjects.EVENTS_STREAM)
         self.task = asyncio.create_task(self.run())
 

@@ -87,6 +87,7 @@ from shared.messages.logs import (
 )
 from shared.objectstore import BUCKET_LOGS, BUCKET_TABLES, MinioObjectStore
 from shared.pg_text import headers_jsonb, no_nul
+from shared.service import DurableConsumer, set_up_durable_consumers
 from shared.settings import LogSettings
 
 if TYPE_CHECKING:
@@ -333,10 +334,15 @@ class Ingestor:
         self.fetch_batch = 16
         self.idle: asyncio.Future | None = None  # the idle loop's fetch (`idle_fetch`), which a stop cancels
 
-    async def start(self) -> None:
-        config = log_store_consumer_config(self.deps.settings.ack_wait)
-        self.sub = await self.js.pull_subscribe("logs.inference.>", durable=subjects.INFERENCE_LOGS_DURABLE,
-                                                stream=subjects.INFERENCE_LOGS_STREAM, config=config)
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """The consumer's CONSUMER.INFO (and CREATE when missing), what `pull_subscribe` did unretried, tried again
+        while JetStream does not answer (shared.service.set_up_durable_consumers: a late answer ended the start with
+        "TimeoutError: nats: timeout"); the bind asks nothing. Nothing is started when `stop` came first."""
+        consumer = DurableConsumer(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE, "logs.inference.>",
+                                   log_store_consumer_config(self.deps.settings.ack_wait))
+        if not await set_up_durable_consumers(self.js, [consumer], stop or asyncio.Event()):
+            return
+        self.sub = await self.js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
         self.task = asyncio.create_task(self.run())
 
     async def stop(self) -> None:

@@ -1,0 +1,154 @@
+"""The log store's own JetStream consumers (services/log_store: the inference logs' `Ingestor`, the deployer's
+announcements' `Deployments`) are set up with the retries of every service's durable consumers
+(shared.service.set_up_durable_consumers): a JetStream answer later than the request's wait is tried again, with a
+WARNING naming the consumer and the stream. Before, `Ingestor.start`'s `pull_subscribe` and `Deployments.start`'s
+`add_consumer` were asked once: one late answer ended the log store's start with "TimeoutError: nats: timeout".
+
+And the bootstrap's `ensure_streams` / `ensure_log_store_consumer` (shared/bus.py): JetStream refusing a CREATE ends
+with one line naming the stream or consumer and JetStream's own words, not the "not found" of the read after it.
+
+A real nats-server with JetStream (tests/local_nats.py), reached through test_service_consumer_setup's proxy, which
+holds back the server's answers to the first `drop` JetStream API requests about one consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import nats
+import pytest
+from faststream.nats import NatsBroker
+from nats.js.api import StreamConfig
+
+from services.log_store import deployments
+from services.log_store.deployments import Deployments
+from services.log_store.handlers import Ingestor
+from shared import bus, service, subjects
+from shared.errors import RailyardError
+from shared.settings import LogSettings, Settings
+from tests.local_nats import local_nats_server
+from tests.unit import test_service_consumer_setup as proxied
+
+WAIT = 0.5
+"""Seconds one JetStream request of the test's connection waits for its answer."""
+
+
+@pytest.fixture
+def jetstream_url(tmp_path: Path):
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "CONSUMER_RETRY_FIRST", 0.1)
+
+
+def _warned(caplog: pytest.LogCaptureFixture, durable: str, stream: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "railyard.service" and r.levelno == logging.WARNING
+            and f"JetStream consumer {durable} of stream {stream}: no answer" in r.getMessage()]
+
+
+async def _late_once(url: str, durable: str, monkeypatch: pytest.MonkeyPatch, work) -> list[str]:
+    """`work(js)` on a connection whose first JetStream API answer about `durable` never comes; the requests asked."""
+    monkeypatch.setattr(proxied, "DURABLE", durable)  # the consumer whose requests the proxy sees
+    proxy = proxied.ApiProxy(drop=1)
+    async with proxy.serving(url) as through:
+        nc = await nats.connect(through, max_reconnect_attempts=0)
+        try:
+            await work(nc.jetstream(timeout=WAIT))
+        finally:
+            await nc.close()
+    return proxy.asked
+
+
+async def test_the_ingestor_sets_up_its_consumer_at_a_later_try(jetstream_url: str, caplog: pytest.LogCaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    admin = await nats.connect(jetstream_url)
+    try:
+        await admin.jetstream().add_stream(name=subjects.INFERENCE_LOGS_STREAM, subjects=["logs.inference.>"])
+
+        async def start(js) -> None:
+            ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=js)
+            await ingestor.start()
+            try:
+                assert ingestor.sub is not None and ingestor.task is not None
+            finally:
+                await asyncio.wait_for(ingestor.stop(), 10)
+
+        asked = await _late_once(jetstream_url, subjects.INFERENCE_LOGS_DURABLE, monkeypatch, start)
+        info = await admin.jetstream().consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
+        assert info.config.filter_subject == "logs.inference.>" and info.config.max_deliver == -1, info.config
+    finally:
+        await admin.close()
+    assert len(asked) >= 2 and asked[0] == asked[1], asked  # the same question again, not given up
+    assert len(_warned(caplog, subjects.INFERENCE_LOGS_DURABLE, subjects.INFERENCE_LOGS_STREAM)) >= 1
+
+
+async def test_the_announcements_consumer_is_set_up_at_a_later_try(jetstream_url: str,
+                                                                   caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    admin = await nats.connect(jetstream_url)
+    try:
+        await admin.jetstream().add_stream(name=subjects.EVENTS_STREAM, subjects=["events.>"])
+
+        async def start(js) -> None:
+            known = Deployments(pool=None)  # type: ignore[arg-type]
+            await known.start(js)
+            try:
+                assert known.sub is not None and known.task is not None
+            finally:
+                await asyncio.wait_for(known.stop(), 10)
+
+        asked = await _late_once(jetstream_url, deployments.DURABLE, monkeypatch, start)
+        info = await admin.jetstream().consumer_info(subjects.EVENTS_STREAM, deployments.DURABLE)
+        assert sorted(info.config.filter_subjects) == sorted(deployments.SUBJECTS), info.config
+    finally:
+        await admin.close()
+    assert len(asked) >= 2 and all(".CREATE." in s for s in asked[:2]), asked
+    assert len(_warned(caplog, deployments.DURABLE, subjects.EVENTS_STREAM)) >= 1
+
+
+async def _broker(url: str) -> NatsBroker:
+    broker = NatsBroker(url)
+    await broker.connect()
+    return broker
+
+
+async def test_a_stream_jetstream_refuses_is_named_with_its_reason(jetstream_url: str) -> None:
+    """Another stream already takes EVENTS' subjects: JetStream refuses EVENTS' CREATE (subjects overlap); the
+    bootstrap ends naming EVENTS and that reason, not "stream not found"."""
+    broker = await _broker(jetstream_url)
+    try:
+        js = broker.config.connection_state.stream
+        await js.add_stream(StreamConfig(name="SOMEONE_ELSES", subjects=["events.>"]))
+        with pytest.raises(RailyardError) as raised:
+            await bus.ensure_streams(broker, Settings(nats={"url": jetstream_url}))
+    finally:
+        await broker.stop()
+    message = raised.value.msg
+    assert f"refused the stream {subjects.EVENTS_STREAM}" in message and "overlap" in message, message
+    assert "not found" not in message and "\n" not in message, message
+
+
+async def test_the_log_store_consumer_jetstream_refuses_is_named_with_its_reason(jetstream_url: str) -> None:
+    """INFERENCE_LOGS allows one consumer and has one: JetStream refuses the log store's CREATE; the bootstrap ends
+    naming the consumer, the stream and that reason, not "consumer not found"."""
+    broker = await _broker(jetstream_url)
+    try:
+        js = broker.config.connection_state.stream
+        await js.add_stream(StreamConfig(name=subjects.INFERENCE_LOGS_STREAM, subjects=["logs.inference.>"],
+                                         max_consumers=1))
+        await js.add_consumer(subjects.INFERENCE_LOGS_STREAM, durable_name="someone-elses")
+        with pytest.raises(RailyardError) as raised:
+            await bus.ensure_log_store_consumer(broker, Settings(nats={"url": jetstream_url}))
+    finally:
+        await broker.stop()
+    message = raised.value.msg
+    assert (f"refused the consumer {subjects.INFERENCE_LOGS_DURABLE} of stream {subjects.INFERENCE_LOGS_STREAM}"
+            in message and "maximum consumers" in message.lower()), message
+    assert "not found" not in message and "\n" not in message, message
