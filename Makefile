@@ -100,7 +100,7 @@ TEST_JUNIT ?= build/test-run.xml
 RAILYARD_TEST_REQUIRE_BROWSER ?= $(if $(filter true,$(CI)),1,)
 test: venv $(MLFLOW_STAMP) browser
 	PYTHONDONTWRITEBYTECODE= RAILYARD_TEST_REQUIRE_BROWSER=$(RAILYARD_TEST_REQUIRE_BROWSER) RAILYARD_TEST_STACK_EARLY=1 \
-		RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
+		RAILYARD_TEST_CLIENT_VENV_EARLY=1 RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
 		-p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 --junitxml=$(TEST_JUNIT)
 

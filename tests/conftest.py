@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 
 import pytest
 
-from tests import file_seconds
+from tests import client_venv, file_seconds
 from tests.stack import RunningStack, stack_directory, start_stack
 
 
@@ -91,6 +94,7 @@ _worker_down: dict[str, float] = {}
 def pytest_sessionstart(session) -> None:
     global _session_started
     _session_started = time.monotonic()
+    _start_client_venv_early(session.config)
     _start_stack_early(session.config)
 
 
@@ -140,6 +144,39 @@ def _start_stack_early(config) -> None:
         cleanup.close()
         raise
     _early = (cleanup, running)
+
+
+# RAILYARD_TEST_CLIENT_VENV_EARLY=1 (`make test`): the client SDK's environment (tests/client_venv.py, a fresh
+# clone's ~24 s of pip at load 9) is built in the background from the session's start, by the one process that is
+# not an xdist worker, instead of in test_client_sdk's test; the test takes the build's lock and finds it done. The
+# variable is taken out of the environment first: workers and a pytest a test starts build nothing themselves.
+_client_venv_build: subprocess.Popen | None = None
+
+
+def _start_client_venv_early(config) -> None:
+    global _client_venv_build
+    if os.environ.pop(client_venv.EARLY, None) != "1" or hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    log = client_venv.REPO / "build" / "client-venv-early.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("wb") as out:
+        _client_venv_build = subprocess.Popen([sys.executable, "-m", "tests.client_venv"], cwd=client_venv.REPO,
+                                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+
+
+def pytest_unconfigure(config) -> None:
+    """A background build still running when the session ends (no test needed it): stopped; it left no .ready or
+    stamp behind, so the next run builds or reinstalls again."""
+    global _client_venv_build
+    build, _client_venv_build = _client_venv_build, None
+    if build is not None and build.poll() is None:
+        os.killpg(build.pid, signal.SIGTERM)
+        try:
+            build.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGKILL)
+            build.wait()
 
 
 def pytest_sessionfinish(session) -> None:

@@ -3,16 +3,15 @@ code, no onnxruntime), driving the real stack: upload a model, build and deploy 
 DataFrame, an Arrow table and a Parquet file, read the logs back as a DataFrame, undeploy; typed errors.
 
 The environment is cached under build/ keyed by the client's pyproject.toml (its dependencies), so only the
-first run downloads anything; the client itself is reinstalled from the working tree every run."""
+first run downloads anything; the client itself is reinstalled from the working tree whenever its files differ from
+those it was installed from (tests/client_venv.py; `make test` builds it in the background from the session's
+start)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,38 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.client_venv import client_venv
 from tests.integration.conftest import PASSWORD
 from tests.models import ccfraud_onnx, ccfraud_pickle, sample_rows
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-CLIENT = REPO / "client"
-def pip_into(python: Path) -> list[str]:
-    """This interpreter's pip installing into the environment of `python` (pip's --python): the client's
-    environment needs no pip of its own, and bootstrapping one there cost more than the rest of the set-up."""
-    return [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--disable-pip-version-check",
-            "--no-compile"]
-
-
-def client_venv() -> Path:
-    """The python of a virtual environment holding railyard-client and its dependencies only (and the build
-    backend): created once per version of the client's pyproject.toml (~6 s with the pip cache warm; ~15 s
-    with its own pip and every module compiled at install), then only the client is reinstalled from the
-    working tree (~1 s)."""
-    key = hashlib.sha256((CLIENT / "pyproject.toml").read_bytes() + sys.version.encode()).hexdigest()[:16]
-    folder = REPO / "build" / f"client-venv-{key}"
-    python = folder / "bin" / "python"
-    if not (folder / ".ready").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
-        # the build backend too, so later runs rebuild the client without an isolated build environment
-        subprocess.run([*pip_into(python), str(CLIENT), "setuptools>=68", "wheel"], check=True, timeout=900)
-        (folder / ".ready").touch()
-    else:
-        subprocess.run([*pip_into(python), "--no-deps", "--force-reinstall", "--no-build-isolation", str(CLIENT)],
-                       check=True, timeout=300)
-    return python
 
 
 def user_env(stack, email: str, tmp_path: Path) -> dict[str, str]:
