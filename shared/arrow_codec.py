@@ -102,7 +102,7 @@ def to_ipc_file(table: pa.Table) -> bytes:
     schema = table.schema
     head = schema.serialize().to_pybytes()
     if not _plain(head, schema):
-        return _write_file(table)
+        return _write_file(table, unify=True)
     messages = [batch.serialize() for batch in table.to_batches()]  # Arrow buffers, joined without a copy each
     # a message: continuation marker, int32 metadata length, metadata, body
     key = (head, tuple((length := 8 + int.from_bytes(message[4:8].to_pybytes(), "little"), message.size - length)
@@ -121,11 +121,12 @@ def to_ipc_file(table: pa.Table) -> bytes:
     return written
 
 
-def _write_file(table: pa.Table) -> bytes:
+def _write_file(table: pa.Table, unify: bool = False) -> bytes:
     # A file holds one dictionary per field: chunks with dictionaries of their own (log segments of two pipeline
-    # versions, each naming its own `metadata.pipeline_version`) are given one, or the writer refuses the table
-    # ("Dictionary replacement detected"); a stream may replace them and needs none of this.
-    if any(pa.types.is_dictionary(field.type) for field in table.schema):
+    # versions, each naming its own `metadata.pipeline_version`) are given one (`unify`: a schema with a dictionary
+    # anywhere, nested ones too), or the writer refuses the table ("Dictionary replacement detected"); a stream may
+    # replace them and needs none of this.
+    if unify:
         table = table.unify_dictionaries()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:

@@ -36,3 +36,13 @@ def test_a_file_with_one_dictionary_per_field_and_a_plain_table_still_write():
     assert from_ipc(to_ipc_file(one)).column("v").to_pylist() == ["a", "b", "a"]
     plain = pa.table({"x": [1.0, 2.0]})
     assert from_ipc(to_ipc_file(plain)).column("x").to_pylist() == [1.0, 2.0]
+
+
+def test_a_dictionary_nested_in_a_struct_is_unified_too():
+    """Parquet's read-back keeps a nested column's dictionary: a struct of one per chunk failed the same way."""
+    def chunk(values: list[str]) -> pa.Table:
+        return pa.table({"metadata": pa.StructArray.from_arrays([pa.array(values).dictionary_encode()], ["version"])})
+
+    table = pa.concat_tables([chunk(["v1"]), chunk(["v2"])])
+    back = from_ipc(to_ipc_file(table))
+    assert back.column("metadata").to_pylist() == [{"version": "v1"}, {"version": "v2"}]
