@@ -20,6 +20,7 @@ import re
 import sys
 import time
 
+from shared.errors import RailyardError
 from shared.settings import Settings, load_settings
 
 TIMEOUT = 30.0  # seconds for the whole step: connecting, then JetStream answering
@@ -89,6 +90,9 @@ def main() -> int:
         asyncio.run(bootstrap_streams(settings, timeout=TIMEOUT))
     except BusUnreachable as exc:  # one line: the stack's start and a Job's log show it as the reason
         print(f"railyard-bus-streams: {exc}", file=sys.stderr)
+        return 1
+    except RailyardError as exc:  # JetStream refused a stream or the consumer (shared.bus names which, and why)
+        print(f"railyard-bus-streams: {exc.msg}", file=sys.stderr)
         return 1
     print("railyard-bus-streams: the platform's streams are ready")
     return 0

@@ -93,3 +93,21 @@ def test_main_prints_one_line_and_exits_1(monkeypatch, capsys):
     assert bus_streams.main() == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("railyard-bus-streams: ") and url in err[0], err
+
+
+def test_a_refused_stream_ends_the_bootstrap_job_with_one_line(monkeypatch, capsys):
+    """JetStream refusing a stream or the log store's consumer (shared.bus names it and JetStream's reason) ends the
+    compose / Kubernetes one-shot with that line and exit 1, not a traceback."""
+    import shared.bus_streams as bus_streams
+    from shared.errors import RailyardError
+
+    async def refused(settings, timeout):
+        raise RailyardError("JetStream refused stream EVENTS: subjects overlap with an existing stream")
+
+    monkeypatch.setenv("RAILYARD_NATS__USER", "bootstrap")
+    monkeypatch.setenv("RAILYARD_NATS__PASSWORD", "s3cret-pw")
+    monkeypatch.setattr(bus_streams, "bootstrap_streams", refused)
+    assert bus_streams.main() == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["railyard-bus-streams: JetStream refused stream EVENTS: subjects overlap with an "
+                                "existing stream"]
