@@ -7,15 +7,17 @@ WARNING naming the consumer and the stream. Before, `Ingestor.start`'s `pull_sub
 And the bootstrap's `ensure_streams` / `ensure_log_store_consumer` (shared/bus.py): JetStream refusing a CREATE ends
 with one line naming the stream or consumer and JetStream's own words, not the "not found" of the read after it.
 
-A real nats-server with JetStream (tests/local_nats.py), reached through test_service_consumer_setup's proxy, which
+A real nats-server with JetStream (tests/local_nats.py), reached through tests/nats_proxy.py's ApiProxy, which
 holds back the server's answers to the first `drop` JetStream API requests about one consumer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import nats
 import pytest
@@ -29,7 +31,7 @@ from shared import bus, service, subjects
 from shared.errors import RailyardError
 from shared.settings import LogSettings, Settings
 from tests.local_nats import local_nats_server
-from tests.unit import test_service_consumer_setup as proxied
+from tests.nats_proxy import ApiProxy
 
 WAIT = 0.5
 """Seconds one JetStream request of the test's connection waits for its answer."""
@@ -51,64 +53,57 @@ def _warned(caplog: pytest.LogCaptureFixture, durable: str, stream: str) -> list
             and f"JetStream consumer {durable} of stream {stream}: no answer" in r.getMessage()]
 
 
-async def _late_once(url: str, durable: str, monkeypatch: pytest.MonkeyPatch, work) -> list[str]:
-    """`work(js)` on a connection whose first JetStream API answer about `durable` never comes; the requests asked."""
-    monkeypatch.setattr(proxied, "DURABLE", durable)  # the consumer whose requests the proxy sees
-    proxy = proxied.ApiProxy(drop=1)
-    async with proxy.serving(url) as through:
-        nc = await nats.connect(through, max_reconnect_attempts=0)
-        try:
-            await work(nc.jetstream(timeout=WAIT))
-        finally:
-            await nc.close()
-    return proxy.asked
-
-
-async def test_the_ingestor_sets_up_its_consumer_at_a_later_try(jetstream_url: str, caplog: pytest.LogCaptureFixture,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    caplog.set_level(logging.INFO, logger="railyard.service")
-    admin = await nats.connect(jetstream_url)
+async def _set_up_at_a_later_try(url: str, stream: str, stream_subjects: list[str], durable: str,
+                                  start: Callable[[Any], tuple[Any, Awaitable[None]]]) -> tuple[list[str], Any]:
+    """`start(js)` (the consumer's owner, its start) on a connection whose first JetStream API answer about `durable`
+    never comes, the stream made first; the owner has started (a subscription, a loop), then stops. The requests
+    asked and the consumer's config as the server has it."""
+    admin = await nats.connect(url)
     try:
-        await admin.jetstream().add_stream(name=subjects.INFERENCE_LOGS_STREAM, subjects=["logs.inference.>"])
-
-        async def start(js) -> None:
-            ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=js)
-            await ingestor.start()
+        await admin.jetstream().add_stream(name=stream, subjects=stream_subjects)
+        proxy = ApiProxy(durable, drop=1)
+        async with proxy.serving(url) as through:
+            nc = await nats.connect(through, max_reconnect_attempts=0)
             try:
-                assert ingestor.sub is not None and ingestor.task is not None
+                owner, starting = start(nc.jetstream(timeout=WAIT))
+                await starting
+                try:
+                    assert owner.sub is not None and owner.task is not None
+                finally:
+                    await asyncio.wait_for(owner.stop(), 10)
             finally:
-                await asyncio.wait_for(ingestor.stop(), 10)
-
-        asked = await _late_once(jetstream_url, subjects.INFERENCE_LOGS_DURABLE, monkeypatch, start)
-        info = await admin.jetstream().consumer_info(subjects.INFERENCE_LOGS_STREAM, subjects.INFERENCE_LOGS_DURABLE)
-        assert info.config.filter_subject == "logs.inference.>" and info.config.max_deliver == -1, info.config
+                await nc.close()
+        return proxy.asked, (await admin.jetstream().consumer_info(stream, durable)).config
     finally:
         await admin.close()
+
+
+async def test_the_ingestor_sets_up_its_consumer_at_a_later_try(jetstream_url: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="railyard.service")
+
+    def start(js) -> tuple[Ingestor, Awaitable[None]]:
+        ingestor = Ingestor(SimpleNamespace(settings=LogSettings()), js=js)
+        return ingestor, ingestor.start()
+
+    asked, config = await _set_up_at_a_later_try(jetstream_url, subjects.INFERENCE_LOGS_STREAM, ["logs.inference.>"],
+                                                 subjects.INFERENCE_LOGS_DURABLE, start)
+    assert config.filter_subject == "logs.inference.>" and config.max_deliver == -1, config
     assert len(asked) >= 2 and asked[0] == asked[1], asked  # the same question again, not given up
     assert len(_warned(caplog, subjects.INFERENCE_LOGS_DURABLE, subjects.INFERENCE_LOGS_STREAM)) >= 1
 
 
 async def test_the_announcements_consumer_is_set_up_at_a_later_try(jetstream_url: str,
-                                                                   caplog: pytest.LogCaptureFixture,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="railyard.service")
-    admin = await nats.connect(jetstream_url)
-    try:
-        await admin.jetstream().add_stream(name=subjects.EVENTS_STREAM, subjects=["events.>"])
 
-        async def start(js) -> None:
-            known = Deployments(pool=None)  # type: ignore[arg-type]
-            await known.start(js)
-            try:
-                assert known.sub is not None and known.task is not None
-            finally:
-                await asyncio.wait_for(known.stop(), 10)
+    def start(js) -> tuple[Deployments, Awaitable[None]]:
+        known = Deployments(pool=None)  # type: ignore[arg-type]
+        return known, known.start(js)
 
-        asked = await _late_once(jetstream_url, deployments.DURABLE, monkeypatch, start)
-        info = await admin.jetstream().consumer_info(subjects.EVENTS_STREAM, deployments.DURABLE)
-        assert sorted(info.config.filter_subjects) == sorted(deployments.SUBJECTS), info.config
-    finally:
-        await admin.close()
+    asked, config = await _set_up_at_a_later_try(jetstream_url, subjects.EVENTS_STREAM, ["events.>"],
+                                                 deployments.DURABLE, start)
+    assert sorted(config.filter_subjects) == sorted(deployments.SUBJECTS), config
     assert len(asked) >= 2 and all(".CREATE." in s for s in asked[:2]), asked
     assert len(_warned(caplog, deployments.DURABLE, subjects.EVENTS_STREAM)) >= 1
 

@@ -5,20 +5,17 @@ JetStream does not answer, and ends with one line naming the consumer and the st
 "TimeoutError: nats: timeout", naming nothing.
 
 The service runner (`serve`) runs in the test's process on a real nats-server with JetStream (tests/local_nats.py),
-reached through a small TCP proxy that reads the NATS protocol both ways: it sees the JetStream API requests about
-the test's consumer and holds back the server's answers to the first `drop` of them; everything else passes as it
-came."""
+reached through a small TCP proxy that reads the NATS protocol both ways (tests/nats_proxy.py's ApiProxy): it sees
+the JetStream API requests about the test's consumer and holds back the server's answers to the first `drop` of
+them; everything else passes as it came."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import importlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -32,80 +29,12 @@ from shared.errors import RailyardError, Unavailable
 from shared.service import ServiceSpec, serve
 from shared.settings import Settings
 from tests.local_nats import local_nats_server
+from tests.nats_proxy import ApiProxy, serve_through, until
 
 SERVICE = "registry"  # a known service name (subjects.health); nothing of the registry runs
 DURABLE = "test-consumer-setup"
 QUICK_WAIT = 1.0
 """Seconds a JetStream request waits in the tests that drop answers (`quick`)."""
-
-
-@dataclass
-class ApiProxy:
-    """Holds back (never passes on) the server's answers to the first `drop` JetStream API requests about DURABLE
-    (`$JS.API.CONSUMER.*`); records those requests' subjects (`asked`)."""
-
-    drop: int = 0
-    asked: list[str] = field(default_factory=list)
-    _dropping: set[bytes] = field(default_factory=set)
-
-    async def _frames(self, reader: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bytes]]:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            words = line.split()
-            op = words[0].upper() if words else b""
-            has_payload = op in (b"MSG", b"PUB", b"HMSG", b"HPUB")
-            payload = await reader.readexactly(int(words[-1]) + 2) if has_payload else b""
-            yield line, payload
-
-    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for line, payload in self._frames(reader):
-            words = line.split()
-            op = words[0].upper()
-            if op in (b"PUB", b"HPUB") and words[1].startswith(b"$JS.API.CONSUMER.") and DURABLE.encode() in line:
-                self.asked.append(words[1].decode())
-                if self.drop > 0:
-                    self.drop -= 1
-                    self._dropping.add(words[2])  # the request's reply subject
-            writer.write(line + payload)
-            await writer.drain()
-
-    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for line, payload in self._frames(reader):
-            words = line.split()
-            if words[0].upper() in (b"MSG", b"HMSG") and words[1] in self._dropping:
-                self._dropping.discard(words[1])
-                continue
-            writer.write(line + payload)
-            await writer.drain()
-
-    @contextlib.asynccontextmanager
-    async def serving(self, upstream: str) -> AsyncIterator[str]:
-        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
-        pumps: set[asyncio.Task] = set()
-
-        async def accepted(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-            server_reader, server_writer = await asyncio.open_connection(host, int(port))
-
-            async def pump(direction, reader, writer) -> None:
-                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                    await direction(reader, writer)
-                writer.close()
-
-            for task in (asyncio.create_task(pump(self._to_server, client_reader, server_writer)),
-                         asyncio.create_task(pump(self._to_client, server_reader, client_writer))):
-                pumps.add(task)
-                task.add_done_callback(pumps.discard)
-
-        server = await asyncio.start_server(accepted, "127.0.0.1", 0)
-        try:
-            yield f"nats://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        finally:
-            server.close()
-            for task in list(pumps):
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
 
 
 def _spec() -> ServiceSpec:
@@ -147,17 +76,13 @@ def test_a_consumer_jetstream_answers_late_is_set_up_at_a_later_try(tmp_path: Pa
     """The first two requests about the consumer get no answer: the start tries again (a WARNING each failed try,
     naming the consumer and the stream), creates it, serves (its health answers) and consumes from it."""
     caplog.set_level(logging.INFO, logger="railyard.service")
-    proxy = ApiProxy(drop=2)
+    proxy = ApiProxy(DURABLE, drop=2)
 
     async def scenario(url: str) -> None:
         stop = asyncio.Event()
-        async with proxy.serving(url) as proxied:
-            task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
+        async with serve_through(proxy, url, _spec(), stop) as task:
             try:
-                async with asyncio.timeout(60):
-                    while not _logged(caplog, "serving (pid"):
-                        assert not task.done(), task.exception() if not task.cancelled() else task
-                        await asyncio.sleep(0.02)
+                await until(lambda: bool(_logged(caplog, "serving (pid")), task)
                 nc = await nats.connect(url, max_reconnect_attempts=0)
                 try:
                     health = await nc.request(subjects.health(SERVICE), b"{}", timeout=5)
@@ -191,12 +116,12 @@ def test_a_consumer_jetstream_never_answers_for_ends_the_start_naming_it(tmp_pat
     one line and exit code 2) naming the consumer and the stream; it never served."""
     caplog.set_level(logging.INFO, logger="railyard.service")
     monkeypatch.setattr(service, "CONSUMERS_WITHIN", 2.0)
-    proxy = ApiProxy(drop=1_000)
+    proxy = ApiProxy(DURABLE, drop=1_000)
 
     async def scenario(url: str) -> None:
-        async with proxy.serving(url) as proxied:
+        async with serve_through(proxy, url, _spec(), asyncio.Event()) as task:
             with pytest.raises(Unavailable) as raised:
-                await asyncio.wait_for(serve(_spec(), Settings(nats={"url": proxied}), asyncio.Event()), 30)
+                await asyncio.wait_for(task, 30)
         assert DURABLE in raised.value.msg and subjects.EVENTS_STREAM in raised.value.msg, raised.value.msg
 
     with local_nats_server(tmp_path, jetstream=True) as url:
@@ -217,28 +142,16 @@ def test_a_stop_during_the_consumer_set_up_ends_the_start_at_once(tmp_path: Path
     monkeypatch.setattr(service, "CONSUMER_RETRY_FIRST", 60.0)
     monkeypatch.setattr(service, "CONSUMER_RETRY_MAX", 60.0)
     monkeypatch.setattr(service, "CONSUMERS_WITHIN", 300.0)
-    proxy = ApiProxy(drop=1_000)
+    proxy = ApiProxy(DURABLE, drop=1_000)
 
     async def scenario(url: str) -> None:
         stop = asyncio.Event()
-        async with proxy.serving(url) as proxied:
-            task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
-            try:
-                async with asyncio.timeout(60):
-                    while not proxy.asked:
-                        assert not task.done(), task.exception() if not task.cancelled() else task
-                        await asyncio.sleep(0.02)
-                if when == "during a pause":  # the request's QUICK_WAIT is over: the start pauses before the next
-                    async with asyncio.timeout(60):
-                        while not _logged(caplog, "JetStream consumer", logging.WARNING):  # noqa: ASYNC110 - a log
-                            await asyncio.sleep(0.02)
-                stop.set()
-                await asyncio.wait_for(asyncio.shield(task), 15)
-            finally:
-                if not task.done():  # failed: not stopped within the bound
-                    task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        async with serve_through(proxy, url, _spec(), stop) as task:
+            await until(lambda: bool(proxy.asked), task)
+            if when == "during a pause":  # the request's QUICK_WAIT is over: the start pauses before the next
+                await until(lambda: bool(_logged(caplog, "JetStream consumer", logging.WARNING)), task)
+            stop.set()
+            await asyncio.wait_for(asyncio.shield(task), 15)  # else failed: not stopped within the bound
 
     with local_nats_server(tmp_path, jetstream=True) as url:
         asyncio.run(scenario(url))
@@ -331,3 +244,4 @@ def test_a_consumer_jetstream_refuses_ends_the_start_naming_it_at_once(tmp_path:
         asyncio.run(scenario(url))
     assert not _logged(caplog, "JetStream consumer", logging.WARNING)
     assert not _logged(caplog, "serving (pid")
+

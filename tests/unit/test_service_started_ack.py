@@ -5,17 +5,16 @@ exited 2 with "nats: timeout" when that ack took over FastStream's default 0.5 s
 every write, two stacks loaded the host).
 
 The service runner (`serve`) runs in the test's process on a real nats-server with JetStream (tests/local_nats.py),
-reached through a small TCP proxy that reads the NATS protocol both ways: it sees each publish of the event (and its
-Nats-Msg-Id header) and holds back, or drops, the server's PubAck replies; everything else passes as it came."""
+reached through a small TCP proxy that reads the NATS protocol both ways (tests/nats_proxy.py): it sees each
+publish of the event (and its Nats-Msg-Id header) and holds back, or drops, the server's PubAck replies; everything
+else passes as it came."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,15 +24,15 @@ import pytest
 from faststream.nats import NatsRouter
 
 from shared import service, subjects
-from shared.service import ServiceSpec, serve
-from shared.settings import Settings
+from shared.service import ServiceSpec
 from tests.local_nats import local_nats_server
+from tests.nats_proxy import NatsProxy, serve_through, until
 
 SERVICE = "registry"  # a known service name (subjects.health); nothing of the registry runs
 
 
 @dataclass
-class AckProxy:
+class AckProxy(NatsProxy):
     """What the proxy does with the server's PubAcks of EVENTS: `delay` seconds held back (and every byte after them
     on that connection), the first `drop` of them not passed on at all. It records the event publishes' Nats-Msg-Ids
     (`published`) and the acks it passed on (`passed`)."""
@@ -43,77 +42,26 @@ class AckProxy:
     published: list[str] = field(default_factory=list)
     passed: list[dict] = field(default_factory=list)
 
-    async def _frames(self, reader: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bytes]]:
-        """(control line, payload) of each protocol message as it comes; payload b"" when it has none."""
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            words = line.split()
-            op = words[0].upper() if words else b""
-            size = 0
-            if op in (b"MSG", b"PUB"):
-                size = int(words[-1])
-            elif op in (b"HMSG", b"HPUB"):
-                size = int(words[-1])
-            payload = await reader.readexactly(size + 2) if op in (b"MSG", b"PUB", b"HMSG", b"HPUB") else b""
-            yield line, payload
+    async def to_server(self, words: list[bytes], line: bytes, payload: bytes) -> bool:
+        if words[0] == b"HPUB" and words[1] == subjects.EVENT_SERVICE_STARTED.encode():
+            headers = payload[:int(words[-2])].decode()
+            self.published.append(re.search(r"Nats-Msg-Id:\s*(\S+)", headers, re.IGNORECASE).group(1))
+        return True
 
-    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for line, payload in self._frames(reader):
-            words = line.split()
-            if words[0].upper() == b"HPUB" and words[1] == subjects.EVENT_SERVICE_STARTED.encode():
-                headers = payload[:int(words[-2])].decode()
-                self.published.append(re.search(r"Nats-Msg-Id:\s*(\S+)", headers, re.IGNORECASE).group(1))
-            writer.write(line + payload)
-            await writer.drain()
-
-    async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async for line, payload in self._frames(reader):
-            words = line.split()
-            op = words[0].upper() if words else b""
-            if op in (b"MSG", b"HMSG"):
-                body = payload[int(words[-2]) if op == b"HMSG" else 0:-2]
-                try:
-                    answer = json.loads(body)
-                except ValueError:
-                    answer = None
-                if isinstance(answer, dict) and answer.get("stream") == "EVENTS" and "seq" in answer:  # a PubAck
-                    if self.drop > 0:
-                        self.drop -= 1
-                        continue
-                    await asyncio.sleep(self.delay)
-                    self.passed.append(answer)
-            writer.write(line + payload)
-            await writer.drain()
-
-    @contextlib.asynccontextmanager
-    async def serving(self, upstream: str) -> AsyncIterator[str]:
-        """The proxy on 127.0.0.1 in front of the nats-server at `upstream`; yields its URL."""
-        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
-        pumps: set[asyncio.Task] = set()
-
-        async def accepted(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-            server_reader, server_writer = await asyncio.open_connection(host, int(port))
-
-            async def pump(direction, reader, writer) -> None:
-                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                    await direction(reader, writer)
-                writer.close()
-
-            for task in (asyncio.create_task(pump(self._to_server, client_reader, server_writer)),
-                         asyncio.create_task(pump(self._to_client, server_reader, client_writer))):
-                pumps.add(task)
-                task.add_done_callback(pumps.discard)
-
-        server = await asyncio.start_server(accepted, "127.0.0.1", 0)
-        try:
-            yield f"nats://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        finally:
-            server.close()
-            for task in list(pumps):
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+    async def to_client(self, words: list[bytes], line: bytes, payload: bytes) -> bool:
+        if words[0] in (b"MSG", b"HMSG"):
+            body = payload[int(words[-2]) if words[0] == b"HMSG" else 0:-2]
+            try:
+                answer = json.loads(body)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict) and answer.get("stream") == "EVENTS" and "seq" in answer:  # a PubAck
+                if self.drop > 0:
+                    self.drop -= 1
+                    return False
+                await asyncio.sleep(self.delay)
+                self.passed.append(answer)
+        return True
 
 
 def _spec() -> ServiceSpec:
@@ -134,13 +82,9 @@ async def _run(proxy: AckProxy, url: str, caplog: pytest.LogCaptureFixture) -> N
     """Start the service through the proxy; return once it logged "serving" and answers its health, then stop it.
     Fails if the start ends first (before the fix: TimeoutError "nats: timeout" out of serve)."""
     stop = asyncio.Event()
-    async with proxy.serving(url) as proxied:
-        task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
+    async with serve_through(proxy, url, _spec(), stop) as task:
         try:
-            async with asyncio.timeout(60):
-                while not _serving(caplog):
-                    assert not task.done(), task.exception() if not task.cancelled() else task
-                    await asyncio.sleep(0.02)
+            await until(lambda: _serving(caplog), task)
             caller = await nats.connect(url, max_reconnect_attempts=0)
             try:
                 health = await caller.request(subjects.health(SERVICE), b"{}", timeout=5)
@@ -230,25 +174,15 @@ def test_a_stop_ends_the_wait_for_the_ack_at_once(tmp_path: Path, caplog: pytest
 
     async def scenario(url: str) -> None:
         stop = asyncio.Event()
-        async with proxy.serving(url) as proxied:
-            if when == "during the start":
+        if when == "during the start":
+            stop.set()
+        async with serve_through(proxy, url, _spec(), stop) as task:
+            if when != "during the start":
+                await until(lambda: bool(proxy.published), task)
+                if when == "during a pause":  # the try's 0.3 s are over: the start pauses before the next
+                    await asyncio.sleep(1.0)
                 stop.set()
-            task = asyncio.create_task(serve(_spec(), Settings(nats={"url": proxied}), stop))
-            try:
-                if when != "during the start":
-                    async with asyncio.timeout(60):
-                        while not proxy.published:
-                            assert not task.done(), task.exception() if not task.cancelled() else task
-                            await asyncio.sleep(0.02)
-                    if when == "during a pause":  # the try's 0.3 s are over: the start pauses before the next
-                        await asyncio.sleep(1.0)
-                    stop.set()
-                await asyncio.wait_for(asyncio.shield(task), 15)
-            finally:
-                if not task.done():  # failed: not stopped within the bound
-                    task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await asyncio.wait_for(asyncio.shield(task), 15)  # else failed: not stopped within the bound
 
     with local_nats_server(tmp_path, jetstream=True) as url:
         asyncio.run(scenario(url))
