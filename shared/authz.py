@@ -176,6 +176,13 @@ class TokenVerifier:
             elif self._keys_failed_at > self._fetched_at:  # the last read failed just now: not read again yet
                 raise self._keys_unread(self._keys_failure)
         if kid not in self._keys:
+            if not self._keys:
+                # the last read was good but listed no key (every key cut by an operator; auth then issues no token
+                # either): knowing none, the verifier cannot tell a bad token from one of a key it has not seen, so
+                # 503 as while no read answered, for the token that read them as for one met within
+                # KEY_REFETCH_INTERVAL after, not 401 'unknown key', which tells a client to sign in again. A kid
+                # that the keys read less than a second ago do not name is still 401 without a read (docs/auth.md)
+                raise self._keys_unread("auth listed no signing keys")
             raise Unauthorized("token signed with an unknown key")
         jwk = self._keys[kid]
         parsed = self._parsed.get(kid)
@@ -269,19 +276,26 @@ class TokenVerifier:
         """
         if self._revocations_read or self._fetch_revocations is None:
             return
-        if self._first_read is None:
-            if (self._revocations_failed_at
-                    and time.monotonic() - self._revocations_failed_at < KEY_REFETCH_INTERVAL):
-                raise self._revocations_unread(self._revocations_failure)
-            self._first_read = asyncio.ensure_future(self._fetch_revocations())
-            self._first_read.add_done_callback(self._first_read_done)
+        if (self._first_read is None and self._revocations_failed_at
+                and time.monotonic() - self._revocations_failed_at < KEY_REFETCH_INTERVAL):
+            raise self._revocations_unread(self._revocations_failure)
         try:
-            revocations = await asyncio.shield(self._first_read)
+            revocations = await self.first_revocation_read()
         except RailyardError as exc:
             raise self._revocations_unread(exc.msg) from None
         if not self._revocations_read:  # (applied by _first_read_done already, which runs first)
             self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
                                  getattr(revocations, "position", None))
+
+    async def first_revocation_read(self) -> Any:
+        """The read of the whole list while it was never read, shared: the one under way (a token's or the feed's
+        poll's), else a new one; its outcome applied by `_first_read_done`, its failure counted towards
+        KEY_REFETCH_INTERVAL for the tokens met after it. Raises what the read raised. Not spaced itself: the feed's
+        retries keep their own schedule (0.5, 1, 2 ... s), the tokens' reads are spaced here after any failed read."""
+        if self._first_read is None:
+            self._first_read = asyncio.ensure_future(self._fetch_revocations())
+            self._first_read.add_done_callback(self._first_read_done)
+        return await asyncio.shield(self._first_read)
 
     def _first_read_done(self, read: asyncio.Future) -> None:
         """The shared read ended: the next token met (if the list is still unread) starts a new one, after a failed
@@ -789,10 +803,18 @@ class VerifierFeed:
                 self._verifier.keys_told(getattr(changed, "keys", None))
                 return
         try:
-            revocations = await self._fetch()
-            self._verifier.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
-                                           getattr(revocations, "position", None))
-            self._verifier.keys_told(getattr(revocations, "keys", None))
+            if not self._verifier.revocations_read:
+                # never read yet (auth not answering at the start): the read the tokens share, so that a token met
+                # meanwhile waits for this one instead of reading too, and one met within KEY_REFETCH_INTERVAL after
+                # it failed reads nothing (before session 35 the poll's failed reads did not count: a token right
+                # after one read the failing list again). Applied by the verifier (_first_read_done); its fetch is
+                # this feed's (__init__)
+                await self._verifier.first_revocation_read()
+            else:
+                revocations = await self._fetch()
+                self._verifier.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
+                                               getattr(revocations, "position", None))
+                self._verifier.keys_told(getattr(revocations, "keys", None))
         except RailyardError as exc:
             # The services start together and auth is often not answering yet at the first read: that is no
             # fault (a token met meanwhile reads the list itself, or is refused with 503), so it is told at INFO

@@ -41,6 +41,7 @@ from shared.messages.auth import (
     Membership,
     QueryUsers,
     RemoveWorkspaceUser,
+    Revocations,
     RevokeInferenceClient,
     RotateSigningKey,
     SigningKeyRotated,
@@ -242,6 +243,18 @@ async def own_keys(pool: asyncpg.Pool, settings) -> list[dict]:
         raise Unavailable("auth's database did not answer") from None
 
 
+async def own_revocations(pool: asyncpg.Pool, settings) -> Revocations:
+    """The whole revocation list auth's own verifier reads (from its database), as own_keys: a database that is down
+    is Unavailable, the verifier's 503 'try again in a moment' for a token met before its first read, read again at
+    most every KEY_REFETCH_INTERVAL. It raised asyncpg's or the socket's error out of the verifier: a 500 'internal
+    error' with a logged traceback for each token auth checked before the list was ever read."""
+    try:
+        return await handlers.revocations(pool, settings, with_position=True, with_keys=True)
+    except DATABASE_DOWN as exc:
+        log.warning("could not read the revocation list from the database: %r", exc)
+        raise Unavailable("auth's database did not answer") from None
+
+
 async def start(runtime: Runtime) -> None:
     settings = runtime.settings.auth
 
@@ -260,9 +273,7 @@ async def start(runtime: Runtime) -> None:
                              reply_limit=lambda: reply_limit(getattr(connection, "max_payload", None)))
     await handlers.bootstrap(deps)
     verifier = TokenVerifier(settings, lambda: own_keys(runtime.db, settings))
-    feed = VerifierFeed(verifier, lambda: handlers.revocations(runtime.db, settings, with_position=True,
-                                                               with_keys=True),
-                        settings.revocation_poll_interval,
+    feed = VerifierFeed(verifier, lambda: own_revocations(runtime.db, settings), settings.revocation_poll_interval,
                         changes=lambda since: handlers.revocation_changes(runtime.db, since,
                                                                           keys_kept=handlers.key_retention(settings)))
     await feed.start(connection)

@@ -393,3 +393,95 @@ async def test_a_token_checked_while_its_key_is_cut_is_not_cached():
     with pytest.raises(Unauthorized, match="unknown key"):
         await verifier.verify(cut)
     assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"
+
+
+async def test_a_failed_first_read_of_the_feed_counts_towards_the_interval_for_the_tokens_after_it(monkeypatch):
+    """The feed's poll reads the list again after 0.5, 1, 2 ... s while it was never read (auth not answering): its
+    failed reads did not count towards KEY_REFETCH_INTERVAL (session 34 counted the tokens' own only), so a token
+    right after a failed poll read the failing list again. Now it is refused 503 without a read within the interval
+    after any failed read, the poll's too, and reads once the interval has passed."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    monkeypatch.setattr(authz, "STARTUP_RETRY", 3600.0)  # the poll's own retry not within the test
+    reads, down = [], [True]
+
+    async def keys():
+        return jwks(KEY, "k1")
+
+    async def fetch():
+        reads.append(clock.now)
+        if down[0]:
+            raise Unavailable("auth's database did not answer")
+        return Revocations(users={})
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    feed = VerifierFeed(verifier, fetch, 20.0)
+    await feed.start(Bus())  # its first read fails
+    try:
+        assert reads == [1000.0] and not verifier.revocations_read
+        clock.now += KEY_REFETCH_INTERVAL / 2
+        for step in range(3):
+            with pytest.raises(Unavailable, match=r"revoked tokens could not be read.*database did not answer"):
+                await verifier.verify(make_token(KEY, "k1", jti=f"t{step}"))
+        assert reads == [1000.0]  # was: [1000.0, 1000.5]
+        clock.now = 1000.0 + KEY_REFETCH_INTERVAL
+        down[0] = False
+        assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"
+        assert reads == [1000.0, 1000.0 + KEY_REFETCH_INTERVAL] and verifier.revocations_read
+    finally:
+        await feed.stop()
+
+
+async def test_the_feeds_first_read_and_a_tokens_share_one_read():
+    """While the list was never read, the poll's read and a token's are one: a token met while the poll's read is
+    under way waits for it, and a poll meanwhile a token's read is under way waits for that one (each started a read
+    of its own: two reads of a failing auth at once)."""
+    release, reads = asyncio.Event(), []
+
+    async def keys():
+        return jwks(KEY, "k1")
+
+    async def fetch():
+        reads.append(1)
+        await release.wait()
+        return Revocations(users={"u2": time.time() + 5})
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    feed = VerifierFeed(verifier, fetch, 20.0)
+    poll = asyncio.ensure_future(feed._poll_once())
+    await _until(lambda: reads, "the poll's read")
+    token = asyncio.ensure_future(verifier.verify(make_token(KEY, "k1")))
+    for _ in range(20):  # the token on its way to the read (in-memory awaits only)
+        await asyncio.sleep(0)
+    assert len(reads) == 1 and not token.done()  # was: 2, the token's own read
+    release.set()
+    await poll
+    assert (await token).subject == "u1" and len(reads) == 1 and verifier.revocations_read
+    with pytest.raises(Unauthorized, match="revoked"):  # the one read applied (u2 named)
+        await verifier.verify(make_token(KEY, "k1", sub="u2"))
+
+
+async def test_keys_read_with_no_key_in_them_are_a_503_not_a_401(monkeypatch):
+    """A good read of the keys that listed none (every key cut by an operator): the verifier knows no key, so it
+    cannot tell a bad token from one of a key it has not read. The token that read them and those met within
+    KEY_REFETCH_INTERVAL after (no read of their own) were 401 'unknown key' (a client told to sign in again), now 503
+    'try again'; once keys are listed the token is checked; a kid they do not name is 401 as before."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    answers, key_reads = [[]], []
+
+    async def keys():
+        key_reads.append(clock.now)
+        return answers[-1]
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    for kid in ("k1", "k1", "bogus"):
+        with pytest.raises(Unavailable, match=r"signing keys could not be read.*auth listed no signing keys"):
+            await verifier.verify(make_token(KEY, kid))
+    assert key_reads == [1000.0]  # one read: the others within the interval
+    answers.append(jwks(KEY, "k1"))
+    clock.now += KEY_REFETCH_INTERVAL
+    assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"
+    with pytest.raises(Unauthorized, match="unknown key"):  # the keys read a moment ago do not name it
+        await verifier.verify(make_token(KEY, "bogus"))
+    assert len(key_reads) == 2
