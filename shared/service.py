@@ -7,7 +7,8 @@ it uses object storage, start/stop hooks). `main(spec)` then:
 2. checks that NATS, PostgreSQL and S3 answer, ending with one clear line if one does not;
 3. builds the broker (the spec's subscribers plus `<name>.health`), connects, ensures the streams;
 4. opens the pool and applies migrations, ensures the buckets, starts the sweep of its staged uploads
-   (`staged_bucket`), runs the start hook;
+   (`staged_bucket`), runs the start hook (`Runtime.stop` is the stop: a hook that waits passes it on, and a stop
+   during the hook ends the start there);
 5. sets up the durable JetStream consumers (`set_up_consumers`: tried again while JetStream does not answer, for up
    to CONSUMERS_WITHIN seconds, each failed try a warning naming the consumer; then one line and exit code 2),
    starts the subscriptions, publishes `events.service.started` (`announce_started`: tried for up to
@@ -99,6 +100,9 @@ class Runtime:
     objects: ObjectStore | None = None
     started_at: float = field(default_factory=time.monotonic)
     extras: dict[str, Any] = field(default_factory=dict)
+    # set by SIGTERM/SIGINT (serve's `stop`): a start hook that waits (the log store's consumer set-up tries) passes
+    # it on, so a stop during the start ends that wait at once instead of after it (up to CONSUMERS_WITHIN)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 Hook = Callable[[Runtime], Awaitable[None]]
@@ -419,7 +423,7 @@ async def set_up_durable_consumers(js: Any, consumers: list[DurableConsumer], st
 async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> None:
     """Start the service, serve until `stop` is set, then shut down gracefully."""
     await _preflight(spec, settings)
-    runtime = Runtime(name=spec.name, settings=settings)
+    runtime = Runtime(name=spec.name, settings=settings, stop=stop)
     broker = build_broker(spec, runtime)
     probes: asyncio.Task | None = None
     await broker.connect()
@@ -440,6 +444,8 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         start_staged_sweep(spec, runtime)
         if spec.on_start is not None:
             await spec.on_start(runtime)
+            if stop.is_set():  # the hook gave up what it waited for (runtime.stop): nothing more is started
+                raise _Stopped
         if not await set_up_consumers(broker, stop):
             raise _Stopped
         await broker.start()
@@ -454,7 +460,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
                 settings.probe_dir, lambda: _is_ok(check_health(runtime))))
         await stop.wait()
         log.info("%s stopping: draining subscriptions", spec.name)
-    except _Stopped:  # a stop while the consumers were set up: nothing was subscribed yet
+    except _Stopped:  # a stop while the consumers were set up (the start hook's own too): nothing was subscribed yet
         log.info("%s stopping: the stop came while its JetStream consumers were set up", spec.name)
     finally:
         if probes is not None:  # not ready from the first moment of the drain

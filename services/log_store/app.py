@@ -158,6 +158,7 @@ async def start(runtime: Runtime) -> None:
     nc = broker.config.connection_state.connection
     verifier, feed = bus_verifier(broker, settings.auth, timeout)
     await feed.start(nc)
+    runtime.extras.update(verifier_feed=feed)
 
     async def pipeline_exists(token: str | None, workspace_id: int, name: str) -> bool:
         async for listed in workspace_pipelines(broker, workspace_id, token, timeout):
@@ -172,6 +173,7 @@ async def start(runtime: Runtime) -> None:
     # ingestion has its own connection: its large fetches never hold up commands and queries
     ingest_nc = await nats.connect(settings.nats.url, name="railyard-log_store-ingest", max_reconnect_attempts=-1,
                                    reconnect_time_wait=0.5, **connect_options(settings.nats))
+    runtime.extras.update(ingest_nc=ingest_nc)
 
     async def publish(subject: str, event: Any) -> None:
         await publish_event(broker, subject, event)
@@ -187,11 +189,18 @@ async def start(runtime: Runtime) -> None:
     # one of the pool's (Deployments.listen)
     deployments = Deployments(runtime.db, connect=partial(asyncpg.connect, settings.postgres.dsn,
                                                           timeout=LISTEN_WAIT, command_timeout=LISTEN_WAIT))
-    await deployments.start(ingest_nc.jetstream())
+    # the consumers' set-up tries (up to shared.service.CONSUMERS_WITHIN while JetStream does not answer) end at
+    # once on a SIGTERM (runtime.stop): nothing more is started, and serve runs the stop hook
+    await deployments.start(ingest_nc.jetstream(), runtime.stop)
     runtime.extras.update(deployments=deployments)
+    if runtime.stop.is_set():
+        return
     ingestor = handlers.Ingestor(deps, ingest_nc.jetstream(), events_committed=outbox.wake, deployments=deployments,
                                  nc=ingest_nc)
-    await ingestor.start()
+    runtime.extras.update(ingestor=ingestor)
+    await ingestor.start(runtime.stop)
+    if runtime.stop.is_set():
+        return
 
     async def query(msg: Any, token: str | None) -> tuple[bytes, dict[str, str]]:
         cmd = _parse(GetLogs, msg.data)
@@ -230,8 +239,7 @@ async def start(runtime: Runtime) -> None:
                 log.exception("log maintenance failed")
 
     timer = asyncio.create_task(maintenance_timer())
-    runtime.extras.update(deps=deps, verifier=verifier, verifier_feed=feed, ingestor=ingestor, ingest_nc=ingest_nc,
-                          timer=timer, field_sub=field_sub, field_cb=field_cb,
+    runtime.extras.update(deps=deps, verifier=verifier, timer=timer, field_sub=field_sub, field_cb=field_cb,
                           query_sub=query_sub, query_cb=query_cb)
 
 
@@ -250,8 +258,9 @@ async def stop(runtime: Runtime) -> None:
     deployments = runtime.extras.get("deployments")
     if deployments is not None:
         await deployments.stop()
-    if ingestor is not None:
-        await runtime.extras["ingest_nc"].close()  # unacknowledged messages are simply redelivered
+    ingest_nc = runtime.extras.get("ingest_nc")
+    if ingest_nc is not None:
+        await ingest_nc.close()  # unacknowledged messages are simply redelivered
     outbox_task, outbox = runtime.extras.get("outbox_task"), runtime.extras.get("outbox")
     if outbox_task is not None:  # what is unsent: now if the bus takes it, else at a start (this or another process)
         await outbox.stop(outbox_task)

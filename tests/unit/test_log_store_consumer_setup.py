@@ -7,6 +7,8 @@ WARNING naming the consumer and the stream. Before, `Ingestor.start`'s `pull_sub
 And the bootstrap's `ensure_streams` / `ensure_log_store_consumer` (shared/bus.py): JetStream refusing a CREATE ends
 with one line naming the stream or consumer and JetStream's own words, not the "not found" of the read after it.
 
+A SIGTERM during those tries ends the log store's start hook at once (`Runtime.stop`, services/log_store/app.py).
+
 A real nats-server with JetStream (tests/local_nats.py), reached through tests/nats_proxy.py's ApiProxy, which
 holds back the server's answers to the first `drop` JetStream API requests about one consumer."""
 
@@ -24,14 +26,14 @@ import pytest
 from faststream.nats import NatsBroker
 from nats.js.api import StreamConfig
 
-from services.log_store import deployments
+from services.log_store import app, deployments
 from services.log_store.deployments import Deployments
 from services.log_store.handlers import Ingestor
 from shared import bus, service, subjects
 from shared.errors import RailyardError
 from shared.settings import LogSettings, Settings
 from tests.local_nats import local_nats_server
-from tests.nats_proxy import ApiProxy
+from tests.nats_proxy import ApiProxy, until
 
 WAIT = 0.5
 """Seconds one JetStream request of the test's connection waits for its answer."""
@@ -106,6 +108,68 @@ async def test_the_announcements_consumer_is_set_up_at_a_later_try(jetstream_url
     assert sorted(config.filter_subjects) == sorted(deployments.SUBJECTS), config
     assert len(asked) >= 2 and all(".CREATE." in s for s in asked[:2]), asked
     assert len(_warned(caplog, deployments.DURABLE, subjects.EVENTS_STREAM)) >= 1
+
+
+class _IdleFeed:
+    """The revocation feed's face (it subscribes and reads auth's list on the bus)."""
+
+    async def start(self, nats_client: Any) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class _IdleOutbox:
+    """The outbox's face (it reads the log store's database)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def wake(self) -> None:
+        pass
+
+    async def stop(self, task: asyncio.Task) -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_stop_ends_the_log_store_start_while_jetstream_does_not_answer(jetstream_url: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM (the runner's stop, `Runtime.stop`) while the log store's start hook waits for JetStream's answer
+    about its announcements consumer ends the hook at once: no other request follows, nothing is started, and the
+    stop hook then runs. Before, the hook was given no stop: its tries went on for CONSUMERS_WITHIN (30 s; 300 here)
+    whatever the stop, past the stack's stop grace."""
+    monkeypatch.setattr(service, "CONSUMER_RETRY_FIRST", 60.0)
+    monkeypatch.setattr(service, "CONSUMER_RETRY_MAX", 60.0)
+    monkeypatch.setattr(service, "CONSUMERS_WITHIN", 300.0)
+    monkeypatch.setattr(app, "bus_verifier", lambda *args: (None, _IdleFeed()))
+    monkeypatch.setattr(app, "Outbox", _IdleOutbox)
+    admin = await nats.connect(jetstream_url)
+    try:
+        await admin.jetstream().add_stream(name=subjects.EVENTS_STREAM, subjects=["events.>"])
+    finally:
+        await admin.close()
+    proxy = ApiProxy(deployments.DURABLE, drop=1_000)
+    async with proxy.serving(jetstream_url) as through:
+        broker = SimpleNamespace(config=SimpleNamespace(connection_state=SimpleNamespace(connection=None)))
+        runtime = service.Runtime(name=app.NAME, settings=Settings(nats={"url": through}), broker=broker)
+        starting = asyncio.create_task(app.start(runtime))
+        try:
+            await until(lambda: bool(proxy.asked), starting)
+            runtime.stop.set()
+            await asyncio.wait_for(asyncio.shield(starting), 15)
+        finally:
+            if not starting.done():  # failed: not stopped within the bound
+                starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await asyncio.wait_for(app.stop(runtime), 15)
+    assert len(proxy.asked) == 1, proxy.asked
+    assert "ingestor" not in runtime.extras and "timer" not in runtime.extras, runtime.extras
+    assert runtime.extras["ingest_nc"].is_closed
 
 
 async def _broker(url: str) -> NatsBroker:

@@ -245,3 +245,30 @@ def test_a_consumer_jetstream_refuses_ends_the_start_naming_it_at_once(tmp_path:
     assert not _logged(caplog, "JetStream consumer", logging.WARNING)
     assert not _logged(caplog, "serving (pid")
 
+
+def test_a_stop_during_the_start_hook_ends_the_start_after_it(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The start hook is given the runner's stop (`Runtime.stop`, which the log store's hook passes to its own
+    consumers' set-up); a SIGTERM that came while the hook ran ends the start after it: nothing subscribed, no
+    "serving", the stop hook runs. Before, the start went on to subscribe and logged "serving" after the stop."""
+    caplog.set_level(logging.INFO, logger="railyard.service")
+    seen: dict[str, object] = {}
+
+    async def on_start(runtime: service.Runtime) -> None:
+        seen["stop"] = runtime.stop
+        runtime.stop.set()  # the SIGTERM, while the hook waited
+
+    async def on_stop(runtime: service.Runtime) -> None:
+        seen["subscribed"] = runtime.broker.running
+
+    async def scenario(url: str) -> None:
+        stop = asyncio.Event()
+        spec = ServiceSpec(name=SERVICE, build_router=_spec().build_router, on_start=on_start, on_stop=on_stop)
+        await asyncio.wait_for(serve(spec, Settings(nats={"url": url}), stop), 30)
+        assert seen["stop"] is stop
+
+    with local_nats_server(tmp_path, jetstream=True) as url:
+        asyncio.run(scenario(url))
+    assert seen["subscribed"] is False
+    assert not _logged(caplog, "serving (pid")
+    assert len(_logged(caplog, "the stop came while")) == 1
