@@ -509,17 +509,73 @@ def _named_values(array: pa.DictionaryArray) -> pa.DictionaryArray:
         dictionary.filter(pa.array(named)), ordered=array.type.ordered)
 
 
+def holds_dictionary(kind: pa.DataType) -> bool:
+    """A dictionary anywhere in the type: itself, or a struct's field, a list's or map's values, an extension's
+    storage (types only: nothing is read)."""
+    if pa.types.is_dictionary(kind):
+        return True
+    if isinstance(kind, pa.BaseExtensionType):
+        return holds_dictionary(kind.storage_type)
+    return any(holds_dictionary(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _named_nested(array: pa.Array) -> pa.Array | None:
+    """`_named_values` for a dictionary anywhere in the array (a struct's field, a list's, fixed-size list's or map's
+    values, an extension's storage), the rest as it was; None when nothing was left out. A list keeps the values its
+    rows reference (a slice's), renumbered from 0. Sized row by row by `row_sizes` (a row counts the value it names),
+    a nested dictionary still went whole with every slice and every row that lost its column, so a struct naming
+    many large values made every payload of its batch too big, as a top-level one did before fca72e95. Run-end
+    encoded and list-view values are left as they are."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        named = _named_values(array)
+        return None if named is array else named
+    if not holds_dictionary(kind):
+        return None
+    mask = array.is_null() if array.null_count else None
+    if isinstance(kind, pa.BaseExtensionType):
+        storage = _named_nested(array.storage)
+        return None if storage is None else pa.ExtensionArray.from_storage(kind, storage)
+    if pa.types.is_struct(kind):
+        children = [array.field(i) for i in range(kind.num_fields)]  # (each the struct's rows: sliced with it)
+        named = [_named_nested(child) for child in children]
+        if all(child is None for child in named):
+            return None
+        return pa.StructArray.from_arrays([child if new is None else new for child, new in zip(children, named,
+                                                                                                strict=True)],
+                                          fields=list(kind), mask=mask)
+    if pa.types.is_fixed_size_list(kind):
+        size = kind.list_size
+        values = _named_nested(array.values.slice(array.offset * size, len(array) * size))
+        return None if values is None else pa.FixedSizeListArray.from_arrays(values, type=kind, mask=mask)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        offsets = array.offsets  # (a slice's: its first need not be 0, and .values is the whole child)
+        first = offsets[0].as_py() if len(offsets) else 0
+        values = array.values.slice(first, offsets[-1].as_py() - first if len(offsets) else 0)
+        named = _named_nested(values)
+        if named is None:
+            return None
+        offsets = pc.subtract(offsets, pa.scalar(first, offsets.type))
+        if pa.types.is_map(kind):
+            return pa.MapArray.from_arrays(offsets, named.field(0), named.field(1), type=kind, mask=mask)
+        return type(array).from_arrays(offsets, named, type=kind, mask=mask)
+    return None
+
+
 def named_dictionaries(table: pa.Table) -> pa.Table:
-    """The table with each dictionary column keeping only the values its rows name (`_named_values` per chunk; the
-    same schema), or the table itself when every value is named. A slice of a table carries its columns' whole
-    dictionaries into its IPC message: the log batcher's slices of a batch whose dictionary alone is above the bus
-    limit (1,000 rows naming 1,000 distinct 2 KB values) were each too big, down to one row, and every row was lost."""
+    """The table with each dictionary keeping only the values its rows name (`_named_values` per chunk, also for a
+    dictionary inside a struct, list or map column: `_named_nested`; the same schema), or the table itself when every
+    value is named. A slice of a table carries its columns' whole dictionaries into its IPC message: the log
+    batcher's slices of a batch whose dictionary alone is above the bus limit (1,000 rows naming 1,000 distinct 2 KB
+    values) were each too big, down to one row, and every row was lost."""
     for index, named_field in enumerate(table.schema):
-        if pa.types.is_dictionary(named_field.type):
+        if holds_dictionary(named_field.type):
             chunks = table.column(index).chunks
-            named = [_named_values(chunk) for chunk in chunks]
-            if any(after is not before for after, before in zip(named, chunks, strict=True)):
-                table = table.set_column(index, named_field, pa.chunked_array(named, named_field.type))
+            named = [_named_nested(chunk) for chunk in chunks]
+            if any(after is not None for after in named):
+                table = table.set_column(index, named_field, pa.chunked_array(
+                    [before if after is None else after for after, before in zip(named, chunks, strict=True)],
+                    named_field.type))
     return table
 
 
@@ -574,9 +630,15 @@ def drop_oversized(table: pa.Table, max_row_bytes: int) -> pa.Table:
                                          run_end_type=column.type.run_end_type)
             else:
                 kept = column.take(indices)
-            if pa.types.is_dictionary(column.type):  # take() keeps the whole dictionary: the dropped values go
-                kept = pa.chunked_array([_named_values(chunk) for chunk in kept.chunks], column.type)
-            table = table.set_column(table.schema.get_field_index(name), name, kept)
+            if holds_dictionary(column.type):  # take() keeps the whole dictionary (a struct's or list's too): the
+                # dropped values go
+                kept = pa.chunked_array([chunk if named is None else named
+                                         for chunk, named in ((c, _named_nested(c)) for c in kept.chunks)],
+                                        column.type)
+            # the field as it was (its metadata), nullable now that rows of it are null: set by name alone it lost
+            # its metadata, and a non-nullable one kept over nulls would be refused by the segment's Parquet writer
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(index).with_nullable(True), kept)
     index = table.schema.get_field_index(META_DROPPED)
     existing = table.column(META_DROPPED).to_pylist() if index >= 0 else [[] for _ in dropped]
     merged = pa.array([old + new for old, new in zip(existing, dropped, strict=True)], pa.list_(pa.string()))

@@ -76,6 +76,7 @@ from shared.logrecords import (
     drop_oversized,
     encode_runs,
     group_records,
+    holds_dictionary,
     log_header,
     log_subject,
     named_dictionaries,
@@ -550,10 +551,11 @@ class LogBatcher:
     def _split(self, table: pa.Table, offset: int, once: dict[str, list[int]], dropped: list[int]
                ) -> list[tuple[bytes, dict[str, list[int]], int]]:
         payload = to_ipc_stream(table)
-        if len(payload) > self.max_bytes and any(pa.types.is_dictionary(kind) for kind in table.schema.types):
+        if len(payload) > self.max_bytes and any(holds_dictionary(kind) for kind in table.schema.types):
             # a slice carries its table's whole dictionaries (Arrow sends them with each message): rows small each
             # but naming many distinct values (1,000 of 2 KB: a 2 MB dictionary) made every slice, down to one row,
-            # too big, and all of them were lost. A slice too big keeps the values its rows name, then is cut
+            # too big, and all of them were lost. A slice too big keeps the values its rows name, then is cut (a
+            # dictionary in a struct, list or map column too: until session 35 only top-level ones)
             named = named_dictionaries(table)
             if named is not table:
                 table, payload = named, to_ipc_stream(named)
