@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests import client_venv, file_seconds
+from tests import assert_cache, client_venv, file_seconds
 from tests.stack import RunningStack, stack_directory, start_stack
 
 
@@ -96,6 +96,7 @@ def pytest_sessionstart(session) -> None:
     _session_started = time.monotonic()
     _start_client_venv_early(session.config)
     _start_stack_early(session.config)
+    assert_cache.share(session.config)  # after the stack's start: its start runs while this worker rewrites
 
 
 def pytest_runtest_logreport(report) -> None:
