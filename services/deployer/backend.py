@@ -13,6 +13,7 @@ import datetime
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -107,7 +108,9 @@ an undeploy (or a deactivation) left: removed at the next sweep. Removed when a 
 DATA_DIR_MARKED = ".kept-marked"
 """In deployments/: written once a sweep looked at every inactive deployment's own-name folder with KEPT_MARKER in
 use (kept_folders). Before it is there (a data directory of a deployer before session 34), a folder without a marker
-may be a failed deploy's logs: it is adopted (a marker written, kept KEPT_FAILED_FOR from then), not removed."""
+may be a failed deploy's logs: it is adopted (a marker written, kept KEPT_FAILED_FOR from then), not removed. Its
+time is the last sweep's: a process's first sweep adopts the unmarked folders written since (a deployer without the
+markers, run in between, wrote none for its failed deploys)."""
 KEPT_FAILED_FOR = 7 * 86400.0
 KEPT_FAILED_MAX = 50
 """A failed deploy's kept folder (KEPT_MARKER) of an inactive deployment is removed KEPT_FAILED_FOR seconds after
@@ -250,6 +253,14 @@ class LocalBackend:
         self._undeployed: dict[str, bool] = {}
         self._later: dict[Any, asyncio.TimerHandle] = {}  # removals and sweeps to run again (_at_later)
         self._closed = False
+        self._closing = False  # close() began: a first start failing from here on is the stop's doing, not the user's
+        # kept_folders: whether this process swept yet (its first sweep adopts what was written since the last sweep
+        # of a deployer with the markers: an older one's failed deploys, run in between), and the names a sweep
+        # adopted, whose marker remove_gone takes back from a set that serves under the name (a start that ended
+        # while the sweep's thread wrote it)
+        self._first_sweep = True
+        self._adopt_since: float | None = None  # folders written since this are adopted (None: none is)
+        self._adopted: list[str] = []
         # starts counted at their beginning and end, and each name's last (remove_gone: not a name started since
         # the caller's listing, whose folders and kept marker it may have missed)
         self._starts = 0
@@ -324,13 +335,18 @@ class LocalBackend:
             replica_set.ready = True
             if serving is not None:
                 await serving()
-        except BaseException:
+        except BaseException as exc:
             await self._stop_set(replica_set)
             if previous is None:
                 if self.sets.get(name) is replica_set:
                     del self.sets[name]
                 self._undeployed.setdefault(name, False)  # its workers' folders go (the start's _leave)
-                _mark_kept(folder, f"the failed start of deployment {name}")
+                # a failed start's logs are kept for the user; a start cancelled (the deployer's stop: the restore's
+                # start still loading, a deploy past the command drain) or whose set close() stopped did not fail:
+                # its row stays active and the next start's restore starts it again. Marked, it was kept as a failed
+                # deploy's for KEPT_FAILED_FOR should the row go inactive without an undeploy
+                if not isinstance(exc, asyncio.CancelledError) and not self._closing:
+                    _mark_kept(folder, f"the failed start of deployment {name}")
             raise
         # a redeploy (hot swap): the running set stays the deployment's status until the new one serves, so the
         # gateway never sees a "starting" deployment in between (it would answer 503)
@@ -510,9 +526,23 @@ class LocalBackend:
         on this machine have (found by their command lines, listed after the folders: a previous deployer's,
         draining). A data directory not DATA_DIR_MARKED yet (its folders made before the markers) has its folders
         without one adopted: a marker written (time `now`), so they are kept as a failed deploy's are, then it is
-        marked (unless a marker could not be written: the next sweep adopts again)."""
-        marked = (self.work_dir / DATA_DIR_MARKED).exists()
+        marked (unless a marker could not be written: the next sweep adopts again). Each sweep that has nothing left
+        to adopt sets DATA_DIR_MARKED's time to `now`; a process's first sweep also adopts the unmarked folders
+        written since that time (by a deployer without the markers, run in between: a rollback, whose failed deploys
+        wrote none); its later sweeps remove them (this process marks its own failed starts)."""
+        stamp = self.work_dir / DATA_DIR_MARKED
+        try:
+            stamped: float | None = stamp.stat().st_mtime
+        except OSError:  # not there (or unreadable, as exists() took it): not marked
+            stamped = None
+        if self._first_sweep:
+            self._first_sweep = False
+            self._adopt_since = stamped
+        since = -math.inf if stamped is None else self._adopt_since
+        why = ("found at the first start that marks kept folders" if stamped is None else
+               f"written since this data directory's last sweep with the markers ({_iso(stamped)})")
         adopted = True
+        self._adopted = []
         found: dict[str, float | None] = {}
         for name in names:
             folder = self.work_dir / name
@@ -524,20 +554,25 @@ class LocalBackend:
             except OSError as exc:
                 log.warning("could not read %s: %s", folder / KEPT_MARKER, exc)
                 continue
-            if marked or folder.is_symlink() or not folder.is_dir():  # a link is unlinked, what it points at stays
-                found[name] = None
-            elif _mark_kept(folder, f"deployment {name}, found at the first start that marks kept folders", now):
+            if since is None or folder.is_symlink() or not folder.is_dir() or not _written_since(folder, since):
+                found[name] = None  # a link is unlinked, what it points at stays
+            elif _mark_kept(folder, f"deployment {name}, {why}", now):
                 found[name] = now
+                self._adopted.append(name)
             else:
                 adopted = False
-        if not marked and adopted:
+        if adopted:
+            self._adopt_since = None
             try:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
-                (self.work_dir / DATA_DIR_MARKED).write_text(
-                    f"Since {_iso(now)} a deployment folder kept for the user here has {KEPT_MARKER} in it; "
-                    "an inactive deployment's without one is removed by the deployer.\n")
+                if stamped is None:
+                    stamp.write_text(
+                        f"Since {_iso(now)} a deployment folder kept for the user here has {KEPT_MARKER} in it; "
+                        "an inactive deployment's without one is removed by the deployer. This file's time: the "
+                        "deployer's last look at them.\n")
+                os.utime(stamp, (now, now))
             except OSError as exc:
-                log.warning("could not write %s: %s", self.work_dir / DATA_DIR_MARKED, exc)
+                log.warning("could not write %s: %s", stamp, exc)
         return found, _live_replicas()[1]
 
     def remove_gone(self, names: set[str], since: int | None = None) -> list[str]:
@@ -547,6 +582,12 @@ class LocalBackend:
         a name a set runs under, a start or a replica uses, whose removal is already decided, or (`since`: the
         caller's sweep_began() before it listed them) a start of which began or ended since. The names whose removal
         began."""
+        for name in self._adopted:  # adopted by the sweep's thread while a start of the name ended serving (it took
+            # its folder's marker away before the thread wrote one): a serving set's folder is no failed deploy's
+            replica_set = self.sets.get(name)
+            if replica_set is not None and replica_set.ready:
+                _unlink(self.work_dir / name / KEPT_MARKER)
+        self._adopted = []
         removing: list[str] = []
         removals: list[tuple[str, Path, bool]] = []
         for name in sorted(names):
@@ -1038,6 +1079,7 @@ class LocalBackend:
         many deployments there are (the embedded stack gives the deployer that plus its own grace before it kills the
         deployer's process group, shared/embedded/stack.py). One set after another, each up to stop_timeout, a stack
         stop killed replicas still publishing the log rows of requests they had answered."""
+        self._closing = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             await _cancelled(self._supervisor)
@@ -1144,6 +1186,19 @@ def _mark_kept(folder: Path, what: str, now: float | None = None) -> bool:
         log.warning("could not mark %s as kept: %s", folder, exc)
         return False
     return True
+
+
+def _written_since(folder: Path, since: float) -> bool:
+    """Whether `folder` or a file in it was written after `since` (a time.time()); True when it cannot be told."""
+    if since == -math.inf:
+        return True
+    try:
+        if folder.stat().st_mtime > since:
+            return True
+        with os.scandir(folder) as entries:
+            return any(entry.stat(follow_symlinks=False).st_mtime > since for entry in entries)
+    except OSError:
+        return True
 
 
 def _unlink(path: Path) -> None:

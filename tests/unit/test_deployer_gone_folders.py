@@ -284,3 +284,59 @@ async def test_the_sweep_runs_again_until_cancelled(tmp_path):
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
     await backend.close()
+
+
+def _aged(folder, age: float) -> None:
+    """Everything in `folder`, and the folder, last written `age` seconds ago."""
+    then = time.time() - age
+    for path in [*folder.iterdir(), folder]:
+        os.utime(path, (then, then))
+
+
+async def test_a_deployer_without_the_markers_run_since_the_last_sweep_has_its_folders_adopted(tmp_path):
+    """A rollback to a deployer from before the markers, then this one again: the older one's failed deploy wrote no
+    marker. A process's first sweep adopts (keeps, as a failed deploy's) the unmarked folders written since the data
+    directory's last sweep with the markers (DATA_DIR_MARKED's time, which each sweep sets); one from before goes, and
+    so does one made unmarked later in the same process's run. Before, the older deployer's failed deploy's logs went
+    at the first sweep."""
+    top = tmp_path / "deployments"
+    _marked(top / "left-5", None)  # what an undeploy left before the last sweep
+    _aged(top / "left-5", 7200.0)
+    top.joinpath(DATA_DIR_MARKED).write_text("marked\n")
+    _aged(top, 3600.0)  # the last sweep with the markers: an hour ago
+    _marked(top / "rolled-6", None)  # the older deployer's failed deploy, since
+    pool = _Pool({5: ("left", False), 6: ("rolled", False), 7: ("later", False), 8: ("again", False)})
+    backend = _backend(tmp_path)
+    deps = SimpleNamespace(backend=backend, pool=pool, timeout=4.0)
+    assert await sweep_gone_folders(deps) == ["left-5"]
+    assert "written since this data directory's last sweep" in (top / "rolled-6" / KEPT_MARKER).read_text()
+    assert abs(top.joinpath(DATA_DIR_MARKED).stat().st_mtime - time.time()) < 60  # this sweep's time
+    _marked(top / "later-7", None)  # an undeploy's removal that failed, in this process's run
+    assert await sweep_gone_folders(deps) == ["later-7"]
+    await backend.swept()
+    await backend.close()
+    _marked(top / "again-8", None)  # the older deployer once more, then a new process
+    restarted = _backend(tmp_path)
+    assert await sweep_gone_folders(SimpleNamespace(backend=restarted, pool=pool, timeout=4.0)) == []
+    assert (top / "again-8" / KEPT_MARKER).exists()
+    await restarted.swept()
+    assert _left(tmp_path, "deployments") == {"rolled-6", "again-8"}
+    await restarted.close()
+
+
+async def test_a_marker_adopted_while_a_start_of_the_name_ended_serving_is_taken_back(tmp_path):
+    """The sweep read the row inactive and writes its adoption marker in its thread while a deploy of the name
+    starts and serves (it took the folder's marker away before the thread wrote one): a serving set's folder is no
+    failed deploy's, so the sweep takes the marker back on the event loop. Before, it stayed in the serving folder
+    and was kept KEPT_FAILED_FOR as a failed deploy's once the row went inactive without an undeploy."""
+    top = tmp_path / "deployments"
+    _marked(top / "serving-5", None)
+    _marked(top / "old-6", None)
+    backend = _backend(tmp_path)
+    backend.sets["serving-5"] = ReplicaSet(name="serving-5", spec_path=tmp_path / "spec.json", ready=True)
+    pool = _Pool({5: ("serving", False), 6: ("old", False)})
+    assert await sweep_gone_folders(SimpleNamespace(backend=backend, pool=pool, timeout=4.0)) == []
+    assert not (top / "serving-5" / KEPT_MARKER).exists()
+    assert (top / "old-6" / KEPT_MARKER).exists()  # adopted, no set of it
+    del backend.sets["serving-5"]
+    await backend.close()

@@ -487,3 +487,27 @@ async def test_an_undeploys_cgroup_sweep_runs_again_a_little_later(backend, monk
     await backend.swept()
     assert backend.cgroup_sweeps == 2
     await backend.close()
+
+
+async def test_a_first_start_the_deployers_stop_cancels_or_ends_is_no_failed_deploy(backend):
+    """A first start cancelled by the deployer's stop (the restore's start still loading, a deploy past the command
+    drain), or one whose set close() stopped, did not fail: no KEPT_MARKER (its row stays active, the next start's
+    restore starts it again). Before, it was marked as a failed start and kept KEPT_FAILED_FOR."""
+    backend.ready = asyncio.get_running_loop().create_future()  # the replicas load until the test says
+    starting = asyncio.create_task(backend.start("d-1", SPEC, 1))
+    await _until(lambda: "d-1" in backend.sets, "the first start's set shown")
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert "replica" in _files(backend, "d-1") and KEPT_MARKER not in _names(backend.work_dir / "d-1")
+
+    backend.ready = asyncio.get_running_loop().create_future()
+    starting = asyncio.create_task(backend.start("d-2", SPEC, 1))
+    await _until(lambda: "d-2" in backend.sets, "the first start's set shown")
+    closing = asyncio.create_task(backend.close())
+    await _until(lambda: "d-2" not in backend.sets, "close() took the set")
+    backend.ready.set_exception(RuntimeError("engine replica exited"))  # what its stopped replicas' start sees
+    with pytest.raises(RuntimeError):
+        await starting
+    await closing
+    assert KEPT_MARKER not in _names(backend.work_dir / "d-2")
