@@ -260,7 +260,9 @@ class Pipeline(Resource):
         return self
 
     def create(self) -> Pipeline:
-        """Store the current definition as a version (a new one only when it changed)."""
+        """Store the current definition as a version (a new one only when it changed). Every model it names must
+        exist in the workspace (in any status: one still converting does): otherwise an InvalidRequest (400) naming
+        each missing reference, and nothing is stored."""
         created = self._session.post("pipelines/create", {"pipeline_id": self.name, "workspace_id": self.workspace_id,
                                                           "definition": self.definition})
         self._record = self._session.post("pipelines/get", {"pipeline_id": created["pipeline_pk_id"]})

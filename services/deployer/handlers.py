@@ -32,7 +32,7 @@ from shared.authz import (
 )
 from shared.background import BackgroundTask
 from shared.bus import request
-from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unavailable, echo
+from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unavailable, UpstreamTimeout, echo
 from shared.messages.base import INT64
 from shared.messages.deployer import (
     CopyPipeline,
@@ -53,7 +53,7 @@ from shared.messages.deployer import (
     PipelineVersionCreated,
 )
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
-from shared.messages.registry import ResolvedModel, ResolveModel
+from shared.messages.registry import ModelExists, ModelLookup, ResolvedModel, ResolveModel
 from shared.settings import COPY_STEPS_TAKE, Settings, deploy_wait
 
 RESTORE_CONCURRENCY = 2
@@ -277,15 +277,106 @@ async def create_pipeline(deps: DeployerDeps, principal: Principal, token: str |
     require_user(principal)
     _check_name(cmd.pipeline_id, "pipeline name")
     _check_definition(cmd.definition)
+    refs = _definition_refs(cmd.definition)
+    looked_up_by = asyncio.get_running_loop().time() + deps.timeout * MODEL_LOOKUPS_WITHIN
 
     async def create() -> PipelineCreated:
         await require_member(deps.membership(token), principal, cmd.workspace_id)
+        # every model the definition names exists in the workspace, before anything is written: before, a typo or
+        # a model of another workspace made a version all the same, and its deploy was the 404
+        await _check_models_exist(deps, token, cmd.workspace_id, cmd.pipeline_id, refs, looked_up_by)
         return await _create_version(deps, principal, cmd.workspace_id, cmd.pipeline_id, cmd.definition)
 
     # a write: given up on, its commit may still take effect; created again, the same definition makes no new version
     return await _created_in_time(deps, f"pipelines/create of {cmd.pipeline_id!r}", create(), maybe=(
         " (the version may have been created all the same: creating it again is safe, a definition the same as the"
         " pipeline's latest version's makes no new version)"))
+
+
+MODEL_LOOKUPS_WITHIN = 0.5
+"""Of the request timeout, counted from pipelines/create's start: its membership check and the registry's look-ups of
+the definition's models end by then (a 504 naming the registry, nothing created), leaving what remains of its bound
+(READ_ANSWERS_WITHIN) to its write."""
+MODEL_LOOKUPS_AT_ONCE = 8  # a definition's look-ups under way at once (one per distinct model reference)
+MISSING_NAMED = 10  # the missing references a create's 400 names one by one (then how many more)
+
+
+def _definition_refs(definition: dict[str, Any]) -> dict[tuple[str, str | None, str | None], str]:
+    """Each distinct model reference (name, version, sha) a checked definition names, with where it is named first
+    (`definition.steps[i].Kind`). A name, version or sha that is not a string is a 400 (the registry looks them up as
+    text; before, the deploy's look-up failed on it)."""
+    refs: dict[tuple[str, str | None, str | None], str] = {}
+    for index, step in enumerate(definition.get("steps", [])):
+        kind, body = next(iter(step.items()))
+        where = f"definition.steps[{index}].{kind}"
+        for model in _step_models(kind, body):
+            ref = (model["name"], model.get("version"), model.get("sha"))
+            for field_name, value in zip(("name", "version", "sha"), ref, strict=True):
+                if value is not None and not isinstance(value, str):
+                    raise InvalidRequest(f"{where}: a model's {field_name} must be a string, not {_json_kind(value)}")
+            refs.setdefault(ref, where)
+    return refs
+
+
+def _json_kind(value: Any) -> str:
+    """What JSON calls `value`'s type (a message about a body names its types, not Python's)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
+
+
+async def _look_up_model(deps: DeployerDeps, token: str | None, workspace_id: int, name: str, version: str | None,
+                         sha: str | None, timeout: float) -> str | None:
+    """None when the workspace has the model version (in any status: one uploaded a moment ago may still be
+    converting, registry.models.resolve's exists_only), else why not, in the registry's words (a 404's: another sha,
+    no such version, no such model; or a 400's: a version that is no UUID). A model of another workspace is not
+    found, as one that does not exist."""
+    try:
+        await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ModelLookup(
+            workspace_id=workspace_id, name=name, version=version, sha=sha, exists_only=True), token=token,
+            timeout=timeout, reply_model=ModelExists)
+    except (NotFound, InvalidRequest) as exc:
+        return exc.msg
+    return None
+
+
+async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_id: int, pipeline: str,
+                              refs: dict[tuple[str, str | None, str | None], str], by: float) -> None:
+    """pipelines/create's check of its definition's models (_definition_refs): one look-up per distinct reference,
+    MODEL_LOOKUPS_AT_ONCE at a time, all ended by the loop time `by`; every reference the workspace does not have is
+    named in one 400 invalid_request (so a definition is fixed in one go), and nothing is written. A registry that
+    does not answer in time is a 504, one that cannot be asked a 503: nothing created either."""
+    if not refs:
+        return
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(MODEL_LOOKUPS_AT_ONCE)
+
+    async def look(ref: tuple[str, str | None, str | None]) -> str | None:
+        async with gate:
+            left = by - loop.time()
+            if left <= 0:
+                raise UpstreamTimeout(f"the registry did not answer within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s")
+            return await _look_up_model(deps, token, workspace_id, *ref, timeout=left)
+
+    looks = [asyncio.ensure_future(look(ref)) for ref in refs]
+    try:
+        answers = await asyncio.gather(*looks)
+    except (UpstreamTimeout, Unavailable) as exc:
+        raise type(exc)(f"pipelines/create of {pipeline!r}: the definition's models could not be looked up "
+                        f"({exc.msg}); nothing was created: create it again", code=exc.code) from None
+    finally:
+        for pending in looks:
+            pending.cancel()
+    missing = [f"{where}: {why}" for (ref, where), why in zip(refs.items(), answers, strict=True) if why]
+    if missing:
+        more = f"; and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else ""
+        raise InvalidRequest(
+            f"the definition names {len(missing)} model version{'s' if len(missing) > 1 else ''} the workspace does "
+            f"not have, so nothing was created: {'; '.join(missing[:MISSING_NAMED])}{more}. Upload the model "
+            "(models/upload_and_convert) or correct the reference's name, version or sha (models/list lists the "
+            "workspace's models, models/list_versions their versions), then create the pipeline again")
 
 
 async def _created_in_time(deps: DeployerDeps, what: str, work: Coroutine[Any, Any, _T], *, maybe: str) -> _T:

@@ -38,8 +38,10 @@ from shared.messages.registry import (
     ListRegistryModels,
     ModelConfig,
     ModelDetails,
+    ModelExists,
     ModelInserted,
     ModelList,
+    ModelLookup,
     ModelVersions,
     ModelWithVersions,
     NoContent,
@@ -51,7 +53,6 @@ from shared.messages.registry import (
     RegistryRecord,
     RemoveConnectionFromWorkspace,
     ResolvedModel,
-    ResolveModel,
     UploadedFromRegistry,
     UploadFromRegistry,
     UploadModel,
@@ -105,8 +106,8 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.get_model_config(deps(), await caller(ctx), ctx.token, cmd.model_id)
 
     @command(router, subjects.REGISTRY_MODELS_RESOLVE, service=NAME)
-    async def resolve(cmd: ResolveModel, ctx: CallContext) -> ResolvedModel:
-        """A ready model version, for deploying it."""
+    async def resolve(cmd: ModelLookup, ctx: CallContext) -> ResolvedModel | ModelExists:
+        """A ready model version, for deploying it (or with exists_only whether a version exists, in any status)."""
         return await handlers.resolve_model(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.REGISTRY_MODELS_GET, service=NAME)

@@ -33,8 +33,10 @@ from shared.errors import InvalidRequest, NotFound, RailyardError, echo
 from shared.messages.registry import (
     ModelConfig,
     ModelDetails,
+    ModelExists,
     ModelInserted,
     ModelList,
+    ModelLookup,
     ModelSummary,
     ModelUploaded,
     ModelVersionFinished,
@@ -406,12 +408,18 @@ async def _unresolved(deps: RegistryDeps, cmd: ResolveModel, version: uuid.UUID 
     """Why no version matched, as far as the caller's workspace shows it: a model and version that exist with
     another sha were answered "not found in the workspace" before, which sent the user looking for a model that is
     there (a definition copied with a stale or mistyped sha)."""
-    named = repr(cmd.name) if cmd.name is not None else f"id {cmd.model_id}"
+    named = echo(cmd.name) if cmd.name is not None else f"id {cmd.model_id}"
     if cmd.sha is not None:
         other = await store.find_version(deps.pool, cmd.workspace_id, cmd.name, version, None, cmd.model_id)
         if other is not None:
-            found = (f"model {named} version {other['model_version']} has sha {other['sha']}, not {cmd.sha!r}"
-                     if version is not None else f"no version of model {named} has sha {cmd.sha!r}")
+            if version is None:
+                found = f"no version of model {named} has sha {echo(cmd.sha)}"
+            elif other["sha"] is None:  # converting (its sha is its converted bytes'), or its conversion failed
+                why = ("yet (it is converting: its sha is the converted file's, known once it is ready)"
+                       if other["status"] == "converting" else "(its conversion failed)")
+                found = f"model {named} version {other['model_version']} has no sha {why}, not {echo(cmd.sha)}"
+            else:
+                found = f"model {named} version {other['model_version']} has sha {other['sha']}, not {echo(cmd.sha)}"
             return f"{found}: give the version's sha as models/list_versions lists it, or leave sha out"
     if version is not None and await store.find_version(deps.pool, cmd.workspace_id, cmd.name, None, None,
                                                          cmd.model_id) is not None:
@@ -420,17 +428,24 @@ async def _unresolved(deps: RegistryDeps, cmd: ResolveModel, version: uuid.UUID 
 
 
 async def resolve_model(deps: RegistryDeps, principal: Principal, token: str | None,
-                        cmd: ResolveModel) -> ResolvedModel:
+                        cmd: ResolveModel) -> ResolvedModel | ModelExists:
+    """A ready version (ResolvedModel; one not ready is a 400 naming its status), or with a ModelLookup's
+    `exists_only` the version in any status (ModelExists: the deployer's pipelines/create checks that its definition's
+    models exist, and a model uploaded a moment ago may still be converting). Only the caller's workspace is looked
+    in: a model of another workspace is not found, as one that does not exist (the same 404 and words)."""
     if cmd.name is None and cmd.model_id is None:
         raise InvalidRequest("give the model's name (or its id, model_id)")
     await require_member(deps.membership(token), principal, cmd.workspace_id)
     try:
         version = uuid.UUID(cmd.version) if cmd.version else None
     except ValueError:
-        raise InvalidRequest(f"version must be a model version UUID, got {cmd.version!r}") from None
+        raise InvalidRequest(f"version must be a model version UUID, got {echo(cmd.version)}") from None
     row = await store.find_version(deps.pool, cmd.workspace_id, cmd.name, version, cmd.sha, cmd.model_id)
     if row is None:
         raise NotFound(await _unresolved(deps, cmd, version))
+    if isinstance(cmd, ModelLookup) and cmd.exists_only:
+        return ModelExists(model_id=row["model_id"], name=row["name"], model_version=str(row["model_version"]),
+                           status=row["status"])
     if row["status"] != "ready":
         raise InvalidRequest(f"model {row['name']!r} version {row['model_version']} is {row['status']}"
                              + (f": {row['error']}" if row["error"] else ""))

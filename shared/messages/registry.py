@@ -374,6 +374,26 @@ class ResolveModel(Command):
     model_id: int | None = Field(None, description="The model's id (models_pk_id), instead of its name.")
 
 
+class ModelLookup(ResolveModel):
+    """registry.models.resolve's body: a ResolveModel (a ready version, answered as a ResolvedModel), or with
+    `exists_only` the deployer's check that a pipeline definition's model exists (pipelines/create). The gateway's
+    models/download reads its body as a ResolveModel, which has no `exists_only`: its answer is always a
+    ResolvedModel."""
+
+    exists_only: bool = Field(False, description="Whether the version exists, in any status (a model still "
+                              "converting right after its upload, or whose conversion failed, exists): answered as "
+                              "a ModelExists, not a ResolvedModel; not found is the same 404 as without it.")
+
+
+class ModelExists(Message):
+    """An exists_only lookup's answer: the version found, whatever its status (ready, converting, error)."""
+
+    model_id: int
+    name: str
+    model_version: str
+    status: str
+
+
 class ResolvedModel(Message):
     """What an engine needs to load a model version."""
 

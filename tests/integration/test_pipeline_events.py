@@ -38,13 +38,14 @@ def test_pipeline_events_the_stream_refused_are_published_once_it_accepts(stack,
 
     async def changed_while_refused() -> tuple[int, int]:
         async with events_refused(stack):
+            # its newest version is deployed; uploaded first: pipelines/create looks up the models it names
+            await asyncio.to_thread(upload_model, stack, alice, model)
             created = await asyncio.to_thread(post, stack, "pipelines/create", alice.token, {
                 "pipeline_id": name, "workspace_id": alice.workspace_id,
                 "definition": {"steps": [{"ModelInference": {"models": [{"name": model}]}}]}})
             assert created.status_code == 200, created.text  # stored: said so
             created = created.json()
             pipeline_id = created["pipeline_pk_id"]
-            await asyncio.to_thread(upload_model, stack, alice, model)  # its newest version is deployed
             deploy = {"deploy_id": name, "pipeline_version_pk_id": created["pipeline_variant_pk_id"],
                       "pipeline_id": pipeline_id}
             refused = await asyncio.to_thread(post, stack, "pipelines/deploy", alice.token,

@@ -17,6 +17,7 @@ from shared.messages.base import MAX_JSON_OBJECT
 from shared.sealed import sealed_request
 from tests.integration.conftest import Account, post, sdk_client
 from tests.integration.test_assays import config, iso
+from tests.integration.test_pipelines import upload_model
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +80,7 @@ def big_pipelines(stack, account: Account, count: int = 140) -> list[str]:
     big0 is made by pipelines/create; the others are copies of its row and its version's under their own names,
     inserted in PostgreSQL, as static_assays does (in place of 139 more pipelines/create of 62 KiB each)."""
     names = [f"big{index}" for index in range(count)]
+    upload_model(stack, account, "m")  # the model the definition names (pipelines/create looks it up)
     first = new_pipeline(stack, account, names[0], {"steps": [{"ModelInference": {"models": [{"name": "m"}],
                                                                                     "note": BIG_NOTE}}]})
     asyncio.run(_copies(

@@ -71,15 +71,16 @@ def test_pointing_at_another_workspaces_things_is_not_found_and_changes_nothing(
                                                               "dataset_name": "meta"})]:
             answer = post(stack, path, bob.token, body)
             assert answer.status_code == 404 and answer.json()["code"] == "not_found", (path, answer.text)
-        # a definition naming her model is only words: it can never be deployed in his workspace
+        # a definition naming her model names a model his workspace does not have: pipelines/create looks it up in
+        # his workspace only, and answers as for a model that does not exist (nothing of hers told), creating nothing
         stolen = post(stack, "pipelines/create", bob.token, {"pipeline_id": "stolen", "workspace_id": bob.workspace_id,
                                                              "definition": {"steps": [{"ModelInference": {
                                                                  "models": [alice_ref]}}]}})
-        assert stolen.status_code == 200, stolen.text
-        deployed = post(stack, "pipelines/deploy", bob.token, {
-            "deploy_id": "stolen", "pipeline_version_pk_id": stolen.json()["pipeline_variant_pk_id"],
-            "pipeline_id": stolen.json()["pipeline_pk_id"]})
-        assert deployed.status_code == 404 and deployed.json()["code"] == "not_found", deployed.text
+        assert stolen.status_code == 400 and stolen.json()["code"] == "invalid_request", stolen.text
+        assert (f"definition.steps[0].ModelInference: model {alice_ref['name']!r} (version {alice_ref['version']}) "
+                "not found in the workspace") in stolen.json()["msg"], stolen.text
+        assert "stolen" not in [p["name"] for p in post(stack, "pipelines/list", bob.token,
+                                                        {"workspace_id": bob.workspace_id}).json()["pipelines"]]
 
         after = post(stack, "deployments/retrieve_information", bob.token, {"deployment": bob_deployment}).json()
         assert after == before["bob"]

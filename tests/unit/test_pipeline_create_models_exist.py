@@ -1,0 +1,257 @@
+"""pipelines/create checks that every model its definition names exists in the workspace before it writes anything
+(services/deployer/handlers.py _check_models_exist): one registry look-up per distinct (name, version, sha), with
+registry.models.resolve's exists_only (a version in any status: one uploaded a moment ago may still be converting),
+and a 400 invalid_request naming every reference the workspace does not have. Before, the create answered 200 with
+a version naming a model that does not exist, and its deploy was the 404. The registry's side (exists_only) is
+tested here over a stand-in store; the look-up of another workspace's model is tests/integration/
+test_registry_resolve_messages.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.deployer import handlers
+from services.registry import handlers as registry
+from shared import subjects
+from shared.errors import InvalidRequest, NotFound, Unavailable, UpstreamTimeout
+from shared.messages.deployer import CreatePipeline
+from shared.messages.registry import ModelExists, ModelLookup, ResolvedModel, ResolveModel
+from tests.unit.deployer_world import ALICE, PIPELINE, WORKSPACE, make_world
+
+V1 = str(uuid.uuid4())
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """make_world's deployer, with a stand-in registry on the bus (`registry`): `have` maps the (name, version,
+    sha) it has to its status; anything else is its 404 (or `answers[ref]`, raised or returned); `asked` is every
+    look-up it was sent, `tokens` the tokens they carried."""
+    made = make_world(tmp_path, monkeypatch)
+    made.registry = SimpleNamespace(have={}, answers={}, asked=[], tokens=[], hold=None)
+
+    async def request(broker, subject, message, *, timeout=5.0, token=None, reply_model=None):
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE and reply_model is ModelExists
+        made.registry.asked.append(message)
+        made.registry.tokens.append(token)
+        if made.registry.hold is not None:
+            await made.registry.hold.wait()
+        ref = (message.name, message.version, message.sha)
+        if ref in made.registry.answers:
+            answer = made.registry.answers[ref]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        if ref in made.registry.have:
+            return ModelExists(model_id=1, name=message.name, model_version=V1, status=made.registry.have[ref])
+        raise NotFound(f"model {message.name!r} (version {message.version or 'latest'}) not found in the workspace")
+
+    monkeypatch.setattr(handlers, "request", request)
+    return made
+
+
+def _create(world, definition: dict[str, Any], name: str = "q"):
+    return handlers.create_pipeline(world.deps, ALICE, "t", CreatePipeline(
+        pipeline_id=name, workspace_id=WORKSPACE, definition=definition))
+
+
+def _inference(*models: dict[str, Any]) -> dict[str, Any]:
+    return {"ModelInference": {"models": list(models)}}
+
+
+def _nothing_written(world) -> None:
+    assert list(world.store.pipelines) == [PIPELINE] and world.store.events == []
+
+
+def test_a_definition_naming_models_the_workspace_lacks_is_a_400_naming_each_and_writes_nothing(world):
+    world.registry.have = {("here", None, None): "ready"}
+    definition = {"steps": [_inference({"name": "here"}), _inference({"name": "typo"}),
+                            {"ShadowDeploy": {"champion": {"name": "here"},
+                                              "challengers": [{"name": "gone", "version": V1}]}}]}
+
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(_create(world, definition))
+
+    assert refused.value.status == 400 and refused.value.code == "invalid_request"
+    assert refused.value.msg == (
+        "the definition names 2 model versions the workspace does not have, so nothing was created: "
+        "definition.steps[1].ModelInference: model 'typo' (version latest) not found in the workspace; "
+        f"definition.steps[2].ShadowDeploy: model 'gone' (version {V1}) not found in the workspace. Upload the model "
+        "(models/upload_and_convert) or correct the reference's name, version or sha (models/list lists the "
+        "workspace's models, models/list_versions their versions), then create the pipeline again")
+    _nothing_written(world)
+    # one look-up per distinct reference ('here' twice: asked once), each an existence check in the create's
+    # workspace with the caller's token
+    assert sorted((m.name, m.version, m.sha) for m in world.registry.asked) == [
+        ("gone", V1, None), ("here", None, None), ("typo", None, None)]
+    assert all(m.exists_only and m.workspace_id == WORKSPACE for m in world.registry.asked)
+    assert world.registry.tokens == ["t"] * 3
+
+
+def test_models_that_exist_in_any_status_are_created(world):
+    """A model still converting right after its upload (or whose conversion failed) exists: the create is a
+    version, as before; its deploy is what needs a ready version."""
+    world.registry.have = {("fresh", None, None): "converting", ("pinned", V1, "ab" * 32): "ready",
+                           ("broken", None, None): "error"}
+    definition = {"steps": [{"RandomSplit": {"weights": [1, 1], "models": [
+        {"name": "fresh"}, {"name": "pinned", "version": V1, "sha": "ab" * 32}]}}, _inference({"name": "broken"})]}
+
+    created = asyncio.run(_create(world, definition))
+
+    assert created.pipeline_pk_id in world.store.pipelines and created.pipeline_pk_id != PIPELINE
+    assert [s for s, _ in world.store.events] == [subjects.EVENT_PIPELINE_VERSION_CREATED]
+    assert len(world.registry.asked) == 3
+
+
+def test_a_definition_without_models_asks_the_registry_nothing(world):
+    asyncio.run(_create(world, {}))
+    asyncio.run(_create(world, {"steps": []}, "r"))
+    assert world.registry.asked == []
+
+
+def test_the_registrys_400_for_a_reference_counts_as_missing_with_its_words(world):
+    world.registry.answers = {("m", "v1", None): InvalidRequest("version must be a model version UUID, got 'v1'")}
+    with pytest.raises(InvalidRequest, match=r"^the definition names 1 model version the workspace does not have, so "
+                                             r"nothing was created: definition\.steps\[0\]\.ModelInference: version "
+                                             r"must be a model version UUID, got 'v1'\. Upload"):
+        asyncio.run(_create(world, {"steps": [_inference({"name": "m", "version": "v1"})]}))
+    _nothing_written(world)
+
+
+def test_many_missing_references_are_named_up_to_a_bound_then_counted(world):
+    models = [{"name": f"m{i}"} for i in range(handlers.MISSING_NAMED + 3)]
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(_create(world, {"steps": [_inference(*models)]}))
+    assert f"the definition names {handlers.MISSING_NAMED + 3} model versions" in refused.value.msg
+    assert f"'m{handlers.MISSING_NAMED - 1}'" in refused.value.msg and f"'m{handlers.MISSING_NAMED}'" not in \
+        refused.value.msg
+    assert "; and 3 more. Upload the model" in refused.value.msg
+    assert len(world.registry.asked) == handlers.MISSING_NAMED + 3  # every one looked up: the count is true
+
+
+@pytest.mark.parametrize(("field", "value", "kind"), [("name", 7, "a number"), ("version", {"v": 1}, "an object"),
+                                                      ("sha", True, "a boolean")])
+def test_a_reference_field_that_is_not_a_string_is_a_400_before_any_look_up(world, field, value, kind):
+    model = {"name": "m"} | {field: value}
+    with pytest.raises(InvalidRequest, match=rf"^definition\.steps\[0\]\.ModelInference: a model's {field} must be "
+                                             rf"a string, not {kind}$"):
+        asyncio.run(_create(world, {"steps": [_inference(model)]}))
+    assert world.registry.asked == []
+    _nothing_written(world)
+
+
+def test_a_registry_that_does_not_answer_is_a_504_within_the_creates_bound_and_writes_nothing(world, monkeypatch):
+    """The look-ups end by MODEL_LOOKUPS_WITHIN of the request timeout (0.5 s here), before the create's own bound
+    (READ_ANSWERS_WITHIN, 0.8 s, whose answer would be a 503 naming the database): a 504 naming the look-ups."""
+    world.deps.timeout = 1.0
+    world.registry.hold = asyncio.Event()  # never set: every look-up waits
+    asked = handlers.request
+
+    async def bounded(broker, subject, message, *, timeout=5.0, token=None, reply_model=None):
+        # as the bus's request: no answer within `timeout` is its UpstreamTimeout
+        try:
+            return await asyncio.wait_for(asked(broker, subject, message, timeout=timeout, token=token,
+                                                reply_model=reply_model), timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(f"registry did not answer within {timeout:g}s") from None
+
+    monkeypatch.setattr(handlers, "request", bounded)
+    with pytest.raises(UpstreamTimeout) as late:
+        asyncio.run(asyncio.wait_for(_create(world, {"steps": [_inference({"name": "m"})]}), 5))
+    assert late.value.status == 504 and late.value.msg.startswith(
+        "pipelines/create of 'q': the definition's models could not be looked up (registry did not answer within ")
+    assert late.value.msg.endswith("s); nothing was created: create it again")
+    _nothing_written(world)
+
+
+def test_a_registry_that_cannot_be_asked_is_a_503_that_writes_nothing(world):
+    world.registry.answers = {("m", None, None): Unavailable("no service answers on registry.models.resolve")}
+    with pytest.raises(Unavailable) as refused:
+        asyncio.run(_create(world, {"steps": [_inference({"name": "m"}), _inference({"name": "n"})]}))
+    assert refused.value.status == 503 and "could not be looked up (no service answers" in refused.value.msg
+    _nothing_written(world)
+
+
+# the registry's side: registry.models.resolve with exists_only
+
+
+def _row(status: str, sha: str | None) -> dict[str, Any]:
+    return {"model_id": 3, "name": "m", "model_version": uuid.UUID(V1), "status": status, "sha": sha,
+            "error": "conversion failed" if status == "error" else None, "runtime": "onnx" if sha else None,
+            "framework": "sklearn", "input_schema": None, "output_schema": None}
+
+
+@pytest.fixture
+def registry_world(monkeypatch):
+    """The registry's resolve over a stand-in store: `rows` are the workspace's versions (its find_version matches
+    name, version and sha as the SQL does, in the asked workspace only)."""
+    made = SimpleNamespace(rows=[], workspaces=[])
+
+    async def find_version(pool, workspace_id, name, version, sha, model_id=None):
+        made.workspaces.append(workspace_id)
+        for row in made.rows:
+            if row["workspace"] == workspace_id and row["name"] == name and (
+                    version is None or row["model_version"] == version) and (sha is None or row["sha"] == sha):
+                return row
+        return None
+
+    async def member(user_id, workspace_id):
+        return "owner"
+
+    monkeypatch.setattr(registry.store, "find_version", find_version)
+    made.deps = SimpleNamespace(pool=None, membership=lambda token: member)
+    return made
+
+
+def _resolve(registry_world, command):
+    return asyncio.run(registry.resolve_model(registry_world.deps, ALICE, "t", command))
+
+
+@pytest.mark.parametrize("status", ["converting", "error", "ready"])
+def test_exists_only_answers_a_version_in_any_status(registry_world, status):
+    registry_world.rows = [_row(status, "ab" * 32 if status == "ready" else None) | {"workspace": WORKSPACE}]
+    found = _resolve(registry_world, ModelLookup(workspace_id=WORKSPACE, name="m", exists_only=True))
+    assert found == ModelExists(model_id=3, name="m", model_version=V1, status=status)
+
+
+def test_without_exists_only_a_version_not_ready_is_still_a_400(registry_world):
+    registry_world.rows = [_row("converting", None) | {"workspace": WORKSPACE}]
+    for command in (ModelLookup(workspace_id=WORKSPACE, name="m"), ResolveModel(workspace_id=WORKSPACE, name="m")):
+        with pytest.raises(InvalidRequest, match=f"^model 'm' version {V1} is converting$"):
+            _resolve(registry_world, command)
+    registry_world.rows = [_row("ready", "ab" * 32) | {"workspace": WORKSPACE}]
+    assert isinstance(_resolve(registry_world, ModelLookup(workspace_id=WORKSPACE, name="m")), ResolvedModel)
+
+
+def test_exists_only_looks_in_the_asked_workspace_only(registry_world):
+    registry_world.rows = [_row("ready", "ab" * 32) | {"workspace": WORKSPACE + 1}]
+    with pytest.raises(NotFound, match=r"^model 'm' \(version latest\) not found in the workspace$"):
+        _resolve(registry_world, ModelLookup(workspace_id=WORKSPACE, name="m", exists_only=True))
+    assert set(registry_world.workspaces) == {WORKSPACE}
+
+
+def test_a_sha_given_for_a_version_without_one_says_why(registry_world):
+    """A converting version's sha is its converted file's, unknown until it is ready: a sha given for it was
+    'has sha None, not ...'."""
+    registry_world.rows = [_row("converting", None) | {"workspace": WORKSPACE}]
+    with pytest.raises(NotFound) as missing:
+        _resolve(registry_world, ModelLookup(workspace_id=WORKSPACE, name="m", version=V1, sha="cd" * 32,
+                                             exists_only=True))
+    assert missing.value.msg == (
+        f"model 'm' version {V1} has no sha yet (it is converting: its sha is the converted file's, known once it is "
+        f"ready), not {'cd' * 32!r}: give the version's sha as models/list_versions lists it, or leave sha out")
+    registry_world.rows = [_row("error", None) | {"workspace": WORKSPACE}]
+    with pytest.raises(NotFound, match=f"^model 'm' version {V1} has no sha \\(its conversion failed\\), not "):
+        _resolve(registry_world, ModelLookup(workspace_id=WORKSPACE, name="m", version=V1, sha="cd" * 32))
+
+
+def test_the_gateways_resolve_body_cannot_ask_for_exists_only():
+    """models/download reads its body as a ResolveModel and its answer as a ResolvedModel: exists_only is refused
+    there (unknown fields are), so it never meets a ModelExists."""
+    with pytest.raises(ValidationError, match="exists_only"):
+        ResolveModel.model_validate({"workspace_id": 1, "name": "m", "exists_only": True})
