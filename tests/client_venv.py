@@ -6,8 +6,8 @@ interpreter's version; the client itself is installed from the working tree, and
 hash of the client/ files it was installed from: when the tree differs from the stamp (or there is none), the client
 is reinstalled, so a cached environment never holds a client other than the clone's.
 
-`make test` starts the build in the background when the session starts (RAILYARD_TEST_CLIENT_VENV_EARLY=1, see
-tests/conftest.py): `python -m tests.client_venv` runs `client_venv()` under a lock file beside the folder; the test
+`make test` starts the build in the background once the first test has reported (RAILYARD_TEST_CLIENT_VENV_EARLY=1,
+see tests/conftest.py): `python -m tests.client_venv` runs `client_venv()` under a lock file beside the folder; the test
 calls `client_venv()` too, waits for the lock, and finds the environment ready (or builds it itself, with the error
 in the test's report, when the background build failed or never ran)."""
 

@@ -100,6 +100,8 @@ def pytest_sessionstart(session) -> None:
 
 
 def pytest_runtest_logreport(report) -> None:
+    if _client_venv_pending:
+        _build_client_venv()
     node = getattr(report, "node", None)  # set by xdist on the controller's copy of a worker's report
     if node is not None:
         _worker_busy[node.gateway.id] += report.duration
@@ -148,16 +150,26 @@ def _start_stack_early(config) -> None:
 
 
 # RAILYARD_TEST_CLIENT_VENV_EARLY=1 (`make test`): the client SDK's environment (tests/client_venv.py, a fresh
-# clone's ~24 s of pip at load 9) is built in the background from the session's start, by the one process that is
-# not an xdist worker, instead of in test_client_sdk's test; the test takes the build's lock and finds it done. The
-# variable is taken out of the environment first: workers and a pytest a test starts build nothing themselves.
+# clone's ~24 s of pip at load 9, ~9 s of CPU) is built in the background by the one process that is not an xdist
+# worker, instead of in test_client_sdk's test; the test takes the build's lock and finds it done. The build starts
+# when the first test's report comes in, not when the session starts: until then both cores are taken by the
+# workers' collection and their stacks' starts, which the first tests wait for, and test_client_sdk runs minutes
+# later (~500 s of tests are handed out before it). The variable is taken out of the environment first: workers and
+# a pytest a test starts build nothing themselves.
 _client_venv_build: subprocess.Popen | None = None
+_client_venv_pending = False
 
 
 def _start_client_venv_early(config) -> None:
-    global _client_venv_build
+    global _client_venv_pending
     if os.environ.pop(client_venv.EARLY, None) != "1" or hasattr(config, "workerinput") or config.option.collectonly:
         return
+    _client_venv_pending = True
+
+
+def _build_client_venv() -> None:
+    global _client_venv_build, _client_venv_pending
+    _client_venv_pending = False
     log = client_venv.REPO / "build" / "client-venv-early.log"
     log.parent.mkdir(exist_ok=True)
     with log.open("wb") as out:
@@ -169,8 +181,8 @@ def _start_client_venv_early(config) -> None:
 def pytest_unconfigure(config) -> None:
     """A background build still running when the session ends (no test needed it): stopped; it left no .ready or
     stamp behind, so the next run builds or reinstalls again."""
-    global _client_venv_build
-    build, _client_venv_build = _client_venv_build, None
+    global _client_venv_build, _client_venv_pending
+    build, _client_venv_build, _client_venv_pending = _client_venv_build, None, False
     if build is not None and build.poll() is None:
         os.killpg(build.pid, signal.SIGTERM)
         try:

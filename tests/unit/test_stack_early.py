@@ -91,3 +91,61 @@ def test_the_stack_fixture_takes_the_early_stack_over(monkeypatch, started):
     with pytest.raises(StopIteration):
         next(fixture)
     assert started[0].stopped == 1 and len(started) == 1
+
+
+@pytest.fixture
+def builds(monkeypatch, tmp_path) -> list[list[str]]:
+    """Stands in for the background build's Popen (nothing is built); the commands it was given."""
+    made: list[list[str]] = []
+
+    class FakeBuild:
+        pid = 0
+
+        def __init__(self, command, **_):
+            made.append(command)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(conftest.subprocess, "Popen", FakeBuild)
+    monkeypatch.setattr(conftest.client_venv, "REPO", tmp_path)
+    monkeypatch.setattr(conftest, "_client_venv_build", None)
+    monkeypatch.setattr(conftest, "_client_venv_pending", False)
+    return made
+
+
+def report() -> SimpleNamespace:
+    return SimpleNamespace(duration=0.1)
+
+
+def test_the_client_venv_build_starts_with_the_first_test_report_not_the_session(monkeypatch, builds):
+    monkeypatch.setenv(conftest.client_venv.EARLY, "1")
+    conftest._start_client_venv_early(config(2))  # xdist's controller, at its session's start
+    assert builds == [] and conftest.client_venv.EARLY not in os.environ
+    conftest.pytest_runtest_logreport(report())  # a worker's first report, as the controller gets it
+    assert builds == [[conftest.sys.executable, "-m", "tests.client_venv"]]
+    conftest.pytest_runtest_logreport(report())
+    assert len(builds) == 1  # once
+    conftest.pytest_unconfigure(None)
+    assert conftest._client_venv_build is None
+
+
+@pytest.mark.parametrize("which, value", [(config(2, worker=True), "1"), (config(0), None),
+                                          (config(0, collectonly=True), "1")],
+                         ids=["an xdist worker", "without the variable", "--collect-only"])
+def test_no_client_venv_build(monkeypatch, builds, which, value):
+    if value is None:
+        monkeypatch.delenv(conftest.client_venv.EARLY, raising=False)
+    else:
+        monkeypatch.setenv(conftest.client_venv.EARLY, value)
+    conftest._start_client_venv_early(which)
+    conftest.pytest_runtest_logreport(report())
+    assert builds == []
+
+
+def test_a_session_with_no_test_report_builds_nothing(monkeypatch, builds):
+    monkeypatch.setenv(conftest.client_venv.EARLY, "1")
+    conftest._start_client_venv_early(config(0))
+    conftest.pytest_unconfigure(None)
+    conftest.pytest_runtest_logreport(report())  # a report after the end (none comes): still nothing
+    assert builds == []
