@@ -131,7 +131,9 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # --- output -------------------------------------------------------------------------------------------------
 
 
-def _cell(value: Any, width: int = 48) -> str:
+def _cell(value: Any, width: int = 48, null: str = "") -> str:
+    if value is None:
+        return null
     if hasattr(value, "isoformat"):
         value = value.isoformat()
     text = value if isinstance(value, str) else json.dumps(value, default=str)
@@ -143,8 +145,12 @@ def _is_whole(value: Any) -> bool:
     return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
-def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, payload: Any = None) -> None:
-    """JSON (`payload`, else the rows) with --json, else a table of `columns` (default: every key)."""
+def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, payload: Any = None, *,
+         data: bool = False) -> None:
+    """JSON (`payload`, else the rows) with --json, else a table of `columns` (default: every key). A value that is
+    none is an empty cell, as a key a row lacks: the tables of records (a model version's sha before it is ready, a
+    task's last run) showed JSON's `null`. With `data` (inference results, logged rows, a dataset's rows) a null is
+    a value of the data (a missing input or output) and is printed `null`, apart from a column the row lacks."""
     if as_json:
         print(json.dumps(payload if payload is not None else rows, default=str, indent=1))
         return
@@ -158,11 +164,19 @@ def show(rows: list[dict[str, Any]], columns: list[str] | None, as_json: bool, p
     whole = {c for c in columns if c in _ID_COLUMNS and any(_is_whole(row.get(c)) for row in rows)}
     # a state (`success`, `Running`) is what a list is read for: beside a whole UUID on 80 columns it was `succ…`
     whole |= {c for c in columns if c in _STATE_COLUMNS and all(len(str(row.get(c, ""))) <= 12 for row in rows)}
+    null = "null" if data else ""
+
+    def text(row: dict[str, Any], column: str) -> str:
+        value = row.get(column, "")
+        if column in whole:
+            return null if value is None else str(value)
+        return _cell(value, null=null)
+
     for column in columns:
-        width = max((len(str(row.get(column, ""))) for row in rows), default=0) if column in whole else None
+        width = max((len(text(row, column)) for row in rows), default=0) if column in whole else None
         table.add_column(column, no_wrap=column in whole, min_width=width)
     for row in rows:
-        table.add_row(*(str(row.get(c, "")) if c in whole else _cell(row.get(c, "")) for c in columns))
+        table.add_row(*(text(row, c) for c in columns))
     out.print(table)
 
 
@@ -472,7 +486,7 @@ def show_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
         return
     flat = [_flatten(r) for r in rows]
     show(flat, [c for c in dict.fromkeys(k for r in flat for k in r) if not c.startswith("metadata.")] or None,
-         False)
+         False, data=True)
 
 
 def _read_stdin(input_format: str | None) -> Any:

@@ -81,10 +81,10 @@ def _lineage(workspace: str | None) -> Lineage:
     return Lineage(client, client.current_workspace().id)
 
 
-def _show(rows, columns, as_json, payload=None) -> None:
+def _show(rows, columns, as_json, payload=None, *, data: bool = False) -> None:
     from railyard_client.cli import show
 
-    show(rows, columns, as_json, payload)
+    show(rows, columns, as_json, payload, data=data)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
@@ -199,7 +199,7 @@ def read(dataset_id: int, out: Path | None, limit: int, workspace: str | None, a
     """A tabular dataset's rows."""
     table = _lineage(workspace).read_rows(dataset_id)
     if out is None:
-        _show(table.slice(0, limit).to_pylist(), None, as_json)
+        _show(table.slice(0, limit).to_pylist(), None, as_json, data=True)  # a null is a missing value: shown
         return
     suffix = out.suffix.lower()
     if suffix in (".parquet", ".pq"):
