@@ -356,8 +356,9 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
     async def look(ref: tuple[str, str | None, str | None]) -> str | None:
         async with gate:
             left = by - loop.time()
-            if left <= 0:
-                raise UpstreamTimeout(f"the registry did not answer within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s")
+            if left <= 0:  # the membership check and the look-ups before it took the time: this one is not sent
+                raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of the create's "
+                                      "start")
             return await _look_up_model(deps, token, workspace_id, *ref, timeout=left)
 
     looks = [asyncio.ensure_future(look(ref)) for ref in refs]

@@ -169,6 +169,18 @@ def test_a_registry_that_does_not_answer_is_a_504_within_the_creates_bound_and_w
     _nothing_written(world)
 
 
+def test_no_look_up_is_sent_once_their_time_is_gone(world, monkeypatch):
+    """The look-ups' bound counts from the create's start: a membership check that took it all leaves none sent,
+    a 504 saying so (not that the registry did not answer)."""
+    monkeypatch.setattr(handlers, "MODEL_LOOKUPS_WITHIN", 0)
+    with pytest.raises(UpstreamTimeout) as late:
+        asyncio.run(_create(world, {"steps": [_inference({"name": "m"})]}))
+    assert late.value.msg == ("pipelines/create of 'q': the definition's models could not be looked up (not ended "
+                              "within 0s of the create's start); nothing was created: create it again")
+    assert world.registry.asked == []
+    _nothing_written(world)
+
+
 def test_a_registry_that_cannot_be_asked_is_a_503_that_writes_nothing(world):
     world.registry.answers = {("m", None, None): Unavailable("no service answers on registry.models.resolve")}
     with pytest.raises(Unavailable) as refused:
