@@ -132,7 +132,9 @@ def render() -> str:
                        and issubclass(getattr(errors, n), errors.RailyardError)):
         lines += [f"- `{name}`: {_doc(getattr(errors, name))}"]
     lines += ["", "## The `railyard` command", "",
-              "`--help` on every command; `--json` prints JSON instead of a table. Installed with the server, "
+              "`--help` on every command; `--json` prints JSON instead of a table. A table's empty cell is a value "
+              "that is none (JSON's `null`) or a key the row lacks; the tables of data (inference results, logged "
+              "rows, a dataset's rows) print a null value as `null`. Installed with the server, "
               "`railyard up`, `status` and `down` (the server's commands) appear too.", "", "Exit codes:", ""]
     lines += [f"- `{code}` {text}" for code, text in EXIT_CODES.items()]
     lines += [""]
