@@ -315,6 +315,8 @@ async def test_a_deployer_without_the_markers_run_since_the_last_sweep_has_its_f
     assert await sweep_gone_folders(deps) == ["later-7"]
     await backend.swept()
     await backend.close()
+    stamped = time.time() - 60  # that sweep a minute ago: a file's time is the kernel's coarse clock, which may read
+    os.utime(top / DATA_DIR_MARKED, (stamped, stamped))  # a few ms behind time.time() just after it
     _marked(top / "again-8", None)  # the older deployer once more, then a new process
     restarted = _backend(tmp_path)
     assert await sweep_gone_folders(SimpleNamespace(backend=restarted, pool=pool, timeout=4.0)) == []
