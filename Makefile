@@ -94,13 +94,14 @@ browser:
 ## Every run leaves its junit report in TEST_JUNIT, from which `python -m tests.file_seconds build/test-run.xml`
 ## refreshes the order the files are handed out in (tests/file_seconds.py).
 ## RAILYARD_TEST_STACK_EARLY=1: each worker starts its embedded stack as its session starts, while it collects the
-## suite, not when its first test asks for it (tests/conftest.py).
+## suite, not when its first test asks for it (tests/conftest.py). RAILYARD_TEST_STACK_STOP_LATER=1: the session's stack
+## is stopped and removed by a process of its own after the worker's last test, not waited for on the run's path.
 TEST_WORKERS ?= 2
 TEST_JUNIT ?= build/test-run.xml
 RAILYARD_TEST_REQUIRE_BROWSER ?= $(if $(filter true,$(CI)),1,)
 test: venv $(MLFLOW_STAMP) browser
 	PYTHONDONTWRITEBYTECODE= RAILYARD_TEST_REQUIRE_BROWSER=$(RAILYARD_TEST_REQUIRE_BROWSER) RAILYARD_TEST_STACK_EARLY=1 \
-		RAILYARD_TEST_CLIENT_VENV_EARLY=1 RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
+		RAILYARD_TEST_STACK_STOP_LATER=1 RAILYARD_TEST_CLIENT_VENV_EARLY=1 RAILYARD_TEST_MLFLOW=$(CURDIR)/$(MLFLOW_VENV)/bin/mlflow $(BIN)/python -m pytest -q -rs \
 		-p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 --junitxml=$(TEST_JUNIT)
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
-from tests import assert_cache, client_venv, file_seconds
+from tests import assert_cache, client_venv, file_seconds, stack_stop_later
 from tests.stack import RunningStack, stack_directory, start_stack
 
 
@@ -130,23 +133,44 @@ def pytest_terminal_summary(terminalreporter) -> None:
 # runs test_ui.py without a browser) starts no stack of its own.
 EARLY = "RAILYARD_TEST_STACK_EARLY"
 _early: tuple[contextlib.ExitStack, RunningStack] | None = None
+# RAILYARD_TEST_STACK_STOP_LATER=1 (`make test`): the session's stack is sent its SIGTERM when the session ends and
+# its stop (3.5-10 s) and folder's removal are left to a process of their own (tests/stack_stop_later.py), instead of
+# being waited for in the teardown of the process's last test, on the run's path. Read and taken out of the
+# environment as EARLY is.
+_stop_later = False
 
 
 def _start_stack_early(config) -> None:
-    global _early
+    global _early, _stop_later
     if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
-        return  # xdist's controller: its workers start theirs (they have the variable from it)
+        return  # xdist's controller: its workers start theirs (they have the variables from it)
+    _stop_later = os.environ.pop(stack_stop_later.VARIABLE, None) == "1"
     if os.environ.pop(EARLY, None) != "1" or config.option.collectonly:
         return
+    _early = _start_session_stack()
+
+
+def _start_session_stack() -> tuple[contextlib.ExitStack, RunningStack]:
+    """The session's stack, and what stops it and removes its folder (closed at the session's end)."""
     cleanup = contextlib.ExitStack()
+    if not _stop_later:
+        try:
+            data_dir = cleanup.enter_context(stack_directory())
+            running = start_stack(data_dir)
+            cleanup.callback(running.stop)
+        except BaseException:
+            cleanup.close()
+            raise
+        return cleanup, running
+    folder = Path(tempfile.mkdtemp(prefix="railyard-test-stack-"))
+    folder.chmod(0o755)  # as stack_directory's (tests/stack.py says why)
     try:
-        data_dir = cleanup.enter_context(stack_directory())
-        running = start_stack(data_dir)
-        cleanup.callback(running.stop)
+        running = start_stack(folder / "data")
     except BaseException:
-        cleanup.close()
+        shutil.rmtree(folder, ignore_errors=True)
         raise
-    _early = (cleanup, running)
+    cleanup.callback(stack_stop_later.stop_later, running.process, folder)
+    return cleanup, running
 
 
 # RAILYARD_TEST_CLIENT_VENV_EARLY=1 (`make test`): the client SDK's environment (tests/client_venv.py, a fresh
@@ -206,14 +230,8 @@ def stack() -> RunningStack:
     global _early
     if _early is not None:  # started at the session's start (RAILYARD_TEST_STACK_EARLY): this fixture's from now on
         (cleanup, running), _early = _early, None
-        with cleanup:
-            running.wait_healthy()
-            yield running
-        return
-    with stack_directory() as data_dir:
-        running = start_stack(data_dir)
-        try:
-            running.wait_healthy()
-            yield running
-        finally:
-            running.stop()
+    else:
+        cleanup, running = _start_session_stack()
+    with cleanup:
+        running.wait_healthy()
+        yield running

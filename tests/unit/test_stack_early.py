@@ -149,3 +149,58 @@ def test_a_session_with_no_test_report_builds_nothing(monkeypatch, builds):
     conftest.pytest_unconfigure(None)
     conftest.pytest_runtest_logreport(report())  # a report after the end (none comes): still nothing
     assert builds == []
+
+
+@pytest.fixture
+def later(monkeypatch, tmp_path) -> list[tuple[object, Path]]:
+    """Stands in for start_stack and stop_later: the stacks started, and each (process, folder) left to stop later."""
+    left: list[tuple[object, Path]] = []
+
+    def start(data_dir: Path) -> FakeStack:
+        assert data_dir.parent.is_dir() and data_dir.parent.name.startswith("railyard-test-stack-")
+        stack = FakeStack(data_dir)
+        stack.process = object()
+        stack.wait_healthy = lambda: None
+        return stack
+
+    monkeypatch.setattr(conftest, "start_stack", start)
+    monkeypatch.setattr(conftest.stack_stop_later, "stop_later", lambda process, folder: left.append((process, folder)))
+    monkeypatch.setattr(conftest, "_early", None)
+    monkeypatch.setattr(conftest, "_stop_later", False)
+    return left
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["started early", "started by the fixture"])
+def test_with_stop_later_the_session_stack_is_left_to_stop_after_the_session(monkeypatch, later, early):
+    monkeypatch.setenv(conftest.stack_stop_later.VARIABLE, "1")
+    monkeypatch.setenv(EARLY, "1" if early else "0")
+    conftest._start_stack_early(config(2, worker=True))
+    assert conftest.stack_stop_later.VARIABLE not in os.environ  # a pytest a test starts waits for its own stack
+    fixture = conftest.stack.__wrapped__()
+    running = next(fixture)
+    assert later == []
+    with pytest.raises(StopIteration):
+        next(fixture)
+    assert running.stopped == 0  # not waited for here
+    [(process, folder)] = later
+    assert process is running.process and folder == running.data_dir.parent and folder.is_dir()  # removed later
+    folder.rmdir()
+
+
+def test_without_stop_later_the_session_stack_is_stopped_in_the_teardown(monkeypatch, started):
+    monkeypatch.delenv(conftest.stack_stop_later.VARIABLE, raising=False)
+    monkeypatch.setenv(EARLY, "1")
+    monkeypatch.setattr(conftest, "_stop_later", True)  # a previous session's: read again
+    conftest._start_stack_early(config(2, worker=True))
+    monkeypatch.setattr(FakeStack, "wait_healthy", lambda self: None, raising=False)
+    fixture = conftest.stack.__wrapped__()
+    next(fixture)
+    with pytest.raises(StopIteration):
+        next(fixture)
+    assert started[0].stopped == 1
+
+
+def test_xdists_controller_leaves_stop_later_to_its_workers(monkeypatch, started):
+    monkeypatch.setenv(conftest.stack_stop_later.VARIABLE, "1")
+    conftest._start_stack_early(config(2))
+    assert os.environ.get(conftest.stack_stop_later.VARIABLE) == "1"
