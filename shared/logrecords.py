@@ -38,6 +38,10 @@ else:  # imported by a process's first log record (the log store's idle start do
 LOG_HEADER = "Railyard-Log"
 REQUEST_ID = "Railyard-Request-Id"  # the gateway's id of one inference, the same on its re-sent attempt
 ATTEMPT = "Railyard-Attempt"  # "2" on the gateway's re-sent attempt
+TIME_HEADER = "Railyard-Time"
+"""On an engine's inference answer: its log rows' `time` (ms since the epoch, when the replica took the request), which
+the gateway's answer also says, so an answer and its logged rows carry one time (the gateway stamped its own before
+session 35: up to a ms apart). An answer without it (an older engine) gets the gateway's own."""
 REQUESTS_HEADER = "Railyard-Requests"  # on a log batch: {request id: [first row, rows]} of records to store once
 MSG_ID = "Nats-Msg-Id"
 BATCH_ID = "Railyard-Batch-Id"
@@ -759,22 +763,32 @@ def page_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     """A column as a JSON log page's values: `arrow_codec.column_values`, except that float32 and float16 values
     stay numpy (a row's tensor an ndarray view, a scalar a numpy scalar), which orjson's OPT_SERIALIZE_NUMPY prints
     in the type's own shortest form: a logged float32 `0.1` reads `0.1`, not float64's exact
-    `0.10000000149011612` (docs/logs.md "Types"). Inference answers keep `column_values`."""
-    if isinstance(column, pa.ChunkedArray) and not column.num_chunks:
-        return []
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    leaf = _leaf_type(array.type)
-    if not (pa.types.is_float32(leaf) or pa.types.is_float16(leaf)):
-        return arrow_codec.column_values(array)
+    `0.10000000149011612` (docs/logs.md "Types"). Inference answers' records print them so too (since session 35,
+    services/gateway/inference.py: seed_records), which take this at batch 1: one pass over the column's types."""
+    if isinstance(column, pa.ChunkedArray):
+        if not column.num_chunks:
+            return []
+        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # combine copies even one
+    else:
+        array = column
     shape = []
     values = array
     while pa.types.is_fixed_size_list(values.type) and not values.null_count:
         shape.append(values.type.list_size)
-        values = values.flatten()
-    if not pa.types.is_nested(values.type) and not values.null_count:
-        flat = values.to_numpy()
-        return list(flat.reshape([len(array), *shape]) if shape else flat)
-    return _narrow_scalars(array.to_pylist(), np.dtype(leaf.to_pandas_dtype()))  # nulls, variable lists: rare
+        values = arrow_codec.flat_values(values)  # flatten() without its compute function's call
+    kind = values.type
+    if pa.types.is_float32(kind) or pa.types.is_float16(kind):
+        if not values.null_count:
+            flat = values.to_numpy()
+            return list(flat.reshape([len(array), *shape]) if shape else flat)
+        return _narrow_scalars(array.to_pylist(), np.dtype(kind.to_pandas_dtype()))  # nulls: rare
+    if pa.types.is_nested(kind):  # variable-size lists (of float32: narrowed), structs, maps
+        leaf = _leaf_type(kind)
+        if pa.types.is_float32(leaf) or pa.types.is_float16(leaf):
+            return _narrow_scalars(array.to_pylist(), np.dtype(leaf.to_pandas_dtype()))
+    elif shape and not values.null_count and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+        return values.to_numpy().reshape([len(array), *shape]).tolist()  # column_values' numpy path
+    return array.to_pylist()
 
 
 def seed_rows(table: pa.Table, check_failures: bool = True) -> list[dict[str, Any]]:

@@ -49,7 +49,7 @@ from shared import subjects  # noqa: E402
 from shared.arrow_codec import NARROWED_FOR, STALE_ROUTE, fixed_shapes, narrow  # noqa: E402
 from shared.collector import settle_garbage_collector  # noqa: E402
 from shared.errors import Conflict, InvalidRequest, RailyardError  # noqa: E402
-from shared.logrecords import InferenceRecord  # noqa: E402
+from shared.logrecords import TIME_HEADER, InferenceRecord  # noqa: E402
 from shared.messages.engine import ReplicaSpec  # noqa: E402
 from shared.nats_direct import write_now  # noqa: E402
 from shared.objectstore import BUCKET_ARTIFACTS, MinioObjectStore, content_key  # noqa: E402
@@ -396,12 +396,16 @@ class Replica:
             await deliver(msg, answer, received, at_ms)
 
         async def deliver(msg, answer: handlers.Answer, received: int, at_ms: int) -> None:
-            """Answer, then leave the request's record for the log (as the deployment's log policy says)."""
-            await reply(msg, answer.body, answer.headers, received)
-            self.served += 1
+            """Answer, then leave the request's record for the log (as the deployment's log policy says); the
+            answer says the record's time (TIME_HEADER), which the gateway's answer then says too."""
             lane = isinstance(answer, LaneAnswer)  # its record holds numpy arrays (fast_lane.py)
             if answer.output is None and not lane:  # failed: nothing to log
+                await reply(msg, answer.body, answer.headers, received)
+                self.served += 1
                 return
+            answer.headers[TIME_HEADER] = str(at_ms)  # each answer's own dict (fast_lane, batching, handlers)
+            await reply(msg, answer.body, answer.headers, received)
+            self.served += 1
             request_id = answers.store_once(msg, (time.perf_counter_ns() - received) / 1e9)
             record = answer.record(at_ms, request_id) if lane else \
                 InferenceRecord(at_ms, answer.table, answer.output, answer.last_model, answer.elapsed,

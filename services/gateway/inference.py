@@ -36,7 +36,6 @@ from shared.arrow_codec import (
     NO_ROWS,
     STALE_ROUTE,
     check_column_count,
-    column_values,
     flat_array,
     float_narrowing,
     from_ipc,
@@ -63,7 +62,7 @@ from shared.errors import (
     UpstreamTimeout,
     rows_changed,
 )
-from shared.logrecords import ATTEMPT, REQUEST_ID
+from shared.logrecords import ATTEMPT, REQUEST_ID, TIME_HEADER, page_values
 from shared.messages.deployer import DeploymentRoute, ResolveDeployment
 from shared.not_serving import CRASH_LOOP, CrashLoop, not_serving  # noqa: F401 (CRASH_LOOP, CrashLoop: here before)
 from shared.objectstore import BUCKET_TABLES
@@ -290,10 +289,19 @@ def _read_body(content_type: str, body: bytes, max_bytes: int) -> pa.Table:
     raise InvalidRequest(f"unsupported Content-Type {content_type!r}: send {JSON_RECORDS!r} or {ARROW_FILE!r}")
 
 
+def answer_time(headers: dict[str, str], stamped: int) -> int:
+    """The answer's `time`: the engine's (TIME_HEADER, the time of the request's log rows), else `stamped`, the
+    gateway's own (an engine without the header; a value that is not a whole number of ms is not taken)."""
+    said = headers.get(TIME_HEADER)
+    return int(said) if said is not None and said.isascii() and said.isdigit() else stamped
+
+
 def seed_records(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any], at_ms: int) -> list[dict[str, Any]]:
-    """One record per row: {time, in: {...}, out: {...}, check_failures: [], metadata: {...}} as the seed shows."""
-    ins = {name: column_values(inputs.column(name)) for name in inputs.column_names}
-    outs = {name: column_values(outputs.column(name)) for name in outputs.column_names}
+    """One record per row: {time, in: {...}, out: {...}, check_failures: [], metadata: {...}} as the seed shows.
+    float32 and float16 values are numpy's, as a log page's (`page_values`): serialize with orjson's
+    OPT_SERIALIZE_NUMPY, which prints them in their shortest form (records_answer.py)."""
+    ins = {name: page_values(inputs.column(name)) for name in inputs.column_names}
+    outs = {name: page_values(outputs.column(name)) for name in outputs.column_names}
     metadata = {"last_model": meta.get("last_model", ""), "pipeline_version": meta.get("pipeline_version", ""),
                 "elapsed": meta.get("elapsed", [])}
     return [{"time": at_ms, "in": i, "out": o, "check_failures": [], "metadata": metadata}
@@ -409,6 +417,7 @@ class Inference:
         # answers the 503 of this route's word (no responders)
         at_ms = int(time.time() * 1000)
         headers, outputs = await self.cache.ask(runtime, route, token, table, principal)
+        at_ms = answer_time(headers, at_ms)
         rows = table.num_rows
         if outputs.num_rows != rows:  # both answers pair the rows: the engine refuses this (handlers.rows_changed),
             raise rows_changed(None, outputs.num_rows, rows)  # an older one answered it: its words (no step known)

@@ -602,13 +602,10 @@ def encode_response(request: dict[str, Any], model: str, version: str, outputs: 
 
 def _json_values(array: np.ndarray) -> np.ndarray:
     """A numeric tensor's values as orjson writes them from numpy (OPT_SERIALIZE_NUMPY), without a Python object
-    per value: the bytes `tolist()` gave. Floats narrower than float64 are widened first: `tolist()` made Python
-    floats, which orjson prints as float64 (0.1f as 0.10000000149011612), where numpy's float32 prints shortest
-    (0.1). 1,000 float32 values: ~28 -> ~17 us."""
-    flat = np.ascontiguousarray(array.reshape(-1))
-    if flat.dtype.kind == "f" and flat.dtype.itemsize < 8:
-        return flat.astype(np.float64)
-    return flat
+    per value. FP32 (and FP16) values print in their shortest form that reads back as the same float32 (0.1f as
+    `0.1`), as the records answer and a JSON log page print them; before session 35 they were widened to float64
+    first (`0.10000000149011612`, the bytes `tolist()` gave)."""
+    return np.ascontiguousarray(array.reshape(-1))
 
 
 def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:

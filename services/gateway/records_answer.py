@@ -3,8 +3,10 @@ for numeric columns: building a dict per row and a Python float per value was mo
 the gateway. Each numeric column is serialized in one orjson call and cut at the row boundaries; the answer is
 then one `join` of a list in which the rows' pieces alternate with the constant parts (keys, brackets, time,
 check_failures, metadata), so no row is assembled on its own. The bytes are the same as
-`orjson.dumps(seed_records(...))` (a unit test compares them); columns of other types (strings, nulls,
-variable-size lists) take that path."""
+`orjson.dumps(seed_records(...), option=NUMPY)` (a unit test compares them); columns of other types (strings,
+nulls, variable-size lists) take that path. float32 and float16 values print in their shortest form that reads back
+as the same float32 (orjson's numpy output, `0.1`, not the exact double `0.10000000149011612`), as a JSON log page
+prints them (`shared.logrecords.page_values`): an answer and its logged rows read alike."""
 
 from __future__ import annotations
 
@@ -73,8 +75,8 @@ def _rows_json(column: pa.ChunkedArray | pa.Array) -> tuple[bytes, list[bytes] |
         values = values.flatten()
         if values.null_count:
             return None
-    if pa.types.is_floating(values.type):
-        numbers = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # as Python floats print
+    if pa.types.is_floating(values.type):  # float32 (and float16) in their shortest form, as log pages print them
+        numbers = values.to_numpy(zero_copy_only=False)
     elif pa.types.is_integer(values.type):
         numbers = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     else:
@@ -112,13 +114,13 @@ def seed_records_json(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any],
     for a few rows, where numpy's set-up costs more than it saves."""
     rows = inputs.num_rows
     if rows < FEW_ROWS or outputs.num_rows != rows:
-        return orjson.dumps(slow(inputs, outputs, meta, at_ms))
+        return orjson.dumps(slow(inputs, outputs, meta, at_ms), option=NUMPY)
     constants, slots = [b'{"time":' + orjson.dumps(at_ms) + b',"in":'], []
     if not _object_slots(inputs, constants, slots):
-        return orjson.dumps(slow(inputs, outputs, meta, at_ms))
+        return orjson.dumps(slow(inputs, outputs, meta, at_ms), option=NUMPY)
     constants[-1] += b',"out":'
     if not _object_slots(outputs, constants, slots):
-        return orjson.dumps(slow(inputs, outputs, meta, at_ms))
+        return orjson.dumps(slow(inputs, outputs, meta, at_ms), option=NUMPY)
     metadata = orjson.dumps({"last_model": meta.get("last_model", ""),
                              "pipeline_version": meta.get("pipeline_version", ""), "elapsed": meta.get("elapsed", [])})
     constants[-1] += b',"check_failures":[],"metadata":' + metadata + b"}"

@@ -107,7 +107,8 @@ def test_get_logs_shapes_json_and_arrow(stack, alice, logged):
     assert json.loads(row["metadata"]["last_model"])["model_name"] == "ccfraud"
     assert row["metadata"]["dropped"] == [] and len(row["metadata"]["elapsed"]) == 2
     assert row["metadata"]["pipeline_version"] == answer.json()[0]["metadata"]["pipeline_version"]
-    assert abs(row["time"] - answer.json()[0]["time"]) < 5_000
+    # one time: the answer says its logged rows' (the engine's Railyard-Time; before session 35 the gateway's own)
+    assert {r["time"] for r in rows} == {r["time"] for r in answer.json()} and len({r["time"] for r in rows}) == 1
     # newest first (Desc is the default): the last row of the request comes first
     assert [r["in"]["tensor"][0] for r in rows] == [4.0, 3.0, 2.0, 1.0, 0.0]
     expected = onnx_outputs(np.array([r["tensor"] for r in records], dtype=np.float32))
@@ -128,8 +129,8 @@ def test_get_logs_shapes_json_and_arrow(stack, alice, logged):
     assert b"0.10000000149011612" not in page
     logged_out = np.array([r["out"]["dense_1"] for r in rows[::-1]], np.float32)
     assert np.array_equal(logged_out, np.array([r["out"]["dense_1"] for r in answer.json()], np.float32))
-    # the answer is unchanged: its float32 outputs are still printed as exact doubles
-    assert all(repr(float(np.float32(r["out"]["dense_1"][0]))).encode() in answer.content for r in answer.json())
+    # the answer prints its float32 outputs as the page does (shortest form; before session 35 as exact doubles)
+    assert [r["out"]["dense_1"] for r in rows[::-1]] == [r["out"]["dense_1"] for r in answer.json()]
 
     only_meta = get_logs(stack, alice, {"pipeline_id": "logged", "workspace_id": alice.workspace_id,
                                         "dataset": ["metadata"]}).json()
