@@ -110,6 +110,8 @@ class TokenVerifier:
         self._full_read_at = 0.0
         # the first read in flight, shared by every token met meanwhile (one read, one outcome for all of them)
         self._first_read: asyncio.Future | None = None
+        # whether _first_read's failure spaces the tokens' reads (first_revocation_read)
+        self._first_read_counted = True
         # when such a read last failed (monotonic s, 0 never) and what it said: a token met within
         # KEY_REFETCH_INTERVAL after it is refused 503 without a read of its own (_read_revocations_once)
         self._revocations_failed_at = 0.0
@@ -287,25 +289,33 @@ class TokenVerifier:
             self.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,
                                  getattr(revocations, "position", None))
 
-    async def first_revocation_read(self) -> Any:
+    async def first_revocation_read(self, counted: bool = True) -> Any:
         """The read of the whole list while it was never read, shared: the one under way (a token's or the feed's
         poll's), else a new one; its outcome applied by `_first_read_done`, its failure counted towards
-        KEY_REFETCH_INTERVAL for the tokens met after it. Raises what the read raised. Not spaced itself: the feed's
-        retries keep their own schedule (0.5, 1, 2 ... s), the tokens' reads are spaced here after any failed read."""
+        KEY_REFETCH_INTERVAL for the tokens met after it unless the read was started with `counted` false (the
+        feed's poll within STARTUP_GRACE of its start: the services start together, auth not answering yet is
+        expected then and a token right after such a failure reads the list itself, as before session 35: refused
+        503 for a second after each failed start-up poll, the first requests after a stack's start failed).
+        Raises what the read raised. Not spaced itself: the feed's retries keep their own schedule (0.5, 1, 2 ...
+        s), the tokens' reads are spaced here after a counted failed read."""
         if self._first_read is None:
             self._first_read = asyncio.ensure_future(self._fetch_revocations())
+            self._first_read_counted = counted
             self._first_read.add_done_callback(self._first_read_done)
         return await asyncio.shield(self._first_read)
 
     def _first_read_done(self, read: asyncio.Future) -> None:
         """The shared read ended: the next token met (if the list is still unread) starts a new one, after a failed
         one not before KEY_REFETCH_INTERVAL has passed."""
+        counted = True
         if self._first_read is read:
-            self._first_read = None
+            self._first_read, counted = None, self._first_read_counted
         if read.cancelled():
             return
         failure = read.exception()  # retrieved: the callers waiting raise it
         if failure is not None:
+            if not counted:  # a start-up poll's (first_revocation_read): the next token reads the list itself
+                return
             # counted from the read's end, failed as it did: the next read is not before KEY_REFETCH_INTERVAL, and
             # a client's 503 until then says this (not an unexpected error's text)
             self._revocations_failed_at = time.monotonic()
@@ -805,11 +815,14 @@ class VerifierFeed:
         try:
             if not self._verifier.revocations_read:
                 # never read yet (auth not answering at the start): the read the tokens share, so that a token met
-                # meanwhile waits for this one instead of reading too, and one met within KEY_REFETCH_INTERVAL after
-                # it failed reads nothing (before session 35 the poll's failed reads did not count: a token right
-                # after one read the failing list again). Applied by the verifier (_first_read_done); its fetch is
-                # this feed's (__init__)
-                await self._verifier.first_revocation_read()
+                # meanwhile waits for this one instead of reading too, and, past STARTUP_GRACE, one met within
+                # KEY_REFETCH_INTERVAL after it failed reads nothing (before session 35 the poll's failed reads did
+                # not count: a token right after one read the failing list again). Within STARTUP_GRACE its failure
+                # does not count: auth not answering yet is the stack starting, and the first requests after a
+                # healthy start were refused 503 for a second after the last failed poll. Applied by the verifier
+                # (_first_read_done); its fetch is this feed's (__init__)
+                await self._verifier.first_revocation_read(
+                    counted=time.monotonic() - self._started_at >= STARTUP_GRACE)
             else:
                 revocations = await self._fetch()
                 self._verifier.set_revocations(revocations.users, revocations.sessions, revocations.session_expiry,

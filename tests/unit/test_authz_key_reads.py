@@ -403,6 +403,7 @@ async def test_a_failed_first_read_of_the_feed_counts_towards_the_interval_for_t
     clock = SimpleNamespace(now=1000.0)
     monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
     monkeypatch.setattr(authz, "STARTUP_RETRY", 3600.0)  # the poll's own retry not within the test
+    monkeypatch.setattr(authz, "STARTUP_GRACE", 0.0)  # past the start: the poll's failures count
     reads, down = [], [True]
 
     async def keys():
@@ -485,3 +486,34 @@ async def test_keys_read_with_no_key_in_them_are_a_503_not_a_401(monkeypatch):
     with pytest.raises(Unauthorized, match="unknown key"):  # the keys read a moment ago do not name it
         await verifier.verify(make_token(KEY, "bogus"))
     assert len(key_reads) == 2
+
+
+async def test_a_failed_start_up_poll_does_not_refuse_the_tokens_after_it(monkeypatch):
+    """Within STARTUP_GRACE of the feed's start auth not answering is the stack starting: a token right after the
+    poll's failed first read reads the list itself (refused 503 for a second after each failed start-up poll, the
+    first requests after a healthy stack start failed: session 35's bench and integration set-ups)."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    monkeypatch.setattr(authz, "STARTUP_RETRY", 3600.0)  # the poll's own retry not within the test
+    reads, down = [], [True]
+
+    async def keys():
+        return jwks(KEY, "k1")
+
+    async def fetch():
+        reads.append(clock.now)
+        if down[0]:
+            raise Unavailable("auth is not running")
+        return Revocations(users={})
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    feed = VerifierFeed(verifier, fetch, 20.0)
+    await feed.start(Bus())  # its first read fails: auth not up yet
+    try:
+        assert reads == [1000.0] and not verifier.revocations_read
+        clock.now += KEY_REFETCH_INTERVAL / 2
+        down[0] = False  # auth up
+        assert (await verifier.verify(make_token(KEY, "k1"))).subject == "u1"
+        assert reads == [1000.0, 1000.0 + KEY_REFETCH_INTERVAL / 2] and verifier.revocations_read
+    finally:
+        await feed.stop()
