@@ -289,11 +289,18 @@ def _read_body(content_type: str, body: bytes, max_bytes: int) -> pa.Table:
     raise InvalidRequest(f"unsupported Content-Type {content_type!r}: send {JSON_RECORDS!r} or {ARROW_FILE!r}")
 
 
+TIME_DIGITS = 18  # ms since the epoch: 13 digits until the year 2286; 18 still fit int64 (the Arrow answer's column)
+
+
 def answer_time(headers: dict[str, str], stamped: int) -> int:
     """The answer's `time`: the engine's (TIME_HEADER, the time of the request's log rows), else `stamped`, the
-    gateway's own (an engine without the header; a value that is not a whole number of ms is not taken)."""
+    gateway's own (an engine without the header; a value that is not a whole number of ms is not taken, nor one of
+    more than TIME_DIGITS digits: past int64 it failed the answer's encoding, past 4,300 digits int() itself, a 500
+    for an inference the engine had answered)."""
     said = headers.get(TIME_HEADER)
-    return int(said) if said is not None and said.isascii() and said.isdigit() else stamped
+    if said is None or len(said) > TIME_DIGITS or not (said.isascii() and said.isdigit()):
+        return stamped
+    return int(said)
 
 
 def seed_records(inputs: pa.Table, outputs: pa.Table, meta: dict[str, Any], at_ms: int) -> list[dict[str, Any]]:

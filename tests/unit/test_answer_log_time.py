@@ -118,9 +118,25 @@ def test_each_answer_says_the_time_of_its_logged_rows(nats_url, tmp_path):
 
 def test_the_gateway_answers_with_the_engines_time_else_its_own():
     assert answer_time({TIME_HEADER: "1700000000123"}, 5) == 1_700_000_000_123
+    assert answer_time({TIME_HEADER: "9" * 18}, 5) == 10**18 - 1  # still an int64
     for said in ({}, {TIME_HEADER: ""}, {TIME_HEADER: "-1"}, {TIME_HEADER: "1.5"}, {TIME_HEADER: "x"},
-                 {TIME_HEADER: "\u00b2"}):  # none of these is a time: the gateway's own
-        assert answer_time(said, 5) == 5
+                 {TIME_HEADER: "\u00b2"}, {TIME_HEADER: "9" * 19}, {TIME_HEADER: "1" * 5000}):
+        assert answer_time(said, 5) == 5  # none of these is a time: the gateway's own
+
+
+@pytest.mark.parametrize("said", ["9" * 20, "1" * 5000])
+async def test_a_time_header_past_int64_is_not_a_500(engine, said):
+    """An engine's (or anything's) over-long Railyard-Time is not taken: past int64 the Arrow answer's time column
+    and orjson refused it, past 4,300 digits int() did, each a 500 for an answered inference."""
+    gateway = Inference(RUNTIME)
+    body = json.dumps([{"tensor": [0.5] * 29}]).encode()
+    engine[TIME_HEADER] = said
+    before = int(time.time() * 1000)
+    for accept in ("", ARROW):
+        answer, media, _ = await gateway.run(ALICE, "t", "d", "p", "application/json", accept, body)
+        times = orjson.loads(answer)[0]["time"] if media == "application/json" else \
+            from_ipc(answer).column("time")[0].as_py()
+        assert before <= times <= time.time() * 1000
 
 
 @pytest.fixture
