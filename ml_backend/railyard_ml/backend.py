@@ -186,9 +186,14 @@ class Backend:
         async with lock:
             serving = self._serving.get(project_id)
             if serving is None or (label_config is not None and label_config != serving.label_config):
-                cache = ProjectCache(self.store, project_id)
+                # what the constructor stores (the config, the first version) lands only once it succeeded: a
+                # refused config or a failing constructor is a bad request, and a bad request changes nothing
+                cache = PendingWrites(self.store, project_id)
                 config = label_config if label_config is not None else cache.get("label_config")
                 instance = await run_in_threadpool(self._build, project_id, config, cache)
+                if cache.writes:
+                    await run_in_threadpool(self.store.set_many, project_id, cache.writes)
+                instance._cache = ProjectCache(self.store, project_id)
                 serving = self._serving[project_id] = _Serving(instance, config)
             return serving.instance
 
