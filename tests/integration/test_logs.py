@@ -314,8 +314,11 @@ def test_shadow_and_ab_columns_in_logs(stack, alice):
                                           "challengers": [{"name": "challenger01"}, {"name": "challengerbad"}]}}]}
     _, url, _ = _deploy_definition(stack, alice, "shadowlogs", shadow)
     records = marked(range(3))
-    assert infer(url, alice.token, records).status_code == 200
+    answer = infer(url, alice.token, records)
+    assert answer.status_code == 200
     rows = wait_rows(stack, alice, "shadowlogs", 3, order="Asc")
+    # the challengers ran after the answer, their columns logged with the champion's rows: the answer's time
+    assert [r["time"] for r in rows] == [r["time"] for r in answer.json()]
     expected = onnx_outputs(np.array([r["tensor"] for r in records], dtype=np.float32))
     assert np.allclose([r["out_challenger01"]["dense_1"] for r in rows], expected, atol=1e-6)
     assert not any(k.startswith("out_challengerbad") for k in rows[0])
@@ -323,13 +326,15 @@ def test_shadow_and_ab_columns_in_logs(stack, alice):
     split = {"steps": [{"RandomSplit": {"weights": [1, 1], "hash_key": "id",
                                         "models": [{"name": "model-a"}, {"name": "model-b"}]}}]}
     _, url, _ = _deploy_definition(stack, alice, "ablogs", split)
-    answers = []
+    answers, times = [], []
     for key in ("u1", "u2", "u3", "u4", "u5", "u6"):
         answer = infer(url, alice.token, [{**marked(range(1))[0], "id": key}])
         assert answer.status_code == 200
         answers.append(answer.json()[0]["out"]["_model_split"])
+        times.append(answer.json()[0]["time"])
     rows = wait_rows(stack, alice, "ablogs", 6, order="Asc")
     assert [r["out"]["_model_split"] for r in rows] == answers
+    assert [r["time"] for r in rows] == times  # each arm's answer says its logged row's time
     assert [r["in"]["id"] for r in rows] == ["u1", "u2", "u3", "u4", "u5", "u6"]
     assert {json.loads(r["out"]["_model_split"][0])["name"] for r in rows} == {"model-a", "model-b"}
 
