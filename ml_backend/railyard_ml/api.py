@@ -189,6 +189,12 @@ def init_app(model_class: type[LabelStudioMLBase], basic_auth_user: str | None =
         project_id = project_id_of(body.project.id)
         _check_config(body.project.label_config)
         data = body.model_dump(exclude={"action"})
+        for key in ("task", "annotation"):  # Label Studio sends objects (a list of them for the bulk events)
+            value = data.get(key)
+            if value is not None and not all(isinstance(item, dict) for item in (
+                    value if isinstance(value, list) else [value])):
+                raise InvalidRequest(f"a {body.action} webhook's {key!r} must be an object (or a list of objects), "
+                                     f"as Label Studio sends it; got {type(value).__name__}")
         await run_in_threadpool(backend.record_annotations, body.action, data, project_id)
         if not backend.trains:
             return JSONResponse({"status": "ok", "detail": f"{model_class.__name__} has no fit()"}, status_code=200)

@@ -9,10 +9,12 @@ a prediction and a later /predict without a config was built from the refused on
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from railyard_ml import LabelStudioMLBase, init_app
 
-from tests.ml_backend.conftest import TEXT_CONFIG, serve
+from tests.ml_backend.conftest import TEXT_CONFIG, annotation_event, serve, versions, wait_until
 from tests.ml_backend.ls1_style_backend import MajorityModel
 
 
@@ -52,3 +54,21 @@ def test_a_refused_build_stores_nothing_and_a_built_one_keeps_its_config(model_d
         answer = httpx.post(f"{url}/predict", json={"tasks": [{"id": 1, "data": {"text": "x"}}], "project": "3.1"},
                             timeout=30)
         assert answer.status_code == 200, answer.text
+
+
+def test_an_annotation_webhook_whose_task_or_annotation_is_no_object_is_refused_and_trains_nothing(model_dir):
+    """Until session 35 such a webhook was acknowledged 201: its task and annotation were skipped, and the training
+    run it queued fitted the same annotations again, moving the version on."""
+    with serve(init_app(MajorityModel, model_dir=model_dir)) as url:
+        good = annotation_event(1, "good film", "Positive")
+        assert httpx.post(f"{url}/webhook", json=good, timeout=30).status_code == 201
+        wait_until(lambda: versions(url)["runs"] and all(r["status"] not in ("queued", "running")
+                                                         for r in versions(url)["runs"]))
+        before = versions(url)
+        for body in ({**good, "task": "not a task"}, {**good, "annotation": 5},
+                     {**good, "annotation": [good["annotation"], 7]}):
+            answer = httpx.post(f"{url}/webhook", json=body, timeout=30)
+            assert answer.status_code == 400 and answer.json()["code"] == "invalid_request", answer.text
+            assert "must be an object" in answer.json()["msg"], answer.text
+        time.sleep(0.3)
+        assert versions(url) == before
