@@ -42,8 +42,15 @@ def started(monkeypatch, tmp_path) -> list[FakeStack]:
 
     monkeypatch.setattr(conftest, "stack_directory", directory)
     monkeypatch.setattr(conftest, "start_stack", start)
-    monkeypatch.setattr(conftest, "_early", None)
+    own_globals(monkeypatch)
     return made
+
+
+def own_globals(monkeypatch) -> None:
+    """This test's own copies of conftest's session state: the running session's (its early stack, whether it stops
+    its stack later) stay as they are."""
+    for name, value in (("_early", None), ("_stop_later", False)):
+        monkeypatch.setattr(conftest, name, value)
 
 
 def config(numprocesses: int | None, worker: bool = False, collectonly: bool = False) -> SimpleNamespace:
@@ -165,8 +172,7 @@ def later(monkeypatch, tmp_path) -> list[tuple[object, Path]]:
 
     monkeypatch.setattr(conftest, "start_stack", start)
     monkeypatch.setattr(conftest.stack_stop_later, "stop_later", lambda process, folder: left.append((process, folder)))
-    monkeypatch.setattr(conftest, "_early", None)
-    monkeypatch.setattr(conftest, "_stop_later", False)
+    own_globals(monkeypatch)
     return left
 
 
