@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
@@ -58,6 +59,11 @@ TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 CERTS_PATH = "/auth/realms/master/protocol/openid-connect/certs"
 UI_PAGE = Path(__file__).parent / "ui.html"
 UI_STATIC = Path(__file__).parent / "static"  # the UI's scripts and vendored libraries (no CDN)
+# Every HTML page the gateway serves may not be framed (clickjacking a signed-in UI's buttons) and sends no Referer
+# (the UI's address holds the sign-in's one-time code). The CSP says frame-ancestors only: the UI's and Swagger UI's
+# inline scripts and styles would be blocked by more (the sign-in page, all server-rendered, sends a strict one).
+PAGE_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY",
+                "Referrer-Policy": "no-referrer"}
 HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
@@ -337,7 +343,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:
-        return HTMLResponse(UI_PAGE.read_text())
+        return HTMLResponse(UI_PAGE.read_text(), headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=UI_STATIC), name="static")
 
@@ -425,9 +431,11 @@ def create_app(runtime: Runtime) -> FastAPI:
                 await objects.delete(BUCKET_ARTIFACTS, staged)
             raise
 
+    answer_head(app)
     # the inference fast path sits outermost and limits its own body; everything else goes through the limits
     gateway = settings.gateway
-    limited = BodyLimits(app, Limits(gateway.max_json_bytes, gateway.max_body_bytes, gateway.max_upload_bytes,
+    pages = PageHeaders(app, {f"{API}/docs", app.swagger_ui_oauth2_redirect_url or ""})  # fastapi_offline's
+    limited = BodyLimits(pages, Limits(gateway.max_json_bytes, gateway.max_body_bytes, gateway.max_upload_bytes,
                                      gateway.body_timeout, settings.monitoring.max_image_bytes))
     return InferenceFastPath(limited, inference, verifier, gateway.max_body_bytes, gateway.body_timeout)
 
@@ -469,6 +477,38 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
 
     endpoint.__name__ = route.subject.replace(".", "_")
     return endpoint
+
+
+def answer_head(app: FastAPI) -> None:
+    """HEAD on every GET route (curl -I, uptime checkers; FastAPI routes answer GET only): the GET's endpoint, status
+    and headers, without the body (the server sends none to a HEAD). Hidden from the OpenAPI document."""
+    heads = {route.path for route in app.routes if isinstance(route, APIRoute) and "HEAD" in route.methods}
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and "GET" in route.methods and route.path not in heads:
+            app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False,
+                              response_model=route.response_model, status_code=route.status_code,
+                              response_class=route.response_class, dependencies=route.dependencies,
+                              name=f"{route.name}_head")
+
+
+class PageHeaders:
+    """PAGE_HEADERS on the answers of `paths`: HTML pages of routes defined outside Railyard (Swagger UI's)."""
+
+    def __init__(self, app: Callable, paths: set[str]) -> None:
+        self.app, self.paths = app, paths
+        self.raw = [(k.lower().encode(), v.encode()) for k, v in PAGE_HEADERS.items()]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.raw]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _opt(form: Any, name: str) -> str | None:
