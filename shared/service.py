@@ -445,7 +445,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         if spec.on_start is not None:
             await spec.on_start(runtime)
             if stop.is_set():  # the hook gave up what it waited for (runtime.stop): nothing more is started
-                raise _Stopped
+                raise _Stopped("its start hook ran")
         if not await set_up_consumers(broker, stop):
             raise _Stopped
         await broker.start()
@@ -460,8 +460,9 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
                 settings.probe_dir, lambda: _is_ok(check_health(runtime))))
         await stop.wait()
         log.info("%s stopping: draining subscriptions", spec.name)
-    except _Stopped:  # a stop while the consumers were set up (the start hook's own too): nothing was subscribed yet
-        log.info("%s stopping: the stop came while its JetStream consumers were set up", spec.name)
+    except _Stopped as stopped:  # a stop while the start hook ran or the consumers were set up: nothing subscribed yet
+        log.info("%s stopping: the stop came while %s", spec.name,
+                 stopped.args[0] if stopped.args else "its JetStream consumers were set up")
     finally:
         if probes is not None:  # not ready from the first moment of the drain
             probes.cancel()
