@@ -59,3 +59,21 @@ def test_head_is_not_in_the_openapi_document(client):
 def test_other_methods_are_still_405(client):
     refused = client.delete(f"{API}/health")
     assert refused.status_code == 405 and "GET" in refused.headers["allow"]
+
+
+def test_the_uis_curl_snippet_gets_its_token_from_a_cli_command_that_exists():
+    # it read $RAILYARD_TOKEN, which nothing sets: pasted as it was, the request answered 401 missing bearer token
+    import re
+
+    from click.testing import CliRunner
+    from railyard_client.cli import app as cli
+
+    from services.gateway.http import UI_PAGE
+
+    snippet = next(line for line in UI_PAGE.read_text().splitlines() if "const curl = " in line)
+    assert "$RAILYARD_TOKEN" not in snippet
+    commands = re.findall(r"Bearer \$\(railyard ([a-z-]+)\)", snippet)
+    assert commands, snippet
+    for command in commands:
+        helped = CliRunner().invoke(cli, [command, "--help"])
+        assert helped.exit_code == 0 and "access token" in helped.output, (command, helped.output)
