@@ -328,26 +328,47 @@ def _json_kind(value: Any) -> str:
 
 
 async def _look_up_model(deps: DeployerDeps, token: str | None, workspace_id: int, name: str, version: str | None,
-                         sha: str | None, timeout: float) -> str | None:
+                         sha: str | None, by: float) -> str | None:
     """None when the workspace has the model version (in any status: one uploaded a moment ago may still be
     converting, registry.models.resolve's exists_only), else why not, in the registry's words (a 404's: another sha,
     no such version, no such model; or a 400's: a version that is no UUID). A model of another workspace is not
-    found, as one that does not exist."""
+    found, as one that does not exist. Answered by the loop time `by`.
+
+    A registry of the release before exists_only (a rolling update) refuses the field as unknown (its 400
+    "exists_only: Extra inputs are not permitted"), which was read as the model missing: every create naming a
+    model a 400 until the registry was updated. It is asked again as a deploy asks (ResolveModel): its 404 is
+    missing, its 400 for a version not ready ("... is converting") says the version exists."""
+    loop = asyncio.get_running_loop()
     try:
         await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ModelLookup(
             workspace_id=workspace_id, name=name, version=version, sha=sha, exists_only=True), token=token,
-            timeout=timeout, reply_model=ModelExists)
+            timeout=by - loop.time(), reply_model=ModelExists)
     except (NotFound, InvalidRequest) as exc:
+        if not (isinstance(exc, InvalidRequest) and exc.msg.startswith("exists_only:")):
+            return exc.msg
+    else:
+        return None
+    if by - loop.time() <= 0:
+        raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s")
+    try:
+        await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
+            workspace_id=workspace_id, name=name, version=version, sha=sha), token=token,
+            timeout=by - loop.time(), reply_model=ResolvedModel)
+    except NotFound as exc:
         return exc.msg
+    except InvalidRequest as exc:  # not ready (it exists), or a version that is no UUID
+        return exc.msg if exc.msg.startswith("version must be") else None
     return None
 
 
 async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_id: int, pipeline: str,
-                              refs: dict[tuple[str, str | None, str | None], str], by: float) -> None:
+                              refs: dict[tuple[str, str | None, str | None], str], by: float, *,
+                              verb: str = "create", since: str = "the create's start") -> None:
     """pipelines/create's check of its definition's models (_definition_refs): one look-up per distinct reference,
     MODEL_LOOKUPS_AT_ONCE at a time, all ended by the loop time `by`; every reference the workspace does not have is
     named in one 400 invalid_request (so a definition is fixed in one go), and nothing is written. A registry that
-    does not answer in time is a 504, one that cannot be asked a 503: nothing created either."""
+    does not answer in time is a 504, one that cannot be asked a 503: nothing created either. pipelines/copy (`verb`
+    "copy", its bound counted from `since`) checks the copied definition in its target workspace alike."""
     if not refs:
         return
     loop = asyncio.get_running_loop()
@@ -357,16 +378,15 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
         async with gate:
             left = by - loop.time()
             if left <= 0:  # the membership check and the look-ups before it took the time: this one is not sent
-                raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of the create's "
-                                      "start")
-            return await _look_up_model(deps, token, workspace_id, *ref, timeout=left)
+                raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of {since}")
+            return await _look_up_model(deps, token, workspace_id, *ref, by=by)
 
     looks = [asyncio.ensure_future(look(ref)) for ref in refs]
     try:
         answers = await asyncio.gather(*looks)
     except (UpstreamTimeout, Unavailable) as exc:
-        raise type(exc)(f"pipelines/create of {pipeline!r}: the definition's models could not be looked up "
-                        f"({exc.msg}); nothing was created: create it again", code=exc.code) from None
+        raise type(exc)(f"pipelines/{verb} of {pipeline!r}: the definition's models could not be looked up "
+                        f"({exc.msg}); nothing was created: {verb} it again", code=exc.code) from None
     finally:
         for pending in looks:
             pending.cancel()
@@ -377,7 +397,7 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
             f"the definition names {len(missing)} model version{'s' if len(missing) > 1 else ''} the workspace does "
             f"not have, so nothing was created: {'; '.join(missing[:MISSING_NAMED])}{more}. Upload the model "
             "(models/upload_and_convert) or correct the reference's name, version or sha (models/list lists the "
-            "workspace's models, models/list_versions their versions), then create the pipeline again")
+            f"workspace's models, models/list_versions their versions), then {verb} the pipeline again")
 
 
 async def _created_in_time(deps: DeployerDeps, what: str, work: Coroutine[Any, Any, _T], *, maybe: str) -> _T:
@@ -466,6 +486,12 @@ async def copy_pipeline(deps: DeployerDeps, principal: Principal, token: str | N
     plan = None
     if cmd.deploy:
         plan = await _plan_deployment(deps, token, cmd.workspace_id, definition, cmd.deploy, cmd.engine_config, None)
+    else:  # as pipelines/create: every model the definition names exists in the target workspace (which may be
+        # another than the source's), looked up with the caller's token; before, the copy was a 200 and its deploy
+        # the 404. With `deploy` the plan above resolved each (ready) in the target workspace already
+        await _check_models_exist(deps, token, cmd.workspace_id, cmd.name, _definition_refs(definition),
+                                  asyncio.get_running_loop().time() + deps.timeout * MODEL_LOOKUPS_WITHIN,
+                                  verb="copy", since="the copy's read of its source")
     # the name check and the create in one transaction under the name's lock: two copies to one name, or a copy
     # and a pipelines/create of it, at once, both passed the check (copies were one at a time for this)
     created = await _created_in_time(deps, what, _create_version(

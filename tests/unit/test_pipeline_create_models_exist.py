@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from services.deployer import handlers
 from services.registry import handlers as registry
 from shared import subjects
+from shared.bus import validation_message
 from shared.errors import InvalidRequest, NotFound, Unavailable, UpstreamTimeout
-from shared.messages.deployer import CreatePipeline
+from shared.messages.deployer import CopyPipeline, CreatePipeline
 from shared.messages.registry import ModelExists, ModelLookup, ResolvedModel, ResolveModel
 from tests.unit.deployer_world import ALICE, PIPELINE, WORKSPACE, make_world
 
@@ -267,3 +268,68 @@ def test_the_gateways_resolve_body_cannot_ask_for_exists_only():
     there (unknown fields are), so it never meets a ModelExists."""
     with pytest.raises(ValidationError, match="exists_only"):
         ResolveModel.model_validate({"workspace_id": 1, "name": "m", "exists_only": True})
+
+
+def test_a_registry_of_the_release_before_is_asked_as_a_deploy_asks(world, monkeypatch):
+    """A rolling update: a registry without exists_only refuses the field as unknown (its 400, as its command
+    validation words it), which was read as every model missing, so every create naming a model was a 400 until
+    the registry was updated. The look-up is asked again as a deploy asks: a 404 is missing, a 400 for a version
+    not ready (converting) says it exists."""
+    asked: list[Any] = []
+
+    async def old_registry(broker, subject, message, *, timeout=5.0, token=None, reply_model=None):
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE and timeout > 0 and token == "t"
+        asked.append(type(message).__name__)
+        try:  # the release before's body: ResolveModel, unknown fields refused (shared.bus.run_command)
+            command = ResolveModel.model_validate(message.model_dump())
+        except ValidationError as exc:
+            raise InvalidRequest(validation_message(exc.errors())) from None
+        assert reply_model is ResolvedModel
+        if command.version == "v1":
+            raise InvalidRequest("version must be a model version UUID, got 'v1'")
+        if command.name == "fresh":
+            raise InvalidRequest(f"model 'fresh' version {V1} is converting")
+        if command.name == "ready":
+            return ResolvedModel(model_id=1, name="ready", model_version=V1, sha="ab" * 32, runtime="onnx",
+                                 framework="onnx")
+        raise NotFound(f"model {command.name!r} (version latest) not found in the workspace")
+
+    monkeypatch.setattr(handlers, "request", old_registry)
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(_create(world, {"steps": [_inference({"name": "fresh"}, {"name": "ready"}, {"name": "typo"},
+                                                         {"name": "ready", "version": "v1"})]}))
+    assert refused.value.msg.startswith(
+        "the definition names 2 model versions the workspace does not have, so nothing was created: "
+        "definition.steps[0].ModelInference: model 'typo' (version latest) not found in the workspace; "
+        "definition.steps[0].ModelInference: version must be a model version UUID, got 'v1'. Upload"), \
+        refused.value.msg
+    assert asked == ["ModelLookup", "ResolveModel"] * 4
+    _nothing_written(world)
+
+    created = asyncio.run(_create(world, {"steps": [_inference({"name": "fresh"}, {"name": "ready"})]}))
+    assert created.pipeline_pk_id in world.store.pipelines
+
+
+def test_a_copy_into_a_workspace_without_its_models_is_a_400_and_creates_nothing(world):
+    """pipelines/copy into another workspace (its workspace_id is the target) checks the copied definition's
+    models there, as pipelines/create does: before, the copy was a 200 and its deploy the 404. The look-ups are in
+    the target workspace, with the caller's token."""
+    def copy():
+        return asyncio.run(handlers.copy_pipeline(world.deps, ALICE, "t", CopyPipeline(
+            name="copied", workspace_id=WORKSPACE + 1, source_pipeline=PIPELINE)))
+
+    with pytest.raises(InvalidRequest) as refused:
+        copy()
+    assert refused.value.msg == (
+        "the definition names 1 model version the workspace does not have, so nothing was created: "
+        "definition.steps[0].ModelInference: model 'm' (version latest) not found in the workspace. Upload the model "
+        "(models/upload_and_convert) or correct the reference's name, version or sha (models/list lists the "
+        "workspace's models, models/list_versions their versions), then copy the pipeline again")
+    _nothing_written(world)
+    assert [(m.workspace_id, m.name, m.exists_only) for m in world.registry.asked] == [(WORKSPACE + 1, "m", True)]
+    assert world.registry.tokens == ["t"]
+
+    world.registry.have = {("m", None, None): "converting"}
+    copied = copy()
+    assert world.store.pipelines[copied.pipeline_pk_id] == {"id": copied.pipeline_pk_id,
+                                                           "workspace_id": WORKSPACE + 1, "name": "copied"}
