@@ -220,7 +220,10 @@ def test_at_a_start_ingestion_waits_for_the_announcements_to_be_read():
                 break
             await asyncio.sleep(0.01)
         assert fetched
-        ing.running = False
+        # stopped as the app stops it (its idle fetch cancelled): running set false alone left the loop in its
+        # idle fetch, which this Sub ends after IDLE_FETCH (5 s), the wait below's own bound: the test failed when
+        # the fetch started a moment before the wait did (a loaded machine)
+        await ing.stop()
         await asyncio.wait_for(task, 5.0)
 
     asyncio.run(scenario())
