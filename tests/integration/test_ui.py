@@ -988,6 +988,7 @@ def test_upload_build_deploy_and_undeploy_from_the_pages(world, alice_ui: Accoun
     url = card.find_element(By.CSS_SELECTOR, "code.url").text
     curl = next(p.text for p in card.find_elements(By.CSS_SELECTOR, "pre") if p.text.startswith("curl"))
     sample = json.loads(curl.rsplit("-d '", 1)[1].rstrip("'"))
+    assert '-H "Authorization: Bearer $(railyard token)"' in curl, curl  # a token the CLI prints, not an unset variable
     assert len(sample[0]["tensor"]) == 29  # a row of the model's input shape
     assert infer(url, alice_ui.token, sample).status_code == 200
 
