@@ -200,7 +200,7 @@ def test_an_attacker_locks_a_user_out_from_their_own_address_only(stack, admin):
 
     for _ in range(5):  # the test stack locks after 5 failures
         attempt = login("127.0.0.2", "wrong-password")
-        assert attempt.status_code == 400  # invalid_grant, then account_locked (RFC 6749 5.2)
+        assert attempt.status_code == 401
     assert attempt.json()["error"] == "account_locked"
     assert login("127.0.0.2", PASSWORD).json()["error"] == "account_locked"  # the attacker's address is locked
     real = login("127.0.0.1", PASSWORD)  # the real user, elsewhere, is not
