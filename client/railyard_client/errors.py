@@ -97,8 +97,7 @@ class InvalidInput(InvalidRequest):
 
 
 class AuthenticationError(APIError):
-    """401: wrong credentials, or a token that is missing, expired or revoked; also the token endpoint's 400
-    `invalid_grant` (a wrong password, an expired or revoked refresh token) and `account_locked`."""
+    """401: wrong credentials, or a token that is missing, expired or revoked."""
 
 
 class PermissionDenied(APIError):
@@ -124,9 +123,6 @@ class Unavailable(APIError):
     they start (the message says why to a workspace member), and inference raises it at once."""
 
 
-# the token endpoint's refusals of the credentials themselves: AuthenticationError whatever their status (400 since the
-# gateway follows RFC 6749; the session's refresh falls back to the password on one)
-OAUTH_SIGN_IN_REFUSED = {"invalid_grant", "invalid_client", "account_locked"}
 _BY_STATUS: dict[int, type[APIError]] = {400: InvalidRequest, 422: InvalidRequest, 401: AuthenticationError,
                                          403: PermissionDenied, 404: NotFound, 409: Conflict,
                                          413: PayloadTooLarge, 503: Unavailable}
@@ -138,6 +134,4 @@ def error_from_answer(status: int, body: Any) -> APIError:
     body = body if isinstance(body, dict) else {}
     code = str(body.get("code") or body.get("error") or f"http_{status}")
     message = str(body.get("msg") or body.get("error_description") or body.get("message") or code)
-    if "error" in body and code in OAUTH_SIGN_IN_REFUSED:  # the token endpoint's 400s (RFC 6749 section 5.2)
-        return AuthenticationError(status, code, message)
     return _BY_STATUS.get(status, APIError)(status, code, message)

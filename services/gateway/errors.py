@@ -15,12 +15,9 @@ from fastapi.responses import Response
 from shared.errors import RailyardError, TooManyRequests
 
 Shape = Literal["api", "oauth", "oip"]
-# RFC 6749 section 5.2: a client that failed to authenticate is 401 invalid_client; a wrong, expired, revoked or
-# already used grant (password, refresh token, authorization code; a locked account's login) and the other errors
-# are 400, as Keycloak answers a used code. The token endpoint's own limits (429) and outages (503) keep theirs.
-OAUTH_401 = {"invalid_client"}
-OAUTH_400 = {"invalid_grant", "account_locked", "unsupported_grant_type", "unauthorized_client", "invalid_request"}
-OAUTH_CODES = OAUTH_401 | OAUTH_400 | {"rate_limited"}
+# OAuth2 errors answered with 401 (as Keycloak does); the others keep their own status
+OAUTH_401 = {"invalid_client", "invalid_grant", "account_locked"}
+OAUTH_CODES = OAUTH_401 | {"unsupported_grant_type", "unauthorized_client", "rate_limited"}
 # 503s that a retry cannot mend (the deployer's code for a deployment whose restore failed: it needs a redeploy),
 # answered without the `Retry-After` that invites clients and proxies to try again
 NOT_RETRYABLE_503 = {"deployment_failed"}
@@ -31,7 +28,7 @@ def error_parts(exc: RailyardError, shape: Shape = "api", *, close: bool = False
     status, code, msg = exc.status, exc.code, exc.msg
     headers: dict[str, str] = {}
     if shape == "oauth":
-        status = 401 if code in OAUTH_401 else 400 if code in OAUTH_400 else status
+        status = 401 if code in OAUTH_401 else status
         code = code if code in OAUTH_CODES else ("invalid_request" if status == 400 else code)
         body = {"error": code, "error_description": msg, "code": code, "msg": msg}
         headers["Cache-Control"] = "no-store"

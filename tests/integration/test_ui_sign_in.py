@@ -64,7 +64,7 @@ def test_failed_ui_sign_ins_from_many_addresses_do_not_stop_another_addresss(sta
             statuses += pool.map(one, range(sent, sent + 160))
             sent += 160
         elapsed = time.monotonic() - started
-    assert set(statuses) == {400}, {s: statuses.count(s) for s in set(statuses)}  # failed, never rate limited
+    assert set(statuses) == {401}, {s: statuses.count(s) for s in set(statuses)}  # failed, never rate limited
     with http_from(stack, PROXY) as proxy:
         assert signs_in(tab_from(proxy, stack, "203.0.113.40"), alice.email, "203.0.113.40")["access_token"]
     outran_a_shared_bucket(sent, elapsed)
@@ -122,9 +122,9 @@ def test_one_address_failing_alices_sign_in_does_not_stop_alice_elsewhere(stack,
         responses = [f.result() for f in flood]
     assert waited < 4, waited
     errors = [(r.status_code, error_code(r)) for r in responses]
-    assert set(errors) <= {(400, "account_locked"), (400, "invalid_grant"), (429, "rate_limited")}, errors
+    assert set(errors) <= {(401, "account_locked"), (401, "invalid_grant"), (429, "rate_limited")}, errors
     # checked one at a time: at most lockout_after - 1 (the test stack's 5) guesses fail before the lock
-    assert errors.count((400, "invalid_grant")) <= 4, errors
+    assert errors.count((401, "invalid_grant")) <= 4, errors
     limited = [r for r in responses if r.status_code == 429]
     assert limited and all("address" in r.text and "account;" not in r.text for r in limited)
     assert all("location" not in r.headers for r in responses)  # no code anywhere
@@ -165,10 +165,10 @@ def test_many_addresses_failing_alices_password_do_not_stop_alice_signing_in(sta
             for f in floods:
                 f.result()
     errors = [(r.status_code, error_code(r)) for r in responses]
-    assert set(errors) <= {(400, "account_locked"), (400, "invalid_grant"), (429, "rate_limited")}, set(errors)
+    assert set(errors) <= {(401, "account_locked"), (401, "invalid_grant"), (429, "rate_limited")}, set(errors)
     assert not [r for r in responses if "for this account" in r.text]
     # each address checked one attempt at a time: at most lockout_after - 1 (the test stack's 5) fail before its lock
-    assert errors.count((400, "invalid_grant")) <= 4 * len(attackers), errors.count((400, "invalid_grant"))
+    assert errors.count((401, "invalid_grant")) <= 4 * len(attackers), errors.count((401, "invalid_grant"))
     assert all("location" not in r.headers for r in responses)
 
 
@@ -188,7 +188,7 @@ def test_the_addresses_of_one_ipv6_64_are_one_source(stack, alice):
         assert proxy.post(TOKEN_PATH, headers={"X-Forwarded-For": "2001:db8:77:2::1"}, data={}).status_code == 401
         failed = tab_from(proxy, stack, "2001:db8:77:3::1").submit(
             alice.email, "wrong", headers={"X-Forwarded-For": "2001:db8:77:3:abcd::9"})
-        assert (failed.status_code, error_code(failed)) == (400, "invalid_grant"), failed.text
+        assert (failed.status_code, error_code(failed)) == (401, "invalid_grant"), failed.text
     assert asyncio.run(_failure_sources(stack, alice.user_id)) >= {"2001:db8:77:3::/64"}
 
 
@@ -250,17 +250,17 @@ def test_the_ui_signs_in_with_a_one_time_pkce_code(stack, alice):
         assert refreshed.status_code == 200, refreshed.text
 
         # a code works once
-        refused(tab.exchange(code), 400, "invalid_grant", "already used")
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")
         # a wrong verifier: refused, and the code is spent (the right verifier cannot use it after)
         code = tab.code(tab.submit(alice.email, PASSWORD))
         other = UiSignIn(http, tab.redirect_uri)
-        refused(tab.exchange(code, code_verifier=other.verifier), 400, "invalid_grant", "code_verifier")
-        refused(tab.exchange(code), 400, "invalid_grant", "already used")
-        refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), code_verifier="short"), 400,
+        refused(tab.exchange(code, code_verifier=other.verifier), 401, "invalid_grant", "code_verifier")
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")
+        refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), code_verifier="short"), 401,
                 "invalid_grant", "code_verifier")
         # bound to its redirect URI and its client
         refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), redirect_uri="http://evil.example/"),
-                400, "invalid_grant", "redirect_uri")
+                401, "invalid_grant", "redirect_uri")
         secrets = stack.secrets()
         stolen = tab.code(tab.submit(alice.email, PASSWORD))
         refused(http.post(TOKEN_PATH, auth=(secrets["client_id"], secrets["client_secret"]), data={
@@ -270,7 +270,7 @@ def test_the_ui_signs_in_with_a_one_time_pkce_code(stack, alice):
         # expired (a minute; aged here in the database)
         code = tab.code(tab.submit(alice.email, PASSWORD))
         asyncio.run(_age(stack, code))
-        refused(tab.exchange(code), 400, "invalid_grant", "expired")
+        refused(tab.exchange(code), 401, "invalid_grant", "expired")
         # the UI's client no longer takes a password itself; the SDK's and CLI's login client still does
         refused(http.post(TOKEN_PATH, data={"grant_type": "password", "client_id": UI_CLIENT, "username": alice.email,
                                             "password": PASSWORD}), 400, "unauthorized_client", "authorization")
@@ -304,7 +304,7 @@ def test_a_reused_code_revokes_the_tokens_it_issued(stack, alice):
         other = signs_in(other_tab, alice.email)  # alice's other sign-in: another session
         assert works(http, first["access_token"]) and works(http, refreshed["access_token"])
 
-        refused(tab.exchange(code), 400, "invalid_grant", "already used")
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")
         deadline = time.monotonic() + stack.settings().auth.revocation_poll_interval + 5
         while works(http, first["access_token"]) or works(http, refreshed["access_token"]):
             assert time.monotonic() < deadline, "a reused code's tokens still work after the revocation's propagation"
@@ -312,9 +312,9 @@ def test_a_reused_code_revokes_the_tokens_it_issued(stack, alice):
         revoked = http.post(f"{stack.api}/workspaces/list", json={}, headers={
             "Authorization": f"Bearer {first['access_token']}"})
         assert revoked.status_code == 401 and "revoked" in revoked.text, revoked.text
-        refused(refresh(http, refreshed["refresh_token"]), 400, "invalid_grant", "revoked")
-        refused(refresh(http, first["refresh_token"]), 400, "invalid_grant")
-        refused(tab.exchange(code), 400, "invalid_grant", "already used")  # and again: still refused
+        refused(refresh(http, refreshed["refresh_token"]), 401, "invalid_grant", "revoked")
+        refused(refresh(http, first["refresh_token"]), 401, "invalid_grant")
+        refused(tab.exchange(code), 401, "invalid_grant", "already used")  # and again: still refused
 
         assert works(http, other["access_token"])  # only what the reused code issued
         assert refresh(http, other["refresh_token"]).status_code == 200
@@ -367,6 +367,6 @@ def test_the_authorization_endpoint_refuses_bad_requests_and_issues_nothing(stac
                 "another site")
         # a wrong password: the form again, with the auth service's message and the name kept
         wrong = tab.submit(alice.email, "not-her-password")
-        refused(wrong, 400, "invalid_grant", "invalid user credentials")
+        refused(wrong, 401, "invalid_grant", "invalid user credentials")
         assert 'name="password"' in wrong.text and f'value="{alice.email}"' in wrong.text
     assert asyncio.run(_codes_of(stack, alice.user_id)) == 0

@@ -101,11 +101,11 @@ def test_deactivated_user_gets_no_tokens_and_loses_existing_ones(stack, admin, a
     assert denied.status_code == 401, denied.text
     with pytest.raises(Exception) as refused:
         client_for(stack).login(alice.email, PASSWORD)
-    assert (getattr(refused.value, "status", 0), getattr(refused.value, "code", "")) == (400, "invalid_grant")
+    assert getattr(refused.value, "status", 0) == 401
     refresh = httpx.post(f"{stack.base_url}/auth/realms/master/protocol/openid-connect/token",
                          data={"grant_type": "refresh_token", "refresh_token": alice.client.refresh_token},
                          auth=(stack.secrets()["client_id"], stack.secrets()["client_secret"]))
-    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    assert refresh.status_code == 401
     assert admin.post("users/query", {"user_ids": [alice.user_id]})["users"][alice.user_id]["enabled"] is False
     assert admin.post("users/activate", {"email": alice.email}) == {}
     again = client_for(stack)
