@@ -32,26 +32,36 @@ def share(config) -> int:
     worker = str(workerinput.get("workerid", ""))
     if count < 2 or not worker.startswith("gw") or not worker[2:].isdigit():
         return 0
-    helpers = _helpers(config)
-    if helpers is None:
+    try:  # an optimisation only: whatever goes wrong here is left to collection, which rewrites and reports as before
+        helpers = _helpers(config)
+        if helpers is None:
+            return 0
+        mine = modules(config)[int(worker[2:]) % count::count]
+        return sum(_rewrite(path, config, helpers) for path in mine)
+    except Exception:  # noqa: BLE001 - a raise here would end the worker's session before it collected anything
         return 0
-    mine = modules(config)[int(worker[2:]) % count::count]
-    return sum(_rewrite(path, config, helpers) for path in mine)
 
 
 def modules(config) -> list[Path]:
     """The test modules and conftest files under the session's arguments (a file or a folder each), sorted: the
-    same list in every worker of the run."""
+    same list in every worker of the run. Folders collection does not enter are not entered either (norecursedirs:
+    `.*`, `build`, `node_modules`, ...; virtual environments; --ignore): `pytest -n 2 .` would otherwise rewrite
+    every test_*.py of .venv's packages and write pytest's caches among them."""
     patterns = config.getini("python_files") or ["test_*.py", "*_test.py"]
+    skip = [p for p in (config.getini("norecursedirs") or []) if "/" not in p] + ["__pycache__"]
+    ignored = {Path(config.invocation_params.dir, p).resolve() for p in (config.getoption("ignore", None) or [])}
     found: set[Path] = set()
     for arg in config.args:
         path = Path(config.invocation_params.dir, str(arg).split("::", 1)[0]).resolve()
-        candidates = path.rglob("*.py") if path.is_dir() else [path] if path.suffix == ".py" else []
-        for candidate in candidates:
-            if "__pycache__" in candidate.parts:
-                continue
-            if candidate.name == "conftest.py" or any(fnmatch.fnmatch(candidate.name, p) for p in patterns):
-                found.add(candidate)
+        if path.is_file() and path.suffix == ".py":
+            found.add(path)
+            continue
+        for folder, dirs, files in os.walk(path) if path.is_dir() else ():
+            dirs[:] = sorted(d for d in dirs if not any(fnmatch.fnmatch(d, p) for p in skip)
+                             and not (Path(folder, d) / "pyvenv.cfg").exists() and Path(folder, d) not in ignored)
+            for name in files:
+                if name.endswith(".py") and (name == "conftest.py" or any(fnmatch.fnmatch(name, p) for p in patterns)):
+                    found.add(Path(folder, name))
     return sorted(found)
 
 

@@ -96,3 +96,26 @@ def test_another_pytests_helpers_leave_collection_as_it_was(request, suite, monk
     monkeypatch.setattr(rewrite, "_write_pyc", lambda state, co, source_stat, pyc: False)  # pytest 8.0's shape
     assert assert_cache.share(WorkerConfig(request.config, suite.parent, ["suite"], "gw0")) == 0
     assert all(cached(p) is None for p in suite.rglob("*.py"))
+
+
+def test_folders_collection_does_not_enter_are_not_entered(request, suite):
+    """norecursedirs (`.*`, `build`, `node_modules`...), a virtual environment, --ignore: `pytest -n 2 .` in a clone
+    would otherwise rewrite the test files of .venv's packages."""
+    for folder in (".venv/lib/site-packages/pkg", "node_modules/pkg", "build", "env/lib/pkg", "skipped"):
+        (suite / folder).mkdir(parents=True)
+        (suite / folder / "test_theirs.py").write_text("assert True\n")
+    (suite / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    config = WorkerConfig(request.config, suite.parent, ["suite"], "gw0")
+    config.getoption = lambda name, default=None: [str(suite / "skipped")] if name == "ignore" else default
+    assert [p.relative_to(suite).as_posix() for p in assert_cache.modules(config)] == [
+        "sub/conftest.py", "sub/test_deep.py", "test_broken.py", "test_m0.py", "test_m1.py", "test_m2.py", "test_m3.py"]
+
+
+def test_an_unexpected_error_leaves_collection_as_it_was(request, suite, monkeypatch):
+    def fails(fn, config):
+        raise RecursionError("maximum recursion depth exceeded during compilation")
+
+    monkeypatch.setattr(rewrite, "_rewrite_test", fails)
+    monkeypatch.setattr(assert_cache, "_helpers", lambda config: (rewrite, config.stash[rewrite.assertstate_key]))
+    assert assert_cache.share(WorkerConfig(request.config, suite.parent, ["suite"], "gw0")) == 0  # did not raise
+    assert all(cached(p) is None for p in suite.rglob("*.py"))
