@@ -130,12 +130,17 @@ class TokenVerifier:
 
     # --- keys and revocations ------------------------------------------------------------------
 
-    async def refresh_keys(self) -> None:
+    async def refresh_keys(self, counted: bool = True) -> None:
+        """Read the keys. A failed read spaces the reads of tokens of unknown kids (KEY_REFETCH_INTERVAL, `_key_for`)
+        unless `counted` is false: the feed's poll within STARTUP_GRACE of its start (VerifierFeed._poll_forever),
+        whose failure a token right after it does not wait out: it reads the keys itself."""
         async with self._lock:
             told = self._keys_told  # (one named while this read is under way is read again at the next poll)
             try:
                 jwks = await self._fetch_keys()
             except Exception as exc:
+                if not counted:
+                    raise
                 self._keys_failed_at = time.monotonic()
                 # what a client's 503 says until the next read (_key_for): not an unexpected error's text
                 self._keys_failure = exc.msg if isinstance(exc, RailyardError) else "the read failed"
@@ -843,6 +848,10 @@ class VerifierFeed:
         # Until the list was read once (auth was not answering at start), it is read again after 0.5, 1, 2 ... s
         retry = STARTUP_RETRY
         retried = not self._verifier.revocations_read
+
+        def starting() -> bool:
+            return time.monotonic() - self._started_at < STARTUP_GRACE
+
         if retried:
             wait = retry
         while not self._stop.is_set():
@@ -863,13 +872,18 @@ class VerifierFeed:
                         # names another fingerprint of them (a key cut in the database: at the next poll), or once
                         # they are KEY_MAX_AGE old (an auth naming none), or never read (auth not answering them at
                         # the start). Read at every poll, they cost auth a query per service every 20 s, idle or not
+                        # the stack starting, auth may answer the revocation list before its keys subject: FastStream
+                        # starts a router's subscribers one by one in the order of the router's WeakSet of them, not
+                        # the order services/auth/app.py registers them (auth.revocations.list 1st of 26 when
+                        # checked, auth.keys.get 13th, durable consumers' JetStream round trips between), so a
+                        # poll's first good list read may meet no responder on the keys. That is no fault: told at
+                        # INFO within STARTUP_GRACE, and not counted (refresh_keys): a token met within
+                        # KEY_REFETCH_INTERVAL after it reads the keys itself, where it was refused 503 with no read
+                        # (the first requests after a healthy stack start, as f4432a0a for the list's reads)
                         if self._verifier.keys_stale:
-                            await self._verifier.refresh_keys()
+                            await self._verifier.refresh_keys(counted=not starting())
                     except RailyardError as exc:
-                        # auth answers the revocation list a moment before its keys subject at its start (its
-                        # subscribers start one by one): no fault then, told at INFO within STARTUP_GRACE
-                        starting = time.monotonic() - self._started_at < STARTUP_GRACE
-                        log.log(logging.INFO if starting else logging.WARNING, "could not refetch signing keys: %s",
+                        log.log(logging.INFO if starting() else logging.WARNING, "could not refetch signing keys: %s",
                                 exc.msg)
                 except Exception:  # noqa: BLE001 - anything else: this read is lost, the poll is not
                     # an exception no read expects (an error of the bus's client) ended this loop for the life
