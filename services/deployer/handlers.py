@@ -328,11 +328,11 @@ def _json_kind(value: Any) -> str:
 
 
 async def _look_up_model(deps: DeployerDeps, token: str | None, workspace_id: int, name: str, version: str | None,
-                         sha: str | None, by: float) -> str | None:
+                         sha: str | None, by: float, *, since: str) -> str | None:
     """None when the workspace has the model version (in any status: one uploaded a moment ago may still be
     converting, registry.models.resolve's exists_only), else why not, in the registry's words (a 404's: another sha,
     no such version, no such model; or a 400's: a version that is no UUID). A model of another workspace is not
-    found, as one that does not exist. Answered by the loop time `by`.
+    found, as one that does not exist. Answered by the loop time `by` (counted from `since`, as the 504 says).
 
     A registry of the release before exists_only (a rolling update) refuses the field as unknown (its 400
     "exists_only: Extra inputs are not permitted"), which was read as the model missing: every create naming a
@@ -349,7 +349,7 @@ async def _look_up_model(deps: DeployerDeps, token: str | None, workspace_id: in
     else:
         return None
     if by - loop.time() <= 0:
-        raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s")
+        raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of {since}")
     try:
         await request(deps.broker, subjects.REGISTRY_MODELS_RESOLVE, ResolveModel(
             workspace_id=workspace_id, name=name, version=version, sha=sha), token=token,
@@ -379,7 +379,7 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
             left = by - loop.time()
             if left <= 0:  # the membership check and the look-ups before it took the time: this one is not sent
                 raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of {since}")
-            return await _look_up_model(deps, token, workspace_id, *ref, by=by)
+            return await _look_up_model(deps, token, workspace_id, *ref, by=by, since=since)
 
     looks = [asyncio.ensure_future(look(ref)) for ref in refs]
     try:

@@ -333,3 +333,29 @@ def test_a_copy_into_a_workspace_without_its_models_is_a_400_and_creates_nothing
     copied = copy()
     assert world.store.pipelines[copied.pipeline_pk_id] == {"id": copied.pipeline_pk_id,
                                                            "workspace_id": WORKSPACE + 1, "name": "copied"}
+
+
+@pytest.mark.parametrize("verb", ["create", "copy"])
+def test_an_old_registry_whose_first_answer_took_the_bound_says_what_it_is_counted_from(world, monkeypatch, verb):
+    """A registry of the release before whose 400 for exists_only came when the look-ups' bound had passed: the 504
+    says from when the bound counts, as the other look-ups' does ("of the create's start", "of the copy's read of its
+    source"); it said "not ended within 0.5s" alone."""
+    world.deps.timeout = 1.0  # the look-ups' bound 0.5 s, before the create's own (0.8 s)
+
+    async def slow_old_registry(broker, subject, message, *, timeout=5.0, token=None, reply_model=None):
+        assert isinstance(message, ModelLookup)  # never asked again as a deploy asks: no time left
+        await asyncio.sleep(timeout + 0.01)  # the whole bound (the loop may wake a timer a clock tick early)
+        raise InvalidRequest("exists_only: Extra inputs are not permitted")
+
+    monkeypatch.setattr(handlers, "request", slow_old_registry)
+    with pytest.raises(UpstreamTimeout) as late:
+        if verb == "create":
+            asyncio.run(_create(world, {"steps": [_inference({"name": "m"})]}))
+        else:
+            asyncio.run(handlers.copy_pipeline(world.deps, ALICE, "t", CopyPipeline(
+                name="copied", workspace_id=WORKSPACE + 1, source_pipeline=PIPELINE)))
+    since = "the create's start" if verb == "create" else "the copy's read of its source"
+    name = "q" if verb == "create" else "copied"
+    assert late.value.msg == (f"pipelines/{verb} of {name!r}: the definition's models could not be looked up (not "
+                              f"ended within 0.5s of {since}); nothing was created: {verb} it again")
+    _nothing_written(world)
