@@ -759,9 +759,56 @@ def _narrow_scalars(value: Any, dtype: np.dtype) -> Any:
     return dtype.type(value) if isinstance(value, float) else value
 
 
+# the type ids page_values looks into: the nested types (pyarrow.types.is_nested's, but unions and run-end encoded ones,
+# which it leaves to to_pylist as before) and dictionary-encoded columns; one set lookup, as is_nested's own, so a
+# plain column (the common case) pays nothing for the kinds it is not
+_WALKED = frozenset(data_type.id for data_type in (
+    pa.list_(pa.int8()), pa.large_list(pa.int8()), pa.list_(pa.int8(), 1), pa.list_view(pa.int8()),
+    pa.large_list_view(pa.int8()), pa.struct([]), pa.map_(pa.int8(), pa.int8()),
+    pa.dictionary(pa.int8(), pa.int8())))
+_LISTS = frozenset(data_type.id for data_type in (
+    pa.list_(pa.int8()), pa.large_list(pa.int8()), pa.list_(pa.int8(), 1), pa.list_view(pa.int8()),
+    pa.large_list_view(pa.int8())))
+
+
+def _holds_narrow_floats(data_type: pa.DataType) -> bool:
+    """A float32 or float16 anywhere in the type: lists' values, structs' fields, maps' keys and items, dictionaries'
+    values (union, run-end encoded and extension types are not looked into: they print as to_pylist does)."""
+    if pa.types.is_float32(data_type) or pa.types.is_float16(data_type):
+        return True
+    if data_type.id in _LISTS or pa.types.is_dictionary(data_type):
+        return _holds_narrow_floats(data_type.value_type)
+    if pa.types.is_struct(data_type):
+        return any(_holds_narrow_floats(field.type) for field in data_type)
+    if pa.types.is_map(data_type):
+        return _holds_narrow_floats(data_type.key_type) or _holds_narrow_floats(data_type.item_type)
+    return False
+
+
+def _narrow_typed(value: Any, data_type: pa.DataType) -> Any:
+    """A to_pylist value of `data_type` with the floats its type says are float32 or float16 as numpy scalars of that
+    type (a struct's float64 field stays a float): a struct's dict, a map's (key, item) pairs, a list's items."""
+    if value is None:
+        return None
+    if pa.types.is_float32(data_type) or pa.types.is_float16(data_type):
+        return np.dtype(data_type.to_pandas_dtype()).type(value)
+    if data_type.id in _LISTS:
+        return [_narrow_typed(item, data_type.value_type) for item in value]
+    if pa.types.is_dictionary(data_type):
+        return _narrow_typed(value, data_type.value_type)
+    if pa.types.is_struct(data_type):
+        types = {field.name: field.type for field in data_type}
+        return {name: _narrow_typed(item, types[name]) for name, item in value.items()}
+    if pa.types.is_map(data_type):
+        return [(_narrow_typed(key, data_type.key_type), _narrow_typed(item, data_type.item_type))
+                for key, item in value]
+    return value
+
+
 def page_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     """A column as a JSON log page's values: `arrow_codec.column_values`, except that float32 and float16 values
-    stay numpy (a row's tensor an ndarray view, a scalar a numpy scalar), which orjson's OPT_SERIALIZE_NUMPY prints
+    stay numpy (a row's tensor an ndarray view, a scalar a numpy scalar, also within a struct, a map or a dictionary
+    column since session 35: they printed as exact doubles), which orjson's OPT_SERIALIZE_NUMPY prints
     in the type's own shortest form: a logged float32 `0.1` reads `0.1`, not float64's exact
     `0.10000000149011612` (docs/logs.md "Types"). Inference answers' records print them so too (since session 35,
     services/gateway/inference.py: seed_records), which take this at batch 1: one pass over the column's types."""
@@ -782,10 +829,12 @@ def page_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
             flat = values.to_numpy()
             return list(flat.reshape([len(array), *shape]) if shape else flat)
         return _narrow_scalars(array.to_pylist(), np.dtype(kind.to_pandas_dtype()))  # nulls: rare
-    if pa.types.is_nested(kind):  # variable-size lists (of float32: narrowed), structs, maps
+    if kind.id in _WALKED:  # variable-size lists (of float32: narrowed), structs, maps, dictionary-encoded columns
         leaf = _leaf_type(kind)
         if pa.types.is_float32(leaf) or pa.types.is_float16(leaf):
             return _narrow_scalars(array.to_pylist(), np.dtype(leaf.to_pandas_dtype()))
+        if _holds_narrow_floats(array.type):  # a float32 in a struct, a map or a dictionary, at any depth
+            return [_narrow_typed(value, array.type) for value in array.to_pylist()]
     elif shape and not values.null_count and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
         return values.to_numpy().reshape([len(array), *shape]).tolist()  # column_values' numpy path
     return array.to_pylist()
