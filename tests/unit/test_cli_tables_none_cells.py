@@ -65,3 +65,25 @@ def test_a_column_a_row_lacks_is_empty_in_a_data_table_too(printed):
     cli.show_rows([{"in": {"a": 1}, "out": {"b": 2}}, {"in": {"a": 3}, "out": {"c": 4}}], False)
     text = printed()
     assert "in.a" in text and "out.c" in text and not _words(text) & {"null", "None"}, text
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_the_datasets_read_command_keeps_a_rows_nulls(printed, capsys, monkeypatch, as_json):
+    """`railyard datasets read` itself, not only `_show(data=True)`: a dataset's null is a missing value, printed
+    `null` in its table (an empty cell there read as an empty string) and in its --json."""
+    import pyarrow as pa
+    from railyard_client import cli_lineage as lineage_cli
+
+    class Lineage:
+        def read_rows(self, dataset_id: int):
+            assert dataset_id == 3
+            return pa.table({"x": [1, None], "label": [None, "fraud"]})
+
+    monkeypatch.setattr(lineage_cli, "_lineage", lambda workspace: Lineage())
+    assert cli.main(["datasets", "read", "3", *(["--json"] if as_json else [])]) == 0
+    if as_json:
+        assert capsys.readouterr().out.count("null") == 2
+    else:
+        text = printed()
+        assert "fraud" in text and sorted(_words(text) & {"null", "None"}) == ["null"], text
+        assert text.count("null") == 2, text
