@@ -761,14 +761,20 @@ def _narrow_scalars(value: Any, dtype: np.dtype) -> Any:
 
 # the type ids page_values looks into: the nested types (pyarrow.types.is_nested's, but unions and run-end encoded ones,
 # which it leaves to to_pylist as before) and dictionary-encoded columns; one set lookup, as is_nested's own, so a
-# plain column (the common case) pays nothing for the kinds it is not
-_WALKED = frozenset(data_type.id for data_type in (
-    pa.list_(pa.int8()), pa.large_list(pa.int8()), pa.list_(pa.int8(), 1), pa.list_view(pa.int8()),
-    pa.large_list_view(pa.int8()), pa.struct([]), pa.map_(pa.int8(), pa.int8()),
-    pa.dictionary(pa.int8(), pa.int8())))
-_LISTS = frozenset(data_type.id for data_type in (
-    pa.list_(pa.int8()), pa.large_list(pa.int8()), pa.list_(pa.int8(), 1), pa.list_view(pa.int8()),
-    pa.large_list_view(pa.int8())))
+# plain column (the common case) pays nothing for the kinds it is not. Built at the first call, not at import: pyarrow
+# (and numpy) stay unimported in a process that never pages a log (the assay runner's and the log store's idle start,
+# tests/unit/test_lean_imports.py)
+@functools.cache
+def _walked() -> frozenset[int]:
+    return _lists() | frozenset(data_type.id for data_type in (
+        pa.struct([]), pa.map_(pa.int8(), pa.int8()), pa.dictionary(pa.int8(), pa.int8())))
+
+
+@functools.cache
+def _lists() -> frozenset[int]:
+    return frozenset(data_type.id for data_type in (
+        pa.list_(pa.int8()), pa.large_list(pa.int8()), pa.list_(pa.int8(), 1), pa.list_view(pa.int8()),
+        pa.large_list_view(pa.int8())))
 
 
 def _holds_narrow_floats(data_type: pa.DataType) -> bool:
@@ -776,7 +782,7 @@ def _holds_narrow_floats(data_type: pa.DataType) -> bool:
     values (union, run-end encoded and extension types are not looked into: they print as to_pylist does)."""
     if pa.types.is_float32(data_type) or pa.types.is_float16(data_type):
         return True
-    if data_type.id in _LISTS or pa.types.is_dictionary(data_type):
+    if data_type.id in _lists() or pa.types.is_dictionary(data_type):
         return _holds_narrow_floats(data_type.value_type)
     if pa.types.is_struct(data_type):
         return any(_holds_narrow_floats(field.type) for field in data_type)
@@ -792,7 +798,7 @@ def _narrow_typed(value: Any, data_type: pa.DataType) -> Any:
         return None
     if pa.types.is_float32(data_type) or pa.types.is_float16(data_type):
         return np.dtype(data_type.to_pandas_dtype()).type(value)
-    if data_type.id in _LISTS:
+    if data_type.id in _lists():
         return [_narrow_typed(item, data_type.value_type) for item in value]
     if pa.types.is_dictionary(data_type):
         return _narrow_typed(value, data_type.value_type)
@@ -829,7 +835,7 @@ def page_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
             flat = values.to_numpy()
             return list(flat.reshape([len(array), *shape]) if shape else flat)
         return _narrow_scalars(array.to_pylist(), np.dtype(kind.to_pandas_dtype()))  # nulls: rare
-    if kind.id in _WALKED:  # variable-size lists (of float32: narrowed), structs, maps, dictionary-encoded columns
+    if kind.id in _walked():  # variable-size lists (of float32: narrowed), structs, maps, dictionary-encoded columns
         leaf = _leaf_type(kind)
         if pa.types.is_float32(leaf) or pa.types.is_float16(leaf):
             return _narrow_scalars(array.to_pylist(), np.dtype(leaf.to_pandas_dtype()))
