@@ -535,7 +535,7 @@ async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -
     """Create the platform's JetStream streams, or add to an existing one only what it lacks (an operator's
     limits stay as they are); safe when many processes race. The bootstrap step's (shared/bus_streams.py, as the
     `bootstrap` identity) and the operator's: no service identity may create or update a stream."""
-    from nats.js.errors import BadRequestError, NotFoundError
+    from nats.js.errors import APIError, BadRequestError, NotFoundError
 
     settings = settings or Settings()
     js = broker.config.connection_state.stream
@@ -550,6 +550,8 @@ async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -
                     info = await js.stream_info(config.name)
                 except NotFoundError:  # not there: JetStream refused this config (its limits, a subject another
                     raise _refused(f"the stream {config.name}", refused) from refused  # stream has), not "not found"
+            except APIError as refused:  # a 500 of JetStream's own limits: no room for the stream's byte cap
+                raise _refused(f"the stream {config.name}", refused, config.max_bytes) from refused
             else:
                 info = None
         if info is not None:
@@ -558,7 +560,7 @@ async def ensure_streams(broker: NatsBroker, settings: Settings | None = None) -
                 try:
                     await js.update_stream(update)
                     log.info("stream %s: added what it lacked of Railyard's settings", config.name)
-                except BadRequestError as exc:
+                except APIError as exc:  # refused (a 400, or a 500: no room for the byte cap it lacked)
                     log.warning("stream %s keeps its configuration (%s)", config.name, exc)
 
 
@@ -584,10 +586,21 @@ async def ensure_log_store_consumer(broker: NatsBroker, settings: Settings | Non
                            f"{subjects.INFERENCE_LOGS_STREAM}", refused) from refused
 
 
-def _refused(what: str, refused: Any) -> RailyardError:
-    """One line naming what JetStream refused to create and its own words (a read-back's 404 hid them)."""
+JS_INSUFFICIENT_STORAGE = 10047
+"""JetStream's err_code for a stream whose byte cap does not fit in the server's file storage left."""
+
+
+def _refused(what: str, refused: Any, max_bytes: int | None = None) -> RailyardError:
+    """One line naming what JetStream refused to create and its own words (a read-back's 404 hid them), and for a
+    byte cap with no room left, what to change."""
+    hint = ""
+    if refused.err_code == JS_INSUFFICIENT_STORAGE and max_bytes:
+        hint = (f": its byte cap ({max_bytes / 1024**3:g} GiB) does not fit in the file storage JetStream has left "
+                "(nats-server's `max_file_store`; unset, 75 % of the disk free when it started). Give NATS more "
+                "(set `max_file_store` in its jetstream block, a larger volume, or free disk) or lower the caps "
+                "(RAILYARD_LOGS__STREAM_MAX_BYTES, RAILYARD_NATS__EVENTS_MAX_BYTES)")
     return RailyardError(f"JetStream refused {what}: {refused.description or type(refused).__name__} (code "
-                         f"{refused.code}, err_code {refused.err_code})")
+                         f"{refused.code}, err_code {refused.err_code}){hint}")
 
 
 async def wait_for_streams(broker: NatsBroker, timeout: float = 30.0) -> None:

@@ -12,17 +12,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.embedded.servers import find_binary
+from shared.embedded.servers import JETSTREAM_FILE_STORE, find_binary
 
 if TYPE_CHECKING:
     import nats
 
 
 @contextlib.contextmanager
-def local_nats_server(directory: Path, jetstream: bool = False) -> Iterator[str]:
-    """Yields the server's URL; `jetstream` stores under `directory`/js."""
+def local_nats_server(directory: Path, jetstream: bool = False, file_store: int | None = JETSTREAM_FILE_STORE,
+                      config: Path | None = None) -> Iterator[str]:
+    """Yields the server's URL; `jetstream` stores under `directory`/js, with `file_store` bytes of file storage:
+    the embedded stack's by default (nats-server's own, None, is 75 % of the disk free at its start: too little for
+    the platform's stream caps on a disk with under ~12 GiB free). `config`: this configuration file instead."""
     log = directory / "nats.log"
-    extra = ["-js", "-sd", str(directory / "js")] if jetstream else []
+    extra: list[str] = []
+    if jetstream:
+        if config is None:
+            config = directory / "nats-js.conf"
+            config.write_text(f"jetstream {{\n  max_file_store: {file_store}\n}}\n" if file_store else "")
+        extra = ["-c", str(config), "-js", "-sd", str(directory / "js")]
     process = subprocess.Popen([find_binary("nats-server"), *extra, "-a", "127.0.0.1", "-p", "-1", "-l", str(log)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

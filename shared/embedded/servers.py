@@ -134,9 +134,23 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
 # --- NATS -------------------------------------------------------------------------------------
 
 NATS_MAX_PAYLOAD = 8 * 1024 * 1024  # batch inferences ride the bus as Arrow; 1 MB (the default) is ~4k rows
+JETSTREAM_FILE_STORE = 1024**4
+"""JetStream's file storage (`max_file_store`) of the embedded nats-server at least: 1 TiB, nats-server's own
+default on a disk with that much free. Left unset, nats-server takes 75 % of the disk free at its start, and
+JetStream creates a stream only when its byte cap fits in what is left of that: the platform's streams ask for
+9 GiB (EVENTS 1 GiB, INFERENCE_LOGS 8 GiB, each a cap on a backlog, not space used), so every start on a disk with
+under ~12 GiB free was refused ("insufficient storage resources available", err_code 10047) although a stack
+writes a few MB. The disk still bounds what is written: a publish that does not fit is refused, never acknowledged
+and lost; `railyard up` warns when the free disk is below the streams' caps (docs/logs.md)."""
 
 
-def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
+def jetstream_file_store(stream_caps: list[int]) -> int:
+    """`max_file_store` for streams with these byte caps (<= 0: uncapped): JETSTREAM_FILE_STORE, or their sum and
+    1 GiB more (consumers' state) when that is larger."""
+    return max(JETSTREAM_FILE_STORE, sum(cap for cap in stream_caps if cap > 0) + 1024**3)
+
+
+def nats_server(cfg: StackSettings, data_dir: Path, file_store: int = JETSTREAM_FILE_STORE) -> ServerSpec:
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     config = data_dir / "nats.conf"
@@ -144,7 +158,8 @@ def nats_server(cfg: StackSettings, data_dir: Path) -> ServerSpec:
     # log batch or event survives a host crash (NATS's default fsyncs every 2 minutes); docs/logs.md has its cost
     sync = cfg.nats_sync_interval if cfg.nats_sync_interval == "always" else json.dumps(cfg.nats_sync_interval)
     profiler = f"prof_port: {cfg.nats_prof_port}\n" if cfg.nats_prof_port else ""
-    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\n{profiler}jetstream {{\n  sync_interval: {sync}\n}}\n")
+    config.write_text(f"max_payload: {NATS_MAX_PAYLOAD}\n{profiler}jetstream {{\n  sync_interval: {sync}\n"
+                      f"  max_file_store: {file_store}\n}}\n")
     return ServerSpec(
         name="nats",
         ports={"client": cfg.nats_port, "monitor": cfg.nats_monitor_port},

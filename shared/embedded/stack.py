@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -226,13 +227,28 @@ class EmbeddedStack:
 
     def server_specs(self, pg_user: str | None) -> list[ServerSpec]:
         assert self.secrets is not None
-        nats = servers.nats_server(self.cfg, self.data_dir)
+        nats = servers.nats_server(self.cfg, self.data_dir, servers.jetstream_file_store(self.stream_caps()))
         servers.add_nats_authorization(self.data_dir, self.secrets)
         return [
             nats,
             servers.postgres_server(self.cfg, self.data_dir, pg_user),
             servers.seaweedfs_server(self.cfg, self.data_dir, self.secrets),  # with its S3 gateway: "s3"
         ]
+
+    def stream_caps(self) -> list[int]:
+        """The byte caps of the platform's JetStream streams (shared.bus.stream_configs)."""
+        return [self.settings.nats.events_max_bytes, self.settings.logs.stream_max_bytes]
+
+    def warn_if_disk_is_short(self) -> None:
+        """One warning line when the data folder's disk has less free than the streams may hold: their caps bound a
+        backlog (the log store or a reader away), and a backlog that outgrows the disk is refused at the publish."""
+        caps = sum(cap for cap in self.stream_caps() if cap > 0)
+        free = shutil.disk_usage(self.data_dir).free
+        if free < caps:
+            log_line(f"warning: {free / 1024**3:.1f} GiB free on the disk of {self.data_dir}, less than the "
+                     f"{caps / 1024**3:g} GiB the bus streams may hold while a reader is away; publishes are refused "
+                     "once the disk is full. Free disk, or lower RAILYARD_LOGS__STREAM_MAX_BYTES and "
+                     "RAILYARD_NATS__EVENTS_MAX_BYTES")
 
     def check_ports(self, specs: list[ServerSpec]) -> None:
         wanted = [((spec.name, label), port) for spec in specs for label, port in spec.ports.items()]
@@ -339,6 +355,7 @@ class EmbeddedStack:
         """Start everything; returns the seconds it took until every service was healthy."""
         began = time.monotonic()
         self.prepare()
+        self.warn_if_disk_is_short()
         specs = self.server_specs(None)
         self.check_ports(specs)
         specs[1].user = servers.prepare_postgres(self.cfg, self.data_dir, self.secrets, lambda: self.stopping)

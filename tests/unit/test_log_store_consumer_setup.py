@@ -194,6 +194,26 @@ async def test_a_stream_jetstream_refuses_is_named_with_its_reason(jetstream_url
     assert "not found" not in message and "\n" not in message, message
 
 
+async def test_a_stream_cap_with_no_room_in_jetstreams_file_storage_is_named_with_what_to_change(
+        tmp_path: Path) -> None:
+    """A nats-server with 64 MiB of file storage: JetStream refuses EVENTS' 1 GiB cap with a 500 (err_code 10047,
+    "insufficient storage resources available"); the bootstrap ends with one line naming the stream, the cap and the
+    settings that change it (was an uncaught ServerError, "could not create the JetStream streams:
+    nats.js.errors.ServerError", on every start on a disk with under ~12 GiB free)."""
+    with local_nats_server(tmp_path, jetstream=True, file_store=64 * 1024**2) as url:
+        broker = await _broker(url)
+        try:
+            with pytest.raises(RailyardError) as raised:
+                await bus.ensure_streams(broker, Settings(nats={"url": url}))
+            assert await broker.config.connection_state.stream.streams_info() == []  # nothing half-made
+        finally:
+            await broker.stop()
+    message = raised.value.msg
+    assert f"refused the stream {subjects.EVENTS_STREAM}" in message and "err_code 10047" in message, message
+    assert "byte cap (1 GiB)" in message and "max_file_store" in message, message
+    assert "RAILYARD_NATS__EVENTS_MAX_BYTES" in message and "\n" not in message, message
+
+
 async def test_the_log_store_consumer_jetstream_refuses_is_named_with_its_reason(jetstream_url: str) -> None:
     """INFERENCE_LOGS allows one consumer and has one: JetStream refuses the log store's CREATE; the bootstrap ends
     naming the consumer, the stream and that reason, not "consumer not found"."""
