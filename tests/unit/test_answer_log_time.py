@@ -24,18 +24,16 @@ import pyarrow as pa
 import pytest
 
 import services.gateway.inference as inference
-from services.engine.replica import Replica, Step, first_step_narrowing
-from services.engine.runtimes import OnnxRuntime
 from services.gateway.inference import EngineReply, Inference, answer_time, seed_records
 from services.gateway.records_answer import seed_records_json
 from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
-from shared.logrecords import REQUEST_ID, TIME_HEADER, expand_runs, seed_rows
-from shared.settings import Settings
+from shared.logrecords import REQUEST_ID, TIME_HEADER, seed_rows
 from shared.table_transport import META_HEADER
 from tests.local_nats import local_nats_server
-from tests.models import ccfraud_onnx, sample_rows
-from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING
+from tests.models import sample_rows
+from tests.unit.replica_world import ccfraud_replica, logged_tables, until_batcher_subscribed
+from tests.unit.test_gateway_route_starting import ALICE, RUNNING, RUNTIME, deployer_says
 
 ARROW = "application/vnd.apache.arrow.stream"
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -47,38 +45,13 @@ def nats_url(tmp_path: Path):
         yield url
 
 
-async def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_each_answer_says_the_time_of_its_logged_rows(nats_url, tmp_path):
-    model = tmp_path / "model.onnx"
-    model.write_bytes(ccfraud_onnx())
-    settings = Settings(nats={"url": nats_url}, stack={"data_dir": tmp_path / "data"})
-    spec = {"deployment": {"name": "timed", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
-            "steps": [{"kind": "ModelInference", "models": [{"name": "ccfraud", "model_version": "1", "sha": "abc",
-                                                            "runtime": "onnx"}]}]}
-
     async def main():
-        from nats.js.api import StreamConfig
-
         client = await nats.connect(nats_url)
-        await client.jetstream().add_stream(StreamConfig(name=subjects.INFERENCE_LOGS_STREAM,
-                                                         subjects=list(subjects.INFERENCE_LOGS_SUBJECTS)))
-        replica = Replica(spec, "r1", settings)
-        runtime = OnnxRuntime(model)
-        runtime.load()
-        replica.steps = [Step(spec["steps"][0], [runtime])]
-        replica.narrowing = first_step_narrowing(replica.steps)
-        serving = asyncio.create_task(replica.serve())
         answered: dict[bytes, str] = {}  # a sent row's bytes -> its answer's time
         asked: list[np.ndarray] = []
-        try:
-            await _wait_for(lambda: getattr(replica, "request_batcher", None) is not None
-                            and replica.request_batcher.subscription is not None or serving.done())
+        async with ccfraud_replica(client, nats_url, tmp_path, "timed") as (replica, serving):
+            await until_batcher_subscribed(replica, serving)
             batcher = replica.request_batcher
 
             async def ask(rows: int) -> None:
@@ -98,16 +71,10 @@ def test_each_answer_says_the_time_of_its_logged_rows(nats_url, tmp_path):
             batcher.lane = None  # the general path
             await ask(2)
             await asyncio.gather(*(ask(rows) for rows in (1, 2, 4, 5)))  # queued together: shared calls
-        finally:
-            replica.stop.set()
-            await asyncio.wait_for(serving, 30)
         assert len(asked) == 7 and len(answered) == 18 and all(said.isdigit() for said in answered.values())
         # each row's time in the log (published at the replica's stop at last)
         logged: dict[bytes, int] = {}
-        info = await client.jetstream().stream_info(subjects.INFERENCE_LOGS_STREAM)
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            stored = await client.jetstream().get_msg(subjects.INFERENCE_LOGS_STREAM, seq)
-            table = expand_runs(pa.ipc.open_stream(pa.py_buffer(stored.data)).read_all())
+        for table in await logged_tables(client):
             rows = np.array(table.column("in.tensor").to_pylist(), np.float32)
             logged.update(zip((row.tobytes() for row in rows), table.column("time").to_pylist(), strict=True))
         await client.close()
@@ -144,13 +111,7 @@ def engine(monkeypatch):
     """The gateway's engine answers every request with a score a row, its meta header and `said` as its time."""
     said: dict[str, str] = {}
 
-    async def request(broker, subject, message, *, token, timeout, reply_model):
-        return STARTING.model_copy(update={"status": "Running"})
-
-    def bus_membership(broker, token, timeout):
-        async def lookup(user_id: str, workspace_id: int):
-            return {"role": "member"}
-        return lookup
+    deployer_says(monkeypatch, RUNNING)
 
     async def ask_engine(runtime, deployment: str, payload: bytes) -> EngineReply:
         rows = from_ipc(payload).num_rows
@@ -158,8 +119,6 @@ def engine(monkeypatch):
         meta = json.dumps({"last_model": "m", "pipeline_version": "v2", "elapsed": [1, 2]})
         return EngineReply({META_HEADER: meta, **said}, to_ipc_stream(pa.table({"dense_1": scores})))
 
-    monkeypatch.setattr(inference, "request", request)
-    monkeypatch.setattr(inference, "bus_membership", bus_membership)
     monkeypatch.setattr(inference, "_ask_engine", ask_engine)
     return said
 

@@ -16,12 +16,12 @@ import asyncpg
 import pytest
 
 from services.auth import app as auth_app
-from services.auth import handlers
 from shared import authz
 from shared.authz import KEY_REFETCH_INTERVAL, VerifierFeed
 from shared.errors import Unavailable
 from shared.service import Runtime
 from shared.settings import Settings
+from tests.unit.auth_start import Broker, start_without_database_or_bus
 from tests.unit.test_authz import jwks, make_token
 
 
@@ -56,12 +56,6 @@ class QuietFeed(VerifierFeed):
         pass
 
 
-class Broker:
-    class config:  # noqa: N801 - the shape of FastStream's broker.config.connection_state.connection
-        class connection_state:  # noqa: N801
-            connection = None
-
-
 class Outbox:
     def __init__(self, *args, **kwargs) -> None:
         pass
@@ -84,12 +78,7 @@ class Outbox:
                                    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")])
 async def test_a_database_that_is_down_before_the_list_was_read_is_a_503_and_read_at_most_once_a_second(
         fails, monkeypatch):
-    async def nothing(*args) -> None:
-        pass
-
-    monkeypatch.setattr(handlers, "bootstrap", nothing)
-    monkeypatch.setattr(handlers, "configure_password_hashing", lambda settings: None)
-    monkeypatch.setattr(auth_app, "VerifierFeed", QuietFeed)
+    start_without_database_or_bus(monkeypatch, QuietFeed)
     monkeypatch.setattr(auth_app, "Outbox", Outbox)
     clock = SimpleNamespace(now=1000.0)
     monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))

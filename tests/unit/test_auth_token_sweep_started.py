@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
-from services.auth import app, handlers, token_sweep
+from services.auth import app, token_sweep
 from shared.service import Runtime
 from shared.settings import Settings
+from tests.unit.auth_start import Broker, start_without_database_or_bus
 
 
 class RecordingPool:
@@ -41,19 +42,8 @@ class IdleFeed:
         pass
 
 
-class Broker:
-    class config:  # noqa: N801 - the shape of FastStream's broker.config.connection_state.connection
-        class connection_state:  # noqa: N801
-            connection = None
-
-
 def test_the_auth_service_starts_its_auth_state_sweep_and_stops_it(monkeypatch):
-    async def nothing(*args) -> None:
-        pass
-
-    monkeypatch.setattr(handlers, "bootstrap", nothing)
-    monkeypatch.setattr(handlers, "configure_password_hashing", lambda settings: None)
-    monkeypatch.setattr(app, "VerifierFeed", IdleFeed)
+    start_without_database_or_bus(monkeypatch, IdleFeed)
     monkeypatch.setattr(token_sweep.AuthStateSweep, "every", 0.01)  # its first round within 10 ms, not an hour
 
     async def scenario() -> None:

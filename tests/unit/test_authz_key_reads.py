@@ -43,6 +43,29 @@ async def _until(condition, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+def _feed_of_a_failing_list(monkeypatch, failure: str):
+    """A verifier and its feed (not started) on a clock of the test's (`clock.now`, from 1000.0), whose revocation list
+    reads (their times kept in `reads`) raise Unavailable(`failure`) while `down[0]`; the keys always read; the
+    poll's own retry is not within the test."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
+    monkeypatch.setattr(authz, "STARTUP_RETRY", 3600.0)
+    reads: list[float] = []
+    down = [True]
+
+    async def keys():
+        return jwks(KEY, "k1")
+
+    async def fetch():
+        reads.append(clock.now)
+        if down[0]:
+            raise Unavailable(failure)
+        return Revocations(users={})
+
+    verifier = TokenVerifier(SETTINGS, keys)
+    return clock, reads, down, verifier, VerifierFeed(verifier, fetch, 20.0)
+
+
 async def test_the_poll_reads_the_keys_when_never_read_or_old_not_at_every_poll(monkeypatch):
     """Ten services polling every 20 s each read the JWKS after each poll (a query of auth's database each), keys
     changed or not. Now: once at the start (never read), then only once they are KEY_MAX_AGE old; a key gone from
@@ -400,23 +423,8 @@ async def test_a_failed_first_read_of_the_feed_counts_towards_the_interval_for_t
     failed reads did not count towards KEY_REFETCH_INTERVAL (session 34 counted the tokens' own only), so a token
     right after a failed poll read the failing list again. Now it is refused 503 without a read within the interval
     after any failed read, the poll's too, and reads once the interval has passed."""
-    clock = SimpleNamespace(now=1000.0)
-    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
-    monkeypatch.setattr(authz, "STARTUP_RETRY", 3600.0)  # the poll's own retry not within the test
     monkeypatch.setattr(authz, "STARTUP_GRACE", 0.0)  # past the start: the poll's failures count
-    reads, down = [], [True]
-
-    async def keys():
-        return jwks(KEY, "k1")
-
-    async def fetch():
-        reads.append(clock.now)
-        if down[0]:
-            raise Unavailable("auth's database did not answer")
-        return Revocations(users={})
-
-    verifier = TokenVerifier(SETTINGS, keys)
-    feed = VerifierFeed(verifier, fetch, 20.0)
+    clock, reads, down, verifier, feed = _feed_of_a_failing_list(monkeypatch, "auth's database did not answer")
     await feed.start(Bus())  # its first read fails
     try:
         assert reads == [1000.0] and not verifier.revocations_read
@@ -492,22 +500,7 @@ async def test_a_failed_start_up_poll_does_not_refuse_the_tokens_after_it(monkey
     """Within STARTUP_GRACE of the feed's start auth not answering is the stack starting: a token right after the
     poll's failed first read reads the list itself (refused 503 for a second after each failed start-up poll, the
     first requests after a healthy stack start failed: session 35's bench and integration set-ups)."""
-    clock = SimpleNamespace(now=1000.0)
-    monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
-    monkeypatch.setattr(authz, "STARTUP_RETRY", 3600.0)  # the poll's own retry not within the test
-    reads, down = [], [True]
-
-    async def keys():
-        return jwks(KEY, "k1")
-
-    async def fetch():
-        reads.append(clock.now)
-        if down[0]:
-            raise Unavailable("auth is not running")
-        return Revocations(users={})
-
-    verifier = TokenVerifier(SETTINGS, keys)
-    feed = VerifierFeed(verifier, fetch, 20.0)
+    clock, reads, down, verifier, feed = _feed_of_a_failing_list(monkeypatch, "auth is not running")
     await feed.start(Bus())  # its first read fails: auth not up yet
     try:
         assert reads == [1000.0] and not verifier.revocations_read

@@ -19,16 +19,14 @@ import pyarrow as pa
 import pytest
 
 import services.engine.handlers
-from services.engine.replica import Replica, Step, first_step_narrowing
-from services.engine.runtimes import OnnxRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
 from shared.bus import ERROR_HEADER
 from shared.logrecords import ATTEMPT, REQUEST_ID
-from shared.settings import Settings
 from shared.table_transport import TABLE_REF
 from tests.local_nats import local_nats_server
-from tests.models import ccfraud_onnx, sample_rows
+from tests.models import sample_rows
+from tests.unit.replica_world import ccfraud_replica, until_status_answers
 
 
 @pytest.fixture
@@ -56,42 +54,20 @@ class Store:
 
 def _serve(nats_url, tmp_path, store: Store, test) -> None:
     """A non-batched replica whose every answer goes by reference to `store`; `test(caller, request)` runs on it."""
-    model = tmp_path / "model.onnx"
-    model.write_bytes(ccfraud_onnx())
-    settings = Settings(nats={"url": nats_url}, stack={"data_dir": tmp_path / "data"})
-    spec = {"deployment": {"name": "failing", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
-            "steps": [{"kind": "ModelInference", "models": [{"name": "ccfraud", "model_version": "1", "sha": "abc",
-                                                            "runtime": "onnx"}]}],
-            "engine_config": {"batch_max_delay_ms": -1}}  # not batched: the `infer` callback
     request = to_ipc_stream(pa.table({"tensor": tensor_array(sample_rows(2).astype(np.float64))}))
     status = subjects.engine_replica_status("failing", "r1")
 
     async def main():
-        from nats.js.api import StreamConfig
-
         caller = await nats.connect(nats_url, inbox_prefix="_INBOX.gateway")
-        await caller.jetstream().add_stream(StreamConfig(name=subjects.INFERENCE_LOGS_STREAM,
-                                                         subjects=list(subjects.INFERENCE_LOGS_SUBJECTS)))
-        replica = Replica(spec, "r1", settings)
-        runtime = OnnxRuntime(model)
-        runtime.load()
-        replica.steps = [Step(spec["steps"][0], [runtime])]
-        replica.narrowing = first_step_narrowing(replica.steps)
-        serving = asyncio.create_task(replica.serve())
         try:
-            while True:  # serving once its status subject answers
-                assert not serving.done()
-                try:
-                    await caller.request(status, b"{}", timeout=1)
-                    break
-                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                    await asyncio.sleep(0.05)
-            assert getattr(replica, "request_batcher", None) is None
-            replica.store = store  # after serve() handed its own (none) to the log batcher
-            await test(caller, request)
+            # not batched: the `infer` callback
+            async with ccfraud_replica(caller, nats_url, tmp_path, "failing", {"batch_max_delay_ms": -1}) as (
+                    replica, serving):
+                await until_status_answers(caller, status, serving)
+                assert getattr(replica, "request_batcher", None) is None
+                replica.store = store  # after serve() handed its own (none) to the log batcher
+                await test(caller, request)
         finally:
-            replica.stop.set()
-            await asyncio.wait_for(serving, 30)
             await caller.close()
 
     asyncio.run(main())

@@ -21,14 +21,12 @@ import pytest
 
 import services.engine.answers
 import shared.raw_bus
-from services.engine.replica import Replica, Step, first_step_narrowing
-from services.engine.runtimes import OnnxRuntime
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
-from shared.logrecords import REQUEST_ID, expand_runs
-from shared.settings import Settings
+from shared.logrecords import REQUEST_ID
 from tests.local_nats import local_nats_server, subscribed
-from tests.models import ccfraud_onnx, sample_rows
+from tests.models import sample_rows
+from tests.unit.replica_world import ccfraud_replica, logged_tables, until_status_answers
 
 ELSEWHERE = ("events.pipeline.x", "logs.inference.x", "registry.models.list", "_INBOXES.x", "x._INBOX.y")
 """Reply subjects a caller names that are no caller's inbox."""
@@ -55,23 +53,12 @@ def _warnings(caplog, subject: str) -> list[str]:
 def test_a_replica_answers_no_subject_but_an_inbox(nats_url, tmp_path, caplog, monkeypatch, batched):
     caplog.set_level(logging.WARNING)
     monkeypatch.setattr(services.engine.answers, "SLOW", 0.0)  # every answer kept for a re-sent attempt
-    model = tmp_path / "model.onnx"
-    model.write_bytes(ccfraud_onnx())
-    settings = Settings(nats={"url": nats_url}, stack={"data_dir": tmp_path / "data"})
-    spec = {"deployment": {"name": "elsewhere", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
-            "steps": [{"kind": "ModelInference", "models": [{"name": "ccfraud", "model_version": "1", "sha": "abc",
-                                                            "runtime": "onnx"}]}],
-            "engine_config": {} if batched else {"batch_max_delay_ms": -1}}
     request = to_ipc_stream(pa.table({"tensor": tensor_array(sample_rows(1).astype(np.float64))}))
     infer, status = subjects.engine_infer("elsewhere"), subjects.engine_replica_status("elsewhere", "r1")
 
     async def main():
-        from nats.js.api import StreamConfig
-
         caller = await nats.connect(nats_url, inbox_prefix="_INBOX.gateway")
         listener = await nats.connect(nats_url)
-        await caller.jetstream().add_stream(StreamConfig(name=subjects.INFERENCE_LOGS_STREAM,
-                                                         subjects=list(subjects.INFERENCE_LOGS_SUBJECTS)))
         seen: list = []
 
         async def keep(msg) -> None:
@@ -80,20 +67,9 @@ def test_a_replica_answers_no_subject_but_an_inbox(nats_url, tmp_path, caplog, m
         for subject in ELSEWHERE:
             await listener.subscribe(subject, cb=keep)
         await subscribed(listener)  # listening before anything is asked: else `seen == []` could pass without it
-        replica = Replica(spec, "r1", settings)
-        runtime = OnnxRuntime(model)
-        runtime.load()
-        replica.steps = [Step(spec["steps"][0], [runtime])]  # as load() builds them, without an object store
-        replica.narrowing = first_step_narrowing(replica.steps)
-        serving = asyncio.create_task(replica.serve())
-        try:
-            while True:  # serving once its status subject answers (subscribed after the infer one)
-                assert not serving.done()
-                try:
-                    await caller.request(status, b"{}", timeout=1)
-                    break
-                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                    await asyncio.sleep(0.05)
+        async with ccfraud_replica(caller, nats_url, tmp_path, "elsewhere",
+                                   {} if batched else {"batch_max_delay_ms": -1}) as (replica, serving):
+            await until_status_answers(caller, status, serving)
             assert (getattr(replica, "request_batcher", None) is not None) == batched
             answered_id = uuid.uuid4().hex
             for reply in ELSEWHERE:
@@ -116,16 +92,8 @@ def test_a_replica_answers_no_subject_but_an_inbox(nats_url, tmp_path, caplog, m
             for subject in (infer, status):
                 warned = _warnings(caplog, subject)
                 assert len(warned) == 1 and ELSEWHERE[0] in warned[0] and "not run, nothing answered" in warned[0]
-        finally:
-            replica.stop.set()
-            await asyncio.wait_for(serving, 30)
         # one record logged: the answered request's
-        info = await caller.jetstream().stream_info(subjects.INFERENCE_LOGS_STREAM)
-        logged = 0
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            stored = await caller.jetstream().get_msg(subjects.INFERENCE_LOGS_STREAM, seq)
-            logged += expand_runs(pa.ipc.open_stream(pa.py_buffer(stored.data)).read_all()).num_rows
-        assert logged == 1
+        assert sum(table.num_rows for table in await logged_tables(caller)) == 1
         await caller.close()
         await listener.close()
 

@@ -21,7 +21,6 @@ import orjson
 import pyarrow as pa
 import pytest
 
-import services.gateway.inference as inference
 from services.engine import handlers
 from services.engine.handlers import run_awaiting_workers
 from services.engine.replica import Replica
@@ -33,7 +32,7 @@ from shared.raw_bus import ERROR_HEADER
 from shared.table_transport import META_HEADER, SHADOWS_HEADER, SHADOWS_INLINE
 from tests.unit.test_engine_nan_rows_after_step import StepStandIn, pipeline  # noqa: F401 - the fixture
 from tests.unit.test_engine_shadows_inline import _infer
-from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING, _engine
+from tests.unit.test_gateway_route_starting import ALICE, RUNNING, RUNTIME, _engine, deployer_says
 
 REFUSAL = ("step 'prep' returned {n} rows for a request of 3: a pipeline answers one row for each row of the request "
            "(the answer and the inference log pair them); a step may drop or add rows for the steps after it, but "
@@ -133,16 +132,7 @@ def test_the_engine_s_words_without_a_step_are_the_gateway_s():
 
 
 async def test_the_gateway_refuses_an_answer_of_other_rows_in_every_format(monkeypatch):
-    async def request(broker, subject, message, *, token, timeout, reply_model):
-        return STARTING.model_copy(update={"status": "Running"})
-
-    def bus_membership(broker, token, timeout):
-        async def lookup(user_id: str, workspace_id: int):
-            return {"role": "member"}
-        return lookup
-
-    monkeypatch.setattr(inference, "request", request)
-    monkeypatch.setattr(inference, "bus_membership", bus_membership)
+    deployer_says(monkeypatch, RUNNING)
 
     async def two_rows(payload: bytes) -> EngineReply:
         return EngineReply({META_HEADER: "{}"}, to_ipc_stream(pa.table({"y": pa.array([2.0, 3.0])})))

@@ -26,18 +26,19 @@ STARTING = DeploymentRoute(deployment_id=1, name="d", pipeline_name="p", workspa
                            pipeline_version="v2", input_schema=None, batchable=False)
 RUNTIME = SimpleNamespace(broker=None, settings=SimpleNamespace(nats=SimpleNamespace(request_timeout=1.0),
                                                                 gateway=SimpleNamespace(max_body_bytes=1 << 20)))
+RUNNING = STARTING.model_copy(update={"status": "Running"})
 ALICE = Principal(subject="alice", kind="user", admin=False, client_id="c", username="alice", issued_at=0.0)
 
 
-@pytest.fixture
-def deployer(monkeypatch) -> list[str]:
-    """The deployer answers every resolve "Starting"; alice is a member of workspace 1. Returns the names resolved."""
+def deployer_says(monkeypatch, route: DeploymentRoute) -> list[str]:
+    """The gateway's deployer answers every resolve with `route`; alice is a member of every workspace (the bus's
+    answers in services/gateway/inference.py replaced). Returns the names resolved."""
     resolved: list[str] = []
 
     async def request(broker, subject, message, *, token, timeout, reply_model):
         resolved.append(message.name)
         await asyncio.sleep(0)
-        return STARTING
+        return route
 
     def bus_membership(broker, token, timeout):
         async def lookup(user_id: str, workspace_id: int):
@@ -47,6 +48,12 @@ def deployer(monkeypatch) -> list[str]:
     monkeypatch.setattr(inference, "request", request)
     monkeypatch.setattr(inference, "bus_membership", bus_membership)
     return resolved
+
+
+@pytest.fixture
+def deployer(monkeypatch) -> list[str]:
+    """The deployer answers every resolve "Starting"; alice is a member of workspace 1. Returns the names resolved."""
+    return deployer_says(monkeypatch, STARTING)
 
 
 def _engine(monkeypatch, answer) -> list[bytes]:

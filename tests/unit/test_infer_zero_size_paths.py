@@ -28,7 +28,7 @@ from shared.arrow_codec import from_ipc, tensor_array, to_ipc_file, to_ipc_strea
 from shared.logrecords import seed_rows
 from tests.models import zero_size_onnx
 from tests.unit.test_engine_fast_lane import Pipeline, _general
-from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING
+from tests.unit.test_gateway_route_starting import ALICE, RUNNING, RUNTIME, deployer_says
 
 ARROW = "application/vnd.apache.arrow.stream"
 ROWS = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -59,20 +59,12 @@ def test_the_engine_answers_it_alike_on_both_paths(pipeline, lane):
 def engine(monkeypatch, lane, pipeline):
     """The gateway's engine: the replica's answer (the fast lane's, else the general path's: a loop of its own, as
     the replica's) to the bytes sent."""
-    async def request(broker, subject, message, *, token, timeout, reply_model):
-        return STARTING.model_copy(update={"status": "Running"})
-
-    def bus_membership(broker, token, timeout):
-        async def lookup(user_id: str, workspace_id: int):
-            return {"role": "member"}
-        return lookup
+    deployer_says(monkeypatch, RUNNING)
 
     async def ask_engine(runtime, deployment: str, payload: bytes) -> EngineReply:
         answer = lane.answer(payload, time.perf_counter_ns()) or await asyncio.to_thread(_general, pipeline, payload)
         return EngineReply(dict(answer.headers), answer.body)
 
-    monkeypatch.setattr(inference, "request", request)
-    monkeypatch.setattr(inference, "bus_membership", bus_membership)
     monkeypatch.setattr(inference, "_ask_engine", ask_engine)
 
 
