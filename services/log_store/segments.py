@@ -9,7 +9,13 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from shared.lean_imports import lazy_module
-from shared.log_segments import POS, TENSOR, _unpacked_type, encode_segment, unpack_tensors  # noqa: F401 - the layout both writers share
+from shared.log_segments import (  # noqa: F401 - the layout both writers share
+    POS,
+    TENSOR,
+    encode_segment,
+    unpack_schema,
+    unpack_tensors,
+)
 from shared.log_segments import unwritable as _unwritable
 from shared.logrecords import META_DROPPED, schema_fingerprint
 from shared.objectstore import BUCKET_LOGS, MinioObjectStore, RangedFile
@@ -51,22 +57,6 @@ def _fetch_ranges(objects: MinioObjectStore, key: str, ranges: list[tuple[int, i
 
     with ThreadPoolExecutor(PARALLEL_GETS) as pool:
         return list(pool.map(one, ranges))
-
-
-def unpack_schema(schema: pa.Schema) -> pa.Schema:
-    """The schema `unpack_tensors` gives a segment's table of this schema, field by field (its packed tensors as
-    fixed-size lists again). It built an empty table and unpacked it: ~170 us of the ~270 the first
-    SegmentReader.fingerprint of each segment took, now ~10 us (tests/unit/test_log_segments_unpack_schema.py holds
-    it equal to that table's schema)."""
-    fields = []
-    for field in schema:
-        found = _unpacked_type(field)
-        if found is None:
-            fields.append(field)
-            continue
-        metadata = {k: v for k, v in (field.metadata or {}).items() if k != TENSOR} or None
-        fields.append(pa.field(field.name, found[2], field.nullable, metadata))
-    return pa.schema(fields, metadata=schema.metadata)
 
 
 def _encodes(column: pa.ChunkedArray, name: str) -> bool:

@@ -1,9 +1,9 @@
-"""services/log_store/segments.py unpack_schema: the schema a page reads from a segment's Parquet schema (packed tensor
-columns as fixed-size lists again), behind SegmentReader.fingerprint (once per segment a page meets) and a read of no
-row group. It built an empty table and ran unpack_tensors over it (~170 us of the ~270 us of each segment's first
-fingerprint); it is now worked out field by field, held here equal to what unpack_tensors gives a table of that
-schema, for tensors of several types and shapes, plain fields, field and schema metadata, non-nullable fields, and
-a real segment's schema."""
+"""shared/log_segments.py unpack_schema (the log store's pages, services/log_store/segments.py): the schema a page reads
+from a segment's Parquet schema (packed tensor columns as fixed-size lists again), behind SegmentReader.fingerprint
+(once per segment a page meets) and a read of no row group. It built an empty table and ran unpack_tensors over it (~170
+us of the ~270 us of each segment's first fingerprint); it is now worked out field by field, held here equal to what
+unpack_tensors gives a table of that schema, for tensors of several types and shapes, plain fields, field and schema
+metadata, non-nullable fields, and a real segment's schema."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import shared.log_segments
 from services.log_store import segments
 from shared.arrow_codec import tensor_array
 from shared.log_segments import POS, TENSOR, encode_segment, unpack_tensors
@@ -55,5 +56,6 @@ def test_no_table_is_built_for_it(monkeypatch):
     def refuse(table):
         raise AssertionError("unpack_schema built a table and unpacked it")
 
+    monkeypatch.setattr(shared.log_segments, "unpack_tensors", refuse)
     monkeypatch.setattr(segments, "unpack_tensors", refuse)
     assert [field.name for field in segments.unpack_schema(SCHEMAS[0])] == [field.name for field in SCHEMAS[0]]
