@@ -436,7 +436,8 @@ class Pipeline(Resource):
 
     def create_assay(self, name: str, iopath: str, **config: Any) -> Assay:
         """Create a scheduled drift assay on a logged field (`iopath` like `"output dense_1 0"`); keyword
-        arguments are those of `run_assay`."""
+        arguments are those of `run_assay`. `name` is unique in the pipeline: a name one of its assays has already
+        raises `Conflict` (409) and nothing is created."""
         if self.id is None:
             self.refresh()
         body = assay_config(name, self, iopath, **config)

@@ -35,7 +35,7 @@ from services.assay_runner.outbox import Outbox
 from shared import paging, subjects
 from shared.authz import MembershipLookup, Principal, require_member
 from shared.bus import read_held_note
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.lean_imports import lazy_module
 from shared.messages.assays import (
     AssayActive,
@@ -408,10 +408,13 @@ async def create(deps: Deps, principal: Principal, token: str | None, cfg: Assay
     first_start = _utc(cfg.window.start) if cfg.window.start else datetime.now(UTC)
     refuse_a_long_backlog(p, first_start, deps.settings.max_windows)
     await _check_pipeline(deps, principal, token, cfg)
+    await _refuse_a_taken_name(deps.pool, cfg)  # before the baseline's reads: a taken name costs nothing
     baseline, bounds, _ = await _baseline(deps, token, p)
     stored = cfg.model_dump(mode="json")
     stored["baseline"] = {kind: spec for kind, spec in stored["baseline"].items() if spec is not None}
     async with deps.pool.acquire() as conn, conn.transaction():  # the assay and its event, or neither
+        await store.lock_name(conn, cfg.pipeline_id, cfg.name)
+        await _refuse_a_taken_name(conn, cfg)  # again under the name's lock: a create of the same name meanwhile
         assay_id = await store.create(
             conn, cfg.workspace_id, cfg.pipeline_id, cfg.pipeline_name, cfg.name, cfg.active, "created",
             stored, cfg.warning_threshold, cfg.alert_threshold, p.width, p.interval,
@@ -437,6 +440,17 @@ async def create(deps: Deps, principal: Principal, token: str | None, cfg: Assay
         except Exception:  # noqa: BLE001, S110 - told by _created_event_sent
             pass
     return AssayCreated(assay_id=assay_id)
+
+
+async def _refuse_a_taken_name(db: asyncpg.Pool | asyncpg.Connection, cfg: AssayConfig) -> None:
+    """An assay's name is unique in its pipeline (decision, December 2026; docs/assays.md, Names): a second create
+    of a name is a 409 `conflict` naming the assay that has it, and nothing is stored. It was accepted, and the
+    pipeline's list, its events and alerts then showed two assays no reader could tell apart by name."""
+    taken = await store.named(db, cfg.pipeline_id, cfg.name)
+    if taken is not None:
+        raise Conflict(f"pipeline {cfg.pipeline_name!r} (id {cfg.pipeline_id}) already has an assay named "
+                       f"{cfg.name!r} (assay {taken}): give this one another name (assay names are unique in a "
+                       "pipeline), or turn that one off or on with assays/set_active")
 
 
 CREATED_EVENT_WAIT = 1.0

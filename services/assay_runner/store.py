@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import lock_text
+from shared.db import lock_text, xact_lock
 from shared.outbox import add_event, event_failed, event_sent, unsent_events  # noqa: F401 - the outbox table's (outbox.py)
 
 ASSAY_LOCK = "assay_runner.assay"
@@ -28,6 +28,23 @@ async def create(pool: asyncpg.Pool, workspace_id: int, pipeline_id: int, pipeli
         "created_by) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14::jsonb, $15) "
         "RETURNING id", workspace_id, pipeline_id, pipeline_name, name, active, status, json.dumps(config), warning,
         alert, width, interval, run_until, next_run, json.dumps(baseline_summary), created_by)
+
+
+NAME_LOCK = "assay_runner.assay_name"
+"""The advisory lock space of "creating an assay of this name in this pipeline" (two creates of one name wait)."""
+
+
+async def named(db: asyncpg.Pool | asyncpg.Connection, pipeline_id: int, name: str) -> int | None:
+    """The id of the pipeline's assay named `name` (names are unique per pipeline), or None."""
+    return await db.fetchval("SELECT id FROM assays WHERE pipeline_id = $1 AND name = $2 ORDER BY id LIMIT 1",
+                             pipeline_id, name)
+
+
+async def lock_name(conn: asyncpg.Connection, pipeline_id: int, name: str) -> None:
+    """Hold the name's lock in the pipeline until the transaction ends: a create checks the name under it, so two
+    creates of one name at once store one assay (a unique index would refuse the rows of a database created before
+    names were unique)."""
+    await xact_lock(conn, NAME_LOCK, pipeline_id, name)
 
 
 async def get(pool: asyncpg.Pool, assay_id: int) -> asyncpg.Record | None:

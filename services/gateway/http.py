@@ -185,7 +185,8 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
     ("/pipelines/set_log_retention", subjects.LOG_STORE_SET_RETENTION, logm.SetLogRetention, logm.LogRetention,
      "Keep a pipeline's inference logs this many days (Railyard)."),
     ("/assays/create", subjects.ASSAYS_CREATE, asy.NewAssayConfig, asy.AssayCreated,
-     "Create an assay on a pipeline's logged field (it runs by itself while active)."),
+     "Create an assay on a pipeline's logged field (it runs by itself while active; a name the pipeline's "
+     "assays have already is 409)."),
     ("/assays/list", subjects.ASSAYS_LIST, asy.ListAssays, list[dict[str, Any]], "List a pipeline's assays.", "assays"),
     ("/assays/set_active", subjects.ASSAYS_SET_ACTIVE, asy.SetAssayActive, asy.AssayActive,
      "Activate or deactivate an assay."),

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import nats as nats_client
@@ -215,6 +216,34 @@ def test_an_over_long_name_or_iopath_is_400_and_nothing_is_stored(stack, alice, 
     assert created.status_code == 200, created.text
     [listed] = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline_id}).json()
     assert listed["id"] == created.json()["assay_id"] and listed["name"] == "n" * 255
+
+
+def test_a_second_assay_of_a_name_in_a_pipeline_is_409_and_nothing_is_stored(stack, alice, drifted):
+    """An assay's name is unique in its pipeline, as Wallaroo's assay names are unique (docs/assays.md, Names): a
+    second create of the name, one after the other or two at once, is a 409 `conflict` naming the assay that has
+    it, and the list keeps one. Before, both were stored and listed, indistinguishable by name. Another pipeline
+    may use the name."""
+    body = config(alice, drifted["pipeline"], "drift", fixed(drifted), None, "1 hours")
+    pipeline_id = drifted["pipeline"]["pipeline_pk_id"]
+    first = post(stack, "assays/create", alice.token, body)
+    assert first.status_code == 200, first.text
+    assay_id = first.json()["assay_id"]
+    again = post(stack, "assays/create", alice.token, {**body, "iopath": "input tensor 1", "alert_threshold": 0.5})
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == "conflict", again.text
+    assert f"already has an assay named 'drift' (assay {assay_id})" in again.json()["msg"], again.text
+    both = [{**body, "name": "twice"}] * 2
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda b: post(stack, "assays/create", alice.token, b), both))
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    listed = post(stack, "assays/list", alice.token, {"pipeline_id": pipeline_id}).json()
+    assert sorted(a["name"] for a in listed) == ["drift", "twice"], listed
+    other = f"other{uuid.uuid4().hex[:6]}"
+    created = post(stack, "pipelines/create", alice.token, {"pipeline_id": other, "workspace_id": alice.workspace_id,
+                                                            "definition": {}}).json()
+    elsewhere = config(alice, {**created, "name": other}, "drift", {"Static": {"values": [0.0, 1.0, 2.0, 3.0]}},
+                       None, "1 hours")
+    assert post(stack, "assays/create", alice.token, elsewhere).status_code == 200  # another pipeline's "drift"
 
 
 def test_outsiders_get_404(stack, alice, bob, drifted):

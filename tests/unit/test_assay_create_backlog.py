@@ -66,6 +66,8 @@ def stored(monkeypatch) -> list[Any]:
     monkeypatch.setattr(handlers, "_baseline", baseline)
     monkeypatch.setattr(handlers.store, "create", create)
     monkeypatch.setattr(handlers.store, "add_event", nothing)
+    monkeypatch.setattr(handlers.store, "named", nothing)  # no assay of that name yet
+    monkeypatch.setattr(handlers.store, "lock_name", nothing)
     return kept
 
 

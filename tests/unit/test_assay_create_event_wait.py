@@ -67,6 +67,8 @@ async def test_create_answers_while_the_outbox_is_slow_and_the_event_still_goes(
     monkeypatch.setattr(handlers, "_baseline", baseline)
     monkeypatch.setattr(handlers.store, "create", create)
     monkeypatch.setattr(handlers.store, "add_event", nothing)
+    monkeypatch.setattr(handlers.store, "named", nothing)  # no assay of that name yet (both creates)
+    monkeypatch.setattr(handlers.store, "lock_name", nothing)
     monkeypatch.setattr(handlers, "CREATED_EVENT_WAIT", 0.2, raising=False)
     outbox = Outbox()
     deps = handlers.Deps(pool=Pool(), settings=AssaySettings(), membership=None, read_field=None,  # type: ignore[arg-type]
