@@ -57,6 +57,23 @@ def find_model_classes(script: Path) -> list[str]:
     return sorted(found)
 
 
+NEEDS = ("railyard-ml serves a class of the script that extends LabelStudioMLBase (`from railyard_ml import "
+         "LabelStudioMLBase`, or label_studio_ml.model's), directly or through another class of the same script, "
+         "and defines predict(self, tasks, context=None, **kwargs) (and fit(self, event, data, **kwargs) to "
+         "train): add one, e.g. `class MyModel(LabelStudioMLBase):` with your predict, or give --script the file "
+         "that has it")
+"""What `init` looks for in a script, said when it finds no such class (docs/ml-backend.md, railyard-ml init)."""
+
+
+def _classes_said(script: Path) -> str:
+    """The script's top-level classes with the bases they were read with, for the refusal of a script that has no
+    LabelStudioMLBase class: a class with predict but the wrong base shows why it was not taken."""
+    tree = ast.parse(script.read_text(), filename=str(script))
+    found = [f"{node.name}({', '.join(ast.unparse(b) for b in node.bases)})" if node.bases else node.name
+             for node in tree.body if isinstance(node, ast.ClassDef)]
+    return f"its classes: {', '.join(found)}" if found else "it defines no class"
+
+
 def fail(message: str) -> None:
     typer.echo(f"railyard-ml: {message}", err=True)
     raise typer.Exit(2)
@@ -90,12 +107,16 @@ def init(
         classes = find_model_classes(source)
     except SyntaxError as exc:
         fail(f"{source} is not valid Python: {exc}")
+    if not classes:
+        # it said "has 0 classes ... (none): name one as x.py:ClassName", which naming one could not help
+        fail(f"{source} has no class extending LabelStudioMLBase ({_classes_said(source)}). {NEEDS}")
     if model_class and model_class not in classes:
-        fail(f"{source} has no class {model_class} extending LabelStudioMLBase (found: {', '.join(classes) or 'none'})")
+        fail(f"{source} has no class {model_class} extending LabelStudioMLBase (found: {', '.join(classes)}): "
+             f"name one of those as {source}:ClassName")
     if not model_class:
         if len(classes) != 1:
             fail(f"{source} has {len(classes)} classes extending LabelStudioMLBase "
-                 f"({', '.join(classes) or 'none'}): name one as {source}:ClassName")
+                 f"({', '.join(classes)}): name the one to serve as {source}:ClassName")
         model_class = classes[0]
     if folder.exists():
         if not force:

@@ -150,6 +150,26 @@ def test_init_and_start_refuse_with_a_reason(tmp_path):
     assert json.loads((tmp_path / "x" / "railyard-ml.json").read_text())["model_class"] == "A"
 
 
+def test_init_of_a_script_with_no_backend_class_says_what_it_looks_for_and_what_to_do(tmp_path):
+    """A script with no class extending LabelStudioMLBase: `init` says what it looked for (such a class, with
+    predict and fit), what the script has instead (a class with predict on another base shows why it was not
+    taken) and what to do. It said "has 0 classes extending LabelStudioMLBase (none): name one as x.py:ClassName",
+    and naming one only led to "no class X"."""
+    plain = tmp_path / "plain.py"
+    plain.write_text("import json\n\ndef predict(tasks):\n    return []\n")
+    other_base = tmp_path / "other_base.py"
+    other_base.write_text("class Base:\n    pass\n\nclass Model(Base):\n    def predict(self, tasks):\n"
+                          "        return []\n")
+    for script, has in ((plain, "(it defines no class)"), (other_base, "(its classes: Base, Model(Base))")):
+        answer = run("init", str(tmp_path / "x"), "--script", str(script))
+        assert answer.returncode == 2, answer.stderr
+        said = " ".join(answer.stderr.split())
+        assert f"{script} has no class extending LabelStudioMLBase {has}" in said, said
+        assert "from railyard_ml import LabelStudioMLBase" in said and "defines predict(self, tasks" in said, said
+        assert "class MyModel(LabelStudioMLBase):" in said and "0 classes" not in said, said
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_script_that_does_not_import_is_a_users_error_naming_its_line(tmp_path):
     """A backend script that is not valid Python or raises when imported (no GPU, a model file missing, a module of
     its folder failing): `start`, `deploy railyard` and the folder's `_wsgi.py` ended in a (rich) traceback with exit
