@@ -58,6 +58,26 @@ def test_text_classifier_learns_from_annotations(model_dir):
     assert Path(output["model_file"]).exists() and sorted(output["labels"]) == ["Negative", "Positive"]
 
 
+def test_text_classifier_refuses_a_task_without_text_with_a_400_naming_the_field(model_dir):
+    """A task whose data has no `text` (the config's <Text value="$text">) is the request's fault: 400
+    `invalid_request` saying which task and which field, not the 500 model_error it was (scikit-learn's
+    "AttributeError: 'NoneType' object has no attribute 'lower'"). A good task still gets its prediction."""
+    with serve(init_app(TextClassifier, model_dir=model_dir)) as url:
+        project = "4.1764547200"
+        cases = [({"id": 7, "data": {"body": "great"}}, "task 1 (id 7) has no text to classify: it needs data.text "
+                  "as a string (the labeling config's <Text value=\"$text\">); its data has 'body'"),
+                 ({"id": 8, "data": {"text": 5}}, "task 1 (id 8) has no text to classify: it needs data.text as a "
+                  "string (the labeling config's <Text value=\"$text\">); data.text is int")]
+        for task, said in cases:
+            answer = httpx.post(f"{url}/predict", json={"tasks": [{"id": 1, "data": {"text": "fine"}}, task],
+                                                        "project": project, "label_config": TEXT_CONFIG})
+            assert answer.status_code == 400, answer.text
+            assert answer.json() == {"code": "invalid_request", "msg": said}
+        good = httpx.post(f"{url}/predict", json={"tasks": [{"id": 1, "data": {"text": "great"}}],
+                                                  "project": project, "label_config": TEXT_CONFIG})
+        assert good.status_code == 200 and len(good.json()["results"]) == 1, good.text
+
+
 IMAGE_CONFIG = """<View>
   <Image name="image" value="$image"/>
   <Choices name="colour" toName="image"><Choice value="Red"/><Choice value="Blue"/></Choices>

@@ -11,6 +11,7 @@ import uuid
 
 import numpy as np
 from railyard_ml import LabelStudioMLBase
+from railyard_ml.errors import InvalidRequest
 from railyard_ml.utils import DATA_UNDEFINED_NAME
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -42,8 +43,25 @@ class TextClassifier(LabelStudioMLBase):
         self.model = make_pipeline(TfidfVectorizer(ngram_range=(1, 3), token_pattern=r"(?u)\b\w\w+\b|\w"),
                                    LogisticRegression(C=10))
 
+    def text_of(self, task, index):
+        """The task's text (its data's `self.value` key, the labeling config's <Text value="$...">): a task without
+        one is the request's fault, a 400 `invalid_request` saying which field is missing (it was a 500 model_error
+        from deep in scikit-learn: "AttributeError: 'NoneType' object has no attribute 'lower'")."""
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict):
+            raise InvalidRequest(f"task {index} (id {task.get('id') if isinstance(task, dict) else None}) has no "
+                                 f"'data' object: send the text to classify as data.{self.value}")
+        text = data.get(self.value, data.get(DATA_UNDEFINED_NAME))
+        if not isinstance(text, str):
+            had = f"data.{self.value} is {type(text).__name__}" if self.value in data else (
+                f"its data has {', '.join(map(repr, data)) or 'no keys'}")
+            raise InvalidRequest(f"task {index} (id {task.get('id')}) has no text to classify: it needs "
+                                 f"data.{self.value} as a string (the labeling config's "
+                                 f"<Text value=\"${self.value}\">); {had}")
+        return text
+
     def predict(self, tasks, **kwargs):
-        texts = [task["data"].get(self.value) or task["data"].get(DATA_UNDEFINED_NAME) for task in tasks]
+        texts = [self.text_of(task, index) for index, task in enumerate(tasks)]
         probabilities = self.model.predict_proba(texts)
         best = np.argmax(probabilities, axis=1)
         scores = probabilities[np.arange(len(best)), best]
@@ -58,11 +76,11 @@ class TextClassifier(LabelStudioMLBase):
 
     def fit(self, annotations, workdir=None, **kwargs):
         texts, labels = [], []
-        for task in annotations:
+        for index, task in enumerate(annotations):
             for annotation in task.get("annotations", []):
                 if annotation.get("skipped") or annotation.get("was_cancelled") or not annotation.get("result"):
                     continue
-                texts.append(task["data"].get(self.value) or task["data"].get(DATA_UNDEFINED_NAME))
+                texts.append(self.text_of(task, index))
                 labels.append(annotation["result"][0]["value"]["choices"][0])
         if len(set(labels)) < 2:
             return None  # a classifier needs two labels: nothing learned yet, the current model keeps serving
