@@ -746,12 +746,6 @@ def select_columns(names: list[str], dataset: list[str], exclude: list[str]) -> 
     return [n for n in kept if n == TIME or not any(matches(n, s) for s in exclude)]
 
 
-def _leaf_type(data_type: pa.DataType) -> pa.DataType:
-    while pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type):
-        data_type = data_type.value_type
-    return data_type
-
-
 def _narrow_scalars(value: Any, dtype: np.dtype) -> Any:
     """A to_pylist value (nested lists, None) with its floats as numpy scalars of `dtype`."""
     if isinstance(value, list):
@@ -777,17 +771,22 @@ def _lists() -> frozenset[int]:
         pa.large_list_view(pa.int8())))
 
 
-def _holds_narrow_floats(data_type: pa.DataType) -> bool:
-    """A float32 or float16 anywhere in the type: lists' values, structs' fields, maps' keys and items, dictionaries'
-    values (union, run-end encoded and extension types are not looked into: they print as to_pylist does)."""
+def _narrow_floats(data_type: pa.DataType) -> np.dtype | bool:
+    """Where a float32 or float16 is in the type, in one walk: its numpy dtype when the type is one or lists (of
+    lists ...) of one, whose values `_narrow_scalars` narrows; True when one is elsewhere in it (a struct's field, a
+    map's key or item, a dictionary's values, at any depth: `_narrow_typed` narrows by the type); False when none
+    is (union, run-end encoded and extension types are not looked into: they print as to_pylist does)."""
+    lists = _lists()
+    while data_type.id in lists:
+        data_type = data_type.value_type
     if pa.types.is_float32(data_type) or pa.types.is_float16(data_type):
-        return True
-    if data_type.id in _lists() or pa.types.is_dictionary(data_type):
-        return _holds_narrow_floats(data_type.value_type)
+        return np.dtype(data_type.to_pandas_dtype())
+    if pa.types.is_dictionary(data_type):
+        return _narrow_floats(data_type.value_type) is not False
     if pa.types.is_struct(data_type):
-        return any(_holds_narrow_floats(field.type) for field in data_type)
+        return any(_narrow_floats(field.type) is not False for field in data_type)
     if pa.types.is_map(data_type):
-        return _holds_narrow_floats(data_type.key_type) or _holds_narrow_floats(data_type.item_type)
+        return _narrow_floats(data_type.key_type) is not False or _narrow_floats(data_type.item_type) is not False
     return False
 
 
@@ -836,11 +835,11 @@ def page_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
             return list(flat.reshape([len(array), *shape]) if shape else flat)
         return _narrow_scalars(array.to_pylist(), np.dtype(kind.to_pandas_dtype()))  # nulls: rare
     if kind.id in _walked():  # variable-size lists (of float32: narrowed), structs, maps, dictionary-encoded columns
-        leaf = _leaf_type(kind)
-        if pa.types.is_float32(leaf) or pa.types.is_float16(leaf):
-            return _narrow_scalars(array.to_pylist(), np.dtype(leaf.to_pandas_dtype()))
-        if _holds_narrow_floats(array.type):  # a float32 in a struct, a map or a dictionary, at any depth
+        narrow = _narrow_floats(kind)
+        if narrow is True:  # a float32 in a struct, a map or a dictionary, at any depth
             return [_narrow_typed(value, array.type) for value in array.to_pylist()]
+        if narrow is not False:  # lists of float32
+            return _narrow_scalars(array.to_pylist(), narrow)
     elif shape and not values.null_count and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
         return values.to_numpy().reshape([len(array), *shape]).tolist()  # column_values' numpy path
     return array.to_pylist()
