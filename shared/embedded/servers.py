@@ -321,6 +321,20 @@ def ensure_database(cfg: StackSettings, secrets: Secrets, name: str = "railyard"
 
 # --- S3 (SeaweedFS) ---------------------------------------------------------------------------
 
+WEED_VOLUME_SIZE_MB = 256  # a volume's size cap (`-master.volumeSizeLimitMB`); a volume file grows as it is written
+WEED_VOLUME_SLOTS = 4096
+"""How many volumes the embedded volume server may hold (`-volume.max`): 1 TiB of 256 MiB volumes, as the embedded
+nats-server's file storage (JETSTREAM_FILE_STORE). With `-volume.max=0` SeaweedFS counts them from the disk free
+(one per 256 MiB free), and the master grows 7 volumes for a bucket at its first write: the platform's 6 buckets
+needed 42 slots, 10.5 GiB free, and on a host with less the later buckets' first writes failed with S3 500s ("No
+writable volumes and no free volumes left") although a stack writes a few hundred MB at most. A volume file is
+created empty and grows with what is written (no preallocation), so a slot costs no disk."""
+WEED_MIN_FREE_SPACE = "512MiB"
+"""Below this much free disk the volume server marks its volumes read-only (`-volume.minFreeSpace`): a write is
+refused, not half-written. SeaweedFS's default is 1 % of the disk's size, which left a stack on a large disk
+that is 99 % full (a 2 TB disk with 15 GB free) unable to store anything; an amount, not a share of the disk."""
+
+
 def _s3_identities(data_dir: Path, secrets: Secrets) -> Path:
     identities = {
         "identities": [{
@@ -373,8 +387,9 @@ def seaweedfs_server(cfg: StackSettings, data_dir: Path, secrets: Secrets) -> Se
             "-master.telemetry=false",
             # a single master needs no raft state; resuming it costs ~12 s of leader election per start
             "-master.resumeState=false",
-            "-master.volumeSizeLimitMB=256",
-            "-volume.max=0",
+            f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_MB}",
+            f"-volume.max={WEED_VOLUME_SLOTS}",
+            f"-volume.minFreeSpace={WEED_MIN_FREE_SPACE}",
             "-volume.preStopSeconds=0",
             "-s3",
             f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3-grpc']}",
