@@ -82,6 +82,7 @@ def free_ports(count: int, with_grpc: set[int] = frozenset()) -> list[int]:
     ports = port_range()
     chosen: list[int] = []
     with _leases_locked() as leases:
+        _drop_ended_leases(leases)
         draws = max(20 * len(ports), 1000)
         while len(chosen) < count:
             draws -= 1
@@ -146,6 +147,21 @@ def _lease_free(leases: Path | None, port: int) -> bool:
     except (OSError, ValueError):
         return True
     return not 0 <= age <= LEASE_SECONDS or not pid_alive(pid)  # a lease from the future would never expire
+
+
+def _drop_ended_leases(leases: Path | None) -> None:
+    """The lease files of ended leases removed (their process gone, or too old), wherever in the folder: a lease is
+    ended by its file's removal only when its stack is stopped by RunningStack.stop, and `make test`'s session stacks
+    are stopped by another process (tests/stack_stop_later.py) after the worker is gone, so each run left ~24 files
+    behind and a CI host running every session's CI gathered them (up to one a port of the range). Called with the
+    folder locked; a few hundred files at most, read in about a millisecond."""
+    if leases is None:
+        return
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(leases):
+            if entry.name.isdigit() and _lease_free(leases, int(entry.name)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _lease(leases: Path | None, port: int) -> None:

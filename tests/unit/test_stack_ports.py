@@ -116,6 +116,24 @@ def test_a_stopped_stack_releases_only_its_own_leases(leases, monkeypatch):
     assert sorted(p.name for p in leases.iterdir() if not p.name.startswith(".")) == [str(start + 3)]
 
 
+def test_ended_leases_are_removed_at_the_next_pick_a_live_ones_kept(leases, monkeypatch):
+    """A lease no stop released (`make test`'s session stacks are stopped after their worker is gone) is removed by
+    the next pick, in or out of its range: the folder holds live leases only, not one file a port ever picked."""
+    start = _free_range(2)
+    monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 1))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leases.mkdir()
+    (leases / "40001").write_text(str(dead.pid))  # its process gone
+    (leases / "40002").write_text("1")  # init's, but older than LEASE_SECONDS
+    old = time.time() - stack.LEASE_SECONDS - 1
+    stack.os.utime(leases / "40002", (old, old))
+    (leases / "40003").write_text("1")  # init's and fresh: live
+    (leases / "notes").write_text("not a lease")
+    assert stack.free_ports(1) == [start]
+    assert {p.name for p in leases.iterdir() if not p.name.startswith(".")} == {"40003", "notes", str(start)}
+
+
 def test_stack_env_leases_every_port_it_picks_with_its_grpc_port(leases):
     env = stack.stack_env(Path("/unused"))
     running = RunningStack(process=subprocess.Popen(["true"]), data_dir=Path("/unused"), env=env, output=Path("/x"))
