@@ -110,7 +110,16 @@ DATA_DIR_MARKED = ".kept-marked"
 use (kept_folders). Before it is there (a data directory of a deployer before session 34), a folder without a marker
 may be a failed deploy's logs: it is adopted (a marker written, kept KEPT_FAILED_FOR from then), not removed. Its
 time is the last sweep's: a process's first sweep adopts the unmarked folders written since (a deployer without the
-markers, run in between, wrote none for its failed deploys)."""
+markers, run in between, wrote none for its failed deploys), unless its RUN_LINE says the deployer before was one with
+the markers that did not stop."""
+RUN_LINE = "Deployer: "
+"""DATA_DIR_MARKED's line saying whether the last deployer with the markers here runs ("running", written by its first
+sweep that had nothing left to adopt) or stopped ("stopped at ...", written by its close(), which sets the file's time
+too). A start that reads "running" follows a deployer with the markers that was killed (between an undeploy's commit
+and the folder's removal, say): it marked its failed deploys at once, so the unmarked folders written since its last
+sweep are its undeploys' leftovers, which the first sweep removes instead of adopting them. A deployer without the
+markers run after it leaves the line as it was: after a stop, what it wrote is newer than the file's time (adopted); a
+deployer with the markers killed, then one without run, then this one: the latter's failed deploys' folders go."""
 KEPT_FAILED_FOR = 7 * 86400.0
 KEPT_FAILED_MAX = 50
 """A failed deploy's kept folder (KEPT_MARKER) of an inactive deployment is removed KEPT_FAILED_FOR seconds after
@@ -259,7 +268,8 @@ class LocalBackend:
         # adopted, whose marker remove_gone takes back from a set that serves under the name (a start that ended
         # while the sweep's thread wrote it)
         self._first_sweep = True
-        self._adopt_since: float | None = None  # folders written since this are adopted (None: none is)
+        self._to_adopt: set[str] = set()  # the first sweep's to adopt whose marker could not be written: retried
+        self._run_stamped = False  # this process wrote DATA_DIR_MARKED's RUN_LINE "running": its close() says stopped
         self._adopted: list[str] = []
         # starts counted at their beginning and end, and each name's last (remove_gone: not a name started since
         # the caller's listing, whose folders and kept marker it may have missed)
@@ -527,21 +537,25 @@ class LocalBackend:
         draining). A data directory not DATA_DIR_MARKED yet (its folders made before the markers) has its folders
         without one adopted: a marker written (time `now`), so they are kept as a failed deploy's are, then it is
         marked (unless a marker could not be written: the next sweep adopts again). Each sweep that has nothing left
-        to adopt sets DATA_DIR_MARKED's time to `now`; a process's first sweep also adopts the unmarked folders
-        written since that time (by a deployer without the markers, run in between: a rollback, whose failed deploys
-        wrote none); its later sweeps remove them (this process marks its own failed starts)."""
+        to adopt sets DATA_DIR_MARKED's time to `now` (and its RUN_LINE to "running"); a process's first sweep also
+        adopts the unmarked folders written since that time (by a deployer without the markers, run in between: a
+        rollback, whose failed deploys wrote none), unless the deployer before was one with the markers that did not
+        stop (RUN_LINE "running": they are its undeploys'). Its later sweeps remove such folders (this process marks
+        its own failed starts) but those the first sweep could not mark, which they try again."""
         stamp = self.work_dir / DATA_DIR_MARKED
         try:
             stamped: float | None = stamp.stat().st_mtime
         except OSError:  # not there (or unreadable, as exists() took it): not marked
             stamped = None
-        if self._first_sweep:
-            self._first_sweep = False
-            self._adopt_since = stamped
-        since = -math.inf if stamped is None else self._adopt_since
+        first, self._first_sweep = self._first_sweep, False
+        since: float | None = None  # unmarked folders written since this are adopted (None: the first's left only)
+        if stamped is None:
+            since = -math.inf
+        elif first and not _run_unstopped(stamp):
+            since = stamped
         why = ("found at the first start that marks kept folders" if stamped is None else
                f"written since this data directory's last sweep with the markers ({_iso(stamped)})")
-        adopted = True
+        failed: set[str] = set()
         self._adopted = []
         found: dict[str, float | None] = {}
         for name in names:
@@ -554,23 +568,20 @@ class LocalBackend:
             except OSError as exc:
                 log.warning("could not read %s: %s", folder / KEPT_MARKER, exc)
                 continue
-            if since is None or folder.is_symlink() or not folder.is_dir() or not _written_since(folder, since):
+            if since is None and name not in self._to_adopt or folder.is_symlink() or not folder.is_dir() or \
+                    since is not None and not _written_since(folder, since):
                 found[name] = None  # a link is unlinked, what it points at stays
             elif _mark_kept(folder, f"deployment {name}, {why}", now):
                 found[name] = now
                 self._adopted.append(name)
             else:
-                adopted = False
-        if adopted:
-            self._adopt_since = None
+                failed.add(name)
+        self._to_adopt = failed
+        if not failed and not self._closing:  # (a sweep's thread outliving close(): it said stopped)
             try:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
-                if stamped is None:
-                    stamp.write_text(
-                        f"Since {_iso(now)} a deployment folder kept for the user here has {KEPT_MARKER} in it; "
-                        "an inactive deployment's without one is removed by the deployer. This file's time: the "
-                        "deployer's last look at them.\n")
-                os.utime(stamp, (now, now))
+                _stamp(stamp, now, "running")
+                self._run_stamped = True
             except OSError as exc:
                 log.warning("could not write %s: %s", stamp, exc)
         return found, _live_replicas()[1]
@@ -1095,6 +1106,12 @@ class LocalBackend:
         if self._sweeper is not None:  # what is left is the next start's (sweep_stale_work); a removal under way
             self._sweeper.cancel()  # runs on in its thread
             await _cancelled(self._sweeper)
+        if self._run_stamped:  # (RUN_LINE) a folder written unmarked after now is another deployer's: adopted
+            now = time.time()
+            try:
+                _stamp(self.work_dir / DATA_DIR_MARKED, now, f"stopped at {_iso(now)}")
+            except OSError as exc:
+                log.warning("could not write %s: %s", self.work_dir / DATA_DIR_MARKED, exc)
 
 
 async def _cancelled(task: asyncio.Task) -> None:
@@ -1170,6 +1187,31 @@ def _remove_moved(moved: Path, workers: bool,
 
 def _iso(when: float) -> str:
     return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _stamp(stamp: Path, now: float, run: str) -> None:
+    """Set DATA_DIR_MARKED's time to `now` and its RUN_LINE to `run` (the file written with its text if it is not
+    there, or its line rewritten if it says otherwise). Raises OSError."""
+    line = RUN_LINE + run
+    try:
+        lines = stamp.read_text().splitlines()
+    except FileNotFoundError:
+        lines = [f"Since {_iso(now)} a deployment folder kept for the user here has {KEPT_MARKER} in it; an inactive "
+                 "deployment's without one is removed by the deployer. This file's time: the deployer's last look at "
+                 "them (or its stop)."]
+    except (OSError, ValueError):  # unreadable, not text: written again
+        lines = []
+    if line not in lines:
+        stamp.write_text("\n".join([*(kept for kept in lines if not kept.startswith(RUN_LINE)), line]) + "\n")
+    os.utime(stamp, (now, now))
+
+
+def _run_unstopped(stamp: Path) -> bool:
+    """Whether DATA_DIR_MARKED's RUN_LINE says a deployer with the markers runs (one that did not stop: killed)."""
+    try:
+        return RUN_LINE + "running" in stamp.read_text().splitlines()
+    except (OSError, ValueError):
+        return False
 
 
 def _mark_kept(folder: Path, what: str, now: float | None = None) -> bool:

@@ -342,3 +342,61 @@ async def test_a_marker_adopted_while_a_start_of_the_name_ended_serving_is_taken
     assert (top / "old-6" / KEPT_MARKER).exists()  # adopted, no set of it
     del backend.sets["serving-5"]
     await backend.close()
+
+
+async def test_an_undeploys_folder_a_killed_deployer_left_goes_at_the_next_starts_first_sweep(tmp_path):
+    """A deployer with the markers killed between an undeploy's commit (the row inactive) and the folder's removal: its
+    next start's first sweep adopted the folder (written since the last sweep) and kept it KEPT_FAILED_FOR as a failed
+    deploy's. DATA_DIR_MARKED says a deployer with the markers ran and did not stop: the unmarked folders written since
+    are its own undeploys' (it marks its failed deploys), and go. After a stop it records, a folder written since the
+    stop (a deployer without the markers run in between) is adopted as before."""
+    top = tmp_path / "deployments"
+    top.mkdir()
+    pool = _Pool({5: ("undeployed", False), 6: ("rolled", False)})
+    killed = _backend(tmp_path)
+    assert await sweep_gone_folders(SimpleNamespace(backend=killed, pool=pool, timeout=4.0)) == []
+    swept = time.time() - 60  # that sweep a minute ago
+    os.utime(top / DATA_DIR_MARKED, (swept, swept))
+    _marked(top / "undeployed-5", None)  # its logs, then the undeploy's commit: killed before the removal
+    restarted = _backend(tmp_path)
+    assert await sweep_gone_folders(SimpleNamespace(backend=restarted, pool=pool, timeout=4.0)) == ["undeployed-5"]
+    await restarted.swept()
+    assert _left(tmp_path, "deployments") == set()
+    await restarted.close()  # a stop: then a deployer without the markers, and this one again
+    stopped = time.time() - 60  # that stop a minute ago (a file's time is the kernel's coarse clock)
+    os.utime(top / DATA_DIR_MARKED, (stopped, stopped))
+    _marked(top / "rolled-6", None)
+    again = _backend(tmp_path)
+    assert await sweep_gone_folders(SimpleNamespace(backend=again, pool=pool, timeout=4.0)) == []
+    assert (top / "rolled-6" / KEPT_MARKER).exists()
+    await again.close()
+    await killed.close()
+
+
+async def test_a_marker_the_first_sweep_could_not_write_is_retried_for_its_folders_only(tmp_path, monkeypatch):
+    """The first sweep's adoption of a folder written since the last sweep failed (a full disk): the later sweeps
+    adopted every unmarked folder written since that time, this process's own undeploys' leftovers too (kept
+    KEPT_FAILED_FOR), until a marker was written. They retry the folders the first sweep was to adopt, and remove the
+    others; once those are marked the data directory's time is set."""
+    top = tmp_path / "deployments"
+    top.mkdir()
+    top.joinpath(DATA_DIR_MARKED).write_text("marked\n")
+    _aged(top, 3600.0)  # the last sweep with the markers: an hour ago
+    _marked(top / "rolled-6", None)  # a deployer without the markers' failed deploy, since
+    pool = _Pool({6: ("rolled", False), 7: ("later", False)})
+    real = backend_module._mark_kept
+    full = [True]
+    monkeypatch.setattr(backend_module, "_mark_kept", lambda *args: False if full[0] else real(*args))
+    backend = _backend(tmp_path)
+    deps = SimpleNamespace(backend=backend, pool=pool, timeout=4.0)
+    assert await sweep_gone_folders(deps) == []  # not marked: kept, and tried again
+    assert not (top / "rolled-6" / KEPT_MARKER).exists()
+    assert time.time() - top.joinpath(DATA_DIR_MARKED).stat().st_mtime > 3000  # not set: something left to adopt
+    _marked(top / "later-7", None)  # an undeploy's removal that failed, in this process's run
+    full[0] = False
+    assert await sweep_gone_folders(deps) == ["later-7"]  # was: [] (adopted)
+    assert (top / "rolled-6" / KEPT_MARKER).exists() and not (top / "later-7" / KEPT_MARKER).exists()
+    assert abs(top.joinpath(DATA_DIR_MARKED).stat().st_mtime - time.time()) < 60
+    await backend.swept()
+    assert _left(tmp_path, "deployments") == {"rolled-6"}
+    await backend.close()
