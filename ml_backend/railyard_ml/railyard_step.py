@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tempfile
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -171,23 +173,31 @@ class StepModel:
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
         model_class = getattr(importlib.import_module(Path(config["script"]).stem), config["model_class"])
+        # the model's working copy: removed with the StepModel (collected, or at the process's exit) or when the
+        # load fails; before, every load left a railyard-ml-* folder in the temporary directory for good
         work = Path(tempfile.mkdtemp(prefix="railyard-ml-"))
-        store = Store(work)
-        run_copy = str(folder / STATE / "run")
-        values = {}
-        for key, value in state["values"].items():
-            if state["run_dir"]:
-                value = value.replace(state["run_dir"], run_copy)
-            values[key] = value.replace(state["model_dir"], str(work))
-        project_id = state["project_id"]
-        store.set_many(project_id, values)
-        cache = ProjectCache(store, project_id)
-        token = _constructing.set(_Construction(cache=cache, model_dir=str(work)))
         try:
-            model = model_class(project_id=project_id, label_config=values["label_config"])
-        finally:
-            _constructing.reset(token)
-        return cls(model, project_id)
+            store = Store(work)
+            run_copy = str(folder / STATE / "run")
+            values = {}
+            for key, value in state["values"].items():
+                if state["run_dir"]:
+                    value = value.replace(state["run_dir"], run_copy)
+                values[key] = value.replace(state["model_dir"], str(work))
+            project_id = state["project_id"]
+            store.set_many(project_id, values)
+            cache = ProjectCache(store, project_id)
+            token = _constructing.set(_Construction(cache=cache, model_dir=str(work)))
+            try:
+                model = model_class(project_id=project_id, label_config=values["label_config"])
+            finally:
+                _constructing.reset(token)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        loaded = cls(model, project_id)
+        weakref.finalize(loaded, shutil.rmtree, str(work), ignore_errors=True)
+        return loaded
 
     def predict_input(self, input_data: dict[str, Any]) -> tuple[list[str], list[float], list[str]]:
         """The step's input columns (the engine's dict of arrays) to predictions: the column `task` is the tasks.

@@ -60,11 +60,10 @@ def test_a_deleted_file_still_open_counts(tmp_path):
         assert usage.bytes >= 4 << 20 and usage.files >= 2
 
 
-def test_every_descriptor_table_of_a_process_is_read_once():
+def test_every_descriptor_table_of_a_process_is_read_once(tmp_path):
     """task_views: the threads sharing the first thread's table are read as one; a thread with a table of its own
     (unshare(CLONE_FILES)) is read too, and the deleted file it alone holds counts."""
     import ctypes
-    import tempfile
     import threading
 
     from shared.sandbox_launcher import task_views
@@ -75,7 +74,7 @@ def test_every_descriptor_table_of_a_process_is_read_once():
         thread.start()
     try:
         assert task_views(os.getpid()) == [f"/proc/{os.getpid()}/task/{os.getpid()}"]
-        folder = tempfile.mkdtemp()
+        folder = str(tmp_path)  # pytest's: removed with its other folders (mkdtemp's stayed in /tmp)
         seen: list[int] = []
 
         def own_table() -> None:
