@@ -536,7 +536,7 @@ class LocalBackend:
         on this machine have (found by their command lines, listed after the folders: a previous deployer's,
         draining). A data directory not DATA_DIR_MARKED yet (its folders made before the markers) has its folders
         without one adopted: a marker written (time `now`), so they are kept as a failed deploy's are, then it is
-        marked (unless a marker could not be written: the next sweep adopts again). Each sweep that has nothing left
+        marked (unless a marker could not be written: the next sweep adopts those again). Each sweep with nothing left
         to adopt sets DATA_DIR_MARKED's time to `now` (and its RUN_LINE to "running"); a process's first sweep also
         adopts the unmarked folders written since that time (by a deployer without the markers, run in between: a
         rollback, whose failed deploys wrote none), unless the deployer before was one with the markers that did not
@@ -549,7 +549,7 @@ class LocalBackend:
             stamped = None
         first, self._first_sweep = self._first_sweep, False
         since: float | None = None  # unmarked folders written since this are adopted (None: the first's left only)
-        if stamped is None:
+        if first and stamped is None:
             since = -math.inf
         elif first and not _run_unstopped(stamp):
             since = stamped

@@ -14,6 +14,8 @@ import os
 import time
 from types import SimpleNamespace
 
+import pytest
+
 import services.deployer.backend as backend_module
 from services.deployer import handlers
 from services.deployer.backend import (
@@ -373,15 +375,18 @@ async def test_an_undeploys_folder_a_killed_deployer_left_goes_at_the_next_start
     await killed.close()
 
 
-async def test_a_marker_the_first_sweep_could_not_write_is_retried_for_its_folders_only(tmp_path, monkeypatch):
-    """The first sweep's adoption of a folder written since the last sweep failed (a full disk): the later sweeps
-    adopted every unmarked folder written since that time, this process's own undeploys' leftovers too (kept
-    KEPT_FAILED_FOR), until a marker was written. They retry the folders the first sweep was to adopt, and remove the
-    others; once those are marked the data directory's time is set."""
+@pytest.mark.parametrize("marked", [True, False], ids=["since-the-last-sweep", "before-the-markers"])
+async def test_a_marker_the_first_sweep_could_not_write_is_retried_for_its_folders_only(tmp_path, monkeypatch, marked):
+    """The first sweep's adoption of a folder written since the last sweep (or of any, in a data directory from before
+    the markers) failed (a full disk): the later sweeps adopted every unmarked folder written since that time (every
+    one), this process's own undeploys' leftovers too (kept KEPT_FAILED_FOR), until a marker was written. They retry
+    the folders the first sweep was to adopt, and remove the others; once those are marked the data directory's time
+    is set (it is marked)."""
     top = tmp_path / "deployments"
     top.mkdir()
-    top.joinpath(DATA_DIR_MARKED).write_text("marked\n")
-    _aged(top, 3600.0)  # the last sweep with the markers: an hour ago
+    if marked:
+        top.joinpath(DATA_DIR_MARKED).write_text("marked\n")
+        _aged(top, 3600.0)  # the last sweep with the markers: an hour ago
     _marked(top / "rolled-6", None)  # a deployer without the markers' failed deploy, since
     pool = _Pool({6: ("rolled", False), 7: ("later", False)})
     real = backend_module._mark_kept
@@ -391,7 +396,9 @@ async def test_a_marker_the_first_sweep_could_not_write_is_retried_for_its_folde
     deps = SimpleNamespace(backend=backend, pool=pool, timeout=4.0)
     assert await sweep_gone_folders(deps) == []  # not marked: kept, and tried again
     assert not (top / "rolled-6" / KEPT_MARKER).exists()
-    assert time.time() - top.joinpath(DATA_DIR_MARKED).stat().st_mtime > 3000  # not set: something left to adopt
+    # not set (not marked): something left to adopt
+    assert time.time() - top.joinpath(DATA_DIR_MARKED).stat().st_mtime > 3000 if marked else \
+        not top.joinpath(DATA_DIR_MARKED).exists()
     _marked(top / "later-7", None)  # an undeploy's removal that failed, in this process's run
     full[0] = False
     assert await sweep_gone_folders(deps) == ["later-7"]  # was: [] (adopted)
