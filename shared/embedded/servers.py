@@ -211,7 +211,11 @@ def _pg_bin(name: str) -> str:
 
 
 def _pg_user() -> str | None:
-    """PostgreSQL refuses to run as root: then it runs as an unprivileged system user."""
+    """PostgreSQL refuses to run as root: then it runs as an unprivileged system user, who must reach pgserver's
+    installation: its bin/ (run), lib/ and share/ (read: initdb's catalogue, the time zones), the wheel's
+    pgserver.libs (libpq), and every folder above them (traversed). Made so here whatever the umask the clone and
+    its venv were made with: under 077 or 027 (git and pip keep it) the user could reach none of them and every
+    stack start as root failed at initdb; pgserver's own set-up covers bin and lib only."""
     if os.geteuid() != 0:
         return None
     import stat
@@ -221,8 +225,17 @@ def _pg_user() -> str | None:
 
     ensure_user_exists(PG_SYSTEM_USER)
     read_exec = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+    install = commands.POSTGRES_BIN_PATH.parent
     ensure_folder_permissions(commands.POSTGRES_BIN_PATH, read_exec)
-    ensure_folder_permissions(commands.POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+    for folder in ("lib", "share"):
+        ensure_folder_permissions(install / folder, stat.S_IRGRP | stat.S_IROTH)
+    wheel_libs = install.parent.parent / "pgserver.libs"  # libpq, where the binaries' RPATH finds it (auditwheel's)
+    if wheel_libs.is_dir():
+        ensure_folder_permissions(wheel_libs, read_exec)
+    for parent in (install, *install.parents):  # traversed only (x), not listed: the checkout's stay unreadable
+        mode = parent.stat().st_mode
+        if mode & (stat.S_IXGRP | stat.S_IXOTH) != stat.S_IXGRP | stat.S_IXOTH:
+            parent.chmod(stat.S_IMODE(mode) | stat.S_IXGRP | stat.S_IXOTH)
     return PG_SYSTEM_USER
 
 
