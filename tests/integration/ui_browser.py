@@ -68,8 +68,12 @@ class Chromium:
                      "--window-size=1280,900", f"--user-data-dir={self.profile}"):
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(options=options,
-                                       service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+        # Chromium's own temporary folders (its singleton socket's, its scoped dirs) inside the profile, which quit()
+        # removes: in the temporary directory, a browser that was killed or crashed left two folders there a launch
+        scratch = os.path.join(self.profile, "tmp")
+        os.makedirs(scratch, exist_ok=True)
+        self.driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(
+            executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch}))
         with contextlib.suppress(psutil.Error):
             self.browsers = psutil.Process(self.driver.service.process.pid).children()
         self.driver.set_page_load_timeout(WAIT)
