@@ -59,9 +59,9 @@ def find_model_classes(script: Path) -> list[str]:
 
 NEEDS = ("railyard-ml serves a class of the script that extends LabelStudioMLBase (`from railyard_ml import "
          "LabelStudioMLBase`, or label_studio_ml.model's), directly or through another class of the same script, "
-         "and defines predict(self, tasks, context=None, **kwargs) (and fit(self, event, data, **kwargs) to "
-         "train): add one, e.g. `class MyModel(LabelStudioMLBase):` with your predict, or give --script the file "
-         "that has it")
+         "and defines predict(self, tasks, context=None, **kwargs) (and, to train, fit(self, event, data, "
+         "**kwargs), or label-studio-ml 1.x's fit(self, annotations, workdir=None, **kwargs)): add one, e.g. "
+         "`class MyModel(LabelStudioMLBase):` with your predict, or give --script the file that has it")
 """What `init` looks for in a script, said when it finds no such class (docs/ml-backend.md, railyard-ml init)."""
 
 

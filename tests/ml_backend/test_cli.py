@@ -167,6 +167,7 @@ def test_init_of_a_script_with_no_backend_class_says_what_it_looks_for_and_what_
         assert f"{script} has no class extending LabelStudioMLBase {has}" in said, said
         assert "from railyard_ml import LabelStudioMLBase" in said and "defines predict(self, tasks" in said, said
         assert "class MyModel(LabelStudioMLBase):" in said and "0 classes" not in said, said
+        assert "fit(self, event, data" in said and "fit(self, annotations, workdir=None" in said, said  # both styles
     assert not (tmp_path / "x").exists()
 
 
