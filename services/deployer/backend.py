@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -119,7 +120,7 @@ too). A start that reads "running" follows a deployer with the markers that was 
 and the folder's removal, say): it marked its failed deploys at once, so the unmarked folders written since its last
 sweep are its undeploys' leftovers, which the first sweep removes instead of adopting them. A deployer without the
 markers run after it leaves the line as it was: after a stop, what it wrote is newer than the file's time (adopted); a
-deployer with the markers killed, then one without run, then this one: the latter's failed deploys' folders go."""
+deployer with the markers killed, then one without run, then this one: the middle one's failed deploys' folders go."""
 KEPT_FAILED_FOR = 7 * 86400.0
 KEPT_FAILED_MAX = 50
 """A failed deploy's kept folder (KEPT_MARKER) of an inactive deployment is removed KEPT_FAILED_FOR seconds after
@@ -270,6 +271,9 @@ class LocalBackend:
         self._first_sweep = True
         self._to_adopt: set[str] = set()  # the first sweep's to adopt whose marker could not be written: retried
         self._run_stamped = False  # this process wrote DATA_DIR_MARKED's RUN_LINE "running": its close() says stopped
+        # a sweep thread's look at _closing and its "running", and close()'s "stopped", one at a time: a thread that
+        # outlived its cancelled task (asyncio.to_thread) and wrote after close() made the stop read as a kill
+        self._stamp_lock = threading.Lock()
         self._adopted: list[str] = []
         # starts counted at their beginning and end, and each name's last (remove_gone: not a name started since
         # the caller's listing, whose folders and kept marker it may have missed)
@@ -577,13 +581,14 @@ class LocalBackend:
             else:
                 failed.add(name)
         self._to_adopt = failed
-        if not failed and not self._closing:  # (a sweep's thread outliving close(): it said stopped)
-            try:
-                self.work_dir.mkdir(parents=True, exist_ok=True)
-                _stamp(stamp, now, "running")
-                self._run_stamped = True
-            except OSError as exc:
-                log.warning("could not write %s: %s", stamp, exc)
+        with self._stamp_lock:
+            if not failed and not self._closing:  # (a sweep's thread outliving close(): it says stopped)
+                try:
+                    self.work_dir.mkdir(parents=True, exist_ok=True)
+                    _stamp(stamp, now, "running")
+                    self._run_stamped = True
+                except OSError as exc:
+                    log.warning("could not write %s: %s", stamp, exc)
         return found, _live_replicas()[1]
 
     def remove_gone(self, names: set[str], since: int | None = None) -> list[str]:
@@ -1106,12 +1111,13 @@ class LocalBackend:
         if self._sweeper is not None:  # what is left is the next start's (sweep_stale_work); a removal under way
             self._sweeper.cancel()  # runs on in its thread
             await _cancelled(self._sweeper)
-        if self._run_stamped:  # (RUN_LINE) a folder written unmarked after now is another deployer's: adopted
-            now = time.time()
-            try:
-                _stamp(self.work_dir / DATA_DIR_MARKED, now, f"stopped at {_iso(now)}")
-            except OSError as exc:
-                log.warning("could not write %s: %s", self.work_dir / DATA_DIR_MARKED, exc)
+        with self._stamp_lock:  # (a sweep's thread writing "running" has a file's write to finish)
+            if self._run_stamped:  # (RUN_LINE) a folder written unmarked after now is another deployer's: adopted
+                now = time.time()
+                try:
+                    _stamp(self.work_dir / DATA_DIR_MARKED, now, f"stopped at {_iso(now)}")
+                except OSError as exc:
+                    log.warning("could not write %s: %s", self.work_dir / DATA_DIR_MARKED, exc)
 
 
 async def _cancelled(task: asyncio.Task) -> None:

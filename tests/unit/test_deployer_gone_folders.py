@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from types import SimpleNamespace
 
@@ -407,3 +408,37 @@ async def test_a_marker_the_first_sweep_could_not_write_is_retried_for_its_folde
     await backend.swept()
     assert _left(tmp_path, "deployments") == {"rolled-6"}
     await backend.close()
+
+
+async def test_a_sweep_thread_past_its_check_when_close_comes_does_not_undo_the_stop(tmp_path, monkeypatch):
+    """The hourly sweep's thread runs on after the stop cancels its task (asyncio.to_thread): one that had read
+    `_closing` false and was writing DATA_DIR_MARKED's "running" while close() ran wrote it after close()'s "stopped",
+    and the next start took the stop for a kill (it adopts nothing: a deployer without the markers' failed deploys run
+    in between went). The thread's check and write and close()'s are one at a time: "stopped" is the last word."""
+    top = tmp_path / "deployments"
+    top.mkdir()
+    backend = _backend(tmp_path)
+    deps = SimpleNamespace(backend=backend, pool=_Pool({}), timeout=4.0)
+    assert await sweep_gone_folders(deps) == []  # the start's: "running"
+    real = backend_module._stamp
+    writing, release, written = threading.Event(), threading.Event(), threading.Event()
+
+    def stamp(path, now, run):
+        if run == "running":  # the hourly sweep's thread, past its check
+            writing.set()
+            release.wait(1.0)  # (with the fix, close() waits for it: this ends the wait)
+            real(path, now, run)
+            written.set()
+        else:
+            real(path, now, run)
+
+    monkeypatch.setattr(backend_module, "_stamp", stamp)
+    hourly = asyncio.create_task(sweep_gone_folders(deps))
+    assert await asyncio.to_thread(writing.wait, 30.0)
+    hourly.cancel()  # the deployer's stop (app.stop), then the backend's close()
+    await asyncio.wait({hourly})
+    await backend.close()
+    release.set()
+    assert await asyncio.to_thread(written.wait, 30.0)
+    assert backend_module._run_unstopped(top / DATA_DIR_MARKED) is False
+    assert "Deployer: stopped at " in (top / DATA_DIR_MARKED).read_text()
