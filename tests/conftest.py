@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import assert_cache, client_venv, file_seconds, stack_stop_later
-from tests.stack import RunningStack, stack_directory, start_stack
+from tests.stack import STACK_FOLDER_PREFIX, RunningStack, remove_abandoned_stack_folders, stack_directory, start_stack
 
 
 def _share_httpx_default_ssl_context() -> None:
@@ -151,7 +151,9 @@ def _start_stack_early(config) -> None:
 
 
 def _start_session_stack() -> tuple[contextlib.ExitStack, RunningStack]:
-    """The session's stack, and what stops it and removes its folder (closed at the session's end)."""
+    """The session's stack, and what stops it and removes its folder (closed at the session's end). Folders of earlier
+    runs' stacks that nothing uses any more are removed first (tests/stack.py says when a run leaves one)."""
+    remove_abandoned_stack_folders()
     cleanup = contextlib.ExitStack()
     if not _stop_later:
         try:
@@ -162,7 +164,7 @@ def _start_session_stack() -> tuple[contextlib.ExitStack, RunningStack]:
             cleanup.close()
             raise
         return cleanup, running
-    folder = Path(tempfile.mkdtemp(prefix="railyard-test-stack-"))
+    folder = Path(tempfile.mkdtemp(prefix=STACK_FOLDER_PREFIX))
     folder.chmod(0o755)  # as stack_directory's (tests/stack.py says why)
     try:
         running = start_stack(folder / "data")

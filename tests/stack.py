@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.embedded.servers import GRPC_OFFSET, weed_grpc_socket
-from shared.embedded.stack import pid_alive, port_free
+from shared.embedded.stack import pid_alive, port_free, read_state
 from shared.settings import AuthSettings, GatewaySettings, NatsSettings, PostgresSettings, S3Settings, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -386,12 +386,56 @@ class RunningStack:
                 if key == "RAILYARD_GATEWAY__PORT" or (key.startswith("RAILYARD_STACK__") and key.endswith("_PORT"))]
 
 
+STACK_FOLDER_PREFIX = "railyard-test-stack-"
+ABANDONED_AFTER = 3600.0  # seconds without a write to a stack folder's logs before it may be judged abandoned
+
+
+def remove_abandoned_stack_folders(root: Path | None = None, older_than: float = ABANDONED_AFTER) -> list[Path]:
+    """This user's test stack folders in the temporary directory that no stack uses any more, removed; returns them.
+
+    A session's stack folder is removed when its session ends, or by tests/stack_stop_later.py once its stack has
+    stopped; a run killed before that (a CI job's time-out, its process group or cgroup killed at the job's end while
+    stack_stop_later still waited) left the folder, 50-330 MB, for good, one more each such run on a host that runs
+    every session's CI. A folder is abandoned when nothing was written to it or its logs for `older_than` seconds,
+    its supervisor (data/run/stack.json) is not running, and no process names it on its command line. A scan of the
+    temporary directory, a few stat calls a folder; the process table is read only when a folder qualifies."""
+    root = Path(root or tempfile.gettempdir())
+    now = time.time()
+    candidates: list[Path] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            with contextlib.suppress(OSError):
+                if not entry.name.startswith(STACK_FOLDER_PREFIX):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                    continue
+                folder = Path(entry.path)
+                written = [info.st_mtime, *(path.stat().st_mtime for path in
+                                            [*folder.glob("*-up.log"), *folder.glob("*/logs/*.log")])]
+                if max(written) > now - older_than:
+                    continue
+                if any(pid_alive((read_state(data) or {}).get("supervisor_pid", 0)) for data in folder.iterdir()
+                       if data.is_dir()):
+                    continue
+                candidates.append(folder)
+    if not candidates:
+        return []
+    import psutil
+
+    named = " ".join(" ".join(proc.info["cmdline"] or ()) for proc in psutil.process_iter(["cmdline"]))
+    removed = [folder for folder in candidates if str(folder) not in named]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
 @contextlib.contextmanager
 def stack_directory() -> Iterator[Path]:
     """A data directory for a test stack, outside pytest's own temporary root: pytest makes that root private
     (mode 0700) whenever a session starts, and the embedded PostgreSQL, which runs as its own OS user when the
     tests run as root, then loses its data directory in the middle of another session's run."""
-    folder = Path(tempfile.mkdtemp(prefix="railyard-test-stack-"))
+    folder = Path(tempfile.mkdtemp(prefix=STACK_FOLDER_PREFIX))
     folder.chmod(0o755)
     try:
         yield folder / "data"
