@@ -51,6 +51,12 @@ def require_browser() -> None:
         pytest.fail(f"{MISSING}; RAILYARD_TEST_REQUIRE_BROWSER=1 makes that a failure, not a skip", pytrace=False)
 
 
+# Chromium's singleton socket, <TMPDIR>/org.chromium.Chromium.XXXXXX/SingletonSocket: a Unix socket's path holds at
+# most 107 bytes (sun_path's 108 with its NUL)
+SINGLETON_SOCKET_TAIL = len("/org.chromium.Chromium.XXXXXX/SingletonSocket")
+SOCKET_PATH_MAX = 107
+
+
 class Chromium:
     """The test process's one headless Chromium (tests/integration/conftest.py's `ui_chromium`): ten files each
     launched and quit their own, 1.5-2 s a module at load 11 (a launch 5.3 s at load 18, 12.6 s the first time)."""
@@ -68,16 +74,24 @@ class Chromium:
                      "--window-size=1280,900", f"--user-data-dir={self.profile}"):
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        # Chromium's own temporary folders (its singleton socket's, its scoped dirs) inside the profile, which quit()
-        # removes: in the temporary directory, a browser that was killed or crashed left two folders there a launch
-        scratch = os.path.join(self.profile, "tmp")
-        os.makedirs(scratch, exist_ok=True)
         self.driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(
-            executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch}))
+            executable_path=CHROMEDRIVER, env=self.environment()))
         with contextlib.suppress(psutil.Error):
             self.browsers = psutil.Process(self.driver.service.process.pid).children()
         self.driver.set_page_load_timeout(WAIT)
         return self.driver
+
+    def environment(self) -> dict[str, str]:
+        """chromedriver's (and so Chromium's) environment: Chromium's own temporary folders (its singleton socket's,
+        its scoped dirs) inside the profile, which quit() removes: in the temporary directory, a browser that was
+        killed or crashed left two folders there a launch. Not where the singleton socket's path would not fit a
+        socket address: Chromium aborts then ("Socket path too long"), so a TMPDIR of more than ~28 characters
+        failed every UI test; its temporary folders stay in the temporary directory there, as before."""
+        scratch = os.path.join(self.profile, "tmp")
+        if len(os.fsencode(scratch)) + SINGLETON_SOCKET_TAIL > SOCKET_PATH_MAX:
+            return dict(os.environ)
+        os.makedirs(scratch, exist_ok=True)
+        return {**os.environ, "TMPDIR": scratch}
 
     def fresh(self, origin: str):
         """The browser as a module's own new one would be: a new tab (sessionStorage is a tab's), no cookies, no
