@@ -23,6 +23,10 @@ def test_a_killed_browser_leaves_nothing_in_the_temporary_directory():
         pytest.skip(ui_browser.MISSING)
     before = _chromium_folders()
     browser = ui_browser.Chromium()
+    if browser.scratch() is None:
+        browser.quit()
+        pytest.skip(f"the temporary directory {tempfile.gettempdir()} is too long for Chromium's singleton socket "
+                    "inside the profile: its folders stay in the temporary directory here")
     try:
         browser.launch().get("about:blank")
         assert _chromium_folders() == before
@@ -50,7 +54,7 @@ def test_a_long_temporary_directory_still_launches(monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", long)
     browser = ui_browser.Chromium()
     try:
-        assert browser.profile.startswith(long)
+        assert browser.profile.startswith(long) and browser.scratch() is None
         browser.launch().get("about:blank")
         assert browser.driver.execute_script("return 1 + 1") == 2
     finally:

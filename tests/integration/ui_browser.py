@@ -87,11 +87,16 @@ class Chromium:
         killed or crashed left two folders there a launch. Not where the singleton socket's path would not fit a
         socket address: Chromium aborts then ("Socket path too long"), so a TMPDIR of more than ~28 characters
         failed every UI test; its temporary folders stay in the temporary directory there, as before."""
-        scratch = os.path.join(self.profile, "tmp")
-        if len(os.fsencode(scratch)) + SINGLETON_SOCKET_TAIL > SOCKET_PATH_MAX:
+        scratch = self.scratch()
+        if scratch is None:
             return dict(os.environ)
         os.makedirs(scratch, exist_ok=True)
         return {**os.environ, "TMPDIR": scratch}
+
+    def scratch(self) -> str | None:
+        """The browser's temporary directory inside its profile, or None where its singleton socket would not fit."""
+        scratch = os.path.join(self.profile, "tmp")
+        return None if len(os.fsencode(scratch)) + SINGLETON_SOCKET_TAIL > SOCKET_PATH_MAX else scratch
 
     def fresh(self, origin: str):
         """The browser as a module's own new one would be: a new tab (sessionStorage is a tab's), no cookies, no
