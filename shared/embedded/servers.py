@@ -7,6 +7,7 @@ command that runs it in the foreground, and how to tell that it answers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -234,8 +235,10 @@ def _pg_user() -> str | None:
         ensure_folder_permissions(wheel_libs, read_exec)
     for parent in (install, *install.parents):  # traversed only (x), not listed: the checkout's stay unreadable
         mode = parent.stat().st_mode
-        if mode & (stat.S_IXGRP | stat.S_IXOTH) != stat.S_IXGRP | stat.S_IXOTH:
-            parent.chmod(stat.S_IMODE(mode) | stat.S_IXGRP | stat.S_IXOTH)
+        if not mode & stat.S_IXOTH:  # the user is in no group of ours: "other" is what lets it through
+            # a folder we may not change (a read-only or root-squashed mount) is left to initdb's own refusal
+            with contextlib.suppress(OSError):
+                parent.chmod(stat.S_IMODE(mode) | stat.S_IXGRP | stat.S_IXOTH)
     return PG_SYSTEM_USER
 
 

@@ -49,3 +49,34 @@ def test_the_postgres_user_runs_initdb_of_an_installation_made_under_umask_077(m
         assert not stat.S_IMODE((outer / "clone").stat().st_mode) & (stat.S_IROTH | stat.S_IRGRP)  # traversed only
     finally:
         shutil.rmtree(outer, ignore_errors=True)
+
+
+def test_a_folder_the_postgres_user_passes_already_or_that_cannot_be_changed_is_left_as_it_is(monkeypatch):
+    """A parent the user may traverse as "other" (0701) is not changed, and one whose mode cannot be changed (a
+    read-only or root-squashed mount: chmod refused) does not end the start; initdb says it if the user cannot pass."""
+    installed = servers._pgserver_commands().POSTGRES_BIN_PATH.parent
+    outer = Path(tempfile.mkdtemp(prefix="railyard-umask-"))
+    try:
+        site = outer / "clone" / ".venv" / "site-packages"
+        copy = site / "pgserver" / "pginstall"
+        shutil.copytree(installed / "bin", copy / "bin", symlinks=True)
+        (copy / "lib").mkdir()
+        (copy / "share").mkdir()
+        (outer / "clone").chmod(0o701)
+        refused = outer / "clone" / ".venv"
+        real_chmod = Path.chmod
+
+        def chmod(path: Path, mode: int, **kwargs) -> None:
+            if path == refused:
+                raise PermissionError(1, "Operation not permitted", str(path))
+            real_chmod(path, mode, **kwargs)
+
+        refused.chmod(0o700)
+        monkeypatch.setattr(Path, "chmod", chmod)
+        monkeypatch.setattr(servers._pgserver_commands(), "POSTGRES_BIN_PATH", copy / "bin")
+        assert servers._pg_user() == servers.PG_SYSTEM_USER
+        assert stat.S_IMODE((outer / "clone").stat().st_mode) == 0o701
+        assert stat.S_IMODE(refused.stat().st_mode) == 0o700
+        assert stat.S_IMODE(site.stat().st_mode) & stat.S_IXOTH  # the others below it are still opened
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
