@@ -8,12 +8,14 @@ import os
 import signal
 import time
 
+import nats as nats_client
 import pytest
 from faststream.nats import NatsBroker
 
 from shared import subjects
 from shared.bus import ensure_streams, publish_event, request
 from shared.messages import CountEvents, EventCount, ServiceStarted
+from tests.integration.test_dead_letters import handled
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +59,19 @@ async def test_event_survives_consumer_restart(stack):
         await publish_event(broker, subject, later[0])
 
         assert await _wait_count(broker, subject, 25) == 25
-        await asyncio.sleep(1.0)  # nothing more arrives: duplicates were not recorded
-        assert await _count(broker, subject) == 25
+        # A wait of fixed length could end before a wrongly recorded duplicate (the test proved nothing on a slow
+        # host): a later event, then until the consumer has settled everything up to it (acknowledged once stored)
+        marker = ServiceStarted(name="probe", version="t", pid=999)
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            js = nc.jetstream()
+            seq = (await js.publish(f"{subject}.marker", marker.model_dump_json().encode(),
+                                    stream=subjects.EVENTS_STREAM,
+                                    headers={"Nats-Msg-Id": str(marker.event_id)})).seq
+            await handled(js, subjects.LINEAGE_EVENTS_DURABLE, seq)
+        finally:
+            await nc.close()
+        assert await _count(broker, f"{subject}.marker") == 1
+        assert await _count(broker, subject) == 25  # the duplicate was not recorded
     finally:
         await broker.stop()
