@@ -22,7 +22,7 @@ from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, REQUESTS_HEADER, log_header
 from tests.integration.conftest import post, query
 from tests.integration.log_owners import announce, fake_deployment
-from tests.integration.test_logs import _create, all_rows, marked, wait_rows
+from tests.integration.test_logs import _create, all_rows, marked, rows_with, wait_rows
 from tests.integration.test_pipelines import RECORDS, _deploy_definition, _upload_bytes, _upload_framework
 from tests.models import ccfraud_onnx, sample_rows
 
@@ -94,9 +94,9 @@ async def test_a_request_run_by_two_replicas_is_stored_once(stack, alice):
         await asyncio.sleep(0.5)
         # replica B ran the re-sent attempt: the same request's rows, next to a row of its own
         await publish([7.0, 7.0, 2.0], {request_id: [0, 2]})
-        rows = await asyncio.to_thread(wait_rows, stack, alice, "twice", 4, order="Asc")
-        await asyncio.sleep(1.0)
-        rows = await asyncio.to_thread(all_rows, stack, alice, "twice", order="Asc")
+        # 2.0 is the second batch's own row: once it is stored the whole batch is (one flush), a second copy of the
+        # request's rows included (a fixed wait could end before it showed)
+        rows = await asyncio.to_thread(rows_with, stack, alice, "twice", 2.0, order="Asc")
         assert [r["out"]["dense_1"][0] for r in rows] == [1.0, 7.0, 7.0, 2.0]
     finally:
         await nc.close()

@@ -25,7 +25,7 @@ from shared.messages.deployer import PipelineServing
 from shared.settings import LogSettings
 from tests.integration.conftest import query, service_schema
 from tests.integration.log_owners import announce, fake_deployment
-from tests.integration.test_logs import _values, all_rows, wait_rows
+from tests.integration.test_logs import _values, all_rows, rows_with, wait_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -91,6 +91,23 @@ def _wait_held(log: Path, deployment: str, within: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _after_a_later_batch(stack, account, pipeline: str, deployment: str, value: float) -> list[float]:
+    """The pipeline's logged values once a batch sent now (one row, `value`, on `deployment`, which is announced) is
+    stored: every batch the log store took before is stored by then, a wrong copy included (test_logs.rows_with). A
+    fixed sleep before asserting a batch was not stored proved nothing on a slow host. A held batch's return at its
+    nak's delay (seconds later, after this batch) is not covered; a 1 s sleep did not cover it either."""
+    async def publish() -> None:
+        nc = await nats_client.connect(stack.settings().nats.url)
+        try:
+            await _send(nc, deployment, log_header(account.workspace_id, pipeline, deployment, "v"),
+                        _table([value], int(time.time() * 1000)))
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+    return _values(rows_with(stack, account, pipeline, value, order="Asc"))
+
+
 async def _quarantine_reasons(stack, batch_ids: list[str]) -> dict[str, str]:
     conn = await asyncpg.connect(stack.settings().postgres.dsn)
     try:
@@ -149,9 +166,10 @@ def test_a_batch_naming_another_workspace_than_its_deployment_s_is_quarantined_a
     assert "not one of the pipeline's engine-written segments" in reasons[forged[3]], reasons
     listed = admin.post("pipelines/list_quarantined_logs", {"limit": 1000})
     assert set(forged) <= {b["batch_id"] for b in listed["batches"]}
-    time.sleep(1.0)  # a wrongly stored copy would show by now
-    assert all_rows(stack, alice, pipeline) == []
-    assert _values(all_rows(stack, bob, pipeline, order="Asc")) == [1.0, 2.0]
+    # every forged batch was decided (quarantined) before these later ones were sent: once they are stored, a wrongly
+    # stored copy of a forged one would be too
+    assert _after_a_later_batch(stack, alice, pipeline, dep_a, 3.0) == [3.0]
+    assert _after_a_later_batch(stack, bob, pipeline, dep_b, 4.0) == [1.0, 2.0, 4.0]
 
 
 def test_a_batch_of_a_deployment_not_announced_yet_waits_and_is_stored_once_it_is(stack, alice):
@@ -187,8 +205,7 @@ def test_a_batch_of_a_deployment_not_announced_yet_waits_and_is_stored_once_it_i
 
     asyncio.run(announce_it())
     assert _values(wait_rows(stack, alice, pipeline, 3, timeout=30, order="Asc")) == [0.0, 1.0, 2.0]
-    time.sleep(1.0)
-    assert _values(all_rows(stack, alice, pipeline, order="Asc")) == [0.0, 1.0, 2.0]  # each once
+    assert _after_a_later_batch(stack, alice, pipeline, deployment, 3.0) == [0.0, 1.0, 2.0, 3.0]  # each once
 
 
 def test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands(stack, alice):
@@ -232,8 +249,7 @@ def test_batches_held_for_a_late_announcement_are_stored_as_soon_as_it_lands(sta
     took = time.monotonic() - announced
     assert took < STORED_WITHIN, f"the held batches were stored {took:.1f} s after their deployment's announcement"
     assert _values(rows) == [0.0, 1.0, 2.0]
-    time.sleep(1.0)  # a second copy (the delayed return as well) would show by now
-    assert _values(all_rows(stack, alice, pipeline, order="Asc")) == [0.0, 1.0, 2.0]  # each once
+    assert _after_a_later_batch(stack, alice, pipeline, deployment, 3.0) == [0.0, 1.0, 2.0, 3.0]  # each once
     assert all_rows(stack, alice, other) == []  # the other deployment's batch is still held, not stored
     assert asyncio.run(_quarantine_reasons(stack, batches)) == {}  # nor quarantined
 

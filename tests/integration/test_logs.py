@@ -50,6 +50,20 @@ def wait_rows(stack, account: Account, pipeline: str, count: int, timeout: float
         time.sleep(0.1)
 
 
+def rows_with(stack, account: Account, pipeline: str, value: float, timeout: float = 30.0, **extra) -> list[dict]:
+    """All rows of a pipeline's log (paged), once a row whose out.dense_1 is `value` is there. The log store takes its
+    messages in order and stores them one flush (one transaction) at a time, so once the row of a batch sent last is
+    stored, whatever it took before is stored too, a wrong copy included: a barrier before asserting that something
+    was not stored, where a fixed sleep could end before the wrong copy showed (a slow host)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = all_rows(stack, account, pipeline, **extra, restarting_ok=True)
+        if rows is not None and value in _values(rows):
+            return rows
+        assert time.monotonic() < deadline, f"the row {value} was never stored: {rows and _values(rows)}"
+        time.sleep(0.1)
+
+
 def all_rows(stack, account: Account, pipeline: str, page_size: int = 1000, restarting_ok: bool = False,
              **extra) -> list[dict] | None:
     """Every row, paged; None when the log store is (re)starting and restarting_ok."""
@@ -403,9 +417,8 @@ async def test_duplicates_are_stored_once(stack, alice):
         # the same batch re-published after JetStream's window (a new message id, the same batch id)
         await _publish(nc, "dupes", alice.workspace_id, [1.0, 2.0], now, batch_id=batch, msg_id=str(uuid.uuid4()))
         await _publish(nc, "dupes", alice.workspace_id, [3.0], now)
-        rows = await asyncio.to_thread(wait_rows, stack, alice, "dupes", 3, order="Asc")
-        await asyncio.sleep(1.0)  # give a wrong second copy time to show up
-        rows = await asyncio.to_thread(all_rows, stack, alice, "dupes", order="Asc")
+        # the batch sent last is stored: so is a wrong second copy of the one before (a fixed wait could end first)
+        rows = await asyncio.to_thread(rows_with, stack, alice, "dupes", 3.0, order="Asc")
         assert _values(rows) == [1.0, 2.0, 3.0]
     finally:
         await nc.close()
