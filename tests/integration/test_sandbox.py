@@ -695,38 +695,41 @@ def test_a_normal_user_gets_the_same_boundary(settings, tmp_path):
     import tempfile
 
     outer = Path(tempfile.mkdtemp(prefix="railyard-nobody-"))  # pytest's tmp_path is not traversable by nobody
-    outer.chmod(0o755)
-    workdir = outer / "work"
-    workdir.mkdir()
-    os.chown(workdir, 65534, 65534)
-    code = textwrap.dedent("""
-        import os, socket
-        print('uid', os.getuid(), 'pids', sorted(p for p in os.listdir('/proc') if p.isdigit()))
-        print('env', sorted(os.environ))
-        try:
-            socket.create_connection(('127.0.0.1', 22), timeout=1)
-        except OSError as exc:
-            print('no network', exc.errno)
-        print('caps', open('/proc/self/status').read().split('CapEff:')[1].split()[0])
-        for path in ({data!r}, '/root'):
-            print(path, os.path.exists(path) and bool(os.listdir(path)))
-    """).replace("{data!r}", repr(str(settings.stack.data_dir))) + textwrap.dedent(USERNS_PROBE)
-    config = sandbox._launch_config(SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", code], workdir=workdir),
-                                    settings)
-    config |= {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
-    config.pop("uid", None)
-    config.pop("cgroup", None)  # root's memory cgroup is not nobody's to write: nobody's own check finds none here
-    config.pop("pids_cgroup", None)  # (nor root's pids hierarchy, on cgroup v1)
-    launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
-                               "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
-                              capture_output=True, text=True, timeout=30, check=False)
-    shutil.rmtree(outer)
-    assert launched.returncode == 0, launched.stderr
-    out = launched.stdout
-    assert "uid 65534 pids ['1', '2']" in out
-    assert "RAILYARD" not in out and "no network" in out and "caps 0000000000000000" in out
-    assert f"{settings.stack.data_dir} False" in out and "/root False" in out
-    assert "user namespace: ENOSPC" in out and "pid namespace: EPERM" in out and "cannot raise EACCES" in out, out
+    try:
+        outer.chmod(0o755)
+        workdir = outer / "work"
+        workdir.mkdir()
+        os.chown(workdir, 65534, 65534)
+        code = textwrap.dedent("""
+            import os, socket
+            print('uid', os.getuid(), 'pids', sorted(p for p in os.listdir('/proc') if p.isdigit()))
+            print('env', sorted(os.environ))
+            try:
+                socket.create_connection(('127.0.0.1', 22), timeout=1)
+            except OSError as exc:
+                print('no network', exc.errno)
+            print('caps', open('/proc/self/status').read().split('CapEff:')[1].split()[0])
+            for path in ({data!r}, '/root'):
+                print(path, os.path.exists(path) and bool(os.listdir(path)))
+        """).replace("{data!r}", repr(str(settings.stack.data_dir))) + textwrap.dedent(USERNS_PROBE)
+        config = sandbox._launch_config(SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", code], workdir=workdir),
+                                        settings)
+        config |= {"mechanism": "userns", "parent": os.getpid(), "readonly": []}
+        config.pop("uid", None)
+        config.pop("cgroup", None)  # root's memory cgroup is not nobody's to write: nobody's own check finds none here
+        config.pop("pids_cgroup", None)  # (nor root's pids hierarchy, on cgroup v1)
+        launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                   "/usr/bin/python3", "-I", "-S", str(sandbox.LAUNCHER)],
+                                  env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
+                                  capture_output=True, text=True, timeout=30, check=False)
+        assert launched.returncode == 0, launched.stderr
+        out = launched.stdout
+        assert "uid 65534 pids ['1', '2']" in out
+        assert "RAILYARD" not in out and "no network" in out and "caps 0000000000000000" in out
+        assert f"{settings.stack.data_dir} False" in out and "/root False" in out
+        assert "user namespace: ENOSPC" in out and "pid namespace: EPERM" in out and "cannot raise EACCES" in out, out
+    finally:  # the folder is not pytest's: a failed assertion left it in the temporary directory
+        shutil.rmtree(outer, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists(),
@@ -743,27 +746,30 @@ def test_a_normal_users_sandbox_is_held_to_its_disk_quota_too(settings, code, hi
     import tempfile
 
     outer = Path(tempfile.mkdtemp(prefix="railyard-nobody-"))
-    outer.chmod(0o755)
-    workdir = outer / "work"
-    workdir.mkdir()
-    os.chown(workdir, 65534, 65534)
-    spec = SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", textwrap.dedent(code)], workdir=workdir,
-                       limits=Limits(disk_bytes=64 << 20, file_size_bytes=8 << 20))
-    verdict, told = os.pipe()
-    config = sandbox._launch_config(spec, settings) | {"mechanism": "userns", "parent": os.getpid(), "readonly": [],
-                                                       "verdict_fd": told}
-    config.pop("uid", None)
-    config.pop("cgroup", None)  # (as above; test_sandbox_memory.py gives nobody a delegated one)
-    config.pop("pids_cgroup", None)
-    launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
-                               "-I", "-S", str(sandbox.LAUNCHER)], env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
-                              capture_output=True, text=True, timeout=30, check=False, pass_fds=(told,))
-    os.close(told)
-    said = os.read(verdict, 64).decode()
-    os.close(verdict)
-    shutil.rmtree(outer)
-    assert launched.returncode == sandbox.QUOTA_EXIT, launched.stderr
-    assert sandbox.limit_hit(launched.returncode, launched.stderr, spec.limits, said) == hit
+    try:
+        outer.chmod(0o755)
+        workdir = outer / "work"
+        workdir.mkdir()
+        os.chown(workdir, 65534, 65534)
+        spec = SandboxSpec(argv=["/usr/bin/python3", "-I", "-c", textwrap.dedent(code)], workdir=workdir,
+                           limits=Limits(disk_bytes=64 << 20, file_size_bytes=8 << 20))
+        verdict, told = os.pipe()
+        config = sandbox._launch_config(spec, settings) | {"mechanism": "userns", "parent": os.getpid(), "readonly": [],
+                                                           "verdict_fd": told}
+        config.pop("uid", None)
+        config.pop("cgroup", None)  # (as above; test_sandbox_memory.py gives nobody a delegated one)
+        config.pop("pids_cgroup", None)
+        launched = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                   "/usr/bin/python3", "-I", "-S", str(sandbox.LAUNCHER)],
+                                  env={"RAILYARD_SANDBOX_LAUNCH": json.dumps(config)},
+                                  capture_output=True, text=True, timeout=30, check=False, pass_fds=(told,))
+        os.close(told)
+        said = os.read(verdict, 64).decode()
+        os.close(verdict)
+        assert launched.returncode == sandbox.QUOTA_EXIT, launched.stderr
+        assert sandbox.limit_hit(launched.returncode, launched.stderr, spec.limits, said) == hit
+    finally:  # the folder is not pytest's: a failed assertion left it in the temporary directory
+        shutil.rmtree(outer, ignore_errors=True)
 
 
 @pytest.mark.parametrize("mechanism", ["this host's", "userns"])
