@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+import asyncpg
 import nats
 from nats.js.api import DeliverPolicy
 
@@ -62,3 +63,21 @@ async def stream_events(stack, subject: str, key: str, values: set) -> list[dict
     finally:
         await nc.close()
     return found
+
+
+async def outbox_sent(stack, schema: str, key: str, values: set, within: float = 90.0) -> None:
+    """Wait until `schema`'s outbox holds no row whose payload's `key` is one of `values`. The outbox deletes a row
+    only once JetStream has acknowledged its event (shared/outbox.py), so every event those changes wrote is on the
+    stream by then, a second copy of one included: the barrier before asserting each is there once, where a fixed
+    sleep (1 s) could end before a copy went out on a slow host. `within`: a row refused OWN_RETRIES times waits for
+    the outbox's IDLE rounds."""
+    texts = [str(value) for value in values]
+    deadline = time.monotonic() + within
+    conn = await asyncpg.connect(stack.settings().postgres.dsn)
+    try:
+        while left := await conn.fetchval(f'SELECT count(*) FROM "{schema}".outbox WHERE payload->>$1 = ANY($2)',
+                                          key, texts):
+            assert time.monotonic() < deadline, f"{schema}'s outbox still holds {left} of those events"
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()

@@ -31,7 +31,7 @@ from railyard_client import Lineage, Orchestrations
 
 from shared import subjects
 from tests.image_models import digit_png
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.conftest import make_account, post, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 from tests.integration.continuous_setups import consumer_caught_up
@@ -280,7 +280,7 @@ def test_training_events_the_stream_refused_are_published_once_it_accepts(stack,
 
     training_id = asyncio.run(trained_while_refused())
     wait_for(lambda: len(asyncio.run(training_events(stack, training_id))) >= 2, 30, "the refused training events")
-    time.sleep(1)  # a copy sent after them would be on the stream by now
+    asyncio.run(outbox_sent(stack, "monitoring", "training_id", {training_id}))  # a copy would be on it too
     events = asyncio.run(training_events(stack, training_id))
     assert [e["_subject"] for e in events] == [subjects.EVENT_MONITORING_TRAINING_STARTED,
                                                subjects.EVENT_MONITORING_TRAINING_FINISHED]

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from shared import subjects
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.conftest import post
 from tests.integration.test_registry_events import running
 from tests.models import ccfraud_onnx
@@ -120,7 +120,7 @@ def test_a_first_deploy_whose_deployer_died_before_its_deployed_event_gets_it_fr
     while not (events := asyncio.run(pipeline_deployed(stack, pipeline_id))):
         assert time.monotonic() < deadline, "the restored deployment's deployed event never reached the stream"
         time.sleep(0.5)
-    time.sleep(1)  # a copy sent after it would be on the stream by now
+    asyncio.run(outbox_sent(stack, "deployer", "pipeline_id", {pipeline_id}))  # a copy would be on it too
     events = asyncio.run(pipeline_deployed(stack, pipeline_id))
     assert [(e["deployment_id"], e["name"]) for e in events] == [(deployment_id, f"{name}-{deployment_id}")]
     assert events[0]["_msg_id"] == events[0]["event_id"]

@@ -17,7 +17,7 @@ import nats as nats_client
 import pytest
 
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, log_header
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.test_assay_events import events_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -64,7 +64,7 @@ def test_a_quarantine_event_the_stream_refused_is_published_once_it_accepts_it(s
     while not asyncio.run(stream_events(stack, SUBJECT, "batch_id", {batch_id})):
         assert time.monotonic() < deadline, "the refused quarantine event never reached the stream"
         time.sleep(0.2)
-    time.sleep(1)  # a copy sent after it would be on the stream by now
+    asyncio.run(outbox_sent(stack, "log_store", "batch_id", {batch_id}))  # a copy would be on the stream too
     events = asyncio.run(stream_events(stack, SUBJECT, "batch_id", {batch_id}))
     assert len(events) == 1, events  # once
     event = events[0]

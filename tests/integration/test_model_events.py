@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from shared import subjects
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_registry import api, model_id_of, upload
 from tests.models import ccfraud_onnx, ccfraud_pickle
@@ -66,7 +66,7 @@ def test_model_events_the_stream_refused_are_published_once_it_accepts(stack, al
         assert time.monotonic() < deadline, (
             f"the refused model events never reached the stream: {asyncio.run(model_events(stack, {ready, pickled}))}")
         time.sleep(0.2)
-    time.sleep(1)  # a copy sent after them would be on the stream by now
+    asyncio.run(outbox_sent(stack, "registry", "model_id", {ready, pickled}))  # a copy would be on the stream too
     events = asyncio.run(model_events(stack, {ready, pickled}))
     assert sorted((e["model_id"], e["_subject"]) for e in events) == sorted([
         (ready, subjects.EVENT_MODEL_UPLOADED), (pickled, subjects.EVENT_MODEL_UPLOADED),

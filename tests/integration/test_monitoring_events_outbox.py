@@ -17,7 +17,7 @@ import pytest
 
 from shared import subjects
 from tests.image_models import detector_image_config, detector_onnx, squares_png
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.conftest import make_account, undeploy_all
 from tests.integration.conftest import sdk_client as sdk
 from tests.integration.test_assay_events import events_refused
@@ -82,7 +82,7 @@ def test_prediction_and_review_events_are_kept_with_their_rows_while_the_stream_
             "the refused monitoring events never reached the stream: "
             f"{asyncio.run(monitoring_events(stack, 'prediction_id', prediction_id))}")
         time.sleep(0.2)
-    time.sleep(1)  # a copy sent after them would be on the stream by now
+    asyncio.run(outbox_sent(stack, "monitoring", "prediction_id", {prediction_id}))  # a copy would be on it too
     events = asyncio.run(monitoring_events(stack, "prediction_id", prediction_id))
     assert [e["_subject"] for e in events] == [subjects.EVENT_MONITORING_PREDICTION_CREATED,
                                                subjects.EVENT_MONITORING_REVIEW_CREATED]  # once each, in order

@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from shared import subjects
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.conftest import post
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_model_events import listed
@@ -68,7 +68,7 @@ def test_pipeline_events_the_stream_refused_are_published_once_it_accepts(stack,
         assert time.monotonic() < deadline, (
             f"the refused pipeline events never reached the stream: {asyncio.run(pipeline_events(stack, pipeline_id))}")
         time.sleep(0.2)
-    time.sleep(1)  # a copy sent after them would be on the stream by now
+    asyncio.run(outbox_sent(stack, "deployer", "pipeline_id", {pipeline_id}))  # a copy would be on the stream too
     events = asyncio.run(pipeline_events(stack, pipeline_id))
     assert [e["_subject"] for e in events] == [subjects.EVENT_PIPELINE_VERSION_CREATED,
                                                subjects.EVENT_PIPELINE_DEPLOYED,

@@ -27,7 +27,7 @@ from services.task_scheduler.handlers import Deps
 from shared import subjects
 from shared.bus import publish_event
 from shared.settings import TaskSettings
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.conftest import service_schema
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_task_scheduler_wakeups import StandInRuns, settled
@@ -106,7 +106,7 @@ async def arrived_once(stack, run_id: uuid.UUID, within: float = 30) -> list[dic
             break
         assert time.monotonic() < deadline, f"the run's refused events never reached the stream: {events}"
         await asyncio.sleep(0.2)
-    await asyncio.sleep(1)  # a copy sent after them would be on the stream by now
+    await outbox_sent(stack, "task_scheduler", "run_id", {str(run_id)})  # a copy would be on the stream too
     events = await run_events(stack, run_id)
     assert [e["_subject"] for e in events] == [subjects.EVENT_TASK_RUN_STARTED, subjects.EVENT_TASK_RUN_SUCCEEDED]
     assert [e["status"] for e in events] == ["running", "success"]
