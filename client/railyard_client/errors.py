@@ -97,7 +97,9 @@ class InvalidInput(InvalidRequest):
 
 
 class AuthenticationError(APIError):
-    """401: wrong credentials, or a token that is missing, expired or revoked."""
+    """401: wrong credentials, or a token that is missing, expired or revoked; also the token endpoint's
+    `invalid_grant`, `invalid_client` and `account_locked` whatever their status (RFC 6749 answers a refused grant
+    400)."""
 
 
 class PermissionDenied(APIError):
@@ -123,6 +125,10 @@ class Unavailable(APIError):
     they start (the message says why to a workspace member), and inference raises it at once."""
 
 
+# the token endpoint's refusals of the credentials themselves: AuthenticationError whatever their status. The gateway
+# answers a refused password or refresh token 401, an authorization code (the web UI's) 400 as RFC 6749 5.2 says; a
+# server that answers the refresh 400 as well still has the session sign in again (refresh's fallback), not fail
+OAUTH_SIGN_IN_REFUSED = {"invalid_grant", "invalid_client", "account_locked"}
 _BY_STATUS: dict[int, type[APIError]] = {400: InvalidRequest, 422: InvalidRequest, 401: AuthenticationError,
                                          403: PermissionDenied, 404: NotFound, 409: Conflict,
                                          413: PayloadTooLarge, 503: Unavailable}
@@ -134,4 +140,6 @@ def error_from_answer(status: int, body: Any) -> APIError:
     body = body if isinstance(body, dict) else {}
     code = str(body.get("code") or body.get("error") or f"http_{status}")
     message = str(body.get("msg") or body.get("error_description") or body.get("message") or code)
+    if "error" in body and code in OAUTH_SIGN_IN_REFUSED:  # OAuth's shape: the token endpoint's own answer
+        return AuthenticationError(status, code, message)
     return _BY_STATUS.get(status, APIError)(status, code, message)

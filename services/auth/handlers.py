@@ -407,30 +407,33 @@ async def _code_login(deps: AuthDeps, cmd: IssueToken, session: uuid.UUID) -> as
     """Exchange a code: it is spent by this first attempt whatever follows (RFC 6749 4.1.2: once), then it must have
     been issued to this client for this exact redirect URI, and the verifier's S256 must be its challenge. The
     tokens will be minted in `session`, recorded with the code as it is spent (before they exist, so a reuse racing
-    this exchange still reaches them); a spent code presented again revokes that session."""
+    this exchange still reaches them); a spent code presented again revokes that session. A code refused is 400
+    `invalid_grant` (RFC 6749 5.2, as Keycloak answers it; 401 until session 37): only this page's public client
+    exchanges codes, so no released SDK or CLI reads these answers (a refused password or refresh token stays 401,
+    docs/auth.md)."""
     if not cmd.code or not cmd.code_verifier or not cmd.redirect_uri:
         raise InvalidRequest("the authorization_code grant needs code, code_verifier and redirect_uri")
     code_hash = _sha256(cmd.code)
     spent = await store.take_authorization_code(deps.pool, code_hash, session)
     if spent is None:
         if await _revoke_reused_code(deps, code_hash):
-            raise Unauthorized("authorization code already used: a code works once, so this one may have leaked and "
-                               "the tokens issued for it are revoked; sign in again", code="invalid_grant")
-        raise Unauthorized("authorization code unknown or already used; sign in again", code="invalid_grant")
+            raise InvalidRequest("authorization code already used: a code works once, so this one may have leaked "
+                                 "and the tokens issued for it are revoked; sign in again", code="invalid_grant")
+        raise InvalidRequest("authorization code unknown or already used; sign in again", code="invalid_grant")
     if spent["expired"]:
-        raise Unauthorized(f"authorization code expired (a code works for {deps.settings.authorization_code_ttl} s);"
-                           " sign in again", code="invalid_grant")
+        raise InvalidRequest(f"authorization code expired (a code works for {deps.settings.authorization_code_ttl} "
+                             "s); sign in again", code="invalid_grant")
     if spent["client_id"] != cmd.client_id:
-        raise Unauthorized("authorization code issued to another client", code="invalid_grant")
+        raise InvalidRequest("authorization code issued to another client", code="invalid_grant")
     if spent["redirect_uri"] != cmd.redirect_uri:
-        raise Unauthorized("redirect_uri is not the one the authorization code was issued for", code="invalid_grant")
+        raise InvalidRequest("redirect_uri is not the one the authorization code was issued for", code="invalid_grant")
     if not CODE_VERIFIER.fullmatch(cmd.code_verifier) or not hmac.compare_digest(
             s256_challenge(cmd.code_verifier), spent["code_challenge"]):
-        raise Unauthorized("code_verifier does not match the authorization code's challenge (S256)",
-                           code="invalid_grant")
+        raise InvalidRequest("code_verifier does not match the authorization code's challenge (S256)",
+                             code="invalid_grant")
     user = await store.user_by_id(deps.pool, spent["user_id"])
     if user is None or not user["enabled"]:
-        raise Unauthorized("user is deactivated", code="invalid_grant")
+        raise InvalidRequest("user is deactivated", code="invalid_grant")
     return user
 
 

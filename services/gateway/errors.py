@@ -15,9 +15,13 @@ from fastapi.responses import Response
 from shared.errors import RailyardError, TooManyRequests
 
 Shape = Literal["api", "oauth", "oip"]
-# OAuth2 errors answered with 401 (as Keycloak does); the others keep their own status
-OAUTH_401 = {"invalid_client", "invalid_grant", "account_locked"}
-OAUTH_CODES = OAUTH_401 | {"unsupported_grant_type", "unauthorized_client", "rate_limited"}
+# OAuth2 errors always answered with 401: a client that failed to authenticate (RFC 6749 5.2, as Keycloak does). A
+# refused grant (`invalid_grant`, `account_locked`) keeps the status the auth service gave it: 401 for a password or
+# refresh token (what released SDKs and CLIs read as "sign in again", docs/auth.md), 400 for an authorization code
+# (RFC 6749 5.2 and Keycloak; it was forced to 401 here until session 37). The others keep their own status too.
+OAUTH_401 = {"invalid_client"}
+OAUTH_CODES = OAUTH_401 | {"invalid_grant", "account_locked", "unsupported_grant_type", "unauthorized_client",
+                           "rate_limited"}
 # 503s that a retry cannot mend (the deployer's code for a deployment whose restore failed: it needs a redeploy),
 # answered without the `Retry-After` that invites clients and proxies to try again
 NOT_RETRYABLE_503 = {"deployment_failed"}

@@ -249,18 +249,19 @@ def test_the_ui_signs_in_with_a_one_time_pkce_code(stack, alice):
                                                 "refresh_token": tokens["refresh_token"]})
         assert refreshed.status_code == 200, refreshed.text
 
-        # a code works once
-        refused(tab.exchange(code), 401, "invalid_grant", "already used")
+        # a code works once; a refused code is 400 invalid_grant (RFC 6749 5.2, Keycloak; a password or refresh token
+        # refused stays 401, what released SDKs read as "sign in again")
+        refused(tab.exchange(code), 400, "invalid_grant", "already used")
         # a wrong verifier: refused, and the code is spent (the right verifier cannot use it after)
         code = tab.code(tab.submit(alice.email, PASSWORD))
         other = UiSignIn(http, tab.redirect_uri)
-        refused(tab.exchange(code, code_verifier=other.verifier), 401, "invalid_grant", "code_verifier")
-        refused(tab.exchange(code), 401, "invalid_grant", "already used")
-        refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), code_verifier="short"), 401,
+        refused(tab.exchange(code, code_verifier=other.verifier), 400, "invalid_grant", "code_verifier")
+        refused(tab.exchange(code), 400, "invalid_grant", "already used")
+        refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), code_verifier="short"), 400,
                 "invalid_grant", "code_verifier")
         # bound to its redirect URI and its client
         refused(tab.exchange(tab.code(tab.submit(alice.email, PASSWORD)), redirect_uri="http://evil.example/"),
-                401, "invalid_grant", "redirect_uri")
+                400, "invalid_grant", "redirect_uri")
         secrets = stack.secrets()
         stolen = tab.code(tab.submit(alice.email, PASSWORD))
         refused(http.post(TOKEN_PATH, auth=(secrets["client_id"], secrets["client_secret"]), data={
@@ -270,7 +271,7 @@ def test_the_ui_signs_in_with_a_one_time_pkce_code(stack, alice):
         # expired (a minute; aged here in the database)
         code = tab.code(tab.submit(alice.email, PASSWORD))
         asyncio.run(_age(stack, code))
-        refused(tab.exchange(code), 401, "invalid_grant", "expired")
+        refused(tab.exchange(code), 400, "invalid_grant", "expired")
         # the UI's client no longer takes a password itself; the SDK's and CLI's login client still does
         refused(http.post(TOKEN_PATH, data={"grant_type": "password", "client_id": UI_CLIENT, "username": alice.email,
                                             "password": PASSWORD}), 400, "unauthorized_client", "authorization")
@@ -304,7 +305,7 @@ def test_a_reused_code_revokes_the_tokens_it_issued(stack, alice):
         other = signs_in(other_tab, alice.email)  # alice's other sign-in: another session
         assert works(http, first["access_token"]) and works(http, refreshed["access_token"])
 
-        refused(tab.exchange(code), 401, "invalid_grant", "already used")
+        refused(tab.exchange(code), 400, "invalid_grant", "already used")
         deadline = time.monotonic() + stack.settings().auth.revocation_poll_interval + 5
         while works(http, first["access_token"]) or works(http, refreshed["access_token"]):
             assert time.monotonic() < deadline, "a reused code's tokens still work after the revocation's propagation"
@@ -314,7 +315,7 @@ def test_a_reused_code_revokes_the_tokens_it_issued(stack, alice):
         assert revoked.status_code == 401 and "revoked" in revoked.text, revoked.text
         refused(refresh(http, refreshed["refresh_token"]), 401, "invalid_grant", "revoked")
         refused(refresh(http, first["refresh_token"]), 401, "invalid_grant")
-        refused(tab.exchange(code), 401, "invalid_grant", "already used")  # and again: still refused
+        refused(tab.exchange(code), 400, "invalid_grant", "already used")  # and again: still refused
 
         assert works(http, other["access_token"])  # only what the reused code issued
         assert refresh(http, other["refresh_token"]).status_code == 200

@@ -14,7 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import railyard_client
 from railyard_client import _docgen, cli, data
-from railyard_client.errors import AuthenticationError, InvalidInput, NotFound, Unavailable, error_from_answer
+from railyard_client.errors import (
+    AuthenticationError,
+    InvalidInput,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    error_from_answer,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "sdk.md"
@@ -56,6 +63,44 @@ def test_server_answers_become_typed_errors():
     oauth = error_from_answer(401, {"error": "invalid_grant", "error_description": "wrong password"})
     assert isinstance(oauth, AuthenticationError) and oauth.code == "invalid_grant"
     assert isinstance(error_from_answer(503, None), Unavailable)
+    # the token endpoint's refusals in RFC 6749's 400 (an authorization code's since session 37): still a sign-in
+    # refused, not an InvalidRequest; the API's own {"code", "msg"} 400 and OAuth's other 400s are unchanged
+    for code in ("invalid_grant", "account_locked", "invalid_client"):
+        refused = error_from_answer(400, {"error": code, "error_description": "no", "code": code, "msg": "no"})
+        assert isinstance(refused, AuthenticationError) and (refused.status, refused.code) == (400, code)
+    assert isinstance(error_from_answer(400, {"error": "unsupported_grant_type"}), InvalidRequest)
+    assert isinstance(error_from_answer(400, {"code": "invalid_grant", "msg": "an API answer"}), InvalidRequest)
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_a_refused_refresh_token_signs_in_again_whatever_its_status(tmp_path, status):
+    """A refresh token refused with RFC 6749's 400 invalid_grant (as Keycloak answers an expired one) is the same as
+    the gateway's 401: the session signs in with the password it has, else says to run `railyard login`, where a
+    400 was an InvalidRequest out of every call."""
+    import httpx
+    from railyard_client.session import Session
+
+    asked = []
+
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        asked.append(request.content.decode())
+        if b"grant_type=refresh_token" in request.content:
+            return httpx.Response(status, json={"error": "invalid_grant", "error_description": "Token is not active"})
+        return httpx.Response(200, json={"access_token": "fresh", "refresh_token": "r2", "expires_in": 300})
+
+    with_password, without = (Session("http://gateway.test", token="old", client_secret="s",
+                                      credentials_file=tmp_path / "none.json") for _ in range(2))
+    with_password.username, with_password.password = "alice", "pw"
+    for session in (with_password, without):
+        session.http = httpx.Client(base_url="http://gateway.test", transport=httpx.MockTransport(token_endpoint))
+        session.refresh_token, session.expires_at = "r1", 0
+    try:
+        assert with_password.token == "fresh" and "grant_type=password" in asked[-1]
+        with pytest.raises(AuthenticationError, match="railyard login"):
+            without.refresh()
+    finally:
+        with_password.close()
+        without.close()
 
 
 def test_files_become_tables(tmp_path):

@@ -4,6 +4,7 @@ IPC bodies."""
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -60,7 +61,7 @@ def test_token_endpoint_limits_per_source_and_per_client():
 def test_one_mapping_for_every_edge():
     status, headers, body = error_parts(Unauthorized("no"), "api")
     assert (status, headers["WWW-Authenticate"], body) == (401, "Bearer", b'{"code":"unauthorized","msg":"no"}')
-    status, headers, body = error_parts(InvalidRequest("bad", code="invalid_grant"), "oauth")
+    status, headers, body = error_parts(Unauthorized("bad", code="invalid_grant"), "oauth")
     assert status == 401 and b'"error":"invalid_grant"' in body and headers["Cache-Control"] == "no-store"
     assert error_parts(PayloadTooLarge("big"), "oip", close=True)[1]["Connection"] == "close"
     assert b'"error":"big"' in error_parts(PayloadTooLarge("big"), "oip")[2]
@@ -230,3 +231,24 @@ def test_a_mistyped_path_or_method_says_what_to_do():
     answer = client.get("/v1/api")
     assert answer.status_code == 404 and answer.json() == {
         "code": "not_found", "msg": "no such route: GET /v1/api (the routes are listed at /v1/api/docs)"}
+
+
+@pytest.mark.parametrize(("exc", "status"), [
+    # an authorization code refused: 400 (RFC 6749 5.2, as Keycloak answers it); it was forced to 401
+    (InvalidRequest("authorization code unknown or already used; sign in again", code="invalid_grant"), 400),
+    # a password or refresh token refused: the auth service's 401, what released SDKs and CLIs read as "sign in again"
+    (Unauthorized("invalid user credentials", code="invalid_grant"), 401),
+    (Unauthorized("invalid refresh token", code="invalid_grant"), 401),
+    (Unauthorized("account temporarily locked", code="account_locked"), 401),
+    # a client that failed to authenticate: 401 whatever the service raised
+    (Unauthorized("invalid client credentials", code="invalid_client"), 401),
+    (InvalidRequest("not a client that signs in here", code="invalid_client"), 401),
+    (InvalidRequest("unsupported grant_type 'x'", code="unsupported_grant_type"), 400),
+    (InvalidRequest("grant_type is required"), 400),
+])
+def test_the_token_endpoints_errors_keep_the_status_of_their_grant(exc, status):
+    answered, headers, body = error_parts(exc, "oauth")
+    assert answered == status, (exc.code, answered)
+    assert ("WWW-Authenticate" in headers) == (status == 401)
+    assert orjson.loads(body)["error"] == exc.code
+    assert orjson.loads(body)["error_description"] == exc.msg
