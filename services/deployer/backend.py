@@ -551,6 +551,10 @@ class LocalBackend:
             stamped: float | None = stamp.stat().st_mtime
         except OSError:  # not there (or unreadable, as exists() took it): not marked
             stamped = None
+        if stamped is not None and _marked_lines(stamp) is None:  # its time may be a torn write's, its line gone:
+            log.warning("%s cannot be read or was cut short: taken as not there (the deployment folders without %s "
+                        "are adopted, none removed), then written again", stamp, KEPT_MARKER)
+            stamped = None
         first, self._first_sweep = self._first_sweep, False
         since: float | None = None  # unmarked folders written since this are adopted (None: the first's left only)
         if first and stamped is None:
@@ -1197,27 +1201,59 @@ def _iso(when: float) -> str:
 
 def _stamp(stamp: Path, now: float, run: str) -> None:
     """Set DATA_DIR_MARKED's time to `now` and its RUN_LINE to `run` (the file written with its text if it is not
-    there, or its line rewritten if it says otherwise). Raises OSError."""
+    there or cannot be trusted, or with its line rewritten if it says otherwise). Written whole or not at all
+    (_replace_text): rewritten in place, a crash or a full disk mid-write left a part of it, whose time the next start
+    took for its last sweep's. Raises OSError."""
     line = RUN_LINE + run
-    try:
-        lines = stamp.read_text().splitlines()
-    except FileNotFoundError:
+    lines = _marked_lines(stamp)
+    if lines is None:  # not there, unreadable, or cut short: written again
         lines = [f"Since {_iso(now)} a deployment folder kept for the user here has {KEPT_MARKER} in it; an inactive "
                  "deployment's without one is removed by the deployer. This file's time: the deployer's last look at "
                  "them (or its stop)."]
-    except (OSError, ValueError):  # unreadable, not text: written again
-        lines = []
-    if line not in lines:
-        stamp.write_text("\n".join([*(kept for kept in lines if not kept.startswith(RUN_LINE)), line]) + "\n")
-    os.utime(stamp, (now, now))
+    if line in lines:
+        os.utime(stamp, (now, now))
+    else:
+        _replace_text(stamp, "\n".join([*(kept for kept in lines if not kept.startswith(RUN_LINE)), line]) + "\n", now)
+
+
+def _marked_lines(stamp: Path) -> list[str] | None:
+    """DATA_DIR_MARKED's lines; None when it is not there or cannot be trusted: unreadable, not UTF-8 text, or cut
+    short (empty, or its last line unended: every write ends one; a deployer before session 37 rewrote the file in
+    place, and a crash or a full disk in that write left a part of it)."""
+    try:
+        text = stamp.read_bytes().decode()
+    except (OSError, ValueError):
+        return None
+    return text.splitlines() if text.endswith("\n") else None
+
+
+def _replace_text(path: Path, text: str, mtime: float) -> None:
+    """Write `path` whole or not at all: a new file beside it (its name ends in .tmp, never a deployment's), synced,
+    its time set to `mtime`, then renamed over it. Leftovers of a write cut short are removed first. Raises OSError."""
+    for left in _listed(path.parent, f"{path.name}."):
+        if left.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                left.unlink()
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.utime(temporary, (mtime, mtime))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def _run_unstopped(stamp: Path) -> bool:
-    """Whether DATA_DIR_MARKED's RUN_LINE says a deployer with the markers runs (one that did not stop: killed)."""
-    try:
-        return RUN_LINE + "running" in stamp.read_text().splitlines()
-    except (OSError, ValueError):
-        return False
+    """Whether DATA_DIR_MARKED's RUN_LINE says a deployer with the markers runs (one that did not stop: killed); not
+    when it cannot be trusted (_marked_lines): its folders written since are adopted, not removed."""
+    lines = _marked_lines(stamp)
+    return lines is not None and RUN_LINE + "running" in lines
 
 
 def _mark_kept(folder: Path, what: str, now: float | None = None) -> bool:
