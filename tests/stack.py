@@ -94,8 +94,8 @@ def free_ports(count: int, with_grpc: set[int] = frozenset()) -> list[int]:
             if any(p in taken or not _lease_free(leases, p) for p in needed) \
                     or not all(port_free("127.0.0.1", p) for p in needed):
                 continue
-            for p in needed:
-                _lease(leases, p)
+            if not _lease_all(leases, needed):  # another user's ended lease this user may not remove
+                continue
             chosen.append(port)
     return chosen
 
@@ -109,22 +109,27 @@ def release_ports(ports: Iterator[int] | list[int]) -> None:
             for p in (port, port + GRPC_OFFSET):
                 path = leases / str(p)
                 with contextlib.suppress(OSError, ValueError):
-                    if int(path.read_text() or 0) == os.getpid():
+                    if _read_lease(path)[0] == os.getpid():
                         path.unlink()
 
 
 @contextlib.contextmanager
 def _leases_locked() -> Iterator[Path | None]:
     """The lease folder, locked against other processes picking at the same moment (a pick takes milliseconds); None
-    when it cannot be used (another user's folder): then ports are picked as before, checked free only."""
+    when it cannot be used (a link, or another user's folder a version before session 37 made 1755): then ports are
+    picked as before, checked free only. Shared by every user of the host, as /tmp is (1777: ports are the host's,
+    so one user's runs must not take another's picked ports either); mkdir's mode is cut by the umask, so its maker
+    sets it (it was 1755 under umask 022: a second user running the suite could open neither the lock nor a lease)."""
     try:
         PORT_LEASES.mkdir(mode=0o1777, exist_ok=True)
         # a folder in /tmp anyone may have made: not followed if it is a link, nor are the links planted in it (a
         # lease written through one would overwrite whatever file it names)
-        if not stat.S_ISDIR(os.lstat(PORT_LEASES).st_mode):
+        folder = os.lstat(PORT_LEASES)
+        if not stat.S_ISDIR(folder.st_mode):
             raise NotADirectoryError(PORT_LEASES)
-        handle = os.fdopen(os.open(PORT_LEASES / ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                                   | os.O_CLOEXEC, 0o666), "a")
+        if folder.st_uid == os.geteuid() and stat.S_IMODE(folder.st_mode) != 0o1777:
+            os.chmod(PORT_LEASES, 0o1777)
+        handle = _open_lock(PORT_LEASES / ".lock")
     except OSError:
         yield None
         return
@@ -140,13 +145,23 @@ def _lease_free(leases: Path | None, port: int) -> bool:
     hold too (two stacks it starts one after the other must not share the first one's ports before it binds them)."""
     if leases is None:
         return True
-    path = leases / str(port)
     try:
-        pid = int(path.read_text() or 0)
-        age = time.time() - path.stat().st_mtime
+        pid, written = _read_lease(leases / str(port))
     except (OSError, ValueError):
         return True
+    age = time.time() - written
     return not 0 <= age <= LEASE_SECONDS or not pid_alive(pid)  # a lease from the future would never expire
+
+
+def _read_lease(path: Path) -> tuple[int, float]:
+    """A lease file's pid and time. Any user may make files in the folder: one that is not a regular file (a link, a
+    FIFO, whose open would wait for a writer) is not a lease (ValueError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "r") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a file")
+        return int(handle.read(32) or 0), info.st_mtime
 
 
 def _drop_ended_leases(leases: Path | None) -> None:
@@ -164,13 +179,52 @@ def _drop_ended_leases(leases: Path | None) -> None:
                     os.unlink(entry.path)
 
 
-def _lease(leases: Path | None, port: int) -> None:
-    if leases is not None:
-        with contextlib.suppress(OSError):
-            fd = os.open(leases / str(port), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o644)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
+def _open_lock(path: Path):
+    """The lease folder's lock file, opened for reading (flock needs no more, and every user may read it), made if it
+    is not there. Opened without O_CREAT first: with fs.protected_regular, an O_CREAT open of a file in a sticky folder
+    that neither the opener nor the folder's owner owns is refused even when the file is there."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (a FIFO planted there: opened, not waited on)
+    for _ in range(10):
+        try:
+            return os.fdopen(os.open(path, flags), "r")
+        except FileNotFoundError:
+            pass
+        try:
+            return os.fdopen(os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), "r")
+        except FileExistsError:  # made by another process meanwhile
+            continue
+    raise FileExistsError(path)
+
+
+def _lease_all(leases: Path | None, ports: list[int]) -> bool:
+    """Lease every one of `ports` (checked free: no live lease) to this process, or none (False)."""
+    done: list[int] = []
+    for port in ports:
+        if not _lease(leases, port):
+            for leased in done:
+                with contextlib.suppress(OSError):
+                    os.unlink(leases / str(leased))
+            return False
+        done.append(port)
+    return True
+
+
+def _lease(leases: Path | None, port: int) -> bool:
+    """Lease `port` (no live lease on it) to this process: its ended lease file (or a link planted there) removed, a
+    new one made (never written through a link). False when that cannot be done: an ended lease of another user,
+    which the folder's sticky bit keeps (that user's next pick removes it)."""
+    if leases is None:
+        return True
+    path = leases / str(port)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError), os.fdopen(fd, "w") as handle:  # (a pid not written, a full disk: the file
+        handle.write(str(os.getpid()))  # reads as an ended lease, as before)
+    return True
 
 
 # the test stack's (stack_env): above test_deploy_busy_status's hold of a replica until its status reads say Starting

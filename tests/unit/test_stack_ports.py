@@ -4,8 +4,12 @@ a port of the stack is taken anyway, instead of a service crash-looping while wa
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,6 +98,57 @@ def test_a_lease_from_the_future_expires_and_a_planted_link_is_not_written_throu
     assert sorted(stack.free_ports(2)) == [start, start + 1]
     assert victim.read_text() == "keep me"
     assert (leases / str(start + 1)).read_text() == str(stack.os.getpid())
+
+
+PICK_ONE = """
+import json, sys
+from pathlib import Path
+from tests import stack
+stack.PORT_LEASES = Path(sys.argv[1])
+stack.port_range = lambda: range(int(sys.argv[2]), int(sys.argv[2]) + 2)
+print(json.dumps(stack.free_ports(2)), flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+                    reason="needs root to become another user")
+def test_a_second_user_leases_in_the_folder_the_first_one_made(monkeypatch):
+    """A CI host where two users run the suite: the lease folder the first one made (umask 022) is 1777 as /tmp is,
+    so the second one's picks are leased there too (and the first one's kept from it). Before, mkdir's 1777 was cut
+    to 1755 by the umask: `nobody` could open neither the lock nor a lease, picked ports unleased, and a port the
+    first user had leased could be taken before its stack bound it."""
+    outer = Path(tempfile.mkdtemp(prefix="railyard-leases-"))  # pytest's tmp_path is not traversable by nobody
+    try:
+        outer.chmod(0o755)
+        folder = outer / "railyard-test-ports"
+        monkeypatch.setattr(stack, "PORT_LEASES", folder)
+        start = _free_range(4)
+        monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 2))
+        umask = os.umask(0o022)
+        try:
+            mine = stack.free_ports(2)
+        finally:
+            os.umask(umask)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o1777
+        done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                               "-c", PICK_ONE, str(folder), str(start)], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        # the first user's live leases hold for the second one too: nothing left in that range
+        assert done.returncode != 0 and "no 2 free ports" in done.stderr, done.stdout + done.stderr
+        stack.release_ports(mine)
+        done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                               "-c", PICK_ONE, str(folder), str(start + 2)], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        assert done.returncode == 0, done.stderr
+        theirs = json.loads(done.stdout)
+        assert sorted(theirs) == [start + 2, start + 3]
+        assert {(folder / str(port)).stat().st_uid for port in theirs} == {65534}  # leased, by the second user
+        # and their ended leases (the process is gone) are the first user's to take over
+        monkeypatch.setattr(stack, "port_range", lambda: range(start + 2, start + 4))
+        assert sorted(stack.free_ports(2)) == [start + 2, start + 3]
+        assert {(folder / str(port)).read_text() for port in theirs} == {str(os.getpid())}
+    finally:  # not pytest's folder: removed whatever happened
+        shutil.rmtree(outer, ignore_errors=True)
 
 
 def test_a_linked_lease_folder_is_not_used(tmp_path, monkeypatch):
