@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from services.gateway.inference import ARROW_FILE, CRASH_LOOP, EngineReply, Inference, InferenceFastPath, NoEngine
 from shared.arrow_codec import to_ipc_file
 from shared.authz import Principal
-from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING, _engine
+from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING, _engine, deployer_says
 
 REASON = ("CrashLoopBackOff: railyard-engine: model 'm' failed to load: out of memory (3 exits in a row soon after "
           "start); restarted in 12 s")
@@ -35,22 +35,10 @@ class Verifier:
 
 @pytest.fixture
 def routes(monkeypatch) -> list[object]:
-    """The deployer answers every resolve with routes[0]; alice is a member of workspace 1."""
-    import services.gateway.inference as inference
-
+    """The deployer answers every resolve with routes[0]; every caller is a member of every workspace."""
     answer = [LOOPING]
-
-    async def request(broker, subject, message, *, token, timeout, reply_model):
-        return answer[0]
-
-    def bus_membership(broker, token, timeout):
-        async def lookup(user_id: str, workspace_id: int):
-            return {"role": "member"}
-        return lookup
-
-    monkeypatch.setattr(inference, "request", request)
+    deployer_says(monkeypatch, lambda: answer[0])
     CALLER[0] = ALICE  # each test starts as a member
-    monkeypatch.setattr(inference, "bus_membership", bus_membership)
 
     async def no_responders(payload: bytes) -> EngineReply:
         raise NoEngine("deployment 'd' has no running engine; retry shortly")  # as _ask_engine

@@ -15,7 +15,7 @@ import services.gateway.inference as inference
 from services.gateway.inference import EngineReply, Inference, NoEngine, RouteCache
 from shared.authz import Principal, deployment_not_found
 from shared.errors import NotFound, Unavailable
-from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING
+from tests.unit.test_gateway_route_starting import ALICE, RUNTIME, STARTING, members
 
 N = 20
 MEMBERS = {"t": "alice", "t2": "alice"}  # alice calls with either token; anything else is an outsider's
@@ -38,16 +38,11 @@ def deployer(monkeypatch) -> dict:
             raise state["answer"]
         return state["answer"]
 
-    def bus_membership(broker, token, timeout):
-        async def lookup(user_id: str, workspace_id: int):
-            return {"role": "member"} if MEMBERS.get(token) == user_id and workspace_id == 1 else None
-        return lookup
-
     async def no_responders(runtime, deployment: str, payload: bytes) -> EngineReply:
         raise NoEngine(f"deployment {deployment!r} has no running engine; retry shortly")  # as _ask_engine
 
     monkeypatch.setattr(inference, "request", request)
-    monkeypatch.setattr(inference, "bus_membership", bus_membership)
+    members(monkeypatch, MEMBERS)
     monkeypatch.setattr(inference, "_ask_engine", no_responders)
     return state
 

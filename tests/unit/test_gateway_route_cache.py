@@ -16,6 +16,7 @@ from services.gateway.inference import ROUTE_TTL, RouteCache
 from shared.authz import Principal, deployment_not_found
 from shared.errors import NotFound
 from shared.messages.deployer import DeploymentRoute
+from tests.unit.test_gateway_route_starting import members
 
 ROUTE = DeploymentRoute(deployment_id=1, name="d", pipeline_name="p", workspace_id=1, status="Running",
                         pipeline_version="v1", input_schema=None)
@@ -40,13 +41,8 @@ def resolved(monkeypatch) -> list[str]:
             raise deployment_not_found(message.name)
         return ROUTE
 
-    def bus_membership(broker, token, timeout):
-        async def lookup(user_id: str, workspace_id: int):
-            return {"role": "member"} if MEMBERS.get(token) == user_id and workspace_id == 1 else None
-        return lookup
-
     monkeypatch.setattr(inference, "request", request)
-    monkeypatch.setattr(inference, "bus_membership", bus_membership)
+    members(monkeypatch, MEMBERS)
     return tokens
 
 

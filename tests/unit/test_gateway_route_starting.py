@@ -9,6 +9,7 @@ once the engine's queue has no responder: the word of the request's own resolve,
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import orjson
@@ -30,24 +31,34 @@ RUNNING = STARTING.model_copy(update={"status": "Running"})
 ALICE = Principal(subject="alice", kind="user", admin=False, client_id="c", username="alice", issued_at=0.0)
 
 
-def deployer_says(monkeypatch, route: DeploymentRoute) -> list[str]:
-    """The gateway's deployer answers every resolve with `route`; alice is a member of every workspace (the bus's
-    answers in services/gateway/inference.py replaced). Returns the names resolved."""
+def deployer_says(monkeypatch, route: DeploymentRoute | Callable[[], DeploymentRoute]) -> list[str]:
+    """The gateway's deployer answers every resolve with `route` (or what it returns then, a callable); every caller
+    is a member of every workspace (the bus's answers in services/gateway/inference.py replaced). Returns the names
+    resolved."""
     resolved: list[str] = []
 
     async def request(broker, subject, message, *, token, timeout, reply_model):
         resolved.append(message.name)
         await asyncio.sleep(0)
-        return route
-
-    def bus_membership(broker, token, timeout):
-        async def lookup(user_id: str, workspace_id: int):
-            return {"role": "member"}
-        return lookup
+        return route() if callable(route) else route
 
     monkeypatch.setattr(inference, "request", request)
-    monkeypatch.setattr(inference, "bus_membership", bus_membership)
+    members(monkeypatch)
     return resolved
+
+
+def members(monkeypatch, by_token: dict[str, str] | None = None) -> None:
+    """Auth's answers to the gateway's membership checks (services/gateway/inference.py's bus_membership replaced):
+    with `by_token`, the caller is a member of workspace 1 when the token is one of the user's (token: user), and of
+    no other; without, every caller is a member of every workspace."""
+    def bus_membership(broker, token, timeout):
+        async def lookup(user_id: str, workspace_id: int):
+            if by_token is None or by_token.get(token) == user_id and workspace_id == 1:
+                return {"role": "member"}
+            return None
+        return lookup
+
+    monkeypatch.setattr(inference, "bus_membership", bus_membership)
 
 
 @pytest.fixture
