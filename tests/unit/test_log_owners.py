@@ -199,7 +199,14 @@ def test_at_a_start_ingestion_waits_for_the_announcements_to_be_read():
     hold's bounds quarantined) before the announcements consumer had read EVENTS' backlog."""
     async def scenario() -> None:
         known = Known({})
-        known.ready = asyncio.Event()
+        waiting = asyncio.Event()
+
+        class Ready(asyncio.Event):
+            async def wait(self) -> bool:
+                waiting.set()
+                return await super().wait()
+
+        known.ready = Ready()
         ing = Ingestor(SimpleNamespace(settings=SimpleNamespace(flush_interval=0.05, segment_max_bytes=1 << 20)),
                        js=None, deployments=known)  # type: ignore[arg-type]
         fetched: list[float] = []
@@ -212,7 +219,10 @@ def test_at_a_start_ingestion_waits_for_the_announcements_to_be_read():
 
         ing.sub = Sub()
         task = asyncio.create_task(ing.run())
-        await asyncio.sleep(0.3)
+        # until the loop waits for the announcements (a fixed sleep could end before it fetched on a slow host)
+        await asyncio.wait_for(waiting.wait(), 5)
+        for _ in range(20):
+            await asyncio.sleep(0)
         assert fetched == []
         known.ready.set()
         for _ in range(100):
