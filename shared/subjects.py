@@ -187,6 +187,7 @@ REGISTRY_REGISTRIES_LIST_MODELS = "registry.registries.list_models"
 REGISTRY_REGISTRIES_LIST_ARTIFACTS = "registry.registries.list_artifacts"
 REGISTRY_REGISTRIES_UPLOAD = "registry.registries.upload"
 REGISTRY_MODELS_RESOLVE = "registry.models.resolve"
+REGISTRY_MODELS_EXIST = "registry.models.exist"
 
 # deployer
 DEPLOYER_PIPELINES_CREATE = "deployer.pipelines.create"

@@ -53,7 +53,16 @@ from shared.messages.deployer import (
     PipelineVersionCreated,
 )
 from shared.messages.engine import ReplicaDeployment, ReplicaSpec, ReplicaStep
-from shared.messages.registry import ModelExists, ModelLookup, ResolvedModel, ResolveModel
+from shared.messages.registry import (
+    MODELS_LOOKED_UP_AT_ONCE,
+    ModelExists,
+    ModelLookup,
+    ModelReference,
+    ModelsFound,
+    ModelsLookup,
+    ResolvedModel,
+    ResolveModel,
+)
 from shared.settings import COPY_STEPS_TAKE, Settings, deploy_wait
 
 RESTORE_CONCURRENCY = 2
@@ -297,7 +306,8 @@ MODEL_LOOKUPS_WITHIN = 0.5
 """Of the request timeout, counted from pipelines/create's start: its membership check and the registry's look-ups of
 the definition's models end by then (a 504 naming the registry, nothing created), leaving what remains of its bound
 (READ_ANSWERS_WITHIN) to its write."""
-MODEL_LOOKUPS_AT_ONCE = 8  # a definition's look-ups under way at once (one per distinct model reference)
+MODEL_LOOKUPS_AT_ONCE = 8  # look-ups under way at once: registry.models.exist's batches, or (a registry before it) one
+# per distinct model reference
 MISSING_NAMED = 10  # the missing references a create's 400 names one by one (then how many more)
 
 
@@ -364,32 +374,61 @@ async def _look_up_model(deps: DeployerDeps, token: str | None, workspace_id: in
 async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_id: int, pipeline: str,
                               refs: dict[tuple[str, str | None, str | None], str], by: float, *,
                               verb: str = "create", since: str = "the create's start") -> None:
-    """pipelines/create's check of its definition's models (_definition_refs): one look-up per distinct reference,
-    MODEL_LOOKUPS_AT_ONCE at a time, all ended by the loop time `by`; every reference the workspace does not have is
-    named in one 400 invalid_request (so a definition is fixed in one go), and nothing is written. A registry that
-    does not answer in time is a 504, one that cannot be asked a 503: nothing created either. pipelines/copy (`verb`
-    "copy", its bound counted from `since`) checks the copied definition in its target workspace alike."""
+    """pipelines/create's check of its definition's models (_definition_refs): registry.models.exist for up to
+    MODELS_LOOKED_UP_AT_ONCE distinct references a request (before, one registry.models.resolve each, 8 at a time: a
+    definition naming ~4,000 models, what 64 KiB holds, passed the bound and was a 504), all ended by the loop time
+    `by`; every reference the workspace does not have is named in one 400 invalid_request (so a definition is fixed
+    in one go), and nothing is written. A registry that does not answer in time is a 504, one that cannot be asked a
+    503: nothing created either. A registry of the release before registry.models.exist (nobody answers it: a 503)
+    is asked one reference at a time, MODEL_LOOKUPS_AT_ONCE at once, as before. pipelines/copy (`verb` "copy", its
+    bound counted from `since`) checks the copied definition in its target workspace alike."""
     if not refs:
         return
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(MODEL_LOOKUPS_AT_ONCE)
+    listed = list(refs)
+
+    def time_left() -> float:
+        left = by - loop.time()
+        if left <= 0:  # the membership check and the look-ups before it took the time: this one is not sent
+            raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of {since}")
+        return left
+
+    async def batch(start: int) -> list[str | None]:
+        chunk = listed[start:start + MODELS_LOOKED_UP_AT_ONCE]
+        async with gate:
+            found = await request(deps.broker, subjects.REGISTRY_MODELS_EXIST, ModelsLookup(
+                workspace_id=workspace_id, models=[ModelReference(name=n, version=v, sha=s) for n, v, s in chunk],
+                explained=MISSING_NAMED), token=token, timeout=time_left(), reply_model=ModelsFound)
+        answers: list[str | None] = [None] * len(chunk)
+        for gone in found.missing:
+            if not 0 <= gone.index < len(chunk):
+                raise Unavailable(f"registry answered about model reference {gone.index} of {len(chunk)} asked")
+            # each batch says why for its first MISSING_NAMED missing: the 400 names no other (past them, counted)
+            answers[gone.index] = gone.why or "not found in the workspace"
+        return answers
 
     async def look(ref: tuple[str, str | None, str | None]) -> str | None:
         async with gate:
-            left = by - loop.time()
-            if left <= 0:  # the membership check and the look-ups before it took the time: this one is not sent
-                raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of {since}")
+            time_left()
             return await _look_up_model(deps, token, workspace_id, *ref, by=by, since=since)
 
-    looks = [asyncio.ensure_future(look(ref)) for ref in refs]
+    async def gathered(looks: list[asyncio.Future]) -> list[Any]:
+        try:
+            return await asyncio.gather(*looks)
+        finally:
+            for pending in looks:
+                pending.cancel()
+
     try:
-        answers = await asyncio.gather(*looks)
+        try:
+            answers = [answer for answered in await gathered([asyncio.ensure_future(batch(start)) for start in range(
+                0, len(listed), MODELS_LOOKED_UP_AT_ONCE)]) for answer in answered]
+        except Unavailable:  # nobody answers registry.models.exist (a registry of the release before), or none runs
+            answers = await gathered([asyncio.ensure_future(look(ref)) for ref in listed])
     except (UpstreamTimeout, Unavailable) as exc:
         raise type(exc)(f"pipelines/{verb} of {pipeline!r}: the definition's models could not be looked up "
                         f"({exc.msg}); nothing was created: {verb} it again", code=exc.code) from None
-    finally:
-        for pending in looks:
-            pending.cancel()
     missing = [f"{where}: {why}" for (ref, where), why in zip(refs.items(), answers, strict=True) if why]
     if missing:
         more = f"; and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else ""

@@ -42,6 +42,8 @@ from shared.messages.registry import (
     ModelInserted,
     ModelList,
     ModelLookup,
+    ModelsFound,
+    ModelsLookup,
     ModelVersions,
     ModelWithVersions,
     NoContent,
@@ -109,6 +111,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def resolve(cmd: ModelLookup, ctx: CallContext) -> ResolvedModel | ModelExists:
         """A ready model version, for deploying it (or with exists_only whether a version exists, in any status)."""
         return await handlers.resolve_model(deps(), await caller(ctx), ctx.token, cmd)
+
+    @command(router, subjects.REGISTRY_MODELS_EXIST, service=NAME)
+    async def exist(cmd: ModelsLookup, ctx: CallContext) -> ModelsFound:
+        """Which of several model versions a workspace does not have, in any status (a pipeline definition's)."""
+        return await handlers.models_exist(deps(), await caller(ctx), ctx.token, cmd)
 
     @command(router, subjects.REGISTRY_MODELS_GET, service=NAME)
     async def get_model(cmd: GetModel, ctx: CallContext) -> ModelWithVersions:

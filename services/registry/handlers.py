@@ -31,12 +31,15 @@ from shared import paging, subjects
 from shared.authz import MembershipLookup, Principal, require_member, require_user
 from shared.errors import InvalidRequest, NotFound, RailyardError, echo
 from shared.messages.registry import (
+    MissingModel,
     ModelConfig,
     ModelDetails,
     ModelExists,
     ModelInserted,
     ModelList,
     ModelLookup,
+    ModelsFound,
+    ModelsLookup,
     ModelSummary,
     ModelUploaded,
     ModelVersionFinished,
@@ -455,6 +458,37 @@ async def resolve_model(deps: RegistryDeps, principal: Principal, token: str | N
         runtime=row["runtime"], framework=row["framework"],
         input_schema=b64(row["input_schema"]).decode() if row["input_schema"] else None,
         output_schema=b64(row["output_schema"]).decode() if row["output_schema"] else None)
+
+
+async def models_exist(deps: RegistryDeps, principal: Principal, token: str | None,
+                       cmd: ModelsLookup) -> ModelsFound:
+    """Which of a definition's model references the workspace does not have (registry.models.exist): one membership
+    check and one query for them all, where the deployer sent one resolve with exists_only each (a definition of
+    ~4,000 references was a 504). Found is what resolve_model's exists_only finds (a version in any status, in the
+    caller's workspace only); a missing one is said why in resolve's 404 words, the first `explained` of them (a
+    version that is no UUID in its 400's), the others counted only."""
+    await require_member(deps.membership(token), principal, cmd.workspace_id)
+    versions: list[uuid.UUID | None] = []
+    bad: dict[int, str] = {}
+    for index, ref in enumerate(cmd.models):
+        try:
+            versions.append(uuid.UUID(ref.version) if ref.version else None)
+        except ValueError:
+            versions.append(None)
+            bad[index] = f"version must be a model version UUID, got {echo(ref.version)}"
+    places = [index for index in range(len(cmd.models)) if index not in bad]
+    asked = [(cmd.models[index].name, versions[index], cmd.models[index].sha) for index in places]
+    found = {places[i] for i in await store.versions_exist(deps.pool, cmd.workspace_id, asked)} if asked else set()
+    missing: list[MissingModel] = []
+    for index, (ref, version) in enumerate(zip(cmd.models, versions, strict=True)):
+        if index in found:
+            continue
+        why = None
+        if len(missing) < cmd.explained:
+            why = bad.get(index) or await _unresolved(deps, ResolveModel(
+                workspace_id=cmd.workspace_id, name=ref.name, version=ref.version, sha=ref.sha), version)
+        missing.append(MissingModel(index=index, why=why))
+    return ModelsFound(missing=missing)
 
 
 async def get_model(deps: RegistryDeps, principal: Principal, token: str | None, model_id: int) -> ModelWithVersions:

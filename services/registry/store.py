@@ -108,6 +108,19 @@ async def versions(pool: asyncpg.Pool, model_id: int, after: int | None = None,
         None if after is None else min(after, 2**63 - 1), limit)
 
 
+async def versions_exist(pool: asyncpg.Pool, workspace_id: int,
+                         refs: list[tuple[str, uuid.UUID | None, str | None]]) -> set[int]:
+    """The places in `refs` (name, version, sha) of those the workspace has a version of, in any status: what
+    find_version finds for each, in one query (registry.models.exist)."""
+    rows = await pool.fetch(
+        "SELECT r.i - 1 AS i FROM unnest($2::text[], $3::uuid[], $4::text[]) WITH ORDINALITY AS r(name, version, sha,"
+        " i) WHERE EXISTS (SELECT 1 FROM model_versions v JOIN models m ON m.id = v.model_id WHERE m.workspace_id = $1"
+        " AND m.name = r.name AND (r.version IS NULL OR v.model_version = r.version) AND (r.sha IS NULL OR"
+        " v.sha = r.sha))",
+        workspace_id, [r[0] for r in refs], [r[1] for r in refs], [r[2] for r in refs])
+    return {row["i"] for row in rows}
+
+
 async def find_version(pool: asyncpg.Pool, workspace_id: int, name: str | None, version: uuid.UUID | None,
                        sha: str | None, model_id: int | None = None) -> asyncpg.Record | None:
     return await pool.fetchrow(

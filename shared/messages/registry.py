@@ -394,6 +394,45 @@ class ModelExists(Message):
     status: str
 
 
+MODELS_LOOKED_UP_AT_ONCE = 1000
+"""Model references one registry.models.exist asks about at most (a 64 KiB definition names ~4,000 at most)."""
+
+
+class ModelReference(Message):
+    """A model version as a pipeline definition names it: a name, and a version UUID and sha when given."""
+
+    name: str
+    version: str | None = None
+    sha: str | None = None
+
+
+class ModelsLookup(Command):
+    """registry.models.exist's body: whether each of a pipeline definition's models exists in the workspace, in any
+    status, as registry.models.resolve's exists_only answers one (the deployer's pipelines/create and pipelines/copy:
+    one request for up to MODELS_LOOKED_UP_AT_ONCE references, where one request each made a definition of ~4,000
+    references a 504)."""
+
+    workspace_id: int
+    models: list[ModelReference] = Field(max_length=MODELS_LOOKED_UP_AT_ONCE)
+    explained: int = Field(10, ge=0, le=MODELS_LOOKED_UP_AT_ONCE, description="How many of the missing ones, "
+                           "first in order, are said why in resolve's words (another sha, no such version, no such "
+                           "model); the others are only counted (their `why` is null).")
+
+
+class MissingModel(Message):
+    """A reference registry.models.exist did not find: its place in the request and why (null past `explained`)."""
+
+    index: int
+    why: str | None = None
+
+
+class ModelsFound(Message):
+    """registry.models.exist's answer: the references the workspace does not have, in the request's order (none:
+    every one exists)."""
+
+    missing: list[MissingModel]
+
+
 class ResolvedModel(Message):
     """What an engine needs to load a model version."""
 

@@ -103,10 +103,10 @@ def test_a_redeploy_of_a_serving_deployment_writes_deployed_with_its_new_row(wor
 
 
 def test_a_new_version_writes_version_created(world, monkeypatch):  # noqa: F811
-    async def found(*args, **kwargs) -> None:  # the registry has the definition's model (_check_models_exist)
+    async def found(*args, **kwargs) -> None:  # the registry has the definition's models
         return None
 
-    monkeypatch.setattr(handlers, "_look_up_model", found)
+    monkeypatch.setattr(handlers, "_check_models_exist", found)
 
     async def scenario(world) -> None:
         calls = woken(world)

@@ -22,7 +22,17 @@ from shared import subjects
 from shared.bus import validation_message
 from shared.errors import InvalidRequest, NotFound, Unavailable, UpstreamTimeout
 from shared.messages.deployer import CopyPipeline, CreatePipeline
-from shared.messages.registry import ModelExists, ModelLookup, ResolvedModel, ResolveModel
+from shared.messages.registry import (
+    MODELS_LOOKED_UP_AT_ONCE,
+    MissingModel,
+    ModelExists,
+    ModelLookup,
+    ModelReference,
+    ModelsFound,
+    ModelsLookup,
+    ResolvedModel,
+    ResolveModel,
+)
 from tests.unit.deployer_world import ALICE, PIPELINE, WORKSPACE, make_world
 
 V1 = str(uuid.uuid4())
@@ -30,27 +40,45 @@ V1 = str(uuid.uuid4())
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    """make_world's deployer, with a stand-in registry on the bus (`registry`): `have` maps the (name, version,
-    sha) it has to its status; anything else is its 404 (or `answers[ref]`, raised or returned); `asked` is every
-    look-up it was sent, `tokens` the tokens they carried."""
+    """make_world's deployer, with a stand-in registry on the bus (`registry`) answering registry.models.exist (and
+    registry.models.resolve with exists_only, as a registry before it is asked): `have` maps the (name, version, sha)
+    it has to its status; anything else is its 404 (or `answers[ref]`: a NotFound or InvalidRequest is that
+    reference missing in its words, an Unavailable or UpstreamTimeout the whole request's answer, anything else
+    found); `asked` is every reference it was asked about, as (workspace, name, version, sha), `requests` the
+    subjects it was sent, `tokens` the tokens they carried."""
     made = make_world(tmp_path, monkeypatch)
-    made.registry = SimpleNamespace(have={}, answers={}, asked=[], tokens=[], hold=None)
+    made.registry = SimpleNamespace(have={}, answers={}, asked=[], requests=[], tokens=[], hold=None)
+
+    def why_missing(workspace_id: int, name: str, version: str | None, sha: str | None) -> str | None:
+        made.registry.asked.append((workspace_id, name, version, sha))
+        ref = (name, version, sha)
+        answer = made.registry.answers.get(ref)
+        if isinstance(answer, NotFound | InvalidRequest):
+            return answer.msg
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is not None or ref in made.registry.have:
+            return None
+        return f"model {name!r} (version {version or 'latest'}) not found in the workspace"
 
     async def request(broker, subject, message, *, timeout=5.0, token=None, reply_model=None):
-        assert subject == subjects.REGISTRY_MODELS_RESOLVE and reply_model is ModelExists
-        made.registry.asked.append(message)
+        made.registry.requests.append(subject)
         made.registry.tokens.append(token)
         if made.registry.hold is not None:
             await made.registry.hold.wait()
-        ref = (message.name, message.version, message.sha)
-        if ref in made.registry.answers:
-            answer = made.registry.answers[ref]
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
-        if ref in made.registry.have:
-            return ModelExists(model_id=1, name=message.name, model_version=V1, status=made.registry.have[ref])
-        raise NotFound(f"model {message.name!r} (version {message.version or 'latest'}) not found in the workspace")
+        if subject == subjects.REGISTRY_MODELS_EXIST:
+            assert isinstance(message, ModelsLookup) and reply_model is ModelsFound
+            missing = []
+            for index, ref in enumerate(message.models):
+                why = why_missing(message.workspace_id, ref.name, ref.version, ref.sha)
+                if why is not None:
+                    missing.append(MissingModel(index=index, why=why if len(missing) < message.explained else None))
+            return ModelsFound(missing=missing)
+        assert subject == subjects.REGISTRY_MODELS_RESOLVE and reply_model is ModelExists and message.exists_only
+        why = why_missing(message.workspace_id, message.name, message.version, message.sha)
+        if why is not None:
+            raise NotFound(why)
+        return ModelExists(model_id=1, name=message.name, model_version=V1, status="ready")
 
     monkeypatch.setattr(handlers, "request", request)
     return made
@@ -86,12 +114,11 @@ def test_a_definition_naming_models_the_workspace_lacks_is_a_400_naming_each_and
         "(models/upload_and_convert) or correct the reference's name, version or sha (models/list lists the "
         "workspace's models, models/list_versions their versions), then create the pipeline again")
     _nothing_written(world)
-    # one look-up per distinct reference ('here' twice: asked once), each an existence check in the create's
+    # each distinct reference asked once ('here' twice: once), all in one registry.models.exist, in the create's
     # workspace with the caller's token
-    assert sorted((m.name, m.version, m.sha) for m in world.registry.asked) == [
-        ("gone", V1, None), ("here", None, None), ("typo", None, None)]
-    assert all(m.exists_only and m.workspace_id == WORKSPACE for m in world.registry.asked)
-    assert world.registry.tokens == ["t"] * 3
+    assert sorted(world.registry.asked) == [(WORKSPACE, "gone", V1, None), (WORKSPACE, "here", None, None),
+                                            (WORKSPACE, "typo", None, None)]
+    assert world.registry.requests == [subjects.REGISTRY_MODELS_EXIST] and world.registry.tokens == ["t"]
 
 
 def test_models_that_exist_in_any_status_are_created(world):
@@ -133,6 +160,48 @@ def test_many_missing_references_are_named_up_to_a_bound_then_counted(world):
         refused.value.msg
     assert "; and 3 more. Upload the model" in refused.value.msg
     assert len(world.registry.asked) == handlers.MISSING_NAMED + 3  # every one looked up: the count is true
+
+
+def test_a_definition_of_thousands_of_references_is_looked_up_in_a_few_requests(world):
+    """A definition naming ~4,000 models (what its 64 KiB holds with short names) was 4,000 registry.models.resolve,
+    8 at a time: past the look-ups' bound (half the request timeout) on a stack, a 504 and nothing created. Now one
+    registry.models.exist per MODELS_LOOKED_UP_AT_ONCE references; the missing ones still named (first 10) and
+    counted."""
+    names = [f"{i:x}" for i in range(4000)]
+    definition = {"steps": [_inference(*({"name": n} for n in names))]}
+    CreatePipeline(pipeline_id="q", workspace_id=WORKSPACE, definition=definition)  # within the definition's bound
+    world.registry.have = {(n, None, None): "ready" for n in names if n not in ("5", "3e9", "f9f")}
+
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(_create(world, definition))
+    assert refused.value.msg.startswith(
+        "the definition names 3 model versions the workspace does not have, so nothing was created: "
+        "definition.steps[0].ModelInference: model '5' (version latest) not found in the workspace; "
+        "definition.steps[0].ModelInference: model '3e9' (version latest) not found in the workspace; "
+        "definition.steps[0].ModelInference: model 'f9f' (version latest) not found in the workspace. Upload"), \
+        refused.value.msg
+    assert world.registry.requests == [subjects.REGISTRY_MODELS_EXIST] * 4
+    assert sorted(name for _, name, _, _ in world.registry.asked) == sorted(names)
+    _nothing_written(world)
+
+    world.registry.have = {(n, None, None): "ready" for n in names}
+    created = asyncio.run(_create(world, definition))
+    assert created.pipeline_pk_id in world.store.pipelines and len(world.registry.requests) == 8
+
+
+def test_the_missing_references_named_are_the_first_ones_across_requests(world):
+    """Each registry.models.exist says why for its first MISSING_NAMED missing references only: the 400 names the
+    definition's first ones whichever request asked about them, and counts the rest."""
+    names = [f"m{i}" for i in range(MODELS_LOOKED_UP_AT_ONCE + 20)]
+    gone = names[MODELS_LOOKED_UP_AT_ONCE - 3:]  # 3 in the first request, 20 in the second
+    world.registry.have = {(n, None, None): "ready" for n in names if n not in gone}
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(_create(world, {"steps": [_inference(*({"name": n} for n in names))]}))
+    named = [f"model {n!r} (version latest) not found in the workspace" for n in gone[:handlers.MISSING_NAMED]]
+    assert f"the definition names {len(gone)} model versions" in refused.value.msg
+    assert "; ".join(f"definition.steps[0].ModelInference: {why}" for why in named) + \
+        f"; and {len(gone) - handlers.MISSING_NAMED} more. Upload" in refused.value.msg
+    assert world.registry.requests == [subjects.REGISTRY_MODELS_EXIST] * 2
 
 
 @pytest.mark.parametrize(("field", "value", "kind"), [("name", 7, "a number"), ("version", {"v": 1}, "an object"),
@@ -263,6 +332,40 @@ def test_a_sha_given_for_a_version_without_one_says_why(registry_world):
         _resolve(registry_world, ModelLookup(workspace_id=WORKSPACE, name="m", version=V1, sha="cd" * 32))
 
 
+def test_models_exist_answers_the_missing_ones_in_one_query_with_resolves_words(registry_world, monkeypatch):
+    """registry.models.exist: one membership check and one query (store.versions_exist) for every reference, found
+    as resolve's exists_only finds one (any status, the asked workspace only); the missing ones in order, the first
+    `explained` with resolve's 404 or 400 words, the rest only counted."""
+    registry_world.rows = [_row("converting", None) | {"workspace": WORKSPACE},
+                           _row("ready", "ab" * 32) | {"workspace": WORKSPACE + 1, "name": "theirs"}]
+    queries = []
+
+    async def versions_exist(pool, workspace_id, refs):
+        queries.append(len(refs))
+        return {i for i, (name, version, sha) in enumerate(refs)
+                if await registry.store.find_version(pool, workspace_id, name, version, sha) is not None}
+
+    monkeypatch.setattr(registry.store, "versions_exist", versions_exist)
+    asked = [ModelReference(name="m"), ModelReference(name="theirs"), ModelReference(name="m", version="v1"),
+             ModelReference(name="m", version=V1, sha="cd" * 32), ModelReference(name="m", version=V1),
+             ModelReference(name="typo")]
+
+    found = asyncio.run(registry.models_exist(registry_world.deps, ALICE, "t", ModelsLookup(
+        workspace_id=WORKSPACE, models=asked, explained=3)))
+
+    assert found == ModelsFound(missing=[
+        MissingModel(index=1, why="model 'theirs' (version latest) not found in the workspace"),
+        MissingModel(index=2, why="version must be a model version UUID, got 'v1'"),
+        MissingModel(index=3, why=f"model 'm' version {V1} has no sha yet (it is converting: its sha is the converted "
+                                  f"file's, known once it is ready), not {'cd' * 32!r}: give the version's sha as "
+                                  "models/list_versions lists it, or leave sha out"),
+        MissingModel(index=5, why=None)])
+    assert queries == [5]  # one query, without the reference whose version is no UUID
+    assert set(registry_world.workspaces) == {WORKSPACE}
+    with pytest.raises(ValidationError, match="models"):
+        ModelsLookup(workspace_id=WORKSPACE, models=[ModelReference(name="m")] * (MODELS_LOOKED_UP_AT_ONCE + 1))
+
+
 def test_the_gateways_resolve_body_cannot_ask_for_exists_only():
     """models/download reads its body as a ResolveModel and its answer as a ResolvedModel: exists_only is refused
     there (unknown fields are), so it never meets a ModelExists."""
@@ -278,6 +381,8 @@ def test_a_registry_of_the_release_before_is_asked_as_a_deploy_asks(world, monke
     asked: list[Any] = []
 
     async def old_registry(broker, subject, message, *, timeout=5.0, token=None, reply_model=None):
+        if subject == subjects.REGISTRY_MODELS_EXIST:  # not subscribed by the release before: NATS's no responders
+            raise Unavailable("registry is not running")
         assert subject == subjects.REGISTRY_MODELS_RESOLVE and timeout > 0 and token == "t"
         asked.append(type(message).__name__)
         try:  # the release before's body: ResolveModel, unknown fields refused (shared.bus.run_command)
@@ -326,8 +431,8 @@ def test_a_copy_into_a_workspace_without_its_models_is_a_400_and_creates_nothing
         "(models/upload_and_convert) or correct the reference's name, version or sha (models/list lists the "
         "workspace's models, models/list_versions their versions), then copy the pipeline again")
     _nothing_written(world)
-    assert [(m.workspace_id, m.name, m.exists_only) for m in world.registry.asked] == [(WORKSPACE + 1, "m", True)]
-    assert world.registry.tokens == ["t"]
+    assert world.registry.asked == [(WORKSPACE + 1, "m", None, None)]
+    assert world.registry.requests == [subjects.REGISTRY_MODELS_EXIST] and world.registry.tokens == ["t"]
 
     world.registry.have = {("m", None, None): "converting"}
     copied = copy()
@@ -343,6 +448,8 @@ def test_an_old_registry_whose_first_answer_took_the_bound_says_what_it_is_count
     world.deps.timeout = 1.0  # the look-ups' bound 0.5 s, before the create's own (0.8 s)
 
     async def slow_old_registry(broker, subject, message, *, timeout=5.0, token=None, reply_model=None):
+        if subject == subjects.REGISTRY_MODELS_EXIST:
+            raise Unavailable("registry is not running")
         assert isinstance(message, ModelLookup)  # never asked again as a deploy asks: no time left
         await asyncio.sleep(timeout + 0.01)  # the whole bound (the loop may wake a timer a clock tick early)
         raise InvalidRequest("exists_only: Extra inputs are not permitted")
