@@ -55,6 +55,26 @@ async def _listen(nc, subjects: tuple[str, ...]) -> list:
     return seen
 
 
+async def _after_the_service(service, listener) -> None:
+    """Until a message `service`'s connection publishes now has reached `listener`'s callbacks: what it published
+    before (an answer sent elsewhere) reached the listener first, as the server passes one connection's messages on in
+    order; a few loop turns more let the other subscriptions' callbacks (each its own task in nats-py) run what they
+    had been handed by then. A fixed sleep here could end before a wrong answer showed on a slow host."""
+    heard = asyncio.Event()
+
+    async def barrier(msg) -> None:
+        heard.set()
+
+    sub = await listener.subscribe("test.reply-elsewhere.barrier", cb=barrier)
+    await subscribed(listener)
+    await service.publish("test.reply-elsewhere.barrier", b"")
+    await service.flush()
+    await asyncio.wait_for(heard.wait(), 10)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await sub.unsubscribe()
+
+
 async def _elsewhere(nc, subject: str, data: bytes) -> None:
     """The request sent as `client` could: to each subject of ELSEWHERE, with and without a reply key."""
     for reply in ELSEWHERE:
@@ -89,7 +109,7 @@ async def test_a_command_answers_no_subject_but_an_inbox(nats_url: str, caplog) 
         # the same command on an inbox is answered: taken after the ones above (one subscription, in order)
         opened = await sealed.sealed_request(caller, "registry.models.list", b'{"name": "inbox"}', timeout=30)
         assert Reply.model_validate_json(opened.data).data == {"models": ["secret-model"]}
-        await asyncio.sleep(0.5)  # anything published elsewhere reached the listener by now
+        await _after_the_service(broker.config.connection_state.connection, listener)
         assert seen == [] and calls == ["inbox"]
         warned = _warnings(caplog, "registry.models.list")
         assert len(warned) == 1 and "events.model.uploaded" in warned[0] and "not run, nothing answered" in warned[0]
@@ -126,7 +146,7 @@ async def test_the_log_store_responder_answers_no_subject_but_an_inbox(nats_url:
         await caller.flush()
         opened = await sealed.sealed_request(caller, "log_store.logs.query", b"inbox", timeout=30)
         assert opened.data == b"ARROW secret-rows"
-        await asyncio.sleep(0.5)
+        await _after_the_service(service, listener)
         assert seen == [] and calls == [b"inbox"]
         warned = _warnings(caplog, "log_store.logs.query")
         assert len(warned) == 1 and "events.model.uploaded" in warned[0]
