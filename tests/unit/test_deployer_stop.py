@@ -91,11 +91,24 @@ def test_a_replica_dying_while_its_set_starts_is_not_replaced_behind_the_start(t
         replica_set.replicas[0].answered = {"status": "Running"}
         replica_set.replicas[0].started_at -= 60
         backend.sets["d-1"] = replica_set
+        passes = 0
+        supervise_pass = backend._supervise_pass
+
+        async def counted() -> None:
+            nonlocal passes
+            await supervise_pass()
+            passes += 1
+
+        backend._supervise_pass = counted
         supervisor = asyncio.create_task(backend._supervise())
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(20):  # two passes over it, not a fixed sleep (on a slow host it could see none)
+            while passes < 2:  # noqa: ASYNC110 - the supervisor's own passes, counted
+                await asyncio.sleep(0.05)
         assert spawned == []  # starting: left to the start's wait
         replica_set.ready = True
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(20):
+            while not spawned:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         supervisor.cancel()
         assert spawned  # ready: a dead replica is replaced
 
