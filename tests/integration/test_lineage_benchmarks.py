@@ -179,6 +179,9 @@ async def test_automatic_benchmark_of_a_task_runs_model(stack, alice):
 
     import nats as nats_client
 
+    from shared import subjects
+    from tests.integration.conftest import query
+    from tests.integration.test_dead_letters import handled
     from tests.integration.test_lineage import upload_workspace_file
 
     digits = load_digits()
@@ -247,8 +250,15 @@ async def test_automatic_benchmark_of_a_task_runs_model(stack, alice):
         # the same deployment drawn again (a new event, as a second deliverer would send): the claim exists already
         again = {**next(e for e in seen["events.pipeline.deployed"] if e["name"] == deployment),
                  "event_id": str(uuid.uuid4())}
-        await nc.jetstream().publish("events.pipeline.deployed", json.dumps(again).encode())
-        await asyncio.sleep(2.0)  # what a duplicate claim would take to become a report (the worker wakes at once)
+        js = nc.jetstream()
+        seq = (await js.publish("events.pipeline.deployed", json.dumps(again).encode())).seq
+        # recorded (the lineage consumer acknowledges an event once its transaction, claims included, committed), so
+        # a second claim would be there now, and one not done yet would become a report: every claim of the run is
+        # the one done (a fixed 2 s sleep could end before a duplicate claim's report on a slow host)
+        await handled(js, subjects.LINEAGE_EVENTS_DURABLE, seq)
+        claims = await asyncio.to_thread(query, stack, "SELECT status, report_id FROM workflow_lineage.auto_benchmarks"
+                                         " WHERE workspace_id = $1 AND task_run = $2", ws, run)
+        assert [(c["status"], c["report_id"]) for c in claims] == [("done", report["id"])], claims
         assert len(await asyncio.to_thread(automatic)) == 1
     finally:
         await nc.close()
