@@ -58,7 +58,13 @@ async def test_a_replica_publishes_no_answer_but_on_its_callers_inbox(stack, ali
         answer = await gateway.request(infer_subject, request, timeout=30, headers={REQUEST_ID: uuid.uuid4().hex})
         assert answer.data and "Railyard-Error" not in (answer.headers or {}), answer.headers
         assert b"Running" in (await deployer.request(status_subject, b"{}", timeout=30)).data
-        await asyncio.sleep(1.0)  # what a replica published elsewhere would have reached ops by now
+        # the replica's status on ops's own inbox: answered after whatever it published for the requests above, which
+        # the server passed on to ops first (one connection's messages stay in order), so once ops has it, anything
+        # published elsewhere reached ops (a fixed sleep could end first on a slow host); a few loop turns more let
+        # the other subscriptions' callbacks run what they were handed
+        assert b"Running" in (await ops.request(status_subject, b"{}", timeout=30)).data
+        for _ in range(20):
+            await asyncio.sleep(0)
         assert heard == [], heard
     finally:
         await deployer.close()
