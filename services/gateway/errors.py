@@ -25,6 +25,15 @@ OAUTH_CODES = OAUTH_401 | {"invalid_grant", "account_locked", "unsupported_grant
 # 503s that a retry cannot mend (the deployer's code for a deployment whose restore failed: it needs a redeploy),
 # answered without the `Retry-After` that invites clients and proxies to try again
 NOT_RETRYABLE_503 = {"deployment_failed"}
+# the Open Inference Protocol's routes (services/gateway/oip.py): every answer under them, a refused token or body and
+# an unknown path or method included, carries OIP's `error` field, which its clients read (tritonclient's HTTP client
+# fails with "an exception occurred in the client while decoding the response: 'error'" on a body without it)
+OIP_ROOT = "/v2"
+
+
+def shape_of(path: str) -> Shape:
+    """The error shape of a request's path: OIP's under /v2, the API's elsewhere (the token route picks its own)."""
+    return "oip" if path == OIP_ROOT or path.startswith(OIP_ROOT + "/") else "api"
 
 
 def error_parts(exc: RailyardError, shape: Shape = "api", *, close: bool = False) -> tuple[int, dict[str, str], bytes]:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from services.gateway import handlers, json_body
 from services.gateway.authorize import add_authorize_routes
-from services.gateway.errors import error_response
+from services.gateway.errors import error_response, shape_of
 from services.gateway.inference import Inference, InferenceFastPath, add_inference_routes
 from services.gateway.limits import IMAGE_UPLOAD_PATHS, BodyLimits, Limits
 from services.gateway.lineage import JSON_ROUTE_SPECS as LINEAGE_ROUTE_SPECS
@@ -259,8 +259,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         return require_user(principal)
 
     @app.exception_handler(RailyardError)
-    async def railyard_error(_: Request, exc: RailyardError) -> Response:
-        return error_response(exc)
+    async def railyard_error(request: Request, exc: RailyardError) -> Response:
+        return error_response(exc, shape_of(request.url.path))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -272,18 +272,18 @@ def create_app(runtime: Runtime) -> FastAPI:
             message = f"{request.method} is not allowed on {request.url.path}: use {allowed} (routes: {API}/docs)"
         err = RailyardError(message, code=HTTP_CODES.get(exc.status_code, "http_error"))
         err.status = exc.status_code
-        response = error_response(err)
+        response = error_response(err, shape_of(request.url.path))
         response.headers.update(exc.headers or {})
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(InvalidRequest(validation_message(exc.errors())))
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidRequest(validation_message(exc.errors())), shape_of(request.url.path))
 
     @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s", request.url.path, exc_info=exc)  # the client sees no detail; we do
-        return JSONResponse({"code": "internal", "msg": "internal error"}, status_code=500)
+        return error_response(RailyardError("internal error"), shape_of(request.url.path))
 
     @app.get(f"{API}/health", tags=["platform"])
     async def health() -> JSONResponse:

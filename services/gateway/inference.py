@@ -497,7 +497,8 @@ class InferenceFastPath:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         read = False
-        shape = "api"
+        # the Open Inference Protocol answers every error in its own shape, a refused token or size included
+        shape = "oip" if len(parts) == 1 else "api"
         try:
             declared = declared_length(scope)
             if declared is not None and declared > self.max_body_bytes:
@@ -511,8 +512,7 @@ class InferenceFastPath:
             if body is None:
                 return
             read = True
-            if len(parts) == 1:  # the Open Inference Protocol: its errors in its own shape
-                shape = "oip"
+            if len(parts) == 1:  # the Open Inference Protocol
                 answer, extra = await self.inference.run_oip(principal, token.strip(), parts[0],
                                                              headers.get(OIP_HEADER_LENGTH.lower()), body)
                 media = extra.pop("Content-Type")
@@ -526,7 +526,7 @@ class InferenceFastPath:
             return
         except Exception:  # like the app's own handler: no details leave the gateway
             log.exception("inference failed in the gateway")
-            await send_error(send, RailyardError("internal error"))
+            await send_error(send, RailyardError("internal error"), shape)
             return
         raw = [(b"content-type", media.encode()), (b"content-length", str(len(answer)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in extra.items()]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.gateway.errors import send_error
+from services.gateway.errors import send_error, shape_of
 from shared.errors import PayloadTooLarge, RailyardError, RequestTimeout
 
 API = "/v1/api"
@@ -111,9 +111,10 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         limit, upload = self.limits.for_path(scope["path"], is_multipart(scope))
+        shape = shape_of(scope["path"])
         declared = declared_length(scope)
         if declared is not None and declared > limit:
-            await send_error(send, too_large(limit), close=True)
+            await send_error(send, too_large(limit), shape, close=True)
             return
         timeout = self.limits.body_timeout
         deadline = time.monotonic() + timeout
@@ -141,7 +142,7 @@ class BodyLimits:
             # answer now and tell the app the client went away; whatever it answers later is dropped
             nonlocal refused
             if not started:
-                await send_error(send, exc, close=True)
+                await send_error(send, exc, shape, close=True)
             refused = True
             return {"type": "http.disconnect"}
 
