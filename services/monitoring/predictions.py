@@ -43,7 +43,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from faststream.nats import NatsRouter
@@ -78,6 +78,7 @@ from shared.errors import (
     validation_message,
 )
 from shared.lean_imports import lazy_module
+from shared.logrecords import TIME_HEADER
 from shared.messages.deployer import DeploymentRoute, GetPipeline, PipelineRecord, ResolveDeployment
 from shared.messages.monitoring import ModelVersionRef
 from shared.messages.monitoring_predictions import (
@@ -273,12 +274,27 @@ async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionR
 # --- predict ---------------------------------------------------------------------------------------------------------
 
 
+def _answered_at(headers: dict[str, str], received: datetime) -> datetime:
+    """When the replica took the request: its answer's TIME_HEADER, the time of the inference's log rows (ms since
+    the epoch), so a prediction and its row in the pipeline's log carry one time, as the gateway's answer and its rows
+    do. Else `received` (an engine without the header, or a value that is not a whole number of ms, or outside what
+    monitor accepts of a timestamp: before EARLIEST or more than LATEST_AHEAD past this clock)."""
+    said = headers.get(TIME_HEADER)
+    if said is None or len(said) > 18 or not (said.isascii() and said.isdigit()):
+        return received
+    ms = int(said)
+    if not EARLIEST * 1000 <= ms <= (time.time() + LATEST_AHEAD) * 1000:
+        return received
+    return datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
+
+
 async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table, by_reference: bool = False, *,
-                      token: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
-    """One inference on the deployment's replicas: (answer table, the answer's meta header). Challengers, if the
-    serving version has any, run before the answer and their outputs come with it. `by_reference`: a table above
-    the bus limit goes through object storage, as the gateway sends one (an ML backend's task holds the image).
-    No replica taking it: the deployer's word now, asked with the caller's `token` (_no_engine)."""
+                      token: str | None = None) -> tuple[pa.Table, dict[str, Any], dict[str, str]]:
+    """One inference on the deployment's replicas: (answer table, the answer's meta header, its headers: its time,
+    _answered_at). Challengers, if the serving version has any, run before the answer and their outputs come with it.
+    `by_reference`: a table above the bus limit goes through object storage, as the gateway sends one (an ML
+    backend's task holds the image). No replica taking it: the deployer's word now, asked with the caller's `token`
+    (_no_engine)."""
     from shared.arrow_codec import from_ipc, to_ipc_stream
 
     nc = deps.broker.config.connection_state.connection
@@ -301,7 +317,7 @@ async def _ask_engine(deps: MonitoringDeps, deployment: str, table: pa.Table, by
     answer_headers = dict(reply.headers or {})
     raise_for_error_header(answer_headers)
     data = await take_table(deps.objects, answer_headers, reply.data)
-    return from_ipc(data), json.loads(answer_headers.get(META_HEADER) or "{}")
+    return from_ipc(data), json.loads(answer_headers.get(META_HEADER) or "{}"), answer_headers
 
 
 async def _no_engine(deps: MonitoringDeps, deployment: str, token: str | None) -> RailyardError:
@@ -651,7 +667,8 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
                             image: _PreparedImage, *, owner: Principal) -> PredictionResult:
     convert = image.convert
     started = time.perf_counter()
-    answer, meta = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference, token=token)
+    answer, meta, answered = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference,
+                                               token=token)
     round_trip = time.perf_counter() - started
     definition = await _served(deps, token, view, meta)
     shadow = _current_shadow(definition)
@@ -688,7 +705,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
         shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=image.kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
         height=image.height, width=image.width, content_type=image.content_type, image_sha256="",
-        features=image.features, predicted_at=received, filename=cmd.filename,
+        features=image.features, predicted_at=_answered_at(answered, received), filename=cmd.filename,
         pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
     return await _keep(deps, token, row, data, cmd.deployment, image.labels,
                        kept["target_datalake"] if kept else None, owner=owner)

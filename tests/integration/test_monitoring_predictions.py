@@ -12,6 +12,7 @@ import io
 import json
 import time
 import uuid
+from datetime import datetime
 from functools import cache
 
 import httpx
@@ -414,3 +415,27 @@ def test_bad_oversize_and_foreign_staged_images_are_refused_and_leave_nothing(st
     # the run's own multipart upload is staged with its scope and consumed with it
     answered = multipart(stack, "predict", run, image, body)
     assert answered.status_code == 200 and staged_keys(stack, owner.user_id) == [], answered.text
+
+
+def test_a_prediction_and_its_logged_inference_carry_one_time(stack, owner, deployed, tmp_path):
+    """predicted_at is the time the engine logged the inference at (its answer's Railyard-Time), not the moment
+    monitoring received the image, before its look-ups, decode and the engine's queue: the prediction's row in the
+    pipeline's log (pipelines/get_logs) has the very same millisecond, so it is found by it, and both fall in the
+    same window (an hour of monitoring's statistics, an assay's window of the log)."""
+    png, _ = digit_png(7)
+    path = tmp_path / "digit-7.png"
+    path.write_bytes(png)
+    answer = deployed["digits"].predict(path, source="time-check")
+    at = datetime.fromisoformat(answer["predicted_at"].replace("Z", "+00:00"))
+    at_ms = round(at.timestamp() * 1000)
+    assert at.microsecond % 1000 == 0, answer["predicted_at"]  # a whole ms: the engine's
+    deadline = time.monotonic() + 20
+    while True:
+        logs = post(stack, "pipelines/get_logs", owner.token, {"pipeline_id": "digits",
+                                                               "workspace_id": owner.workspace_id, "order": "Desc"})
+        assert logs.status_code == 200, logs.text[:300]
+        times = [record["time"] for record in logs.json()]
+        if at_ms in times:
+            break
+        assert time.monotonic() < deadline, (at_ms, times[:10])
+        time.sleep(0.2)

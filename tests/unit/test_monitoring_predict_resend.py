@@ -59,7 +59,7 @@ def _ask(nc: _Replicas):
 
 def test_a_predict_whose_replica_died_holding_it_is_sent_once_more_and_answered():
     nc = _Replicas("dies", "answers")
-    answer, meta = _ask(nc)
+    answer, meta, _ = _ask(nc)
     assert answer.equals(ANSWER) and meta == {"last_model": "m"}
     assert len(nc.sent) == 2
     (subject, payload, first_wait, first), (subject2, payload2, second_wait, second) = nc.sent
@@ -126,7 +126,7 @@ def test_an_image_sent_by_reference_stays_stored_for_the_second_attempt_and_goes
 
     deps = _deps(nc)
     deps.objects = Objects()
-    answer, _ = asyncio.run(predictions._ask_engine(deps, "digits", pa.table({"x": [1.0]}), by_reference=True,
+    answer, _, _ = asyncio.run(predictions._ask_engine(deps, "digits", pa.table({"x": [1.0]}), by_reference=True,
                                                     token="alice's"))
     assert answer.equals(ANSWER)
     [(_, bucket, key)] = events[:1]
