@@ -489,10 +489,16 @@ async def list_assays(deps: Deps, principal: Principal, token: str | None, pipel
 
 
 async def _assay(deps: Deps, principal: Principal, token: str | None, assay_id: int) -> Any:
+    """The assay's row; one of a workspace the caller is not in is "not found" in the same words as one that does
+    not exist. Before, `get_results` and `set_active` on another workspace's assay answered "workspace N not
+    found", which told an outsider that the assay exists and in which workspace."""
     row = await store.get(deps.pool, assay_id)
     if row is None:
         raise NotFound(f"assay {assay_id} not found")
-    await require_member(deps.membership(token), principal, row["workspace_id"])
+    try:
+        await require_member(deps.membership(token), principal, row["workspace_id"])
+    except NotFound:
+        raise NotFound(f"assay {assay_id} not found") from None
     return row
 
 
