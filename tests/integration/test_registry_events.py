@@ -28,7 +28,7 @@ from services.registry import store
 from shared import subjects
 from shared.messages.registry import ConnectionChanged, ModelVersionFinished
 from shared.outbox import Outbox
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.conftest import post, service_schema
 from tests.integration.test_assay_events import events_refused
 from tests.integration.test_connections import create
@@ -43,14 +43,14 @@ async def connection_events(stack, connection_ids: set[str]) -> list[dict]:
     return await stream_events(stack, subjects.EVENT_CONNECTION_CHANGED, "connection_id", connection_ids)
 
 
-async def arrived(stack, count: int, read, within: float = 30) -> list[dict]:
-    """What `read()` finds once it finds `count` events, and a moment later (a copy sent after them would be on the
-    stream by then)."""
+async def arrived(stack, count: int, read, key: str, value: str, within: float = 30) -> list[dict]:
+    """What `read()` finds once it finds `count` events and the registry's outbox holds none whose payload's `key` is
+    `value` (bus_events.outbox_sent: a copy would be on the stream by then, where a fixed sleep could end first)."""
     deadline = time.monotonic() + within
     while len(events := await read()) < count:
         assert time.monotonic() < deadline, f"the refused events never reached the stream: {events}"
         await asyncio.sleep(0.2)
-    await asyncio.sleep(1)
+    await outbox_sent(stack, "registry", key, {value})
     events = await read()
     assert all(e["_msg_id"] == e["event_id"] for e in events)  # the stream's (and lineage's) de-duplication key
     return events
@@ -98,10 +98,11 @@ def test_connection_and_registry_events_the_stream_refused_are_published_once_it
             return connection_id, registry_id
 
     async def published(connection_id: str, registry_id: str) -> None:
-        events = await arrived(stack, 4, lambda: connection_events(stack, {connection_id}))
+        events = await arrived(stack, 4, lambda: connection_events(stack, {connection_id}), "connection_id",
+                               connection_id)
         assert [e["action"] for e in events] == ["created", "attached", "detached", "deleted"]  # once each, in order
         events = await arrived(stack, 2, lambda: stream_events(stack, subjects.EVENT_REGISTRY_CHANGED, "registry_id",
-                                                               {registry_id}))
+                                                               {registry_id}), "registry_id", registry_id)
         assert [(e["action"], e["workspace_id"]) for e in events] == [("created", alice.workspace_id),
                                                                       ("detached", alice.workspace_id)]
 
@@ -135,7 +136,8 @@ def test_events_a_stopped_registry_left_unsent_are_sent_by_the_next_registry_pro
             return connection_id
 
     connection_id = asyncio.run(left_by_a_stopped_registry())
-    events = asyncio.run(arrived(stack, 2, lambda: connection_events(stack, {connection_id})))
+    events = asyncio.run(arrived(stack, 2, lambda: connection_events(stack, {connection_id}), "connection_id",
+                                 connection_id))
     assert [e["action"] for e in events] == ["created", "attached"]  # once each, in order
     assert asyncio.run(unsent(stack, connection_id)) == []  # deleted once acknowledged
     deadline = time.monotonic() + 30
