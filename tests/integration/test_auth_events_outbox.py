@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from shared import subjects
-from tests.integration.bus_events import stream_events
+from tests.integration.bus_events import outbox_sent, stream_events
 from tests.integration.conftest import PASSWORD, inference_client, make_account, post
 from tests.integration.test_assay_events import events_refused
 
@@ -73,7 +73,8 @@ def test_invite_and_workspace_changes_answer_and_keep_their_events_while_the_str
         while not asyncio.run(on_stream(stack, subject, key, value)):
             assert time.monotonic() < deadline, f"the refused {subject} event of {value} never reached the stream"
             time.sleep(0.2)
-    time.sleep(1)  # a copy sent after them would be on the stream by now
+    for _, key, value in watched:  # each row deleted once acknowledged: a copy would be on the stream too
+        asyncio.run(outbox_sent(stack, "auth", key, {value}))
     for subject, key, value in watched:
         events = asyncio.run(on_stream(stack, subject, key, value))
         assert len(events) == 1, events  # once each
@@ -137,7 +138,8 @@ def test_revocations_and_user_changes_answer_and_keep_their_events_while_the_str
         while len(asyncio.run(on_stream(stack, *w))) == before[w]:
             assert time.monotonic() < deadline, f"the refused {w} event never reached the stream"
             time.sleep(0.2)
-    time.sleep(1)  # a copy sent after them would be on the stream by now
+    for _, key, value in watched:  # each row deleted once acknowledged: a copy would be on the stream too
+        asyncio.run(outbox_sent(stack, "auth", key, {value}))
     events = {w: asyncio.run(on_stream(stack, *w))[before[w]:] for w in watched}
     for w, sent in events.items():
         assert len(sent) == 1, (w, sent)  # once each
