@@ -86,7 +86,15 @@ def test_a_replica_answers_no_subject_but_an_inbox(nats_url, tmp_path, caplog, m
                 await caller.publish(infer, request, reply=reply, headers={REQUEST_ID: answered_id})
             again = await caller.request(infer, request, timeout=10, headers={REQUEST_ID: answered_id})
             assert again.data == answer.data  # the repeat on an inbox still gets the first answer
-            await asyncio.sleep(0.5)  # anything published elsewhere reached the listener by now
+            # the same on the listener's own inbox, after all the others: answered after anything the replica
+            # published for them (each subscription takes its requests in order, and one connection's messages
+            # reach the listener in order), where a fixed sleep could end first on a slow host; a few loop turns
+            # more let the listener's other subscriptions' callbacks run what they were handed
+            assert b"Running" in (await listener.request(status, b"{}", timeout=10)).data
+            mine = await listener.request(infer, request, timeout=10, headers={REQUEST_ID: answered_id})
+            assert mine.data == answer.data
+            for _ in range(20):
+                await asyncio.sleep(0)
             assert seen == []
             assert replica.served == 1  # the refused requests ran nothing
             for subject in (infer, status):
