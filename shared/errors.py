@@ -198,9 +198,26 @@ def error_from_body(body: ErrorBody, status: int | None = None) -> RailyardError
 _VALIDATOR_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
 
 
+PATTERN_WORDS: dict[str, str] = {}
+"""A field pattern's rule in words, by the pattern (`describe_pattern`): pydantic's own refusal shows the regular
+expression ("name: String should match pattern '^[^/\\x00-\\x1f]{1,200}$'"), which a caller must decode."""
+
+
+def describe_pattern(pattern: str, words: str) -> str:
+    """Register the words a refusal by `pattern` says instead of the expression; answers `pattern` (for Field)."""
+    PATTERN_WORDS[pattern] = words
+    return pattern
+
+
 def validation_detail(error: Mapping[str, Any]) -> str:
     """What one of pydantic's validation errors (an item of `ValidationError.errors()`) says is wrong: pydantic's
-    own words ("Field required"), or a validator's sentence without the "Value error, " pydantic puts before it."""
+    own words ("Field required"), a pattern's rule in words with the value refused (`describe_pattern`), or a
+    validator's sentence without the "Value error, " pydantic puts before it."""
+    if error.get("type") == "string_pattern_mismatch":
+        words = PATTERN_WORDS.get(str((error.get("ctx") or {}).get("pattern")))
+        if words is not None:
+            value = error.get("input")
+            return f"{words}; got {echo(value)}" if isinstance(value, str) else words
     msg = str(error.get("msg") or "invalid")
     prefix = _VALIDATOR_PREFIXES.get(str(error.get("type")))
     return msg[len(prefix):] if prefix and msg.startswith(prefix) else msg

@@ -11,14 +11,17 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from shared.errors import describe_pattern
 from shared.messages.base import INT32, MAX_JSON_OBJECT, Command, Event, Message, json_at_most
 from shared.messages.monitoring_predictions import ImageConfig
 
 NAME_MAX_CHARS = 200
-NAME_PATTERN = rf"^[^/\x00-\x1f]{{1,{NAME_MAX_CHARS}}}$"
+NAME_PATTERN = describe_pattern(rf"^[^/\x00-\x1f]{{1,{NAME_MAX_CHARS}}}$",
+                                f"use 1-{NAME_MAX_CHARS} characters without '/' or control characters")
 HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 ICON_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+TASK_ID = describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$", "use 1-100 ASCII letters, digits, '_', '.', "
+                           "':' or '-', starting with a letter or digit")
 DatasetKind = Literal["tabular", "images", "files"]
 
 
