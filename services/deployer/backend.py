@@ -1229,10 +1229,11 @@ def _marked_lines(stamp: Path) -> list[str] | None:
 
 def _replace_text(path: Path, text: str, mtime: float) -> None:
     """Write `path` whole or not at all: a new file beside it (its name ends in .tmp, never a deployment's), synced,
-    its time set to `mtime`, then renamed over it. Leftovers of a write cut short are removed first. Raises OSError."""
+    its time set to `mtime`, then renamed over it. Leftovers of a write cut short are removed first (a minute old:
+    not another deployer's on this data directory, writing now). Raises OSError."""
     for left in _listed(path.parent, f"{path.name}."):
-        if left.name.endswith(".tmp"):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if left.name.endswith(".tmp") and left.lstat().st_mtime < time.time() - 60:
                 left.unlink()
     temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

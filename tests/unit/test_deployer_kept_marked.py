@@ -26,12 +26,15 @@ async def test_a_marker_cut_short_is_taken_as_not_there_and_its_folders_kept(tmp
     """A folder written unmarked two hours ago (a failed deploy's logs, by a deployer without the markers), then the
     marker's write cut short an hour ago: the first sweep adopts the folder (before, it read the torn file's time as
     its last sweep's and removed the folder) and writes the marker again, whole; a temporary file a cut-short write
-    of this version left is removed."""
+    of this version left is removed, not one written a moment ago (another deployer's on this data directory)."""
     top = tmp_path / "deployments"
     _marked(top / "failed-5", None)
     _aged(top / "failed-5", 7200.0)
     (top / DATA_DIR_MARKED).write_bytes(torn)
-    (top / f"{DATA_DIR_MARKED}.0badf00d.tmp").write_text("Since")
+    (top / f"{DATA_DIR_MARKED}.0badf00d.tmp").write_text("Since")  # a write cut short a while ago
+    cut_at = time.time() - 120.0
+    os.utime(top / f"{DATA_DIR_MARKED}.0badf00d.tmp", (cut_at, cut_at))
+    (top / f"{DATA_DIR_MARKED}.c0ffee00.tmp").write_text("Since")  # another deployer's, writing now: left alone
     torn_at = time.time() - 3600.0
     os.utime(top / DATA_DIR_MARKED, (torn_at, torn_at))
     backend = _backend(tmp_path)
@@ -43,7 +46,7 @@ async def test_a_marker_cut_short_is_taken_as_not_there_and_its_folders_kept(tmp
     assert abs((top / DATA_DIR_MARKED).stat().st_mtime - time.time()) < 60
     await backend.swept()
     await backend.close()
-    assert _left(tmp_path, "deployments") == {"failed-5"}  # (and no temporary file left)
+    assert _left(tmp_path, "deployments") == {"failed-5", f"{DATA_DIR_MARKED}.c0ffee00.tmp"}
 
 
 def test_a_write_cut_short_leaves_the_marker_as_it_was(tmp_path):
