@@ -7,6 +7,7 @@ import ast
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -612,6 +613,9 @@ def table_to_jsonable(table: pa.Table) -> list[dict[str, Any]]:
 
 def oip_request(inputs: dict[str, Any] | pd.DataFrame) -> dict[str, Any]:
     """An Open Inference Protocol v2 request from named arrays (first dimension = batch) or a DataFrame."""
+    if not isinstance(inputs, (pd.DataFrame, Mapping)):
+        raise InvalidInput(f"cannot send a {type(inputs).__name__} as Open Inference Protocol inputs: give a dict of "
+                           "named arrays (first dimension = batch), e.g. {'tensor': [[0.1] * 29]}, or a DataFrame")
     if isinstance(inputs, pd.DataFrame):
         inputs = {name: np.stack([np.asarray(v) for v in inputs[name]]) if inputs[name].dtype == object
                   else inputs[name].to_numpy() for name in inputs.columns}

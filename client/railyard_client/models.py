@@ -169,6 +169,12 @@ def upload_model(session: Session, workspace_id: int, name: str, source: str | P
         file_name, size = path.name, path.stat().st_size
     elif isinstance(source, (bytes, bytearray, memoryview)):
         handle, file_name, size = io.BytesIO(bytes(source)), name, len(source)
+    elif isinstance(source, io.TextIOBase):  # its read() gives text, which the upload cannot send
+        raise InvalidInput(f"{getattr(source, 'name', 'the file')} is open in text mode: open the model file in "
+                           "binary mode ('rb')")
+    elif not callable(getattr(source, "read", None)):
+        raise InvalidInput(f"cannot upload a {type(source).__name__}: give a file path, bytes or a file open in "
+                           "binary mode ('rb')")
     else:
         handle, file_name = source, getattr(source, "name", name)
         file_name = os.path.basename(str(file_name))
