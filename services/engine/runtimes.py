@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 import types
@@ -274,7 +275,8 @@ def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
     worker's stderr, of which the replica adds a bounded excerpt."""
     import errno
 
-    traceback.print_exception(type(exc), exc, _users_frames(exc.__traceback__), file=sys.stderr)
+    written = "".join(traceback.format_exception(type(exc), exc, _users_frames(exc.__traceback__)))
+    sys.stderr.write(FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1])}"', written))
     sys.stderr.flush()
     if isinstance(exc, MemoryError):
         return InvalidRequest(f"{what}: it exceeded its memory limit", code=RESOURCE_LIMIT)
@@ -287,6 +289,22 @@ def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
         return InvalidRequest(f"{what}: it exceeded its file size limit", code=RESOURCE_LIMIT)
     said = _users_words(exc)
     return InvalidRequest(f"{what}: it raised {type(exc).__name__}" + (f": {said}" if said else ""))
+
+
+FRAME_FILE = re.compile(r'File "(/[^"\n]*)"')  # an absolute path in a traceback line (a frame, a SyntaxError)
+PACKAGE_ROOTS = ("site-packages", "dist-packages")
+
+
+def shown_file(path: str) -> str:
+    """A traceback's file as a client's error shows it: a library's from its package on (`sklearn/base.py`), any
+    other by its name (`text_classifier.py`, `railyard_step.py`). The host's absolute paths (the data directory
+    with the engine's work and cache folders, the platform's and Python's installations) are the platform's
+    internals, not the tenant's (docs/security.md); the replica puts the traceback's end in a request's error."""
+    parts = Path(path).parts
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] in PACKAGE_ROOTS and index + 1 < len(parts):
+            return "/".join(parts[index + 1:])
+    return parts[-1] if parts else path
 
 
 # services/: these runtimes, the compat `mac`; as imported (a frame's file) and resolved (a symlinked checkout)

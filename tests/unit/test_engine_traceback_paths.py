@@ -1,0 +1,90 @@
+"""The traceback a user's model writes for the replica's stderr excerpt (the end of a request's error, docs/security.md)
+names each file by its name, or a library's by its path in its package, never by the host's absolute path. Session
+37's walk-through: the shipped text classifier deployed with `railyard-ml deploy railyard` answered a task without
+text with "... its stderr ends with: ... File "/tmp/qa37/.railyard/engine-work/my-backend-4/92dc8035-0/<sha>.byop/
+backend/text_classifier.py", line 58 ... File "/tmp/qa37/ml_backend/railyard_ml/railyard_step.py" ...": the server's
+data directory, a deployment's work folder and the platform's installation, to any member calling the pipeline
+(a Python step's own frames were already named `<python step step.py>`; a frame of a library, of the platform's
+railyard_ml or of a deployed package's own files carried the full path)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from railyard_ml.railyard_step import package
+
+from services.engine.runtimes import ByopRuntime, PythonStepRuntime, shown_file
+from shared.errors import InvalidRequest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "ml_backend" / "text_classifier" / "text_classifier.py"
+CONFIG = ('<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text" choice="single">'
+          '<Choice value="Positive"/><Choice value="Negative"/></Choices></View>')
+
+
+def no_host_path(written: str, *roots: Path) -> None:
+    for root in (REPO, Path(sys.prefix), *roots):
+        assert str(root) not in written, written
+    assert 'File "/' not in written, written
+
+
+def test_a_python_steps_traceback_names_its_files_not_where_they_are(tmp_path, capsys):
+    script = tmp_path / "cache" / "step.py"
+    script.parent.mkdir()
+    script.write_text("import pandas as pd\n\ndef wallaroo_json(data):\n    return pd.DataFrame({'a': [1]})['b']\n")
+    step = PythonStepRuntime(script)
+    step.load()
+    with pytest.raises(InvalidRequest):
+        step.predict(pa.table({"x": [1]}))
+    written = capsys.readouterr().err
+    no_host_path(written, tmp_path)
+    assert 'File "<python step step.py>", line 4, in wallaroo_json' in written, written  # as it was compiled
+    assert 'File "pandas/core/frame.py"' in written, written  # a library's file: from its package on
+    assert written.rstrip().endswith("KeyError: 'b'"), written
+
+
+@pytest.fixture
+def deployed(tmp_path, monkeypatch):
+    """The example's package loaded as the engine loads it (sys.path and the modules it adds undone after)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    folder = tmp_path / "tc"
+    made = subprocess.run([str(Path(sys.executable).with_name("railyard-ml")), "init", str(folder), "--script",
+                           str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    archive, _ = package(folder, label_config=CONFIG)
+    (tmp_path / "tc.zip").write_bytes(archive)
+    (tmp_path / "work").mkdir()
+    runtime = ByopRuntime(tmp_path / "tc.zip", tmp_path / "work")
+    runtime.load()
+    yield runtime
+    runtime.unload()
+    for name in set(sys.modules) - before:
+        if name.startswith("railyard_byop_"):
+            del sys.modules[name]
+
+
+def test_a_deployed_backends_traceback_shows_no_host_path(deployed, tmp_path, capsys):
+    capsys.readouterr()
+    with pytest.raises(InvalidRequest):
+        deployed.predict(pa.table({"task": [json.dumps({"data": {"body": "great"}})]}))
+    written = capsys.readouterr().err
+    no_host_path(written, tmp_path)
+    assert 'File "text_classifier.py"' in written and "in text_of" in written, written
+    with pytest.raises(InvalidRequest):
+        deployed.predict(pa.table({"text": ["great"]}))  # refused by the platform's railyard_ml step
+    written = capsys.readouterr().err
+    no_host_path(written, tmp_path)
+    assert 'File "railyard_step.py"' in written, written
+
+
+def test_shown_file():
+    assert shown_file("/opt/venv/lib/python3.11/site-packages/sklearn/base.py") == "sklearn/base.py"
+    assert shown_file("/usr/lib/python3/dist-packages/numpy/core/x.py") == "numpy/core/x.py"
+    assert shown_file("/srv/data/engine-work/d-1/r-0/abc.byop/backend/model.py") == "model.py"
+    assert shown_file("/usr/lib/python3.11/json/decoder.py") == "decoder.py"
