@@ -116,25 +116,37 @@ def release_ports(ports: Iterator[int] | list[int]) -> None:
 @contextlib.contextmanager
 def _leases_locked() -> Iterator[Path | None]:
     """The lease folder, locked against other processes picking at the same moment (a pick takes milliseconds); None
-    when it cannot be used (a link, or another user's folder a version before session 37 made 1755): then ports are
-    picked as before, checked free only. Shared by every user of the host, as /tmp is (1777: ports are the host's,
-    so one user's runs must not take another's picked ports either); mkdir's mode is cut by the umask, so its maker
-    sets it (it was 1755 under umask 022: a second user running the suite could open neither the lock nor a lease)."""
+    when it cannot be used (a link, another user's folder a version before session 37 made 1755, a lock flock
+    refuses): then ports are picked as before, checked free only. Shared by every user of the host, as /tmp is
+    (1777: ports are the host's, so one user's runs must not take another's picked ports either); mkdir's mode is
+    cut by the umask, so its maker sets it (it was 1755 under umask 022: a second user running the suite could open
+    neither the lock nor a lease)."""
     try:
         PORT_LEASES.mkdir(mode=0o1777, exist_ok=True)
         # a folder in /tmp anyone may have made: not followed if it is a link, nor are the links planted in it (a
         # lease written through one would overwrite whatever file it names)
-        folder = os.lstat(PORT_LEASES)
-        if not stat.S_ISDIR(folder.st_mode):
-            raise NotADirectoryError(PORT_LEASES)
-        if folder.st_uid == os.geteuid() and stat.S_IMODE(folder.st_mode) != 0o1777:
-            os.chmod(PORT_LEASES, 0o1777)
+        descriptor = os.open(PORT_LEASES, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            folder = os.fstat(descriptor)
+            if folder.st_uid == os.geteuid() and stat.S_IMODE(folder.st_mode) != 0o1777:
+                os.fchmod(descriptor, 0o1777)  # (the folder opened: not a link put in its place meanwhile)
+        finally:
+            os.close(descriptor)
+        # one this user may not write in (another user's, made 1755 by a version before session 37): no lease
+        # could be made, and every pick would be refused
+        if not os.access(PORT_LEASES, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise PermissionError(PORT_LEASES)
         handle = _open_lock(PORT_LEASES / ".lock")
     except OSError:
         yield None
         return
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError:  # (NFS: flock is a POSIX lock there, which a descriptor opened read-only cannot take)
+        handle.close()
+        yield None
+        return
+    try:
         yield PORT_LEASES
     finally:
         handle.close()  # and the lock with it
@@ -180,17 +192,22 @@ def _drop_ended_leases(leases: Path | None) -> None:
 
 
 def _open_lock(path: Path):
-    """The lease folder's lock file, opened for reading (flock needs no more, and every user may read it), made if it
-    is not there. Opened without O_CREAT first: with fs.protected_regular, an O_CREAT open of a file in a sticky folder
-    that neither the opener nor the folder's owner owns is refused even when the file is there."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (a FIFO planted there: opened, not waited on)
+    """The lease folder's lock file, opened for reading and writing where this user may (flock on NFS is a POSIX lock,
+    which needs a descriptor open for writing), else for reading (a local flock needs no more, and every user may
+    read it), made if it is not there. Opened without O_CREAT first: with fs.protected_regular, an O_CREAT open of a
+    file in a sticky folder that neither the opener nor the folder's owner owns is refused even when the file is
+    there."""
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (a FIFO planted there: opened, not waited on)
     for _ in range(10):
         try:
-            return os.fdopen(os.open(path, flags), "r")
+            try:
+                return os.fdopen(os.open(path, flags | os.O_RDWR), "r")
+            except PermissionError:  # another user's
+                return os.fdopen(os.open(path, flags | os.O_RDONLY), "r")
         except FileNotFoundError:
             pass
         try:
-            return os.fdopen(os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), "r")
+            return os.fdopen(os.open(path, flags | os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), "r")
         except FileExistsError:  # made by another process meanwhile
             continue
     raise FileExistsError(path)

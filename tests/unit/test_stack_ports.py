@@ -151,6 +151,49 @@ def test_a_second_user_leases_in_the_folder_the_first_one_made(monkeypatch):
         shutil.rmtree(outer, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+                    reason="needs root to become another user")
+def test_a_folder_another_user_made_1755_is_not_used(monkeypatch):
+    """The lease folder another user's run of a version before session 37 made (1755 under umask 022: mkdir's 1777
+    cut by the umask), with its .lock 0644: a second user can read the lock but make no lease there, so its picks
+    are made as before, checked free only. After 27528650 (the lock opened read-only) it took the lock, every lease
+    failed and free_ports ended in 'no 2 free ports': every stack start of that user failed."""
+    outer = Path(tempfile.mkdtemp(prefix="railyard-leases-"))  # pytest's tmp_path is not traversable by nobody
+    try:
+        outer.chmod(0o755)
+        folder = outer / "railyard-test-ports"
+        folder.mkdir()
+        folder.chmod(0o1755)
+        (folder / ".lock").write_text("")
+        (folder / ".lock").chmod(0o644)
+        start = _free_range(2)
+        done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                               "-c", PICK_ONE, str(folder), str(start)], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert sorted(json.loads(done.stdout)) == [start, start + 1]
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # unleased: nobody may not write there
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o1755  # not nobody's to change
+    finally:  # not pytest's folder: removed whatever happened
+        shutil.rmtree(outer, ignore_errors=True)
+
+
+def test_a_lock_that_cannot_be_taken_picks_unleased(leases, monkeypatch):
+    """flock refused (on NFS it is a POSIX lock, which a descriptor opened read-only cannot take exclusively:
+    EBADF): ports are picked as when the folder cannot be used, checked free only, where the error ended the pick
+    (and with it the stack's start)."""
+    start = _free_range(2)
+    monkeypatch.setattr(stack, "port_range", lambda: range(start, start + 2))
+
+    def refused(fd, operation):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(stack.fcntl, "flock", refused)
+    assert sorted(stack.free_ports(2)) == [start, start + 1]
+    assert sorted(p.name for p in leases.iterdir()) == [".lock"]
+    stack.release_ports([start, start + 1])  # (and a release does not fail either)
+
+
 def test_a_linked_lease_folder_is_not_used(tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
