@@ -274,16 +274,25 @@ async def _to_datalake(deps: MonitoringDeps, token: str | None, row: PredictionR
 # --- predict ---------------------------------------------------------------------------------------------------------
 
 
-def _answered_at(headers: dict[str, str], received: datetime) -> datetime:
+ENGINE_CLOCK_SKEW = 60.0
+"""Seconds an engine's time of an inference may lie before monitoring received the request or after its answer
+arrived (its clock a little off monitoring's); further out it is not the inference's time (_answered_at)."""
+
+
+def _answered_at(headers: dict[str, str], received: datetime, answered: datetime) -> datetime:
     """When the replica took the request: its answer's TIME_HEADER, the time of the inference's log rows (ms since
     the epoch), so a prediction and its row in the pipeline's log carry one time, as the gateway's answer and its rows
-    do. Else `received` (an engine without the header, or a value that is not a whole number of ms, or outside what
-    monitor accepts of a timestamp: before EARLIEST or more than LATEST_AHEAD past this clock)."""
+    do. Else `received` (an engine without the header, or a value that is not a whole number of ms, or one outside
+    [received, answered] by more than ENGINE_CLOCK_SKEW: the replica took the request between the two, so such a time
+    is a replica's clock gone wrong or a forged header (a compromised replica: every replica is the `engine`
+    identity, docs/security.md). Until session 37's review the bound was monitor's timestamp range, 2000 to a day
+    ahead of this clock, which let such an answer file a prediction years back or hours ahead, in another hour of
+    the statistics than the one it was made in)."""
     said = headers.get(TIME_HEADER)
     if said is None or len(said) > 18 or not (said.isascii() and said.isdigit()):
         return received
     ms = int(said)
-    if not EARLIEST * 1000 <= ms <= (time.time() + LATEST_AHEAD) * 1000:
+    if not (received.timestamp() - ENGINE_CLOCK_SKEW) * 1000 <= ms <= (answered.timestamp() + ENGINE_CLOCK_SKEW) * 1000:
         return received
     return datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
 
@@ -670,6 +679,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
     answer, meta, answered = await _ask_engine(deps, view.route.name, image.table, by_reference=image.by_reference,
                                                token=token)
     round_trip = time.perf_counter() - started
+    arrived = datetime.now(UTC)  # the answer's arrival: no engine time after it (_answered_at)
     definition = await _served(deps, token, view, meta)
     shadow = _current_shadow(definition)
     kept = await store.settings(deps.pool, view.route.deployment_id)
@@ -705,7 +715,7 @@ async def _predict_prepared(deps: MonitoringDeps, token: str | None, cmd: Predic
         shadow_model_version=_ref_dict(shadow) if shadow_prediction is not None else None, kind=image.kind,
         prediction=prediction, shadow_prediction=shadow_prediction, latency=latency, shadow_latency=shadow_latency,
         height=image.height, width=image.width, content_type=image.content_type, image_sha256="",
-        features=image.features, predicted_at=_answered_at(answered, received), filename=cmd.filename,
+        features=image.features, predicted_at=_answered_at(answered, received, arrived), filename=cmd.filename,
         pipeline_version=meta.get("pipeline_version") or view.route.pipeline_version)
     return await _keep(deps, token, row, data, cmd.deployment, image.labels,
                        kept["target_datalake"] if kept else None, owner=owner)
