@@ -9,6 +9,7 @@ test_registry_resolve_messages.py's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -364,6 +365,31 @@ def test_models_exist_answers_the_missing_ones_in_one_query_with_resolves_words(
     assert set(registry_world.workspaces) == {WORKSPACE}
     with pytest.raises(ValidationError, match="models"):
         ModelsLookup(workspace_id=WORKSPACE, models=[ModelReference(name="m")] * (MODELS_LOOKED_UP_AT_ONCE + 1))
+
+
+def test_models_exist_answers_a_workspace_the_caller_is_not_in_as_one_that_does_not_exist(registry_world,
+                                                                                           monkeypatch):
+    """registry.models.exist is a front-door subject (the `client` identity and the gateway may publish it): a caller
+    outside the workspace, or a task run's token scoped to another one, is its 404, as registry.models.resolve
+    answers them, and nothing of the workspace is looked up (no reference is said found or missing)."""
+    registry_world.rows = [_row("ready", "ab" * 32) | {"workspace": WORKSPACE}]
+    looked = []
+
+    async def versions_exist(pool, workspace_id, refs):
+        looked.append(workspace_id)
+        return set()
+
+    async def not_a_member(user_id, workspace_id):
+        return None
+
+    monkeypatch.setattr(registry.store, "versions_exist", versions_exist)
+    lookup = ModelsLookup(workspace_id=WORKSPACE, models=[ModelReference(name="m"), ModelReference(name="typo")])
+    task_run = dataclasses.replace(ALICE, scoped_task="t1", workspace_id=WORKSPACE + 1)
+    for deps, principal in ((SimpleNamespace(pool=None, membership=lambda token: not_a_member), ALICE),
+                            (registry_world.deps, task_run)):
+        with pytest.raises(NotFound, match=f"^workspace {WORKSPACE} not found$"):
+            asyncio.run(registry.models_exist(deps, principal, "t", lookup))
+    assert looked == [] and registry_world.workspaces == []
 
 
 def test_the_gateways_resolve_body_cannot_ask_for_exists_only():
