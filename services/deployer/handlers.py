@@ -664,20 +664,39 @@ def _record(row, active, rows: list[Any], total: int, deployed_row) -> PipelineR
 # --- deployments -------------------------------------------------------------------------------------
 
 
+def _shown(value: Any) -> str:
+    return echo(value) if isinstance(value, str) else echo(json.dumps(value, default=str))
+
+
+def _whole(key: str, value: Any) -> int:
+    """An integer setting of engine_config: an integer, or a number or text holding one (2.0, "2"). A fraction or a
+    boolean is refused, not cut: `replica_count` 2.5 started 2 replicas and `true` 1, with a 200."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = math.nan
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(value)
+    if not math.isfinite(number) or number != int(number):
+        raise InvalidRequest(f"engine_config.{key} must be an integer (got {_shown(value)})")
+    return int(number)
+
+
 def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
     config = dict(config or {})
     try:
         cpus = float(config.get("cpus", 1))
-        replicas = int(config.get("replica_count", 1))
     except (TypeError, ValueError):
-        raise InvalidRequest("engine_config.cpus must be a number and replica_count an integer") from None
+        raise InvalidRequest(f"engine_config.cpus must be a number (got {_shown(config.get('cpus'))})") from None
+    # named alone: a replica_count of "two" was told "engine_config.cpus must be a number and replica_count an
+    # integer", about cpus it had not given
+    replicas = _whole("replica_count", config.get("replica_count", 1))
     autoscale = config.get("replica_autoscale_min_max")
     if autoscale is not None:
-        try:
-            low, high = int(autoscale["minimum"]), int(autoscale["maximum"])
-        except (KeyError, TypeError, ValueError):
-            raise InvalidRequest("engine_config.replica_autoscale_min_max needs integer minimum and maximum"
-                                 ) from None
+        if not isinstance(autoscale, dict) or not {"minimum", "maximum"} <= autoscale.keys():
+            raise InvalidRequest("engine_config.replica_autoscale_min_max needs integer minimum and maximum")
+        low = _whole("replica_autoscale_min_max.minimum", autoscale["minimum"])
+        high = _whole("replica_autoscale_min_max.maximum", autoscale["maximum"])
         # the same ceiling as replica_count: an autoscaler allowed a million replicas would start them under load
         if not 0 <= low <= high <= 16:
             raise InvalidRequest("engine_config.replica_autoscale_min_max: need 0 <= minimum <= maximum <= 16")
