@@ -259,6 +259,9 @@ def test_the_client_list_is_explicit_and_complete(token_checked):
     checked, allowed = {s for s, ok in token_checked.items() if ok}, set(listed["allow"])
     assert not allowed - checked, f"listed but not token-checked: {sorted(allowed - checked)}"
     assert not checked - allowed, f"token-checked commands missing from the client's list: {sorted(checked - allowed)}"
+    # docs/security.md says how many (it said 140 while the list had grown to 142)
+    assert f"Token-checked ({len(allowed)} subjects, all in the client's list)" in (
+        REPO / "docs" / "security.md").read_text(), len(allowed)
 
 
 # --- JetStream: each service its own consumers, not `$JS.API.>` -------------------------------------------------
