@@ -700,6 +700,8 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
         # the same ceiling as replica_count: an autoscaler allowed a million replicas would start them under load
         if not 0 <= low <= high <= 16:
             raise InvalidRequest("engine_config.replica_autoscale_min_max: need 0 <= minimum <= maximum <= 16")
+        # kept as the integers read (the autoscaler reads them with int(): "4.0" would fail there)
+        config["replica_autoscale_min_max"] = {**autoscale, "minimum": low, "maximum": high}
         replicas = max(low, 1)
     # cpus becomes each replica's onnxruntime thread count: a million would start a million threads; and
     # float("nan") is neither > 0 nor <= 0

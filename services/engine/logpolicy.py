@@ -10,9 +10,11 @@ Challengers' outputs follow the rows they belong to.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, echo
 
 if TYPE_CHECKING:  # the deployer checks policies without loading numpy and pyarrow
     from shared.logrecords import InferenceRecord
@@ -21,15 +23,28 @@ MODES = ("all", "sampled", "outputs", "off")
 
 
 def check_batching(engine_config: dict[str, Any]) -> None:
-    """engine_config's batching keys (services/engine/batching.py), or InvalidRequest."""
-    try:
-        float(engine_config.get("batch_max_delay_ms", 0))
-        rows = int(engine_config.get("batch_max_rows", 1))
-    except (TypeError, ValueError):
-        raise InvalidRequest("engine_config.batch_max_delay_ms must be a number (negative: no batching) and "
-                             "batch_max_rows an integer") from None
-    if float(engine_config.get("batch_max_delay_ms", 0)) > 100 or rows < 1:
-        raise InvalidRequest("engine_config: batch_max_delay_ms is at most 100 and batch_max_rows at least 1")
+    """engine_config's batching keys (services/engine/batching.py), or InvalidRequest naming the key and its value.
+    A NaN delay and a fractional or boolean row count are refused: float("nan") passed every comparison and was
+    stored (the batcher then slept NaN seconds), and int() cut 2.5 rows to 2 and `true` to 1 (session 37)."""
+    raw_delay, raw_rows = engine_config.get("batch_max_delay_ms", 0), engine_config.get("batch_max_rows", 1)
+    delay = math.nan
+    if not isinstance(raw_delay, bool):
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            delay = float(raw_delay)
+    if math.isnan(delay) or delay > 100:
+        raise InvalidRequest(f"engine_config.batch_max_delay_ms must be a number of at most 100 (negative: no "
+                             f"batching), not {echo(str(raw_delay))}")
+    rows = None  # what the engine's int() reads whole (batching.batching_config): an int, 3.0, "3"
+    if isinstance(raw_rows, int) and not isinstance(raw_rows, bool):
+        rows = raw_rows
+    elif isinstance(raw_rows, float) and raw_rows.is_integer():
+        rows = int(raw_rows)
+    elif isinstance(raw_rows, str):
+        with contextlib.suppress(ValueError):
+            rows = int(raw_rows)
+    if rows is None or rows < 1:
+        raise InvalidRequest(f"engine_config.batch_max_rows must be an integer of at least 1, not "
+                             f"{echo(str(raw_rows))}")
 
 
 def check_log_policy(policy: Any) -> dict[str, Any]:
