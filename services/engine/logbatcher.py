@@ -86,10 +86,20 @@ from shared.settings import LogSettings
 
 log = logging.getLogger("railyard.engine")
 WRITES_AT_ONCE = 2  # segment flushes under way at once: one PUT's wait no longer holds up the next segment
-SEGMENT_PUT_TIMEOUT = 2.0  # a segment's PUT (4 MiB: 50-100 ms into the embedded SeaweedFS at load) or its rows go
+SEGMENT_PUT_TIMEOUT = 2.0  # seconds a PUT may take a SEGMENT_PUT_SHARE of its bytes (at least), or its rows go
+SEGMENT_PUT_SHARE = 4 * 1024 * 1024  # (4 MiB: 50-100 ms into the embedded SeaweedFS at load; a 16 MiB one gets 8 s)
+SPILL_FACTOR = 4  # a flush holding more than this many times engine_segment_bytes goes through the stream as rows
 SEGMENT_BACKOFF = 30.0  # after a failed or timed-out PUT, batches go as rows through the stream for this long
 RETRY_MAX_DELAY = 5.0
 REPORT_EVERY = 10.0
+
+
+def put_timeout(size: int) -> float:
+    """Seconds a segment's PUT of `size` bytes may take before its rows go through the stream: SEGMENT_PUT_TIMEOUT a
+    SEGMENT_PUT_SHARE, never less than SEGMENT_PUT_TIMEOUT. A fixed 2 s gave a busy replica's 16 MiB segments
+    (logs.engine_segment_bytes since session 37) a quarter of the time a byte its 4 MiB ones had, so a loaded host's
+    PUT was cut, and the next SEGMENT_BACKOFF of batches sent as rows, four times as soon."""
+    return SEGMENT_PUT_TIMEOUT * max(1.0, size / SEGMENT_PUT_SHARE)
 
 
 def _at_ms(record: InferenceRecord) -> int:
@@ -371,7 +381,7 @@ class LogBatcher:
             # while after object storage failed or was slow (SEGMENT_BACKOFF: a refused or hanging PUT must not
             # hold the rows, whose answers are out, until a stop's timeout loses them)
             tables: list[tuple[pa.Table, list[int]]] = []  # segments' tables whose PUT failed: rows after all
-            if self.objects is not None and size <= 4 * self.flush_bytes and not self.closing \
+            if self.objects is not None and size <= SPILL_FACTOR * self.flush_bytes and not self.closing \
                     and time.monotonic() >= self.segments_after:
                 groups, records = group_records(records), []
                 while groups:  # a group's records go once its table is built (_store_segment), not with the flush
@@ -464,7 +474,7 @@ class LogBatcher:
         schema = table.schema  # the read-back's types: Parquet gives timestamp[s] back as timestamp[ms] (read_segment)
         del table
         try:
-            async with asyncio.timeout(SEGMENT_PUT_TIMEOUT):  # the client's own retries take ~13 s when it is down
+            async with asyncio.timeout(put_timeout(len(data))):  # the client's own retries take ~13 s when it is down
                 await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
         except Exception as exc:  # object storage unreachable or slow: the stream holds the rows meanwhile
             # (a PUT that completes after its timeout leaves an object no description names: maintenance removes it)

@@ -409,6 +409,34 @@ async def test_object_storage_down_or_hanging_sends_the_rows_through_the_stream_
     assert pa.ipc.open_stream(stream.published[0][0]).read_all().num_rows == 10 and Hanging.puts == 1
 
 
+async def test_a_larger_segments_put_gets_as_much_more_time_before_its_rows_go_through_the_stream():
+    """SEGMENT_PUT_TIMEOUT is a SEGMENT_PUT_SHARE's (4 MiB's) time: a busy replica's 16 MiB segment (the default
+    `engine_segment_bytes`) whose PUT takes longer than that but no longer than its size's share is stored as a
+    segment, not cut and sent as rows (with the next SEGMENT_BACKOFF of batches) as a fixed timeout did."""
+    from unittest import mock
+
+    from services.engine import logbatcher
+
+    class Slow(Objects):
+        async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+            await asyncio.sleep(0.3)
+            await super().put_bytes(bucket, key, data)
+
+    stream, objects = RefusingStream(), Slow()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=objects)
+    with mock.patch.object(logbatcher, "SEGMENT_PUT_TIMEOUT", 0.2), \
+            mock.patch.object(logbatcher, "SEGMENT_PUT_SHARE", 256, create=True):  # the segment: ~9 shares
+        for value in range(4):
+            batcher.add(record(float(value)))
+        await batcher.flush()
+    from shared.log_segments import SEGMENT_HEADER
+    [(key, data)] = objects.stored.items()
+    assert len(data) > 256 * 4 and batcher.segment_failures == 0 and batcher.segments_after == 0.0
+    assert [SEGMENT_HEADER in headers for _, headers in stream.published] == [True]  # its description, no rows
+    assert json.loads(stream.published[0][0])["key"] == key and batcher.lost_rows == 0
+
+
 async def test_a_stop_sends_what_is_left_as_rows_not_as_a_segment():
     stream, objects = RefusingStream(), Objects()
     stream.full = False
