@@ -8,10 +8,12 @@ ccfraud and times `--windows` windows of 1,000-row Arrow requests on 4 connectio
 1-s warm-up, then `--seconds` of load; every process's CPU read from /proc, with 1.5 s after the load), each after
 the harness's settle and a sync of the page cache (harness.write_back: item 93's write-back burst stays out). Printed
 a window: rows/s, the CPU a request of each process, the same over the load generator's (its work is the same in every
-window, so it is the machine's speed: item 93) and the replica's RSS right after the load; then `--idle` seconds of
-the idle stack (each process's CPU a second: what an idle second adds to a window). An arm is `name:VAR=value;...`:
+window, so it is the machine's speed: item 93), the replica's RSS right after the load and before the window (what
+the last one left, after the settle); then `--idle` seconds of the idle stack (each process's CPU a second: what an
+idle second adds to a window) and the replica's RSS after them. An arm is `name:VAR=value;...`:
 `RAILYARD_...` settings, or the BENCH_* variables of bench/arrow_ab_site/sitecustomize.py (nats-server's own
-environment, more `weed server` flags, the replica's segment writes at once), which is put on the stack's PYTHONPATH.
+environment, more `weed server` flags, the replica's segment writes at once or its spill factor), which is put on the
+stack's PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ def one_stack(name: str, settings: list[str], args: argparse.Namespace, out) -> 
         for number in range(args.windows):
             uvloop.run(settle())
             write_back()
+            settled = rss_mib([pid for pid in descendants(stack.process.pid) if _role(pid) == "engine replica"])
             uvloop.run(loadgen.concurrent(target.url, target.thousand, 4, 1.0))  # warm
             time.sleep(1.0)
             load = uptime()
@@ -81,6 +84,7 @@ def one_stack(name: str, settings: list[str], args: argparse.Namespace, out) -> 
             events = {kind: after[kind] - lines[kind] for kind in after}
             row = {"events": events, "arm": name, "window": number, "at": time.strftime("%H:%M:%S"), "load": load,
                    "rows_s": count * 1000 / wall, "rss_replica": rss["engine replica"], "rss": rss, "us": per,
+                   "rss_replica_before": settled,
                    "total": sum(per.values())}
             out.write(json.dumps(row) + "\n")
             out.flush()
@@ -89,14 +93,16 @@ def one_stack(name: str, settings: list[str], args: argparse.Namespace, out) -> 
                   f"{row['total']:,.0f} us ({row['total'] / lg:.2f} lg), "
                   + ", ".join(f"{role} {per.get(role, 0):,.0f} ({per.get(role, 0) / lg:.2f})" for role in ROLES)
                   + f"; log events {events}; RSS (MiB) "
-                  + ", ".join(f"{role} {mib:.0f}" for role, mib in rss.items()), flush=True)
+                  + ", ".join(f"{role} {mib:.0f}" for role, mib in rss.items())
+                  + f" (the replica {settled:.0f} before the window)", flush=True)
         if args.idle:
             uvloop.run(settle())
             quiet = idle(stack.process.pid, args.idle)
-            out.write(json.dumps({"arm": name, "idle_ms_s": quiet}) + "\n")
+            settled = rss_mib([pid for pid in descendants(stack.process.pid) if _role(pid) == "engine replica"])
+            out.write(json.dumps({"arm": name, "idle_ms_s": quiet, "rss_replica_settled": settled}) + "\n")
             print(f"{name:8s} idle (ms of CPU a second): " + ", ".join(
-                f"{role} {ms:.1f}" for role, ms in sorted(quiet.items(), key=lambda item: -item[1]) if ms >= 0.5),
-                flush=True)
+                f"{role} {ms:.1f}" for role, ms in sorted(quiet.items(), key=lambda item: -item[1]) if ms >= 0.5)
+                + f"; the replica's RSS then {settled:.0f} MiB", flush=True)
 
 
 def summary(path: Path) -> None:

@@ -29,12 +29,43 @@ BASELINE_ROWS = 100_000
 RUNS = 7
 
 
-def _batch(at_ms: int, seed: int, shift: float) -> bytes:
+def record(at_ms: int, seed: int, shift: float) -> InferenceRecord:
+    """One 1,000-row request's log record (a 29-float tensor in, `out.dense_1` shifted by `shift`)."""
     features = sample_rows(BATCH_ROWS, seed=seed)
     inputs = pa.table({"tensor": tensor_array(features)})
     outputs = pa.table({"dense_1": tensor_array((features[:, :1] + shift).astype(np.float32))})
     model = json.dumps({"model_name": "ccfraud", "model_sha": "0" * 64})
-    return to_ipc_stream(build_batch([InferenceRecord(at_ms, inputs, outputs, model, (1000, 2000))], "v1"))
+    return InferenceRecord(at_ms, inputs, outputs, model, (1000, 2000))
+
+
+def _batch(at_ms: int, seed: int, shift: float) -> bytes:
+    return to_ipc_stream(build_batch([record(at_ms, seed, shift)], "v1"))
+
+
+def assay_body(workspace: int, pipeline_id: int, pipeline_name: str, t0: int, t1: int) -> dict:
+    """run_interactive's body: the window of rows logged at `t1`, against the Fixed baseline of those at `t0`."""
+    return {"name": "bench", "pipeline_id": pipeline_id, "pipeline_name": pipeline_name,
+            "iopath": "output dense_1 0",
+            "baseline": {"Fixed": {"pipeline": pipeline_name, "model": "ccfraud", "start_at": _iso(t0 - 1000),
+                                   "end_at": _iso(t0 + 1000)}},
+            "window": {"pipeline": pipeline_name, "model": "ccfraud", "width": "10 minutes",
+                       "start": _iso(t1 - 300_000)},
+            "summarizer": {"type": "UnivariateContinuous", "bin_mode": "Quantile", "aggregation": "Density",
+                           "metric": "PSI", "num_bins": 10, "add_outlier_edges": True},
+            "warning_threshold": 0.01, "alert_threshold": 0.1, "workspace_id": workspace}
+
+
+async def assay_runs(http: httpx.AsyncClient, body: dict, runs: int = RUNS) -> tuple[list[float], dict]:
+    """Seconds of each of `runs` assay runs (each checked to count the whole window), and the last result."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        response = await http.post("/v1/api/assays/run_interactive", json=body)
+        times.append(time.perf_counter() - started)
+        assert response.status_code == 200, response.text
+        [result] = response.json()
+        assert result["window_summary"]["count"] == WINDOW_ROWS, result["window_summary"]["count"]
+    return times, result
 
 
 def _iso(ms: int) -> str:
@@ -55,24 +86,10 @@ async def _measure(stack, token: str, workspace: int, pipeline_id: int) -> dict[
     finally:
         await pg.close()
         await nc.close()
-    body = {"name": "bench", "pipeline_id": pipeline_id, "pipeline_name": "assaybench", "iopath": "output dense_1 0",
-            "baseline": {"Fixed": {"pipeline": "assaybench", "model": "ccfraud", "start_at": _iso(t0 - 1000),
-                                   "end_at": _iso(t0 + 1000)}},
-            "window": {"pipeline": "assaybench", "model": "ccfraud", "width": "10 minutes",
-                       "start": _iso(t1 - 300_000)},
-            "summarizer": {"type": "UnivariateContinuous", "bin_mode": "Quantile", "aggregation": "Density",
-                           "metric": "PSI", "num_bins": 10, "add_outlier_edges": True},
-            "warning_threshold": 0.01, "alert_threshold": 0.1, "workspace_id": workspace}
-    times = []
+    body = assay_body(workspace, pipeline_id, "assaybench", t0, t1)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=120,
                                  headers={"Authorization": f"Bearer {token}"}) as http:
-        for _ in range(RUNS):
-            started = time.perf_counter()
-            response = await http.post("/v1/api/assays/run_interactive", json=body)
-            times.append(time.perf_counter() - started)
-            assert response.status_code == 200, response.text
-            [result] = response.json()
-            assert result["window_summary"]["count"] == WINDOW_ROWS, result["window_summary"]["count"]
+        times, result = await assay_runs(http, body)
     # numpy alone on the same values: the histogram of the window against the baseline's quantile edges
     rng_values = np.concatenate([pa.ipc.open_stream(_batch(t1, s, 0.3)).read_all().column("out.dense_1")
                                  .combine_chunks().flatten().to_numpy() for s in range(4, 12)])

@@ -3,7 +3,9 @@ only when its BENCH_* variable is set, so an arm can change what the stack's set
 - BENCH_NATS_ENV (`GOGC=400,GOMEMLIMIT=96MiB`): nats-server's own environment (the supervisor's `nats_server` spec),
   not SeaweedFS's, which an exported variable would reach too;
 - BENCH_WEED_ARGS (`-flag=value,-flag`): more `weed server` flags;
-- BENCH_WRITES_AT_ONCE (`1`): an engine replica's segment writes under way at once (services/engine/logbatcher.py)."""
+- BENCH_WRITES_AT_ONCE (`1`): an engine replica's segment writes under way at once (services/engine/logbatcher.py);
+- BENCH_SPILL_FACTOR (`16`): how many times `engine_segment_bytes` a flush may hold and still be written as a segment
+  (logbatcher.SPILL_FACTOR; more goes through the stream as rows)."""
 
 import os
 
@@ -37,9 +39,14 @@ if b"services.engine.replica" in _CMDLINE and os.environ.get("BENCH_WRITES_AT_ON
 
     _logbatcher.WRITES_AT_ONCE = int(os.environ["BENCH_WRITES_AT_ONCE"])
 
+if b"services.engine.replica" in _CMDLINE and os.environ.get("BENCH_SPILL_FACTOR"):
+    import services.engine.logbatcher as _logbatcher
+
+    _logbatcher.SPILL_FACTOR = int(os.environ["BENCH_SPILL_FACTOR"])
+
 if b"services.engine.replica" in _CMDLINE and os.environ.get("BENCH_SPILL_LOG"):
-    # each flush that goes through the stream because more than 4x the segment bytes were gathered while segments
-    # were being written, and each segment write of more than 0.3 s, in the replica's log ("bench:" lines)
+    # each flush that goes through the stream because more than SPILL_FACTOR x the segment bytes were gathered while
+    # segments were being written, and each segment write of more than 0.3 s, in the replica's log ("bench:" lines)
     import logging as _logging
     import time as _time
 
@@ -49,7 +56,7 @@ if b"services.engine.replica" in _CMDLINE and os.environ.get("BENCH_SPILL_LOG"):
     _flush, _store = _lb.LogBatcher.flush, _lb.LogBatcher._store_segment
 
     async def _flush_counted(self):  # noqa: ANN001, ANN202
-        if self.objects is not None and self.pending_bytes > 4 * self.flush_bytes:
+        if self.objects is not None and self.pending_bytes > _lb.SPILL_FACTOR * self.flush_bytes:
             _bench_log.warning("bench: spill %d bytes, %d writes under way", self.pending_bytes, len(self.writes))
         if self.objects is not None and _time.monotonic() < self.segments_after:
             _bench_log.warning("bench: backoff rows %d bytes", self.pending_bytes)
