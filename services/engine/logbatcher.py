@@ -94,11 +94,15 @@ RETRY_MAX_DELAY = 5.0
 REPORT_EVERY = 10.0
 
 
-def put_timeout(size: int) -> float:
+def put_timeout(size: int, stopping: bool = False) -> float:
     """Seconds a segment's PUT of `size` bytes may take before its rows go through the stream: SEGMENT_PUT_TIMEOUT a
     SEGMENT_PUT_SHARE, never less than SEGMENT_PUT_TIMEOUT. A fixed 2 s gave a busy replica's 16 MiB segments
     (logs.engine_segment_bytes since session 37) a quarter of the time a byte its 4 MiB ones had, so a loaded host's
-    PUT was cut, and the next SEGMENT_BACKOFF of batches sent as rows, four times as soon."""
+    PUT was cut, and the next SEGMENT_BACKOFF of batches sent as rows, four times as soon. While `stopping`,
+    SEGMENT_PUT_TIMEOUT whatever the size: a full segment's 8 s is a stopping replica's whole DRAIN_LOGS, which
+    left its rows no time to go through the stream when object storage was down (`LogBatcher.close`)."""
+    if stopping:
+        return SEGMENT_PUT_TIMEOUT
     return SEGMENT_PUT_TIMEOUT * max(1.0, size / SEGMENT_PUT_SHARE)
 
 
@@ -178,6 +182,7 @@ class LogBatcher:
         self.segments_after = 0.0  # monotonic time before which batches go as rows (object storage just failed)
         self.thread: ThreadPoolExecutor | None = None
         self.writes: set[asyncio.Task] = set()  # segment flushes under way (at most WRITES_AT_ONCE)
+        self.puts: set[asyncio.Timeout] = set()  # the timeouts of segment PUTs under way (a stop shortens them)
         self.subject = log_subject(deployment["name"])
         self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
                                  deployment["name"], deployment["pipeline_version"])
@@ -328,6 +333,12 @@ class LogBatcher:
         self.closing = True
         self.wake.set()
         self.full.set()  # a gathering under way publishes now, not at the end of its interval
+        # a segment PUT under way may have a large segment's time (put_timeout), up to all of `timeout`: it is cut
+        # at SEGMENT_PUT_TIMEOUT from now, so with object storage down its rows still go through the stream
+        soon = asyncio.get_running_loop().time() + SEGMENT_PUT_TIMEOUT
+        for cut in self.puts:
+            if (when := cut.when()) is None or when > soon:
+                cut.reschedule(soon)
         deadline = time.monotonic() + timeout
         try:
             if task is not None:
@@ -474,8 +485,13 @@ class LogBatcher:
         schema = table.schema  # the read-back's types: Parquet gives timestamp[s] back as timestamp[ms] (read_segment)
         del table
         try:
-            async with asyncio.timeout(put_timeout(len(data))):  # the client's own retries take ~13 s when it is down
-                await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
+            # the client's own retries take ~13 s when it is down; while stopping, one share's time (close)
+            async with asyncio.timeout(put_timeout(len(data), self.closing)) as cut:
+                self.puts.add(cut)
+                try:
+                    await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
+                finally:
+                    self.puts.discard(cut)
         except Exception as exc:  # object storage unreachable or slow: the stream holds the rows meanwhile
             # (a PUT that completes after its timeout leaves an object no description names: maintenance removes it)
             self.segments_after = time.monotonic() + SEGMENT_BACKOFF

@@ -437,6 +437,46 @@ async def test_a_larger_segments_put_gets_as_much_more_time_before_its_rows_go_t
     assert json.loads(stream.published[0][0])["key"] == key and batcher.lost_rows == 0
 
 
+async def test_a_stop_cuts_a_large_segments_put_at_one_shares_time_so_its_rows_still_go_before_the_stops_end():
+    """A large segment's PUT may take SEGMENT_PUT_TIMEOUT a SEGMENT_PUT_SHARE (a full 16 MiB one 8 s), as long as a
+    stopping replica's whole DRAIN_LOGS (8 s): with object storage down at a stop, the PUT's own timeout outlived
+    the stop's and its rows were lost where a 4 MiB segment's 2 s left them 6 s to go through the stream. A stop
+    cuts a PUT under way at SEGMENT_PUT_TIMEOUT from then (here 0.2 s of a 1 s stop; the segment's own ~1.8 s)."""
+    from unittest import mock
+
+    from services.engine import logbatcher
+
+    putting = asyncio.Event()
+
+    class Hanging(Objects):
+        async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+            self.size = len(data)
+            putting.set()
+            await asyncio.sleep(3600)
+
+    stream, objects = RefusingStream(), Hanging()
+    stream.full = False
+    batcher = LogBatcher(stream, DEPLOYMENT, LogSettings(), 8 * 1024 * 1024, objects=objects)
+    with mock.patch.object(logbatcher, "SEGMENT_PUT_TIMEOUT", 0.2), \
+            mock.patch.object(logbatcher, "SEGMENT_PUT_SHARE", 256):
+        task = asyncio.create_task(batcher.run())
+        for value in range(20):
+            batcher.add(record(float(value)))
+        await asyncio.wait_for(putting.wait(), 5)
+        assert objects.size > 256 * 7  # its own timeout is over 1.4 s: longer than the stop's
+        await batcher.close(task, 1.2)
+    rows = sum(pa.ipc.open_stream(payload).read_all().num_rows for payload, _ in stream.published)
+    assert rows == 200 and batcher.lost_rows == 0 and batcher.segment_failures == 1
+    # a PUT that starts once the stop began (a flush's next group) gets the same 0.2 s, not its size's ~1.8
+    putting.clear()
+    group = [record(float(value)) for value in range(20)]
+    with mock.patch.object(logbatcher, "SEGMENT_PUT_TIMEOUT", 0.2), \
+            mock.patch.object(logbatcher, "SEGMENT_PUT_SHARE", 256):
+        async with asyncio.timeout(1.2):
+            table, counts = await batcher._store_segment(group, 200)
+    assert putting.is_set() and objects.size > 256 * 7 and table.num_rows == 200 and counts == [10] * 20
+
+
 async def test_a_stop_sends_what_is_left_as_rows_not_as_a_segment():
     stream, objects = RefusingStream(), Objects()
     stream.full = False
