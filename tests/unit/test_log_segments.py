@@ -217,15 +217,36 @@ def test_row_groups_of_a_large_segment_are_kept_for_the_next_pages_within_the_bo
     assert not reader.groups and reader.groups_bytes == 0
 
 
-def test_a_row_group_above_a_quarter_of_the_bound_is_read_for_its_page_and_not_kept():
+def test_a_row_group_above_half_of_the_bound_is_read_for_its_page_and_not_kept():
     from services.log_store.segments import SegmentReader
 
     data = _large_segment(20_000)
     store = _CountingStore({"k": data})
-    reader = SegmentReader(store, group_cache_bytes=1000 * 264 * 3)  # type: ignore[arg-type]
+    reader = SegmentReader(store, group_cache_bytes=int(1000 * 264 * 1.5))  # type: ignore[arg-type]
     reader.read("k", len(data), 0, 100, None)
     reader.read("k", len(data), 100, 200, None)
     assert store.gets == 1 + 2 and not reader.groups
+
+
+def test_a_full_engine_segment_of_wide_rows_is_fetched_once_for_the_pages_through_it():
+    """An engine cuts a segment at `engine_segment_bytes` (16 MiB since session 37) of records: with rows above ~2 KB
+    that is fewer than 8,192 rows, one row group of 16 MiB and more decoded, which was above a quarter of
+    GROUP_CACHE_BYTES and never kept, so every 4 MiB page through the segment fetched and decoded all of it again
+    (10 GETs, 144 MiB for a 16 MiB segment of 8 KB rows in 2 MiB pages; a 4 MiB segment's group was kept)."""
+    from services.log_store.segments import SegmentReader
+    from shared.settings import LogSettings
+
+    width = 2048  # float32: 8 KB a row
+    rows = LogSettings().engine_segment_bytes // (width * 4) + 1  # what makes the engine cut it
+    table = pa.table({"time": pa.array(np.arange(rows, dtype=np.int64)),
+                      "in.tensor": tensor_array(np.random.default_rng(5).random((rows, width), dtype=np.float32))})
+    data = encode_segment(table, row_group_rows=LogSettings().row_group_rows)
+    store = _CountingStore({"k": data})
+    reader = SegmentReader(store)  # type: ignore[arg-type]
+    page = 256  # rows of a ~2 MiB page
+    for lo in range(0, rows, page):
+        assert reader.read("k", len(data), lo, min(rows, lo + page), None).num_rows == min(page, rows - lo)
+    assert store.gets == 2 and len(reader.groups) == 1  # the footer's read, then the group once
 
 
 def test_a_kept_read_of_no_column_does_not_answer_a_read_of_every_column():
