@@ -182,7 +182,9 @@ class LogBatcher:
         self.segments_after = 0.0  # monotonic time before which batches go as rows (object storage just failed)
         self.thread: ThreadPoolExecutor | None = None
         self.writes: set[asyncio.Task] = set()  # segment flushes under way (at most WRITES_AT_ONCE)
-        self.puts: set[asyncio.Timeout] = set()  # the timeouts of segment PUTs under way (a stop shortens them)
+        # the timeouts of segment PUTs under way and the loop time each began: a stop, and half the buffer held,
+        # shorten them (_cut_puts)
+        self.puts: dict[asyncio.Timeout, float] = {}
         self.subject = log_subject(deployment["name"])
         self.header = log_header(int(deployment.get("workspace_id") or 0), deployment["pipeline"],
                                  deployment["name"], deployment["pipeline_version"])
@@ -239,6 +241,20 @@ class LogBatcher:
         self.wake.set()
         if self.pending_bytes >= self.flush_bytes:
             self.full.set()
+        if self.puts and self.held_bytes * 2 > self.settings.engine_max_pending_bytes:
+            self._cut_puts(from_start=True)
+
+    def _cut_puts(self, from_start: bool) -> None:
+        """Segment PUTs under way get at most SEGMENT_PUT_TIMEOUT, from when each began (`from_start`: half the
+        buffer is held, the run loop waiting for them while records pile up, as a fixed 2 s did before large
+        segments got more) or from now (a stop: a full segment's 8 s was all of DRAIN_LOGS, leaving its rows no
+        time to go through the stream). With object storage down, a 16 MiB segment's 8 s let a busy replica's
+        records fill `engine_max_pending_bytes` and be lost; its rows now go through the stream instead."""
+        now = asyncio.get_running_loop().time()
+        for cut, began in self.puts.items():
+            soon = max(now, began + SEGMENT_PUT_TIMEOUT) if from_start else now + SEGMENT_PUT_TIMEOUT
+            if (when := cut.when()) is None or when > soon:
+                cut.reschedule(soon)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -335,10 +351,7 @@ class LogBatcher:
         self.full.set()  # a gathering under way publishes now, not at the end of its interval
         # a segment PUT under way may have a large segment's time (put_timeout), up to all of `timeout`: it is cut
         # at SEGMENT_PUT_TIMEOUT from now, so with object storage down its rows still go through the stream
-        soon = asyncio.get_running_loop().time() + SEGMENT_PUT_TIMEOUT
-        for cut in self.puts:
-            if (when := cut.when()) is None or when > soon:
-                cut.reschedule(soon)
+        self._cut_puts(from_start=False)
         deadline = time.monotonic() + timeout
         try:
             if task is not None:
@@ -487,11 +500,11 @@ class LogBatcher:
         try:
             # the client's own retries take ~13 s when it is down; while stopping, one share's time (close)
             async with asyncio.timeout(put_timeout(len(data), self.closing)) as cut:
-                self.puts.add(cut)
+                self.puts[cut] = asyncio.get_running_loop().time()
                 try:
                     await self.objects.put_bytes(BUCKET_LOGS, ref.key, data)
                 finally:
-                    self.puts.discard(cut)
+                    self.puts.pop(cut, None)
         except Exception as exc:  # object storage unreachable or slow: the stream holds the rows meanwhile
             # (a PUT that completes after its timeout leaves an object no description names: maintenance removes it)
             self.segments_after = time.monotonic() + SEGMENT_BACKOFF

@@ -477,6 +477,43 @@ async def test_a_stop_cuts_a_large_segments_put_at_one_shares_time_so_its_rows_s
     assert putting.is_set() and objects.size > 256 * 7 and table.num_rows == 200 and counts == [10] * 20
 
 
+async def test_a_large_segments_put_is_cut_at_one_shares_time_once_half_the_buffer_is_held():
+    """Object storage down (the client retries for ~13 s) or hanging while a busy replica serves: the run loop waits
+    for its two PUTs under way while records pile up. A 16 MiB segment's 8 s (put_timeout) held ~4x the 2 s a 4 MiB
+    one did: ~470 MB at this VM's ~60 MB/s of batch-1000 Arrow records, past `engine_max_pending_bytes` (256 MiB)
+    after ~4 s, every record after that lost, again after each SEGMENT_BACKOFF. Once half the buffer is held a PUT
+    gets SEGMENT_PUT_TIMEOUT from its start, as every PUT did before, and its rows go through the stream."""
+    from unittest import mock
+
+    from services.engine import logbatcher
+
+    class Hanging(Objects):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+            self.sizes.append(len(data))
+            await asyncio.sleep(3600)
+
+    one = record(0.0)
+    size = one.inputs.nbytes + one.outputs.nbytes
+    stream, objects = RefusingStream(), Hanging()
+    stream.full = False
+    settings = LogSettings(engine_segment_ms=50, engine_max_pending_bytes=size * 40)
+    batcher = LogBatcher(stream, DEPLOYMENT, settings, 8 * 1024 * 1024, objects=objects)
+    with mock.patch.object(logbatcher, "SEGMENT_PUT_TIMEOUT", 0.2), \
+            mock.patch.object(logbatcher, "SEGMENT_PUT_SHARE", 256):
+        task = asyncio.create_task(batcher.run())
+        for value in range(100):  # 50 records a second: the buffer's 40 in 0.8 s, before the first PUT's own time
+            batcher.add(record(float(value)))
+            await asyncio.sleep(0.02)
+        assert objects.sizes and min(objects.sizes) > 256 * 6  # each PUT's own timeout over 1.2 s
+        await batcher.close(task, 5.0)
+    rows = sum(pa.ipc.open_stream(payload).read_all().num_rows for payload, _ in stream.published)
+    assert batcher.lost_rows == 0 and rows == 1000 and batcher.segment_failures >= 1, objects.sizes
+
+
 async def test_a_stop_sends_what_is_left_as_rows_not_as_a_segment():
     stream, objects = RefusingStream(), Objects()
     stream.full = False
