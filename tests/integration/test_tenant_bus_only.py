@@ -1,6 +1,7 @@
 """Token-checked commands that only the bus front door offers (no HTTP route of their own, so test_isolation.py's
-HTTP sweep never sends them): another workspace's model, dataset file and saved dataset are not found for bob, a
-user of another workspace, exactly as for a name that does not exist, while alice gets them."""
+HTTP sweep never sends them): another workspace's model (resolved, or looked up with registry.models.exist), dataset
+file and saved dataset are not found for bob, a user of another workspace, exactly as for a name that does not
+exist, while alice gets them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ async def test_bus_only_commands_keep_another_workspaces_things_out_of_reach(sta
     images = made["images"]["id"]
     asks = {
         subjects.REGISTRY_MODELS_RESOLVE: {"workspace_id": alice.workspace_id, "name": "busmodel"},
+        subjects.REGISTRY_MODELS_EXIST: {"workspace_id": alice.workspace_id, "models": [{"name": "busmodel"}]},
         subjects.LINEAGE_DATASETS_GET_FILE: {"dataset_id": images, "name": "cat.png"},
         subjects.LINEAGE_DATASETS_SAVED: {"dataset_id": images, "version_id": version["id"]},
     }
@@ -49,5 +51,14 @@ async def test_bus_only_commands_keep_another_workspaces_things_out_of_reach(sta
         own = await ask(subjects.REGISTRY_MODELS_RESOLVE, {"workspace_id": bob.workspace_id, "name": "busmodel"},
                         bob.token)
         assert not own.ok and own.status == 404, own
+        # and in one registry.models.exist (pipelines/create's look-up, session 37): alice's model is found in her
+        # workspace only, her workspace is not found for bob, his own has no such model
+        exist = {"models": [{"name": "busmodel"}, {"name": "busmodel", "sha": "0" * 64}]}
+        mine = await ask(subjects.REGISTRY_MODELS_EXIST, {"workspace_id": alice.workspace_id, **exist}, alice.token)
+        assert mine.ok and [m["index"] for m in mine.data["missing"]] == [1], mine
+        own = await ask(subjects.REGISTRY_MODELS_EXIST, {"workspace_id": bob.workspace_id, **exist}, bob.token)
+        assert own.ok and own.data["missing"] == [
+            {"index": 0, "why": "model 'busmodel' (version latest) not found in the workspace"},
+            {"index": 1, "why": "model 'busmodel' (version latest) not found in the workspace"}], own
     finally:
         await nc.close()
