@@ -48,7 +48,10 @@ async def test_a_command_answers_on_its_callers_inbox_only(stack):
             # and on ops's own inbox: that answer comes from the service's connection after whatever it published
             # for the requests above, and the server passes one connection's messages on to ops in order, so once
             # ops has it, anything published elsewhere reached ops (a fixed sleep could end first on a slow host);
-            # a few loop turns more let the other subscriptions' callbacks run what they were handed
+            # a few loop turns more let the other subscriptions' callbacks run what they were handed. (A service
+            # runs `nats.command_workers` (8) commands of a subject at once, so "after" rests on these requests all
+            # doing the same: no token, refused before any work, without a wait. test_reply_elsewhere.py's forged
+            # commands do work, and their answers came after such an answer: a fixed wait stays there)
             assert (await ops.request(command, b"{}", timeout=10)).data, command
         for _ in range(20):
             await asyncio.sleep(0)
