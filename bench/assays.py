@@ -1,7 +1,8 @@
 """One assay run over a 1,000,000-row window, through the gateway (HTTP -> assay runner -> log store field read
 from Parquet segments in S3 -> binning and scoring), against numpy computing the same histogram on the same
 values in memory in the same run. Starts its own embedded stack; rows are published to the log stream the way
-the engine publishes them, then compacted as the maintenance timer would."""
+the engine publishes them, for a deployment announced as the deployer announces one (bench.logs.announce), then
+compacted as the maintenance timer would."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from bench import stack_with_pipeline
-from bench.logs import BATCH_ROWS, _ingest
+from bench.logs import BATCH_ROWS, _ingest, announce
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import InferenceRecord, build_batch
@@ -80,6 +81,7 @@ async def _measure(stack, token: str, workspace: int, pipeline_id: int) -> dict[
     t0, t1 = now - 3_600_000, now - 600_000
     try:
         js = nc.jetstream()
+        await announce(nc, pg, workspace, pipeline_id, "assaybench")
         await _ingest(js, pg, workspace, "assaybench", BASELINE_ROWS, [_batch(t0, s, 0.0) for s in range(4)])
         await _ingest(js, pg, workspace, "assaybench", WINDOW_ROWS, [_batch(t1, s, 0.3) for s in range(4, 12)])
         await nc.request(subjects.LOG_STORE_MAINTENANCE, b'{"retention": false}', timeout=600)

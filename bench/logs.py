@@ -1,6 +1,7 @@
 """The inference log store: sustained ingestion from the INFERENCE_LOGS stream, freshness, and get_logs page
 latency over a 10,000,000-row history. Starts its own embedded stack on free ports and publishes batches the
-way the engine does (one Arrow message holding the rows of many requests, a batch id per message).
+way the engine does (one Arrow message holding the rows of many requests, a batch id per message), for a deployment
+announced first as the deployer announces one (`announce`: the log store holds the batches of any other).
 
 Baselines measured in the same run: JetStream publish-with-ack of the same messages to a scratch stream with
 no consumer (the bus alone), and pyarrow reading a 1,000-row slice from a local Parquet file of the same
@@ -27,12 +28,37 @@ from services.log_store.pages import encode_cursor
 from shared import subjects
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.logrecords import BATCH_ID, LOG_HEADER, MSG_ID, InferenceRecord, build_batch, log_header
+from shared.messages.deployer import PipelineDeployed
 from tests.models import sample_rows
 
 BATCH_ROWS = 1000
 INGEST_ROWS = 2_000_000
 HISTORY_ROWS = 10_000_000
 WINDOW = 64  # publishes in flight
+ANNOUNCE_WAIT = 60.0  # seconds the log store may take to record the announcement
+STALL = 120.0  # seconds without a row stored that end an ingestion (a bench that never finishes says nothing)
+
+
+def deployment_of(name: str) -> str:
+    """The deployment the bench logs for, of its pipeline `name`."""
+    return f"{name}-1"
+
+
+async def announce(nc, pg: asyncpg.Connection, workspace: int, pipeline_id: int, name: str) -> None:
+    """Announce the pipeline's deployment as the deployer does once one serves (events.pipeline.deployed, as
+    tests/integration/log_owners.py does for tests), then wait until the log store has recorded it. The log store
+    takes a batch only of a deployment the deployer announced in the workspace and of the pipeline its header names
+    (docs/logs.md); before, it holds the batches unacknowledged, and ingestion never finished (since 2026-12-04)."""
+    deployment = deployment_of(name)
+    event = PipelineDeployed(deployment_id=1, name=deployment, pipeline_id=pipeline_id, workspace_id=workspace,
+                             pipeline_version=str(uuid.uuid4()), pipeline_name=name)
+    await nc.jetstream().publish(subjects.EVENT_PIPELINE_DEPLOYED, event.model_dump_json().encode(),
+                                 headers={"Nats-Msg-Id": str(event.event_id)})
+    deadline = time.monotonic() + ANNOUNCE_WAIT
+    while not await pg.fetchval("SELECT 1 FROM log_store.deployments WHERE name = $1", deployment):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the log store did not record deployment {deployment} in {ANNOUNCE_WAIT:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 def seed_like_batch(rows: int, at_ms: int, seed: int) -> bytes:
@@ -79,12 +105,19 @@ async def _stored(pg: asyncpg.Connection, workspace: int, name: str) -> int:
 
 async def _ingest(js, pg, workspace: int, name: str, rows: int, payloads: list[bytes]) -> dict[str, float]:
     before = await _stored(pg, workspace, name)
-    header = log_header(workspace, name, f"{name}-1", "v")
+    header = log_header(workspace, name, deployment_of(name), "v")
     messages = -(-rows // BATCH_ROWS)
     rows = messages * BATCH_ROWS
     started = time.perf_counter()
-    published = await _publish_all(js, lambda i: f"logs.inference.{name}-1", payloads, messages, header)
-    while await _stored(pg, workspace, name) < before + rows:  # noqa: ASYNC110 - polling another process
+    published = await _publish_all(js, lambda i: f"logs.inference.{deployment_of(name)}", payloads, messages,
+                                   header)
+    progress, moved = before, time.monotonic()
+    while (now := await _stored(pg, workspace, name)) < before + rows:  # polling another process
+        if now != progress:
+            progress, moved = now, time.monotonic()
+        elif time.monotonic() - moved > STALL:
+            raise RuntimeError(f"the log store stored no row of {name} in {STALL:.0f} s ({now - before:,} of {rows:,}):"
+                               " batches held or quarantined (its log says why)")
         await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - started
     await asyncio.sleep(1.0)
@@ -123,7 +156,7 @@ def _parquet_baseline(payload: bytes, folder: Path) -> float:
     return statistics.median(times)
 
 
-async def _measure(stack, token: str, workspace: int) -> dict[str, float]:
+async def _measure(stack, token: str, workspace: int, pipeline_id: int) -> dict[str, float]:
     settings = stack.settings()
     nc = await nats.connect(settings.nats.url)
     js = nc.jetstream()
@@ -139,6 +172,7 @@ async def _measure(stack, token: str, workspace: int) -> dict[str, float]:
         results["bus_rows_per_s"] = 500 * BATCH_ROWS / seconds
         await js.delete_stream("BENCH_SCRATCH")
 
+        await announce(nc, pg, workspace, pipeline_id, "logbench")
         ingest = await _ingest(js, pg, workspace, "logbench", INGEST_ROWS, payloads)
         results |= {f"ingest_{k}": v for k, v in ingest.items()}
 
@@ -149,8 +183,8 @@ async def _measure(stack, token: str, workspace: int) -> dict[str, float]:
             marker = int(time.time() * 1000) + attempt
             batch = seed_like_batch(1, marker, 100 + attempt)
             started = time.perf_counter()
-            await _publish_all(js, lambda i: "logs.inference.logbench-1", [batch], 1,
-                               log_header(workspace, "logbench", "logbench-1", "v"))
+            await _publish_all(js, lambda i: f"logs.inference.{deployment_of('logbench')}", [batch], 1,
+                               log_header(workspace, "logbench", deployment_of("logbench"), "v"))
             while True:
                 response = await http.post("/v1/api/pipelines/get_logs", json={**body, "page_size": 1,
                                                                                "dataset": ["time"]})
@@ -191,7 +225,7 @@ async def _measure(stack, token: str, workspace: int) -> dict[str, float]:
 
 def run() -> str:
     with stack_with_pipeline("logbench") as bench:
-        measured = asyncio.run(_measure(bench.stack, bench.token, bench.workspace))
+        measured = asyncio.run(_measure(bench.stack, bench.token, bench.workspace, bench.pipeline_id))
         baseline_ms = _parquet_baseline(seed_like_batch(BATCH_ROWS, 0, 0), Path(bench.folder))
     m = measured
     lost = m["ingest_expected"] - m["ingest_stored"]
