@@ -120,6 +120,7 @@ protos: venv
 docs: venv
 	$(BIN)/python -m railyard_client._docgen docs/sdk.md
 
+## Every benchmark, into docs/benchmarks.md (`python -m bench logs assays`: those sections alone, in place).
 bench: venv
 	$(BIN)/python -m bench
 
