@@ -20,7 +20,9 @@ import inspect
 import json
 import logging
 import os
+import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -74,6 +76,7 @@ not as an uncaught nats error (a 500, and the end of any loop that only expects 
 verifiers' revocation poll). `request`, `raw_request` and the gateway's inference path catch these."""
 
 M = TypeVar("M", bound=BaseModel)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -132,13 +135,16 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
     """A NatsBroker for one service process, connecting as the process's bus identity; it connects only when
     started."""
 
+    refusals = PublishRefusals()
+
     async def quiet_error(exc: Exception) -> None:
         log.warning("nats: %s", exc or type(exc).__name__)
+        refusals.note(exc)
 
     options = connect_options(settings.nats)
     logger = logging.getLogger(f"railyard.{name}.faststream")
     logger.addFilter(PULL_TIMEOUT_RETRIES)  # a pull consumer's fetch timeout is no error (shared/faststream_logs.py)
-    return NatsBroker(
+    broker = NatsBroker(
         _with_credentials(settings.nats.url, settings.nats.user, settings.nats.password),
         inbox_prefix=options.get("inbox_prefix", "_INBOX"),
         name=f"railyard-{name}",
@@ -151,6 +157,71 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         logger=logger,
         log_level=logging.DEBUG,  # per-message "Received/Processed" lines only when debugging
     )
+    _REFUSALS[broker] = refusals
+    return broker
+
+
+_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+class PublishRefused(Unavailable):
+    """The bus refused this process's publish to a subject (a permissions violation): nobody can be asked there."""
+
+
+class PublishRefusals:
+    """The permissions violations the server sent a broker's connection for its publishes (make_broker's error_cb):
+    the server drops a message its sender may not publish and answers nothing, so a request to such a subject only
+    ends at its timeout (a 504 that looks like a slow service), while the violation arrives at once as an async -ERR.
+    As shared/dead_letters.py's `_unless_refused` reads it, for a long-running service: `unless_refused` ends a call
+    when a violation naming its subject arrives while it waits, `refused_within` says whether one did lately."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+        self._last: dict[str, float] = {}
+
+    def note(self, exc: BaseException) -> None:
+        found = _REFUSED.search(str(exc))
+        if found is None:
+            return
+        subject = found.group(1)
+        self._last[subject] = time.monotonic()
+        for waiter in self._waiting.get(subject, ()):
+            if not waiter.done():
+                waiter.set_result(str(exc))
+
+    def refused_within(self, subject: str, seconds: float) -> bool:
+        last = self._last.get(subject)
+        return last is not None and time.monotonic() - last < seconds
+
+    async def unless_refused(self, call: Awaitable[_T], subject: str) -> _T:
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(subject, set()).add(waiter)
+        answer = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait([answer, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                return answer.result()
+            raise PublishRefused(f"{subject.split('.')[0]} cannot be asked on {subject}: the bus refused it to this "
+                                 f"service ({waiter.result()})")
+        finally:
+            answer.cancel()
+            waiting = self._waiting.get(subject)
+            if waiting is not None:
+                waiting.discard(waiter)
+                if not waiting:
+                    del self._waiting[subject]
+
+
+_REFUSALS: weakref.WeakKeyDictionary[Any, PublishRefusals] = weakref.WeakKeyDictionary()
+
+
+def publish_refusals(broker: Any) -> PublishRefusals | None:
+    """make_broker's PublishRefusals of `broker`; None for a broker it did not make (a test's, FastStream's in-memory
+    one): its violations are not known, and a call to a refused subject ends at its timeout as before."""
+    try:
+        return _REFUSALS.get(broker)
+    except TypeError:  # not weakly referable
+        return None
 
 
 def _decode_json(msg: Any) -> Any:

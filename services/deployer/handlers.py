@@ -31,7 +31,7 @@ from shared.authz import (
     require_user,
 )
 from shared.background import BackgroundTask
-from shared.bus import request
+from shared.bus import PublishRefused, publish_refusals, request
 from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unavailable, UpstreamTimeout, echo
 from shared.messages.base import INT64
 from shared.messages.deployer import (
@@ -309,6 +309,9 @@ the definition's models end by then (a 504 naming the registry, nothing created)
 MODEL_LOOKUPS_AT_ONCE = 8  # look-ups under way at once: registry.models.exist's batches, or (a registry before it) one
 # per distinct model reference
 MISSING_NAMED = 10  # the missing references a create's 400 names one by one (then how many more)
+MODELS_EXIST_REFUSED_FOR = 60.0
+"""Seconds after the bus refused the deployer registry.models.exist (a NATS server still on the permissions of the
+release before it) during which creates ask one registry.models.resolve per reference without trying it first."""
 
 
 def _definition_refs(definition: dict[str, Any]) -> dict[tuple[str, str | None, str | None], str]:
@@ -380,7 +383,11 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
     `by`; every reference the workspace does not have is named in one 400 invalid_request (so a definition is fixed
     in one go), and nothing is written. A registry that does not answer in time is a 504, one that cannot be asked a
     503: nothing created either. A registry of the release before registry.models.exist (nobody answers it: a 503)
-    is asked one reference at a time, MODEL_LOOKUPS_AT_ONCE at once, as before. pipelines/copy (`verb` "copy", its
+    is asked one reference at a time, MODEL_LOOKUPS_AT_ONCE at once, as before; so is one the bus does not let the
+    deployer ask it (a NATS server still on the permissions of the release before: a rolling update, a ConfigMap
+    rolling, docker-compose not recreating NATS), known from the server's permissions violation as soon as it
+    arrives (PublishRefusals), and for MODELS_EXIST_REFUSED_FOR after it without asking. Before, that publish was
+    dropped and every create or copy naming a model was a 504 at the bound. pipelines/copy (`verb` "copy", its
     bound counted from `since`) checks the copied definition in its target workspace alike."""
     if not refs:
         return
@@ -394,12 +401,16 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
             raise UpstreamTimeout(f"not ended within {deps.timeout * MODEL_LOOKUPS_WITHIN:g}s of {since}")
         return left
 
+    refusals = publish_refusals(deps.broker)
+
     async def batch(start: int) -> list[str | None]:
         chunk = listed[start:start + MODELS_LOOKED_UP_AT_ONCE]
         async with gate:
-            found = await request(deps.broker, subjects.REGISTRY_MODELS_EXIST, ModelsLookup(
+            asked = request(deps.broker, subjects.REGISTRY_MODELS_EXIST, ModelsLookup(
                 workspace_id=workspace_id, models=[ModelReference(name=n, version=v, sha=s) for n, v, s in chunk],
                 explained=MISSING_NAMED), token=token, timeout=time_left(), reply_model=ModelsFound)
+            # a refused publish (PublishRefused, an Unavailable) ends at once, not at the bound as a 504
+            found = await (refusals.unless_refused(asked, subjects.REGISTRY_MODELS_EXIST) if refusals else asked)
         answers: list[str | None] = [None] * len(chunk)
         for gone in found.missing:
             if not 0 <= gone.index < len(chunk):
@@ -422,9 +433,12 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
 
     try:
         try:
+            if refusals and refusals.refused_within(subjects.REGISTRY_MODELS_EXIST, MODELS_EXIST_REFUSED_FOR):
+                raise PublishRefused("refused lately")  # not asked again: the one-by-one look-ups below
             answers = [answer for answered in await gathered([asyncio.ensure_future(batch(start)) for start in range(
                 0, len(listed), MODELS_LOOKED_UP_AT_ONCE)]) for answer in answered]
-        except Unavailable:  # nobody answers registry.models.exist (a registry of the release before), or none runs
+        except Unavailable:  # nobody answers registry.models.exist (a registry of the release before), or none runs,
+            # or the bus refuses it to the deployer (a NATS server still on the release before's permissions)
             answers = await gathered([asyncio.ensure_future(look(ref)) for ref in listed])
     except (UpstreamTimeout, Unavailable) as exc:
         raise type(exc)(f"pipelines/{verb} of {pipeline!r}: the definition's models could not be looked up "
