@@ -293,14 +293,21 @@ def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
 
 FRAME_FILE = re.compile(r'File "(/[^"\n]*)"')  # an absolute path in a traceback line (a frame, a SyntaxError)
 PACKAGE_ROOTS = ("site-packages", "dist-packages")
+BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
 
 
 def shown_file(path: str) -> str:
-    """A traceback's file as a client's error shows it: a library's from its package on (`sklearn/base.py`), any
-    other by its name (`text_classifier.py`, `railyard_step.py`). The host's absolute paths (the data directory
-    with the engine's work and cache folders, the platform's and Python's installations) are the platform's
-    internals, not the tenant's (docs/security.md); the replica puts the traceback's end in a request's error."""
+    """A traceback's file as a client's error shows it: a library's from its package on (`sklearn/base.py`), a
+    deployed package's own by its path in the archive (`backend/text_classifier.py`: from the `.byop` folder
+    ByopRuntime unpacks it to; by its name alone, two of its files of one name, `model/__init__.py` and
+    `utils/__init__.py`, could not be told apart), any other by its name (`railyard_step.py`). The host's absolute
+    paths (the data directory with the engine's work and cache folders, the platform's and Python's installations)
+    are the platform's internals, not the tenant's (docs/security.md); the replica puts the traceback's end in a
+    request's error."""
     parts = Path(path).parts
+    for index in range(len(parts) - 2, -1, -1):  # the last such folder: nothing of the host's path before it shows
+        if parts[index].endswith(BYOP_FOLDER):
+            return "/".join(parts[index + 1:])
     for index in range(len(parts) - 1, -1, -1):
         if parts[index] in PACKAGE_ROOTS and index + 1 < len(parts):
             return "/".join(parts[index + 1:])
@@ -440,7 +447,7 @@ class ByopRuntime:
         import shutil
         import zipfile
 
-        target = self.work_dir / f"{self.path.name}.byop"
+        target = self.work_dir / f"{self.path.name}{BYOP_FOLDER}"
         if not (target / ".complete").exists():
             partial = self.work_dir / f"{self.path.name}.byop.{os.getpid()}.part"
             shutil.rmtree(partial, ignore_errors=True)

@@ -75,7 +75,8 @@ def test_a_deployed_backends_traceback_shows_no_host_path(deployed, tmp_path, ca
         deployed.predict(pa.table({"task": [json.dumps({"data": {"body": "great"}})]}))
     written = capsys.readouterr().err
     no_host_path(written, tmp_path)
-    assert 'File "text_classifier.py"' in written and "in text_of" in written, written
+    # the package's own file by its path in the archive: which of its files, none of the host's folders
+    assert 'File "backend/text_classifier.py"' in written and "in text_of" in written, written
     with pytest.raises(InvalidRequest):
         deployed.predict(pa.table({"text": ["great"]}))  # refused by the platform's railyard_ml step
     written = capsys.readouterr().err
@@ -86,5 +87,9 @@ def test_a_deployed_backends_traceback_shows_no_host_path(deployed, tmp_path, ca
 def test_shown_file():
     assert shown_file("/opt/venv/lib/python3.11/site-packages/sklearn/base.py") == "sklearn/base.py"
     assert shown_file("/usr/lib/python3/dist-packages/numpy/core/x.py") == "numpy/core/x.py"
-    assert shown_file("/srv/data/engine-work/d-1/r-0/abc.byop/backend/model.py") == "model.py"
+    assert shown_file("/srv/data/engine-work/d-1/r-0/abc.byop/backend/model.py") == "backend/model.py"
+    # two files of one name in a deployed package are told apart; a library it ships is its own file too
+    assert shown_file("/srv/d/w/abc.byop/model/__init__.py") != shown_file("/srv/d/w/abc.byop/utils/__init__.py")
+    assert shown_file("/srv/d/w/abc.byop/vendor/site-packages/lib/a.py") == "vendor/site-packages/lib/a.py"
+    assert shown_file("/srv/x.byop/engine-work/abc.byop/m.py") == "m.py"  # nothing of the host's path before it
     assert shown_file("/usr/lib/python3.11/json/decoder.py") == "decoder.py"
