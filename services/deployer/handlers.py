@@ -776,11 +776,23 @@ async def _resolve(deps: DeployerDeps, token: str | None, workspace_id: int, nam
 async def _plan_deployment(deps: DeployerDeps, token: str | None, workspace_id: int, definition: dict[str, Any],
                            deploy_id: str, engine_config: dict[str, Any] | None, models: list[ModelRef] | None,
                            model_ids: list[int] | None = None,
-                           model_configs: list[int] | None = None) -> tuple[dict[str, Any], list[ReplicaStep]]:
+                           model_configs: list[int] | None = None,
+                           kept: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
+                           ) -> tuple[dict[str, Any], list[ReplicaStep]]:
     """Everything a deploy checks before it changes anything: the deploy_id, the engine config, and every model
-    resolved through the registry (ready versions only). The checked config and the steps to start."""
+    resolved through the registry (ready versions only). The checked config and the steps to start. `kept`: the
+    engine config the pipeline's deployment has stored, read only when `engine_config` is refused (below)."""
     _check_name(deploy_id, "deploy_id")
-    config = _engine_config(engine_config)
+    try:
+        config = _engine_config(engine_config)
+    except InvalidRequest:
+        # the config stored by an earlier deploy, sent back unchanged (monitoring's set_model, set_shadow_model and a
+        # challenge's promotion redeploy with the deployment's own), is taken as it was stored: a value the checks
+        # refuse since (session 37: a replica_autoscale_min_max bound or batch_max_rows of 2.5 or true) made every
+        # such redeploy of a deployment nobody changed a 400
+        if kept is None or not engine_config or engine_config != await kept():
+            raise
+        config = dict(engine_config)
     if model_configs:  # the seed's deploy parameter (seed 001 line 3401); read and ignored before
         raise InvalidRequest("model_configs: Railyard keeps no model configs (models/get_config_by_id answers null), "
                              "so there are none to apply: leave it out, and pin versions with `models` or in the "
@@ -838,9 +850,13 @@ async def deploy(deps: DeployerDeps, principal: Principal, token: str | None, cm
     # the membership check in the bound too: a slow auth read as a database that did not answer
     pipeline, version = await _deploy_step(deps, cmd.pipeline_id, read(),
                                            asked="the database (or the membership check)")
+    async def kept() -> dict[str, Any] | None:
+        active = await _deploy_step(deps, cmd.pipeline_id, store.active_deployment(deps.pool, pipeline["id"]))
+        return json.loads(active["engine_config"]) if active else None
+
     config, steps = await _plan_deployment(deps, token, pipeline["workspace_id"], json.loads(version["definition"]),
                                            cmd.deploy_id, cmd.engine_config, cmd.models, cmd.model_ids,
-                                           cmd.model_configs)
+                                           cmd.model_configs, kept)
     return await _start_deployment(deps, pipeline, version, cmd.deploy_id, config, steps,
                                    only_if_serving=cmd.only_if_serving, lock_by=lock_by,
                                    by=started + deps.deploy_within)
