@@ -1,8 +1,8 @@
 """The traceback a user's model writes for the replica's stderr excerpt (the end of a request's error, docs/security.md)
 names each file by its name, or a library's by its path in its package, never by the host's absolute path. Session
 37's walk-through: the shipped text classifier deployed with `railyard-ml deploy railyard` answered a task without
-text with "... its stderr ends with: ... File "/tmp/qa37/.railyard/engine-work/my-backend-4/92dc8035-0/<sha>.byop/
-backend/text_classifier.py", line 58 ... File "/tmp/qa37/ml_backend/railyard_ml/railyard_step.py" ...": the server's
+text with "... its stderr ends with: ... File "<clone>/.railyard/engine-work/my-backend-4/92dc8035-0/<sha>.byop/
+backend/text_classifier.py", line 58 ... File "<clone>/ml_backend/railyard_ml/railyard_step.py" ...": the server's
 data directory, a deployment's work folder and the platform's installation, to any member calling the pipeline
 (a Python step's own frames were already named `<python step step.py>`; a frame of a library, of the platform's
 railyard_ml or of a deployed package's own files carried the full path)."""
@@ -52,6 +52,9 @@ def test_a_python_steps_traceback_names_its_files_not_where_they_are(tmp_path, c
 def deployed(tmp_path, monkeypatch):
     """The example's package loaded as the engine loads it (sys.path and the modules it adds undone after)."""
     monkeypatch.setattr(sys, "path", list(sys.path))
+    # tests/ml_backend/test_examples.py imports the example's text_classifier from examples/ at collection, in every
+    # xdist worker: cached, it would stand in for the package's own copy (a replica's worker process has no such one)
+    monkeypatch.delitem(sys.modules, "text_classifier", raising=False)
     before = set(sys.modules)
     folder = tmp_path / "tc"
     made = subprocess.run([str(Path(sys.executable).with_name("railyard-ml")), "init", str(folder), "--script",
