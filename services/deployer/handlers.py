@@ -32,7 +32,16 @@ from shared.authz import (
 )
 from shared.background import BackgroundTask
 from shared.bus import PublishRefused, publish_refusals, request
-from shared.errors import Conflict, InvalidRequest, NotFound, RailyardError, Unavailable, UpstreamTimeout, echo
+from shared.errors import (
+    ECHO_CHARS,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RailyardError,
+    Unavailable,
+    UpstreamTimeout,
+    echo,
+)
 from shared.messages.base import INT64
 from shared.messages.deployer import (
     CopyPipeline,
@@ -702,6 +711,9 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
         cpus = float(config.get("cpus", 1))
     except (TypeError, ValueError):
         raise InvalidRequest(f"engine_config.cpus must be a number (got {_shown(config.get('cpus'))})") from None
+    except OverflowError:  # an integer past a float's range (1 and 400 zeros: the bus carries it, HTTP does not)
+        raise InvalidRequest(f"engine_config.cpus must be a number above 0, at most 64 (got "
+                             f"{_shown(config.get('cpus'))})") from None
     # named alone: a replica_count of "two" was told "engine_config.cpus must be a number and replica_count an
     # integer", about cpus it had not given
     replicas = _whole("replica_count", config.get("replica_count", 1))
@@ -722,10 +734,11 @@ def _engine_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if not (math.isfinite(cpus) and 0 < cpus <= 64):
         raise InvalidRequest(f"engine_config.cpus must be a number above 0, at most 64 (got {cpus:g})")
     if not 1 <= replicas <= 16:  # named alone: `--replicas 99` was told about cpus it had not given
-        raise InvalidRequest(f"engine_config.replica_count must be between 1 and 16 (got {replicas})")
+        shown = str(replicas) if len(str(replicas)) <= ECHO_CHARS else echo(str(replicas))  # 10**400: not 401 digits
+        raise InvalidRequest(f"engine_config.replica_count must be between 1 and 16 (got {shown})")
     try:
         utilization = float(config.get("autoscale_cpu_utilization", 50))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past a float's range
         utilization = math.nan
     if not 0 < utilization <= 100:
         raise InvalidRequest("engine_config.autoscale_cpu_utilization must be a percentage above 0, at most 100")

@@ -28,12 +28,17 @@ def check_batching(engine_config: dict[str, Any]) -> None:
     stored (the batcher then slept NaN seconds), and int() cut 2.5 rows to 2 and `true` to 1 (session 37)."""
     raw_delay, raw_rows = engine_config.get("batch_max_delay_ms", 0), engine_config.get("batch_max_rows", 1)
     delay = math.nan
+    beyond = ""
     if not isinstance(raw_delay, bool):
-        with contextlib.suppress(TypeError, ValueError, OverflowError):
+        try:
             delay = float(raw_delay)
+        except (TypeError, ValueError):
+            pass
+        except OverflowError:  # -10**400 is negative, but the engine's float() of it raises: said so
+            beyond = " (an integer past a float's range; -1 turns batching off)"
     if math.isnan(delay) or delay > 100:
         raise InvalidRequest(f"engine_config.batch_max_delay_ms must be a number of at most 100 (negative: no "
-                             f"batching), not {echo(str(raw_delay))}")
+                             f"batching), not {echo(str(raw_delay))}{beyond}")
     rows = None  # what the engine's int() reads whole (batching.batching_config): an int, 3.0, "3"
     if isinstance(raw_rows, int) and not isinstance(raw_rows, bool):
         rows = raw_rows
