@@ -20,7 +20,6 @@ import inspect
 import json
 import logging
 import os
-import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -54,6 +53,8 @@ from shared.logrecords import ATTEMPT, REQUEST_ID
 from shared.messages.base import Event, Message, Reply
 from shared.raw_bus import (  # noqa: F401 - defined there for FastStream-free processes
     ERROR_HEADER,
+    PublishRefusals,
+    PublishRefused,
     answers_elsewhere,
     connect_options,
     error_headers,
@@ -76,7 +77,6 @@ not as an uncaught nats error (a 500, and the end of any loop that only expects 
 verifiers' revocation poll). `request`, `raw_request` and the gateway's inference path catch these."""
 
 M = TypeVar("M", bound=BaseModel)
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -159,57 +159,6 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
     )
     _REFUSALS[broker] = refusals
     return broker
-
-
-_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
-
-
-class PublishRefused(Unavailable):
-    """The bus refused this process's publish to a subject (a permissions violation): nobody can be asked there."""
-
-
-class PublishRefusals:
-    """The permissions violations the server sent a broker's connection for its publishes (make_broker's error_cb):
-    the server drops a message its sender may not publish and answers nothing, so a request to such a subject only
-    ends at its timeout (a 504 that looks like a slow service), while the violation arrives at once as an async -ERR.
-    As shared/dead_letters.py's `_unless_refused` reads it, for a long-running service: `unless_refused` ends a call
-    when a violation naming its subject arrives while it waits, `refused_within` says whether one did lately."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, set[asyncio.Future[str]]] = {}
-        self._last: dict[str, float] = {}
-
-    def note(self, exc: BaseException) -> None:
-        found = _REFUSED.search(str(exc))
-        if found is None:
-            return
-        subject = found.group(1)
-        self._last[subject] = time.monotonic()
-        for waiter in self._waiting.get(subject, ()):
-            if not waiter.done():
-                waiter.set_result(str(exc))
-
-    def refused_within(self, subject: str, seconds: float) -> bool:
-        last = self._last.get(subject)
-        return last is not None and time.monotonic() - last < seconds
-
-    async def unless_refused(self, call: Awaitable[_T], subject: str) -> _T:
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(subject, set()).add(waiter)
-        answer = asyncio.ensure_future(call)
-        try:
-            await asyncio.wait([answer, waiter], return_when=asyncio.FIRST_COMPLETED)
-            if answer.done():
-                return answer.result()
-            raise PublishRefused(f"{subject.split('.')[0]} cannot be asked on {subject}: the bus refused it to this "
-                                 f"service ({waiter.result()})")
-        finally:
-            answer.cancel()
-            waiting = self._waiting.get(subject)
-            if waiting is not None:
-                waiting.discard(waiter)
-                if not waiting:
-                    del self._waiting[subject]
 
 
 _REFUSALS: weakref.WeakKeyDictionary[Any, PublishRefusals] = weakref.WeakKeyDictionary()

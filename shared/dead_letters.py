@@ -211,41 +211,33 @@ class Unreachable(OSError):
 
 
 class _BusErrors(list):
-    """The errors the server sent on a connection, and an event set as each arrives."""
+    """The errors the server sent on a connection (`add`, its error callback), its publishes' permissions violations
+    read by `refusals` (shared.raw_bus.PublishRefusals, as a service's broker reads its own)."""
 
     def __init__(self) -> None:
         super().__init__()
-        import asyncio
+        from shared.raw_bus import PublishRefusals
 
-        self.arrived = asyncio.Event()
+        self.refusals = PublishRefusals()
+
+    def add(self, exc: BaseException) -> None:
+        self.append(exc)
+        self.refusals.note(exc)
 
 
 async def _unless_refused(call: Awaitable[Any], bus_errors: _BusErrors, subject: str) -> Any:
-    """`call`'s answer, or the permissions violation for publishing to `subject` as soon as the server sends it: the
-    server drops a message its sender may not publish and answers nothing, so the call would only end at its timeout
-    (the request timeout, 5 s), while the violation arrives at once (an async -ERR, error_cb). Only a violation that
-    arrives while the call waits and names its subject ends it; any other, or none, leaves the call to answer or
-    time out as before."""
-    import asyncio
+    """`call`'s answer, or the permissions violation for publishing to `subject` as soon as the server sends it
+    (PublishRefusals.unless_refused), raised as the server sent it, which the command prints: the server drops a
+    message its sender may not publish and answers nothing, so the call would only end at its timeout (the request
+    timeout, 5 s), while the violation arrives at once (an async -ERR, error_cb). Only a violation that arrives while
+    the call waits and names its subject ends it; any other, or none, leaves the call to answer or time out as
+    before."""
+    from shared.raw_bus import PublishRefused
 
-    violation = f'permissions violation for publish to "{subject}"'.lower()
-    seen = len(bus_errors)
-    answer = asyncio.ensure_future(call)
     try:
-        while True:
-            bus_errors.arrived.clear()
-            refused = [e for e in bus_errors[seen:] if violation in str(e).lower()]
-            if refused:
-                raise refused[-1]
-            arrived = asyncio.ensure_future(bus_errors.arrived.wait())
-            try:
-                await asyncio.wait([answer, arrived], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                arrived.cancel()
-            if answer.done():
-                return answer.result()
-    finally:
-        answer.cancel()
+        return await bus_errors.refusals.unless_refused(call, subject)
+    except PublishRefused as refused:
+        raise refused.violation from None
 
 
 async def _connect_bus(settings: Settings) -> tuple[Any, _BusErrors]:
@@ -260,8 +252,7 @@ async def _connect_bus(settings: Settings) -> tuple[Any, _BusErrors]:
     errors = _BusErrors()
 
     async def keep(exc: Exception) -> None:
-        errors.append(exc)
-        errors.arrived.set()
+        errors.add(exc)
 
     servers = [url.strip() for url in settings.nats.url.split(",") if url.strip()]
     try:

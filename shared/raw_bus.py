@@ -1,15 +1,21 @@
 """The bus conventions a process needs when it talks to NATS with nats-py alone, without FastStream (an engine
-replica): its identity's connect options and the header that carries a raw reply's typed error. Kept apart from
-shared.bus (which re-exports them) so that such a process does not import FastStream (~9 MiB it never uses)."""
+replica, `railyard dead-letters`): its identity's connect options, the header that carries a raw reply's typed error
+and the server's publish refusals (PublishRefusals). Kept apart from shared.bus (which re-exports them) so that such
+a process does not import FastStream (~9 MiB it never uses)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from shared.errors import RailyardError
+from shared.errors import RailyardError, Unavailable
+
+_T = TypeVar("_T")
 
 ERROR_HEADER = "Railyard-Error"
 REPLY_INBOXES = "_INBOX."
@@ -60,3 +66,69 @@ def log_refused_reply(logger: logging.Logger, subject: str, reply_subject: str) 
                    "answered%s", subject, reply_subject[:200], REPLY_INBOXES,
                    f" ({skipped} more such requests on it since the last warning)" if skipped else "")
 
+
+
+_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+"""A server's permissions violation for a publish, as a connection's error callback gets it. nats-py's parser
+lowercases the whole -ERR line, the subject in it too ("$js.api.consumer.info.events.x" for a publish to
+"$JS.API.CONSUMER.INFO.EVENTS.x"): subjects are matched regardless of case."""
+
+
+class PublishRefused(Unavailable):
+    """The bus refused this process's publish to a subject (a permissions violation): nobody can be asked there.
+    `violation`: the server's error as the connection's error callback got it."""
+
+    def __init__(self, msg: str = "the bus refused the publish", *, violation: BaseException | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(msg, code=code)
+        self.violation = violation
+
+
+class PublishRefusals:
+    """The permissions violations the server sent a connection for its publishes, fed by the connection's error
+    callback (`note`): shared.bus.make_broker's for a service, `railyard dead-letters`' own (shared/dead_letters.py).
+    The server drops a message its sender may not publish and answers nothing, so a request to such a subject only
+    ends at its timeout (a 504 that looks like a slow service), while the violation arrives at once as an async -ERR.
+    `unless_refused` ends a call when a violation naming its subject arrives while it waits (one that came before
+    the call is not the call's); `refused_within` says whether one did lately."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Future[BaseException]]] = {}
+        self._last: dict[str, float] = {}
+
+    def note(self, exc: BaseException) -> None:
+        """One error the server sent: a publish's permissions violation is kept, any other is not this one's."""
+        found = _REFUSED.search(str(exc))
+        if found is None:
+            return
+        subject = found.group(1).lower()
+        self._last[subject] = time.monotonic()
+        for waiter in self._waiting.get(subject, ()):
+            if not waiter.done():
+                waiter.set_result(exc)
+
+    def refused_within(self, subject: str, seconds: float) -> bool:
+        last = self._last.get(subject.lower())
+        return last is not None and time.monotonic() - last < seconds
+
+    async def unless_refused(self, call: Awaitable[_T], subject: str) -> _T:
+        """`call`'s answer (or its own error), or PublishRefused, its `violation` the server's error, as soon as a
+        violation for publishing to `subject` arrives while it waits; `call` is cancelled then."""
+        key = subject.lower()
+        waiter: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, set()).add(waiter)
+        answer = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait([answer, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                return answer.result()
+            violation = waiter.result()
+            raise PublishRefused(f"{subject.split('.')[0]} cannot be asked on {subject}: the bus refused it to this "
+                                 f"service ({violation})", violation=violation)
+        finally:
+            answer.cancel()
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                waiting.discard(waiter)
+                if not waiting:
+                    del self._waiting[key]

@@ -1,5 +1,6 @@
 """`railyard dead-letters replay` stops waiting on a bus call (the durable's info, the publish) as soon as the
-server's permissions violation for that call's subject arrives (shared.dead_letters._unless_refused): the server
+server's permissions violation for that call's subject arrives (shared.dead_letters._unless_refused, read by
+shared.raw_bus.PublishRefusals as a service's broker reads its own), raised as the server sent it: the server
 drops the message and answers nothing, so the call could only time out. A violation for another subject, or one
 that arrived before the call, leaves the call to answer or time out as before."""
 
@@ -22,8 +23,7 @@ def test_a_violation_for_the_calls_subject_ends_its_wait_at_once():
     async def scenario() -> None:
         errors = _BusErrors()
         never = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_later(0.05, lambda: (errors.append(violation(SUBJECT.upper())),
-                                                             errors.arrived.set()))
+        asyncio.get_running_loop().call_later(0.05, errors.add, violation(SUBJECT.upper()))
         with pytest.raises(Exception, match="permissions violation for publish to") as refused:
             await asyncio.wait_for(_unless_refused(never, errors, SUBJECT), 5)
         assert refused.value is errors[-1]  # not wait_for's TimeoutError: the violation ended the wait
@@ -36,12 +36,11 @@ def test_a_violation_for_the_calls_subject_ends_its_wait_at_once():
 def test_another_subjects_violation_or_an_earlier_one_leaves_the_call_to_answer():
     async def scenario() -> None:
         errors = _BusErrors()
-        errors.append(violation(SUBJECT))  # before the call: not this call's
+        errors.add(violation(SUBJECT))  # before the call: not this call's
         answer = asyncio.get_running_loop().create_future()
 
         def later() -> None:
-            errors.append(violation("events.model.other"))
-            errors.arrived.set()
+            errors.add(violation("events.model.other"))
             asyncio.get_running_loop().call_later(0.05, answer.set_result, "acked")
 
         asyncio.get_running_loop().call_later(0.05, later)
