@@ -145,8 +145,12 @@ def render() -> str:
                       inspect.cleandoc(command.help or ""), ""]
             for param in command.get_params(ctx):
                 record = param.get_help_record(ctx)
-                if record and record[1] and record[0] not in ("-h, --help", "--help"):
-                    lines += [f"- `{record[0]}`: {record[1]}"]
+                if not record or record[0] in ("-h, --help", "--help"):
+                    continue
+                # an option without a help text is listed all the same (`--help` shows it): it was left out, so
+                # `railyard tasks runs --status` was missing here
+                if record[1] or isinstance(param, click.Option):
+                    lines += [f"- `{record[0]}`" + (f": {record[1]}" if record[1] else "")]
             lines += [""]
     return "\n".join(line.rstrip() for line in lines).rstrip() + "\n"
 

@@ -182,7 +182,8 @@ def kill(task_id: str, workspace: str | None, as_json: bool) -> None:
 
 @tasks_app.command("runs")
 @click.argument("task_id", type=TASK_ID)
-@click.option("--status", type=click.Choice(["all", "queued", "running", "failure", "success"]), default="all")
+@click.option("--status", type=click.Choice(["all", "queued", "running", "failure", "success"]), default="all",
+              show_default=True, help="Only the runs in this status.")
 @click.option("--limit", type=int, help="At most this many runs.")
 @workspace_option
 @json_option
