@@ -23,14 +23,18 @@ def local_nats_server(directory: Path, jetstream: bool = False, file_store: int 
                       config: Path | None = None) -> Iterator[str]:
     """Yields the server's URL; `jetstream` stores under `directory`/js, with `file_store` bytes of file storage:
     the embedded stack's by default (nats-server's own, None, is 75 % of the disk free at its start: too little for
-    the platform's stream caps on a disk with under ~12 GiB free). `config`: this configuration file instead."""
+    the platform's stream caps on a disk with under ~12 GiB free). `config`: this configuration file (its users and
+    permissions, say), with or without JetStream; with it, `file_store` is the file's to say. Before, `config` was
+    read only with `jetstream`: a server given users and no JetStream let anyone publish anything."""
     log = directory / "nats.log"
     extra: list[str] = []
     if jetstream:
         if config is None:
             config = directory / "nats-js.conf"
             config.write_text(f"jetstream {{\n  max_file_store: {file_store}\n}}\n" if file_store else "")
-        extra = ["-c", str(config), "-js", "-sd", str(directory / "js")]
+        extra = ["-js", "-sd", str(directory / "js")]
+    if config is not None:
+        extra = ["-c", str(config), *extra]
     process = subprocess.Popen([find_binary("nats-server"), *extra, "-a", "127.0.0.1", "-p", "-1", "-l", str(log)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

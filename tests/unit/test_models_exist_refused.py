@@ -76,7 +76,7 @@ async def _check(broker) -> float:
 def test_a_refused_models_exist_falls_back_at_once_and_is_not_tried_again_for_a_while(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="railyard.bus")
     config = _config(tmp_path / "nats.conf", OLD_DEPLOYER)
-    with local_nats_server(tmp_path, jetstream=True, config=config) as url:  # (-c is read with -js only)
+    with local_nats_server(tmp_path, config=config) as url:
         async def main() -> None:
             asked: list[str] = []
             registry = await _registry(url, asked, answer_exist=True)
@@ -101,7 +101,7 @@ def test_a_refused_models_exist_falls_back_at_once_and_is_not_tried_again_for_a_
 
 def test_a_registry_that_does_not_answer_models_exist_in_time_is_still_the_504(tmp_path):
     config = _config(tmp_path / "nats.conf", [subjects.REGISTRY_MODELS_EXIST, *OLD_DEPLOYER])
-    with local_nats_server(tmp_path, jetstream=True, config=config) as url:  # (-c is read with -js only)
+    with local_nats_server(tmp_path, config=config) as url:
         async def main() -> None:
             asked: list[str] = []
             registry = await _registry(url, asked, answer_exist=False)
