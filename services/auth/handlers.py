@@ -1025,7 +1025,7 @@ async def _require_owner(deps: AuthDeps, principal: Principal, workspace_id: int
 async def create_inference_client(deps: AuthDeps, principal: Principal,
                                   cmd: CreateInferenceClient) -> InferenceClientCreated:
     await _require_owner(deps, principal, cmd.workspace_id, "create inference clients")
-    if not CLIENT_NAME.match(cmd.name):
+    if not CLIENT_NAME.fullmatch(cmd.name):
         raise InvalidRequest(f"invalid inference client name {echo(cmd.name)}: use 1-63 letters, digits, '.', '_' or"
                              " '-', starting with a letter or digit")
     client_id = f"inference-{secrets.token_hex(8)}"
@@ -1148,7 +1148,7 @@ async def create_workspace(deps: AuthDeps, principal: Principal, cmd: CreateWork
     require_user(principal)
     require_unscoped(principal, "create workspaces")
     name = cmd.workspace_name
-    if not WORKSPACE_NAME.match(name):
+    if not WORKSPACE_NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid workspace name {echo(name)}: use 1-63 lowercase ASCII letters, digits or dashes,"
             " starting and ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")

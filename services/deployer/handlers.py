@@ -218,7 +218,7 @@ async def _owe(deps: DeployerDeps, pipeline_id: int, event: PipelineDeployed) ->
 
 
 def _check_name(name: str, what: str) -> None:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidRequest(f"invalid {what} {echo(name)}: use 1-63 ASCII letters, digits or dashes, starting and"
                              " ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
 

@@ -215,7 +215,7 @@ async def upload_model(deps: RegistryDeps, principal: Principal, token: str | No
 
 async def _upload(deps: RegistryDeps, principal: Principal, token: str | None, cmd: UploadModel) -> ModelInserted:
     require_user(principal)
-    if not MODEL_NAME.match(cmd.name):
+    if not MODEL_NAME.fullmatch(cmd.name):
         raise InvalidRequest(f"invalid model name {echo(cmd.name)}: use 1-63 ASCII letters, digits or dashes, starting"
                              " and ending with a letter or digit (DNS-compliant; '.' and '_' are not allowed)")
     framework = _framework(cmd)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
-from shared.messages.base import Command, Event, Message, omit_when_unset
+from shared.messages.base import WITHOUT_CONTROLS, Command, Event, Message, omit_when_unset
 from shared.paging import cursor_field, limit_field
 
 
@@ -143,7 +143,7 @@ class NewAssayConfig(AssayConfig):
     Stored configurations are read with AssayConfig, without these bounds, so an assay stored before them still loads
     and runs."""
 
-    name: str = Field(min_length=1, max_length=MAX_ASSAY_NAME)
+    name: str = Field(min_length=1, max_length=MAX_ASSAY_NAME, pattern=WITHOUT_CONTROLS)
     pipeline_name: str = Field(max_length=MAX_ASSAY_NAME)
     status: str = Field("created", max_length=MAX_ASSAY_NAME)
     iopath: str = Field(max_length=MAX_IOPATH)

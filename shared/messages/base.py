@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.errors import ErrorBody
+from shared.errors import ErrorBody, describe_pattern
 from shared.omit_unset import omit_when_unset as omit_when_unset  # the messages' helper (there: shared.errors uses it)
 
 
@@ -30,6 +30,14 @@ INT64 = (-(2**63), 2**63 - 1)  # what a PostgreSQL bigint (every id column) hold
 INT32 = (-(2**31), 2**31 - 1)  # what a PostgreSQL integer holds: a field stored in one is bounded by it (a 400 first)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str only unpaired: a pair decodes to one character
 MAX_DEPTH = 64  # levels of nesting in a field; pydantic cannot serialize past ~250 (the bus message would fail)
+
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+"""A character class's range of Unicode's control characters (category Cc: C0, DEL and C1), which no user-visible
+name holds: a lineage name's rule said "no control characters" and let DEL (\\x7f) and C1 (\\x80-\\x9f) through."""
+WITHOUT_CONTROLS = describe_pattern(rf"^[^{CONTROL_CHARACTERS}]*$",
+                                    "use no control characters (tab, newline, DEL and the like)")
+"""The pattern of a free-text name (an assay's, an orchestration's, a task's): any characters but control ones; a
+refusal says so in words (shared.errors.describe_pattern), not by the expression."""
 
 
 MAX_JSON_OBJECT = 64 * 1024

@@ -12,11 +12,19 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from shared.errors import describe_pattern
-from shared.messages.base import INT32, MAX_JSON_OBJECT, Command, Event, Message, json_at_most
+from shared.messages.base import (
+    CONTROL_CHARACTERS,
+    INT32,
+    MAX_JSON_OBJECT,
+    Command,
+    Event,
+    Message,
+    json_at_most,
+)
 from shared.messages.monitoring_predictions import ImageConfig
 
 NAME_MAX_CHARS = 200
-NAME_PATTERN = describe_pattern(rf"^[^/\x00-\x1f]{{1,{NAME_MAX_CHARS}}}$",
+NAME_PATTERN = describe_pattern(rf"^[^/{CONTROL_CHARACTERS}]{{1,{NAME_MAX_CHARS}}}$",
                                 f"use 1-{NAME_MAX_CHARS} characters without '/' or control characters")
 HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 ICON_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -386,14 +394,14 @@ class WorkflowSettings(Message):
     @field_validator("icon")
     @classmethod
     def _icon(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("zmdi-") or not ICON_NAME.match(value)):
+        if value is not None and (value.startswith("zmdi-") or not ICON_NAME.fullmatch(value)):
             raise ValueError("icon must be a Material Design icon name like 'folder' (no 'zmdi-' prefix)")
         return value
 
     @field_validator("icon_color", "icon_bg_color")
     @classmethod
     def _color(cls, value: str | None) -> str | None:
-        if value is not None and not HEX_COLOR.match(value):
+        if value is not None and not HEX_COLOR.fullmatch(value):
             raise ValueError("colors are hexadecimal: #RGB, #RRGGBB or #RRGGBBAA")
         return value
 

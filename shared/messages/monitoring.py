@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from shared.messages.base import Command, Message
+from shared.messages.base import WITHOUT_CONTROLS, Command, Message
 
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,99}$"
 
@@ -65,7 +65,7 @@ class UpdateDeployment(Command):
     left out (or null) keep their value."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=WITHOUT_CONTROLS)
     # "" rather than null clears: the gateway forwards a validated command, where null and left out are the same
     target_datalake: str | None = Field(None, max_length=200, description='An images dataset (id or unique name); '
                                         '"" stops sending predictions to a datalake.')

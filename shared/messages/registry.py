@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from shared.messages.base import Command, Event, Message
+from shared.messages.base import WITHOUT_CONTROLS, Command, Event, Message
 from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
 
 
@@ -175,7 +175,7 @@ class ModelVersionFinished(Event):
 class CreateConnection(Command):
     """A named connection to an external data store; `details` are kept encrypted."""
 
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, pattern=WITHOUT_CONTROLS)
     type: str = Field(max_length=100)
     details: dict[str, Any]
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from shared.messages.base import Command, Event, Message, omit_when_unset
+from shared.messages.base import WITHOUT_CONTROLS, Command, Event, Message, omit_when_unset
 from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
 
 MAX_LOG_PAGE = 100_000
@@ -27,7 +27,7 @@ class UploadOrchestration(Command):
     """An orchestration zip the gateway has staged in object storage (multipart `file` + `metadata`)."""
 
     workspace_id: int
-    name: str | None = Field(None, max_length=200)
+    name: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
     file_name: str = Field(min_length=1, max_length=300)
     staged_key: str = Field(min_length=1, description=(
         "Railyard: key of the uploaded zip in the orchestrations bucket, staging/<user id>/<uuid> "
@@ -74,7 +74,7 @@ class RunTaskOnce(Command):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    name: str | None = Field(None, max_length=200)
+    name: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
     orch_id: uuid.UUID
     workspace_id: int
     args: dict[str, Any] = Field(default_factory=dict, alias="json", description="What task_args() returns.")

@@ -155,7 +155,8 @@ def test_workspace_life_cycle(stack, alice, bob):
     assert post(stack, "workspaces/list_users", bob.token, {"workspace_id": workspace_id}).status_code == 404
 
 
-@pytest.mark.parametrize("name", ["Upper", "under_score", "dot.ted", "-dash", "dash-", "", "a" * 64, "spa ce"])
+@pytest.mark.parametrize("name", ["Upper", "under_score", "dot.ted", "-dash", "dash-", "", "a" * 64, "spa ce",
+                                  "newline\n"])
 def test_workspace_names_must_be_dns_compliant(stack, alice, name):
     response = post(stack, "workspaces/create", alice.token, {"workspace_name": name})
     assert response.status_code == 400 and "DNS" in response.json()["msg"]

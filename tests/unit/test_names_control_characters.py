@@ -1,0 +1,104 @@
+"""No user-visible name holds a control character (Unicode's category Cc: C0, DEL, C1), and a refusal says the rule
+in words (c1ae36f0), not the regular expression. Session 37's note: the lineage name rule said "no control
+characters" and let DEL (\\x7f) through; and the service-side rules of model, pipeline, deploy_id, workspace and
+inference client names, `re.match` with a pattern ending in `$`, took a name ending in a newline ('$' matches before
+a last '\\n'), so 'churn\\n' was a model name. Assays', orchestrations', tasks', a deployment's display name and a
+data connection's had no rule about them at all."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from services.auth import handlers as auth
+from services.deployer.handlers import _check_name
+from services.registry.handlers import _upload
+from shared.authz import Principal
+from shared.errors import InvalidRequest, validation_detail
+from shared.messages.assays import NewAssayConfig
+from shared.messages.auth import CreateInferenceClient, CreateWorkspace
+from shared.messages.lineage import CreateDataset, CreateProject, WorkflowSettings
+from shared.messages.monitoring import UpdateDeployment
+from shared.messages.registry import CreateConnection, UploadModel
+from shared.messages.tasks import RunTaskOnce, UploadOrchestration
+
+CONTROLS = ["\x7f", "\x85", "\x9f", "\x00", "\t", "\n", "\x1b"]
+LINEAGE_RULE = "use 1-200 characters without '/' or control characters"
+FREE_TEXT_RULE = "use no control characters (tab, newline, DEL and the like)"
+USER = Principal(subject=str(uuid.uuid4()), kind="user", admin=False, client_id="cli", username="alice",
+                 issued_at=0.0)
+
+
+def name_refusal(model, payload, field="name") -> str:
+    """What the refusal of `payload` says about `field` (other fields may be refused too)."""
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(payload)
+    said = [validation_detail(e) for e in caught.value.errors() if e["loc"] == (field,)]
+    assert said, caught.value.errors()
+    return said[0]
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+def test_a_lineage_name_with_a_control_character_is_refused_in_words(control):
+    name = f"sales{control}2026"
+    assert name_refusal(CreateProject, {"workspace_id": 1, "name": name}) == f"{LINEAGE_RULE}; got {name!r}"
+    assert name_refusal(CreateDataset, {"project_id": 1, "name": name}).startswith(LINEAGE_RULE)
+
+
+def test_a_lineage_name_of_printable_characters_is_taken():
+    for name in ("sales 2026", "données", "\xa0nbsp", "日本語", "a" * 200):
+        assert CreateProject.model_validate({"workspace_id": 1, "name": name}).name == name
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+@pytest.mark.parametrize("model, payload", [
+    (UploadOrchestration, {"workspace_id": 1, "file_name": "o.zip", "staged_key": "k"}),
+    (RunTaskOnce, {"orch_id": str(uuid.uuid4()), "workspace_id": 1}),
+    (UpdateDeployment, {"deployment": "d-1"}),
+    (CreateConnection, {"type": "s3", "details": {}}),
+    (NewAssayConfig, {}),
+])
+def test_a_free_text_name_with_a_control_character_is_refused_in_words(model, payload, control):
+    name = f"nightly{control}run"
+    assert name_refusal(model, payload | {"name": name}) == f"{FREE_TEXT_RULE}; got {name!r}"
+
+
+def test_free_text_names_of_printable_characters_are_taken():
+    name = "Nightly run: données/日本語 (v2)"
+    assert UploadOrchestration.model_validate({"workspace_id": 1, "file_name": "o.zip", "staged_key": "k",
+                                               "name": name}).name == name
+    assert UpdateDeployment.model_validate({"deployment": "d-1", "name": name}).name == name
+
+
+@pytest.mark.parametrize("name", ["churn\n", "churn\x7f", "ch\turn"])
+def test_a_model_pipeline_or_deploy_id_name_ending_in_a_newline_is_refused(name):
+    for what in ("pipeline name", "deploy_id"):
+        with pytest.raises(InvalidRequest, match=rf"^invalid {what} .*: use 1-63 ASCII letters"):
+            _check_name(name, what)
+    upload = UploadModel(workspace_id=1, name=name, conversion={"framework": "onnx"}, staged_key="k",
+                         file_name="m.onnx")
+    with pytest.raises(InvalidRequest, match=r"^invalid model name .*: use 1-63 ASCII letters"):
+        asyncio.run(_upload(None, USER, None, upload))  # refused before anything is read
+
+
+@pytest.mark.parametrize("name", ["team-a\n", "team-a\x7f"])
+def test_a_workspace_or_inference_client_name_ending_in_a_newline_is_refused(name, monkeypatch):
+    with pytest.raises(InvalidRequest, match=r"^invalid workspace name .*: use 1-63 lowercase ASCII"):
+        asyncio.run(auth.create_workspace(None, USER, CreateWorkspace(workspace_name=name)))
+
+    async def owner(*_):
+        return None
+
+    monkeypatch.setattr(auth, "_require_owner", owner)
+    with pytest.raises(InvalidRequest, match=r"^invalid inference client name .*: use 1-63 letters"):
+        asyncio.run(auth.create_inference_client(None, USER, CreateInferenceClient(workspace_id=1, name=name)))
+
+
+@pytest.mark.parametrize("field, value", [("icon", "folder\n"), ("icon_color", "#fff\n")])
+def test_a_card_icon_or_colour_ending_in_a_newline_is_refused(field, value):
+    with pytest.raises(ValidationError):
+        WorkflowSettings.model_validate({field: value})
+    WorkflowSettings.model_validate({field: value.strip()})
