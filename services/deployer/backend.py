@@ -1229,8 +1229,10 @@ def _marked_lines(stamp: Path) -> list[str] | None:
 
 def _replace_text(path: Path, text: str, mtime: float) -> None:
     """Write `path` whole or not at all: a new file beside it (its name ends in .tmp, never a deployment's), synced,
-    its time set to `mtime`, then renamed over it. Leftovers of a write cut short are removed first (a minute old:
-    not another deployer's on this data directory, writing now). Raises OSError."""
+    its time set to `mtime`, then renamed over it, and the folder synced (the rename is the folder's change: without
+    it a power cut could bring back the old file, or none). Leftovers of a write cut short are removed first (a minute
+    old: not another deployer's on this data directory, writing now). Raises OSError (not for the folder's sync, which
+    a filesystem may not offer: the file is in place by then)."""
     for left in _listed(path.parent, f"{path.name}."):
         with contextlib.suppress(OSError):
             if left.name.endswith(".tmp") and left.lstat().st_mtime < time.time() - 60:
@@ -1248,6 +1250,14 @@ def _replace_text(path: Path, text: str, mtime: float) -> None:
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        log.debug("could not sync %s after writing %s: %s", path.parent, path.name, exc)
 
 
 def _run_unstopped(stamp: Path) -> bool:

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from services.deployer import backend as backend_module
 from services.deployer.backend import DATA_DIR_MARKED, KEPT_MARKER, RUN_LINE, _stamp
 from services.deployer.handlers import sweep_gone_folders
 from tests.stack import REPO
@@ -75,3 +76,28 @@ def test_a_write_cut_short_leaves_the_marker_as_it_was(tmp_path):
     _stamp(stamp, time.time(), "stopped at now")  # without the limit: written
     assert stamp.read_text().endswith(f"\n{RUN_LINE}stopped at now\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [DATA_DIR_MARKED]
+
+
+def test_the_rename_is_synced_in_its_folder(tmp_path, monkeypatch):
+    """The new file is synced before the rename, and its folder after it: the rename is a change of the folder, which
+    a power cut could undo (the old marker back, or none) until the folder is synced (session 37's note: the file's
+    own fsync only)."""
+    done: list[tuple[str, object]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def synced(fd):
+        done.append(("fsync", os.fstat(fd).st_ino))
+        fsync(fd)
+
+    def renamed(source, target):
+        done.append(("replace", os.path.basename(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(backend_module.os, "fsync", synced)
+    monkeypatch.setattr(backend_module.os, "replace", renamed)
+    stamp = tmp_path / DATA_DIR_MARKED
+    _stamp(stamp, time.time(), "running")
+    assert stamp.read_text().endswith(f"\n{RUN_LINE}running\n")
+    folder = tmp_path.stat().st_ino
+    assert done[1:] == [("replace", DATA_DIR_MARKED), ("fsync", folder)], done
+    assert done[0][0] == "fsync" and done[0][1] != folder  # the new file's own, before
