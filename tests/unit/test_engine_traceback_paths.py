@@ -10,21 +10,15 @@ railyard_ml or of a deployed package's own files carried the full path)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from railyard_ml.railyard_step import package
 
-from services.engine.runtimes import ByopRuntime, PythonStepRuntime, shown_file
+from services.engine.runtimes import PythonStepRuntime, shown_file
 from shared.errors import InvalidRequest
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "examples" / "ml_backend" / "text_classifier" / "text_classifier.py"
-CONFIG = ('<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text" choice="single">'
-          '<Choice value="Positive"/><Choice value="Negative"/></Choices></View>')
+from tests.unit.text_classifier_deployed import REPO, deployed  # noqa: F401 (the fixture)
 
 
 def no_host_path(written: str, *roots: Path) -> None:
@@ -48,31 +42,7 @@ def test_a_python_steps_traceback_names_its_files_not_where_they_are(tmp_path, c
     assert written.rstrip().endswith("KeyError: 'b'"), written
 
 
-@pytest.fixture
-def deployed(tmp_path, monkeypatch):
-    """The example's package loaded as the engine loads it (sys.path and the modules it adds undone after)."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    # tests/ml_backend/test_examples.py imports the example's text_classifier from examples/ at collection, in every
-    # xdist worker: cached, it would stand in for the package's own copy (a replica's worker process has no such one)
-    monkeypatch.delitem(sys.modules, "text_classifier", raising=False)
-    before = set(sys.modules)
-    folder = tmp_path / "tc"
-    made = subprocess.run([str(Path(sys.executable).with_name("railyard-ml")), "init", str(folder), "--script",
-                           str(SCRIPT)], capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
-    archive, _ = package(folder, label_config=CONFIG)
-    (tmp_path / "tc.zip").write_bytes(archive)
-    (tmp_path / "work").mkdir()
-    runtime = ByopRuntime(tmp_path / "tc.zip", tmp_path / "work")
-    runtime.load()
-    yield runtime
-    runtime.unload()
-    for name in set(sys.modules) - before:
-        if name.startswith("railyard_byop_"):
-            del sys.modules[name]
-
-
-def test_a_deployed_backends_traceback_shows_no_host_path(deployed, tmp_path, capsys):
+def test_a_deployed_backends_traceback_shows_no_host_path(deployed, tmp_path, capsys):  # noqa: F811
     capsys.readouterr()
     with pytest.raises(InvalidRequest):
         deployed.predict(pa.table({"task": [json.dumps({"data": {"body": "great"}})]}))
