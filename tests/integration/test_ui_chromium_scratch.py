@@ -50,14 +50,16 @@ def test_a_long_temporary_directory_still_launches(monkeypatch):
     if pad < 1:
         pytest.skip(f"the temporary directory {base} is too long already to make one of 50 characters")
     long = tempfile.mkdtemp(prefix=f"railyard-ui-long-{'x' * pad}-", dir=base)
-    monkeypatch.setenv("TMPDIR", long)
-    monkeypatch.setattr(tempfile, "tempdir", long)
-    browser = ui_browser.Chromium()
-    try:
-        assert browser.profile.startswith(long) and browser.scratch() is None
-        browser.launch().get("about:blank")
-        assert browser.driver.execute_script("return 1 + 1") == 2
+    try:  # removed whatever fails after it is made (Chromium() too: it makes the profile folder)
+        monkeypatch.setenv("TMPDIR", long)
+        monkeypatch.setattr(tempfile, "tempdir", long)
+        browser = ui_browser.Chromium()
+        try:
+            assert browser.profile.startswith(long) and browser.scratch() is None
+            browser.launch().get("about:blank")
+            assert browser.driver.execute_script("return 1 + 1") == 2
+        finally:
+            browser.quit()
     finally:
-        browser.quit()
         shutil.rmtree(long, ignore_errors=True)
     assert not os.path.exists(browser.profile)
