@@ -45,7 +45,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 from croniter import croniter
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.fetch_orchestration import download_verified
@@ -77,6 +83,9 @@ DROP_SECONDS = 5.0  # the loop's connection released (its LISTEN dropped) within
 END_ATTEMPT_SECONDS = 5.0  # one attempt at recording a run's end (a server that stopped answering): tried again
 END_RECORD_SECONDS = 30.0  # how long a run's end record is retried before it is left to the lost-run step
 BEATS_UNDER_WAY = 2  # an install's beats sent and not answered yet, at most (Scheduler._install_one)
+# how long a run's token mint is retried while auth cannot answer it (Scheduler._minted): auth restarting, its database
+# away, the bus reconnecting. Before, one such failure failed the run for good ("the run could not be started")
+MINT_RETRY_SECONDS = 30.0
 # missed schedule points walked one by one at most (due_point); past it: "at least" that many. A pass catches up to
 # FIRE_BATCH tasks in one go on the event loop: 50 x 100 croniter steps, ~0.3 s (~60 us a step; 0.15-0.4 ms at load
 # 9). At 1,000 (review of 7d59f296) a batch of per-second tasks back after 17 minutes took 3 s quiet, 7-19 s at load 9,
@@ -102,6 +111,19 @@ PASS_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInter
                asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.InternalServerError)
 HELD_FIRST = 2.0  # seconds a task whose point met a database error is left out of this process's passes, at first
 HELD_MAX = 60.0  # ... doubling at each error in a row, up to this
+
+
+class KilledWhileMinting(Exception):
+    """A run's kill came while its token's mint waited to be asked again (Scheduler._minted)."""
+
+
+def passing(exc: BaseException) -> bool:
+    """Whether a failed token mint (Scheduler._minted) may answer if asked again: auth did not answer in time, could
+    not be reached or was not ready (a 5xx, the bus down: Unavailable), asked to slow down (429), or the connection
+    failed (runner.TRANSIENT). Auth's refusals (4xx) are not: asked again, they answer the same."""
+    if isinstance(exc, RailyardError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    return isinstance(exc, runner.TRANSIENT)
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -912,6 +934,43 @@ class Scheduler:
             wait=wait_exponential(multiplier=runner.FLUSH_BACKOFF, max=runner.FLUSH_BACKOFF_MAX),
             retry=retry_if_exception_type(runner.TRANSIENT), reraise=True)(attempt)
 
+    async def _minted(self, run_id: uuid.UUID, task: asyncpg.Record, ttl: int) -> str:
+        """The run's token (self.mint), asked again with backoff (runner.FLUSH_BACKOFF doubling to FLUSH_BACKOFF_MAX)
+        for MINT_RETRY_SECONDS while auth cannot answer it (`passing`), and no longer once the run's kill is set (its
+        backoff cut short by it). A refusal (auth's 4xx: the owner deactivated or no longer a member, the run ended)
+        is raised at once and fails the run, as every failure did before."""
+        kill = self.kills[run_id]
+
+        async def attempt() -> str:  # an `async def`: tenacity awaits what a coroutine function returns
+            if kill.is_set():  # during the backoff's wait (not passing: the retries end, the caller reads the kill)
+                raise KilledWhileMinting(f"run {run_id} was killed before its token could be minted")
+            return await self.mint(task["owner_id"], task["workspace_id"], ttl, str(task["id"]), str(run_id))
+
+        async def nap(seconds: float) -> None:  # the backoff's wait, ended by the run's kill
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kill.wait(), seconds)
+
+        return await AsyncRetrying(
+            stop=stop_after_delay(MINT_RETRY_SECONDS),
+            wait=wait_exponential(multiplier=runner.FLUSH_BACKOFF, max=runner.FLUSH_BACKOFF_MAX), sleep=nap,
+            retry=retry_if_exception(passing), reraise=True)(attempt)
+
+    async def _still_claimed(self, run_id: uuid.UUID) -> bool:
+        """Whether the run is still this process's and not killed, beaten (store.beat_runs) right before its main.py
+        starts, retried on a transient error as a run's end record is (_retried). Its setup and token mint may have
+        outlasted supervisor_lost_after (the process paused, a slow install): another process then failed it
+        (fail_lost_runs) and may have started the task's next run, while this one's heartbeat, a pass away, had not
+        noticed yet. Not beaten: taken over (_taken_over: lost, its kill set); beaten with a kill asked (task/kill, a
+        replace): killed with its reason. Before, main.py started all the same, for a run already failed, with a token
+        auth would refuse."""
+        beaten = await self._retried(lambda: store.beat_runs(self.deps.pool, [run_id], self.identity),
+                                     "checking a run is still this process's before it starts")
+        self._taken_over([run_id], beaten)
+        kill_requested = beaten.get(run_id)
+        if kill_requested:
+            self._kill(run_id, kill_requested if isinstance(kill_requested, str) else runner.KILLED)
+        return not self.kills[run_id].is_set()
+
     async def _run(self, row: asyncpg.Record) -> runner.RunOutcome:
         deps = self.deps
         if self.kills[row["id"]].is_set():  # killed as it was started (a stop under way, a kill asked): nothing set up
@@ -944,7 +1003,12 @@ class Scheduler:
         if self.kills[row["id"]].is_set():
             return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         ttl = min(deps.settings.token_ttl, task["timeout_seconds"] + 60)
-        token = await self.mint(task["owner_id"], task["workspace_id"], ttl, str(task["id"]), str(row["id"]))
+        try:
+            token = await self._minted(row["id"], task, ttl)
+        except Exception:
+            if self.kills[row["id"]].is_set():  # killed while auth could not answer: nothing started (a stop: requeued)
+                return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
+            raise
         args = task["args"]
         plan = runner.RunPlan(
             run_id=str(row["id"]), workdir=deps.work_root / "runs" / str(row["id"]), zip_path=zip_path,
@@ -972,9 +1036,10 @@ class Scheduler:
                          " lines are not stored", row["id"], store.LATE_LINES)
 
         writer = runner.LogWriter(sink=sink, max_bytes=deps.settings.max_log_bytes)
-        # killed, taken over or stopping while its token was being minted (nothing awaited since): never started, the
-        # token handed to no process (see above: only a kill during the mint's own round trip leaves one)
-        if self.kills[row["id"]].is_set():
+        # killed, taken over or stopping while its token was being minted, or failed by another process meanwhile (a
+        # pause past supervisor_lost_after: _still_claimed): never started, the token handed to no process (see
+        # above: only a kill during the mint's own round trip leaves one)
+        if self.kills[row["id"]].is_set() or not await self._still_claimed(row["id"]):
             return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         try:
             return await runner.execute(plan, writer, self.kills[row["id"]])

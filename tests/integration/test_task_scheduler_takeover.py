@@ -160,11 +160,14 @@ async def test_a_supervisor_whose_run_was_declared_lost_stops_its_process_and_re
         await first.stop()
 
 
+@pytest.mark.parametrize("beaten_first", [True, False], ids=["heartbeat-first", "mint-answered-first"])
 async def test_a_run_taken_over_while_it_was_being_set_up_never_starts_its_process(
-        database, sandbox_settings, tmp_path, monkeypatch):
+        database, sandbox_settings, tmp_path, monkeypatch, beaten_first):
     """Declared lost while its supervisor still set it up (an environment installing takes minutes; here its token
     being minted): the process is not started at all. Before, execute started it and stopped it at once (SIGTERM to
-    a sandbox whose code had already begun)."""
+    a sandbox whose code had already begun). `mint-answered-first`: the mint answers before the supervisor's next
+    heartbeat (the process was paused around it): the run's claim is checked before execute (Scheduler._still_claimed,
+    the real store.beat_runs); before, main.py started for the failed run until that heartbeat stopped it."""
     pool, orch_id = database
     spawned = []
     spawn = runner.spawn
@@ -191,10 +194,11 @@ async def test_a_run_taken_over_while_it_was_being_set_up_never_starts_its_proce
             await minting.wait()
         lost = await taken_over(pool, other, run_id)
 
-        async def learnt() -> bool:  # at its next heartbeat
+        async def learnt() -> bool:  # at its next heartbeat, or its check before execute
             return run_id in first.learnt
 
-        await until("the supervisor learns the run is not its own", learnt)
+        if beaten_first:
+            await until("the supervisor learns the run is not its own", learnt)
         minted.set()
 
         async def ended() -> bool:
@@ -202,6 +206,7 @@ async def test_a_run_taken_over_while_it_was_being_set_up_never_starts_its_proce
 
         await until("the supervisor is done with the run", ended)
         assert spawned == []  # was: one sandbox started, then stopped
+        assert run_id in first.learnt
         assert dict(await pool.fetchrow("SELECT status, reason, finished_at, supervisor FROM runs WHERE id = $1",
                                         run_id)) == lost
     finally:

@@ -152,9 +152,13 @@ def run_planned(tmp_path, monkeypatch, relay_number) -> list[runner.RunPlan]:
     async def local_zip(self, sha):
         return tmp_path / "o.zip"
 
+    async def beat_runs(pool, run_ids, supervisor):  # still this process's as main.py starts (Scheduler._still_claimed)
+        return {r: False for r in run_ids}
+
     monkeypatch.setattr(store, "task", task)
     monkeypatch.setattr(store, "orchestration", orchestration)
     monkeypatch.setattr(store, "relay_number", relay_number)
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
     monkeypatch.setattr(runner, "execute", execute)
     monkeypatch.setattr(runner, "cleanup", lambda workdir: None)
     monkeypatch.setattr(scheduler.Scheduler, "_local_zip", local_zip)

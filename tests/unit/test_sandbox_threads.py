@@ -220,7 +220,11 @@ def test_the_scheduler_plans_its_runs_with_its_runs_at_once(tmp_path, monkeypatc
     async def relay_number(pool, owner_id):  # the owner's relay address (test_sandbox_relay_numbers.py)
         return 0
 
+    async def beat_runs(pool, run_ids, supervisor):  # still this process's as main.py starts (Scheduler._still_claimed)
+        return {r: False for r in run_ids}
+
     monkeypatch.setattr(store, "relay_number", relay_number)
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
     monkeypatch.setattr(runner, "execute", execute)
     monkeypatch.setattr(runner, "cleanup", lambda workdir: None)
     deps = SimpleNamespace(pool=None, settings=TaskSettings(max_runs_per_process=3), work_root=tmp_path)

@@ -74,6 +74,10 @@ def a_scheduler(tmp_path: Path, monkeypatch) -> tuple[Scheduler, dict]:
     async def local_zip(self, sha):
         return tmp_path / "o.zip"
 
+    async def beat_runs(pool, run_ids, supervisor):  # each still this process's, no kill asked
+        return {r: False for r in run_ids}
+
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
     monkeypatch.setattr(store, "task", task)
     monkeypatch.setattr(store, "orchestration", orchestration)
     monkeypatch.setattr(store, "relay_number", relay_number)
@@ -320,8 +324,8 @@ async def test_a_run_a_replace_killed_keeps_its_reason_when_the_stop_comes(tmp_p
     monkeypatch.setattr(runner, "execute", execute)
     replaced = "replaced by the task's run for 2026-12-05T17:01:00+00:00 (concurrency_policy replace)"
 
-    async def beat_runs(conn, run_ids, supervisor):
-        return {r: replaced for r in run_ids}
+    async def beat_runs(conn, run_ids, supervisor):  # the replace asked once main.py runs (its start's beat: none)
+        return {r: replaced if seen["running"].is_set() else False for r in run_ids}
 
     monkeypatch.setattr(store, "beat_runs", beat_runs)
     run_id = await a_run_under_way(sched)

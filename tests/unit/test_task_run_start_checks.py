@@ -1,0 +1,159 @@
+"""The last steps before a run's main.py starts (services/task_scheduler/scheduler.py Scheduler._run).
+
+Its claim is checked right before runner.execute (Scheduler._still_claimed, a beat of the run alone): a process paused
+past supervisor_lost_after around the token's mint (or a setup that long) finds its run failed by another process's
+lost-run step, or its kill asked, and does not start it. Before, main.py started for a run already failed, its
+heartbeat a pass away.
+
+Its token's mint is asked again while auth cannot answer (a 503, a 504: auth restarting, the bus reconnecting) with
+backoff for MINT_RETRY_SECONDS, cut short by the run's kill; a refusal (a 4xx) fails the run at once. Before, one
+passing failure failed the run for good ("the run could not be started")."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from services.task_scheduler import runner, store
+from services.task_scheduler import scheduler as scheduler_module
+from shared.errors import Unauthorized, Unavailable, UpstreamTimeout
+from tests.unit.test_task_scheduler_stop_starts import a_row, a_scheduler, settle
+
+
+def started_at_once(seen: dict, monkeypatch) -> None:
+    """main.py ends as soon as it starts, a success: what ran is in seen["executed"]."""
+    async def execute(plan, writer, kill):
+        seen["executed"].append(uuid.UUID(plan.run_id))
+        return runner.RunOutcome("success", 0, None)
+
+    monkeypatch.setattr(runner, "execute", execute)
+
+
+def beaten_as(monkeypatch, answer) -> list[list[uuid.UUID]]:
+    """store.beat_runs answering `answer(run_ids)`; the ids of each beat."""
+    beats: list[list[uuid.UUID]] = []
+
+    async def beat_runs(pool, run_ids, supervisor):
+        beats.append(list(run_ids))
+        return answer(run_ids)
+
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
+    return beats
+
+
+async def test_a_run_failed_elsewhere_while_its_token_was_minted_never_starts(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    seen["mint_gate"] = asyncio.Event()  # this process paused in the mint's round trip
+    beats = beaten_as(monkeypatch, lambda run_ids: {})  # not beaten: another process failed it meanwhile
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    async with asyncio.timeout(10):
+        await seen["minting"].wait()
+        seen["mint_gate"].set()
+        await settle(sched)
+    assert seen["executed"] == []  # before: [run_id], main.py run for a run already failed
+    assert beats == [[run_id]]
+    assert seen["ended"] == []  # the lost-run step's failure stands: nothing recorded over it
+
+
+async def test_a_kill_asked_while_its_token_was_minted_is_recorded_and_nothing_starts(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    replaced = "replaced by the task's run for 2026-12-06T10:00:00+00:00 (concurrency_policy replace)"
+    beaten_as(monkeypatch, lambda run_ids: {r: replaced for r in run_ids})
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    await settle(sched)
+    assert seen["executed"] == [] and seen["ended"] == [(run_id, "failure", replaced)]
+
+
+async def test_a_run_still_claimed_starts(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    beats = beaten_as(monkeypatch, lambda run_ids: {r: False for r in run_ids})
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    await settle(sched)
+    assert seen["executed"] == [run_id] and seen["ended"] == [(run_id, "success", None)] and beats == [[run_id]]
+
+
+def failing_mints(sched, failures: list[Exception]) -> list[float]:
+    """sched.mint raising `failures` in turn, then answering; the loop time of each ask."""
+    asked: list[float] = []
+
+    async def mint(owner_id, workspace_id, ttl, task_id, run_id) -> str:
+        asked.append(asyncio.get_running_loop().time())
+        if failures:
+            raise failures.pop(0)
+        return "token"
+
+    sched.mint = mint
+    return asked
+
+
+def quick_backoff(monkeypatch) -> None:
+    monkeypatch.setattr(runner, "FLUSH_BACKOFF", 0.01)
+    monkeypatch.setattr(runner, "FLUSH_BACKOFF_MAX", 0.05)
+
+
+async def test_a_mint_auth_could_not_answer_is_asked_again(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    asked = failing_mints(sched, [Unavailable("auth is not running"), UpstreamTimeout("auth did not answer within 5s"),
+                                  ConnectionResetError("reset")])
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    await settle(sched)
+    # before: failed at the first, 'the run could not be started: auth is not running'
+    assert seen["ended"] == [(run_id, "success", None)] and seen["executed"] == [run_id]
+    assert len(asked) == 4
+
+
+async def test_a_mint_auth_refuses_fails_the_run_at_once(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    asked = failing_mints(sched, [Unauthorized("task run x has ended: no token is issued for it")] * 3)
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    await settle(sched)
+    assert len(asked) == 1 and seen["executed"] == []
+    assert seen["ended"] == [(run_id, "failure", "the run could not be started: task run x has ended: no token is "
+                                                 "issued for it")]
+
+
+async def test_a_mint_that_keeps_failing_fails_the_run_after_its_time_and_a_kill_cuts_it_short(tmp_path, monkeypatch):
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    monkeypatch.setattr(scheduler_module, "MINT_RETRY_SECONDS", 0.3)
+    asked = failing_mints(sched, [Unavailable("auth is not running")] * 1000)
+    given_up = uuid.uuid4()
+    sched._supervised(a_row(given_up))
+    await settle(sched)
+    assert seen["ended"] == [(given_up, "failure", "the run could not be started: auth is not running")]
+    assert 0.3 <= asked[-1] - asked[0] < 5 and len(asked) > 2  # asked again for its time, then given up
+
+    # task/kill while auth cannot answer: the backoff's wait ends at the kill, recorded as the kill (not as the mint)
+    monkeypatch.setattr(scheduler_module, "MINT_RETRY_SECONDS", 60.0)
+    monkeypatch.setattr(runner, "FLUSH_BACKOFF", 30.0)
+    monkeypatch.setattr(runner, "FLUSH_BACKOFF_MAX", 30.0)
+    asked.clear()
+    first_asked = asyncio.Event()
+    failing = sched.mint
+
+    async def mint(*args) -> str:
+        first_asked.set()
+        return await failing(*args)
+
+    sched.mint = mint
+    killed = uuid.uuid4()
+    sched._supervised(a_row(killed))
+    async with asyncio.timeout(10):
+        await first_asked.wait()
+        sched._kill(killed, runner.KILLED)  # the backoff's wait is 30 s: settled within 10 only if the kill ends it
+        await settle(sched)
+    assert seen["ended"][-1] == (killed, "failure", runner.KILLED) and len(asked) == 1
+    assert seen["executed"] == []
