@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 
 import psutil
 import pytest
@@ -16,6 +17,24 @@ from tests.integration import ui_browser
 
 def _chromium_folders() -> set[str]:
     return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("org.chromium.")}
+
+
+def _until_dead(processes: list[psutil.Process], within: float) -> None:
+    """Until each process is gone or a zombie, for at most `within` seconds. The killed Chromium is chromedriver's
+    child, and chromedriver (alive until quit) does not reap it: psutil.wait_procs waits for a pid to go, so it
+    waited out its whole timeout on the zombies (10 s of this test's 12)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if all(_dead(process) for process in processes):
+            return
+        time.sleep(0.05)
+
+
+def _dead(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_a_killed_browser_leaves_nothing_in_the_temporary_directory():
@@ -30,10 +49,12 @@ def test_a_killed_browser_leaves_nothing_in_the_temporary_directory():
     try:
         browser.launch().get("about:blank")
         assert _chromium_folders() == before
+        killed = []
         for process in browser.browsers:  # killed: nothing of its own cleans up
             for child in [*process.children(recursive=True), process]:
                 child.kill()
-        psutil.wait_procs(browser.browsers, timeout=10)
+                killed.append(child)
+        _until_dead(killed, within=10)
     finally:
         browser.quit()
     assert _chromium_folders() == before and not os.path.exists(browser.profile)
