@@ -192,14 +192,18 @@ def upload(dataset_id: int, files: tuple[Path, ...], labels: str | None, replace
 @click.argument("dataset_id", type=int)
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Write the rows to a .parquet, .arrow or .csv"
               " file instead of printing the first ones.")
-@click.option("--limit", type=int, default=20, show_default=True, help="Rows printed without --out.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Rows printed without --out.")
 @workspace_option
 @json_option
 def read(dataset_id: int, out: Path | None, limit: int, workspace: str | None, as_json: bool) -> None:
     """A tabular dataset's rows."""
     table = _lineage(workspace).read_rows(dataset_id)
     if out is None:
-        _show(table.slice(0, limit).to_pylist(), None, as_json, data=True)  # a null is a missing value: shown
+        # never past the rows there are: a dataset with no rows yet reads as a table without columns, whose slice
+        # made up `limit` rows ({} twenty times) instead of none
+        shown = table.slice(0, min(limit, table.num_rows)).to_pylist()
+        _show(shown, None, as_json, data=True)  # a null is a missing value: shown
         return
     suffix = out.suffix.lower()
     if suffix in (".parquet", ".pq"):

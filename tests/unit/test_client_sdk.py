@@ -240,6 +240,25 @@ def test_datasets_read_to_csv_refuses_list_columns_by_name(tmp_path, monkeypatch
     assert pq.read_table(tmp_path / "rows.parquet").equals(table)
 
 
+def test_datasets_read_of_a_dataset_without_rows_shows_none(monkeypatch, capsys):
+    """A tabular dataset with no rows yet reads as a table without columns: `railyard datasets read` printed 20 empty
+    rows of it (`[{}, {}, ...]` with --json, 20 blank lines as a table), as pyarrow's slice of a table without
+    columns makes up the rows asked for."""
+    from types import SimpleNamespace
+
+    from railyard_client import cli_lineage
+
+    tables = {1: pa.table({}), 2: pa.table({"label": ["a", "b", "c"]})}
+    monkeypatch.setattr(cli_lineage, "_lineage", lambda workspace: SimpleNamespace(read_rows=tables.__getitem__))
+    assert cli.main(["datasets", "read", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["datasets", "read", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "(none)"
+    assert cli.main(["datasets", "read", "2", "--json", "--limit", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"label": "a"}, {"label": "b"}]
+    assert cli.main(["datasets", "read", "2", "--limit", "-1"]) == 2  # was no row at all, silently
+
+
 def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeypatch):
     """`railyard up --data-dir D` printed "`railyard login` signs in with them", but `railyard login` alone reads
     ./.railyard and failed; the banner now prints each command as it must be typed for that stack. A first start
