@@ -288,6 +288,9 @@ def versions(project_id: int, workspace: str | None, as_json: bool) -> None:
 def restore(project_id: int, version_id: int | None, number: int | None, skip_missed: bool, name: str | None,
             workspace: str | None, as_json: bool) -> None:
     """Recreate a version of project PROJECT_ID as a new project."""
+    if (version_id is None) == (number is None):  # the server's words named its fields, version_id or version_num
+        raise InvalidInput("give the version to restore: --version-id or --number (one of them; `railyard datasets "
+                           f"versions {project_id}` lists them)")
     record = _lineage(workspace).restore_version(project_id, version_id, number, skip_missed_entities=skip_missed,
                                                  name=name)
     project = record["project"]

@@ -259,6 +259,24 @@ def test_datasets_read_of_a_dataset_without_rows_shows_none(monkeypatch, capsys)
     assert cli.main(["datasets", "read", "2", "--limit", "-1"]) == 2  # was no row at all, silently
 
 
+@pytest.mark.parametrize("options", [[], ["--number", "1", "--version-id", "2"]])
+def test_datasets_restore_asks_for_its_own_options(options, monkeypatch, capsys):
+    """`railyard datasets restore 1` without a version (or with both) was sent and refused in the API's words, "give
+    exactly one of version_id or version_num", fields the command does not have: it says --version-id or --number,
+    before anything is sent."""
+    from types import SimpleNamespace
+
+    from railyard_client import cli_lineage
+
+    sent = []
+    monkeypatch.setattr(cli_lineage, "_lineage", lambda workspace: SimpleNamespace(
+        restore_version=lambda *args, **kwargs: sent.append(args)))
+    assert cli.main(["datasets", "restore", "1", *options]) == 2
+    err = capsys.readouterr().err
+    assert "--version-id or --number" in err and "railyard datasets versions 1" in err
+    assert sent == []
+
+
 def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeypatch):
     """`railyard up --data-dir D` printed "`railyard login` signs in with them", but `railyard login` alone reads
     ./.railyard and failed; the banner now prints each command as it must be typed for that stack. A first start
