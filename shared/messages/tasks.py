@@ -15,6 +15,8 @@ MAX_LOG_PAGE = 100_000
 """Lines a page of task/get_logs_for_run holds at most (`limit`; fewer past 4 MiB of JSON)."""
 
 RunStatus = Literal["queued", "running", "success", "failure"]
+TaskStatus = Literal["pending", "started", "failed", "pending_kill", "killed"]
+"""A task's status (a run's is RunStatus): the seed's pending, started and failed, and a killed task's."""
 MissedRunPolicy = Literal["fire_once", "skip"]
 ConcurrencyPolicy = Literal["allow", "forbid", "replace"]
 QUEUED_PER_TASK = 10
@@ -177,8 +179,10 @@ class TaskRecord(Message):
     max_queued: int | None = Field(None, description=(
         f"Railyard: a scheduled task's bound of waiting runs (task/run_scheduled); absent when it was not given: "
         f"{QUEUED_PER_TASK} (with allow)."))
-    status: str = Field(description="pending, started, pending_kill, killed (scheduled tasks), or the last run's "
-                        "outcome for one-shot tasks: success, failed.")
+    status: TaskStatus = Field(description=(
+        "The seed's pending (no run started yet), started (a run started: a one-shot task stays so once its run "
+        "succeeded) and failed (a one-shot task whose run failed, or a scheduled task whose schedule cannot be "
+        "evaluated), and pending_kill (killed, a run still stopping) and killed."))
     input_data: dict[str, Any]
     killed: bool
     created_at: str
