@@ -233,6 +233,11 @@ def files(dataset_id: int, version_id: int | None, download: Path | None, worksp
     """The files of an images or files dataset (name, sha256, size, type, labels); `read` is for rows."""
     lineage = _lineage(workspace)
     listed = lineage.files(dataset_id, version_id)
+    if not listed and lineage._post("datasets/get", {"dataset_id": dataset_id})["kind"] == "tabular":
+        # the API lists a tabular dataset's files as none: `(none)` read as an empty dataset, where `read` refuses
+        # an images dataset saying what it holds
+        raise InvalidInput(f"dataset {dataset_id} is a tabular dataset: it has rows, not files (`railyard datasets "
+                           f"read {dataset_id}` shows them)")
     if download is not None:
         names = [str(file["name"]) for file in listed]
         for name in names:  # the server never names a file so; checked before anything is written

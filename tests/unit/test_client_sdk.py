@@ -277,6 +277,25 @@ def test_datasets_restore_asks_for_its_own_options(options, monkeypatch, capsys)
     assert sent == []
 
 
+def test_datasets_files_of_a_tabular_dataset_says_it_has_rows(monkeypatch, capsys):
+    """`railyard datasets files` of a tabular dataset printed `(none)` (the API lists its files as none), as if a
+    dataset of rows were empty; `read` of an images dataset says what it holds. An empty images dataset is still
+    `(none)`."""
+    from types import SimpleNamespace
+
+    from railyard_client import cli_lineage
+
+    kinds = {1: "tabular", 2: "images"}
+    monkeypatch.setattr(cli_lineage, "_lineage", lambda workspace: SimpleNamespace(
+        files=lambda dataset_id, version_id: [],
+        _post=lambda route, body: {"id": body["dataset_id"], "kind": kinds[body["dataset_id"]]}))
+    assert cli.main(["datasets", "files", "1"]) == 2
+    assert "dataset 1 is a tabular dataset: it has rows, not files (`railyard datasets read 1`" in \
+        capsys.readouterr().err
+    assert cli.main(["datasets", "files", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "(none)"
+
+
 def test_the_start_banner_names_the_data_dir_the_commands_need(tmp_path, monkeypatch):
     """`railyard up --data-dir D` printed "`railyard login` signs in with them", but `railyard login` alone reads
     ./.railyard and failed; the banner now prints each command as it must be typed for that stack. A first start
