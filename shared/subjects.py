@@ -132,6 +132,7 @@ EVENT_ASSAY_ALERT = "events.assay.alert"
 
 # auth
 AUTH_TOKEN_ISSUE = "auth.token.issue"
+AUTH_TOKEN_LOGOUT = "auth.token.logout"  # the gateway's logout endpoint: a refresh token's session ended
 AUTH_AUTHORIZE = "auth.authorize"  # the gateway's authorization endpoint: a user's sign-in -> a one-time code
 AUTH_TOKEN_ISSUE_TASK = "auth.token.issue_task"  # task_scheduler only: a run's workspace-scoped token
 AUTH_KEYS_GET = "auth.keys.get"

@@ -35,8 +35,11 @@ from railyard_client.pipelines import Pipeline
 from railyard_client.progress import wanted
 from railyard_client.session import (
     ENV_WORKSPACE,
+    SIGN_IN_KEYS,
     Session,
     credentials_path,
+    end_saved_session,
+    forget_sign_in,
     read_credentials,
     update_credentials,
     with_choice,
@@ -235,10 +238,22 @@ def login(url: str | None, username: str | None, password: str | None, client_id
 
 @app.command()
 def logout() -> None:
-    """Forget the saved tokens (delete the credentials file)."""
+    """Sign out: end the saved session at its server (its refresh token and every token of it stop working there)
+    and remove the tokens from the credentials file. Every server's and user's `workspaces use` choice stays. When
+    the server cannot end the session (unreachable, an older server), the tokens are removed all the same, with a
+    warning: the refresh token then works until it expires."""
     path = credentials_path()
-    path.unlink(missing_ok=True)
-    out.print(f"logged out (removed {path})")
+    saved = read_credentials(path)
+    if not any(saved.get(key) for key in SIGN_IN_KEYS):
+        out.print(f"not logged in (no tokens in {path})")
+        return
+    why_not = end_saved_session(saved)
+    if why_not:
+        print(f"railyard: warning: the session was not ended at the server ({why_not}); its refresh token works "
+              "until it expires", file=sys.stderr)
+    forget_sign_in(path)
+    who = f" as {saved['username']}" if saved.get("username") else ""
+    out.print(f"logged out of {saved.get('url') or 'the server'}{who} (tokens removed from {path})")
 
 
 @app.command()

@@ -105,6 +105,13 @@ def _import_httpx() -> Any:
 httpx = _import_httpx()
 
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
+LOGOUT_PATH = "/auth/realms/master/protocol/openid-connect/logout"
+LOGOUT_TIMEOUT = 10.0
+"""Seconds `railyard logout` waits for the server to end the session before it forgets the tokens all the same."""
+SIGN_IN_KEYS = ("url", "client_id", "client_secret", "username", "access_token", "refresh_token", "expires_at",
+                "workspace")
+"""The credentials file's keys of its one sign-in (Session.credentials, and a file's old single `workspace` choice):
+what `railyard logout` removes. Every server's and user's `workspaces` choice stays (workspace_choices)."""
 API_PREFIX = "/v1/api"
 # items a page of pipelines/list and assays/list asks for (the routes' most): asked whole, a list past the 8 MiB a
 # bus reply carries is a 422 reply_too_large; page by page, every list reads (docs/api-paging.md)
@@ -310,6 +317,48 @@ def update_credentials(change: Callable[[dict[str, Any]], dict[str, Any] | None]
         changed = change(read_credentials(path))
         if changed is not None:
             write_credentials(changed, path)
+    return path
+
+
+def end_saved_session(saved: Mapping[str, Any], timeout: float = LOGOUT_TIMEOUT) -> str | None:
+    """End the sign-in session of the credentials file's refresh token at its server (the gateway's logout endpoint,
+    as Keycloak's: the client authenticated, the form's refresh_token): that refresh token and every token of its
+    session stop working there. None when the server ended it (or there is no refresh token to end), else why not,
+    for a warning: the caller forgets the tokens either way."""
+    url, refresh = saved.get("url"), saved.get("refresh_token")
+    if not (url and refresh):
+        return None
+    client_id = str(saved.get("client_id") or DEFAULT_CLIENT_ID)
+    secret = saved.get("client_secret")
+    form = {"refresh_token": str(refresh)} | ({} if secret else {"client_id": client_id})  # a public client: its id
+    try:
+        response = httpx.post(normalize_url(str(url)) + LOGOUT_PATH, data=form, timeout=timeout,
+                              auth=(client_id, str(secret)) if secret else None)
+    except ConfigurationError as exc:
+        return str(exc)
+    except httpx.HTTPError as exc:
+        return f"cannot reach {url}: {exc or type(exc).__name__}"
+    if response.status_code in (200, 204):
+        return None
+    body = _json_or_none(response)
+    said = (body.get("error_description") or body.get("msg") or body.get("error")) if isinstance(body, dict) else None
+    return f"{url} answered {response.status_code}" + (f": {said}" if said else "")
+
+
+def forget_sign_in(path: Path | None = None) -> Path:
+    """Remove the credentials file's sign-in (SIGN_IN_KEYS), under its lock: what stays is every server's and user's
+    workspace choice (an old file's single choice kept as its user's, workspace_choices) and anything else it holds;
+    a file left with nothing is removed."""
+    path = path or credentials_path()
+    with _credentials_lock(path):
+        saved = read_credentials(path)
+        choices = workspace_choices(saved)
+        kept = {key: value for key, value in saved.items() if key not in SIGN_IN_KEYS and key != "workspaces"}
+        kept |= {"workspaces": choices} if choices else {}
+        if kept:
+            write_credentials(kept, path)
+        else:
+            path.unlink(missing_ok=True)
     return path
 
 

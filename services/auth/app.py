@@ -27,6 +27,7 @@ from shared.messages.auth import (
     CreateWorkspace,
     DeactivateUser,
     Empty,
+    EndSession,
     Features,
     GetSigningKeys,
     InferenceClientCreated,
@@ -116,6 +117,11 @@ def build_router(runtime: Runtime) -> NatsRouter:
     async def issue_token(cmd: IssueToken, ctx: CallContext) -> TokenIssued:
         """Issue tokens for the password, refresh_token, client_credentials and authorization_code grants."""
         return await handlers.issue_token(deps(), cmd)
+
+    @command(router, subjects.AUTH_TOKEN_LOGOUT, service=NAME, max_workers=TOKEN_WORKERS)
+    async def end_session(cmd: EndSession, ctx: CallContext) -> Empty:
+        """The logout endpoint: a refresh token's session ended (gateway only)."""
+        return await handlers.end_session(deps(), cmd)
 
     @command(router, subjects.AUTH_AUTHORIZE, service=NAME, max_workers=TOKEN_WORKERS)
     async def authorize(cmd: AuthorizeUser, ctx: CallContext) -> AuthorizationCodeIssued:

@@ -71,6 +71,7 @@ from shared.messages.auth import (
     CreateInferenceClient,
     CreateWorkspace,
     Empty,
+    EndSession,
     Features,
     InferenceClientCreated,
     InferenceClientRecord,
@@ -521,16 +522,7 @@ async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> tuple[asyncpg.Recor
     of it)."""
     if not cmd.refresh_token:
         raise InvalidRequest("the refresh_token grant needs refresh_token")
-    keys = {k["kid"]: RSAAlgorithm.from_jwk(k)
-            for k in await store.public_keys(deps.pool, key_retention(deps.settings))}
-    try:
-        kid = jwt.get_unverified_header(cmd.refresh_token).get("kid")
-        claims = jwt.decode(cmd.refresh_token, keys[kid], algorithms=[ALGORITHM], audience=deps.settings.audience,
-                            issuer=deps.settings.issuer, options={"require": ["exp", "jti", "sub"]})
-    except (jwt.InvalidTokenError, KeyError):
-        raise Unauthorized("invalid refresh token", code="invalid_grant") from None
-    if claims.get("typ") != "Refresh":
-        raise Unauthorized("invalid refresh token", code="invalid_grant")
+    claims = await _refresh_claims(deps, cmd.refresh_token)
     spent = await store.use_refresh_token(deps.pool, uuid.UUID(claims["jti"]), cmd.client_id)
     if spent is None:
         raise Unauthorized("refresh token expired, already used, revoked or issued to another client",
@@ -539,6 +531,58 @@ async def _refresh_login(deps: AuthDeps, cmd: IssueToken) -> tuple[asyncpg.Recor
     if user is None or not user["enabled"]:
         raise Unauthorized("user is deactivated", code="invalid_grant")
     return user, spent["session"] or uuid.uuid4()  # (refresh tokens saved before sessions were kept have none)
+
+
+async def _refresh_claims(deps: AuthDeps, token: str) -> dict[str, Any]:
+    """A refresh token's claims, checked (signed by one of our keys, ours, not expired, a refresh token), or
+    Unauthorized `invalid_grant`."""
+    keys = {k["kid"]: RSAAlgorithm.from_jwk(k)
+            for k in await store.public_keys(deps.pool, key_retention(deps.settings))}
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        claims = jwt.decode(token, keys[kid], algorithms=[ALGORITHM], audience=deps.settings.audience,
+                            issuer=deps.settings.issuer, options={"require": ["exp", "jti", "sub"]})
+    except (jwt.InvalidTokenError, KeyError):
+        raise Unauthorized("invalid refresh token", code="invalid_grant") from None
+    if claims.get("typ") != "Refresh":
+        raise Unauthorized("invalid refresh token", code="invalid_grant")
+    return claims
+
+
+async def end_session(deps: AuthDeps, cmd: EndSession) -> Empty:
+    """The logout endpoint: the client authenticated as for a token (its secret; a public client by its id alone)
+    ends the session of a refresh token issued to it: every refresh token of the session is spent and its access
+    tokens are refused (store.revoke_session, events.auth.tokens_revoked), as a reused authorization code's are.
+    A refresh token that is expired, not ours or another client's is 400 `invalid_grant` (nothing revoked); one
+    spent already (its session signed out before) ends its session all the same."""
+    client = await store.client(deps.pool, cmd.client_id)
+    if client is not None and client["public"]:
+        if cmd.client_secret:
+            raise Unauthorized(f"{cmd.client_id} is a public client and has no secret: send client_id without one",
+                               code="invalid_client")
+    else:
+        stored = client["secret_hash"] if client is not None else CLIENT_HASH_PREFIX
+        matches = client_secret_matches(deps.settings.client_secret_key, stored, cmd.client_secret)
+        if client is None or not matches or client["revoked_at"] is not None:
+            raise Unauthorized("invalid client credentials", code="invalid_client")
+    try:
+        claims = await _refresh_claims(deps, cmd.refresh_token)
+    except Unauthorized as exc:  # RFC 6749 5.2's invalid_grant is a 400 (the refresh grant keeps its 401: auth.md)
+        raise InvalidRequest(str(exc), code="invalid_grant") from None
+    if claims.get("azp") != cmd.client_id:
+        raise InvalidRequest("the refresh token was issued to another client", code="invalid_grant")
+    try:
+        session = uuid.UUID(str(claims.get("session_state")))
+    except ValueError:  # a refresh token saved before sessions were kept: that token alone
+        await store.use_refresh_token(deps.pool, uuid.UUID(claims["jti"]), cmd.client_id)
+        return Empty()
+    event = await store.revoke_session(deps.pool, session, uuid.UUID(claims["sub"]), time.time(),
+                                       key_retention(deps.settings))
+    log.info("user %s signed out of session %s (client %s)", claims["sub"], session, cmd.client_id)
+    # answered once its events.auth.tokens_revoked is out, as a password change is: the session's access tokens are
+    # refused when the 204 comes
+    await _published(deps, event.event_id, f"user {claims['sub']}'s sign-out")
+    return Empty()
 
 
 def _issued_at() -> float:

@@ -605,15 +605,30 @@ async def revoke_spent_code_session(pool: asyncpg.Pool, code_hash: bytes, revoke
                                     " WHERE code_hash = $1 AND spent_at IS NOT NULL", code_hash)
         if spent is None:
             return None
-        await conn.execute("DELETE FROM revoked_sessions WHERE revoked_at < $1", revoked_at - keep)
-        first = await conn.fetchval(
-            "INSERT INTO revoked_sessions (session, user_id, revoked_at) VALUES ($1, $2, $3)"
-            " ON CONFLICT (session) DO UPDATE SET revoked_at = revoked_sessions.revoked_at RETURNING revoked_at",
-            spent["session"], spent["user_id"], revoked_at)
-        await conn.execute("UPDATE refresh_tokens SET used = true WHERE session = $1 AND NOT used", spent["session"])
-        await add_event(conn, subjects.EVENT_TOKENS_REVOKED, TokensRevoked(
-            subject=str(spent["user_id"]), revoked_before=first, session=str(spent["session"])))
-        return {"session": spent["session"], "user_id": spent["user_id"], "revoked_at": first}
+        event = await _revoke_session(conn, spent["session"], spent["user_id"], revoked_at, keep)
+        return {"session": spent["session"], "user_id": spent["user_id"], "revoked_at": event.revoked_before}
+
+
+async def revoke_session(pool: asyncpg.Pool, session: uuid.UUID, user_id: uuid.UUID, revoked_at: float,
+                         keep: float) -> TokensRevoked:
+    """A sign-out (the gateway's logout endpoint): revoke `session` of `user_id` as a reused code's is (every refresh
+    token of it spent, its access tokens refused through the revocation list, its events.auth.tokens_revoked in the
+    outbox in the same transaction). That event (its revoked_before: the first revocation's, when it was before)."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await _revoke_session(conn, session, user_id, revoked_at, keep)
+
+
+async def _revoke_session(conn: asyncpg.Connection, session: uuid.UUID, user_id: uuid.UUID, revoked_at: float,
+                          keep: float) -> TokensRevoked:
+    await conn.execute("DELETE FROM revoked_sessions WHERE revoked_at < $1", revoked_at - keep)
+    first = await conn.fetchval(
+        "INSERT INTO revoked_sessions (session, user_id, revoked_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (session) DO UPDATE SET revoked_at = revoked_sessions.revoked_at RETURNING revoked_at",
+        session, user_id, revoked_at)
+    await conn.execute("UPDATE refresh_tokens SET used = true WHERE session = $1 AND NOT used", session)
+    event = TokensRevoked(subject=str(user_id), revoked_before=first, session=str(session))
+    await add_event(conn, subjects.EVENT_TOKENS_REVOKED, event)
+    return event
 
 
 async def revoked_sessions(pool: asyncpg.Pool, since: float) -> dict[str, float]:

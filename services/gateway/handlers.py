@@ -12,7 +12,7 @@ from shared import subjects
 from shared.bus import request
 from shared.errors import RailyardError
 from shared.messages import CheckHealth, HealthReport
-from shared.messages.auth import IssueToken, SigningKeys
+from shared.messages.auth import EndSession, IssueToken, SigningKeys
 
 
 async def aggregate_health(broker: NatsBroker, timeout: float = 2.0) -> dict[str, Any]:
@@ -44,6 +44,10 @@ async def forward(broker: NatsBroker, subject: str, body: BaseModel, token: str,
 
 async def issue_token(broker: NatsBroker, cmd: IssueToken, timeout: float) -> dict[str, Any]:
     return await request(broker, subjects.AUTH_TOKEN_ISSUE, cmd, timeout=timeout)
+
+
+async def end_session(broker: NatsBroker, cmd: EndSession, timeout: float) -> None:
+    await request(broker, subjects.AUTH_TOKEN_LOGOUT, cmd, timeout=timeout)
 
 
 async def signing_keys(broker: NatsBroker, timeout: float) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ log = logging.getLogger("railyard.gateway")
 API = "/v1/api"
 TOKEN_PATH = "/auth/realms/master/protocol/openid-connect/token"
 CERTS_PATH = "/auth/realms/master/protocol/openid-connect/certs"
+LOGOUT_PATH = "/auth/realms/master/protocol/openid-connect/logout"
 UI_PAGE = Path(__file__).parent / "ui.html"
 UI_STATIC = Path(__file__).parent / "static"  # the UI's scripts and vendored libraries (no CDN)
 # Every HTML page the gateway serves may not be framed (clickjacking a signed-in UI's buttons) and sends no Referer
@@ -318,6 +319,27 @@ def create_app(runtime: Runtime) -> FastAPI:
         except RailyardError as exc:
             return error_response(exc, "oauth")
         return JSONResponse({k: v for k, v in issued.items() if v is not None}, headers={"Cache-Control": "no-store"})
+
+    @app.post(LOGOUT_PATH, tags=["auth"], status_code=204)
+    async def logout(request: Request) -> Response:
+        """Sign out (Keycloak's logout endpoint for a client): the form's `refresh_token` and its whole session stop
+        working, every access token of it too (docs/auth.md). The client authenticates as at the token endpoint.
+        204 when done; 400 `invalid_grant` for a refresh token that is expired, not this server's or another
+        client's."""
+        source = counted_as(source_address.of(request.client.host if request.client else None,
+                                              request.headers.getlist(source_address.header)))
+        try:
+            token_limits.check_source(source)  # before the body is read
+            form = await request.form()
+            client_id, client_secret = _client_credentials(request, form)
+            refresh_token = _opt(form, "refresh_token")
+            if not refresh_token:
+                raise InvalidRequest("logout needs the refresh_token of the session to end")
+            await handlers.end_session(runtime.broker, m.EndSession(
+                client_id=client_id, client_secret=client_secret, refresh_token=refresh_token), timeout)
+        except RailyardError as exc:
+            return error_response(exc, "oauth")
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
     add_authorize_routes(app, runtime, source_address, token_limits)  # the web UI's sign-in (PKCE)
 

@@ -45,6 +45,16 @@ class IssueToken(Command):
                                      "issued for, exactly.")
 
 
+class EndSession(Command):
+    """The logout endpoint (Keycloak's `.../protocol/openid-connect/logout`): the client (its secret, or a public
+    client's id alone) ends the sign-in session of a refresh token it was issued, so neither that refresh token nor any
+    token of its session works any longer."""
+
+    client_id: str
+    client_secret: str
+    refresh_token: str = Field(max_length=8192)
+
+
 class AuthorizeUser(Command):
     """The authorization endpoint's sign-in (authorization code flow with PKCE, RFC 7636): a user's password checked
     as the password grant checks it, for a public client, answered with a one-time code."""

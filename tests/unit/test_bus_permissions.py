@@ -230,7 +230,8 @@ def test_every_subscription_is_classified(command_handlers):
 def test_the_probe_tells_internal_handlers_from_token_checked_ones(token_checked):
     # handlers known to trust the caller's bus identity instead of a token: the probe must see them as such
     for subject in (subjects.AUTH_KEYS_GET, subjects.AUTH_REVOCATIONS_LIST, subjects.AUTH_TOKEN_ISSUE,
-                    subjects.AUTH_TOKEN_ISSUE_TASK, subjects.LOG_STORE_MAINTENANCE, subjects.LINEAGE_EVENTS_COUNT,
+                    subjects.AUTH_TOKEN_LOGOUT, subjects.AUTH_TOKEN_ISSUE_TASK, subjects.LOG_STORE_MAINTENANCE,
+                    subjects.LINEAGE_EVENTS_COUNT,
                     subjects.MONITORING_REFERENCE_FEATURE):
         assert token_checked[subject] is False, subject
     for subject in (subjects.AUTH_WORKSPACES_LIST_USERS, subjects.DEPLOYER_DEPLOYMENTS_RESOLVE,
@@ -246,8 +247,9 @@ def test_the_client_reaches_token_checked_subjects_only(token_checked):
     assert not open_internal, f"the client identity reaches subjects that verify no token: {open_internal}"
     # the gateway forwards outside callers' requests too: besides the same list, only what it does itself
     gateway_internal = {s for s, checked in token_checked.items() if not checked and may("gateway", "publish", s)}
-    assert gateway_internal == {subjects.AUTH_TOKEN_ISSUE, subjects.AUTH_AUTHORIZE, subjects.AUTH_KEYS_GET,
-                                subjects.AUTH_REVOCATIONS_LIST, "engine.*.infer", "*.health"}, gateway_internal
+    assert gateway_internal == {subjects.AUTH_TOKEN_ISSUE, subjects.AUTH_TOKEN_LOGOUT, subjects.AUTH_AUTHORIZE,
+                                subjects.AUTH_KEYS_GET, subjects.AUTH_REVOCATIONS_LIST, "engine.*.infer", "*.health"
+                                }, gateway_internal
 
 
 def test_the_client_list_is_explicit_and_complete(token_checked):

@@ -41,7 +41,8 @@ def test_every_post_route_describes_its_body_but_the_binary_and_form_ones():
     undescribed = {path for path, operations in app.openapi()["paths"].items()
                    if "requestBody" not in operations.get("post", {"requestBody": None})}
     # form, multipart, Arrow/records or OIP bodies: fuzzed by hand (docs/testing.md)
-    assert undescribed == {"/auth/realms/master/protocol/openid-connect/token", "/v2/models/{model}/infer",
+    assert undescribed == {"/auth/realms/master/protocol/openid-connect/token",
+                           "/auth/realms/master/protocol/openid-connect/logout", "/v2/models/{model}/infer",
                            "/v1/api/pipelines/infer/{deployment}/{pipeline}", "/v1/api/orchestration/upload",
                            "/v1/api/datasets/upload_rows", "/v1/api/datasets/upload_file", "/v1/api/files/upload",
                            "/v1/api/models/upload_and_convert", "/v1/api/models/upload_stream"}

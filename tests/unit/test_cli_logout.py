@@ -1,0 +1,89 @@
+"""`railyard logout` ends the session at the server and removes only the sign-in from the credentials file. Session
+37's note: it deleted the whole file, every user's and server's `workspaces use` choice with it, and told the server
+nothing, so the saved refresh token (and any copy of it) went on working until it expired. Now it posts the refresh
+token to the logout endpoint (Keycloak's `.../protocol/openid-connect/logout`, the client authenticated as for a
+token) and keeps the choices; a server that cannot end the session gets a warning, and the tokens go all the same."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from railyard_client import cli, session
+from railyard_client.session import read_credentials, saved_choice, write_credentials
+
+URL = "http://127.0.0.1:28051"
+SIGNED_IN = {"url": URL, "client_id": "api-client", "client_secret": "s3cret", "username": "alice",
+             "access_token": "a.b.c", "refresh_token": "r.e.f", "expires_at": 1.0}
+
+
+@pytest.fixture
+def credentials(tmp_path, monkeypatch):
+    path = tmp_path / "credentials.json"
+    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(path))
+    return path
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """The logout endpoint: records each call, answers `answer` (a status, or an exception to raise)."""
+    calls: list[dict] = []
+    state = {"answer": 204}
+
+    def post(url, *, data, timeout, auth):
+        calls.append({"url": url, "data": data, "auth": auth})
+        if isinstance(state["answer"], Exception):
+            raise state["answer"]
+        if state["answer"] == 204:
+            return httpx.Response(204)
+        return httpx.Response(state["answer"], json={"error": "invalid_grant",
+                                                     "error_description": "invalid refresh token"})
+
+    monkeypatch.setattr(session.httpx, "post", post)
+    return calls, state
+
+
+def test_logout_ends_the_session_at_the_server_and_keeps_every_workspace_choice(credentials, server, capsys):
+    calls, _ = server
+    choices = {URL: {"alice": 3, "bob": 5}, "http://10.0.0.9:18000": {"carol": 8}}
+    write_credentials(SIGNED_IN | {"workspaces": choices}, credentials)
+    assert cli.main(["logout"]) == 0
+    assert calls == [{"url": f"{URL}/auth/realms/master/protocol/openid-connect/logout",
+                      "data": {"refresh_token": "r.e.f"}, "auth": ("api-client", "s3cret")}]  # before: no call
+    assert read_credentials(credentials) == {"workspaces": choices}  # before: the file was gone
+    said = capsys.readouterr()
+    assert f"logged out of {URL} as alice" in said.out and "warning" not in said.err
+
+
+def test_an_old_files_single_choice_is_kept_as_its_users(credentials, server):
+    write_credentials(SIGNED_IN | {"workspace": 7}, credentials)
+    assert cli.main(["logout"]) == 0
+    saved = read_credentials(credentials)
+    assert saved_choice(saved, URL, "alice") == 7 and "refresh_token" not in saved and "url" not in saved
+
+
+@pytest.mark.parametrize("answer, said", [(400, "answered 400: invalid refresh token"),
+                                          (httpx.ConnectError("refused"), f"cannot reach {URL}: refused")])
+def test_a_session_the_server_does_not_end_is_forgotten_with_a_warning(credentials, server, capsys, answer, said):
+    _, state = server
+    state["answer"] = answer
+    write_credentials(SIGNED_IN, credentials)
+    assert cli.main(["logout"]) == 0
+    assert not credentials.exists()  # nothing else was in it
+    err = capsys.readouterr().err
+    assert "warning: the session was not ended at the server" in err and said in err, err
+
+
+def test_a_public_clients_sign_in_sends_its_id_in_the_form(credentials, server):
+    calls, _ = server
+    write_credentials({k: v for k, v in SIGNED_IN.items() if k != "client_secret"} | {"client_id": "railyard-ui"},
+                      credentials)
+    assert cli.main(["logout"]) == 0
+    assert calls[0]["data"] == {"refresh_token": "r.e.f", "client_id": "railyard-ui"} and calls[0]["auth"] is None
+
+
+def test_nothing_to_end_asks_nothing(credentials, server, capsys):
+    calls, _ = server
+    write_credentials({"workspaces": {URL: {"alice": 3}}}, credentials)
+    assert cli.main(["logout"]) == 0
+    assert calls == [] and read_credentials(credentials) == {"workspaces": {URL: {"alice": 3}}}
+    assert "not logged in" in capsys.readouterr().out
