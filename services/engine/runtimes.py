@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import traceback
 import types
@@ -17,6 +16,7 @@ import pyarrow as pa
 
 from shared.arrow_codec import rows_words, tensor_array
 from shared.errors import InvalidRequest
+from shared.traceback_paths import BYOP_FOLDER, named_files, shown_file  # noqa: F401 - shown_file: the engine's name
 
 ORT_TO_NUMPY = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
@@ -276,7 +276,7 @@ def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
     import errno
 
     written = "".join(traceback.format_exception(type(exc), exc, _users_frames(exc.__traceback__)))
-    sys.stderr.write(FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1])}"', written))
+    sys.stderr.write(named_files(written))
     sys.stderr.flush()
     if isinstance(exc, MemoryError):
         return InvalidRequest(f"{what}: it exceeded its memory limit", code=RESOURCE_LIMIT)
@@ -289,29 +289,6 @@ def users_code_failed(what: str, exc: BaseException) -> InvalidRequest:
         return InvalidRequest(f"{what}: it exceeded its file size limit", code=RESOURCE_LIMIT)
     said = _users_words(exc)
     return InvalidRequest(f"{what}: it raised {type(exc).__name__}" + (f": {said}" if said else ""))
-
-
-FRAME_FILE = re.compile(r'File "(/[^"\n]*)"')  # an absolute path in a traceback line (a frame, a SyntaxError)
-PACKAGE_ROOTS = ("site-packages", "dist-packages")
-BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
-
-
-def shown_file(path: str) -> str:
-    """A traceback's file as a client's error shows it: a library's from its package on (`sklearn/base.py`), a
-    deployed package's own by its path in the archive (`backend/text_classifier.py`: from the `.byop` folder
-    ByopRuntime unpacks it to; by its name alone, two of its files of one name, `model/__init__.py` and
-    `utils/__init__.py`, could not be told apart), any other by its name (`railyard_step.py`). The host's absolute
-    paths (the data directory with the engine's work and cache folders, the platform's and Python's installations)
-    are the platform's internals, not the tenant's (docs/security.md); the replica puts the traceback's end in a
-    request's error."""
-    parts = Path(path).parts
-    for index in range(len(parts) - 2, -1, -1):  # the last such folder: nothing of the host's path before it shows
-        if parts[index].endswith(BYOP_FOLDER):
-            return "/".join(parts[index + 1:])
-    for index in range(len(parts) - 1, -1, -1):
-        if parts[index] in PACKAGE_ROOTS and index + 1 < len(parts):
-            return "/".join(parts[index + 1:])
-    return parts[-1] if parts else path
 
 
 # services/: these runtimes, the compat `mac`; as imported (a frame's file) and resolved (a symlinked checkout)

@@ -20,19 +20,19 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from services.engine.runtimes import FRAME_FILE, RESOURCE_LIMIT, shown_file
+from services.engine.runtimes import RESOURCE_LIMIT
 from services.engine.worker import PREFIX, encode_frame, frame_sizes
 from shared import sandbox
 from shared.arrow_codec import from_ipc, to_ipc_stream
 from shared.errors import InvalidRequest, RailyardError, UpstreamTimeout
 from shared.sandbox import Limits, SandboxSpec
 from shared.settings import Settings
+from shared.traceback_paths import PATH_ROOM, named_files
 
 log = logging.getLogger("railyard.engine.worker")
 LOAD_TIMEOUT = 50.0  # under the deployer's 60 s readiness wait, so a hanging load is reported with its reason
 STDERR_KEPT = 64 * 1024
 EXCERPT = 600
-PATH_ROOM = 4096  # read before the excerpt: a traceback's path that starts before it is still named as a file
 # the worker's whole environment: one thread per library (its process limit counts threads)
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "NUMEXPR_MAX_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
@@ -148,7 +148,7 @@ class SandboxedRuntime:
         # the end only (with room for a path cut at its start), each traceback file named as users_code_failed names
         # them: a traceback it did not write (a thread's, a crash's, one the user's code printed) showed host paths
         tail = bytes(buffer[since:][-(EXCERPT + PATH_ROOM):]).decode(errors="replace")
-        tail = FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1])}"', tail).strip()
+        tail = named_files(tail).strip()
         if not tail:
             return message
         lines = " | ".join(line.rstrip() for line in tail[-EXCERPT:].splitlines() if line.strip())

@@ -25,6 +25,7 @@ from typing import Any
 
 from shared import sandbox
 from shared.settings import RegistrySettings
+from shared.traceback_paths import PATH_ROOM, named_files
 
 log = logging.getLogger("railyard.registry")
 
@@ -95,7 +96,10 @@ def answer_and_verdict(settings: RegistrySettings, framework: str, end: WorkerEn
     else:
         reason = "its process ended without an answer"
     message = f"{subject} could not be checked or converted: {reason}; {SEE}"
-    excerpt = clean_text(end.stderr_tail[-MAX_STDERR_EXCERPT:], MAX_STDERR_EXCERPT) if stderr_allowed else ""
+    # each traceback file named as a request's error names it (shared/traceback_paths.py): the work folder, the data
+    # directory and the installation showed in it; read with room before the end, so a path cut there is named too
+    tail = named_files(end.stderr_tail[-(MAX_STDERR_EXCERPT + PATH_ROOM):])
+    excerpt = clean_text(tail[-MAX_STDERR_EXCERPT:], MAX_STDERR_EXCERPT) if stderr_allowed else ""
     if excerpt:
         message += f" (the end of its output: {excerpt})"
     log.info("artifact worker for %s ended with %s, limit %s", framework, end.returncode, end.limit_hit)

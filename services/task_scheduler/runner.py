@@ -42,6 +42,7 @@ from shared.sandbox import (
     spawn,
     stderr_excerpt,
 )
+from shared.traceback_paths import named_files
 
 log = logging.getLogger("railyard.task_scheduler.runner")
 
@@ -125,12 +126,17 @@ class LogWriter:
     kept_bytes: int = 0
     truncated: bool = False
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    # the run's working folder (execute sets it): a traceback's file under it is named by its path in the orchestration
+    roots: tuple[str, ...] = ()
 
     def add(self, stream: str, partial: bool, line: str) -> None:
         # without its NULs (PostgreSQL refuses them in text): a run printing one lost every line it printed and
         # ended as `failure` ("could not be started: CharacterNotInRepertoireError") though main.py exited 0;
         # the stderr tail, which a run's reason quotes, is NUL-free with it
         line = no_nul(line)
+        # a traceback's files named without the host's folders (the run's working folder in the data directory, the
+        # orchestration's environment, the Python installation), as a request's error names them (docs/security.md)
+        line = named_files(line, self.roots)
         if stream == "stderr":
             self.stderr_tail.append(line)
         if self.truncated:
@@ -250,6 +256,9 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
     """Run the plan to its end (exit, a limit, the timeout, or `kill` being set); the logs go to `writer`.
     SandboxUnavailable when the launcher says it could not build the sandbox: main.py never ran."""
     spec = sandbox_spec(plan)
+    # as the run's process sees it: the folder given, and its real path (os.getcwd() resolves a symlinked data
+    # directory)
+    writer.roots = tuple(dict.fromkeys((str(plan.workdir.absolute()), str(plan.workdir.resolve()))))
     process = await spawn(spec, stdin=asyncio.subprocess.DEVNULL)
     pumps = [asyncio.create_task(_pump(process.stdout, "stdout", writer)),
              asyncio.create_task(_pump(process.stderr, "stderr", writer))]

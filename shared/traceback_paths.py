@@ -1,0 +1,48 @@
+"""Traceback text a user is shown names its files without the host's folders: a library's file from its package on
+(`sklearn/base.py`), a deployed package's own by its path in the archive (`backend/text_classifier.py`), a task run's
+own by its path in the orchestration (`main.py`, `lib/util.py`), any other by its name (`decoder.py`). The host's
+absolute paths (the data directory with its work, cache and environment folders, the platform's and Python's
+installations) are the platform's internals, not the tenant's (docs/security.md).
+
+Used by the engine (a request's error: services/engine/runtimes.py, sandboxed.py; f4c57130, 59b346a2, 8d122876), the
+registry (a conversion's stderr excerpt: services/registry/worker.py) and the task scheduler (a run's log lines and
+reason: services/task_scheduler/runner.py). Light: `re` and `pathlib` only (tests/unit/test_lean_imports.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+FRAME_FILE = re.compile(r'File "(/[^"\n]*)"')  # an absolute path in a traceback line (a frame, a SyntaxError)
+PACKAGE_ROOTS = ("site-packages", "dist-packages")
+BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
+PATH_ROOM = 4096
+"""Characters read before an excerpt's start: a traceback's path that begins before the excerpt is still named as a
+file, not cut inside the host's folders."""
+
+
+def shown_file(path: str, roots: Sequence[str] = ()) -> str:
+    """A traceback's file as a client's error shows it: under one of `roots` (a task run's working folder, where its
+    orchestration is unpacked) by its path from there; a deployed package's own by its path in the archive (from the
+    last `.byop` folder ByopRuntime unpacks it to: by its name alone, two of its files of one name, `model/__init__.py`
+    and `utils/__init__.py`, could not be told apart); a library's from its package on; any other by its name."""
+    for root in roots:
+        folder = root.rstrip("/") + "/"
+        if path.startswith(folder) and len(path) > len(folder):
+            return path[len(folder):]
+    parts = Path(path).parts
+    for index in range(len(parts) - 2, -1, -1):  # the last such folder: nothing of the host's path before it shows
+        if parts[index].endswith(BYOP_FOLDER):
+            return "/".join(parts[index + 1:])
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] in PACKAGE_ROOTS and index + 1 < len(parts):
+            return "/".join(parts[index + 1:])
+    return parts[-1] if parts else path
+
+
+def named_files(text: str, roots: Sequence[str] = ()) -> str:
+    """`text` with each traceback line's absolute file (`File "/..."`) named as shown_file names it."""
+    if 'File "/' not in text:
+        return text
+    return FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1], roots)}"', text)

@@ -1,0 +1,90 @@
+"""A registry conversion's stderr excerpt and a task run's log lines (and its reason, quoted from them) name a
+traceback's files as a request's error does (shared/traceback_paths.py, the engine's since f4c57130, 59b346a2 and
+8d122876), not by the host's paths. Session 37's note: services/registry/worker.py's excerpt and orchestration task
+logs still showed the data directory (the registry's and the runs' work folders), the installation and the
+orchestration's environment."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from services.registry.worker import MAX_STDERR_EXCERPT, WorkerEnd, answer_and_verdict
+from services.task_scheduler import runner
+from shared.settings import RegistrySettings
+from shared.traceback_paths import shown_file
+
+HOST = ("/srv/data", "/opt/railyard", "registry-work", "/runs/", ".venv", "envs/", "site-packages", "python3.")
+TRACEBACK = ('Traceback (most recent call last):\n'
+             '  File "/srv/data/.railyard/registry-work/6f1c/step.py", line 3, in <module>\n'
+             '    import sklearn\n'
+             '  File "/opt/railyard/.venv/lib/python3.11/site-packages/sklearn/base.py", line 9, in fit\n'
+             '  File "/usr/lib/python3.11/json/decoder.py", line 2, in decode\n'
+             'ValueError: no\n')
+
+
+def _excerpt(stderr: str) -> str:
+    answer, _ = answer_and_verdict(RegistrySettings(), "python", WorkerEnd(1, b"", stderr, None),
+                                   stderr_allowed=True)
+    return answer["error"].split("(the end of its output: ", 1)[1]
+
+
+def test_a_conversions_excerpt_names_files_without_host_paths():
+    said = _excerpt(TRACEBACK)
+    assert not [part for part in HOST if part in said], said  # before: '/opt/railyard/.venv/lib/python3.11/...'
+    assert 'File "step.py"' in said and 'File "sklearn/base.py"' in said and 'File "decoder.py"' in said, said
+
+
+def test_a_path_cut_by_the_excerpts_start_is_named_too():
+    """The excerpt is the output's last 300 characters: a path beginning before them was cut inside the host's
+    folders ('railyard/.venv/lib/...'); it is named from the output read with room before the excerpt."""
+    frame = '  File "/opt/railyard/.venv/lib/python3.11/site-packages/sklearn/base.py", line 9, in fit\n'
+    end = "x" * (MAX_STDERR_EXCERPT - len(frame) + 40) + "\n"  # the excerpt starts 40 characters into the path
+    said = _excerpt(TRACEBACK + frame + end)
+    assert not [part for part in HOST if part in said], said
+
+
+def test_a_task_runs_log_lines_and_stderr_tail_name_files_from_the_orchestration():
+    async def sink(lines):
+        pass
+
+    writer = runner.LogWriter(sink=sink, max_bytes=100_000, roots=("/srv/data/.railyard/tasks/runs/r1",))
+    writer.add("stderr", False, '  File "/srv/data/.railyard/tasks/runs/r1/lib/util.py", line 2, in load')
+    writer.add("stderr", False, '  File "/srv/data/.railyard/task-envs/ab12/lib/python3.11/site-packages/'
+                                'pandas/io/parsers.py", line 7, in read_csv')
+    writer.add("stdout", False, '  File "/srv/data/.railyard/tasks/runs/r1/main.py", line 9, in <module>')
+    lines = [line for _, _, _, line in writer.pending]
+    assert lines == ['  File "lib/util.py", line 2, in load', '  File "pandas/io/parsers.py", line 7, in read_csv',
+                     '  File "main.py", line 9, in <module>'], lines
+    assert list(writer.stderr_tail) == lines[:2]  # the run's reason quotes these
+
+
+def test_a_run_names_its_working_folder_for_its_lines(tmp_path, monkeypatch):
+    """execute gives the writer the run's folder, as the run's process sees it, before main.py starts."""
+    class Started(Exception):
+        pass
+
+    async def spawn(spec, **_):
+        raise Started
+
+    monkeypatch.setattr(runner, "spawn", spawn)
+    plan = runner.RunPlan(run_id="r", workdir=tmp_path / "runs" / "r", zip_path=tmp_path / "o.zip",
+                          entrypoint="main.py", python=sys.executable, env_dir=None, env={}, timeout=20,
+                          memory_bytes=1 << 30, cpu_seconds=60)
+
+    async def sink(lines):
+        pass
+
+    writer = runner.LogWriter(sink=sink, max_bytes=100)
+    with pytest.raises(Started):
+        asyncio.run(runner.execute(plan, writer, asyncio.Event()))
+    assert str((tmp_path / "runs" / "r").resolve()) in writer.roots
+    assert shown_file(f"{(tmp_path / 'runs' / 'r').resolve()}/pkg/main.py", writer.roots) == "pkg/main.py"
+
+
+def test_a_root_names_its_own_files_only():
+    assert shown_file("/srv/runs/r1/main.py", ("/srv/runs/r1",)) == "main.py"
+    assert shown_file("/srv/runs/r10/lib/x.py", ("/srv/runs/r1",)) == "x.py"  # not under it: its name
+    assert shown_file("/srv/runs/r10/x/site-packages/a/b.py", ("/srv/runs/r1/",)) == "a/b.py"
