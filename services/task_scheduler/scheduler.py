@@ -1039,7 +1039,17 @@ class Scheduler:
         # killed, taken over or stopping while its token was being minted, or failed by another process meanwhile (a
         # pause past supervisor_lost_after: _still_claimed): never started, the token handed to no process (see
         # above: only a kill during the mint's own round trip leaves one)
-        if self.kills[row["id"]].is_set() or not await self._still_claimed(row["id"]):
+        if self.kills[row["id"]].is_set():
+            return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
+        try:
+            claimed = await self._still_claimed(row["id"])
+        except Exception:
+            # killed (a stop) while the database could not be asked: nothing started, as for the mint above (a stop's
+            # run goes back to the queue). Before, the check's error failed the run: "the run could not be started"
+            if self.kills[row["id"]].is_set():
+                return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
+            raise
+        if not claimed:
             return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         try:
             return await runner.execute(plan, writer, self.kills[row["id"]])

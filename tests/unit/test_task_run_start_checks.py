@@ -157,3 +157,37 @@ async def test_a_mint_that_keeps_failing_fails_the_run_after_its_time_and_a_kill
         await settle(sched)
     assert seen["ended"][-1] == (killed, "failure", runner.KILLED) and len(asked) == 1
     assert seen["executed"] == []
+
+
+async def test_a_stop_while_the_claim_could_not_be_checked_puts_the_run_back(tmp_path, monkeypatch):
+    """The stop came while the check's beat failed (PostgreSQL restarting, here for all of the check's retries): the
+    run never started, so it goes back to the queue as one the stop finds in its mint's retries does. Before, the
+    check's error failed it for good ('the run could not be started: ConnectionRefusedError')."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    monkeypatch.setattr(scheduler_module, "END_RECORD_SECONDS", 0.5)  # the check's retries (30 s): cut to the test
+    checking, stopped = asyncio.Event(), asyncio.Event()
+
+    async def beat_runs(pool, run_ids, supervisor):
+        checking.set()
+        await stopped.wait()  # the stop's kill is set while the check is under way
+        raise ConnectionRefusedError("connection refused")
+
+    async def own_unsupervised(pool, supervisor, known):  # the stop's look for starts whose answer was lost: none
+        return []
+
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
+    monkeypatch.setattr(store, "own_unsupervised", own_unsupervised)
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    async with asyncio.timeout(10):
+        await checking.wait()
+        stopping = asyncio.ensure_future(sched.stop())
+        await sched.kills[run_id].wait()
+        stopped.set()
+        await settle(sched)
+        await stopping
+    assert seen["executed"] == []
+    assert seen["requeued"] == [run_id] and seen["ended"] == []  # before: ended [(run_id, 'failure', 'the run could
+    # not be started: ConnectionRefusedError')], never put back
