@@ -31,6 +31,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from services.workflow_lineage import store
 from shared import subjects
 from shared.errors import InvalidRequest, NotFound
@@ -74,10 +76,37 @@ def _jsonb(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+LOOK_FIELDS = ("icon", "icon_color", "icon_bg_color")
+
+
+def _stored_look(settings: dict[str, Any]) -> dict[str, Any]:
+    """A card's stored icon and colours as WorkflowSettings takes them now. Its checks were re.match on patterns
+    ending in '$' until cb581b6e, which also took the value with one newline after it ('folder\n', '#fff\n'): stored
+    so, it is answered without that newline; a value refused otherwise is left out (a node then has its kind's
+    icon). Kept as stored, it made the whole workflow/graph fail (WorkflowSettings refuses it)."""
+    changed = dict(settings)
+    for key in LOOK_FIELDS:
+        value = changed.get(key)
+        if value is None:
+            continue
+        for candidate in (value, value[:-1]) if isinstance(value, str) and value.endswith("\n") else (value,):
+            try:
+                WorkflowSettings.model_validate({key: candidate})
+            except ValidationError:
+                continue
+            changed[key] = candidate
+            break
+        else:
+            del changed[key]
+    return changed
+
+
 def _stored_settings(settings: dict[str, Any]) -> WorkflowSettings:
     """A card's stored settings as the graph answers them. A url stored before the check refused a backslash,
     whitespace or a control character in it (shared/messages/lineage.py relative_url_problem) is left out: it could
-    lead off the instance, and keeping it made the whole graph fail (WorkflowSettings refuses it)."""
+    lead off the instance, and keeping it made the whole graph fail (WorkflowSettings refuses it). Its icon and
+    colours as _stored_look reads them."""
+    settings = _stored_look(settings)
     url = settings.get("url")
     if isinstance(url, str) and relative_url_problem(url):
         settings = {key: value for key, value in settings.items() if key != "url"}
@@ -85,7 +114,7 @@ def _stored_settings(settings: dict[str, Any]) -> WorkflowSettings:
 
 
 def node_model(row: Any) -> WorkflowNode:
-    settings = _jsonb(row["settings"]) or {}
+    settings = _stored_look(_jsonb(row["settings"]) or {})  # before the defaults: one it leaves out is the kind's
     look = DEFAULT_LOOK.get(row["kind"], {})
     defaults = {"title": row["title"], "icon": look.get("icon")}
     if look.get("url_of"):

@@ -81,3 +81,23 @@ def test_a_url_stored_before_the_check_is_left_out_of_the_graph(url):
     kept = graph.node_model({"id": 1, "kind": "labeling_job", "ref": "job-7", "title": "t", "data": {},
                              "settings": {"url": "/jobs/7"}, "created_at": now, "updated_at": now})
     assert kept.settings.url == "/jobs/7"
+
+
+@pytest.mark.parametrize("look, shown", [
+    ({"icon": "folder\n", "icon_color": "#2196F3\n", "icon_bg_color": "#fff\n"},
+     {"icon": "folder", "icon_color": "#2196F3", "icon_bg_color": "#fff"}),
+    ({"icon": "zmdi-folder", "icon_color": "blue"}, {"icon": "collection-image", "icon_color": None}),
+])
+def test_an_icon_or_colour_stored_before_the_fullmatch_check_still_reads(look, shown):
+    """The icon and colour checks were re.match on patterns ending in '$' until cb581b6e, which took 'folder\\n' and
+    '#fff\\n' too: cards stored so are answered without the newline (a value refused otherwise is left out, a node
+    then has its kind's icon), not a ValidationError that failed the workspace's whole workflow/graph."""
+    now = datetime.now(UTC)
+    settings = json.dumps(look | {"title": "Photos"})
+    node = graph.node_model({"id": 1, "kind": "project", "ref": "7", "title": "p", "settings": settings,
+                             "data": "{}", "created_at": now, "updated_at": now})
+    assert {key: getattr(node.settings, key) for key in shown} == shown and node.settings.title == "Photos"
+    edge = graph.edge_model({"id": 2, "source": 1, "target": 3, "relation": "input", "origin": "explicit",
+                             "settings": settings})
+    assert {key: getattr(edge.settings, key) for key in shown if key != "icon"} == {
+        key: value for key, value in shown.items() if key != "icon"}
