@@ -191,3 +191,34 @@ async def test_a_stop_while_the_claim_could_not_be_checked_puts_the_run_back(tmp
     assert seen["executed"] == []
     assert seen["requeued"] == [run_id] and seen["ended"] == []  # before: ended [(run_id, 'failure', 'the run could
     # not be started: ConnectionRefusedError')], never put back
+
+
+async def test_a_stop_while_auth_cannot_answer_puts_the_run_back(tmp_path, monkeypatch):
+    """The stop's kill ends the mint's backoff as task/kill's does, and the run, never started, goes back to the queue
+    (Scheduler._requeued) instead of waiting out MINT_RETRY_SECONDS and failing. Before the retries, the mint's first
+    503 failed it for good ('the run could not be started: auth is not running')."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    monkeypatch.setattr(runner, "FLUSH_BACKOFF", 30.0)  # the backoff's wait: ended by the stop only
+    monkeypatch.setattr(runner, "FLUSH_BACKOFF_MAX", 30.0)
+    asked = failing_mints(sched, [Unavailable("auth is not running")] * 1000)
+    first_asked = asyncio.Event()
+    failing = sched.mint
+
+    async def mint(*args) -> str:
+        first_asked.set()
+        return await failing(*args)
+
+    async def own_unsupervised(pool, supervisor, known):  # the stop's look for starts whose answer was lost: none
+        return []
+
+    sched.mint = mint
+    monkeypatch.setattr(store, "own_unsupervised", own_unsupervised)
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    async with asyncio.timeout(10):
+        await first_asked.wait()
+        await sched.stop()
+        await settle(sched)
+    assert len(asked) == 1 and seen["executed"] == []
+    assert seen["requeued"] == [run_id] and seen["ended"] == []
