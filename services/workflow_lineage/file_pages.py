@@ -18,7 +18,7 @@ import pydantic_core
 
 from shared.bus import byte_size
 from shared.errors import InvalidRequest, ReplyTooLarge
-from shared.messages.lineage import NAME_PATTERN, DatasetFile, DatasetFiles
+from shared.messages.lineage import STORED_NAME_PATTERN, DatasetFile, DatasetFiles
 
 
 def cursor_of(name: str) -> str:
@@ -35,8 +35,9 @@ def name_of(cursor: str | None) -> str | None:
     except (binascii.Error, ValueError):
         name = ""
     # a page's cursor is always a file's name: anything else (a NUL, which PostgreSQL refuses in a text, a control
-    # character, a '/') is no position in the list
-    if not re.fullmatch(NAME_PATTERN, name):
+    # character, a '/') is no position in the list. A stored name's rule: one added before session 38 may hold DEL
+    # or C1, and a page ending at it was refused its next one
+    if not re.fullmatch(STORED_NAME_PATTERN, name):
         raise InvalidRequest("cursor: not a next_cursor of datasets/list_files: pass it as the previous page "
                              "answered it")
     return name

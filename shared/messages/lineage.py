@@ -26,6 +26,13 @@ from shared.messages.monitoring_predictions import ImageConfig
 NAME_MAX_CHARS = 200
 NAME_PATTERN = describe_pattern(rf"^[^/{CONTROL_CHARACTERS}]{{1,{NAME_MAX_CHARS}}}$",
                                 f"use 1-{NAME_MAX_CHARS} characters without '/' or control characters")
+STORED_NAME_PATTERN = describe_pattern(rf"^[^/\x00-\x1f]{{1,{NAME_MAX_CHARS}}}$",
+                                       f"use 1-{NAME_MAX_CHARS} characters without '/' or a control character "
+                                       "below U+0020 (tab, newline and the like)")
+"""A dataset file's name as it may be stored: NAME_PATTERN until session 38 (cb581b6e), which took DEL and C1
+(\\x7f-\\x9f; U+0085 comes of a Windows-1252 name read as Latin-1). What names a file to read or delete and the
+name a list_files cursor continues after, so a file added before is still reached; a new file's name is
+NAME_PATTERN's."""
 HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 ICON_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 TASK_ID = describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$", "use 1-100 ASCII letters, digits, '_', '.', "
@@ -160,7 +167,7 @@ class DatasetFileRef(Command):
     """A file of a dataset, by name."""
 
     dataset_id: int
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=STORED_NAME_PATTERN)
 
 
 MAX_FILES_PAGE = 10_000
@@ -190,7 +197,7 @@ class DatasetFileQuery(Command):
     """A file of a dataset, by name: as it is now, or as a project version saved it (`version_id`)."""
 
     dataset_id: int
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=STORED_NAME_PATTERN)
     version_id: int | None = Field(None, gt=0, description="A version of the dataset's project: the file as that "
                                    "version saved it.")
     labels: bool = Field(True, description="False: without its labels (`labels` null): what download_file asks, "

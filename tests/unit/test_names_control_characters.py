@@ -102,3 +102,29 @@ def test_a_card_icon_or_colour_ending_in_a_newline_is_refused(field, value):
     with pytest.raises(ValidationError):
         WorkflowSettings.model_validate({field: value})
     WorkflowSettings.model_validate({field: value.strip()})
+
+
+@pytest.mark.parametrize("control", ["\x7f", "\x85", "\x9f"])
+def test_a_file_stored_with_del_or_c1_in_its_name_is_still_reached(control):
+    """NAME_PATTERN took DEL and C1 until cb581b6e, so a dataset may hold 'scan\\x85.png' (a Windows-1252 name read as
+    Latin-1). A new file is refused such a name; the one stored is still named to read or delete it, and a list_files
+    page ending at it still has a next page (each was a 400 after cb581b6e)."""
+    from services.workflow_lineage.file_pages import cursor_of, name_of
+    from shared.messages.lineage import AddDatasetFile, DatasetFileQuery, DatasetFileRef
+
+    name = f"scan{control}.png"
+    assert name_refusal(AddDatasetFile, {"dataset_id": 1, "name": name, "staged_key": "k"}).startswith(LINEAGE_RULE)
+    assert DatasetFileQuery.model_validate({"dataset_id": 1, "name": name}).name == name
+    assert DatasetFileRef.model_validate({"dataset_id": 1, "name": name}).name == name
+    assert name_of(cursor_of(name)) == name
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "a\nb", "a/b", ""])
+def test_a_name_no_file_can_have_is_still_refused_when_naming_one(name):
+    from services.workflow_lineage.file_pages import cursor_of, name_of
+    from shared.messages.lineage import DatasetFileRef
+
+    with pytest.raises(ValidationError):
+        DatasetFileRef.model_validate({"dataset_id": 1, "name": name})
+    with pytest.raises(InvalidRequest, match="^cursor: not a next_cursor"):
+        name_of(cursor_of(name) or "=")
