@@ -14,7 +14,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-FRAME_FILE = re.compile(r'File "(/[^"\n]*)"')  # an absolute path in a traceback line (a frame, a SyntaxError)
+# an absolute path in a traceback line (a frame: `File "/...", line 3, in f`; a SyntaxError: `File "/...", line 3`),
+# and nothing else: a task run's log lines are its own output, where `File "/data/out.csv" written` or `File "/ is
+# the root"` is the user's text, kept as printed
+FRAME_FILE = re.compile(r'File "(/[^"\n]*)"(?=, line \d)')
 PACKAGE_ROOTS = ("site-packages", "dist-packages")
 BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
 PATH_ROOM = 4096
@@ -42,7 +45,8 @@ def shown_file(path: str, roots: Sequence[str] = ()) -> str:
 
 
 def named_files(text: str, roots: Sequence[str] = ()) -> str:
-    """`text` with each traceback line's absolute file (`File "/..."`) named as shown_file names it."""
+    """`text` with each traceback line's absolute file (`File "/...", line N`) named as shown_file names it; any
+    other text as it is."""
     if 'File "/' not in text:
         return text
     return FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1], roots)}"', text)

@@ -88,3 +88,17 @@ def test_a_root_names_its_own_files_only():
     assert shown_file("/srv/runs/r1/main.py", ("/srv/runs/r1",)) == "main.py"
     assert shown_file("/srv/runs/r10/lib/x.py", ("/srv/runs/r1",)) == "x.py"  # not under it: its name
     assert shown_file("/srv/runs/r10/x/site-packages/a/b.py", ("/srv/runs/r1/",)) == "a/b.py"
+
+
+@pytest.mark.parametrize("text", ['wrote File "/data/out/model.onnx" (3 MB)', 'File "/ is the root", said the doc',
+                                  'File "/srv/data/report.csv", lines 3-9 read'])
+def test_a_runs_own_text_that_is_no_traceback_line_is_kept_as_printed(text):
+    """A task run's log lines are its output: only a traceback's frame (`File "/...", line N`) is renamed. e0e12372
+    renamed any `File "/...` a run printed ('wrote File "model.onnx"', 'File " is the root"')."""
+    async def sink(lines):
+        pass
+
+    writer = runner.LogWriter(sink=sink, max_bytes=100_000, roots=("/srv/data",))
+    writer.add("stdout", False, text)
+    writer.add("stderr", False, text + '\n  File "/srv/data/main.py", line 2, in <module>')
+    assert [line for _, _, _, line in writer.pending] == [text, text + '\n  File "main.py", line 2, in <module>']
