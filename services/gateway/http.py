@@ -335,8 +335,11 @@ def create_app(runtime: Runtime) -> FastAPI:
             refresh_token = _opt(form, "refresh_token")
             if not refresh_token:
                 raise InvalidRequest("logout needs the refresh_token of the session to end")
-            await handlers.end_session(runtime.broker, m.EndSession(
-                client_id=client_id, client_secret=client_secret, refresh_token=refresh_token), timeout)
+            try:
+                cmd = m.EndSession(client_id=client_id, client_secret=client_secret, refresh_token=refresh_token)
+            except ValidationError:  # longer than EndSession takes: no refresh token of ours (it was a 500)
+                raise InvalidRequest("invalid refresh token", code="invalid_grant") from None
+            await handlers.end_session(runtime.broker, cmd, timeout)
         except RailyardError as exc:
             return error_response(exc, "oauth")
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
