@@ -6,10 +6,10 @@ is verified before it is loaded; a mismatch stops the replica), creates the runt
 status subject for the deployer. Requests and replies are Arrow IPC streams; the reply's headers carry the
 model identity and timings, or a typed error. Each request's record (inputs, outputs, model, timings) is
 gathered with those of other requests and written as a Parquet segment to object storage every
-`engine_segment_ms` (500 ms), only its description going through the INFERENCE_LOGS stream (rows themselves for
-re-sent requests and whenever object storage fails; services/engine/logbatcher.py, shared/logrecords.py has the
-layout): inference never waits for it, and a failed publish is retried with the same batch id, then reported in
-the log, never dropped silently.
+`engine_segment_ms` (750 ms; sooner at `engine_segment_bytes`), only its description going through the
+INFERENCE_LOGS stream (rows themselves for re-sent requests and whenever object storage fails;
+services/engine/logbatcher.py, shared/logrecords.py has the layout): inference never waits for it, and a failed
+publish is retried with the same batch id, then reported in the log, never dropped silently.
 """
 
 from __future__ import annotations
