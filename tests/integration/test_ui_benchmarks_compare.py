@@ -46,3 +46,25 @@ def test_a_choice_compare_refuses_is_said_and_the_picker_stays(stack, admin, bro
     browser.find_element(ui.By.ID, "compare").click()
     ui.wait_text(browser, "#comparison h3", "Compared: run 1: model 1")
     assert not browser.find_elements(ui.By.ID, "compare-error")
+
+
+def test_the_newest_four_reports_of_the_newest_reports_task_are_compared_at_first(stack, admin, browser):
+    """docs/ui.md: by default the newest four of the newest report's task are compared. benchmarks/list answers the
+    oldest first, and the page took its first report for the newest: it compared the oldest four (of the oldest
+    report's task), so a user's new report was not in the charts they opened the page for."""
+    account = make_account(stack, admin, "uibenchnew")
+    project = ok(post(stack, "projects/create", account.token, {"workspace_id": account.workspace_id,
+                                                                "name": "boxes"}))
+    images = ok(post(stack, "datasets/create", account.token, {"project_id": project["id"], "name": "images",
+                                                               "kind": "images"}))
+    ok(upload_file(stack, account, images["id"], "a.png", png((200, 10, 10)), {"boxes": [BOX]}))
+    reports = [ok(post(stack, "benchmarks/evaluate_detections", account.token, {
+        "workspace_id": account.workspace_id, "name": f"run {i}", "dataset_id": images["id"],
+        "candidates": [{"name": f"model {i}", "detections": {"a.png": [{**BOX, "score": 0.9}]}}]}))
+        for i in range(6)]
+
+    sign_in_to(browser, stack, account)
+    ui.open_page(browser, "benchmarks")
+    ui.wait_text(browser, "#comparison h3", "Compared: run 2: model 2")
+    picked = [r["id"] for r in reports if browser.find_element(ui.By.ID, f"report-pick-{r['id']}").is_selected()]
+    assert picked == [r["id"] for r in reports[2:]]

@@ -48,8 +48,10 @@ PAGES.benchmarks = async function benchmarks() {
   if (!reports.length) { out.push(el('p', {class: 'muted'}, 'No benchmark reports in this workspace.')); return out; }
   const ids = new Set(reports.map(r => String(r.id)));
   if (!B.chosen || ![...B.chosen].some(id => ids.has(id))) {
-    const task = reports[0].task;  // the newest reports of one task, as compare wants
-    B.chosen = new Set(reports.filter(r => r.task === task).slice(0, 4).map(r => String(r.id)));
+    // the newest four of the newest report's task (compare takes one task): benchmarks/list answers the oldest
+    // first, and reports[0] and slice(0, 4) chose the oldest report's task and its oldest four
+    const task = reports[reports.length - 1].task;
+    B.chosen = new Set(reports.filter(r => r.task === task).slice(-4).map(r => String(r.id)));
   }
   const boxes = reports.map(r => {
     const box = el('input', {type: 'checkbox', id: `report-pick-${r.id}`, value: r.id});
