@@ -79,6 +79,19 @@ def test_an_access_token_is_not_a_refresh_token_here_either(stack):
     assert post(stack, "workspaces/list", tokens["access_token"]).status_code == 200
 
 
+def test_another_client_cannot_end_the_session(stack):
+    """The refresh token must be the client's own (its `azp`), as Keycloak checks: the web UI's public client, which
+    proves nothing about itself, cannot end a session of the SDK's login client with that session's refresh token."""
+    tokens = _sign_in(stack)
+    response = _past_the_limit(lambda: httpx.post(f"{stack.base_url}{LOGOUT_PATH}", timeout=30, data={
+        "client_id": "railyard-ui", "refresh_token": tokens["refresh_token"]}))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_grant", response.text
+    assert "another client" in response.json()["error_description"], response.text
+    assert post(stack, "workspaces/list", tokens["access_token"]).status_code == 200  # nothing revoked
+    refreshed = _form(stack, TOKEN_PATH, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+
+
 def test_railyard_logout_ends_the_saved_session(stack, tmp_path):
     env = stack.env | {"XDG_CONFIG_HOME": str(tmp_path)}
 
