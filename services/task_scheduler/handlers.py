@@ -163,10 +163,16 @@ def check_schedule(schedule: str) -> str:
     if fields and fields[0].upper().startswith(("CRON_TZ=", "TZ=")):
         raise InvalidRequest(f"schedule {schedule!r}: time zones are not supported ({fields[0].split('=')[0]}=): "
                              "schedules are UTC; give the times in UTC, without the prefix", code="invalid_schedule")
-    if len(fields) == 1 and fields[0].startswith("@"):
-        if fields[0].lower() not in CRON_MACROS:
+    # an '@' word is a macro whatever follows it: '@every 5m' (robfig/cron's interval, not cron's nor a CronJob's) was
+    # refused as "has 2 fields; cron needs 5", which named neither the macro nor the ones taken. croniter decides
+    # (is_valid): it reads the CronJob macros alone, nothing after them, and no '@every' nor '@reboot'
+    if fields and fields[0].startswith("@"):
+        if len(fields) > 1 or fields[0].lower() not in CRON_MACROS or not croniter.is_valid(fields[0].lower()):
+            every = (" ('@every <interval>' is not cron: give it as fields, e.g. '*/5 * * * *' for every 5 minutes)"
+                     if fields[0].lower() == "@every" else "")
             raise InvalidRequest(f"schedule {schedule!r} is not a cron macro Railyard reads: "
-                                 f"{', '.join(CRON_MACROS)}, or 5 fields (e.g. '*/5 * * * *')",
+                                 f"{', '.join(CRON_MACROS)} (alone), or 5 fields: minute hour day-of-month month "
+                                 f"day-of-week (e.g. '*/5 * * * *'), or 6 with seconds last{every}",
                                  code="invalid_schedule")
         return fields[0].lower()
     if len(fields) not in (5, 6):

@@ -138,6 +138,20 @@ def test_other_at_words_and_one_field_are_refused_naming_the_macros():
         handlers.check_schedule("hourly")
 
 
+@pytest.mark.parametrize("schedule", ["@every 5m", "@every 1h30m", "@hourly 5", "@daily * * * *", "@reboot now"])
+def test_an_at_word_with_more_fields_is_refused_as_a_macro_naming_the_forms_taken(schedule):
+    """'@every 5m' (robfig/cron's interval) was a 400 "has 2 fields; cron needs 5": it named neither the macro nor the
+    macros and forms taken (`railyard tasks schedule X '@every 5m'` showed it as such)."""
+    with pytest.raises(InvalidRequest) as caught:
+        handlers.check_schedule(schedule)
+    assert caught.value.code == "invalid_schedule"
+    message = str(caught.value)
+    assert "not a cron macro Railyard reads: @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly" \
+        in message
+    assert "5 fields: minute hour day-of-month month day-of-week" in message and "field;" not in message
+    assert ("'@every <interval>' is not cron" in message) == schedule.startswith("@every")
+
+
 def test_schedule_field_order_is_standard_cron():
     # minute hour day-of-month month day-of-week: "30 6 * * *" is 06:30 every day
     after = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
