@@ -241,7 +241,8 @@ def logout() -> None:
     """Sign out: end the saved session at its server (its refresh token and every token of it stop working there)
     and remove the tokens from the credentials file. Every server's and user's `workspaces use` choice stays. When
     the server cannot end the session (unreachable, an older server), the tokens are removed all the same, with a
-    warning: the refresh token then works until it expires."""
+    warning: the refresh token then works until it expires. A sign-in saved meanwhile (`railyard login` while the
+    server was asked) is kept."""
     path = credentials_path()
     saved = read_credentials(path)
     if not any(saved.get(key) for key in SIGN_IN_KEYS):
@@ -251,9 +252,13 @@ def logout() -> None:
     if why_not:
         print(f"railyard: warning: the session was not ended at the server ({why_not}); its refresh token works "
               "until it expires", file=sys.stderr)
-    forget_sign_in(path)
     who = f" as {saved['username']}" if saved.get("username") else ""
-    out.print(f"logged out of {saved.get('url') or 'the server'}{who} (tokens removed from {path})")
+    # only this sign-in's tokens: a `railyard login` while the server was asked (up to 10 s) wrote its own, and kept
+    if forget_sign_in(path, refresh_token=saved.get("refresh_token")):
+        out.print(f"logged out of {saved.get('url') or 'the server'}{who} (tokens removed from {path})")
+    else:
+        out.print(f"logged out of {saved.get('url') or 'the server'}{who}; {path} holds tokens saved meanwhile"
+                  " (another `railyard login`, or a refresh): kept")
 
 
 @app.command()

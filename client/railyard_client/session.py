@@ -345,13 +345,18 @@ def end_saved_session(saved: Mapping[str, Any], timeout: float = LOGOUT_TIMEOUT)
     return f"{url} answered {response.status_code}" + (f": {said}" if said else "")
 
 
-def forget_sign_in(path: Path | None = None) -> Path:
+def forget_sign_in(path: Path | None = None, refresh_token: str | None = None) -> bool:
     """Remove the credentials file's sign-in (SIGN_IN_KEYS), under its lock: what stays is every server's and user's
     workspace choice (an old file's single choice kept as its user's, workspace_choices) and anything else it holds;
-    a file left with nothing is removed."""
+    a file left with nothing is removed. With `refresh_token`, only a sign-in that still holds it is removed, checked
+    under the lock: `railyard logout` reads the file, then waits up to LOGOUT_TIMEOUT for the server, and a `railyard
+    login` (as another user, say) that wrote its sign-in meanwhile lost its tokens to the removal. False when the file
+    held another sign-in (left as it is)."""
     path = path or credentials_path()
     with _credentials_lock(path):
         saved = read_credentials(path)
+        if refresh_token is not None and saved.get("refresh_token") != refresh_token:
+            return False
         choices = workspace_choices(saved)
         kept = {key: value for key, value in saved.items() if key not in SIGN_IN_KEYS and key != "workspaces"}
         kept |= {"workspaces": choices} if choices else {}
@@ -359,7 +364,7 @@ def forget_sign_in(path: Path | None = None) -> Path:
             write_credentials(kept, path)
         else:
             path.unlink(missing_ok=True)
-    return path
+    return True
 
 
 def token_user(token: str | None) -> str | None:

@@ -87,3 +87,24 @@ def test_nothing_to_end_asks_nothing(credentials, server, capsys):
     assert cli.main(["logout"]) == 0
     assert calls == [] and read_credentials(credentials) == {"workspaces": {URL: {"alice": 3}}}
     assert "not logged in" in capsys.readouterr().out
+
+
+def test_a_sign_in_saved_while_the_server_is_asked_is_kept(credentials, server, monkeypatch, capsys):
+    """`railyard logout` reads the file, then waits up to 10 s for the server: a `railyard login` as bob in that
+    window wrote his tokens, and the logout then removed them with alice's (bob signed out without asking). Only the
+    sign-in the logout read (its refresh token) is removed, checked under the file's lock."""
+    choices = {URL: {"alice": 3}}
+    write_credentials(SIGNED_IN | {"workspaces": choices}, credentials)
+    bob = SIGNED_IN | {"username": "bob", "access_token": "b.o.b", "refresh_token": "r.b.o.b"}
+    asked = session.end_saved_session
+
+    def login_meanwhile(saved, *args, **kwargs):
+        said = asked(saved, *args, **kwargs)
+        session.update_credentials(lambda now: bob | {"workspaces": now["workspaces"]}, credentials)
+        return said
+
+    monkeypatch.setattr(cli, "end_saved_session", login_meanwhile)
+    assert cli.main(["logout"]) == 0
+    assert server[0][0]["data"] == {"refresh_token": "r.e.f"}  # alice's session was ended
+    assert read_credentials(credentials) == bob | {"workspaces": choices}  # before: {"workspaces": choices}
+    assert "holds tokens saved meanwhile" in capsys.readouterr().out
