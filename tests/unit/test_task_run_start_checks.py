@@ -134,7 +134,9 @@ async def test_a_mint_that_keeps_failing_fails_the_run_after_its_time_and_a_kill
     sched._supervised(a_row(given_up))
     await settle(sched)
     assert seen["ended"] == [(given_up, "failure", "the run could not be started: auth is not running")]
-    assert 0.3 <= asked[-1] - asked[0] < 5 and len(asked) > 2  # asked again for its time, then given up
+    # asked again for its time, then given up: tenacity checks the time after a failed ask, so the last ask can start
+    # just before 0.3 s and still be the last (the bound measures from the first ask, not tenacity's start)
+    assert 0.2 <= asked[-1] - asked[0] < 5 and len(asked) > 2
 
     # task/kill while auth cannot answer: the backoff's wait ends at the kill, recorded as the kill (not as the mint)
     monkeypatch.setattr(scheduler_module, "MINT_RETRY_SECONDS", 60.0)
