@@ -56,6 +56,17 @@ async function runPages(taskId, pages, wanted = null) {
   return {runs, next: cursor, read};
 }
 
+/** Whether task/kill would stop anything of the task: its schedule (no more points), or a run of it queued (failed
+ *  before it starts) or running (stopped); a one-shot task not run yet too. A one-shot task whose run ended has none:
+ *  the API takes its kill all the same, and the task then reads `killed` instead of the run's outcome, so Kill was
+ *  offered on every task not killed, finished ones too, and only hid how the run went. */
+function killable(t) {
+  if (t.killed) return false;
+  if (t.exec_type === 'cron_job') return true;
+  const runs = t.last_runs || [];
+  return !runs.length || runs.some(r => r.status === 'queued' || r.status === 'running');
+}
+
 const short = (id) => String(id).slice(0, 8);
 const badge = (status) => el('span', {class: `badge ${status}`}, status);
 
@@ -82,7 +93,7 @@ PAGES.tasks = async function tasks() {
       el('div', {class: 'row'},
         el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Runs of task ${t.name || t.id}`,
           'aria-pressed': String(t.id === T.task), onclick: () => { Object.assign(T, {task: t.id, run: null, pages: 1}); show('tasks'); }}, 'Runs'),
-        ...(t.killed ? [] : [el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Kill task ${t.name || t.id}`,
+        ...(!killable(t) ? [] : [el('button', {class: 'btn secondary', type: 'button', 'aria-label': `Kill task ${t.name || t.id}`,
           onclick: async () => {
             try { await api('task/kill', {id: t.id}); show('tasks'); } catch (e) { $('#error').textContent = e.message; }
           }}, 'Kill')]))])));
