@@ -27,14 +27,16 @@ from tests.integration.test_pipelines import RECORDS, _deploy_definition, _uploa
 from tests.models import ccfraud_onnx, sample_rows
 
 pytestmark = pytest.mark.integration
-SLOW_STEP = b"""
+BARRIER = -1000.0  # the first feature of test_inference_slower_than_the_resend_timeout's last request: not slowed
+SLOW_STEP = f"""
 import time
 import pandas as pd
 
 def wallaroo_json(data: pd.DataFrame):
-    time.sleep(3.6)
-    return [{"score": [float(v[0])]} for v in data["tensor"]]
-"""
+    if float(data["tensor"][0][0]) != {BARRIER}:
+        time.sleep(3.6)
+    return [{{"score": [float(v[0])]}} for v in data["tensor"]]
+""".encode()
 SLOW_CHALLENGER = b"""
 import time
 import pandas as pd
@@ -58,10 +60,20 @@ def test_inference_slower_than_the_resend_timeout_runs_and_is_logged_once(stack,
         assert response.status_code == 200, response.text
         assert time.monotonic() - started > 3.0  # the gateway did re-send it
         assert [r["out"]["score"][0] for r in response.json()] == pytest.approx([float(r[0]) for r in rows])
-        logged = wait_rows(stack, alice, "slowlogged", 2, timeout=30)
-        time.sleep(4.0)  # a second run of the re-sent attempt would have finished and been logged by now
-        logged = all_rows(stack, alice, "slowlogged")
-        assert len(logged) == 2, [r["time"] for r in logged]
+        wait_rows(stack, alice, "slowlogged", 2, timeout=30)
+        # a later request (not slowed) as the barrier: the deployment's one replica runs the step's requests one at a
+        # time in its one worker, in the order they came (SandboxedRuntime.lock), so a second run of the re-sent
+        # attempt would have run before this one; and the log store stores what it took in order (test_logs.rows_with):
+        # once this row is stored, a second copy would be too. Before, a fixed 4-s sleep stood for it
+        barrier = requests.post(url, data=json.dumps([{"tensor": [BARRIER] + [0.0] * (len(rows[0]) - 1)}]),
+                                headers={"Authorization": f"Bearer {alice.token}", "Content-Type": RECORDS},
+                                timeout=60)
+        assert barrier.status_code == 200, barrier.text
+        deadline = time.monotonic() + 30
+        while BARRIER not in (scores := [r["out"]["score"][0] for r in all_rows(stack, alice, "slowlogged")]):
+            assert time.monotonic() < deadline, f"the barrier's row was never stored: {scores}"
+            time.sleep(0.1)
+        assert sorted(scores) == pytest.approx(sorted([float(r[0]) for r in rows] + [BARRIER])), scores
     finally:
         post(stack, "pipelines/undeploy", alice.token, {"pipeline_id": pipeline["pipeline_pk_id"]})
 
