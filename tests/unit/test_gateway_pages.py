@@ -77,3 +77,13 @@ def test_the_uis_curl_snippet_gets_its_token_from_a_cli_command_that_exists():
     for command in commands:
         helped = CliRunner().invoke(cli, [command, "--help"])
         assert helped.exit_code == 0 and "access token" in helped.output, (command, helped.output)
+
+
+def test_the_favicon_is_served_as_an_icon(client):
+    """Browsers ask /favicon.ico of every page that names no icon: it was a 404 (a console error on every UI page)."""
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon", icon.status_code
+    reserved, kind, count = (int.from_bytes(icon.content[i:i + 2], "little") for i in (0, 2, 4))
+    assert (reserved, kind, count) == (0, 1, 1) and icon.content[6:8] == bytes([16, 16])  # one 16x16 image
+    assert icon.content[22:30] == b"\x89PNG\r\n\x1a\n"  # its PNG, where the directory entry says
+    assert client.head("/favicon.ico").status_code == 200
