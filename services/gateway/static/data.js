@@ -40,6 +40,10 @@ PAGES.datasets = async function datasets() {
   return out;
 };
 
+// COCOeval's twelve summary numbers (shared/evaluation.py DETECTION_SUMMARY): -1 means none of that kind to score
+const COCO_SUMMARY = /(^|\.)(map_(50_95|50|75|small|medium|large)|ar_(1|10|100|small|medium|large))$/;
+const absent = (metric, v) => v === -1 && COCO_SUMMARY.test(metric);
+
 PAGES.benchmarks = async function benchmarks() {
   const ws = needWorkspace();
   const B = state.benchmarks;
@@ -81,12 +85,17 @@ PAGES.benchmarks = async function benchmarks() {
   }
   const reportName = Object.fromEntries(reports.map(r => [r.id, r.name]));
   const names = compared.candidates.map(c => `${reportName[c.report_id]}: ${c.name} (report ${c.report_id})`);
+  // COCO's summary numbers are -1 where there was nothing of that kind to score (map_small with no small
+  // ground-truth box): absent, so no bar ("n/a" in the tables, nor a difference from or to it). They were drawn as
+  // -1.0 bars below the axis, and the difference to a real value read e.g. 1.3
+  const shown = (m, v) => absent(m.metric, v) ? null : v;
+  const number = (m, v) => absent(m.metric, v) ? 'n/a' : fmtNumber(v);
   const bars = (id, title, metrics, axis) => chartFigure(id, title, {
     type: 'bar',
     data: {labels: metrics.map(m => m.metric), datasets: names.map((n, i) => ({label: n,
-      data: metrics.map(m => m.values[i]), backgroundColor: PALETTE[i % PALETTE.length]}))},
+      data: metrics.map(m => shown(m, m.values[i])), backgroundColor: PALETTE[i % PALETTE.length]}))},
     options: {scales: {y: {beginAtZero: true, title: {display: true, text: axis}}}},
-  }, ['metric', ...names], metrics.map(m => [m.metric, ...m.values.map(v => fmtNumber(v))]));
+  }, ['metric', ...names], metrics.map(m => [m.metric, ...m.values.map(v => number(m, v))]));
   const quality = compared.metrics.filter(m => !m.metric.startsWith('speed.') && !m.metric.includes('per_class.')
     && !/(^|\.)(rows|support|calls)$/.test(m.metric));
   const speed = compared.metrics.filter(m => /^speed\.(p50_ms|p99_ms)$/.test(m.metric));
@@ -98,6 +107,7 @@ PAGES.benchmarks = async function benchmarks() {
       bars('bench-throughput', 'Throughput (rows/s)', throughput, 'rows/s')) : '',
     el('details', {}, el('summary', {}, 'Every metric with its difference from the first candidate'),
       table('', ['metric', ...names.map(n => n), ...names.slice(1).map(n => `diff ${n}`)],
-        compared.metrics.map(m => [m.metric, ...m.values.map(v => fmtNumber(v)), ...m.diff.slice(1).map(v => fmtNumber(v))])))));
+        compared.metrics.map(m => [m.metric, ...m.values.map(v => number(m, v)), ...m.diff.slice(1).map((d, i) =>
+          absent(m.metric, m.values[0]) || absent(m.metric, m.values[i + 1]) ? 'n/a' : fmtNumber(d))])))));
   return out;
 };
