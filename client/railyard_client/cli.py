@@ -257,8 +257,8 @@ def logout() -> None:
     if forget_sign_in(path, refresh_token=saved.get("refresh_token")):
         out.print(f"logged out of {saved.get('url') or 'the server'}{who} (tokens removed from {path})")
     else:
-        out.print(f"logged out of {saved.get('url') or 'the server'}{who}; {path} holds tokens saved meanwhile"
-                  " (another `railyard login`, or a refresh): kept")
+        out.print(f"logged out of {saved.get('url') or 'the server'}{who}; {path} holds another sign-in saved meanwhile"
+                  " (another `railyard login`): kept")
 
 
 @app.command()

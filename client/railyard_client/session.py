@@ -350,12 +350,13 @@ def forget_sign_in(path: Path | None = None, refresh_token: str | None = None) -
     workspace choice (an old file's single choice kept as its user's, workspace_choices) and anything else it holds;
     a file left with nothing is removed. With `refresh_token`, only a sign-in that still holds it is removed, checked
     under the lock: `railyard logout` reads the file, then waits up to LOGOUT_TIMEOUT for the server, and a `railyard
-    login` (as another user, say) that wrote its sign-in meanwhile lost its tokens to the removal. False when the file
-    held another sign-in (left as it is)."""
+    login` (as another user, say) that wrote its sign-in meanwhile lost its tokens to the removal. The same sign-in
+    refreshed meanwhile (another `railyard` process: a new refresh token of the same session) is still removed
+    (same_sign_in). False when the file held another sign-in (left as it is)."""
     path = path or credentials_path()
     with _credentials_lock(path):
         saved = read_credentials(path)
-        if refresh_token is not None and saved.get("refresh_token") != refresh_token:
+        if refresh_token is not None and not same_sign_in(saved.get("refresh_token"), refresh_token):
             return False
         choices = workspace_choices(saved)
         kept = {key: value for key, value in saved.items() if key not in SIGN_IN_KEYS and key != "workspaces"}
@@ -365,6 +366,28 @@ def forget_sign_in(path: Path | None = None, refresh_token: str | None = None) -
         else:
             path.unlink(missing_ok=True)
     return True
+
+
+def same_sign_in(held: Any, read: str) -> bool:
+    """Whether the credentials file's refresh token `held` is of the sign-in whose refresh token was `read`: the same
+    token, or one of the same session (its `session_state`, read without checking the token). A token refreshed by
+    another `railyard` process while `railyard logout` asked the server is a new one of the same session: kept as
+    another sign-in's, the file went on holding the tokens of the session signed out of (working ones when the server
+    was not reached), and logout said it kept a sign-in saved meanwhile."""
+    if held == read:
+        return True
+    session = _claims(read).get("session_state")
+    return bool(session) and _claims(held).get("session_state") == session
+
+
+def _claims(token: Any) -> dict[str, Any]:
+    """A JWT's claims, read without checking it ({} for what is not one)."""
+    try:
+        payload = str(token).split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def token_user(token: str | None) -> str | None:

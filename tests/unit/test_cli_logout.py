@@ -6,6 +6,9 @@ token) and keeps the choices; a server that cannot end the session gets a warnin
 
 from __future__ import annotations
 
+import base64
+import json
+
 import httpx
 import pytest
 from railyard_client import cli, session
@@ -107,4 +110,50 @@ def test_a_sign_in_saved_while_the_server_is_asked_is_kept(credentials, server, 
     assert cli.main(["logout"]) == 0
     assert server[0][0]["data"] == {"refresh_token": "r.e.f"}  # alice's session was ended
     assert read_credentials(credentials) == bob | {"workspaces": choices}  # before: {"workspaces": choices}
-    assert "holds tokens saved meanwhile" in capsys.readouterr().out
+    assert "holds another sign-in saved meanwhile" in capsys.readouterr().out
+
+
+def jwt(claims: dict) -> str:
+    return "h." + base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=") + ".s"
+
+
+def test_the_same_sign_in_refreshed_while_the_server_is_asked_is_still_removed(credentials, server, monkeypatch,
+                                                                                capsys):
+    """Another `railyard` process refreshing alice's tokens while logout asks the server writes a new refresh token
+    of the same session: that is the sign-in logged out of, not one saved meanwhile. Before, it was kept (compared by
+    the token alone), the file held the session's tokens on (working ones had the server not been reached), and
+    logout said it kept tokens saved meanwhile."""
+    choices = {URL: {"alice": 3}}
+    read = jwt({"typ": "Refresh", "jti": "1", "session_state": "s-1"})
+    write_credentials(SIGNED_IN | {"refresh_token": read, "workspaces": choices}, credentials)
+    refreshed = SIGNED_IN | {"access_token": "a.n.ew", "refresh_token": jwt({"typ": "Refresh", "jti": "2",
+                                                                              "session_state": "s-1"})}
+    asked = session.end_saved_session
+
+    def refreshed_meanwhile(saved, *args, **kwargs):
+        said = asked(saved, *args, **kwargs)
+        session.update_credentials(lambda now: refreshed | {"workspaces": now["workspaces"]}, credentials)
+        return said
+
+    monkeypatch.setattr(cli, "end_saved_session", refreshed_meanwhile)
+    assert cli.main(["logout"]) == 0
+    assert server[0][0]["data"] == {"refresh_token": read}
+    assert read_credentials(credentials) == {"workspaces": choices}  # before: alice's refreshed tokens kept
+    assert "tokens removed" in capsys.readouterr().out
+
+
+def test_another_session_of_the_same_user_saved_meanwhile_is_kept(credentials, server, monkeypatch):
+    """A `railyard login` while logout asks the server is a new session (another session_state), even as the same
+    user: kept."""
+    write_credentials(SIGNED_IN | {"refresh_token": jwt({"session_state": "s-1"})}, credentials)
+    again = SIGNED_IN | {"refresh_token": jwt({"session_state": "s-2"})}
+    asked = session.end_saved_session
+
+    def login_meanwhile(saved, *args, **kwargs):
+        said = asked(saved, *args, **kwargs)
+        session.update_credentials(lambda now: again, credentials)
+        return said
+
+    monkeypatch.setattr(cli, "end_saved_session", login_meanwhile)
+    assert cli.main(["logout"]) == 0
+    assert read_credentials(credentials) == again
