@@ -77,6 +77,7 @@ def _jsonb(value: Any) -> Any:
 
 
 LOOK_FIELDS = ("icon", "icon_color", "icon_bg_color")
+TEXT_FIELDS = ("title", "url_title")
 
 
 def _stored_look(settings: dict[str, Any]) -> dict[str, Any]:
@@ -105,12 +106,16 @@ def _stored_settings(settings: dict[str, Any]) -> WorkflowSettings:
     """A card's stored settings as the graph answers them. A url stored before the check refused a backslash,
     whitespace or a control character in it (shared/messages/lineage.py relative_url_problem) is left out: it could
     lead off the instance, and keeping it made the whole graph fail (WorkflowSettings refuses it). Its icon and
-    colours as _stored_look reads them."""
+    colours as _stored_look reads them. Its title and url_title as stored: a request's may hold no control character
+    (since session 39), but one stored before, or a card titled after a name taken then (a project's with DEL, a
+    version's title with a newline), is still answered rather than failing the graph."""
     settings = _stored_look(settings)
     url = settings.get("url")
     if isinstance(url, str) and relative_url_problem(url):
         settings = {key: value for key, value in settings.items() if key != "url"}
-    return WorkflowSettings(**settings)
+    text = {key: settings[key] for key in TEXT_FIELDS if isinstance(settings.get(key), str)}
+    checked = WorkflowSettings(**{key: value for key, value in settings.items() if key not in text})
+    return checked.model_copy(update=text)
 
 
 def node_model(row: Any) -> WorkflowNode:

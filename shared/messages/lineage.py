@@ -16,6 +16,7 @@ from shared.messages.base import (
     CONTROL_CHARACTERS,
     INT32,
     MAX_JSON_OBJECT,
+    WITHOUT_CONTROLS,
     Command,
     Event,
     Message,
@@ -289,7 +290,7 @@ class CreateProjectVersion(Command):
     """Save a project's state; when nothing changed since the last version, that version comes back."""
 
     project_id: int
-    version_title: str | None = Field(None, max_length=200)
+    version_title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)  # part of its card's title
     version_description: str | None = Field(None, max_length=2000)
 
 
@@ -388,15 +389,16 @@ def relative_url_problem(url: str) -> str | None:
 
 
 class WorkflowSettings(Message):
-    """How a card looks (seed 000): every field optional."""
+    """How a card looks (seed 000): every field optional. Its title and url_title hold no control character (a card
+    stored before that rule is still answered as stored)."""
 
-    title: str | None = Field(None, max_length=200)
+    title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
     description: str | None = Field(None, max_length=1000)
     icon: str | None = Field(None, description="A Material Design icon name, without the 'zmdi-' prefix.")
     icon_color: str | None = Field(None, description="Hexadecimal color, e.g. #2196F3.")
     icon_bg_color: str | None = Field(None, description="Hexadecimal color, e.g. #E3F2FD.")
     url: str | None = Field(None, max_length=2000, description="Relative to the instance: starts with '/'.")
-    url_title: str | None = Field(None, max_length=200)
+    url_title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
 
     @field_validator("icon")
     @classmethod

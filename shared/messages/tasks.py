@@ -30,7 +30,7 @@ class UploadOrchestration(Command):
 
     workspace_id: int
     name: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
-    file_name: str = Field(min_length=1, max_length=300)
+    file_name: str = Field(min_length=1, max_length=300, pattern=WITHOUT_CONTROLS)
     staged_key: str = Field(min_length=1, description=(
         "Railyard: key of the uploaded zip in the orchestrations bucket, staging/<user id>/<uuid> "
         "(staging/<user id>/ws-<workspace id>/<uuid> for a task run's token): staged for the caller by the HTTP "

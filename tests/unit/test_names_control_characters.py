@@ -20,8 +20,9 @@ from shared.authz import Principal
 from shared.errors import InvalidRequest, validation_detail
 from shared.messages.assays import NewAssayConfig
 from shared.messages.auth import CreateInferenceClient, CreateWorkspace
-from shared.messages.lineage import CreateDataset, CreateProject, WorkflowSettings
-from shared.messages.monitoring import UpdateDeployment
+from shared.messages.lineage import CreateDataset, CreateProject, CreateProjectVersion, WorkflowSettings
+from shared.messages.monitoring import SetDeploymentModel, UpdateDeployment
+from shared.messages.monitoring_predictions import MonitorImage
 from shared.messages.registry import CreateConnection, UploadModel
 from shared.messages.tasks import RunTaskOnce, UploadOrchestration
 
@@ -33,10 +34,11 @@ USER = Principal(subject=str(uuid.uuid4()), kind="user", admin=False, client_id=
 
 
 def name_refusal(model, payload, field="name") -> str:
-    """What the refusal of `payload` says about `field` (other fields may be refused too)."""
+    """What the refusal of `payload` says about `field` (a tuple: a nested one; other fields may be refused too)."""
     with pytest.raises(ValidationError) as caught:
         model.model_validate(payload)
-    said = [validation_detail(e) for e in caught.value.errors() if e["loc"] == (field,)]
+    loc = field if isinstance(field, tuple) else (field,)
+    said = [validation_detail(e) for e in caught.value.errors() if e["loc"] == loc]
     assert said, caught.value.errors()
     return said[0]
 
@@ -71,6 +73,48 @@ def test_free_text_names_of_printable_characters_are_taken():
     assert UploadOrchestration.model_validate({"workspace_id": 1, "file_name": "o.zip", "staged_key": "k",
                                                "name": name}).name == name
     assert UpdateDeployment.model_validate({"deployment": "d-1", "name": name}).name == name
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+@pytest.mark.parametrize("model, field", [
+    (WorkflowSettings, "title"),
+    (WorkflowSettings, "url_title"),
+    (CreateProjectVersion, "version_title"),
+    (UploadOrchestration, "file_name"),
+    (NewAssayConfig, "pipeline_name"),
+    (SetDeploymentModel, ("model_version", "name")),
+    (MonitorImage, ("model_version", "name")),
+])
+def test_a_card_title_file_name_model_or_pipeline_name_with_a_control_character_is_refused(model, field, control):
+    """Session 38's note: these still took any character after cb581b6e (a card's title, an orchestration's
+    file_name, the model version set_model and monitor name, an assay's pipeline)."""
+    name = f"nightly{control}run"
+    payload = {field[0]: {field[1]: name}} if isinstance(field, tuple) else {field: name}
+    assert name_refusal(model, payload, field) == f"{FREE_TEXT_RULE}; got {name!r}"
+    printable = "Nightly run: données/日本語 (v2)"
+    payload = {field[0]: {field[1]: printable}} if isinstance(field, tuple) else {field: printable}
+    try:  # other required fields are left out: only this one's refusal counts
+        model.model_validate(payload)
+    except ValidationError as exc:
+        assert all(e["loc"] != (field if isinstance(field, tuple) else (field,)) for e in exc.errors())
+
+
+def test_a_card_title_stored_with_a_control_character_is_still_answered():
+    """Stored before the rule (or a card titled after a project name with DEL, or a version title with a newline,
+    taken then): workflow/graph still answers it, as it does an icon stored with a newline (38ffba70)."""
+    from datetime import UTC, datetime
+
+    from services.workflow_lineage import graph
+    from shared.messages.monitoring import ModelVersionRef
+
+    now = datetime.now(UTC)
+    node = graph.node_model({"id": 1, "kind": "project_version", "ref": "7", "title": "sales\x7f v1: first\n",
+                             "settings": {"url_title": "Open\tit"}, "data": {}, "created_at": now, "updated_at": now})
+    assert (node.title, node.settings.title, node.settings.url_title) == ("sales\x7f v1: first\n",) * 2 + ("Open\tit",)
+    edge = graph.edge_model({"id": 2, "source": 1, "target": 3, "relation": "input", "origin": "explicit",
+                             "settings": {"title": "in\nput", "icon": "folder"}})
+    assert (edge.settings.title, edge.settings.icon) == ("in\nput", "folder")
+    assert ModelVersionRef.model_validate({"name": "churn\n"}).name == "churn\n"  # answers read what is stored
 
 
 @pytest.mark.parametrize("name", ["churn\n", "churn\x7f", "ch\turn"])
