@@ -44,14 +44,23 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def not_scored(metric: str, value: float | None) -> bool:
+    """True for COCOeval's -1 in one of its twelve summary numbers (evaluation.DETECTION_SUMMARY): nothing of that
+    kind to score (map_large without a large ground-truth box), not a score."""
+    return value == -1 and metric.rsplit(".", 1)[-1] in evaluation.DETECTION_SUMMARY
+
+
 def compare(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each metric with its value per candidate and the difference from the first candidate."""
+    """Each metric with its value per candidate and the difference from the first candidate: none where either side
+    has no value, or COCO's -1 (not_scored; the value itself is answered as the report holds it). The difference
+    from such a -1 read as a number before (0.3 against -1: 1.3)."""
     flats = [flatten(c["metrics"]) for c in candidates]
     keys = sorted(set().union(*flats)) if flats else []
     rows = []
     for key in keys:
         values = [f.get(key) for f in flats]
-        base = values[0]
+        base = None if not_scored(key, values[0]) else values[0]
         rows.append({"metric": key, "values": values,
-                     "diff": [None if v is None or base is None else v - base for v in values]})
+                     "diff": [None if v is None or base is None or not_scored(key, v) else v - base
+                              for v in values]})
     return rows

@@ -95,6 +95,20 @@ def test_compare_lines_up_metrics_with_differences():
     assert by_metric["macro.f1"]["diff"] == [0.0, pytest.approx(-0.1)]
 
 
+def test_compare_gives_no_difference_from_or_to_cocos_minus_one():
+    """COCOeval's -1 in a summary number is "nothing of that kind to score" (map_large without a large ground-truth
+    box): benchmarks/compare answered 1.3 for 0.3 against it (session 38's note; only the UI page hid it). The value
+    stays as the report holds it; a metric that is not one of COCO's summary numbers keeps its difference at -1."""
+    rows = {r["metric"]: r for r in benchmarks.compare([
+        {"metrics": {"map_large": -1.0, "map_small": 0.2, "map_50": 0.5, "delta": -1.0}},
+        {"metrics": {"map_large": 0.3, "map_small": -1.0, "map_50": -1.0, "delta": 1.0}},
+        {"metrics": {"map_large": -1.0, "map_small": 0.4, "map_50": 0.7, "delta": -1.0}}])}
+    assert rows["map_large"] == {"metric": "map_large", "values": [-1.0, 0.3, -1.0], "diff": [None, None, None]}
+    assert rows["map_small"]["diff"] == [0.0, None, pytest.approx(0.2)]
+    assert rows["map_50"]["diff"] == [0.0, None, pytest.approx(0.2)]
+    assert rows["delta"]["diff"] == [0.0, 2.0, 0.0]
+
+
 def test_speed_percentiles():
     got = benchmarks.speed([0.001, 0.002, 0.003, 0.1], rows=400, wall_s=2.0)
     assert got["p50_ms"] == pytest.approx(2.5) and got["rows_per_s"] == 200 and got["p99_ms"] > 90
