@@ -117,13 +117,31 @@ class KilledWhileMinting(Exception):
     """A run's kill came while its token's mint waited to be asked again (Scheduler._minted)."""
 
 
+PASSING_STATUSES = (408, 429, 502, 503, 504)
+"""The statuses of a token mint's failure that may answer otherwise if asked again (`passing`)."""
+
+
 def passing(exc: BaseException) -> bool:
-    """Whether a failed token mint (Scheduler._minted) may answer if asked again: auth did not answer in time, could
-    not be reached or was not ready (a 5xx, the bus down: Unavailable), asked to slow down (429), or the connection
-    failed (runner.TRANSIENT). Auth's refusals (4xx) are not: asked again, they answer the same."""
+    """Whether a failed token mint (Scheduler._minted) may answer if asked again: auth did not answer in time (504,
+    408), could not be reached or was not ready (503: the bus down, no auth listening; 502), asked to slow down (429),
+    or the connection failed (runner.TRANSIENT). Not auth's refusals (another 4xx: asked again, they answer the same)
+    nor another 5xx: a 500 is a fault in auth (an unhandled error), which answers the same when asked again. Before,
+    any 5xx was asked again for MINT_RETRY_SECONDS, and the run failed 30 s later saying only 'internal error'."""
     if isinstance(exc, RailyardError):
-        return exc.status >= 500 or exc.status in (408, 429)
+        return exc.status in PASSING_STATUSES
     return isinstance(exc, runner.TRANSIENT)
+
+
+def not_minted(exc: RailyardError) -> RailyardError:
+    """The error a run fails with when auth answered its token's mint with an error of its own (a 5xx not
+    `passing`: a fault in auth), which names the mint and says it was not asked again; auth's refusals (4xx) and
+    the passing errors it gave up on are left as they are, their words say why."""
+    if exc.status < 500 or passing(exc):
+        return exc
+    failed = RailyardError(f"auth failed to mint the run's token ({exc.status} {exc.code}: {exc.msg}); not asked "
+                           "again, as only a 408, 429, 502, 503, 504 or a lost connection is", code=exc.code)
+    failed.status = exc.status
+    return failed
 
 
 def sleep_for(to_next_due: float | None, tick: float, own_beat_in: float | None) -> float:
@@ -1005,9 +1023,11 @@ class Scheduler:
         ttl = min(deps.settings.token_ttl, task["timeout_seconds"] + 60)
         try:
             token = await self._minted(row["id"], task, ttl)
-        except Exception:
+        except Exception as exc:
             if self.kills[row["id"]].is_set():  # killed while auth could not answer: nothing started (a stop: requeued)
                 return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
+            if isinstance(exc, RailyardError):
+                raise not_minted(exc) from None
             raise
         args = task["args"]
         plan = runner.RunPlan(

@@ -224,3 +224,32 @@ async def test_a_stop_while_auth_cannot_answer_puts_the_run_back(tmp_path, monke
         await settle(sched)
     assert len(asked) == 1 and seen["executed"] == []
     assert seen["requeued"] == [run_id] and seen["ended"] == []
+
+
+async def test_a_mint_auth_fails_on_a_fault_of_its_own_fails_the_run_at_once_saying_so(tmp_path, monkeypatch):
+    """A 500 from auth (an unhandled error in it: asked again, it answers the same) fails the run at the first
+    answer, its reason naming the mint and that it was not asked again. Before, every 5xx was asked again for
+    MINT_RETRY_SECONDS (30 s) and the run then failed 'the run could not be started: internal error'. A 502 is still
+    asked again, as 503, 504, 408 and 429 are (the first test)."""
+    from shared.errors import RailyardError
+
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    monkeypatch.setattr(scheduler_module, "MINT_RETRY_SECONDS", 2.0)
+    asked = failing_mints(sched, [RailyardError("internal error")] * 1000)
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    await settle(sched)
+    assert len(asked) == 1 and seen["executed"] == []  # before: asked for 2 s here, 30 s at the default
+    assert seen["ended"] == [(run_id, "failure", "the run could not be started: auth failed to mint the run's token "
+                                                 "(500 internal: internal error); not asked again, as only a 408, 429,"
+                                                 " 502, 503, 504 or a lost connection is")]
+
+    bad_gateway = RailyardError("bad gateway", code="bad_gateway")
+    bad_gateway.status = 502
+    asked = failing_mints(sched, [bad_gateway, RailyardError("internal error")])
+    asked_again = uuid.uuid4()
+    sched._supervised(a_row(asked_again))
+    await settle(sched)
+    assert len(asked) == 2 and seen["ended"][-1][:2] == (asked_again, "failure")
