@@ -47,6 +47,8 @@ import difflib
 import json
 import math
 import os
+import re
+import stat
 import sys
 import tempfile
 import time
@@ -273,15 +275,56 @@ def read_credentials(path: Path | None = None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+TEMPORARY_PREFIX = ".credentials-"
+"""The start of the name of write_credentials' temporary file, beside the credentials file (mkstemp adds 8 letters,
+digits or underscores)."""
+TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r"[a-z0-9_]{8}")
+STALE_TEMPORARY = 60.0
+"""Seconds after which a temporary file of write_credentials found beside the credentials file is a dead write's
+(`sweep_stale_temporaries`): a write takes milliseconds."""
+
+
 def write_credentials(data: dict[str, Any], path: Path | None = None) -> Path:
-    """Write the credentials file atomically, readable by its owner only (0600)."""
+    """Write the credentials file atomically, readable by its owner only (0600): a temporary file beside it, renamed
+    over it. The temporary file holds the tokens too: it is removed when anything fails before its rename (a value
+    JSON cannot hold, a full disk, a Ctrl-C), and one a killed process left is removed by the next write once it is
+    STALE_TEMPORARY old (`sweep_stale_temporaries`). Before, each such failure left a `.credentials-XXXXXXXX` with
+    the tokens in the config folder for good."""
     path = path or credentials_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")  # mkstemp creates it 0600
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(temporary, path)
+    sweep_stale_temporaries(path.parent)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX)  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return path
+
+
+def sweep_stale_temporaries(folder: Path, now: float | None = None) -> None:
+    """Remove write_credentials' temporary files in `folder` (their name: TEMPORARY_NAME) older than STALE_TEMPORARY
+    and this user's, left by a process killed between their creation and their rename. A younger one may be another
+    process's write under way and is left; so is anything that is not a regular file. Nothing is raised."""
+    now = time.time() if now is None else now
+    uid = getattr(os, "getuid", lambda: None)()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not TEMPORARY_NAME.fullmatch(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if (stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_TEMPORARY
+                    and (uid is None or info.st_uid == uid)):
+                os.unlink(entry.path)
+        except OSError:
+            continue
 
 
 @contextlib.contextmanager
