@@ -85,7 +85,7 @@ class DeleteDeployment(Command):
     `force_delete`, a deployment with such data is refused (409), so it is not lost by accident."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    force_delete: bool = False
+    force_delete: bool = Field(False, strict=True, description="JSON true or false (\"yes\", 1 or \"false\": 400).")
 
 
 class DeploymentDeleted(Message):

@@ -86,7 +86,7 @@ class ToggleContinuous(Command):
     """toggle_continuous_training / toggle_continuous_deployment."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    active: bool
+    active: bool = Field(strict=True, description="JSON true or false (\"yes\", 1 or \"false\": 400).")
 
 
 class SetupContinuousDeployment(Command):

@@ -143,7 +143,7 @@ class ToggleFeedbackLoop(Command):
     """toggle_feedback_loop: (de)activate the loop (inactive: reviews are kept, nothing is written to datasets)."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    active: bool
+    active: bool = Field(strict=True, description="JSON true or false (\"yes\", 1 or \"false\": 400).")
 
 
 class FeedbackLoopDataset(Message):

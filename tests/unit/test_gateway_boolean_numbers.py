@@ -4,16 +4,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from services.gateway.json_body import refuse_booleans_as_numbers
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, validation_message
 from shared.messages.assays import SetAssayActive
 from shared.messages.deployer import NewPipeline
 from shared.messages.lineage import EvaluateDetections
+from shared.messages.monitoring import DeleteDeployment
+from shared.messages.monitoring_continuous import ToggleContinuous
+from shared.messages.monitoring_feedback import ToggleFeedbackLoop
 from shared.messages.tasks import RunTaskOnce
 
 
@@ -85,3 +89,24 @@ def test_real_commands_with_dicts_of_models_and_free_form_objects():
     refuse_booleans_as_numbers(run, RunTaskOnce.model_validate(run))
     with pytest.raises(InvalidRequest, match="^timeout: "):
         refuse_booleans_as_numbers({**run, "timeout": True}, RunTaskOnce.model_validate({**run, "timeout": True}))
+
+
+@pytest.mark.parametrize("sent", ["yes", "true", "false", 1, 0, "1", "on"])
+@pytest.mark.parametrize(("model", "field", "others"), [
+    (ToggleContinuous, "active", {"deployment": "d-1"}),
+    (ToggleFeedbackLoop, "active", {"deployment": "d-1"}),
+    (DeleteDeployment, "force_delete", {"deployment": "d-1"}),
+])
+def test_the_monitoring_services_booleans_take_only_true_or_false(model, field, others, sent):
+    """Session 38's note: toggle_continuous_training took {"active": "yes"} as true (pydantic's lax booleans), and
+    {"force_delete": "false"} read as false, 1 as true. The gateway (a dict) and the bus (JSON) both refuse them now,
+    a 400 naming the field; true and false pass."""
+    body = others | {field: sent}
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(body)
+    assert validation_message(caught.value.errors()) == f"{field}: Input should be a valid boolean"
+    with pytest.raises(ValidationError):
+        model.model_validate_json(json.dumps(body))
+    for value in (True, False):
+        assert getattr(model.model_validate_json(json.dumps(others | {field: value})), field) is value
+        assert getattr(model.model_validate(others | {field: value}), field) is value
