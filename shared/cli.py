@@ -163,6 +163,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logout(args: argparse.Namespace) -> int:
+    """End the saved session at its server and remove its tokens: the client's `railyard logout` itself
+    (railyard_client.cli), not a copy of it. The credentials file `login` writes here is the one it reads (the
+    client's, `~/.config/railyard/credentials.json`; RAILYARD_CLIENT_CREDENTIALS names another for the client). Without
+    the client installed (a server-only install), exit 2 saying so."""
+    try:
+        from railyard_client.cli import main as client_main
+    except ImportError:
+        print("railyard: logout is the client's command: install railyard-client (`pip install ./client`, the"
+              " container image has it), then run `railyard logout`", file=sys.stderr)
+        return 2
+    return client_main(["logout"])
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """The durable event consumers' dead letters: list them, replay one (shared/dead_letters.py)."""
     from shared.lean_imports import decline_unused
@@ -215,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "login":
             for flag in ("--url", "--username", "--password", "--client-id", "--client-secret"):
                 cmd.add_argument(flag)
+    text = "Sign out: end the saved session at its server and remove its tokens (the client's `railyard logout`)"
+    sub.add_parser("logout", help=text, description=f"{text}.").set_defaults(func=cmd_logout)
     from shared.dead_letters import add_arguments  # argparse only: nothing heavy
 
     text = "List the event consumers' dead letters, or replay one to the consumer that gave up on it"

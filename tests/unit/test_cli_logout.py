@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 
 import httpx
 import pytest
@@ -157,3 +158,23 @@ def test_another_session_of_the_same_user_saved_meanwhile_is_kept(credentials, s
     monkeypatch.setattr(cli, "end_saved_session", login_meanwhile)
     assert cli.main(["logout"]) == 0
     assert read_credentials(credentials) == again
+
+
+def test_the_server_modules_command_line_signs_out_as_railyard_logout(tmp_path, server, monkeypatch, capsys):
+    """`python -m shared.cli` had `login` and `token` but no `logout` (closing38): its `logout` is the client's
+    `railyard logout` itself, on the file its `login` writes (the session ended at the server, the sign-in removed,
+    the choices kept). Without the client installed it says where the command is, exit 2."""
+    from shared import cli as server_cli
+
+    calls, _ = server
+    monkeypatch.delenv("RAILYARD_CLIENT_CREDENTIALS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    server_cli._save_credentials(SIGNED_IN | {"workspaces": {URL: {"alice": 3}}})  # as its `login` writes it
+    assert server_cli.main(["logout"]) == 0  # before: SystemExit(2), argparse's "invalid choice: 'logout'"
+    assert calls[0]["data"] == {"refresh_token": "r.e.f"} and calls[0]["auth"] == ("api-client", "s3cret")
+    assert read_credentials(tmp_path / "railyard" / "credentials.json") == {"workspaces": {URL: {"alice": 3}}}
+    assert f"logged out of {URL} as alice" in capsys.readouterr().out
+
+    monkeypatch.setitem(sys.modules, "railyard_client.cli", None)  # a server-only install
+    assert server_cli.main(["logout"]) == 2
+    assert "install railyard-client" in capsys.readouterr().err
