@@ -5,6 +5,7 @@
     ├── Unauthorized        401 unauthorized
     ├── Forbidden           403 forbidden
     ├── NotFound            404 not_found
+    ├── NotAcceptable       406 not_acceptable
     ├── RequestTimeout      408 request_timeout
     ├── Conflict            409 conflict
     ├── PayloadTooLarge     413 payload_too_large
@@ -108,6 +109,13 @@ class NotFound(RailyardError):
     code = "not_found"
 
 
+class NotAcceptable(RailyardError):
+    """The route has none of the answer types the request's Accept lists."""
+
+    status = 406
+    code = "not_acceptable"
+
+
 class RequestTimeout(RailyardError):
     """The client did not send its request body in time."""
 
@@ -171,6 +179,7 @@ _BY_CODE: dict[str, type[RailyardError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        NotAcceptable,
         RequestTimeout,
         Conflict,
         PayloadTooLarge,

@@ -30,7 +30,7 @@ from shared.arrow_codec import (
     to_ipc_stream,
 )
 from shared.authz import Principal
-from shared.errors import InvalidRequest, NotFound, RailyardError, validation_message
+from shared.errors import InvalidRequest, NotAcceptable, NotFound, RailyardError, validation_message
 from shared.messages import lineage as lin
 from shared.objectstore import BUCKET_DATASETS, content_key
 from shared.service import Runtime
@@ -157,12 +157,12 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
     @app.post("/v1/api/datasets/get_rows", tags=["datasets"], openapi_extra=request_schema(lin.DatasetRef))
     async def get_rows(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A tabular dataset's rows ({"dataset_id": ...}): pandas-records JSON, or Arrow / Parquet by `Accept`
-        (application/vnd.apache.arrow.file, ...arrow.stream, application/vnd.apache.parquet)."""
+        (application/vnd.apache.arrow.file, ...arrow.stream, application/vnd.apache.parquet); 406 for none of them."""
         body = await _json_body(request)
         cmd = _validated(lin.DatasetRef, body)
+        accept = rows_type(request.headers.get("accept", ""))  # a 406 before the lineage service is asked
         located = lin.DatasetRows.model_validate(await handlers.forward(
             runtime.broker, subjects.LINEAGE_DATASETS_ROWS, cmd, bearer_token(request), timeout))
-        accept = request.headers.get("accept", "").split(";")[0].strip().lower()
         if located.rows_sha256 is None:
             import pyarrow as pa
             table = pa.table({})
@@ -223,6 +223,25 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         info = lin.WorkspaceFile.model_validate(await handlers.forward(
             runtime.broker, subjects.LINEAGE_FILES_GET, cmd, bearer_token(request), timeout))
         return await _stream(runtime, info.sha256, "application/octet-stream", info.path.rsplit("/", 1)[-1])
+
+
+ROWS_TYPES = (ARROW_FILE, ARROW_STREAM, PARQUET, "application/json")
+
+
+def rows_type(accept: str) -> str:
+    """The type datasets/get_rows answers for an Accept header: the first type listed that it has (q-values are not
+    weighed); `*/*`, `application/*` or no Accept: JSON. NotAcceptable (406) when it lists none of them:
+    `Accept: text/csv` was answered JSON with a 200."""
+    listed = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
+    for kind in listed:
+        if kind in ROWS_TYPES:
+            return kind
+        if kind in ("*/*", "application/*"):
+            return "application/json"
+    if not listed:
+        return "application/json"
+    raise NotAcceptable(f"datasets/get_rows answers {', '.join(ROWS_TYPES)}; the Accept header lists none of them "
+                        f"({accept[:200]!r})")
 
 
 def attachment(name: str) -> str:
