@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from services.gateway import handlers
 from services.gateway.http import create_app
+from shared.errors import UpstreamTimeout
 from shared.settings import Settings
 
 LOGOUT = "/auth/realms/master/protocol/openid-connect/logout"
@@ -47,3 +48,43 @@ def test_a_logout_refused_at_the_gateway_answers_oauths_error(gateway, data, sta
     answer = client.post(LOGOUT, data=data, auth=("railyard-sdk", "s3cret") if data.get("client_id") is None else None)
     assert (answer.status_code, answer.json()["error"]) == (status, error), answer.text
     assert sent == []
+
+
+async def test_a_logout_the_bus_refuses_to_the_gateway_is_a_503_at_once(monkeypatch):
+    """A rolling update: the gateway's NATS server is still on the permissions of the release before the logout
+    endpoint, so it drops the publish to auth.token.logout and answers nothing but its permissions violation. The
+    logout is a 503 (typed, with Retry-After) as soon as the violation comes, as the deployer's refused
+    registry.models.exist is (PublishRefusals.unless_refused). Before, it waited out the request timeout: a 504."""
+    import asyncio
+
+    import httpx
+
+    from shared import bus
+    from shared.settings import NatsSettings
+
+    class Broker:  # weakly referable, as make_broker's is
+        pass
+
+    broker, refusals, asked = Broker(), bus.PublishRefusals(), asyncio.Event()
+    bus._REFUSALS[broker] = refusals
+
+    async def request(broker, subject, body, *, timeout, **_):  # the publish dropped: no answer before the timeout
+        asked.set()
+        await asyncio.sleep(timeout)
+        raise UpstreamTimeout(f"auth did not answer within {timeout:g}s")
+
+    monkeypatch.setattr(handlers, "request", request)
+    app = create_app(SimpleNamespace(settings=Settings(nats=NatsSettings(request_timeout=30)), extras={},
+                                     broker=broker, objects=None))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        sent = asyncio.ensure_future(client.post(LOGOUT, data={"refresh_token": "a.b.c"},
+                                                 auth=("api-client", "s3cret")))
+        async with asyncio.timeout(5):  # before: 30 s, then 504
+            await asked.wait()
+            # nats-py lowercases the server's -ERR line
+            refusals.note(Exception("nats: 'permissions violation for publish to \"auth.token.logout\"'"))
+            answer = await sent
+    body = answer.json()
+    assert (answer.status_code, body["error"]) == (503, "unavailable"), answer.text
+    assert "session was not ended" in body["error_description"] and answer.headers["retry-after"] == "1"
+
