@@ -293,21 +293,33 @@ def create_app(runtime: Runtime) -> FastAPI:
         report = await handlers.aggregate_health(runtime.broker)
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
+    async def client_form(request: Request, grant_type: str | None = None) -> tuple[str, Any, str, str]:
+        """The first steps of the token and logout endpoints, one code for both so that they are limited alike
+        (`duplicates` D4: the logout route had copied them): the request's source counted in its bucket before the
+        body is read (one bucket per source for both routes and the web UI's sign-in), the form read, the client's
+        credentials (HTTP Basic, or the form's client_id and client_secret) and, for a client that sends a secret,
+        its bucket spent as `grant_type` asks (the form's when None; TokenEndpointLimits.check_client: an inference
+        client's client_credentials grant). A public client proves nothing and spends no client bucket
+        (ratelimit.py). (source, form, client_id, client_secret); the source as it is counted (an IPv6 client by its
+        /64), the TCP peer's or behind a trusted proxy the client it names, which the token route also sends to the
+        auth service for its failed-login counts (services/gateway/source_address.py)."""
+        source = counted_as(source_address.of(request.client.host if request.client else None,
+                                              request.headers.getlist(source_address.header)))
+        token_limits.check_source(source)  # before the body is read
+        form = await request.form()
+        client_id, client_secret = _client_credentials(request, form)
+        if client_secret:
+            token_limits.check_client(client_id, client_secret,
+                                      str(form.get("grant_type") or "") if grant_type is None else grant_type)
+        return source, form, client_id, client_secret
+
     @app.post(TOKEN_PATH, tags=["auth"])
     async def token(request: Request) -> JSONResponse:
         """OAuth2 token endpoint: password, refresh_token, client_credentials and authorization_code (PKCE) grants; a
         confidential client authenticates with HTTP Basic (or client_id/client_secret form fields), the web UI's
         public client sends client_id alone."""
-        # the TCP peer, or behind a trusted proxy the client it names, as it is counted (an IPv6 client by its /64)
-        # by the source's bucket and the auth service's failed logins (services/gateway/source_address.py)
-        source = counted_as(source_address.of(request.client.host if request.client else None,
-                                              request.headers.getlist(source_address.header)))
         try:
-            token_limits.check_source(source)  # before the body is read
-            form = await request.form()
-            client_id, client_secret = _client_credentials(request, form)
-            if client_secret:  # an inference client's bucket; a public one proves nothing (ratelimit.py)
-                token_limits.check_client(client_id, client_secret, str(form.get("grant_type") or ""))
+            source, form, client_id, client_secret = await client_form(request)
             cmd = m.IssueToken(
                 grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
                 username=_opt(form, "username"), password=_opt(form, "password"),
@@ -327,12 +339,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         working, every access token of it too (docs/auth.md). The client authenticates as at the token endpoint.
         204 when done; 400 `invalid_grant` for a refresh token that is expired, not this server's or another
         client's."""
-        source = counted_as(source_address.of(request.client.host if request.client else None,
-                                              request.headers.getlist(source_address.header)))
         try:
-            token_limits.check_source(source)  # before the body is read
-            form = await request.form()
-            client_id, client_secret = _client_credentials(request, form)
+            # counted as the refresh_token grant it stands for (a user's refresh token with its client's credentials):
+            # the source's bucket, shared with the token route, and no client bucket (ratelimit.py's Decisions)
+            _, form, client_id, client_secret = await client_form(request, grant_type="refresh_token")
             refresh_token = _opt(form, "refresh_token")
             if not refresh_token:
                 raise InvalidRequest("logout needs the refresh_token of the session to end")

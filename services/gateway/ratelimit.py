@@ -20,6 +20,11 @@ one user with a dozen addresses, each within its source's 10/s, emptied its 100/
 It bounded nothing the auth service needs: one auth process checks ~6-12 default-cost argon2 passwords a second on
 2 cores (docs/auth.md), far below 100/s, and guessing is bounded per source and per (user, source) anyway.
 
+A logout (the logout endpoint) counts as the refresh_token grant it stands for: a user's refresh token and its
+client's credentials (the login client's, or the UI's public one; an inference client holds no refresh token), so it
+spends the source's bucket, the same one as the token route's, and no client bucket (services/gateway/http.py
+`client_form`, one code for both routes' first steps).
+
 Decision: no bucket per account name. One counted every password sign-in of a name before the password was checked,
 from any address, so two or three addresses spent it and the real user got 429 from their own address (anyone could
 block a named user's sign-in). Guessing one account from many addresses is bounded by each source's bucket and the

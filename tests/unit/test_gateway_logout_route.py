@@ -88,3 +88,40 @@ async def test_a_logout_the_bus_refuses_to_the_gateway_is_a_503_at_once(monkeypa
     assert (answer.status_code, body["error"]) == (503, "unavailable"), answer.text
     assert "session was not ended" in body["error_description"] and answer.headers["retry-after"] == "1"
 
+
+async def test_logouts_and_token_requests_of_one_source_share_its_bucket_and_no_client_bucket(monkeypatch):
+    """The token and logout routes' first steps are one code (http.py `client_form`; the logout route had copied the
+    token route's: `duplicates` D4): a source's sign-outs and token requests spend one bucket, and a logout counts as
+    the refresh_token grant it stands for, so the login client's sign-outs from many addresses spend no bucket of
+    that client (its secret is every user's: ratelimit.py's Decisions)."""
+    import httpx
+
+    from shared.settings import GatewaySettings
+
+    async def end_session(broker, cmd, timeout):
+        pass
+
+    monkeypatch.setattr(handlers, "end_session", end_session)
+    settings = Settings(gateway=GatewaySettings(trusted_proxies=["127.0.0.5"], token_rate_per_source=0.001,
+                                                token_burst_per_source=3, token_rate_per_client=0.001,
+                                                token_burst_per_client=2))
+    app = create_app(SimpleNamespace(settings=settings, extras={}, broker=None, objects=None))
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.5", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as proxy:
+        async def logout(source: str, **form: str) -> httpx.Response:
+            return await proxy.post(LOGOUT, headers={"X-Forwarded-For": source}, auth=("api-client", "its-secret"),
+                                    data={"refresh_token": "a.b.c", **form})
+
+        for i in range(6):  # three times the client's burst, each from its own address
+            assert (await logout(f"203.0.113.{i}", grant_type="client_credentials")).status_code == 204
+        # one source: a token request (stopped at the route: no grant_type) and two logouts spend its burst of 3
+        token = await proxy.post("/auth/realms/master/protocol/openid-connect/token",
+                                 headers={"X-Forwarded-For": "198.51.100.7"}, data={"client_id": "railyard-ui"})
+        assert token.json()["error"] == "invalid_request"
+        assert [(await logout("198.51.100.7")).status_code for _ in range(2)] == [204, 204]
+        refused = await logout("198.51.100.7")
+        assert (refused.status_code, refused.json()["error"]) == (429, "rate_limited") and refused.headers[
+            "retry-after"]
+        token = await proxy.post("/auth/realms/master/protocol/openid-connect/token",
+                                 headers={"X-Forwarded-For": "198.51.100.7"}, data={"client_id": "railyard-ui"})
+        assert token.json()["error"] == "rate_limited"
