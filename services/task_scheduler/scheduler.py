@@ -104,6 +104,12 @@ REPLACED = "replaced by the task's run for"
 # the reason of a run whose main.py its scheduler's stop ended (one the stop killed before it started goes back to the
 # queue instead: Scheduler._supervise)
 STOPPED = "stopped: its task scheduler process shut down"
+# the start of the outcome's reason of a run whose claim could not be checked right before its main.py (PostgreSQL not
+# answering for the check's END_RECORD_SECONDS): it goes back to the queue (Scheduler._put_back_unchecked), at most
+# UNCHECKED_REQUEUES times, then fails with this reason. Before, it failed for good: "the run could not be started:
+# TimeoutError"
+UNCHECKED = "its claim could not be checked right before its main.py started (PostgreSQL did not answer)"
+UNCHECKED_REQUEUES = 3
 # A database error for one task's point undoes that task's writes alone (Scheduler.fire_due: a savepoint); these
 # stay the pass's (re-raised: the pass fails and is tried again on a new connection): the connection's, the server's
 # (shutting down, a statement cancelled, out of resources), and asyncpg's own (InterfaceError, not a PostgresError)
@@ -880,6 +886,11 @@ class Scheduler:
                     return
                 outcome = runner.RunOutcome("failure", outcome.exit_code,
                                             self.kill_reasons.get(run_id, runner.KILLED))
+            elif not outcome.ran and (outcome.reason or "").startswith(UNCHECKED):
+                why = await self._put_back_unchecked(run_id, outcome.reason or UNCHECKED)
+                if why is None:
+                    return
+                outcome = runner.RunOutcome("failure", None, why)
             self.ending.add(run_id)
             try:
                 await self._record_end(run_id, outcome)  # False: the run was ended already (below)
@@ -929,6 +940,35 @@ class Scheduler:
                  "back in the queue" if back is False else "no longer this process's")
         self.events_committed()
         return True
+
+    async def _put_back_unchecked(self, run_id: uuid.UUID, why: str) -> str | None:
+        """A run whose claim could not be checked right before its main.py (`why`: PostgreSQL did not answer the
+        check's beats for END_RECORD_SECONDS), put back in the queue (store.requeue_unstarted, counted against
+        UNCHECKED_REQUEUES, retried as a run's end is): its main.py never started, so another scheduler, or this one
+        once PostgreSQL answers, runs it in its turn, as a stop's put-back does. None when nothing more is to be
+        recorded: put back, no longer this process's (declared lost meanwhile: its reason stands), or not put back for
+        the database's errors (logged: the lost-run step fails it supervisor_lost_after after its last beat). Else the
+        reason its failure is recorded with: its kill's, asked meanwhile (task/kill, a replace), or, put back
+        UNCHECKED_REQUEUES times already, `why` and that. Before, the check's error failed the run for good ("the run
+        could not be started: TimeoutError")."""
+        self.ending.add(run_id)
+        try:
+            back = await self._retried(lambda: store.requeue_unstarted(self.deps.pool, run_id, self.identity,
+                                                                       unchecked_cap=UNCHECKED_REQUEUES),
+                                       "putting a run back in the queue")
+        except store.RequeueCapped as capped:
+            log.warning("run %s: %s; %s: failed", run_id, why, capped)
+            return f"the run could not be started: {why}; {capped}, so not again"
+        except Exception as exc:  # noqa: BLE001 - never raised out of the run's task
+            log.warning("run %s: %s, and it could not be put back in the queue (%s: %s): it stays 'running' until a"
+                        " scheduler's lost-run step fails it", run_id, why, type(exc).__name__, exc)
+            return None
+        if isinstance(back, str) or back is True:  # its kill asked meanwhile: that is what ended it
+            return back if isinstance(back, str) else runner.KILLED
+        log.warning("run %s: %s: %s", run_id, why, "put back in the queue" if back is False else
+                    "no longer this process's")
+        self.events_committed()
+        return None
 
     async def _record_end(self, run_id: uuid.UUID, outcome: runner.RunOutcome) -> bool:
         """store.finish_run, retried on a transient error (runner.TRANSIENT) with backoff for END_RECORD_SECONDS, each
@@ -1063,11 +1103,14 @@ class Scheduler:
             return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
         try:
             claimed = await self._still_claimed(row["id"])
-        except Exception:
+        except Exception as exc:
             # killed (a stop) while the database could not be asked: nothing started, as for the mint above (a stop's
             # run goes back to the queue). Before, the check's error failed the run: "the run could not be started"
             if self.kills[row["id"]].is_set():
                 return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
+            if isinstance(exc, runner.TRANSIENT):  # its retries' END_RECORD_SECONDS without an answer: not started,
+                # back to the queue (_supervise: _put_back_unchecked). Before, failed for good: "...: TimeoutError"
+                return runner.RunOutcome("failure", None, f"{UNCHECKED}: {type(exc).__name__}: {exc}", ran=False)
             raise
         if not claimed:
             return runner.RunOutcome("failure", None, runner.KILLED, ran=False)

@@ -370,10 +370,22 @@ async def beat_runs(pool: asyncpg.Pool | asyncpg.Connection, run_ids: list[uuid.
 
 PUT_BACK = "put back in the queue: its main.py never started"
 """The reason of a put-back run's events.task_run.queued (requeue_unstarted); its row's reason stays empty."""
+UNCHECKED_PUT_BACK = ("put back in the queue: its claim could not be checked right before its main.py started "
+                      "(PostgreSQL did not answer); its main.py never started")
+"""The reason of the events.task_run.queued of a run put back for its claim check (requeue_unstarted's
+`unchecked_cap`)."""
 
 
-async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uuid.UUID,
-                            supervisor: str) -> bool | str | None:
+class RequeueCapped(Exception):
+    """requeue_unstarted with `unchecked_cap`: the run was put back for its claim check that many times already."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__(f"put back in the queue {times} time{'s' if times != 1 else ''} already for its claim check")
+        self.times = times
+
+
+async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uuid.UUID, supervisor: str, *,
+                            unchecked_cap: int | None = None) -> bool | str | None:
     """A run started under `supervisor` whose main.py never started, put back in the queue (`queued`, its supervisor,
     beat and start cleared; its place in its workspace freed): its scheduler stopped before it ran it
     (scheduler.Scheduler._requeued), or, full, could not adopt it (adopt_unanswered). It keeps its `created_at`, so it
@@ -384,6 +396,11 @@ async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uui
     states, and the lineage service's card reads the latest (before, the card read `running`, from its start's
     events.task_run.started, until the run started again); events.task_run.started is sent again when it starts.
     The caller wakes the outbox (events_committed) when it answers False.
+
+    With `unchecked_cap`: the run is put back because its claim could not be checked right before its main.py
+    (scheduler.Scheduler._put_back_unchecked), counted in its `unchecked_requeues`, its event's reason
+    UNCHECKED_PUT_BACK; one put back so `unchecked_cap` times already is not, and RequeueCapped is raised (a kill asked
+    answers as above first). A stop's put-backs are not counted.
 
     Never refused for its task's `max_queued`: the run was queued within the bound when its point came, and is not a
     new one. So the task may have, for a while, more than max_queued runs waiting (one more for each run put back);
@@ -403,23 +420,29 @@ async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uui
     async with conn.transaction():
         await conn.execute("SELECT 1 FROM tasks WHERE id = (SELECT task_id FROM runs WHERE id = $1) FOR SHARE",
                            run_id)
+        counted = unchecked_cap is not None
         back = await conn.fetchrow(
             "UPDATE runs SET status = 'queued', supervisor = NULL, heartbeat_at = NULL, started_at = NULL,"
-            " updated_at = now() WHERE id = $1 AND supervisor = $2 AND status = 'running' AND NOT kill_requested"
+            " updated_at = now(), unchecked_requeues = unchecked_requeues + $3::int WHERE id = $1 AND supervisor = $2"
+            " AND status = 'running' AND NOT kill_requested AND unchecked_requeues < $4::int"
             " AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = runs.task_id AND tasks.killed) RETURNING *",
-            run_id, supervisor)
+            run_id, supervisor, int(counted), unchecked_cap if counted else 2**31 - 1)
         if back is not None:
-            await add_run_event(conn, back, "queued", None, PUT_BACK)
+            await add_run_event(conn, back, "queued", None, UNCHECKED_PUT_BACK if counted else PUT_BACK)
             await notify_work(conn)  # a process with room starts it (lost: the next tick's pass does)
             return False
-        row = await conn.fetchrow("SELECT kill_requested, kill_reason, (SELECT killed FROM tasks WHERE tasks.id ="
-                                  " runs.task_id) AS task_killed FROM runs WHERE id = $1 AND supervisor = $2"
-                                  " AND status = 'running'", run_id, supervisor)
+        row = await conn.fetchrow("SELECT kill_requested, kill_reason, unchecked_requeues, (SELECT killed FROM tasks"
+                                  " WHERE tasks.id = runs.task_id) AS task_killed FROM runs WHERE id = $1 AND"
+                                  " supervisor = $2 AND status = 'running'", run_id, supervisor)
     if row is None:
         return None
     if row["kill_requested"]:
         return row["kill_reason"] or True
-    return True if row["task_killed"] else None
+    if row["task_killed"]:
+        return True
+    if counted and row["unchecked_requeues"] >= unchecked_cap:
+        raise RequeueCapped(row["unchecked_requeues"])
+    return None
 
 
 async def finish_run(pool: asyncpg.Pool, run_id: uuid.UUID, supervisor: str, status: str, exit_code: int | None,

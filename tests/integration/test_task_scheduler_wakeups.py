@@ -366,7 +366,8 @@ async def put_back_over_max_queued(pool: asyncpg.Pool, orch_id: uuid.UUID, sched
     """A run put back in the queue of a task that has max_queued runs waiting already (allow, max_queued 1): put back
     all the same (it was queued within the bound, not a new run), with its events.task_run.queued in the outbox (the
     lineage card's status: it read `running` until the run started again); the task's next point then makes no run
-    (its queue read full), and one that comes once the queue is empty does. In one transaction rolled back at the end
+    (its queue read full), and one that comes once the queue is empty does. Then the same run put back for its claim
+    check (counted, up to a cap: store.RequeueCapped). In one transaction rolled back at the end
     (now() is its start: the points are relative to it), so the running scheduler never sees these rows."""
     task, waiting, put_back = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with pool.acquire() as conn:
@@ -400,5 +401,16 @@ async def put_back_over_max_queued(pool: asyncpg.Pool, orch_id: uuid.UUID, sched
             await conn.execute("UPDATE tasks SET next_fire = now() - interval '1 s' WHERE id = $1", task)
             await sched.fire_due(conn)
             assert [r["status"] for r in await store.runs_of(conn, task, "queued", None)] == ["queued"]
+            # put back for its claim check (unchecked_cap; Scheduler._put_back_unchecked): counted, the stop's put-back
+            # above not, its event saying why; at the cap RequeueCapped, the run left running for its end's record
+            assert await store.requeue_unstarted(conn, put_back, "other", unchecked_cap=1) is False
+            await conn.execute("UPDATE runs SET status = 'running', supervisor = 'other' WHERE id = $1", put_back)
+            with pytest.raises(store.RequeueCapped):
+                await store.requeue_unstarted(conn, put_back, "other", unchecked_cap=1)
+            row = await conn.fetchrow("SELECT status, unchecked_requeues FROM runs WHERE id = $1", put_back)
+            assert (row["status"], row["unchecked_requeues"]) == ("running", 1), dict(row)
+            reasons = Counter(json.loads(e["payload"])["reason"] for e in await conn.fetch(
+                "SELECT payload FROM outbox WHERE payload->>'run_id' = $1", str(put_back)))
+            assert reasons == {store.PUT_BACK: 1, store.UNCHECKED_PUT_BACK: 1}, reasons
         finally:
             await transaction.rollback()

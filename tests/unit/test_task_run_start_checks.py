@@ -253,3 +253,61 @@ async def test_a_mint_auth_fails_on_a_fault_of_its_own_fails_the_run_at_once_say
     sched._supervised(a_row(asked_again))
     await settle(sched)
     assert len(asked) == 2 and seen["ended"][-1][:2] == (asked_again, "failure")
+
+
+def unreachable_claim_checks(monkeypatch, answers: list) -> list[tuple[uuid.UUID, int | None]]:
+    """store.beat_runs refused for every attempt of the claim check (PostgreSQL away; its retries cut to 0.3 s), and
+    store.requeue_unstarted answering `answers` in turn (an exception raised); each put-back asked, with its cap."""
+    asked: list[tuple[uuid.UUID, int | None]] = []
+
+    async def beat_runs(pool, run_ids, supervisor):
+        raise ConnectionRefusedError("connection refused")
+
+    async def requeue_unstarted(pool, run_id, supervisor, *, unchecked_cap=None):
+        asked.append((run_id, unchecked_cap))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
+    monkeypatch.setattr(store, "requeue_unstarted", requeue_unstarted)
+    monkeypatch.setattr(scheduler_module, "END_RECORD_SECONDS", 0.3)
+    return asked
+
+
+async def test_a_run_whose_claim_could_not_be_checked_goes_back_to_the_queue(tmp_path, monkeypatch):
+    """The claim check right before main.py (5954aa2e) met PostgreSQL away for all of its retries: main.py never
+    started, so the run goes back to the queue (counted: at most UNCHECKED_REQUEUES times), as a stop's does.
+    Before, it failed for good: 'the run could not be started: ConnectionRefusedError' (TimeoutError when each
+    attempt went unanswered)."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    put_back = unreachable_claim_checks(monkeypatch, [False])
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    await settle(sched)
+    assert seen["executed"] == [] and seen["ended"] == []  # before: ended, 'the run could not be started: ...'
+    assert put_back == [(run_id, scheduler_module.UNCHECKED_REQUEUES)]
+
+
+async def test_a_run_put_back_for_its_claim_check_too_often_fails_saying_why(tmp_path, monkeypatch):
+    """Past UNCHECKED_REQUEUES put-backs (store.requeue_unstarted raises RequeueCapped) the run fails, its reason
+    naming the check, the database's error and the put-backs; a kill asked meanwhile (a replace) ends it with the
+    kill's reason instead, as a stop's put-back does."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    replaced = "replaced by the task's run for 2026-12-06T10:00:00+00:00 (concurrency_policy replace)"
+    unreachable_claim_checks(monkeypatch, [store.RequeueCapped(3), replaced])
+    capped, killed = uuid.uuid4(), uuid.uuid4()
+    for run_id in (capped, killed):
+        sched._supervised(a_row(run_id))
+        await settle(sched)
+    assert seen["executed"] == []
+    assert seen["ended"] == [
+        (capped, "failure", f"the run could not be started: {scheduler_module.UNCHECKED}: ConnectionRefusedError: "
+                            "connection refused; put back in the queue 3 times already for its claim check, so not "
+                            "again"),
+        (killed, "failure", replaced)]
