@@ -20,14 +20,22 @@ def _chromium_folders() -> set[str]:
 
 
 def _until_dead(processes: list[psutil.Process], within: float) -> None:
-    """Until each process is gone or a zombie, for at most `within` seconds. The killed Chromium is chromedriver's
-    child, and chromedriver (alive until quit) does not reap it: psutil.wait_procs waits for a pid to go, so it
-    waited out its whole timeout on the zombies (10 s of this test's 12)."""
+    """Until each process is gone or a zombie, for at most `within` seconds; a failure naming those still alive
+    then. The killed Chromium is chromedriver's child, and chromedriver (alive until quit) does not reap it:
+    psutil.wait_procs waits for a pid to go, so it waited out its whole timeout on the zombies (10 s of this test's
+    12). It returned silently after `within` too, and the folder check then failed on a browser still running."""
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if all(_dead(process) for process in processes):
-            return
+    while alive := [process for process in processes if not _dead(process)]:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still alive {within:g} s after SIGKILL: {', '.join(map(_described, alive))}")
         time.sleep(0.05)
+
+
+def _described(process: psutil.Process) -> str:
+    try:
+        return f"{process.pid} {process.name()} ({process.status()})"
+    except psutil.Error:  # gone since it was looked at
+        return f"{process.pid} (gone since)"
 
 
 def _dead(process: psutil.Process) -> bool:
@@ -52,7 +60,10 @@ def test_a_killed_browser_leaves_nothing_in_the_temporary_directory():
         killed = []
         for process in browser.browsers:  # killed: nothing of its own cleans up
             for child in [*process.children(recursive=True), process]:
-                child.kill()
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:  # ended with one killed before it (a loaded host shows it): dead
+                    continue
                 killed.append(child)
         _until_dead(killed, within=10)
     finally:
