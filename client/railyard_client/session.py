@@ -289,12 +289,14 @@ def write_credentials(data: dict[str, Any], path: Path | None = None) -> Path:
     over it. The temporary file holds the tokens too: it is removed when anything fails before its rename (a value
     JSON cannot hold, a full disk, a Ctrl-C), and one a killed process left is removed by the next write once it is
     STALE_TEMPORARY old (`sweep_stale_temporaries`). Before, each such failure left a `.credentials-XXXXXXXX` with
-    the tokens in the config folder for good."""
+    the tokens in the config folder for good. The age is read against the folder's own clock (the new temporary
+    file's time stamp), not this process's: on a home shared between hosts (NFS) the file server stamps the files,
+    and a host whose clock ran a minute ahead of it took another host's write under way for a dead one."""
     path = path or credentials_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sweep_stale_temporaries(path.parent)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX)  # mkstemp creates it 0600
     try:
+        sweep_stale_temporaries(path.parent, now=os.fstat(fd).st_mtime)  # ours is 0 s old by that clock: kept
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=1)
         os.replace(temporary, path)
@@ -308,7 +310,8 @@ def write_credentials(data: dict[str, Any], path: Path | None = None) -> Path:
 def sweep_stale_temporaries(folder: Path, now: float | None = None) -> None:
     """Remove write_credentials' temporary files in `folder` (their name: TEMPORARY_NAME) older than STALE_TEMPORARY
     and this user's, left by a process killed between their creation and their rename. A younger one may be another
-    process's write under way and is left; so is anything that is not a regular file. Nothing is raised."""
+    process's write under way and is left; so is anything that is not a regular file. Nothing is raised. `now`: the
+    folder's clock (write_credentials gives its new temporary file's time stamp); this process's when None."""
     now = time.time() if now is None else now
     uid = getattr(os, "getuid", lambda: None)()
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 from railyard_client import session
@@ -51,3 +52,17 @@ def test_a_temporary_file_a_killed_write_left_is_removed_by_the_next_write_once_
     # is not write_credentials' is not ours to remove
     assert left_beside(path) == [".credentials-efgh5678", ".credentials-notours.json"]
     assert read_credentials(path) == SIGNED_IN and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_another_hosts_write_under_way_is_not_swept_when_this_hosts_clock_runs_ahead(tmp_path, monkeypatch):
+    """A home shared between hosts (NFS): the file server stamps the files, so with this host's clock an hour ahead of
+    it a temporary file another host made a moment ago looked an hour old and was removed under its write (whose
+    rename then failed). The age is read against the folder's own clock: the new temporary file's time stamp."""
+    path = tmp_path / "credentials.json"
+    under_way = tmp_path / ".credentials-ijkl9012"
+    under_way.write_text(json.dumps(SIGNED_IN))  # stamped now by the folder's clock
+    ahead = time.time() + 3600
+    monkeypatch.setattr(session, "time", SimpleNamespace(time=lambda: ahead, monotonic=time.monotonic,
+                                                         sleep=time.sleep))
+    write_credentials(SIGNED_IN, path)
+    assert left_beside(path) == [".credentials-ijkl9012"]  # before: [] (removed, an hour old by this host's clock)
