@@ -336,6 +336,11 @@ class DeployerSettings(BaseModel):
                                     "(docs/deployment.md, \"Liveness: a hung replica is replaced\").")
     liveness_probes: int = Field(6, ge=1, description="Status probes in a row a replica leaves unanswered, over "
                                  "liveness_timeout at least, before it is taken as hung.")
+    silent_kept_for: float = Field(10.0, gt=0, le=86400, allow_inf_nan=False, description="Seconds a replica "
+                                   "that answered its status probe before keeps that answer (Running) while its "
+                                   "probes go unanswered (busy), 3 in a row at least; then it is Starting, the "
+                                   "details naming the silence (docs/deployment.md, \"Replica status: busy is not "
+                                   "starting\"). Keep it below liveness_timeout.")
     # finite: a respawn time is now + the delay, compared on every supervisor pass
     crash_backoff: float = Field(1.0, gt=0, le=86400, allow_inf_nan=False, description="Seconds before a replica "
                                  "that exited (or was killed for not answering within ready_timeout) before it "

@@ -244,9 +244,12 @@ def _lease(leases: Path | None, port: int) -> bool:
     return True
 
 
-# the test stack's (stack_env): above test_deploy_busy_status's hold of a replica until its status reads say Starting
-# (the deployer's SILENT_KEPT_FOR, 10 s: held 10.0 s at load 17), which must not get it replaced
-DEPLOYER_LIVENESS_TIMEOUT, DEPLOYER_LIVENESS_PROBES = 15, 3
+# the test stack's (stack_env): a replica that answered before keeps its Running while its status probes go
+# unanswered for 5 s, not 10 (test_deploy_busy_status.py holds one with SIGSTOP until its status reads say Starting);
+# the liveness bound above that hold (held 5.2 s at load 7-8; 10.0 s at load 17 with the 10 s default), which must not
+# get it replaced
+DEPLOYER_SILENT_KEPT_FOR = 5.0
+DEPLOYER_LIVENESS_TIMEOUT, DEPLOYER_LIVENESS_PROBES = 10, 3
 
 
 def stack_env(data_dir: Path) -> dict[str, str]:
@@ -298,8 +301,10 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_SANDBOX__FILE_SIZE_MB"] = "64"
     # an autoscaled deployment retires an idle replica 4 s after it last scaled, not 10 (test_pipelines.py)
     env["RAILYARD_DEPLOYER__SCALE_DOWN_AFTER"] = "4"
-    # a replica whose status probes go unanswered for 15 s (3 in a row) is hung: killed and replaced, not after 60 s
-    # (test_deploy_busy_status.py holds one with SIGSTOP, and loads another for longer than that)
+    # a replica whose status probes go unanswered for 5 s (3 in a row) reads Starting, not after 10 s, and for 10 s
+    # (3 in a row) is hung: killed and replaced, not after 60 s (test_deploy_busy_status.py holds one with SIGSTOP, and
+    # loads another for longer than that)
+    env["RAILYARD_DEPLOYER__SILENT_KEPT_FOR"] = str(DEPLOYER_SILENT_KEPT_FOR)
     env["RAILYARD_DEPLOYER__LIVENESS_TIMEOUT"] = str(DEPLOYER_LIVENESS_TIMEOUT)
     env["RAILYARD_DEPLOYER__LIVENESS_PROBES"] = str(DEPLOYER_LIVENESS_PROBES)
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds

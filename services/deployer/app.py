@@ -120,6 +120,7 @@ async def start(runtime: Runtime) -> None:
                            crash_backoff=settings.deployer.crash_backoff,
                            crash_backoff_max=settings.deployer.crash_backoff_max,
                            crash_stable_after=settings.deployer.crash_stable_after,
+                           silent_kept_for=settings.deployer.silent_kept_for,
                            bus_epoch=lambda: nc.stats["reconnects"] if nc.is_connected else None,
                            engine_work_dir=settings.stack.data_dir.expanduser().resolve() / "engine-work",
                            sweep_cgroups=sandbox.sweep_unused_cgroups)

@@ -36,10 +36,11 @@ log = logging.getLogger("railyard.deployer.backend")
 MEASURE_EVERY = 2.0
 SCALE_UP_AFTER = 3.0
 STATUS_PROBE_WAIT = 0.5  # seconds a replica has to answer a status probe
-SILENT_KEPT_FOR = 10.0
+SILENT_KEPT_FOR = DeployerSettings.model_fields["silent_kept_for"].default  # settings.deployer.silent_kept_for's
 SILENT_KEPT_PROBES = 3
 """A replica that answered its status probe before keeps its last answer (Running) while its probes go unanswered
-(time out: busy), until they have for SILENT_KEPT_FOR seconds and SILENT_KEPT_PROBES probes in a row: then it is
+(time out: busy), until they have for silent_kept_for seconds (settings.deployer; SILENT_KEPT_FOR, 10 s, by default:
+the test stack's is shorter, tests/stack.py) and SILENT_KEPT_PROBES probes in a row: then it is
 `Starting` again with the reason. The probe is answered on the replica's event loop, beside its requests (its own
 subscription, not queued behind them), which a replica short of CPU answers late: 30 ms median, 280 ms at most
 under batch-1000 load at load 8 (session 28), past 0.5 s at load ~19 (docs/inference.md); the deployment then said
@@ -225,13 +226,15 @@ class LocalBackend:
                  crash_backoff: float = _DEFAULTS["crash_backoff"].default,
                  crash_backoff_max: float = _DEFAULTS["crash_backoff_max"].default,
                  crash_stable_after: float = _DEFAULTS["crash_stable_after"].default,
+                 silent_kept_for: float = SILENT_KEPT_FOR,
                  engine_work_dir: Path | None = None, sweep_cgroups: Callable[[], int] | None = None) -> None:
         """Timings from settings.deployer (their defaults live there only): an idle replica retires
         scale_down_after seconds after the last scaling, new replicas have ready_timeout to answer, a stopping
         one stop_timeout to drain, a hung one is replaced after liveness_timeout and liveness_probes unanswered
         probes (0: never), one that never answers is killed ready_timeout after its start; a replica that exits
         (or is killed) before it came up is replaced after crash_backoff, doubling up to crash_backoff_max (it came
-        up once it answered and lived crash_stable_after); request_slice_us: the scheduler slice replicas ask for
+        up once it answered and lived crash_stable_after); a replica that answered keeps its answer for silent_kept_for
+        while its probes go unanswered (SILENT_KEPT_FOR); request_slice_us: the scheduler slice replicas ask for
         (settings' request_path_slice_us). bus_epoch: the deployer's bus connection, None while it is down, else a
         number that changes when it reconnects (a probe timed out across an outage is not counted).
         engine_work_dir: where replicas keep their sandboxed workers' folders (engine-work; sweep_work,
@@ -243,6 +246,7 @@ class LocalBackend:
         self.liveness_probes = liveness_probes
         self.crash_backoff, self.crash_backoff_max = crash_backoff, crash_backoff_max
         self.crash_stable_after = crash_stable_after
+        self.silent_kept_for = silent_kept_for
         self.bus_epoch = bus_epoch
         self._probes: set[asyncio.Task] = set()  # the supervisor's liveness probes under way
         self.request_slice_us = request_slice_us
@@ -461,8 +465,7 @@ class LocalBackend:
             replica.live_silent_since = sent
         replica.live_silent_probes += 1
 
-    @staticmethod
-    def _silent(replica: Replica, wait: float = STATUS_PROBE_WAIT) -> dict[str, Any]:
+    def _silent(self, replica: Replica, wait: float = STATUS_PROBE_WAIT) -> dict[str, Any]:
         """What a replica whose status probe timed out is: its last answer for a while when it answered before."""
         now = time.monotonic()
         if replica.answered is None:
@@ -471,7 +474,7 @@ class LocalBackend:
             replica.silent_since = now - wait
         replica.silent_probes += 1
         silent = now - replica.silent_since
-        if silent < SILENT_KEPT_FOR or replica.silent_probes < SILENT_KEPT_PROBES:
+        if silent < self.silent_kept_for or replica.silent_probes < SILENT_KEPT_PROBES:
             return replica.answered
         return {"status": "Starting", "reason": f"it answered no status probe for {silent:.0f} s "
                                                 f"({replica.silent_probes} in a row): busy or hung"}
@@ -762,7 +765,7 @@ class LocalBackend:
 
     def serving_now(self, name: str) -> bool:
         """Whether a replica of `name` is known to run without asking: it answered `Running` to a status probe
-        within SILENT_KEPT_FOR (the supervisor's liveness probes, status reads, resolves), no probe of it went
+        within silent_kept_for (the supervisor's liveness probes, status reads, resolves), no probe of it went
         unanswered or found no status subscriber (draining, its bus connection lost) since, and it has not exited
         (its process's exit is seen at once: the replica is this process's child) or been given up on (_give_up).
         A route's resolve then needs no probe of every replica (handlers.resolve_deployment); otherwise it asks
@@ -775,7 +778,7 @@ class LocalBackend:
         return any(
             r.process.returncode is None and r.gave_up is None and r.answered is not None
             and r.answered.get("status") == "Running" and r.answered_at is not None
-            and now - r.answered_at < SILENT_KEPT_FOR and not r.silent_probes and not r.live_silent_probes
+            and now - r.answered_at < self.silent_kept_for and not r.silent_probes and not r.live_silent_probes
             for r in replica_set.replicas)
 
     def start_supervising(self) -> None:

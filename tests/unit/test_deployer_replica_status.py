@@ -16,6 +16,7 @@ import pytest
 
 import services.deployer.backend as backend_module
 from services.deployer.backend import SILENT_KEPT_FOR, SILENT_KEPT_PROBES, LocalBackend, Replica, ReplicaSet
+from shared.settings import DeployerSettings
 
 RUNNING = {"status": "Running", "pipeline_statuses": {"pipelines": [{"id": "p", "status": "Running"}]},
            "model_statuses": {"models": [{"name": "m", "version": "v", "sha": "s", "status": "Running"}]}}
@@ -50,9 +51,9 @@ def clock(monkeypatch) -> list[float]:
     return now
 
 
-def _world(tmp_path, replicas: int = 1) -> tuple[LocalBackend, Bus, ReplicaSet]:
+def _world(tmp_path, replicas: int = 1, **timings: float) -> tuple[LocalBackend, Bus, ReplicaSet]:
     bus = Bus()
-    backend = LocalBackend(tmp_path, bus.request, scale_down_after=60, ready_timeout=10, stop_timeout=1)
+    backend = LocalBackend(tmp_path, bus.request, scale_down_after=60, ready_timeout=10, stop_timeout=1, **timings)
     replica_set = ReplicaSet(name="d-1", spec_path=tmp_path / "spec.json", replicas=[
         Replica(replica_id=str(i), process=SimpleNamespace(pid=100 + i, returncode=None), started_at=0.0)
         for i in range(replicas)])
@@ -82,6 +83,22 @@ async def test_a_replica_that_answered_keeps_running_while_busy_then_is_starting
     bus.answers["0"] = nats.errors.TimeoutError()
     clock[0] += 1
     assert await _status(backend) == ["Running"]
+
+
+async def test_the_time_a_silent_replica_is_kept_is_the_deployer_setting(tmp_path, clock):
+    """settings.deployer.silent_kept_for (the test stack's is 5 s: test_deploy_busy_status holds a replica that long)
+    bounds the keeping, not the default, both ways; the route's serving_now counts the same span."""
+    backend, bus, _ = _world(tmp_path, silent_kept_for=2.0)
+    bus.answers["0"] = RUNNING
+    assert await _status(backend) == ["Running"] and backend.serving_now("d-1")
+    clock[0] += 2.5  # a last answer older than the setting: asked again
+    assert not backend.serving_now("d-1")
+    bus.answers["0"] = nats.errors.TimeoutError()
+    for _ in range(SILENT_KEPT_PROBES):
+        assert await _status(backend) == ["Running"]
+        clock[0] += 0.6
+    assert await _status(backend) == ["Starting"]  # 2.3 s silent, well below the default's 10
+    assert SILENT_KEPT_FOR == 10.0 == DeployerSettings().silent_kept_for
 
 
 async def test_one_late_probe_after_a_long_quiet_is_not_a_long_silence(tmp_path, clock):
