@@ -165,16 +165,27 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_logout(args: argparse.Namespace) -> int:
     """End the saved session at its server and remove its tokens: the client's `railyard logout` itself
-    (railyard_client.cli), not a copy of it. The credentials file `login` writes here is the one it reads (the
-    client's, `~/.config/railyard/credentials.json`; RAILYARD_CLIENT_CREDENTIALS names another for the client). Without
-    the client installed (a server-only install), exit 2 saying so."""
+    (railyard_client.cli), not a copy of it, on the credentials file `login` and `token` here use
+    (`_credentials_path`, the client's default `~/.config/railyard/credentials.json`). The client's command reads
+    RAILYARD_CLIENT_CREDENTIALS first, which this module's `login` never wrote: set, this logout ended and removed the
+    sign-in in that file (another one, a `railyard login`'s) and left the one `login` here saved. So it is set to this
+    module's file for the call. Without the client installed (a server-only install), exit 2 saying so."""
     try:
         from railyard_client.cli import main as client_main
+        from railyard_client.session import ENV_CREDENTIALS
     except ImportError:
         print("railyard: logout is the client's command: install railyard-client (`pip install ./client`, the"
               " container image has it), then run `railyard logout`", file=sys.stderr)
         return 2
-    return client_main(["logout"])
+    named = os.environ.get(ENV_CREDENTIALS)
+    os.environ[ENV_CREDENTIALS] = str(_credentials_path())
+    try:
+        return client_main(["logout"])
+    finally:
+        if named is None:
+            os.environ.pop(ENV_CREDENTIALS, None)
+        else:
+            os.environ[ENV_CREDENTIALS] = named
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:

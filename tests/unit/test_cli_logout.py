@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 
 import httpx
@@ -178,3 +179,23 @@ def test_the_server_modules_command_line_signs_out_as_railyard_logout(tmp_path, 
     monkeypatch.setitem(sys.modules, "railyard_client.cli", None)  # a server-only install
     assert server_cli.main(["logout"]) == 2
     assert "install railyard-client" in capsys.readouterr().err
+
+
+def test_the_server_modules_logout_signs_out_of_the_file_its_login_wrote(tmp_path, server, monkeypatch):
+    """`python -m shared.cli login` writes ~/.config/railyard/credentials.json whatever RAILYARD_CLIENT_CREDENTIALS
+    says; with that set (the client's own file, another sign-in), its logout ran the client's command on the client's
+    file: it ended that file's session at the server and removed its tokens, and left the ones its `login` saved. Now
+    it signs out of the file its `login` wrote, and the client's is left as it was."""
+    from shared import cli as server_cli
+
+    calls, _ = server
+    clients, bob = tmp_path / "elsewhere.json", SIGNED_IN | {"username": "bob", "refresh_token": "b.o.b"}
+    write_credentials(bob, clients)
+    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(clients))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    server_cli._save_credentials(SIGNED_IN)  # as its `login` writes it
+    assert server_cli.main(["logout"]) == 0
+    assert [call["data"] for call in calls] == [{"refresh_token": "r.e.f"}]  # before: bob's b.o.b ended
+    assert not (tmp_path / "railyard" / "credentials.json").exists()  # before: alice's tokens left
+    assert read_credentials(clients) == bob  # before: removed
+    assert os.environ["RAILYARD_CLIENT_CREDENTIALS"] == str(clients)
