@@ -77,7 +77,6 @@ def _jsonb(value: Any) -> Any:
 
 
 LOOK_FIELDS = ("icon", "icon_color", "icon_bg_color")
-TEXT_FIELDS = ("title", "url_title")
 
 
 def _stored_look(settings: dict[str, Any]) -> dict[str, Any]:
@@ -107,15 +106,13 @@ def _stored_settings(settings: dict[str, Any]) -> WorkflowSettings:
     whitespace or a control character in it (shared/messages/lineage.py relative_url_problem) is left out: it could
     lead off the instance, and keeping it made the whole graph fail (WorkflowSettings refuses it). Its icon and
     colours as _stored_look reads them. Its title and url_title as stored: a request's may hold no control character
-    (since session 39), but one stored before, or a card titled after a name taken then (a project's with DEL, a
-    version's title with a newline), is still answered rather than failing the graph."""
+    (NewWorkflowSettings, since session 39), but WorkflowSettings, which answers read, takes one stored before, or
+    a card's default title (a file's name with a tab, a project's with DEL taken until session 38)."""
     settings = _stored_look(settings)
     url = settings.get("url")
     if isinstance(url, str) and relative_url_problem(url):
         settings = {key: value for key, value in settings.items() if key != "url"}
-    text = {key: settings[key] for key in TEXT_FIELDS if isinstance(settings.get(key), str)}
-    checked = WorkflowSettings(**{key: value for key, value in settings.items() if key not in text})
-    return checked.model_copy(update=text)
+    return WorkflowSettings(**settings)
 
 
 def node_model(row: Any) -> WorkflowNode:

@@ -389,16 +389,17 @@ def relative_url_problem(url: str) -> str | None:
 
 
 class WorkflowSettings(Message):
-    """How a card looks (seed 000): every field optional. Its title and url_title hold no control character (a card
-    stored before that rule is still answered as stored)."""
+    """How a card looks (seed 000): every field optional. As the graph answers it: its title and url_title as stored
+    (a card's default title is the name of what it stands for, e.g. a workspace file's, which may hold a tab); a
+    request's settings are NewWorkflowSettings."""
 
-    title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
+    title: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=1000)
     icon: str | None = Field(None, description="A Material Design icon name, without the 'zmdi-' prefix.")
     icon_color: str | None = Field(None, description="Hexadecimal color, e.g. #2196F3.")
     icon_bg_color: str | None = Field(None, description="Hexadecimal color, e.g. #E3F2FD.")
     url: str | None = Field(None, max_length=2000, description="Relative to the instance: starts with '/'.")
-    url_title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
+    url_title: str | None = Field(None, max_length=200)
 
     @field_validator("icon")
     @classmethod
@@ -422,12 +423,22 @@ class WorkflowSettings(Message):
         return value
 
 
+class NewWorkflowSettings(WorkflowSettings):
+    """A card's settings as a request gives them (WorkflowMeta): its title and url_title hold no control character
+    (since session 39). Answers (WorkflowNode, WorkflowEdge) read WorkflowSettings, without that rule: the gateway
+    checks an answer against its model, so a card titled with one (stored before, or the default title of a file
+    whose name holds a tab) made the whole workflow/graph a 500."""
+
+    title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
+    url_title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
+
+
 class WorkflowMeta(Message):
     """Customization of the two cards an input/output call touches: the relation (the data card) and the
     main node (the task run). The last write to a main node wins."""
 
-    relation_settings: WorkflowSettings | None = None
-    node_settings: WorkflowSettings | None = None
+    relation_settings: NewWorkflowSettings | None = None
+    node_settings: NewWorkflowSettings | None = None
 
 
 class WorkflowLink(Command):

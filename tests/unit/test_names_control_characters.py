@@ -20,7 +20,7 @@ from shared.authz import Principal
 from shared.errors import InvalidRequest, validation_detail
 from shared.messages.assays import NewAssayConfig
 from shared.messages.auth import CreateInferenceClient, CreateWorkspace
-from shared.messages.lineage import CreateDataset, CreateProject, CreateProjectVersion, WorkflowSettings
+from shared.messages.lineage import CreateDataset, CreateProject, CreateProjectVersion, WorkflowMeta, WorkflowSettings
 from shared.messages.monitoring import SetDeploymentModel, UpdateDeployment
 from shared.messages.monitoring_predictions import MonitorImage
 from shared.messages.registry import CreateConnection, UploadModel
@@ -77,8 +77,8 @@ def test_free_text_names_of_printable_characters_are_taken():
 
 @pytest.mark.parametrize("control", CONTROLS)
 @pytest.mark.parametrize("model, field", [
-    (WorkflowSettings, "title"),
-    (WorkflowSettings, "url_title"),
+    (WorkflowMeta, ("relation_settings", "title")),
+    (WorkflowMeta, ("node_settings", "url_title")),
     (CreateProjectVersion, "version_title"),
     (UploadOrchestration, "file_name"),
     (NewAssayConfig, "pipeline_name"),
@@ -115,6 +115,59 @@ def test_a_card_title_stored_with_a_control_character_is_still_answered():
                              "settings": {"title": "in\nput", "icon": "folder"}})
     assert (edge.settings.title, edge.settings.icon) == ("in\nput", "folder")
     assert ModelVersionRef.model_validate({"name": "churn\n"}).name == "churn\n"  # answers read what is stored
+
+
+def test_a_card_titled_with_a_control_character_is_answered_through_the_gateway(monkeypatch):
+    """The gateway checks a JSON route's answer against its model (FastAPI's response_model): with the request rule on
+    WorkflowSettings, which WorkflowNode and WorkflowEdge answer, a card titled with a tab (a workspace file's name
+    gives a file card its title, and a file's path may hold one) or stored before the rule made workflow/graph, and
+    the add_input_* that drew the card, a 500 for the whole workspace. A request's settings still refuse one."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from services.gateway import handlers
+    from services.gateway.http import create_app
+    from services.workflow_lineage import graph
+    from shared.messages.lineage import LinkAdded, WorkflowGraph
+    from shared.settings import Settings
+
+    now = datetime.now(UTC)
+    card = graph.node_model({"id": 1, "kind": "file", "ref": "/data/a\tb.csv", "title": "a\tb.csv", "settings": {},
+                             "data": {}, "created_at": now, "updated_at": now})
+    run = graph.node_model({"id": 2, "kind": "task_run", "ref": "run-1", "title": "nightly\x7f",
+                            "settings": {"url_title": "Open\nit"}, "data": {}, "created_at": now, "updated_at": now})
+    edge = graph.edge_model({"id": 3, "source": 1, "target": 2, "relation": "input", "origin": "explicit",
+                             "settings": {"title": "in\nput"}})
+    answers = {"workflow_lineage.workflow.graph": WorkflowGraph(root=None, nodes=[card, run], edges=[edge]),
+               "workflow_lineage.workflow.add_input_file": LinkAdded(node=card, main_node=run, edge=edge)}
+
+    class Verifier:
+        async def verify(self, token):
+            return USER
+
+    async def forward(broker, subject, cmd, token, timeout):
+        return answers[subject].model_dump(mode="json")  # as the bus carries it
+
+    monkeypatch.setattr(handlers, "forward", forward)
+    app = create_app(SimpleNamespace(settings=Settings(), extras={"verifier": Verifier()}, broker=None, objects=None))
+    auth = {"Authorization": "Bearer t"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        drawn = client.post("/v1/api/workflow/graph", json={"workspace_id": 1}, headers=auth)
+        assert drawn.status_code == 200, drawn.text
+        titles = [(n["title"], n["settings"].get("title"), n["settings"].get("url_title"))
+                  for n in drawn.json()["nodes"]]
+        assert titles == [("a\tb.csv", "a\tb.csv", None), ("nightly\x7f", "nightly\x7f", "Open\nit")]
+        assert drawn.json()["edges"][0]["settings"]["title"] == "in\nput"
+        linked = client.post("/v1/api/workflow/add_input_file", json={"workspace_id": 1, "task_id": "run-1",
+                                                                      "path": "/data/a\tb.csv"}, headers=auth)
+        assert linked.status_code == 200, linked.text
+        assert linked.json()["node"]["settings"]["title"] == "a\tb.csv"
+        refused = client.post("/v1/api/workflow/add_input_file", headers=auth, json={
+            "workspace_id": 1, "task_id": "run-1", "path": "/data/a.csv",
+            "meta": {"relation_settings": {"title": "a\tb"}}})
+        assert refused.status_code == 400 and FREE_TEXT_RULE in refused.json()["msg"], refused.text
 
 
 @pytest.mark.parametrize("name", ["churn\n", "churn\x7f", "ch\turn"])
