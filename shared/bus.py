@@ -60,6 +60,7 @@ from shared.raw_bus import (  # noqa: F401 - defined there for FastStream-free p
     error_headers,
     log_refused_reply,
 )
+from shared.request_values import refuse_lax_scalars
 from shared.settings import COMMAND_DRAIN_TIMEOUT, Settings
 
 log = logging.getLogger("railyard.bus")
@@ -221,6 +222,7 @@ async def run_command(
             cmd = model.model_validate(payload)
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors())) from None
+        refuse_lax_scalars(payload, cmd)  # {"dry_run": "false"} is no boolean, {"id": true} no number
         result = await handler(cmd, ctx)
         return result if isinstance(result, EncodedData) else reply_ok(result)
     except RailyardError as exc:

@@ -437,7 +437,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             errors = exc.errors() if isinstance(exc, ValidationError) else []
             raise InvalidRequest(validation_message(errors) if errors else
                                  "the body must be JSON: {\"workspace_id\", \"name\", \"version\"?}") from None
-        json_body.refuse_booleans_as_numbers(body, command)  # {"workspace_id": true} is not workspace 1
+        json_body.refuse_lax_scalars(body, command)  # {"workspace_id": true} is not workspace 1
         resolved = reg.ResolvedModel.model_validate(await handlers.forward(
             runtime.broker, subjects.REGISTRY_MODELS_RESOLVE, command, bearer_token(request), timeout))
         key = content_key(resolved.sha)
@@ -460,7 +460,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         body = {"file_name": upload.filename or str(metadata.get("name", "model")), **metadata, "staged_key": staged}
         try:
             command = reg.UploadModel.model_validate(body)
-            json_body.refuse_booleans_as_numbers(metadata, command, "metadata")
+            json_body.refuse_lax_scalars(metadata, command, "metadata")
         except (ValidationError, InvalidRequest) as exc:
             await objects.delete(BUCKET_ARTIFACTS, staged)
             if isinstance(exc, InvalidRequest):
@@ -503,7 +503,7 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
             command = route.model.model_validate(payload)
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors())) from None
-        json_body.refuse_booleans_as_numbers(payload, command)
+        json_body.refuse_lax_scalars(payload, command)
         if route.encoded:
             return Response(await request_encoded(runtime.broker, route.subject, command, token=bearer_token(request),
                                                   timeout=route.wait(runtime.settings), reply_model=route.reply),

@@ -19,9 +19,9 @@ import json
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
 
 from shared.errors import InvalidRequest
+from shared.request_values import refuse_lax_scalars as refuse_lax_scalars  # the routes' check, the bus's too
 
 LOW, HIGH = -(2**63), 2**64 - 1  # what orjson (and Arrow's int64/uint64) hold exactly
 _FLOAT_LOW, _FLOAT_HIGH = float(LOW), float(2**64)  # what orjson reads an integer beyond them as, at the nearest
@@ -78,33 +78,3 @@ def _too_big_integer(data: bytes) -> tuple[str, int] | None:
         elif isinstance(item, list):
             pending.extend((f"{place}.{i}" if place else str(i), v) for i, v in reversed(list(enumerate(item))))
     return None
-
-
-def refuse_booleans_as_numbers(payload: Any, validated: Any, place: str = "") -> None:
-    """A JSON true or false where the command has a number: pydantic (lax) reads them as 1 and 0, so
-    `{"workspace_id": true}` listed workspace 1's models and `{"id": false}` asked for model 0. A 400 naming the
-    field, as for any other wrong type. Walks the body beside what it validated into (nested models, lists and
-    dicts of them: a detection's score in {"image.png": [{"score": true}]}); a field of type Any or bool keeps the
-    boolean itself and is left alone, inside a free-form object too."""
-    if isinstance(payload, dict) and isinstance(validated, BaseModel):
-        fields = type(validated).model_fields
-        for key, value in payload.items():
-            if key in fields:
-                _refuse_boolean_at(value, getattr(validated, key, None), f"{place}.{key}" if place else key)
-    elif isinstance(payload, dict) and isinstance(validated, dict):
-        for key, value in payload.items():
-            if key in validated:
-                _refuse_boolean_at(value, validated[key], f"{place}.{key}" if place else key)
-    elif isinstance(payload, list) and isinstance(validated, list) and len(payload) == len(validated):
-        for index, (value, kept) in enumerate(zip(payload, validated, strict=True)):
-            _refuse_boolean_at(value, kept, f"{place}.{index}")
-
-
-def _refuse_boolean_at(value: Any, kept: Any, place: str) -> None:
-    if kept is value:  # kept as sent (inside Any: a free-form object's part): nothing in it was converted
-        return
-    if isinstance(value, bool):
-        if type(kept) in (int, float):
-            raise InvalidRequest(f"{place}: Input should be a valid number, not {str(value).lower()}")
-    elif isinstance(value, (dict, list)):
-        refuse_booleans_as_numbers(value, kept, place)

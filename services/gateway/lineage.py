@@ -275,5 +275,5 @@ def _validated(model: Any, body: dict[str, Any]) -> Any:
         command = model.model_validate(body)
     except ValidationError as exc:
         raise InvalidRequest(validation_message(exc.errors())) from None
-    json_body.refuse_booleans_as_numbers(body, command)
+    json_body.refuse_lax_scalars(body, command)
     return command

@@ -42,7 +42,7 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
         if not isinstance(body, dict):
             raise InvalidRequest("request body must be a JSON object")
         try:  # {"workspace_id": true} is not workspace 1 (pydantic's lax mode reads it so, the log store's too)
-            json_body.refuse_booleans_as_numbers(body, GetLogs.model_validate(body))
+            json_body.refuse_lax_scalars(body, GetLogs.model_validate(body))
         except ValidationError:
             pass  # the log store refuses it, in its own words
         nc = runtime.broker.config.connection_state.connection
@@ -75,7 +75,7 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
             cmd = ListQuarantinedLogs.model_validate_json(raw if raw.strip() else b"{}")
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors())) from None
-        json_body.refuse_booleans_as_numbers(orjson.loads(raw) if raw.strip() else {}, cmd)  # validated: JSON
+        json_body.refuse_lax_scalars(orjson.loads(raw) if raw.strip() else {}, cmd)  # validated: JSON
         listed = await bus_request(runtime.broker, subjects.LOG_STORE_QUARANTINE_LIST, cmd,
                                    token=bearer_token(request), timeout=QUERY_TIMEOUT, reply_model=QuarantinedLogs)
         return Response(listed.model_dump_json(), media_type="application/json")

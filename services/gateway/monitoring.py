@@ -145,7 +145,7 @@ def accepting_image_uploads(runtime: Runtime, route: Any, json_endpoint: Callabl
             command = route.model.model_validate({**metadata, "staged_key": staged})
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors(), "metadata")) from None
-        json_body.refuse_booleans_as_numbers(metadata, command, "metadata")
+        json_body.refuse_lax_scalars(metadata, command, "metadata")
         try:
             await runtime.objects.put_stream(BUCKET_MONITORING, staged, upload.file, length=size,
                                              content_type=upload.content_type or "application/octet-stream")

@@ -82,7 +82,7 @@ def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, b
                 {"file_name": upload.filename or "orchestration.zip", **metadata, "staged_key": "staging/"})
         except ValidationError as exc:
             raise InvalidRequest(validation_message(exc.errors(), "metadata")) from None
-        json_body.refuse_booleans_as_numbers(metadata, command, "metadata")
+        json_body.refuse_lax_scalars(metadata, command, "metadata")
         staged = staged_key(principal)  # the task scheduler takes it from this user and token scope only
         size = upload.size if upload.size is not None else -1
         await runtime.objects.put_stream(BUCKET_ORCHESTRATIONS, staged, upload.file, length=size)

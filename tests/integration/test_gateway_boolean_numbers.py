@@ -1,5 +1,5 @@
-"""A JSON true/false where a command has a number is a 400 naming the field (services/gateway/json_body.py
-refuse_booleans_as_numbers), not read as 1 or 0: `{"workspace_id": true}` was workspace 1 (its models for a member,
+"""A JSON true/false where a command has a number is a 400 naming the field (shared/request_values.py
+refuse_lax_scalars), not read as 1 or 0: `{"workspace_id": true}` was workspace 1 (its models for a member,
 "workspace 1 not found" for anyone else). Unit cases: tests/unit/test_gateway_boolean_numbers.py."""
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def test_booleans_for_numbers_are_refused_over_http(stack, alice):
             ("pipelines/get_logs", {"pipeline_id": "p", "workspace_id": True},
              "workspace_id: Input should be a valid number, not true"),
             ("pipelines/list_quarantined_logs", {"limit": True}, "limit: Input should be a valid number, not true"),
+            # and anything but true/false where it has a boolean: {"active": "yes"} resumed an assay
+            ("assays/set_active", {"id": 1, "active": "yes"}, "active: Input should be a valid boolean"),
+            ("maintenance/collect_objects", {"dry_run": "false"}, "dry_run: Input should be a valid boolean"),
             ("assays/create", {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output y 0",
                                "alert_threshold": 0.25,
                                "workspace_id": alice.workspace_id, "summarizer": {"num_bins": True},

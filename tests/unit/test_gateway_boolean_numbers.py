@@ -1,23 +1,36 @@
-"""The gateway's JSON command routes refuse a JSON true/false where the command has a number
-(services/gateway/json_body.py refuse_booleans_as_numbers): pydantic's lax mode reads them as 1 and 0, so
-`{"workspace_id": true}` listed workspace 1's models. Fields that are booleans or free-form (Any) keep theirs."""
+"""The gateway's JSON command routes and the bus's commands refuse a JSON true/false where the command has a number,
+and anything but true/false where it has a boolean (shared/request_values.py refuse_lax_scalars): pydantic's lax mode
+reads them as 1 and 0, so `{"workspace_id": true}` listed workspace 1's models, and `{"active": "yes"}` as true.
+Fields that are free-form (Any) keep what was sent; what services stored is read as before."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from services.gateway.json_body import refuse_booleans_as_numbers
+from services.gateway.json_body import refuse_lax_scalars
+from services.monitoring.predictions import image_config
+from shared.bus import CallContext, run_command
 from shared.errors import InvalidRequest, validation_message
-from shared.messages.assays import SetAssayActive
+from shared.messages.assays import AssayConfig, NewAssayConfig, SetAssayActive
+from shared.messages.auth import ListRevocations
 from shared.messages.deployer import NewPipeline
-from shared.messages.lineage import EvaluateDetections
+from shared.messages.lineage import (
+    CollectObjects,
+    DatasetFileQuery,
+    EvaluateDetections,
+    FileLink,
+    RestoreProjectVersion,
+)
+from shared.messages.logs import RunLogMaintenance
 from shared.messages.monitoring import DeleteDeployment
 from shared.messages.monitoring_continuous import ToggleContinuous
 from shared.messages.monitoring_feedback import ToggleFeedbackLoop
+from shared.messages.registry import ModelLookup
 from shared.messages.tasks import RunTaskOnce
 
 
@@ -50,7 +63,7 @@ class Outer(BaseModel):
 def test_a_boolean_where_a_number_is_is_refused(body, place):
     validated = Outer.model_validate(body)  # what pydantic alone makes of it: no error, a 1 or a 0
     with pytest.raises(InvalidRequest) as refused:
-        refuse_booleans_as_numbers(body, validated)
+        refuse_lax_scalars(body, validated)
     assert str(refused.value).startswith(place)
 
 
@@ -60,14 +73,14 @@ def test_a_boolean_where_a_number_is_is_refused(body, place):
     {"items": [{"bins": 1}], "ids": [1, 2]}, {"unknown": True},
 ])
 def test_booleans_where_the_command_takes_them_and_numbers_pass(body):
-    refuse_booleans_as_numbers(body, Outer.model_validate({k: v for k, v in body.items() if k in Outer.model_fields}))
+    refuse_lax_scalars(body, Outer.model_validate({k: v for k, v in body.items() if k in Outer.model_fields}))
 
 
 def test_a_real_command():
     with pytest.raises(InvalidRequest, match="^id: "):
-        refuse_booleans_as_numbers({"id": True, "active": False}, SetAssayActive.model_validate({"id": True,
+        refuse_lax_scalars({"id": True, "active": False}, SetAssayActive.model_validate({"id": True,
                                                                                                 "active": False}))
-    refuse_booleans_as_numbers({"id": 1, "active": False}, SetAssayActive.model_validate({"id": 1, "active": False}))
+    refuse_lax_scalars({"id": 1, "active": False}, SetAssayActive.model_validate({"id": 1, "active": False}))
 
 
 def test_real_commands_with_dicts_of_models_and_free_form_objects():
@@ -77,18 +90,18 @@ def test_real_commands_with_dicts_of_models_and_free_form_objects():
         "a.png": [{"bbox": [0, 0, 4, 4], "category": "cat", "score": 0.5}],
         "b.png": [{"bbox": [0, 0, 4, 4], "category": "cat", "score": True}]}}]}
     with pytest.raises(InvalidRequest, match=r"^candidates\.0\.detections\.b\.png\.0\.score: "):
-        refuse_booleans_as_numbers(detections, EvaluateDetections.model_validate(detections))
+        refuse_lax_scalars(detections, EvaluateDetections.model_validate(detections))
     detections["candidates"][0]["detections"]["b.png"][0].update(score=1, bbox=[False, 0, 4, 4])
     with pytest.raises(InvalidRequest, match=r"\.bbox\.0: "):
-        refuse_booleans_as_numbers(detections, EvaluateDetections.model_validate(detections))
+        refuse_lax_scalars(detections, EvaluateDetections.model_validate(detections))
     pipeline = {"pipeline_id": "p", "workspace_id": 1,
                 "definition": {"steps": [{"ModelInference": {"models": [{"name": "m", "batch": True}]}}],
                                "flags": [True, False, 3], "nested": {"on": False, "n": 1}}}
-    refuse_booleans_as_numbers(pipeline, NewPipeline.model_validate(pipeline))
+    refuse_lax_scalars(pipeline, NewPipeline.model_validate(pipeline))
     run = {"orch_id": "0b7c3a0e-4d6f-4f43-9d1a-1f2b3c4d5e6f", "workspace_id": 1, "json": {"dry_run": True, "n": [1]}}
-    refuse_booleans_as_numbers(run, RunTaskOnce.model_validate(run))
+    refuse_lax_scalars(run, RunTaskOnce.model_validate(run))
     with pytest.raises(InvalidRequest, match="^timeout: "):
-        refuse_booleans_as_numbers({**run, "timeout": True}, RunTaskOnce.model_validate({**run, "timeout": True}))
+        refuse_lax_scalars({**run, "timeout": True}, RunTaskOnce.model_validate({**run, "timeout": True}))
 
 
 @pytest.mark.parametrize("sent", ["yes", "true", "false", 1, 0, "1", "on"])
@@ -110,3 +123,83 @@ def test_the_monitoring_services_booleans_take_only_true_or_false(model, field, 
     for value in (True, False):
         assert getattr(model.model_validate_json(json.dumps(others | {field: value})), field) is value
         assert getattr(model.model_validate(others | {field: value}), field) is value
+
+
+IMAGE = {"input": "x", "kind": "detection", "labels": ["cat"], "outputs": {"scores": "s", "boxes": "b"}}
+ASSAY = {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output y 0", "alert_threshold": 0.25,
+         "workspace_id": 1, "summarizer": {"num_bins": 5},
+         "baseline": {"Fixed": {"pipeline": "p", "model": "m", "start_at": "2026-01-01T00:00:00Z",
+                                "end_at": "2026-01-02T00:00:00Z"}},
+         "window": {"pipeline": "p", "model": "m", "width": "24 hours"}}
+BOOLEANS = [  # every request boolean of the services but the monitoring service's (strict fields since 9808be20)
+    (SetAssayActive, ("active",), {"id": 1}),
+    (NewAssayConfig, ("active",), ASSAY),
+    (NewAssayConfig, ("summarizer", "add_outlier_edges"), ASSAY),
+    (CollectObjects, ("dry_run",), {}),
+    (DatasetFileQuery, ("labels",), {"dataset_id": 1, "name": "a.png"}),
+    (RestoreProjectVersion, ("skip_missed_entities",), {"project_id": 1, "version_id": 2}),
+    (FileLink, ("model_weight",), {"workspace_id": 1, "path": "w.bin"}),
+    (EvaluateDetections, ("image", "flatten"), {"workspace_id": 1, "name": "r", "dataset_id": 2,
+                                                "deployments": ["d-1"], "image": IMAGE}),
+    (EvaluateDetections, ("image", "box_normalized"), {"workspace_id": 1, "name": "r", "dataset_id": 2,
+                                                       "deployments": ["d-1"], "image": IMAGE}),
+    (RunLogMaintenance, ("compact",), {}),
+    (RunLogMaintenance, ("retention",), {}),
+    (RunLogMaintenance, ("purge",), {}),
+    (ModelLookup, ("exists_only",), {"workspace_id": 1, "name": "m"}),
+    (ListRevocations, ("with_keys",), {}),
+]
+
+
+def _with(body: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    body = json.loads(json.dumps(body))
+    *parents, field = path
+    inner = body
+    for name in parents:
+        inner = inner[name]
+    inner[field] = value
+    return body
+
+
+@pytest.mark.parametrize("sent", ["yes", "true", "false", 1, 0, 0.0, "1", "on"])
+@pytest.mark.parametrize(("model", "path", "others"), BOOLEANS)
+def test_a_request_boolean_takes_only_true_or_false(model, path, others, sent):
+    """Session 39: `{"active": "yes"}` resumed an assay and `{"dry_run": "false"}` or `{"dry_run": 0}` collected
+    (deleted) objects a client meant to list, the log store's maintenance read `{"purge": "false"}` as true: pydantic
+    (lax) reads them as booleans. The gateway's routes (the body as parsed) and the bus's commands refuse them, a
+    400 naming the field; true and false pass both."""
+    body = _with(others, path, sent)
+    command = model.model_validate(body)  # what pydantic alone makes of it: a boolean
+    place = ".".join(path)
+    with pytest.raises(InvalidRequest, match=f"^{place}: Input should be a valid boolean$"):
+        refuse_lax_scalars(body, command)
+
+    async def handler(cmd, ctx):
+        return {"ran": True}
+
+    reply = asyncio.run(run_command(handler, model, json.loads(json.dumps(body)), CallContext(subject="s")))
+    assert (reply.status, reply.error.code, reply.error.msg) == (400, "invalid_request",
+                                                                 f"{place}: Input should be a valid boolean")
+    for value in (True, False):
+        body = _with(others, path, value)
+        refuse_lax_scalars(body, model.model_validate(body))
+        assert asyncio.run(run_command(handler, model, body, CallContext(subject="s"))).data == {"ran": True}
+
+
+def test_the_bus_refuses_a_boolean_where_a_number_is_too():
+    async def handler(cmd, ctx):  # never reached
+        raise AssertionError("validated")
+
+    reply = asyncio.run(run_command(handler, CollectObjects, {"grace_seconds": True}, CallContext(subject="s")))
+    assert (reply.status, reply.error.msg) == (400, "grace_seconds: Input should be a valid number, not true")
+
+
+def test_what_services_stored_is_read_as_before():
+    """Only requests are checked: a pipeline definition's image configuration (free-form when the pipeline was
+    created) and a stored assay's configuration are read by their models as written, a lax boolean included."""
+    step = {"ModelInference": {"models": [{"name": "m"}], "image": IMAGE | {"flatten": "yes", "box_normalized": 0}}}
+    image = image_config({"steps": [step]})
+    assert image is not None and (image.flatten, image.box_normalized) == (True, False)
+    stored = _with(_with(ASSAY, ("active",), "false"), ("summarizer", "add_outlier_edges"), 1)
+    config = AssayConfig.model_validate(stored)
+    assert (config.active, config.summarizer.add_outlier_edges) == (False, True)
