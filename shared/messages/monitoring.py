@@ -22,14 +22,6 @@ class ModelVersionRef(Message):
     sha: str | None = Field(None, max_length=100)
 
 
-class NewModelVersionRef(ModelVersionRef):
-    """A model version a request sets or records (set_model, set_shadow_model, monitor): its name holds no control
-    character. Answers, and get_stats' filter on recorded predictions, read ModelVersionRef, so a name stored before
-    that rule still reads."""
-
-    name: str = Field(min_length=1, max_length=200, pattern=WITHOUT_CONTROLS)
-
-
 class SplitArm(ModelVersionRef):
     """One arm of an A/B split (a `RandomSplit` holding the deployment's models): its model version as the pipeline
     names it, its weight and its share of the requests split by weight (weight / sum of the weights)."""
@@ -127,7 +119,7 @@ class SetDeploymentModel(Command):
     challenger), deployed in place of the running one."""
 
     deployment: str = Field(min_length=1, max_length=200)
-    model_version: NewModelVersionRef
+    model_version: ModelVersionRef  # names a registry model as stored: one named before cb581b6e ('churn\n') too
 
 
 class DeploymentModel(Message):

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from shared.messages.base import Command, Event, Message
-from shared.messages.monitoring import ModelVersionRef, NewModelVersionRef
+from shared.messages.monitoring import ModelVersionRef
 from shared.staging import STAGED_KEY, STAGING_PREFIX, staged_key_for
 
 MAX_DETECTIONS = 1000
@@ -130,7 +130,7 @@ class MonitorImage(_OneImage, Command):
                                     "reception.")
     shadow_latency: float | None = Field(None, ge=0, le=86_400)
     shadow_prediction: PredictionFormat | None = None
-    model_version: NewModelVersionRef | None = Field(None, description="For a deployment whose models sit in an A/B "
+    model_version: ModelVersionRef | None = Field(None, description="For a deployment whose models sit in an A/B "
                                                   "split: the arm that made the prediction (a name alone when one "
                                                   "arm has it; left out: none is recorded). Not used for a "
                                                   "deployment with one model, as the seed says (its current one is "
