@@ -7,7 +7,8 @@ assays, connections), typed errors, and `in_task()` / `task_args()` for orchestr
     version = client.upload_model("ccfraud", "ccfraud.onnx")   # the README makes this file
     pipeline = client.build_pipeline("fraud").add_model_step(version).deploy()
     pipeline.infer(pd.DataFrame({"tensor": [[0.1] * 29]}))     # DataFrame in, DataFrame out
-    pipeline.logs(limit=100)               # the newest 100 inferences as a DataFrame
+    pipeline.logs(limit=100)               # the newest 100 logged, a DataFrame: a row is readable ~1 s
+                                           # after its answer (at once, this one may not be there yet)
 """
 
 from __future__ import annotations
