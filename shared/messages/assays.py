@@ -144,7 +144,7 @@ class NewAssayConfig(AssayConfig):
     and runs."""
 
     name: str = Field(min_length=1, max_length=MAX_ASSAY_NAME, pattern=WITHOUT_CONTROLS)
-    pipeline_name: str = Field(max_length=MAX_ASSAY_NAME, pattern=WITHOUT_CONTROLS)
+    pipeline_name: str = Field(max_length=MAX_ASSAY_NAME)  # its pipeline's name as stored (checked equal to it)
     status: str = Field("created", max_length=MAX_ASSAY_NAME)
     iopath: str = Field(max_length=MAX_IOPATH)
     baseline: NewBaseline
