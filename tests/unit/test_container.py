@@ -76,3 +76,20 @@ def test_services_that_read_a_shared_setting_get_the_same_value():
     values = {name: COMPOSE["services"][name]["environment"].get("RAILYARD_TASKS__MAX_TIMEOUT")
               for name in ("task-scheduler", "monitoring")}
     assert None not in values.values() and len(set(values.values())) == 1, values
+
+
+def test_the_readme_names_every_setting_docker_compose_requires():
+    """docker-compose.yml refuses to start without each `${NAME:?...}`; README's "Containers and clusters" is what a
+    user sets first from. It left out RAILYARD_SECRETS_KEY (the registry's Fernet key), so `docker compose up`
+    stopped on a variable the page never named. The per-identity NATS and per-service database passwords are named
+    there as one family each (`RAILYARD_NATS_PASSWORD_GATEWAY`, `_AUTH`, ...): the family's prefix names them."""
+    required = set(re.findall(r"\$\{(RAILYARD_[A-Z0-9_]+):\?", (REPO / "docker-compose.yml").read_text()))
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Containers and clusters", 1)[1].split("\n## ", 1)[0]
+    families = ("RAILYARD_NATS_PASSWORD_", "RAILYARD_DB_PASSWORD_")
+    unnamed = []
+    for name in sorted(required):
+        family = next((f for f in families if name.startswith(f)), None)
+        if not (f"`{name}`" in section if family is None else f"`{family}" in section):
+            unnamed.append(name)
+    assert not unnamed, f"README's 'Containers and clusters' does not name what docker-compose.yml requires: {unnamed}"
