@@ -100,7 +100,7 @@ class DeploymentManagement:
     def delete(self, force_delete: bool = False) -> None:
         """Stop this deployment (the pipeline and its versions stay) and forget its tags and settings; without
         `force_delete`, a deployment that has any is refused (Conflict)."""
-        self._call("delete", force_delete=force_delete)
+        self._call("delete", force_delete=bool(force_delete))  # the API takes only JSON true or false (9808be20)
 
     def get_model_version(self) -> ServedModelVersion | None:
         """The model version this deployment serves, as {name, version, sha} (also `.name`, `.version`, `.sha`);

@@ -125,6 +125,22 @@ def test_the_monitoring_services_booleans_take_only_true_or_false(model, field, 
         assert getattr(model.model_validate(others | {field: value}), field) is value
 
 
+@pytest.mark.parametrize("given", [1, 0, True, False])
+def test_the_sdks_delete_sends_force_delete_as_the_api_takes_it(given):
+    """9808be20 said the SDK sends bool(...) already: its toggles do, but deployment.delete(force_delete=1) sent 1,
+    which DeleteDeployment took as true before and refuses since (a 400 from a call that worked)."""
+    from railyard_client.pipelines import Deployment
+
+    class Sent:
+        def post(self, route, body):
+            self.route, self.body = route, body
+
+    session = Sent()
+    Deployment(session, {"id": 1, "name": "fraud-1"}, None).delete(force_delete=given)
+    assert session.route == "deployments/delete"
+    assert DeleteDeployment.model_validate_json(json.dumps(session.body)).force_delete is bool(given)
+
+
 IMAGE = {"input": "x", "kind": "detection", "labels": ["cat"], "outputs": {"scores": "s", "boxes": "b"}}
 ASSAY = {"name": "a", "pipeline_id": 1, "pipeline_name": "p", "iopath": "output y 0", "alert_threshold": 0.25,
          "workspace_id": 1, "summarizer": {"num_bins": 5},
