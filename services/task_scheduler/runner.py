@@ -62,9 +62,15 @@ TERM_GRACE = 5.0  # seconds a stopped run's process (a kill, its timeout, a stop
 CHUNK = 64 * 1024
 
 # Errors a retry may get past: the connection lost or refused, the server restarting or out of connections, a
-# timeout. Not a data error (a line PostgreSQL refuses stays refused): that batch is dropped with a WARNING.
+# timeout. Not a data error (a line PostgreSQL refuses stays refused): that batch is dropped with a WARNING. Nor a
+# statement prepared before a migration changed its table's columns (a rolling update: another process applied it):
+# PostgreSQL's "cached plan must not change result type", asyncpg's InvalidCachedStatementError, which asyncpg retries
+# itself outside a transaction only; it drops the pool's statement cache with it, so the next attempt prepares the
+# statement again and passes. Before, a run's end recorded then (finish_run reads `SELECT * FROM runs` in its
+# transaction) was not retried: the run stayed `running` until the lost-run step failed it.
 TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-             asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError)
+             asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
+             asyncpg.exceptions.InvalidCachedStatementError)
 
 # Runs inside the sandbox, in the run's working directory: unpack the orchestration, run its entrypoint as
 # __main__ with its own folder first on sys.path. argv: zip path, entrypoint path inside the zip.
