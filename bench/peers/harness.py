@@ -3,24 +3,32 @@ onnxruntime, in one run (issue 20).
 
 Each system serves two models from the same bytes: the tiny ccfraud regressor (`tests.models.ccfraud_onnx()`:
 what a request costs around the model) and a seed-like MLP (`bench/peers/models.py`). One system is up at a
-time; the systems run in one order, then in the opposite one, and every ratio is taken within a round. For each
-system, model and format: batch-1 p50/p99 on one connection, batch-1 req/s on 8 and 32 connections, batch-1000
-rows/s on 4 connections. Every answer format is checked once against onnxruntime's own output before it is
-timed. Railyard is measured with tokens checked and every row logged (the default log policy), in three formats:
+time; the systems run in one order, then in the opposite one (Railyard's forms and models too: railyard_plan), and
+every ratio is taken within a round. For each system, model and format: batch-1 p50/p99 on one connection, batch-1
+req/s on 8 and 32 connections, batch-1000 rows/s on 4 connections. Every answer format is checked once against
+onnxruntime's own output before it is timed; a Railyard figure then waits until its stack has stored every row it
+was sent (wait_for_log_path, bench/peers/logpath.py), and every figure for the sync and the idle machine (measure).
+Railyard is measured with tokens checked and every row logged (the default log policy), in three formats:
 pandas-records JSON, Arrow and OIP v2 JSON; MLServer in OIP v2 JSON; mlflow in its `dataframe_records` JSON.
 Also: RSS of an ONNX replica and of MLServer's processes, the idle embedded stack's RSS, a Python-step
 pipeline (sandboxed worker) against the ONNX one, and the engine options (adaptive batching on, off, with a
 delay; each log policy) on the ccfraud model, one deployment after another (round 1).
 
 Environment: `BENCH_QUICK=1` (short loops, for development), `BENCH_SYSTEMS=railyard,raw,...` (a subset;
-names below), `BENCH_RAILYARD_VARIANTS=name:{json engine_config};...` (more Railyard deployments of the same
-models side by side, e.g. `nobatch:{"batch_max_delay_ms":-1}`), `BENCH_NO_DOCS=1` (print only, leave
-docs/benchmarks.md alone), `BENCH_NO_SYNC=1` (no sync before each figure: docs/performance.md item 93).
+names below), `BENCH_MODELS=ccfraud` (a subset of the models, for every system), `BENCH_RAILYARD_FORMS=records,Arrow`
+(a subset of Railyard's forms, in the harness's order), `BENCH_NO_EXTRAS=1` (no memory readings, Python step or
+engine options in round 1: the figures alone), `BENCH_RAILYARD_VARIANTS=name:{json engine_config};...` (more
+Railyard deployments of the same models side by side, e.g. `nobatch:{"batch_max_delay_ms":-1}`), `BENCH_NO_DOCS=1`
+(print only, leave docs/benchmarks.md alone), `BENCH_NO_SYNC=1` (no sync before each figure: docs/performance.md
+item 93), `BENCH_NO_LOG_WAIT=1` (no wait for Railyard's log path before each figure) and `BENCH_FIXED_ORDER=1`
+(Railyard's forms in the same order in both rounds): the last two are the harness before session 39 (item 102), for
+an A/B.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -45,6 +53,7 @@ import pyarrow as pa
 import uvloop
 
 from bench import loadgen
+from bench.peers import logpath
 from bench.peers.models import seed_mlp_onnx
 from shared.arrow_codec import tensor_array, to_ipc_file
 from tests.models import ccfraud_onnx, sample_rows
@@ -74,6 +83,29 @@ SETTLE_CORES = 0.25
 SETTLE_WINDOW = 1.0
 SETTLE_MAX = 30.0
 SYNC = os.environ.get("BENCH_NO_SYNC") != "1"  # write_back before each measure (BENCH_NO_SYNC=1: not, for an A/B)
+# Before a Railyard figure, after its answers are checked: its stack has stored every inference row sent so far (the
+# replicas hold none, the log store has acknowledged every message of INFERENCE_LOGS; bench/peers/logpath.py), read
+# every LOG_POLL s for up to LOG_WAIT_MAX s; the wait is printed and reported (`log_wait_s`). Then the sync and the
+# settle as for every system.
+LOG_WAIT = os.environ.get("BENCH_NO_LOG_WAIT") != "1"
+LOG_WAIT_MAX = 60.0
+LOG_POLL = 0.2
+ALTERNATE = os.environ.get("BENCH_FIXED_ORDER") != "1"  # Railyard's forms and models reversed in round 2
+FORMS = ("records", "Arrow", "OIP v2")
+
+
+def _subset(variable: str, names: tuple[str, ...]) -> list[str]:
+    """The names an environment variable lists (comma-separated), in `names`' order; all of them when unset."""
+    wanted = [name.strip() for name in os.environ.get(variable, "").split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise SystemExit(f"{variable}: {', '.join(unknown)} not among {', '.join(names)}")
+    return [name for name in names if name in wanted] if wanted else list(names)
+
+
+MEASURED = _subset("BENCH_MODELS", tuple(MODELS))  # the models measured, for every system
+RAILYARD_FORMS = _subset("BENCH_RAILYARD_FORMS", FORMS)
+EXTRAS = os.environ.get("BENCH_NO_EXTRAS") != "1"  # round 1's memory readings, Python step and engine options
 
 
 @dataclass
@@ -85,6 +117,8 @@ class Target:
     thousand: bytes
     first: Callable[[bytes], float]  # the answer's first prediction
     count: Callable[[bytes], int]  # how many predictions the answer holds
+    # Railyard's: (rows its replicas hold for the log, messages its log store has not acknowledged); peers log nothing
+    backlog: Callable[[], tuple[int | None, int | None]] | None = None
 
 
 @dataclass
@@ -177,6 +211,7 @@ async def measure(target: Target, model: str) -> dict[str, float]:
     answer = await _one(target.url, target.thousand)
     if target.count(answer) != 1000:
         raise RuntimeError(f"{target.url}: {target.count(answer)} predictions for 1000 rows")
+    logged = wait_for_log_path(target) if LOG_WAIT and target.backlog is not None else None
     synced = write_back() if SYNC else 0.0
     settled = await settle()
     await loadgen.sequential(target.url, target.one, WARM)
@@ -194,7 +229,40 @@ async def measure(target: Target, model: str) -> dict[str, float]:
     figures["loadgen_us"] = (_own_cpu() - own) / max(rate * (time.perf_counter() - started), 1) * 1e6
     figures["settle_s"] = settled
     figures["sync_s"] = synced
+    if logged is not None:
+        figures["log_wait_s"] = logged
     return figures
+
+
+def wait_for_log_path(target: Target) -> float:
+    """Wait until the target's stack has stored every inference row sent so far (at most LOG_WAIT_MAX s); the seconds
+    waited, printed with what was still on the path when the wait began (or at its end, if it did not empty)."""
+    assert target.backlog is not None
+    first: list[tuple[int | None, int | None]] = []
+
+    def stored() -> bool:
+        now = target.backlog()
+        if not first:
+            first.append(now)
+        return logpath.idle(*now)
+
+    waited, emptied = logpath.wait_until(stored, LOG_WAIT_MAX, LOG_POLL)
+    rows, messages = first[0] if first else (None, None)
+    if emptied:
+        print(f"    log path: waited {waited:.1f} s for it to store everything (at first: {rows} rows held by "
+              f"the replicas, {messages} messages not yet acknowledged by the log store)", flush=True)
+    else:
+        rows, messages = _backlog_or_none(target)
+        print(f"    log path: NOT idle after {waited:.1f} s ({rows} rows held by the replicas, {messages} messages "
+              "not acknowledged by the log store); measured anyway", flush=True)
+    return waited
+
+
+def _backlog_or_none(target: Target) -> tuple[int | None, int | None]:
+    try:
+        return target.backlog()
+    except Exception:  # noqa: BLE001 - only said
+        return None, None
 
 
 def _own_cpu() -> float:
@@ -385,7 +453,7 @@ def mlserver(folder: Path, workers: int | None) -> Iterator[tuple[str, dict[str,
                  f"{base}/v2/models/seed-mlp/ready", cwd=root) as process:
         headers = {"Content-Type": "application/json"}
         targets = {}
-        for model in MODELS:
+        for model in MEASURED:
             url = f"{base}/v2/models/{model}/infer"
             targets[model] = Target(url, loadgen.build_request(url, oip_body(sample_rows(1)), headers),
                                     loadgen.build_request(url, oip_body(sample_rows(1000)), headers),
@@ -396,9 +464,9 @@ def mlserver(folder: Path, workers: int | None) -> Iterator[tuple[str, dict[str,
 def mlflow_serve(folder: Path) -> Iterator[tuple[str, dict[str, Target], float]]:
     """`mlflow models serve --env-manager local`, one server per model (it serves one), one after another."""
     python = MLFLOW_BIN.parent / "python"
-    for model, make in MODELS.items():
+    for model in MEASURED:
         source, saved = folder / f"{model}.onnx", folder / f"mlflow-{model}"
-        source.write_bytes(make())
+        source.write_bytes(MODELS[model]())
         if not saved.exists():
             subprocess.run([str(python), str(HERE / "mlflow_model.py"), str(source), str(saved)], check=True,
                            capture_output=True, timeout=300)
@@ -454,6 +522,8 @@ class RailyardDeployer:
                 time.sleep(1)
         self.workspace = client.post("workspaces/create", {"workspace_name": "peers"})["workspace_id"]
         self.versions: dict[str, str] = {}
+        self.deployments: list[str] = []  # every deployment made here (`<deploy_id>-<id>`), for the log path's wait
+        self.monitor = f"http://127.0.0.1:{stack.env['RAILYARD_STACK__NATS_MONITOR_PORT']}"  # nats-server's /jsz
 
     def upload(self, name: str, content: bytes, framework: str = "onnx") -> None:
         client = self.client
@@ -474,8 +544,19 @@ class RailyardDeployer:
         client.post("pipelines/deploy", {"deploy_id": pipeline, "pipeline_id": created["pipeline_pk_id"],
                                          "pipeline_version_pk_id": created["pipeline_variant_pk_id"],
                                          "engine_config": engine_config or {}})
-        return client.post("admin/get_pipeline_external_url", {"workspace_id": self.workspace,
-                                                                "pipeline_name": pipeline})["url"]
+        url = client.post("admin/get_pipeline_external_url", {"workspace_id": self.workspace,
+                                                               "pipeline_name": pipeline})["url"]
+        self.deployments.append(url.split("/infer/")[1].split("/")[0])
+        return url
+
+    def log_backlog(self) -> tuple[int | None, int | None]:
+        """What the stack's log path still holds: rows in its replicas (every deployment made here) and messages of
+        INFERENCE_LOGS its log store has not acknowledged (bench/peers/logpath.py)."""
+        statuses = [self.client.post("status/get_deployment", {"name": name}) for name in self.deployments]
+        with urllib.request.urlopen(f"{self.monitor}/jsz?accounts=true&streams=true&consumers=true",
+                                    timeout=5) as response:
+            jsz = json.loads(response.read())
+        return logpath.backlog(statuses, jsz)
 
     def targets(self, url: str) -> dict[str, Target]:
         auth = {"Authorization": f"Bearer {self.client.token}"}
@@ -492,12 +573,13 @@ class RailyardDeployer:
         return {
             "records": Target(url, loadgen.build_request(url, records(one), auth | {"Content-Type": RECORDS}),
                               loadgen.build_request(url, records(thousand), auth | {"Content-Type": RECORDS}),
-                              records_first, lambda body: len(json.loads(body))),
+                              records_first, lambda body: len(json.loads(body)), self.log_backlog),
             "Arrow": Target(url, *(loadgen.build_request(url, arrow(rows), auth | {"Content-Type": ARROW,
                                                                                    "Accept": ARROW})
-                                   for rows in (one, thousand)), arrow_first, arrow_count),
+                                   for rows in (one, thousand)), arrow_first, arrow_count, self.log_backlog),
             "OIP v2": Target(oip, *(loadgen.build_request(oip, oip_body(rows), auth | {
-                "Content-Type": "application/json"}) for rows in (one, thousand)), oip_first, oip_count),
+                "Content-Type": "application/json"}) for rows in (one, thousand)), oip_first, oip_count,
+                self.log_backlog),
         }
 
 
@@ -517,32 +599,49 @@ def ccfraud_stack(prefix: str, settings: list[str]) -> Iterator[tuple[Any, Raily
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def railyard(folder: Path, variants: dict[str, dict], first_round: bool, results: Results,
+def railyard_plan(variants: list[str], forms: list[str], models: list[str], round_index: int
+                  ) -> list[tuple[tuple[str, str], list[str]]]:
+    """Railyard's measurements in a round, in order: ((variant, form), its models in order), one entry a yield of
+    `railyard`. Round 1 (index 0) takes each variant's forms in `forms`' order and each form's models in `models`'
+    order; round 2 the whole sequence reversed (logpath.round_order; not with BENCH_FIXED_ORDER=1), as the systems'
+    order is, so a form no longer follows the same form's batch-1000 load in both rounds."""
+    flat = [(variant, form, model) for variant in variants for form in forms for model in models]
+    return [(key, [model for _, _, model in group])
+            for key, group in itertools.groupby(logpath.round_order(flat, round_index, ALTERNATE),
+                                                key=lambda item: item[:2])]
+
+
+def railyard(folder: Path, variants: dict[str, dict], round_index: int, results: Results,
              label: str = "Railyard") -> Iterator[tuple[str, dict[str, Target], Callable[[], float] | None]]:
-    """A fresh embedded stack; every variant deploys both models. Yields one label per (variant, format)."""
+    """A fresh embedded stack; every variant deploys each model measured (a variant when its first form comes).
+    Yields one label per (variant, format), in railyard_plan's order."""
+    first_round = round_index == 0
     data = Path(tempfile.mkdtemp(prefix="railyard-peers-", dir=folder)) / "data"
     stack = start_stack(data, stack_env(data))
     try:
         stack.wait_healthy(180)
-        if first_round:
+        if first_round and EXTRAS:
             time.sleep(3)  # the services settle (first imports done) before the idle figure
             results.memory["stack_idle"] = memory(descendants(stack.process.pid))
         deployer = RailyardDeployer(stack)
-        for model, make in MODELS.items():
-            deployer.upload(model, make())
-        for variant, config in variants.items():
-            urls = {model: deployer.deploy(f"{variant}-{model}", [model], config)
-                    for model in MODELS}
-            targets = {model: deployer.targets(url) for model, url in urls.items()}
+        for model in MEASURED:
+            deployer.upload(model, MODELS[model]())
+        plan = railyard_plan(list(variants), RAILYARD_FORMS, MEASURED, round_index)
+        targets: dict[str, dict[str, dict[str, Target]]] = {}
+        for index, ((variant, form), models) in enumerate(plan):
+            if variant not in targets:
+                targets[variant] = {model: deployer.targets(deployer.deploy(f"{variant}-{model}", [model],
+                                                                            variants[variant]))
+                                    for model in MEASURED}
             name = label if variant == "default" else f"{label} {variant}"
-            for form in ("records", "Arrow", "OIP v2"):
-                yield f"{name} {form}", {m: t[form] for m, t in targets.items()}, None
-            if variant == "default" and first_round:
+            yield f"{name} {form}", {m: targets[variant][m][form] for m in models}, None
+            variant_done = index + 1 == len(plan) or plan[index + 1][0][0] != variant
+            if variant == "default" and first_round and EXTRAS and variant_done:
                 replicas = [p for p in descendants(stack.process.pid) if "services.engine.replica" in cmdline(p)]
                 results.memory["replicas"] = sorted(memory([p]) for p in replicas)
                 time.sleep(5)  # the replicas hand freed heap back once their log buffer is empty (replica.py)
                 results.memory["replicas_idle"] = sorted(memory([p]) for p in replicas)
-        if first_round:
+        if first_round and EXTRAS:
             results.pipeline.append(uvloop.run(python_step_pipeline(deployer)))
             results.options = uvloop.run(engine_options(deployer))
     finally:
@@ -596,6 +695,7 @@ def run_round(order: list[str], folder: Path, results: Results, variants: dict[s
               ) -> dict[str, dict[str, dict[str, float]]]:
     figures: dict[str, dict[str, dict[str, float]]] = {}
     first = not results.rounds
+    index = len(results.rounds)
 
     def take(systems: Iterator) -> None:
         for label, targets, rss in systems:
@@ -608,13 +708,13 @@ def run_round(order: list[str], folder: Path, results: Results, variants: dict[s
     for system in order:
         print(f"{system} (load {uptime()})", flush=True)
         if system == "raw":
-            figures["onnxruntime"] = {model: raw_onnxruntime(model) for model in MODELS}
+            figures["onnxruntime"] = {model: raw_onnxruntime(model) for model in MEASURED}
         elif system.startswith("mlserver"):
             take(mlserver(folder, 0 if system == "mlserver0" else None))
         elif system == "mlflow":
             take(mlflow_serve(folder))
         elif system == "railyard":
-            take(railyard(folder, variants, first, results))
+            take(railyard(folder, variants, index, results))
     return figures
 
 
@@ -671,19 +771,25 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
              f"{seconds / 60:.1f} min, Python {platform.python_version()}, {len(os.sched_getaffinity(0))} cores. "
              f"Load average (1, 5, 15 min) before round 1, before round 2, after: {'; '.join(results.load)}; "
              f"at the start the machine was {results.machine or 'not read'}. "
-             "Two rounds in opposite order, one system up at a time; each cell is the range over the rounds. "
+             "Two rounds in opposite order, one system up at a time (Railyard's forms and models too: "
+             f"{', '.join(RAILYARD_FORMS)}, each {' then '.join(MEASURED)}, in round 1, the reverse in round 2"
+             f"{'' if ALTERNATE else ' (not this run: BENCH_FIXED_ORDER=1)'}); each cell is the range over the rounds. "
              "Same model bytes, same load generator (bench/loadgen.py); Railyard with tokens checked and every row "
              "logged. MLServer 1.7 and the raw baseline run onnxruntime with one intra-op thread (as a replica "
              "with cpus 1); mlflow with its own defaults. MLServer answers OIP v2 JSON, mlflow its "
-             "`dataframe_records` JSON; raw onnxruntime is in-process (its req/s is 1/p50). Each system's batch-1 "
-             f"figures start once the machine is idle (busy CPU under {SETTLE_CORES} cores over {SETTLE_WINDOW:.0f} s, "
-             f"waited for up to {SETTLE_MAX:.0f} s; the wait is in the tables): Railyard's log path stores the "
-             "previous form's batch-1000 rows for a few seconds after that load ends. Beside batch-1000 rows/s, the "
+             "`dataframe_records` JSON; raw onnxruntime is in-process (its req/s is 1/p50). Railyard's figures of "
+             "a form start once its stack has stored every row it was sent, the previous form's batch-1000 rows "
+             "included (its replicas hold none for the log and its log store has acknowledged every message of the "
+             f"log stream; waited for up to {LOG_WAIT_MAX:.0f} s"
+             f"{'' if LOG_WAIT else ' (not this run: BENCH_NO_LOG_WAIT=1)'}; peers log nothing), and every "
+             "system's batch-1 figures once the machine is idle (busy CPU under "
+             f"{SETTLE_CORES} cores over {SETTLE_WINDOW:.0f} s, waited for up to {SETTLE_MAX:.0f} s); both waits are "
+             "in the tables. Beside batch-1000 rows/s, the "
              "load generator's own CPU a request: the same work in every round of a system, so a round where it is "
              "higher had a slower machine. Before each system's figures the machine's dirty page cache is written "
              "to disk (sync): Railyard's logged rows of an earlier form would otherwise go in one burst 30 s later, "
              "inside another form's figures (docs/performance.md item 93).", ""]
-    for model in MODELS:
+    for model in [m for m in MODELS if any(m in f.get(s, {}) for f in results.rounds for s in systems)]:
         present = [s for s in systems if any(model in f.get(s, {}) for f in results.rounds)]
         lines += [f"### {model}", "", "| measure | " + " | ".join(present) + " |",
                   "|---" * (len(present) + 1) + "|"]
@@ -702,6 +808,11 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
                           if "settle_s" in f.get(s, {}).get(model, {})] for s in present]
                 lines.append("| waited for an idle machine before batch-1 | "
                              + " | ".join(_span(w, 1, " s") if w else "" for w in waits) + " |")
+                logged = [[f[s][model]["log_wait_s"] for f in results.rounds
+                           if "log_wait_s" in f.get(s, {}).get(model, {})] for s in present]
+                if any(logged):
+                    lines.append("| waited for Railyard's log path to store the earlier rows | "
+                                 + " | ".join(_span(w, 1, " s") if w else "" for w in logged) + " |")
             if measure == "rows1000":  # the machine's speed in each round's window: same work, same CPU on a
                 # machine as fast (item 93); by system, so across its rounds
                 meters = [[f[s][model]["loadgen_us"] for f in results.rounds
