@@ -23,6 +23,7 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from services.gateway.accept import answer_type
 from services.gateway.body import read_request_body
 from services.gateway.bus_request import requester_of
 from services.gateway.coalesce import Coalescer
@@ -73,6 +74,10 @@ log = logging.getLogger("railyard.gateway.inference")
 OIP_HEADER_LENGTH = "Inference-Header-Content-Length"  # services/gateway/oip.py's binary extension
 ARROW_FILE = "application/vnd.apache.arrow.file"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+JSON = "application/json"
+INFER_TYPES = (JSON, ARROW_FILE, ARROW_STREAM)
+"""What the records route answers by Accept (services/gateway/accept.py): the seed's records JSON (the default: `*/*`
+or no Accept, as Wallaroo's clients send), an Arrow file or stream; 406 for none of them."""
 JSON_RECORDS = "application/json; format=pandas-records"
 NARROW_MIN_ROWS = 64  # the gateway narrows a request's float64/int columns from this many rows (RouteCache.narrowed)
 ROUTE_TTL = 2.0
@@ -410,9 +415,11 @@ class Inference:
                   accept: str, body: bytes) -> tuple[bytes, str, dict[str, str]]:
         """(answer body, media type, extra headers) for one inference."""
         runtime = self.runtime
-        # the body first: a malformed body or an Arrow bomb (413) is refused before any bus round trip
+        # the Accept header first (a 406 reads no body), then the body: a malformed body or an Arrow bomb (413) is
+        # refused before any bus round trip
+        media = answer_type(accept, INFER_TYPES, "pipelines/infer")
         table = _read_body(content_type, body, runtime.settings.gateway.max_body_bytes)
-        arrow_answer = ARROW_FILE in accept or ARROW_STREAM in accept
+        arrow_answer = media != JSON
         if not arrow_answer:
             check_json_answerable(table, ARROW_STREAM)
         route = await self.cache.reach(runtime, principal, token, deployment)
@@ -434,7 +441,7 @@ class Inference:
                 [flat_array(np.full(rows, at_ms, np.int64)), *table.columns, *outputs.columns, _no_failures(rows)],
                 names=["time", *(f"in.{c}" for c in table.column_names),
                        *(f"out.{c}" for c in outputs.column_names), "check_failures"])
-            encode, media = (to_ipc_stream, ARROW_STREAM) if ARROW_STREAM in accept else (to_ipc_file, ARROW_FILE)
+            encode = to_ipc_stream if media == ARROW_STREAM else to_ipc_file
             return encode(combined), media, {META_HEADER: meta}  # the engine's JSON, passed on as it is
         return seed_records_json(table, outputs, orjson.loads(meta), at_ms, seed_records), "application/json", {}
 

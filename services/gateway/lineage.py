@@ -19,6 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from services.gateway import handlers, json_body
+from services.gateway.accept import answer_type
 from services.gateway.openapi_body import request_schema
 from shared import subjects
 from shared.arrow_codec import (
@@ -30,7 +31,7 @@ from shared.arrow_codec import (
     to_ipc_stream,
 )
 from shared.authz import Principal
-from shared.errors import InvalidRequest, NotAcceptable, NotFound, RailyardError, validation_message
+from shared.errors import InvalidRequest, NotFound, RailyardError, validation_message
 from shared.messages import lineage as lin
 from shared.objectstore import BUCKET_DATASETS, content_key
 from shared.service import Runtime
@@ -225,23 +226,14 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
         return await _stream(runtime, info.sha256, "application/octet-stream", info.path.rsplit("/", 1)[-1])
 
 
-ROWS_TYPES = (ARROW_FILE, ARROW_STREAM, PARQUET, "application/json")
+ROWS_TYPES = ("application/json", ARROW_FILE, ARROW_STREAM, PARQUET)  # the first: the default
 
 
 def rows_type(accept: str) -> str:
-    """The type datasets/get_rows answers for an Accept header: the first type listed that it has (q-values are not
-    weighed); `*/*`, `application/*` or no Accept: JSON. NotAcceptable (406) when it lists none of them:
+    """The type datasets/get_rows answers for an Accept header (services/gateway/accept.py): the first type listed
+    that it has; `*/*`, `application/*` or no Accept: JSON. NotAcceptable (406) when it lists none of them:
     `Accept: text/csv` was answered JSON with a 200."""
-    listed = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
-    for kind in listed:
-        if kind in ROWS_TYPES:
-            return kind
-        if kind in ("*/*", "application/*"):
-            return "application/json"
-    if not listed:
-        return "application/json"
-    raise NotAcceptable(f"datasets/get_rows answers {', '.join(ROWS_TYPES)}; the Accept header lists none of them "
-                        f"({accept[:200]!r})")
+    return answer_type(accept, ROWS_TYPES, "datasets/get_rows")
 
 
 def attachment(name: str) -> str:

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from services.gateway import json_body
+from services.gateway.accept import answer_type
 from services.gateway.inference import ARROW_FILE, ARROW_STREAM
 from services.gateway.openapi_body import request_schema
 from shared import subjects
@@ -26,6 +27,8 @@ from shared.service import Runtime
 from shared.table_transport import PAGE_HEADER
 
 QUERY_TIMEOUT = 30.0
+LOG_TYPES = ("application/json", ARROW_FILE, ARROW_STREAM)
+"""What get_logs answers (the first: the default, the seed's pandas-records JSON)."""
 
 
 def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) -> None:
@@ -33,7 +36,8 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
     async def get_logs(request: Request, principal: Principal = Depends(user_caller)) -> Any:
         """A page of a pipeline's logs: pipeline_id (name), workspace_id, cursor, order (Asc/Desc, default
         Desc), page_size (default 1000), start_time and end_time (RFC 3339, both or neither), dataset and
-        dataset_exclude. `Accept: application/vnd.apache.arrow.file` answers with Arrow."""
+        dataset_exclude. `Accept: application/vnd.apache.arrow.file` (or ...arrow.stream) answers with Arrow; 406
+        when Accept lists none of JSON, Arrow file or stream."""
         raw = await request.body()
         try:
             body = orjson.loads(raw) if raw.strip() else {}
@@ -45,6 +49,7 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
             json_body.refuse_lax_scalars(body, GetLogs.model_validate(body))
         except ValidationError:
             pass  # the log store refuses it, in its own words
+        kind = answer_type(request.headers.get("accept", ""), LOG_TYPES, "pipelines/get_logs")  # before the store
         nc = runtime.broker.config.connection_state.connection
         # the body as it came (checked above): re-encoding it failed on deep nesting (500); the log store validates
         reply = await raw_request(nc, subjects.LOG_STORE_QUERY, raw if raw.strip() else b"{}",
@@ -57,10 +62,9 @@ def add_log_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) ->
             out_headers["x-iteration-cursor"] = page.cursor
         if page.warning:
             out_headers["Warning"] = f'299 railyard "{page.warning}"'
-        accept = request.headers.get("accept", "").split(";")[0].strip().lower()
-        if accept == ARROW_FILE:
+        if kind == ARROW_FILE:
             return Response(to_ipc_file(table), media_type=ARROW_FILE, headers=out_headers)
-        if accept == ARROW_STREAM:
+        if kind == ARROW_STREAM:
             return Response(to_ipc_stream(table), media_type=ARROW_STREAM, headers=out_headers)
         return Response(orjson.dumps(seed_rows(table), option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json", headers=out_headers)
