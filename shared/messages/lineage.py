@@ -389,17 +389,18 @@ def relative_url_problem(url: str) -> str | None:
 
 
 class WorkflowSettings(Message):
-    """How a card looks (seed 000): every field optional. As the graph answers it: its title and url_title as stored
-    (a card's default title is the name of what it stands for, e.g. a workspace file's, which may hold a tab); a
-    request's settings are NewWorkflowSettings."""
+    """How a card looks (seed 000): every field optional. As the graph answers it: its title and url_title as stored,
+    without a request's bounds (NewWorkflowSettings): a card's default title is the name of what it stands for, which
+    may hold a tab (a workspace file's) or be longer than 200 characters (a folder's path, a version card's
+    '<project> v<n>: <version title>', an assay's name of up to 255)."""
 
-    title: str | None = Field(None, max_length=200)
+    title: str | None = None
     description: str | None = Field(None, max_length=1000)
     icon: str | None = Field(None, description="A Material Design icon name, without the 'zmdi-' prefix.")
     icon_color: str | None = Field(None, description="Hexadecimal color, e.g. #2196F3.")
     icon_bg_color: str | None = Field(None, description="Hexadecimal color, e.g. #E3F2FD.")
     url: str | None = Field(None, max_length=2000, description="Relative to the instance: starts with '/'.")
-    url_title: str | None = Field(None, max_length=200)
+    url_title: str | None = None
 
     @field_validator("icon")
     @classmethod
@@ -424,10 +425,11 @@ class WorkflowSettings(Message):
 
 
 class NewWorkflowSettings(WorkflowSettings):
-    """A card's settings as a request gives them (WorkflowMeta): its title and url_title hold no control character
-    (since session 39). Answers (WorkflowNode, WorkflowEdge) read WorkflowSettings, without that rule: the gateway
-    checks an answer against its model, so a card titled with one (stored before, or the default title of a file
-    whose name holds a tab) made the whole workflow/graph a 500."""
+    """A card's settings as a request gives them (WorkflowMeta): its title and url_title hold at most 200 characters
+    and no control character (since session 39). Answers (WorkflowNode, WorkflowEdge) read WorkflowSettings, without
+    these bounds: the gateway checks an answer against its model (and the service built it), so a card titled with a
+    control character (stored before, or a file whose name holds a tab) or with more than 200 characters (its default
+    title: a long folder path) made the whole workflow/graph a 500."""
 
     title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)
     url_title: str | None = Field(None, max_length=200, pattern=WITHOUT_CONTROLS)

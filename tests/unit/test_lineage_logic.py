@@ -149,6 +149,26 @@ def test_workflow_settings_follow_the_seed():
     assert meta.node_settings.title == "main"
 
 
+def test_a_card_whose_default_title_is_longer_than_a_request_may_give_is_answered():
+    """A card's default title is the name of what it stands for: a folder's path (up to 1024 characters), a version
+    card's '<project> v<n>: <version title>' (200 + 200), an assay's name (255). WorkflowSettings bounded title to
+    200, so node_model failed on such a card and the workspace's whole workflow/graph with it (and the gateway checks
+    the answer against the same model). A request's title is still bounded."""
+    from services.workflow_lineage import graph
+    from shared.messages.lineage import WorkflowGraph
+
+    now = datetime.now(UTC)
+    titles = {"folder": "/" + "deep/" * 200, "project_version": "p" * 200 + " v12: " + "t" * 200, "assay": "a" * 255}
+    nodes = [graph.node_model({"id": i, "kind": kind, "ref": str(i), "title": title, "settings": {}, "data": {},
+                               "created_at": now, "updated_at": now}) for i, (kind, title) in enumerate(titles.items())]
+    assert [(n.title, n.settings.title) for n in nodes] == [(t, t) for t in titles.values()]
+    answered = WorkflowGraph.model_validate(WorkflowGraph(root=None, nodes=nodes, edges=[]).model_dump(mode="json"))
+    assert [n.settings.title for n in answered.nodes] == list(titles.values())  # as the gateway reads it
+    for field in ("title", "url_title"):
+        with pytest.raises(ValidationError, match="at most 200 characters"):
+            WorkflowMeta(relation_settings={field: "t" * 201})
+
+
 def test_commands_refuse_ambiguous_requests():
     with pytest.raises(ValidationError):
         RestoreProjectVersion(project_id=1)
