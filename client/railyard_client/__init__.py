@@ -27,6 +27,7 @@ from railyard_client.errors import (
     ConversionFailed,
     DeploymentFailed,
     InvalidRequest,
+    NotAcceptable,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
@@ -65,7 +66,7 @@ def __getattr__(name: str) -> str:
 __all__ = [
     "APIError", "Assay", "AuthenticationError", "Client", "ConfigurationError", "Conflict", "Connection",
     "ConnectionFailed", "ConversionFailed", "Deployment", "DeploymentFailed", "InvalidRequest", "Lineage", "Model",
-    "ModelVersion", "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge", "PermissionDenied",
-    "Pipeline", "RailyardError", "Registry", "ServiceMetrics", "SupportedContentType", "Unavailable", "User",
-    "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
+    "ModelVersion", "NotAcceptable", "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge",
+    "PermissionDenied", "Pipeline", "RailyardError", "Registry", "ServiceMetrics", "SupportedContentType",
+    "Unavailable", "User", "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
 ]

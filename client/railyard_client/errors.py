@@ -13,6 +13,7 @@ the server's typed `code` and its `message`:
         ├── AuthenticationError 401 (bad credentials, expired or missing token)
         ├── PermissionDenied    403
         ├── NotFound            404
+        ├── NotAcceptable       406 (an Accept header listing none of the types the route answers)
         ├── Conflict            409
         ├── PayloadTooLarge     413
         └── Unavailable         503 (a deployment still starting, a service down; deployment_failed,
@@ -110,6 +111,12 @@ class NotFound(APIError):
     """404: no such resource, or one the caller may not see."""
 
 
+class NotAcceptable(APIError):
+    """406: the route answers none of the types the request's `Accept` header lists (datasets/get_rows,
+    pipelines/get_logs and inference answer JSON or Arrow, get_rows also Parquet). The SDK's own calls ask for
+    types these answer: a request with an Accept header of the caller's meets it."""
+
+
 class Conflict(APIError):
     """409: the request conflicts with the current state (a duplicate, still in use)."""
 
@@ -130,7 +137,7 @@ class Unavailable(APIError):
 # server that answers the refresh 400 as well still has the session sign in again (refresh's fallback), not fail
 OAUTH_SIGN_IN_REFUSED = {"invalid_grant", "invalid_client", "account_locked"}
 _BY_STATUS: dict[int, type[APIError]] = {400: InvalidRequest, 422: InvalidRequest, 401: AuthenticationError,
-                                         403: PermissionDenied, 404: NotFound, 409: Conflict,
+                                         403: PermissionDenied, 404: NotFound, 406: NotAcceptable, 409: Conflict,
                                          413: PayloadTooLarge, 503: Unavailable}
 
 

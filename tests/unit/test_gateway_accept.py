@@ -127,3 +127,15 @@ def test_the_first_type_listed_that_a_route_has_decides():
     assert answer_type(f"text/csv, {ARROW_FILE.upper()};q=0.2, application/json", served, "r") == ARROW_FILE
     with pytest.raises(NotAcceptable, match=r"^r answers application/json, application/vnd\.apache\.arrow\.file; "):
         answer_type("text/*", served, "r")
+
+
+def test_the_sdk_raises_a_typed_406():
+    """A 406 was the generic APIError, where every other status the API answers a client's mistake with has its
+    class (railyard_client/errors.py)."""
+    from railyard_client import APIError
+    from railyard_client import NotAcceptable as ClientNotAcceptable
+    from railyard_client.errors import error_from_answer
+
+    raised = error_from_answer(406, {"code": "not_acceptable", "msg": "pipelines/get_logs answers ..."})
+    assert type(raised) is ClientNotAcceptable and isinstance(raised, APIError)
+    assert (raised.status, raised.code, raised.message) == (406, "not_acceptable", "pipelines/get_logs answers ...")
