@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -219,3 +220,36 @@ def test_what_services_stored_is_read_as_before():
     stored = _with(_with(ASSAY, ("active",), "false"), ("summarizer", "add_outlier_edges"), 1)
     config = AssayConfig.model_validate(stored)
     assert (config.active, config.summarizer.add_outlier_edges) == (False, True)
+
+
+@pytest.mark.parametrize("given", [1, 0, True, False])
+def test_the_sdk_sends_the_booleans_it_is_given_as_the_api_takes_them(given):
+    """As 1466203b for deployment.delete: assay.set_active(1), collect_objects(dry_run=0) and the like sent 1 or 0,
+    taken as booleans until every request boolean became strict (6e2e6f21): a 400 from a call that worked."""
+    from railyard_client.assays import Assay, assay_config
+    from railyard_client.lineage import Lineage
+
+    class Sent:
+        def __init__(self):
+            self.bodies = {}
+
+        def post(self, route, body):
+            self.bodies[route] = body
+            return {}
+
+    session = Sent()
+    Assay(session, {"id": 1, "active": True}).set_active(given)
+    lineage = Lineage(SimpleNamespace(_session=session), 1)
+    lineage.collect_objects(dry_run=given)
+    lineage.restore_version(1, 2, skip_missed_entities=given)
+    lineage.add_input_file("w.bin", given, task_id="t-1")
+    pipeline = SimpleNamespace(id=1, name="p", workspace_id=1)
+    session.bodies["assays/create"] = assay_config("a", pipeline, "output y 0", baseline_values=[1.0], active=given)
+    for route, model, field in (("assays/set_active", SetAssayActive, "active"),
+                                ("assays/create", NewAssayConfig, "active"),
+                                ("maintenance/collect_objects", CollectObjects, "dry_run"),
+                                ("projects/restore_version", RestoreProjectVersion, "skip_missed_entities"),
+                                ("workflow/add_input_file", FileLink, "model_weight")):
+        body = json.loads(json.dumps(session.bodies[route]))
+        refuse_lax_scalars(body, model.model_validate(body))
+        assert body[field] is bool(given), route
