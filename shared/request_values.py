@@ -1,9 +1,11 @@
 """A request's booleans are JSON booleans and its numbers are not booleans: the check beside pydantic's lax mode.
 
 pydantic (lax, every request model) reads `true`/`false` as 1 and 0 where a field is a number, so
-`{"workspace_id": true}` listed workspace 1's models, and reads `"yes"`, `"false"`, `1`, `"on"` as booleans where a
-field is a boolean, so `{"active": "yes"}` resumed an assay and `{"dry_run": "false"}` or `{"dry_run": 0}` deleted
-objects a client meant only to list. Both are a 400 `invalid_request` naming the field, as any other wrong type.
+`{"workspace_id": true}` listed workspace 1's models, and reads words and numbers as booleans where a field is a
+boolean (`"yes"`, `"on"`, `"t"`, `1` as true; `"no"`, `"off"`, `"false"`, `0` as false; any other string refused), so
+`{"active": "yes"}` resumed an assay and `{"dry_run": 0}` collected objects: a client's wrongly typed value chose
+silently, by a table of words the API documents nowhere. Both are a 400 `invalid_request` naming the field, as any
+other wrong type.
 
 `refuse_lax_scalars` walks what the client sent beside what it was validated into. It runs where a request comes
 in: the gateway's JSON bodies and multipart metadata (services/gateway/json_body.py) and every bus command

@@ -181,10 +181,10 @@ def _with(body: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, 
 @pytest.mark.parametrize("sent", ["yes", "true", "false", 1, 0, 0.0, "1", "on"])
 @pytest.mark.parametrize(("model", "path", "others"), BOOLEANS)
 def test_a_request_boolean_takes_only_true_or_false(model, path, others, sent):
-    """Session 39: `{"active": "yes"}` resumed an assay and `{"dry_run": "false"}` or `{"dry_run": 0}` collected
-    (deleted) objects a client meant to list, the log store's maintenance read `{"purge": "false"}` as true: pydantic
-    (lax) reads them as booleans. The gateway's routes (the body as parsed) and the bus's commands refuse them, a
-    400 naming the field; true and false pass both."""
+    """Session 39: `{"active": "yes"}` resumed an assay, `{"dry_run": 0}` collected (deleted) objects and the log
+    store's maintenance read `{"purge": "off"}` as false: pydantic (lax) reads such words and numbers as booleans.
+    The gateway's routes (the body as parsed) and the bus's commands refuse them, a 400 naming the field; true and
+    false pass both."""
     body = _with(others, path, sent)
     command = model.model_validate(body)  # what pydantic alone makes of it: a boolean
     place = ".".join(path)
