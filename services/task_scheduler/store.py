@@ -415,7 +415,7 @@ async def requeue_unstarted(pool: asyncpg.Pool | asyncpg.Connection, run_id: uui
     or beside the run that replaced it."""
     if isinstance(pool, asyncpg.Pool):
         async with pool.acquire() as conn:
-            return await requeue_unstarted(conn, run_id, supervisor)
+            return await requeue_unstarted(conn, run_id, supervisor, unchecked_cap=unchecked_cap)
     conn = pool
     async with conn.transaction():
         await conn.execute("SELECT 1 FROM tasks WHERE id = (SELECT task_id FROM runs WHERE id = $1) FOR SHARE",

@@ -12,7 +12,11 @@ passing failure failed the run for good ("the run could not be started")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+
+import asyncpg
+import pytest
 
 from services.task_scheduler import runner, store
 from services.task_scheduler import scheduler as scheduler_module
@@ -311,3 +315,50 @@ async def test_a_run_put_back_for_its_claim_check_too_often_fails_saying_why(tmp
                             "connection refused; put back in the queue 3 times already for its claim check, so not "
                             "again"),
         (killed, "failure", replaced)]
+
+
+class CappedConnection:
+    """A connection answering requeue_unstarted's statements: the run found running under `me`, not put back (its
+    UPDATE's conditions not met), put back `unchecked_requeues` times already; each statement's args kept."""
+
+    def __init__(self, unchecked_requeues: int) -> None:
+        self.unchecked_requeues = unchecked_requeues
+        self.statements: list[tuple[str, tuple]] = []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        yield
+
+    async def execute(self, query: str, *args: object) -> None:
+        self.statements.append((query, args))
+
+    async def fetchrow(self, query: str, *args: object) -> dict | None:
+        self.statements.append((query, args))
+        if query.startswith("UPDATE"):
+            return None
+        return {"kill_requested": False, "kill_reason": None, "unchecked_requeues": self.unchecked_requeues,
+                "task_killed": False}
+
+
+class OneConnectionPool(asyncpg.Pool):
+    """An asyncpg pool (what the scheduler's deps.pool is) lending `conn`; nothing else set up."""
+
+    def __init__(self, conn: CappedConnection) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, *, timeout=None):
+        yield self.conn
+
+
+async def test_a_put_back_through_the_pool_is_counted_and_capped():
+    """The scheduler puts a run back through its pool (Scheduler._put_back_unchecked: self.deps.pool, an asyncpg.Pool),
+    and requeue_unstarted takes a connection from it and calls itself again with it. Before, that call dropped
+    `unchecked_cap`: in a running service a put-back for the claim check was counted never (unchecked_requeues stayed
+    0) nor capped, so such a run went back to the queue without end; test_task_scheduler_wakeups.py checks the SQL
+    with a connection, which took the other branch."""
+    conn = CappedConnection(unchecked_requeues=3)
+    with pytest.raises(store.RequeueCapped):  # before: None, as a stop's put-back of a run no longer this process's
+        await store.requeue_unstarted(OneConnectionPool(conn), uuid.uuid4(), "me", unchecked_cap=3)
+    [(_, update_args)] = [(q, a) for q, a in conn.statements if q.startswith("UPDATE")]
+    assert update_args[2:] == (1, 3)  # counted, under the cap; before: (0, 2**31 - 1)
