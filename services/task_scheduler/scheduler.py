@@ -622,8 +622,10 @@ class Scheduler:
             for workspace_id in await store.workspaces_waiting(conn, settings.max_concurrent_runs_per_workspace):
                 if settings.max_runs_per_process - len(self.runs) <= 0 or self._stop.is_set():
                     return busy  # full, or stopping: a stop starts nothing (_supervised)
+                # not a run this process still has a task for: one queued again by its put-back whose answer was
+                # lost, which that task is still retrying (_put_back_unchecked; store.start_queued's `held`)
                 started = await store.start_queued(conn, workspace_id, settings.max_concurrent_runs_per_workspace,
-                                                   1, self.identity)
+                                                   1, self.identity, held=list(self.runs))
                 if started is None:
                     busy = True
                     continue
@@ -950,12 +952,23 @@ class Scheduler:
         the database's errors (logged: the lost-run step fails it supervisor_lost_after after its last beat). Else the
         reason its failure is recorded with: its kill's, asked meanwhile (task/kill, a replace), or, put back
         UNCHECKED_REQUEUES times already, `why` and that. Before, the check's error failed the run for good ("the run
-        could not be started: TimeoutError")."""
+        could not be started: TimeoutError").
+
+        The stop's kill set meanwhile (its attempts under way or retried): from the next attempt on, the put-back is the
+        stop's, not counted (no cap, its event PUT_BACK), as _requeued's is. Before, it was counted, and a run at the
+        cap failed though the stop would have put it back. While it retries, this process claims the run no more
+        (start_queued's `held`): an attempt whose commit landed and whose answer was lost left it queued, and a pass
+        claimed it again, its next attempt put that claim back (counted again) and its end removed the new claim's
+        supervisor from `runs` and `kills` (review of 82fa1e41)."""
         self.ending.add(run_id)
+
+        def put_back() -> Awaitable[bool | str | None]:
+            stopped = self.kill_reasons.get(run_id) == STOPPED
+            return store.requeue_unstarted(self.deps.pool, run_id, self.identity,
+                                           unchecked_cap=None if stopped else UNCHECKED_REQUEUES)
+
         try:
-            back = await self._retried(lambda: store.requeue_unstarted(self.deps.pool, run_id, self.identity,
-                                                                       unchecked_cap=UNCHECKED_REQUEUES),
-                                       "putting a run back in the queue")
+            back = await self._retried(put_back, "putting a run back in the queue")
         except store.RequeueCapped as capped:
             log.warning("run %s: %s; %s: failed", run_id, why, capped)
             return f"the run could not be started: {why}; {capped}, so not again"

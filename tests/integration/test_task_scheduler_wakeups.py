@@ -412,5 +412,10 @@ async def put_back_over_max_queued(pool: asyncpg.Pool, orch_id: uuid.UUID, sched
             reasons = Counter(json.loads(e["payload"])["reason"] for e in await conn.fetch(
                 "SELECT payload FROM outbox WHERE payload->>'run_id' = $1", str(put_back)))
             assert reasons == {store.PUT_BACK: 1, store.UNCHECKED_PUT_BACK: 1}, reasons
+            # a run the claimer still has a task for (`held`: that task's put-back, its answer lost, is being retried)
+            # is not claimed again by it (Scheduler.start_queued); the others are
+            [queued] = [r["id"] for r in await store.runs_of(conn, task, "queued", None)]
+            assert await store.start_queued(conn, 18, 100, 100, "other", held=[queued]) == []
+            assert [r["id"] for r in await store.start_queued(conn, 18, 100, 100, "other")] == [queued]
         finally:
             await transaction.rollback()

@@ -317,6 +317,147 @@ async def test_a_run_put_back_for_its_claim_check_too_often_fails_saying_why(tmp
         (killed, "failure", replaced)]
 
 
+async def test_a_put_back_whose_answer_was_lost_is_not_claimed_again_by_its_process_while_it_retries(tmp_path,
+                                                                                                     monkeypatch):
+    """A put-back for the claim check (_put_back_unchecked) whose commit landed and whose answer was lost (its attempt
+    timed out) left the run queued while its task retried it. Before (review of 82fa1e41), this process's next pass
+    claimed it again: the old task's retry put the new claim back (counted a second time) and its end removed the new
+    claim's task from `runs` and `kills` (unbeaten, unstopped). Now a process claims no run it still has a task for
+    (store.start_queued's `held`): the retry finds the run queued (no longer this process's), and the run is started
+    by the pass after that task ended, once."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    monkeypatch.setattr(scheduler_module, "END_RECORD_SECONDS", 0.3)
+    run_id = uuid.uuid4()
+    row = {"status": "running", "supervisor": "me", "unchecked_requeues": 0}  # the run's row, as the SQL reads it
+    away = [True]  # PostgreSQL not answering the claim check
+    landed, retried = asyncio.Event(), asyncio.Event()
+    caps: list[int | None] = []
+    claims: list[uuid.UUID] = []
+
+    def mine(supervisor: str) -> bool:
+        return row["status"] == "running" and row["supervisor"] == supervisor
+
+    async def beat_runs(pool, run_ids, supervisor):
+        if away[0]:
+            raise ConnectionRefusedError("connection refused")
+        return {r: False for r in run_ids if mine(supervisor)}
+
+    async def requeue_unstarted(pool, rid, supervisor, *, unchecked_cap=None):
+        caps.append(unchecked_cap)
+        if len(caps) == 2:
+            await retried.wait()  # the retry after the pass below
+        if not mine(supervisor):
+            return None
+        row.update(status="queued", supervisor=None,
+                   unchecked_requeues=row["unchecked_requeues"] + (unchecked_cap is not None))
+        if len(caps) == 1:  # committed; its answer lost
+            landed.set()
+            raise TimeoutError("putting a run back in the queue: no answer within 5 s")
+        return False
+
+    async def workspaces_waiting(conn, limit=None):
+        return [1] if row["status"] == "queued" else []
+
+    async def start_queued(conn, workspace_id, limit, room, supervisor, *, held=None):  # as its SQL
+        if row["status"] != "queued" or run_id in (held or []):
+            return []
+        row.update(status="running", supervisor=supervisor)
+        claims.append(run_id)
+        return [a_row(run_id)]
+
+    async def finish_run(pool, rid, supervisor, status, exit_code, reason):
+        if not mine(supervisor):
+            return False
+        row["status"] = status
+        seen["ended"].append((rid, status, reason))
+        return True
+
+    for name, fake in (("beat_runs", beat_runs), ("requeue_unstarted", requeue_unstarted),
+                       ("workspaces_waiting", workspaces_waiting), ("start_queued", start_queued),
+                       ("finish_run", finish_run)):
+        monkeypatch.setattr(store, name, fake)
+    sched._supervised(a_row(run_id))
+    putting_back = sched.runs[run_id]
+    async with asyncio.timeout(10):
+        await landed.wait()
+        away[0] = False
+        seen["mint_gate"] = asyncio.Event()  # a run claimed from now on is held in its setup (its token's mint)
+        await sched.start_queued(None)  # this process's next pass, while the put-back is retried
+        tasks = {putting_back, *sched.runs.values()}
+        retried.set()
+        await putting_back  # its retry, then its end
+        # a run's task still going that the process no longer knows (not beaten, not stopped by a stop)
+        unknown = [t for t in tasks if not t.done() and t not in sched.runs.values()]
+        seen["mint_gate"].set()
+        await asyncio.gather(*tasks)
+        await settle(sched)
+    # before: the pass claimed it again (claims [run_id]), the old task's retry put that claim back (counted twice:
+    # unchecked_requeues 2) and its end removed the new claim's task from runs and kills while it was still being set
+    # up (unknown: [that task])
+    assert claims == [] and caps == [scheduler_module.UNCHECKED_REQUEUES] * 2
+    assert row == {"status": "queued", "supervisor": None, "unchecked_requeues": 1}
+    assert unknown == [] and len(tasks) == 1
+    assert seen["executed"] == [] and seen["ended"] == []
+
+    await sched.start_queued(None)  # the pass after: its task ended, the run is claimed and runs once
+    await settle(sched)
+    assert claims == [run_id] and seen["executed"] == [run_id] and seen["ended"] == [(run_id, "success", None)]
+    assert row["unchecked_requeues"] == 1
+
+
+async def test_a_stop_during_a_put_back_for_the_claim_check_puts_it_back_uncounted(tmp_path, monkeypatch):
+    """The stop's kill came while the put-back for the claim check was being retried (PostgreSQL away): the attempts
+    from then on are the stop's put-back, not counted (no cap), as a stop's put-back is elsewhere (_requeued). Before,
+    they were counted: a run put back UNCHECKED_REQUEUES times already failed 'the run could not be started: ...; put
+    back in the queue 3 times already for its claim check, so not again', though the stop puts back a run whose main.py
+    never started."""
+    sched, seen = a_scheduler(tmp_path, monkeypatch)
+    started_at_once(seen, monkeypatch)
+    quick_backoff(monkeypatch)
+    monkeypatch.setattr(scheduler_module, "END_RECORD_SECONDS", 0.3)
+    asked, stopped = asyncio.Event(), asyncio.Event()
+    caps: list[int | None] = []
+    counted = [scheduler_module.UNCHECKED_REQUEUES]  # the run's unchecked_requeues: at the cap
+
+    async def beat_runs(pool, run_ids, supervisor):
+        raise ConnectionRefusedError("connection refused")
+
+    async def requeue_unstarted(pool, run_id, supervisor, *, unchecked_cap=None):  # as its SQL
+        caps.append(unchecked_cap)
+        if len(caps) == 1:
+            asked.set()
+            await stopped.wait()
+            raise TimeoutError("putting a run back in the queue: no answer within 5 s")  # not committed
+        if unchecked_cap is not None and counted[0] >= unchecked_cap:
+            raise store.RequeueCapped(counted[0])
+        counted[0] += unchecked_cap is not None
+        seen["requeued"].append(run_id)
+        return False
+
+    async def own_unsupervised(pool, supervisor, known):  # the stop's look for starts whose answer was lost: none
+        return []
+
+    monkeypatch.setattr(store, "beat_runs", beat_runs)
+    monkeypatch.setattr(store, "requeue_unstarted", requeue_unstarted)
+    monkeypatch.setattr(store, "own_unsupervised", own_unsupervised)
+    run_id = uuid.uuid4()
+    sched._supervised(a_row(run_id))
+    async with asyncio.timeout(10):
+        await asked.wait()
+        stopping = asyncio.ensure_future(sched.stop())
+        await sched.kills[run_id].wait()
+        stopped.set()
+        await settle(sched)
+        await stopping
+    # before: caps [3, 3], and the run ended '...; put back in the queue 3 times already for its claim check, so not
+    # again'
+    assert caps == [scheduler_module.UNCHECKED_REQUEUES, None]
+    assert seen["requeued"] == [run_id] and seen["ended"] == [] and seen["executed"] == []
+    assert counted == [scheduler_module.UNCHECKED_REQUEUES]
+
+
 class CappedConnection:
     """A connection answering requeue_unstarted's statements: the run found running under `me`, not put back (its
     UPDATE's conditions not met), put back `unchecked_requeues` times already; each statement's args kept."""
