@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import sealed, subjects
 from shared.bus_workers import default_command_workers
-from shared.data_errors import refused_request_value
+from shared.data_errors import database_unavailable, refused_request_value
 from shared.errors import (
     ErrorBody,
     InvalidRequest,
@@ -236,6 +236,12 @@ async def run_command(
             # division by zero, an overflow of our own arithmetic) is a fault of ours: a 500 below.
             log.warning("refused a value of the request in %s: %s", ctx.subject, exc)
             return reply_error(refused)
+        unavailable = database_unavailable(exc, ctx.subject)
+        if unavailable is not None:
+            # PostgreSQL restarting, failing over, out of connections: 503 `unavailable`, which clients ask again
+            # (the gateway's Retry-After), not the 500 of a bug; logged without its traceback, once per command
+            log.warning("%s: 503, the database did not answer: %r", ctx.subject, exc)
+            return reply_error(unavailable)
         log.exception("unhandled error in %s", ctx.subject)
         return reply_error(RailyardError("internal error"))
 

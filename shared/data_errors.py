@@ -17,6 +17,9 @@ PostgreSQL's "value too long for type character varying(n)" names neither the va
 named only when it is the one text of the command longer than n; with several, the 400 says the database did not
 say which and lists them, blaming none (the first one used to be blamed).
 Anything else of the class, or a refusal no field of the command explains, is ours.
+
+A database that cannot answer now is neither (`database_unavailable`): a PostgreSQL restarting, failing over or out
+of connections is a 503 `unavailable`, ask again in a moment, not a 500 that tells a client "a bug, do not retry".
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, Unavailable
 
 # asyncpg refusing to encode a parameter (no SQLSTATE from the server: a bare DataError carrying the codec's error)
 _CLIENT_RANGE = re.compile(r"^invalid input for query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?: "
@@ -160,3 +163,48 @@ def _fields(model: BaseModel, prefix: str) -> list[tuple[str, Any]]:
     fields = type(model).model_fields
     return [(prefix + ((fields[name].alias or name) if name in fields else name), value)
             for name, value in model.__dict__.items()]
+
+
+# asyncpg's plain InterfaceError that says the connection or pool is gone (the server closed it, the service is
+# stopping); its others are a misuse of a connection (a bug: "another operation is in progress"), and its DataError
+# subclass a value it cannot encode (refused_request_value), which stay 500s
+_GONE = {"connection is closed", "pool is closing", "pool is closed"}
+_CAUSES_READ = 5  # errors a `raise ... from` chain is followed through looking for asyncpg's frames
+
+
+def database_unavailable(exc: BaseException, subject: str) -> Unavailable | None:
+    """The 503 to answer when `exc` says the database could not answer now, whatever was asked: the connection refused,
+    lost or timed out, the server shutting down, starting up or out of resources (class 08, 57, 53), a standby after a
+    failover refusing writes (25006), the pool closing. An OSError (TimeoutError, ConnectionRefusedError, a DNS
+    failure) counts only when it came out of asyncpg's code (a frame of it in its traceback or its cause's): one from
+    object storage, a file or a URL is not the database's. None otherwise (a unique violation, a syntax error, a
+    KeyError: ours, a 500). `subject` names the service (its first part: `registry.models.get`) in the message.
+    Before, every such error was unhandled in the handler: shared.bus.run_command's 500 'internal error'."""
+    asyncpg = sys.modules.get("asyncpg")  # the gateway never loads it: nothing of it can have been raised there
+    if asyncpg is None:
+        return None
+    errors = asyncpg.exceptions
+    if not (isinstance(exc, errors.PostgresConnectionError | errors.OperatorInterventionError
+                       | errors.InsufficientResourcesError | errors.ReadOnlySQLTransactionError)
+            or (type(exc) is errors.InterfaceError and str(exc) in _GONE)
+            or (isinstance(exc, OSError) and _raised_by_asyncpg(exc))):
+        return None
+    service = subject.partition(".")[0] or "the service"
+    return Unavailable(f"{service}'s database did not answer ({type(exc).__name__}): it may be restarting or busy; "
+                       "ask again in a moment")
+
+
+def _raised_by_asyncpg(exc: BaseException | None) -> bool:
+    """Whether asyncpg's code is in the traceback of `exc` or of an error it was raised from (asyncio.timeout's
+    TimeoutError is raised from the cancel of what it bounded)."""
+    for _ in range(_CAUSES_READ):
+        if exc is None:
+            return False
+        trace = exc.__traceback__
+        while trace is not None:
+            module = trace.tb_frame.f_globals.get("__name__") or ""
+            if module == "asyncpg" or module.startswith("asyncpg."):
+                return True
+            trace = trace.tb_next
+        exc = exc.__cause__
+    return False

@@ -131,7 +131,10 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.AUTH_TOKEN_ISSUE_TASK, service=NAME)
     async def issue_task_token(cmd: IssueTaskToken, ctx: CallContext) -> TaskTokenIssued:
         """A task run's short-lived token, scoped to its workspace (the task scheduler's bus identity only)."""
-        return await task_token(deps(), cmd)
+        # its database down is a 503 (shared.bus.run_command, shared/data_errors.py database_unavailable), which the
+        # task scheduler asks again for MINT_RETRY_SECONDS; the mint's writes can be done again (record_issue keeps
+        # the latest expiry)
+        return await handlers.issue_task_token(deps(), cmd)
 
     @command(router, subjects.AUTH_KEYS_GET, service=NAME)
     async def get_keys(cmd: GetSigningKeys, ctx: CallContext) -> SigningKeys:
@@ -236,19 +239,6 @@ def build_router(runtime: Runtime) -> NatsRouter:
         return await handlers.list_features(runtime.settings.auth, await caller(ctx))
 
     return router
-
-
-async def task_token(deps: handlers.AuthDeps, cmd: IssueTaskToken) -> TaskTokenIssued:
-    """handlers.issue_task_token; a database that is down is Unavailable (503), which the task scheduler asks again
-    for MINT_RETRY_SECONDS (services/task_scheduler/scheduler.py `passing`). It was a 500 'internal error'
-    (bus.run_command's answer to an unhandled error), and since the scheduler fails a run at once on a 500 (a fault in
-    auth, which answers the same when asked again) a PostgreSQL restart or failover under auth failed every run being
-    started then. The mint's writes can be done again: record_issue keeps the latest expiry."""
-    try:
-        return await handlers.issue_task_token(deps, cmd)
-    except DATABASE_DOWN as exc:
-        log.warning("could not mint task run %s's token: the database did not answer: %r", cmd.run_id, exc)
-        raise Unavailable("auth's database did not answer; ask again") from None
 
 
 async def own_keys(pool: asyncpg.Pool, settings) -> list[dict]:

@@ -1,6 +1,7 @@
 """The bus's data-error backstop against a real PostgreSQL: a value of the request the database refuses is a 400
 naming the field; any other class 22 error (a division by zero, an overflow of our own arithmetic) is a 500
-`internal`, logged, and changes nothing. Only PostgreSQL is started (pgserver, ~1 s), not the whole stack."""
+`internal`, logged, and changes nothing. A connection the server ends (a restart, a failover) is a 503
+`unavailable`. Only PostgreSQL is started (pgserver, ~1 s), not the whole stack."""
 
 from __future__ import annotations
 
@@ -154,6 +155,33 @@ def make_broker(uri: str) -> NatsBroker:
             await conn.close()
         return {}
 
+    @command(broker, "test.cut", service="gateway")
+    async def cut(cmd: Compute, ctx: CallContext) -> dict:
+        """The database failing under a command (shared/data_errors.py database_unavailable): `terminated`, its
+        connection ended by the server as a restart or failover does (57P01); else a fault of ours in the SQL."""
+        conn = await asyncpg.connect(uri)
+        try:
+            if cmd.how == "terminated":
+                other = await asyncpg.connect(uri)
+                try:
+                    pid = conn.get_server_pid()
+                    await other.fetchval("SELECT pg_terminate_backend($1)", pid)
+                    alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+                    async with asyncio.timeout(10):  # its backend gone: the query below cannot be served
+                        while await other.fetchval(alive, pid):  # noqa: ASYNC110 - the server's, no event
+                            await asyncio.sleep(0.02)
+                finally:
+                    await other.close()
+                await conn.fetchval("SELECT 1")
+            elif cmd.how == "syntax":
+                await conn.execute("SELEC 1")
+            else:  # a unique violation
+                await conn.execute("CREATE TEMP TABLE once (id int PRIMARY KEY); INSERT INTO once VALUES (1)")
+                await conn.execute("INSERT INTO once VALUES (1)")
+        finally:
+            await conn.close()
+        return {}
+
     return broker
 
 
@@ -269,3 +297,20 @@ async def test_a_data_error_of_our_own_sql_is_a_500_internal_and_logged(postgres
     assert not isinstance(caught.value, InvalidRequest)
     assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)  # the traceback is in the log
     assert await _rows(postgres_uri) == before
+
+
+@pytest.mark.parametrize(("how", "status"), [("terminated", 503), ("syntax", 500), ("unique", 500)])
+async def test_a_database_that_went_away_is_a_503_and_a_fault_of_our_sql_a_500(postgres_uri, how, status, caplog):
+    # the connection ended by the server was a 500 'internal error' (a bug: do not retry); now 503 `unavailable`,
+    # asked again, logged without a traceback (tests/unit/test_bus_database_unavailable.py has each error)
+    async with TestNatsBroker(make_broker(postgres_uri)) as br:
+        with pytest.raises(RailyardError) as caught:
+            await request(br, "test.cut", {"how": how})
+    assert caught.value.status == status, caught.value.msg
+    if status == 503:
+        # asyncpg says InterfaceError('connection is closed') here, having read the server's 57P01 as the end
+        assert caught.value.code == "unavailable" and caught.value.msg.startswith("test's database did not answer (")
+        assert not any(r.exc_info for r in caplog.records)
+    else:
+        assert caught.value.code == "internal" and caught.value.msg == "internal error"
+        assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)

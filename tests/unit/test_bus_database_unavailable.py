@@ -1,0 +1,184 @@
+"""A database that cannot answer a command now (PostgreSQL restarting, failing over, out of connections, a pool that
+timed out) is a 503 `unavailable` from every service, in one place (shared.bus.run_command with
+shared/data_errors.py `database_unavailable`), which the gateway answers with Retry-After and clients ask again. It was
+an unhandled error in the handler: run_command's 500 'internal error', which tells a client "a bug, do not retry" (the
+task scheduler's token mint fails a run at once on a 500). A real bug (a KeyError, a unique violation, a syntax error,
+a misuse of a connection) stays a 500 logged with its traceback.
+
+The connection errors are asyncpg's own, raised by its code against a port nothing listens on, a server that never
+answers, and one that refuses the start-up as PostgreSQL does while it starts (57P03) or is full (53300)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import orjson
+import pytest
+
+from services.gateway.errors import error_parts
+from services.task_scheduler import scheduler
+from shared.bus import CallContext, run_command
+from shared.errors import Unavailable, error_from_body
+from shared.messages.base import Command, Reply
+
+SUBJECT = "registry.models.get"
+
+
+class Ask(Command):
+    name: str = "x"
+
+
+async def answer(fails: Callable[[], Awaitable[object]]) -> Reply:
+    """The reply run_command answers for a handler whose work is `fails()`."""
+
+    async def handler(cmd: Ask, ctx: CallContext) -> dict:
+        await fails()
+        return {}
+
+    reply = await run_command(handler, Ask, {}, CallContext(subject=SUBJECT))
+    assert not reply.ok
+    return reply
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dsn(port: int) -> dict:
+    return {"host": "127.0.0.1", "port": port, "user": "railyard", "password": "p", "database": "railyard",
+            "ssl": False}
+
+
+@asynccontextmanager
+async def server(refusal: tuple[str, str] | None) -> AsyncIterator[int]:
+    """A port whose server never answers (None), or refuses the start-up with PostgreSQL's ErrorResponse
+    (SQLSTATE, message) as a server starting up or full does."""
+
+    talking: list[tuple[asyncio.Task, asyncio.StreamWriter]] = []
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        talking.append((asyncio.current_task(), writer))
+        if refusal is not None:
+            (length,) = struct.unpack("!i", await reader.readexactly(4))
+            await reader.readexactly(length - 4)  # the start-up message
+            fields = b"".join(kind + text.encode() + b"\0" for kind, text in (
+                (b"S", "FATAL"), (b"V", "FATAL"), (b"C", refusal[0]), (b"M", refusal[1]))) + b"\0"
+            writer.write(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+            await writer.drain()
+        await reader.read()  # held open until the client leaves
+
+    listening = await asyncio.start_server(talk, "127.0.0.1", 0)
+    try:
+        yield listening.sockets[0].getsockname()[1]
+    finally:
+        listening.close()
+        for _, writer in talking:
+            writer.close()  # its read ends: the task ends here, not cancelled by the loop's end (which asyncio logs)
+        await asyncio.gather(*(task for task, _ in talking), return_exceptions=True)
+
+
+async def refused_connection() -> None:
+    await asyncpg.connect(**dsn(closed_port()))
+
+
+async def pool_query_refused() -> None:
+    pool = await asyncpg.create_pool(**dsn(closed_port()), min_size=0)
+    try:
+        await pool.fetchrow("SELECT 1")
+    finally:
+        await pool.close()
+
+
+async def connect_timed_out() -> None:
+    async with server(None) as port:
+        await asyncpg.connect(**dsn(port), timeout=0.2)
+
+
+async def pool_acquire_timed_out() -> None:
+    async with server(None) as port:
+        pool = await asyncpg.create_pool(**dsn(port), min_size=0)
+        try:
+            async with pool.acquire(timeout=0.2):
+                pass
+        finally:
+            pool.terminate()
+
+
+async def own_bound_on_the_database() -> None:
+    """asyncio.timeout around database work: its TimeoutError is raised from the cancel of asyncpg's wait."""
+    async with server(None) as port:
+        async with asyncio.timeout(0.2):
+            await asyncpg.connect(**dsn(port), timeout=30)
+
+
+async def starting_up() -> None:
+    async with server(("57P03", "the database system is starting up")) as port:
+        await asyncpg.connect(**dsn(port))
+
+
+async def too_many_clients() -> None:
+    async with server(("53300", "sorry, too many clients already")) as port:
+        await asyncpg.connect(**dsn(port))
+
+
+def raising(exc: BaseException) -> Callable[[], Awaitable[object]]:
+    async def fails() -> None:
+        raise exc
+    fails.__name__ = type(exc).__name__
+    return fails
+
+
+@pytest.mark.parametrize("fails", [
+    refused_connection, pool_query_refused, connect_timed_out, pool_acquire_timed_out, own_bound_on_the_database,
+    starting_up, too_many_clients,
+    # what the server or asyncpg says mid-session: the connection lost, the server shutting down (a restart, a
+    # failover), a standby that takes no writes after a failover, the pool closing under a stopping service
+    raising(asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")),
+    raising(asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")),
+    raising(asyncpg.exceptions.CannotConnectNowError("the database system is in recovery mode")),
+    raising(asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction")),
+    raising(asyncpg.exceptions.DiskFullError("could not extend file: No space left on device")),
+    raising(asyncpg.exceptions.InterfaceError("connection is closed")),
+    raising(asyncpg.exceptions.InterfaceError("pool is closing")),
+], ids=lambda fails: fails.__name__)
+async def test_a_database_that_cannot_answer_is_a_typed_503_asked_again(fails, caplog):
+    with caplog.at_level(logging.WARNING, "railyard.bus"):
+        reply = await answer(fails)
+    status, code, msg = reply.status, reply.error.code, reply.error.msg
+    assert (status, code) == (503, "unavailable"), msg  # before: (500, 'internal')
+    assert msg.startswith("registry's database did not answer (") and msg.endswith("ask again in a moment"), msg
+    assert "127.0.0.1" not in msg and "SELECT" not in msg and "INSERT" not in msg  # no host, no SQL
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info
+    # as the gateway answers it, and as the task scheduler's token mint reads it (scheduler.passing: asked again)
+    error = error_from_body(reply.error, reply.status)
+    assert isinstance(error, Unavailable)
+    http_status, headers, body = error_parts(error)
+    assert (http_status, headers.get("Retry-After"), orjson.loads(body)["code"]) == (503, "1", "unavailable")
+    assert scheduler.passing(error)
+
+
+@pytest.mark.parametrize("exc", [
+    KeyError("enabled"),
+    asyncpg.exceptions.UniqueViolationError('duplicate key value violates unique constraint "users_pkey"'),
+    asyncpg.exceptions.PostgresSyntaxError('syntax error at or near "SELEC"'),
+    asyncpg.exceptions.UndefinedColumnError('column "nme" does not exist'),
+    asyncpg.exceptions.InterfaceError("cannot perform operation: another operation is in progress"),  # a misuse
+    asyncpg.exceptions.DataError("invalid input for query argument $1: 'x' (an integer is required)"),  # ours
+    # an OSError that is not asyncpg's: object storage, a file, a URL: not the database's to answer for
+    ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 9000)"),
+    TimeoutError(),
+    FileNotFoundError(2, "No such file or directory"),
+], ids=lambda exc: type(exc).__name__)
+async def test_a_fault_of_ours_stays_a_500_logged_with_its_traceback(exc, caplog):
+    with caplog.at_level(logging.WARNING, "railyard.bus"):
+        reply = await answer(raising(exc))
+    assert (reply.status, reply.error.code, reply.error.msg) == (500, "internal", "internal error")
+    assert [r.levelname for r in caplog.records] == ["ERROR"] and caplog.records[0].exc_info
