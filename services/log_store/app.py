@@ -31,6 +31,7 @@ from shared.bus import (
     reply_too_large,
 )
 from shared.bus_workers import ConcurrentCallback, drain_raw
+from shared.data_errors import database_unavailable
 from shared.errors import InvalidRequest, RailyardError, validation_message
 from shared.lean_imports import lazy_module
 from shared.messages.logs import (
@@ -137,9 +138,14 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
             body, out = await work(msg, token)
         except RailyardError as exc:
             body, out = b"", error_headers(exc)
-        except Exception:
-            log.exception("%s failed", msg.subject)
-            body, out = b"", error_headers(RailyardError("internal error"))
+        except Exception as exc:
+            # the log store's database restarting or failing over: the 503 every command answers (bus.run_command)
+            unavailable = database_unavailable(exc, msg.subject)
+            if unavailable is not None:
+                log.warning("%s: 503, the database did not answer: %r", msg.subject, exc)
+            else:
+                log.exception("%s failed", msg.subject)
+            body, out = b"", error_headers(unavailable or RailyardError("internal error"))
         sent, sent_headers = sealed.seal_reply(key, msg.reply, body, out)
         if (size := reply_size(sent, sent_headers or {})) > nc.max_payload:
             log.warning("the reply to %s is %d bytes, above the bus limit (%d): answered reply_too_large",

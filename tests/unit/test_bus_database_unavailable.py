@@ -182,3 +182,41 @@ async def test_a_fault_of_ours_stays_a_500_logged_with_its_traceback(exc, caplog
         reply = await answer(raising(exc))
     assert (reply.status, reply.error.code, reply.error.msg) == (500, "internal", "internal error")
     assert [r.levelname for r in caplog.records] == ["ERROR"] and caplog.records[0].exc_info
+
+
+class Connection:
+    """The log store's NATS connection, as _raw_responder uses it: what it publishes."""
+
+    max_payload = 1024**2
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, dict]] = []
+
+    async def publish(self, subject: str, body: bytes, headers: dict) -> None:
+        self.published.append((subject, body, headers))
+
+
+@pytest.mark.parametrize(("fails", "status"), [(refused_connection, 503), (raising(KeyError("pipeline")), 500)])
+async def test_the_log_stores_raw_replies_answer_the_same(fails, status, caplog):
+    """The log store's raw Arrow replies (pipelines/get_logs, log fields: services/log_store/app.py _raw_responder)
+    are not run_command's: a query its database could not answer was a 500 there too."""
+    from services.log_store.app import _raw_responder
+    from shared.raw_bus import ERROR_HEADER
+
+    async def work(msg, token):
+        await fails()
+
+    nc = Connection()
+    message = type("Message", (), {"subject": "log_store.logs.query", "reply": "_INBOX.caller.1", "headers": {},
+                                   "data": b"{}"})()
+    with caplog.at_level(logging.WARNING):
+        await _raw_responder(nc, work, "ask for less")(message)
+    ((subject, body, headers),) = nc.published
+    error = orjson.loads(headers[ERROR_HEADER])
+    assert (subject, body, error["status"]) == ("_INBOX.caller.1", b"", status), error  # before: 500 for both
+    if status == 503:
+        assert error["code"] == "unavailable" and error["msg"].startswith("log_store's database did not answer (")
+        assert not any(r.exc_info for r in caplog.records)
+    else:
+        assert (error["code"], error["msg"]) == ("internal", "internal error")
+        assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
