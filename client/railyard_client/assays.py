@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from railyard_client.errors import InvalidInput
+from railyard_client.errors import InvalidInput, boolean_input
 from railyard_client.resource import Resource
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def assay_config(name: str, pipeline: Pipeline, iopath: str, *, baseline_start: 
     summarizer = {"type": "UnivariateContinuous", "bin_mode": bin_mode, "aggregation": aggregation, "metric": metric,
                   "num_bins": num_bins, "provided_edges": provided_edges, "bin_weights": bin_weights}
     body = {"name": name, "pipeline_id": pipeline.id, "pipeline_name": pipeline.name, "workspace_id":
-            pipeline.workspace_id, "active": bool(active), "iopath": iopath, "baseline": baseline,
+            pipeline.workspace_id, "active": boolean_input(active, "active"), "iopath": iopath, "baseline": baseline,
             "window": {k: v for k, v in window.items() if v is not None},
             "summarizer": {k: v for k, v in summarizer.items() if v is not None},
             "warning_threshold": warning_threshold, "alert_threshold": alert_threshold}
@@ -103,7 +103,7 @@ class Assay(Resource):
     def set_active(self, active: bool) -> Assay:
         """Pause (False) or resume (True) the scheduled scoring. Resumed after a long pause, it scores at most the
         newest 1000 windows it owes (`MAX_WINDOWS`); older ones are not scored (docs/assays.md, Scheduling)."""
-        active = bool(active)  # the API takes only JSON true or false
+        active = boolean_input(active, "active")  # the API takes only JSON true or false
         self._session.post("assays/set_active", {"id": self.id, "active": active})
         self._record["active"] = active
         return self

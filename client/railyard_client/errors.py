@@ -150,3 +150,13 @@ def error_from_answer(status: int, body: Any) -> APIError:
     if "error" in body and code in OAUTH_SIGN_IN_REFUSED:  # OAuth's shape: the token endpoint's own answer
         return AuthenticationError(status, code, message)
     return _BY_STATUS.get(status, APIError)(status, code, message)
+
+
+def boolean_input(value: object, what: str) -> bool:
+    """A boolean parameter as the API takes it (JSON true or false): bool() of what was given (1, 0, numpy's bool_),
+    but a string is InvalidInput: bool("false") is True, so set_active("false") resumed an assay and
+    delete(force_delete="false") forced a delete, where the API (before it took only true or false) read "false" as
+    false and since answers a 400."""
+    if isinstance(value, (str, bytes)):
+        raise InvalidInput(f"{what} must be True or False, not {value!r}")
+    return bool(value)

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from railyard_client._lazy import pa, pd, pq
 from railyard_client.data import ARROW_FILE, dataframe_to_table, from_ipc, refuse_no_rows, to_ipc_file
-from railyard_client.errors import InvalidInput
+from railyard_client.errors import InvalidInput, boolean_input
 from railyard_client.progress import ProgressReader, upload_bar, wanted
 
 PARQUET = "application/vnd.apache.parquet"
@@ -231,7 +231,7 @@ class Lineage:
         project = _ref(_named("project_info", project_info, "project_id", project_id), what="project_info")
         return self._post("projects/restore_version", {
             "project_id": project, "version_id": version_id, "version_num": version_num,
-            "skip_missed_entities": bool(skip_missed_entities), "name": name})
+            "skip_missed_entities": boolean_input(skip_missed_entities, "skip_missed_entities"), "name": name})
 
     # --- the workflow graph (seed 000) -----------------------------------------------------------------
 
@@ -284,14 +284,16 @@ class Lineage:
         """A workspace file (`file`, seed 000's name, or `path`: its path or record) is an input of the task run
         (`model_weight` marks model weights)."""
         file = _ref(_named("file", file, "path", path), "path", what="file")
-        return self._link("add_input_file", task_id, meta, path=file, model_weight=bool(model_weight))
+        return self._link("add_input_file", task_id, meta, path=file,
+                          model_weight=boolean_input(model_weight, "model_weight"))
 
     def add_output_file(self, file: str | Mapping[str, Any] | None = None, model_weight: bool = False, *,
                         task_id: str | None = None, meta: dict[str, Any] | None = None,
                         path: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A workspace file (`file` or `path`, as add_input_file) is an output of the task run."""
         file = _ref(_named("file", file, "path", path), "path", what="file")
-        return self._link("add_output_file", task_id, meta, path=file, model_weight=bool(model_weight))
+        return self._link("add_output_file", task_id, meta, path=file,
+                          model_weight=boolean_input(model_weight, "model_weight"))
 
     def add_input_folder(self, path: str, *, task_id: str | None = None,
                          meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -361,7 +363,8 @@ class Lineage:
     def collect_objects(self, grace_seconds: int = 3600, *, dry_run: bool = False) -> dict[str, Any]:
         """Administrators: delete stored objects no dataset, file or version refers to any more (older than
         `grace_seconds`); `dry_run` only lists them. Objects are shared by all workspaces, whatever this one is."""
-        return self._post("maintenance/collect_objects", {"grace_seconds": grace_seconds, "dry_run": bool(dry_run)})
+        return self._post("maintenance/collect_objects", {"grace_seconds": grace_seconds,
+                                                          "dry_run": boolean_input(dry_run, "dry_run")})
 
     def reports(self) -> list[dict[str, Any]]:
         """The workspace's benchmark reports."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from railyard_client.errors import InvalidInput
+from railyard_client.errors import InvalidInput, boolean_input
 from railyard_client.models import Model, ModelVersion
 from railyard_client.session import Session
 
@@ -100,7 +100,8 @@ class DeploymentManagement:
     def delete(self, force_delete: bool = False) -> None:
         """Stop this deployment (the pipeline and its versions stay) and forget its tags and settings; without
         `force_delete`, a deployment that has any is refused (Conflict)."""
-        self._call("delete", force_delete=bool(force_delete))  # the API takes only JSON true or false (9808be20)
+        # the API takes only JSON true or false (9808be20); a string is refused: bool("false") is True
+        self._call("delete", force_delete=boolean_input(force_delete, "force_delete"))
 
     def get_model_version(self) -> ServedModelVersion | None:
         """The model version this deployment serves, as {name, version, sha} (also `.name`, `.version`, `.sha`);

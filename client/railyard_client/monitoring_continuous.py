@@ -9,7 +9,7 @@ import uuid
 from enum import Enum
 from typing import Any
 
-from railyard_client.errors import InvalidInput
+from railyard_client.errors import InvalidInput, boolean_input
 from railyard_client.monitoring_feedback import DatasetVersionLike, dataset_version_ref
 from railyard_client.session import Session
 
@@ -108,7 +108,7 @@ class DeploymentContinuous:
 
     def toggle_continuous_training(self, active: bool) -> dict[str, Any]:
         """(De)activate continuous training (reviews keep counting while it is off)."""
-        return self._continuous("toggle_continuous_training", active=bool(active))
+        return self._continuous("toggle_continuous_training", active=boolean_input(active, "active"))
 
     def setup_continuous_deployment(self, policy: ContinuousDeploymentPolicy | str, alpha: float = 0.05,
                                     min_sample: int = 30) -> dict[str, Any]:
@@ -121,4 +121,4 @@ class DeploymentContinuous:
 
     def toggle_continuous_deployment(self, active: bool) -> dict[str, Any]:
         """(De)activate continuous deployment (inactive: new model versions wait as under DEPLOY_MANUAL)."""
-        return self._continuous("toggle_continuous_deployment", active=bool(active))
+        return self._continuous("toggle_continuous_deployment", active=boolean_input(active, "active"))

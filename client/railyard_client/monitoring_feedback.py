@@ -9,7 +9,7 @@ import time
 from enum import Enum
 from typing import Any
 
-from railyard_client.errors import InvalidInput
+from railyard_client.errors import InvalidInput, boolean_input
 from railyard_client.session import API_PREFIX, Session
 
 DatasetVersionLike = int | dict[str, Any]
@@ -105,7 +105,7 @@ class DeploymentFeedback:
 
     def toggle_feedback_loop(self, active: bool) -> dict[str, Any]:
         """(De)activate the feedback loop."""
-        return self._feedback("toggle_feedback_loop", active=bool(active))
+        return self._feedback("toggle_feedback_loop", active=boolean_input(active, "active"))
 
     # --- the training-data reference -------------------------------------------------------------------
 

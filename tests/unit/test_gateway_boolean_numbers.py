@@ -347,3 +347,51 @@ def test_a_model_inside_itself_is_walked():
     body = {"child": {"child": {"flag": "yes"}}}
     with pytest.raises(InvalidRequest, match=r"^child\.child\.flag: Input should be a valid boolean$"):
         refuse_lax_scalars(body, Tree.model_validate(body))
+
+
+@pytest.mark.parametrize("given", ["false", "true", "0", b"no"])
+def test_the_sdk_refuses_a_string_for_a_boolean_before_sending(given):
+    """7b647b44 and 1466203b sent bool() of what was given: bool("false") is True, so set_active("false") resumed
+    the assay and delete(force_delete="false") forced the delete, where the API read "false" as false until
+    6e2e6f21 and answers a 400 since. The SDK refuses a string (InvalidInput, an InvalidRequest as that 400 was)
+    and sends nothing; 1, 0 and numpy's booleans are still sent as true or false."""
+    import numpy as np
+    from railyard_client.assays import Assay, assay_config
+    from railyard_client.errors import InvalidInput
+    from railyard_client.lineage import Lineage
+    from railyard_client.monitoring import DeploymentManagement
+    from railyard_client.monitoring_continuous import DeploymentContinuous
+    from railyard_client.monitoring_feedback import DeploymentFeedback
+    from railyard_client.pipelines import Deployment
+
+    class Sent:
+        def __init__(self):
+            self.bodies = []
+
+        def post(self, route, body):
+            self.bodies.append((route, body))
+            return {}
+
+    session = Sent()
+    deployment = Deployment(session, {"id": 1, "name": "fraud-1"}, None)
+    lineage = Lineage(SimpleNamespace(_session=session), 1)
+    pipeline = SimpleNamespace(id=1, name="p", workspace_id=1)
+    calls = [lambda v: Assay(session, {"id": 1, "active": True}).set_active(v),
+             lambda v: assay_config("a", pipeline, "output y 0", baseline_values=[1.0], active=v),
+             lambda v: lineage.collect_objects(dry_run=v),
+             lambda v: lineage.restore_version(1, 2, skip_missed_entities=v),
+             lambda v: lineage.add_input_file("w.bin", v, task_id="t-1"),
+             lambda v: lineage.add_output_file("w.bin", v, task_id="t-1"),
+             lambda v: deployment.delete(force_delete=v),
+             lambda v: deployment.toggle_continuous_training(v),
+             lambda v: deployment.toggle_continuous_deployment(v),
+             lambda v: deployment.toggle_feedback_loop(v)]
+    assert all(isinstance(deployment, kind) for kind in (DeploymentManagement, DeploymentContinuous,
+                                                         DeploymentFeedback))
+    for call in calls:
+        with pytest.raises(InvalidInput, match="must be True or False, not "):
+            call(given)
+    assert session.bodies == []
+    for call in calls:
+        call(np.bool_(True))
+    assert session.bodies and all(True in body.values() for _, body in session.bodies)
