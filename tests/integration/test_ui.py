@@ -11,6 +11,16 @@ each page go to build/ui-screenshots/ (not committed)."""
 
 from __future__ import annotations
 
+import pytest
+
+from tests.integration.ui_browser import MISSING, REQUIRE_BROWSER
+
+# Skipped without a browser before the imports below (numpy, pyarrow, asyncpg, the SDK, the other test modules it
+# borrows from): the skip then costs collection ~0.4 s of CPU less (tests/unit/test_ui_browser_required.py runs it
+# twice in every `make test`)
+if MISSING and not REQUIRE_BROWSER:
+    pytest.skip(MISSING, allow_module_level=True)
+
 import asyncio
 import base64
 import json
@@ -23,7 +33,6 @@ import asyncpg
 import httpx
 import numpy as np
 import pyarrow as pa
-import pytest
 from railyard_client import Client
 
 from shared.arrow_codec import tensor_array, to_ipc_file
@@ -35,8 +44,6 @@ from tests.integration.test_logs import marked, wait_rows
 from tests.integration.test_orchestrations import ready_orchestration, run_once
 from tests.integration.test_pipelines import _deploy_definition, _upload_bytes, infer
 from tests.integration.ui_browser import (  # noqa: F401 (sign_in: test_ui_*.py take it from here)
-    MISSING,
-    REQUIRE_BROWSER,
     WAIT,
     open_page,
     page_text,
@@ -54,9 +61,6 @@ from tests.models import ccfraud_onnx, sample_rows
 pytestmark = pytest.mark.integration
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "ui-screenshots"
-
-if MISSING and not REQUIRE_BROWSER:
-    pytest.skip(MISSING, allow_module_level=True)
 
 if MISSING is None:
     from selenium.webdriver.common.action_chains import ActionChains
