@@ -6,8 +6,8 @@ scored with incomplete logs marked), an orchestration's task run with its logs, 
 model version's card leads to its deployment), her project's versions (restored from the page), two benchmark
 reports compared as charts, a review queue of image predictions (boxes drawn over the image; accepted, corrected)
 counted on the monitoring page; she uploads a model, builds, deploys and undeploys a pipeline from the pages; a wrong
-password shows the API's own message; bob sees none of alice's things. One browser for the module; screenshots of
-each page go to build/ui-screenshots/ (not committed)."""
+password shows the API's own message; bob sees none of alice's things. One browser for the module; with
+RAILYARD_TEST_UI_SCREENSHOTS=1, screenshots of each page go to build/ui-screenshots/ (not committed)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ if MISSING and not REQUIRE_BROWSER:
 import asyncio
 import base64
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -61,6 +62,10 @@ from tests.models import ccfraud_onnx, sample_rows
 pytestmark = pytest.mark.integration
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "ui-screenshots"
+# Screenshots only when asked for: nothing checks them, and the whole-page ones cost Chromium ~0.3 s of CPU each (the
+# page laid out again at its full height, drawn and PNG-encoded, then laid out back): 21 in test_ui.py and
+# test_ui_older_pages.py, ~5.4 s of Chromium's 38 s for test_ui.py (session 39)
+SCREENSHOTS_WANTED = os.environ.get("RAILYARD_TEST_UI_SCREENSHOTS", "") == "1"
 
 if MISSING is None:
     from selenium.webdriver.common.action_chains import ActionChains
@@ -168,6 +173,9 @@ def world(stack, alice_ui: Account):
 
 
 def shot(driver, name: str) -> None:
+    """The whole page as build/ui-screenshots/<name>.png, with RAILYARD_TEST_UI_SCREENSHOTS=1 (else nothing)."""
+    if not SCREENSHOTS_WANTED:
+        return
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {  # the whole page, not just the viewport
