@@ -78,6 +78,7 @@ JSON = "application/json"
 INFER_TYPES = (JSON, ARROW_FILE, ARROW_STREAM)
 """What the records route answers by Accept (services/gateway/accept.py): the seed's records JSON (the default: `*/*`
 or no Accept, as Wallaroo's clients send), an Arrow file or stream; 406 for none of them."""
+INFER_ROUTE = "pipelines/infer"  # the 406's words
 JSON_RECORDS = "application/json; format=pandas-records"
 NARROW_MIN_ROWS = 64  # the gateway narrows a request's float64/int columns from this many rows (RouteCache.narrowed)
 ROUTE_TTL = 2.0
@@ -415,9 +416,9 @@ class Inference:
                   accept: str, body: bytes) -> tuple[bytes, str, dict[str, str]]:
         """(answer body, media type, extra headers) for one inference."""
         runtime = self.runtime
-        # the Accept header first (a 406 reads no body), then the body: a malformed body or an Arrow bomb (413) is
-        # refused before any bus round trip
-        media = answer_type(accept, INFER_TYPES, "pipelines/infer")
+        # the Accept header first (a 406 parses no body; the fast path asks before reading it), then the body: a
+        # malformed body or an Arrow bomb (413) is refused before any bus round trip
+        media = answer_type(accept, INFER_TYPES, INFER_ROUTE)
         table = _read_body(content_type, body, runtime.settings.gateway.max_body_bytes)
         arrow_answer = media != JSON
         if not arrow_answer:
@@ -515,6 +516,8 @@ class InferenceFastPath:
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
             principal = await self.verifier().verify(token.strip())
+            if len(parts) == 2:  # a 406 before the body is read: a client asking for CSV does not upload its rows
+                answer_type(headers.get("accept", ""), INFER_TYPES, INFER_ROUTE)
             body = await read_request_body(receive, self.max_body_bytes, self.body_timeout)
             if body is None:
                 return

@@ -139,3 +139,36 @@ def test_the_sdk_raises_a_typed_406():
     raised = error_from_answer(406, {"code": "not_acceptable", "msg": "pipelines/get_logs answers ..."})
     assert type(raised) is ClientNotAcceptable and isinstance(raised, APIError)
     assert (raised.status, raised.code, raised.message) == (406, "not_acceptable", "pipelines/get_logs answers ...")
+
+
+@pytest.mark.parametrize("accept", REFUSED[:2])
+async def test_the_fast_path_answers_406_before_reading_the_body(engine, accept):
+    """The route is served by InferenceFastPath, which read the whole body before Inference.run looked at Accept:
+    a client asking for CSV uploaded its rows (up to the body limit) to be told 406. Now the 406 comes before the
+    first body message is received (the connection closed: the body is never read)."""
+    from fastapi import FastAPI
+
+    from services.gateway.inference import InferenceFastPath
+
+    class Verifier:
+        async def verify(self, token):
+            return ALICE
+
+    received, sent = [], []
+
+    async def receive():
+        received.append(1)
+        return {"type": "http.request", "body": orjson.dumps([{"x": 1.0}]), "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/api/pipelines/infer/d/p", "headers": [
+        (b"authorization", b"Bearer t"), (b"content-type", b"application/json"), (b"accept", accept.encode())]}
+    await InferenceFastPath(FastAPI(), Inference(RUNTIME), Verifier, 1 << 20, 5.0)(scope, receive, send)
+    assert sent[0]["status"] == 406 and received == [] and engine == []
+    assert orjson.loads(sent[1]["body"])["code"] == "not_acceptable"
+    scope["headers"][2] = (b"accept", b"*/*")
+    sent.clear()
+    await InferenceFastPath(FastAPI(), Inference(RUNTIME), Verifier, 1 << 20, 5.0)(scope, receive, send)
+    assert sent[0]["status"] == 200 and received == [1] and len(engine) == 1
