@@ -3,7 +3,8 @@
 PostgreSQL's class 22 ("data exception") covers both: a value of the request too big for its column (an
 `integer` id given 3e9, a `varchar(64)` given 100 characters) and a fault in our own SQL (a division by zero, an
 arithmetic overflow on values that were each fine, a cast of a constant). The bus answers the first with a 400
-naming the field and the second with a 500, logged with its traceback (docs/errors.md).
+naming the field and the second with a 500, logged with its traceback (docs/architecture.md, "Commands,
+replies and errors").
 
 The rule is narrow on purpose: a refusal is the caller's only when it is one of the kinds a value can cause by
 itself (a number beyond the column's type, a text longer than its column, a text asyncpg cannot encode as the
@@ -180,7 +181,7 @@ def database_unavailable(exc: BaseException, subject: str) -> Unavailable | None
     object storage, a file or a URL is not the database's. None otherwise (a unique violation, a syntax error, a
     KeyError: ours, a 500). `subject` names the service (its first part: `registry.models.get`) in the message.
     Before, every such error was unhandled in the handler: shared.bus.run_command's 500 'internal error'."""
-    asyncpg = sys.modules.get("asyncpg")  # the gateway never loads it: nothing of it can have been raised there
+    asyncpg = sys.modules.get("asyncpg")  # not loaded (shared.bus alone): nothing of it can have been raised
     if asyncpg is None:
         return None
     errors = asyncpg.exceptions
