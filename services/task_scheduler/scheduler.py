@@ -955,8 +955,9 @@ class Scheduler:
         could not be started: TimeoutError").
 
         The stop's kill set meanwhile (its attempts under way or retried): from the next attempt on, the put-back is the
-        stop's, not counted (no cap, its event PUT_BACK), as _requeued's is. Before, it was counted, and a run at the
-        cap failed though the stop would have put it back. While it retries, this process claims the run no more
+        stop's, not counted (no cap, its event PUT_BACK), as _requeued's is; an attempt under way when it came that
+        finds the run at the cap is followed by the stop's. Before, it was counted, and a run at the cap failed though
+        the stop would have put it back. While it retries, this process claims the run no more
         (start_queued's `held`): an attempt whose commit landed and whose answer was lost left it queued, and a pass
         claimed it again, its next attempt put that claim back (counted again) and its end removed the new claim's
         supervisor from `runs` and `kills` (review of 82fa1e41)."""
@@ -968,7 +969,15 @@ class Scheduler:
                                            unchecked_cap=None if stopped else UNCHECKED_REQUEUES)
 
         try:
-            back = await self._retried(put_back, "putting a run back in the queue")
+            try:
+                back = await self._retried(put_back, "putting a run back in the queue")
+            except store.RequeueCapped:
+                if self.kill_reasons.get(run_id) != STOPPED:
+                    raise
+                # the stop came while that attempt, counted, was under way: the stop's put-back now (not counted), as
+                # for a stop before that attempt. Before, the run failed "... so not again" or was put back depending
+                # on which of the two the stop met (review of e67dc93e)
+                back = await self._retried(put_back, "putting a run back in the queue")
         except store.RequeueCapped as capped:
             log.warning("run %s: %s; %s: failed", run_id, why, capped)
             return f"the run could not be started: {why}; {capped}, so not again"

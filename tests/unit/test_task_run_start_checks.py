@@ -407,12 +407,15 @@ async def test_a_put_back_whose_answer_was_lost_is_not_claimed_again_by_its_proc
     assert row["unchecked_requeues"] == 1
 
 
-async def test_a_stop_during_a_put_back_for_the_claim_check_puts_it_back_uncounted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("under_way", ["unanswered", "answered"])
+async def test_a_stop_during_a_put_back_for_the_claim_check_puts_it_back_uncounted(tmp_path, monkeypatch, under_way):
     """The stop's kill came while the put-back for the claim check was being retried (PostgreSQL away): the attempts
     from then on are the stop's put-back, not counted (no cap), as a stop's put-back is elsewhere (_requeued). Before,
     they were counted: a run put back UNCHECKED_REQUEUES times already failed 'the run could not be started: ...; put
     back in the queue 3 times already for its claim check, so not again', though the stop puts back a run whose main.py
-    never started."""
+    never started. `answered`: the attempt under way when the stop came (counted) answers, the run at the cap
+    (RequeueCapped), and the stop's put-back follows; before (e67dc93e), that run failed at the cap, so whether the stop
+    put it back or it failed depended on whether the stop met an attempt under way or the wait between two."""
     sched, seen = a_scheduler(tmp_path, monkeypatch)
     started_at_once(seen, monkeypatch)
     quick_backoff(monkeypatch)
@@ -429,7 +432,8 @@ async def test_a_stop_during_a_put_back_for_the_claim_check_puts_it_back_uncount
         if len(caps) == 1:
             asked.set()
             await stopped.wait()
-            raise TimeoutError("putting a run back in the queue: no answer within 5 s")  # not committed
+            if under_way == "unanswered":
+                raise TimeoutError("putting a run back in the queue: no answer within 5 s")  # not committed
         if unchecked_cap is not None and counted[0] >= unchecked_cap:
             raise store.RequeueCapped(counted[0])
         counted[0] += unchecked_cap is not None
@@ -451,8 +455,8 @@ async def test_a_stop_during_a_put_back_for_the_claim_check_puts_it_back_uncount
         stopped.set()
         await settle(sched)
         await stopping
-    # before: caps [3, 3], and the run ended '...; put back in the queue 3 times already for its claim check, so not
-    # again'
+    # before: caps [3, 3] (answered: [3]), and the run ended '...; put back in the queue 3 times already for its claim
+    # check, so not again'
     assert caps == [scheduler_module.UNCHECKED_REQUEUES, None]
     assert seen["requeued"] == [run_id] and seen["ended"] == [] and seen["executed"] == []
     assert counted == [scheduler_module.UNCHECKED_REQUEUES]
