@@ -949,8 +949,8 @@ class Scheduler:
         UNCHECKED_REQUEUES, retried as a run's end is): its main.py never started, so another scheduler, or this one
         once PostgreSQL answers, runs it in its turn, as a stop's put-back does. None when nothing more is to be
         recorded: put back, no longer this process's (declared lost meanwhile: its reason stands), or not put back for
-        the database's errors (logged: the lost-run step fails it supervisor_lost_after after its last beat). Else the
-        reason its failure is recorded with: its kill's, asked meanwhile (task/kill, a replace), or, put back
+        the database's errors (logged: this process adopts it once PostgreSQL answers, or another fails it as lost).
+        Else the reason its failure is recorded with: its kill's, asked meanwhile (task/kill, a replace), or, put back
         UNCHECKED_REQUEUES times already, `why` and that. Before, the check's error failed the run for good ("the run
         could not be started: TimeoutError").
 
@@ -982,8 +982,11 @@ class Scheduler:
             log.warning("run %s: %s; %s: failed", run_id, why, capped)
             return f"the run could not be started: {why}; {capped}, so not again"
         except Exception as exc:  # noqa: BLE001 - never raised out of the run's task
-            log.warning("run %s: %s, and it could not be put back in the queue (%s: %s): it stays 'running' until a"
-                        " scheduler's lost-run step fails it", run_id, why, type(exc).__name__, exc)
+            # not `unrecorded` (its main.py never ran): this process adopts it (adopt_unanswered) at its first pass
+            # that reaches PostgreSQL, and starts it then, unless another process's lost-run step failed it first
+            log.warning("run %s: %s, and it could not be put back in the queue (%s: %s): this scheduler starts it once"
+                        " PostgreSQL answers, unless another scheduler's lost-run step fails it first", run_id, why,
+                        type(exc).__name__, exc)
             return None
         if isinstance(back, str) or back is True:  # its kill asked meanwhile: that is what ended it
             return back if isinstance(back, str) else runner.KILLED
