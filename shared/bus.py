@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import sealed, subjects
 from shared.bus_workers import default_command_workers
-from shared.data_errors import database_unavailable, refused_request_value
+from shared.data_errors import database_call_site, database_unavailable, refused_request_value
 from shared.errors import (
     ErrorBody,
     InvalidRequest,
@@ -239,8 +239,9 @@ async def run_command(
         unavailable = database_unavailable(exc, ctx.subject)
         if unavailable is not None:
             # PostgreSQL restarting, failing over, out of connections: 503 `unavailable`, which clients ask again
-            # (the gateway's Retry-After), not the 500 of a bug; logged without its traceback, once per command
-            log.warning("%s: 503, the database did not answer: %r", ctx.subject, exc)
+            # (the gateway's Retry-After), not the 500 of a bug; logged without its traceback, once per command, with
+            # the line that asked the database (a slow query's timeout is answered so too)
+            log.warning("%s: 503, the database did not answer: %r%s", ctx.subject, exc, database_call_site(exc))
             return reply_error(unavailable)
         log.exception("unhandled error in %s", ctx.subject)
         return reply_error(RailyardError("internal error"))

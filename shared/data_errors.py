@@ -29,6 +29,7 @@ import math
 import re
 import sys
 from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 from pydantic import BaseModel
@@ -195,17 +196,39 @@ def database_unavailable(exc: BaseException, subject: str) -> Unavailable | None
                        "ask again in a moment")
 
 
+def database_call_site(exc: BaseException) -> str:
+    """Where our code asked asyncpg for what failed, for the 503's WARNING (logged without a traceback): " (asked at
+    services.registry.store:123 in find_model)", the last frame before asyncpg's (asyncio's and contextlib's passed
+    over) in the traceback of `exc` or of an error it was raised from; "" when asyncpg's code is in none. A query
+    slower than the pool's command_timeout (shared/db.py, 30 s) or than a handler's own asyncio.timeout, and a
+    connection our code closed and then used ("connection is closed"), are answered the same 503 as an outage: without
+    the line, such a bug logged only "TimeoutError()" where its 500 had logged the traceback."""
+    caller = _asyncpg_caller(exc)[1]
+    if caller is None:
+        return ""
+    frame = caller.tb_frame
+    return f" (asked at {frame.f_globals.get('__name__')}:{caller.tb_lineno} in {frame.f_code.co_name})"
+
+
 def _raised_by_asyncpg(exc: BaseException | None) -> bool:
     """Whether asyncpg's code is in the traceback of `exc` or of an error it was raised from (asyncio.timeout's
     TimeoutError is raised from the cancel of what it bounded)."""
+    return _asyncpg_caller(exc)[0]
+
+
+def _asyncpg_caller(exc: BaseException | None) -> tuple[bool, TracebackType | None]:
+    """(whether asyncpg's code is in the traceback of `exc` or of an error it was raised from, the traceback entry of
+    the frame that called into it there: None when asyncpg's is the first or there is none)."""
     for _ in range(_CAUSES_READ):
         if exc is None:
-            return False
-        trace = exc.__traceback__
+            break
+        trace, caller = exc.__traceback__, None
         while trace is not None:
             module = trace.tb_frame.f_globals.get("__name__") or ""
             if module == "asyncpg" or module.startswith("asyncpg."):
-                return True
+                return True, caller
+            if not (module in ("asyncio", "contextlib") or module.startswith("asyncio.")):
+                caller = trace
             trace = trace.tb_next
         exc = exc.__cause__
-    return False
+    return False, None

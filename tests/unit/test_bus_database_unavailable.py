@@ -157,6 +157,12 @@ async def test_a_database_that_cannot_answer_is_a_typed_503_asked_again(fails, c
     assert msg.startswith("registry's database did not answer (") and msg.endswith("ask again in a moment"), msg
     assert "127.0.0.1" not in msg and "SELECT" not in msg and "INSERT" not in msg  # no host, no SQL
     assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info
+    logged = caplog.records[0].getMessage()
+    if fails.__qualname__.startswith("raising."):  # raised by the test itself: no line of ours asked asyncpg
+        assert " (asked at " not in logged, logged
+    else:  # the line that asked asyncpg, in place of the traceback (before: the error's repr alone, "TimeoutError()"
+        # for a query slower than the pool's command_timeout too)
+        assert f" (asked at {__name__}:" in logged and logged.endswith(f" in {fails.__name__})"), logged
     # as the gateway answers it, and as the task scheduler's token mint reads it (scheduler.passing: asked again)
     error = error_from_body(reply.error, reply.status)
     assert isinstance(error, Unavailable)
@@ -217,6 +223,7 @@ async def test_the_log_stores_raw_replies_answer_the_same(fails, status, caplog)
     if status == 503:
         assert error["code"] == "unavailable" and error["msg"].startswith("log_store's database did not answer (")
         assert not any(r.exc_info for r in caplog.records)
+        assert any(r.getMessage().endswith(" in refused_connection)") for r in caplog.records)  # the line that asked
     else:
         assert (error["code"], error["msg"]) == ("internal", "internal error")
         assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
