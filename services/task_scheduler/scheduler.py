@@ -983,10 +983,12 @@ class Scheduler:
             return f"the run could not be started: {why}; {capped}, so not again"
         except Exception as exc:  # noqa: BLE001 - never raised out of the run's task
             # not `unrecorded` (its main.py never ran): this process adopts it (adopt_unanswered) at its first pass
-            # that reaches PostgreSQL, and starts it then, unless another process's lost-run step failed it first
-            log.warning("run %s: %s, and it could not be put back in the queue (%s: %s): this scheduler starts it once"
-                        " PostgreSQL answers, unless another scheduler's lost-run step fails it first", run_id, why,
-                        type(exc).__name__, exc)
+            # that reaches PostgreSQL, and starts it then, unless another process's lost-run step failed it first; a
+            # stopping process adopts nothing, and its stop's own put-back (_put_back_unanswered) skips its runs
+            log.warning("run %s: %s, and it could not be put back in the queue (%s: %s): %s", run_id, why,
+                        type(exc).__name__, exc, "it stays 'running' until a scheduler's lost-run step fails it"
+                        if self._stop.is_set() else "this scheduler starts it once PostgreSQL answers, unless another"
+                        " scheduler's lost-run step fails it first")
             return None
         if isinstance(back, str) or back is True:  # its kill asked meanwhile: that is what ended it
             return back if isinstance(back, str) else runner.KILLED
