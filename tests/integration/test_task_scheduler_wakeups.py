@@ -417,5 +417,21 @@ async def put_back_over_max_queued(pool: asyncpg.Pool, orch_id: uuid.UUID, sched
             [queued] = [r["id"] for r in await store.runs_of(conn, task, "queued", None)]
             assert await store.start_queued(conn, 18, 100, 100, "other", held=[queued]) == []
             assert [r["id"] for r in await store.start_queued(conn, 18, 100, 100, "other")] == [queued]
+            # with another run queued beside it (put_back, by a stop's put-back: not counted, so not held by its cap),
+            # the held one alone is left out: the other is claimed
+            assert await store.requeue_unstarted(conn, put_back, "other") is False
+            await conn.execute("UPDATE runs SET status = 'queued', supervisor = NULL WHERE id = $1", queued)
+            assert [r["id"] for r in await store.start_queued(conn, 18, 100, 100, "other", held=[queued])] == [
+                put_back]
+            # a kill asked answers before the cap: the kill's reason, nothing written, no RequeueCapped
+            await conn.execute("UPDATE runs SET kill_requested = true, kill_reason = 'replaced' WHERE id = $1",
+                               put_back)
+            assert await store.requeue_unstarted(conn, put_back, "other", unchecked_cap=1) == "replaced"
+            # not this supervisor's claim: nothing written, not counted, no RequeueCapped
+            await conn.execute("UPDATE runs SET kill_requested = false, kill_reason = NULL WHERE id = $1", put_back)
+            assert await store.requeue_unstarted(conn, put_back, "another", unchecked_cap=5) is None
+            row = await conn.fetchrow("SELECT status, supervisor, unchecked_requeues FROM runs WHERE id = $1",
+                                      put_back)
+            assert tuple(row) == ("running", "other", 1), dict(row)
         finally:
             await transaction.rollback()
