@@ -177,7 +177,10 @@ _CAUSES_READ = 5  # errors a `raise ... from` chain is followed through looking 
 def database_unavailable(exc: BaseException, subject: str) -> Unavailable | None:
     """The 503 to answer when `exc` says the database could not answer now, whatever was asked: the connection refused,
     lost or timed out, the server shutting down, starting up or out of resources (class 08, 57, 53), a standby after a
-    failover refusing writes (25006), the pool closing. An OSError (TimeoutError, ConnectionRefusedError, a DNS
+    failover refusing writes (25006), the pool closing, a statement prepared before another process's migration
+    changed a table (asyncpg's InvalidCachedStatementError, 0A000: asked again, it is prepared anew; inside a
+    transaction asyncpg does not retry it itself, and a token mint answered 500 there failed its task run for good
+    since bb143eb3). An OSError (TimeoutError, ConnectionRefusedError, a DNS
     failure) counts only when it came out of asyncpg's code (a frame of it in its traceback or its cause's): one from
     object storage, a file or a URL is not the database's. None otherwise (a unique violation, a syntax error, a
     KeyError: ours, a 500). `subject` names the service (its first part: `registry.models.get`) in the message.
@@ -187,7 +190,8 @@ def database_unavailable(exc: BaseException, subject: str) -> Unavailable | None
         return None
     errors = asyncpg.exceptions
     if not (isinstance(exc, errors.PostgresConnectionError | errors.OperatorInterventionError
-                       | errors.InsufficientResourcesError | errors.ReadOnlySQLTransactionError)
+                       | errors.InsufficientResourcesError | errors.ReadOnlySQLTransactionError
+                       | errors.InvalidCachedStatementError)
             or (type(exc) is errors.InterfaceError and str(exc) in _GONE)
             or (isinstance(exc, OSError) and _raised_by_asyncpg(exc))):
         return None

@@ -148,6 +148,9 @@ def raising(exc: BaseException) -> Callable[[], Awaitable[object]]:
     raising(asyncpg.exceptions.DiskFullError("could not extend file: No space left on device")),
     raising(asyncpg.exceptions.InterfaceError("connection is closed")),
     raising(asyncpg.exceptions.InterfaceError("pool is closing")),
+    # a rolling update: another process's migration added a column under a statement this one prepared before
+    raising(asyncpg.exceptions.InvalidCachedStatementError("cached statement plan is invalid due to a database "
+                                                           "schema or configuration change")),
 ], ids=lambda fails: fails.__name__)
 async def test_a_database_that_cannot_answer_is_a_typed_503_asked_again(fails, caplog):
     with caplog.at_level(logging.WARNING, "railyard.bus"):
