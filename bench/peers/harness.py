@@ -173,6 +173,19 @@ def _busy_jiffies() -> tuple[int, int]:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
+def _steal_jiffies() -> tuple[int, int]:
+    """(stolen, total) clock ticks of every CPU since boot, from /proc/stat's first line: the host's steal is time the
+    VM's vCPUs were ready to run and the host ran something else."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time the host stole between two `_steal_jiffies` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 async def settle() -> float:
     """Wait until the machine's CPU is idle (below SETTLE_CORES cores over SETTLE_WINDOW s) or SETTLE_MAX has
     passed; the seconds waited."""
@@ -214,6 +227,7 @@ async def measure(target: Target, model: str) -> dict[str, float]:
     logged = wait_for_log_path(target) if LOG_WAIT and target.backlog is not None else None
     synced = write_back() if SYNC else 0.0
     settled = await settle()
+    stolen = _steal_jiffies()
     await loadgen.sequential(target.url, target.one, WARM)
     singles = await loadgen.sequential(target.url, target.one, SINGLES)
     figures = {"p50_ms": statistics.median(singles) * 1e3,
@@ -229,6 +243,8 @@ async def measure(target: Target, model: str) -> dict[str, float]:
     figures["loadgen_us"] = (_own_cpu() - own) / max(rate * (time.perf_counter() - started), 1) * 1e6
     figures["settle_s"] = settled
     figures["sync_s"] = synced
+    # the host's steal over the figures: session 39 (item 102) saw a round's Arrow forms stall at 25-36 % stolen
+    figures["steal"] = steal_share(stolen, _steal_jiffies())
     if logged is not None:
         figures["log_wait_s"] = logged
     return figures
@@ -786,9 +802,11 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
              f"{SETTLE_CORES} cores over {SETTLE_WINDOW:.0f} s, waited for up to {SETTLE_MAX:.0f} s); both waits are "
              "in the tables. Beside batch-1000 rows/s, the "
              "load generator's own CPU a request: the same work in every round of a system, so a round where it is "
-             "higher had a slower machine. Before each system's figures the machine's dirty page cache is written "
-             "to disk (sync): Railyard's logged rows of an earlier form would otherwise go in one burst 30 s later, "
-             "inside another form's figures (docs/performance.md item 93).", ""]
+             "higher had a slower machine, and the share of the VM's CPU the host stole meanwhile (a stretch of "
+             "25-36 % made a round's Arrow forms stall in session 39, docs/performance.md item 102). Before each "
+             "system's figures the machine's dirty page cache is written to disk (sync): Railyard's logged rows of "
+             "an earlier form would otherwise go in one burst 30 s later, inside another form's figures "
+             "(docs/performance.md item 93).", ""]
     for model in [m for m in MODELS if any(m in f.get(s, {}) for f in results.rounds for s in systems)]:
         present = [s for s in systems if any(model in f.get(s, {}) for f in results.rounds)]
         lines += [f"### {model}", "", "| measure | " + " | ".join(present) + " |",
@@ -819,6 +837,10 @@ def report(results: Results, seconds: float) -> str:  # noqa: C901 - one table a
                            if "loadgen_us" in f.get(s, {}).get(model, {})] for s in present]
                 lines.append("| load generator's CPU a batch-1000 request (the machine's speed) | "
                              + " | ".join(_span(m, 0, " us") if m else "" for m in meters) + " |")
+                stolen = [[100 * f[s][model]["steal"] for f in results.rounds
+                           if "steal" in f.get(s, {}).get(model, {})] for s in present]
+                lines.append("| the host's steal of the VM's CPU during the figures | "
+                             + " | ".join(_span(v, 0, " %") if v else "" for v in stolen) + " |")
         lines.append("")
         ours = [s for s in present if s.startswith("Railyard")]
         peers = [s for s in present if s not in ours]

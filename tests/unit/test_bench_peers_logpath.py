@@ -124,3 +124,16 @@ def test_an_unknown_model_or_form_is_refused(monkeypatch):
     monkeypatch.setenv("BENCH_RAILYARD_FORMS", "records,arrow")
     with pytest.raises(SystemExit, match="arrow not among records, Arrow, OIP v2"):
         harness._subset("BENCH_RAILYARD_FORMS", harness.FORMS)
+
+
+def test_the_hosts_steal_is_read_as_a_share_of_the_machines_time():
+    assert harness.steal_share((100, 10_000), (150, 10_200)) == 0.25  # 50 of 200 ticks stolen
+    assert harness.steal_share((100, 10_000), (100, 10_000)) == 0.0  # no tick between the readings
+    stolen, total = harness._steal_jiffies()
+    assert 0 <= stolen <= total
+    r = harness.Results(rounds=[{"Railyard Arrow": {"ccfraud": {
+        "p50_ms": 1.0, "p99_ms": 2.0, "rps8": 3, "rps32": 4, "rows1000": 5, "loadgen_us": 6, "settle_s": 1.0,
+        "sync_s": 0.0, "log_wait_s": 0.7, "steal": 0.29}}}], load=["1 1 1"])
+    text = harness.report(r, 60)
+    assert "| the host's steal of the VM's CPU during the figures | 29 % |" in text
+    assert "| waited for Railyard's log path to store the earlier rows | 0.7 s |" in text
