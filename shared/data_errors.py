@@ -172,32 +172,98 @@ def _fields(model: BaseModel, prefix: str) -> list[tuple[str, Any]]:
 # subclass a value it cannot encode (refused_request_value), which stay 500s
 _GONE = {"connection is closed", "pool is closing", "pool is closed"}
 _CAUSES_READ = 5  # errors a `raise ... from` chain is followed through looking for asyncpg's frames
+# SQLSTATEs of the classes counted below (08, 53, 57) that are not an outage: asked again, they answer the same
+_NOT_OUTAGES = {
+    # 08P01 protocol_violation: the server could not read what the client sent (a bug of asyncpg's or ours, a proxy
+    # between them that speaks another protocol), not a connection that failed
+    "08P01",
+    # 57014 query_canceled: the server ran the statement and cancelled it: a statement_timeout of the role or the
+    # database (ours sets none: our bound, the pool's command_timeout, is asyncpg's TimeoutError, counted), or an
+    # operator's pg_cancel_backend. The same statement over the same setting fails again: a setting or a query too
+    # slow, for the operator to see with its traceback, not a client to ask again
+    "57014",
+    # 57P04 database_dropped: the database is gone; no moment brings it back
+    "57P04",
+    # 53400 configuration_limit_exceeded: a statement beyond a limit the server is configured with; it stays beyond
+    "53400",
+}
+_TLS_CUT = ("SSLEOFError", "SSLZeroReturnError")  # ssl's errors for a connection cut during or after the handshake
+_TLS_REFUSED = "rejected SSL upgrade"  # asyncpg's ConnectionError: TLS required, and the server takes none
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not answer now (database_unavailable's 503), for an except clause's
+    filter (`except Exception as exc: if not is_database_unavailable(exc): raise`) or tenacity's
+    retry_if_exception: the connection refused, lost or timed out, the server shutting down, starting up or out of
+    resources (class 08, 57, 53; not _NOT_OUTAGES), a standby after a failover refusing writes (25006), the pool
+    closing, a statement prepared before another process's migration (0A000). An OSError only when asyncpg raised it,
+    and not an ssl.SSLError but for a connection cut during TLS (SSLEOFError, SSLZeroReturnError), nor asyncpg's
+    "rejected SSL upgrade": a certificate that does not verify, a server that speaks no TLS on the port or takes none
+    where TLS is required are settings, which fail again however often asked (they were a 503 for ever).
+    53200 (out of memory, out of shared memory) counts: the server's memory and its lock table (max_locks_per_
+    transaction for every connection together) are shared by all its sessions, and our statements each lock a few
+    tables (no partitioned ones), so it is the load of the moment, not one of our statements. Not a deadlock or a
+    serialization failure (is_transaction_conflict): the database answered."""
+    asyncpg = sys.modules.get("asyncpg")  # not loaded (shared.bus alone): nothing of it can have been raised
+    if asyncpg is None:
+        return False
+    errors = asyncpg.exceptions
+    if isinstance(exc, errors.PostgresConnectionError | errors.OperatorInterventionError
+                  | errors.InsufficientResourcesError | errors.ReadOnlySQLTransactionError
+                  | errors.InvalidCachedStatementError):
+        return getattr(exc, "sqlstate", None) not in _NOT_OUTAGES
+    if type(exc) is errors.InterfaceError:
+        return str(exc) in _GONE
+    if isinstance(exc, OSError):
+        if (_is_tls_error(exc) and type(exc).__name__ not in _TLS_CUT) or _TLS_REFUSED in str(exc):
+            return False
+        return _raised_by_asyncpg(exc)
+    return False
+
+
+def is_transaction_conflict(exc: BaseException) -> bool:
+    """Whether `exc` is a deadlock (40P01) or a serialization failure (40001, 40000's class): PostgreSQL rolled the
+    transaction back whole because of a concurrent one, the textbook "run the transaction again". Where our code
+    knows the transaction may be run again it retries it (the task scheduler's log writes and a run's end:
+    database_retryable); elsewhere the command is answered 503, ask again (database_unavailable): it was a 500, which
+    tells a client not to retry what would pass."""
+    asyncpg = sys.modules.get("asyncpg")
+    return asyncpg is not None and isinstance(exc, asyncpg.exceptions.TransactionRollbackError)
+
+
+def database_retryable(exc: BaseException) -> bool:
+    """Whether asking the database again may pass: it could not answer now (is_database_unavailable) or it rolled
+    the transaction back for a concurrent one (is_transaction_conflict)."""
+    return is_database_unavailable(exc) or is_transaction_conflict(exc)
 
 
 def database_unavailable(exc: BaseException, subject: str) -> Unavailable | None:
-    """The 503 to answer when `exc` says the database could not answer now, whatever was asked: the connection refused,
-    lost or timed out, the server shutting down, starting up or out of resources (class 08, 57, 53), a standby after a
-    failover refusing writes (25006), the pool closing, a statement prepared before another process's migration
-    changed a table (asyncpg's InvalidCachedStatementError, 0A000: asked again, it is prepared anew; inside a
-    transaction asyncpg does not retry it itself, and a token mint answered 500 there failed its task run for good
-    since bb143eb3). An OSError (TimeoutError, ConnectionRefusedError, a DNS
-    failure) counts only when it came out of asyncpg's code (a frame of it in its traceback or its cause's): one from
-    object storage, a file or a URL is not the database's. None otherwise (a unique violation, a syntax error, a
-    KeyError: ours, a 500). `subject` names the service (its first part: `registry.models.get`) in the message.
+    """The 503 to answer when `exc` says the database could not answer now, whatever was asked
+    (is_database_unavailable: the connection refused, lost or timed out, the server shutting down, starting up or
+    out of resources, a standby after a failover refusing writes (25006), the pool closing, a statement prepared
+    before another process's migration changed a table (asyncpg's InvalidCachedStatementError, 0A000: asked again,
+    it is prepared anew; inside a transaction asyncpg does not retry it itself, and a token mint answered 500 there
+    failed its task run for good since bb143eb3)), or that the transaction was rolled back for a concurrent one (a
+    deadlock, a serialization failure: is_transaction_conflict). An OSError (TimeoutError, ConnectionRefusedError, a
+    DNS failure) counts only when it came out of asyncpg's code (a frame of it in its traceback or its cause's): one
+    from object storage, a file or a URL is not the database's. None otherwise (a unique violation, a syntax error, a
+    KeyError, a protocol violation, a role's statement_timeout, a certificate that does not verify: ours or a
+    setting, a 500). `subject` names the service (its first part: `registry.models.get`) in the message.
     Before, every such error was unhandled in the handler: shared.bus.run_command's 500 'internal error'."""
-    asyncpg = sys.modules.get("asyncpg")  # not loaded (shared.bus alone): nothing of it can have been raised
-    if asyncpg is None:
-        return None
-    errors = asyncpg.exceptions
-    if not (isinstance(exc, errors.PostgresConnectionError | errors.OperatorInterventionError
-                       | errors.InsufficientResourcesError | errors.ReadOnlySQLTransactionError
-                       | errors.InvalidCachedStatementError)
-            or (type(exc) is errors.InterfaceError and str(exc) in _GONE)
-            or (isinstance(exc, OSError) and _raised_by_asyncpg(exc))):
-        return None
     service = subject.partition(".")[0] or "the service"
+    if is_transaction_conflict(exc):
+        return Unavailable(f"{service}'s database rolled the command's transaction back for a concurrent one "
+                           f"({type(exc).__name__}): nothing of that transaction was kept; ask again")
+    if not is_database_unavailable(exc):
+        return None
     return Unavailable(f"{service}'s database did not answer ({type(exc).__name__}): it may be restarting or busy; "
                        "ask again in a moment")
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    """Whether `exc` is one of ssl's errors (ssl is looked up only when the process loaded it)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def database_call_site(exc: BaseException) -> str:

@@ -193,6 +193,113 @@ async def test_a_fault_of_ours_stays_a_500_logged_with_its_traceback(exc, caplog
     assert [r.levelname for r in caplog.records] == ["ERROR"] and caplog.records[0].exc_info
 
 
+async def protocol_violation() -> None:
+    async with server(("08P01", "invalid startup packet layout")) as port:
+        await asyncpg.connect(**dsn(port))
+
+
+async def database_dropped() -> None:
+    async with server(("57P04", 'database "railyard" does not exist any more')) as port:
+        await asyncpg.connect(**dsn(port))
+
+
+async def tls_asked(answer: bytes) -> None:
+    """asyncpg asking for TLS (`ssl: require`) a server that answers the SSLRequest with `answer`: b"N" (no TLS
+    here: asyncpg's ConnectionError "rejected SSL upgrade"), or b"S" and then no TLS (the handshake's ssl.SSLError,
+    wrong version number, as a port of something else gives). Settings: asked again, the same."""
+    talking: list[tuple[asyncio.Task, asyncio.StreamWriter]] = []
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        talking.append((asyncio.current_task(), writer))
+        await reader.readexactly(8)  # the SSLRequest
+        writer.write(answer)
+        await writer.drain()
+        if answer == b"S":
+            await reader.read(1)  # the ClientHello
+            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 8)
+            await writer.drain()
+        await reader.read()
+
+    listening = await asyncio.start_server(talk, "127.0.0.1", 0)
+    try:
+        await asyncpg.connect(**{**dsn(listening.sockets[0].getsockname()[1]), "ssl": "require"})
+    finally:
+        listening.close()
+        for _, writer in talking:
+            writer.close()  # as server()'s: its task ends here
+        await asyncio.gather(*(task for task, _ in talking), return_exceptions=True)
+
+
+async def tls_not_spoken() -> None:
+    await tls_asked(b"S")
+
+
+async def tls_refused() -> None:
+    await tls_asked(b"N")
+
+
+@pytest.mark.parametrize("fails", [
+    # the server could not read the client: a bug (asyncpg's, ours) or a proxy speaking another protocol; asked again,
+    # the same. Was a 503 (class 08)
+    protocol_violation,
+    # the database is gone: no moment brings it back. Was a 503 (class 57)
+    database_dropped,
+    # a statement over the role's statement_timeout (or an operator's pg_cancel_backend): the same statement fails
+    # again; our own bound (the pool's command_timeout) is asyncpg's TimeoutError, still a 503. Was a 503 (class 57)
+    raising(asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")),
+    # a limit the server is configured with: it stays. Was a 503 (class 53)
+    raising(asyncpg.exceptions.ConfigurationLimitExceededError("too many range table entries")),
+    # TLS the server does not speak or does not take (or a certificate that does not verify): a setting, a 503 for
+    # ever before
+    tls_not_spoken, tls_refused,
+], ids=lambda fails: fails.__name__)
+async def test_a_refusal_asked_again_in_vain_is_a_500_not_ask_again(fails, caplog):
+    with caplog.at_level(logging.WARNING, "railyard.bus"):
+        reply = await answer(fails)
+    assert (reply.status, reply.error.code, reply.error.msg) == (500, "internal", "internal error"), reply.error.msg
+    assert [r.levelname for r in caplog.records] == ["ERROR"] and caplog.records[0].exc_info
+
+
+@pytest.mark.parametrize("exc", [asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+                                 asyncpg.exceptions.SerializationError("could not serialize access due to concurrent "
+                                                                       "update")],
+                         ids=lambda exc: type(exc).__name__)
+async def test_a_transaction_rolled_back_for_a_concurrent_one_is_a_503_ask_again(exc, caplog):
+    """PostgreSQL rolled the whole transaction back (40P01, 40001): asked again, it runs anew. Was a 500 'internal
+    error', which tells a client not to retry what would pass."""
+    with caplog.at_level(logging.WARNING, "railyard.bus"):
+        reply = await answer(raising(exc))
+    assert (reply.status, reply.error.code) == (503, "unavailable"), reply.error.msg
+    assert reply.error.msg == (f"registry's database rolled the command's transaction back for a concurrent one "
+                               f"({type(exc).__name__}): nothing of that transaction was kept; ask again")
+    assert scheduler.passing(error_from_body(reply.error, reply.status))
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info
+
+
+async def caught(fails: Callable[[], Awaitable[object]]) -> BaseException:
+    try:
+        await fails()
+    except Exception as exc:
+        return exc
+    raise AssertionError("did not fail")
+
+
+async def test_the_predicates_an_except_clause_or_a_retry_asks():
+    """is_database_unavailable / database_retryable: what the deployer, auth's verifier and the task scheduler ask
+    in place of their own tuples, which took any OSError (object storage's, a file's) and any InterfaceError (a
+    misuse: a bug) for the database being down."""
+    from shared.data_errors import database_retryable, is_database_unavailable, is_transaction_conflict
+
+    refused = await caught(refused_connection)
+    assert isinstance(refused, OSError) and is_database_unavailable(refused) and database_retryable(refused)
+    for other in (ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 9000)"), FileNotFoundError(2, "x"),
+                  asyncpg.exceptions.InterfaceError("cannot perform operation: another operation is in progress"),
+                  await caught(protocol_violation), await caught(tls_not_spoken), await caught(tls_refused)):
+        assert not is_database_unavailable(other) and not database_retryable(other), repr(other)
+    deadlock = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    assert is_transaction_conflict(deadlock) and database_retryable(deadlock) and not is_database_unavailable(deadlock)
+
+
 class Connection:
     """The log store's NATS connection, as _raw_responder uses it: what it publishes."""
 
