@@ -15,6 +15,7 @@ from shared import paging, subjects
 from shared.authz import Principal, TokenVerifier, VerifierFeed
 from shared.bus import CallContext, EncodedData, command, publish_event, reply_limit
 from shared.consumers import DeliveryPolicy, durable_subscriber, json_model
+from shared.data_errors import is_database_unavailable
 from shared.errors import Unavailable
 from shared.messages.auth import (
     ActivateUser,
@@ -62,9 +63,6 @@ from shared.service import Runtime, ServiceSpec
 
 NAME = "auth"
 log = logging.getLogger("railyard.auth")
-# what auth's database failing raises (TimeoutError is an OSError): the verifier's key read a 503, not a 500
-DATABASE_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                 asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 # token requests handled at once: each waits mostly on its failed-login delay or the database (pool_max), while
 # password hashing runs HASHING_AT_ONCE at a time (handlers.py)
 TOKEN_WORKERS = 64
@@ -244,10 +242,15 @@ def build_router(runtime: Runtime) -> NatsRouter:
 async def own_keys(pool: asyncpg.Pool, settings) -> list[dict]:
     """The signing keys auth's own verifier reads (from its database). A database that is down is Unavailable: the
     verifier's 503 'try again in a moment', read again at most every KEY_REFETCH_INTERVAL (shared/authz.py); it
-    raised out of the verifier, each token a 500 'internal error' with a logged traceback."""
+    raised out of the verifier, each token a 500 'internal error' with a logged traceback. Down as every command's 503
+    says (shared/data_errors.py is_database_unavailable): an OSError asyncpg did not raise, or asyncpg's
+    InterfaceError for a misuse of a connection (a bug), stays the verifier's 500, logged with its traceback (auth's
+    own tuple took any of them for the database being down)."""
     try:
         return await store.public_keys(pool, handlers.key_retention(settings))
-    except DATABASE_DOWN as exc:
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
         log.warning("could not read the signing keys from the database: %r", exc)
         raise Unavailable("auth's database did not answer") from None
 
@@ -259,7 +262,9 @@ async def own_revocations(pool: asyncpg.Pool, settings) -> Revocations:
     error' with a logged traceback for each token auth checked before the list was ever read."""
     try:
         return await handlers.revocations(pool, settings, with_position=True, with_keys=True)
-    except DATABASE_DOWN as exc:
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
         log.warning("could not read the revocation list from the database: %r", exc)
         raise Unavailable("auth's database did not answer") from None
 

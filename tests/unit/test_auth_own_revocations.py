@@ -23,6 +23,7 @@ from shared.service import Runtime
 from shared.settings import Settings
 from tests.unit.auth_start import Broker, start_without_database_or_bus
 from tests.unit.test_authz import jwks, make_token
+from tests.unit.test_bus_database_unavailable import asyncpg_outage
 
 
 class Pool:
@@ -73,7 +74,7 @@ class Outbox:
         task.cancel()
 
 
-@pytest.mark.parametrize("fails", [ConnectionRefusedError(111, "Connect call failed"), TimeoutError(),
+@pytest.mark.parametrize("fails", ["refused", "timed_out",  # asyncpg's own OSErrors (asyncpg_outage)
                                    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
                                    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")])
 async def test_a_database_that_is_down_before_the_list_was_read_is_a_503_and_read_at_most_once_a_second(
@@ -82,7 +83,7 @@ async def test_a_database_that_is_down_before_the_list_was_read_is_a_503_and_rea
     monkeypatch.setattr(auth_app, "Outbox", Outbox)
     clock = SimpleNamespace(now=1000.0)
     monkeypatch.setattr(authz, "time", SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
-    pool = Pool(fails)
+    pool = Pool(await asyncpg_outage(fails) if isinstance(fails, str) else fails)
     runtime = Runtime(name="auth", settings=Settings(), broker=Broker(), db=pool)  # type: ignore[arg-type]
     await auth_app.start(runtime)
     try:
@@ -106,4 +107,18 @@ async def test_another_error_is_not_taken_for_a_database_that_is_down():
             raise KeyError("position")
 
     with pytest.raises(KeyError):
+        await auth_app.own_revocations(Broken(None), Settings().auth)
+
+
+@pytest.mark.parametrize("fails", [
+    ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 9000)"),  # not asyncpg's: object storage's, a URL's
+    asyncpg.exceptions.InterfaceError("cannot perform operation: another operation is in progress"),  # a misuse
+], ids=lambda exc: type(exc).__name__)
+async def test_an_error_that_is_not_the_database_being_down_is_not_a_503(fails):
+    """As own_keys: DATABASE_DOWN took any OSError and any InterfaceError for the database being down."""
+    class Broken(Pool):
+        async def fetchrow(self, sql: str, *args):
+            raise fails
+
+    with pytest.raises(type(fails)):
         await auth_app.own_revocations(Broken(None), Settings().auth)

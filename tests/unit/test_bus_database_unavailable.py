@@ -284,6 +284,13 @@ async def caught(fails: Callable[[], Awaitable[object]]) -> BaseException:
     raise AssertionError("did not fail")
 
 
+async def asyncpg_outage(kind: str) -> BaseException:
+    """A real OSError out of asyncpg's code, for a fake pool to raise (the traceback it keeps says asyncpg raised
+    it, as shared.data_errors asks): "refused" (nothing listens on the port) or "timed_out" (the server never
+    answers the start-up)."""
+    return await caught({"refused": refused_connection, "timed_out": connect_timed_out}[kind])
+
+
 async def test_the_predicates_an_except_clause_or_a_retry_asks():
     """is_database_unavailable / database_retryable: what the deployer, auth's verifier and the task scheduler ask
     in place of their own tuples, which took any OSError (object storage's, a file's) and any InterfaceError (a
