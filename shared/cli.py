@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared import __version__
@@ -91,16 +90,34 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _credentials_path() -> Path:
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "railyard" / "credentials.json"
+CLIENT_NEEDED = ("railyard: {command} works on railyard-client's credentials file: install railyard-client (`pip"
+                 " install ./client`, the container image has it), then run `railyard {command}`")
+
+
+def _credentials_file():
+    """The client's credentials file helpers (railyard_client.session), which `login`, `token` and `logout` here use
+    as the client's own commands do: one file (RAILYARD_CLIENT_CREDENTIALS, else
+    `$XDG_CONFIG_HOME/railyard/credentials.json`), each change a read, change and atomic write (a temporary file
+    beside it, 0600, renamed over it) under its lock. Before, `login` and `token` here kept their own copy of the
+    path that ignored the variable, and wrote the file in place without its lock: truncated first (a crash mid-write
+    left it empty), every `workspaces use` choice dropped by `login`, and a write by another `railyard` process in
+    between undone. None without the client installed (a server-only install): the caller says so, exit 2."""
+    try:
+        from railyard_client import session
+    except ImportError:
+        return None
+    return session
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    """Sign in and keep the tokens (mode 0600) for `railyard token`."""
+    """Sign in and keep the tokens in the client's credentials file for `railyard token` and the client's commands."""
     from shared.client import RailyardAPIError, RailyardClient
     from shared.embedded.stack import read_state
 
+    credentials = _credentials_file()
+    if credentials is None:
+        print(CLIENT_NEEDED.format(command="login"), file=sys.stderr)
+        return 2
     settings = _settings(args)
     data_dir = settings.stack.data_dir.expanduser().resolve()
     secrets_path = data_dir / "secrets.json"
@@ -124,68 +141,65 @@ def cmd_login(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"railyard: cannot reach {client.base_url}: {exc}", file=sys.stderr)
         return 1
-    _save_credentials({"url": client.base_url, "client_id": client_id, "client_secret": client_secret,
-                       "access_token": client.access_token, "refresh_token": client.refresh_token,
-                       "expires_at": client.expires_at, "username": username})
-    print(f"railyard: logged in to {client.base_url} as {username}")
+    # a new sign-in over the file's, every server's and user's `workspaces use` choice kept (as the client's login)
+    signed_in = {"url": client.base_url, "client_id": client_id, "client_secret": client_secret, "username": username,
+                 "access_token": client.access_token, "refresh_token": client.refresh_token,
+                 "expires_at": client.expires_at}
+    try:
+        path = credentials.save_sign_in(signed_in)
+    except OSError as exc:  # a full disk, a read-only folder: the file is as it was
+        print(f"railyard: signed in, but the tokens could not be saved in {credentials.credentials_path()}: {exc}",
+              file=sys.stderr)
+        return 1
+    print(f"railyard: logged in to {client.base_url} as {username} (tokens in {path})")
     return 0
-
-
-def _save_credentials(data: dict) -> None:
-    path = _credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Print a valid access token (refreshing it when needed), e.g. `TOKEN=$(railyard token)`."""
     from shared.client import RailyardAPIError, RailyardClient
 
-    path = _credentials_path()
-    if not path.exists():
-        print("railyard: not logged in (run `railyard login`)", file=sys.stderr)
+    credentials = _credentials_file()
+    if credentials is None:
+        print(CLIENT_NEEDED.format(command="token"), file=sys.stderr)
+        return 2
+    path = credentials.credentials_path()
+    saved = credentials.read_credentials(path)
+    if not all(saved.get(key) for key in ("url", "client_id", "client_secret", "access_token")):
+        # no file, or one `railyard logout` left with the workspace choices only (before: a KeyError's traceback)
+        print(f"railyard: not logged in (no tokens in {path}; run `railyard login`)", file=sys.stderr)
         return 1
-    saved = json.loads(path.read_text())
     client = RailyardClient(saved["url"], saved["client_id"], saved["client_secret"])
-    client.access_token, client.refresh_token = saved["access_token"], saved["refresh_token"]
-    client.expires_at = saved["expires_at"]
+    client.access_token, client.refresh_token = saved["access_token"], saved.get("refresh_token")
+    client.expires_at = float(saved.get("expires_at") or 0)
     try:
         token = client.token
     except RailyardAPIError as exc:
         print(f"railyard: {exc.msg or exc.code}; run `railyard login` again", file=sys.stderr)
         return 1
     if token != saved["access_token"]:
-        _save_credentials(saved | {"access_token": token, "refresh_token": client.refresh_token,
-                                   "expires_at": client.expires_at})
+        # over the tokens read only, and over the file as it is now: a choice saved meanwhile stays
+        try:
+            credentials.save_refreshed((saved["access_token"], saved.get("refresh_token")), {
+                "access_token": token, "refresh_token": client.refresh_token, "expires_at": client.expires_at}, path)
+        except OSError as exc:  # the old refresh token is spent: the next command has to sign in again
+            print(f"railyard: the refreshed tokens could not be saved in {path} ({exc}); run `railyard login` again"
+                  " once it can be written", file=sys.stderr)
+            return 1
     print(token)
     return 0
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
     """End the saved session at its server and remove its tokens: the client's `railyard logout` itself
-    (railyard_client.cli), not a copy of it, on the credentials file `login` and `token` here use
-    (`_credentials_path`, the client's default `~/.config/railyard/credentials.json`). The client's command reads
-    RAILYARD_CLIENT_CREDENTIALS first, which this module's `login` never wrote: set, this logout ended and removed the
-    sign-in in that file (another one, a `railyard login`'s) and left the one `login` here saved. So it is set to this
-    module's file for the call. Without the client installed (a server-only install), exit 2 saying so."""
+    (railyard_client.cli), not a copy of it, on the file `login` and `token` here use (the client's,
+    RAILYARD_CLIENT_CREDENTIALS first). Without the client installed (a server-only install), exit 2 saying so."""
     try:
         from railyard_client.cli import main as client_main
-        from railyard_client.session import ENV_CREDENTIALS
     except ImportError:
-        print("railyard: logout is the client's command: install railyard-client (`pip install ./client`, the"
-              " container image has it), then run `railyard logout`", file=sys.stderr)
+        print(CLIENT_NEEDED.format(command="logout"), file=sys.stderr)
         return 2
-    named = os.environ.get(ENV_CREDENTIALS)
-    os.environ[ENV_CREDENTIALS] = str(_credentials_path())
-    try:
-        return client_main(["logout"])
-    finally:
-        if named is None:
-            os.environ.pop(ENV_CREDENTIALS, None)
-        else:
-            os.environ[ENV_CREDENTIALS] = named
+    return client_main(["logout"])
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:

@@ -41,9 +41,9 @@ from railyard_client.session import (
     end_saved_session,
     forget_sign_in,
     read_credentials,
+    save_sign_in,
     update_credentials,
     with_choice,
-    workspace_choices,
 )
 
 EXIT_CODES = {
@@ -224,11 +224,9 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     session = Session(url, username=username, password=password,
                       client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
                       client_secret=client_secret, credentials_file=Path(os.devnull))
-    kept = session.credentials()
     # signing in again (the refresh token expired), or as another user, keeps every user's `workspaces use` choice
     # (each server's and user's own: session.py's module doc)
-    path = update_credentials(lambda saved: kept | ({"workspaces": choices} if (
-        choices := workspace_choices(saved)) else {}))
+    path = save_sign_in(session.credentials())
     session.close()
     if as_json:
         show([], None, True, {"url": session.url, "username": username, "credentials": str(path)})

@@ -366,6 +366,24 @@ def update_credentials(change: Callable[[dict[str, Any]], dict[str, Any] | None]
     return path
 
 
+def save_sign_in(signed_in: dict[str, Any], path: Path | None = None) -> Path:
+    """Write a new sign-in (`Session.credentials()`: URL, client, user, tokens) over the file's, under its lock, every
+    server's and user's `workspaces use` choice kept (an old file's single choice as its user's): what `railyard
+    login` saves, the client's command and the server module's (`python -m shared.cli login`) alike."""
+    return update_credentials(lambda saved: signed_in | ({"workspaces": choices} if (
+        choices := workspace_choices(saved)) else {}), path)
+
+
+def save_refreshed(replaced: tuple[Any, Any], tokens: dict[str, Any], path: Path | None = None) -> Path:
+    """Write refreshed `tokens` (access_token, refresh_token, expires_at) into the file, under its lock, over the
+    sign-in whose access and refresh tokens were `replaced` only: a file that holds others since (another `railyard
+    login` while this refresh ran) is another sign-in's, left as it is. Everything else the file holds is kept as it
+    is now (a `workspaces use` choice saved meanwhile included). `Session` (a file's session refreshed) and `python -m
+    shared.cli token` write through it."""
+    return update_credentials(lambda saved: saved | tokens if (
+        saved.get("access_token"), saved.get("refresh_token")) == tuple(replaced) else None, path)
+
+
 def end_saved_session(saved: Mapping[str, Any], timeout: float = LOGOUT_TIMEOUT) -> str | None:
     """End the sign-in session of the credentials file's refresh token at its server (the gateway's logout endpoint,
     as Keycloak's: the client authenticated, the form's refresh_token): that refresh token and every token of its
@@ -670,9 +688,8 @@ class Session:
         server's `railyard login` while this session ran) is another sign-in's, left as it is (before, it got this
         session's tokens under that sign-in's username, and its next commands ran as this session's user)."""
         if self.persist:
-            update_credentials(lambda saved: saved | {
-                "access_token": self.access_token, "refresh_token": self.refresh_token, "expires_at": self.expires_at,
-            } if (saved.get("access_token"), saved.get("refresh_token")) == replaced else None, self.credentials_file)
+            save_refreshed(replaced, {"access_token": self.access_token, "refresh_token": self.refresh_token,
+                                      "expires_at": self.expires_at}, self.credentials_file)
 
     def credentials(self) -> dict[str, Any]:
         """What `railyard login` keeps: the URL, the client and the current tokens."""

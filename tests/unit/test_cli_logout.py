@@ -170,7 +170,7 @@ def test_the_server_modules_command_line_signs_out_as_railyard_logout(tmp_path, 
     calls, _ = server
     monkeypatch.delenv("RAILYARD_CLIENT_CREDENTIALS", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    server_cli._save_credentials(SIGNED_IN | {"workspaces": {URL: {"alice": 3}}})  # as its `login` writes it
+    write_credentials(SIGNED_IN | {"workspaces": {URL: {"alice": 3}}}, tmp_path / "railyard" / "credentials.json")
     assert server_cli.main(["logout"]) == 0  # before: SystemExit(2), argparse's "invalid choice: 'logout'"
     assert calls[0]["data"] == {"refresh_token": "r.e.f"} and calls[0]["auth"] == ("api-client", "s3cret")
     assert read_credentials(tmp_path / "railyard" / "credentials.json") == {"workspaces": {URL: {"alice": 3}}}
@@ -182,20 +182,20 @@ def test_the_server_modules_command_line_signs_out_as_railyard_logout(tmp_path, 
 
 
 def test_the_server_modules_logout_signs_out_of_the_file_its_login_wrote(tmp_path, server, monkeypatch):
-    """`python -m shared.cli login` writes ~/.config/railyard/credentials.json whatever RAILYARD_CLIENT_CREDENTIALS
-    says; with that set (the client's own file, another sign-in), its logout ran the client's command on the client's
-    file: it ended that file's session at the server and removed its tokens, and left the ones its `login` saved. Now
-    it signs out of the file its `login` wrote, and the client's is left as it was."""
+    """`python -m shared.cli login` and `token` use the client's credentials file, RAILYARD_CLIENT_CREDENTIALS first
+    (session 40; before, they wrote ~/.config/railyard/credentials.json whatever it said, and session 39's logout
+    followed them there): with the variable set, the server module's logout signs out of the variable's file, the
+    one its `login` writes, and leaves the default path alone."""
     from shared import cli as server_cli
 
     calls, _ = server
-    clients, bob = tmp_path / "elsewhere.json", SIGNED_IN | {"username": "bob", "refresh_token": "b.o.b"}
-    write_credentials(bob, clients)
-    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(clients))
+    named, default = tmp_path / "elsewhere.json", tmp_path / "railyard" / "credentials.json"
+    bob = SIGNED_IN | {"username": "bob", "refresh_token": "b.o.b"}
+    write_credentials(SIGNED_IN, named)
+    write_credentials(bob, default)
+    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(named))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    server_cli._save_credentials(SIGNED_IN)  # as its `login` writes it
     assert server_cli.main(["logout"]) == 0
-    assert [call["data"] for call in calls] == [{"refresh_token": "r.e.f"}]  # before: bob's b.o.b ended
-    assert not (tmp_path / "railyard" / "credentials.json").exists()  # before: alice's tokens left
-    assert read_credentials(clients) == bob  # before: removed
-    assert os.environ["RAILYARD_CLIENT_CREDENTIALS"] == str(clients)
+    assert [call["data"] for call in calls] == [{"refresh_token": "r.e.f"}]
+    assert not named.exists() and read_credentials(default) == bob
+    assert os.environ["RAILYARD_CLIENT_CREDENTIALS"] == str(named)

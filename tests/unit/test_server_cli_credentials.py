@@ -1,0 +1,185 @@
+"""`python -m shared.cli login` and `token` keep their tokens in the client's credentials file by the client's rules
+(railyard_client/session.py): RAILYARD_CLIENT_CREDENTIALS first, each change a read, change and atomic write (a
+temporary file beside it, 0600, renamed over it) under the file's lock. Session 39's note: they ignored the variable
+(only `logout` honoured it), and wrote the file in place without the lock: truncated first, so a crash mid-write
+left it empty; `login` dropped every `workspaces use` choice; and another `railyard` process's write between
+`token`'s read and its write was undone."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import pytest
+from railyard_client import session
+from railyard_client.session import read_credentials, saved_choice, with_choice, write_credentials
+
+from shared import cli as server_cli
+from shared.client import RailyardClient
+
+URL = "http://127.0.0.1:28051"
+SIGNED_IN = {"url": URL, "client_id": "api-client", "client_secret": "s3cret", "username": "alice",
+             "access_token": "a.b.c", "refresh_token": "r.e.f", "expires_at": 1.0}
+LOGIN = ["login", "--url", URL, "--username", "alice", "--password", "pw", "--client-id", "api-client",
+         "--client-secret", "s3cret"]
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    """The variable's file and the default one (which nothing may write while the variable is set)."""
+    named = tmp_path / "named" / "credentials.json"
+    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(named))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("RAILYARD_STACK__DATA_DIR", str(tmp_path / "no-stack"))  # no secrets read: the options only
+    return named, tmp_path / "config" / "railyard" / "credentials.json"
+
+
+@pytest.fixture
+def default_file(tmp_path, monkeypatch):
+    """The file without the variable: `$XDG_CONFIG_HOME/railyard/credentials.json`."""
+    monkeypatch.delenv("RAILYARD_CLIENT_CREDENTIALS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("RAILYARD_STACK__DATA_DIR", str(tmp_path / "no-stack"))
+    return tmp_path / "config" / "railyard" / "credentials.json"
+
+
+@pytest.fixture
+def grants(monkeypatch):
+    """The token endpoint: each grant (password or refresh) hands out the next numbered tokens."""
+    given: list[dict] = []
+
+    def grant(self, data):
+        given.append(data)
+        self.access_token, self.refresh_token = f"access-{len(given)}", f"refresh-{len(given)}"
+        self.expires_at = time.time() + 300
+        return {}
+
+    monkeypatch.setattr(RailyardClient, "_grant", grant)
+    return given
+
+
+def test_login_and_token_use_the_file_railyard_client_credentials_names(files, grants, capsys):
+    named, default = files
+    assert server_cli.main(LOGIN) == 0
+    assert read_credentials(named)["access_token"] == "access-1"
+    assert not default.exists()  # before: written here, whatever the variable said
+    assert named.stat().st_mode & 0o777 == 0o600
+    assert str(named) in capsys.readouterr().out
+
+    write_credentials(read_credentials(named) | {"expires_at": 0}, named)  # expired: `token` refreshes it
+    assert server_cli.main(["token"]) == 0
+    assert capsys.readouterr().out.strip() == "access-2"
+    assert read_credentials(named)["refresh_token"] == "refresh-2" and not default.exists()
+
+
+def test_login_keeps_every_workspace_choice(default_file, grants):
+    named = default_file
+    choices = {URL: {"alice": 3, "bob": 5}, "http://other:18000": {"alice": 7}}
+    write_credentials(SIGNED_IN | {"workspaces": choices}, named)
+    assert server_cli.main(LOGIN) == 0
+    saved = read_credentials(named)
+    assert saved["workspaces"] == choices  # before: the file rewritten with the sign-in alone
+    assert saved["access_token"] == "access-1"
+
+
+def test_a_write_between_tokens_read_and_its_write_is_kept(default_file, grants, monkeypatch):
+    """`railyard workspaces use` (another process) saves a choice while `token` refreshes: `token` wrote back the
+    file it had read, the choice gone. Now its write is a read, change and write under the lock."""
+    named = default_file
+    write_credentials(SIGNED_IN, named)  # expired: `token` refreshes
+    refresh = RailyardClient._grant
+
+    def refresh_while_a_choice_is_saved(self, data):
+        chooser = threading.Thread(target=session.update_credentials,
+                                   args=(lambda saved: with_choice(saved, URL, "alice", 9), named))
+        chooser.start()
+        chooser.join(timeout=30)
+        return refresh(self, data)
+
+    monkeypatch.setattr(RailyardClient, "_grant", refresh_while_a_choice_is_saved)
+    assert server_cli.main(["token"]) == 0
+    saved = read_credentials(named)
+    assert saved["refresh_token"] == "refresh-1"
+    assert saved_choice(saved, URL, "alice") == 9  # before: None, undone by token's write
+
+
+def test_concurrent_logins_and_choices_keep_every_key(default_file, grants):
+    """Two writers at once, 10 writes each: `login` (the server module's) and `workspaces use` (the client's). Every
+    choice and the sign-in are in the file at the end, and the file is never read half-written."""
+    named = default_file
+    errors: list[BaseException] = []
+
+    def logins():
+        try:
+            for _ in range(10):
+                assert server_cli.main(LOGIN) == 0
+        except BaseException as exc:  # noqa: BLE001 (raised in the test's thread below)
+            errors.append(exc)
+
+    def choices():
+        try:
+            for number in range(10):
+                session.update_credentials(lambda saved, n=number: with_choice(saved, URL, f"user-{n}", n), named)
+                assert read_credentials(named)  # never empty nor half-written
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=logins), threading.Thread(target=choices)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    saved = read_credentials(named)
+    assert {n: saved_choice(saved, URL, f"user-{n}") for n in range(10)} == {n: n for n in range(10)}
+    assert saved["username"] == "alice" and saved["access_token"].startswith("access-")
+
+
+def test_a_login_that_fails_mid_write_leaves_the_old_file(default_file, grants, monkeypatch, capsys):
+    """A full disk half-way through the JSON, then a failure after the temporary file is written (at its rename): the
+    file keeps the sign-in it held, and no temporary file is left. Before: opened with O_TRUNC and written in place,
+    the file was left holding half a JSON document (read as no sign-in at all), and a write that completed was in
+    the file before anything could fail."""
+    named = default_file
+    old = SIGNED_IN | {"workspaces": {URL: {"alice": 3}}}
+    write_credentials(old, named)
+    dump = json.dump
+
+    def disk_full(data, handle, **kwargs):
+        handle.write(json.dumps(data)[:20])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", disk_full)
+    assert server_cli.main(LOGIN) == 1
+    assert "could not be saved" in capsys.readouterr().err
+    monkeypatch.setattr(json, "dump", dump)
+    assert read_credentials(named) == old
+
+    replace = os.replace
+
+    def crash_at_the_rename(source, target):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", crash_at_the_rename)
+    assert server_cli.main(LOGIN) == 1
+    monkeypatch.setattr(os, "replace", replace)
+    assert read_credentials(named) == old
+    assert sorted(os.listdir(named.parent)) == ["credentials.json", "credentials.json.lock"]  # no temporary left
+
+
+def test_token_after_logout_says_not_logged_in(default_file, capsys):
+    """`railyard logout` keeps the workspace choices in the file: `token` then raised KeyError('url')."""
+    named = default_file
+    write_credentials({"workspaces": {URL: {"alice": 3}}}, named)
+    assert server_cli.main(["token"]) == 1
+    assert "not logged in" in capsys.readouterr().err
+
+
+def test_without_the_client_login_and_token_say_where_the_file_is(files, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "railyard_client", None)  # a server-only install
+    for command in (LOGIN, ["token"]):
+        assert server_cli.main(command) == 2
+        assert "install railyard-client" in capsys.readouterr().err
