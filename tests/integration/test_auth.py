@@ -306,7 +306,9 @@ def test_railyard_login_and_token_commands(stack, tmp_path):
 
     from tests.stack import REPO
 
-    env = stack.env | {"XDG_CONFIG_HOME": str(tmp_path)}
+    # the default file: login and token take RAILYARD_CLIENT_CREDENTIALS first (the client's file), were it set here
+    env = {k: v for k, v in stack.env.items() if k != "RAILYARD_CLIENT_CREDENTIALS"}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
     login = subprocess.run([sys.executable, "-m", "shared.cli", "login"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=60)
     assert login.returncode == 0, login.stderr
