@@ -187,6 +187,9 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
         for service, row in rows:
             print(json.dumps({"service": service, **dict(row)}, default=str))
         return 0
+    if not rows:  # as the client's lists print an empty one (railyard_client.cli show), not a bare header
+        print("(none)")
+        return 0
     print(f"{'service':<17}{'id':>6}  {'created':<20}{'durable':<36}{'subject':<34}{'seq':>8}{'tries':>6}  "
           f"{'replayed':<9}error")
     for service, row in rows:

@@ -50,3 +50,46 @@ def test_a_bus_that_is_away_is_one_line_and_exit_status_5(tmp_path):
     assert 2 <= int((tmp_path / "tries").read_text()) <= 4
     (line,) = result.stderr.splitlines()
     assert line.startswith("railyard: ") and "Connect call failed" in line and "x@" not in line
+
+
+class FakeConnection:
+    """asyncpg's connection as `_list` uses it: each service's table answers `rows[service]`."""
+
+    def __init__(self, rows: dict) -> None:
+        self.rows = rows
+
+    async def fetch(self, query: str, *args):
+        return next((rows for service, rows in self.rows.items() if f'"{service}".' in query), [])
+
+    async def close(self) -> None:
+        pass
+
+
+def listed(monkeypatch, capsys, rows: dict, *flags: str) -> str:
+    import asyncio
+    import datetime
+
+    from shared import dead_letters
+    from shared.cli import build_parser
+    from shared.settings import Settings
+
+    async def connect(settings):
+        return FakeConnection({service: [{
+            "id": 7, "durable": "auth-model-uploaded", "subject": "events.model.uploaded", "stream_seq": 12,
+            "deliveries": 10, "error": "OSError: away", "payload_size": 3, "replayed_at": None, "replay_msg_id": None,
+            "created_at": datetime.datetime(2026, 12, 6, 14, 0, tzinfo=datetime.UTC)}] * count
+            for service, count in rows.items()})
+
+    monkeypatch.setattr(dead_letters, "_connect_db", connect)
+    args = build_parser().parse_args(["dead-letters", "list", *flags])
+    assert asyncio.run(dead_letters._list(args, Settings())) == 0
+    return capsys.readouterr().out
+
+
+def test_an_empty_list_says_none_as_the_other_lists(monkeypatch, capsys):
+    """`railyard dead-letters list` with nothing to show printed its bare header line; the client's lists print
+    `(none)` (railyard_client.cli show). With --json (one object a line) nothing is printed, as before."""
+    assert listed(monkeypatch, capsys, {}) == "(none)\n"  # before: "service      id  created ..."
+    assert listed(monkeypatch, capsys, {}, "--json") == ""
+    lines = listed(monkeypatch, capsys, {"auth": 1}).splitlines()
+    assert lines[0].startswith("service") and "auth-model-uploaded" in lines[1] and len(lines) == 2
