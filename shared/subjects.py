@@ -219,7 +219,9 @@ TASKS_LIST_RUNS = "task_scheduler.runs.list"
 TASKS_RUN_LOGS = "task_scheduler.runs.logs"
 EVENT_TASK_RUN_STARTED = "events.task_run.started"
 # a started run put back in the queue, its main.py never started (the task scheduler's stop, a start whose answer was
-# lost): lineage's card reads queued until it starts again
+# lost, or a claim check right before its main.py that PostgreSQL did not answer: its reason then says so,
+# task_scheduler/store.py UNCHECKED_PUT_BACK, at most UNCHECKED_REQUEUES times a run): lineage's card reads queued
+# until it starts again
 EVENT_TASK_RUN_QUEUED = "events.task_run.queued"
 EVENT_TASK_RUN_SUCCEEDED = "events.task_run.succeeded"
 EVENT_TASK_RUN_FAILED = "events.task_run.failed"
