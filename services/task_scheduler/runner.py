@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 from shared import db
+from shared.data_errors import database_retryable
 from shared.pg_text import no_nul
 from shared.sandbox import (
     Limits,
@@ -61,16 +61,22 @@ PUMP_WAIT = 10.0  # seconds the end of a run waits for the rest of its output (a
 TERM_GRACE = 5.0  # seconds a stopped run's process (a kill, its timeout, a stop) has after its SIGTERM before SIGKILL
 CHUNK = 64 * 1024
 
-# Errors a retry may get past: the connection lost or refused, the server restarting or out of connections, a
-# timeout. Not a data error (a line PostgreSQL refuses stays refused): that batch is dropped with a WARNING. Nor a
-# statement prepared before a migration changed its table's columns (a rolling update: another process applied it):
-# PostgreSQL's "cached plan must not change result type", asyncpg's InvalidCachedStatementError, which asyncpg retries
-# itself outside a transaction only; it drops the pool's statement cache with it, so the next attempt prepares the
-# statement again and passes. Before, a run's end recorded then (finish_run reads `SELECT * FROM runs` in its
-# transaction) was not retried: the run stayed `running` until the lost-run step failed it.
-TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-             asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
-             asyncpg.exceptions.InvalidCachedStatementError)
+
+def transient(exc: BaseException) -> bool:
+    """Whether a retry may get past `exc`: our own bound on a database step (a TimeoutError: `bounded`, a flush's
+    attempt), or what every command's 503 rule says may answer if asked again (shared/data_errors.py
+    database_retryable): the connection lost or refused, the server restarting or out of connections, a statement
+    prepared before another process's migration changed its table (InvalidCachedStatementError: asyncpg retries it
+    itself outside a transaction only, and drops the pool's statement cache with it, so the next attempt prepares it
+    again; before session 39 a run's end recorded then, finish_run reading `SELECT * FROM runs` in its transaction,
+    was not retried and the run stayed `running` until the lost-run step failed it), and a deadlock or serialization
+    failure (the transaction rolled back whole: every step retried here may be run again, append_logs skipping lines
+    already stored, finish_run finding a run already ended). Not a data error (a line PostgreSQL refuses stays
+    refused: that batch is dropped with a WARNING). Before session 40 it was a tuple (TRANSIENT) that took any OSError
+    (a file's, not asyncpg's) for a database failing, and retried it for END_RECORD_SECONDS in vain; a protocol
+    violation or a role's statement_timeout (57014) likewise: data_errors says why those are not asked again."""
+    return isinstance(exc, TimeoutError) or database_retryable(exc)
+
 
 # Runs inside the sandbox, in the run's working directory: unpack the orchestration, run its entrypoint as
 # __main__ with its own folder first on sys.path. argv: zip path, entrypoint path inside the zip.
@@ -154,7 +160,7 @@ class LogWriter:
         self.pending.append((datetime.now(UTC), stream, partial, line))
 
     async def flush(self, *, final: bool = False) -> None:
-        """Write the pending lines. A TRANSIENT error is retried with exponential backoff, FLUSH_TRIES attempts (the
+        """Write the pending lines. A `transient` error is retried with exponential backoff, FLUSH_TRIES attempts (the
         final flush: for FINAL_FLUSH_SECONDS); a batch still not written, or whose flush was cancelled, goes back in
         front of `pending` and the error is raised: the next flush writes it with the lines since, in order. The sink
         numbers a batch's lines only once they are written (scheduler.py), so every attempt writes them under the
@@ -169,18 +175,22 @@ class LogWriter:
             async for attempt in AsyncRetrying(
                     stop=stop_after_delay(FINAL_FLUSH_SECONDS) if final else stop_after_attempt(FLUSH_TRIES),
                     wait=wait_exponential(multiplier=FLUSH_BACKOFF, max=FLUSH_BACKOFF_MAX),
-                    retry=retry_if_exception_type(TRANSIENT), reraise=True):
+                    retry=retry_if_exception(transient), reraise=True):
                 with attempt:
                     await self._attempt(batch, written)
-        except (*TRANSIENT, asyncio.CancelledError):
+        except asyncio.CancelledError:
             if not written:
                 self.pending[:0] = batch
             raise
         except Exception as exc:
-            raise LinesDropped(f"{len(batch)} log lines dropped: {type(exc).__name__}: {exc}") from exc
+            if not transient(exc):
+                raise LinesDropped(f"{len(batch)} log lines dropped: {type(exc).__name__}: {exc}") from exc
+            if not written:
+                self.pending[:0] = batch
+            raise
 
     async def _attempt(self, batch: list[tuple[datetime, str, bool, str]], written: list[bool]) -> None:
-        """One write of `batch`, given up after FLUSH_ATTEMPT_SECONDS (TimeoutError: TRANSIENT, tried again). Before,
+        """One write of `batch`, given up after FLUSH_ATTEMPT_SECONDS (TimeoutError: `transient`, tried again). Before,
         an attempt had no bound of its own: one on a connection whose server stopped answering (stopped, a network
         partition) held the flusher, the retries' stop counting only attempts that ended. The write runs as a task of
         its own, waited for with asyncio.wait (neither asyncio.wait_for, which on Python 3.11 loses a cancel that
@@ -213,7 +223,7 @@ async def bounded(step: Coroutine[Any, Any, T] | asyncio.Future[T], seconds: flo
 
 
 class LinesDropped(Exception):
-    """A batch of log lines the database refused for a reason a retry cannot fix (not TRANSIENT)."""
+    """A batch of log lines the database refused for a reason a retry cannot fix (not `transient`)."""
 
 
 async def _pump(reader: asyncio.StreamReader, stream: str, writer: LogWriter) -> None:
@@ -281,11 +291,12 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
             if not stop_flushing.is_set():
                 try:
                     await writer.flush()
-                except TRANSIENT as exc:  # its lines stay pending: the next flush (or the final one) writes them
-                    log.warning("run %s: writing its log lines failed (%s: %s), tried again at the next flush",
-                                plan.run_id, type(exc).__name__, exc)
                 except LinesDropped as exc:  # the next lines are written still
                     log.warning("run %s: %s", plan.run_id, exc)
+                except Exception as exc:  # `transient` (flush drops the rest): its lines stay pending, the next
+                    # flush (or the final one) writes them
+                    log.warning("run %s: writing its log lines failed (%s: %s), tried again at the next flush",
+                                plan.run_id, type(exc).__name__, exc)
 
     flushing = asyncio.create_task(flusher())
     waited = asyncio.create_task(process.wait())
@@ -328,7 +339,7 @@ async def execute(plan: RunPlan, writer: LogWriter, kill: asyncio.Event) -> RunO
                 await writer.flush(final=True)
         except LinesDropped as exc:
             log.warning("run %s: %s", plan.run_id, exc)
-        except TRANSIENT as exc:
+        except Exception as exc:  # `transient` (flush drops the rest)
             log.warning("run %s: its last %d log lines are lost: writing them failed for %.0f s or more (%s: %s)",
                         plan.run_id, len(writer.pending), FINAL_FLUSH_SECONDS, type(exc).__name__, exc)
     code = process.returncode

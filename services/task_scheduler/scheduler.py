@@ -48,7 +48,6 @@ from croniter import croniter
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
-    retry_if_exception_type,
     stop_after_delay,
     wait_exponential,
 )
@@ -130,12 +129,13 @@ PASSING_STATUSES = (408, 429, 502, 503, 504)
 def passing(exc: BaseException) -> bool:
     """Whether a failed token mint (Scheduler._minted) may answer if asked again: auth did not answer in time (504,
     408), could not be reached or was not ready (503: the bus down, no auth listening; 502), asked to slow down (429),
-    or the connection failed (runner.TRANSIENT). Not auth's refusals (another 4xx: asked again, they answer the same)
+    or the connection failed (an OSError: the mint is a request over the bus, which reads no file and no object
+    storage; or runner.transient). Not auth's refusals (another 4xx: asked again, they answer the same)
     nor another 5xx: a 500 is a fault in auth (an unhandled error), which answers the same when asked again. Before,
     any 5xx was asked again for MINT_RETRY_SECONDS, and the run failed 30 s later saying only 'internal error'."""
     if isinstance(exc, RailyardError):
         return exc.status in PASSING_STATUSES
-    return isinstance(exc, runner.TRANSIENT)
+    return isinstance(exc, OSError) or runner.transient(exc)
 
 
 def not_minted(exc: RailyardError) -> RailyardError:
@@ -998,7 +998,7 @@ class Scheduler:
         return None
 
     async def _record_end(self, run_id: uuid.UUID, outcome: runner.RunOutcome) -> bool:
-        """store.finish_run, retried on a transient error (runner.TRANSIENT) with backoff for END_RECORD_SECONDS, each
+        """store.finish_run, retried on a transient error (runner.transient) with backoff for END_RECORD_SECONDS, each
         attempt given up at END_ATTEMPT_SECONDS (runner.bounded); the run is beaten meanwhile (it is in self.runs).
         An attempt whose commit was applied but whose answer was lost makes the next one find the run ended (False):
         nothing is recorded twice. Before, one failure (PostgreSQL restarting at the run's end) raised out of the
@@ -1009,7 +1009,7 @@ class Scheduler:
 
     @staticmethod
     async def _retried(step: Callable[[], Awaitable[T]], what: str) -> T:
-        """`step()` retried on a transient error (runner.TRANSIENT) with backoff for END_RECORD_SECONDS, each attempt
+        """`step()` retried on a transient error (runner.transient) with backoff for END_RECORD_SECONDS, each attempt
         given up at END_ATTEMPT_SECONDS (runner.bounded, its TimeoutError naming `what`); the last error raised."""
         async def attempt() -> T:  # an `async def`: tenacity awaits what a coroutine function returns
             return await runner.bounded(step(), END_ATTEMPT_SECONDS, what)
@@ -1017,7 +1017,7 @@ class Scheduler:
         return await AsyncRetrying(
             stop=stop_after_delay(END_RECORD_SECONDS),
             wait=wait_exponential(multiplier=runner.FLUSH_BACKOFF, max=runner.FLUSH_BACKOFF_MAX),
-            retry=retry_if_exception_type(runner.TRANSIENT), reraise=True)(attempt)
+            retry=retry_if_exception(runner.transient), reraise=True)(attempt)
 
     async def _minted(self, run_id: uuid.UUID, task: asyncpg.Record, ttl: int) -> str:
         """The run's token (self.mint), asked again with backoff (runner.FLUSH_BACKOFF doubling to FLUSH_BACKOFF_MAX)
@@ -1135,7 +1135,7 @@ class Scheduler:
             # run goes back to the queue). Before, the check's error failed the run: "the run could not be started"
             if self.kills[row["id"]].is_set():
                 return runner.RunOutcome("failure", None, runner.KILLED, ran=False)
-            if isinstance(exc, runner.TRANSIENT):  # its retries' END_RECORD_SECONDS without an answer: not started,
+            if runner.transient(exc):  # its retries' END_RECORD_SECONDS without an answer: not started,
                 # back to the queue (_supervise: _put_back_unchecked). Before, failed for good: "...: TimeoutError"
                 return runner.RunOutcome("failure", None, f"{UNCHECKED}: {type(exc).__name__}: {exc}", ran=False)
             raise

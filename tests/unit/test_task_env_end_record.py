@@ -16,9 +16,9 @@ from services.task_scheduler import packaging, runner, scheduler, store
 from services.task_scheduler.handlers import Deps
 from services.task_scheduler.scheduler import Scheduler
 from shared.settings import TaskSettings
+from tests.unit.test_bus_database_unavailable import asyncpg_outage
 
 SHA = "3" * 64
-REFUSED = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 15432)")
 
 
 def a_scheduler(tmp_path: Path, heartbeat: float = 60.0) -> Scheduler:
@@ -47,7 +47,8 @@ def installed(monkeypatch):
 
 
 async def test_an_install_end_refused_at_first_is_recorded_by_a_retry(tmp_path, monkeypatch, installed):
-    refusals, recorded = [REFUSED, REFUSED], []
+    refused = await asyncpg_outage("refused")  # asyncpg's own, as shared.data_errors asks
+    refusals, recorded = [refused, refused], []
 
     async def finish_env(pool, sha, worker, ok, reason):
         if refusals:
@@ -68,8 +69,10 @@ async def test_an_install_end_never_recorded_is_one_warning_and_no_exception(tmp
                                                                               caplog):
     monkeypatch.setattr(scheduler, "END_RECORD_SECONDS", 0.3)
 
+    refused = await asyncpg_outage("refused")
+
     async def finish_env(*_: object) -> None:
-        raise REFUSED
+        raise refused
 
     monkeypatch.setattr(store, "finish_env", finish_env)
     caplog.set_level(logging.WARNING, logger="railyard.task_scheduler.scheduler")
@@ -83,11 +86,12 @@ async def test_an_install_end_never_recorded_is_one_warning_and_no_exception(tmp
 async def test_a_refused_beat_does_not_end_the_install_beating(tmp_path, monkeypatch):
     beats: list[str] = []
     beaten_twice = asyncio.Event()
+    refused = await asyncpg_outage("refused")
 
     async def beat_env(pool, sha, worker):
         beats.append(sha)
         if len(beats) == 1:
-            raise REFUSED
+            raise refused
         beaten_twice.set()
         return True
 
