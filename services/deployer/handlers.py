@@ -32,6 +32,7 @@ from shared.authz import (
 )
 from shared.background import BackgroundTask
 from shared.bus import PublishRefused, publish_refusals, request
+from shared.data_errors import database_retryable
 from shared.errors import (
     ECHO_CHARS,
     Conflict,
@@ -1037,7 +1038,7 @@ async def _activate(deps: DeployerDeps, pipeline, version, deploy_id: str, confi
                     # the row may name the new one: once the database answers, what runs is made what the row says
                     deps.rechecks.owe(deps, pipeline["id"], deployment_id, old, activation)
                     raise
-                if not committed and not isinstance(exc, DATABASE_FAILURES):
+                if not committed and not database_refused(exc):
                     # the deployer's own error (a bug), not the database's: a 500 internal error, logged with its
                     # traceback. Before, any error was "the database failed (KeyError)", a 503 to retry
                     log.error("the redeploy of pipeline %s as %s was not recorded: internal error", pipeline["id"],
@@ -1267,7 +1268,7 @@ def _failure(deps: DeployerDeps, exc: BaseException) -> str:
 async def _deploy_step(deps: DeployerDeps, pipeline_id: int, work: Coroutine[Any, Any, _T],
                        wrote: Callable[[], bool] = lambda: False, asked: str = "the database") -> _T:
     """A deploy's database step before anything of it runs: what `work` answers within DEPLOY_STEP_ANSWERS_WITHIN of
-    the request timeout; a database that failed it (DATABASE_ERRORS) or did not answer is a 503 unavailable
+    the request timeout; a database that failed it (database_failed) or did not answer is a 503 unavailable
     (retryable) saying nothing of the deploy runs; `wrote()`: the step had begun writing the deploy's activation, so
     the answer says it may have been recorded; `asked`: what the answer names as not answering (the read's
     membership check, a request to auth of up to the request timeout, is bounded with it). Before, a refused
@@ -1275,7 +1276,9 @@ async def _deploy_step(deps: DeployerDeps, pipeline_id: int, work: Coroutine[Any
     answered again (a server stopped, a partition)."""
     try:
         return await _answered_within(deps.timeout * DEPLOY_STEP_ANSWERS_WITHIN, work)
-    except (TimeoutError, *DATABASE_ERRORS) as exc:
+    except Exception as exc:
+        if not database_failed(exc):
+            raise
         log.warning("deploy of pipeline %s: 503 (%r)", pipeline_id, exc)
         maybe = (" (its activation may have been recorded all the same: if so, the deployment is made inactive once"
                  " the database answers)") if wrote() else ""
@@ -1299,12 +1302,14 @@ timeout while the deployer went on, and the lost answer could not tell a slow da
 async def _answered_in_time(deps: DeployerDeps, what: str, work: Coroutine[Any, Any, _T], *,
                            maybe: str = "") -> _T:
     """What `work` (a command's reads, `what` names it) answers within READ_ANSWERS_WITHIN of the request timeout;
-    else, or when the database failed it (DATABASE_ERRORS), a 503 unavailable that says which (the work given up on
+    else, or when the database failed it (database_failed), a 503 unavailable that says which (the work given up on
     is cancelled and left to end, _answered_within). A read changes nothing; `maybe`: what a write given up on may
     have done all the same."""
     try:
         return await _answered_within(deps.timeout * READ_ANSWERS_WITHIN, work)
-    except (TimeoutError, *DATABASE_ERRORS) as exc:
+    except Exception as exc:
+        if not database_failed(exc):
+            raise
         log.warning("%s: 503 (%r)", what, exc)
         failure = (f"the database (or the membership check) did not answer within "
                    f"{deps.timeout * READ_ANSWERS_WITHIN:g} s" if isinstance(exc, _NotAnswered) else
@@ -1498,17 +1503,26 @@ the deactivation and the looks at a failed one) ends within it, or the undeploy 
 timeout and the stop timeout for an undeploy (services/gateway/http.py replicas_stop): a database that did not answer
 held it for the pool's own timeouts (60 s to connect, 30 s a command) and the ~19 s of the looks, and the caller got
 a 504 while the undeploy went on."""
-DATABASE_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                   asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
-                   asyncpg.exceptions.ReadOnlySQLTransactionError)
-"""What a database that fails raises (TimeoutError, a command timeout, is an OSError): a 503, not a 500. With its
-resources out (class 53: too many connections, its disk full, out of memory) and a server that takes no writes (a
-standby after a failover: read-only transactions) too, which were 500s. Logged, as a 500 is: asyncpg's InterfaceError
-is also what a misuse of a connection raises (a bug), which the 503 alone would hide."""
-DATABASE_FAILURES = (*DATABASE_ERRORS, asyncpg.PostgresError)
-"""What a database step's error is when the database failed or refused it (DATABASE_ERRORS, or any error the server
-answered: a serialization failure, a constraint): a redeploy's record failing so is a 503 "the database failed";
-another error is the deployer's own, a 500 internal error logged with its traceback."""
+def database_failed(exc: BaseException) -> bool:
+    """Whether `exc` says the database failed a step (a 503, not a 500): our own bound on it (a TimeoutError:
+    _answered_within's _NotAnswered; the pool's own timeouts are asyncpg's TimeoutError too), or what every command's
+    503 rule counts (shared/data_errors.py database_retryable): the connection refused, lost or timed out, the server
+    shutting down, starting up or out of resources, a standby after a failover refusing writes, and a deadlock or
+    serialization failure (the transaction rolled back whole: asked again, it runs anew). For an except clause:
+    `except Exception as exc: if not database_failed(exc): raise`. Before session 40 it was a tuple (DATABASE_ERRORS)
+    that took any OSError (object storage's, a file's: not asyncpg's) and any asyncpg InterfaceError (also a misuse of
+    a connection: a bug) for the database failing, and answered a 503 'deploy again once the database answers' that
+    no retry got past; those are the 500 'internal error' now, logged with their traceback, and a protocol violation,
+    a role's statement_timeout or TLS failing as a setting with them (shared/data_errors.py says why)."""
+    return isinstance(exc, TimeoutError) or database_retryable(exc)
+
+
+def database_refused(exc: BaseException) -> bool:
+    """Whether a database step's error is the database's (a redeploy's record failing so is a 503 "the database
+    failed"): database_failed, or any error the server answered (a constraint). Another error is the deployer's own,
+    a 500 internal error logged with its traceback (DATABASE_FAILURES before session 40, which took any OSError and
+    InterfaceError for the database's too)."""
+    return database_failed(exc) or isinstance(exc, asyncpg.PostgresError)
 
 
 async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, pipeline_id: int,
@@ -1538,10 +1552,21 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
             raise Conflict(f"a deploy of pipeline {pipeline_id} is in progress: retry the undeploy when it "
                            "finishes", code=DEPLOY_IN_PROGRESS) from None
         name = await _answered_within(deadline - loop.time(), _undeploy_row(deps, pipeline, deployment_id))
-    except (TimeoutError, *DATABASE_ERRORS) as exc:
+    except _DeactivationUnknown as exc:
+        # its commit may have taken effect (its answer lost): "was not made" said what nobody knew
+        lock.release()
+        deps.events_committed()
+        error = exc.__cause__
+        raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} could not be "
+                          f"confirmed: its deactivation raised ({type(error).__name__}) and the database did not "
+                          "answer whether it was recorded; its replicas still run. Undeploy again once the database "
+                          "answers (an undeploy of a deployment already inactive stops what runs of it)") from error
+    except Exception as exc:
         if lock is not None:
             lock.release()
             deps.events_committed()
+        if not database_failed(exc):  # a refusal (NotFound, Conflict) or a bug: raised as it is, the lock released
+            raise
         log.warning("undeploy of deployment %s of pipeline %s: 503 (%r)", deployment_id, pipeline_id, exc)
         if isinstance(exc, _NotAnswered):
             raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} could not be "
@@ -1553,15 +1578,6 @@ async def undeploy(deps: DeployerDeps, principal: Principal, token: str | None, 
         raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} was not made: the "
                           f"database failed ({type(exc).__name__}); the deployment serves as before. Undeploy again "
                           "once the database answers") from exc
-    except _DeactivationUnknown as exc:
-        # its commit may have taken effect (its answer lost): "was not made" said what nobody knew
-        lock.release()
-        deps.events_committed()
-        error = exc.__cause__
-        raise Unavailable(f"the undeploy of deployment {deployment_id} of pipeline {pipeline_id} could not be "
-                          f"confirmed: its deactivation raised ({type(error).__name__}) and the database did not "
-                          "answer whether it was recorded; its replicas still run. Undeploy again once the database "
-                          "answers (an undeploy of a deployment already inactive stops what runs of it)") from error
     except BaseException:
         if lock is not None:
             lock.release()
@@ -2186,7 +2202,9 @@ async def _restart_once(deps: DeployerDeps, pipeline_id: int, deployment_id: int
     # row again, inside the lock: a deploy or undeploy that ran while this waited decides what runs now.
     try:
         row = await _answered_within(deps.timeout * READ_ANSWERS_WITHIN, store.deployment(deps.pool, deployment_id))
-    except (TimeoutError, *DATABASE_ERRORS) as exc:
+    except Exception as exc:
+        if not database_failed(exc):
+            raise
         raise _RowUnread() from exc
     if row is None or not row["active"]:
         return

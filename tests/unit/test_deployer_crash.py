@@ -23,6 +23,7 @@ from shared import subjects
 from shared.errors import InvalidRequest, RailyardError, Unavailable
 from shared.messages.deployer import DeployPipeline
 from tests.unit.deployer_world import ALICE, PIPELINE, VERSION, _deploy, _deployed_as, _until, world  # noqa: F401
+from tests.unit.test_bus_database_unavailable import asyncpg_outage
 
 NEW = VERSION + 1
 
@@ -148,7 +149,7 @@ def test_a_redeploy_whose_record_raises_asks_the_row_again_and_says_when_it_cann
         async def away(conn, pipeline_id):  # after the record's transaction failed, the first `unanswered` looks
             if made.deps.pool.failed and len(looks) < unanswered:
                 looks.append(pipeline_id)
-                raise ConnectionRefusedError("the database is away")
+                raise await asyncpg_outage("refused")  # asyncpg's own (shared.data_errors)
             return await pipeline_deployment(conn, pipeline_id)
 
         made.store.pipeline_deployment = away
@@ -308,7 +309,7 @@ def test_an_undeploy_whose_deactivation_raised_and_no_look_answered_does_not_say
         _deactivations_raise(made, commit)
 
         async def unanswered(conn, deployment_id):
-            raise ConnectionRefusedError("the database is away")
+            raise await asyncpg_outage("refused")  # asyncpg's own (shared.data_errors)
 
         made.store.deployment_active = unanswered
         with pytest.raises(Unavailable) as unavailable:
@@ -414,7 +415,7 @@ def test_a_failed_first_deploys_clean_up_the_database_refused_is_made_later(worl
         async def away_until_the_gate(pool, deployment_id, *args, **kwargs):
             if not gate.is_set():
                 tries.append(deployment_id)
-                raise ConnectionRefusedError("the database is away")
+                raise await asyncpg_outage("refused")  # asyncpg's own (shared.data_errors)
             return await deactivate(pool, deployment_id, *args, **kwargs)
 
         made.store.deactivate = away_until_the_gate
@@ -459,7 +460,7 @@ def test_an_undeploy_while_the_database_is_away_is_a_503_within_the_request_time
 
         async def away(pool, pipeline_id):
             if database == "refuses":
-                raise ConnectionRefusedError("the database is away")
+                raise await asyncpg_outage("refused")  # asyncpg's own (shared.data_errors)
             await asyncio.Event().wait()
 
         made.store.pipeline = away
@@ -525,7 +526,7 @@ def test_a_background_deactivation_whose_earlier_try_took_effect_says_so(world, 
     assert not any("deployed or undeployed since" in m for m in said), said
 
 
-@pytest.mark.parametrize("error", [ConnectionRefusedError("the database is away"),
+@pytest.mark.parametrize("error", ["refused",  # asyncpg's own ConnectionRefusedError (asyncpg_outage)
                                    asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")],
                          ids=["refused", "too_many_connections"])
 def test_a_deploy_whose_reads_the_database_fails_is_a_503_that_starts_nothing(world, error):  # noqa: F811
@@ -535,11 +536,14 @@ def test_a_deploy_whose_reads_the_database_fails_is_a_503_that_starts_nothing(wo
     async def scenario(made) -> None:
         pipeline = made.store.pipeline
 
+        failure = await asyncpg_outage(error) if isinstance(error, str) else error
+        named = type(failure).__name__
+
         async def failing(pool, pipeline_id):
-            raise error
+            raise failure
 
         made.store.pipeline = failing
-        with pytest.raises(Unavailable, match=f"the database failed \\({type(error).__name__}\\); nothing of it runs"):
+        with pytest.raises(Unavailable, match=f"the database failed \\({named}\\); nothing of it runs"):
             await handlers.deploy(made.deps, ALICE, "t", DeployPipeline(deploy_id="a", pipeline_version_pk_id=VERSION,
                                                                          pipeline_id=PIPELINE))
         assert made.backend.sets == {} and made.store.deployments == {}
@@ -592,7 +596,7 @@ def test_a_recheck_of_a_record_no_look_confirmed_leaves_running_only_what_the_ro
         async def away(conn, pipeline_id):
             if made.deps.pool.failed and len(looks) < 3:  # the record's looks: none answered
                 looks.append(pipeline_id)
-                raise ConnectionRefusedError("the database is away")
+                raise await asyncpg_outage("refused")  # asyncpg's own (shared.data_errors)
             if asyncio.current_task().get_name().startswith("deployer.record_recheck"):  # the recheck's first read
                 await released.wait()
             return await pipeline_deployment(conn, pipeline_id)
@@ -693,7 +697,7 @@ def test_a_recheck_leaves_the_previous_set_to_a_later_rechecks_of_the_same_set(c
         async def away(conn, pipeline_id):
             if made.deps.pool.failed and unanswered:  # a redeploy's record failed: none of its looks answered
                 unanswered.pop()
-                raise ConnectionRefusedError("the database is away")
+                raise await asyncpg_outage("refused")  # asyncpg's own (shared.data_errors)
             task = asyncio.current_task().get_name()
             if task.startswith("deployer.record_recheck"):  # each recheck's reads wait for the test
                 await gates.setdefault(task, asyncio.Event()).wait()
@@ -813,3 +817,56 @@ def test_a_redeploys_record_failing_with_the_deployers_own_error_is_a_500_not_th
                    if record.name == "railyard.deployer")
 
     asyncio.run(scenario(crash))
+
+
+NOT_THE_DATABASES = [
+    ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 9000)"),  # not asyncpg's: object storage's, a URL's
+    asyncpg.exceptions.InterfaceError("cannot perform operation: another operation is in progress"),  # a misuse
+]
+
+
+@pytest.mark.parametrize("error", NOT_THE_DATABASES, ids=lambda exc: type(exc).__name__)
+def test_a_deploy_step_failing_otherwise_than_the_database_is_not_a_503(world, error):  # noqa: F811
+    """DATABASE_ERRORS took any OSError and any asyncpg InterfaceError for the database failing: a 503 'deploy again
+    once the database answers' that no retry got past. They are raised as they are (shared.bus.run_command's 500,
+    logged with the traceback); nothing started."""
+
+    async def scenario(made) -> None:
+        pipeline = made.store.pipeline
+
+        async def failing(pool, pipeline_id):
+            raise error
+
+        made.store.pipeline = failing
+        with pytest.raises(type(error)):
+            await handlers.deploy(made.deps, ALICE, "t", DeployPipeline(deploy_id="a", pipeline_version_pk_id=VERSION,
+                                                                         pipeline_id=PIPELINE))
+        assert made.backend.sets == {} and made.store.deployments == {}
+        made.store.pipeline = pipeline
+        await _deployed_as(made, "a")
+
+    asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("error", NOT_THE_DATABASES, ids=lambda exc: type(exc).__name__)
+def test_an_undeploy_failing_otherwise_than_the_database_raises_it_and_lets_the_lock_go(world, error):  # noqa: F811
+    """As a deploy's step: raised as it is (was a 503 'the database failed'), the pipeline's lock let go, the
+    deployment serving as before."""
+
+    async def scenario(made) -> None:
+        await _deployed_as(made, "a")
+        serving = made.backend.sets["a-5"]
+        deployment = made.store.deployment
+
+        async def failing(pool, deployment_id):  # inside the pipeline's lock
+            raise error
+
+        made.store.deployment = failing
+        with pytest.raises(type(error)):
+            await asyncio.wait_for(handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5), 10)
+        assert made.backend.sets == {"a-5": serving} and not serving.stopping
+        assert made.store.deployments[5]["active"] and not made.deps.pipeline_lock(PIPELINE).locked()
+        made.store.deployment = deployment
+        assert await handlers.undeploy(made.deps, ALICE, "t", PIPELINE, 5) == {}
+
+    asyncio.run(scenario(world))

@@ -12,6 +12,7 @@ import pytest
 
 from services.deployer import handlers
 from shared.errors import NotFound, Unavailable
+from tests.unit.test_bus_database_unavailable import asyncpg_outage
 from tests.unit.test_deployer_locks import ALICE, PIPELINE, _deploy, _deployed_as, _until, world  # noqa: F401
 
 REASON = "railyard-engine: cached artifact 3f1e2d does not match its sha256; refusing to load it"
@@ -88,7 +89,7 @@ def test_a_restore_that_never_read_its_row_says_so_once_the_database_answers(wor
 
         async def refused(pool, deployment_id):
             tries.append(deployment_id)
-            raise ConnectionRefusedError("the database is away")
+            raise await asyncpg_outage("refused")  # asyncpg's own (shared.data_errors)
 
         world.store.deployment = refused
         restore = await handlers.restore_deployments(world.deps)
