@@ -410,7 +410,12 @@ async def set_model(deps: MonitoringDeps, principal: Principal, token: str | Non
                     shadow: bool = False) -> DeploymentModel:
     """set_model / set_shadow_model: the model version is checked first (a model that does not resolve, or that
     takes other inputs than the deployment's model, changes nothing: model_inputs.py), then a new pipeline version is
-    created and deployed under the same deploy_id."""
+    created and deployed under the same deploy_id. Asked again after its deploy failed (a 503: the deployer's database
+    away; nothing of it runs) it makes no second version: the definition is the same function of the served one and
+    the resolved model, and pipelines/create makes no new version for a definition the same as the pipeline's latest
+    version's (services/deployer/store.py create_pipeline_version, under the pipeline's lock): the version the first
+    try created is the one deployed. Only a version created in between (another caller's) makes it a new one, as any
+    create would."""
     view = await _deployment(deps, principal, token, cmd.deployment)
     _refuse_split(view, shadow)
     wanted = cmd.model_version
