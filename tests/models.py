@@ -184,3 +184,45 @@ def byop_fraud_zip(requirements: str = "numpy\nscikit-learn>=1.0\n") -> bytes:
                          "def probability(model, rows):\n    return model.predict_proba(rows)[:, 1:]\n")
         archive.writestr("fraud/custom_inference.py", BYOP_SCRIPT)
     return buffer.getvalue()
+
+
+@cache
+def slow_onnx(size: int = 512, iterations: int = 192) -> bytes:
+    """ONNX whose every call is slow, whatever its rows: input `tensor` float[N,4] -> `score` float[N,1] (the row's
+    sum plus a number from the work below). A Loop of `iterations` products of two size x size matrices, the first
+    made from the request's values (so no optimiser folds it away): 2 * size^3 * iterations multiply-adds a call,
+    ~0.5-1 s at the defaults on one core of the test VM. For the engine's inline-or-thread choice
+    (tests/unit/test_engine_slow_model.py)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    weights = (rng.normal(size=(size, size)) / np.sqrt(size)).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["state_in", "weights"], ["product"]),
+         helper.make_node("Tanh", ["product"], ["state_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [size, size])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["tensor", "row_axes"], ["row_sum"], keepdims=1),
+         helper.make_node("ReduceMean", ["row_sum"], ["level"], keepdims=0),
+         helper.make_node("Add", ["weights", "level"], ["start"]),
+         helper.make_node("Loop", ["trips", "keep_going", "start"], ["end"], body=body),
+         helper.make_node("ReduceMean", ["end"], ["extra"], keepdims=0),
+         helper.make_node("Add", ["row_sum", "extra"], ["score"])],
+        "slow",
+        [helper.make_tensor_value_info("tensor", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor("row_axes", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("trips", TensorProto.INT64, [], [iterations]),
+         helper.make_tensor("keep_going", TensorProto.BOOL, [], [True]),
+         onnx.numpy_helper.from_array(weights, "weights")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

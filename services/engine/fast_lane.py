@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from services.engine.handlers import INLINE_ROWS, Answer
+from services.engine.handlers import INLINE_NS, INLINE_ROWS, Answer, runs_inline
 from services.engine.runtimes import OnnxRuntime
 from shared.arrow_codec import (
     CACHED_SCHEMA_MAX_BYTES,
@@ -139,8 +139,11 @@ class FastLane:
     """Answers a lone request of a one-step, one-ONNX-model pipeline, or returns None (see the module docstring)."""
 
     def __init__(self, runtime: OnnxRuntime, narrowing: dict[str, pa.DataType], model: dict[str, Any],
-                 version: Any, max_payload: int) -> None:
+                 version: Any, max_payload: int, pipeline: Any = None) -> None:
         self.runtime = runtime
+        # the replica: the lane answers only what handlers.runs_inline would run on the loop, and a call of its that
+        # held the loop INLINE_NS or more tells it (Replica.held_loop). None: every request it can answer (tests)
+        self.pipeline = pipeline
         self.narrowing = narrowing
         self.last_model = json.dumps({"model_name": model["name"], "model_sha": model["sha"]})
         self.prefix = meta_prefix(self.last_model, version)
@@ -237,6 +240,8 @@ class FastLane:
                 known = self._learn(data, head)
             if known is None or known.length != len(data):
                 return None
+            if self.pipeline is not None and not runs_inline(self.pipeline, known.rows):
+                return None  # a slow model, or one not measured yet: the general path runs it in a thread
             return self._answer(known, data, received)
         except Exception:  # a model failing, anything unforeseen: the general path runs it and says what failed
             return None
@@ -264,6 +269,8 @@ class FastLane:
         if any(o.ndim == 0 or len(o) != rows for o in outputs):
             return None  # the model's wrong row count: the general path gives its error
         step_ns = time.perf_counter_ns() - started
+        if step_ns >= INLINE_NS and self.pipeline is not None:  # the loop waited that long: the next run, the thread
+            self.pipeline.held_loop(step_ns)
         shape = tuple((o.dtype.str, o.shape) for o in outputs)
         prefix = self.answers.get(shape, False)
         if prefix is False:

@@ -29,8 +29,8 @@ from shared.table_transport import (
 )
 
 log = logging.getLogger("railyard.engine")
-INLINE_ROWS = 256  # tables up to this many rows run on the event loop when no step awaits a worker (until the
-# replica has learnt its pipeline's time per row: runs_inline)
+INLINE_ROWS = 256  # tables up to this many rows run on the event loop when no step awaits a worker and a run of
+# few rows has been quick (until the replica has learnt its pipeline's time per row: runs_inline)
 INLINE_NS = 1_000_000  # a run expected to take less than this (ns) runs on the event loop, not in a thread
 INLINE_MAX_ROWS = 4096  # a larger table takes the thread whatever the learnt time (batching's default batch_max_rows)
 SHADOW_TIMEOUT = 10.0  # seconds a challenger may take (after that: its columns are left out)
@@ -142,19 +142,24 @@ def rows_changed(step: dict[str, Any] | None, answered: int, requested: int) -> 
 
 def runs_inline(pipeline: Pipeline, rows: int) -> bool:
     """Whether a table of `rows` rows runs through `pipeline.run` on the event loop rather than in a thread. A thread
-    keeps the loop serving while a large model runs, but the hop (the executor's queue, the thread's wake-up, the
-    future handed back to the loop) costs ~190 us of CPU, more than a small model's whole call (ccfraud, 1,000 rows:
-    ~70 us inline). So a table of up to INLINE_MAX_ROWS rows expected to take under INLINE_NS, by the pipeline's
-    CPU time per row (`ns_per_row`: a replica learns it from its runs of one model a step, the largest of the last
-    few, replica.Replica.run), runs inline; until it is known (and always for an A/B split or a shadow
-    deployment, whose arms differ), a table of up to INLINE_ROWS rows does. A pipeline with a sandboxed worker
-    runs in the thread (its answer is awaited on this loop)."""
+    keeps the loop serving (other requests, the deployer's status and liveness probes) while a large or slow model
+    runs, but the hop (the executor's queue, the thread's wake-up, the future handed back to the loop) costs ~190 us
+    of CPU, more than a small model's whole call (ccfraud, 1,000 rows: ~70 us inline). So a run expected to take
+    under INLINE_NS runs inline, by what the replica has measured (replica.Replica.learn, the largest of its last
+    few runs of each kind): `ns_per_call`, a run of fewer than LEARN_ROWS rows (fixed costs: a model's call of one
+    row taking 2 s takes as long for 100), and `ns_per_row`, from runs of more (one model a step only: an A/B
+    split's or a shadow deployment's arms differ). A table of up to INLINE_MAX_ROWS rows runs inline when neither
+    says it is slow: `rows * ns_per_row` under INLINE_NS once that is known, else up to INLINE_ROWS rows. Until a run
+    has been measured (a replica's first request) it runs in the thread: its cost is unknown, and one ~190 us hop
+    costs less than a model of seconds holding the loop. A pipeline with a sandboxed worker runs in the thread (its
+    answer is awaited on this loop)."""
     if pipeline.workers or rows > INLINE_MAX_ROWS:
         return False
+    call = getattr(pipeline, "ns_per_call", None)
     learnt = getattr(pipeline, "ns_per_row", None)
     if learnt is None:
-        return rows <= INLINE_ROWS
-    return rows * learnt < INLINE_NS
+        return call is not None and call < INLINE_NS and rows <= INLINE_ROWS
+    return (call is None or call < INLINE_NS) and rows * learnt < INLINE_NS
 
 
 TOO_LARGE_UNSTORED = ("the answer is too large for the bus and object storage could not take it; try again, or ask "

@@ -62,8 +62,8 @@ log = logging.getLogger("railyard.engine")
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
-LEARN_ROWS = 64  # runs of at least this many rows teach a replica its time per row (smaller ones: fixed costs)
-LEARN_RUNS = 8  # the learnt time per row is the largest of this many last runs
+LEARN_ROWS = 64  # runs of at least this many rows teach a replica its time per row, smaller ones its time per call
+LEARN_RUNS = 8  # the learnt time per row (per call) is the largest of this many last runs of that kind
 
 
 class Step:
@@ -220,6 +220,8 @@ class Replica:
         self.tensors: frozenset[str] = frozenset()  # list columns made fixed-size on arrival (first_step_tensors)
         self.ns_per_row: float | None = None  # the pipeline's learnt run time per row (handlers.runs_inline)
         self.recent_ns_per_row: collections.deque[float] = collections.deque(maxlen=LEARN_RUNS)
+        self.ns_per_call: float | None = None  # ... and a run's of fewer than LEARN_ROWS rows (learn)
+        self.recent_ns_per_call: collections.deque[float] = collections.deque(maxlen=LEARN_RUNS)
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -291,16 +293,37 @@ class Replica:
         rows = table.num_rows
         if current.num_rows != rows:  # a Python step's filter or expansion that no later step undid
             raise handlers.rows_changed(changed_by, current.num_rows, rows)
-        if rows >= LEARN_ROWS and self._one_model_a_step():  # what handlers.runs_inline decides by
-            # this thread's CPU, not the wall clock: in a thread, the run also waits for the loop's turns of the GIL
-            self.recent_ns_per_row.append((time.thread_time_ns() - cpu_started) / rows)
-            self.ns_per_row = max(self.recent_ns_per_row)  # a slow run counts at once, and for LEARN_RUNS runs
+        # this thread's CPU, not the wall clock: in a thread, the run also waits for the loop's turns of the GIL
+        self.learn(rows, time.thread_time_ns() - cpu_started)
         return current, elapsed, last, shadows
+
+    def learn(self, rows: int, ns: int) -> None:
+        """What handlers.runs_inline decides by, from every run of `run` (`rows` rows, `ns` of its thread's CPU). A
+        run of LEARN_ROWS rows or more teaches the time per row (of a pipeline of one model a step), a smaller one
+        the time per call: its fixed costs, which a lone one-row request meets (before 2026-12-06 those taught
+        nothing, and a model of seconds a call ran on the loop at every one-row request, docs/performance.md item
+        103). Each is the largest of the last LEARN_RUNS runs of its kind: a slow run counts at once, and for
+        LEARN_RUNS runs. Any run ends the doubt `held_loop` cast."""
+        if rows >= LEARN_ROWS:
+            if self._one_model_a_step():
+                self.recent_ns_per_row.append(ns / rows)
+                self.ns_per_row = max(self.recent_ns_per_row)
+        else:
+            self.recent_ns_per_call.append(ns)
+        self.ns_per_call = max(self.recent_ns_per_call) if self.recent_ns_per_call else None
+
+    def held_loop(self, ns: int) -> None:
+        """The fast lane's call held the event loop `ns` (its wall clock), INLINE_NS or more: the next run takes the
+        thread, where `run` measures its CPU (learn). A call the host or another process preempted (the wall clock's
+        time, not the model's) so costs one request the thread's hop, and a model that is slow stays in the thread
+        while its calls are. The lane's quick calls teach nothing (it runs only while calls are quick), so it pays
+        no more than the perf_counter pair it reads anyway."""
+        self.ns_per_call = max(self.ns_per_call or 0, ns)
 
     def _one_model_a_step(self) -> bool:
         """Whether every step runs the same one model on every request, so one time per row describes the
         pipeline: an A/B split's arms (or a shadow deployment's champion and challengers) differ, and such a
-        pipeline keeps handlers.INLINE_ROWS' rule."""
+        pipeline keeps handlers.INLINE_ROWS' rule (and the time per call, the largest of its arms' recent ones)."""
         return all(step.kind == "ModelInference" and len(step.runtimes) == 1 for step in self.steps)
 
     def status(self) -> dict[str, Any]:
@@ -447,7 +470,7 @@ class Replica:
             requests.subscription = subscription
             if FastLane.applies(self):
                 requests.lane = FastLane(self.steps[0].runtimes[0], self.narrowing, self.steps[0].model,
-                                         self.spec["deployment"]["pipeline_version"], nc.max_payload)
+                                         self.spec["deployment"]["pipeline_version"], nc.max_payload, self)
         status_subscription = await nc.subscribe(subjects.engine_replica_status(self.name, self.replica_id),
                                                  cb=status)
         publisher = asyncio.create_task(self.batcher.run())

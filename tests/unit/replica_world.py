@@ -23,12 +23,13 @@ from tests.models import ccfraud_onnx
 
 
 @asynccontextmanager
-async def ccfraud_replica(client, nats_url: str, tmp_path: Path, name: str,
-                          engine_config: dict | None = None) -> AsyncIterator[tuple[Replica, asyncio.Task]]:
+async def ccfraud_replica(client, nats_url: str, tmp_path: Path, name: str, engine_config: dict | None = None,
+                          onnx: bytes | None = None) -> AsyncIterator[tuple[Replica, asyncio.Task]]:
     """Replica "r1" of deployment `name` serving (the replica and its `serve` task), the inference logs' stream added
-    through `client` first; stopped (and its last log rows published) at the exit."""
+    through `client` first; stopped (and its last log rows published) at the exit. `onnx`: another model's bytes
+    served in ccfraud's place."""
     model = tmp_path / "model.onnx"
-    model.write_bytes(ccfraud_onnx())
+    model.write_bytes(onnx if onnx is not None else ccfraud_onnx())
     settings = Settings(nats={"url": nats_url}, stack={"data_dir": tmp_path / "data"})
     spec = {"deployment": {"name": name, "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
             "steps": [{"kind": "ModelInference", "models": [{"name": "ccfraud", "model_version": "1", "sha": "abc",

@@ -2,7 +2,9 @@
 when the pipeline's learnt CPU time for that many rows is under INLINE_NS and the table has at most INLINE_MAX_ROWS
 rows (replica.Replica.run learns it from runs of LEARN_ROWS rows or more of a pipeline of one model a step, the
 largest of the last LEARN_RUNS runs), in a thread otherwise; up to INLINE_ROWS rows until a run has taught it and
-always for an A/B split or a shadow deployment; always in the thread with a sandboxed worker."""
+always for an A/B split or a shadow deployment; always in the thread with a sandboxed worker. Runs of fewer rows
+teach the time a call takes (Replica.learn): a slow one sends every run to the thread; and until any run has been
+measured (the replica's first), a run takes the thread."""
 
 from __future__ import annotations
 
@@ -46,10 +48,42 @@ def _table(rows: int) -> pa.Table:
 
 def test_until_a_run_has_taught_it_up_to_inline_rows_run_inline(tmp_path):
     replica = _replica(tmp_path, 0)
-    assert handlers.runs_inline(replica, handlers.INLINE_ROWS)
+    assert not handlers.runs_inline(replica, 1)  # nothing measured yet: the first run takes the thread
+    replica.run(_table(1))  # a quick call
+    assert handlers.runs_inline(replica, 1) and handlers.runs_inline(replica, handlers.INLINE_ROWS)
     assert not handlers.runs_inline(replica, handlers.INLINE_ROWS + 1)
-    replica.run(_table(LEARN_ROWS - 1))  # too few rows to learn from (fixed costs)
+    replica.run(_table(LEARN_ROWS - 1))  # too few rows to learn a time per row from (fixed costs)
     assert replica.ns_per_row is None and not handlers.runs_inline(replica, 1000)
+
+
+def test_a_slow_call_of_few_rows_sends_every_run_to_the_thread(tmp_path):
+    replica = _replica(tmp_path, 100)
+    replica.run(_table(1000))  # quick per row: a 1,000-row table and a 1-row one run inline
+    assert handlers.runs_inline(replica, 1000) and handlers.runs_inline(replica, 1)
+    replica.steps = [Busy(2 * handlers.INLINE_NS)]  # a model of 2 ms a call, one row at a time (2 s: killed as hung)
+    replica.run(_table(1))
+    assert replica.ns_per_call >= handlers.INLINE_NS
+    assert not handlers.runs_inline(replica, 1) and not handlers.runs_inline(replica, 1000)
+    replica.steps = [Busy(100)]
+    for _ in range(LEARN_RUNS - 1):  # quick calls after it: the slow one still counts
+        replica.run(_table(1))
+        assert not handlers.runs_inline(replica, 1)
+    replica.run(_table(1))  # the slow call has left the window
+    assert handlers.runs_inline(replica, 1) and handlers.runs_inline(replica, 1000)
+
+
+def test_a_call_the_fast_lane_found_slow_sends_the_next_to_the_thread_where_it_is_measured(tmp_path):
+    replica = _replica(tmp_path, 100)
+    replica.run(_table(100))
+    assert handlers.runs_inline(replica, 1) and handlers.runs_inline(replica, 100)
+    replica.held_loop(5 * handlers.INLINE_NS)  # a lane's call held the loop 5 ms (its wall clock)
+    assert not handlers.runs_inline(replica, 1) and not handlers.runs_inline(replica, 100)
+    replica.run(_table(100))  # measured quick (it was preempted, say): the next run is inline again
+    assert handlers.runs_inline(replica, 1) and handlers.runs_inline(replica, 100)
+    replica.held_loop(5 * handlers.INLINE_NS)
+    replica.steps = [Busy(2 * handlers.INLINE_NS)]  # measured slow: it stays in the thread
+    replica.run(_table(1))
+    assert not handlers.runs_inline(replica, 1)
 
 
 def test_a_fast_pipeline_runs_large_tables_inline_and_a_slow_one_in_a_thread(tmp_path):
@@ -81,7 +115,11 @@ def test_an_ab_split_or_a_shadow_deployment_keeps_the_rows_rule_and_a_worker_the
         replica = _replica(tmp_path, 100, kind)
         replica.run(_table(1000))
         assert replica.ns_per_row is None and not handlers.runs_inline(replica, 1000)
+        replica.run(_table(1))  # a quick call (the time per call: the largest of the arms' recent ones)
         assert handlers.runs_inline(replica, handlers.INLINE_ROWS)
+        replica.steps = [Busy(2 * handlers.INLINE_NS, kind)]  # an arm of 2 ms a call
+        replica.run(_table(1))
+        assert not handlers.runs_inline(replica, 1)
     replica = _replica(tmp_path, 100)
     replica.run(_table(1000))
     replica.workers = [object()]
