@@ -309,8 +309,9 @@ def stack_env(data_dir: Path) -> dict[str, str]:
     env["RAILYARD_DEPLOYER__LIVENESS_PROBES"] = str(DEPLOYER_LIVENESS_PROBES)
     # the registry's sandboxed checks and conversions: limits small enough that hostile uploads end in seconds
     env["RAILYARD_REGISTRY__WORKER_TIMEOUT"] = "45"  # a normal conversion: 4 s idle, 20 s on a loaded machine
-    # ...but ~1.5 s of CPU however loaded the machine is, so a spinning one is stopped on CPU long before 45 s
-    # (test_conversion_hostile.py)
+    # ...but 2.2-2.9 s of CPU (sklearn, XGBoost; an ONNX check ~0.45 s) however loaded the machine is (session 40, load
+    # 6-11), so a spinning one is stopped on CPU long before 45 s (test_conversion_hostile.py). Not lower: 5 s saved
+    # ~3 s a run, but left a slower host (session 35's spent twice this VM's CPU a request) no margin
     env["RAILYARD_REGISTRY__WORKER_CPU_SECONDS"] = "8"
     env["RAILYARD_REGISTRY__WORKER_MEMORY_MB"] = "1024"
     env["RAILYARD_REGISTRY__WORKER_FILE_SIZE_MB"] = "64"
