@@ -448,8 +448,12 @@ async def _check_models_exist(deps: DeployerDeps, token: str | None, workspace_i
             answers = [answer for answered in await gathered([asyncio.ensure_future(batch(start)) for start in range(
                 0, len(listed), MODELS_LOOKED_UP_AT_ONCE)]) for answer in answered]
         except Unavailable:  # nobody answers registry.models.exist (a registry of the release before), or none runs,
-            # or the bus refuses it to the deployer (a NATS server still on the release before's permissions)
-            answers = await gathered([asyncio.ensure_future(look(ref)) for ref in listed])
+            # or the bus refuses it to the deployer (a NATS server still on the release before's permissions). Or the
+            # registry answered it 503 (its database away), which the bus does not tell apart: the first reference is
+            # asked alone, and a registry that cannot answer ends the create at once, after one look-up rather than
+            # MODEL_LOOKUPS_AT_ONCE (each a request the registry answered 503 again)
+            answers = [await look(listed[0])]
+            answers += await gathered([asyncio.ensure_future(look(ref)) for ref in listed[1:]])
     except (UpstreamTimeout, Unavailable) as exc:
         raise type(exc)(f"pipelines/{verb} of {pipeline!r}: the definition's models could not be looked up "
                         f"({exc.msg}); nothing was created: {verb} it again", code=exc.code) from None
@@ -794,17 +798,28 @@ async def _resolve_all(deps: DeployerDeps, token: str | None, workspace_id: int,
                        refs: list[_Ref]) -> list[dict[str, Any]]:
     """Each of `refs` resolved (_resolve), each distinct one once and MODEL_LOOKUPS_AT_ONCE at once, in their order;
     the error of the first that fails in that order is raised (the look-ups still under way cancelled), as when they
-    were resolved one after another. Before, a deploy (and pipelines/copy with `deploy`) asked the registry one
-    reference at a time, one named twice twice: 1,000 references took 6.1-8.1 s on a 2-core test stack at load ~4,
-    8 at once 4.0-5.6 s (the registry's CPU bounds it; its registry.models.exist of the same 1,000: 0.04-0.06 s)."""
+    were resolved one after another. Once one is answered that the registry cannot answer (503, or none in time: 504)
+    no other is sent: the ones waiting for the gate end unasked (they come after it in the order, so the error raised
+    is the same); before, the look-ups went on being sent, MODEL_LOOKUPS_AT_ONCE at a time, until the first in the
+    order answered, each a request the registry answered 503 again. Before, a deploy (and pipelines/copy with
+    `deploy`) asked the registry one reference at a time, one named twice twice: 1,000 references took 6.1-8.1 s on a
+    2-core test stack at load ~4, 8 at once 4.0-5.6 s (the registry's CPU bounds it; its registry.models.exist of the
+    same 1,000: 0.04-0.06 s)."""
     gate = asyncio.Semaphore(MODEL_LOOKUPS_AT_ONCE)
+    cannot_answer: list[RailyardError] = []  # the registry's first 503 or 504: nothing more is sent
 
     async def one(ref: _Ref) -> dict[str, Any]:
         name, version, sha, model_id = ref
         async with gate:
-            if model_id is None:
-                return await _resolve(deps, token, workspace_id, name, version, sha)
-            return await _resolve(deps, token, workspace_id, name, version, sha, model_id=model_id)
+            if cannot_answer:
+                raise cannot_answer[0]
+            try:
+                if model_id is None:
+                    return await _resolve(deps, token, workspace_id, name, version, sha)
+                return await _resolve(deps, token, workspace_id, name, version, sha, model_id=model_id)
+            except (Unavailable, UpstreamTimeout) as exc:
+                cannot_answer.append(exc)
+                raise
 
     # keyed by their JSON: a version stored before _definition_refs' check may be any JSON value, a list too
     keys = [json.dumps(ref) for ref in refs]

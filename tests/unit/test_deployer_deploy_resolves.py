@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from services.deployer import handlers
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest, NotFound, Unavailable, UpstreamTimeout
 from tests.unit.deployer_world import WORKSPACE, make_world
 
 
@@ -77,3 +77,19 @@ def test_model_ids_and_models_without_steps_are_resolved_together_too(registry):
     assert [m.name for m in steps[0].models] == ["by-id-7", "by-id-8", "by-id-9"]  # an id given twice: one model
     assert sorted(a[3] for a in registry.registry["asked"]) == [7, 8, 9]
     assert registry.registry["most"] == 3  # before: 1
+
+
+@pytest.mark.parametrize("error", [Unavailable("registry's database did not answer (ConnectionRefusedError): it may "
+                                               "be restarting or busy; ask again in a moment"),
+                                   UpstreamTimeout("registry did not answer within 5s")],
+                         ids=lambda exc: type(exc).__name__)
+def test_once_the_registry_cannot_answer_no_other_look_up_is_sent(registry, error):
+    """The first reference in the order is slow; a later one is answered 503 (the registry's database away) or 504:
+    the look-ups waiting for the gate are not sent, and the answer is that error, once the slow one answered. Before,
+    they went on being sent MODEL_LOOKUPS_AT_ONCE at a time until the first answered: all 40 here."""
+    names = [f"m{i}" for i in range(40)]
+    registry.registry["delays"] = {"m0": 0.5}
+    registry.registry["refuse"] = {n: error for n in names[1:]}
+    with pytest.raises(type(error), match=error.msg[:20]):
+        plan(registry, {"steps": [{"ModelInference": {"models": [{"name": n} for n in names]}}]})
+    assert len(registry.registry["asked"]) == handlers.MODEL_LOOKUPS_AT_ONCE  # before: 40

@@ -492,3 +492,19 @@ def test_an_old_registry_whose_first_answer_took_the_bound_says_what_it_is_count
     assert late.value.msg == (f"pipelines/{verb} of {name!r}: the definition's models could not be looked up (not "
                               f"ended within 0.5s of {since}); nothing was created: {verb} it again")
     _nothing_written(world)
+
+
+def test_a_registry_that_answers_503_is_asked_one_reference_more_not_eight(world):
+    """The registry's database away: it answers registry.models.exist 503, which the bus does not tell apart from
+    nobody answering it (a registry of the release before, asked one reference at a time). The first reference is
+    asked alone: its 503 is the create's answer. Before, MODEL_LOOKUPS_AT_ONCE look-ups were sent, each answered 503
+    again."""
+    refs = [{"name": f"m{i}"} for i in range(12)]
+    world.registry.answers = {(r["name"], None, None): Unavailable(
+        "registry's database did not answer (ConnectionRefusedError): it may be restarting or busy; ask again in a "
+        "moment") for r in refs}
+    with pytest.raises(Unavailable, match="could not be looked up \\(registry's database did not answer"):
+        asyncio.run(_create(world, {"steps": [_inference(*refs)]}))
+    assert world.registry.requests == [subjects.REGISTRY_MODELS_EXIST, subjects.REGISTRY_MODELS_RESOLVE]  # before:
+    # the batch, then 8 resolves
+    _nothing_written(world)
