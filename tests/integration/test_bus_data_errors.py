@@ -173,6 +173,21 @@ def make_broker(uri: str) -> NatsBroker:
                 finally:
                     await other.close()
                 await conn.fetchval("SELECT 1")
+            elif cmd.how == "deadlock":  # two transactions each waiting for the other's lock: PostgreSQL's 40P01
+                other = await asyncpg.connect(uri)
+                try:
+                    async with conn.transaction(), other.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock(1)")
+                        await other.execute("SELECT pg_advisory_xact_lock(2)")
+                        ended = await asyncio.gather(conn.execute("SELECT pg_advisory_xact_lock(2)"),
+                                                     other.execute("SELECT pg_advisory_xact_lock(1)"),
+                                                     return_exceptions=True)  # the survivor's lock after the abort
+                        raise next(e for e in ended if isinstance(e, BaseException))
+                finally:
+                    await other.close()
+            elif cmd.how == "statement_timeout":  # a role's or database's statement_timeout: 57014, the same again
+                await conn.execute("SET statement_timeout = 50")
+                await conn.fetchval("SELECT pg_sleep(5)")
             elif cmd.how == "syntax":
                 await conn.execute("SELEC 1")
             else:  # a unique violation
@@ -299,17 +314,23 @@ async def test_a_data_error_of_our_own_sql_is_a_500_internal_and_logged(postgres
     assert await _rows(postgres_uri) == before
 
 
-@pytest.mark.parametrize(("how", "status"), [("terminated", 503), ("syntax", 500), ("unique", 500)])
+@pytest.mark.parametrize(("how", "status"), [("terminated", 503), ("deadlock", 503), ("syntax", 500), ("unique", 500),
+                                             ("statement_timeout", 500)])
 async def test_a_database_that_went_away_is_a_503_and_a_fault_of_our_sql_a_500(postgres_uri, how, status, caplog):
     # the connection ended by the server was a 500 'internal error' (a bug: do not retry); now 503 `unavailable`,
-    # asked again, logged without a traceback (tests/unit/test_bus_database_unavailable.py has each error)
+    # asked again, logged without a traceback (tests/unit/test_bus_database_unavailable.py has each error). A
+    # statement over a role's statement_timeout was that 503 for ever before session 40: the same statement fails
+    # again, a 500 with its traceback
     async with TestNatsBroker(make_broker(postgres_uri)) as br:
         with pytest.raises(RailyardError) as caught:
             await request(br, "test.cut", {"how": how})
     assert caught.value.status == status, caught.value.msg
     if status == 503:
-        # asyncpg says InterfaceError('connection is closed') here, having read the server's 57P01 as the end
-        assert caught.value.code == "unavailable" and caught.value.msg.startswith("test's database did not answer (")
+        # asyncpg says InterfaceError('connection is closed') here, having read the server's 57P01 as the end. A
+        # deadlock was a 500 before session 40: its transaction rolled back whole, asked again it runs anew
+        said = ("test's database rolled the command's transaction back for a concurrent one (DeadlockDetectedError)"
+                if how == "deadlock" else "test's database did not answer (")
+        assert caught.value.code == "unavailable" and caught.value.msg.startswith(said), caught.value.msg
         assert not any(r.exc_info for r in caplog.records)
     else:
         assert caught.value.code == "internal" and caught.value.msg == "internal error"
