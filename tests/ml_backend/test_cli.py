@@ -1,11 +1,16 @@
 """`railyard-ml init` then `railyard-ml start` (and the folder's own `python _wsgi.py`) through the real entry
-points, as separate processes."""
+points, as separate processes. Commands refused before anything is served run one after another in one fresh
+interpreter (run_in_one_interpreter), each with its own exit code and stderr, where the test is not about the process
+boundary (a traceback reaching the top of a process, a start that serves, one process holding the model directory):
+a fresh `railyard-ml` costs ~0.45 s of CPU, most of it typer importing pydantic to coerce the parameters, and this
+file started ~55 of them (session 40). The folders a test only needs made are made by `init` in this process."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +32,65 @@ def user_env() -> dict[str, str]:
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, env=user_env())
+
+
+# `railyard-ml` commands (argv[1], JSON) one after another in this interpreter, as the entry point runs them
+# (railyard_ml.cli.main: typer's standalone mode, which ends in SystemExit), each one's stdout and stderr taken apart;
+# [[exit code, stdout, stderr], ...] written to argv[2]. An exception reaching this loop is printed as a traceback
+# (exit 1), as it would reach the top of a process. What a command changed that the next one would see is put back:
+# the modules of a backend folder under argv[3] (a script imported by start or deploy), sys.path (the folder put
+# first), the environment (MODEL_DIR set by start) and the root logger's handlers (start's basicConfig).
+BATCH = r"""
+import contextlib, io, json, logging, os, sys, traceback
+from pathlib import Path
+from railyard_ml.cli import main
+commands, answers, root = json.loads(sys.argv[1]), Path(sys.argv[2]), str(Path(sys.argv[3]).resolve()) + os.sep
+path, environ, handlers = list(sys.path), dict(os.environ), list(logging.root.handlers)
+done = []
+for args in commands:
+    sys.argv = ["railyard-ml", *args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    done.append([code, out.getvalue(), err.getvalue()])
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(root):
+            del sys.modules[name]
+    sys.path[:] = path
+    os.environ.clear()
+    os.environ.update(environ)
+    logging.root.handlers[:] = handlers
+answers.write_text(json.dumps(done))
+"""
+
+
+def run_in_one_interpreter(root: Path, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """`run`'s answers for commands that serve nothing, run one after another in one fresh interpreter (the
+    backend folders they name under `root`)."""
+    answers = root / f"answers-{len(list(root.glob('answers-*')))}.json"
+    done = subprocess.run([sys.executable, "-c", BATCH, json.dumps(commands), str(answers), str(root)],
+                          capture_output=True, text=True, timeout=300, env=user_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    said = json.loads(answers.read_text())
+    assert len(said) == len(commands), said
+    return [subprocess.CompletedProcess([CLI, *args], code, out, err)
+            for args, (code, out, err) in zip(commands, said, strict=True)]
+
+
+def make_folder(folder: Path, script: str) -> None:
+    """`railyard-ml init folder --script script`, in this process: for a test that needs the folder, not the
+    command (test_init_makes_a_runnable_folder_and_start_serves_it runs the command)."""
+    from railyard_ml.cli import init
+
+    init(folder, script)
+    assert (folder / "railyard-ml.json").is_file()
 
 
 def up(url: str) -> bool:
@@ -88,7 +152,7 @@ def test_a_second_start_on_one_model_directory_is_refused(tmp_path):
     start: the second `start` (or the folder's `_wsgi.py`) ends at once with exit 2, naming the first; the first
     serves on."""
     folder = tmp_path / "keywords"
-    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    make_folder(folder, str(HERE / "ls2_style_backend.py"))
     port = free_port()
     process, url = serve_process([CLI, "start", str(folder), "--port", str(port)], tmp_path / "start.log", port)
     try:
@@ -106,7 +170,7 @@ def test_a_second_start_on_one_model_directory_is_refused(tmp_path):
 
 def test_start_with_basic_auth(tmp_path):
     folder = tmp_path / "majority"
-    assert run("init", str(folder), "--script", f"{HERE / 'ls1_style_backend.py'}:MajorityModel").returncode == 0
+    make_folder(folder, f"{HERE / 'ls1_style_backend.py'}:MajorityModel")
     port = free_port()
     process = subprocess.Popen([CLI, "start", str(folder), "--port", str(port), "--basic-auth-user", "ls",
                                 "--basic-auth-pass", "secret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -138,15 +202,17 @@ def test_init_and_start_refuse_with_a_reason(tmp_path):
         (("start", str(tmp_path)), "not a backend folder"),
         (("start", str(tmp_path), "--basic-auth-user", "u"), "both --basic-auth-user and --basic-auth-pass"),
     ]
-    for args, reason in cases:
-        answer = run(*args)
+    for (args, reason), answer in zip(cases, run_in_one_interpreter(tmp_path, *(args for args, _ in cases)),
+                                  strict=True):
         assert answer.returncode == 2 and reason in answer.stderr, (args, answer.stderr)
     assert not (tmp_path / "x").exists()
 
-    assert run("init", str(tmp_path / "x"), "--script", f"{two}:B").returncode == 0
-    again = run("init", str(tmp_path / "x"), "--script", f"{two}:A")
+    made, again, forced = run_in_one_interpreter(tmp_path, ("init", str(tmp_path / "x"), "--script", f"{two}:B"),
+                                                 ("init", str(tmp_path / "x"), "--script", f"{two}:A"),
+                                                 ("init", str(tmp_path / "x"), "--script", f"{two}:A", "--force"))
+    assert made.returncode == 0, made.stderr
     assert again.returncode == 2 and "exists" in again.stderr
-    assert run("init", str(tmp_path / "x"), "--script", f"{two}:A", "--force").returncode == 0
+    assert forced.returncode == 0, forced.stderr
     assert json.loads((tmp_path / "x" / "railyard-ml.json").read_text())["model_class"] == "A"
 
 
@@ -160,8 +226,10 @@ def test_init_of_a_script_with_no_backend_class_says_what_it_looks_for_and_what_
     other_base = tmp_path / "other_base.py"
     other_base.write_text("class Base:\n    pass\n\nclass Model(Base):\n    def predict(self, tasks):\n"
                           "        return []\n")
-    for script, has in ((plain, "(it defines no class)"), (other_base, "(its classes: Base, Model(Base))")):
-        answer = run("init", str(tmp_path / "x"), "--script", str(script))
+    scripts = ((plain, "(it defines no class)"), (other_base, "(its classes: Base, Model(Base))"))
+    answers = run_in_one_interpreter(tmp_path, *(("init", str(tmp_path / "x"), "--script", str(script))
+                                                 for script, _ in scripts))
+    for (script, has), answer in zip(scripts, answers, strict=True):
         assert answer.returncode == 2, answer.stderr
         said = " ".join(answer.stderr.split())
         assert f"{script} has no class extending LabelStudioMLBase {has}" in said, said
@@ -176,7 +244,7 @@ def test_a_script_that_does_not_import_is_a_users_error_naming_its_line(tmp_path
     its folder failing): `start`, `deploy railyard` and the folder's `_wsgi.py` ended in a (rich) traceback with exit
     1; now exit 2 and one `railyard-ml:` line naming the file, the line and what it raised, as other user errors."""
     folder = tmp_path / "b"
-    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    make_folder(folder, str(HERE / "ls2_style_backend.py"))
     script = folder / "ls2_style_backend.py"
     original = script.read_text()
     end = original.count("\n") + 1  # the line appended
@@ -206,54 +274,60 @@ def test_a_script_that_does_not_import_is_a_users_error_naming_its_line(tmp_path
 def test_a_hand_edited_folder_config_is_named_with_how_to_remake_it(tmp_path):
     """railyard-ml.json broken by hand: start and deploy name the file and the fix (a JSONDecodeError or KeyError
     traceback before, or "module 'ls2_style_backend' has no attribute 'Nope'")."""
-    folder = tmp_path / "b"
-    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
-    config = folder / "railyard-ml.json"
+    made = tmp_path / "b"
+    make_folder(made, str(HERE / "ls2_style_backend.py"))
     cases = [  # (railyard-ml.json, the reason said, whether `init --force` is the fix said)
-        ('{"script": "ls2_style_backend.py"', f"{config} is not JSON (Expecting", True),
-        ('["ls2_style_backend.py"]', f'{config} must name the "script" and its "model_class"', True),
-        ('{"script": "ls2_style_backend.py"}', f'{config} must name the "script" and its "model_class"', True),
-        ('{"script": "gone.py", "model_class": "X"}', f"{config} names the script 'gone.py', which is not in", False),
+        ('{"script": "ls2_style_backend.py"', "{config} is not JSON (Expecting", True),
+        ('["ls2_style_backend.py"]', '{config} must name the "script" and its "model_class"', True),
+        ('{"script": "ls2_style_backend.py"}', '{config} must name the "script" and its "model_class"', True),
+        ('{"script": "gone.py", "model_class": "X"}', "{config} names the script 'gone.py', which is not in", False),
         ('{"script": "ls2_style_backend.py", "model_class": "Nope"}',
-         f"ls2_style_backend.py has no 'Nope' (the model_class {config} names)", True),
+         "ls2_style_backend.py has no 'Nope' (the model_class {config} names)", True),
     ]
-    for text, reason, remade in cases:
+    commands, said = [], []  # each case in a copy of the folder, its commands run one after another
+    for number, (text, reason, remade) in enumerate(cases):
+        folder = shutil.copytree(made, tmp_path / f"b{number}")
+        config = folder / "railyard-ml.json"
         config.write_text(text)
         for args in (("start", str(folder), "--port", str(free_port())), ("deploy", "railyard", str(folder))):
-            answer = run(*args)
-            assert answer.returncode == 2 and reason in answer.stderr, (text, args, answer.stderr[-600:])
-            assert "Traceback" not in answer.stderr and "\u256d" not in answer.stderr  # no (rich) traceback
-            assert (f"railyard-ml init {folder} --script" in answer.stderr) == remade, answer.stderr
+            commands.append(args)
+            said.append((text, folder, reason.format(config=config), remade))
+    for args, (text, folder, reason, remade), answer in zip(commands, said,
+                                                           run_in_one_interpreter(tmp_path, *commands), strict=True):
+        assert answer.returncode == 2 and reason in answer.stderr, (text, args, answer.stderr[-600:])
+        assert "Traceback" not in answer.stderr and "\u256d" not in answer.stderr  # no (rich) traceback
+        assert (f"railyard-ml init {folder} --script" in answer.stderr) == remade, answer.stderr
 
 
 def test_deploy_railyard_refuses_with_a_reason(tmp_path):
     folder = tmp_path / "b"
-    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
-    answer = run("deploy", "railyard", str(folder))  # never set up by Label Studio: no labeling config to ship
-    assert answer.returncode == 2 and "no labeling config" in answer.stderr and "--label-config" in answer.stderr
-    config = tmp_path / "config.xml"
+    make_folder(folder, str(HERE / "ls2_style_backend.py"))
     nobody = f"http://127.0.0.1:{free_port()}"
     sign_in = ("--url", nobody, "--username", "u", "--password", "p", "--client-id", "c", "--client-secret", "s")
     # a config this model cannot use (it reads <Choices> over <Text>): refused before anything is sent, where it
     # deployed and every inference was then refused
-    config.write_text('<View><Image name="image" value="$image"/>'
-                      '<Choices name="colour" toName="image"><Choice value="Red"/></Choices></View>')
-    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
-    assert answer.returncode == 2 and "could not deploy" not in answer.stderr, answer.stderr
-    assert "cannot use this labeling config: no <Choices> over <Text>" in answer.stderr, answer.stderr
-    config.write_text("<View/>")  # none at all: the same
-    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
-    assert answer.returncode == 2 and "no <Choices> over <Text>" in answer.stderr, answer.stderr
-    config.write_text(TEXT_CONFIG)  # its own: checked, then sent (here to nobody)
-    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
-    assert answer.returncode == 2 and "could not deploy to Railyard" in answer.stderr, answer.stderr
+    image, empty, text = tmp_path / "image.xml", tmp_path / "empty.xml", tmp_path / "text.xml"
+    image.write_text('<View><Image name="image" value="$image"/>'
+                     '<Choices name="colour" toName="image"><Choice value="Red"/></Choices></View>')
+    empty.write_text("<View/>")  # none at all: the same
+    text.write_text(TEXT_CONFIG)  # its own: checked, then sent (here to nobody)
     # a model whose construction needs the config (1.x style: reads parsed_label_config in __init__)
     majority = tmp_path / "majority"
-    assert run("init", str(majority), "--script", f"{HERE / 'ls1_style_backend.py'}:MajorityModel").returncode == 0
-    config.write_text("<View/>")
-    answer = run("deploy", "railyard", str(majority), "--label-config", str(config), *sign_in)
-    assert answer.returncode == 2 and "cannot be built with this labeling config (IndexError" in answer.stderr, \
-        answer.stderr
+    make_folder(majority, f"{HERE / 'ls1_style_backend.py'}:MajorityModel")
+    unset, cannot_use, no_choices, sent, unbuilt = run_in_one_interpreter(
+        tmp_path,
+        ("deploy", "railyard", str(folder)),  # never set up by Label Studio: no labeling config to ship
+        ("deploy", "railyard", str(folder), "--label-config", str(image), *sign_in),
+        ("deploy", "railyard", str(folder), "--label-config", str(empty), *sign_in),
+        ("deploy", "railyard", str(folder), "--label-config", str(text), *sign_in),
+        ("deploy", "railyard", str(majority), "--label-config", str(empty), *sign_in))
+    assert unset.returncode == 2 and "no labeling config" in unset.stderr and "--label-config" in unset.stderr
+    assert cannot_use.returncode == 2 and "could not deploy" not in cannot_use.stderr, cannot_use.stderr
+    assert "cannot use this labeling config: no <Choices> over <Text>" in cannot_use.stderr, cannot_use.stderr
+    assert no_choices.returncode == 2 and "no <Choices> over <Text>" in no_choices.stderr, no_choices.stderr
+    assert sent.returncode == 2 and "could not deploy to Railyard" in sent.stderr, sent.stderr
+    assert unbuilt.returncode == 2 and "cannot be built with this labeling config (IndexError" in unbuilt.stderr, \
+        unbuilt.stderr
 
 
 def test_a_port_out_of_range_or_a_broken_config_file_is_refused_with_a_reason(tmp_path):
@@ -262,27 +336,32 @@ def test_a_port_out_of_range_or_a_broken_config_file_is_refused_with_a_reason(tm
     traceback, and `deploy railyard --label-config` of a file that is not XML (or holds a DOCTYPE) ended in an
     InvalidLabelConfig traceback with exit 1. Each now exits 2 at once, naming the problem."""
     folder = tmp_path / "b"
-    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    make_folder(folder, str(HERE / "ls2_style_backend.py"))
     wsgi = [sys.executable, str(folder / "_wsgi.py")]
     for command, extra_env, reason in [
-        ([CLI, "start", str(folder), "--port", "99999"], {}, "65535"),
-        ([CLI, "start", str(folder), "--port", "-1"], {}, "greater than or equal to 0"),
         ([*wsgi, "--port", "99999"], {}, "99999 is not a port number: ports are 1-65535"),
         (wsgi, {"PORT": "abc"}, "PORT='abc': 'abc' is not a port number"),
         (wsgi, {"PORT": "70000"}, "PORT='70000': 70000 is not a port number"),
     ]:
         answer = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**user_env(), **extra_env})
-        said = " ".join(answer.stderr.replace("│", " ").split())  # typer's box wraps its lines
-        assert answer.returncode == 2 and reason in said, (command, answer.stderr)
+        assert answer.returncode == 2 and reason in answer.stderr, (command, answer.stderr)
         assert "Traceback" not in answer.stderr, answer.stderr
     sign_in = ("--url", f"http://127.0.0.1:{free_port()}", "--username", "u", "--password", "p", "--client-id", "c",
                "--client-secret", "s")
-    config = tmp_path / "config.xml"
-    for text, reason in [("<View", "the labeling config is not valid XML"),
-                         ('<!DOCTYPE x [<!ENTITY a "b">]><View/>', "the labeling config may not contain a DOCTYPE")]:
-        config.write_text(text)
-        answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
-        assert answer.returncode == 2 and f"{config}: {reason}" in answer.stderr, answer.stderr
+    (tmp_path / "not-xml.xml").write_text("<View")
+    (tmp_path / "doctype.xml").write_text('<!DOCTYPE x [<!ENTITY a "b">]><View/>')
+    cases = [
+        (("start", str(folder), "--port", "99999"), "65535"),
+        (("start", str(folder), "--port", "-1"), "greater than or equal to 0"),
+        (("deploy", "railyard", str(folder), "--label-config", str(tmp_path / "not-xml.xml"), *sign_in),
+         f"{tmp_path / 'not-xml.xml'}: the labeling config is not valid XML"),
+        (("deploy", "railyard", str(folder), "--label-config", str(tmp_path / "doctype.xml"), *sign_in),
+         f"{tmp_path / 'doctype.xml'}: the labeling config may not contain a DOCTYPE"),
+    ]
+    for (args, reason), answer in zip(cases, run_in_one_interpreter(tmp_path, *(args for args, _ in cases)),
+                                  strict=True):
+        said = " ".join(answer.stderr.replace("│", " ").split())  # typer's box wraps its lines
+        assert answer.returncode == 2 and reason in said, (args, answer.stderr)
         assert "Traceback" not in answer.stderr and "could not deploy" not in answer.stderr, answer.stderr
 
 
@@ -291,28 +370,29 @@ def test_a_label_config_not_in_utf8_is_refused_naming_the_file(tmp_path):
     "'utf-8' codec can't decode byte 0xe9 ..." naming no file (and a folder in a traceback). Now exit 2 naming the
     file and UTF-8; a UTF-8 file with a byte order mark (Windows editors) is read as UTF-8."""
     folder = tmp_path / "b"
-    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    make_folder(folder, str(HERE / "ls2_style_backend.py"))
     sign_in = ("--url", f"http://127.0.0.1:{free_port()}", "--username", "u", "--password", "p", "--client-id", "c",
                "--client-secret", "s")
-    config = tmp_path / "config.xml"
+    config, bom = tmp_path / "config.xml", tmp_path / "bom.xml"
     config.write_bytes(TEXT_CONFIG.replace("<View>", "<View><!-- caf\u00e9 -->").encode("latin-1"))
-    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
-    assert answer.returncode == 2, answer.stderr
-    assert f"{config}: the labeling config must be UTF-8 text (byte " in answer.stderr, answer.stderr
-    assert "Traceback" not in answer.stderr and "could not deploy" not in answer.stderr, answer.stderr
-    answer = run("deploy", "railyard", str(folder), "--label-config", str(tmp_path), *sign_in)
-    assert answer.returncode == 2 and f"{tmp_path}: cannot read the labeling config" in answer.stderr, answer.stderr
-    assert "Traceback" not in answer.stderr, answer.stderr
-    config.write_bytes(b"\xef\xbb\xbf" + TEXT_CONFIG.encode())  # checked, then sent (here to nobody)
-    answer = run("deploy", "railyard", str(folder), "--label-config", str(config), *sign_in)
-    assert answer.returncode == 2 and "could not deploy to Railyard" in answer.stderr, answer.stderr
+    bom.write_bytes(b"\xef\xbb\xbf" + TEXT_CONFIG.encode())  # checked, then sent (here to nobody)
+    latin1, folder_given, sent = run_in_one_interpreter(
+        tmp_path, *(("deploy", "railyard", str(folder), "--label-config", str(path), *sign_in)
+                    for path in (config, tmp_path, bom)))
+    assert latin1.returncode == 2, latin1.stderr
+    assert f"{config}: the labeling config must be UTF-8 text (byte " in latin1.stderr, latin1.stderr
+    assert "Traceback" not in latin1.stderr and "could not deploy" not in latin1.stderr, latin1.stderr
+    assert folder_given.returncode == 2, folder_given.stderr
+    assert f"{tmp_path}: cannot read the labeling config" in folder_given.stderr, folder_given.stderr
+    assert "Traceback" not in folder_given.stderr, folder_given.stderr
+    assert sent.returncode == 2 and "could not deploy to Railyard" in sent.stderr, sent.stderr
 
 
 def test_port_0_serves_on_a_free_port_its_line_names(tmp_path):
     """review of ddeda4bc (session 28): `--port 0` (any free port: uvicorn's line names the one it got, as it did
     before) was refused with the ports past 65535."""
     folder = tmp_path / "b"
-    assert run("init", str(folder), "--script", str(HERE / "ls2_style_backend.py")).returncode == 0
+    make_folder(folder, str(HERE / "ls2_style_backend.py"))
     for command in ([CLI, "start", str(folder), "--port", "0"], [sys.executable, str(folder / "_wsgi.py")]):
         log = tmp_path / "serve.log"
         process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
