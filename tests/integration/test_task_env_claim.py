@@ -16,6 +16,7 @@ import logging
 import uuid
 from pathlib import Path
 
+import asyncpg
 import psutil
 import pytest
 
@@ -186,7 +187,7 @@ async def test_an_install_end_is_recorded_once_and_by_its_claimant_only(database
 @pytest.mark.parametrize("then_claimed", [False, True], ids=["set-to-install-again", "and-claimed-by-another"])
 async def test_a_retried_end_an_earlier_attempt_recorded_is_not_said_dropped(
         database, tmp_path, monkeypatch, caplog, then_claimed):
-    """An install's end recorded by an attempt whose answer was lost (ConnectionResetError after its commit), the
+    """An install's end recorded by an attempt whose answer was lost (the connection lost after its commit), the
     failed environment then set to be installed again by an upload (handlers.upload_orchestration: installing,
     nobody's heartbeat, its worker kept) and maybe claimed by another scheduler before the retry: the retry writes
     nothing, and its WARNING says what happened. Before, it said the end was dropped after another scheduler claimed
@@ -206,7 +207,7 @@ async def test_a_retried_end_an_earlier_attempt_recorded_is_not_said_dropped(
                                "WHERE requirements_sha = $1 AND status = 'failed'", sha)
             if then_claimed:
                 assert (await store.claim_env(pool, "other", 60))["requirements_sha"] == SHA
-            raise ConnectionResetError(104, "Connection reset by peer")
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")  # lost
         return attempts[-1]
 
     monkeypatch.setattr(packaging, "install_env", install_env)

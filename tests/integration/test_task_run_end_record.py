@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 
+import asyncpg
 import pytest
 
 from services.task_scheduler import runner, scheduler, store
@@ -25,6 +26,7 @@ from shared.settings import TaskSettings
 from tests.integration.conftest import service_schema
 from tests.integration.pg_proxy import through_a_proxy
 from tests.integration.task_scheduler_setup import MIGRATIONS, a_supervised_run, scheduler_on
+from tests.unit.test_bus_database_unavailable import asyncpg_outage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -60,8 +62,8 @@ async def status(pool, run_id: uuid.UUID) -> tuple[str, str | None]:
 
 async def test_a_run_end_the_database_refused_at_first_is_recorded_by_a_retry(pool, tmp_path, monkeypatch):
     finish_run = store.finish_run
-    refusals = [ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 15432)"),
-                ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 15432)")]
+    refused = await asyncpg_outage("refused")  # asyncpg's own (shared/data_errors.py; runner.transient)
+    refusals = [refused, refused]
     calls = []
 
     async def refusing(*args):
@@ -125,7 +127,7 @@ async def test_an_end_whose_answer_was_lost_has_its_event_sent_now(pool, tmp_pat
         recorded = await finish_run(*args)
         answers.append(recorded)
         if len(answers) == 1:
-            raise ConnectionResetError(104, "Connection reset by peer")
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")  # lost
         return recorded
 
     monkeypatch.setattr(store, "finish_run", answer_lost)

@@ -28,6 +28,7 @@ from tests.integration.conftest import service_schema
 from tests.integration.pg_proxy import through_a_proxy
 from tests.integration.task_scheduler_setup import MIGRATIONS, sandbox_settings_in
 from tests.integration.task_scheduler_setup import a_supervised_run as a_run
+from tests.unit.test_bus_database_unavailable import asyncpg_outage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -78,7 +79,8 @@ def lost() -> Exception:
 
 async def test_a_flush_failing_twice_then_succeeding_stores_every_line_once_in_order(pool):
     run_id = await a_run(pool)
-    sink = Sink(pool, run_id, before=[lost(), ConnectionResetError("reset by peer")])
+    # an OSError counts when asyncpg raised it (shared/data_errors.py; runner.transient): a refused connection's
+    sink = Sink(pool, run_id, before=[lost(), await asyncpg_outage("refused")])
     writer = runner.LogWriter(sink=sink, max_bytes=100_000)
     for text in ("one", "two", "three"):
         writer.add("stdout", False, text)
@@ -92,7 +94,7 @@ async def test_a_flush_failing_twice_then_succeeding_stores_every_line_once_in_o
 
 async def test_a_retry_of_a_batch_committed_but_unanswered_stores_no_line_twice(pool):
     run_id = await a_run(pool)
-    sink = Sink(pool, run_id, after=[ConnectionResetError("the answer lost")])
+    sink = Sink(pool, run_id, after=[lost()])  # the answer lost with the connection
     writer = runner.LogWriter(sink=sink, max_bytes=100_000)
     writer.add("stdout", False, "one")
     writer.add("stdout", False, "two")
