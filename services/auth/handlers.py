@@ -121,8 +121,18 @@ CODE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
 _hasher = PasswordHasher()
-# verified against when a login names no user, so unknown and known users take the same time
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+# verified against when a login names no user, so unknown and known users take the same time. Made with the
+# configured cost at the service's start (configure_password_hashing), or at the first such login of a process that
+# did not configure it; not at import, where a hash of the default cost (64 MiB, ~0.3 s of CPU) was made and thrown
+# away at every start of the service
+_DUMMY_HASH: str | None = None
+
+
+def _dummy_hash() -> str:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+    return _DUMMY_HASH
 
 
 def configure_password_hashing(settings: AuthSettings) -> None:
@@ -461,7 +471,7 @@ async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     source = cmd.source or "bus"
     user = await store.user_by_login(deps.pool, cmd.username)
     if user is None:
-        await secret_matches(_DUMMY_HASH, cmd.password, _priority(source))
+        await secret_matches(_dummy_hash(), cmd.password, _priority(source))
         _source_failures.failed(source)
         raise Unauthorized("invalid user credentials", code="invalid_grant")
     async with _one_attempt_at_a_time(deps.pool, user["id"], source):
