@@ -99,6 +99,13 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
 ]
 
 
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, for a message: "a string", "a number", "true"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "a string" if isinstance(value, str) else "a number" if isinstance(value, (int, float)) else "null"
+
+
 def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token) -> None:
     """The byte-carrying lineage routes."""
     timeout = runtime.settings.nats.request_timeout
@@ -193,11 +200,25 @@ def add_lineage_routes(app: FastAPI, runtime: Runtime, user_caller, bearer_token
             try:
                 labels = json_body.loads(fields["labels"], "labels")
             except ValueError:
-                raise InvalidRequest("labels must be JSON") from None
+                raise InvalidRequest("labels must be JSON: an object or an array (e.g. {\"boxes\": [{\"bbox\": [x, y,"
+                                     " w, h], \"category\": ...}]}, what a detection benchmark reads)") from None
+            if labels is not None and not isinstance(labels, (dict, list)):
+                # a file's labels are free JSON, but an object or an array (lin.AddDatasetFile): a bare 5 or "cat"
+                # was refused by the command's union ("labels.dict[str,any]: Input should be a valid dictionary;
+                # labels.list[any]: ..."), and only after the file was staged
+                raise InvalidRequest(f"labels must be a JSON object or array (e.g. {{\"boxes\": [...]}}), not"
+                                     f" {_json_kind(labels)}")
+
+        def command(key: str) -> lin.AddDatasetFile:
+            return lin.AddDatasetFile(dataset_id=fields.get("dataset_id"),
+                                      name=fields.get("name") or upload.filename or "", staged_key=key, labels=labels)
+
+        try:  # checked before anything is staged: a wrong dataset_id or name leaves nothing behind, and costs no upload
+            command("staging/")
+        except ValidationError as exc:
+            raise InvalidRequest(validation_message(exc.errors())) from None
         key = await stage(principal, upload.file, upload.size if upload.size is not None else -1)
-        return await forward_staged(request, subjects.LINEAGE_DATASETS_ADD_FILE, lambda k: lin.AddDatasetFile(
-            dataset_id=fields.get("dataset_id"), name=fields.get("name") or upload.filename or "",
-            staged_key=k, labels=labels), key)
+        return await forward_staged(request, subjects.LINEAGE_DATASETS_ADD_FILE, command, key)
 
     @app.post("/v1/api/datasets/download_file", tags=["datasets"],
               openapi_extra=request_schema(lin.DatasetFileQuery))
