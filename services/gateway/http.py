@@ -399,7 +399,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         if raw is None and (form.get("name") or form.get("workspace_id")):
             # seed 001's stream-upload example posts upload_stream's form fields to this URL (lines 871-888: its
             # `apiRequest` is this route's URL from an earlier cell) and shows the model inserted
-            return await _stage_and_register(request, principal, form, _stream_metadata(form))
+            return await _stage_and_register(request, principal, form, _stream_metadata(form), numbers=False)
         if raw is None:
             raise InvalidRequest("the multipart body needs a 'metadata' part with the model's JSON metadata (or "
                                  "the form fields name and workspace_id, as models/upload_stream takes them)")
@@ -416,7 +416,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         """Stream a (large) ONNX model: multipart form fields name, filename, visibility, workspace_id and a
         `file` part; the file goes to object storage as it arrives (spooled to disk, never held in memory)."""
         form = await request.form(max_files=1, max_fields=10)
-        return await _stage_and_register(request, principal, form, _stream_metadata(form))
+        return await _stage_and_register(request, principal, form, _stream_metadata(form), numbers=False)
 
     def _stream_metadata(form: Any) -> dict[str, Any]:
         metadata = {key: form.get(key) for key in ("name", "visibility", "workspace_id") if form.get(key)}
@@ -448,8 +448,10 @@ def create_app(runtime: Runtime) -> FastAPI:
                                  headers={"X-Railyard-Model-Version": resolved.model_version,
                                           "X-Railyard-Framework": resolved.framework})
 
-    async def _stage_and_register(request: Request, principal: Principal, form: Any,
-                                  metadata: dict[str, Any]) -> Any:
+    async def _stage_and_register(request: Request, principal: Principal, form: Any, metadata: dict[str, Any], *,
+                                  numbers: bool = True) -> Any:
+        """`numbers=False`: `metadata` is form fields (text: seed 001's upload_stream example posts `workspace_id`
+        so), whose numbers are read from their text; a JSON `metadata` part's must be JSON numbers."""
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidRequest("the multipart body needs a 'file' part with the model file")
@@ -460,7 +462,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         body = {"file_name": upload.filename or str(metadata.get("name", "model")), **metadata, "staged_key": staged}
         try:
             command = reg.UploadModel.model_validate(body)
-            json_body.refuse_lax_scalars(metadata, command, "metadata")
+            json_body.refuse_lax_scalars(metadata, command, "metadata", numbers=numbers)
         except (ValidationError, InvalidRequest) as exc:
             await objects.delete(BUCKET_ARTIFACTS, staged)
             if isinstance(exc, InvalidRequest):
