@@ -623,9 +623,9 @@ class Scheduler:
                 if settings.max_runs_per_process - len(self.runs) <= 0 or self._stop.is_set():
                     return busy  # full, or stopping: a stop starts nothing (_supervised)
                 # not a run this process still has a task for: one queued again by its put-back whose answer was
-                # lost, which that task is still retrying (_put_back_unchecked; store.start_queued's `held`)
+                # lost, which that task is still retrying (_put_back_unchecked; store.start_queued's `supervised`)
                 started = await store.start_queued(conn, workspace_id, settings.max_concurrent_runs_per_workspace,
-                                                   1, self.identity, held=list(self.runs))
+                                                   1, self.identity, supervised=list(self.runs))
                 if started is None:
                     busy = True
                     continue
@@ -957,10 +957,10 @@ class Scheduler:
         The stop's kill set meanwhile (its attempts under way or retried): from the next attempt on, the put-back is the
         stop's, not counted (no cap, its event PUT_BACK), as _requeued's is; an attempt under way when it came that
         finds the run at the cap is followed by the stop's. Before, it was counted, and a run at the cap failed though
-        the stop would have put it back. While it retries, this process claims the run no more
-        (start_queued's `held`): an attempt whose commit landed and whose answer was lost left it queued, and a pass
-        claimed it again, its next attempt put that claim back (counted again) and its end removed the new claim's
-        supervisor from `runs` and `kills` (review of 82fa1e41)."""
+        the stop would have put it back. While it retries, this process claims the run no more (start_queued's
+        `supervised`): an attempt whose commit landed and whose answer was lost left it queued, and a pass claimed it
+        again, its next attempt put that claim back (counted again) and its end removed the new claim's supervisor
+        from `runs` and `kills` (review of 82fa1e41)."""
         self.ending.add(run_id)
 
         def put_back() -> Awaitable[bool | str | None]:

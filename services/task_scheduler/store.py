@@ -334,10 +334,10 @@ async def workspaces_waiting(conn: asyncpg.Connection, limit: int | None = None)
 
 
 async def start_queued(conn: asyncpg.Connection, workspace_id: int, limit: int, room: int,
-                       supervisor: str, *, held: list[uuid.UUID] | None = None) -> list[asyncpg.Record] | None:
+                       supervisor: str, *, supervised: list[uuid.UUID] | None = None) -> list[asyncpg.Record] | None:
     """Start the oldest queued runs of a workspace that fit under its limit (and under this process's room);
     one process at a time per workspace (advisory lock), so the limit holds across processes. None when another
-    process holds the workspace's lock now. Not those `held`: runs the caller still has a task for (scheduler.
+    process holds the workspace's lock now. Not those `supervised`: runs the caller still has a task for (scheduler.
     Scheduler.runs), queued again by a put-back of that task whose answer was lost while the task retries it; claimed
     again, that task's retry put back the new claim and its end removed the new claim's supervisor (session 39,
     review of 82fa1e41). They are started once that task has ended, here or by another process."""
@@ -354,7 +354,7 @@ async def start_queued(conn: asyncpg.Connection, workspace_id: int, limit: int, 
             "UPDATE runs SET status = 'running', supervisor = $3, heartbeat_at = now(), started_at = now(), "
             "updated_at = now() WHERE id IN (SELECT id FROM runs WHERE workspace_id = $1 AND status = 'queued' "
             "AND NOT (id = ANY($4::uuid[])) ORDER BY created_at, id LIMIT $2 FOR UPDATE) RETURNING *", workspace_id,
-            free, supervisor, held or [])
+            free, supervisor, supervised or [])
         for run in started:
             await add_run_event(conn, run, "running", None, None)
         return started

@@ -412,16 +412,16 @@ async def put_back_over_max_queued(pool: asyncpg.Pool, orch_id: uuid.UUID, sched
             reasons = Counter(json.loads(e["payload"])["reason"] for e in await conn.fetch(
                 "SELECT payload FROM outbox WHERE payload->>'run_id' = $1", str(put_back)))
             assert reasons == {store.PUT_BACK: 1, store.UNCHECKED_PUT_BACK: 1}, reasons
-            # a run the claimer still has a task for (`held`: that task's put-back, its answer lost, is being retried)
+            # a run the claimer still has a task for (`supervised`: that task's put-back, its answer lost, is retried)
             # is not claimed again by it (Scheduler.start_queued); the others are
             [queued] = [r["id"] for r in await store.runs_of(conn, task, "queued", None)]
-            assert await store.start_queued(conn, 18, 100, 100, "other", held=[queued]) == []
+            assert await store.start_queued(conn, 18, 100, 100, "other", supervised=[queued]) == []
             assert [r["id"] for r in await store.start_queued(conn, 18, 100, 100, "other")] == [queued]
             # with another run queued beside it (put_back, by a stop's put-back: not counted, so not held by its cap),
-            # the held one alone is left out: the other is claimed
+            # the supervised one alone is left out: the other is claimed
             assert await store.requeue_unstarted(conn, put_back, "other") is False
             await conn.execute("UPDATE runs SET status = 'queued', supervisor = NULL WHERE id = $1", queued)
-            assert [r["id"] for r in await store.start_queued(conn, 18, 100, 100, "other", held=[queued])] == [
+            assert [r["id"] for r in await store.start_queued(conn, 18, 100, 100, "other", supervised=[queued])] == [
                 put_back]
             # a kill asked answers before the cap: the kill's reason, nothing written, no RequeueCapped
             await conn.execute("UPDATE runs SET kill_requested = true, kill_reason = 'replaced' WHERE id = $1",

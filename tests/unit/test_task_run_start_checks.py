@@ -328,8 +328,8 @@ async def test_a_put_back_whose_answer_was_lost_is_not_claimed_again_by_its_proc
     timed out) left the run queued while its task retried it. Before (review of 82fa1e41), this process's next pass
     claimed it again: the old task's retry put the new claim back (counted a second time) and its end removed the new
     claim's task from `runs` and `kills` (unbeaten, unstopped). Now a process claims no run it still has a task for
-    (store.start_queued's `held`): the retry finds the run queued (no longer this process's), and the run is started
-    by the pass after that task ended, once."""
+    (store.start_queued's `supervised`): the retry finds the run queued (no longer this process's), and the run is
+    started by the pass after that task ended, once."""
     sched, seen = a_scheduler(tmp_path, monkeypatch)
     started_at_once(seen, monkeypatch)
     quick_backoff(monkeypatch)
@@ -365,8 +365,8 @@ async def test_a_put_back_whose_answer_was_lost_is_not_claimed_again_by_its_proc
     async def workspaces_waiting(conn, limit=None):
         return [1] if row["status"] == "queued" else []
 
-    async def start_queued(conn, workspace_id, limit, room, supervisor, *, held=None):  # as its SQL
-        if row["status"] != "queued" or run_id in (held or []):
+    async def start_queued(conn, workspace_id, limit, room, supervisor, *, supervised=None):  # as its SQL
+        if row["status"] != "queued" or run_id in (supervised or []):
             return []
         row.update(status="running", supervisor=supervisor)
         claims.append(run_id)

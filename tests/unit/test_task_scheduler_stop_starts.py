@@ -124,7 +124,7 @@ def fake_claims(seen: dict, answer: asyncio.Event, monkeypatch) -> asyncio.Event
     async def workspaces_waiting(conn, limit=None):
         return [1]
 
-    async def start_queued(conn, workspace_id, limit, room, supervisor, *, held=None):
+    async def start_queued(conn, workspace_id, limit, room, supervisor, *, supervised=None):
         return await answered("start")
 
     async def own_unsupervised(conn, supervisor, known):
