@@ -141,7 +141,7 @@ def _converted(stack, account: Account, name: str, content: bytes, framework: st
         if version["status"] != "converting":
             break
         assert time.monotonic() < deadline, f"conversion still running after {timeout}s"
-        time.sleep(0.3)
+        time.sleep(0.1)
     texts.append(api(stack, account, "models/get_by_id", {"id": model_id}).text)
     return version, "\n".join(texts)
 
