@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import sealed, subjects
 from shared.bus_workers import default_command_workers
-from shared.data_errors import database_call_site, database_unavailable, refused_request_value
+from shared.data_errors import database_503_said, database_call_site, database_unavailable, refused_request_value
 from shared.errors import (
     ErrorBody,
     InvalidRequest,
@@ -240,8 +240,9 @@ async def run_command(
         if unavailable is not None:
             # PostgreSQL restarting, failing over, out of connections: 503 `unavailable`, which clients ask again
             # (the gateway's Retry-After), not the 500 of a bug; logged without its traceback, once per command, with
-            # the line that asked the database (a slow query's timeout is answered so too)
-            log.warning("%s: 503, the database did not answer: %r%s", ctx.subject, exc, database_call_site(exc))
+            # the line that asked the database (a slow query's timeout is answered so too). A deadlock or serialization
+            # failure is such a 503 too (the transaction rolled back whole), logged as that, not as no answer
+            log.warning("%s: 503, %s: %r%s", ctx.subject, database_503_said(exc), exc, database_call_site(exc))
             return reply_error(unavailable)
         log.exception("unhandled error in %s", ctx.subject)
         return reply_error(RailyardError("internal error"))

@@ -237,6 +237,16 @@ def database_retryable(exc: BaseException) -> bool:
     return is_database_unavailable(exc) or is_transaction_conflict(exc)
 
 
+def database_503_said(exc: BaseException) -> str:
+    """What the WARNING logged for database_unavailable's 503 says happened (shared.bus.run_command's and the log
+    store's raw replies'): the database did not answer, or, for a deadlock or a serialization failure
+    (is_transaction_conflict), that it rolled the command's transaction back for a concurrent one: it answered, and
+    'did not answer' (the only wording before, session 40) sent an operator looking for an outage that was not."""
+    if is_transaction_conflict(exc):
+        return "the database rolled the command's transaction back for a concurrent one"
+    return "the database did not answer"
+
+
 def database_unavailable(exc: BaseException, subject: str) -> Unavailable | None:
     """The 503 to answer when `exc` says the database could not answer now, whatever was asked
     (is_database_unavailable: the connection refused, lost or timed out, the server shutting down, starting up or

@@ -31,7 +31,7 @@ from shared.bus import (
     reply_too_large,
 )
 from shared.bus_workers import ConcurrentCallback, drain_raw
-from shared.data_errors import database_call_site, database_unavailable
+from shared.data_errors import database_503_said, database_call_site, database_unavailable
 from shared.errors import InvalidRequest, RailyardError, validation_message
 from shared.lean_imports import lazy_module
 from shared.messages.logs import (
@@ -142,7 +142,7 @@ def _raw_responder(nc: Any, work: Callable[[Any, str | None], Awaitable[tuple[by
             # the log store's database restarting or failing over: the 503 every command answers (bus.run_command)
             unavailable = database_unavailable(exc, msg.subject)
             if unavailable is not None:
-                log.warning("%s: 503, the database did not answer: %r%s", msg.subject, exc, database_call_site(exc))
+                log.warning("%s: 503, %s: %r%s", msg.subject, database_503_said(exc), exc, database_call_site(exc))
             else:
                 log.exception("%s failed", msg.subject)
             body, out = b"", error_headers(unavailable or RailyardError("internal error"))

@@ -161,6 +161,7 @@ async def test_a_database_that_cannot_answer_is_a_typed_503_asked_again(fails, c
     assert "127.0.0.1" not in msg and "SELECT" not in msg and "INSERT" not in msg  # no host, no SQL
     assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info
     logged = caplog.records[0].getMessage()
+    assert logged.startswith(f"{SUBJECT}: 503, the database did not answer: "), logged
     if fails.__qualname__.startswith("raising."):  # raised by the test itself: no line of ours asked asyncpg
         assert " (asked at " not in logged, logged
     else:  # the line that asked asyncpg, in place of the traceback (before: the error's repr alone, "TimeoutError()"
@@ -274,6 +275,10 @@ async def test_a_transaction_rolled_back_for_a_concurrent_one_is_a_503_ask_again
                                f"({type(exc).__name__}): nothing of that transaction was kept; ask again")
     assert scheduler.passing(error_from_body(reply.error, reply.status))
     assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info
+    # the WARNING says what happened: the database answered (before: "503, the database did not answer", an outage
+    # to look for that was not one)
+    assert caplog.records[0].getMessage() == (f"{SUBJECT}: 503, the database rolled the command's transaction back "
+                                              f"for a concurrent one: {exc!r}"), caplog.records[0].getMessage()
 
 
 async def caught(fails: Callable[[], Awaitable[object]]) -> BaseException:
@@ -319,7 +324,9 @@ class Connection:
         self.published.append((subject, body, headers))
 
 
-@pytest.mark.parametrize(("fails", "status"), [(refused_connection, 503), (raising(KeyError("pipeline")), 500)])
+@pytest.mark.parametrize(("fails", "status"), [
+    (refused_connection, 503), (raising(KeyError("pipeline")), 500),
+    (raising(asyncpg.exceptions.DeadlockDetectedError("deadlock detected")), 503)], ids=["refused", "ours", "deadlock"])
 async def test_the_log_stores_raw_replies_answer_the_same(fails, status, caplog):
     """The log store's raw Arrow replies (pipelines/get_logs, log fields: services/log_store/app.py _raw_responder)
     are not run_command's: a query its database could not answer was a 500 there too."""
@@ -337,10 +344,19 @@ async def test_the_log_stores_raw_replies_answer_the_same(fails, status, caplog)
     ((subject, body, headers),) = nc.published
     error = orjson.loads(headers[ERROR_HEADER])
     assert (subject, body, error["status"]) == ("_INBOX.caller.1", b"", status), error  # before: 500 for both
-    if status == 503:
+    if status == 503 and fails is not refused_connection:  # a deadlock: the transaction rolled back, ask again
+        assert error["code"] == "unavailable" and error["msg"].startswith(
+            "log_store's database rolled the command's transaction back for a concurrent one ("), error
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            "log_store.logs.query: 503, the database rolled the command's transaction back for a concurrent one: "
+            "DeadlockDetectedError('deadlock detected')"]  # before: "503, the database did not answer"
+        assert not any(r.exc_info for r in caplog.records)
+    elif status == 503:
         assert error["code"] == "unavailable" and error["msg"].startswith("log_store's database did not answer (")
         assert not any(r.exc_info for r in caplog.records)
         assert any(r.getMessage().endswith(" in refused_connection)") for r in caplog.records)  # the line that asked
+        assert any(r.getMessage().startswith("log_store.logs.query: 503, the database did not answer: ")
+                   for r in caplog.records)
     else:
         assert (error["code"], error["msg"]) == ("internal", "internal error")
         assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
