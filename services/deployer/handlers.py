@@ -2201,6 +2201,16 @@ async def _restart(deps: DeployerDeps, pipeline_id: int, deployment_id: int, gat
         except _RowUnread as exc:
             log.warning("deployment %s: not restored yet, its row was not read (attempt %d of %d): %r",
                         deployment_id, attempt, len(RESTORE_READ_DELAYS), exc.__cause__)
+        except Exception as exc:
+            # what no try gets past: the row's read raised what is not the database failing (database_failed: a
+            # role's statement_timeout, a protocol violation, a bug), or the replicas' start raised otherwise than
+            # failing to start (_restart_once marked that one). Nothing runs for it: its status says so, as when no
+            # try read the row, not "Starting" with nothing left to start it (session 40: those read errors were
+            # _RowUnread, retried and then marked, until database_failed narrowed the deployer's tuple)
+            if name is not None:
+                deps.failed_restores.setdefault(name, f"the deployer's restore of it raised {type(exc).__name__} "
+                                                      "(see the deployer's log)")
+            raise
     if name is not None:  # a deploy under this name meanwhile runs its set (_restore_failure) and forgets this
         deps.failed_restores.setdefault(name, "the database did not give its row while the deployer restored it")
     raise Unavailable(f"deployment {deployment_id}: its row was never read; it is restored at the next start, or by "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from services.deployer import handlers
@@ -104,6 +105,44 @@ def test_a_restore_that_never_read_its_row_says_so_once_the_database_answers(wor
         assert refused_route.value.code == handlers.DEPLOYMENT_FAILED
         # a redeploy mends it
         world.backend.hold = False
+        await _deploy(world, "a")
+        assert list(world.backend.sets) == ["a-5"] and world.deps.failed_restores == {}
+
+    asyncio.run(scenario(world))
+
+
+@pytest.mark.parametrize("error", [
+    asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),  # a role's setting
+    KeyError("deploy_id"),  # a bug of ours
+], ids=lambda exc: type(exc).__name__)
+def test_a_restore_whose_row_read_raises_what_no_retry_gets_past_says_so(world, error):  # noqa: F811
+    """The restore's read of its row raises what is not the database failing (handlers.database_failed: asked
+    again, the same): not retried, and the deployment's status is Error saying its restore failed and to redeploy
+    it (inference: 503 deployment_failed), not "Starting" with nothing left to start it. Before, since 359ab981
+    narrowed the deployer's tuple, nothing marked it (a 57014 had been _RowUnread: retried, then marked)."""
+
+    async def scenario(world) -> None:
+        await _deployed_as(world, "a")
+        world.backend.sets.clear(), world.backend.started.clear()  # the deployer restarted
+        row_of = world.store.deployment
+        tries: list[int] = []
+
+        async def failing(pool, deployment_id):
+            tries.append(deployment_id)
+            raise error
+
+        world.store.deployment = failing
+        restore = await handlers.restore_deployments(world.deps)
+        await restore._task  # raised at once (logged)
+        assert tries == [5] and world.backend.started == []
+        world.store.deployment = row_of
+        status = await handlers.deployment_status(world.deps, ALICE, "t", "a-5")
+        assert status.status == "Error", status  # before: Starting
+        assert "failed to restore" in status.details[0] and type(error).__name__ in status.details[0], status.details
+        with pytest.raises(Unavailable) as refused_route:
+            await handlers.resolve_deployment(world.deps, ALICE, "t", "a-5")
+        assert refused_route.value.code == handlers.DEPLOYMENT_FAILED
+        world.backend.hold = False  # a redeploy mends it
         await _deploy(world, "a")
         assert list(world.backend.sets) == ["a-5"] and world.deps.failed_restores == {}
 
