@@ -196,7 +196,9 @@ async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, a
         listed = (await asyncio.to_thread(post, stack, "assays/list", alice.token,
                                           {"pipeline_id": pipeline["pipeline_pk_id"]})).json()[0]
         assert listed["active"] is False  # past run_until: neither runner has anything more to do
-        await asyncio.sleep(3)  # two ticks of each runner and an outbox round: a second pass's reads or alerts show
+        # a second pass's reads or alerts show by now: six ticks of each runner (the test stack's 0.25 s; the 3 s
+        # here were three of the 1-s default before 9fb191de) and the outbox's send, woken by the result's commit
+        await asyncio.sleep(1.5)
         results = await asyncio.to_thread(results_of, stack, alice, assay_id)
         assert len(results) == windows and len({r["window_start"] for r in results}) == windows
         assert all(r["status"] == "Alert" for r in results)
