@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import re
 import uuid
 from unittest.mock import ANY
@@ -318,7 +319,8 @@ async def test_a_run_put_back_for_its_claim_check_too_often_fails_saying_why(tmp
         (killed, "failure", replaced)]
     said = seen["ended"][0][2]
     assert re.fullmatch(rf"the run could not be started: {re.escape(scheduler_module.UNCHECKED)}: "
-                        r"ConnectionRefusedError: \[Errno 111\] Connect call failed \('127\.0\.0\.1', \d+\); "
+                        rf"ConnectionRefusedError: \[Errno {errno.ECONNREFUSED}\] Connect call failed "  # 111 on Linux
+                        r"\('127\.0\.0\.1', \d+\); "
                         r"put back in the queue 3 times already for its claim check, so not again", said), said
 
 
