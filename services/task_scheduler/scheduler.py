@@ -56,6 +56,7 @@ from services.task_scheduler import packaging, runner, store
 from services.task_scheduler.fetch_orchestration import download_verified
 from services.task_scheduler.handlers import Deps, check_schedule
 from shared import db
+from shared.data_errors import is_database_unavailable
 from shared.errors import RailyardError
 from shared.messages import tasks as tasks_messages
 from shared.outbox import Outbox
@@ -109,11 +110,14 @@ STOPPED = "stopped: its task scheduler process shut down"
 # TimeoutError"
 UNCHECKED = "its claim could not be checked right before its main.py started (PostgreSQL did not answer)"
 UNCHECKED_REQUEUES = 3
-# A database error for one task's point undoes that task's writes alone (Scheduler.fire_due: a savepoint); these
-# stay the pass's (re-raised: the pass fails and is tried again on a new connection): the connection's, the server's
-# (shutting down, a statement cancelled, out of resources), and asyncpg's own (InterfaceError, not a PostgresError)
-PASS_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-               asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.InternalServerError)
+# A database error for one task's point undoes that task's writes alone (Scheduler.fire_due: a savepoint). One that
+# says the database could not answer now stays the pass's (re-raised: the pass fails and is tried again on a new
+# connection): what shared/data_errors.py is_database_unavailable counts (the connection lost or refused, the server
+# shutting down, starting up or out of resources, a standby refusing writes, a statement prepared before a migration),
+# as do asyncpg's own errors (InterfaceError, not a PostgresError). Until session 40 a tuple of classes decided
+# (PostgresConnectionError, OperatorInterventionError, InsufficientResourcesError, InternalServerError): a statement
+# of one task's point over a role's statement_timeout (57014, query_canceled, which meets it again) failed every pass,
+# and no task of any workspace fired, nor were runs started or beaten; it is now that task's, held (HELD_FIRST..)
 HELD_FIRST = 2.0  # seconds a task whose point met a database error is left out of this process's passes, at first
 HELD_MAX = 60.0  # ... doubling at each error in a row, up to this
 
@@ -522,12 +526,12 @@ class Scheduler:
         cleared, no pass takes it again. Before, the exception left the transaction, every pass, and no task of any
         workspace fired, nor were runs started or beaten (the pass's later steps).
 
-        A database error for one task (one its data or writes meet: a value refused, a constraint, a deadlock; not the
-        connection's nor the server's, which stay the pass's: PASS_ERRORS) undoes that task's writes alone (its
-        savepoint): the pass's other tasks fire, and the task, its point not handled, is left out of this process's
-        passes for a while (HELD_FIRST, doubling up to HELD_MAX; `held`), then tried again. Before, it failed the whole
-        pass, every pass, for every workspace: a point that met such an error every time stopped every task's runs
-        (started, beaten) on every process that took it."""
+        A database error for one task (one its data or writes meet: a value refused, a constraint, a deadlock, a role's
+        statement_timeout; not the database failing to answer, which stays the pass's: is_database_unavailable) undoes
+        that task's writes alone (its savepoint): the pass's other tasks fire, and the task, its point not handled, is
+        left out of this process's passes for a while (HELD_FIRST, doubling up to HELD_MAX; `held`), then tried again.
+        Before, it failed the whole pass, every pass, for every workspace: a point that met such an error every time
+        stopped every task's runs (started, beaten) on every process that took it."""
         grace = timedelta(seconds=self.deps.settings.missed_run_grace)
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -542,7 +546,7 @@ class Scheduler:
                     async with conn.transaction():  # a savepoint
                         ended = await self._fire_one(conn, task, grace) or ended
                 except asyncpg.PostgresError as exc:
-                    if isinstance(exc, PASS_ERRORS):
+                    if is_database_unavailable(exc):  # the pass's: every task would meet it
                         raise
                     wait = min(self.retrying.pop(task["id"], (HELD_FIRST / 2, now))[0] * 2, HELD_MAX)
                     self.held[task["id"]] = (wait, loop.time() + wait)
