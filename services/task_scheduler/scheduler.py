@@ -405,7 +405,10 @@ class Scheduler:
                 if busy:
                     delay = min(delay, BUSY_RETRY)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                log.warning("scheduler pass failed: %s", exc)
+                if is_database_unavailable(exc):  # an outage: a line, no traceback
+                    log.warning("scheduler pass failed: %s: %s", type(exc).__name__, exc)
+                else:  # one a retry meets again (a role's statement_timeout, our SQL, asyncpg misused, another OSError)
+                    log.exception("scheduler pass failed")
                 await self._drop_connection()
                 delay = min(delay, BUSY_RETRY * 2)
             except Exception:
@@ -1084,7 +1087,7 @@ class Scheduler:
             owner_number = None
             log.warning("run %s: the owner's relay number could not be read or allocated (%s: %s): the run reaches the"
                         " gateway from an address of a digest of its owner's id, which another owner's may equal",
-                        row["id"], type(exc).__name__, exc)
+                        row["id"], type(exc).__name__, exc, exc_info=not is_database_unavailable(exc))
         # the run's token is minted last, once everything else is set up and only if no kill came meanwhile (below):
         # a run the stop kills during its setup (its environment installed, say) goes back to the queue with no token
         # minted. Before, it was minted before that check, and a run put back had a token nobody ever received, valid

@@ -159,3 +159,41 @@ async def test_the_database_failing_to_answer_stays_the_passs(monkeypatch, error
         await sched.fire_due(conn)
     assert conn.committed == 0 and sched.held == {}  # the pass failed: tried again on a new connection, as before
 
+
+@pytest.mark.parametrize(("error", "traceback"), [
+    (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"), False),
+    (asyncpg.exceptions.AdminShutdownError("terminating connection"), False),
+    # not an outage (shared/data_errors.py): a retry meets it again, for the operator to see where it came from
+    (STATEMENT_TIMEOUT, True),
+    (asyncpg.exceptions.UndefinedColumnError('column "x" does not exist'), True),
+    (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), True),
+    (PermissionError(13, "Permission denied"), True),  # not raised by asyncpg: not the database's
+])
+async def test_a_failed_pass_is_logged_with_its_traceback_unless_the_database_did_not_answer(caplog, error, traceback):
+    """Scheduler._forever: a pass's database failure was a WARNING line for any PostgresError, InterfaceError or
+    OSError; an error a retry meets again (a role's statement_timeout on a pass's query, our SQL, asyncpg misused, an
+    OSError of a file) is logged with its traceback now, an outage still as a line."""
+    sched = Scheduler(deps=SimpleNamespace(settings=SimpleNamespace(tick=5.0)), mint=None, gateway_url="")
+    dropped = []
+
+    async def nothing() -> None:
+        return None
+
+    async def connection():
+        sched._stop.set()  # one pass
+        sched._wake.set()  # no sleep after it
+        raise error
+
+    async def drop() -> None:
+        dropped.append(1)
+
+    sched.remove_stale_workdirs = nothing
+    sched._connection = connection
+    sched._drop_connection = drop
+    with caplog.at_level("WARNING", logger="railyard.task_scheduler.scheduler"):
+        await asyncio.wait_for(sched._forever(), 5)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("scheduler pass failed")]
+    assert (record.levelname, bool(record.exc_info)) == (("ERROR", True) if traceback else ("WARNING", False))
+    if not traceback:
+        assert type(error).__name__ in record.getMessage()
+    assert dropped == [1]  # either way the connection is dropped and the pass tried again on a new one
