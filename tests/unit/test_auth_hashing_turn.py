@@ -187,3 +187,45 @@ async def test_a_sign_ins_failed_check_raises_its_sources_count_known_user_or_no
     assert handlers._priority("198.51.100.7") == 2
     assert (await handlers._password_login(deps, sign_in("alice", "the-password", "192.0.2.1")))["id"] == alice["id"]
     assert handlers._priority("192.0.2.1") == 0 and turns.held == 0
+
+
+async def test_an_unknown_users_login_checks_the_dummy_hash_made_at_the_start_with_the_configured_cost(monkeypatch,
+                                                                                                        turns):
+    """A login naming no user checks its password against a dummy hash, so that it takes a known user's time (the
+    answer's time does not tell whether the name exists). The hash is made by configure_password_hashing, at the
+    service's start, with the configured cost: not at the login (the first unknown name would take a hash longer
+    than any other login) and not at argon2-cffi's default cost (64 MiB, where the configured one may be another).
+    bd62b762 took it out of the import; nothing checked it was still made there and still verified against."""
+    import types
+
+    from argon2 import extract_parameters
+
+    from shared.errors import Unauthorized
+    from shared.messages.auth import IssueToken
+    from shared.settings import AuthSettings
+
+    monkeypatch.setattr(handlers, "_DUMMY_HASH", None)  # this process's, restored after (as `turns` does _hasher)
+    handlers.configure_password_hashing(AuthSettings(password_hash_time_cost=1, password_hash_memory_kib=64,
+                                                     password_hash_parallelism=2))
+    made = handlers._DUMMY_HASH
+    assert made is not None, "configure_password_hashing made no dummy hash: the first unknown name's login makes it"
+    cost = extract_parameters(made)
+    assert (cost.time_cost, cost.memory_cost, cost.parallelism) == (1, 64, 2)
+
+    checked: list[str] = []
+    real_matches = handlers.secret_matches
+
+    async def secret_matches(stored, secret, priority=0):
+        checked.append(stored)
+        return await real_matches(stored, secret, priority)
+
+    async def no_user(pool, login):
+        return None
+
+    monkeypatch.setattr(handlers, "secret_matches", secret_matches)
+    monkeypatch.setattr(handlers.store, "user_by_login", no_user)
+    with pytest.raises(Unauthorized):
+        await handlers._password_login(types.SimpleNamespace(pool=None), IssueToken(
+            grant_type="password", client_id="ui", client_secret="", username="nobody", password="a-guess",
+            source="198.51.100.9"))
+    assert checked == [made] and handlers._DUMMY_HASH is made  # one check, against the hash made at the start
