@@ -156,7 +156,7 @@ def test_deploy_status_infer_undeploy(stack, alice, deployed):
     assert undeployed.status_code == 200
     assert post(stack, "status/get_deployment", alice.token, {"name": deployed["name"]}).json()["status"] == "Stopped"
     # at once: the gateway's cached route (Running, up to ROUTE_MAX_AGE old) reaches no replica, and what the
-    # deployer says then answers (services/gateway/inference.py RouteCache.infer); a 2.1-s sleep waited for the
+    # deployer says then answers (services/gateway/inference.py RouteCache.ask); a 2.1-s sleep waited for the
     # cache's ROUTE_TTL here, from before a stale route was checked
     gone = infer(deployed["url"], alice.token, [{"tensor": rows[0].tolist()}])
     assert gone.status_code == 404, gone.text
