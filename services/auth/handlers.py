@@ -123,7 +123,7 @@ MIN_PASSWORD = 8
 _hasher = PasswordHasher()
 # verified against when a login names no user, so unknown and known users take the same time. Made with the
 # configured cost at the service's start (configure_password_hashing), or at the first such login of a process that
-# did not configure it; not at import, where a hash of the default cost (64 MiB, ~0.3 s of CPU) was made and thrown
+# did not configure it; not at import, where a hash of the default cost (64 MiB, 0.21-0.23 s of CPU) was made and thrown
 # away at every start of the service
 _DUMMY_HASH: str | None = None
 
