@@ -39,11 +39,18 @@ def run(*args: str) -> subprocess.CompletedProcess:
 # [[exit code, stdout, stderr], ...] written to argv[2]. An exception reaching this loop is printed as a traceback
 # (exit 1), as it would reach the top of a process. What a command changed that the next one would see is put back:
 # the modules of a backend folder under argv[3] (a script imported by start or deploy), sys.path (the folder put
-# first), the environment (MODEL_DIR set by start) and the root logger's handlers (start's basicConfig).
+# first), the environment (MODEL_DIR set by start) and the root logger's handlers (start's basicConfig). A start that
+# got past every refusal (to the model directory's claim, just before uvicorn) raises here: a lost refusal served in
+# this interpreter until the test's 300-s timeout. Nothing may reach this interpreter's own stdout or stderr (written
+# around the redirection, it would be missing from a command's: "Traceback" not in its stderr proves nothing then).
 BATCH = r"""
 import contextlib, io, json, logging, os, sys, traceback
 from pathlib import Path
+import railyard_ml.cli
 from railyard_ml.cli import main
+def would_serve(model_dir):
+    raise RuntimeError(f"the command would serve ({model_dir} claimed): a batch runs only commands refused before")
+railyard_ml.cli.claim_model_dir = would_serve
 commands, answers, root = json.loads(sys.argv[1]), Path(sys.argv[2]), str(Path(sys.argv[3]).resolve()) + os.sep
 path, environ, handlers = list(sys.path), dict(os.environ), list(logging.root.handlers)
 done = []
@@ -56,6 +63,8 @@ for args in commands:
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, int) and exc.code is not None:
+                print(exc.code, file=sys.stderr)  # as the interpreter prints sys.exit("message")
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -75,9 +84,10 @@ def run_in_one_interpreter(root: Path, *commands: tuple[str, ...]) -> list[subpr
     """`run`'s answers for commands that serve nothing, run one after another in one fresh interpreter (the
     backend folders they name under `root`)."""
     answers = root / f"answers-{len(list(root.glob('answers-*')))}.json"
-    done = subprocess.run([sys.executable, "-c", BATCH, json.dumps(commands), str(answers), str(root)],
-                          capture_output=True, text=True, timeout=300, env=user_env())
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # -P: the working directory is not put first on sys.path, as it is not for the console script
+    done = subprocess.run([sys.executable, "-P", "-c", BATCH, json.dumps(commands), str(answers), str(root)],
+                          capture_output=True, text=True, timeout=120, env=user_env())
+    assert done.returncode == 0 and not done.stdout and not done.stderr, done.stdout[-3000:] + done.stderr[-3000:]
     said = json.loads(answers.read_text())
     assert len(said) == len(commands), said
     return [subprocess.CompletedProcess([CLI, *args], code, out, err)
