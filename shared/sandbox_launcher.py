@@ -1,4 +1,5 @@
-"""The process that builds one sandbox; started by shared/sandbox.py as `python -I -S sandbox_launcher.py`.
+"""The process that builds one sandbox; started by shared/sandbox.py with `python -I -S`, which imports it and runs
+`main` (`_launcher_argv`: from its bytecode cache); `python -I -S sandbox_launcher.py` runs it too.
 
 Standard library only (it runs before any site-packages are trusted) and configured by one JSON document in
 the RAILYARD_SANDBOX_LAUNCH variable, the only variable it is given. What it does, as bubblewrap does it:
