@@ -87,8 +87,10 @@ def test_a_call_the_fast_lane_found_slow_sends_the_next_to_the_thread_where_it_i
 
 
 def test_a_fast_pipeline_runs_large_tables_inline_and_a_slow_one_in_a_thread(tmp_path):
-    fast = _replica(tmp_path, 100)  # 1,000 rows: ~0.1 ms
-    fast.run(_table(1000))
+    # learnt from a run of INLINE_MAX_ROWS rows (~0.04 ms of its busy loop): the run as a whole, the replica's own
+    # ~5-40 us included, has ~1 ms to stay under INLINE_NS, not the ~0.15 ms a 1,000-row run of 100 ns a row left
+    fast = _replica(tmp_path, 10)
+    fast.run(_table(handlers.INLINE_MAX_ROWS))
     assert handlers.runs_inline(fast, 1000) and handlers.runs_inline(fast, handlers.INLINE_MAX_ROWS)
     assert not handlers.runs_inline(fast, handlers.INLINE_MAX_ROWS + 1)  # past the cap: the thread, whatever it took
     slow = _replica(tmp_path, 5_000)  # 1,000 rows: ~5 ms
@@ -97,17 +99,21 @@ def test_a_fast_pipeline_runs_large_tables_inline_and_a_slow_one_in_a_thread(tmp
 
 
 def test_a_slow_run_counts_at_once_and_for_the_next_runs(tmp_path):
+    # decided for tables of 100 rows: slow is 20 us of CPU a row (2 ms), fast is under 10 us a row, 640 us a 64-row
+    # run, of which the busy loop takes 6 us and the replica's own work ~4 us (44 us the most in 2,000 idle runs).
+    # Decided for 1,000 and 4,096 rows, each fast 64-row run had to stay under 64 us and the first run under 244 us
+    # (~120 us idle): ~0.06 and ~0.12 ms of slack in a thread's CPU time, and the test failed once at load ~11
     replica = _replica(tmp_path, 100)
     replica.run(_table(1000))
-    assert handlers.runs_inline(replica, 4096)
-    replica.steps = [Busy(5_000)]  # one slow input (or the model became slow)
+    assert handlers.runs_inline(replica, 100)
+    replica.steps = [Busy(20_000)]  # one slow input (or the model became slow)
     replica.run(_table(LEARN_ROWS))
     replica.steps = [Busy(100)]
     for _ in range(LEARN_RUNS - 1):  # fast runs after it: the slow one still counts
         replica.run(_table(LEARN_ROWS))
-        assert not handlers.runs_inline(replica, 1000)
+        assert not handlers.runs_inline(replica, 100)
     replica.run(_table(LEARN_ROWS))  # the slow run has left the window
-    assert handlers.runs_inline(replica, 1000)
+    assert handlers.runs_inline(replica, 100)
 
 
 def test_an_ab_split_or_a_shadow_deployment_keeps_the_rows_rule_and_a_worker_the_thread(tmp_path):
