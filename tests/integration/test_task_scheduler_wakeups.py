@@ -358,6 +358,7 @@ async def test_concurrency_policies_and_a_start_whose_answer_was_lost(database, 
         assert (row["status"], row["kill_requested"]) == ("running", True), dict(row)  # was: queued, False
         await pool.execute("UPDATE runs SET status = 'failure', finished_at = now() WHERE id = $1", racing)
         await put_back_over_max_queued(pool, orch, sched)
+        await a_statement_timeout_holds_its_task_alone(pool, orch, sched)
     finally:
         await sched.stop()
 
@@ -434,4 +435,42 @@ async def put_back_over_max_queued(pool: asyncpg.Pool, orch_id: uuid.UUID, sched
                                       put_back)
             assert tuple(row) == ("running", "other", 1), dict(row)
         finally:
+            await transaction.rollback()
+
+
+async def a_statement_timeout_holds_its_task_alone(pool: asyncpg.Pool, orch_id: uuid.UUID, sched: Scheduler) -> None:
+    """A statement of one task's point cancelled by PostgreSQL for its statement_timeout (57014, as a role's setting
+    does; the savepoint rolls the setting back with it): that task is held (Scheduler.held) and the pass's other task
+    fires, in the same transaction, which PostgreSQL lets go on. Before session 40 the 57014 failed the pass
+    (scheduler.PASS_ERRORS) and no task fired. In one transaction rolled back at the end, as put_back_over_max_queued's
+    rows."""
+    slow, other = uuid.uuid4(), uuid.uuid4()
+    fire = store.fire
+
+    async def fire_slowly(conn: asyncpg.Connection, task_id: uuid.UUID, workspace_id: int, point) -> bool:
+        if task_id == slow:
+            await conn.execute("SET LOCAL statement_timeout = '50ms'")
+            await conn.execute("SELECT pg_sleep(2)")
+        return await fire(conn, task_id, workspace_id, point)
+
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        store.fire = fire_slowly  # the running scheduler's passes see neither task (not committed): fire as before
+        try:
+            past = await conn.fetchval("SELECT now() - interval '2 s'")
+            timeout = await conn.fetchval("SHOW statement_timeout")
+            for task_id, workspace in ((slow, 19), (other, 20)):
+                await store.insert_task(conn, id=task_id, workspace_id=workspace, orch_id=orch_id, orch_sha="0" * 64,
+                                        name=None, owner_id="u", args={"seconds": 0.1}, timeout_seconds=60,
+                                        schedule="* * * * * */1", missed_run_policy=None, next_fire=past)
+            await sched.fire_due(conn)  # before: QueryCanceledError
+            assert slow in sched.held
+            assert await store.runs_of(conn, slow, None, None) == []
+            assert await conn.fetchval("SELECT next_fire FROM tasks WHERE id = $1", slow) == past  # not handled
+            assert [r["status"] for r in await store.runs_of(conn, other, None, None)] == ["queued"]
+            assert await conn.fetchval("SHOW statement_timeout") == timeout  # the savepoint took the setting back
+        finally:
+            store.fire = fire
+            sched.held.pop(slow, None)
             await transaction.rollback()
