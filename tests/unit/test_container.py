@@ -70,6 +70,18 @@ def test_services_run_as_a_non_root_user_that_owns_every_directory_they_write():
     assert any(str(m).split(":")[1] == data_dir for m in mounts), "the deployer's work directory needs a volume"
 
 
+def test_the_code_the_services_run_from_app_is_compiled_in_the_image():
+    # `python -m services.x` in WORKDIR /app imports /app's shared/ and services/, not pip's compiled copy, and the
+    # service user cannot write /app: uncompiled, every service start and every sandbox's launcher
+    # (shared/sandbox.py `_launcher_argv`, ~20 ms of CPU a sandbox) would compile its source again
+    joined = DOCKERFILE.replace("\\\n", " ")
+    compiled = re.search(r"^RUN .*python -m compileall (?:-\S+ )*((?:\w+ ?)+)", joined, re.M)
+    assert compiled, "the image compiles nothing under /app"
+    assert {"shared", "services"} <= set(compiled[1].split())
+    assert joined.index(compiled[0]) > max(joined.index("COPY shared"), joined.index("COPY services"))
+    assert joined.index(compiled[0]) < joined.index("\nUSER "), "compiled as root, before the user who cannot write"
+
+
 def test_services_that_read_a_shared_setting_get_the_same_value():
     """RAILYARD_TASKS__MAX_TIMEOUT: the task scheduler's largest run timeout, which monitoring's
     setup_continuous_training checks a timeout against at once: set once for both (the services' common env)."""
