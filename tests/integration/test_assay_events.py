@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from shared import subjects
+from tests.integration import test_assays
 from tests.integration.bus_events import stream_events
 from tests.integration.conftest import Account, post
 from tests.integration.log_owners import announce, fake_deployment
@@ -152,23 +153,31 @@ def second_assay_runner(stack, tmp_path):
         yield process, log
 
 
-async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, alice, tmp_path):
-    """An assay with 120 past 1-second windows, each with drifted rows, created while two assay runners run: each
+async def _not_yet(nc, workspace_id: int, deployment: str) -> None:
+    """publish_rows' announcement left out: the deployment of its batch is announced later (the deployer's event
+    still in its outbox), and the log store holds the batch until then (services/log_store/deployments.py)."""
+
+
+async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, alice, tmp_path, monkeypatch):
+    """Two assay runners that both see an assay's 120 windows due at once, each window with drifted rows: each
     window is read from the log store once (scored once), gets one result and one alert. Before, both runners'
     schedulers read the assay as due at their ticks and both scored every window (a pass of 120 windows outlasts a
     tick); the unique key dropped the second result, but both published an alert per window (240 events, each with
     its own event id, so neither the stream nor lineage could tell them apart). With the outbox alone (the result's
-    insert adding the event) the alerts were right but every window was still read and scored twice."""
-    pipeline = await asyncio.to_thread(pipeline_of, stack, alice)
-    windows = 120
-    start = int(time.time() * 1000) - (windows + 5) * 1000
-    times = start + np.arange(windows * 4) * 250 + 100  # 4 rows in every 1-second window
-    rng = np.random.default_rng(5)
-    await publish_rows(stack, alice, pipeline["name"], rng.normal(0, 1, len(times)), times)
-    await asyncio.to_thread(wait_rows, stack, alice, pipeline["name"], len(times))
-    body = config(alice, pipeline, "replicas", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}},
-                  iso(start), "1 seconds", run_until=iso(start + windows * 1000))
+    insert adding the event) the alerts were right but every window was still read and scored twice.
 
+    Both runners see the windows due before either may score them: the rows' batch is of a deployment not announced
+    yet, which the log store holds (its windows wait for it, however long due); the second runner starts after the
+    assay is created (its first pass reads when the assay is due; a runner that did not create an assay sleeps up to
+    SCHEDULER_IDLE, 60 s, and the second runner was up only ~3 s of the test: since 8dca0bc7 it passed with the
+    advisory lock removed); the deployment is announced once every window is due and both runners look every tick,
+    and the log store stores the batch at once: both find all 120 ready within a tick of each other. 10-ms windows:
+    the 120 are due ~3 s after the publish."""
+    pipeline = await asyncio.to_thread(pipeline_of, stack, alice)
+    settings = stack.settings().assays  # the defaults: the test stack's own are in its env
+    tick = float(stack.env.get("RAILYARD_ASSAYS__TICK", settings.tick))
+    close_delay = float(stack.env.get("RAILYARD_ASSAYS__CLOSE_DELAY", settings.close_delay))
+    windows, width_ms = 120, 10
     reads: list[tuple[int, int]] = []  # the windows the runners read, as the log store is asked (a copy of each)
 
     async def on_read(message) -> None:
@@ -178,26 +187,48 @@ async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, a
 
     nc = await nats_client.connect(stack.settings().nats.url)
     runner = second_assay_runner(stack, tmp_path)
+    deployment = fake_deployment(alice.workspace_id, pipeline["name"])
+    started = announced = False
     try:
         await nc.subscribe(subjects.LOG_STORE_READ_FIELD, cb=on_read)
         await subscribed(nc)  # at the server before a runner reads: every read counted
-        process, log = await asyncio.to_thread(runner.__enter__)
-        created = await asyncio.to_thread(post, stack, "assays/create", alice.token, body)
+        # windows that start after the publish: a runner's watermark (everything published by t stored) is at most
+        # the moment before it, so none of them is taken for complete while the log store holds the batch
+        start = int(time.time() * 1000) + 300
+        times = start + np.repeat(np.arange(windows) * width_ms, 4) + np.tile([1, 3, 5, 7], windows)  # 4 a window
+        rng = np.random.default_rng(5)
+        with monkeypatch.context() as patched:
+            patched.setattr(test_assays, "announce", _not_yet)  # publish_rows' announcement comes later
+            await publish_rows(stack, alice, pipeline["name"], rng.normal(0, 1, len(times)), times)
+        body = config(alice, pipeline, "replicas", {"Static": {"values": np.linspace(5.0, 6.0, 50).tolist()}},
+                      iso(start), f"{width_ms / 1000} seconds", run_until=iso(start + windows * width_ms))
+        created = await asyncio.to_thread(post, stack, "assays/create", alice.token, body)  # the stack's runner's
         assay_id = created.json()["assay_id"]
-        deadline = time.monotonic() + 90
+        process, log = await asyncio.to_thread(runner.__enter__)
+        started = True
+        # the second runner's first pass, a tick after it serves, reads the assay (due, or when it will be); then
+        # both look every tick until the windows are complete
+        release = max(time.time() + 3 * tick, (start + windows * width_ms) / 1000 + close_delay)
+        await asyncio.sleep(release + 2 * tick - time.time())
+        assert await asyncio.to_thread(results_of, stack, alice, assay_id) == []  # held: nothing scored yet
+        assert reads == []
+        await announce(nc, alice.workspace_id, deployment)
+        announced = True
+        deadline = time.monotonic() + 60
         while len(results := await asyncio.to_thread(results_of, stack, alice, assay_id)) < windows:
             assert process.poll() is None, f"the second assay runner exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"{len(results)} of {windows} windows scored"
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25)
         deadline = time.monotonic() + 30
         while len(events := await assay_events(stack, assay_id)) < windows:
             assert time.monotonic() < deadline, f"{len(events)} alerts of {windows}"
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25)
         listed = (await asyncio.to_thread(post, stack, "assays/list", alice.token,
                                           {"pipeline_id": pipeline["pipeline_pk_id"]})).json()[0]
         assert listed["active"] is False  # past run_until: neither runner has anything more to do
-        # a second pass's reads or alerts show by now: six ticks of each runner (the test stack's 0.25 s; the 3 s
-        # here were three of the 1-s default before 9fb191de) and the outbox's send, woken by the result's commit
+        # a second pass's reads or alerts show by now: a pass the other runner began before this commit (both saw
+        # the windows complete within a tick of each other) reads its 120 windows in about half a second here, and the
+        # outbox's send is woken by the result's commit
         await asyncio.sleep(1.5)
         results = await asyncio.to_thread(results_of, stack, alice, assay_id)
         assert len(results) == windows and len({r["window_start"] for r in results}) == windows
@@ -205,7 +236,10 @@ async def test_two_assay_runners_score_store_and_alert_each_window_once(stack, a
         check_once(results, await assay_events(stack, assay_id))
         assert len(reads) == windows and len(set(reads)) == windows, f"{len(reads)} reads of {windows} windows"
     finally:
-        await asyncio.to_thread(runner.__exit__, None, None, None)
+        if not announced:  # no batch left held for the tests after this one
+            await announce(nc, alice.workspace_id, deployment)
+        if started:
+            await asyncio.to_thread(runner.__exit__, None, None, None)
         await nc.close()
 
 
