@@ -120,6 +120,15 @@ UNCHECKED_REQUEUES = 3
 # and no task of any workspace fired, nor were runs started or beaten; it is now that task's, held (HELD_FIRST..)
 HELD_FIRST = 2.0  # seconds a task whose point met a database error is left out of this process's passes, at first
 HELD_MAX = 60.0  # ... doubling at each error in a row, up to this
+# A pass that failed on an error that is not an outage (a pass's own query over a role's statement_timeout, our SQL,
+# asyncpg misused, another OSError: a retry meets it again) is tried again after PASS_RETRY, doubling at each such
+# failure in a row up to the idle `tick` (Scheduler._pass_failed), and logged with its traceback the first time that
+# error (its type and words) is met in the row, then as one line with its count. Before session 41 every such pass was
+# tried again within PASS_RETRY and logged its traceback each time: a statement the timeout cancels every time wrote
+# a traceback a second for as long as it lasted. An outage (is_database_unavailable) is still tried again within
+# PASS_RETRY, a line each time: the database may be back at any moment
+PASS_RETRY = 1.0
+PASS_ERRORS_KEPT = 32  # distinct errors of the failed passes in a row remembered (their count), the oldest let go
 
 
 class KilledWhileMinting(Exception):
@@ -218,6 +227,9 @@ class Scheduler:
     # a task that met an error once and was then killed stayed in it for the process's life
     held: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
     retrying: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
+    # the passes failed in a row on an error that is not an outage (_pass_failed): how many times each error (its type
+    # and words) was met since the first, whose traceback was logged; emptied by a pass that succeeds
+    failed_passes: dict[str, int] = field(default_factory=dict)
     # why each run's kill was set, recorded as its reason: what set it first (Scheduler._kill), never overwritten: the
     # stop (STOPPED), task/kill (runner.KILLED) or a replace policy's later point (its reason). Before, the stop's
     # reason was read at the run's end, so a run a replace had already killed read "stopped" when the stop came
@@ -404,17 +416,40 @@ class Scheduler:
                 delay = sleep_for(to_next_due, settings.tick, own_beat_in)
                 if busy:
                     delay = min(delay, BUSY_RETRY)
+                if self.failed_passes:
+                    log.info("scheduler pass succeeded again, after %d failed on errors other than an outage",
+                             sum(self.failed_passes.values()))
+                    self.failed_passes.clear()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                if is_database_unavailable(exc):  # an outage: a line, no traceback
+                if is_database_unavailable(exc):  # an outage: a line, no traceback, tried again soon
                     log.warning("scheduler pass failed: %s: %s", type(exc).__name__, exc)
+                    delay = min(delay, PASS_RETRY)
                 else:  # one a retry meets again (a role's statement_timeout, our SQL, asyncpg misused, another OSError)
-                    log.exception("scheduler pass failed")
+                    delay = self._pass_failed(exc, settings.tick)
                 await self._drop_connection()
-                delay = min(delay, BUSY_RETRY * 2)
-            except Exception:
-                log.exception("scheduler pass failed")
+            except Exception as exc:
+                self._pass_failed(exc, settings.tick)  # tried again after `tick`, as before
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _pass_failed(self, exc: Exception, tick: float) -> float:
+        """Logs a pass's failure on an error that is not an outage, and answers the seconds until the next pass:
+        PASS_RETRY after the first failure in a row, doubling at each one up to `tick` (see PASS_RETRY). The error's
+        traceback is logged the first time it (its type and words) is met in the row, then a line with its count."""
+        failed = sum(self.failed_passes.values()) + 1
+        delay = min(PASS_RETRY * 2 ** min(failed - 1, 16), tick)
+        said = f"{type(exc).__name__}: {exc}"
+        if said not in self.failed_passes:
+            if len(self.failed_passes) >= PASS_ERRORS_KEPT:  # errors whose words change: the oldest let go
+                del self.failed_passes[next(iter(self.failed_passes))]
+            self.failed_passes[said] = 1
+            log.error("scheduler pass failed (next pass in %.1f s, later ones doubling to %.1f s while it fails)",
+                      delay, tick, exc_info=exc)
+            return delay
+        self.failed_passes[said] += 1
+        log.error("scheduler pass failed again: %s (%d times since its traceback above; next pass in %.1f s)",
+                  said[:500], self.failed_passes[said], delay)
+        return delay
 
     async def _connection(self) -> asyncpg.Connection:
         """The loop's connection, LISTENing on the work channel; a new one after a failure. While it is being
@@ -551,11 +586,14 @@ class Scheduler:
                 except asyncpg.PostgresError as exc:
                     if is_database_unavailable(exc):  # the pass's: every task would meet it
                         raise
+                    # its traceback the first time in a row (not when tried again after its wait): where the
+                    # statement over a statement_timeout (57014) or the server's own error (XX000) came from
+                    first = task["id"] not in self.retrying
                     wait = min(self.retrying.pop(task["id"], (HELD_FIRST / 2, now))[0] * 2, HELD_MAX)
                     self.held[task["id"]] = (wait, loop.time() + wait)
                     log.warning("task %s: its point %s could not be handled (%s: %s): tried again in %.0f s; the"
                                 " pass's other tasks go on", task["id"], task["next_fire"].isoformat(),
-                                type(exc).__name__, exc, wait)
+                                type(exc).__name__, exc, wait, exc_info=exc if first else None)
                 else:
                     self.retrying.pop(task["id"], None)
         if ended:

@@ -197,3 +197,89 @@ async def test_a_failed_pass_is_logged_with_its_traceback_unless_the_database_di
     if not traceback:
         assert type(error).__name__ in record.getMessage()
     assert dropped == [1]  # either way the connection is dropped and the pass tried again on a new one
+
+
+async def test_a_pass_failing_again_and_again_backs_off_and_logs_its_traceback_once(monkeypatch, caplog):
+    """A pass whose own query meets a role's statement_timeout every time (not an outage) was tried again within a
+    second and logged its traceback each time: a traceback a second for as long as it lasted. Now the next pass
+    waits PASS_RETRY, doubling to the tick while the passes fail, an outage meanwhile is still tried again within
+    PASS_RETRY, the traceback is logged once per distinct error then a line with its count, and a pass that
+    succeeds starts over (session 41)."""
+    tick = 5.0
+    sched = Scheduler(deps=SimpleNamespace(settings=SimpleNamespace(tick=tick, heartbeat_interval=1.0,
+                                                                    supervisor_lost_after=10.0)),
+                      mint=None, gateway_url="")
+    outage = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+    undefined = asyncpg.exceptions.UndefinedColumnError('column "x" does not exist')
+    passes = [STATEMENT_TIMEOUT] * 4 + [outage, undefined, STATEMENT_TIMEOUT, STATEMENT_TIMEOUT, None,
+                                        STATEMENT_TIMEOUT, None]
+    delays: list[float] = []
+
+    async def nothing(*_args) -> None:
+        return None
+
+    async def connection():
+        error = passes.pop(0)
+        if not passes:
+            sched._stop.set()
+        if error is not None:
+            raise error
+        return SimpleNamespace()  # a pass that succeeds (its steps below do nothing)
+
+    async def wait_for(awaitable, timeout):  # the sleep after a pass: its length recorded, not slept
+        delays.append(timeout)
+        awaitable.close()
+        raise TimeoutError
+
+    async def start_queued(conn) -> bool:
+        return False
+
+    async def to_next_due(*_args):
+        return None
+
+    sched.remove_stale_workdirs = nothing
+    sched._connection = connection
+    sched._drop_connection = nothing
+    sched.fail_lost = sched.fire_due = sched.install_next = nothing
+    sched.start_queued = start_queued
+    monkeypatch.setattr(store, "seconds_to_next_due", to_next_due)
+    forever = sched._forever()
+    monkeypatch.setattr(asyncio, "wait_for", wait_for)
+    with caplog.at_level("INFO", logger="railyard.task_scheduler.scheduler"):
+        await forever
+    assert delays == [1.0, 2.0, 4.0, 5.0,  # the statement_timeout, four times: doubling to the tick
+                      1.0,  # the outage: soon, as before
+                      5.0, 5.0, 5.0,  # still failing: the tick
+                      tick,  # a pass that succeeded: its own sleep
+                      1.0,  # the next failure starts over
+                      tick]
+    said = [(r.levelname, bool(r.exc_info), r.getMessage()) for r in caplog.records
+            if r.getMessage().startswith("scheduler pass")]
+    assert [(level, traceback) for level, traceback, _ in said] == [
+        ("ERROR", True), ("ERROR", False), ("ERROR", False), ("ERROR", False),  # QueryCanceledError
+        ("WARNING", False),  # the outage's line
+        ("ERROR", True),  # another error: its own traceback
+        ("ERROR", False), ("ERROR", False),  # QueryCanceledError again
+        ("INFO", False),  # the pass that succeeded
+        ("ERROR", True), ("INFO", False)]  # a new row of failures: its traceback again
+    assert said[7][2].startswith("scheduler pass failed again: QueryCanceledError: canceling statement due to"
+                                 " statement timeout (6 times since its traceback above; next pass in 5.0 s)")
+    assert said[8][2] == "scheduler pass succeeded again, after 7 failed on errors other than an outage"
+    assert sched.failed_passes == {}
+
+
+async def test_a_held_tasks_error_is_logged_with_its_traceback_once(monkeypatch, caplog):
+    """fire_due: a task's point over a statement_timeout (57014) or meeting the server's own error (XX000) was a
+    WARNING line with no traceback, every time it was tried again: where the statement came from was never logged.
+    Now its first error in a row has the traceback, the next ones (tried again after their wait) a line."""
+    for error in (STATEMENT_TIMEOUT, asyncpg.exceptions.InternalServerError("could not open file")):
+        seen, sched = pass_with(monkeypatch, error)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="railyard.task_scheduler.scheduler"):
+            await sched.fire_due(Conn())
+            for _ in range(3):
+                sched.held[BAD] = (sched.held[BAD][0], 0.0)
+                await sched.fire_due(Conn())
+        said = [r for r in caplog.records if r.getMessage().startswith(f"task {BAD}: its point")]
+        assert [(r.levelname, bool(r.exc_info)) for r in said] == [("WARNING", True)] + [("WARNING", False)] * 3
+        assert said[0].exc_info[1] is error
