@@ -46,7 +46,7 @@ from shared.errors import InvalidRequest
 def refuse_lax_scalars(payload: Any, validated: Any, place: str = "", *, numbers: bool = True) -> None:
     """InvalidRequest naming the field (`place` prefixes it: "metadata") where `payload` (the parsed JSON) holds a
     boolean or (`numbers`) a string that `validated` holds as a number, or anything but a boolean that `validated`
-    holds as a boolean. Walks nested models, lists and dicts of them (a detection's score in {"image.png":
+    holds as a boolean. Walks nested models, lists, tuples and dicts of them (a detection's score in {"image.png":
     [{"score": true}]}); a field of type Any keeps what was sent and is left alone, a free-form object's booleans
     and strings too. `numbers=False`: a payload of form fields (text), whose numbers are read from their text."""
     encoded = _encoded(payload)
@@ -106,7 +106,7 @@ def _walk(payload: Any, validated: Any, path: list[Any], sent: _Sent) -> None:
                 path.append(key)
                 _refuse_at(value, kept, path, sent)
                 path.pop()
-    elif isinstance(payload, list) and isinstance(validated, list) and len(payload) == len(validated):
+    elif isinstance(payload, list) and isinstance(validated, (list, tuple)) and len(payload) == len(validated):
         for index, value in enumerate(payload):
             if (kept := validated[index]) is not value:
                 path.append(index)
@@ -118,16 +118,22 @@ def _refuse_at(value: Any, kept: Any, path: list[Any], sent: _Sent) -> None:
     # kept is not value: a value kept as sent (a boolean as a boolean, inside Any a free-form object's part) is
     # skipped by the caller, nothing converted
     if value is True or value is False:
-        if type(kept) in (int, float):
+        if _number(kept):
             raise InvalidRequest(f"{_place(path)}: Input should be a valid number, not {str(value).lower()}")
     elif type(kept) is bool:  # "yes", "off", 1, 0.0 read as a boolean (pydantic's words, as a strict field says)
         raise InvalidRequest(f"{_place(path)}: Input should be a valid boolean")
     elif isinstance(value, str):
-        if sent.numbers and type(kept) in (int, float):  # "5" read as 5, "nan" as a float
+        if sent.numbers and _number(kept):  # "5" read as 5, "nan" as a float, "5" as an IntEnum's member
             said = f"{_place(path)}: Input should be a valid number, not a string"
             raise InvalidRequest(f"{said}: send {value.strip()} without quotes" if _json_number(value) else said)
     elif isinstance(value, (dict, list)):
         _walk(value, kept, path, sent)
+
+
+def _number(kept: Any) -> bool:
+    """Whether pydantic kept a number: an int or a float, or a member of an IntEnum (or a float enum), which its lax
+    mode reads from "5" and from true as well; not a boolean (`_refuse_at` answers those apart)."""
+    return isinstance(kept, (int, float)) and not isinstance(kept, bool)
 
 
 def _json_number(text: str) -> bool:
@@ -167,8 +173,8 @@ _HOLD_NONE = (str, bytes, decimal.Decimal, enum.Enum, datetime.date, datetime.ti
 
 def _may_hold(annotation: Any, scalar: type, seen: tuple[type, ...]) -> bool:
     """Whether a field of this type may hold a `scalar`: bool (a bool, a model or container with one, a Literal of
-    one) or int (an int or a float, as bool is answered apart: a model or container with one, a Literal of one). Any
-    keeps what was sent and holds none of pydantic's; a type not known here may (it is walked)."""
+    one) or int (an int, a float or an IntEnum, as bool is answered apart: a model or container with one, a Literal
+    of one). Any keeps what was sent and holds none of pydantic's; a type not known here may (it is walked)."""
     if annotation is bool:
         return scalar is bool
     if annotation in (int, float):
@@ -189,7 +195,7 @@ def _may_hold(annotation: Any, scalar: type, seen: tuple[type, ...]) -> bool:
                 return True
             return any(_may_hold(field.annotation, scalar, (*seen, annotation))
                        for field in annotation.model_fields.values())
-        if issubclass(annotation, (bool, int, float)):  # subclasses: an IntEnum, a bool subclass
-            return not issubclass(annotation, enum.Enum) and (issubclass(annotation, bool) == (scalar is bool))
+        if issubclass(annotation, (bool, int, float)):  # subclasses: an IntEnum (lax: "5" and true read as a member)
+            return issubclass(annotation, bool) == (scalar is bool)
         return not issubclass(annotation, _HOLD_NONE)
     return True

@@ -4,6 +4,7 @@ Arrow IPC out, so a page is not re-encoded on the way), retention settings and t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -47,6 +48,7 @@ from shared.messages.logs import (
 )
 from shared.outbox import Outbox
 from shared.pipeline_pages import workspace_pipelines
+from shared.request_values import refuse_lax_scalars
 from shared.service import Runtime, ServiceSpec
 from shared.table_transport import FIELD_HEADER, FIELD_PREFIX, PAGE_HEADER, TABLE_REF, above_bus_limit, put_table
 
@@ -92,10 +94,19 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
 
 def _parse(model: Any, data: bytes) -> Any:
+    """The raw subjects' command (get_logs, read_field), its booleans and numbers JSON's as every other command's
+    (shared/bus.py run_command: refuse_lax_scalars). Before session 41 they were pydantic's lax reads here alone:
+    {"workspace_id": "5"} or true on the bus read as workspace 5 or 1 (the gateway refuses both before it asks)."""
     try:
-        return model.model_validate_json(data or b"{}")
+        cmd = model.model_validate_json(data or b"{}")
     except ValidationError as exc:
         raise InvalidRequest(validation_message(exc.errors())) from None
+    try:
+        payload = json.loads(data or b"{}")  # pydantic's parse passed: JSON (json.loads reads its NaN too)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("message body is not valid JSON") from None
+    refuse_lax_scalars(payload, cmd)
+    return cmd
 
 
 def reply_size(body: bytes, headers: dict[str, str]) -> int:
