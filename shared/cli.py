@@ -155,8 +155,18 @@ def cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_EXIT = ("exit 0 with the token on stdout, also when a refreshed token could not be saved (said on stderr: the"
+              " next token needs a `railyard login` once the file can be written); 1 when no valid token could be"
+              " had (not logged in, the refresh refused); 2 without railyard-client")
+
+
 def cmd_token(args: argparse.Namespace) -> int:
-    """Print a valid access token (refreshing it when needed), e.g. `TOKEN=$(railyard token)`."""
+    """Print a valid access token (refreshing it when needed), e.g. `TOKEN=$(railyard token)`; exit codes: TOKEN_EXIT.
+
+    A refreshed token that could not be saved (a full disk, a read-only folder) is printed all the same, valid for
+    its lifetime, with the failure on stderr, and exits 0: the command's output is what it promises, and a script's
+    `TOKEN=$(railyard token)` under `set -e` goes on with it. Before session 41 it printed nothing and exited 1, the
+    token it had been given lost (the old refresh token is spent by the refresh, so the file's was of no use either)."""
     from shared.client import RailyardAPIError, RailyardClient
 
     credentials = _credentials_file()
@@ -183,9 +193,8 @@ def cmd_token(args: argparse.Namespace) -> int:
             credentials.save_refreshed((saved["access_token"], saved.get("refresh_token")), {
                 "access_token": token, "refresh_token": client.refresh_token, "expires_at": client.expires_at}, path)
         except OSError as exc:  # the old refresh token is spent: the next command has to sign in again
-            print(f"railyard: the refreshed tokens could not be saved in {path} ({exc}); run `railyard login` again"
-                  " once it can be written", file=sys.stderr)
-            return 1
+            print(f"railyard: the refreshed tokens could not be saved in {path} ({exc}); the token printed is valid,"
+                  " but run `railyard login` again once the file can be written", file=sys.stderr)
     print(token)
     return 0
 
@@ -254,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "login":
             for flag in ("--url", "--username", "--password", "--client-id", "--client-secret"):
                 cmd.add_argument(flag)
+        if name == "token":
+            cmd.epilog = f"{TOKEN_EXIT[0].upper()}{TOKEN_EXIT[1:]}."
     text = "Sign out: end the saved session at its server and remove its tokens (the client's `railyard logout`)"
     sub.add_parser("logout", help=text, description=f"{text}.").set_defaults(func=cmd_logout)
     from shared.dead_letters import add_arguments  # argparse only: nothing heavy

@@ -183,3 +183,23 @@ def test_without_the_client_login_and_token_say_where_the_file_is(files, monkeyp
     for command in (LOGIN, ["token"]):
         assert server_cli.main(command) == 2
         assert "install railyard-client" in capsys.readouterr().err
+
+
+def test_a_refreshed_token_that_cannot_be_saved_is_printed_all_the_same(default_file, grants, monkeypatch, capsys):
+    """The refresh spent the file's refresh token and gave a valid access token, then the file could not be written
+    (a full disk at the rename): `token` printed nothing and exited 1, that token lost. Now it is printed on stdout,
+    the failure on stderr, exit 0 (shared/cli.py TOKEN_EXIT); the file keeps what it held."""
+    named = default_file
+    write_credentials(SIGNED_IN, named)  # expired: `token` refreshes
+
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", disk_full)
+        assert server_cli.main(["token"]) == 0
+    said = capsys.readouterr()
+    assert said.out == "access-1\n"
+    assert "could not be saved" in said.err and "No space left on device" in said.err
+    assert "railyard login" in said.err and "access-1" not in said.err
+    assert read_credentials(named)["access_token"] == SIGNED_IN["access_token"]
