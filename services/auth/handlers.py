@@ -394,7 +394,7 @@ def s256_challenge(verifier: str) -> str:
 
 async def authorize(deps: AuthDeps, cmd: AuthorizeUser) -> AuthorizationCodeIssued:
     """The authorization endpoint's sign-in (authorization code flow with PKCE): the user's password is checked as
-    the password grant checks it (failed logins counted and locked per user and source), and the answer is a code
+    the password grant checks it (failed logins counted and locked per name tried and source), and the answer is a code
     that works once, within `authorization_code_ttl` seconds, for this client, redirect URI and code challenge. The
     gateway has checked the redirect URI is the client's registered one (it serves the page it names)."""
     client = await store.client(deps.pool, cmd.client_id)
@@ -463,33 +463,49 @@ async def _revoke_reused_code(deps: AuthDeps, code_hash: bytes) -> bool:
 
 
 async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
-    """Failed logins are counted per user and source address: each recent failure from that source slows the next
-    attempt from it, `lockout_after` of them lock the user for that source only, so an attacker cannot lock the
-    real user out from elsewhere. Commands straight on the bus have no address (`bus`)."""
+    """Failed sign-ins are counted per NAME tried and source address, whether a user has that name or not: each
+    recent failure from that source slows the next attempt at that name from it, `lockout_after` of them lock the name
+    for that source only (an attacker cannot lock the real user out from elsewhere), and one attempt at a time is
+    answered (429 for another meanwhile). Counted per user, a made-up name was never delayed, locked nor refused 429,
+    so repeating a guess told whether a name existed; now both take the same steps, the password checked against a
+    dummy hash when no user has the name. Commands straight on the bus have no address (`bus`)."""
     if not cmd.username or cmd.password is None:
         raise InvalidRequest("the password grant needs username and password")
     source = cmd.source or "bus"
-    user = await store.user_by_login(deps.pool, cmd.username)
-    if user is None:
-        await secret_matches(_dummy_hash(), cmd.password, _priority(source))
-        _source_failures.failed(source)
-        raise Unauthorized("invalid user credentials", code="invalid_grant")
-    async with _one_attempt_at_a_time(deps.pool, user["id"], source):
-        return await _checked_login(deps, cmd, user, source)
+    async with _one_sign_in_at_a_time(deps.pool, cmd.username, source):
+        return await _checked_login(deps, cmd, source)
 
 
-# Token requests are handled many at once (app.py), by every auth replica. Attempts on one user from one source are
+# Token requests are handled many at once (app.py), by every auth replica. Attempts on one name from one source are
 # not: while one is being answered, by any replica, another is refused at once (429) rather than queued, so a burst of
 # guesses cannot all be checked before the first failure is recorded (each attempt reads the failures before it: the
 # delay and the lock after `lockout_after` apply one by one), and nobody's attempts wait behind an attacker's delayed
-# ones. The attempt being answered is a row of auth.login_attempts (it was a set in each process's memory, so N
-# replicas checked N guesses at once). A row a crashed process left is taken over after ATTEMPT_LEASE_SECONDS, well
-# above the longest attempt: the delay (at most 4 s), the wait for argon2 (at most HASH_WAIT_SECONDS) and one hash.
+# ones. The attempt being answered is a row of auth.sign_in_attempts (per name; auth.login_attempts per user for
+# users/update_password; it was a set in each process's memory, so N replicas checked N guesses at once). A row a
+# crashed process left is taken over after ATTEMPT_LEASE_SECONDS, well above the longest attempt: the delay (at most
+# 4 s), the wait for argon2 (at most HASH_WAIT_SECONDS) and one hash.
 ATTEMPT_LEASE_SECONDS = 30.0
 
 
 @contextlib.asynccontextmanager
+async def _one_sign_in_at_a_time(pool: asyncpg.Pool, name: str, source: str) -> AsyncIterator[None]:
+    attempt = uuid.uuid4()
+    if not await store.claim_sign_in_attempt(pool, name, source, attempt, ATTEMPT_LEASE_SECONDS):
+        raise TooManyRequests("another sign-in of this user from this address is still being answered; retry after it",
+                              retry_after=1.0)
+    try:
+        yield
+    finally:
+        try:
+            await store.release_sign_in_attempt(pool, name, source, attempt)
+        except (asyncpg.PostgresError, OSError) as exc:  # the attempt's answer stands; its lease ends the claim
+            log.warning("could not release a sign-in attempt (the claim lapses in %.0f s): %s",
+                        ATTEMPT_LEASE_SECONDS, exc)
+
+
+@contextlib.asynccontextmanager
 async def _one_attempt_at_a_time(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) -> AsyncIterator[None]:
+    """users/update_password's current-password checks, per user (the caller is signed in: nothing to enumerate)."""
     attempt = uuid.uuid4()
     if not await store.claim_login_attempt(pool, user_id, source, attempt, ATTEMPT_LEASE_SECONDS):
         raise TooManyRequests("another sign-in of this user from this address is still being answered; retry after it",
@@ -504,26 +520,37 @@ async def _one_attempt_at_a_time(pool: asyncpg.Pool, user_id: uuid.UUID, source:
                         ATTEMPT_LEASE_SECONDS, exc)
 
 
-async def _checked_login(deps: AuthDeps, cmd: IssueToken, user: asyncpg.Record, source: str) -> asyncpg.Record:
+def _locked(failures: asyncpg.Record | None) -> bool:
+    return failures is not None and failures["locked_until"] is not None and \
+        failures["locked_until"] > datetime.now(UTC)
+
+
+async def _checked_login(deps: AuthDeps, cmd: IssueToken, source: str) -> asyncpg.Record:
+    """The same steps whether a user has the name or not (the lock, the delay, one hash, the count), so neither an
+    answer, nor its time, nor a run of them tells the two apart."""
     settings = deps.settings
-    failures = await store.login_failures(deps.pool, user["id"], source)
-    if failures is not None and failures["locked_until"] is not None and failures["locked_until"] > datetime.now(UTC):
+    name = cmd.username or ""
+    failures = await store.sign_in_failures(deps.pool, name, source)
+    if _locked(failures):
         raise Unauthorized("account temporarily locked after repeated failed logins; try again later",
                            code="account_locked")
     if failures is not None and failures["failures"]:
         await asyncio.sleep(min(4.0, settings.failed_login_delay * failures["failures"]))
-    if not await secret_matches(user["password_hash"], cmd.password, _priority(source)):
+    user = await store.user_by_login(deps.pool, name)
+    matches = await secret_matches(_dummy_hash() if user is None else user["password_hash"], cmd.password or "",
+                                   _priority(source))
+    if user is None or not matches:
         _source_failures.failed(source)
-        count = await store.record_failed_login(deps.pool, user["id"], source, settings.lockout_after,
-                                                settings.lockout_seconds)
+        count = await store.record_failed_sign_in(deps.pool, name, source, settings.lockout_after,
+                                                  settings.lockout_seconds)
         if count >= settings.lockout_after:
             raise Unauthorized("account temporarily locked after repeated failed logins; try again later",
                                code="account_locked")
         raise Unauthorized("invalid user credentials", code="invalid_grant")
     if not user["enabled"]:
         raise Unauthorized("user is deactivated", code="invalid_grant")
-    if failures is not None:
-        await store.clear_failed_logins(deps.pool, user["id"], source)
+    # the source's counts of every name of this user go (its username's and its email's: two names, counted apart)
+    await store.clear_failed_sign_ins(deps.pool, [n for n in (name, user["username"], user["email"]) if n], source)
     return user
 
 

@@ -134,7 +134,7 @@ async def create_user(
 
 async def login_failures(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) -> asyncpg.Record | None:
     """Recent failed logins of a user from one source: failures, last_failed_at, locked_until (None if none in
-    the last hour)."""
+    the last hour). users/update_password's wrong current passwords; sign-ins count per name (sign_in_failures)."""
     return await pool.fetchrow(
         "SELECT failures, last_failed_at, locked_until FROM login_failures"
         " WHERE user_id = $1 AND source = $2 AND (last_failed_at > now() - interval '1 hour' OR locked_until > now())",
@@ -194,6 +194,84 @@ async def release_login_attempt(pool: asyncpg.Pool, user_id: uuid.UUID, source: 
     """End a claimed attempt (only this claim: one that outlived its lease may have been taken over)."""
     await pool.execute("DELETE FROM login_attempts WHERE user_id = $1 AND source = $2 AND attempt = $3",
                        user_id, source, attempt)
+
+
+# --- failed sign-ins, per attempted name and source (migration 021) ----------------------------------------
+# A sign-in's password is counted, slowed, locked and checked one at a time per NAME tried (and source), known or
+# not: keyed by the user, an unknown name was never delayed nor locked, which told whether a name existed. The key is
+# sha256(lower(name)), lower() as user_by_login compares (one key for `Alice` and `alice`; a user's username and
+# email are two names), 32 bytes whatever was sent, and no typed text is kept.
+NAME_KEY = "sha256(convert_to(lower($1), 'UTF8'))"
+
+
+async def sign_in_failures(pool: asyncpg.Pool, name: str, source: str) -> asyncpg.Record | None:
+    """Recent failed sign-ins naming `name` from one source: failures, last_failed_at, locked_until (None if none in
+    the last hour and no lock running)."""
+    return await pool.fetchrow(
+        "SELECT failures, last_failed_at, locked_until FROM sign_in_failures"
+        f" WHERE name_key = {NAME_KEY} AND source = $2"
+        " AND (last_failed_at > now() - interval '1 hour' OR locked_until > now())",
+        name, source)
+
+
+async def record_failed_sign_in(pool: asyncpg.Pool, name: str, source: str, lock_after: int,
+                                lock_seconds: int) -> int:
+    """Count a failed sign-in naming `name` from a source, whether a user has that name or not (the count decays
+    after an hour without failures); lock that name for that source when it reaches lock_after. The count."""
+    return await pool.fetchval(
+        "INSERT INTO sign_in_failures AS f (name_key, source, failures, last_failed_at, locked_until)"
+        f" VALUES ({NAME_KEY}, $2, 1, now(), CASE WHEN 1 >= $3 THEN now() + make_interval(secs => $4) END)"
+        " ON CONFLICT (name_key, source) DO UPDATE SET"
+        " failures = CASE WHEN f.last_failed_at > now() - interval '1 hour' THEN f.failures + 1 ELSE 1 END,"
+        " last_failed_at = now(),"
+        " locked_until = CASE WHEN (CASE WHEN f.last_failed_at > now() - interval '1 hour'"
+        "   THEN f.failures + 1 ELSE 1 END) >= $3 THEN now() + make_interval(secs => $4) ELSE f.locked_until END"
+        " RETURNING failures",
+        name, source, lock_after, float(lock_seconds))
+
+
+async def clear_failed_sign_ins(pool: asyncpg.Pool, names: list[str], source: str) -> None:
+    """A sign-in succeeded: the source's counts of the user's names (the one typed, its username and email) go."""
+    await pool.execute("DELETE FROM sign_in_failures WHERE source = $2"
+                       " AND name_key IN (SELECT sha256(convert_to(lower(n), 'UTF8')) FROM unnest($1::text[]) n)",
+                       names, source)
+
+
+async def delete_idle_sign_in_failures(pool: asyncpg.Pool, batch: int) -> int:
+    """Up to `batch` failed-sign-in rows that no longer count (no failure in the last hour and no lock running:
+    exactly the rows sign_in_failures does not read and record_failed_sign_in would restart at 1); how many went.
+    Rows a sign-in holds right now are skipped. Only time removes a row (no cap), so no flood of made-up names can
+    push out a real user's count."""
+    status = await pool.execute(
+        "DELETE FROM sign_in_failures WHERE (name_key, source) IN (SELECT name_key, source FROM sign_in_failures"
+        " WHERE last_failed_at <= now() - interval '1 hour' AND (locked_until IS NULL OR locked_until <= now())"
+        " LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        batch)
+    return int(status.split()[-1])
+
+
+async def claim_sign_in_attempt(pool: asyncpg.Pool, name: str, source: str, attempt: uuid.UUID,
+                                lease_seconds: float) -> bool:
+    """Claim the one sign-in naming `name` from a source being answered, for every auth process (as
+    claim_login_attempt does per user): False while another claim younger than `lease_seconds` holds it."""
+    return bool(await pool.fetchval(
+        f"INSERT INTO sign_in_attempts AS a (name_key, source, attempt, started_at) VALUES ({NAME_KEY}, $2, $3, now())"
+        " ON CONFLICT (name_key, source) DO UPDATE SET attempt = $3, started_at = now()"
+        " WHERE a.started_at < now() - make_interval(secs => $4) RETURNING true",
+        name, source, attempt, float(lease_seconds)))
+
+
+async def release_sign_in_attempt(pool: asyncpg.Pool, name: str, source: str, attempt: uuid.UUID) -> None:
+    """End a claimed sign-in (only this claim: one that outlived its lease may have been taken over)."""
+    await pool.execute(f"DELETE FROM sign_in_attempts WHERE name_key = {NAME_KEY} AND source = $2 AND attempt = $3",
+                       name, source, attempt)
+
+
+async def delete_stale_sign_in_attempts(pool: asyncpg.Pool, older_than: float) -> int:
+    """Sign-in claims older than `older_than` seconds (crashed processes' leftovers); how many went."""
+    status = await pool.execute("DELETE FROM sign_in_attempts WHERE started_at < now() - make_interval(secs => $1)",
+                                float(older_than))
+    return int(status.split()[-1])
 
 
 async def set_enabled(conn: asyncpg.Connection, user_id: uuid.UUID, enabled: bool,

@@ -9,11 +9,17 @@ unexpired) is never touched, so presenting any token answers exactly as before: 
 both "expired, already used, revoked or issued to another client". Several replicas may sweep at once: they skip
 each other's locked rows.
 
-Per-(user, source) sign-in state: attempt claims a crashed process left (auth.login_attempts, older than
-STALE_ATTEMPT_SECONDS; the next attempt of their user and source takes them over anyway), and failed-login counts idle
-for a day and not locked (auth.login_failures: sources come and go). Neither changes a decision: a claim that old is
-taken over, a failure that old no longer counts; the sweep only bounds the tables, off the sign-in's path (the
-failures' delete used to run inside every failed sign-in's transaction, an attack's hot path).
+Sign-in state: attempt claims a crashed process left (auth.login_attempts per user, users/update_password's, and
+auth.sign_in_attempts per name tried, older than STALE_ATTEMPT_SECONDS; the next attempt of their key and source takes
+them over anyway); password-change failure counts idle for a day and not locked (auth.login_failures: sources come and
+go); and failed sign-in counts per name tried that no longer count (auth.sign_in_failures: no failure for an hour and
+no lock running), BATCH rows per statement. Anyone can make those rows, one per made-up name (each a failed password
+check: at most HASHING_AT_ONCE hashes at a time per auth process), so they go an hour after their last failure, or
+when their lock ends, at most a sweep period later: the table holds at most the last ~2 h of failed checks (every
+auth replica's) and the running locks, and only time removes a row, so no flood can push out a real user's count.
+None of this changes a decision: a claim that old is taken over, a failure that old no longer counts; the sweep only
+bounds the tables, off the sign-in's path (the failures' delete used to run inside every failed sign-in's
+transaction, an attack's hot path).
 
 Revocation changes (auth.revocation_changes, migration 020) older than CHANGES_KEPT_SECONDS: verifiers read the changes
 every 20 s and the whole list every 10 minutes, so only one that could not read for a day asks for deleted ones; it is
@@ -53,6 +59,16 @@ async def sweep(pool: asyncpg.Pool, batch: int = BATCH) -> int:
         log.info("deleted %d sign-in attempt claim(s) left by stopped processes", stale)
     if idle := await store.delete_idle_login_failures(pool):
         log.info("deleted %d failed-login count(s) idle for a day", idle)
+    if stale := await store.delete_stale_sign_in_attempts(pool, STALE_ATTEMPT_SECONDS):
+        log.info("deleted %d sign-in claim(s) per name left by stopped processes", stale)
+    names = 0
+    while n := await store.delete_idle_sign_in_failures(pool, batch):
+        names += n
+        if n < batch:
+            break
+        await asyncio.sleep(0)
+    if names:
+        log.info("deleted %d failed sign-in count(s) per name that no longer count", names)
     if changes := await store.delete_old_revocation_changes(pool, CHANGES_KEPT_SECONDS):
         log.info("deleted %d revocation change(s) older than a day", changes)
     return deleted

@@ -154,7 +154,7 @@ async def test_a_sign_ins_failed_check_raises_its_sources_count_known_user_or_no
 
     stored = handlers._hasher.hash("the-password")
     monkeypatch.setattr(handlers, "_DUMMY_HASH", handlers._hasher.hash("dummy"))
-    alice = {"id": uuid.uuid4(), "password_hash": stored, "enabled": True}
+    alice = {"id": uuid.uuid4(), "username": "alice", "email": None, "password_hash": stored, "enabled": True}
 
     async def user_by_login(pool, login):
         return alice if login == "alice" else None
@@ -169,11 +169,11 @@ async def test_a_sign_ins_failed_check_raises_its_sources_count_known_user_or_no
         return 1
 
     monkeypatch.setattr(handlers.store, "user_by_login", user_by_login)
-    monkeypatch.setattr(handlers.store, "claim_login_attempt", claim)
-    monkeypatch.setattr(handlers.store, "release_login_attempt", nothing)
-    monkeypatch.setattr(handlers.store, "login_failures", nothing)
-    monkeypatch.setattr(handlers.store, "record_failed_login", failed_once)
-    monkeypatch.setattr(handlers.store, "clear_failed_logins", nothing)
+    monkeypatch.setattr(handlers.store, "claim_sign_in_attempt", claim)
+    monkeypatch.setattr(handlers.store, "release_sign_in_attempt", nothing)
+    monkeypatch.setattr(handlers.store, "sign_in_failures", nothing)
+    monkeypatch.setattr(handlers.store, "record_failed_sign_in", failed_once)
+    monkeypatch.setattr(handlers.store, "clear_failed_sign_ins", nothing)
     deps = types.SimpleNamespace(pool=None, settings=types.SimpleNamespace(
         failed_login_delay=0.0, lockout_after=10, lockout_seconds=900))
 
@@ -222,10 +222,24 @@ async def test_an_unknown_users_login_checks_the_dummy_hash_made_at_the_start_wi
     async def no_user(pool, login):
         return None
 
+    async def claimed(*args):
+        return True
+
+    async def nothing(*args):
+        return None
+
+    async def failed_once(*args):
+        return 1
+
     monkeypatch.setattr(handlers, "secret_matches", secret_matches)
     monkeypatch.setattr(handlers.store, "user_by_login", no_user)
+    for name, fake in (("claim_sign_in_attempt", claimed), ("release_sign_in_attempt", nothing),
+                       ("sign_in_failures", nothing), ("record_failed_sign_in", failed_once)):
+        monkeypatch.setattr(handlers.store, name, fake)
+    deps = types.SimpleNamespace(pool=None, settings=types.SimpleNamespace(failed_login_delay=0.5, lockout_after=10,
+                                                                           lockout_seconds=900))
     with pytest.raises(Unauthorized):
-        await handlers._password_login(types.SimpleNamespace(pool=None), IssueToken(
+        await handlers._password_login(deps, IssueToken(
             grant_type="password", client_id="ui", client_secret="", username="nobody", password="a-guess",
             source="198.51.100.9"))
     assert checked == [made] and handlers._DUMMY_HASH is made  # one check, against the hash made at the start
