@@ -188,6 +188,12 @@ def test_seed_flow_a_task_deploys_infers_and_undeploys(stack, alice):
     mine = next(t for t in listed if t["id"] == task_id)
     assert mine["last_runs"][0]["run_id"] == run["run_id"] and mine["last_runs"][0]["status"] == "success"
     assert post(stack, "task/get_tasks_by_orch_sha", alice.token, {"sha": orch["sha"]}).json()["ids"] == [task_id]
+    # a one-shot task whose run ended: seed 001 says it "does not need to be killed", not that it cannot be; its kill
+    # answers the record, killed, its run as it was (decided in session 41, docs/orchestrations.md "Kill")
+    killed = post(stack, "task/kill", alice.token, {"id": task_id})
+    assert killed.status_code == 200, killed.text
+    assert (killed.json()["status"], killed.json()["killed"]) == ("killed", True)
+    assert [(r["run_id"], r["status"]) for r in killed.json()["last_runs"]] == [(run["run_id"], "success")]
     pipelines = post(stack, "pipelines/list", alice.token, {"workspace_id": alice.workspace_id}).json()["pipelines"]
     assert not next(p for p in pipelines if p["name"] == "orchpipeline").get("deployment")
     # the run's events (events.task_run.started/succeeded) reached the lineage service: a card from the orchestration

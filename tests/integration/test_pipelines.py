@@ -153,7 +153,8 @@ def test_deploy_status_infer_undeploy(stack, alice, deployed):
     undeployed = post(stack, "pipelines/undeploy", alice.token,
                       {"pipeline_id": deployed["pipeline"]["pipeline_pk_id"],
                        "deployment_id": deployed["deployment_id"]})
-    assert undeployed.status_code == 200
+    # seed 001: "Nothing if the call is successful", read with .json(): {} (decided in session 41, docs/inference.md)
+    assert (undeployed.status_code, undeployed.json()) == (200, {})
     assert post(stack, "status/get_deployment", alice.token, {"name": deployed["name"]}).json()["status"] == "Stopped"
     # at once: the gateway's cached route (Running, up to ROUTE_MAX_AGE old) reaches no replica, and what the
     # deployer says then answers (services/gateway/inference.py RouteCache.ask); a 2.1-s sleep waited for the

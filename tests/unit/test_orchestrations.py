@@ -227,6 +227,11 @@ def test_task_status():
     assert _task_status(once, [{"status": "queued", "running": True}]) == "pending"
     assert _task_status(once, [{"status": "running", "running": True}]) == "started"
     assert _task_status(once, [{"status": "failure", "running": False}]) == "failed"
+    # a scheduled task reads started once it has made a run, even one still queued for room (seed 001 silent on a
+    # queued run; decided in session 41, docs/orchestrations.md): its schedule has begun, the run says queued itself
+    scheduled = {"killed": False, "schedule": "* * * * *", "next_fire": "2026-12-06T18:00:00+00:00"}
+    assert _task_status(scheduled, []) == "pending"
+    assert _task_status(scheduled, [{"status": "queued", "running": True}]) == "started"
     cron = {"killed": True, "schedule": "* * * * *"}
     assert _task_status(cron, [{"status": "running", "running": True}]) == "pending_kill"
     assert _task_status(cron, [{"status": "success", "running": False}]) == "killed"
