@@ -171,7 +171,8 @@ def _start_session_stack() -> tuple[contextlib.ExitStack, RunningStack]:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    cleanup.callback(stack_stop_later.stop_later, running.process, folder)
+    # the process at the session's end: test_restart.py starts the stack again (RunningStack.start_again)
+    cleanup.callback(lambda: stack_stop_later.stop_later(running.process, folder))
     return cleanup, running
 
 

@@ -457,6 +457,14 @@ class RunningStack:
         release_ports(self.ports())
         return self.process.returncode
 
+    def start_again(self) -> None:
+        """`railyard up` again on this stack's data directory and ports once its process has exited (SIGTERM'd by
+        stop_process: the ports stay leased), this object then the new process's: test_restart.py stops and starts
+        the session's stack, which the `stack` fixture's later users and its stop at the session's end hold."""
+        assert self.process.poll() is not None, "the stack is still running"
+        again = start_stack(self.data_dir, env=self.env)
+        self.process, self.output, self.log_sizes = again.process, again.output, again.log_sizes
+
     def ports(self) -> list[int]:
         """The ports picked for this stack (their gRPC ports, +10000, go with them)."""
         return [int(value) for key, value in self.env.items()
