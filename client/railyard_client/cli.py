@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from railyard_client.session import (
     ENV_WORKSPACE,
     SIGN_IN_KEYS,
     Session,
+    TokensNotSaved,
     credentials_path,
     end_saved_session,
     forget_sign_in,
@@ -261,8 +263,21 @@ def logout() -> None:
 
 @app.command()
 def token() -> None:
-    """Print a valid access token, refreshed when needed: TOKEN=$(railyard token)."""
-    print(Client().token)
+    """Print a valid access token, refreshed when needed: TOKEN=$(railyard token).
+
+    A refreshed token that could not be saved in the credentials file (a full disk, a read-only folder) is printed
+    all the same, valid for its lifetime, with the failure on stderr, and the command exits 0: the old refresh token
+    is spent, so the next refresh needs `railyard login` again once the file can be written."""
+    client = Client()
+    with warnings.catch_warnings():  # said below in the command's own words
+        warnings.simplefilter("ignore", TokensNotSaved)
+        value = client.token
+    unsaved = client._session.unsaved
+    if unsaved is not None:
+        print(f"railyard: the refreshed tokens could not be saved in {client._session.credentials_file} ({unsaved});"
+              " the token printed is valid, but run `railyard login` again once the file can be written",
+              file=sys.stderr)
+    print(value)
 
 
 # --- workspaces ---------------------------------------------------------------------------------------------
@@ -659,9 +674,26 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A TokensNotSaved warning as a line of the command's own (`railyard: warning: ...`), any other as Python's."""
+    if issubclass(category, TokensNotSaved):
+        print(f"railyard: warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns (and, as a script, exits with) the exit code."""
     command = build_command(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():  # showwarning restored on the way out (main is called in-process by tests)
+        warnings.showwarning = _show_warning
+        return _run(command, argv)
+
+
+def _run(command: click.Group, argv: list[str] | None) -> int:
     try:
         result = command.main(args=argv, prog_name="railyard", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

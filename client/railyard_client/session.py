@@ -28,7 +28,13 @@ and another client id signs in as that client; neither runs as the saved user.
 
 Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it (over
 the tokens it read only: a file another `railyard login` rewrote since is left alone). Every change of the file is
-a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only).
+a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only). When the file cannot be
+written (a full disk, a read-only folder, its permissions), the session goes on with the refreshed tokens in memory
+and warns once (a `TokensNotSaved` warning; the `railyard` command prints it as `railyard: warning: ...`): the
+file's refresh token was spent by the refresh, so a later command needs `railyard login` again unless this session
+saves its tokens at a later refresh, which it tries over the tokens the file still holds. Before, the failure was
+an OSError out of the call that refreshed, and the refreshed tokens were lost with it (`railyard token` printed
+nothing and exited 1): the user was signed out.
 
 The workspace `railyard workspaces use` chooses is kept in the same file per server and user (its `workspaces`:
 `{server URL: {username: workspace id}}`): another user signing in to the same server from the same machine, by
@@ -52,6 +58,7 @@ import stat
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -546,6 +553,12 @@ def refuse_non_finite(body: Any) -> None:
                            "finite number")
 
 
+class TokensNotSaved(UserWarning):
+    """The refreshed tokens of a session that came from the credentials file could not be written back to it (a full
+    disk, a read-only folder): the session goes on with them in memory (`Session.unsaved` says why), and a later
+    command needs `railyard login` again unless a later refresh of the session can write them."""
+
+
 class Session:
     """One authenticated connection to a gateway: tokens (refreshed when needed) and typed-error HTTP calls."""
 
@@ -583,6 +596,10 @@ class Session:
         self.expires_at = float("inf")  # a given token is used as is until the server refuses it
         self.persist = False
         self.client_only = False
+        # the access and refresh tokens the file holds as far as this session knows (read, or written last): a
+        # refresh writes over these only; when a write failed they stay the file's, and a later refresh writes there
+        self.in_file: tuple[str | None, str | None] = (None, None)
+        self.unsaved: OSError | None = None  # why the last write of the refreshed tokens failed; None once one works
         if self.access_token:
             return
         explicit_client = bool((client_id or env.get(ENV_CLIENT_ID)) and self.client_secret)
@@ -604,6 +621,7 @@ class Session:
             self.expires_at = float(saved.get("expires_at") or 0)
             self.username = saved.get("username")
             self.persist = True
+            self.in_file = (self.access_token, self.refresh_token)
         else:
             raise ConfigurationError(
                 f"not logged in to {self.url}: pass username and password, set {ENV_USERNAME} and {ENV_PASSWORD}"
@@ -621,11 +639,10 @@ class Session:
         body = _json_or_none(response)
         if response.status_code != 200:
             raise error_from_answer(response.status_code, body)
-        replaced = (self.access_token, self.refresh_token)
         self.access_token = body["access_token"]
         self.refresh_token = body.get("refresh_token")
         self.expires_at = time.time() + float(body.get("expires_in", 300))
-        self._save(replaced)
+        self._save()
         return body
 
     def login(self, username: str, password: str) -> None:
@@ -682,14 +699,30 @@ class Session:
         self.saved = read_credentials(self.credentials_file)
         return saved_choice(self.saved, self.url, self.user)
 
-    def _save(self, replaced: tuple[str | None, str | None]) -> None:
-        """The refreshed tokens written back to the file the session came from, over `replaced` (the access and
+    def _save(self) -> None:
+        """The refreshed tokens written back to the file the session came from, over `in_file` (the access and
         refresh tokens it read or wrote last) only: a file that holds others since (another user's or another
         server's `railyard login` while this session ran) is another sign-in's, left as it is (before, it got this
-        session's tokens under that sign-in's username, and its next commands ran as this session's user)."""
-        if self.persist:
-            save_refreshed(replaced, {"access_token": self.access_token, "refresh_token": self.refresh_token,
-                                      "expires_at": self.expires_at}, self.credentials_file)
+        session's tokens under that sign-in's username, and its next commands ran as this session's user).
+
+        A write that fails (OSError: a full disk, a read-only folder, its permissions) is not raised: the session
+        keeps the tokens it was given, which are the only valid ones (the refresh spent the file's refresh token),
+        records why in `unsaved` and warns once (TokensNotSaved) until a write works again; `in_file` stays the
+        file's, so a later refresh writes over them once the file can be written. Before, the OSError came out of
+        the call that refreshed and the new tokens were lost with it: signed out."""
+        if not self.persist:
+            return
+        try:
+            save_refreshed(self.in_file, {"access_token": self.access_token, "refresh_token": self.refresh_token,
+                                          "expires_at": self.expires_at}, self.credentials_file)
+        except OSError as exc:
+            if self.unsaved is None:
+                warnings.warn(TokensNotSaved(
+                    f"the refreshed tokens could not be saved in {self.credentials_file} ({exc}); they are used until"
+                    " this session ends, but run `railyard login` again once the file can be written"), stacklevel=2)
+            self.unsaved = exc
+            return
+        self.in_file, self.unsaved = (self.access_token, self.refresh_token), None
 
     def credentials(self) -> dict[str, Any]:
         """What `railyard login` keeps: the URL, the client and the current tokens."""

@@ -66,3 +66,94 @@ def test_another_hosts_write_under_way_is_not_swept_when_this_hosts_clock_runs_a
                                                          sleep=time.sleep))
     write_credentials(SIGNED_IN, path)
     assert left_beside(path) == [".credentials-ijkl9012"]  # before: [] (removed, an hour old by this host's clock)
+
+
+FROM_LOGIN = {"url": "http://gateway.test", "client_id": "api-client", "client_secret": "s", "username": "alice",
+              "access_token": "access-0", "refresh_token": "refresh-0", "expires_at": 0}  # expired: refreshed at once
+
+
+@pytest.fixture
+def token_endpoint(monkeypatch):
+    """Every httpx.Client the SDK makes answers the token endpoint with access-N/refresh-N (spending refresh-(N-1):
+    a refresh token works once, as the server's do) and workspaces/list with one workspace. The forms it was sent."""
+    import httpx
+
+    forms: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == session.TOKEN_PATH:
+            forms.append(request.content.decode())
+            spent = f"refresh_token=refresh-{len(forms) - 1}"
+            assert spent in forms[-1], f"refreshed with a spent or unknown token: {forms[-1]}"
+            return httpx.Response(200, json={"access_token": f"access-{len(forms)}",
+                                             "refresh_token": f"refresh-{len(forms)}", "expires_in": 300})
+        assert request.headers["authorization"] == f"Bearer access-{len(forms)}"
+        return httpx.Response(200, json={"workspaces": [{"id": 1, "name": "default"}]})
+
+    real = httpx.Client
+    monkeypatch.setattr(session.httpx, "Client", lambda **kwargs: real(transport=httpx.MockTransport(answer),
+                                                                          **kwargs))
+    return forms
+
+
+def disk_full(*_: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_a_refreshed_token_that_cannot_be_saved_is_kept_for_the_session_and_said_once(tmp_path, token_endpoint,
+                                                                                      monkeypatch):
+    """A session from the credentials file refreshed its token (spending the file's refresh token) and could not
+    write the new tokens back (a full disk at the rename): the OSError came out of the call and the refreshed tokens
+    were lost with it, the user signed out. Now the session goes on with them, warns once (TokensNotSaved), and
+    saves them at a later refresh once the file can be written."""
+    import warnings
+
+    path = tmp_path / "credentials.json"
+    write_credentials(FROM_LOGIN, path)
+    client = session.Session(credentials_file=path)
+    try:
+        with monkeypatch.context() as full:
+            full.setattr(session.os, "replace", disk_full)
+            with pytest.warns(session.TokensNotSaved, match="could not be saved .*No space left on device"):
+                assert client.token == "access-1"  # before: OSError, access-1 and refresh-1 lost
+            assert isinstance(client.unsaved, OSError) and read_credentials(path) == FROM_LOGIN
+            client.expires_at = 0  # the next refresh, the disk still full: the kept refresh token, no second warning
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert client.token == "access-2"
+            assert read_credentials(path) == FROM_LOGIN and left_beside(path) == []
+        client.expires_at = 0  # the disk has room again: the refresh writes over the tokens the file still holds
+        assert client.token == "access-3" and client.unsaved is None
+        assert read_credentials(path) == FROM_LOGIN | {"access_token": "access-3", "refresh_token": "refresh-3",
+                                                       "expires_at": client.expires_at}
+    finally:
+        client.close()
+    assert len(token_endpoint) == 3
+
+
+def test_railyard_token_prints_a_refreshed_token_that_cannot_be_saved(tmp_path, token_endpoint, monkeypatch, capsys):
+    """`railyard token` (the SDK's command) with a file it cannot write: before, 'railyard: error: unexpected
+    OSError', exit 1, nothing on stdout and the refreshed token lost. Now as the server's `python -m shared.cli token`
+    (09d31676): the token on stdout, the failure on stderr, exit 0. Another command goes on with the refreshed token
+    and says it once as a warning line of its own."""
+    from railyard_client import cli
+
+    path = tmp_path / "credentials.json"
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD", "RAILYARD_CLIENT_WORKSPACE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(path))
+    write_credentials(FROM_LOGIN, path)
+    monkeypatch.setattr(session.os, "replace", disk_full)
+    assert cli.main(["token"]) == 0
+    said = capsys.readouterr()
+    assert said.out == "access-1\n"
+    assert "could not be saved" in said.err and "No space left on device" in said.err
+    assert "railyard login" in said.err and "access-1" not in said.err and said.err.count("\n") == 1
+
+    path.write_text(json.dumps(FROM_LOGIN | {"refresh_token": "refresh-1"}))  # as if saved: the next refresh spends it
+    assert cli.main(["workspaces", "list", "--json"]) == 0  # refreshed to access-2, used, not saved
+    said = capsys.readouterr()
+    assert json.loads(said.out)[0]["name"] == "default"
+    assert said.err.startswith("railyard: warning: the refreshed tokens could not be saved") and said.err.count(
+        "\n") == 1
