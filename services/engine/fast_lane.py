@@ -270,7 +270,7 @@ class FastLane:
             return None  # the model's wrong row count: the general path gives its error
         step_ns = time.perf_counter_ns() - started
         if step_ns >= INLINE_NS and self.pipeline is not None:  # the loop waited that long: the next run, the thread
-            self.pipeline.held_loop(step_ns)
+            self.pipeline.held_loop(step_ns, rows)
         shape = tuple((o.dtype.str, o.shape) for o in outputs)
         prefix = self.answers.get(shape, False)
         if prefix is False:

@@ -32,6 +32,8 @@ log = logging.getLogger("railyard.engine")
 INLINE_ROWS = 256  # tables up to this many rows run on the event loop when no step awaits a worker and a run of
 # few rows has been quick (until the replica has learnt its pipeline's time per row: runs_inline)
 INLINE_NS = 1_000_000  # a run expected to take less than this (ns) runs on the event loop, not in a thread
+HOP_NS = 190_000  # what a run's hop to a thread and back costs (ns of CPU): a slow call's memory is counted in hops
+HELD_NS = 10 * INLINE_NS  # a call that held the loop this long by the wall clock was slow, not preempted (held_loop)
 INLINE_MAX_ROWS = 4096  # a larger table takes the thread whatever the learnt time (batching's default batch_max_rows)
 SHADOW_TIMEOUT = 10.0  # seconds a challenger may take (after that: its columns are left out)
 
@@ -96,13 +98,17 @@ def awaits_workers(pipeline: Pipeline) -> bool:
     return bool(steps) and all(step.kind == "ModelInference" and len(step.runtimes) == 1 for step in steps)
 
 
-async def run_awaiting_workers(steps: list, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any], list]:
+async def run_awaiting_workers(steps: list, table: pa.Table, pipeline: Any = None) -> tuple[pa.Table, list[int],
+                                                                                          dict[str, Any], list]:
     """`pipeline.run` of a pipeline of one-model steps on the event loop: a sandboxed worker's step awaits its answer
     here (`predict_async`), where `pipeline.run` in a thread would hand each request to a thread and the thread back
     to this loop for the worker's pipes (four wake-ups of a thread or the loop per request); an in-process model runs
-    here, or in a thread above INLINE_ROWS rows, as a pipeline without workers does. The exchange is shielded: a
-    cancelled request leaves it to read its answer, as the thread's exchange did (an answer left unread would be
-    the next request's)."""
+    here or in a thread by what the replica has measured of that model (`pipeline.step_inline` and
+    `pipeline.run_step`, replica.Replica: the rule of `runs_inline` for the step's model alone; before 2026-12-06 by
+    its rows alone, so a model of seconds a call beside a Python step held the loop at every request of up to
+    INLINE_ROWS rows, docs/performance.md item 106). Without `pipeline` (tests) the rows decide. The exchange is
+    shielded: a cancelled request leaves it to read its answer, as the thread's exchange did (an answer left unread
+    would be the next request's)."""
     elapsed = []
     current = table
     changed_by = None  # the model of the last step that returned another number of rows than it was given
@@ -113,10 +119,13 @@ async def run_awaiting_workers(steps: list, table: pa.Table) -> tuple[pa.Table, 
         try:
             if hasattr(runtime, "predict_async"):
                 current = await asyncio.shield(runtime.predict_async(current))
-            elif current.num_rows > INLINE_ROWS:
-                current = await asyncio.to_thread(runtime.predict, current)
+            elif pipeline is None:
+                current = runtime.predict(current) if given <= INLINE_ROWS else \
+                    await asyncio.to_thread(runtime.predict, current)
+            elif pipeline.step_inline(step, given):
+                current = pipeline.run_step(step, current)
             else:
-                current = runtime.predict(current)
+                current = await asyncio.to_thread(pipeline.run_step, step, current)
         except NonFiniteValues as exc:  # rows of what the step before returned (as Replica.run says them)
             raise exc.for_request(steps[index - 1].model if index else None, current.num_rows,
                                   table.num_rows) from None
@@ -144,19 +153,27 @@ def runs_inline(pipeline: Pipeline, rows: int) -> bool:
     """Whether a table of `rows` rows runs through `pipeline.run` on the event loop rather than in a thread. A thread
     keeps the loop serving (other requests, the deployer's status and liveness probes) while a large or slow model
     runs, but the hop (the executor's queue, the thread's wake-up, the future handed back to the loop) costs ~190 us
-    of CPU, more than a small model's whole call (ccfraud, 1,000 rows: ~70 us inline). So a run expected to take
-    under INLINE_NS runs inline, by what the replica has measured (replica.Replica.learn, the largest of its last
-    few runs of each kind): `ns_per_call`, a run of fewer than LEARN_ROWS rows (fixed costs: a model's call of one
-    row taking 2 s takes as long for 100), and `ns_per_row`, from runs of more (one model a step only: an A/B
-    split's or a shadow deployment's arms differ). A table of up to INLINE_MAX_ROWS rows runs inline when neither
-    says it is slow: `rows * ns_per_row` under INLINE_NS once that is known, else up to INLINE_ROWS rows. Until a run
-    has been measured (a replica's first request) it runs in the thread: its cost is unknown, and one ~190 us hop
-    costs less than a model of seconds holding the loop. A pipeline with a sandboxed worker runs in the thread (its
-    answer is awaited on this loop)."""
+    of CPU (HOP_NS), more than a small model's whole call (ccfraud, 1,000 rows: ~70 us inline). So a run expected to
+    take under INLINE_NS runs inline, by what the replica has measured of each model it may run
+    (replica.Replica.learn and ModelCost: a step's every A/B arm, a shadow deployment's champion, summed over the
+    steps): `ns_per_call`, from runs of fewer than LEARN_ROWS rows (fixed costs: a model's call of one row taking 2 s
+    takes as long for 100), and `ns_per_row`, from runs of more. A table of up to INLINE_MAX_ROWS rows runs inline
+    when neither says it is slow: `rows * ns_per_row` under INLINE_NS once that is known, else up to INLINE_ROWS
+    rows. Until every model the run may take has been measured (a replica's first request, an A/B arm not chosen
+    yet) it runs in the thread: its cost is unknown, and one ~190 us hop costs less than a model of seconds holding
+    the loop. A pipeline with a sandboxed worker runs in the thread (its answer is awaited on this loop; or
+    run_awaiting_workers, which decides each in-process step by `inline`)."""
     if pipeline.workers or rows > INLINE_MAX_ROWS:
         return False
-    call = getattr(pipeline, "ns_per_call", None)
+    call = getattr(pipeline, "ns_per_call", None)  # the rule written out, as `inline`: a call less per request
     learnt = getattr(pipeline, "ns_per_row", None)
+    if learnt is None:
+        return call is not None and call < INLINE_NS and rows <= INLINE_ROWS
+    return (call is None or call < INLINE_NS) and rows * learnt < INLINE_NS
+
+
+def inline(call: float | None, learnt: float | None, rows: int) -> bool:
+    """The rule of `runs_inline` for a time per call and a time per row measured (None: not yet)."""
     if learnt is None:
         return call is not None and call < INLINE_NS and rows <= INLINE_ROWS
     return (call is None or call < INLINE_NS) and rows * learnt < INLINE_NS
@@ -177,7 +194,7 @@ async def infer(pipeline: Pipeline, data: bytes, headers: dict[str, str] | None,
             data = await pipeline.store.get_bytes(BUCKET_TABLES, reference)
         table = pipeline.narrow(from_ipc(data))
         if pipeline.workers and awaits_workers(pipeline):
-            output, elapsed, last, shadows = await run_awaiting_workers(pipeline.steps, table)
+            output, elapsed, last, shadows = await run_awaiting_workers(pipeline.steps, table, pipeline)
         else:  # a worker's answer is awaited on this loop, so a request with one runs in a thread
             output, elapsed, last, shadows = pipeline.run(table) if runs_inline(pipeline, table.num_rows) \
                 else await asyncio.to_thread(pipeline.run, table)

@@ -15,7 +15,6 @@ publish is retried with the same batch id, then reported in the log, never dropp
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
 import hashlib
@@ -25,7 +24,9 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,58 @@ log = logging.getLogger("railyard.engine")
 DRAIN_SHADOWS = 2.0  # seconds a stopping replica lets queued challengers run (then: logged without them)
 DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it holds
 TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
-LEARN_ROWS = 64  # runs of at least this many rows teach a replica its time per row, smaller ones its time per call
+LEARN_ROWS = 64  # runs of at least this many rows teach a model its time per row, smaller ones its time per call
 LEARN_RUNS = 8  # the learnt time per row (per call) is the largest of this many last runs of that kind
+
+
+class ModelCost:
+    """What one model's runs measured, for handlers.runs_inline (Replica.learn): `per_call`, the largest time of its
+    last LEARN_RUNS runs of fewer than LEARN_ROWS rows, and of the slowest call still `kept` beyond them; `per_row`,
+    the largest time per row of its last LEARN_RUNS larger runs (None: no such run yet). A call of INLINE_NS or more
+    is kept for as many of the model's runs as the thread's hops (HOP_NS each) it takes to cost that call's time, at
+    least LEARN_RUNS (a call of 2 s: ~10,500 runs; of 2 ms: 10): a model slow for a few inputs then keeps its runs in
+    the thread while a slow one comes often enough to cost more on the loop than the hops cost (before 2026-12-06, 8
+    quick runs in a row sent the next slow one to the loop again, docs/performance.md item 106).
+
+    Written by a run in a thread while the loop reads it, without a lock: each window is a list of fixed length whose
+    items are replaced (a deque appended to in a thread while another thread takes its max() raises "mutated during
+    iteration" once the GIL no longer keeps max() whole, as in free-threaded Python), its maximum taken by the writer,
+    and the loop reads only the replica's two times, one attribute each. Two writers at once (not done: a replica
+    runs one request or batch at a time) would lose a sample, never raise."""
+
+    __slots__ = ("call_at", "calls", "kept", "kept_until", "per_call", "per_row", "row_at", "rows", "runs")
+
+    def __init__(self) -> None:
+        self.calls = [0] * LEARN_RUNS  # ns, in turn
+        self.rows = [0.0] * LEARN_RUNS  # ns per row, in turn
+        self.call_at = self.row_at = 0  # runs of each kind so far
+        self.runs = 0  # this model's runs measured
+        self.kept = 0  # a slow call's ns, counted until the model's run `kept_until`
+        self.kept_until = 0
+        self.per_call: int | None = None
+        self.per_row: float | None = None
+
+    def add(self, rows: int, ns: int) -> None:
+        runs = self.runs = self.runs + 1
+        if rows >= LEARN_ROWS:
+            at = self.row_at
+            self.rows[at % LEARN_RUNS] = ns / rows
+            self.row_at = at + 1
+            self.per_row = max(self.rows)
+            if runs != self.kept_until:  # the time per call changes only as the call kept is forgotten
+                return
+        else:
+            at = self.call_at
+            self.calls[at % LEARN_RUNS] = ns
+            self.call_at = at + 1
+            if ns >= handlers.INLINE_NS:
+                kept = self.kept if runs < self.kept_until else 0
+                until = runs + max(LEARN_RUNS, ns // handlers.HOP_NS)
+                self.kept, self.kept_until = max(kept, ns), max(self.kept_until, until)
+        call = max(self.calls) if self.call_at else None
+        if runs < self.kept_until:
+            call = max(call or 0, self.kept)
+        self.per_call = call
 
 
 class Step:
@@ -218,10 +269,19 @@ class Replica:
         self.served = 0  # requests answered
         self.narrowing: dict[str, pa.DataType] = {}
         self.tensors: frozenset[str] = frozenset()  # list columns made fixed-size on arrival (first_step_tensors)
-        self.ns_per_row: float | None = None  # the pipeline's learnt run time per row (handlers.runs_inline)
-        self.recent_ns_per_row: collections.deque[float] = collections.deque(maxlen=LEARN_RUNS)
-        self.ns_per_call: float | None = None  # ... and a run's of fewer than LEARN_ROWS rows (learn)
-        self.recent_ns_per_call: collections.deque[float] = collections.deque(maxlen=LEARN_RUNS)
+        # what handlers.runs_inline reads: the pipeline's learnt run time per row, and a run's of fewer than
+        # LEARN_ROWS rows, summed from its models' (learn), None while a model it may run is not measured
+        self.ns_per_row: float | None = None
+        self.ns_per_call: float | None = None
+        self.costs: dict[int, ModelCost] = {}  # by the id of a step's model (its spec's dict, Step.models)
+        # the steps (and their count) learnt for, and a pipeline of one model's ModelCost and its model's id
+        self._plan: tuple[Any, int, ModelCost | None, int] | None = None
+        # a model's session of more than one thread (cpus >= 2): its runs are timed by the process's CPU clock, which
+        # the session's own threads add to (the calling thread's saw ~half of a call's CPU with 2), and in a thread
+        # less the loop's thread's (`loop_clock`, set by serve)
+        self.pooled = int(float(spec.get("engine_config", {}).get("cpus", 1))) > 1
+        self.loop_thread: int | None = None
+        self.loop_clock: int | None = None
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -272,13 +332,19 @@ class Replica:
         return narrow(table, self.narrowing) if self.narrowing else table
 
     def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]:
-        """(output, elapsed ns per step, the last model that answered, shadow work)."""
+        """(output, elapsed ns per step, the last model that answered, shadow work), each step's CPU learnt (learn,
+        cpu_clock). A run on the loop is not also judged by its wall clock as the fast lane's calls are (held_loop):
+        its CPU, of every thread that worked on it, is read anyway and says what the loop waited for, where the wall
+        clock would add the host's preemptions (one a few hundred calls at load 5-6, docs/performance.md item 103)."""
         elapsed = []
         current = table
         last = None
         shadows: list = []
         changed_by = None  # the model of the last step that returned another number of rows than it was given
-        cpu_started = time.thread_time_ns()
+        clock = self.cpu_clock()
+        several = len(self.steps) > 1
+        measured = []  # (model, rows given, CPU ns) of each step of several
+        cpu = cpu_started = clock()
         for step in self.steps:
             started = time.perf_counter_ns()
             given = current.num_rows
@@ -290,41 +356,136 @@ class Replica:
                 changed_by = last
             shadows += step_shadows
             elapsed.append(time.perf_counter_ns() - started)
+            if several:
+                now = clock()
+                measured.append((last, given, now - cpu))
+                cpu = now
         rows = table.num_rows
         if current.num_rows != rows:  # a Python step's filter or expansion that no later step undid
             raise handlers.rows_changed(changed_by, current.num_rows, rows)
-        # this thread's CPU, not the wall clock: in a thread, the run also waits for the loop's turns of the GIL
-        self.learn(rows, time.thread_time_ns() - cpu_started)
+        if several:
+            for model, given, ns in measured:
+                self._cost(model).add(given, ns)
+            self._sum()
+        else:
+            self.learn(rows, clock() - cpu_started, last)
         return current, elapsed, last, shadows
 
-    def learn(self, rows: int, ns: int) -> None:
-        """What handlers.runs_inline decides by, from every run of `run` (`rows` rows, `ns` of its thread's CPU). A
-        run of LEARN_ROWS rows or more teaches the time per row (of a pipeline of one model a step), a smaller one
-        the time per call: its fixed costs, which a lone one-row request meets (before 2026-12-06 those taught
-        nothing, and a model of seconds a call ran on the loop at every one-row request, docs/performance.md item
-        103). Each is the largest of the last LEARN_RUNS runs of its kind: a slow run counts at once, and for
-        LEARN_RUNS runs. Any run ends the doubt `held_loop` cast."""
-        if rows >= LEARN_ROWS:
-            if self._one_model_a_step():
-                self.recent_ns_per_row.append(ns / rows)
-                self.ns_per_row = max(self.recent_ns_per_row)
-        else:
-            self.recent_ns_per_call.append(ns)
-        self.ns_per_call = max(self.recent_ns_per_call) if self.recent_ns_per_call else None
+    def run_step(self, step: Step, table: pa.Table) -> pa.Table:
+        """One in-process model's step of handlers.run_awaiting_workers (a pipeline with a sandboxed worker), measured
+        as `run` measures a step."""
+        clock = self.cpu_clock()
+        started = clock()
+        output = step.runtimes[0].predict(table)
+        self._cost(step.model).add(table.num_rows, clock() - started)
+        return output
 
-    def held_loop(self, ns: int) -> None:
-        """The fast lane's call held the event loop `ns` (its wall clock), INLINE_NS or more: the next run takes the
+    def step_inline(self, step: Step, rows: int) -> bool:
+        """Whether run_awaiting_workers runs that step of `rows` rows on the loop: runs_inline's rule for its model."""
+        cost = self.costs.get(id(step.model))
+        return rows <= handlers.INLINE_MAX_ROWS and cost is not None and \
+            handlers.inline(cost.per_call, cost.per_row, rows)
+
+    def cpu_clock(self) -> Callable[[], int]:
+        """What a run is timed by: the CPU time of the threads that work on it, not the wall clock (in a thread the
+        run also waits for the loop's turns of the GIL, and a host under load preempts it: calls of 46-83 ms of CPU
+        read 0.4-1.6 s of wall time, niced at load 5-6). The calling thread's, unless the model's session has
+        threads of its own (`pooled`): then the process's (on the loop, whose thread is the caller), less the loop's
+        thread's in a thread (one not `loop_thread`). A run of a session of N threads so counts up to N times its wall
+        time: a model near INLINE_NS takes the thread sooner, never later."""
+        if not self.pooled:
+            return time.thread_time_ns
+        loop_clock = self.loop_clock
+        if loop_clock is None or threading.get_ident() == self.loop_thread:
+            return time.process_time_ns
+        return lambda: time.process_time_ns() - time.clock_gettime_ns(loop_clock)
+
+    def _cost(self, model: dict[str, Any] | None) -> ModelCost:
+        cost = self.costs.get(id(model))
+        if cost is None:
+            cost = self.costs[id(model)] = ModelCost()
+        return cost
+
+    def learn(self, rows: int, ns: int, model: dict[str, Any] | None = None) -> None:
+        """What handlers.runs_inline decides by, from a run of `rows` rows that took `ns` (cpu_clock) of `model`
+        (None: the first step's), the one model a one-step pipeline's run took: a run of LEARN_ROWS rows or more
+        teaches the model's time per row, a smaller one its time per call (fixed costs, which a lone one-row request
+        meets), each the largest of its last LEARN_RUNS runs of that kind, and a slow call is kept longer
+        (ModelCost). The pipeline's times (`ns_per_call`, `ns_per_row`) are then summed from its models' (`_sum`).
+        Any run ends the doubt `held_loop` cast."""
+        steps = self.steps
+        plan = self._plan
+        if plan is None or plan[0] is not steps or plan[1] != len(steps):
+            plan = self._plan = self._one_model(steps)
+        one = plan[2]
+        if one is not None and (model is None or id(model) == plan[3]):  # one model (most pipelines): its times
+            one.add(rows, ns)
+            self.ns_per_call, self.ns_per_row = one.per_call, one.per_row
+            return
+        self._cost(model if model is not None else steps[0].model).add(rows, ns)
+        self._sum()
+
+    def _one_model(self, steps: list[Step]) -> tuple[Any, int, ModelCost | None, int]:
+        """`_plan`: the ModelCost of the one model a pipeline of one step may run, else None."""
+        models = self._may_run(steps[0]) if len(steps) == 1 else []
+        if len(models) != 1:
+            return steps, len(steps), None, 0
+        return steps, 1, self._cost(models[0]), id(models[0])
+
+    def _sum(self) -> None:
+        """`ns_per_call` and `ns_per_row`: over the steps, the sum of the largest time of the models a step may run
+        (every arm of an A/B split given a weight; a shadow deployment's champion: its challengers run in threads
+        after the answer, handlers.run_challengers); None while one of them has none measured. Before 2026-12-06 a
+        pipeline learnt one time for all its runs, its arms' alike: a slow arm measured once left the window after 8
+        runs of the others and ran on the loop again (an arm not chosen yet ran there at once), and an A/B split or
+        shadow deployment learnt no time per row (docs/performance.md item 106)."""
+        call: float | None = 0
+        row: float | None = 0
+        costs = self.costs
+        for step in self.steps:
+            step_call = step_row = 0.0
+            for model in self._may_run(step):
+                cost = costs.get(id(model))
+                if cost is None:
+                    self.ns_per_call = self.ns_per_row = None
+                    return
+                model_call, model_row = cost.per_call, cost.per_row
+                if model_call is None:
+                    call = None
+                elif call is not None:
+                    step_call = max(step_call, model_call)
+                if model_row is None:
+                    row = None
+                elif row is not None:
+                    step_row = max(step_row, model_row)
+            if call is not None:
+                call += step_call
+            if row is not None:
+                row += step_row
+        self.ns_per_call, self.ns_per_row = call, row
+
+    @staticmethod
+    def _may_run(step: Step) -> list[dict[str, Any]]:
+        """The models a step's run may take: every weighted arm of an A/B split, else its first (a shadow
+        deployment's champion)."""
+        if step.kind != "RandomSplit":
+            return step.models[:1]
+        weights = step.weights or [1] * len(step.models)
+        return [model for model, weight in zip(step.models, weights, strict=False) if weight > 0]
+
+    def held_loop(self, ns: int, rows: int = 1) -> None:
+        """The fast lane's call held the event loop `ns` by its wall clock, INLINE_NS or more (the lane reads no CPU
+        clock: ~2.7 us a read on the test VM, against ~0.4 us for the wall clock's): the next run takes the
         thread, where `run` measures its CPU (learn). A call the host or another process preempted (the wall clock's
         time, not the model's) so costs one request the thread's hop, and a model that is slow stays in the thread
         while its calls are. The lane's quick calls teach nothing (it runs only while calls are quick), so it pays
-        no more than the perf_counter pair it reads anyway."""
+        no more than the perf_counter pair it reads anyway. A call of HELD_NS or more (no preemption that long in
+        26,000 calls of 60 us at load 5-6, docs/performance.md item 106) is the model's own time: it enters the
+        model's window (learn), so a model slow for some inputs stays in the thread after one as after a call
+        measured slow (ModelCost), where before the next quick run measured sent the next slow one to the loop."""
+        if ns >= handlers.HELD_NS:
+            self.learn(rows, ns)
         self.ns_per_call = max(self.ns_per_call or 0, ns)
-
-    def _one_model_a_step(self) -> bool:
-        """Whether every step runs the same one model on every request, so one time per row describes the
-        pipeline: an A/B split's arms (or a shadow deployment's champion and challengers) differ, and such a
-        pipeline keeps handlers.INLINE_ROWS' rule (and the time per call, the largest of its arms' recent ones)."""
-        return all(step.kind == "ModelInference" and len(step.runtimes) == 1 for step in self.steps)
 
     def status(self) -> dict[str, Any]:
         """The status probe's answer: seed 001's engine fields (status, pipeline_statuses, model_statuses; the
@@ -349,6 +510,9 @@ class Replica:
         return answer
 
     async def serve(self) -> None:  # noqa: C901 - the request path is kept in one place on purpose
+        if self.pooled:  # a run in a thread is timed less this thread's CPU (cpu_clock)
+            self.loop_thread = threading.get_ident()
+            self.loop_clock = time.pthread_getcpuclockid(self.loop_thread)
         identity = connect_options(self.settings.nats)  # the `engine` identity, from the deployer
         nc = await nats.connect(self.settings.nats.url, name=f"railyard-engine-{self.name}-{self.replica_id}",
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5, **identity)

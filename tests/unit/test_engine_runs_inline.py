@@ -1,38 +1,58 @@
 """Where a replica runs a table through its pipeline (services/engine/handlers.py runs_inline): on the event loop
 when the pipeline's learnt CPU time for that many rows is under INLINE_NS and the table has at most INLINE_MAX_ROWS
-rows (replica.Replica.run learns it from runs of LEARN_ROWS rows or more of a pipeline of one model a step, the
-largest of the last LEARN_RUNS runs), in a thread otherwise; up to INLINE_ROWS rows until a run has taught it and
-always for an A/B split or a shadow deployment; always in the thread with a sandboxed worker. Runs of fewer rows
-teach the time a call takes (Replica.learn): a slow one sends every run to the thread; and until any run has been
-measured (the replica's first), a run takes the thread."""
+rows (replica.Replica.run learns it from runs of LEARN_ROWS rows or more, of each model apart, the largest of its
+last LEARN_RUNS runs), in a thread otherwise; up to INLINE_ROWS rows until a run has taught it; always in the thread
+with a sandboxed worker. Runs of fewer rows teach the time a call takes (Replica.learn): a slow one sends every run
+to the thread, and is remembered for as many runs as thread hops (HOP_NS) cost its time; and until every model a
+run may take has been measured (the replica's first run, an A/B arm not chosen yet), a run takes the thread. An A/B
+split counts its slowest arm, a shadow deployment its champion (docs/performance.md item 106)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import pyarrow as pa
 
 from services.engine import handlers
 from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica
+from shared.arrow_codec import to_ipc_stream
 from shared.settings import Settings
+
+MODEL = {"name": "m", "sha": "abc"}  # a step's model (the replica learns by it: a step swapped keeps its window)
+OTHER = {"name": "n", "sha": "def"}  # an A/B split's other arm, a shadow deployment's challenger
+
+
+def spin(ns: int) -> None:
+    until = time.thread_time_ns() + ns
+    while time.thread_time_ns() < until:
+        pass
 
 
 class Busy:
-    """A step of one model whose run takes `ns_per_row` of CPU per row."""
+    """A step whose run takes `ns_per_row` of CPU per row. An A/B split (RandomSplit) runs its arms in turn, the
+    second taking `other_ns_per_row` (as the first when None); a shadow deployment (ShadowDeploy) runs its champion
+    (its challenger runs after the answer, not in the run)."""
 
-    kind = "ModelInference"
-    model = {"name": "m", "sha": "abc"}
-
-    def __init__(self, ns_per_row: int, kind: str = "ModelInference") -> None:
+    def __init__(self, ns_per_row: int, kind: str = "ModelInference", other_ns_per_row: int | None = None) -> None:
         self.ns_per_row = ns_per_row
+        self.other_ns_per_row = ns_per_row if other_ns_per_row is None else other_ns_per_row
         self.kind = kind
-        self.runtimes = [self] if kind == "ModelInference" else [self, self]
+        self.models = [MODEL] if kind == "ModelInference" else [MODEL, OTHER]
+        self.runtimes = [self] * len(self.models)
+        self.weights = [1, 1] if kind == "RandomSplit" else None
+        self.turns = 0
+
+    @property
+    def model(self):
+        return self.models[0]
 
     def run(self, table: pa.Table):
-        until = time.thread_time_ns() + self.ns_per_row * table.num_rows
-        while time.thread_time_ns() < until:
-            pass
-        return table, self.model, []
+        other = self.kind == "RandomSplit" and self.turns % 2 == 1
+        self.turns += 1
+        spin((self.other_ns_per_row if other else self.ns_per_row) * table.num_rows)
+        return table, OTHER if other else MODEL, []
 
 
 def _replica(tmp_path, ns_per_row: int, kind: str = "ModelInference") -> Replica:
@@ -62,14 +82,33 @@ def test_a_slow_call_of_few_rows_sends_every_run_to_the_thread(tmp_path):
     assert handlers.runs_inline(replica, 1000) and handlers.runs_inline(replica, 1)
     replica.steps = [Busy(2 * handlers.INLINE_NS)]  # a model of 2 ms a call, one row at a time (2 s: killed as hung)
     replica.run(_table(1))
-    assert replica.ns_per_call >= handlers.INLINE_NS
+    slow = replica.ns_per_call
+    assert slow >= handlers.INLINE_NS
     assert not handlers.runs_inline(replica, 1) and not handlers.runs_inline(replica, 1000)
     replica.steps = [Busy(100)]
-    for _ in range(LEARN_RUNS - 1):  # quick calls after it: the slow one still counts
+    kept = max(LEARN_RUNS, slow // handlers.HOP_NS)  # runs: ~10, as many hops as cost 2 ms
+    for _ in range(kept - 1):  # quick calls after it: the slow one still counts
         replica.run(_table(1))
         assert not handlers.runs_inline(replica, 1)
-    replica.run(_table(1))  # the slow call has left the window
+    replica.run(_table(1))  # the slow call is forgotten
     assert handlers.runs_inline(replica, 1) and handlers.runs_inline(replica, 1000)
+
+
+def test_a_slow_call_is_kept_for_as_many_runs_as_thread_hops_cost_its_time(tmp_path):
+    # a model slow for a few inputs (or a lane's call that held the loop HELD_NS): before 2026-12-06 the window of 8
+    # forgot it after 8 quick calls, and the next slow input held the loop again (docs/performance.md item 106)
+    replica = _replica(tmp_path, 100)
+    replica.run(_table(1))
+    replica.held_loop(2 * handlers.HELD_NS)  # the lane's call held the loop 20 ms: no preemption is that long
+    assert not handlers.runs_inline(replica, 1)
+    for run in range(2 * handlers.HELD_NS // handlers.HOP_NS - 1):  # 104 quick calls: the 20 ms still counts
+        replica.run(_table(1))
+        assert not handlers.runs_inline(replica, 1), f"quick call {run + 1} forgot a call of 20 ms"
+    replica.run(_table(1))
+    assert handlers.runs_inline(replica, 1)
+    replica.held_loop(5 * handlers.INLINE_NS)  # 5 ms by the wall clock: maybe preempted, so the next run alone
+    replica.run(_table(1))
+    assert handlers.runs_inline(replica, 1)
 
 
 def test_a_call_the_fast_lane_found_slow_sends_the_next_to_the_thread_where_it_is_measured(tmp_path):
@@ -116,17 +155,137 @@ def test_a_slow_run_counts_at_once_and_for_the_next_runs(tmp_path):
     assert handlers.runs_inline(replica, 100)
 
 
-def test_an_ab_split_or_a_shadow_deployment_keeps_the_rows_rule_and_a_worker_the_thread(tmp_path):
-    for kind in ("RandomSplit", "ShadowDeploy"):  # its arms differ: one time per row would mislead
-        replica = _replica(tmp_path, 100, kind)
-        replica.run(_table(1000))
-        assert replica.ns_per_row is None and not handlers.runs_inline(replica, 1000)
-        replica.run(_table(1))  # a quick call (the time per call: the largest of the arms' recent ones)
-        assert handlers.runs_inline(replica, handlers.INLINE_ROWS)
-        replica.steps = [Busy(2 * handlers.INLINE_NS, kind)]  # an arm of 2 ms a call
-        replica.run(_table(1))
-        assert not handlers.runs_inline(replica, 1)
+def test_an_ab_split_counts_its_slowest_arm_and_a_shadow_deployment_its_champion(tmp_path):
+    # before 2026-12-06 they learnt no time per row (every table of more than INLINE_ROWS rows took the thread), and
+    # one time per call for all arms: a slow arm not chosen yet ran on the loop, and again once 8 runs of the others
+    # had pushed it out of the window (docs/performance.md item 106)
+    split = _replica(tmp_path, 100, "RandomSplit")
+    split.run(_table(1000))  # the first arm measured, not the second: unknown, the thread
+    assert not handlers.runs_inline(split, 1000) and not handlers.runs_inline(split, 1)
+    split.run(_table(1000))  # both arms quick per row
+    assert handlers.runs_inline(split, 1000) and handlers.runs_inline(split, handlers.INLINE_MAX_ROWS // 2)
+    split.steps = [Busy(100, "RandomSplit", 2 * handlers.INLINE_NS)]  # the second arm takes 2 ms a call
+    split.run(_table(1))
+    split.run(_table(1))
+    assert not handlers.runs_inline(split, 1)
+    for _ in range(4 * LEARN_RUNS):  # the quick arm's runs do not push the slow arm's out of its window
+        split.steps[0].turns = 0
+        split.run(_table(1))
+        assert not handlers.runs_inline(split, 1)
+    shadow = _replica(tmp_path, 100, "ShadowDeploy")
+    shadow.run(_table(1000))  # the champion's time per row: the challengers run after the answer, in threads
+    assert handlers.runs_inline(shadow, 1000)
+    shadow.run(_table(1))
+    assert handlers.runs_inline(shadow, 1)
+
+
+def test_a_sandboxed_worker_keeps_the_thread(tmp_path):
     replica = _replica(tmp_path, 100)
     replica.run(_table(1000))
     replica.workers = [object()]
     assert not handlers.runs_inline(replica, 1)
+
+
+class Pooled:
+    """A step whose model's work is done by a thread of its own (an onnxruntime session of 2 threads or more), the
+    caller waiting: `ns` of CPU a call, none of it the calling thread's."""
+
+    kind = "ModelInference"
+    models = [MODEL]
+    model = MODEL
+
+    def __init__(self, ns: int, sleep: float = 0.0) -> None:
+        self.ns = ns
+        self.sleep = sleep  # seconds the pool's thread waits too (no CPU)
+        self.runtimes = [self]
+
+    def work(self) -> None:
+        spin(self.ns)
+        time.sleep(self.sleep)
+
+    def run(self, table: pa.Table):
+        worker = threading.Thread(target=self.work)
+        worker.start()
+        worker.join()
+        return table, MODEL, []
+
+
+def test_a_session_of_its_own_threads_is_timed_by_their_cpu_too(tmp_path):
+    # before 2026-12-06 a run was timed by the calling thread's CPU alone: with `cpus` 2 (a session of 2 threads)
+    # it saw about half of a call (measured: 46-61 of 108-121 ms), and a pool that does it all, none
+    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1}, "steps": [],
+            "engine_config": {"cpus": 2}}
+    replica = Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
+    replica.steps = [Pooled(2 * handlers.INLINE_NS)]
+    replica.run(_table(1))
+    slow = replica.ns_per_call
+    assert slow >= 2 * handlers.INLINE_NS and not handlers.runs_inline(replica, 1)
+    # in a thread: the process's CPU less the loop's thread's (here the test's own, busy meanwhile)
+    replica.loop_thread = threading.get_ident()
+    replica.loop_clock = time.pthread_getcpuclockid(replica.loop_thread)
+    replica.steps = [Pooled(0)]
+    for _ in range(max(LEARN_RUNS, slow // handlers.HOP_NS)):  # the slow call forgotten
+        replica.run(_table(1))
+    assert handlers.runs_inline(replica, 1)
+    replica.steps = [Pooled(0, sleep=0.01)]
+    runner = threading.Thread(target=replica.run, args=(_table(1),))
+    runner.start()
+    while runner.is_alive():  # the loop's work meanwhile (~ms): not the run's
+        spin(100_000)
+    assert replica.ns_per_call < handlers.INLINE_NS, replica.ns_per_call
+
+
+class Worker:
+    """A sandboxed worker's step: its answer awaited on the loop."""
+
+    kind = "ModelInference"
+    models = [OTHER]
+    model = OTHER
+
+    def __init__(self) -> None:
+        self.runtimes = [self]
+
+    async def predict_async(self, table: pa.Table) -> pa.Table:
+        return table
+
+
+class InProcess:
+    """An in-process model's step after a worker's, `ns` of CPU a call; says which thread ran each call."""
+
+    kind = "ModelInference"
+    models = [MODEL]
+    model = MODEL
+
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+        self.runtimes = [self]
+        self.threads: list[int] = []
+
+    def predict(self, table: pa.Table) -> pa.Table:
+        self.threads.append(threading.get_ident())
+        spin(self.ns)
+        return table
+
+
+def test_a_pipeline_with_a_sandboxed_worker_runs_its_model_steps_by_what_they_measured(tmp_path):
+    # handlers.run_awaiting_workers ran an in-process step of up to INLINE_ROWS rows on the loop by its rows alone
+    # before 2026-12-06: a model of seconds a call beside a Python step held the loop at every request (item 106)
+    replica = _replica(tmp_path, 0)
+    loop_thread = threading.get_ident()
+    request = to_ipc_stream(_table(1))
+
+    def infer(step: InProcess) -> int:
+        replica.steps, replica.workers = [Worker(), step], [object()]
+        answer = asyncio.run(handlers.infer(replica, request, None, time.perf_counter_ns(), 1 << 20))
+        assert answer.output is not None and answer.output.num_rows == 1, answer.headers
+        return step.threads[-1]
+
+    slow = InProcess(2 * handlers.INLINE_NS)
+    assert infer(slow) != loop_thread  # not measured yet: the thread
+    for _ in range(3):
+        assert infer(slow) != loop_thread  # measured slow: the thread
+    replica.costs.clear()
+    quick = InProcess(0)
+    assert infer(quick) != loop_thread
+    assert infer(quick) == loop_thread  # measured quick: the loop, as before
+    assert not handlers.runs_inline(replica, 1)  # the pipeline as a whole: a worker's answer awaited, the thread

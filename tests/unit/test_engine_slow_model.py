@@ -7,7 +7,9 @@ requests one after another as steady traffic sends them, and the replica's statu
 Before 2026-12-06 (docs/performance.md item 103) the fast lane (services/engine/fast_lane.py) ran every lone request
 of up to 256 rows of a one-ONNX-model deployment on the loop whatever the model cost, and the general path's
 handlers.runs_inline learnt a pipeline's cost only from runs of 64 rows or more, which one-row traffic never sends:
-each call held the loop, the probe waited for it, and a model of 2 s a call was killed as hung."""
+each call held the loop, the probe waited for it, and a model of 2 s a call was killed as hung. Until the next day
+(item 106) a replica learnt one time per call for all its runs: an A/B split's slow arm ran on the loop the first time
+it was chosen, and again each time 8 runs of the quick arm had pushed it out of the window."""
 
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import nats
 import numpy as np
 import pyarrow as pa
 import pytest
+from nats.js.api import StreamConfig
 
 from services.engine import handlers
 from services.engine.fast_lane import FastLane
-from services.engine.replica import Replica, Step, first_step_narrowing
+from services.engine.replica import LEARN_RUNS, Replica, Step, first_step_narrowing
 from services.engine.runtimes import OnnxRuntime
 from shared import subjects
 from shared.arrow_codec import from_ipc, tensor_array, to_ipc_stream
@@ -82,6 +85,74 @@ def test_a_slow_models_calls_leave_the_replica_answering_its_status_probe(nats_u
     asyncio.run(main())
 
 
+async def probed_during(client, infer: str, status: str, request: bytes, arm: str, call: str) -> None:
+    """Ask `request` and the replica's status 0.05 s into its call: the probe must be answered before the call."""
+    started = time.monotonic()
+
+    async def ask() -> float:
+        answer = await client.request(infer, request, timeout=60, headers={REQUEST_ID: uuid.uuid4().hex})
+        answered = from_ipc(answer.data)
+        assert answered.num_rows == 1, answer.headers
+        assert arm in answered.column("_model_split")[0].as_py()[0], answered.column("_model_split")
+        return time.monotonic()
+
+    asking = asyncio.create_task(ask())
+    await asyncio.sleep(0.05)  # the call is under way (~0.4 s)
+    await client.request(status, b"{}", timeout=60)
+    probed = time.monotonic()
+    answered = await asking
+    took, stood = answered - started, probed - started - 0.05
+    assert took > 0.15, f"{call}: the slow arm took {took:.2f} s: too quick for this test to mean much"
+    assert probed < answered, (
+        f"{call}: the status probe was answered after the slow arm's call ({took:.2f} s; the loop the replica shares "
+        f"with this test stood {stood:.2f} s): the call ran on the replica's event loop")
+
+
+def test_an_ab_splits_slow_arm_leaves_the_replica_answering_its_status_probe(nats_url, tmp_path):
+    # a split of 95 % to a quick model and 5 % to a slow one (chosen by the request's `user`, so this test knows which
+    # arm each request takes): the quick arm's calls must not make the slow one's run on the loop, neither its first
+    # (not measured yet) nor one after many quick ones
+    quick_model, slow_model = tmp_path / "quick.onnx", tmp_path / "slow.onnx"
+    quick_model.write_bytes(slow_onnx(size=8, iterations=1))  # microseconds a call
+    slow_model.write_bytes(slow_onnx(iterations=ITERATIONS))
+    runtimes = [OnnxRuntime(quick_model), OnnxRuntime(slow_model)]
+    for runtime in runtimes:
+        runtime.load()
+    models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("quick", "slow")]
+    spec = {"deployment": {"name": "ab", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
+            "steps": [{"kind": "RandomSplit", "models": models, "weights": [95, 5], "hash_key": "user"}]}
+    replica = Replica(spec, "r1", Settings(nats={"url": nats_url}, stack={"data_dir": tmp_path / "data"}))
+    replica.steps = [Step(spec["steps"][0], runtimes)]
+    replica.narrowing = first_step_narrowing(replica.steps)
+    users: dict[int, str] = {}
+    for number in range(1000):  # a user of each arm (the split's own choice)
+        users.setdefault(replica.steps[0]._choose(pa.table({"user": [f"user-{number}"]})), f"user-{number}")
+    quick, slow = (to_ipc_stream(pa.table({"tensor": tensor_array(np.ones((1, 4), np.float32)),
+                                           "user": [users[arm]]})) for arm in (0, 1))
+    infer, status = subjects.engine_infer("ab"), subjects.engine_replica_status("ab", "r1")
+
+    async def main():
+        client = await nats.connect(nats_url)
+        await client.jetstream().add_stream(StreamConfig(name=subjects.INFERENCE_LOGS_STREAM,
+                                                         subjects=list(subjects.INFERENCE_LOGS_SUBJECTS)))
+        serving = asyncio.create_task(replica.serve())
+        try:
+            await until_status_answers(client, status, serving)
+            for _ in range(3):  # the quick arm's calls
+                await client.request(infer, quick, timeout=60, headers={REQUEST_ID: uuid.uuid4().hex})
+            await probed_during(client, infer, status, slow, "slow", "the slow arm's first call")
+            for _ in range(2 * LEARN_RUNS):  # as many of the quick arm's as pushed the slow one out of the window
+                await client.request(infer, quick, timeout=60, headers={REQUEST_ID: uuid.uuid4().hex})
+            await probed_during(client, infer, status, slow, "slow", "the slow arm's call after 16 quick ones")
+            assert replica.ns_per_call >= handlers.INLINE_NS  # the slow arm's, as long as it is not quick
+        finally:
+            replica.stop.set()
+            await asyncio.wait_for(serving, 30)
+        await client.close()
+
+    asyncio.run(main())
+
+
 def test_the_fast_lane_runs_only_what_the_replica_runs_on_its_loop_and_teaches_it_a_slow_call(tmp_path):
     model = tmp_path / "slow.onnx"
     model.write_bytes(slow_onnx(iterations=16))  # ~50 ms a call: 1 ms (INLINE_NS) is all it must pass
@@ -101,3 +172,8 @@ def test_the_fast_lane_runs_only_what_the_replica_runs_on_its_loop_and_teaches_i
     assert answer is not None and answer.elapsed[0] >= handlers.INLINE_NS
     assert replica.ns_per_call >= handlers.INLINE_NS  # ... which it told the replica
     assert lane.answer(request, time.perf_counter_ns()) is None and lane.answered == 1  # the next: the thread
+    # a call of HELD_NS or more is the model's time, not a preemption: a quick call measured after it does not send
+    # the next to the loop (before 2026-12-06 it did, and a model slow for some inputs held the loop at each)
+    assert answer.elapsed[0] >= handlers.HELD_NS
+    replica.learn(1, 10_000)
+    assert lane.answer(request, time.perf_counter_ns()) is None and lane.answered == 1
