@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -122,13 +123,17 @@ HELD_FIRST = 2.0  # seconds a task whose point met a database error is left out 
 HELD_MAX = 60.0  # ... doubling at each error in a row, up to this
 # A pass that failed on an error that is not an outage (a pass's own query over a role's statement_timeout, our SQL,
 # asyncpg misused, another OSError: a retry meets it again) is tried again after PASS_RETRY, doubling at each such
-# failure in a row up to the idle `tick` (Scheduler._pass_failed), and logged with its traceback the first time that
-# error (its type and words) is met in the row, then as one line with its count. Before session 41 every such pass was
+# failure in a row up to the idle `tick` (while the process supervises runs, up to their beat's wait:
+# heartbeat_interval / 2), and logged with its traceback the first time that error (its type and words, their numbers
+# aside: ERROR_VARYING) is met in the row, then as one line with its count. Before session 41 every such pass was
 # tried again within PASS_RETRY and logged its traceback each time: a statement the timeout cancels every time wrote
 # a traceback a second for as long as it lasted. An outage (is_database_unavailable) is still tried again within
 # PASS_RETRY, a line each time: the database may be back at any moment
 PASS_RETRY = 1.0
 PASS_ERRORS_KEPT = 32  # distinct errors of the failed passes in a row remembered (their count), the oldest let go
+# what one error's words may change from one failure to the next (a uuid, a number: a row's id, an OID, a time) and
+# do not make it another error: without, an error naming the row it met logged its traceback at every pass
+ERROR_VARYING = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}|[0-9]+")
 
 
 class KilledWhileMinting(Exception):
@@ -228,7 +233,7 @@ class Scheduler:
     held: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
     retrying: dict[uuid.UUID, tuple[float, float]] = field(default_factory=dict)
     # the passes failed in a row on an error that is not an outage (_pass_failed): how many times each error (its type
-    # and words) was met since the first, whose traceback was logged; emptied by a pass that succeeds
+    # and words, numbers aside) was met since the first, whose traceback was logged; emptied by a pass that succeeds
     failed_passes: dict[str, int] = field(default_factory=dict)
     # why each run's kill was set, recorded as its reason: what set it first (Scheduler._kill), never overwritten: the
     # stop (STOPPED), task/kill (runner.KILLED) or a replace policy's later point (its reason). Before, the stop's
@@ -425,7 +430,11 @@ class Scheduler:
                     log.warning("scheduler pass failed: %s: %s", type(exc).__name__, exc)
                     delay = min(delay, PASS_RETRY)
                 else:  # one a retry meets again (a role's statement_timeout, our SQL, asyncpg misused, another OSError)
-                    delay = self._pass_failed(exc, settings.tick)
+                    # at most the tick, and while it supervises runs their beat's own wait (sleep_for's own_beat_in):
+                    # only a pass beats them, and a later step failing every time must not leave them unbeaten
+                    # past supervisor_lost_after (another process would fail them as lost)
+                    delay = self._pass_failed(exc, min(settings.tick, settings.heartbeat_interval / 2)
+                                              if self.runs else settings.tick)
                 await self._drop_connection()
             except Exception as exc:
                 self._pass_failed(exc, settings.tick)  # tried again after `tick`, as before
@@ -435,20 +444,22 @@ class Scheduler:
     def _pass_failed(self, exc: Exception, tick: float) -> float:
         """Logs a pass's failure on an error that is not an outage, and answers the seconds until the next pass:
         PASS_RETRY after the first failure in a row, doubling at each one up to `tick` (see PASS_RETRY). The error's
-        traceback is logged the first time it (its type and words) is met in the row, then a line with its count."""
+        traceback is logged the first time it (its type and words, their numbers aside: ERROR_VARYING) is met in the
+        row, then a line with its count."""
         failed = sum(self.failed_passes.values()) + 1
         delay = min(PASS_RETRY * 2 ** min(failed - 1, 16), tick)
         said = f"{type(exc).__name__}: {exc}"
-        if said not in self.failed_passes:
+        key = ERROR_VARYING.sub("#", said)
+        if key not in self.failed_passes:
             if len(self.failed_passes) >= PASS_ERRORS_KEPT:  # errors whose words change: the oldest let go
                 del self.failed_passes[next(iter(self.failed_passes))]
-            self.failed_passes[said] = 1
+            self.failed_passes[key] = 1
             log.error("scheduler pass failed (next pass in %.1f s, later ones doubling to %.1f s while it fails)",
                       delay, tick, exc_info=exc)
             return delay
-        self.failed_passes[said] += 1
+        self.failed_passes[key] += 1
         log.error("scheduler pass failed again: %s (%d times since its traceback above; next pass in %.1f s)",
-                  said[:500], self.failed_passes[said], delay)
+                  said[:500], self.failed_passes[key], delay)
         return delay
 
     async def _connection(self) -> asyncpg.Connection:

@@ -199,20 +199,16 @@ async def test_a_failed_pass_is_logged_with_its_traceback_unless_the_database_di
     assert dropped == [1]  # either way the connection is dropped and the pass tried again on a new one
 
 
-async def test_a_pass_failing_again_and_again_backs_off_and_logs_its_traceback_once(monkeypatch, caplog):
-    """A pass whose own query meets a role's statement_timeout every time (not an outage) was tried again within a
-    second and logged its traceback each time: a traceback a second for as long as it lasted. Now the next pass
-    waits PASS_RETRY, doubling to the tick while the passes fail, an outage meanwhile is still tried again within
-    PASS_RETRY, the traceback is logged once per distinct error then a line with its count, and a pass that
-    succeeds starts over (session 41)."""
-    tick = 5.0
-    sched = Scheduler(deps=SimpleNamespace(settings=SimpleNamespace(tick=tick, heartbeat_interval=1.0,
-                                                                    supervisor_lost_after=10.0)),
-                      mint=None, gateway_url="")
-    outage = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
-    undefined = asyncpg.exceptions.UndefinedColumnError('column "x" does not exist')
-    passes = [STATEMENT_TIMEOUT] * 4 + [outage, undefined, STATEMENT_TIMEOUT, STATEMENT_TIMEOUT, None,
-                                        STATEMENT_TIMEOUT, None]
+def looping_scheduler(tick: float, heartbeat_interval: float = 1.0) -> Scheduler:
+    return Scheduler(deps=SimpleNamespace(settings=SimpleNamespace(tick=tick, heartbeat_interval=heartbeat_interval,
+                                                                   supervisor_lost_after=10.0)),
+                     mint=None, gateway_url="")
+
+
+async def sleeps_after(monkeypatch, sched: Scheduler, passes: list[Exception | None]) -> list[float]:
+    """Runs the scheduler's loop (Scheduler._forever) over passes that raise these errors at their start (None: a pass
+    that succeeds, its steps doing nothing), the last stopping it; the sleep after each pass (recorded, not slept)."""
+    passes = list(passes)
     delays: list[float] = []
 
     async def nothing(*_args) -> None:
@@ -224,9 +220,9 @@ async def test_a_pass_failing_again_and_again_backs_off_and_logs_its_traceback_o
             sched._stop.set()
         if error is not None:
             raise error
-        return SimpleNamespace()  # a pass that succeeds (its steps below do nothing)
+        return SimpleNamespace()
 
-    async def wait_for(awaitable, timeout):  # the sleep after a pass: its length recorded, not slept
+    async def wait_for(awaitable, timeout):
         delays.append(timeout)
         awaitable.close()
         raise TimeoutError
@@ -240,13 +236,29 @@ async def test_a_pass_failing_again_and_again_backs_off_and_logs_its_traceback_o
     sched.remove_stale_workdirs = nothing
     sched._connection = connection
     sched._drop_connection = nothing
-    sched.fail_lost = sched.fire_due = sched.install_next = nothing
+    sched.fail_lost = sched.fire_due = sched.install_next = sched.heartbeat = nothing
     sched.start_queued = start_queued
     monkeypatch.setattr(store, "seconds_to_next_due", to_next_due)
     forever = sched._forever()
     monkeypatch.setattr(asyncio, "wait_for", wait_for)
+    await forever
+    return delays
+
+
+async def test_a_pass_failing_again_and_again_backs_off_and_logs_its_traceback_once(monkeypatch, caplog):
+    """A pass whose own query meets a role's statement_timeout every time (not an outage) was tried again within a
+    second and logged its traceback each time: a traceback a second for as long as it lasted. Now the next pass
+    waits PASS_RETRY, doubling to the tick while the passes fail, an outage meanwhile is still tried again within
+    PASS_RETRY, the traceback is logged once per distinct error then a line with its count, and a pass that
+    succeeds starts over (session 41)."""
+    tick = 5.0
+    sched = looping_scheduler(tick)
+    outage = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+    undefined = asyncpg.exceptions.UndefinedColumnError('column "x" does not exist')
+    passes = [STATEMENT_TIMEOUT] * 4 + [outage, undefined, STATEMENT_TIMEOUT, STATEMENT_TIMEOUT, None,
+                                        STATEMENT_TIMEOUT, None]
     with caplog.at_level("INFO", logger="railyard.task_scheduler.scheduler"):
-        await forever
+        delays = await sleeps_after(monkeypatch, sched, passes)
     assert delays == [1.0, 2.0, 4.0, 5.0,  # the statement_timeout, four times: doubling to the tick
                       1.0,  # the outage: soon, as before
                       5.0, 5.0, 5.0,  # still failing: the tick
@@ -266,6 +278,37 @@ async def test_a_pass_failing_again_and_again_backs_off_and_logs_its_traceback_o
                                  " statement timeout (6 times since its traceback above; next pass in 5.0 s)")
     assert said[8][2] == "scheduler pass succeeded again, after 7 failed on errors other than an outage"
     assert sched.failed_passes == {}
+
+
+async def test_an_error_naming_another_row_each_time_is_one_error(monkeypatch, caplog):
+    """An error whose words name what it met (a row's id, a file's OID, a uuid) is the same error at every pass: its
+    traceback once, then a line with its count. Keyed on its words as they were, each pass logged a new traceback
+    (review of b2803373)."""
+    sched = looping_scheduler(5.0)
+    passes = [asyncpg.exceptions.InternalServerError(f'could not open file "base/16384/{oid}": No such file')
+              for oid in (24576, 24581, 24590)]
+    passes += [asyncpg.exceptions.DataError(f"invalid input for query argument $1: {uuid.uuid4()!r} (no row)")
+               for _ in range(2)]
+    with caplog.at_level("ERROR", logger="railyard.task_scheduler.scheduler"):
+        await sleeps_after(monkeypatch, sched, passes)
+    said = [(bool(r.exc_info), r.getMessage()) for r in caplog.records if r.getMessage().startswith("scheduler pass")]
+    assert [traceback for traceback, _ in said] == [True, False, False, True, False]
+    assert said[2][1].startswith('scheduler pass failed again: InternalServerError: could not open file'
+                                 ' "base/16384/24590": No such file (3 times since its traceback above;')
+    assert said[4][1].startswith("scheduler pass failed again: DataError: invalid input for query argument $1: UUID(")
+    assert sorted(sched.failed_passes.values()) == [2, 3]
+
+
+async def test_a_pass_failing_while_runs_are_supervised_is_tried_again_by_their_beat(monkeypatch):
+    """Only a pass beats the runs a process supervises: backing off to a `tick` at or past supervisor_lost_after
+    (a step after the beat failing every time) left them unbeaten long enough for another process to fail them as
+    lost. While it has runs, a failing pass is tried again within their beat's wait (heartbeat_interval / 2, as
+    sleep_for's own_beat_in), as before the back-off (review of b2803373)."""
+    sched = looping_scheduler(30.0, heartbeat_interval=2.0)
+    sched.runs[uuid.uuid4()] = SimpleNamespace()
+    assert await sleeps_after(monkeypatch, sched, [STATEMENT_TIMEOUT] * 5) == [1.0] * 5
+    sched = looping_scheduler(30.0, heartbeat_interval=2.0)  # without runs: backs off to the tick
+    assert await sleeps_after(monkeypatch, sched, [STATEMENT_TIMEOUT] * 6) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
 
 
 async def test_a_held_tasks_error_is_logged_with_its_traceback_once(monkeypatch, caplog):
