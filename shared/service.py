@@ -11,9 +11,13 @@ it uses object storage, start/stop hooks). `main(spec)` then:
    during the hook ends the start there);
 5. sets up the durable JetStream consumers (`set_up_consumers`: tried again while JetStream does not answer, for up
    to CONSUMERS_WITHIN seconds, each failed try a warning naming the consumer; then one line and exit code 2),
-   starts the subscriptions, publishes `events.service.started` (`announce_started`: tried for up to
-   STARTED_WITHIN seconds while JetStream does not acknowledge it, then a warning; never fatal; a stop ends the
-   tries at once) and logs "serving";
+   starts the subscriptions (FastStream binds each durable consumer after one more CONSUMER.INFO, unretried: a
+   failure there, e.g. "nats: timeout", ends the start: the subscriptions already made are stopped, `<name>.health`,
+   subscribed last, has never answered, the process exits, code 2 with one line for a timeout, and the supervisor
+   starts it again; no service serves half-subscribed. After a reconnect nats-py subscribes again by itself and
+   FastStream's task supervisor restarts a pull loop that ended), publishes `events.service.started`
+   (`announce_started`: tried for up to STARTED_WITHIN seconds while JetStream does not acknowledge it, then a
+   warning; never fatal; a stop ends the tries at once) and logs "serving";
 6. serves until SIGTERM or SIGINT, then drains the command subscriptions (every command taken is
    answered), stops the staged-upload sweep, runs the stop hook, stops the event consumers (in-flight
    work finishes and is acknowledged) and closes connections (the database pool's within
