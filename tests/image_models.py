@@ -53,9 +53,8 @@ def digits_classifier(train_size: int = 1200, seed: int = 0):
     """The fitted scikit-learn model (trained on `train_size` digits drawn from all but the held-out ones).
 
     Fitted on one BLAS thread: on the suite's busy 2-core machine OpenBLAS's other thread spins waiting for a core
-    (1200 digits: 6.9 s, 4 s of it CPU, against 0.12 s at load 10), here and in test_monitoring_loop's training runs,
-    which fit with this module in their sandbox (which gives them their share of the CPUs it may use: shared/sandbox.py
-    thread_env)."""
+    (1200 digits: 6.9 s, 4 s of it CPU, against 0.12 s at load 10). test_monitoring_loop's training runs upload fits
+    made here, in the test process."""
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
