@@ -2,7 +2,13 @@
 (`sklearn/base.py`), a deployed package's own by its path in the archive (`backend/text_classifier.py`), a task run's
 own by its path in the orchestration (`main.py`, `lib/util.py`), any other by its name (`decoder.py`). The host's
 absolute paths (the data directory with its work, cache and environment folders, the platform's and Python's
-installations) are the platform's internals, not the tenant's (docs/security.md).
+installations) are the platform's internals, not the tenant's (docs/security.md). The same goes for a path in an
+exception's own message where Python writes one: an OSError's file (`[Errno 2] No such file or directory:
+'/srv/data/.../model.bin'`, and `-> '/...'` for its second) and an ImportError's module file (`cannot import name 'x'
+from 'pkg' (/opt/.../site-packages/pkg/__init__.py)`), in a traceback's last line and wherever else such a message is
+shown (a request's error quotes it: services/engine/runtimes.py). Not renamed (session 41): a path of any other
+message (a library's own words, "Load model from /srv/... failed"), a warning's line (`/opt/.../x.py:3:
+UserWarning: ...`), and a path a task run's log splits across two 16-KiB pieces.
 
 Used by the engine (a request's error: services/engine/runtimes.py, sandboxed.py; f4c57130, 59b346a2, 8d122876), the
 registry (a conversion's stderr excerpt: services/registry/worker.py) and the task scheduler (a run's log lines and
@@ -18,6 +24,11 @@ from pathlib import Path
 # and nothing else: a task run's log lines are its own output, where `File "/data/out.csv" written` or `File "/ is
 # the root"` is the user's text, kept as printed
 FRAME_FILE = re.compile(r'File "(/[^"\n]*)"(?=, line \d)')
+# an OSError's file(s) in its message, as Python writes them (`[Errno N] strerror: 'file'`, `... -> 'file2'`), and
+# an ImportError's module file (`cannot import name 'x' from 'pkg' (/.../pkg/__init__.py)`): the tenant's code's
+# exception text, quoted in a request's error and ending its traceback, carried the host's folders
+OS_ERROR_FILE = re.compile(r"(\[Errno -?\d+\] [^'\n]*?: )'(/[^'\n]*)'(?:( -> )'(/[^'\n]*)')?")
+IMPORT_FILE = re.compile(r"(cannot import name '[^'\n]*' from [^\n]*?\()(/[^()\n]*)\)")
 PACKAGE_ROOTS = ("site-packages", "dist-packages")
 BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
 PATH_ROOM = 4096
@@ -45,8 +56,14 @@ def shown_file(path: str, roots: Sequence[str] = ()) -> str:
 
 
 def named_files(text: str, roots: Sequence[str] = ()) -> str:
-    """`text` with each traceback line's absolute file (`File "/...", line N`) named as shown_file names it; any
+    """`text` with each traceback line's absolute file (`File "/...", line N`), and each absolute file of an OSError's
+    or an ImportError's message as Python writes them (OS_ERROR_FILE, IMPORT_FILE), named as shown_file names it; any
     other text as it is."""
-    if 'File "/' not in text:
-        return text
-    return FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1], roots)}"', text)
+    if 'File "/' in text:
+        text = FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1], roots)}"', text)
+    if "[Errno " in text:
+        text = OS_ERROR_FILE.sub(lambda found: f"{found[1]}'{shown_file(found[2], roots)}'" + (
+            f"{found[3]}'{shown_file(found[4], roots)}'" if found[4] else ""), text)
+    if "cannot import name " in text:
+        text = IMPORT_FILE.sub(lambda found: f"{found[1]}{shown_file(found[2], roots)})", text)
+    return text

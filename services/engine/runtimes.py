@@ -305,10 +305,10 @@ def _users_frames(frames: types.TracebackType | None) -> types.TracebackType | N
 
 
 def _users_words(exc: BaseException) -> str:
-    """str(exc) on one line, cut to USERS_MESSAGE_CHARS; "" when it says nothing or its __str__ raises (the
-    user's class)."""
+    """str(exc) on one line, cut to USERS_MESSAGE_CHARS, an OSError's or ImportError's file named as the traceback
+    names it (named_files); "" when it says nothing or its __str__ raises (the user's class)."""
     try:
-        raw = str(exc)
+        raw = named_files(str(exc))
     except Exception:  # noqa: BLE001 - the user's __str__: whatever it raises, the type is still named
         return ""
     text = " ".join(raw[:4 * USERS_MESSAGE_CHARS].split())  # the head only: a text of megabytes is not split
