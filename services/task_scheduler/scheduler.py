@@ -122,8 +122,8 @@ UNCHECKED_REQUEUES = 3
 HELD_FIRST = 2.0  # seconds a task whose point met a database error is left out of this process's passes, at first
 HELD_MAX = 60.0  # ... doubling at each error in a row, up to this
 # A pass that failed on an error that is not an outage (a pass's own query over a role's statement_timeout, our SQL,
-# asyncpg misused, another OSError: a retry meets it again) is tried again after PASS_RETRY, doubling at each such
-# failure in a row up to the idle `tick` (while the process supervises runs, up to their beat's wait:
+# asyncpg misused, another OSError, a bug: a retry meets it again) is tried again after PASS_RETRY, doubling at each
+# such failure in a row up to the idle `tick` (while the process supervises runs, up to their beat's wait:
 # heartbeat_interval / 2), and logged with its traceback the first time that error (its type and words, their numbers
 # aside: ERROR_VARYING) is met in the row, then as one line with its count. Before session 41 every such pass was
 # tried again within PASS_RETRY and logged its traceback each time: a statement the timeout cancels every time wrote
@@ -430,16 +430,19 @@ class Scheduler:
                     log.warning("scheduler pass failed: %s: %s", type(exc).__name__, exc)
                     delay = min(delay, PASS_RETRY)
                 else:  # one a retry meets again (a role's statement_timeout, our SQL, asyncpg misused, another OSError)
-                    # at most the tick, and while it supervises runs their beat's own wait (sleep_for's own_beat_in):
-                    # only a pass beats them, and a later step failing every time must not leave them unbeaten
-                    # past supervisor_lost_after (another process would fail them as lost)
-                    delay = self._pass_failed(exc, min(settings.tick, settings.heartbeat_interval / 2)
-                                              if self.runs else settings.tick)
+                    delay = self._pass_failed(exc, self._longest_retry())
                 await self._drop_connection()
-            except Exception as exc:
-                self._pass_failed(exc, settings.tick)  # tried again after `tick`, as before
+            except Exception as exc:  # a bug: the same back-off (it waited the tick, logging "next pass in 1 s")
+                delay = self._pass_failed(exc, self._longest_retry())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _longest_retry(self) -> float:
+        """The longest wait after a failed pass: the tick, and while the process supervises runs their beat's own
+        wait (sleep_for's own_beat_in): only a pass beats them, and a step after the beat failing every time must not
+        leave them unbeaten past supervisor_lost_after (another process would fail them as lost)."""
+        settings = self.deps.settings
+        return min(settings.tick, settings.heartbeat_interval / 2) if self.runs else settings.tick
 
     def _pass_failed(self, exc: Exception, tick: float) -> float:
         """Logs a pass's failure on an error that is not an outage, and answers the seconds until the next pass:
@@ -448,7 +451,10 @@ class Scheduler:
         row, then a line with its count."""
         failed = sum(self.failed_passes.values()) + 1
         delay = min(PASS_RETRY * 2 ** min(failed - 1, 16), tick)
-        said = f"{type(exc).__name__}: {exc}"
+        try:
+            said = f"{type(exc).__name__}: {exc}"
+        except Exception:  # noqa: BLE001 - its __str__ failing: raised here, it ended the loop (no more passes)
+            said = f"{type(exc).__name__}: (its str() failed)"
         key = ERROR_VARYING.sub("#", said)
         if key not in self.failed_passes:
             if len(self.failed_passes) >= PASS_ERRORS_KEPT:  # errors whose words change: the oldest let go

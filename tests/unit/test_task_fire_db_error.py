@@ -326,3 +326,21 @@ async def test_a_held_tasks_error_is_logged_with_its_traceback_once(monkeypatch,
         said = [r for r in caplog.records if r.getMessage().startswith(f"task {BAD}: its point")]
         assert [(r.levelname, bool(r.exc_info)) for r in said] == [("WARNING", True)] + [("WARNING", False)] * 3
         assert said[0].exc_info[1] is error
+
+
+class Wordless(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words")
+
+
+async def test_a_pass_failing_on_an_error_whose_words_fail_goes_on(monkeypatch, caplog):
+    """_pass_failed reads the error's words in the loop's except clause: an error whose __str__ raises ended the
+    loop there, and the process made no more passes (review of b2803373). It is logged with its traceback and the
+    passes go on, backing off as a database error's (b2803373 logged "next pass in 1 s" and waited the tick)."""
+    sched = looping_scheduler(5.0)
+    with caplog.at_level("ERROR", logger="railyard.task_scheduler.scheduler"):
+        # a bug, not a database error: the same back-off (it waited the tick while its line said 1, 2, 4 s)
+        assert await sleeps_after(monkeypatch, sched, [Wordless(), Wordless(), None]) == [1.0, 2.0, 5.0]
+    said = [(bool(r.exc_info), r.getMessage()) for r in caplog.records if r.getMessage().startswith("scheduler pass")]
+    assert said[0][0] and said[1] == (False, "scheduler pass failed again: Wordless: (its str() failed) (2 times since"
+                                             " its traceback above; next pass in 2.0 s)")
