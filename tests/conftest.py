@@ -51,6 +51,12 @@ def _share_httpx_default_ssl_context() -> None:
 
 _share_httpx_default_ssl_context()
 
+# hypothesis runs its "hypothesis" entry points when it is imported (test_data_plane_fuzz.py's modules in both
+# workers; its pytest plugin's terminal summary in every process, the xdist controller's at the run's very end):
+# importlib.metadata's scan of every installed distribution and trio's plugin (trio, selenium's, imported for it),
+# ~0.3-0.5 s of CPU each time for nothing a test uses (no strategy of the suite's comes from a plugin)
+os.environ.setdefault("HYPOTHESIS_NO_PLUGINS", "1")
+
 
 def _load_blas_on_one_thread() -> None:
     """This test process's BLAS libraries (numpy's and scipy's OpenBLAS) loaded with one thread each.
