@@ -35,8 +35,8 @@ class IssueToken(Command):
     scope: str | None = None
     source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "
                                "it (services/gateway/source_address.py counted_as): an IPv4 address as it is, an IPv6 "
-                               "address's /64 (2001:db8:1:2::/64). Failed logins are counted and locked per user and "
-                               "source. At most 128 characters (400 invalid_request).")
+                               "address's /64 (2001:db8:1:2::/64). Failed sign-ins are counted and locked per name "
+                               "tried and source. At most 128 characters (400 invalid_request).")
     code: str | None = Field(None, description="authorization_code grant: the code the authorization endpoint "
                              "issued.")
     code_verifier: str | None = Field(None, description="authorization_code grant: the PKCE verifier whose S256 "

@@ -1,4 +1,4 @@
-"""`source` of auth's sign-in commands (IssueToken, AuthorizeUser: failed logins are counted per user and source, as
+"""`source` of auth's sign-in commands (IssueToken, AuthorizeUser: failed logins are counted per name and source, as
 rows of auth's database and keys of its memory) is bounded: a longer one is refused on the bus's validation path,
 400 invalid_request naming the field, before the handler runs. Every source the gateway sends fits."""
 
