@@ -211,18 +211,21 @@ async def test_a_made_up_name_is_slowed_locked_and_claimed_as_a_users_name_is(st
 
 async def test_an_upgrade_keeps_running_counts_and_locks_under_both_of_the_users_names(stack, monkeypatch):
     """Auth migration 021 on a database with per-user counts: each sign-in count (and its lock) goes on under the
-    user's username and email alike, in any letter case; the password change's count stays per user. Run on auth's
-    migrations in a schema of this test's own, migrated to 020 first."""
+    user's username and email alike, in any letter case; the password change's count stays per user. An invited
+    user's username is its email (users/invite): one name, one row (two were a primary key violation, and no auth
+    replica would start). Run on auth's migrations in a schema of this test's own, migrated to 020 first."""
     migrations = load_migrations(MIGRATIONS)
     assert [(m.version, m.name) for m in migrations if m.version >= 21][0] == (21, "sign_in_failures_per_name")
     monkeypatch.setattr(conftest, "load_migrations", lambda directory: [m for m in migrations if m.version < 21])
-    alice, bob = uuid.uuid4(), uuid.uuid4()
+    alice, bob, carol = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with service_schema(stack, "authnames", MIGRATIONS) as pool:
         await pool.execute("INSERT INTO users (id, username, email, password_hash) VALUES"
-                           " ($1, 'Alice', 'Alice@Example.com', 'x'), ($2, 'bob', NULL, 'x')", alice, bob)
+                           " ($1, 'Alice', 'Alice@Example.com', 'x'), ($2, 'bob', NULL, 'x'),"
+                           " ($3, 'carol@example.com', 'carol@example.com', 'x')", alice, bob, carol)
         await pool.execute("INSERT INTO login_failures (user_id, source, failures, last_failed_at, locked_until) VALUES"
                            " ($1, '198.51.100.1', 5, now(), now() + interval '15 minutes'),"
-                           " ($1, 'password-change', 2, now(), NULL), ($2, '198.51.100.2', 2, now(), NULL)", alice, bob)
+                           " ($1, 'password-change', 2, now(), NULL), ($2, '198.51.100.2', 2, now(), NULL),"
+                           " ($3, '198.51.100.3', 3, now(), NULL)", alice, bob, carol)
         schema = await pool.fetchval("SELECT current_schema()")
         monkeypatch.undo()
         assert (await migrate(stack.settings().postgres, schema, migrations))[0] == 21
@@ -230,6 +233,7 @@ async def test_an_upgrade_keeps_running_counts_and_locks_under_both_of_the_users
             counted = await handlers.store.sign_in_failures(pool, name, "198.51.100.1")
             assert counted is not None and counted["failures"] == 5 and counted["locked_until"] > datetime.now(UTC)
         assert (await handlers.store.sign_in_failures(pool, "Bob", "198.51.100.2"))["failures"] == 2
+        assert (await handlers.store.sign_in_failures(pool, "Carol@Example.com", "198.51.100.3"))["failures"] == 3
         assert await handlers.store.sign_in_failures(pool, "alice", "198.51.100.2") is None
         assert [tuple(r) for r in await pool.fetch("SELECT user_id, source, failures FROM login_failures")] == [
             (alice, "password-change", 2)]
