@@ -381,8 +381,10 @@ def test_a_window_waits_for_the_log_store_and_is_scored_with_every_row(stack, al
         assert time.time() < start / 1000 + 1 + settings.assays.close_delay, "published after the window was due"
         # the window is due at start + 1 + close_delay: well past it, it is still waiting, not passed. Three of the
         # scheduler's passes and at least 3 s: a pass that scored the window (the old code) reads the log store and
-        # commits, at load well over a tick of the stack's 0.25 s (its runner's first numpy import among it)
-        waited = max(3 * settings.assays.tick, 3.0)
+        # commits, at load well over a tick of the stack's 0.25 s (its runner's first numpy import among it). The
+        # tick is the stack's own, from its env: stack.settings() has the 1-s default (as test_assay_events reads it)
+        tick = float(stack.env.get("RAILYARD_ASSAYS__TICK", settings.assays.tick))
+        waited = max(3 * tick, 3.0)
         time.sleep(max(0.0, start / 1000 + 1 + settings.assays.close_delay + waited - time.time()))
         held = listing()
         assert datetime.fromisoformat(held["next_run"].replace("Z", "+00:00")) == first_end, held
