@@ -431,19 +431,23 @@ def test_orchestration_task_run_and_its_logs(stack, world, alice_ui: Account, as
     assert not browser.find_element(By.ID, "run-logs-all").is_displayed()
 
 
-# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s,
-# RUN_LOG_FOLLOW_MS, set here: these checks need the next read that far off), and the second of them is held (its
-# answer read, then kept) until releaseLogs(done), which hands it over and calls back 300 ms later with what the page
-# then shows (before the next 1.5-s read could change it)
+# the run's reads of its last lines are answered as if it were still running (so the page follows it, reading again
+# RUN_LOG_FOLLOW_MS after each read), and the second of them is held (its answer read, then kept) until
+# releaseLogs(done), which hands it over and calls back 300 ms later with what the page then shows (before the next
+# read could change it). The second read is asked for 0.1 s after the first; as it is sent, the page's next reads are
+# put 1.5 s apart, the UI's own (these checks need the read after the held one that far off): the first 1.5 s of
+# each test was only a wait for the second read
 LIVE_LOGS_HELD = """
-RUN_LOG_FOLLOW_MS = 1500;
+RUN_LOG_FOLLOW_MS = 100;
 window.logsRead = 0;
+window.logsAsked = 0;
 window.releaseLogs = null;
 if (!window.unheldLogsFetch) {
   window.unheldLogsFetch = window.fetch;
   window.fetch = function (url, init) {
     const real = window.unheldLogsFetch.apply(this, arguments);
     if (!String(url).endsWith('/v1/api/task/get_logs_for_run') || !('lines' in JSON.parse(init.body))) return real;
+    if (++window.logsAsked === 2) RUN_LOG_FOLLOW_MS = 1500;
     return real.then(async r => {
       const answer = JSON.parse(await r.text());
       answer.status = 'running';
@@ -581,17 +585,20 @@ def test_last_lines_past_a_reply_show_fewer_and_say_why(stack, world, alice_ui: 
     assert not browser.find_element(By.ID, "error").text
 
 
-# the run's reads of its last lines are answered as if it were still running (so the page follows it every 1.5 s,
-# RUN_LOG_FOLLOW_MS: set here, as the failed read's note must stay up until the wait sees it); the second of them
-# answers a 503
+# the run's reads of its last lines are answered as if it were still running (so the page follows it, reading again
+# RUN_LOG_FOLLOW_MS after each read); the second of them answers a 503. The second read is asked for 0.1 s after the
+# first; as it is sent, the page's next reads are put 1.5 s apart, the UI's own (the failed read's note must stay up
+# until the wait sees it)
 LIVE_LOGS_FAIL_ONCE = """
-RUN_LOG_FOLLOW_MS = 1500;
+RUN_LOG_FOLLOW_MS = 100;
 window.logsRead = 0;
+window.logsAsked = 0;
 if (!window.unfailedLogsFetch) {
   window.unfailedLogsFetch = window.fetch;
   window.fetch = function (url, init) {
     const real = window.unfailedLogsFetch.apply(this, arguments);
     if (!String(url).endsWith('/v1/api/task/get_logs_for_run') || !('lines' in JSON.parse(init.body))) return real;
+    if (++window.logsAsked === 2) RUN_LOG_FOLLOW_MS = 1500;
     return real.then(async r => {
       const answer = JSON.parse(await r.text());
       answer.status = 'running';
