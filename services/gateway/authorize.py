@@ -32,14 +32,15 @@ from urllib.parse import urlencode, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from services.gateway.errors import error_parts
 from services.gateway.ratelimit import TokenEndpointLimits
 from services.gateway.source_address import SourceAddress, counted_as
 from shared import subjects
 from shared.bus import request as bus_request
-from shared.errors import Forbidden, InvalidRequest, RailyardError
-from shared.messages.auth import AuthorizationCodeIssued, AuthorizeUser
+from shared.errors import Forbidden, InvalidRequest, RailyardError, validation_message
+from shared.messages.auth import NAME_CHARS, AuthorizationCodeIssued, AuthorizeUser
 from shared.service import Runtime
 
 AUTH_PATH = "/auth/realms/master/protocol/openid-connect/auth"
@@ -177,10 +178,16 @@ def add_authorize_routes(app: FastAPI, runtime: Runtime, source_address: SourceA
                 raise Forbidden("the sign-in form expired or did not come from this page: open the web UI again")
             if not username or not form.get("password"):
                 raise InvalidRequest("enter the user name (or email) and the password")
-            issued = await bus_request(runtime.broker, subjects.AUTH_AUTHORIZE, AuthorizeUser(
-                client_id=params["client_id"], redirect_uri=params["redirect_uri"],
-                code_challenge=params["code_challenge"], username=username, password=str(form["password"]),
-                source=source), timeout=timeout, reply_model=AuthorizationCodeIssued)
+            try:
+                cmd = AuthorizeUser(client_id=params["client_id"], redirect_uri=params["redirect_uri"],
+                                    code_challenge=params["code_challenge"], username=username,
+                                    password=str(form["password"]), source=source)
+            except ValidationError as exc:  # a user name over NAME_CHARS: the page's 400 (it was a 500)
+                if len(username) > NAME_CHARS:
+                    username = ""  # not sent back into the form
+                raise InvalidRequest(validation_message(exc.errors())) from None
+            issued = await bus_request(runtime.broker, subjects.AUTH_AUTHORIZE, cmd, timeout=timeout,
+                                       reply_model=AuthorizationCodeIssued)
         except RailyardError as exc:
             return with_csrf_cookie(refused(exc, params, csrf, username), request, csrf)
         query = urlencode({"code": issued.code, "state": params["state"]})

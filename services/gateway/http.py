@@ -320,12 +320,15 @@ def create_app(runtime: Runtime) -> FastAPI:
         public client sends client_id alone."""
         try:
             source, form, client_id, client_secret = await client_form(request)
-            cmd = m.IssueToken(
-                grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
-                username=_opt(form, "username"), password=_opt(form, "password"),
-                refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"), source=source,
-                code=_opt(form, "code"), code_verifier=_opt(form, "code_verifier"),
-                redirect_uri=_opt(form, "redirect_uri"))
+            try:
+                cmd = m.IssueToken(
+                    grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
+                    username=_opt(form, "username"), password=_opt(form, "password"),
+                    refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"), source=source,
+                    code=_opt(form, "code"), code_verifier=_opt(form, "code_verifier"),
+                    redirect_uri=_opt(form, "redirect_uri"))
+            except ValidationError as exc:  # a username over NAME_CHARS: 400 invalid_request here (it was a 500)
+                raise InvalidRequest(validation_message(exc.errors())) from None
             if not cmd.grant_type:
                 raise InvalidRequest(_missing_grant_type(request.headers.get("content-type", "")))
             issued = await handlers.issue_token(runtime.broker, cmd, timeout)

@@ -22,6 +22,22 @@ counted_as gives: an IPv4 address (at most 15 characters), an IPv6 address's /64
 address as the ASGI server named it, cut to its first SOURCE_CHARS characters (`unknown` without one). Failed logins
 are counted per source, in auth's database and memory, so a source of any length was a row and a key of any size."""
 
+NAME_CHARS = 254
+"""The longest user name or email a command takes: RFC 5321's longest address (254 octets), as invited users' user
+names are their emails (the first admin's is `admin`). A sign-in's name is lowered and hashed by PostgreSQL in each of
+its statements (docs/auth.md, "Brute force"), so an unbounded one cost ~80 ms of them a try for a 1 MB name; a
+longer one is 400 invalid_request, on the bus and at the gateway, before any statement."""
+
+
+def name_field(description: str | None = None) -> Any:
+    """A user name or email field, at most NAME_CHARS characters."""
+    return Field(max_length=NAME_CHARS, description=description)
+
+
+def optional_name_field(description: str | None = None) -> Any:
+    """An optional user name or email field, at most NAME_CHARS characters."""
+    return Field(None, max_length=NAME_CHARS, description=description)
+
 
 class IssueToken(Command):
     """An OAuth2 token request (password, refresh_token, client_credentials or authorization_code grant)."""
@@ -29,7 +45,7 @@ class IssueToken(Command):
     grant_type: str
     client_id: str
     client_secret: str
-    username: str | None = None
+    username: str | None = optional_name_field("password grant: the user name or email (at most 254 characters).")
     password: str | None = None
     refresh_token: str | None = None
     scope: str | None = None
@@ -63,7 +79,7 @@ class AuthorizeUser(Command):
     redirect_uri: str = Field(description="Where the code goes; the gateway has checked it is the client's "
                               "registered URI.")
     code_challenge: str = Field(description="BASE64URL(SHA-256(code_verifier)), 43 characters (S256 only).")
-    username: str
+    username: str = name_field("The user name or email (at most 254 characters).")
     password: str
     source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "
                                "it (an IPv4 address, an IPv6 address's /64), for failed logins, as IssueToken.source "
@@ -192,7 +208,7 @@ class Users(Message, NextCursor):
 class InviteUser(Command):
     """Create a user; without a password a temporary one is generated and returned once."""
 
-    email: str
+    email: str = name_field("The new user's email, also their user name (at most 254 characters).")
     password: str | None = None
 
 
@@ -206,13 +222,13 @@ class UserInvited(Message):
 class DeactivateUser(Command):
     """Stop a user from logging in; their tokens stop working within a minute."""
 
-    email: str
+    email: str = name_field()
 
 
 class ActivateUser(Command):
     """Let a deactivated user log in again."""
 
-    email: str
+    email: str = name_field()
 
 
 class UpdatePassword(Command):
@@ -221,7 +237,7 @@ class UpdatePassword(Command):
 
     password: str
     current_password: str | None = Field(None, description="Your current password (required for your own).")
-    email: str | None = Field(None, description="Administrators: the user whose password to set.")
+    email: str | None = optional_name_field("Administrators: the user whose password to set.")
 
 
 class Empty(Message):
@@ -269,7 +285,7 @@ class WorkspaceCreated(Message):
 class AddWorkspaceUser(Command):
     """Add an existing user (by email) to a workspace as a collaborator."""
 
-    email: str
+    email: str = name_field()
     workspace_id: int
 
 
@@ -296,7 +312,7 @@ class RemoveWorkspaceUser(Command):
 
     workspace_id: int
     user_id: str | None = None
-    email: str | None = None
+    email: str | None = optional_name_field()
 
 
 class AffectedRows(Message):

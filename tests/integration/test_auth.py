@@ -94,6 +94,8 @@ def test_client_credentials_token_is_for_inference_only(stack, alice):
     ({}, None, 400, "invalid_request"),
     ({"grant_type": "password", "username": "nobody@example.com", "password": "whatever1"}, None, 401,
      "invalid_grant"),
+    # longer than any user's name (254: shared/messages/auth.py NAME_CHARS), refused before any statement
+    ({"grant_type": "password", "username": "n" * 255, "password": "whatever1"}, None, 400, "invalid_request"),
 ])
 def test_bad_token_requests(stack, data, auth, status, error):
     response = token_request(stack, data, auth)
