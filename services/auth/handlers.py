@@ -1057,7 +1057,13 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
     require_unscoped(principal, "change passwords")
     _check_password(cmd.password)
     settings = deps.settings
-    named = None if cmd.email is None else await _user_by_email_or_404(deps.pool, cmd.email)
+    named = None if cmd.email is None else await store.user_by_login(deps.pool, cmd.email.strip())
+    if cmd.email is not None and (named is None or str(named["id"]) != principal.user_id):
+        # another user's (or nobody's): the permission first, so a non-administrator is refused alike whether or not
+        # a user has the email (a 404 before the 403 told any signed-in user which emails are users')
+        require_admin(principal, "set another user's password")
+        if named is None:
+            raise NotFound(f"no user with email {cmd.email}")
     # your own, by email too: the current password checked one at a time and locked after `lockout_after` wrong ones
     # (by email it was checked with neither: a stolen access token could guess it without end, many at once, each a
     # hashing turn at a clean source's place, ahead of every failing source's sign-in)
@@ -1080,8 +1086,7 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
             if failures is not None:
                 await store.clear_failed_logins(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
     else:
-        require_admin(principal, "set another user's password")
-        user = named
+        user = named  # an administrator (checked above)
     revoked_before = time.time()
     event = await store.set_password(deps.pool, user["id"], await hash_secret(cmd.password),
                                      temporary=str(user["id"]) != principal.user_id, revoked_before=revoked_before)
@@ -1279,8 +1284,13 @@ async def remove_workspace_user(deps: AuthDeps, principal: Principal, cmd: Remov
     if cmd.user_id is not None:
         target = _uuid(cmd.user_id, "user_id")
     else:
-        target = (await _user_by_email_or_404(deps.pool, cmd.email))["id"]
-    if str(target) != principal.user_id and role != "OWNER":
+        named = await store.user_by_login(deps.pool, cmd.email.strip())
+        if named is None and role == "OWNER":
+            raise NotFound(f"no user with email {cmd.email}")
+        # a collaborator may remove themself only: any other email, a user's or nobody's, is the same 403 (a 404
+        # before the role check told any member which emails are users')
+        target = None if named is None else named["id"]
+    if target is None or (str(target) != principal.user_id and role != "OWNER"):
         raise Forbidden("only workspace owners may remove other users")
     async with deps.pool.acquire() as conn, conn.transaction():
         # the workspace's lock in a key space of its own (the deployer locks pipelines by id in the same database)
