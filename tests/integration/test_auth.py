@@ -246,7 +246,8 @@ def test_repeated_failed_logins_are_slowed_then_locked(stack, admin):
     assert tab.open_form().status_code == 200
     for n in range(5):  # the test stack locks after 5 (RAILYARD_AUTH__LOCKOUT_AFTER), 0.5 s per failure
         started = time.monotonic()
-        # the login client and the web UI's sign-in page count alike: one count per user and source
+        # the login client and the web UI's sign-in page count alike: one count per name tried and source,
+        # whichever client: alternated, the fifth failure locks
         response = token_request(stack, wrong) if n % 2 == 0 else tab.submit(email, "wrong-password")
         timings.append(time.monotonic() - started)
         assert response.status_code == 401
