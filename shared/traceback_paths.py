@@ -26,9 +26,14 @@ from pathlib import Path
 FRAME_FILE = re.compile(r'File "(/[^"\n]*)"(?=, line \d)')
 # an OSError's file(s) in its message, as Python writes them (`[Errno N] strerror: 'file'`, `... -> 'file2'`), and
 # an ImportError's module file (`cannot import name 'x' from 'pkg' (/.../pkg/__init__.py)`): the tenant's code's
-# exception text, quoted in a request's error and ending its traceback, carried the host's folders
-OS_ERROR_FILE = re.compile(r"(\[Errno -?\d+\] [^'\n]*?: )'(/[^'\n]*)'(?:( -> )'(/[^'\n]*)')?")
-IMPORT_FILE = re.compile(r"(cannot import name '[^'\n]*' from [^\n]*?\()(/[^()\n]*)\)")
+# exception text, quoted in a request's error and ending its traceback, carried the host's folders. Each start's
+# search is short: a strerror (no `[`, at most 500 characters) and Python's own words about the module. Before (any
+# characters up to the line's end), each `[Errno N] ` or `cannot import name` of a line searched to its end: a task
+# run printing 16-KiB lines of them held the scheduler's event loop ~0.5 s a line, an exception's text of 1 MB of
+# them the engine's worker for minutes
+OS_ERROR_FILE = re.compile(r"(\[Errno -?\d+\] [^'\n\[]{0,500}?: )'(/[^'\n]*)'(?:( -> )'(/[^'\n]*)')?")
+IMPORT_FILE = re.compile(r"(cannot import name '[^'\n]{0,500}' from (?:partially initialized module )?'[^'\n]{0,500}' "
+                         r"(?:\(most likely due to a circular import\) )?\()(/[^()\n]*)\)")
 PACKAGE_ROOTS = ("site-packages", "dist-packages")
 BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
 PATH_ROOM = 4096
