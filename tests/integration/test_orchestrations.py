@@ -677,7 +677,9 @@ def test_a_schedule_fires_once_per_point_with_two_schedulers_and_a_kill(stack, a
 
 def test_a_workspace_runs_two_at_a_time_and_the_rest_wait_in_order(stack, admin):
     account = make_account(stack, admin, "queue")
-    orch = ready_orchestration(stack, account, {"main.py": "import time\nprint('begin')\ntime.sleep(3)\n"})
+    # each run 2 s long (3 s until session 41): two wait behind two running for that long, and the first two's starts
+    # (a run's 0.25-0.30 s, session 40) fall well inside each other's span, so they overlap and keep their order
+    orch = ready_orchestration(stack, account, {"main.py": "import time\nprint('begin')\ntime.sleep(2)\n"})
     tasks = [run_once(stack, account, orch) for _ in range(4)]
     seen_queued = False
     deadline = time.monotonic() + 120
