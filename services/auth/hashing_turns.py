@@ -5,9 +5,9 @@ and a check that does not get a turn within its wait is refused (503). Until ses
 first come first served (an asyncio.Semaphore): under a flood of guesses every turn went to the flood in its order,
 and an honest sign-in queued behind all of it, waited the whole 2 s and got 503, or got its turn near the end and,
 with a hash slowed by a busy machine, passed the gateway's 5 s (504). Now a waiting check is served by its priority,
-the failed checks its source made lately (SourceFailures; its user and source's failures counted by the database
-too), lowest first, and in order of arrival among equals: a source with no recent failure (a person signing in) goes
-before every source that keeps failing, whatever their number. And the failing sources' checks hold at most
+the failed checks its source made lately (SourceFailures; its name tried and source's failures counted by the
+database too), lowest first, and in order of arrival among equals: a source with no recent failure (a person signing
+in) goes before every source that keeps failing, whatever their number. And the failing sources' checks hold at most
 HASHING_AT_ONCE - 1 turns together: a clean source's check finds a turn free at once instead of waiting for a flood's
 hash to end (seconds each at the default cost on a busy machine: wait and own hash passed the gateway's 5 s). Nothing
 else changes: as many hashes at once, the same wait, the same 503; with no failing source every turn is a person's; a

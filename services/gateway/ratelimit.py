@@ -18,7 +18,7 @@ Decision: the login client's (`api-client`'s) password and refresh_token grants 
 secret is every user's (`railyard login` ships it), so its bucket was one allowance for every CLI and SDK sign-in:
 one user with a dozen addresses, each within its source's 10/s, emptied its 100/s and everyone else's sign-in got 429.
 It bounded nothing the auth service needs: one auth process checks ~6-12 default-cost argon2 passwords a second on
-2 cores (docs/auth.md), far below 100/s, and guessing is bounded per source and per (user, source) anyway.
+2 cores (docs/auth.md), far below 100/s, and guessing is bounded per source and per (name tried, source) anyway.
 
 A logout (the logout endpoint) counts as the refresh_token grant it stands for: a user's refresh token and its
 client's credentials (the login client's, or the UI's public one; an inference client holds no refresh token), so it
@@ -28,7 +28,7 @@ spends the source's bucket, the same one as the token route's, and no client buc
 Decision: no bucket per account name. One counted every password sign-in of a name before the password was checked,
 from any address, so two or three addresses spent it and the real user got 429 from their own address (anyone could
 block a named user's sign-in). Guessing one account from many addresses is bounded by each source's bucket and the
-auth service's failed-login delay and lock per (user, source) instead, which never touch another source's attempts
+auth service's failed-login delay and lock per (name tried, source) instead, which never touch another source's attempts
 (docs/auth.md, "Brute force").
 """
 

@@ -135,7 +135,7 @@ def test_many_addresses_failing_alices_password_do_not_stop_alice_signing_in(sta
     the name, from any address, before any password was checked, so two or three addresses emptied it and alice got
     429 "too many sign-ins for this account" from her own address. Now 10 addresses fail her password faster than
     that bucket allowed, and while they do, alice signs in from hers, every time; each of them meets its own delay
-    and lock (per user and source) instead. (Few addresses: each one's delayed failures hold a thread.)"""
+    and lock (per name tried and source) instead. (Few addresses: each one's delayed failures hold a thread.)"""
     attackers = [f"198.51.100.{i}" for i in range(141, 151)]
     stop, responses, started = threading.Event(), [], time.monotonic()
     with http_from(stack, PROXY, 16) as proxy, ThreadPoolExecutor(16) as pool:
