@@ -457,10 +457,29 @@ class RunningStack:
         release_ports(self.ports())
         return self.process.returncode
 
+    def lease_ports_again(self) -> None:
+        """This stack's ports and their gRPC ports leased to this process afresh, before a stop that start_again
+        follows: a lease ends LEASE_SECONDS after its pick, and the session's stack is minutes old when
+        test_restart.py stops it, so between that stop and the start its ports were free for any other process's
+        pick (a bound port is never picked; a stopped stack's are not bound). A port another live process leased
+        meanwhile stays its (the start's wait_healthy then names the clash)."""
+        grpc = [int(self.env[f"RAILYARD_STACK__{name}"]) + GRPC_OFFSET for name in NEEDS_GRPC]
+        with _leases_locked() as leases:
+            if leases is None:
+                return
+            for port in [*self.ports(), *grpc]:
+                with contextlib.suppress(OSError, ValueError):
+                    if _read_lease(leases / str(port))[0] == os.getpid():
+                        os.utime(leases / str(port))
+                        continue
+                if _lease_free(leases, port):
+                    _lease(leases, port)
+
     def start_again(self) -> None:
         """`railyard up` again on this stack's data directory and ports once its process has exited (SIGTERM'd by
-        stop_process: the ports stay leased), this object then the new process's: test_restart.py stops and starts
-        the session's stack, which the `stack` fixture's later users and its stop at the session's end hold."""
+        stop_process, after lease_ports_again: the ports stay leased), this object then the new process's:
+        test_restart.py stops and starts the session's stack, which the `stack` fixture's later users and its stop
+        at the session's end hold."""
         assert self.process.poll() is not None, "the stack is still running"
         again = start_stack(self.data_dir, env=self.env)
         self.process, self.output, self.log_sizes = again.process, again.output, again.log_sizes

@@ -56,6 +56,7 @@ async def test_data_survives_stop_and_start(stack, admin):
             await publish_event(broker, subject, ServiceStarted(name="keep", version="1", pid=i))
         await broker.stop()
         assert await _lineage_count(settings.nats.url, subject, 3) == 3
+        stack.lease_ports_again()  # the session's stack's leases ended minutes ago: none between the stop and start
         stopping = time.monotonic()
         assert await asyncio.to_thread(stop_process, stack.process, 90) == 0
         # a healthy stack's SIGTERM: every process gone within seconds (~2.5 s measured), no socket, pid or state

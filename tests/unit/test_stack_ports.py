@@ -245,6 +245,29 @@ def test_stack_env_leases_every_port_it_picks_with_its_grpc_port(leases):
     assert not [p for p in leases.iterdir() if not p.name.startswith(".")]
 
 
+def test_a_stack_stopped_to_be_started_again_leases_its_ports_afresh(leases):
+    """test_restart.py stops the session's stack, minutes after its ports were picked, and starts it again on them:
+    its leases, older than LEASE_SECONDS, had ended (one of them removed by another process's pick), so between the
+    stop and the start any other process could pick its ports. lease_ports_again leases them to this process anew."""
+    env = stack.stack_env(Path("/unused"))
+    running = RunningStack(process=subprocess.Popen(["true"]), data_dir=Path("/unused"), env=env, output=Path("/x"))
+    grpc = [int(env[f"RAILYARD_STACK__{name}"]) + stack.GRPC_OFFSET for name in stack.NEEDS_GRPC]
+    ports = [*running.ports(), *grpc]
+    old = time.time() - stack.LEASE_SECONDS - 1
+    for port in ports:
+        stack.os.utime(leases / str(port), (old, old))
+    (leases / str(ports[0])).unlink()  # dropped as ended by another process's pick
+    (leases / str(ports[1])).write_text("1")  # init's, fresh: another live process leased it meanwhile
+    assert [p for p in ports if not stack._lease_free(leases, p)] == [ports[1]]
+    running.lease_ports_again()
+    assert [p for p in ports if stack._lease_free(leases, p)] == []
+    assert {p: (leases / str(p)).read_text() for p in ports} == {
+        p: "1" if p == ports[1] else str(stack.os.getpid()) for p in ports}
+    running.process.wait()
+    running.stop()
+    assert [p.name for p in leases.iterdir() if not p.name.startswith(".")] == [str(ports[1])]
+
+
 def test_wait_healthy_fails_at_once_when_a_service_cannot_bind_its_port(tmp_path, monkeypatch):
     data = tmp_path / "data"
     (data / "logs").mkdir(parents=True)
