@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import assert_cache, client_venv, file_seconds, stack_stop_later
+from tests import stack as stack_module
 from tests.stack import STACK_FOLDER_PREFIX, RunningStack, remove_abandoned_stack_folders, stack_directory, start_stack
 
 
@@ -106,6 +107,16 @@ def pytest_sessionstart(session) -> None:
     _start_client_venv_early(session.config)
     _start_stack_early(session.config)
     assert_cache.share(session.config)  # after the stack's start: its start runs while this worker rewrites
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Once the session's stack has failed to come back from test_restart.py's stop and start, each later test that
+    asks for it fails at once, before its fixtures, naming why: the stack is down, and each test would otherwise run
+    into its refused connections and time-outs (test_log_owners.py's 8 took 3.5 min to fail so, naming nothing)."""
+    if stack_module.restart_failed and "stack" in getattr(item, "fixturenames", ()):
+        pytest.fail("the session's stack did not come back from test_restart.py's stop and start: "
+                    + stack_module.restart_failed, pytrace=False)
 
 
 def pytest_runtest_logreport(report) -> None:

@@ -477,18 +477,29 @@ class RunningStack:
 
     def start_again(self) -> None:
         """`railyard up` again on this stack's data directory and ports once its process has exited (SIGTERM'd by
-        stop_process, after lease_ports_again: the ports stay leased), this object then the new process's:
-        test_restart.py stops and starts the session's stack, which the `stack` fixture's later users and its stop
-        at the session's end hold."""
+        stop_process, after lease_ports_again: the ports stay leased), this object then the new process's, until it
+        is healthy: test_restart.py stops and starts the session's stack, which the `stack` fixture's later users
+        and its stop at the session's end hold. A start that fails is recorded in `restart_failed`."""
+        global restart_failed
         assert self.process.poll() is not None, "the stack is still running"
-        again = start_stack(self.data_dir, env=self.env)
-        self.process, self.output, self.log_sizes = again.process, again.output, again.log_sizes
+        try:
+            again = start_stack(self.data_dir, env=self.env)
+            self.process, self.output, self.log_sizes = again.process, again.output, again.log_sizes
+            self.wait_healthy()
+        except BaseException as exc:
+            restart_failed = f"{type(exc).__name__}: {exc}"[:2000]
+            raise
 
     def ports(self) -> list[int]:
         """The ports picked for this stack (their gRPC ports, +10000, go with them)."""
         return [int(value) for key, value in self.env.items()
                 if key == "RAILYARD_GATEWAY__PORT" or (key.startswith("RAILYARD_STACK__") and key.endswith("_PORT"))]
 
+
+# Why the session's stack did not come back from test_restart.py's stop and start (RunningStack.start_again), or "":
+# tests/conftest.py then fails each later test of the process that asks for the stack at once, naming it, instead of
+# letting it run into the stopped stack's refused connections and time-outs
+restart_failed = ""
 
 STACK_FOLDER_PREFIX = "railyard-test-stack-"
 ABANDONED_AFTER = 3600.0  # seconds without a write to a stack folder's logs before it may be judged abandoned

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -266,6 +267,36 @@ def test_a_stack_stopped_to_be_started_again_leases_its_ports_afresh(leases):
     running.process.wait()
     running.stop()
     assert [p.name for p in leases.iterdir() if not p.name.startswith(".")] == [str(ports[1])]
+
+
+def test_a_failed_restart_fails_each_later_test_of_the_stack_at_once_naming_it(tmp_path, monkeypatch):
+    """test_restart.py stops the session's stack and starts it again for the files after it: a start that does not
+    come back (here `railyard up` exits) is recorded, and tests/conftest.py then fails each later test that asks for
+    the stack before its fixtures, naming it (they ran into refused connections, 8 of them for 3.5 min)."""
+    from tests import conftest
+
+    monkeypatch.setattr(stack, "restart_failed", "")
+    stopped = subprocess.Popen(["true"])
+    stopped.wait()
+    data = tmp_path / "data"
+    env = {"RAILYARD_GATEWAY__PORT": "9"}  # nothing answers there
+    running = RunningStack(process=stopped, data_dir=data, env=env, output=tmp_path / "up.log")
+    (tmp_path / "up.log").write_text("auth: migration 031 failed\n")
+
+    def start(data_dir: Path, env: dict) -> RunningStack:
+        return RunningStack(process=subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]),
+                            data_dir=data_dir, env=env, output=tmp_path / "up.log")
+
+    monkeypatch.setattr(stack, "start_stack", start)
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        running.start_again()
+    assert stack.restart_failed.startswith("RuntimeError: railyard up exited with 3:")
+    assert "migration 031 failed" in stack.restart_failed
+    with pytest.raises(pytest.fail.Exception, match="(?s)did not come back from test_restart.*031"):
+        conftest.pytest_runtest_setup(SimpleNamespace(fixturenames=["admin", "stack"]))
+    conftest.pytest_runtest_setup(SimpleNamespace(fixturenames=["tmp_path"]))  # a test without the stack runs
+    monkeypatch.setattr(stack, "restart_failed", "")
+    conftest.pytest_runtest_setup(SimpleNamespace(fixturenames=["stack"]))
 
 
 def test_wait_healthy_fails_at_once_when_a_service_cannot_bind_its_port(tmp_path, monkeypatch):
