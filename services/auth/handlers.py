@@ -472,7 +472,8 @@ async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
     if not cmd.username or cmd.password is None:
         raise InvalidRequest("the password grant needs username and password")
     source = cmd.source or "bus"
-    async with _one_sign_in_at_a_time(deps.pool, cmd.username, source):
+    async with _one_at_a_time(deps.pool, store.claim_sign_in_attempt, store.release_sign_in_attempt, cmd.username,
+                              source):
         return await _checked_login(deps, cmd, source)
 
 
@@ -487,37 +488,31 @@ async def _password_login(deps: AuthDeps, cmd: IssueToken) -> asyncpg.Record:
 ATTEMPT_LEASE_SECONDS = 30.0
 
 
+Claim = Callable[[asyncpg.Pool, Any, str, uuid.UUID, float], Awaitable[bool]]
+Release = Callable[[asyncpg.Pool, Any, str, uuid.UUID], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def _one_sign_in_at_a_time(pool: asyncpg.Pool, name: str, source: str) -> AsyncIterator[None]:
+async def _one_at_a_time(pool: asyncpg.Pool, claim: Claim, release: Release, key: Any, source: str, *,
+                         user_id: uuid.UUID | None = None) -> AsyncIterator[None]:
+    """One attempt at `key` from `source` at a time, for every replica: `claim` takes the row (429 while another
+    attempt holds it) and `release` gives it back when the attempt is answered. The store's pairs: a sign-in's per
+    name tried (claim_sign_in_attempt / release_sign_in_attempt, `key` the name: never logged, people type passwords
+    into the name field) and users/update_password's current-password checks per user (claim_login_attempt /
+    release_login_attempt, `key` the user's id, also `user_id`: named in the log; the caller is signed in, nothing
+    to enumerate). Passed in by the caller, so they are looked up in `store` at each attempt."""
     attempt = uuid.uuid4()
-    if not await store.claim_sign_in_attempt(pool, name, source, attempt, ATTEMPT_LEASE_SECONDS):
+    if not await claim(pool, key, source, attempt, ATTEMPT_LEASE_SECONDS):
         raise TooManyRequests("another sign-in of this user from this address is still being answered; retry after it",
                               retry_after=1.0)
     try:
         yield
     finally:
         try:
-            await store.release_sign_in_attempt(pool, name, source, attempt)
+            await release(pool, key, source, attempt)
         except (asyncpg.PostgresError, OSError) as exc:  # the attempt's answer stands; its lease ends the claim
-            log.warning("could not release a sign-in attempt (the claim lapses in %.0f s): %s",
-                        ATTEMPT_LEASE_SECONDS, exc)
-
-
-@contextlib.asynccontextmanager
-async def _one_attempt_at_a_time(pool: asyncpg.Pool, user_id: uuid.UUID, source: str) -> AsyncIterator[None]:
-    """users/update_password's current-password checks, per user (the caller is signed in: nothing to enumerate)."""
-    attempt = uuid.uuid4()
-    if not await store.claim_login_attempt(pool, user_id, source, attempt, ATTEMPT_LEASE_SECONDS):
-        raise TooManyRequests("another sign-in of this user from this address is still being answered; retry after it",
-                              retry_after=1.0)
-    try:
-        yield
-    finally:
-        try:
-            await store.release_login_attempt(pool, user_id, source, attempt)
-        except (asyncpg.PostgresError, OSError) as exc:  # the attempt's answer stands; its lease ends the claim
-            log.warning("could not release a sign-in attempt of user %s (the claim lapses in %.0f s): %s", user_id,
-                        ATTEMPT_LEASE_SECONDS, exc)
+            log.warning("could not release a sign-in attempt%s (the claim lapses in %.0f s): %s",
+                        "" if user_id is None else f" of user {user_id}", ATTEMPT_LEASE_SECONDS, exc)
 
 
 def _locked(failures: asyncpg.Record | None) -> bool:
@@ -1073,7 +1068,8 @@ async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassw
         if user is None:
             raise NotFound("no such user")
         # one check at a time for every replica, as sign-ins: the lock after `lockout_after` wrong ones holds exactly
-        async with _one_attempt_at_a_time(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE):
+        async with _one_at_a_time(deps.pool, store.claim_login_attempt, store.release_login_attempt, user["id"],
+                                  PASSWORD_CHANGE_SOURCE, user_id=user["id"]):
             failures = await store.login_failures(deps.pool, user["id"], PASSWORD_CHANGE_SOURCE)
             if failures is not None and failures["locked_until"] is not None and \
                     failures["locked_until"] > datetime.now(UTC):
