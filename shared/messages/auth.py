@@ -237,7 +237,9 @@ class UpdatePassword(Command):
 
     password: str
     current_password: str | None = Field(None, description="Your current password (required for your own).")
-    email: str | None = optional_name_field("Administrators: the user whose password to set.")
+    email: str | None = optional_name_field("The user whose password to set: another user's (administrators; it "
+                                            "becomes temporary), or your own (with current_password). None: your "
+                                            "own. At most 254 characters.")
 
 
 class Empty(Message):
