@@ -350,9 +350,13 @@ async def start_queued(conn: asyncpg.Connection, workspace_id: int, limit: int, 
         free = min(limit - running, room)
         if free <= 0:
             return []
+        # started_at is the claim's own moment (clock_timestamp(): after the count above), not now(), the transaction's
+        # start: a claim begun before another run's end committed and counting after it recorded a start before that
+        # end, as if the workspace had run one more than its limit (tests/integration/test_orchestrations.py's
+        # two-at-a-time test compares these records)
         started = await conn.fetch(
-            "UPDATE runs SET status = 'running', supervisor = $3, heartbeat_at = now(), started_at = now(), "
-            "updated_at = now() WHERE id IN (SELECT id FROM runs WHERE workspace_id = $1 AND status = 'queued' "
+            "UPDATE runs SET status = 'running', supervisor = $3, heartbeat_at = now(), started_at = clock_timestamp(),"
+            " updated_at = now() WHERE id IN (SELECT id FROM runs WHERE workspace_id = $1 AND status = 'queued' "
             "AND NOT (id = ANY($4::uuid[])) ORDER BY created_at, id LIMIT $2 FOR UPDATE) RETURNING *", workspace_id,
             free, supervisor, supervised or [])
         for run in started:
