@@ -95,13 +95,14 @@ CLIENT_NEEDED = ("railyard: {command} works on railyard-client's credentials fil
 
 
 def _credentials_file():
-    """The client's credentials file helpers (railyard_client.session), which `login`, `token` and `logout` here use
-    as the client's own commands do: one file (RAILYARD_CLIENT_CREDENTIALS, else
-    `$XDG_CONFIG_HOME/railyard/credentials.json`), each change a read, change and atomic write (a temporary file
-    beside it, 0600, renamed over it) under its lock. Before, `login` and `token` here kept their own copy of the
-    path that ignored the variable, and wrote the file in place without its lock: truncated first (a crash mid-write
-    left it empty), every `workspaces use` choice dropped by `login`, and a write by another `railyard` process in
-    between undone. None without the client installed (a server-only install): the caller says so, exit 2."""
+    """The client's credentials file helpers (railyard_client.session), which `login` here uses as the client's own
+    commands do (`token` and `logout` here are the client's commands themselves): one file
+    (RAILYARD_CLIENT_CREDENTIALS, else `$XDG_CONFIG_HOME/railyard/credentials.json`), each change a read, change and
+    atomic write (a temporary file beside it, 0600, renamed over it) under its lock. Before, `login` and `token` here
+    kept their own copy of the path that ignored the variable, and wrote the file in place without its lock:
+    truncated first (a crash mid-write left it empty), every `workspaces use` choice dropped by `login`, and a write
+    by another `railyard` process in between undone. None without the client installed (a server-only install): the
+    caller says so, exit 2."""
     try:
         from railyard_client import session
     except ImportError:
@@ -157,46 +158,26 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 TOKEN_EXIT = ("exit 0 with the token on stdout, also when a refreshed token could not be saved (said on stderr: the"
               " next token needs a `railyard login` once the file can be written); 1 when no valid token could be"
-              " had (not logged in, the refresh refused); 2 without railyard-client")
+              " had (not logged in, the refresh refused, the server unreachable: the client's `railyard token` says 3"
+              " or 5); 2 without railyard-client")
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """Print a valid access token (refreshing it when needed), e.g. `TOKEN=$(railyard token)`; exit codes: TOKEN_EXIT.
+    """Print a valid access token (refreshing it when needed), e.g. `TOKEN=$(railyard token)`: the client's
+    `railyard token` itself (railyard_client.cli), not a copy of it, with this module's exit codes (TOKEN_EXIT).
 
     A refreshed token that could not be saved (a full disk, a read-only folder) is printed all the same, valid for
-    its lifetime, with the failure on stderr, and exits 0: the command's output is what it promises, and a script's
-    `TOKEN=$(railyard token)` under `set -e` goes on with it. Before session 41 it printed nothing and exited 1, the
-    token it had been given lost (the old refresh token is spent by the refresh, so the file's was of no use either)."""
-    from shared.client import RailyardAPIError, RailyardClient
-
-    credentials = _credentials_file()
-    if credentials is None:
+    its lifetime, with the failure on stderr, and exits 0. Until session 42 this was a second implementation on
+    shared.client's RailyardClient, which read only the file (not the client's RAILYARD_CLIENT_* variables), said an
+    unreachable server with a traceback, and had to be kept in step with the client's by hand (session 41 fixed the
+    unsaved token in both, 09d31676 and 4c205e61)."""
+    try:
+        from railyard_client import cli as client_cli
+    except ImportError:
         print(CLIENT_NEEDED.format(command="token"), file=sys.stderr)
         return 2
-    path = credentials.credentials_path()
-    saved = credentials.read_credentials(path)
-    if not all(saved.get(key) for key in ("url", "client_id", "client_secret", "access_token")):
-        # no file, or one `railyard logout` left with the workspace choices only (before: a KeyError's traceback)
-        print(f"railyard: not logged in (no tokens in {path}; run `railyard login`)", file=sys.stderr)
-        return 1
-    client = RailyardClient(saved["url"], saved["client_id"], saved["client_secret"])
-    client.access_token, client.refresh_token = saved["access_token"], saved.get("refresh_token")
-    client.expires_at = float(saved.get("expires_at") or 0)
-    try:
-        token = client.token
-    except RailyardAPIError as exc:
-        print(f"railyard: {exc.msg or exc.code}; run `railyard login` again", file=sys.stderr)
-        return 1
-    if token != saved["access_token"]:
-        # over the tokens read only, and over the file as it is now: a choice saved meanwhile stays
-        try:
-            credentials.save_refreshed((saved["access_token"], saved.get("refresh_token")), {
-                "access_token": token, "refresh_token": client.refresh_token, "expires_at": client.expires_at}, path)
-        except OSError as exc:  # the old refresh token is spent: the next command has to sign in again
-            print(f"railyard: the refreshed tokens could not be saved in {path} ({exc}); the token printed is valid,"
-                  " but run `railyard login` again once the file can be written", file=sys.stderr)
-    print(token)
-    return 0
+    status = client_cli.main(["token"])
+    return status if status in (0, 130) else 1  # 130: interrupted, as every command
 
 
 def cmd_logout(args: argparse.Namespace) -> int:

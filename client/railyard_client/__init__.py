@@ -41,6 +41,7 @@ from railyard_client.monitoring_feedback import ServiceMetrics
 from railyard_client.monitoring_predictions import SupportedContentType
 from railyard_client.orchestrations import OrchestrationFailed, Orchestrations
 from railyard_client.pipelines import Deployment, Pipeline
+from railyard_client.session import TokensNotSaved
 from railyard_client.tasks import in_task, task_args
 from railyard_client.workspaces import User, Workspace
 
@@ -68,5 +69,5 @@ __all__ = [
     "ConnectionFailed", "ConversionFailed", "Deployment", "DeploymentFailed", "InvalidRequest", "Lineage", "Model",
     "ModelVersion", "NotAcceptable", "NotFound", "OrchestrationFailed", "Orchestrations", "PayloadTooLarge",
     "PermissionDenied", "Pipeline", "RailyardError", "Registry", "ServiceMetrics", "SupportedContentType",
-    "Unavailable", "User", "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
+    "TokensNotSaved", "Unavailable", "User", "WaitTimeout", "Workspace", "__version__", "in_task", "task_args",
 ]

@@ -31,6 +31,12 @@ def documented_classes() -> list[str]:
     return [n for n in CLASSES if n in exported] + sorted(n for n in exported if n not in CLASSES)
 
 
+def exported_warnings() -> list[str]:
+    """The warning classes the package exports (TokensNotSaved), by name."""
+    return sorted(n for n in railyard_client.__all__ if isinstance(getattr(railyard_client, n), type)
+                  and issubclass(getattr(railyard_client, n), Warning))
+
+
 def public_members(cls: type) -> Iterator[tuple[str, Any]]:
     """The documented members of a class: its constructor (for classes users build), then public methods and
     properties (inherited from Resource included), in source order."""
@@ -131,6 +137,9 @@ def render() -> str:
     for name in sorted(n for n in dir(errors) if isinstance(getattr(errors, n), type)
                        and issubclass(getattr(errors, n), errors.RailyardError)):
         lines += [f"- `{name}`: {_doc(getattr(errors, name))}"]
+    lines += ["", "Warnings (given with Python's `warnings`, not raised; exported by `railyard_client` as the errors"
+              " are):", ""]
+    lines += [f"- `{name}`: {_doc(getattr(railyard_client, name))}" for name in exported_warnings()]
     lines += ["", "## The `railyard` command", "",
               "`--help` on every command; `--json` prints JSON instead of a table. A table's empty cell is a value "
               "that is none (JSON's `null`) or a key the row lacks; the tables of data (inference results, logged "

@@ -267,16 +267,16 @@ def token() -> None:
 
     A refreshed token that could not be saved in the credentials file (a full disk, a read-only folder) is printed
     all the same, valid for its lifetime, with the failure on stderr, and the command exits 0: the old refresh token
-    is spent, so the next refresh needs `railyard login` again once the file can be written."""
+    is spent, so the next refresh needs `railyard login` again once the file can be written. The server's
+    `python -m shared.cli token` is this command (its exit codes: 1 for this one's 3 and 5)."""
     client = Client()
     with warnings.catch_warnings():  # said below in the command's own words
         warnings.simplefilter("ignore", TokensNotSaved)
         value = client.token
-    unsaved = client._session.unsaved
-    if unsaved is not None:
-        print(f"railyard: the refreshed tokens could not be saved in {client._session.credentials_file} ({unsaved});"
-              " the token printed is valid, but run `railyard login` again once the file can be written",
-              file=sys.stderr)
+    not_saved = client.tokens_not_saved
+    if not_saved is not None:
+        print(f"railyard: the refreshed tokens could not be saved in {not_saved.path} ({not_saved.error}); the token"
+              " printed is valid, but run `railyard login` again once the file can be written", file=sys.stderr)
     print(value)
 
 

@@ -13,7 +13,7 @@ from railyard_client.connections import Connection
 from railyard_client.errors import ConfigurationError, NotFound
 from railyard_client.models import Model, ModelVersion
 from railyard_client.pipelines import Deployment, Pipeline, infer_at
-from railyard_client.session import ENV_WORKSPACE, Session
+from railyard_client.session import ENV_WORKSPACE, Session, TokensNotSaved
 from railyard_client.workspaces import User, Workspace
 
 
@@ -81,6 +81,15 @@ class Client:
     def token(self) -> str:
         """A valid access token (refreshed when about to expire), for scripts that call the HTTP API."""
         return self._session.token
+
+    @property
+    def tokens_not_saved(self) -> TokensNotSaved | None:
+        """Why the tokens this client refreshed are not in the credentials file it came from: a `TokensNotSaved` (as
+        warned when it happened) with the file (`path`) and the OSError of the last write (`error`), until a later
+        refresh saves them. None when they are saved, or when the client did not come from the file (a token, a
+        password or a client secret given, or in the environment). A refresh spends the file's refresh token: while
+        this is set, the next process that reads the file needs `railyard login` again."""
+        return self._session.not_saved
 
     def auth_header(self) -> dict[str, str]:
         """`{"Authorization": "Bearer ..."}` for requests/httpx scripts written against the HTTP API."""

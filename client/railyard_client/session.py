@@ -30,9 +30,14 @@ Refresh tokens are single-use, so a session that came from the file writes the r
 the tokens it read only: a file another `railyard login` rewrote since is left alone). Every change of the file is
 a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only). When the file cannot be
 written (a full disk, a read-only folder, its permissions), the session goes on with the refreshed tokens in memory
-and warns once (a `TokensNotSaved` warning; the `railyard` command prints it as `railyard: warning: ...`): the
-file's refresh token was spent by the refresh, so a later command needs `railyard login` again unless this session
-saves its tokens at a later refresh, which it tries over the tokens the file still holds. Before, the failure was
+and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the `railyard` command prints it as
+`railyard: warning: ...`; `Client.tokens_not_saved` says it for as long as it holds): the file's refresh token was
+spent by the refresh, so a later command needs `railyard login` again unless this session saves its tokens at a
+later refresh, which it tries over the tokens the file still holds. It warns each time the tokens go from saved to
+not saved (not at each refresh while the file stays unwritable), in a long-running process too: Python's default
+filter shows a warning once per place and text, so until session 42 a second failure (after a refresh that saved
+them, or another Client's in the same process, with the same file and error) was silent; the warning filters a
+program sets (`ignore`, `error`, `once`) apply as to any warning. Before, the failure was
 an OSError out of the call that refreshed, and the refreshed tokens were lost with it (`railyard token` printed
 nothing and exited 1): the user was signed out.
 
@@ -555,8 +560,28 @@ def refuse_non_finite(body: Any) -> None:
 
 class TokensNotSaved(UserWarning):
     """The refreshed tokens of a session that came from the credentials file could not be written back to it (a full
-    disk, a read-only folder): the session goes on with them in memory (`Session.unsaved` says why), and a later
-    command needs `railyard login` again unless a later refresh of the session can write them."""
+    disk, a read-only folder): the session goes on with them in memory, and a later command needs `railyard login`
+    again unless a later refresh of the session can write them. `path` is the file, `error` the OSError of the write;
+    `Client.tokens_not_saved` gives one for as long as it holds."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"the refreshed tokens could not be saved in {path} ({error}); they are used until this"
+                         " session ends, but run `railyard login` again once the file can be written")
+        self.path, self.error = path, error
+
+
+def _warn_each_time(warning: Warning) -> None:
+    """`warnings.warn(warning)` at the first caller outside this package (the SDK user's line that led to it), shown
+    each time the filters let it through: `warnings.warn` records each place and text it showed in the caller's
+    module, so its default filter showed a TokensNotSaved once per process whatever happened after (a second failure
+    of the same file with the same error, after a refresh that saved, or another Client's, was silent). A filter
+    the program sets (`ignore`, `error`, `once`, `always`) applies as to any warning."""
+    frame = sys._getframe(1)
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame = frame.f_back
+    warnings.warn_explicit(warning, type(warning), frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry=None, module_globals=frame.f_globals)
 
 
 class Session:
@@ -707,9 +732,10 @@ class Session:
 
         A write that fails (OSError: a full disk, a read-only folder, its permissions) is not raised: the session
         keeps the tokens it was given, which are the only valid ones (the refresh spent the file's refresh token),
-        records why in `unsaved` and warns once (TokensNotSaved) until a write works again; `in_file` stays the
-        file's, so a later refresh writes over them once the file can be written. Before, the OSError came out of
-        the call that refreshed and the new tokens were lost with it: signed out."""
+        records why in `unsaved` and warns (TokensNotSaved) when the tokens go from saved to not saved, not again
+        until a write has worked (`_warn_each_time`: each such change is shown); `in_file` stays the file's, so a
+        later refresh writes over them once the file can be written. Before, the OSError came out of the call that
+        refreshed and the new tokens were lost with it: signed out."""
         if not self.persist:
             return
         try:
@@ -717,12 +743,16 @@ class Session:
                                           "expires_at": self.expires_at}, self.credentials_file)
         except OSError as exc:
             if self.unsaved is None:
-                warnings.warn(TokensNotSaved(
-                    f"the refreshed tokens could not be saved in {self.credentials_file} ({exc}); they are used until"
-                    " this session ends, but run `railyard login` again once the file can be written"), stacklevel=2)
+                _warn_each_time(TokensNotSaved(self.credentials_file, exc))
             self.unsaved = exc
             return
         self.in_file, self.unsaved = (self.access_token, self.refresh_token), None
+
+    @property
+    def not_saved(self) -> TokensNotSaved | None:
+        """The tokens this session holds are not in the credentials file it came from (a TokensNotSaved naming the file
+        and the OSError of the last write); None when they are, or when the session did not come from the file."""
+        return None if self.unsaved is None else TokensNotSaved(self.credentials_file, self.unsaved)
 
     def credentials(self) -> dict[str, Any]:
         """What `railyard login` keeps: the URL, the client and the current tokens."""

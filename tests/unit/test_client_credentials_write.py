@@ -157,3 +157,124 @@ def test_railyard_token_prints_a_refreshed_token_that_cannot_be_saved(tmp_path, 
     assert json.loads(said.out)[0]["name"] == "default"
     assert said.err.startswith("railyard: warning: the refreshed tokens could not be saved") and said.err.count(
         "\n") == 1
+
+
+def _unsaved_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, session.TokensNotSaved)]
+
+
+def test_each_later_failure_to_save_the_tokens_is_said_under_pythons_default_filter(tmp_path, token_endpoint,
+                                                                                     monkeypatch):
+    """A long-running SDK process: the tokens could not be saved (said), a later refresh saved them, then the file
+    failed again with the same error. Python's default filter shows a warning once per place and text, and the
+    warning came from one line with the same words: the second failure, the sign-in lost again, was silent. So was
+    the first failure of a second Client in the same process. Now each change from saved to not saved is said (and
+    not each refresh while the file stays unwritable)."""
+    import warnings
+
+    path = tmp_path / "credentials.json"
+    write_credentials(FROM_LOGIN, path)
+    client = session.Session(credentials_file=path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            with monkeypatch.context() as full:
+                full.setattr(session.os, "replace", disk_full)
+                assert client.token == "access-1"
+                client.expires_at = 0
+                assert client.token == "access-2"  # still unwritable: not said again
+            assert len(_unsaved_warnings(caught)) == 1
+            client.expires_at = 0
+            assert client.token == "access-3" and client.unsaved is None  # saved
+            with monkeypatch.context() as full:
+                full.setattr(session.os, "replace", disk_full)
+                client.expires_at = 0
+                assert client.token == "access-4"
+            said = _unsaved_warnings(caught)
+            assert len(said) == 2, said  # before: 1, the second failure silent
+            assert said[0] == said[1]  # the same words: what the default filter's record kept out
+            # another session of the same process, from the same file, failing the same way is said as well
+            path.write_text(json.dumps(FROM_LOGIN | {"access_token": "access-4", "refresh_token": "refresh-4"}))
+            other = session.Session(credentials_file=path)
+            try:
+                with monkeypatch.context() as full:
+                    full.setattr(session.os, "replace", disk_full)
+                    assert other.token == "access-5"
+            finally:
+                other.close()
+            assert len(_unsaved_warnings(caught)) == 3
+    finally:
+        client.close()
+    # a program's own filter still decides: ignored, none is shown
+    path.write_text(json.dumps(FROM_LOGIN | {"access_token": "access-5", "refresh_token": "refresh-5"}))
+    ignoring = session.Session(credentials_file=path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore", session.TokensNotSaved)
+            with monkeypatch.context() as full:
+                full.setattr(session.os, "replace", disk_full)
+                assert ignoring.token == "access-6"
+            assert _unsaved_warnings(caught) == [] and ignoring.unsaved is not None
+    finally:
+        ignoring.close()
+
+
+def test_the_warning_points_at_the_sdk_users_own_line(tmp_path, token_endpoint, monkeypatch):
+    """The warning's place is the caller's line outside railyard_client (here: this test), not the SDK's own."""
+    import warnings
+
+    path = tmp_path / "credentials.json"
+    write_credentials(FROM_LOGIN, path)
+    client = session.Session(credentials_file=path)
+    try:
+        monkeypatch.setattr(session.os, "replace", disk_full)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            assert client.token == "access-1"
+        [warning] = [w for w in caught if issubclass(w.category, session.TokensNotSaved)]
+        assert warning.filename == __file__
+    finally:
+        client.close()
+
+
+def test_a_client_says_its_tokens_are_not_saved_publicly(tmp_path, token_endpoint, monkeypatch):
+    """`Client.tokens_not_saved`: `railyard token` read `client._session.unsaved` and `_session.credentials_file`, a
+    private attribute of another module; an SDK user had no public way to ask. A TokensNotSaved with the file and the
+    OSError while the tokens are not saved, None once a refresh saved them."""
+    import warnings
+
+    import railyard_client
+    from railyard_client import Client
+
+    path = tmp_path / "credentials.json"
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD", "RAILYARD_CLIENT_WORKSPACE"):
+        monkeypatch.delenv(name, raising=False)
+    write_credentials(FROM_LOGIN, path)
+    with Client(credentials_file=path) as client:
+        with monkeypatch.context() as full, warnings.catch_warnings():
+            warnings.simplefilter("ignore", railyard_client.TokensNotSaved)
+            full.setattr(session.os, "replace", disk_full)
+            assert client.token == "access-1"
+            not_saved = client.tokens_not_saved  # before: AttributeError
+            assert isinstance(not_saved, railyard_client.TokensNotSaved)
+            assert not_saved.path == path and isinstance(not_saved.error, OSError)
+            assert "No space left on device" in str(not_saved) and str(path) in str(not_saved)
+        client._session.expires_at = 0  # the next refresh saves them
+        assert client.token == "access-2" and client.tokens_not_saved is None
+
+
+def test_tokens_not_saved_is_exported_and_documented_as_the_errors_are():
+    """`from railyard_client import TokensNotSaved` (a filter a program sets names it): importable only from
+    railyard_client.session before, and docs/sdk.md's errors did not name it."""
+    from pathlib import Path
+
+    import railyard_client
+    from railyard_client import _docgen
+
+    assert railyard_client.TokensNotSaved is session.TokensNotSaved  # before: AttributeError
+    assert "TokensNotSaved" in railyard_client.__all__
+    page = (Path(__file__).resolve().parents[2] / "docs" / "sdk.md").read_text()
+    warnings_part = page[page.index("\n## Errors\n"):page.index("\n## The `railyard` command\n")]
+    assert "\n- `TokensNotSaved`: " in warnings_part
+    assert _docgen.exported_warnings() == ["TokensNotSaved"]

@@ -12,7 +12,9 @@ import os
 import sys
 import threading
 import time
+from urllib.parse import parse_qsl
 
+import httpx
 import pytest
 from railyard_client import session
 from railyard_client.session import read_credentials, saved_choice, with_choice, write_credentials
@@ -46,9 +48,18 @@ def default_file(tmp_path, monkeypatch):
     return tmp_path / "config" / "railyard" / "credentials.json"
 
 
+@pytest.fixture(autouse=True)
+def no_client_variables(monkeypatch):
+    """`token` is the client's command: RAILYARD_CLIENT_* variables of the shell running the tests would sign it in."""
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD", "RAILYARD_CLIENT_WORKSPACE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def grants(monkeypatch):
-    """The token endpoint: each grant (password or refresh) hands out the next numbered tokens."""
+    """The token endpoint: each grant (password or refresh) hands out the next numbered tokens, to `login` (this
+    module's, on shared.client) and to `token` (the client's command, on railyard_client.session, over HTTP)."""
     given: list[dict] = []
 
     def grant(self, data):
@@ -57,7 +68,16 @@ def grants(monkeypatch):
         self.expires_at = time.time() + 300
         return {}
 
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == session.TOKEN_PATH, request.url
+        given.append(dict(parse_qsl(request.content.decode())))
+        return httpx.Response(200, json={"access_token": f"access-{len(given)}",
+                                         "refresh_token": f"refresh-{len(given)}", "expires_in": 300})
+
     monkeypatch.setattr(RailyardClient, "_grant", grant)
+    real = httpx.Client
+    monkeypatch.setattr(session.httpx, "Client", lambda **kwargs: real(transport=httpx.MockTransport(answer),
+                                                                          **kwargs))
     return given
 
 
@@ -90,7 +110,7 @@ def test_a_write_between_tokens_read_and_its_write_is_kept(default_file, grants,
     file it had read, the choice gone. Now its write is a read, change and write under the lock."""
     named = default_file
     write_credentials(SIGNED_IN, named)  # expired: `token` refreshes
-    refresh = RailyardClient._grant
+    refresh = session.Session._grant  # `token` is the client's command: its session refreshes, after reading the file
 
     def refresh_while_a_choice_is_saved(self, data):
         chooser = threading.Thread(target=session.update_credentials,
@@ -99,7 +119,7 @@ def test_a_write_between_tokens_read_and_its_write_is_kept(default_file, grants,
         chooser.join(timeout=30)
         return refresh(self, data)
 
-    monkeypatch.setattr(RailyardClient, "_grant", refresh_while_a_choice_is_saved)
+    monkeypatch.setattr(session.Session, "_grant", refresh_while_a_choice_is_saved)
     assert server_cli.main(["token"]) == 0
     saved = read_credentials(named)
     assert saved["refresh_token"] == "refresh-1"
@@ -203,3 +223,31 @@ def test_a_refreshed_token_that_cannot_be_saved_is_printed_all_the_same(default_
     assert "could not be saved" in said.err and "No space left on device" in said.err
     assert "railyard login" in said.err and "access-1" not in said.err
     assert read_credentials(named)["access_token"] == SIGNED_IN["access_token"]
+
+
+def test_token_is_the_clients_command_with_its_own_exit_codes(default_file, monkeypatch, capsys):
+    """`python -m shared.cli token` was a second implementation (shared.client's RailyardClient on the file alone),
+    kept in step with the client's `railyard token` by hand. It is the client's command now, with TOKEN_EXIT's codes:
+    a token the client's variables give is printed (before: 'not logged in', exit 1), and a server that cannot be
+    reached is one line and exit 1 (before: httpx.ConnectError's traceback)."""
+    named = default_file
+    monkeypatch.setenv("RAILYARD_CLIENT_URL", URL)
+    monkeypatch.setenv("RAILYARD_CLIENT_TOKEN", "given.by.variable")
+    assert server_cli.main(["token"]) == 0
+    assert capsys.readouterr().out == "given.by.variable\n"
+    monkeypatch.delenv("RAILYARD_CLIENT_URL")
+    monkeypatch.delenv("RAILYARD_CLIENT_TOKEN")
+
+    write_credentials(SIGNED_IN, named)  # expired: `token` refreshes, and the server is not there
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    real = httpx.Client
+    monkeypatch.setattr(session.httpx, "Client", lambda **kwargs: real(transport=httpx.MockTransport(unreachable),
+                                                                          **kwargs))
+    monkeypatch.setattr(RailyardClient, "_grant", lambda self, data: unreachable(httpx.Request("POST", URL)))
+    assert server_cli.main(["token"]) == 1  # the client's own command says 5
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.count("\n") == 1 and "cannot reach" in said.err, said.err
+    assert read_credentials(named) == SIGNED_IN
