@@ -6,9 +6,16 @@ installations) are the platform's internals, not the tenant's (docs/security.md)
 exception's own message where Python writes one: an OSError's file (`[Errno 2] No such file or directory:
 '/srv/data/.../model.bin'`, and `-> '/...'` for its second) and an ImportError's module file (`cannot import name 'x'
 from 'pkg' (/opt/.../site-packages/pkg/__init__.py)`), in a traceback's last line and wherever else such a message is
-shown (a request's error quotes it: services/engine/runtimes.py). Not renamed (session 41): a path of any other
-message (a library's own words, "Load model from /srv/... failed"), a warning's line (`/opt/.../x.py:3:
-UserWarning: ...`), and a path a task run's log splits across two 16-KiB pieces.
+shown (a request's error quotes it: services/engine/runtimes.py); a file Python quotes as `repr` does (`b'/...'` for
+a bytes name, `"/..."` for one holding a `'`, a backslash escaping) is named the same way (session 42). So are
+Python 3.13's words for a module named as another one (`(consider renaming '/.../random.py' since it has the same
+name ...`, `partially initialized module 'x' from '/.../x.py' has no attribute ...`) and a warning's line as Python
+writes it to stderr (`/opt/.../x.py:3: UserWarning: ...`, at a line's start, its category's name ending in
+`Warning`). Not renamed (docs/security.md): a path of any other message (a library's own words, "Load model from
+/srv/... failed"), a warning's line written otherwise (logging's `py.warnings` prefix before it, a category named
+without `Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a
+path a task run's log splits across two 16-KiB pieces (services/task_scheduler/runner.py cuts a line there; each
+piece is named alone).
 
 Used by the engine (a request's error: services/engine/runtimes.py, sandboxed.py; f4c57130, 59b346a2, 8d122876), the
 registry (a conversion's stderr excerpt: services/registry/worker.py) and the task scheduler (a run's log lines and
@@ -31,9 +38,30 @@ FRAME_FILE = re.compile(r'File "(/[^"\n]*)"(?=, line \d)')
 # characters up to the line's end), each `[Errno N] ` or `cannot import name` of a line searched to its end: a task
 # run printing 16-KiB lines of them held the scheduler's event loop ~0.5 s a line, an exception's text of 1 MB of
 # them the engine's worker for minutes
-OS_ERROR_FILE = re.compile(r"(\[Errno -?\d+\] [^'\n\[]{0,500}?: )'(/[^'\n]*)'(?:( -> )'(/[^'\n]*)')?")
+#
+# A file as Python's repr quotes it: '/...' ("/..." when it holds a ' and no "; a backslash escapes the quote and
+# itself), b'/...' for a bytes name. Before session 42 only '/...' was read: b'/srv/...' was not renamed at all, and a
+# '-quoted path holding an escaped \' was cut there, the folders after it shown. Each character is read by one branch
+# (a backslash only by `\\.`), so the scan is linear and stops at the first quote that closes it.
+
+
+def _quoted(n: int) -> str:
+    return (rf"""(?P<b{n}>b?)(?:'(?P<s{n}>/(?:[^'\\\n]|\\.)*)'|"(?P<d{n}>/(?:[^"\\\n]|\\.)*)")""")
+
+
+OS_ERROR_FILE = re.compile(r"""(?P<head>\[Errno -?\d+\] [^'"\n\[]{0,500}?: )""" + _quoted(1)
+                           + r"(?:(?P<arrow> -> )" + _quoted(2) + ")?")
 IMPORT_FILE = re.compile(r"(cannot import name '[^'\n]{0,500}' from (?:partially initialized module )?'[^'\n]{0,500}' "
                          r"(?:\(most likely due to a circular import\) )?\()(/[^()\n]*)\)")
+# Python 3.13's words for a module that hides another of its name (an ImportError's file by repr, an AttributeError's
+# as '%U') and for an AttributeError of a module half-initialised: each start searches to its quote's end only
+RENAMING_FILE = re.compile(r"(?P<head>\(consider renaming )" + _quoted(1) + r"(?= (?:since|if) it has the same name )")
+PARTIAL_MODULE_FILE = re.compile(r"(?P<head>partially initialized module '[^'\n]{0,500}' from )" + _quoted(1)
+                                 + r"(?= has no attribute )")
+# a warning as Python's warnings module writes it (`{file}:{line}: {category}: {message}`), at a line's start only
+# (one search a line: a '/' anywhere would let each start read to its line's end), its category's name ending in
+# `Warning` (a run's own `/data/in.csv:3: bad row` stays as printed)
+WARNING_FILE = re.compile(r"^(/[^:\n]*)(?=:\d+: \w*Warning: )", re.MULTILINE)
 PACKAGE_ROOTS = ("site-packages", "dist-packages")
 BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
 PATH_ROOM = 4096
@@ -61,14 +89,28 @@ def shown_file(path: str, roots: Sequence[str] = ()) -> str:
 
 
 def named_files(text: str, roots: Sequence[str] = ()) -> str:
-    """`text` with each traceback line's absolute file (`File "/...", line N`), and each absolute file of an OSError's
-    or an ImportError's message as Python writes them (OS_ERROR_FILE, IMPORT_FILE), named as shown_file names it; any
-    other text as it is."""
+    """`text` with each traceback line's absolute file (`File "/...", line N`), each absolute file of an OSError's
+    or an ImportError's message as Python writes them (OS_ERROR_FILE, IMPORT_FILE, RENAMING_FILE,
+    PARTIAL_MODULE_FILE) and a warning line's (WARNING_FILE) named as shown_file names it; any other text as it is."""
     if 'File "/' in text:
         text = FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1], roots)}"', text)
     if "[Errno " in text:
-        text = OS_ERROR_FILE.sub(lambda found: f"{found[1]}'{shown_file(found[2], roots)}'" + (
-            f"{found[3]}'{shown_file(found[4], roots)}'" if found[4] else ""), text)
+        text = OS_ERROR_FILE.sub(lambda found: found["head"] + _requoted(found, 1, roots) + (
+            found["arrow"] + _requoted(found, 2, roots) if found["arrow"] else ""), text)
     if "cannot import name " in text:
         text = IMPORT_FILE.sub(lambda found: f"{found[1]}{shown_file(found[2], roots)})", text)
+    if "(consider renaming " in text:
+        text = RENAMING_FILE.sub(lambda found: found["head"] + _requoted(found, 1, roots), text)
+    if "partially initialized module " in text:
+        text = PARTIAL_MODULE_FILE.sub(lambda found: found["head"] + _requoted(found, 1, roots), text)
+    if "Warning: " in text:
+        text = WARNING_FILE.sub(lambda found: shown_file(found[1], roots), text)
     return text
+
+
+def _requoted(found: re.Match[str], n: int, roots: Sequence[str]) -> str:
+    """The `n`th quoted file of `found` (`_quoted`) named as shown_file names it, in its own quotes and prefix."""
+    single = found[f"s{n}"]
+    if single is not None:
+        return f"{found[f'b{n}']}'{shown_file(single, roots)}'"
+    return f'{found[f"b{n}"]}"{shown_file(found[f"d{n}"], roots)}"'
