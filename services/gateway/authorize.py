@@ -169,22 +169,24 @@ def add_authorize_routes(app: FastAPI, runtime: Runtime, source_address: SourceA
             form = await request.form()
             registered = registered_redirect_uri(settings.gateway.public_url, request)
             params = checked_params(form, registered)
-            username = str(form.get("username") or "").strip()
+            # CSRF and Origin before the name is read: a form another site sent (or an expired one) is shown again
+            # without what it typed. Its 403 page repeated the name, of any length up to the 1 MiB a form field may
+            # be (Starlette's), in the gateway's own page (review, session 41)
             origin = request.headers.get("origin")
             if origin and origin != "null" and origin != _origin(registered) and origin != _origin(str(request.url)):
                 raise Forbidden("this sign-in form was sent from another site")
             sent = str(form.get("csrf") or "")
             if not sent or not hmac.compare_digest(sent, request.cookies.get(CSRF_COOKIE) or ""):
                 raise Forbidden("the sign-in form expired or did not come from this page: open the web UI again")
-            if not username or not form.get("password"):
+            typed = str(form.get("username") or "").strip()
+            username = typed if len(typed) <= NAME_CHARS else ""  # a longer one is refused below, never sent back
+            if not typed or not form.get("password"):
                 raise InvalidRequest("enter the user name (or email) and the password")
             try:
                 cmd = AuthorizeUser(client_id=params["client_id"], redirect_uri=params["redirect_uri"],
-                                    code_challenge=params["code_challenge"], username=username,
+                                    code_challenge=params["code_challenge"], username=typed,
                                     password=str(form["password"]), source=source)
             except ValidationError as exc:  # a user name over NAME_CHARS: the page's 400 (it was a 500)
-                if len(username) > NAME_CHARS:
-                    username = ""  # not sent back into the form
                 raise InvalidRequest(validation_message(exc.errors())) from None
             issued = await bus_request(runtime.broker, subjects.AUTH_AUTHORIZE, cmd, timeout=timeout,
                                        reply_model=AuthorizationCodeIssued)

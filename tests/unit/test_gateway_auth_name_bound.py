@@ -1,7 +1,8 @@
 """The gateway's sign-in routes, in process, with a user name over NAME_CHARS (254): the token endpoint answers
 OAuth2's 400 invalid_request and the sign-in page its own error (400), and neither asks the auth service. The
 command's validation error was caught by neither route: a 500 'internal error', logged as unhandled (the bus's
-400 in tests/unit/test_auth_name_bound.py came only for a command that reached auth some other way)."""
+400 in tests/unit/test_auth_name_bound.py came only for a command that reached auth some other way).
+The sign-in page's 403 (another site's form, an expired one) shows the form again without the name it was sent."""
 
 from __future__ import annotations
 
@@ -66,3 +67,22 @@ def test_the_sign_in_page_answers_its_400_for_a_name_over_the_bound(gateway):
     assert asked == []
     signed_in = tab.submit(LONG[1:], "p")
     assert signed_in.status_code == 303 and len(asked) == 1, signed_in.text  # at the bound: sent on
+
+
+@pytest.mark.parametrize("how", ["another-sites-origin", "another-csrf-token"])
+def test_the_sign_in_pages_403_does_not_show_the_name_it_was_sent(gateway, how):
+    """The 403 for a form another site sent (its Origin, or a CSRF token that is not the cookie's) repeated the
+    typed name into the gateway's page: any text another site chose, up to the 1 MiB a form field may be."""
+    client, asked = gateway
+    tab = UiSignIn(client, "http://testserver/")
+    assert tab.open_form().status_code == 200
+    headers = {}
+    if how == "another-sites-origin":
+        headers["Origin"] = "http://evil.example"
+    else:
+        tab.csrf = "x" * 43
+    for typed in ("alice@example.com", "chosen-by-another-site " * 40_000):
+        refused = tab.submit(typed, "p", headers=headers)
+        assert refused.status_code == 403 and error_code(refused) == "forbidden", refused.text
+        assert typed.strip() not in refused.text and len(refused.text) < 4096  # was: the name in the form again
+        assert 'id="signin"' in refused.text and asked == []
