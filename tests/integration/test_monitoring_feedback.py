@@ -8,7 +8,9 @@ path. Outsiders, inference tokens and bad input are refused with nothing changed
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import json
 import time
 import uuid
 import zipfile
@@ -527,15 +529,32 @@ def test_outsiders_and_bad_input_change_nothing(stack, owner, deployed, bob):
                      [tabular["id"], foreign["id"]])
 
 
+# A training recipe that reads every file of the datasets its run is given (task_args' `datasets`) with the SDK, as a
+# user's would, prints what it read, and fails (it trains nothing)
+READS_THE_DATASETS = """
+import hashlib, json
+from railyard_client import Client, Lineage, task_args
+
+client = Client()
+lineage = Lineage(client, client.current_workspace().id)
+for alias, ref in sorted(task_args()["datasets"].items()):
+    for record in lineage.files(int(ref["dataset_id"]), ref.get("version_id")):
+        data = lineage.download_file(int(ref["dataset_id"]), record["name"], ref.get("version_id"))
+        print("read", json.dumps({"alias": alias, "name": record["name"], "sha256": hashlib.sha256(data).hexdigest(),
+                                  "ground_truth": (record.get("labels") or {}).get("ground_truth")}), flush=True)
+raise SystemExit("this recipe trains nothing")
+"""
+
+
 def test_a_training_waits_for_the_feedback_loop_off_the_review_path(stack, owner, deployed):
     """The reviews that trigger a training are in a dataset the feedback loop has not written yet: the training
     waits for them without holding up the deployment (its commands answer at once), then exactly one run starts,
-    after the reviews were written."""
+    after the reviews were written, and reads them (the files and ground truths the loop wrote) with the SDK."""
     digits, client = deployed["digits"], deployed["client"]
     shared = deployed["lineage"].create_dataset(deployed["project"]["id"], "written-then-trained", kind="images")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zipped:
-        zipped.writestr("main.py", "raise SystemExit('this recipe trains nothing')\n")
+        zipped.writestr("main.py", READS_THE_DATASETS)
     orchestrations = Orchestrations(client, owner.workspace_id)
     recipe = orchestrations.upload(archive.getvalue(), "trains-nothing", progress=False)
     digits.setup_feedback_loop(shared)
@@ -553,11 +572,14 @@ def test_a_training_waits_for_the_feedback_loop_off_the_review_path(stack, owner
         assert lock_loop.run_until_complete(conn.fetchval(
             "SELECT pg_try_advisory_lock(hashtextextended('monitoring.feedback:' || $1::int || ':' || $2::int, 0))",
             digits.id, shared["id"]))
+        reviewed = {}  # the file the loop writes for each review: its bytes' sha256 and the ground truth
         for index in (2, 3):
             png, label = digit_png(index)
-            digits.review_prediction(digits.monitor_bytes(
+            prediction_id = digits.monitor_bytes(
                 png, "image/png", f"ct-{index}.png", latency=0.01, height=8, width=8,
-                prediction={"detection_classes": [label], "detection_scores": [0.9]})["id"])
+                prediction={"detection_classes": [label], "detection_scores": [0.9]})["id"]
+            digits.review_prediction(prediction_id)
+            reviewed[f"{prediction_id}.png"] = (hashlib.sha256(png).hexdigest(), [label])
         training = wait_for(lambda: (t := digits.retrieve_information()["continuous"]["last_training"]) and t,
                             what="the training")
         asked = time.monotonic()
@@ -579,6 +601,12 @@ def test_a_training_waits_for_the_feedback_loop_off_the_review_path(stack, owner
                      and t, what="the run to fail")
     assert "training run failed" in ended["reason"], ended
     assert len(runs()) == 1
+    # the run read both reviews from the dataset the loop wrote them into (given as `train`, its only dataset), as the
+    # loop wrote them: the reviewed images' bytes and ground truths
+    read = [json.loads(line.split(" read ", 1)[1]) for line in orchestrations.logs(ended["run_id"]) if " read " in line]
+    assert {r["alias"] for r in read} == {"train"}, read
+    found = {r["name"]: (r["sha256"], r["ground_truth"]["detection_classes"]) for r in read if r["name"] in reviewed}
+    assert found == reviewed, read
     digits.toggle_continuous_training(False)
     digits.disable_feedback_loop()
 
