@@ -186,7 +186,7 @@ def add_authorize_routes(app: FastAPI, runtime: Runtime, source_address: SourceA
                 cmd = AuthorizeUser(client_id=params["client_id"], redirect_uri=params["redirect_uri"],
                                     code_challenge=params["code_challenge"], username=typed,
                                     password=str(form["password"]), source=source)
-            except ValidationError as exc:  # a user name over NAME_CHARS: the page's 400 (it was a 500)
+            except ValidationError as exc:  # a name over NAME_CHARS, a password over SECRET_CHARS: the page's 400
                 raise InvalidRequest(validation_message(exc.errors())) from None
             issued = await bus_request(runtime.broker, subjects.AUTH_AUTHORIZE, cmd, timeout=timeout,
                                        reply_model=AuthorizationCodeIssued)

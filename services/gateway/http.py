@@ -308,6 +308,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         token_limits.check_source(source)  # before the body is read
         form = await request.form()
         client_id, client_secret = _client_credentials(request, form)
+        if len(client_secret) > m.SECRET_CHARS:  # before its digest (the client's bucket) and the bus: 400 at once
+            raise InvalidRequest(f"client_secret: at most {m.SECRET_CHARS} characters")
         if client_secret:
             token_limits.check_client(client_id, client_secret,
                                       str(form.get("grant_type") or "") if grant_type is None else grant_type)
@@ -327,7 +329,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                     refresh_token=_opt(form, "refresh_token"), scope=_opt(form, "scope"), source=source,
                     code=_opt(form, "code"), code_verifier=_opt(form, "code_verifier"),
                     redirect_uri=_opt(form, "redirect_uri"))
-            except ValidationError as exc:  # a username over NAME_CHARS: 400 invalid_request here (it was a 500)
+            except ValidationError as exc:  # a username over NAME_CHARS, a password or refresh token over its bound
                 raise InvalidRequest(validation_message(exc.errors())) from None
             if not cmd.grant_type:
                 raise InvalidRequest(_missing_grant_type(request.headers.get("content-type", "")))

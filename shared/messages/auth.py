@@ -29,6 +29,29 @@ its statements (docs/auth.md, "Brute force"), so an unbounded one cost ~80 ms of
 longer one is 400 invalid_request, on the bus and at the gateway, before any statement."""
 
 
+SECRET_CHARS = 4096
+"""The longest password or client secret a command takes (4 KiB, as Django bounded passwords for CVE-2013-1443).
+argon2 takes a password of any length, but pre-hashes all of it in the check's hashing turn (2 at a time per auth
+process), and every hop carries and parses it whole: a 2 MiB password cost 6.5-9 ms of CPU in argon2's pre-hash and
+9-11 ms of JSON a hop, 1 or 4 KiB ~0.04 and ~0.02 ms, beside ~200-235 ms a check at the default cost (in process,
+session 42, load 7-10). A longer one is 400 invalid_request, on the bus and at the gateway, before any hash or
+database statement; people do not type 4096 characters, and password managers' longest are 64-128."""
+
+TOKEN_CHARS = 8192
+"""The longest refresh token a command takes: ours are RS256 JWTs of ~0.7 KB (a 2048-bit key), 8192 leaves room for
+larger keys and claims; the logout endpoint's bound since it came (73b2f544)."""
+
+
+def secret_field(description: str | None = None) -> Any:
+    """A password or client secret field, at most SECRET_CHARS characters."""
+    return Field(max_length=SECRET_CHARS, description=description)
+
+
+def optional_secret_field(description: str | None = None) -> Any:
+    """An optional password field, at most SECRET_CHARS characters."""
+    return Field(None, max_length=SECRET_CHARS, description=description)
+
+
 def name_field(description: str | None = None) -> Any:
     """A user name or email field, at most NAME_CHARS characters."""
     return Field(max_length=NAME_CHARS, description=description)
@@ -44,10 +67,11 @@ class IssueToken(Command):
 
     grant_type: str
     client_id: str
-    client_secret: str
+    client_secret: str = secret_field("The client's secret (empty for a public client; at most 4096 characters).")
     username: str | None = optional_name_field("password grant: the user name or email (at most 254 characters).")
-    password: str | None = None
-    refresh_token: str | None = None
+    password: str | None = optional_secret_field("password grant: the user's password (at most 4096 characters).")
+    refresh_token: str | None = Field(None, max_length=TOKEN_CHARS, description="refresh_token grant: the refresh "
+                                      "token (at most 8192 characters).")
     scope: str | None = None
     source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "
                                "it (services/gateway/source_address.py counted_as): an IPv4 address as it is, an IPv6 "
@@ -67,8 +91,9 @@ class EndSession(Command):
     token of its session works any longer."""
 
     client_id: str
-    client_secret: str
-    refresh_token: str = Field(max_length=8192)
+    client_secret: str = secret_field("The client's secret (empty for a public client; at most 4096 characters).")
+    refresh_token: str = Field(max_length=TOKEN_CHARS, description="The refresh token of the session to end (at most "
+                               "8192 characters).")
 
 
 class AuthorizeUser(Command):
@@ -80,7 +105,7 @@ class AuthorizeUser(Command):
                               "registered URI.")
     code_challenge: str = Field(description="BASE64URL(SHA-256(code_verifier)), 43 characters (S256 only).")
     username: str = name_field("The user name or email (at most 254 characters).")
-    password: str
+    password: str = secret_field("The user's password (at most 4096 characters).")
     source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "
                                "it (an IPv4 address, an IPv6 address's /64), for failed logins, as IssueToken.source "
                                "(at most 128 characters).")
@@ -209,7 +234,8 @@ class InviteUser(Command):
     """Create a user; without a password a temporary one is generated and returned once."""
 
     email: str = name_field("The new user's email, also their user name (at most 254 characters).")
-    password: str | None = None
+    password: str | None = optional_secret_field("The new user's password, 8 to 4096 characters; none: a temporary "
+                                                 "one is generated.")
 
 
 class UserInvited(Message):
@@ -235,8 +261,9 @@ class UpdatePassword(Command):
     """Set your own password (clears a temporary password), or, as an administrator, another user's (by email; it
     becomes temporary). Every token the user holds stops working."""
 
-    password: str
-    current_password: str | None = Field(None, description="Your current password (required for your own).")
+    password: str = secret_field("The new password (8 to 4096 characters).")
+    current_password: str | None = optional_secret_field("Your current password (required for your own; at most "
+                                                         "4096 characters).")
     email: str | None = optional_name_field("The user whose password to set: another user's (administrators; it "
                                             "becomes temporary), or your own (with current_password). None: your "
                                             "own. At most 254 characters.")

@@ -2,7 +2,9 @@
 OAuth2's 400 invalid_request and the sign-in page its own error (400), and neither asks the auth service. The
 command's validation error was caught by neither route: a 500 'internal error', logged as unhandled (the bus's
 400 in tests/unit/test_auth_name_bound.py came only for a command that reached auth some other way).
-The sign-in page's 403 (another site's form, an expired one) shows the form again without the name it was sent."""
+Likewise a password or client secret over SECRET_CHARS (4096) and a refresh token over TOKEN_CHARS (8192), which
+were sent on whatever their length (up to the 2 MiB body; session 42); and the sign-in page's 403 (another site's
+form, an expired one) shows the form again without the name it was sent."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from services.gateway import authorize, handlers
 from services.gateway.http import create_app
-from shared.messages.auth import NAME_CHARS
+from services.gateway.ratelimit import TokenEndpointLimits
+from shared.messages.auth import NAME_CHARS, SECRET_CHARS, TOKEN_CHARS
 from shared.settings import Settings
 from tests.integration.pkce import TOKEN_PATH, UiSignIn, error_code
 
@@ -32,7 +35,11 @@ def gateway(monkeypatch):
         asked.append(cmd)
         return SimpleNamespace(code="the-code", expires_in=60)
 
+    async def end_session(broker, cmd, timeout):
+        asked.append(cmd)
+
     monkeypatch.setattr(handlers, "issue_token", issue_token)
+    monkeypatch.setattr(handlers, "end_session", end_session)
     monkeypatch.setattr(authorize, "bus_request", bus_request)
     app = create_app(SimpleNamespace(settings=Settings(), extras={}, broker=None, objects=None))
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -67,6 +74,57 @@ def test_the_sign_in_page_answers_its_400_for_a_name_over_the_bound(gateway):
     assert asked == []
     signed_in = tab.submit(LONG[1:], "p")
     assert signed_in.status_code == 303 and len(asked) == 1, signed_in.text  # at the bound: sent on
+
+
+LOGOUT_PATH = "/auth/realms/master/protocol/openid-connect/logout"
+OVER = [  # (route, form, what is over its bound, the bound); the client authenticates as api-client / s3cret
+    (TOKEN_PATH, {"grant_type": "password", "username": "alice", "password": "p" * SECRET_CHARS}, "password",
+     SECRET_CHARS),
+    (TOKEN_PATH, {"grant_type": "refresh_token", "refresh_token": "r" * TOKEN_CHARS}, "refresh_token", TOKEN_CHARS),
+    (TOKEN_PATH, {"grant_type": "client_credentials", "client_id": "api-client", "client_secret": "s" * SECRET_CHARS},
+     "client_secret", SECRET_CHARS),
+    (LOGOUT_PATH, {"refresh_token": "a.b.c", "client_id": "api-client", "client_secret": "s" * SECRET_CHARS},
+     "client_secret", SECRET_CHARS),
+]
+
+
+@pytest.mark.parametrize("path, form, field, bound", OVER, ids=[f"{p.rsplit('/', 1)[1]}-{f}" for p, _, f, _ in OVER])
+def test_a_secret_or_token_over_its_bound_is_400_invalid_request_before_anything_is_hashed_or_sent(
+        gateway, monkeypatch, path, form, field, bound):
+    client, asked = gateway
+    digests = []  # a client_credentials grant spends the bucket keyed by the secret's SHA-256: not over the bound
+    check_client = TokenEndpointLimits.check_client
+
+    def spent(self, client_id, secret, grant_type):
+        if grant_type == "client_credentials":
+            digests.append(client_id)
+        return check_client(self, client_id, secret, grant_type)
+
+    monkeypatch.setattr(TokenEndpointLimits, "check_client", spent)
+
+    def post(value: str):
+        data = form | {field: value}
+        return client.post(path, data=data, auth=None if "client_id" in data else ("api-client", "s3cret"))
+
+    refused = post(form[field] + "x")
+    assert refused.status_code == 400, refused.text  # was: sent on (200, 204), whatever its length
+    body = refused.json()
+    assert body["error"] == "invalid_request" and field in body["error_description"], body
+    assert str(bound) in body["error_description"] and len(refused.text) < 500, body  # not repeated back
+    assert refused.headers["cache-control"] == "no-store"
+    assert asked == [] and digests == []
+    assert post(form[field]).status_code in (200, 204) and len(asked) == 1  # at the bound: sent on
+
+
+def test_the_sign_in_page_answers_its_400_for_a_password_over_the_bound_and_keeps_the_name(gateway):
+    client, asked = gateway
+    tab = UiSignIn(client, "http://testserver/")
+    assert tab.open_form().status_code == 200
+    refused = tab.submit("alice@example.com", "p" * (SECRET_CHARS + 1))
+    assert refused.status_code == 400 and error_code(refused) == "invalid_request", refused.text  # was: sent on
+    assert "password" in refused.text and str(SECRET_CHARS) in refused.text and len(refused.text) < 4096
+    assert 'value="alice@example.com"' in refused.text and asked == []  # the form again, the name kept
+    assert tab.submit("alice@example.com", "p" * SECRET_CHARS).status_code == 303 and len(asked) == 1
 
 
 @pytest.mark.parametrize("how", ["another-sites-origin", "another-csrf-token"])
