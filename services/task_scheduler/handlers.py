@@ -279,9 +279,17 @@ async def run_scheduled(deps: Deps, principal: Principal, token: str | None, cmd
     return TaskCreated(id=task_id)
 
 
-def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record], active: bool | None = None) -> str:
+def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record], active: bool | None = None,
+                 left_queue: bool = False) -> str:
     """The task's status from its row and its last runs; `active`: whether it has a run queued or running, however
-    old (store.with_active_runs; read for killed tasks only), else read from `runs`."""
+    old (store.with_active_runs; read for killed tasks only), else read from `runs`; `left_queue`: whether a run of
+    it older than `runs` left the queue (store.with_runs_out_of_queue; read for a scheduled task whose last runs are
+    all queued only).
+
+    A task is `pending` until a run of it has left the queue (started, or ended without starting: killed, replaced,
+    refused its token), then `started` (or `failed`): seed 001's words, "pending, started, and failed", a run's
+    "running: The task has started". Until session 42 a scheduled task read `started` as soon as it had made a run,
+    even one still queued for room, while a one-shot task's queued run read `pending`."""
     if active is None:
         active = any(r["running"] for r in runs)
     if row["killed"]:
@@ -289,14 +297,14 @@ def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record], active: bool |
     if row["schedule"] is not None:
         if row["next_fire"] is None:  # its schedule could not be evaluated (scheduler.fire_due): it makes no runs
             return "failed"
-        return "started" if runs else "pending"
+        return "started" if left_queue or any(r["status"] != "queued" for r in runs) else "pending"
     if not runs or runs[0]["status"] == "queued":
         return "pending"
     return "failed" if runs[0]["status"] == "failure" else "started"
 
 
 def _task_record(row: asyncpg.Record, runs: list[asyncpg.Record], settings: TaskSettings,
-                 active: bool | None = None) -> TaskRecord:
+                 active: bool | None = None, left_queue: bool = False) -> TaskRecord:
     args = json.loads(row["args"]) if isinstance(row["args"], str) else row["args"]
     scheduled = row["schedule"] is not None
     return TaskRecord(
@@ -307,7 +315,7 @@ def _task_record(row: asyncpg.Record, runs: list[asyncpg.Record], settings: Task
         flavor="exec_orch_cron" if scheduled else "exec_orch_oneshot", reap_threshold_secs=row["timeout_seconds"],
         exec_type="cron_job" if scheduled else "job", schedule=row["schedule"],
         missed_run_policy=row["missed_run_policy"], concurrency_policy=row.get("concurrency_policy"),
-        max_queued=row.get("max_queued"), status=_task_status(row, runs, active), input_data=args,
+        max_queued=row.get("max_queued"), status=_task_status(row, runs, active, left_queue), input_data=args,
         killed=row["killed"], created_at=iso(row["created_at"]), updated_at=iso(row["updated_at"]),
         last_runs=[LastRun(run_id=r["id"], status=r["status"], created_at=iso(r["created_at"])) for r in runs])
 
@@ -316,8 +324,12 @@ async def _records(deps: Deps, rows: list[asyncpg.Record]) -> list[TaskRecord]:
     runs = await store.last_runs(deps.pool, [r["id"] for r in rows], LAST_RUNS)
     # a killed task is pending_kill while any run of it is still stopping, not only one of its last LAST_RUNS
     active = await store.with_active_runs(deps.pool, [r for r in rows if r["killed"]])
-    return [_task_record(r, runs.get(r["id"], []), deps.settings, r["id"] in active if r["killed"] else None)
-            for r in rows]
+    # a scheduled task whose last LAST_RUNS runs all wait for room (max_queued above it) may have started older ones
+    crowded = [r["id"] for r in rows if r["schedule"] is not None and not r["killed"]
+               and len(found := runs.get(r["id"], [])) >= LAST_RUNS and all(x["status"] == "queued" for x in found)]
+    left_queue = await store.with_runs_out_of_queue(deps.pool, crowded) if crowded else set()
+    return [_task_record(r, runs.get(r["id"], []), deps.settings, r["id"] in active if r["killed"] else None,
+                         r["id"] in left_queue) for r in rows]
 
 
 async def _visible_task(deps: Deps, principal: Principal, token: str | None, task_id: uuid.UUID) -> asyncpg.Record:

@@ -202,6 +202,14 @@ async def with_active_runs(pool: asyncpg.Pool, tasks: list[asyncpg.Record]) -> s
     return {r["task_id"] for r in rows}
 
 
+async def with_runs_out_of_queue(pool: asyncpg.Pool, task_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of `task_ids` with a run that is not `queued` (one that started, or ended without starting): asked only
+    for a scheduled task whose last runs are all queued (handlers._records), each stopped at its first such run."""
+    rows = await pool.fetch("SELECT t.id FROM unnest($1::uuid[]) AS t(id) WHERE EXISTS (SELECT 1 FROM runs"
+                            " WHERE runs.task_id = t.id AND runs.status <> 'queued')", task_ids)
+    return {r["id"] for r in rows}
+
+
 async def kill_task(pool: asyncpg.Pool, task_id: uuid.UUID) -> int:
     """Stop a task: no more schedule points, queued runs fail (with their events.task_run.failed in the outbox, as
     every other end of a run), running ones are stopped by their supervisor. How many queued runs failed."""

@@ -180,10 +180,10 @@ class TaskRecord(Message):
         f"Railyard: a scheduled task's bound of waiting runs (task/run_scheduled); absent when it was not given: "
         f"{QUEUED_PER_TASK} (with allow)."))
     status: TaskStatus = Field(description=(
-        "The seed's pending (a one-shot task whose run has not started; a scheduled task that has made no run yet), "
-        "started (a one-shot task whose run started, and stays so once it succeeded; a scheduled task once it has "
-        "made a run, even one still queued) and failed (a one-shot task whose run failed, or a scheduled task whose "
-        "schedule cannot be evaluated), and pending_kill (killed, a run still stopping) and killed."))
+        "The seed's pending (no run of the task has left the queue: just created, or its runs all wait for room), "
+        "started (a run of it has left the queue; a one-shot task stays so once its run succeeded) and failed (a "
+        "one-shot task whose run failed, or a scheduled task whose schedule cannot be evaluated), and pending_kill "
+        "(killed, a run still stopping) and killed."))
     input_data: dict[str, Any]
     killed: bool
     created_at: str

@@ -227,11 +227,17 @@ def test_task_status():
     assert _task_status(once, [{"status": "queued", "running": True}]) == "pending"
     assert _task_status(once, [{"status": "running", "running": True}]) == "started"
     assert _task_status(once, [{"status": "failure", "running": False}]) == "failed"
-    # a scheduled task reads started once it has made a run, even one still queued for room (seed 001 silent on a
-    # queued run; decided in session 41, docs/orchestrations.md): its schedule has begun, the run says queued itself
+    # a scheduled task reads pending until a run of it leaves the queue, as a one-shot task does (seed 001: pending,
+    # started, failed; a run "running: The task has started"). Until session 42 it read started with its only run
+    # still queued for room
     scheduled = {"killed": False, "schedule": "* * * * *", "next_fire": "2026-12-06T18:00:00+00:00"}
     assert _task_status(scheduled, []) == "pending"
-    assert _task_status(scheduled, [{"status": "queued", "running": True}]) == "started"
+    assert _task_status(scheduled, [{"status": "queued", "running": True}]) == "pending"
+    assert _task_status(scheduled, [{"status": "queued", "running": True}], left_queue=True) == "started"
+    assert _task_status(scheduled, [{"status": "queued", "running": True},
+                                    {"status": "running", "running": True}]) == "started"
+    assert _task_status(scheduled, [{"status": "queued", "running": True},
+                                    {"status": "failure", "running": False}]) == "started"
     cron = {"killed": True, "schedule": "* * * * *"}
     assert _task_status(cron, [{"status": "running", "running": True}]) == "pending_kill"
     assert _task_status(cron, [{"status": "success", "running": False}]) == "killed"
