@@ -8,13 +8,15 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "RAILYARD_"
 ENV_NESTED_DELIMITER = "__"
 COMMAND_DRAIN_TIMEOUT = 15.0  # seconds a stopping service drains the bus commands it took (shared/service.py)
 TASK_STOP_TIMEOUT = 20.0  # seconds a task scheduler's stop takes at most (services/task_scheduler/scheduler.py)
+ADMIN_NAME_CHARS = 254  # the longest first admin's user name: shared.messages.auth.NAME_CHARS, a sign-in's longest
+ADMIN_SECRET_CHARS = 4096  # its password's and the first client's secret's: shared.messages.auth.SECRET_CHARS
 
 
 class NatsSettings(BaseModel):
@@ -169,6 +171,25 @@ class AuthSettings(BaseModel):
     password_hash_time_cost: int = Field(3, ge=1, description="argon2id passes of a password hash.")
     password_hash_memory_kib: int = Field(65536, ge=8, description="argon2id memory of a password hash (KiB).")
     password_hash_parallelism: int = Field(4, ge=1, description="argon2id lanes of a password hash.")
+
+    @field_validator("bootstrap_admin_username")
+    @classmethod
+    def _admin_name_a_sign_in_takes(cls, name: str) -> str:
+        # a sign-in's user name is at most NAME_CHARS (254, shared/messages/auth.py; not imported: settings import
+        # nothing of the platform's): a longer admin was created and could never sign in
+        if not name or len(name) > ADMIN_NAME_CHARS:
+            raise ValueError(f"the first admin's user name must be 1-{ADMIN_NAME_CHARS} characters (this one has "
+                             f"{len(name)}): a sign-in takes no other, so that admin could never sign in")
+        return name
+
+    @field_validator("bootstrap_admin_password", "bootstrap_client_secret")
+    @classmethod
+    def _secret_a_sign_in_takes(cls, secret: str) -> str:
+        # a sign-in's password and a client's secret are at most SECRET_CHARS (4096, shared/messages/auth.py)
+        if len(secret) > ADMIN_SECRET_CHARS:
+            raise ValueError(f"at most {ADMIN_SECRET_CHARS} characters (this one has {len(secret)}): a token request "
+                             "takes no longer password or client secret, so it could never be used")
+        return secret
 
 
 class RegistrySettings(BaseModel):

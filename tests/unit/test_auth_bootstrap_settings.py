@@ -1,0 +1,39 @@
+"""The first admin's user name, its password and the first client's secret are refused at settings load when no
+sign-in could use them: a name over NAME_CHARS (254) or empty, a password or secret over SECRET_CHARS (4096). Since
+4b07bd6b (and session 42 for passwords and secrets) a token request takes nothing longer, so such an admin was
+created on first start and could never sign in. The service stops at start with the variable named and why (exit 2,
+shared.settings.load_settings), never the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.messages.auth import NAME_CHARS, SECRET_CHARS
+from shared.settings import ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS, load_settings
+
+VARIABLE = "RAILYARD_AUTH__BOOTSTRAP_{}"
+
+
+def test_the_bounds_are_the_sign_ins():
+    assert (ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS) == (NAME_CHARS, SECRET_CHARS)
+
+
+@pytest.mark.parametrize("setting, refused, taken", [
+    ("ADMIN_USERNAME", "a" * (NAME_CHARS + 1), "a" * NAME_CHARS),
+    ("ADMIN_USERNAME", "", "admin"),
+    ("ADMIN_PASSWORD", "p" * (SECRET_CHARS + 1), "p" * SECRET_CHARS),
+    ("CLIENT_SECRET", "s" * (SECRET_CHARS + 1), "s" * SECRET_CHARS),
+], ids=["username-long", "username-empty", "password", "client-secret"])
+def test_a_bootstrap_credential_no_sign_in_takes_stops_the_start(monkeypatch, capsys, setting, refused, taken):
+    variable = VARIABLE.format(setting)
+    monkeypatch.setenv(variable, refused)
+    with pytest.raises(SystemExit) as stopped:  # was: loaded, and the admin created who could never sign in
+        load_settings("railyard-auth")
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"railyard-auth: bad configuration: {variable}: "), line
+    bound = NAME_CHARS if setting == "ADMIN_USERNAME" else SECRET_CHARS
+    assert str(bound) in line and f"this one has {len(refused)}" in line and "never" in line, line
+    assert len(line) < 300  # the value is not printed (a password, a secret)
+    monkeypatch.setenv(variable, taken)
+    assert getattr(load_settings("railyard-auth").auth, f"bootstrap_{setting.lower()}") == taken
