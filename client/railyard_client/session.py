@@ -742,9 +742,11 @@ class Session:
             save_refreshed(self.in_file, {"access_token": self.access_token, "refresh_token": self.refresh_token,
                                           "expires_at": self.expires_at}, self.credentials_file)
         except OSError as exc:
-            if self.unsaved is None:
+            # recorded before it is said: a program whose filters make the warning an error (`-W error`) has it
+            # raised here, and `not_saved` still says the tokens are not in the file
+            was_saved, self.unsaved = self.unsaved is None, exc
+            if was_saved:
                 _warn_each_time(TokensNotSaved(self.credentials_file, exc))
-            self.unsaved = exc
             return
         self.in_file, self.unsaved = (self.access_token, self.refresh_token), None
 

@@ -278,3 +278,28 @@ def test_tokens_not_saved_is_exported_and_documented_as_the_errors_are():
     warnings_part = page[page.index("\n## Errors\n"):page.index("\n## The `railyard` command\n")]
     assert "\n- `TokensNotSaved`: " in warnings_part
     assert _docgen.exported_warnings() == ["TokensNotSaved"]
+
+
+def test_tokens_not_saved_holds_when_the_programs_filter_makes_the_warning_an_error(tmp_path, token_endpoint,
+                                                                                   monkeypatch):
+    """A program run with `-W error` (or `warnings.simplefilter("error")`) has the TokensNotSaved raised out of the
+    call that refreshed, as it asked. The session recorded why only after warning, so the raise skipped it:
+    `Client.tokens_not_saved` said None (saved) while the file held the spent refresh token, and each later refresh
+    raised again. Now it is recorded first: said (raised) once, and said by `not_saved` until a save works."""
+    import warnings
+
+    path = tmp_path / "credentials.json"
+    write_credentials(FROM_LOGIN, path)
+    client = session.Session(credentials_file=path)
+    try:
+        monkeypatch.setattr(session.os, "replace", disk_full)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", session.TokensNotSaved)
+            with pytest.raises(session.TokensNotSaved):
+                client.token  # noqa: B018 - the property refreshes
+            assert client.not_saved is not None and client.access_token == "access-1"  # before: None
+            client.expires_at = 0
+            assert client.token == "access-2"  # still not saved: not raised again
+            assert isinstance(client.not_saved.error, OSError)
+    finally:
+        client.close()
