@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from services.task_scheduler import store
-from services.task_scheduler.scheduler import HELD_FIRST, HELD_MAX, Scheduler
+from services.task_scheduler.scheduler import HELD_FIRST, HELD_MAX, PASS_ERROR_KEY_CHARS, PASS_ERRORS_KEPT, Scheduler
 
 BAD, GOOD = uuid.uuid4(), uuid.uuid4()
 POINT = datetime(2026, 12, 5, 14, 0, 2, tzinfo=UTC)
@@ -344,3 +344,23 @@ async def test_a_pass_failing_on_an_error_whose_words_fail_goes_on(monkeypatch, 
     said = [(bool(r.exc_info), r.getMessage()) for r in caplog.records if r.getMessage().startswith("scheduler pass")]
     assert said[0][0] and said[1] == (False, "scheduler pass failed again: Wordless: (its str() failed) (2 times since"
                                              " its traceback above; next pass in 2.0 s)")
+
+
+async def test_an_errors_key_is_its_words_first_characters_however_long_its_words(monkeypatch, caplog):
+    """The failed passes' errors are remembered by key (PASS_ERRORS_KEPT of them) while the passes fail: a key was the
+    error's words whole, so errors quoting megabytes (a DataError quoting a value, an OSError naming a long path)
+    held as many megabytes for as long as the passes failed. A key is now their first PASS_ERROR_KEY_CHARS (numbers
+    aside first): each error quoting 1 MB of its own is kept in 200 characters, and two errors alike that far are one
+    (session 42)."""
+    sched = looping_scheduler(5.0)
+    huge = [asyncpg.exceptions.DataError(f"invalid input value {chr(ord('a') + i % 26) * (i + 1)}: " + "x" * 2**20)
+            for i in range(PASS_ERRORS_KEPT + 4)]
+    alike = [asyncpg.exceptions.DataError("y" * PASS_ERROR_KEY_CHARS + tail) for tail in ("once", "and again")]
+    with caplog.at_level("ERROR", logger="railyard.task_scheduler.scheduler"):
+        await sleeps_after(monkeypatch, sched, [*huge, *alike])
+    assert len(sched.failed_passes) == PASS_ERRORS_KEPT  # the oldest let go, as before
+    assert max(len(key) for key in sched.failed_passes) == PASS_ERROR_KEY_CHARS
+    said = [(bool(r.exc_info), r.getMessage()) for r in caplog.records if r.getMessage().startswith("scheduler pass")]
+    assert [traceback for traceback, _ in said] == [True] * len(huge) + [True, False]  # alike past 200: one error
+    assert said[-1][1].startswith("scheduler pass failed again: DataError: yyy") and "(2 times since" in said[-1][1]
+    assert len(said[-1][1]) < 700  # the line quotes the error's first 500 characters, as before
