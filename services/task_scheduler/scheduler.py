@@ -435,6 +435,17 @@ class Scheduler:
                     delay = min(delay, PASS_RETRY)
                 else:  # one a retry meets again (a role's statement_timeout, our SQL, asyncpg misused, another OSError)
                     delay = self._pass_failed(exc, self._longest_retry())
+                # The connection goes, and its LISTEN with it: the wait below is not ended by a notification, only by
+                # the delay, a stop or this process's own wake (a run of it ending, its installer freed); the next
+                # pass listens again on a new connection and looks at everything. Decided so (session 42, review of
+                # b2803373, whose back-off meant a notification to end it): after an outage the server took the
+                # LISTEN anyway and the delay is PASS_RETRY; after another database error the database answers and a
+                # retry meets the error again (that is what sets it apart), and each retry costs the database the
+                # failing statement again, the whole statement_timeout for a 57014: a pass at each notification of a
+                # busy stack (runs queued, ended) would undo the back-off where it spares the database most. The work
+                # a notification announces waits for the next pass, at most the back-off: the tick, or
+                # heartbeat_interval / 2 while runs are supervised. A bug (the clause below) keeps the connection, and a
+                # notification ends its wait: its pass costs the database only the queries before the bug
                 await self._drop_connection()
             except Exception as exc:  # a bug: the same back-off (it waited the tick, logging "next pass in 1 s")
                 delay = self._pass_failed(exc, self._longest_retry())
