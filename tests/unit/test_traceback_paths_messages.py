@@ -169,3 +169,16 @@ def test_one_long_unclosed_file_is_read_once(text):
     started = time.process_time()
     assert named_files(text) == text
     assert time.process_time() - started < 2.0
+
+
+def test_a_warnings_file_is_looked_for_at_a_lines_start_only():
+    """WARNING_FILE reads a file at a line's start only, and that is what keeps it linear: anywhere, each '/' of a line
+    holding no ':' would be read to the line's end, quadratic in the line (a task run's 16-KiB pieces of slashes, once
+    a 'Warning: ' is in the text). Unanchored, these 64 KiB took ~50 s of CPU (load 9); the linear-time tests above
+    passed with it, each of their pieces holding a ':' that ended each read early."""
+    import time
+
+    text = "a Warning: here\n" + "/" * 64 * 1024
+    started = time.process_time()
+    assert named_files(text) == text
+    assert time.process_time() - started < 2.0
