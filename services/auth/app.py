@@ -169,12 +169,12 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @command(router, subjects.AUTH_USERS_DEACTIVATE, service=NAME)
     async def deactivate_user(cmd: DeactivateUser, ctx: CallContext) -> Empty:
         """Deactivate a user (admin)."""
-        return await handlers.deactivate_user(deps(), await caller(ctx), cmd.email)
+        return await handlers.deactivate_user(deps(), await caller(ctx), cmd)
 
     @command(router, subjects.AUTH_USERS_ACTIVATE, service=NAME)
     async def activate_user(cmd: ActivateUser, ctx: CallContext) -> Empty:
         """Activate a user (admin)."""
-        return await handlers.activate_user(deps(), await caller(ctx), cmd.email)
+        return await handlers.activate_user(deps(), await caller(ctx), cmd)
 
     @command(router, subjects.AUTH_USERS_UPDATE_PASSWORD, service=NAME)
     async def update_password(cmd: UpdatePassword, ctx: CallContext) -> Empty:

@@ -64,12 +64,14 @@ from shared.errors import (
     echo,
 )
 from shared.messages.auth import (
+    ActivateUser,
     AddWorkspaceUser,
     AffectedRows,
     AuthorizationCodeIssued,
     AuthorizeUser,
     CreateInferenceClient,
     CreateWorkspace,
+    DeactivateUser,
     Empty,
     EndSession,
     Features,
@@ -1013,9 +1015,23 @@ async def _user_by_email_or_404(pool: asyncpg.Pool, email: str) -> asyncpg.Recor
     return user
 
 
-async def deactivate_user(deps: AuthDeps, principal: Principal, email: str) -> Empty:
+async def _user_named(pool: asyncpg.Pool, cmd: DeactivateUser | ActivateUser) -> asyncpg.Record:
+    """users/deactivate's and users/activate's user: by email (seed 001's way) or by user_id. An email is at most
+    NAME_CHARS since session 41, so a user invited before with a longer one could be neither deactivated nor
+    activated by it; its id names it (docs/auth.md, "Users and workspaces"). Asked by administrators only."""
+    if (cmd.email is None) == (cmd.user_id is None):
+        raise InvalidRequest("give the user's email or user_id (one of them)")
+    if cmd.email is not None:
+        return await _user_by_email_or_404(pool, cmd.email)
+    user = await store.user_by_id(pool, _uuid(cmd.user_id, "user_id"))
+    if user is None:
+        raise NotFound(f"no user with id {cmd.user_id}")
+    return user
+
+
+async def deactivate_user(deps: AuthDeps, principal: Principal, cmd: DeactivateUser) -> Empty:
     require_admin(principal, "deactivate users")
-    user = await _user_by_email_or_404(deps.pool, email)
+    user = await _user_named(deps.pool, cmd)
     revoked_before = time.time()
     async with deps.pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('auth-admins'))")
@@ -1031,9 +1047,9 @@ async def deactivate_user(deps: AuthDeps, principal: Principal, email: str) -> E
     return Empty()
 
 
-async def activate_user(deps: AuthDeps, principal: Principal, email: str) -> Empty:
+async def activate_user(deps: AuthDeps, principal: Principal, cmd: ActivateUser) -> Empty:
     require_admin(principal, "activate users")
-    user = await _user_by_email_or_404(deps.pool, email)
+    user = await _user_named(deps.pool, cmd)
     async with deps.pool.acquire() as conn, conn.transaction():
         await store.set_enabled(conn, user["id"], True, None)
         await store.add_event(conn, subjects.EVENT_USER_ACTIVATED, UserActivated(user_id=user["id"]))

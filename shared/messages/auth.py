@@ -245,16 +245,30 @@ class UserInvited(Message):
     temporary_password: str | None = None
 
 
-class DeactivateUser(Command):
-    """Stop a user from logging in; their tokens stop working within a minute."""
+USER_ID_CHARS = 64
+"""The longest user id a command names a user by (a UUID: 36 characters as users/query shows it)."""
 
-    email: str = name_field()
+
+def optional_user_id_field() -> Any:
+    """users/deactivate's and users/activate's `user_id`, the other way to name the user than seed 001's `email`."""
+    return Field(None, max_length=USER_ID_CHARS, description=(
+        "Or the user's id (users/query's key) instead of email: for a user whose email no command takes (invited "
+        "before emails were bounded to 254 characters). One of the two."))
+
+
+class DeactivateUser(Command):
+    """Stop a user from logging in; their tokens stop working within a minute. The user by email (seed 001) or
+    user_id."""
+
+    email: str | None = optional_name_field("The user's email (at most 254 characters), or give user_id.")
+    user_id: str | None = optional_user_id_field()
 
 
 class ActivateUser(Command):
-    """Let a deactivated user log in again."""
+    """Let a deactivated user log in again. The user by email (seed 001) or user_id."""
 
-    email: str = name_field()
+    email: str | None = optional_name_field("The user's email (at most 254 characters), or give user_id.")
+    user_id: str | None = optional_user_id_field()
 
 
 class UpdatePassword(Command):

@@ -1,0 +1,108 @@
+"""users/deactivate and users/activate name the user by email (seed 001) or by `user_id` (services/auth/handlers.py
+`_user_named`). Since session 41 an email is at most NAME_CHARS (254) in every command, so a user invited before with a
+longer one could be neither deactivated nor activated: an administrator could not stop them (a session kept by its
+refresh tokens lives on). By id they can be; one of the two is required, and only administrators are answered
+(docs/auth.md, "Users and workspaces"). The handlers run with the store faked; the real store's lookups are the
+stack tests' (tests/integration/test_users_workspaces.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from pydantic import ValidationError
+
+from services.auth import handlers
+from shared.authz import Principal
+from shared.bus import CallContext, run_command
+from shared.errors import Forbidden, InvalidRequest, NotFound
+from shared.messages.auth import NAME_CHARS, ActivateUser, DeactivateUser
+
+LONG_EMAIL = "x" * (NAME_CHARS + 46) + "@example.com"  # invited before the bound: 312 characters
+ERIN = {"id": uuid.uuid4(), "email": LONG_EMAIL, "username": LONG_EMAIL, "is_admin": False, "enabled": True}
+
+
+@pytest.fixture
+def changed(monkeypatch) -> list:
+    """(enabled, user id) per set_enabled; Erin found by id only (no command takes her email)."""
+    changed: list = []
+
+    async def user_by_id(pool, user_id):
+        return ERIN if user_id == ERIN["id"] else None
+
+    async def user_by_login(pool, login):
+        return None
+
+    async def set_enabled(conn, user_id, enabled, revoked_before):
+        changed.append((enabled, user_id))
+
+    async def nothing(*args, **kwargs):
+        return None
+
+    for name, fake in (("user_by_id", user_by_id), ("user_by_login", user_by_login), ("set_enabled", set_enabled),
+                       ("add_event", nothing), ("count_admins", nothing)):
+        monkeypatch.setattr(handlers.store, name, fake)
+    monkeypatch.setattr(handlers, "_published", nothing)
+    return changed
+
+
+class _Conn:
+    async def execute(self, *args):
+        return None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        yield
+
+
+class _Pool:
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        yield _Conn()
+
+
+def _deps() -> SimpleNamespace:
+    return SimpleNamespace(pool=_Pool(), events_committed=lambda: None)
+
+
+def _caller(admin: bool = True) -> Principal:
+    return Principal(subject=str(uuid.uuid4()), kind="user", admin=admin, client_id="api-client", username="root",
+                     issued_at=time.time())
+
+
+async def test_a_user_whose_email_no_command_takes_is_deactivated_and_activated_by_id(changed):
+    with pytest.raises(ValidationError) as by_email:  # the email: refused before any handler (400 on the bus)
+        DeactivateUser(email=LONG_EMAIL)
+    assert "254" in str(by_email.value)
+    await handlers.deactivate_user(_deps(), _caller(), DeactivateUser(user_id=str(ERIN["id"])))
+    await handlers.activate_user(_deps(), _caller(), ActivateUser(user_id=str(ERIN["id"])))
+    assert changed == [(False, ERIN["id"]), (True, ERIN["id"])]  # was: no way to name her
+
+
+@pytest.mark.parametrize("command", [DeactivateUser, ActivateUser])
+async def test_one_of_email_and_user_id_and_administrators_only(changed, command):
+    call = handlers.deactivate_user if command is DeactivateUser else handlers.activate_user
+    for body in ({}, {"email": "erin@example.com", "user_id": str(ERIN["id"])}):
+        with pytest.raises(InvalidRequest, match="email or user_id"):
+            await call(_deps(), _caller(), command(**body))
+    with pytest.raises(InvalidRequest, match="user_id must be a user id"):
+        await call(_deps(), _caller(), command(user_id="not-a-uuid"))
+    with pytest.raises(NotFound, match="no user with id"):
+        await call(_deps(), _caller(), command(user_id=str(uuid.uuid4())))
+    with pytest.raises(Forbidden):  # the permission first: a non-administrator is told nothing of the id
+        await call(_deps(), _caller(admin=False), command(user_id=str(ERIN["id"])))
+    assert changed == []
+
+
+@pytest.mark.parametrize("command", [DeactivateUser, ActivateUser])
+def test_the_user_id_is_bounded_on_the_bus(command):
+    async def handler(cmd, ctx):
+        return None
+
+    refused = asyncio.run(run_command(handler, command, {"user_id": "u" * 65}, CallContext(subject="s")))
+    assert not refused.ok and refused.status == 400 and "user_id" in refused.error.msg, refused
+    assert asyncio.run(run_command(handler, command, {"user_id": str(ERIN["id"])}, CallContext(subject="s"))).ok
