@@ -569,6 +569,12 @@ class TokensNotSaved(UserWarning):
                          " session ends, but run `railyard login` again once the file can be written")
         self.path, self.error = path, error
 
+    def __reduce__(self) -> tuple[type[TokensNotSaved], tuple[Path, OSError]]:
+        # made again from its file and error: BaseException's own (the class called with `args`, the message alone)
+        # raised TypeError at copy.copy and at unpickling (one raised under `-W error` in a ProcessPoolExecutor's
+        # worker, a warning a library copies)
+        return type(self), (self.path, self.error)
+
 
 def _warn_each_time(warning: Warning) -> None:
     """`warnings.warn(warning)` at the first caller outside this package (the SDK user's line that led to it), shown

@@ -303,3 +303,17 @@ def test_tokens_not_saved_holds_when_the_programs_filter_makes_the_warning_an_er
             assert isinstance(client.not_saved.error, OSError)
     finally:
         client.close()
+
+
+def test_tokens_not_saved_is_copied_and_pickled_with_its_file_and_error():
+    """TokensNotSaved takes the file and the error (79c061c7): BaseException's copy and pickle call the class with its
+    message alone, a TypeError (copy.copy; unpickling one a ProcessPoolExecutor's worker raised under `-W error`)."""
+    import copy
+    import pickle
+    from pathlib import Path
+
+    warning = session.TokensNotSaved(Path("/home/a/.config/railyard/credentials.json"),
+                                     OSError(28, "No space left on device"))
+    for again in (copy.copy(warning), pickle.loads(pickle.dumps(warning))):  # before: TypeError, 'error' missing
+        assert type(again) is session.TokensNotSaved and str(again) == str(warning)
+        assert again.path == warning.path and again.error.args == warning.error.args
