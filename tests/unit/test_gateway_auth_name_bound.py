@@ -8,41 +8,19 @@ form, an expired one) shows the form again without the name it was sent."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-from fastapi.testclient import TestClient
 
-from services.gateway import authorize, handlers
-from services.gateway.http import create_app
 from services.gateway.ratelimit import TokenEndpointLimits
 from shared.messages.auth import NAME_CHARS, SECRET_CHARS, TOKEN_CHARS
-from shared.settings import Settings
 from tests.integration.pkce import TOKEN_PATH, UiSignIn, error_code
+from tests.unit.gateway_sign_in_routes import sign_in_routes
 
 LONG = "a" * (NAME_CHARS + 1 - len("@example.com")) + "@example.com"
 
 
 @pytest.fixture
 def gateway(monkeypatch):
-    asked = []
-
-    async def issue_token(broker, cmd, timeout):
-        asked.append(cmd)
-        return {"access_token": "t", "expires_in": 60, "token_type": "Bearer"}
-
-    async def bus_request(broker, subject, cmd, **_):
-        asked.append(cmd)
-        return SimpleNamespace(code="the-code", expires_in=60)
-
-    async def end_session(broker, cmd, timeout):
-        asked.append(cmd)
-
-    monkeypatch.setattr(handlers, "issue_token", issue_token)
-    monkeypatch.setattr(handlers, "end_session", end_session)
-    monkeypatch.setattr(authorize, "bus_request", bus_request)
-    app = create_app(SimpleNamespace(settings=Settings(), extras={}, broker=None, objects=None))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with sign_in_routes(monkeypatch) as (client, asked):
         yield client, asked
 
 

@@ -8,26 +8,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from fastapi.testclient import TestClient
 
 from services.gateway import handlers
 from services.gateway.http import create_app
 from shared.errors import UpstreamTimeout
 from shared.settings import Settings
+from tests.unit.gateway_sign_in_routes import sign_in_routes
 
 LOGOUT = "/auth/realms/master/protocol/openid-connect/logout"
 
 
 @pytest.fixture
 def gateway(monkeypatch):
-    sent = []
-
-    async def end_session(broker, cmd, timeout):
-        sent.append(cmd)
-
-    monkeypatch.setattr(handlers, "end_session", end_session)
-    app = create_app(SimpleNamespace(settings=Settings(), extras={}, broker=None, objects=None))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with sign_in_routes(monkeypatch) as (client, sent):
         yield client, sent
 
 

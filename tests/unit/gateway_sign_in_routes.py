@@ -1,0 +1,41 @@
+"""The gateway's sign-in routes in process (the token and logout endpoints, the authorization endpoint's sign-in
+page) with the auth service's answers stood in for: what each route sent to auth, in order. One helper for
+tests/unit/test_gateway_auth_name_bound.py and test_gateway_logout_route.py (`duplicates`: their fixtures were one
+code, copied)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+from fastapi.testclient import TestClient
+
+from services.gateway import authorize, handlers
+from services.gateway.http import create_app
+from shared.settings import Settings
+
+
+@contextmanager
+def sign_in_routes(monkeypatch) -> Iterator[tuple[TestClient, list]]:
+    """(a client of the gateway's app, the commands it sent to auth): a token request is answered with a token, the
+    sign-in page's with a code, a logout with nothing (204); nothing else reaches a bus."""
+    sent: list = []
+
+    async def issue_token(broker, cmd, timeout):
+        sent.append(cmd)
+        return {"access_token": "t", "expires_in": 60, "token_type": "Bearer"}
+
+    async def end_session(broker, cmd, timeout):
+        sent.append(cmd)
+
+    async def bus_request(broker, subject, cmd, **_):  # the sign-in page's auth.authorize
+        sent.append(cmd)
+        return SimpleNamespace(code="the-code", expires_in=60)
+
+    monkeypatch.setattr(handlers, "issue_token", issue_token)
+    monkeypatch.setattr(handlers, "end_session", end_session)
+    monkeypatch.setattr(authorize, "bus_request", bus_request)
+    app = create_app(SimpleNamespace(settings=Settings(), extras={}, broker=None, objects=None))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, sent
