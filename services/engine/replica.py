@@ -185,6 +185,12 @@ class Step:
         return output, self.model, shadows
 
 
+def thread_cpu_clock(tid: int) -> int:
+    """The clock id of the CPU time of this process's thread of Linux id `tid` (glibc's pthread_getcpuclockid makes
+    the same: the thread's id, inverted, shifted by 3, with CPUCLOCK_PERTHREAD_MASK and CPUCLOCK_SCHED)."""
+    return ((~tid) << 3) | 6
+
+
 def first_step_narrowing(steps: list[Step]) -> dict[str, pa.DataType]:
     """What a request's table is narrowed to on arrival: the first step's models' common float types, but for an
     A/B split's hash key (runtimes.narrowing)."""
@@ -276,10 +282,11 @@ class Replica:
         self.costs: dict[int, ModelCost] = {}  # by the id of a step's model (its spec's dict, Step.models)
         # the steps (and their count) learnt for, and a pipeline of one model's ModelCost and its model's id
         self._plan: tuple[Any, int, ModelCost | None, int] | None = None
-        # a model's session of more than one thread (cpus >= 2): its runs are timed by the process's CPU clock, which
-        # the session's own threads add to (the calling thread's saw ~half of a call's CPU with 2), and in a thread
-        # less the loop's thread's (`loop_clock`, set by serve)
+        # a model's session of more than one thread (cpus >= 2): its runs are timed by the CPU clocks of the calling
+        # thread and of the sessions' pools (`_pool`: the steps, their count, the pool threads' clock ids; cpu_clock),
+        # or where a pool is not known by the process's clock, less the loop's thread's (`loop_clock`, set by serve)
         self.pooled = int(float(spec.get("engine_config", {}).get("cpus", 1))) > 1
+        self._pool: tuple[Any, int, tuple[int, ...] | None] | None = None
         self.loop_thread: int | None = None
         self.loop_clock: int | None = None
 
@@ -333,9 +340,10 @@ class Replica:
 
     def run(self, table: pa.Table) -> tuple[pa.Table, list[int], dict[str, Any] | None, list]:
         """(output, elapsed ns per step, the last model that answered, shadow work), each step's CPU learnt (learn,
-        cpu_clock). A run on the loop is not also judged by its wall clock as the fast lane's calls are (held_loop):
-        its CPU, of every thread that worked on it, is read anyway and says what the loop waited for, where the wall
-        clock would add the host's preemptions (one a few hundred calls at load 5-6, docs/performance.md item 103)."""
+        cpu_clock: the calling thread's, and its models' sessions' pools' with `cpus` 2 or more). A run on the loop
+        is not also judged by its wall clock as the fast lane's calls are (held_loop): its CPU is read anyway and
+        says what the loop waited for, where the wall clock would add the host's preemptions (one a few hundred
+        calls at load 5-6, docs/performance.md item 103)."""
         elapsed = []
         current = table
         last = None
@@ -389,16 +397,48 @@ class Replica:
     def cpu_clock(self) -> Callable[[], int]:
         """What a run is timed by: the CPU time of the threads that work on it, not the wall clock (in a thread the
         run also waits for the loop's turns of the GIL, and a host under load preempts it: calls of 46-83 ms of CPU
-        read 0.4-1.6 s of wall time, niced at load 5-6). The calling thread's, unless the model's session has
-        threads of its own (`pooled`): then the process's (on the loop, whose thread is the caller), less the loop's
-        thread's in a thread (one not `loop_thread`). A run of a session of N threads so counts up to N times its wall
-        time: a model near INLINE_NS takes the thread sooner, never later."""
+        read 0.4-1.6 s of wall time, niced at load 5-6). The calling thread's; and when the models' sessions have
+        threads of their own (`pooled`, `cpus` 2 or more), theirs too: the pools of the sessions of the models a run
+        may take (OnnxRuntime.pool_threads, `_pool_clocks`), one clock read each, and no other thread's (the log's
+        encoding, a shadow deployment's challengers, malloc_trim, the loop while the run is in a thread). A run of a
+        session of N threads so counts up to N times its wall time: a model near INLINE_NS takes the thread sooner,
+        never later. Where a pool is not known (not Linux) the process's clock (on the loop, whose thread is the
+        caller), less the loop's thread's in a thread (one not `loop_thread`), which also counts other threads' work
+        meanwhile, as every pooled run did before 2026-12-06 (a quick model read slow beside the log's encoding and
+        took the thread for its kept runs, docs/performance.md item 108)."""
         if not self.pooled:
             return time.thread_time_ns
+        steps = self.steps
+        pool = self._pool
+        if pool is None or pool[0] is not steps or pool[1] != len(steps):
+            pool = self._pool = (steps, len(steps), self._pool_clocks(steps))
+        clocks = pool[2]
+        if clocks is not None:
+            if not clocks:
+                return time.thread_time_ns
+            if len(clocks) == 1:
+                one = clocks[0]
+                return lambda: time.thread_time_ns() + time.clock_gettime_ns(one)
+            return lambda: time.thread_time_ns() + sum([time.clock_gettime_ns(clock) for clock in clocks])
         loop_clock = self.loop_clock
         if loop_clock is None or threading.get_ident() == self.loop_thread:
             return time.process_time_ns
         return lambda: time.process_time_ns() - time.clock_gettime_ns(loop_clock)
+
+    def _pool_clocks(self, steps: list[Step]) -> tuple[int, ...] | None:
+        """The CPU clock ids of the pool threads of the sessions of every model the steps may run (`_may_run`), None
+        when one of them is not known (OnnxRuntime.pool_threads)."""
+        clocks: list[int] = []
+        for step in steps:
+            may_run = {id(model) for model in self._may_run(step)}
+            for model, runtime in zip(step.models, step.runtimes, strict=False):
+                if id(model) not in may_run:
+                    continue
+                threads = getattr(runtime, "pool_threads", ())  # none: a runtime without a pool of its own
+                if threads is None:
+                    return None
+                clocks += [thread_cpu_clock(tid) for tid in threads]
+        return tuple(clocks)
 
     def _cost(self, model: dict[str, Any] | None) -> ModelCost:
         cost = self.costs.get(id(model))

@@ -219,6 +219,10 @@ class OnnxRuntime:
         self.refuse_booleans = refuse_booleans
         self.session = None
         self.ready = False
+        # the Linux ids of the threads of the session's own pool (threads - 1 of them: the caller is the other),
+        # whose CPU replica.Replica.cpu_clock counts with the calling thread's; None: not known (not Linux, or the
+        # session made none while it was created), () for a session of one thread
+        self.pool_threads: tuple[int, ...] | None = ()
 
     def load(self) -> None:
         import onnxruntime as ort  # here, not at the top: the sandboxed worker never loads it
@@ -226,7 +230,12 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        before = _threads() if self.threads > 1 else set()
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        if self.threads > 1:  # onnxruntime starts a session's pool as it creates it: the threads that appeared
+            after = _threads()
+            found = tuple(sorted(after - before)) if after is not None and before is not None else ()
+            self.pool_threads = found or None
         self.inputs = [(i.name, i.shape, ORT_TO_NUMPY.get(i.type)) for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.ready = True
@@ -260,6 +269,14 @@ class OnnxRuntime:
     def unload(self) -> None:
         self.session = None
         self.ready = False
+
+
+def _threads() -> set[int] | None:
+    """The Linux ids of this process's threads (None: no /proc, not Linux)."""
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except (OSError, ValueError):
+        return None
 
 
 RESOURCE_LIMIT = "resource_limit"  # the code of a user's error that was a sandbox limit (its worker is replaced)

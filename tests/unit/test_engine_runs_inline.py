@@ -10,15 +10,18 @@ split counts its slowest arm, a shadow deployment its champion (docs/performance
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
 import pyarrow as pa
 
 from services.engine import handlers
-from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica
+from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica, thread_cpu_clock
+from services.engine.runtimes import OnnxRuntime
 from shared.arrow_codec import to_ipc_stream
 from shared.settings import Settings
+from tests.models import slow_onnx
 
 MODEL = {"name": "m", "sha": "abc"}  # a step's model (the replica learns by it: a step swapped keeps its window)
 OTHER = {"name": "n", "sha": "def"}  # an A/B split's other arm, a shadow deployment's challenger
@@ -187,8 +190,8 @@ def test_a_sandboxed_worker_keeps_the_thread(tmp_path):
 
 
 class Pooled:
-    """A step whose model's work is done by a thread of its own (an onnxruntime session of 2 threads or more), the
-    caller waiting: `ns` of CPU a call, none of it the calling thread's."""
+    """A step whose model's work is done by a pool thread of its own (an onnxruntime session of 2 threads or more:
+    OnnxRuntime.pool_threads), the caller waiting: `ns` of CPU a call, none of it the calling thread's."""
 
     kind = "ModelInference"
     models = [MODEL]
@@ -198,41 +201,105 @@ class Pooled:
         self.ns = ns
         self.sleep = sleep  # seconds the pool's thread waits too (no CPU)
         self.runtimes = [self]
+        self.asked, self.done = threading.Event(), threading.Event()
+        pool = threading.Thread(target=self.work, daemon=True)
+        pool.start()
+        self.pool_threads = (pool.native_id,)
 
     def work(self) -> None:
-        spin(self.ns)
-        time.sleep(self.sleep)
+        while True:
+            self.asked.wait()
+            self.asked.clear()
+            spin(self.ns)
+            time.sleep(self.sleep)
+            self.done.set()
 
     def run(self, table: pa.Table):
-        worker = threading.Thread(target=self.work)
-        worker.start()
-        worker.join()
+        self.done.clear()
+        self.asked.set()
+        self.done.wait()
         return table, MODEL, []
+
+
+def _pooled_replica(tmp_path) -> Replica:
+    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1}, "steps": [],
+            "engine_config": {"cpus": 2}}
+    return Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
 
 
 def test_a_session_of_its_own_threads_is_timed_by_their_cpu_too(tmp_path):
     # before 2026-12-06 a run was timed by the calling thread's CPU alone: with `cpus` 2 (a session of 2 threads)
     # it saw about half of a call (measured: 46-61 of 108-121 ms), and a pool that does it all, none
-    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1}, "steps": [],
-            "engine_config": {"cpus": 2}}
-    replica = Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
+    replica = _pooled_replica(tmp_path)
     replica.steps = [Pooled(2 * handlers.INLINE_NS)]
     replica.run(_table(1))
     slow = replica.ns_per_call
     assert slow >= 2 * handlers.INLINE_NS and not handlers.runs_inline(replica, 1)
-    # in a thread: the process's CPU less the loop's thread's (here the test's own, busy meanwhile)
-    replica.loop_thread = threading.get_ident()
-    replica.loop_clock = time.pthread_getcpuclockid(replica.loop_thread)
     replica.steps = [Pooled(0)]
     for _ in range(max(LEARN_RUNS, slow // handlers.HOP_NS)):  # the slow call forgotten
         replica.run(_table(1))
     assert handlers.runs_inline(replica, 1)
+    # in a thread: the loop's thread's CPU (here the test's own, busy meanwhile) is not the run's
+    replica.loop_thread = threading.get_ident()
+    replica.loop_clock = time.pthread_getcpuclockid(replica.loop_thread)
     replica.steps = [Pooled(0, sleep=0.01)]
     runner = threading.Thread(target=replica.run, args=(_table(1),))
     runner.start()
     while runner.is_alive():  # the loop's work meanwhile (~ms): not the run's
         spin(100_000)
     assert replica.ns_per_call < handlers.INLINE_NS, replica.ns_per_call
+
+
+def test_a_pooled_run_is_not_timed_by_other_threads_work_meanwhile(tmp_path):
+    # with `cpus` 2 or more a run was timed by the process's CPU clock (less the loop's thread's in a thread) from
+    # 586c6743 to 2026-12-06, which also counted what other threads did meanwhile: the log's encoding, a shadow
+    # deployment's challengers, malloc_trim. A quick model so read slow and took the thread for its kept runs (8 or
+    # more); now the calling thread's and the session's pool's threads are counted, no other (docs/performance.md
+    # item 108)
+    replica = _pooled_replica(tmp_path)
+    replica.loop_thread = threading.get_ident()
+    replica.loop_clock = time.pthread_getcpuclockid(replica.loop_thread)
+    replica.steps = [Pooled(50_000, sleep=0.02)]  # 50 us of the pool's CPU, 20 ms of its wall time
+
+    def beside(run) -> None:
+        stop = threading.Event()
+
+        def other() -> None:  # another thread's work all along the run (~20 ms of CPU)
+            while not stop.is_set():
+                spin(100_000)
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        try:
+            run()
+        finally:
+            stop.set()
+            worker.join()
+
+    beside(lambda: replica.run(_table(1)))  # on the loop (this thread)
+    assert replica.ns_per_call < handlers.INLINE_NS and handlers.runs_inline(replica, 1), replica.ns_per_call
+
+    def in_a_thread() -> None:
+        runner = threading.Thread(target=replica.run, args=(_table(1),))
+        runner.start()
+        runner.join()
+
+    beside(in_a_thread)
+    assert replica.ns_per_call < handlers.INLINE_NS and handlers.runs_inline(replica, 1), replica.ns_per_call
+
+
+def test_an_onnx_session_of_two_threads_says_its_pools_thread(tmp_path):
+    # what cpu_clock counts with the calling thread's: the threads onnxruntime started for the session's pool
+    model = tmp_path / "m.onnx"
+    model.write_bytes(slow_onnx(size=8, iterations=1))
+    one, two = OnnxRuntime(model), OnnxRuntime(model, threads=2)
+    one.load()
+    two.load()
+    assert one.pool_threads == ()
+    assert two.pool_threads and all(str(tid) in os.listdir("/proc/self/task") for tid in two.pool_threads)
+    assert threading.get_native_id() not in two.pool_threads
+    # the clock of a thread by its Linux id, as glibc's pthread_getcpuclockid gives a thread Python started
+    assert thread_cpu_clock(threading.get_native_id()) == time.pthread_getcpuclockid(threading.get_ident())
 
 
 class Worker:
@@ -289,3 +356,4 @@ def test_a_pipeline_with_a_sandboxed_worker_runs_its_model_steps_by_what_they_me
     assert infer(quick) != loop_thread
     assert infer(quick) == loop_thread  # measured quick: the loop, as before
     assert not handlers.runs_inline(replica, 1)  # the pipeline as a whole: a worker's answer awaited, the thread
+
