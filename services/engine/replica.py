@@ -65,6 +65,7 @@ DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it hol
 TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
 LEARN_ROWS = 64  # runs of at least this many rows teach a model its time per row, smaller ones its time per call
 LEARN_RUNS = 8  # the learnt time per row (per call) is the largest of this many last runs of that kind
+WARM_UP_WAIT = 0.5  # seconds load waits for a model's warm-up call (OnnxRuntime.warm_up); a slower one goes on alone
 
 
 class ModelCost:
@@ -289,6 +290,7 @@ class Replica:
         self._pool: tuple[Any, int, tuple[int, ...] | None] | None = None
         self.loop_thread: int | None = None
         self.loop_clock: int | None = None
+        self.warm_ups: list[asyncio.Future] = []  # the models' warm-up calls (load)
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -302,6 +304,11 @@ class Replica:
                     # the first step's inputs are the request's; a later step's, what earlier steps made
                     runtime = OnnxRuntime(path, threads=threads, refuse_booleans=not self.steps)
                     await asyncio.to_thread(runtime.load)
+                    # its first call's one-time set-up, here rather than in the first request's measured run (a
+                    # model slow on zeros too goes on in its thread while the replica starts serving)
+                    warming = asyncio.ensure_future(asyncio.to_thread(runtime.warm_up))
+                    self.warm_ups.append(warming)  # held: a task the loop alone refers to may be collected
+                    await asyncio.wait([warming], timeout=WARM_UP_WAIT)
                 elif model["runtime"] in ("python", "custom"):
                     runtime = SandboxedRuntime(model["runtime"], path, self.work_dir /
                                                f"{self.replica_id}-{len(self.workers)}", self.settings,

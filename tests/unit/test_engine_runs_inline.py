@@ -14,12 +14,13 @@ import os
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 
 from services.engine import handlers
 from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica, thread_cpu_clock
 from services.engine.runtimes import OnnxRuntime
-from shared.arrow_codec import to_ipc_stream
+from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.settings import Settings
 from tests.models import slow_onnx
 
@@ -357,3 +358,68 @@ def test_a_pipeline_with_a_sandboxed_worker_runs_its_model_steps_by_what_they_me
     assert infer(quick) == loop_thread  # measured quick: the loop, as before
     assert not handlers.runs_inline(replica, 1)  # the pipeline as a whole: a worker's answer awaited, the thread
 
+
+class FirstCallSetUp(OnnxRuntime):
+    """An ONNX model whose session's first call does its one-time set-up (5 ms of CPU; a new replica's first
+    ccfraud call read 6.7-14.7 ms), its later calls quick; says which thread called it with what."""
+
+    def load(self) -> None:
+        self.inputs = [("tensor", [None, 4], np.float32), ("n", ["batch"], np.int64)]
+        self.output_names = ["tensor"]
+        self.calls: list[tuple[int, pa.Table]] = []
+        self.ready = True
+
+    def predict(self, batch: pa.Table) -> pa.Table:
+        self.calls.append((threading.get_ident(), batch))
+        if len(self.calls) == 1:
+            spin(5 * handlers.INLINE_NS)
+        return batch
+
+
+def test_a_new_replica_warms_its_models_up_before_its_first_request_is_measured(tmp_path, monkeypatch):
+    # a new replica's first call read slow (the session's one-time set-up) and kept its next 35-77 runs in the
+    # thread (ModelCost's kept call); load now makes a call on zeros first, in a thread, learnt by nothing
+    # (docs/performance.md item 108)
+    from services.engine import replica as replica_module
+
+    async def fetched(store, sha, cache):
+        return tmp_path / sha
+
+    monkeypatch.setattr(replica_module, "fetch_artifact", fetched)
+    monkeypatch.setattr(replica_module, "MinioObjectStore", lambda settings: None)
+    monkeypatch.setattr(replica_module, "OnnxRuntime", FirstCallSetUp)
+    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
+            "steps": [{"kind": "ModelInference",
+                       "models": [{"name": "m", "model_version": "1", "sha": "abc", "runtime": "onnx"}]}]}
+    replica = Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
+
+    async def load():
+        await replica.load()
+        await asyncio.gather(*getattr(replica, "warm_ups", []))  # (a slow one is not waited for by load)
+
+    asyncio.run(load())
+    runtime = replica.steps[0].runtimes[0]
+    assert len(runtime.calls) == 1, "the model was not called at load"
+    called_by, zeros = runtime.calls[0]
+    assert called_by != threading.get_ident()  # in a thread: a model slow on zeros too would not hold the loop
+    assert zeros.num_rows == 1 and zeros.column("tensor").to_pylist() == [[0.0] * 4]
+    assert zeros.column("n").type == pa.int64()
+    assert replica.ns_per_call is None and not handlers.runs_inline(replica, 1)  # learnt nothing: the thread first
+    replica.run(pa.table({"tensor": tensor_array(np.ones((1, 4), np.float32)), "n": [1]}))
+    assert handlers.runs_inline(replica, 1), replica.ns_per_call  # the first request measured the model's call
+
+
+def test_a_real_models_warm_up_call_answers(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(slow_onnx(size=8, iterations=1))
+    answers = []
+
+    class Kept(OnnxRuntime):
+        def predict(self, batch: pa.Table) -> pa.Table:
+            answers.append(super().predict(batch))
+            return answers[-1]
+
+    runtime = Kept(model)
+    runtime.load()
+    runtime.warm_up()
+    assert len(answers) == 1 and answers[0].num_rows == 1 and answers[0].column_names == ["score"]
