@@ -160,9 +160,10 @@ def runs_inline(pipeline: Pipeline, rows: int) -> bool:
     takes as long for 100), and `ns_per_row`, from runs of more. A table of up to INLINE_MAX_ROWS rows runs inline
     when neither says it is slow: `rows * ns_per_row` under INLINE_NS once that is known, else up to INLINE_ROWS
     rows. Until every model the run may take has been measured (a replica's first request, an A/B arm not chosen
-    yet) it runs in the thread: its cost is unknown, and one ~190 us hop costs less than a model of seconds holding
-    the loop. A pipeline with a sandboxed worker runs in the thread (its answer is awaited on this loop; or
-    run_awaiting_workers, which decides each in-process step by `inline`)."""
+    yet, which is then measured once apart: replica.Replica.measure_arm) it runs in the thread: its cost is unknown,
+    and one ~190 us hop costs less than a model of seconds holding the loop. A pipeline with a sandboxed worker
+    runs in the thread (its answer is awaited on this loop; or run_awaiting_workers, which decides each in-process
+    step by `inline`)."""
     if pipeline.workers or rows > INLINE_MAX_ROWS:
         return False
     call = getattr(pipeline, "ns_per_call", None)  # the rule written out, as `inline`: a call less per request

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,9 @@ class ModelCost:
     Written by a run in a thread while the loop reads it, without a lock: each window is a list of fixed length whose
     items are replaced (a deque appended to in a thread while another thread takes its max() raises "mutated during
     iteration" once the GIL no longer keeps max() whole, as in free-threaded Python), its maximum taken by the writer,
-    and the loop reads only the replica's two times, one attribute each. Two writers at once (not done: a replica
-    runs one request or batch at a time) would lose a sample, never raise."""
+    and the loop reads only the replica's two times, one attribute each. Two writers at once (a replica runs one
+    request or batch at a time, but a call measured apart, Replica.measure_apart, may end beside a run of the same
+    model) would lose a sample, never raise."""
 
     __slots__ = ("call_at", "calls", "kept", "kept_until", "per_call", "per_row", "row_at", "rows", "runs")
 
@@ -165,14 +167,20 @@ class Step:
                 return index
         return len(self.weights) - 1
 
+    def arm_input(self, chosen: int, table: pa.Table) -> pa.Table:
+        """What an A/B split's arm `chosen` is given of the step's input: without the hash key unless the arm takes
+        it, and only its columns (`_columns_for`)."""
+        runtime = self.runtimes[chosen]
+        inputs = table.drop_columns([self.hash_key]) if self.hash_key in table.column_names and \
+            self.hash_key not in {n for n, _, _ in runtime.inputs} else table
+        return self._columns_for(runtime, inputs)
+
     def run(self, table: pa.Table) -> tuple[pa.Table, dict[str, Any], list[tuple[str, OnnxRuntime, pa.Table]]]:
         """(output, the model that answered, shadow work to do after answering)."""
         if self.kind == "RandomSplit":
             chosen = self._choose(table)
             model = self.models[chosen]
-            inputs = table.drop_columns([self.hash_key]) if self.hash_key in table.column_names and \
-                self.hash_key not in {n for n, _, _ in self.runtimes[chosen].inputs} else table
-            output = self.runtimes[chosen].predict(self._columns_for(self.runtimes[chosen], inputs))
+            output = self.runtimes[chosen].predict(self.arm_input(chosen, table))
             split = json.dumps({"name": model["name"], "version": model["model_version"], "sha": model["sha"]})
             if "_model_split" in output.column_names:  # the engine's name for the arm: a user model's own is replaced
                 # (by position: drop_columns cannot name a column an answer carries twice)
@@ -290,6 +298,11 @@ class Replica:
         self._pool: tuple[Any, int, tuple[int, ...] | None] | None = None
         self.loop_thread: int | None = None
         self.loop_clock: int | None = None
+        # calls measured off the request path (measure_apart): the A/B arms tried, by their model's id, the thread
+        # they run in and the last one (one at a time)
+        self.measured_apart: set[int] = set()
+        self.measurer: ThreadPoolExecutor | None = None
+        self.measurement: Future | None = None
         self.warm_ups: list[asyncio.Future] = []  # the models' warm-up calls (load)
 
     async def load(self) -> None:
@@ -359,6 +372,7 @@ class Replica:
         clock = self.cpu_clock()
         several = len(self.steps) > 1
         measured = []  # (model, rows given, CPU ns) of each step of several
+        inputs = [table] if several else None  # ... and each one's input, then the last one's output
         cpu = cpu_started = clock()
         for step in self.steps:
             started = time.perf_counter_ns()
@@ -374,6 +388,7 @@ class Replica:
             if several:
                 now = clock()
                 measured.append((last, given, now - cpu))
+                inputs.append(current)
                 cpu = now
         rows = table.num_rows
         if current.num_rows != rows:  # a Python step's filter or expansion that no later step undid
@@ -381,9 +396,9 @@ class Replica:
         if several:
             for model, given, ns in measured:
                 self._cost(model).add(given, ns)
-            self._sum()
+            self._sum(inputs)
         else:
-            self.learn(rows, clock() - cpu_started, last)
+            self.learn(rows, clock() - cpu_started, last, table)
         return current, elapsed, last, shadows
 
     def run_step(self, step: Step, table: pa.Table) -> pa.Table:
@@ -453,13 +468,14 @@ class Replica:
             cost = self.costs[id(model)] = ModelCost()
         return cost
 
-    def learn(self, rows: int, ns: int, model: dict[str, Any] | None = None) -> None:
+    def learn(self, rows: int, ns: int, model: dict[str, Any] | None = None, table: pa.Table | None = None) -> None:
         """What handlers.runs_inline decides by, from a run of `rows` rows that took `ns` (cpu_clock) of `model`
         (None: the first step's), the one model a one-step pipeline's run took: a run of LEARN_ROWS rows or more
         teaches the model's time per row, a smaller one its time per call (fixed costs, which a lone one-row request
         meets), each the largest of its last LEARN_RUNS runs of that kind, and a slow call is kept longer
-        (ModelCost). The pipeline's times (`ns_per_call`, `ns_per_row`) are then summed from its models' (`_sum`).
-        Any run ends the doubt `held_loop` cast."""
+        (ModelCost). The pipeline's times (`ns_per_call`, `ns_per_row`) are then summed from its models' (`_sum`,
+        which measures an A/B arm not measured yet on `table`, the run's input, off the request path). Any run ends
+        the doubt `held_loop` cast."""
         steps = self.steps
         plan = self._plan
         if plan is None or plan[0] is not steps or plan[1] != len(steps):
@@ -470,7 +486,7 @@ class Replica:
             self.ns_per_call, self.ns_per_row = one.per_call, one.per_row
             return
         self._cost(model if model is not None else steps[0].model).add(rows, ns)
-        self._sum()
+        self._sum(None if table is None else [table])
 
     def _one_model(self, steps: list[Step]) -> tuple[Any, int, ModelCost | None, int]:
         """`_plan`: the ModelCost of the one model a pipeline of one step may run, else None."""
@@ -479,22 +495,27 @@ class Replica:
             return steps, len(steps), None, 0
         return steps, 1, self._cost(models[0]), id(models[0])
 
-    def _sum(self) -> None:
+    def _sum(self, tables: list[pa.Table] | None = None) -> None:
         """`ns_per_call` and `ns_per_row`: over the steps, the sum of the largest time of the models a step may run
         (every arm of an A/B split given a weight; a shadow deployment's champion: its challengers run in threads
         after the answer, handlers.run_challengers); None while one of them has none measured. Before 2026-12-06 a
         pipeline learnt one time for all its runs, its arms' alike: a slow arm measured once left the window after 8
         runs of the others and ran on the loop again (an arm not chosen yet ran there at once), and an A/B split or
-        shadow deployment learnt no time per row (docs/performance.md item 106)."""
+        shadow deployment learnt no time per row (docs/performance.md item 106). An arm not measured yet is measured
+        once on `tables` (each step's input in the run just done) in a thread of its own, off the request path
+        (`measure_arm`): until then, and if that call fails, the runs take the thread (a split by a hash key whose
+        traffic never reached an arm took it for ever before 2026-12-06, item 108)."""
         call: float | None = 0
         row: float | None = 0
         costs = self.costs
-        for step in self.steps:
+        for at, step in enumerate(self.steps):
             step_call = step_row = 0.0
             for model in self._may_run(step):
                 cost = costs.get(id(model))
                 if cost is None:
                     self.ns_per_call = self.ns_per_row = None
+                    if tables is not None and at < len(tables):
+                        self.measure_arm(step, model, tables[at])
                     return
                 model_call, model_row = cost.per_call, cost.per_row
                 if model_call is None:
@@ -520,19 +541,70 @@ class Replica:
         weights = step.weights or [1] * len(step.models)
         return [model for model, weight in zip(step.models, weights, strict=False) if weight > 0]
 
-    def held_loop(self, ns: int, rows: int = 1) -> None:
+    def held_loop(self, ns: int, rows: int = 1, again: Callable[[], Any] | None = None) -> None:
         """The fast lane's call held the event loop `ns` by its wall clock, INLINE_NS or more (the lane reads no CPU
-        clock: ~2.7 us a read on the test VM, against ~0.4 us for the wall clock's): the next run takes the
+        clock: ~0.9-2.7 us a read on the test VM, against ~0.13-0.4 us for the wall clock's): the next run takes the
         thread, where `run` measures its CPU (learn). A call the host or another process preempted (the wall clock's
         time, not the model's) so costs one request the thread's hop, and a model that is slow stays in the thread
         while its calls are. The lane's quick calls teach nothing (it runs only while calls are quick), so it pays
-        no more than the perf_counter pair it reads anyway. A call of HELD_NS or more (no preemption that long in
-        26,000 calls of 60 us at load 5-6, docs/performance.md item 106) is the model's own time: it enters the
-        model's window (learn), so a model slow for some inputs stays in the thread after one as after a call
-        measured slow (ModelCost), where before the next quick run measured sent the next slow one to the loop."""
-        if ns >= handlers.HELD_NS:
+        no more than the perf_counter pair it reads anyway. A call of HELD_NS or more is measured again: `again`
+        (the same call on the same input) runs in the replica's measuring thread, off the request path, timed by
+        cpu_clock, and enters the model's window (learn, `measure_apart`), so a model slow for some inputs stays in
+        the thread after one as after a call measured slow (ModelCost), where before 2026-12-06 the next quick run
+        measured sent the next slow one to the loop (docs/performance.md item 106), and a quick call preempted that
+        long (at load ~10) is not taken for slow: entered by its wall clock, as from item 106 on, it kept the
+        model's next 52-105 runs in the thread (item 108). Without `again` (a caller that cannot repeat its call)
+        the wall clock's `ns` enters the window as before; while another call is measured apart, only the next run
+        takes the thread."""
+        if ns >= handlers.HELD_NS and again is None:
             self.learn(rows, ns)
         self.ns_per_call = max(self.ns_per_call or 0, ns)
+        if ns >= handlers.HELD_NS and again is not None:
+            self.measure_apart(None, rows, again)
+
+    def measure_arm(self, step: Step, model: dict[str, Any], table: pa.Table) -> None:
+        """Measure an A/B split's arm `model`, which no run has taken yet, once, on `table` (the step's input of a
+        run of another arm), in a thread off the request path (`measure_apart`): a call of seconds costs a core
+        that long once, never the loop. An arm whose call fails there (an input it cannot take) is not measured,
+        and its split's runs keep the thread until it is chosen."""
+        key = id(model)
+        arm_input = getattr(step, "arm_input", None)
+        if key in self.measured_apart or arm_input is None or self.measuring():
+            return
+        chosen = next((index for index, arm in enumerate(step.models) if arm is model), None)
+        if chosen is None or chosen >= len(step.runtimes):
+            return
+        self.measured_apart.add(key)
+        runtime = step.runtimes[chosen]
+        self.measure_apart(model, table.num_rows, lambda: runtime.predict(arm_input(chosen, table)))
+
+    def measuring(self) -> bool:
+        """Whether a call is being measured apart (`measure_apart`)."""
+        return self.measurement is not None and not self.measurement.done()
+
+    def measure_apart(self, model: dict[str, Any] | None, rows: int, call: Callable[[], Any]) -> None:
+        """Run `call` (a model's call on `rows` rows) in the replica's measuring thread, one at a time, timed by
+        cpu_clock, and learn its time as the model's (`learn`): not while another is under way (then nothing). One
+        thread kept for them all: a call in a new thread read ~100-150 us more of CPU than in one that had made
+        calls before (ccfraud: ~20 us). Not a daemon: a replica stopping meanwhile ends once the call has (a model's
+        session is not torn down under it)."""
+        if self.measuring():
+            return
+
+        def measure() -> None:
+            try:
+                clock = self.cpu_clock()
+                started = clock()
+                call()
+                ns = clock() - started
+            except Exception as exc:  # noqa: BLE001 - its runs stay in the thread: nothing measured
+                log.info("a call of %s measured apart failed: %s: %s", self.name, type(exc).__name__, exc)
+                return
+            self.learn(rows, ns, model)
+
+        if self.measurer is None:
+            self.measurer = ThreadPoolExecutor(1, thread_name_prefix="railyard-measure")
+        self.measurement = self.measurer.submit(measure)
 
     def status(self) -> dict[str, Any]:
         """The status probe's answer: seed 001's engine fields (status, pipeline_statuses, model_statuses; the

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from services.engine import handlers
-from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica, thread_cpu_clock
+from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica, Step, thread_cpu_clock
 from services.engine.runtimes import OnnxRuntime
 from shared.arrow_codec import tensor_array, to_ipc_stream
 from shared.settings import Settings
@@ -357,6 +357,67 @@ def test_a_pipeline_with_a_sandboxed_worker_runs_its_model_steps_by_what_they_me
     assert infer(quick) != loop_thread
     assert infer(quick) == loop_thread  # measured quick: the loop, as before
     assert not handlers.runs_inline(replica, 1)  # the pipeline as a whole: a worker's answer awaited, the thread
+
+
+class Arm:
+    """An A/B arm's model: `ns` of CPU a call, then `sleep` seconds; says which thread called it with which
+    columns."""
+
+    def __init__(self, ns: int, sleep: float = 0.0) -> None:
+        self.ns = ns
+        self.sleep = sleep
+        self.inputs = [("x", [None], np.float32)]
+        self.calls: list[tuple[int, list[str]]] = []
+
+    def predict(self, table: pa.Table) -> pa.Table:
+        self.calls.append((threading.get_ident(), table.column_names))
+        spin(self.ns)
+        time.sleep(self.sleep)
+        return pa.table({"y": table.column("x")})
+
+
+def _split_by_user(tmp_path, arms: list[Arm]) -> tuple[Replica, pa.Table]:
+    """A replica of an A/B split by `user` (95 to the first arm, 5 to the second), and a request of a user that the
+    first arm takes."""
+    models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("a", "b")]
+    step = {"kind": "RandomSplit", "models": models, "weights": [95, 5], "hash_key": "user"}
+    replica = _replica(tmp_path, 0)
+    replica.steps = [Step(step, arms)]
+    user = next(f"user-{n}" for n in range(1000) if replica.steps[0]._choose(pa.table({"user": [f"user-{n}"]})) == 0)
+    return replica, pa.table({"x": pa.array([1.0], pa.float32()), "user": [user]})
+
+
+def _until(check, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_an_ab_arm_no_request_reaches_is_measured_once_off_the_request_path(tmp_path):
+    # a split by a hash key whose traffic never reaches an arm kept every run in the thread (the arm not measured,
+    # its cost unknown) until one did, for ever if none did (~190 us a request); now the arm is measured once, on
+    # a run's input, in a thread of its own (docs/performance.md item 108)
+    quick, never = Arm(0), Arm(0)
+    replica, request = _split_by_user(tmp_path, [quick, never])
+    for _ in range(3):
+        replica.run(request)
+    assert _until(lambda: handlers.runs_inline(replica, 1)), "the split's unchosen arm was never measured"
+    assert len(quick.calls) == 3 and len(never.calls) == 1  # once, as the second arm, whatever the runs since
+    assert never.calls[0][0] != threading.get_ident() and never.calls[0][1] == ["x"]  # apart; given its columns
+    # an arm slow for its calls (2 ms of CPU, then 0.3 s more) is measured as such, and not on the request's path
+    quick, slow = Arm(0), Arm(2 * handlers.INLINE_NS, sleep=0.3)
+    replica, request = _split_by_user(tmp_path, [quick, slow])
+    started = time.monotonic()
+    replica.run(request)
+    assert time.monotonic() - started < 0.3  # the answer did not wait for the slow arm
+    assert _until(lambda: len(slow.calls) == 1 and not replica.measuring())
+    for _ in range(2 * LEARN_RUNS):
+        replica.run(request)
+        assert not handlers.runs_inline(replica, 1)  # the slow arm counts, as once chosen
+    assert replica.ns_per_call >= 2 * handlers.INLINE_NS and len(slow.calls) == 1
 
 
 class FirstCallSetUp(OnnxRuntime):
