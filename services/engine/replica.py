@@ -566,10 +566,12 @@ class Replica:
         """Measure an A/B split's arm `model`, which no run has taken yet, once, on `table` (the step's input of a
         run of another arm), in a thread off the request path (`measure_apart`): a call of seconds costs a core
         that long once, never the loop. An arm whose call fails there (an input it cannot take) is not measured,
-        and its split's runs keep the thread until it is chosen."""
+        and its split's runs keep the thread until it is chosen. Not in a pipeline with a sandboxed worker: it never
+        runs on the loop (handlers.runs_inline), and a user's code would be given a request its arm was not chosen
+        for."""
         key = id(model)
         arm_input = getattr(step, "arm_input", None)
-        if key in self.measured_apart or arm_input is None or self.measuring():
+        if self.workers or key in self.measured_apart or arm_input is None or self.measuring():
             return
         chosen = next((index for index, arm in enumerate(step.models) if arm is model), None)
         if chosen is None or chosen >= len(step.runtimes):

@@ -420,6 +420,16 @@ def test_an_ab_arm_no_request_reaches_is_measured_once_off_the_request_path(tmp_
     assert replica.ns_per_call >= 2 * handlers.INLINE_NS and len(slow.calls) == 1
 
 
+def test_an_ab_arm_of_a_pipeline_with_a_sandboxed_worker_is_not_measured_apart(tmp_path):
+    # such a pipeline never runs on the loop (its worker's answer is awaited there), so nothing is gained, and a
+    # user's code (a Python step or BYOP arm) would be given a request its arm was not chosen for
+    quick, never = Arm(0), Arm(0)
+    replica, request = _split_by_user(tmp_path, [quick, never])
+    replica.workers = [object()]
+    replica.run(request)
+    assert replica.measurement is None and not never.calls
+
+
 class FirstCallSetUp(OnnxRuntime):
     """An ONNX model whose session's first call does its one-time set-up (5 ms of CPU; a new replica's first
     ccfraud call read 6.7-14.7 ms), its later calls quick; says which thread called it with what."""
