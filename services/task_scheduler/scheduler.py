@@ -447,6 +447,13 @@ class Scheduler:
                 # heartbeat_interval / 2 while runs are supervised. A bug (the clause below) keeps the connection, and a
                 # notification ends its wait: its pass costs the database only the queries before the bug
                 await self._drop_connection()
+                # Nor by a wake during the failed pass (a notification heard before the drop, a run of its own ending):
+                # it left the wake set and the wait ended at once (review of 8d80d3e9). A failing pass lasts (a 57014's
+                # whole statement_timeout) and PostgreSQL hands a listener what was notified during a transaction at
+                # its end, the failed pass's rollback: on a busy stack a notification came nearly every time and the
+                # back-off was not waited at all. A stop is kept
+                if not self._stop.is_set():
+                    self._wake.clear()
             except Exception as exc:  # a bug: the same back-off (it waited the tick, logging "next pass in 1 s")
                 delay = self._pass_failed(exc, self._longest_retry())
             with contextlib.suppress(TimeoutError):

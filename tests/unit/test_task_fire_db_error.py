@@ -205,9 +205,12 @@ def looping_scheduler(tick: float, heartbeat_interval: float = 1.0) -> Scheduler
                      mint=None, gateway_url="")
 
 
-async def sleeps_after(monkeypatch, sched: Scheduler, passes: list[Exception | None]) -> list[float]:
+async def sleeps_after(monkeypatch, sched: Scheduler, passes: list[Exception | None],
+                       woken: list[bool] | None = None) -> list[float]:
     """Runs the scheduler's loop (Scheduler._forever) over passes that raise these errors at their start (None: a pass
-    that succeeds, its steps doing nothing), the last stopping it; the sleep after each pass (recorded, not slept)."""
+    that succeeds, its steps doing nothing), the last stopping it; the sleep after each pass (recorded, not slept).
+    With `woken`: each pass hears a notification (Scheduler.wake), and whether the wake was still set as each sleep
+    began (it would have ended at once) is appended to it."""
     passes = list(passes)
     delays: list[float] = []
 
@@ -216,6 +219,8 @@ async def sleeps_after(monkeypatch, sched: Scheduler, passes: list[Exception | N
 
     async def connection():
         error = passes.pop(0)
+        if woken is not None:
+            sched.wake()
         if not passes:
             sched._stop.set()
         if error is not None:
@@ -224,6 +229,8 @@ async def sleeps_after(monkeypatch, sched: Scheduler, passes: list[Exception | N
 
     async def wait_for(awaitable, timeout):
         delays.append(timeout)
+        if woken is not None:
+            woken.append(sched._wake.is_set())
         awaitable.close()
         raise TimeoutError
 
@@ -309,6 +316,20 @@ async def test_a_pass_failing_while_runs_are_supervised_is_tried_again_by_their_
     assert await sleeps_after(monkeypatch, sched, [STATEMENT_TIMEOUT] * 5) == [1.0] * 5
     sched = looping_scheduler(30.0, heartbeat_interval=2.0)  # without runs: backs off to the tick
     assert await sleeps_after(monkeypatch, sched, [STATEMENT_TIMEOUT] * 6) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+
+
+async def test_a_notification_during_a_pass_failed_on_a_database_error_does_not_end_its_back_off(monkeypatch):
+    """A pass failed on a database error drops its connection, so no notification ends the back-off after it
+    (decided in session 42, 8d80d3e9), but one heard during the failed pass (PostgreSQL hands those of a transaction's
+    time over at its end, the failed pass's rollback) had set the wake already and the wait ended at once: on a busy
+    stack the back-off was not waited at all, each retry costing the database the failing statement again (a 57014's
+    whole statement_timeout). Now that wake is let go; a bug's wait is still ended by it (its LISTEN kept), and a stop
+    during a failed pass still ends the wait (review of 8d80d3e9)."""
+    sched = looping_scheduler(5.0)
+    woken: list[bool] = []
+    passes = [STATEMENT_TIMEOUT, STATEMENT_TIMEOUT, RuntimeError("a bug"), STATEMENT_TIMEOUT]
+    assert await sleeps_after(monkeypatch, sched, passes, woken) == [1.0, 2.0, 4.0, 5.0]
+    assert woken == [False, False, True, True]  # the bug's wait ends at once, as the stopping pass's
 
 
 async def test_a_held_tasks_error_is_logged_with_its_traceback_once(monkeypatch, caplog):
