@@ -99,6 +99,31 @@ async def test_one_of_email_and_user_id_and_administrators_only(changed, command
 
 
 @pytest.mark.parametrize("command", [DeactivateUser, ActivateUser])
+async def test_a_non_administrator_is_refused_alike_whatever_user_it_names(changed, monkeypatch, command):
+    """0040927b's rule: the permission before the lookup, so a non-administrator learns nothing of an id (or email)
+    from the answer: 403 for a user's id, one no user has, one that is no UUID, neither or both, with no user looked
+    up. The test above names Erin, who exists: 403 whichever came first."""
+    call = handlers.deactivate_user if command is DeactivateUser else handlers.activate_user
+    looked_up: list = []
+
+    async def user_by_id(pool, user_id):
+        looked_up.append(user_id)
+        return ERIN if user_id == ERIN["id"] else None
+
+    async def user_by_login(pool, login):
+        looked_up.append(login)
+        return None
+
+    monkeypatch.setattr(handlers.store, "user_by_id", user_by_id)
+    monkeypatch.setattr(handlers.store, "user_by_login", user_by_login)
+    for body in ({"user_id": str(ERIN["id"])}, {"user_id": str(uuid.uuid4())}, {"user_id": "not-a-uuid"},
+                 {"email": "nobody@example.com"}, {}, {"email": "erin@example.com", "user_id": str(ERIN["id"])}):
+        with pytest.raises(Forbidden, match="only administrators"):  # looked up first: 404 or 400 but for Erin's
+            await call(_deps(), _caller(admin=False), command(**body))
+    assert looked_up == [] and changed == []
+
+
+@pytest.mark.parametrize("command", [DeactivateUser, ActivateUser])
 def test_the_user_id_is_bounded_on_the_bus(command):
     async def handler(cmd, ctx):
         return None
