@@ -26,20 +26,26 @@ The file's tokens are used only for the user and client they were issued to: a u
 environment) without its password that is not the saved user's is a ConfigurationError asking for the password,
 and another client id signs in as that client; neither runs as the saved user.
 
-Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it (over
-the tokens it read only: a file another `railyard login` rewrote since is left alone). Every change of the file is
-a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only). When the file cannot be
-written (a full disk, a read-only folder, its permissions), the session goes on with the refreshed tokens in memory
-and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the `railyard` command prints it as
-`railyard: warning: ...`; `Client.tokens_not_saved` says it for as long as it holds): the file's refresh token was
-spent by the refresh, so a later command needs `railyard login` again unless this session saves its tokens at a
-later refresh, which it tries over the tokens the file still holds. It warns each time the tokens go from saved to
-not saved (not at each refresh while the file stays unwritable), in a long-running process too: Python's default
-filter shows a warning once per place and text, so until session 42 a second failure (after a refresh that saved
-them, or another Client's in the same process, with the same file and error) was silent; the warning filters a
-program sets (`ignore`, `error`, `once`) apply as to any warning. Before, the failure was
-an OSError out of the call that refreshed, and the refreshed tokens were lost with it (`railyard token` printed
-nothing and exited 1): the user was signed out.
+Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it (over the
+tokens it read only: a file another `railyard login` rewrote since is left alone, and so is one another process
+refreshed since). Threads sharing a session refresh it once (a lock; the threads that waited use the refreshed
+token): until session 42 each thread whose call found the token expired refreshed it with the same refresh token,
+and the server refused all but the first. Two processes that read the same file (two `railyard` commands at once, a
+notebook's Client beside them) hold the same refresh token: the first to refresh spends it and writes its tokens;
+the other's refresh is then refused, and that session takes the file's newer tokens (same server, user and client)
+rather than say the session expired; until session 42 it said "run `railyard login` again" while the file held a
+valid sign-in. Every change of the file is a read and a write under a lock of it (`credentials.json.lock` beside it;
+POSIX only). When the file cannot be written (a full disk, a read-only folder, its permissions), the session goes on
+with the refreshed tokens in memory and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the
+`railyard` command prints it as `railyard: warning: ...`; `Client.tokens_not_saved` says it for as long as it
+holds): the file's refresh token was spent by the refresh, so a later command needs `railyard login` again unless
+this session saves its tokens at a later refresh, which it tries over the tokens the file still holds. It warns each
+time the tokens go from saved to not saved (not at each refresh while the file stays unwritable), in a long-running
+process too: Python's default filter shows a warning once per place and text, so until session 42 a second failure
+(after a refresh that saved them, or another Client's in the same process, with the same file and error) was silent;
+the warning filters a program sets (`ignore`, `error`, `once`) apply as to any warning. Before, the failure was an
+OSError out of the call that refreshed, and the refreshed tokens were lost with it (`railyard token` printed nothing
+and exited 1): the user was signed out.
 
 The workspace `railyard workspaces use` chooses is kept in the same file per server and user (its `workspaces`:
 `{server URL: {username: workspace id}}`): another user signing in to the same server from the same machine, by
@@ -62,6 +68,7 @@ import re
 import stat
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -598,6 +605,10 @@ class Session:
                  credentials_file: str | Path | None = None, timeout: float | httpx.Timeout | None = 60.0,
                  route_timeouts: Mapping[str, float] | None = None) -> None:
         env = os.environ
+        # one refresh at a time (`refresh`): threads sharing the session each refreshed its expired token, every one
+        # of them with the same single-use refresh token. Reentrant: a warning hook of the program that asks for a
+        # token in the thread refreshing does not wait for itself
+        self._refreshing = threading.RLock()
         self.route_timeouts = read_route_timeouts(route_timeouts, env)  # refused before anything is sent
         self.credentials_file = Path(credentials_file).expanduser() if credentials_file else credentials_path()
         saved = self.saved = read_credentials(self.credentials_file)
@@ -670,9 +681,11 @@ class Session:
         body = _json_or_none(response)
         if response.status_code != 200:
             raise error_from_answer(response.status_code, body)
-        self.access_token = body["access_token"]
-        self.refresh_token = body.get("refresh_token")
+        # the expiry before the token: a thread reading them without the lock (`token`) that sees the new token sees
+        # its expiry too, and does not take it for the expiring one it replaces
         self.expires_at = time.time() + float(body.get("expires_in", 300))
+        self.refresh_token = body.get("refresh_token")
+        self.access_token = body["access_token"]
         self._save()
         return body
 
@@ -687,7 +700,23 @@ class Session:
         self._grant({"grant_type": "client_credentials"})
 
     def refresh(self) -> None:
-        """A new access token from the refresh token (or the password, when the refresh token expired)."""
+        """A new access token from the refresh token (or the password, when the refresh token expired). One at a time
+        per session (a lock): a refresh token works once, and threads sharing a session whose token had expired each
+        refreshed it with the same one (8 threads: 8 grants, 7 of them refused by the server, those threads' calls
+        failing, a server that rotates refresh tokens may end the session). `token` and a refused call's retry
+        refresh only when no other thread did while they waited (`_refresh_unless_replaced`)."""
+        with self._refreshing:
+            self._refresh()
+
+    def _refresh_unless_replaced(self, held: str | None) -> None:
+        """Refresh the access token `held` (the expiring one, or one the server refused), unless another thread
+        replaced it while this one waited for the lock: the waiting thread then uses the refreshed token rather
+        than spend the new refresh token again."""
+        with self._refreshing:
+            if self.access_token == held:
+                self._refresh()
+
+    def _refresh(self) -> None:
         if self.client_only:
             self._grant({"grant_type": "client_credentials"})
             return
@@ -696,6 +725,8 @@ class Session:
                 self._grant({"grant_type": "refresh_token", "refresh_token": self.refresh_token})
                 return
             except AuthenticationError:
+                if self._take_newer_sign_in():
+                    return
                 if not (self.username and self.password):
                     raise AuthenticationError(401, "unauthorized",
                                               "the session expired: run `railyard login` again") from None
@@ -704,17 +735,54 @@ class Session:
             return
         raise AuthenticationError(401, "unauthorized", "the token expired or was refused and cannot be refreshed")
 
+    def _take_newer_sign_in(self) -> bool:
+        """After the server refused this session's refresh token: take the credentials file's tokens when another
+        process (a second `railyard` command, a notebook's Client on the same file) refreshed them since, i.e. the
+        file holds other tokens than this session read or wrote last (`in_file`), of the same server, user and client;
+        refreshed at once when they are about to expire. Both processes read the same single-use refresh token: the
+        first to refresh spent it, and the other said "the session expired: run `railyard login` again" while the file
+        held a valid sign-in. False (nothing taken) for a session not from the file, or a file holding none, the
+        same tokens, another sign-in's, or ones the server refuses too."""
+        if not self.persist:
+            return False
+        saved = read_credentials(self.credentials_file)
+        tokens = (saved.get("access_token"), saved.get("refresh_token"))
+        if not all(tokens) or tokens == self.in_file or tokens[1] == self.refresh_token:
+            return False
+        try:
+            same_server = normalize_url(str(saved.get("url") or "")) == self.url
+        except ConfigurationError:
+            return False
+        if not (same_server and saved.get("username") == self.username
+                and (saved.get("client_id") or DEFAULT_CLIENT_ID) == self.client_id):
+            return False
+        try:
+            self.expires_at = float(saved.get("expires_at") or 0)
+        except (TypeError, ValueError):
+            self.expires_at = 0.0
+        self.refresh_token, self.access_token = tokens[1], tokens[0]
+        self.in_file, self.unsaved = tokens, None  # the file's own: nothing of this session's left unsaved
+        if time.time() > self.expires_at - REFRESH_MARGIN:
+            try:
+                self._grant({"grant_type": "refresh_token", "refresh_token": self.refresh_token})
+            except AuthenticationError:
+                return False
+        return True
+
     def can_refresh(self) -> bool:
         """Whether a refused token can be replaced without asking the user."""
         return bool(self.refresh_token or (self.username and self.password) or self.client_only)
 
     @property
     def token(self) -> str:
-        """A valid access token, refreshed when it is about to expire."""
-        if self.access_token is None or time.time() > self.expires_at - REFRESH_MARGIN:
-            self.refresh()
-        assert self.access_token is not None
-        return self.access_token
+        """A valid access token, refreshed when it is about to expire (once for every thread waiting on it:
+        `refresh`)."""
+        held = self.access_token
+        if held is None or time.time() > self.expires_at - REFRESH_MARGIN:
+            self._refresh_unless_replaced(held)
+        token = self.access_token
+        assert token is not None
+        return token
 
     @property
     def user(self) -> str | None:
@@ -777,7 +845,8 @@ class Session:
         if method == "POST" and "timeout" not in kwargs and path.startswith(f"{API_PREFIX}/"):
             kwargs["timeout"] = self.wait_for(path[len(API_PREFIX) + 1:])
         for attempt in (0, 1):
-            headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self.token}"}
+            sent = self.token
+            headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {sent}"}
             try:
                 response = self.http.request(method, path, headers=headers, **kwargs)
             except ValueError:
@@ -789,7 +858,7 @@ class Session:
                 raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from None
             kwargs["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
             if response.status_code == 401 and attempt == 0 and self.can_refresh() and "files" not in kwargs:
-                self.refresh()
+                self._refresh_unless_replaced(sent)  # another thread's refresh since this call was sent: its token
                 continue
             if response.status_code >= 400:
                 raise error_from_answer(response.status_code, _json_or_none(response))

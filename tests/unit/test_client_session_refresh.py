@@ -1,0 +1,139 @@
+"""Threads sharing one railyard_client Session refresh its token once (session.py `Session.refresh`): a refresh token
+works once, and 8 threads on one client whose token had expired made 8 refresh grants with the same refresh token (a
+real server refuses 7: those threads' calls failed, and one rotating refresh tokens may end the session)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+from railyard_client import session
+from railyard_client.session import read_credentials, write_credentials
+
+THREADS = 8
+SIGNED_IN = {"url": "http://gateway.test", "client_id": "api-client", "client_secret": "s", "username": "alice",
+             "access_token": "access-0", "refresh_token": "refresh-0"}
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A token endpoint as the server's: each refresh token works once (a spent one is refused 401 invalid_grant),
+    and a grant takes 50 ms, so that threads asking at once overlap; an API route that answers 401 to any token but
+    the newest. The grants' forms, in order."""
+    grants: list[dict[str, str]] = []
+    lock = threading.Lock()
+    current = {"access": "none-yet", "refresh": "refresh-0"}  # access-0, the file's, is refused
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == session.TOKEN_PATH:
+            form = dict(parse_qsl(request.content.decode()))
+            time.sleep(0.05)
+            with lock:
+                grants.append(form)
+                if form.get("refresh_token") != current["refresh"]:
+                    return httpx.Response(401, json={"error": "invalid_grant", "error_description": "token spent"})
+                number = len(grants)
+                current.update(access=f"access-{number}", refresh=f"refresh-{number}")
+                return httpx.Response(200, json={"access_token": current["access"],
+                                                 "refresh_token": current["refresh"], "expires_in": 300})
+        if request.headers["authorization"] != f"Bearer {current['access']}":
+            return httpx.Response(401, json={"code": "unauthorized", "msg": "token expired"})
+        return httpx.Response(200, json={"workspaces": []})
+
+    real = httpx.Client
+    monkeypatch.setattr(session.httpx, "Client", lambda **kwargs: real(transport=httpx.MockTransport(answer),
+                                                                          **kwargs))
+    return grants, current
+
+
+def _at_once(work) -> list[object]:
+    """`work()` in THREADS threads started together; each one's result (or the exception it raised)."""
+    results: list[object] = [None] * THREADS
+    start = threading.Barrier(THREADS)
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            results[index] = work()
+        except Exception as exc:  # noqa: BLE001 - asserted by the test
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def test_threads_sharing_an_expired_session_refresh_it_once(tmp_path, server):
+    grants, _ = server
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)  # expired: the first call refreshes
+    shared = session.Session(credentials_file=path)
+    try:
+        results = _at_once(lambda: shared.token)
+    finally:
+        shared.close()
+    assert results == ["access-1"] * THREADS, results  # before: AuthenticationError in 7 threads
+    assert [form["refresh_token"] for form in grants] == ["refresh-0"]  # before: 8 grants with refresh-0
+    assert read_credentials(path)["refresh_token"] == "refresh-1"
+
+
+def test_threads_whose_calls_the_server_refused_retry_with_one_refresh(tmp_path, server):
+    """The token not expired by the session's clock but refused by the server (revoked, or a clock ahead): each
+    thread's call got a 401 and refreshed; now the threads that waited use the one refresh's token."""
+    grants, _ = server
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": time.time() + 3600}, path)
+    shared = session.Session(credentials_file=path)
+    try:
+        results = _at_once(lambda: shared.post("workspaces/list", {}))
+    finally:
+        shared.close()
+    assert results == [{"workspaces": []}] * THREADS, results
+    assert len(grants) == 1, grants
+
+
+def test_a_refresh_asked_for_outright_is_still_made(tmp_path, server):
+    """`Session.refresh()` itself always refreshes (one at a time): only `token` and a refused call's retry skip a
+    refresh another thread made while they waited."""
+    grants, current = server
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": time.time() + 3600}, path)
+    shared = session.Session(credentials_file=path)
+    try:
+        shared.refresh()
+        shared.refresh()
+        assert shared.token == current["access"] == "access-2" and len(grants) == 2
+    finally:
+        shared.close()
+
+
+def test_a_session_whose_refresh_token_another_process_spent_takes_the_files_newer_tokens(tmp_path, server):
+    """Two processes read the same credentials file (two `railyard` commands at once; here two Sessions): the first
+    to refresh spends the refresh token and writes its tokens (the other's later save never writes over them); the
+    other's refresh is refused, and it said "the session expired: run `railyard login` again" while the file held a
+    valid sign-in. Now it takes the file's tokens, and refreshes them itself once they are about to expire."""
+    grants, _ = server
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
+    first, second = session.Session(credentials_file=path), session.Session(credentials_file=path)
+    try:
+        assert first.token == "access-1"
+        assert second.token == "access-1"  # before: AuthenticationError, the session expired
+        assert second.post("workspaces/list", {}) == {"workspaces": []}
+        first.expires_at = 0
+        assert first.token == "access-3"
+        write_credentials(read_credentials(path) | {"expires_at": 0}, path)  # the file's tokens about to expire too
+        second.expires_at = 0
+        assert second.token == "access-5"  # refresh-1 refused, the file's refresh-3 taken and refreshed
+        assert read_credentials(path)["refresh_token"] == "refresh-5"
+        assert [form["refresh_token"] for form in grants] == ["refresh-0", "refresh-0", "refresh-1", "refresh-1",
+                                                              "refresh-3"]
+    finally:
+        first.close()
+        second.close()
