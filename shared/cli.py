@@ -94,72 +94,48 @@ CLIENT_NEEDED = ("railyard: {command} works on railyard-client's credentials fil
                  " install ./client`, the container image has it), then run `railyard {command}`")
 
 
-def _credentials_file():
-    """The client's credentials file helpers (railyard_client.session), which `login` here uses as the client's own
-    commands do (`token` and `logout` here are the client's commands themselves): one file
-    (RAILYARD_CLIENT_CREDENTIALS, else `$XDG_CONFIG_HOME/railyard/credentials.json`), each change a read, change and
-    atomic write (a temporary file beside it, 0600, renamed over it) under its lock. Before, `login` and `token` here
-    kept their own copy of the path that ignored the variable, and wrote the file in place without its lock:
-    truncated first (a crash mid-write left it empty), every `workspaces use` choice dropped by `login`, and a write
-    by another `railyard` process in between undone. None without the client installed (a server-only install): the
-    caller says so, exit 2."""
-    try:
-        from railyard_client import session
-    except ImportError:
-        return None
-    return session
+LOGIN_EXIT = ("exit 0 once signed in with the tokens saved; 1 when not: the credentials refused, the server"
+              " unreachable, the tokens not saved (the client's `railyard login` says 3 or 5 for the first two); 2 with"
+              " nothing to sign in with (no password or client secret given, none in the embedded stack's secrets),"
+              " bad usage, or without railyard-client; 130 interrupted")
+
+
+def _login_code(exc) -> int:
+    """LOGIN_EXIT's code of the client's error: 2 for nothing to sign in with (ConfigurationError), else 1."""
+    from railyard_client.errors import ConfigurationError
+
+    return 2 if isinstance(exc, ConfigurationError) else 1
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    """Sign in and keep the tokens in the client's credentials file for `railyard token` and the client's commands."""
-    from shared.client import RailyardAPIError, RailyardClient
-    from shared.embedded.stack import read_state
-
-    credentials = _credentials_file()
-    if credentials is None:
+    """Sign in and keep the tokens in the client's credentials file for `railyard token` and the client's commands:
+    the client's `railyard login` itself (railyard_client.cli), not a copy of it, with this module's exit codes
+    (LOGIN_EXIT). Its defaults are the client's: each option, else its RAILYARD_CLIENT_* variable, else the embedded
+    stack's (its secrets and running stack's URL in --data-dir, RAILYARD_STACK__DATA_DIR, else .railyard), the URL
+    at last http://127.0.0.1:18000. Until session 42 this was a second implementation on shared.client's
+    RailyardClient, whose defaults differed (no RAILYARD_CLIENT_* variable read, the client id required, the gateway's
+    settings for the URL) and which said an unwritable credentials file and an unreachable server its own way."""
+    try:
+        from railyard_client import cli as client_cli
+    except ImportError:
         print(CLIENT_NEEDED.format(command="login"), file=sys.stderr)
         return 2
-    settings = _settings(args)
-    data_dir = settings.stack.data_dir.expanduser().resolve()
-    secrets_path = data_dir / "secrets.json"
-    secrets = json.loads(secrets_path.read_text()) if secrets_path.exists() else {}
-    state = read_state(data_dir) or {}
-    url = args.url or state.get("api_url") or f"http://{settings.gateway.host}:{settings.gateway.port}"
-    client_id = args.client_id or secrets.get("client_id")
-    client_secret = args.client_secret or secrets.get("client_secret")
-    username = args.username or secrets.get("admin_username")
-    password = args.password or (secrets.get("admin_password") if username == secrets.get("admin_username") else None)
-    if not (client_id and client_secret and username and password):
-        print("railyard: give --client-id, --client-secret, --username and --password (no embedded stack"
-              f" secrets found in {data_dir})", file=sys.stderr)
-        return 2
-    client = RailyardClient(url, client_id, client_secret)
-    try:
-        client.login(username, password)
-    except RailyardAPIError as exc:
-        print(f"railyard: login failed: {exc.msg or exc.code}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"railyard: cannot reach {client.base_url}: {exc}", file=sys.stderr)
-        return 1
-    # a new sign-in over the file's, every server's and user's `workspaces use` choice kept (as the client's login)
-    signed_in = {"url": client.base_url, "client_id": client_id, "client_secret": client_secret, "username": username,
-                 "access_token": client.access_token, "refresh_token": client.refresh_token,
-                 "expires_at": client.expires_at}
-    try:
-        path = credentials.save_sign_in(signed_in)
-    except OSError as exc:  # a full disk, a read-only folder: the file is as it was
-        print(f"railyard: signed in, but the tokens could not be saved in {credentials.credentials_path()}: {exc}",
-              file=sys.stderr)
-        return 1
-    print(f"railyard: logged in to {client.base_url} as {username} (tokens in {path})")
-    return 0
+    forwarded = [part for flag, value in (("--url", args.url), ("--username", args.username),
+                                          ("--password", args.password), ("--client-id", args.client_id),
+                                          ("--client-secret", args.client_secret), ("--data-dir", args.data_dir))
+                 if value is not None for part in (flag, value)]
+    return client_cli.main(["login", *forwarded], codes=_login_code)
 
 
 TOKEN_EXIT = ("exit 0 with the token on stdout, also when a refreshed token could not be saved (said on stderr: the"
               " next token needs a `railyard login` once the file can be written); 1 when no valid token could be"
               " had (not logged in, the refresh refused, the server unreachable: the client's `railyard token` says 3"
-              " or 5); 2 without railyard-client")
+              " or 5); 2 bad usage or without railyard-client; 130 interrupted")
+TOKEN_SOURCES = ("The token is the credentials file's (RAILYARD_CLIENT_CREDENTIALS, else"
+                 " $XDG_CONFIG_HOME/railyard/credentials.json), refreshed there; the client's variables come first:"
+                 " RAILYARD_CLIENT_TOKEN is printed as it is, RAILYARD_CLIENT_USERNAME and RAILYARD_CLIENT_PASSWORD"
+                 " sign in (with RAILYARD_CLIENT_URL, RAILYARD_CLIENT_ID and RAILYARD_CLIENT_SECRET) without the"
+                 " file, and RAILYARD_CLIENT_URL names the server")
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -231,12 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("up", cmd_up, "Start the embedded stack and every service (foreground; Ctrl-C or `railyard down` stops)"),
         ("status", cmd_status, "Show every component of the running stack (exit 1 if any is not ok)"),
         ("down", cmd_down, "Stop the running stack"),
-        ("login", cmd_login, "Sign in (defaults: the embedded stack's admin user and client)"),
+        ("login", cmd_login, "Sign in: the client's `railyard login` (defaults: the RAILYARD_CLIENT_* variables, else"
+                             " the embedded stack's admin user and client)"),
         ("token", cmd_token, "Print a valid access token for curl and scripts"),
     ):
         cmd = sub.add_parser(name, help=text, description=f"{text}.")
-        cmd.add_argument("--data-dir", metavar="DIR",
-                         help="data directory (default RAILYARD_STACK__DATA_DIR, else .railyard)")
+        if name != "token":  # the token is the credentials file's or the variables' (TOKEN_SOURCES), no stack's
+            cmd.add_argument("--data-dir", metavar="DIR",
+                             help="data directory (default RAILYARD_STACK__DATA_DIR, else .railyard)")
         cmd.set_defaults(func=func)
         if name == "down":
             cmd.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS",
@@ -244,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "login":
             for flag in ("--url", "--username", "--password", "--client-id", "--client-secret"):
                 cmd.add_argument(flag)
+            cmd.epilog = f"{LOGIN_EXIT[0].upper()}{LOGIN_EXIT[1:]}."
         if name == "token":
-            cmd.epilog = f"{TOKEN_EXIT[0].upper()}{TOKEN_EXIT[1:]}."
+            cmd.epilog = f"{TOKEN_SOURCES}. {TOKEN_EXIT[0].upper()}{TOKEN_EXIT[1:]}."
     text = "Sign out: end the saved session at its server and remove its tokens (the client's `railyard logout`)"
     sub.add_parser("logout", help=text, description=f"{text}.").set_defaults(func=cmd_logout)
     from shared.dead_letters import add_arguments  # argparse only: nothing heavy

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,10 @@ def _client(workspace: str | None = None) -> Client:
 @json_option
 def login(url: str | None, username: str | None, password: str | None, client_id: str | None,
           client_secret: str | None, data_dir: Path | None, as_json: bool) -> None:
-    """Sign in and keep the tokens in the credentials file (0600) for every other command and Client()."""
+    """Sign in and keep the tokens in the credentials file (0600) for every other command and Client().
+
+    The server's `python -m shared.cli login` is this command (its exit codes: 1 for this one's 3 and 5, 2 with
+    nothing to sign in with)."""
     env = os.environ
     folder = (data_dir or Path(env.get("RAILYARD_STACK__DATA_DIR") or ".railyard")).expanduser()
     secrets = read_credentials(folder / "secrets.json")
@@ -223,17 +227,26 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     if not client_secret:  # the SDK's own message names Client()'s argument, not the option
         raise ConfigurationError(f"no client secret: give --client-secret or set RAILYARD_CLIENT_SECRET (no embedded"
                                  f" stack secrets in {folder}; --data-dir names the folder `railyard up` used)")
-    session = Session(url, username=username, password=password,
-                      client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
-                      client_secret=client_secret, credentials_file=Path(os.devnull))
+    try:
+        session = Session(url, username=username, password=password,
+                          client_id=client_id or env.get("RAILYARD_CLIENT_ID") or secrets.get("client_id"),
+                          client_secret=client_secret, credentials_file=Path(os.devnull))
+    except AuthenticationError as exc:  # the server's words, said as the sign-in's failure
+        raise AuthenticationError(exc.status, exc.code, f"login failed: {exc.message}") from None
     # signing in again (the refresh token expired), or as another user, keeps every user's `workspaces use` choice
     # (each server's and user's own: session.py's module doc)
-    path = save_sign_in(session.credentials())
-    session.close()
+    try:
+        path = save_sign_in(session.credentials())
+    except OSError as exc:  # a full disk, a read-only folder: the file is as it was (was "unexpected OSError")
+        raise RailyardError(f"signed in, but the tokens could not be saved in {credentials_path()}: {exc}") from None
+    finally:
+        session.close()
     if as_json:
         show([], None, True, {"url": session.url, "username": username, "credentials": str(path)})
     else:
-        out.print(f"logged in to {session.url} as {username} (tokens in {path})")
+        # one line, never wrapped: Rich broke a long path at 80 columns (piped), so it could not be copied whole
+        out.print(f"logged in to {session.url} as {username} (tokens in {path})", soft_wrap=True, markup=False,
+                  highlight=False)
 
 
 @app.command()
@@ -685,15 +698,16 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
 _python_show_warning = warnings.showwarning
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns (and, as a script, exits with) the exit code."""
+def main(argv: list[str] | None = None, *, codes: Callable[[RailyardError], int] = exit_code) -> int:
+    """Run the command line; returns (and, as a script, exits with) the exit code. `codes`: the exit code of an SDK
+    error (`exit_code`'s, EXIT_CODES; the server's `python -m shared.cli login` gives its own)."""
     command = build_command(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():  # showwarning restored on the way out (main is called in-process by tests)
         warnings.showwarning = _show_warning
-        return _run(command, argv)
+        return _run(command, argv, codes)
 
 
-def _run(command: click.Group, argv: list[str] | None) -> int:
+def _run(command: click.Group, argv: list[str] | None, codes: Callable[[RailyardError], int] = exit_code) -> int:
     try:
         result = command.main(args=argv, prog_name="railyard", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -705,7 +719,7 @@ def _run(command: click.Group, argv: list[str] | None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         return _fail("interrupted", 130)
     except RailyardError as exc:
-        return _fail(str(exc), exit_code(exc))
+        return _fail(str(exc), codes(exc))
     except Exception as exc:  # no traceback for users; RAILYARD_CLIENT_DEBUG=1 shows it
         if os.environ.get("RAILYARD_CLIENT_DEBUG"):
             raise

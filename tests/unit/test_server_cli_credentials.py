@@ -251,3 +251,50 @@ def test_token_is_the_clients_command_with_its_own_exit_codes(default_file, monk
     said = capsys.readouterr()
     assert said.out == "" and said.err.count("\n") == 1 and "cannot reach" in said.err, said.err
     assert read_credentials(named) == SIGNED_IN
+
+
+def test_login_is_the_clients_command_with_its_own_exit_codes(default_file, grants, monkeypatch, capsys):
+    """`python -m shared.cli login` was a second implementation (shared.client's RailyardClient), its defaults not the
+    client's `railyard login`'s: it read no RAILYARD_CLIENT_* variable and required a client id (exit 2 with the
+    client's variables set, where `railyard login` signs in). It is the client's command now, with LOGIN_EXIT's codes:
+    0 signed in; 1 refused or unreachable (one line, 'login failed' with the server's words); 2 nothing to sign in
+    with."""
+    named = default_file
+    monkeypatch.setenv("RAILYARD_CLIENT_USERNAME", "carol")
+    monkeypatch.setenv("RAILYARD_CLIENT_PASSWORD", "pw")
+    monkeypatch.setenv("RAILYARD_CLIENT_SECRET", "s3cret")
+    assert server_cli.main(["login", "--url", URL]) == 0  # before: 2, 'give --client-id, --client-secret, ...'
+    saved = read_credentials(named)
+    assert (saved["username"], saved["client_id"], saved["access_token"]) == ("carol", "api-client", "access-1")
+    assert grants == [{"grant_type": "password", "username": "carol", "password": "pw"}]
+    capsys.readouterr()
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": "invalid_grant", "error_description": "invalid user credentials"})
+
+    real = httpx._client.Client  # `grants` replaced httpx.Client
+    monkeypatch.setattr(session.httpx, "Client", lambda **kwargs: real(transport=httpx.MockTransport(refused),
+                                                                          **kwargs))
+    assert server_cli.main(LOGIN) == 1  # the client's own command says 3
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "login failed: invalid user credentials" in said, said
+    assert read_credentials(named) == saved  # the file as it was
+
+    for name in ("RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD", "RAILYARD_CLIENT_SECRET"):
+        monkeypatch.delenv(name)
+    assert server_cli.main(["login", "--url", URL]) == 2  # nothing to sign in with (the client's 3)
+    assert "no embedded stack secrets" in capsys.readouterr().err
+
+
+def test_the_help_of_login_and_token_says_their_exit_codes_and_token_takes_no_data_dir(capsys):
+    """`token --help` omitted exit 130 and the RAILYARD_CLIENT_* variables the command reads; `token --data-dir` was
+    accepted and ignored (the token is the credentials file's or the variables', no stack's): now refused."""
+    for command in ("login", "token"):
+        with pytest.raises(SystemExit):
+            server_cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "130 interrupted" in text and "bad usage" in text, text
+    assert "RAILYARD_CLIENT_TOKEN" in text and "RAILYARD_CLIENT_CREDENTIALS" in text
+    with pytest.raises(SystemExit) as refused:
+        server_cli.main(["token", "--data-dir", "somewhere"])
+    assert refused.value.code == 2 and "--data-dir" in capsys.readouterr().err
