@@ -13,6 +13,10 @@ from railyard_client.models import Model, ModelVersion, Registry, upload_model
 from railyard_client.pipelines import Pipeline
 from railyard_client.resource import Resource
 
+EMAIL_MAX = 254
+"""The longest email the server's commands take (an address's most, RFC 5321): a user invited before the limit with a
+longer one is named by id (User.deactivate, User.activate)."""
+
 
 class User(Resource):
     """A user of the platform."""
@@ -32,15 +36,23 @@ class User(Resource):
         """False once deactivated."""
         return bool(self._record.get("enabled", True))
 
-    def deactivate(self) -> None:
-        """Stop the user from logging in (admins only)."""
-        self._session.post("users/deactivate", {"email": self.email})
+    def deactivate(self, *, by_id: bool | None = None) -> None:
+        """Stop the user from logging in (admins only); their tokens stop working within a minute. The user is named
+        by email (seed 001's way), or by id with `by_id=True`; by default (None) by id only when the email is one the
+        server's commands refuse (over EMAIL_MAX characters: a user invited before that limit)."""
+        self._session.post("users/deactivate", self._named(by_id))
         self._record["enabled"] = False
 
-    def activate(self) -> None:
-        """Let a deactivated user log in again (admins only)."""
-        self._session.post("users/activate", {"email": self.email})
+    def activate(self, *, by_id: bool | None = None) -> None:
+        """Let a deactivated user log in again (admins only). Named as `deactivate` names them (`by_id`)."""
+        self._session.post("users/activate", self._named(by_id))
         self._record["enabled"] = True
+
+    def _named(self, by_id: bool | None) -> dict[str, str]:
+        """users/deactivate's and users/activate's body: the user's email or user_id, one of them (else a 400)."""
+        if by_id is None:
+            by_id = len(self.email) > EMAIL_MAX
+        return {"user_id": self.id} if by_id else {"email": self.email}
 
 
 class Workspace(Resource):

@@ -564,3 +564,31 @@ def test_only_the_railyard_command_goes_without_httpx_command_line():
         run = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
         loaded = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time")}
         assert "railyard_client.session" in loaded and "rich.syntax" not in loaded and "pygments" not in loaded, command
+
+
+def test_a_user_is_deactivated_and_activated_by_email_or_by_id():
+    """users/deactivate and users/activate take the user's email (seed 001) or its user_id (5b5800da); the SDK sent
+    the email only, so a user invited before the 254-character limit with a longer one (which every command refuses)
+    could not be stopped from the SDK. `by_id=True` names the user by id; by default, such a user is named by id."""
+    from railyard_client.workspaces import EMAIL_MAX, User
+
+    class Session:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, dict]] = []
+
+        def post(self, route: str, body: dict) -> None:
+            self.sent.append((route, body))
+
+    session = Session()
+    user_id = "0b6a8c1e-6f1d-4d59-9a4b-2c7f3e1d0a55"
+    alice = User(session, {"id": user_id, "email": "alice@example.com", "enabled": True})
+    alice.deactivate()
+    alice.activate(by_id=True)
+    long = User(session, {"id": user_id, "email": "a" * (EMAIL_MAX - 11) + "@example.com"})
+    long.deactivate()
+    long.activate(by_id=False)
+    assert session.sent == [("users/deactivate", {"email": "alice@example.com"}),
+                            ("users/activate", {"user_id": user_id}),
+                            ("users/deactivate", {"user_id": user_id}),  # before: its email, which the server refuses
+                            ("users/activate", {"email": long.email})]
+    assert alice.enabled and long.enabled
