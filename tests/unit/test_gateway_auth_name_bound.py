@@ -94,6 +94,24 @@ def test_a_secret_or_token_over_its_bound_is_400_invalid_request_before_anything
     assert post(form[field]).status_code in (200, 204) and len(asked) == 1  # at the bound: sent on
 
 
+@pytest.mark.parametrize("path", [TOKEN_PATH, LOGOUT_PATH], ids=["token", "logout"])
+def test_a_client_secret_over_its_bound_in_http_basic_is_refused_as_a_forms(gateway, monkeypatch, path):
+    """docs/auth.md says "form or HTTP Basic": the cases above send the secret as a form field; a confidential
+    client's SDK sends it in the Authorization header, decoded apart (http.py `_client_credentials`)."""
+    client, asked = gateway
+    digests = []  # every call of the client's bucket (a client_credentials grant takes the secret's digest there)
+    monkeypatch.setattr(TokenEndpointLimits, "check_client", lambda self, *args: digests.append(args))
+    form = {"grant_type": "client_credentials", "refresh_token": "a.b.c"}
+    refused = client.post(path, data=form, auth=("api-client", "s" * (SECRET_CHARS + 1)))
+    assert refused.status_code == 400, refused.text
+    body = refused.json()
+    assert body["error"] == "invalid_request" and "client_secret" in body["error_description"], body
+    assert str(SECRET_CHARS) in body["error_description"] and len(refused.text) < 500, body
+    assert asked == [] and digests == []
+    taken = client.post(path, data=form, auth=("api-client", "s" * SECRET_CHARS))
+    assert taken.status_code in (200, 204) and len(asked) == len(digests) == 1, taken.text  # at the bound
+
+
 def test_the_sign_in_page_answers_its_400_for_a_password_over_the_bound_and_keeps_the_name(gateway):
     client, asked = gateway
     tab = UiSignIn(client, "http://testserver/")
