@@ -6,6 +6,7 @@ and releases nothing, and a release that fails is logged naming the user where t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -51,6 +52,27 @@ async def test_the_claim_is_released_with_its_attempt_after_the_answer(key, sour
         async with handlers._one_at_a_time(None, store.claim, store.release, key, source, user_id=user_id):
             raise ValueError("the check failed")
     assert [call[0] for call in store.calls[2:]] == ["claim", "release"]
+
+
+@pytest.mark.parametrize("key, source, user_id", KEYS, ids=IDS)
+async def test_an_attempt_cancelled_while_answered_releases_its_claim(key, source, user_id):
+    """An attempt whose task is cancelled mid-check: CancelledError is no Exception, so
+    a release written as `except Exception` rather than `finally` would keep the claim for its 30 s lease, and that
+    name's next sign-ins from the address would be 429."""
+    store, inside = Store(), asyncio.Event()
+
+    async def attempt():
+        async with handlers._one_at_a_time(None, store.claim, store.release, key, source, user_id=user_id):
+            inside.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.ensure_future(attempt())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (claimed, *taken), (released, *given) = store.calls
+    assert (claimed, released) == ("claim", "release") and taken == given
 
 
 @pytest.mark.parametrize("key, source, user_id", KEYS, ids=IDS)
