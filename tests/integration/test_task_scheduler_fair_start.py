@@ -147,3 +147,25 @@ async def test_a_workspace_at_its_limit_is_not_offered_a_place(pool, tmp_path):
             process.release.setdefault(run_id, asyncio.Event()).set()
         if process.runs:
             await asyncio.wait(list(process.runs.values()), timeout=30)
+
+
+async def test_a_scheduled_task_whose_last_runs_all_wait_reads_started_after_an_older_run(pool):
+    """A task reads `pending` until a run of it leaves the queue (64fd7ec8): a scheduled task whose last LAST_RUNS runs
+    all wait for room (its max_queued above that) is asked of the database for an older run that left the queue
+    (store.with_runs_out_of_queue), whose SQL tests/unit/test_task_status_queued.py stands in for. Here on PostgreSQL,
+    through handlers._records as task/list asks it: the task whose oldest run started reads started, the one whose runs
+    all wait pending (review of 64fd7ec8; 0.1 s on this file's schema)."""
+    from types import SimpleNamespace
+
+    from services.task_scheduler import handlers, store
+
+    ran, waiting = [await queue(pool, workspace, handlers.LAST_RUNS + 2, 100.0) for workspace in (OLD, NEW)]
+    await pool.execute("UPDATE runs SET status = 'success', started_at = now(), finished_at = now() WHERE id = $1",
+                       ran[0])  # the oldest: behind LAST_RUNS + 1 queued ones
+    await pool.execute("UPDATE tasks SET schedule = '* * * * *', next_fire = now()")
+    rows = await pool.fetch("SELECT * FROM tasks WHERE id IN (SELECT task_id FROM runs WHERE id = ANY($1::uuid[]))"
+                            " ORDER BY workspace_id", [ran[0], waiting[0]])
+    records = await handlers._records(SimpleNamespace(pool=pool, settings=TaskSettings()), rows)
+    assert [(r.status, [x.status for x in r.last_runs]) for r in records] == [
+        ("started", ["queued"] * handlers.LAST_RUNS), ("pending", ["queued"] * handlers.LAST_RUNS)]
+    assert await store.with_runs_out_of_queue(pool, [rows[1]["id"], uuid.uuid4()]) == set()
