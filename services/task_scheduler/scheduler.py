@@ -131,9 +131,11 @@ HELD_MAX = 60.0  # ... doubling at each error in a row, up to this
 # PASS_RETRY, a line each time: the database may be back at any moment
 PASS_RETRY = 1.0
 PASS_ERRORS_KEPT = 32  # distinct errors of the failed passes in a row remembered (their count), the oldest let go
-# the characters of an error's key kept (its type and words, numbers aside): two errors alike that far are one. Before
+# the characters of an error's key kept (its type and words, numbers aside), with a hash of the whole past them. Before
 # session 42 a key was the error's words whole, so the 32 kept could hold as many errors quoting megabytes (a value
-# or a statement in a DataError's words, an OSError naming a long path) for as long as the passes failed
+# or a statement in a DataError's words, an OSError naming a long path) for as long as the passes failed. The hash
+# keeps two errors alike that far and different after two (each its traceback once): 1070e608 cut the words alone,
+# and the second error's traceback was never logged, its lines counted as the first's (review of 1070e608)
 PASS_ERROR_KEY_CHARS = 200
 # what one error's words may change from one failure to the next (a uuid, a number: a row's id, an OID, a time) and
 # do not make it another error: without, an error naming the row it met logged its traceback at every pass
@@ -469,15 +471,16 @@ class Scheduler:
     def _pass_failed(self, exc: Exception, tick: float) -> float:
         """Logs a pass's failure on an error that is not an outage, and answers the seconds until the next pass:
         PASS_RETRY after the first failure in a row, doubling at each one up to `tick` (see PASS_RETRY). The error's
-        traceback is logged the first time it (its type and words, their numbers aside: ERROR_VARYING, their first
-        PASS_ERROR_KEY_CHARS) is met in the row, then a line with its count."""
+        traceback is logged the first time it (its type and words, their numbers aside: ERROR_VARYING; kept as their
+        first PASS_ERROR_KEY_CHARS and a hash of the whole) is met in the row, then a line with its count."""
         failed = sum(self.failed_passes.values()) + 1
         delay = min(PASS_RETRY * 2 ** min(failed - 1, 16), tick)
         try:
             said = f"{type(exc).__name__}: {exc}"
         except Exception:  # noqa: BLE001 - its __str__ failing: raised here, it ended the loop (no more passes)
             said = f"{type(exc).__name__}: (its str() failed)"
-        key = ERROR_VARYING.sub("#", said)[:PASS_ERROR_KEY_CHARS]  # numbers aside first: one cut at the end varies
+        words = ERROR_VARYING.sub("#", said)  # numbers aside first: one cut at the end would vary
+        key = words if len(words) <= PASS_ERROR_KEY_CHARS else f"{words[:PASS_ERROR_KEY_CHARS]}... #{hash(words):x}"
         if key not in self.failed_passes:
             if len(self.failed_passes) >= PASS_ERRORS_KEPT:  # errors whose words change: the oldest let go
                 del self.failed_passes[next(iter(self.failed_passes))]

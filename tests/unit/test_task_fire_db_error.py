@@ -371,16 +371,20 @@ async def test_an_errors_key_is_its_words_first_characters_however_long_its_word
     """The failed passes' errors are remembered by key (PASS_ERRORS_KEPT of them) while the passes fail: a key was the
     error's words whole, so errors quoting megabytes (a DataError quoting a value, an OSError naming a long path)
     held as many megabytes for as long as the passes failed. A key is now their first PASS_ERROR_KEY_CHARS (numbers
-    aside first): each error quoting 256 KiB of its own is kept in 200 characters, and two errors alike that far are
-    one (session 42)."""
+    aside first) and a hash of the whole: each error quoting 256 KiB of its own is kept in a few hundred characters
+    (session 42), and two errors alike that far and different after are still two, each its traceback once: 1070e608
+    cut the words alone, and the second one's traceback was never logged, its lines counted as the first's (review of
+    1070e608). A number past the cut is still aside: one error."""
     sched = looping_scheduler(5.0)
     huge = [asyncpg.exceptions.DataError(f"invalid input value {letter}: " + letter * 2**18) for letter in "abc"]
-    alike = [asyncpg.exceptions.DataError("y" * PASS_ERROR_KEY_CHARS + tail) for tail in ("once", "and again")]
+    alike = [asyncpg.exceptions.DataError("y" * PASS_ERROR_KEY_CHARS + tail)
+             for tail in ("in row 1", "and another error", "in row 2")]
     with caplog.at_level("ERROR", logger="railyard.task_scheduler.scheduler"):
         await sleeps_after(monkeypatch, sched, [*huge, *alike])
-    assert max(len(key) for key in sched.failed_passes) == PASS_ERROR_KEY_CHARS
-    assert len(sched.failed_passes) == len(huge) + 1 <= PASS_ERRORS_KEPT
+    assert max(len(key) for key in sched.failed_passes) < PASS_ERROR_KEY_CHARS + 30
+    assert len(sched.failed_passes) == len(huge) + 2 <= PASS_ERRORS_KEPT
     said = [(bool(r.exc_info), r.getMessage()) for r in caplog.records if r.getMessage().startswith("scheduler pass")]
-    assert [traceback for traceback, _ in said] == [True] * len(huge) + [True, False]  # alike past 200: one error
+    # alike for 200 characters, different after: two errors; the same but for a number: one
+    assert [traceback for traceback, _ in said] == [True] * len(huge) + [True, True, False]
     assert said[-1][1].startswith("scheduler pass failed again: DataError: yyy") and "(2 times since" in said[-1][1]
     assert len(said[-1][1]) < 700  # the line quotes the error's first 500 characters, as before
