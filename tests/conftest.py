@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -99,6 +100,10 @@ def pytest_collection_modifyitems(config, items) -> None:
 _session_started = time.monotonic()
 _worker_busy: dict[str, float] = defaultdict(float)
 _worker_down: dict[str, float] = {}
+# ... and each file's seconds (set-up, call and teardown of its tests, as in a junit report), printed as one line
+# that `python -m tests.file_seconds <the run's output>` reads: the table can be refreshed from a saved log once the
+# run's clone, and its build/test-run.xml, are gone
+_file_busy: dict[str, float] = defaultdict(float)
 
 
 def pytest_sessionstart(session) -> None:
@@ -125,6 +130,7 @@ def pytest_runtest_logreport(report) -> None:
     node = getattr(report, "node", None)  # set by xdist on the controller's copy of a worker's report
     if node is not None:
         _worker_busy[node.gateway.id] += report.duration
+        _file_busy[report.nodeid.split("::", 1)[0]] += report.duration
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -137,6 +143,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line("workers: " + "; ".join(
             f"{worker} ran tests for {_worker_busy.get(worker, 0.0):.0f} s and was done {done:.0f} s after the start"
             for worker, done in sorted(_worker_down.items())))
+        terminalreporter.write_line(file_seconds.LOG_LINE + json.dumps(file_seconds.table(_file_busy)))
 
 
 # RAILYARD_TEST_STACK_EARLY=1 (`make test`): each process that runs tests starts its embedded stack when its

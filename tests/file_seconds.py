@@ -6,7 +6,10 @@ finish a 45-s single-test file (xdist's own order, most tests first, put exactly
 relative: an integration file not listed counts as the listed integration files' median (unlisted_estimate), any
 other as 0 s, keeping its place after the listed ones.
 
-Refresh from a run's --junitxml: `python -m tests.file_seconds run.xml` (rewrites file_seconds.json)."""
+Refresh from a run's --junitxml or its output: `python -m tests.file_seconds run.xml` or `python -m tests.file_seconds
+run.log` (rewrites file_seconds.json). Under xdist the controller prints every file's seconds on one line of its
+summary (LOG_LINE, tests/conftest.py), so a run's saved output refreshes the table after its clone, and the junit
+report in it, are gone (session 41's final run's were)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 TABLE = Path(__file__).with_name("file_seconds.json")
 LISTED_FROM = 5.0  # seconds: files faster than this keep collection order
 INTEGRATION = "tests/integration/"
+LOG_LINE = "file seconds: "  # then the table as JSON, on one line of the run's summary
 
 
 def load() -> dict[str, float]:
@@ -53,10 +57,28 @@ def from_junit(path: Path) -> dict[str, float]:
     return dict(seconds)
 
 
-def main(junit: str) -> None:
-    seconds = {name: round(value) for name, value in sorted(from_junit(Path(junit)).items(), key=lambda kv: -kv[1])
-               if value >= LISTED_FROM}
-    TABLE.write_text(json.dumps(seconds, indent=0) + "\n")
+def table(seconds: dict[str, float]) -> dict[str, int]:
+    """The table's entries: the files of LISTED_FROM seconds or more, slowest first, in whole seconds."""
+    return {name: round(value) for name, value in sorted(seconds.items(), key=lambda kv: -kv[1])
+            if value >= LISTED_FROM}
+
+
+def from_log(path: Path) -> dict[str, float]:
+    """Seconds per test file from a run's output: its last LOG_LINE (printed by a run under xdist)."""
+    found = None
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            if line.startswith(LOG_LINE):
+                found = line[len(LOG_LINE):]
+    if found is None:
+        raise SystemExit(f"{path}: no line starting {LOG_LINE!r} (`make test` prints it since session 42)")
+    return {name: float(value) for name, value in json.loads(found).items()}
+
+
+def main(report: str) -> None:
+    path = Path(report)
+    seconds = from_junit(path) if path.suffix == ".xml" else from_log(path)
+    TABLE.write_text(json.dumps(table(seconds), indent=0) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from tests import file_seconds
 
@@ -28,3 +31,35 @@ def test_a_junit_report_gives_the_seconds_of_each_file(tmp_path: Path):
         '<testcase classname="tests.unit.test_b" name="test_three[x]" time="0.25"/>'
         '</testsuite></testsuites>')
     assert file_seconds.from_junit(report) == {"tests/integration/test_a.py": 3.5, "tests/unit/test_b.py": 0.25}
+
+
+def test_a_runs_output_gives_the_table_its_last_file_seconds_line_holds(tmp_path: Path, monkeypatch):
+    """Session 41's final run's junit report went with its clone, so the table could not be refreshed from that run;
+    its output (kept) had only the 25 slowest durations. The controller's summary now prints every file's seconds
+    (tests/conftest.py); `python -m tests.file_seconds run.log` reads the last such line."""
+    log = tmp_path / "ci.log"
+    earlier = {"tests/integration/test_old.py": 99.0}
+    seconds = {"tests/unit/test_b.py": 4.9, "tests/integration/test_a.py": 61.4, "tests/integration/test_c.py": 7.5}
+    log.write_text("collecting ...\n" + file_seconds.LOG_LINE + json.dumps(earlier) + "\n"
+                   "5297 passed in 895.70s\n" + file_seconds.LOG_LINE + json.dumps(seconds) + "\nEXIT 0\n")
+    assert file_seconds.from_log(log) == seconds
+    monkeypatch.setattr(file_seconds, "TABLE", tmp_path / "file_seconds.json")
+    file_seconds.main(str(log))
+    written = file_seconds.TABLE.read_text()
+    assert json.loads(written) == {"tests/integration/test_a.py": 61, "tests/integration/test_c.py": 8}
+    assert list(json.loads(written)) == ["tests/integration/test_a.py", "tests/integration/test_c.py"]  # slowest first
+    without = tmp_path / "old.log"
+    without.write_text("5297 passed in 895.70s\n")
+    with pytest.raises(SystemExit, match="no line starting"):
+        file_seconds.from_log(without)
+
+
+def test_a_junit_report_still_refreshes_the_table(tmp_path: Path, monkeypatch):
+    report = tmp_path / "run.xml"
+    report.write_text('<testsuites><testsuite name="pytest">'
+                      '<testcase classname="tests.integration.test_a" name="test_one" time="6.5"/>'
+                      '<testcase classname="tests.unit.test_b" name="test_two" time="0.5"/>'
+                      '</testsuite></testsuites>')
+    monkeypatch.setattr(file_seconds, "TABLE", tmp_path / "file_seconds.json")
+    file_seconds.main(str(report))
+    assert json.loads(file_seconds.TABLE.read_text()) == {"tests/integration/test_a.py": 6}
