@@ -884,11 +884,17 @@ async def users_answer(rows: list[asyncpg.Record], limit: int | None, viewer: Pr
     return EncodedData(orjson.dumps({"next_cursor": next_cursor, "users": users} if next_cursor else {"users": users}))
 
 
+UUID_ECHO_CHARS = 40  # of a value that is no UUID, its 400 repeats this many characters at most (a UUID is 36)
+
+
 def _uuid(value: str, what: str) -> uuid.UUID:
+    """A user id the caller sent, or 400 naming the field. The answer repeats at most the value's first
+    UUID_ECHO_CHARS characters (shared.errors.echo): it repeated all of it, whatever its length (up to the 2 MiB body;
+    the commands now bound it to USER_ID_CHARS, but the 400, its log line and bus reply need no more than a prefix)."""
     try:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
-        raise InvalidRequest(f"{what} must be a user id (UUID), got {value!r}") from None
+        raise InvalidRequest(f"{what} must be a user id (UUID), got {echo(str(value), UUID_ECHO_CHARS)}") from None
 
 
 def _membership(pool: asyncpg.Pool):
@@ -1061,20 +1067,29 @@ PASSWORD_CHANGE_SOURCE = "password-change"  # wrong current passwords count like
 
 
 async def update_password(deps: AuthDeps, principal: Principal, cmd: UpdatePassword) -> Empty:
-    """Your own password with your current one, or (administrators) another user's, given by email, which then
-    must be changed at next login. Either way every token the user holds stops working (`events.auth.tokens_revoked`
-    and the revocation list), refresh tokens included: a stolen session does not outlive a password change."""
+    """Your own password with your current one, or (administrators) another user's, given by email or user_id,
+    which then must be changed at next login. Either way every token the user holds stops working
+    (`events.auth.tokens_revoked` and the revocation list), refresh tokens included: a stolen session does not outlive
+    a password change."""
     require_user(principal)
     require_unscoped(principal, "change passwords")
     _check_password(cmd.password)
     settings = deps.settings
-    named = None if cmd.email is None else await store.user_by_login(deps.pool, cmd.email.strip())
-    if cmd.email is not None and (named is None or str(named["id"]) != principal.user_id):
+    if cmd.email is not None and cmd.user_id is not None:
+        raise InvalidRequest("give the user's email or user_id, not both")
+    # by user_id: a user whose email no command takes (over NAME_CHARS, invited before the bound; as `_user_named`)
+    if cmd.user_id is not None:
+        named = await store.user_by_id(deps.pool, _uuid(cmd.user_id, "user_id"))
+    else:
+        named = None if cmd.email is None else await store.user_by_login(deps.pool, cmd.email.strip())
+    asked = cmd.email is not None or cmd.user_id is not None
+    if asked and (named is None or str(named["id"]) != principal.user_id):
         # another user's (or nobody's): the permission first, so a non-administrator is refused alike whether or not
-        # a user has the email (a 404 before the 403 told any signed-in user which emails are users')
+        # a user has the email or id (a 404 before the 403 told any signed-in user which emails are users')
         require_admin(principal, "set another user's password")
         if named is None:
-            raise NotFound(f"no user with email {cmd.email}")
+            raise NotFound(f"no user with email {cmd.email}" if cmd.user_id is None else
+                           f"no user with id {cmd.user_id}")
     # your own, by email too: the current password checked one at a time and locked after `lockout_after` wrong ones
     # (by email it was checked with neither: a stolen access token could guess it without end, many at once, each a
     # hashing turn at a clean source's place, ahead of every failing source's sign-in)

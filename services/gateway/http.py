@@ -578,15 +578,25 @@ def _missing_grant_type(content_type: str) -> str:
 
 
 def _client_credentials(request: Request, form: Any) -> tuple[str, str]:
+    """(client_id, client_secret) from HTTP Basic or the form. A client id over CLIENT_ID_CHARS is no client of ours,
+    refused here, before its bucket's key (ratelimit.py) and the bus: in HTTP Basic the client's authentication failed
+    (an unknown client), RFC 6749 5.2's 401 invalid_client; as a form field the request is malformed, 400
+    invalid_request (docs/auth.md, "Brute force")."""
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
+    too_long = f"client_id: at most {m.CLIENT_ID_CHARS} characters"
     if scheme.lower() == "basic":
         try:
             client_id, _, secret = base64.b64decode(encoded.strip()).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             raise Unauthorized("malformed Basic credentials", code="invalid_client") from None
-        return unquote(client_id), unquote(secret)
+        client_id = unquote(client_id)
+        if len(client_id) > m.CLIENT_ID_CHARS:
+            raise Unauthorized(too_long, code="invalid_client")
+        return client_id, unquote(secret)
     if form.get("client_id"):  # without client_secret: a public client (the web UI's); auth decides
-        return str(form["client_id"]), str(form.get("client_secret") or "")
+        if len(client_id := str(form["client_id"])) > m.CLIENT_ID_CHARS:
+            raise InvalidRequest(too_long)
+        return client_id, str(form.get("client_secret") or "")
     raise Unauthorized("client authentication required (HTTP Basic with the client id and secret, or the client_id"
                        " of a public client)", code="invalid_client")

@@ -85,7 +85,9 @@ class TokenEndpointLimits:
         """One client_credentials request of a confidential client, keyed by the id and the secret it presents (its
         digest): only callers who know the secret share the client's bucket, so made-up secrets cannot spend it (the
         auth service refuses them, at microseconds each, and the source's bucket bounds each address). Other grants
-        carry a user's credentials and spend no client bucket (the login client's secret is every user's)."""
+        carry a user's credentials and spend no client bucket (the login client's secret is every user's). The route
+        refused a client id over CLIENT_ID_CHARS (128) and a secret over SECRET_CHARS before this (http.py
+        `_client_credentials`, `client_form`): the key holds the id as sent, which was up to a 1 MiB form field."""
         if grant_type != "client_credentials":
             return
         key = f"{client_id}:{hashlib.sha256(secret.encode()).hexdigest()[:32]}"

@@ -7,12 +7,12 @@ sections; field names are the seed's, including Keycloak's camelCase in user rec
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from shared.messages.base import Command, Event, Message, omit_when_unset
-from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
+from shared.paging import MAX_PAGE, NextCursor, cursor_field, key_cursor_field, limit_field
 
 # --- tokens and keys -------------------------------------------------------------------------------
 
@@ -42,6 +42,26 @@ TOKEN_CHARS = 8192
 larger keys and claims; the logout endpoint's bound since it came (73b2f544)."""
 
 
+CLIENT_ID_CHARS = 128
+"""The longest client id a command takes. Ours are `api-client` (RAILYARD_AUTH__BOOTSTRAP_CLIENT_ID), `railyard-ui` and
+`inference-` with 16 hex digits (26 characters). The token route put the id it
+was sent (up to a 1 MiB form field) into its client bucket's key (services/gateway/ratelimit.py) and auth looked it up;
+a longer one is refused before either: 400 invalid_request naming the field, or, sent in HTTP Basic, 401
+invalid_client (docs/auth.md, "Brute force")."""
+
+CODE_CHARS = 256
+"""The longest authorization code the token route takes: ours are 43 characters (secrets.token_urlsafe(32)). A code
+is hashed and looked up (and spent) before anything else is checked, so a longer one is refused before that."""
+
+CODE_VERIFIER_CHARS = 128
+"""RFC 7636 4.1: a PKCE code_verifier is 43 to 128 characters. A longer one is refused before the code is looked up
+(and spent); a shorter one or of other characters is refused by auth as not matching the challenge (invalid_grant)."""
+
+SCOPE_CHARS = 1024
+"""The longest `scope` a token request takes. Railyard grants `profile email` whatever is asked (docs/auth.md); the
+field is carried on the bus only, so it needs no more than a few names."""
+
+
 def secret_field(description: str | None = None) -> Any:
     """A password or client secret field, at most SECRET_CHARS characters."""
     return Field(max_length=SECRET_CHARS, description=description)
@@ -66,21 +86,23 @@ class IssueToken(Command):
     """An OAuth2 token request (password, refresh_token, client_credentials or authorization_code grant)."""
 
     grant_type: str
-    client_id: str
+    client_id: str = Field(max_length=CLIENT_ID_CHARS, description="The client's id (at most 128 characters).")
     client_secret: str = secret_field("The client's secret (empty for a public client; at most 4096 characters).")
     username: str | None = optional_name_field("password grant: the user name or email (at most 254 characters).")
     password: str | None = optional_secret_field("password grant: the user's password (at most 4096 characters).")
     refresh_token: str | None = Field(None, max_length=TOKEN_CHARS, description="refresh_token grant: the refresh "
                                       "token (at most 8192 characters).")
-    scope: str | None = None
+    scope: str | None = Field(None, max_length=SCOPE_CHARS, description="The scope asked for (at most 1024 "
+                              "characters); tokens carry `profile email` whatever it says.")
     source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "
                                "it (services/gateway/source_address.py counted_as): an IPv4 address as it is, an IPv6 "
                                "address's /64 (2001:db8:1:2::/64). Failed sign-ins are counted and locked per name "
                                "tried and source. At most 128 characters (400 invalid_request).")
-    code: str | None = Field(None, description="authorization_code grant: the code the authorization endpoint "
-                             "issued.")
-    code_verifier: str | None = Field(None, description="authorization_code grant: the PKCE verifier whose S256 "
-                                      "hash is the code's challenge (RFC 7636).")
+    code: str | None = Field(None, max_length=CODE_CHARS, description="authorization_code grant: the code the "
+                             "authorization endpoint issued (at most 256 characters).")
+    code_verifier: str | None = Field(None, max_length=CODE_VERIFIER_CHARS, description="authorization_code grant: "
+                                      "the PKCE verifier whose S256 hash is the code's challenge (RFC 7636: 43 to 128 "
+                                      "characters).")
     redirect_uri: str | None = Field(None, description="authorization_code grant: the redirect URI the code was "
                                      "issued for, exactly.")
 
@@ -90,7 +112,7 @@ class EndSession(Command):
     client's id alone) ends the sign-in session of a refresh token it was issued, so neither that refresh token nor any
     token of its session works any longer."""
 
-    client_id: str
+    client_id: str = Field(max_length=CLIENT_ID_CHARS, description="The client's id (at most 128 characters).")
     client_secret: str = secret_field("The client's secret (empty for a public client; at most 4096 characters).")
     refresh_token: str = Field(max_length=TOKEN_CHARS, description="The refresh token of the session to end (at most "
                                "8192 characters).")
@@ -100,7 +122,7 @@ class AuthorizeUser(Command):
     """The authorization endpoint's sign-in (authorization code flow with PKCE, RFC 7636): a user's password checked
     as the password grant checks it, for a public client, answered with a one-time code."""
 
-    client_id: str
+    client_id: str = Field(max_length=CLIENT_ID_CHARS, description="The client's id (at most 128 characters).")
     redirect_uri: str = Field(description="Where the code goes; the gateway has checked it is the client's "
                               "registered URI.")
     code_challenge: str = Field(description="BASE64URL(SHA-256(code_verifier)), 43 characters (S256 only).")
@@ -193,12 +215,19 @@ class Revocations(Message):
 
 # --- users -------------------------------------------------------------------------------------------
 
+USER_ID_CHARS = 64
+"""The longest user id a command names a user by (a UUID: 36 characters as users/query shows it). auth's 400 for a
+value that is no UUID repeats at most its first 40 characters (services/auth/handlers.py `_uuid`)."""
+
+UserId = Annotated[str, Field(max_length=USER_ID_CHARS)]
+
 
 class QueryUsers(Command):
     """All visible users, those with the given ids, or the members of a workspace, oldest first (created_at, then id);
     all, or a page (`limit`, then `cursor`)."""
 
-    user_ids: list[str] | None = None
+    user_ids: list[UserId] | None = Field(None, max_length=MAX_PAGE, description=(
+        "Only these users (ids, users/query's keys; at most 1000 of them, each at most 64 characters)."))
     workspace_id: int | None = None
     limit: int | None = limit_field("users")
     cursor: str | None = key_cursor_field("users/query")
@@ -245,8 +274,6 @@ class UserInvited(Message):
     temporary_password: str | None = None
 
 
-USER_ID_CHARS = 64
-"""The longest user id a command names a user by (a UUID: 36 characters as users/query shows it)."""
 
 
 def optional_user_id_field() -> Any:
@@ -272,8 +299,8 @@ class ActivateUser(Command):
 
 
 class UpdatePassword(Command):
-    """Set your own password (clears a temporary password), or, as an administrator, another user's (by email; it
-    becomes temporary). Every token the user holds stops working."""
+    """Set your own password (clears a temporary password), or, as an administrator, another user's (by email or
+    user_id; it becomes temporary). Every token the user holds stops working."""
 
     password: str = secret_field("The new password (8 to 4096 characters).")
     current_password: str | None = optional_secret_field("Your current password (required for your own; at most "
@@ -281,6 +308,9 @@ class UpdatePassword(Command):
     email: str | None = optional_name_field("The user whose password to set: another user's (administrators; it "
                                             "becomes temporary), or your own (with current_password). None: your "
                                             "own. At most 254 characters.")
+    user_id: str | None = Field(None, max_length=USER_ID_CHARS, description=(
+        "Or the user's id (users/query's key) instead of email, for a user whose email no command takes (invited "
+        "before emails were bounded to 254 characters). Not with email."))
 
 
 class Empty(Message):
@@ -294,7 +324,8 @@ class ListWorkspaces(Command):
     """Workspaces of the caller, or of `user_id` (admins, or the user themself), oldest first; all of them, or a page
     (`limit`, then `cursor`)."""
 
-    user_id: str | None = None
+    user_id: str | None = Field(None, max_length=USER_ID_CHARS, description="Whose workspaces (a user id, at most 64 "
+                                "characters); none: the caller's.")
     limit: int | None = limit_field("workspaces")
     cursor: str | None = cursor_field("workspaces/list")
 
@@ -354,7 +385,8 @@ class RemoveWorkspaceUser(Command):
     """Remove a user (by user_id or email) from a workspace."""
 
     workspace_id: int
-    user_id: str | None = None
+    user_id: str | None = Field(None, max_length=USER_ID_CHARS, description="The user's id (at most 64 characters), "
+                                "or give email.")
     email: str | None = optional_name_field()
 
 
@@ -420,7 +452,8 @@ class RevokeInferenceClient(Command):
     """Revoke an inference client (owners): no new tokens, and its live tokens stop working."""
 
     workspace_id: int
-    client_id: str
+    client_id: str = Field(max_length=CLIENT_ID_CHARS, description="The inference client's id (at most 128 "
+                           "characters).")
 
 
 # --- features ----------------------------------------------------------------------------------------

@@ -4,17 +4,22 @@ before any database statement) runs. Unbounded, a sign-in's name was lowered and
 sign-in's five statements: ~80 ms of them a try for a 1 MB name (session 41 review; docs/auth.md, "Brute force").
 The gateway's side (the token route, the sign-in page) is tests/unit/test_gateway_auth_name_bound.py.
 Likewise every password and client secret (SECRET_CHARS, 4096) and refresh token (TOKEN_CHARS, 8192): before session
-42 only the 2 MiB body bounded them, and a password was pre-hashed whole by argon2 in a hashing turn."""
+42 only the 2 MiB body bounded them, and a password was pre-hashed whole by argon2 in a hashing turn. And every client
+id (CLIENT_ID_CHARS), authorization code, PKCE verifier (RFC 7636's 128), scope and user id (USER_ID_CHARS, and at most
+a page of them in users/query): unbounded until later in session 42."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import uuid
 
 import pytest
 from pydantic import BaseModel
 
 from shared.bus import CallContext, run_command
 from shared.messages import auth as m
+from shared.paging import MAX_PAGE
 
 NAMES = [  # every user name or email a command takes, with a body otherwise valid
     (m.IssueToken, "username", {"grant_type": "password", "client_id": "api-client", "client_secret": "s",
@@ -113,3 +118,81 @@ def test_every_secret_field_of_the_auth_commands_is_bounded():
     assert carried == listed, carried ^ listed
     for model, field, bound, _ in SECRETS:
         assert _max_length(model, field) == bound, (model.__name__, field)
+
+
+FIELDS = [  # every client id, authorization code, PKCE verifier, scope and user id a command takes, with a body
+    # otherwise valid (session 42: only the body limits bounded them; a code was hashed, looked up and spent, a client
+    # id became the gateway's client bucket key, a user id no UUID came back whole in the 400)
+    (m.IssueToken, "client_id", m.CLIENT_ID_CHARS, {"grant_type": "client_credentials", "client_secret": "s"}),
+    (m.IssueToken, "code", m.CODE_CHARS, {"grant_type": "authorization_code", "client_id": "railyard-ui",
+                                          "client_secret": ""}),
+    (m.IssueToken, "code_verifier", m.CODE_VERIFIER_CHARS, {"grant_type": "authorization_code",
+                                                            "client_id": "railyard-ui", "client_secret": "",
+                                                            "code": "c"}),
+    (m.IssueToken, "scope", m.SCOPE_CHARS, {"grant_type": "password", "client_id": "api-client", "client_secret": "s",
+                                            "username": "alice", "password": "p"}),
+    (m.EndSession, "client_id", m.CLIENT_ID_CHARS, {"client_secret": "s", "refresh_token": "a.b.c"}),
+    (m.RevokeInferenceClient, "client_id", m.CLIENT_ID_CHARS, {"workspace_id": 1}),
+    (m.AuthorizeUser, "client_id", m.CLIENT_ID_CHARS, {"redirect_uri": "http://h/", "code_challenge": "c" * 43,
+                                                       "username": "alice", "password": "p"}),
+    (m.DeactivateUser, "user_id", m.USER_ID_CHARS, {}),
+    (m.ActivateUser, "user_id", m.USER_ID_CHARS, {}),
+    (m.UpdatePassword, "user_id", m.USER_ID_CHARS, {"password": "a-new-password"}),
+    (m.ListWorkspaces, "user_id", m.USER_ID_CHARS, {}),
+    (m.RemoveWorkspaceUser, "user_id", m.USER_ID_CHARS, {"workspace_id": 1}),
+]
+
+
+@pytest.mark.parametrize("model, field, bound, body", FIELDS, ids=[f"{c.__name__}.{f}" for c, f, _, _ in FIELDS])
+def test_a_request_field_longer_than_its_bound_is_refused_before_the_handler(model, field, bound, body):
+    called = []
+
+    async def handler(cmd, ctx):
+        called.append(cmd)
+        return None
+
+    def answer(value: str):
+        return asyncio.run(run_command(handler, model, body | {field: value}, CallContext(subject="s")))
+
+    refused = answer("x" * (bound + 1))
+    assert not refused.ok and refused.status == 400 and refused.error.code == "invalid_request", refused
+    assert field in refused.error.msg and str(bound) in refused.error.msg, refused.error
+    assert len(refused.error.msg) < 200  # the value is not repeated back
+    assert called == []  # was: taken, whatever its length
+    assert answer("x" * bound).ok and len(called) == 1
+
+
+def test_the_pkce_and_id_bounds_are_the_rfcs_and_ours():
+    assert m.CODE_VERIFIER_CHARS == 128  # RFC 7636 4.1: 43 to 128 characters
+    assert len(secrets.token_urlsafe(32)) < m.CODE_CHARS  # the codes auth issues (handlers.authorize)
+    assert len("inference-" + secrets.token_hex(8)) < m.CLIENT_ID_CHARS  # handlers.create_inference_client's
+
+
+def test_every_client_id_and_user_id_field_of_the_auth_commands_is_bounded():
+    """A new command (or field) carrying a client id, code, verifier, scope or user id is bounded too, or this lists
+    it."""
+    listed = {(model, field) for model, field, _, _ in FIELDS}
+    commands = [c for c in vars(m).values() if isinstance(c, type) and issubclass(c, m.Command) and c is not m.Command]
+    carried = {(c, f) for c in commands for f in c.model_fields
+               if f in ("client_id", "code", "code_verifier", "scope", "user_id")}
+    assert carried == listed, carried ^ listed
+    for model, field, bound, _ in FIELDS:
+        assert _max_length(model, field) == bound, (model.__name__, field)
+
+
+def test_users_query_takes_at_most_a_page_of_ids_each_a_user_ids_length():
+    called = []
+
+    async def handler(cmd, ctx):
+        called.append(cmd)
+        return None
+
+    def answer(ids: list[str]):
+        return asyncio.run(run_command(handler, m.QueryUsers, {"user_ids": ids}, CallContext(subject="s")))
+
+    for ids in (["x" * (m.USER_ID_CHARS + 1)], [str(uuid.uuid4())] * (MAX_PAGE + 1)):
+        refused = answer(ids)
+        assert not refused.ok and refused.status == 400 and refused.error.code == "invalid_request", refused
+        assert "user_ids" in refused.error.msg and len(refused.error.msg) < 200, refused.error
+    assert called == []  # was: taken, up to the 2 MiB body
+    assert answer([str(uuid.uuid4())] * MAX_PAGE).ok and answer(["x" * m.USER_ID_CHARS]).ok and len(called) == 2

@@ -20,7 +20,7 @@ from services.auth import handlers
 from shared.authz import Principal
 from shared.bus import CallContext, run_command
 from shared.errors import Forbidden, InvalidRequest, NotFound
-from shared.messages.auth import NAME_CHARS, ActivateUser, DeactivateUser
+from shared.messages.auth import NAME_CHARS, ActivateUser, DeactivateUser, UpdatePassword
 
 LONG_EMAIL = "x" * (NAME_CHARS + 46) + "@example.com"  # invited before the bound: 312 characters
 ERIN = {"id": uuid.uuid4(), "email": LONG_EMAIL, "username": LONG_EMAIL, "is_admin": False, "enabled": True}
@@ -66,7 +66,7 @@ class _Pool:
 
 
 def _deps() -> SimpleNamespace:
-    return SimpleNamespace(pool=_Pool(), events_committed=lambda: None)
+    return SimpleNamespace(pool=_Pool(), events_committed=lambda: None, settings=None)
 
 
 def _caller(admin: bool = True) -> Principal:
@@ -131,3 +131,64 @@ def test_the_user_id_is_bounded_on_the_bus(command):
     refused = asyncio.run(run_command(handler, command, {"user_id": "u" * 65}, CallContext(subject="s")))
     assert not refused.ok and refused.status == 400 and "user_id" in refused.error.msg, refused
     assert asyncio.run(run_command(handler, command, {"user_id": str(ERIN["id"])}, CallContext(subject="s"))).ok
+
+
+@pytest.fixture
+def passwords_set(changed, monkeypatch) -> list:
+    """(user id, temporary) per store.set_password; nothing hashed at argon2's cost."""
+    set_: list = []
+
+    async def set_password(pool, user_id, password_hash, *, temporary, revoked_before):
+        set_.append((user_id, temporary))
+        return SimpleNamespace(event_id=uuid.uuid4())
+
+    async def hash_secret(secret):
+        return "hashed"
+
+    monkeypatch.setattr(handlers.store, "set_password", set_password)
+    monkeypatch.setattr(handlers, "hash_secret", hash_secret)
+    return set_
+
+
+async def test_an_administrator_sets_the_password_of_a_user_whose_email_no_command_takes_by_id(passwords_set):
+    """users/update_password named another user by email only: Erin's (312 characters) is refused on the bus, so no
+    administrator could reset her password (5b5800da gave deactivate and activate a user_id; this is the third)."""
+    with pytest.raises(ValidationError):
+        UpdatePassword(password="a-new-password", email=LONG_EMAIL)
+    await handlers.update_password(_deps(), _caller(), UpdatePassword(password="a-new-password",
+                                                                       user_id=str(ERIN["id"])))
+    assert passwords_set == [(ERIN["id"], True)]  # temporary, as by email; was: no user_id field (400)
+
+
+async def test_update_password_by_id_is_one_of_the_two_and_the_permission_comes_first(passwords_set, monkeypatch):
+    with pytest.raises(InvalidRequest, match="email or user_id, not both"):
+        await handlers.update_password(_deps(), _caller(), UpdatePassword(
+            password="a-new-password", email="erin@example.com", user_id=str(ERIN["id"])))
+    with pytest.raises(NotFound, match="no user with id"):
+        await handlers.update_password(_deps(), _caller(), UpdatePassword(password="a-new-password",
+                                                                           user_id=str(uuid.uuid4())))
+    looked_up: list = []
+
+    async def user_by_id(pool, user_id):
+        looked_up.append(user_id)
+        return ERIN if user_id == ERIN["id"] else None
+
+    monkeypatch.setattr(handlers.store, "user_by_id", user_by_id)
+    for user_id in (str(ERIN["id"]), str(uuid.uuid4())):  # a user's id and one no user has: 403 alike
+        with pytest.raises(Forbidden, match="only administrators"):
+            await handlers.update_password(_deps(), _caller(admin=False), UpdatePassword(password="a-new-password",
+                                                                                          user_id=user_id))
+    assert len(looked_up) == 2 and passwords_set == []
+
+
+@pytest.mark.parametrize("length", [41, 64, 2 * 1024 * 1024])
+def test_a_user_id_that_is_no_uuid_is_not_repeated_whole(length):
+    """handlers._uuid's 400 repeated the whole value: 64 characters now that the commands bound it, up to the 2 MiB
+    body before (and from any caller that does not bound it). At most UUID_ECHO_CHARS of it now, and its length."""
+    value = "z" * length
+    with pytest.raises(InvalidRequest) as refused:
+        handlers._uuid(value, "user_id")
+    assert "user_id" in refused.value.msg and f"({length} characters)" in refused.value.msg, refused.value.msg
+    assert "z" * (handlers.UUID_ECHO_CHARS + 1) not in refused.value.msg and len(refused.value.msg) < 120
+    with pytest.raises(InvalidRequest, match="got 'not-a-uuid'$"):  # a short one is shown whole, as before
+        handlers._uuid("not-a-uuid", "user_id")

@@ -3,7 +3,9 @@ OAuth2's 400 invalid_request and the sign-in page its own error (400), and neith
 command's validation error was caught by neither route: a 500 'internal error', logged as unhandled (the bus's
 400 in tests/unit/test_auth_name_bound.py came only for a command that reached auth some other way).
 Likewise a password or client secret over SECRET_CHARS (4096) and a refresh token over TOKEN_CHARS (8192), which
-were sent on whatever their length (up to the 2 MiB body; session 42); and the sign-in page's 403 (another site's
+were sent on whatever their length (up to the 2 MiB body; session 42), and an authorization code, PKCE verifier,
+scope or client id (CODE_CHARS, CODE_VERIFIER_CHARS, SCOPE_CHARS, CLIENT_ID_CHARS; the client id was also its bucket's
+key, ratelimit.py); and the sign-in page's 403 (another site's
 form, an expired one) shows the form again without the name it was sent."""
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from __future__ import annotations
 import pytest
 
 from services.gateway.ratelimit import TokenEndpointLimits
-from shared.messages.auth import NAME_CHARS, SECRET_CHARS, TOKEN_CHARS
+from shared.messages.auth import (
+    CLIENT_ID_CHARS,
+    CODE_CHARS,
+    CODE_VERIFIER_CHARS,
+    NAME_CHARS,
+    SCOPE_CHARS,
+    SECRET_CHARS,
+    TOKEN_CHARS,
+)
 from tests.integration.pkce import TOKEN_PATH, UiSignIn, error_code
 from tests.unit.gateway_sign_in_routes import sign_in_routes
 
@@ -55,6 +65,8 @@ def test_the_sign_in_page_answers_its_400_for_a_name_over_the_bound(gateway):
 
 
 LOGOUT_PATH = "/auth/realms/master/protocol/openid-connect/logout"
+CODE_GRANT = {"grant_type": "authorization_code", "client_id": "railyard-ui", "code": "c" * 43,
+              "code_verifier": "v" * 43, "redirect_uri": "http://testserver/"}
 OVER = [  # (route, form, what is over its bound, the bound); the client authenticates as api-client / s3cret
     (TOKEN_PATH, {"grant_type": "password", "username": "alice", "password": "p" * SECRET_CHARS}, "password",
      SECRET_CHARS),
@@ -63,6 +75,16 @@ OVER = [  # (route, form, what is over its bound, the bound); the client authent
      "client_secret", SECRET_CHARS),
     (LOGOUT_PATH, {"refresh_token": "a.b.c", "client_id": "api-client", "client_secret": "s" * SECRET_CHARS},
      "client_secret", SECRET_CHARS),
+    # and the authorization_code grant's code (hashed, looked up and spent by auth) and PKCE verifier, any scope, and a
+    # client id (a client_credentials grant's became its bucket's key): each sent on whatever its length before
+    (TOKEN_PATH, CODE_GRANT | {"code": "c" * CODE_CHARS}, "code", CODE_CHARS),
+    (TOKEN_PATH, CODE_GRANT | {"code_verifier": "v" * CODE_VERIFIER_CHARS}, "code_verifier", CODE_VERIFIER_CHARS),
+    (TOKEN_PATH, {"grant_type": "password", "username": "alice", "password": "p", "scope": "s" * SCOPE_CHARS}, "scope",
+     SCOPE_CHARS),
+    (TOKEN_PATH, {"grant_type": "client_credentials", "client_id": "i" * CLIENT_ID_CHARS, "client_secret": "s"},
+     "client_id", CLIENT_ID_CHARS),
+    (LOGOUT_PATH, {"refresh_token": "a.b.c", "client_id": "i" * CLIENT_ID_CHARS, "client_secret": "s"}, "client_id",
+     CLIENT_ID_CHARS),
 ]
 
 
@@ -109,6 +131,28 @@ def test_a_client_secret_over_its_bound_in_http_basic_is_refused_as_a_forms(gate
     assert str(SECRET_CHARS) in body["error_description"] and len(refused.text) < 500, body
     assert asked == [] and digests == []
     taken = client.post(path, data=form, auth=("api-client", "s" * SECRET_CHARS))
+    assert taken.status_code in (200, 204) and len(asked) == len(digests) == 1, taken.text  # at the bound
+
+
+@pytest.mark.parametrize("path", [TOKEN_PATH, LOGOUT_PATH], ids=["token", "logout"])
+def test_a_client_id_over_its_bound_in_http_basic_is_401_invalid_client_before_its_bucket(gateway, monkeypatch, path):
+    """Decision (docs/auth.md, "Brute force"): sent in HTTP Basic, a client id no client of ours can have is the
+    client's authentication failing (an unknown client), RFC 6749 5.2's invalid_client, which a client that
+    authenticated in the Authorization header MUST get as 401 with WWW-Authenticate; as a form field it is a malformed
+    parameter, 400 invalid_request (above). Before, the id was its bucket's key (a client_credentials grant) and sent
+    to auth, whatever its length."""
+    client, asked = gateway
+    digests = []  # every call of the client's bucket (its key holds the client id)
+    monkeypatch.setattr(TokenEndpointLimits, "check_client", lambda self, *args: digests.append(args))
+    form = {"grant_type": "client_credentials", "refresh_token": "a.b.c"}
+    refused = client.post(path, data=form, auth=("i" * (CLIENT_ID_CHARS + 1), "s3cret"))
+    assert refused.status_code == 401, refused.text
+    body = refused.json()
+    assert body["error"] == "invalid_client" and "client_id" in body["error_description"], body
+    assert str(CLIENT_ID_CHARS) in body["error_description"] and len(refused.text) < 500, body
+    assert refused.headers["www-authenticate"] and refused.headers["cache-control"] == "no-store"
+    assert asked == [] and digests == []
+    taken = client.post(path, data=form, auth=("i" * CLIENT_ID_CHARS, "s3cret"))
     assert taken.status_code in (200, 204) and len(asked) == len(digests) == 1, taken.text  # at the bound
 
 
