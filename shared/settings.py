@@ -8,7 +8,15 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "RAILYARD_"
@@ -17,6 +25,10 @@ COMMAND_DRAIN_TIMEOUT = 15.0  # seconds a stopping service drains the bus comman
 TASK_STOP_TIMEOUT = 20.0  # seconds a task scheduler's stop takes at most (services/task_scheduler/scheduler.py)
 ADMIN_NAME_CHARS = 254  # the longest first admin's user name: shared.messages.auth.NAME_CHARS, a sign-in's longest
 ADMIN_SECRET_CHARS = 4096  # its password's and the first client's secret's: shared.messages.auth.SECRET_CHARS
+ADMIN_CLIENT_ID_CHARS = 128  # the first client's id: shared.messages.auth.CLIENT_ID_CHARS
+# where an operator sets each bootstrap value (docker-compose.yml; `railyard up`/`make run` write <data>/secrets.json)
+OPERATOR_VARIABLE = {"bootstrap_admin_password": "RAILYARD_ADMIN_PASSWORD",
+                     "bootstrap_client_secret": "RAILYARD_CLIENT_SECRET"}
 
 
 class NatsSettings(BaseModel):
@@ -182,13 +194,26 @@ class AuthSettings(BaseModel):
                              f"{len(name)}): a sign-in takes no other, so that admin could never sign in")
         return name
 
+    @field_validator("bootstrap_client_id")
+    @classmethod
+    def _client_id_a_sign_in_takes(cls, client_id: str) -> str:
+        # a token request's client id is at most CLIENT_ID_CHARS (128, shared/messages/auth.py)
+        if not client_id or len(client_id) > ADMIN_CLIENT_ID_CHARS:
+            raise ValueError(f"the first client's id must be 1-{ADMIN_CLIENT_ID_CHARS} characters (this one has "
+                             f"{len(client_id)}): a token request takes no other, so that client could never be used")
+        return client_id
+
     @field_validator("bootstrap_admin_password", "bootstrap_client_secret")
     @classmethod
-    def _secret_a_sign_in_takes(cls, secret: str) -> str:
-        # a sign-in's password and a client's secret are at most SECRET_CHARS (4096, shared/messages/auth.py)
+    def _secret_a_sign_in_takes(cls, secret: str, info: ValidationInfo) -> str:
+        # a sign-in's password and a client's secret are at most SECRET_CHARS (4096, shared/messages/auth.py).
+        # Decision: refused at every start, also once the admin exists and the password is unused: a service never
+        # starts with a value that would fail the day it is used (a fresh database), and any shorter value does
+        # (docs/auth.md, "First start")
         if len(secret) > ADMIN_SECRET_CHARS:
-            raise ValueError(f"at most {ADMIN_SECRET_CHARS} characters (this one has {len(secret)}): a token request "
-                             "takes no longer password or client secret, so it could never be used")
+            raise ValueError(f"at most {ADMIN_SECRET_CHARS} characters (this one has {len(secret)}; docker-compose.yml"
+                             f" sets it from {OPERATOR_VARIABLE[info.field_name]}): a token request takes no longer "
+                             "password or client secret, so it could never be used")
         return secret
 
 

@@ -43,8 +43,8 @@ larger keys and claims; the logout endpoint's bound since it came (73b2f544)."""
 
 
 CLIENT_ID_CHARS = 128
-"""The longest client id a command takes. Ours are `api-client` (RAILYARD_AUTH__BOOTSTRAP_CLIENT_ID), `railyard-ui` and
-`inference-` with 16 hex digits (26 characters). The token route put the id it
+"""The longest client id a command takes. Ours are `api-client` (RAILYARD_AUTH__BOOTSTRAP_CLIENT_ID, bounded alike in
+shared/settings.py), `railyard-ui` and `inference-` with 16 hex digits (26 characters). The token route put the id it
 was sent (up to a 1 MiB form field) into its client bucket's key (services/gateway/ratelimit.py) and auth looked it up;
 a longer one is refused before either: 400 invalid_request naming the field, or, sent in HTTP Basic, 401
 invalid_client (docs/auth.md, "Brute force")."""

@@ -6,16 +6,19 @@ shared.settings.load_settings), never the value."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from shared.messages.auth import NAME_CHARS, SECRET_CHARS
-from shared.settings import ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS, load_settings
+from shared.messages.auth import CLIENT_ID_CHARS, NAME_CHARS, SECRET_CHARS
+from shared.settings import ADMIN_CLIENT_ID_CHARS, ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS, load_settings
 
 VARIABLE = "RAILYARD_AUTH__BOOTSTRAP_{}"
 
 
 def test_the_bounds_are_the_sign_ins():
-    assert (ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS) == (NAME_CHARS, SECRET_CHARS)
+    assert (ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS, ADMIN_CLIENT_ID_CHARS) == (NAME_CHARS, SECRET_CHARS, CLIENT_ID_CHARS)
 
 
 MARK = "Q7zX"  # no message's word holds it: any part of a value printed shows it
@@ -30,7 +33,9 @@ def _value(length: int) -> str:
     ("ADMIN_USERNAME", "", "admin"),
     ("ADMIN_PASSWORD", _value(SECRET_CHARS + 1), _value(SECRET_CHARS)),
     ("CLIENT_SECRET", _value(SECRET_CHARS + 1), _value(SECRET_CHARS)),
-], ids=["username-long", "username-empty", "password", "client-secret"])
+    ("CLIENT_ID", _value(CLIENT_ID_CHARS + 1), _value(CLIENT_ID_CHARS)),
+    ("CLIENT_ID", "", "api-client"),
+], ids=["username-long", "username-empty", "password", "client-secret", "client-id-long", "client-id-empty"])
 def test_a_bootstrap_credential_no_sign_in_takes_stops_the_start(monkeypatch, capsys, setting, refused, taken):
     variable = VARIABLE.format(setting)
     monkeypatch.setenv(variable, refused)
@@ -39,8 +44,12 @@ def test_a_bootstrap_credential_no_sign_in_takes_stops_the_start(monkeypatch, ca
     assert stopped.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"railyard-auth: bad configuration: {variable}: "), line
-    bound = NAME_CHARS if setting == "ADMIN_USERNAME" else SECRET_CHARS
+    bound = {"ADMIN_USERNAME": NAME_CHARS, "CLIENT_ID": CLIENT_ID_CHARS}.get(setting, SECRET_CHARS)
     assert str(bound) in line and f"this one has {len(refused)}" in line and "never" in line, line
     assert len(line) < 300 and MARK not in line, line  # no part of the value printed (a password, a secret)
+    if setting in ("ADMIN_PASSWORD", "CLIENT_SECRET"):  # and the variable an operator sets, docker-compose.yml's
+        compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
+        (operators,) = re.findall(rf"{variable}: \$\{{(\w+):", compose)
+        assert f"docker-compose.yml sets it from {operators})" in line, line
     monkeypatch.setenv(variable, taken)
     assert getattr(load_settings("railyard-auth").auth, f"bootstrap_{setting.lower()}") == taken
