@@ -137,3 +137,31 @@ def test_a_session_whose_refresh_token_another_process_spent_takes_the_files_new
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("other", [{"username": "bob"}, {"url": "http://elsewhere.test"},
+                                   {"client_id": "inference-0123456789abcdef"}, {"username": None}],
+                         ids=["another user", "another server", "another client", "no user"])
+def test_a_refused_session_never_takes_another_sign_ins_tokens_from_the_file(tmp_path, server, other):
+    """The file's newer tokens are taken only when the file's own sign-in is this session's server, user and client
+    (`_take_newer_sign_in`): a `railyard login` as bob (or to another server, or as another client) after alice's
+    session read the file must not turn alice's refused refresh into bob's session. The file's tokens here are ones
+    the server takes, so only that check stands between them and the session; the same file as alice's is taken."""
+    grants, _ = server
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
+    first, second = session.Session(credentials_file=path), session.Session(credentials_file=path)
+    try:
+        assert first.token == "access-1"  # spends refresh-0: second's refresh is refused from now on
+        newer = read_credentials(path)
+        write_credentials(newer | other, path)  # valid tokens, another sign-in's
+        with pytest.raises(session.AuthenticationError, match="the session expired"):
+            second.token  # noqa: B018 - the property refreshes
+        assert (second.access_token, second.refresh_token) == ("access-0", "refresh-0")
+        assert read_credentials(path) == newer | other  # nothing written over the other sign-in
+        write_credentials(newer, path)  # alice's again: taken
+        assert second.token == "access-1"
+        assert [form["refresh_token"] for form in grants] == ["refresh-0", "refresh-0", "refresh-0"]
+    finally:
+        first.close()
+        second.close()
