@@ -93,7 +93,7 @@ browser:
 ## In CI (CI=true, or .ci/run) RAILYARD_TEST_REQUIRE_BROWSER=1: no browser fails the UI tests instead of skipping them.
 ## Every run leaves its junit report in TEST_JUNIT, from which `python -m tests.file_seconds build/test-run.xml`
 ## refreshes the order the files are handed out in (tests/file_seconds.py); the run's output does too (its summary's
-## `file seconds:` line), so a saved log is enough once the clone is gone.
+## `file seconds:` line, printed under xdist: not with TEST_WORKERS=0), so a saved log is enough once the clone is gone.
 ## RAILYARD_TEST_STACK_EARLY=1: each worker starts its embedded stack as its session starts, while it collects the
 ## suite, not when its first test asks for it (tests/conftest.py). RAILYARD_TEST_STACK_STOP_LATER=1: the session's stack
 ## is stopped and removed by a process of its own after the worker's last test, not waited for on the run's path.

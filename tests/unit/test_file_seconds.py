@@ -63,3 +63,32 @@ def test_a_junit_report_still_refreshes_the_table(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(file_seconds, "TABLE", tmp_path / "file_seconds.json")
     file_seconds.main(str(report))
     assert json.loads(file_seconds.TABLE.read_text()) == {"tests/integration/test_a.py": 6}
+
+
+def test_the_xdist_controller_prints_the_line_that_refreshes_the_table(tmp_path: Path, monkeypatch):
+    """tests/conftest.py's hooks, as the controller calls them (a worker's reports carry its node): each file's
+    set-up, call and teardown add up, and the summary's line reads back as the table. A run without workers (-n 0,
+    -p no:xdist) prints no such line."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from tests import conftest
+    monkeypatch.setattr(conftest, "_client_venv_pending", False)
+    monkeypatch.setattr(conftest, "_worker_busy", defaultdict(float))
+    monkeypatch.setattr(conftest, "_worker_down", {})
+    monkeypatch.setattr(conftest, "_file_busy", defaultdict(float))
+    lines: list[str] = []
+    reporter = SimpleNamespace(write_line=lines.append)
+    conftest.pytest_terminal_summary(reporter)
+    assert lines == []  # no worker went down: not under xdist
+    node = SimpleNamespace(gateway=SimpleNamespace(id="gw0"))
+    for nodeid, seconds in [("tests/integration/test_a.py::test_one", 0.5),  # its set-up, call
+                            ("tests/integration/test_a.py::test_one", 4.0),
+                            ("tests/integration/test_a.py::test_two[x::y]", 1.5), ("tests/unit/test_b.py::test", 4.9)]:
+        conftest.pytest_runtest_logreport(SimpleNamespace(node=node, nodeid=nodeid, duration=seconds))
+    conftest.pytest_testnodedown(node, None)
+    conftest.pytest_terminal_summary(reporter)
+    assert lines[0].startswith("workers: gw0 ran tests for 11 s")
+    log = tmp_path / "run.log"
+    log.write_text("\n".join(lines) + "\n")
+    assert file_seconds.table(file_seconds.from_log(log)) == {"tests/integration/test_a.py": 6}
