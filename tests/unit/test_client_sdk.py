@@ -587,8 +587,15 @@ def test_a_user_is_deactivated_and_activated_by_email_or_by_id():
     long = User(session, {"id": user_id, "email": "a" * (EMAIL_MAX - 11) + "@example.com"})
     long.deactivate()
     long.activate(by_id=False)
+    longest = User(session, {"id": user_id, "email": "a" * (EMAIL_MAX - 12) + "@example.com"})
+    longest.deactivate()  # EMAIL_MAX characters: one the server takes, so by email as seed 001 names users
     assert session.sent == [("users/deactivate", {"email": "alice@example.com"}),
                             ("users/activate", {"user_id": user_id}),
                             ("users/deactivate", {"user_id": user_id}),  # before: its email, which the server refuses
-                            ("users/activate", {"email": long.email})]
-    assert alice.enabled and long.enabled
+                            ("users/activate", {"email": long.email}),
+                            ("users/deactivate", {"email": longest.email})]
+    assert alice.enabled and long.enabled and len(longest.email) == EMAIL_MAX
+    # the client cannot import the server: its copy of the bound is checked here (the longest email a command takes)
+    from shared.messages.auth import NAME_CHARS
+
+    assert EMAIL_MAX == NAME_CHARS
