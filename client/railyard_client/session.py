@@ -29,7 +29,8 @@ and another client id signs in as that client; neither runs as the saved user.
 Refresh tokens are single-use, so a session that came from the file writes the refreshed tokens back to it (over the
 tokens it read only: a file another `railyard login` rewrote since is left alone, and so is one another process
 refreshed since). Threads sharing a session refresh it once (a lock; the threads that waited use the refreshed
-token): until session 42 each thread whose call found the token expired refreshed it with the same refresh token,
+token, or raise the error of a refresh that failed, a ConnectionFailed say, rather than each try again after it in
+turn): until session 42 each thread whose call found the token expired refreshed it with the same refresh token,
 and the server refused all but the first. Two processes that read the same file (two `railyard` commands at once, a
 notebook's Client beside them) hold the same refresh token: the first to refresh spends it and writes its tokens;
 the other's refresh is then refused, and that session takes the file's newer tokens (same server, user and client)
@@ -609,6 +610,10 @@ class Session:
         # of them with the same single-use refresh token. Reentrant: a warning hook of the program that asks for a
         # token in the thread refreshing does not wait for itself
         self._refreshing = threading.RLock()
+        # refreshes ended (under the lock), and the last one's error (None when it worked): a thread that waited
+        # through a failed refresh raises its error rather than make the same grant again (`_refresh_unless_replaced`)
+        self._refreshes_ended = 0
+        self._refresh_failed: RailyardError | None = None
         self.route_timeouts = read_route_timeouts(route_timeouts, env)  # refused before anything is sent
         self.credentials_file = Path(credentials_file).expanduser() if credentials_file else credentials_path()
         saved = self.saved = read_credentials(self.credentials_file)
@@ -706,15 +711,35 @@ class Session:
         failing, a server that rotates refresh tokens may end the session). `token` and a refused call's retry
         refresh only when no other thread did while they waited (`_refresh_unless_replaced`)."""
         with self._refreshing:
-            self._refresh()
+            self._refresh_counted()
 
     def _refresh_unless_replaced(self, held: str | None) -> None:
         """Refresh the access token `held` (the expiring one, or one the server refused), unless another thread
         replaced it while this one waited for the lock: the waiting thread then uses the refreshed token rather
-        than spend the new refresh token again."""
+        than spend the new refresh token again. A refresh that failed while it waited is that refresh's error here
+        too (as a Future's result is in each thread that waits on it): each waiting thread made the grant again after
+        it, one after another under the lock, so with the server not answering 8 threads' last call failed after 8
+        timeouts of the client's (8 minutes), where each thread's own grant had failed after one."""
+        ended = self._refreshes_ended  # read before the wait: a refresh ended since is one this thread waited for
         with self._refreshing:
-            if self.access_token == held:
-                self._refresh()
+            if self.access_token != held:
+                return
+            failed = self._refresh_failed
+            if failed is not None and self._refreshes_ended != ended:
+                raise failed
+            self._refresh_counted()
+
+    def _refresh_counted(self) -> None:
+        """`_refresh`, under the lock, its end counted and its error kept for the threads that waited on it."""
+        failed: RailyardError | None = None
+        try:
+            self._refresh()
+        except RailyardError as exc:
+            failed = exc
+            raise
+        finally:
+            self._refreshes_ended += 1
+            self._refresh_failed = failed
 
     def _refresh(self) -> None:
         if self.client_only:

@@ -165,3 +165,43 @@ def test_a_refused_session_never_takes_another_sign_ins_tokens_from_the_file(tmp
     finally:
         first.close()
         second.close()
+
+
+def test_threads_that_waited_through_a_failed_refresh_raise_its_error_not_grant_again(tmp_path, monkeypatch):
+    """Under the lock, each thread that waited for a refresh that failed (the server not answering) made the grant
+    again after it, one after another: 8 threads, 8 grants, the last thread's call failing after 8 of the client's
+    timeouts (60 s each by default), where without the lock each had failed after one. Now the threads that waited
+    raise that refresh's error (ConnectionFailed) and the grant is made once. The lock counts the threads that came
+    to it, and the grant fails only once all of them wait there."""
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
+    grants: list[str] = []
+    came = threading.Semaphore(0)
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        grants.append(request.url.path)
+        for _ in range(THREADS if len(grants) == 1 else 0):
+            assert came.acquire(timeout=10)  # every thread at the lock (the first holds it)
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    real = httpx.Client
+    monkeypatch.setattr(session.httpx, "Client", lambda **kwargs: real(transport=httpx.MockTransport(unreachable),
+                                                                          **kwargs))
+    shared = session.Session(credentials_file=path)
+    lock = shared._refreshing
+
+    class Counted:
+        def __enter__(self) -> None:
+            came.release()
+            lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.release()
+
+    shared._refreshing = Counted()
+    try:
+        results = _at_once(lambda: shared.token)
+    finally:
+        shared.close()
+    assert all(isinstance(result, session.ConnectionFailed) for result in results), results
+    assert len(grants) == 1, grants  # before: 8, one after another
