@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 
@@ -169,3 +170,45 @@ async def test_a_scheduled_task_whose_last_runs_all_wait_reads_started_after_an_
     assert [(r.status, [x.status for x in r.last_runs]) for r in records] == [
         ("started", ["queued"] * handlers.LAST_RUNS), ("pending", ["queued"] * handlers.LAST_RUNS)]
     assert await store.with_runs_out_of_queue(pool, [rows[1]["id"], uuid.uuid4()]) == set()
+
+
+async def test_last_runs_are_each_tasks_newest_runs_ties_in_id_order(pool):
+    """store.last_runs (task/list's and task/get's `last_runs`): each task's LAST_RUNS newest runs, whatever their
+    status, newest first (created_at DESC, then id), a task's own only; a task without runs absent, an id given twice
+    answered once. Since session 42 a LATERAL ORDER BY ... LIMIT per task on index runs_task, a window function over
+    every run of the tasks before (docs/performance.md, item 109): the answer is the same. Pinned on PostgreSQL (the
+    order of uuids and of equal timestamps is its own): a task with more runs than the limit and 6 runs created at one
+    moment across the limit's edge, written in descending id order (the index's order of equal keys is the rows'), and
+    another task whose 3 runs are newer than all of them (a limit over all tasks would answer those first)."""
+    from services.task_scheduler import handlers, store
+
+    await queue(pool, OLD, 0, 0)  # an orchestration and a task (`many`), and two more tasks of it
+    many, newer, none = await pool.fetchval("SELECT id FROM tasks"), uuid.uuid4(), uuid.uuid4()
+    await pool.execute("INSERT INTO tasks (id, workspace_id, orch_id, orch_sha, owner_id, args, timeout_seconds)"
+                       " SELECT unnest($1::uuid[]), workspace_id, orch_id, orch_sha, owner_id, args, 60 FROM tasks"
+                       " WHERE id = $2", [newer, none], many)
+    now = await pool.fetchval("SELECT date_trunc('second', now())")
+    tie = now - timedelta(minutes=1)
+    statuses = ["queued", "running", "success", "failure"]
+    made: dict = {many: [], newer: []}
+    # 7 distinct moments, then 6 runs at `tie` (runs 8-13: the limit of 10 takes 3 of them), then 2 older ones
+    moments = [now - timedelta(seconds=n) for n in range(7)] + [tie] * 6 + [tie - timedelta(seconds=n) for n in (1, 2)]
+    ids = [uuid.uuid4() for _ in moments]
+    ids[7:13] = sorted(ids[7:13], reverse=True)
+    for n, (run_id, at) in enumerate(zip(ids, moments, strict=True)):
+        made[many].append((run_id, statuses[n % 4], at))
+    made[newer] = [(uuid.uuid4(), statuses[n], now + timedelta(seconds=n + 1)) for n in range(3)]
+    for task_id, rows in made.items():
+        for run_id, status, at in rows:
+            await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, created_at) VALUES ($1, $2, $3,"
+                               " $4, $5)", run_id, task_id, OLD, status, at)
+    answer = await store.last_runs(pool, [many, newer, none, many], handlers.LAST_RUNS)
+    assert set(answer) == {many, newer}
+    for task_id, rows in made.items():
+        expected = sorted(rows, key=lambda r: (-r[2].timestamp(), r[0]))[:handlers.LAST_RUNS]
+        assert [(r["id"], r["status"], r["created_at"], r["running"]) for r in answer[task_id]] == [
+            (run_id, status, at, status in ("queued", "running")) for run_id, status, at in expected]
+        assert {r["task_id"] for r in answer[task_id]} == {task_id}
+    assert [r["id"] for r in answer[many]][7:] == sorted(ids[7:13])[:3]  # the ties' first three by id
+    assert len(answer[many]) == handlers.LAST_RUNS and len(made[many]) > handlers.LAST_RUNS
+
