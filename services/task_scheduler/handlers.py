@@ -283,13 +283,17 @@ def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record], active: bool |
                  left_queue: bool = False) -> str:
     """The task's status from its row and its last runs; `active`: whether it has a run queued or running, however
     old (store.with_active_runs; read for killed tasks only), else read from `runs`; `left_queue`: whether a run of
-    it older than `runs` left the queue (store.with_runs_out_of_queue; read for a scheduled task whose last runs are
-    all queued only).
+    it older than `runs` was started (store.with_runs_out_of_queue; read for a scheduled task whose last runs are all
+    queued only).
 
-    A task is `pending` until a run of it has left the queue (started, or ended without starting: killed, replaced,
-    refused its token), then `started` (or `failed`): seed 001's words, "pending, started, and failed", a run's
-    "running: The task has started". Until session 42 a scheduled task read `started` as soon as it had made a run,
-    even one still queued for room, while a one-shot task's queued run read `pending`."""
+    A task is `pending` until a run of it has left the queue, then `started` (or `failed`): seed 001's words,
+    "pending, started, and failed", a run's "running: The task has started". Until session 42 a scheduled task read
+    `started` as soon as it had made a run, even one still queued for room, while a one-shot task's queued run read
+    `pending`. A scheduled task's run left the queue when it was started (given a place in its workspace: its
+    `started` column, started_at set, whatever came of it, e.g. its token refused); one replaced by the next point
+    while it waited (a replace policy, store.replace_active) ended without leaving it: before, such a run (`failure`)
+    counted, and a task whose only run was replaced read `started` with nothing run and its next run queued. A
+    one-shot task's run is never replaced (its kill reads `killed`)."""
     if active is None:
         active = any(r["running"] for r in runs)
     if row["killed"]:
@@ -297,7 +301,7 @@ def _task_status(row: asyncpg.Record, runs: list[asyncpg.Record], active: bool |
     if row["schedule"] is not None:
         if row["next_fire"] is None:  # its schedule could not be evaluated (scheduler.fire_due): it makes no runs
             return "failed"
-        return "started" if left_queue or any(r["status"] != "queued" for r in runs) else "pending"
+        return "started" if left_queue or any(r["started"] for r in runs) else "pending"
     if not runs or runs[0]["status"] == "queued":
         return "pending"
     return "failed" if runs[0]["status"] == "failure" else "started"
@@ -324,9 +328,10 @@ async def _records(deps: Deps, rows: list[asyncpg.Record]) -> list[TaskRecord]:
     runs = await store.last_runs(deps.pool, [r["id"] for r in rows], LAST_RUNS)
     # a killed task is pending_kill while any run of it is still stopping, not only one of its last LAST_RUNS
     active = await store.with_active_runs(deps.pool, [r for r in rows if r["killed"]])
-    # a scheduled task whose last LAST_RUNS runs all wait for room (max_queued above it) may have started older ones
+    # a scheduled task whose last LAST_RUNS runs all wait for room (max_queued above it, or runs replaced while they
+    # waited) may have started older ones
     crowded = [r["id"] for r in rows if r["schedule"] is not None and not r["killed"]
-               and len(found := runs.get(r["id"], [])) >= LAST_RUNS and all(x["status"] == "queued" for x in found)]
+               and len(found := runs.get(r["id"], [])) >= LAST_RUNS and not any(x["started"] for x in found)]
     left_queue = await store.with_runs_out_of_queue(deps.pool, crowded) if crowded else set()
     return [_task_record(r, runs.get(r["id"], []), deps.settings, r["id"] in active if r["killed"] else None,
                          r["id"] in left_queue) for r in rows]

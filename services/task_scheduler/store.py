@@ -181,11 +181,13 @@ async def last_runs(pool: asyncpg.Pool, task_ids: list[uuid.UUID], per_task: int
     ever had, and runs are kept (docs/orchestrations.md, "Retention"): on PostgreSQL 16, 500 scheduled tasks of 2,000
     finished runs each, task/list took 1.6-2.2 s, and a task/get of a task with 202,000 runs 110-140 ms; now 18-45 ms
     and 0.3 ms (docs/performance.md, item 109). The tasks are read from `tasks` (its primary key): an id given twice
-    is answered once, as before; a run's task always exists (foreign key). `running`: queued or running."""
+    is answered once, as before; a run's task always exists (foreign key). `running`: queued or running; `started`:
+    the run was started (started_at set: running, or ended after its start; a run put back in the queue is not)."""
     rows = await pool.fetch(
-        "SELECT r.task_id, r.id, r.status, r.created_at, r.running FROM tasks t CROSS JOIN LATERAL (SELECT task_id,"
-        " id, status, created_at, status IN ('queued', 'running') AS running FROM runs WHERE runs.task_id = t.id"
-        " ORDER BY created_at DESC, id LIMIT $2) r WHERE t.id = ANY($1::uuid[]) ORDER BY r.created_at DESC, r.id",
+        "SELECT r.task_id, r.id, r.status, r.created_at, r.running, r.started FROM tasks t CROSS JOIN LATERAL (SELECT"
+        " task_id, id, status, created_at, status IN ('queued', 'running') AS running, started_at IS NOT NULL AS"
+        " started FROM runs WHERE runs.task_id = t.id ORDER BY created_at DESC, id LIMIT $2) r"
+        " WHERE t.id = ANY($1::uuid[]) ORDER BY r.created_at DESC, r.id",
         task_ids, per_task)
     found: dict[uuid.UUID, list] = {}
     for row in rows:
@@ -210,10 +212,12 @@ async def with_active_runs(pool: asyncpg.Pool, tasks: list[asyncpg.Record]) -> s
 
 
 async def with_runs_out_of_queue(pool: asyncpg.Pool, task_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Those of `task_ids` with a run that is not `queued` (one that started, or ended without starting): asked only
-    for a scheduled task whose last runs are all queued (handlers._records), each stopped at its first such run."""
+    """Those of `task_ids` with a run that left the queue, i.e. was started (started_at set: running, or ended after
+    its start; not one replaced while it waited, store.replace_active, which ended without starting): asked only for a
+    scheduled task none of whose last runs started (handlers._records), each stopped at its first such run. Before
+    (64fd7ec8), any run not `queued` counted, a replaced one too."""
     rows = await pool.fetch("SELECT t.id FROM unnest($1::uuid[]) AS t(id) WHERE EXISTS (SELECT 1 FROM runs"
-                            " WHERE runs.task_id = t.id AND runs.status <> 'queued')", task_ids)
+                            " WHERE runs.task_id = t.id AND runs.started_at IS NOT NULL)", task_ids)
     return {r["id"] for r in rows}
 
 

@@ -212,3 +212,29 @@ async def test_last_runs_are_each_tasks_newest_runs_ties_in_id_order(pool):
     assert [r["id"] for r in answer[many]][7:] == sorted(ids[7:13])[:3]  # the ties' first three by id
     assert len(answer[many]) == handlers.LAST_RUNS and len(made[many]) > handlers.LAST_RUNS
 
+
+async def test_a_scheduled_task_whose_runs_were_replaced_while_queued_reads_pending(pool):
+    """A run replaced by the next point while it waited for room (a replace policy: store.replace_active, `failure`,
+    never started) has not left the queue: its task reads `pending` while nothing of it has started, through its last
+    runs and, none of its last LAST_RUNS started, through store.with_runs_out_of_queue. Before (64fd7ec8) any run not
+    `queued` counted: a task whose only run was replaced read `started`, nothing run, its next run queued."""
+    from types import SimpleNamespace
+
+    from services.task_scheduler import handlers, store
+    from services.task_scheduler.scheduler import REPLACED
+
+    once, crowded = [await queue(pool, workspace, runs, 100.0) for workspace, runs in ((OLD, 1), (NEW, 30))]
+    await pool.execute("UPDATE tasks SET schedule = '* * * * *', next_fire = now(), concurrency_policy = 'replace'")
+    rows = await pool.fetch("SELECT * FROM tasks ORDER BY workspace_id")
+    point = await pool.fetchval("SELECT date_trunc('minute', now())")
+    async with pool.acquire() as conn, conn.transaction():  # the next point of the first task, as fire_due makes it
+        assert await store.fire(conn, rows[0]["id"], OLD, point)
+        assert await store.replace_active(conn, rows[0]["id"], OLD, point, f"{REPLACED} {point.isoformat()}") == (1, 0)
+    # the second: each of its runs replaced while it waited by the next, as replace_active leaves them
+    await pool.execute("UPDATE runs SET status = 'failure', reason = 'replaced', finished_at = now() WHERE id ="
+                       " ANY($1::uuid[])", crowded[:-1])
+    records = await handlers._records(SimpleNamespace(pool=pool, settings=TaskSettings()), rows)
+    assert [(r.status, [x.status for x in r.last_runs]) for r in records] == [
+        ("pending", ["queued", "failure"]), ("pending", ["queued"] + ["failure"] * (handlers.LAST_RUNS - 1))]
+    assert await store.with_runs_out_of_queue(pool, [rows[1]["id"]]) == set()
+    assert once[0] in {r.run_id for r in records[0].last_runs}

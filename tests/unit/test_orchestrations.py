@@ -230,14 +230,15 @@ def test_task_status():
     # a scheduled task reads pending until a run of it leaves the queue, as a one-shot task does (seed 001: pending,
     # started, failed; a run "running: The task has started"). Until session 42 it read started with its only run
     # still queued for room
+    # (`started`: the run was started, started_at set; a run replaced while it waited was not)
     scheduled = {"killed": False, "schedule": "* * * * *", "next_fire": "2026-12-06T18:00:00+00:00"}
+    waiting = {"status": "queued", "running": True, "started": False}
     assert _task_status(scheduled, []) == "pending"
-    assert _task_status(scheduled, [{"status": "queued", "running": True}]) == "pending"
-    assert _task_status(scheduled, [{"status": "queued", "running": True}], left_queue=True) == "started"
-    assert _task_status(scheduled, [{"status": "queued", "running": True},
-                                    {"status": "running", "running": True}]) == "started"
-    assert _task_status(scheduled, [{"status": "queued", "running": True},
-                                    {"status": "failure", "running": False}]) == "started"
+    assert _task_status(scheduled, [waiting]) == "pending"
+    assert _task_status(scheduled, [waiting], left_queue=True) == "started"
+    assert _task_status(scheduled, [waiting, {"status": "running", "running": True, "started": True}]) == "started"
+    assert _task_status(scheduled, [waiting, {"status": "failure", "running": False, "started": True}]) == "started"
+    assert _task_status(scheduled, [waiting, {"status": "failure", "running": False, "started": False}]) == "pending"
     cron = {"killed": True, "schedule": "* * * * *"}
     assert _task_status(cron, [{"status": "running", "running": True}]) == "pending_kill"
     assert _task_status(cron, [{"status": "success", "running": False}]) == "killed"

@@ -25,7 +25,8 @@ async def test_a_killed_task_with_an_old_run_still_stopping_reads_pending_kill(m
     killed, other, live = task(True), task(True), task(False)
     # each task's last 10 runs ended; `killed` has an 11th, older, still running
     last = {t["id"]: [{"id": uuid.uuid4(), "status": "success", "created_at": T0 - timedelta(minutes=i),
-                       "running": False} for i in range(handlers.LAST_RUNS)] for t in (killed, other, live)}
+                       "running": False, "started": True} for i in range(handlers.LAST_RUNS)]
+            for t in (killed, other, live)}
     asked: list = []
 
     async def last_runs(pool, task_ids, per_task):

@@ -18,7 +18,8 @@ def test_every_status_the_scheduler_answers_is_in_the_records_schema_and_no_othe
     for killed, schedule, next_fire in itertools.product((False, True), (None, "* * * * *"), (None, datetime.now(UTC))):
         row = {"killed": killed, "schedule": schedule, "next_fire": next_fire}
         for last in (None, "queued", "running", "success", "failure"):
-            runs = [] if last is None else [{"status": last, "running": last in ("queued", "running")}]
+            runs = [] if last is None else [{"status": last, "running": last in ("queued", "running"),
+                                             "started": last != "queued"}]
             answered.add(_task_status(row, runs))
     schema = TaskRecord.model_json_schema()["properties"]["status"]
     assert answered == set(get_args(TaskStatus)) == set(schema["enum"])
