@@ -174,11 +174,56 @@ async def test_update_password_by_id_is_one_of_the_two_and_the_permission_comes_
         return ERIN if user_id == ERIN["id"] else None
 
     monkeypatch.setattr(handlers.store, "user_by_id", user_by_id)
-    for user_id in (str(ERIN["id"]), str(uuid.uuid4())):  # a user's id and one no user has: 403 alike
+    # a user's id, one no user has, one that is no UUID: 403 alike, nothing looked up (as users/deactivate); the third
+    # was 400 and the others looked up first
+    for user_id in (str(ERIN["id"]), str(uuid.uuid4()), "not-a-uuid"):
         with pytest.raises(Forbidden, match="only administrators"):
             await handlers.update_password(_deps(), _caller(admin=False), UpdatePassword(password="a-new-password",
                                                                                           user_id=user_id))
-    assert len(looked_up) == 2 and passwords_set == []
+    assert looked_up == [] and passwords_set == []
+
+
+@pytest.mark.parametrize("admin", [True, False], ids=["administrator", "user"])
+async def test_your_own_user_id_needs_your_current_password_as_your_own_email_does(passwords_set, monkeypatch,
+                                                                                   admin):
+    """An administrator resets another user's password without theirs; naming itself by id is its own password,
+    which needs the current one (checked and counted), or a stolen administrator's token would change it."""
+    caller = _caller(admin=admin)
+    me = {"id": uuid.UUID(caller.user_id), "email": "me@example.com", "username": "me", "is_admin": admin,
+          "enabled": True, "password_hash": "the-hash"}
+    failed: list = []
+
+    async def user_by_id(pool, user_id):
+        return me if user_id == me["id"] else None
+
+    async def login_failures(pool, user_id, source):
+        return None
+
+    async def record_failed_login(pool, user_id, source, after, seconds):
+        failed.append(user_id)
+
+    async def secret_matches(hashed, secret):
+        return secret == "the-current-one"
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(*args, **kwargs):
+        yield
+
+    for name, fake in (("user_by_id", user_by_id), ("login_failures", login_failures),
+                       ("record_failed_login", record_failed_login)):
+        monkeypatch.setattr(handlers.store, name, fake)
+    monkeypatch.setattr(handlers, "secret_matches", secret_matches)
+    monkeypatch.setattr(handlers, "_one_at_a_time", one_at_a_time)
+    deps = SimpleNamespace(pool=_Pool(), settings=SimpleNamespace(lockout_after=5, lockout_seconds=60))
+    for user_id in (caller.user_id, caller.user_id.upper()):
+        for current in (None, "a-wrong-one"):
+            with pytest.raises(Forbidden, match="current_password"):
+                await handlers.update_password(deps, caller, UpdatePassword(
+                    password="a-new-password", user_id=user_id, current_password=current))
+    assert passwords_set == [] and failed == [me["id"]] * 4  # each counted as a wrong current password
+    await handlers.update_password(deps, caller, UpdatePassword(password="a-new-password", user_id=caller.user_id,
+                                                                current_password="the-current-one"))
+    assert passwords_set == [(me["id"], False)]  # your own: not temporary
 
 
 @pytest.mark.parametrize("length", [41, 64, 2 * 1024 * 1024])
