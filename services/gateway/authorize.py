@@ -39,7 +39,7 @@ from services.gateway.ratelimit import TokenEndpointLimits
 from services.gateway.source_address import SourceAddress, counted_as
 from shared import subjects
 from shared.bus import request as bus_request
-from shared.errors import Forbidden, InvalidRequest, RailyardError, validation_message
+from shared.errors import Forbidden, InvalidRequest, RailyardError, echo, validation_message
 from shared.messages.auth import NAME_CHARS, AuthorizationCodeIssued, AuthorizeUser
 from shared.service import Runtime
 
@@ -68,8 +68,9 @@ def registered_redirect_uri(public_url: str, request: Request) -> str:
 def checked_params(values: Any, registered: str) -> dict[str, str]:
     """The authorization request's parameters, or InvalidRequest naming the first one that is wrong."""
     params = {name: str(values.get(name) or "") for name in PARAMS}
-    if params["client_id"] != UI_CLIENT_ID:
-        raise InvalidRequest(f"unknown client_id {params['client_id']!r}: the authorization endpoint signs in the "
+    if params["client_id"] != UI_CLIENT_ID:  # its first characters and length only: it was repeated whole (a URL's
+        # query, up to a 1 MiB form field on POST) in the page, its log line and the answer (session 42)
+        raise InvalidRequest(f"unknown client_id {echo(params['client_id'])}: the authorization endpoint signs in the "
                              f"web UI's public client ({UI_CLIENT_ID}) only", code="invalid_client")
     if params["redirect_uri"] != registered:
         raise InvalidRequest(f"redirect_uri must be the registered URI of {UI_CLIENT_ID} exactly ({registered}); "

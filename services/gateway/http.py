@@ -308,7 +308,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         token_limits.check_source(source)  # before the body is read
         form = await request.form()
         client_id, client_secret = _client_credentials(request, form)
-        if len(client_secret) > m.SECRET_CHARS:  # before its digest (the client's bucket) and the bus: 400 at once
+        if len(client_secret) > m.SECRET_CHARS:  # a form's, before its digest (the client's bucket) and the bus: 400
             raise InvalidRequest(f"client_secret: at most {m.SECRET_CHARS} characters")
         if client_secret:
             token_limits.check_client(client_id, client_secret,
@@ -581,7 +581,9 @@ def _client_credentials(request: Request, form: Any) -> tuple[str, str]:
     """(client_id, client_secret) from HTTP Basic or the form. A client id over CLIENT_ID_CHARS is no client of ours,
     refused here, before its bucket's key (ratelimit.py) and the bus: in HTTP Basic the client's authentication failed
     (an unknown client), RFC 6749 5.2's 401 invalid_client; as a form field the request is malformed, 400
-    invalid_request (docs/auth.md, "Brute force")."""
+    invalid_request (docs/auth.md, "Brute force"). Likewise a secret over SECRET_CHARS in HTTP Basic (no client of
+    ours has one) before its digest: 401 invalid_client, as every failed Basic authentication (it was 400
+    invalid_request beside the long id's 401); a form's is 400 (`client_form`)."""
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     too_long = f"client_id: at most {m.CLIENT_ID_CHARS} characters"
@@ -590,10 +592,12 @@ def _client_credentials(request: Request, form: Any) -> tuple[str, str]:
             client_id, _, secret = base64.b64decode(encoded.strip()).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             raise Unauthorized("malformed Basic credentials", code="invalid_client") from None
-        client_id = unquote(client_id)
+        client_id, secret = unquote(client_id), unquote(secret)
         if len(client_id) > m.CLIENT_ID_CHARS:
             raise Unauthorized(too_long, code="invalid_client")
-        return client_id, unquote(secret)
+        if len(secret) > m.SECRET_CHARS:
+            raise Unauthorized(f"client_secret: at most {m.SECRET_CHARS} characters", code="invalid_client")
+        return client_id, secret
     if form.get("client_id"):  # without client_secret: a public client (the web UI's); auth decides
         if len(client_id := str(form["client_id"])) > m.CLIENT_ID_CHARS:
             raise InvalidRequest(too_long)

@@ -61,6 +61,15 @@ SCOPE_CHARS = 1024
 """The longest `scope` a token request takes. Railyard grants `profile email` whatever is asked (docs/auth.md); the
 field is carried on the bus only, so it needs no more than a few names."""
 
+REDIRECT_URI_CHARS = 2048
+"""The longest redirect URI a command takes (AuthorizeUser's, and the authorization_code grant's, which must equal
+it). Ours is the UI's page, the gateway's public URL and '/'; 2048 is what browsers and servers commonly take in a
+URL. The code grant's was carried whole and compared after the code was looked up and spent."""
+
+CODE_CHALLENGE_CHARS = 128
+"""RFC 7636 4.2: a code_challenge is 43 to 128 characters (S256's, the only method taken, is 43; auth refuses any
+other). Bounded on the bus: the sign-in page checks the 43, auth looked its client up before its own check."""
+
 
 def secret_field(description: str | None = None) -> Any:
     """A password or client secret field, at most SECRET_CHARS characters."""
@@ -103,8 +112,8 @@ class IssueToken(Command):
     code_verifier: str | None = Field(None, max_length=CODE_VERIFIER_CHARS, description="authorization_code grant: "
                                       "the PKCE verifier whose S256 hash is the code's challenge (RFC 7636: 43 to 128 "
                                       "characters).")
-    redirect_uri: str | None = Field(None, description="authorization_code grant: the redirect URI the code was "
-                                     "issued for, exactly.")
+    redirect_uri: str | None = Field(None, max_length=REDIRECT_URI_CHARS, description="authorization_code grant: "
+                                     "the redirect URI the code was issued for, exactly (at most 2048 characters).")
 
 
 class EndSession(Command):
@@ -123,9 +132,10 @@ class AuthorizeUser(Command):
     as the password grant checks it, for a public client, answered with a one-time code."""
 
     client_id: str = Field(max_length=CLIENT_ID_CHARS, description="The client's id (at most 128 characters).")
-    redirect_uri: str = Field(description="Where the code goes; the gateway has checked it is the client's "
-                              "registered URI.")
-    code_challenge: str = Field(description="BASE64URL(SHA-256(code_verifier)), 43 characters (S256 only).")
+    redirect_uri: str = Field(max_length=REDIRECT_URI_CHARS, description="Where the code goes; the gateway has "
+                              "checked it is the client's registered URI (at most 2048 characters).")
+    code_challenge: str = Field(max_length=CODE_CHALLENGE_CHARS, description="BASE64URL(SHA-256(code_verifier)), 43 "
+                                "characters (S256 only; RFC 7636 bounds a challenge at 128).")
     username: str = name_field("The user name or email (at most 254 characters).")
     password: str = secret_field("The user's password (at most 4096 characters).")
     source: str | None = Field(None, max_length=SOURCE_CHARS, description="The client's source as the gateway counts "

@@ -140,6 +140,16 @@ FIELDS = [  # every client id, authorization code, PKCE verifier, scope and user
     (m.UpdatePassword, "user_id", m.USER_ID_CHARS, {"password": "a-new-password"}),
     (m.ListWorkspaces, "user_id", m.USER_ID_CHARS, {}),
     (m.RemoveWorkspaceUser, "user_id", m.USER_ID_CHARS, {"workspace_id": 1}),
+    # the redirect URIs and the PKCE challenge (session 42, later): the code grant's was carried whole and compared
+    # after the code was spent, AuthorizeUser's was stored with the code
+    (m.IssueToken, "redirect_uri", m.REDIRECT_URI_CHARS, {"grant_type": "authorization_code",
+                                                          "client_id": "railyard-ui", "client_secret": "",
+                                                          "code": "c", "code_verifier": "v" * 43}),
+    (m.AuthorizeUser, "redirect_uri", m.REDIRECT_URI_CHARS, {"client_id": "railyard-ui", "code_challenge": "c" * 43,
+                                                             "username": "alice", "password": "p"}),
+    (m.AuthorizeUser, "code_challenge", m.CODE_CHALLENGE_CHARS, {"client_id": "railyard-ui",
+                                                                 "redirect_uri": "http://h/", "username": "alice",
+                                                                 "password": "p"}),
 ]
 
 
@@ -164,17 +174,18 @@ def test_a_request_field_longer_than_its_bound_is_refused_before_the_handler(mod
 
 def test_the_pkce_and_id_bounds_are_the_rfcs_and_ours():
     assert m.CODE_VERIFIER_CHARS == 128  # RFC 7636 4.1: 43 to 128 characters
+    assert m.CODE_CHALLENGE_CHARS == 128  # RFC 7636 4.2: likewise the challenge (S256's is 43)
     assert len(secrets.token_urlsafe(32)) < m.CODE_CHARS  # the codes auth issues (handlers.authorize)
     assert len("inference-" + secrets.token_hex(8)) < m.CLIENT_ID_CHARS  # handlers.create_inference_client's
 
 
 def test_every_client_id_and_user_id_field_of_the_auth_commands_is_bounded():
-    """A new command (or field) carrying a client id, code, verifier, scope or user id is bounded too, or this lists
-    it."""
+    """A new command (or field) carrying a client id, code, verifier, scope, user id, redirect URI or PKCE challenge
+    is bounded too, or this lists it."""
     listed = {(model, field) for model, field, _, _ in FIELDS}
     commands = [c for c in vars(m).values() if isinstance(c, type) and issubclass(c, m.Command) and c is not m.Command]
     carried = {(c, f) for c in commands for f in c.model_fields
-               if f in ("client_id", "code", "code_verifier", "scope", "user_id")}
+               if f in ("client_id", "code", "code_verifier", "scope", "user_id", "redirect_uri", "code_challenge")}
     assert carried == listed, carried ^ listed
     for model, field, bound, _ in FIELDS:
         assert _max_length(model, field) == bound, (model.__name__, field)

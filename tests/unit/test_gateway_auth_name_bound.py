@@ -13,11 +13,13 @@ from __future__ import annotations
 import pytest
 
 from services.gateway.ratelimit import TokenEndpointLimits
+from shared.errors import ECHO_CHARS
 from shared.messages.auth import (
     CLIENT_ID_CHARS,
     CODE_CHARS,
     CODE_VERIFIER_CHARS,
     NAME_CHARS,
+    REDIRECT_URI_CHARS,
     SCOPE_CHARS,
     SECRET_CHARS,
     TOKEN_CHARS,
@@ -85,6 +87,9 @@ OVER = [  # (route, form, what is over its bound, the bound); the client authent
      "client_id", CLIENT_ID_CHARS),
     (LOGOUT_PATH, {"refresh_token": "a.b.c", "client_id": "i" * CLIENT_ID_CHARS, "client_secret": "s"}, "client_id",
      CLIENT_ID_CHARS),
+    # and the code grant's redirect URI, compared only after the code was spent (session 42, later)
+    (TOKEN_PATH, CODE_GRANT | {"redirect_uri": "http://testserver/" + "r" * (REDIRECT_URI_CHARS - 18)}, "redirect_uri",
+     REDIRECT_URI_CHARS),
 ]
 
 
@@ -117,18 +122,22 @@ def test_a_secret_or_token_over_its_bound_is_400_invalid_request_before_anything
 
 
 @pytest.mark.parametrize("path", [TOKEN_PATH, LOGOUT_PATH], ids=["token", "logout"])
-def test_a_client_secret_over_its_bound_in_http_basic_is_refused_as_a_forms(gateway, monkeypatch, path):
+def test_a_client_secret_over_its_bound_in_http_basic_is_401_invalid_client_as_a_long_client_id(gateway, monkeypatch,
+                                                                                                path):
     """docs/auth.md says "form or HTTP Basic": the cases above send the secret as a form field; a confidential
-    client's SDK sends it in the Authorization header, decoded apart (http.py `_client_credentials`)."""
+    client's SDK sends it in the Authorization header, decoded apart (http.py `_client_credentials`). There a failed
+    client authentication is RFC 6749 5.2's 401 invalid_client with WWW-Authenticate, as for a client id over its
+    bound (below): it was 400 invalid_request, the form's answer (session 42)."""
     client, asked = gateway
     digests = []  # every call of the client's bucket (a client_credentials grant takes the secret's digest there)
     monkeypatch.setattr(TokenEndpointLimits, "check_client", lambda self, *args: digests.append(args))
     form = {"grant_type": "client_credentials", "refresh_token": "a.b.c"}
     refused = client.post(path, data=form, auth=("api-client", "s" * (SECRET_CHARS + 1)))
-    assert refused.status_code == 400, refused.text
+    assert refused.status_code == 401, refused.text  # was: 400 invalid_request
     body = refused.json()
-    assert body["error"] == "invalid_request" and "client_secret" in body["error_description"], body
+    assert body["error"] == "invalid_client" and "client_secret" in body["error_description"], body
     assert str(SECRET_CHARS) in body["error_description"] and len(refused.text) < 500, body
+    assert refused.headers["www-authenticate"] and refused.headers["cache-control"] == "no-store"
     assert asked == [] and digests == []
     taken = client.post(path, data=form, auth=("api-client", "s" * SECRET_CHARS))
     assert taken.status_code in (200, 204) and len(asked) == len(digests) == 1, taken.text  # at the bound
@@ -184,3 +193,23 @@ def test_the_sign_in_pages_403_does_not_show_the_name_it_was_sent(gateway, how):
         assert refused.status_code == 403 and error_code(refused) == "forbidden", refused.text
         assert typed.strip() not in refused.text and len(refused.text) < 4096  # was: the name in the form again
         assert 'id="signin"' in refused.text and asked == []
+
+
+@pytest.mark.parametrize("how", ["get", "post"])
+def test_the_sign_in_page_repeats_an_unknown_client_ids_first_characters_only(gateway, how):
+    """authorize.py `checked_params` repeated the whole client_id it was sent (a URL's query, up to the 1 MiB a form
+    field may be on POST) in its 401 page and log line; now its first ECHO_CHARS (shared.errors.echo) and length."""
+    client, asked = gateway
+    tab = UiSignIn(client, "http://testserver/")
+    assert tab.open_form().status_code == 200
+
+    def send(client_id: str):
+        return tab.open_form(client_id=client_id) if how == "get" else tab.submit("alice", "p", client_id=client_id)
+
+    sent = "c" * 8000 if how == "get" else "c" * 200_000
+    refused = send(sent)
+    assert refused.status_code == 401 and error_code(refused) == "invalid_client", refused.text[:500]
+    assert "c" * (ECHO_CHARS + 1) not in refused.text and f"({len(sent)} characters)" in refused.text
+    assert len(refused.text) < 4096 and asked == []  # was: the page repeated all of it
+    short = send("another-client")  # a short one is shown whole, as before
+    assert short.status_code == 401 and "another-client" in short.text and asked == []
