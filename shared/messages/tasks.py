@@ -180,8 +180,9 @@ class TaskRecord(Message):
         f"Railyard: a scheduled task's bound of waiting runs (task/run_scheduled); absent when it was not given: "
         f"{QUEUED_PER_TASK} (with allow)."))
     status: TaskStatus = Field(description=(
-        "The seed's pending (no run of the task has left the queue: just created, or its runs all wait for room), "
-        "started (a run of it has left the queue; a one-shot task stays so once its run succeeded) and failed (a "
+        "The seed's pending (no run of the task has been started: just created, or its runs all wait for room, or "
+        "were replaced by the next point while they waited), started (a run of it has been started, whatever came of "
+        "it; a one-shot task stays so once its run succeeded) and failed (a "
         "one-shot task whose run failed, or a scheduled task whose schedule cannot be evaluated), and pending_kill "
         "(killed, a run still stopping) and killed."))
     input_data: dict[str, Any]
