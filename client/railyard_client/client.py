@@ -216,10 +216,23 @@ class Client:
         """Create a user (admins only): `user_id`, and `temporary_password` when no password was given."""
         return self._session.post("users/invite", {"email": email, "password": password})
 
-    def update_password(self, password: str, current_password: str) -> None:
+    def update_password(self, password: str, current_password: str | None = None, *, email: str | None = None,
+                        user_id: str | UUID | None = None) -> None:
         """Set the caller's own password (the current one is required); the caller's tokens stop working, so log
-        in again with the new password."""
-        self._session.post("users/update_password", {"password": password, "current_password": current_password})
+        in again with the new password. An administrator sets another user's (it becomes temporary; no current
+        password) named by `email` (seed 001's way) or by `user_id` (`User.id`: a user invited before emails were
+        bounded, with one over EMAIL_MAX characters that no command takes), one of the two (ValueError, nothing sent,
+        for both); their tokens stop working. `User.set_password` names a listed user as `User.deactivate` does."""
+        if email is not None and user_id is not None:
+            raise ValueError("name the user by email or by user_id, not both: users/update_password takes one of them")
+        body: dict[str, Any] = {"password": password}
+        if current_password is not None:
+            body["current_password"] = current_password
+        if email is not None:
+            body["email"] = email
+        elif user_id is not None:
+            body["user_id"] = str(user_id)
+        self._session.post("users/update_password", body)
 
     def create_connection(self, name: str, type: str, details: dict[str, Any]) -> Connection:
         """Create a data connection (details are kept encrypted); attach it with `add_to_workspace`."""

@@ -15,7 +15,7 @@ from railyard_client.resource import Resource
 
 EMAIL_MAX = 254
 """The longest email the server's commands take (an address's most, RFC 5321): a user invited before the limit with a
-longer one is named by id (User.deactivate, User.activate)."""
+longer one is named by id (User.deactivate, User.activate, User.set_password)."""
 
 
 class User(Resource):
@@ -48,8 +48,15 @@ class User(Resource):
         self._session.post("users/activate", self._named(by_id))
         self._record["enabled"] = True
 
+    def set_password(self, password: str, *, by_id: bool | None = None) -> None:
+        """Set the user's password (administrators; it becomes temporary, and every token of the user stops working).
+        Named as `deactivate` names them (`by_id`). Your own password: `Client.update_password`, with the current
+        one."""
+        self._session.post("users/update_password", {"password": password} | self._named(by_id))
+
     def _named(self, by_id: bool | None) -> dict[str, str]:
-        """users/deactivate's and users/activate's body: the user's email or user_id, one of them (else a 400)."""
+        """How users/deactivate, users/activate and users/update_password name the user: its email or user_id, one of
+        them (else a 400)."""
         if by_id is None:
             by_id = len(self.email) > EMAIL_MAX
         return {"user_id": self.id} if by_id else {"email": self.email}

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -599,3 +600,38 @@ def test_a_user_is_deactivated_and_activated_by_email_or_by_id():
     from shared.messages.auth import NAME_CHARS
 
     assert EMAIL_MAX == NAME_CHARS
+
+
+def test_a_password_is_set_by_email_or_by_user_id_one_of_them_sent():
+    """users/update_password takes the user's user_id beside its email (51b52d9d), for a user whose email no command
+    takes (invited before the 254-character limit); the SDK set the caller's own password only (no email, no id).
+    `Client.update_password` takes `email` or `user_id`, exactly one of them sent (both: ValueError, nothing sent);
+    `User.set_password` names a listed user as `User.deactivate` does (by id for such an email)."""
+    from railyard_client.client import Client
+    from railyard_client.workspaces import EMAIL_MAX, User
+
+    class Session:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, dict]] = []
+
+        def post(self, route: str, body: dict) -> None:
+            self.sent.append((route, body))
+
+    session = Session()
+    client = Client.__new__(Client)
+    client._session = session
+    user_id = "0b6a8c1e-6f1d-4d59-9a4b-2c7f3e1d0a55"
+    client.update_password("new password", "old password")
+    client.update_password("new password", email="bob@example.com")
+    client.update_password("new password", user_id=UUID(user_id))
+    with pytest.raises(ValueError, match="not both"):
+        client.update_password("new password", email="bob@example.com", user_id=user_id)
+    long = User(session, {"id": user_id, "email": "a" * (EMAIL_MAX - 11) + "@example.com"})
+    long.set_password("new password")
+    long.set_password("new password", by_id=False)
+    assert session.sent == [
+        ("users/update_password", {"password": "new password", "current_password": "old password"}),
+        ("users/update_password", {"password": "new password", "email": "bob@example.com"}),
+        ("users/update_password", {"password": "new password", "user_id": user_id}),
+        ("users/update_password", {"password": "new password", "user_id": user_id}),
+        ("users/update_password", {"password": "new password", "email": long.email})]
