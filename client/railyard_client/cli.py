@@ -40,6 +40,7 @@ from railyard_client.session import (
     SIGN_IN_KEYS,
     Session,
     TokensNotSaved,
+    UnsafeCredentials,
     credentials_path,
     end_saved_session,
     forget_sign_in,
@@ -210,8 +211,10 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     nothing to sign in with)."""
     env = os.environ
     folder = (data_dir or Path(env.get("RAILYARD_STACK__DATA_DIR") or ".railyard")).expanduser()
-    secrets = read_credentials(folder / "secrets.json")
-    state = read_credentials(folder / "run" / "stack.json")
+    # the stack's own files, not the credentials file: read whatever their mode (run/stack.json is written as the
+    # umask says, in the 0700 run folder)
+    secrets = read_credentials(folder / "secrets.json", checked=False)
+    state = read_credentials(folder / "run" / "stack.json", checked=False)
     url = url or env.get("RAILYARD_CLIENT_URL") or state.get("api_url") or "http://127.0.0.1:18000"
     username = username or env.get("RAILYARD_CLIENT_USERNAME") or secrets.get("admin_username")
     if password is None:
@@ -237,7 +240,8 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     # (each server's and user's own: session.py's module doc)
     try:
         path = save_sign_in(session.credentials())
-    except OSError as exc:  # a full disk, a read-only folder: the file is as it was (was "unexpected OSError")
+    except (OSError, UnsafeCredentials) as exc:  # a full disk, a read-only folder, a file others may write: the
+        # file is as it was (was "unexpected OSError")
         raise RailyardError(f"signed in, but the tokens could not be saved in {credentials_path()}: {exc}") from None
     finally:
         session.close()

@@ -8,7 +8,10 @@ Credentials are looked up in this order (the first that gives a URL and a way to
    `RAILYARD_CLIENT_ID`, `RAILYARD_CLIENT_SECRET`, `RAILYARD_CLIENT_TOKEN` (a bearer token used as is, e.g. the
    scoped token of a task run) and `RAILYARD_CLIENT_WORKSPACE`;
 3. the credentials file `railyard login` writes (`RAILYARD_CLIENT_CREDENTIALS`, default
-   `$XDG_CONFIG_HOME/railyard/credentials.json`, i.e. `~/.config/railyard/credentials.json`, mode 0600).
+   `$XDG_CONFIG_HOME/railyard/credentials.json`, i.e. `~/.config/railyard/credentials.json`, mode 0600). On POSIX
+   a file that is another user's, or that its group or others may write, is refused (UnsafeCredentials, a
+   ConfigurationError: `read_credentials`), as ssh refuses such a key: its writer would choose the server the
+   tokens and client secret go to and the user the commands run as.
 
 How long a call waits: `Client(timeout)` (60 s), and for the gateway's long commands (a deploy, a copy, an undeploy,
 a model swap, a deployment's predict, an upload: 315 s for a model's, which the registry checks, 75 s for a file's,
@@ -285,14 +288,50 @@ def credentials_path() -> Path:
     return base / "railyard" / "credentials.json"
 
 
-def read_credentials(path: Path | None = None) -> dict[str, Any]:
-    """The saved credentials, or {} when there are none (or the file is unreadable)."""
+class UnsafeCredentials(ConfigurationError):
+    """The credentials file is another user's, or others may write it (POSIX): it is not read (`read_credentials`)."""
+
+
+def read_credentials(path: Path | None = None, *, checked: bool = True) -> dict[str, Any]:
+    """The saved credentials, or {} when there are none (or the file is unreadable, or no regular file).
+    UnsafeCredentials (a ConfigurationError) for a file that is not the current user's or that its group or others
+    may write (POSIX; ssh's rule for a key): whoever can write it chooses the server the session's tokens and client
+    secret are sent to, and the user its commands run as (your models uploaded to their workspace). Our own saves
+    write it 0600 (`write_credentials`). Checked on the file opened (its descriptor), not on the name: a file another
+    user put in its place is theirs, and refused. Decision: a folder others may write (no sticky bit) is not refused:
+    a file replaced there is the replacer's (refused), and a save writes a new file of ours (0600) over the name.
+    `checked=False`: read as is (`railyard login` reads the embedded stack's secrets.json and run/stack.json so, the
+    server's files, in the folders `railyard up` makes its own: 0711 and 0700)."""
     path = path or credentials_path()
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):  # os.devnull (`railyard login`'s session saves nothing), a folder
+                return {}
+            if checked:
+                refuse_unsafe_credentials(path, info)
+            data = json.loads(handle.read())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def refuse_unsafe_credentials(path: Path, info: os.stat_result) -> None:
+    """UnsafeCredentials when the credentials file `info` describes is not this user's, or its group or others may
+    write it; nothing where there are no POSIX owners (Windows). Before session 42 it was read whatever its owner
+    and mode, at start and, since aaf10f6b, again mid-run (`Session._take_newer_sign_in`)."""
+    getuid = getattr(os, "getuid", None)
+    if os.name != "posix" or getuid is None:
+        return
+    why = "the file's writer chooses the server your tokens and client secret are sent to and the user you run as"
+    if info.st_uid != getuid():
+        raise UnsafeCredentials(f"refusing the credentials file {path}: it is another user's (uid {info.st_uid}, you"
+                                f" are {getuid()}) and {why}; remove it and run `railyard login` again")
+    writable = [who for who, bit in (("its group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if info.st_mode & bit]
+    if writable:
+        raise UnsafeCredentials(f"refusing the credentials file {path}: {' and '.join(writable)} may write it (mode "
+                                f"{stat.S_IMODE(info.st_mode):04o}) and {why}; `chmod 600 {path}` (railyard login"
+                                " writes it 0600)")
 
 
 TEMPORARY_PREFIX = ".credentials-"
@@ -840,7 +879,9 @@ class Session:
         try:
             save_refreshed(self.in_file, {"access_token": self.access_token, "refresh_token": self.refresh_token,
                                           "expires_at": self.expires_at}, self.credentials_file)
-        except OSError as exc:
+        except (OSError, UnsafeCredentials) as exc:
+            if isinstance(exc, UnsafeCredentials):  # made unsafe since it was read: not written, said as not saved
+                exc = PermissionError(str(exc))
             # recorded before it is said: a program whose filters make the warning an error (`-W error`) has it
             # raised here, and `not_saved` still says the tokens are not in the file
             was_saved, self.unsaved = self.unsaved is None, exc

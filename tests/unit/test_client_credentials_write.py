@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import time
 from types import SimpleNamespace
 
@@ -317,3 +319,64 @@ def test_tokens_not_saved_is_copied_and_pickled_with_its_file_and_error():
     for again in (copy.copy(warning), pickle.loads(pickle.dumps(warning))):  # before: TypeError, 'error' missing
         assert type(again) is session.TokensNotSaved and str(again) == str(warning)
         assert again.path == warning.path and again.error.args == warning.error.args
+
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="owners and modes are POSIX's")
+
+
+@posix_only
+def test_a_credentials_file_of_another_user_or_that_others_may_write_is_refused(tmp_path, monkeypatch, capsys):
+    """Whoever can write the credentials file chooses the server the session's tokens and client secret are sent to
+    and the user its commands run as; it was read whatever its owner and mode (and, since aaf10f6b, again mid-run).
+    Now, as ssh refuses such a key, a file that is not the user's or that its group or others may write is refused,
+    with what to do; our own save writes it 0600 whatever the umask."""
+    from railyard_client import cli
+    from railyard_client.errors import ConfigurationError
+
+    folder = tmp_path / "railyard"
+    path = folder / "credentials.json"
+    old_umask = os.umask(0o002)  # a umask that leaves new files group-writable (a CI host's may)
+    try:
+        write_credentials(SIGNED_IN, path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_credentials(path) == SIGNED_IN
+    for mode, who in ((0o620, "its group may write it (mode 0620)"), (0o602, "others may write it (mode 0602)"),
+                      (0o666, "its group and others may write it (mode 0666)")):
+        path.chmod(mode)
+        with pytest.raises(session.UnsafeCredentials, match=re.escape(who) + ".*" + re.escape(f"`chmod 600 {path}`")):
+            read_credentials(path)  # before: SIGNED_IN
+    path.chmod(0o640)  # readable by its group: the rule is about who may write it
+    assert read_credentials(path) == SIGNED_IN
+    path.chmod(0o600)
+    folder.chmod(0o777)  # decision: a folder others may write is not refused (what is checked is the file opened)
+    assert read_credentials(path) == SIGNED_IN
+    assert read_credentials(path, checked=False) == SIGNED_IN
+    real_uid = os.getuid()
+    monkeypatch.setattr(session.os, "getuid", lambda: real_uid + 1)  # the file is now another user's
+    theirs = re.escape(f"another user's (uid {real_uid}, you are {real_uid + 1})")
+    with pytest.raises(session.UnsafeCredentials, match=theirs + ".*remove it and run `railyard login` again"):
+        read_credentials(path)
+    assert read_credentials(path, checked=False) == SIGNED_IN  # the stack's own files, read by login
+    with pytest.raises(ConfigurationError, match="refusing the credentials file"):
+        session.Session(credentials_file=path)  # before: signed in as the file said
+    for name in ("RAILYARD_CLIENT_URL", "RAILYARD_CLIENT_TOKEN", "RAILYARD_CLIENT_ID", "RAILYARD_CLIENT_SECRET",
+                 "RAILYARD_CLIENT_USERNAME", "RAILYARD_CLIENT_PASSWORD", "RAILYARD_CLIENT_WORKSPACE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAILYARD_CLIENT_CREDENTIALS", str(path))
+    assert cli.main(["token"]) == 3  # ConfigurationError's code, one line naming the file
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith(f"railyard: error: refusing the credentials file {path}: it is "
+                                                  "another user's") and said.err.count("\n") == 1, said
+
+    def signed_in(self, form):  # the server's answer to railyard login's password grant
+        self.access_token, self.refresh_token, self.expires_at = "access-9", "refresh-9", 9e99
+
+    monkeypatch.setattr(session.Session, "_grant", signed_in)
+    assert cli.main(["login", "--url", "http://127.0.0.1:28051", "--username", "alice", "--password", "password1",
+                     "--client-secret", "s"]) == 1  # the tokens not saved: not written into another user's file
+    said = capsys.readouterr().err
+    assert said.startswith(f"railyard: error: signed in, but the tokens could not be saved in {path}: refusing the "
+                           f"credentials file {path}: it is another user's") and said.count("\n") == 1, said
+    assert read_credentials(path, checked=False) == SIGNED_IN

@@ -331,6 +331,7 @@ def _saved_admin(tmp_path, monkeypatch):
     saved.write_text(json.dumps({"url": "http://h:1", "client_id": "api-client", "client_secret": "api-secret",
                                  "username": "admin", "access_token": "admin-token", "refresh_token": "r",
                                  "expires_at": 9e99}))
+    saved.chmod(0o600)  # as railyard login writes it: a group-writable file (a umask of 002) is refused
     return saved
 
 

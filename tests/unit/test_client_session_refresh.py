@@ -4,6 +4,7 @@ real server refuses 7: those threads' calls failed, and one rotating refresh tok
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from urllib.parse import parse_qsl
@@ -205,3 +206,26 @@ def test_threads_that_waited_through_a_failed_refresh_raise_its_error_not_grant_
         shared.close()
     assert all(isinstance(result, session.ConnectionFailed) for result in results), results
     assert len(grants) == 1, grants  # before: 8, one after another
+
+
+@pytest.mark.skipif(os.name != "posix", reason="owners and modes are POSIX's")
+def test_a_refused_session_does_not_take_tokens_from_a_file_others_may_write(tmp_path, server):
+    """Since aaf10f6b a session whose refresh was refused reads the credentials file again mid-run and takes its
+    newer tokens; the file was read whatever its mode, so whoever could write it (here its group) chose the sign-in
+    the session went on with. Now such a file is refused, saying what to do, and nothing of it is taken."""
+    grants, _ = server
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
+    first, second = session.Session(credentials_file=path), session.Session(credentials_file=path)
+    try:
+        assert first.token == "access-1"  # spends refresh-0: second's refresh is refused from now on
+        path.chmod(0o660)
+        with pytest.raises(session.UnsafeCredentials, match="its group may write it"):
+            second.token  # noqa: B018 - the property refreshes; before: access-1, the file's
+        assert (second.access_token, second.refresh_token) == ("access-0", "refresh-0")
+        path.chmod(0o600)
+        assert second.token == "access-1"
+    finally:
+        first.close()
+        second.close()
+
