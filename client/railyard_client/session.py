@@ -38,9 +38,11 @@ and the server refused all but the first. Two processes that read the same file 
 notebook's Client beside them) hold the same refresh token: the first to refresh spends it and writes its tokens;
 the other's refresh is then refused, and that session takes the file's newer tokens (same server, user and client)
 rather than say the session expired; until session 42 it said "run `railyard login` again" while the file held a
-valid sign-in. Every change of the file is a read and a write under a lock of it (`credentials.json.lock` beside it;
-POSIX only). When the file cannot be written (a full disk, a read-only folder, its permissions), the session goes on
-with the refreshed tokens in memory and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the
+valid sign-in. It takes the file's client secret with them (same client id): after the client's secret was rotated
+and `railyard login` run again with the new one, the old secret refreshed nothing ("the session expired"). Every
+change of the file is a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only). When
+the file cannot be written (a full disk, a read-only folder, its permissions), the session goes on with the
+refreshed tokens in memory and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the
 `railyard` command prints it as `railyard: warning: ...`; `Client.tokens_not_saved` says it for as long as it
 holds): the file's refresh token was spent by the refresh, so a later command needs `railyard login` again unless
 this session saves its tokens at a later refresh, which it tries over the tokens the file still holds. It warns each
@@ -802,7 +804,8 @@ class Session:
     def _take_newer_sign_in(self) -> bool:
         """After the server refused this session's refresh token: take the credentials file's tokens when another
         process (a second `railyard` command, a notebook's Client on the same file) refreshed them since, i.e. the
-        file holds other tokens than this session read or wrote last (`in_file`), of the same server, user and client;
+        file holds other tokens than this session read or wrote last (`in_file`), of the same server, user and client,
+        with the file's client secret when it holds one (that sign-in's: this session's may have been rotated since);
         refreshed at once when they are about to expire. Both processes read the same single-use refresh token: the
         first to refresh spent it, and the other said "the session expired: run `railyard login` again" while the file
         held a valid sign-in. False (nothing taken) for a session not from the file, or a file holding none, the
@@ -820,6 +823,8 @@ class Session:
         if not (same_server and saved.get("username") == self.username
                 and (saved.get("client_id") or DEFAULT_CLIENT_ID) == self.client_id):
             return False
+        if saved.get("client_secret"):  # the secret of the sign-in that wrote them: this one's may have been rotated
+            self.client_secret = str(saved["client_secret"])
         try:
             self.expires_at = float(saved.get("expires_at") or 0)
         except (TypeError, ValueError):

@@ -4,6 +4,7 @@ real server refuses 7: those threads' calls failed, and one rotating refresh tok
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -229,3 +230,38 @@ def test_a_refused_session_does_not_take_tokens_from_a_file_others_may_write(tmp
         first.close()
         second.close()
 
+
+def test_a_session_takes_the_files_client_secret_with_its_newer_tokens(tmp_path, monkeypatch):
+    """The client's secret was rotated and `railyard login` run again with the new one while a session (a notebook's
+    Client) held the old: its refresh is refused, it takes the file's newer tokens (`_take_newer_sign_in`), but it
+    kept its own, rotated-out secret, so the grant that refreshes them was refused too: "the session expired". Now
+    the file's secret (same client id) comes with its tokens."""
+    secrets = {"now": "s"}
+    grants: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        form = dict(parse_qsl(request.content.decode()))
+        secret = base64.b64decode(request.headers["authorization"].split()[1]).decode().partition(":")[2]
+        grants.append((form.get("refresh_token", ""), secret))
+        if secret != secrets["now"]:
+            return httpx.Response(401, json={"error": "invalid_client", "error_description": "bad client secret"})
+        if form.get("refresh_token") != "refresh-9":
+            return httpx.Response(401, json={"error": "invalid_grant", "error_description": "token spent"})
+        return httpx.Response(200, json={"access_token": "access-10", "refresh_token": "refresh-10",
+                                         "expires_in": 300})
+
+    real = httpx.Client
+    monkeypatch.setattr(session.httpx, "Client", lambda **kwargs: real(transport=httpx.MockTransport(answer),
+                                                                          **kwargs))
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
+    notebook = session.Session(credentials_file=path)
+    try:
+        secrets["now"] = "s2"  # rotated; then `railyard login` with the new secret (its tokens about to expire)
+        write_credentials(SIGNED_IN | {"client_secret": "s2", "access_token": "access-9",
+                                       "refresh_token": "refresh-9", "expires_at": 0}, path)
+        assert notebook.token == "access-10"  # before: AuthenticationError, the session expired
+        assert grants == [("refresh-0", "s"), ("refresh-9", "s2")]  # before: refresh-9 with s, refused
+        assert notebook.client_secret == "s2" and read_credentials(path)["refresh_token"] == "refresh-10"
+    finally:
+        notebook.close()
