@@ -197,7 +197,9 @@ def _client(workspace: str | None = None) -> Client:
 @app.command()
 @click.option("--url", help="Server URL (default: RAILYARD_CLIENT_URL, else the embedded stack's).")
 @click.option("--username", help="User (default: RAILYARD_CLIENT_USERNAME, else the embedded stack's admin).")
-@click.option("--password", help="Password (default: RAILYARD_CLIENT_PASSWORD, else the embedded stack's).")
+@click.option("--password", help="Password (default: RAILYARD_CLIENT_PASSWORD, else the embedded stack's). An empty"
+              " one is refused, nothing sent (exit 3): no user has one, the server sets none shorter than 8"
+              " characters.")
 @click.option("--client-id", help="OAuth2 client id (default: RAILYARD_CLIENT_ID, else the embedded stack's).")
 @click.option("--client-secret", help="OAuth2 client secret (default: RAILYARD_CLIENT_SECRET, else the stack's).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Embedded stack data directory to take defaults"
@@ -217,6 +219,13 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     state = read_credentials(folder / "run" / "stack.json", checked=False)
     url = url or env.get("RAILYARD_CLIENT_URL") or state.get("api_url") or "http://127.0.0.1:18000"
     username = username or env.get("RAILYARD_CLIENT_USERNAME") or secrets.get("admin_username")
+    if password == "":  # decision: refused here, nothing sent, not read as "no --password" (the variable's or the
+        # stack's): no user has one (the server sets none shorter than 8 characters, and an empty bootstrap password
+        # makes no admin), and the gateway reads an empty form field as a missing one (400 "needs username and
+        # password"); `python -m shared.cli login` exits 2 with it, as with nothing to sign in with
+        raise ConfigurationError("--password is empty: no user has an empty password (the server sets none shorter"
+                                 " than 8 characters); give the password, or leave --password out for"
+                                 " RAILYARD_CLIENT_PASSWORD's or the embedded stack's")
     if password is None:
         password = env.get("RAILYARD_CLIENT_PASSWORD") or (
             secrets.get("admin_password") if username == secrets.get("admin_username") else None)
@@ -224,8 +233,12 @@ def login(url: str | None, username: str | None, password: str | None, client_id
         if secrets and username:  # the stack's secrets hold its admin's password only
             raise ConfigurationError(f"give --password for {username} (the secrets in {folder} hold only"
                                      f" {secrets.get('admin_username')}'s)")
+        # what is missing: the message asked for --username and --password when one of them was given
+        missing = ("--username and --password" if not (username or password) else
+                   f"--password for {username} (or set RAILYARD_CLIENT_PASSWORD)" if username else
+                   "--username (or set RAILYARD_CLIENT_USERNAME)")
         raise ConfigurationError(f"no embedded stack secrets in {folder}: give --data-dir (the folder `railyard up`"
-                                 " used) or --username and --password")
+                                 f" used) or {missing}")
     client_secret = client_secret or env.get("RAILYARD_CLIENT_SECRET") or secrets.get("client_secret")
     if not client_secret:  # the SDK's own message names Client()'s argument, not the option
         raise ConfigurationError(f"no client secret: give --client-secret or set RAILYARD_CLIENT_SECRET (no embedded"

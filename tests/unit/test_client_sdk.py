@@ -164,6 +164,13 @@ def test_in_task_and_task_args_read_the_task_environment(tmp_path):
     (["infer", "p", "missing.parquet"], 2, "Invalid value for '[INPUT]': File 'missing.parquet' does not exist"),
     (["login"], 3, "no embedded stack secrets in .railyard: give --data-dir (the folder `railyard up` used)"),
     (["login", "--username", "u", "--password", "p"], 3, "no client secret: give --client-secret or set"),
+    # what is missing, not "--username and --password" when one was given; an empty password is none (nothing sent)
+    (["login", "--username", "u"], 3, "no embedded stack secrets in .railyard: give --data-dir (the folder `railyard"
+     " up` used) or --password for u (or set RAILYARD_CLIENT_PASSWORD)"),
+    (["login", "--password", "p"], 3, "give --data-dir (the folder `railyard up` used) or --username (or set"
+     " RAILYARD_CLIENT_USERNAME)"),
+    (["login", "--username", "u", "--password", "", "--client-secret", "s"], 3, "--password is empty: no user has an"
+     " empty password (the server sets none shorter than 8 characters); give the password, or leave --password out"),
     (["tasks", "logs", "999"], 2, "'RUN_ID': '999' is not an id (a UUID; `railyard tasks runs TASK_ID` lists them)"),
 ])
 def test_the_command_fails_with_one_line_and_an_exit_code(argv, code, text, tmp_path, monkeypatch, capsys):

@@ -284,6 +284,9 @@ def test_login_is_the_clients_command_with_its_own_exit_codes(default_file, gran
         monkeypatch.delenv(name)
     assert server_cli.main(["login", "--url", URL]) == 2  # nothing to sign in with (the client's 3)
     assert "no embedded stack secrets" in capsys.readouterr().err
+    # an empty password is none (no user has one), nothing sent: 2 as well, saying so (LOGIN_EXIT)
+    assert server_cli.main(["login", "--url", URL, "--username", "u", "--password", ""]) == 2
+    assert "--password is empty: no user has an empty password" in capsys.readouterr().err
 
 
 def test_the_help_of_login_and_token_says_their_exit_codes_and_token_takes_no_data_dir(capsys):
