@@ -265,3 +265,21 @@ def test_a_session_takes_the_files_client_secret_with_its_newer_tokens(tmp_path,
         assert notebook.client_secret == "s2" and read_credentials(path)["refresh_token"] == "refresh-10"
     finally:
         notebook.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="owners and modes are POSIX's")
+def test_tokens_refreshed_while_the_file_is_unsafe_are_kept_in_memory_not_written(tmp_path, server):
+    """A file made writable by its group after the session read it: the refresh works, its tokens are not written
+    there (the save reads the file under its lock, and refuses it), and the session goes on with them, warning
+    TokensNotSaved as for an unwritable file, rather than fail the call that refreshed."""
+    path = tmp_path / "credentials.json"
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
+    shared = session.Session(credentials_file=path)
+    try:
+        path.chmod(0o660)
+        with pytest.warns(session.TokensNotSaved, match="its group may write it"):
+            assert shared.token == "access-1"
+        assert isinstance(shared.unsaved, PermissionError)
+        assert read_credentials(path, checked=False)["refresh_token"] == "refresh-0"  # nothing written into it
+    finally:
+        shared.close()
