@@ -502,8 +502,8 @@ class Replica:
         pipeline learnt one time for all its runs, its arms' alike: a slow arm measured once left the window after 8
         runs of the others and ran on the loop again (an arm not chosen yet ran there at once), and an A/B split or
         shadow deployment learnt no time per row (docs/performance.md item 106). An arm not measured yet is measured
-        once on `tables` (each step's input in the run just done) in a thread of its own, off the request path
-        (`measure_arm`): until then, and if that call fails, the runs take the thread (a split by a hash key whose
+        once on `tables` (each step's input in the run just done) in the replica's measuring thread, off the request
+        path (`measure_arm`): until then, and if that call fails, the runs take the thread (a split by a hash key whose
         traffic never reached an arm took it for ever before 2026-12-06, item 108)."""
         call: float | None = 0
         row: float | None = 0
