@@ -298,9 +298,9 @@ class Replica:
         self._pool: tuple[Any, int, tuple[int, ...] | None] | None = None
         self.loop_thread: int | None = None
         self.loop_clock: int | None = None
-        # calls measured off the request path (measure_apart): the A/B arms tried, by their model's id, the thread
-        # they run in and the last one (one at a time)
-        self.measured_apart: set[int] = set()
+        # calls measured off the request path (measure_apart): the A/B arms tried, by their model's id and
+        # whether on LEARN_ROWS rows or more, the thread they run in and the last one (one at a time)
+        self.measured_apart: set[tuple[int, bool]] = set()
         self.measurer: ThreadPoolExecutor | None = None
         self.measurement: Future | None = None
         self.warm_ups: list[asyncio.Future] = []  # the models' warm-up calls (load)
@@ -502,7 +502,8 @@ class Replica:
         pipeline learnt one time for all its runs, its arms' alike: a slow arm measured once left the window after 8
         runs of the others and ran on the loop again (an arm not chosen yet ran there at once), and an A/B split or
         shadow deployment learnt no time per row (docs/performance.md item 106). An arm not measured yet is measured
-        once on `tables` (each step's input in the run just done) in the replica's measuring thread, off the request
+        once on `tables` (each step's input in the run just done; and once more on a run of the other kind, under
+        or from LEARN_ROWS rows, whose time it lacks) in the replica's measuring thread, off the request
         path (`measure_arm`): until then, and if that call fails, the runs take the thread (a split by a hash key whose
         traffic never reached an arm took it for ever before 2026-12-06, item 108)."""
         call: float | None = 0
@@ -518,6 +519,11 @@ class Replica:
                         self.measure_arm(step, model, tables[at])
                     return
                 model_call, model_row = cost.per_call, cost.per_row
+                if (model_call is None or model_row is None) and tables is not None and at < len(tables) and \
+                        step.kind == "RandomSplit":  # an arm measured apart on a run of the other kind only
+                    given = tables[at]
+                    if (model_row if given.num_rows >= LEARN_ROWS else model_call) is None:
+                        self.measure_arm(step, model, given)
                 if model_call is None:
                     call = None
                 elif call is not None:
@@ -563,13 +569,14 @@ class Replica:
             self.measure_apart(None, rows, again)
 
     def measure_arm(self, step: Step, model: dict[str, Any], table: pa.Table) -> None:
-        """Measure an A/B split's arm `model`, which no run has taken yet, once, on `table` (the step's input of a
-        run of another arm), in a thread off the request path (`measure_apart`): a call of seconds costs a core
-        that long once, never the loop. An arm whose call fails there (an input it cannot take) is not measured,
+        """Measure an A/B split's arm `model`, which no run has taken yet (or none of `table`'s kind: under
+        LEARN_ROWS rows, its time per call; more, its time per row), once for each kind, on `table` (the step's
+        input of a run of another arm), in a thread off the request path (`measure_apart`): a call of seconds costs
+        a core that long once, never the loop. An arm whose call fails there (an input it cannot take) is not measured,
         and its split's runs keep the thread until it is chosen. Not in a pipeline with a sandboxed worker: it never
         runs on the loop (handlers.runs_inline), and a user's code would be given a request its arm was not chosen
         for."""
-        key = id(model)
+        key = (id(model), table.num_rows >= LEARN_ROWS)  # once for its time per call, once for its time per row
         arm_input = getattr(step, "arm_input", None)
         if self.workers or key in self.measured_apart or arm_input is None or self.measuring():
             return

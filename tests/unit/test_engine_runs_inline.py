@@ -420,6 +420,29 @@ def test_an_ab_arm_no_request_reaches_is_measured_once_off_the_request_path(tmp_
     assert replica.ns_per_call >= 2 * handlers.INLINE_NS and len(slow.calls) == 1
 
 
+def test_an_ab_arm_measured_apart_on_one_kind_of_run_is_measured_on_the_other_kind_too(tmp_path):
+    # an arm measured apart on a 1-row request learnt its time per call only: the split's time per row stayed
+    # unknown, so its quick 1,000-row requests took the thread for ever (review of 0d717a95); and the other way round
+    quick, never = Arm(0), Arm(0)
+    replica, request = _split_by_user(tmp_path, [quick, never])
+    replica.run(request)
+    assert _until(lambda: len(never.calls) == 1 and not replica.measuring())
+    user = request.column("user")[0].as_py()
+    big = pa.table({"x": pa.array([1.0] * 1000, pa.float32()), "user": [user] * 1000})
+    for _ in range(3):
+        replica.run(big)
+    assert _until(lambda: handlers.runs_inline(replica, 1000)), "the arm's time per row was never measured"
+    assert len(never.calls) == 2 and never.calls[1][0] != threading.get_ident()  # once more, apart
+    quick, never = Arm(0), Arm(0)
+    replica, request = _split_by_user(tmp_path, [quick, never])
+    replica.run(big)
+    assert _until(lambda: len(never.calls) == 1 and not replica.measuring())
+    for _ in range(3):
+        replica.run(request)
+    assert _until(lambda: len(never.calls) == 2 and not replica.measuring())
+    assert replica.ns_per_call is not None and handlers.runs_inline(replica, 1)
+
+
 def test_an_ab_arm_of_a_pipeline_with_a_sandboxed_worker_is_not_measured_apart(tmp_path):
     # such a pipeline never runs on the loop (its worker's answer is awaited there), so nothing is gained, and a
     # user's code (a Python step or BYOP arm) would be given a request its arm was not chosen for
