@@ -179,7 +179,11 @@ async def test_last_runs_are_each_tasks_newest_runs_ties_in_id_order(pool):
     every run of the tasks before (docs/performance.md, item 109): the answer is the same. Pinned on PostgreSQL (the
     order of uuids and of equal timestamps is its own): a task with more runs than the limit and 6 runs created at one
     moment across the limit's edge, written in descending id order (the index's order of equal keys is the rows'), and
-    another task whose 3 runs are newer than all of them (a limit over all tasks would answer those first)."""
+    another task whose 3 runs are newer than all of them (a limit over all tasks would answer those first). `started`
+    (cfe08b33: started_at set, what a scheduled task's status reads) is pinned too: a run that ended after its start
+    was started, a run replaced while it waited (`failure`, run 4) was not (review of cfe08b33: only fake runs said
+    so: a `started` true for running runs only would make a scheduled task of a few runs, the last one ended, read
+    `pending`)."""
     from services.task_scheduler import handlers, store
 
     await queue(pool, OLD, 0, 0)  # an orchestration and a task (`many`), and two more tasks of it
@@ -195,19 +199,19 @@ async def test_last_runs_are_each_tasks_newest_runs_ties_in_id_order(pool):
     moments = [now - timedelta(seconds=n) for n in range(7)] + [tie] * 6 + [tie - timedelta(seconds=n) for n in (1, 2)]
     ids = [uuid.uuid4() for _ in moments]
     ids[7:13] = sorted(ids[7:13], reverse=True)
-    for n, (run_id, at) in enumerate(zip(ids, moments, strict=True)):
-        made[many].append((run_id, statuses[n % 4], at))
-    made[newer] = [(uuid.uuid4(), statuses[n], now + timedelta(seconds=n + 1)) for n in range(3)]
+    for n, (run_id, at) in enumerate(zip(ids, moments, strict=True)):  # each started but the queued ones and run 4
+        made[many].append((run_id, statuses[n % 4], at, n % 4 != 0 and n != 3))
+    made[newer] = [(uuid.uuid4(), statuses[n + 1], now + timedelta(seconds=n + 1), True) for n in range(3)]
     for task_id, rows in made.items():
-        for run_id, status, at in rows:
-            await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, created_at) VALUES ($1, $2, $3,"
-                               " $4, $5)", run_id, task_id, OLD, status, at)
+        for run_id, status, at, started in rows:
+            await pool.execute("INSERT INTO runs (id, task_id, workspace_id, status, created_at, started_at) VALUES"
+                               " ($1, $2, $3, $4, $5, $6)", run_id, task_id, OLD, status, at, at if started else None)
     answer = await store.last_runs(pool, [many, newer, none, many], handlers.LAST_RUNS)
     assert set(answer) == {many, newer}
     for task_id, rows in made.items():
         expected = sorted(rows, key=lambda r: (-r[2].timestamp(), r[0]))[:handlers.LAST_RUNS]
-        assert [(r["id"], r["status"], r["created_at"], r["running"]) for r in answer[task_id]] == [
-            (run_id, status, at, status in ("queued", "running")) for run_id, status, at in expected]
+        assert [(r["id"], r["status"], r["created_at"], r["running"], r["started"]) for r in answer[task_id]] == [
+            (run_id, status, at, status in ("queued", "running"), started) for run_id, status, at, started in expected]
         assert {r["task_id"] for r in answer[task_id]} == {task_id}
     assert [r["id"] for r in answer[many]][7:] == sorted(ids[7:13])[:3]  # the ties' first three by id
     assert len(answer[many]) == handlers.LAST_RUNS and len(made[many]) > handlers.LAST_RUNS
