@@ -215,7 +215,8 @@ async def with_runs_out_of_queue(pool: asyncpg.Pool, task_ids: list[uuid.UUID]) 
     """Those of `task_ids` with a run that left the queue, i.e. was started (started_at set: running, or ended after
     its start; not one replaced while it waited, store.replace_active, which ended without starting): asked only for a
     scheduled task none of whose last runs started (handlers._records), each stopped at its first such run. Before
-    (64fd7ec8), any run not `queued` counted, a replaced one too."""
+    (64fd7ec8), any run not `queued` counted, a replaced one too. One probe a task of the partial index
+    runs_task_started (migration 009), not a walk back through every replaced run."""
     rows = await pool.fetch("SELECT t.id FROM unnest($1::uuid[]) AS t(id) WHERE EXISTS (SELECT 1 FROM runs"
                             " WHERE runs.task_id = t.id AND runs.started_at IS NOT NULL)", task_ids)
     return {r["id"] for r in rows}
