@@ -314,7 +314,7 @@ def test_tokens_not_saved_is_copied_and_pickled_with_its_file_and_error():
     import pickle
     from pathlib import Path
 
-    warning = session.TokensNotSaved(Path("/home/a/.config/railyard/credentials.json"),
+    warning = session.TokensNotSaved(Path("~/.config/railyard/credentials.json"),
                                      OSError(28, "No space left on device"))
     for again in (copy.copy(warning), pickle.loads(pickle.dumps(warning))):  # before: TypeError, 'error' missing
         assert type(again) is session.TokensNotSaved and str(again) == str(warning)
