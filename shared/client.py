@@ -56,11 +56,6 @@ class RailyardClient:
         """A user token (and refresh token) for the MLOps API."""
         return self._grant({"grant_type": "password", "username": username, "password": password})
 
-    def login_inference(self) -> dict[str, Any]:
-        """An inference token (client_credentials): needs an inference client's id and secret (the login client
-        has no such grant); valid for inference on that client's workspace only."""
-        return self._grant({"grant_type": "client_credentials"})
-
     def refresh(self) -> dict[str, Any]:
         if not self.refresh_token:
             raise RailyardAPIError(401, "unauthorized", "no refresh token: log in again")
