@@ -44,13 +44,13 @@ def test_a_runs_output_gives_the_table_its_last_file_seconds_line_holds(tmp_path
                    "5297 passed in 895.70s\n" + file_seconds.LOG_LINE + json.dumps(seconds) + "\nEXIT 0\n")
     assert file_seconds.from_log(log) == seconds
     monkeypatch.setattr(file_seconds, "TABLE", tmp_path / "file_seconds.json")
-    file_seconds.main(str(log))
+    file_seconds.main([str(log)])
     written = file_seconds.TABLE.read_text()
     assert json.loads(written) == {"tests/integration/test_a.py": 61, "tests/integration/test_c.py": 8}
     assert list(json.loads(written)) == ["tests/integration/test_a.py", "tests/integration/test_c.py"]  # slowest first
     without = tmp_path / "old.log"
     without.write_text("5297 passed in 895.70s\n")
-    with pytest.raises(SystemExit, match="no line starting"):
+    with pytest.raises(SystemExit, match="no line with"):
         file_seconds.from_log(without)
 
 
@@ -61,7 +61,7 @@ def test_a_junit_report_still_refreshes_the_table(tmp_path: Path, monkeypatch):
                       '<testcase classname="tests.unit.test_b" name="test_two" time="0.5"/>'
                       '</testsuite></testsuites>')
     monkeypatch.setattr(file_seconds, "TABLE", tmp_path / "file_seconds.json")
-    file_seconds.main(str(report))
+    file_seconds.main([str(report)])
     assert json.loads(file_seconds.TABLE.read_text()) == {"tests/integration/test_a.py": 6}
 
 
@@ -92,3 +92,41 @@ def test_the_xdist_controller_prints_the_line_that_refreshes_the_table(tmp_path:
     log = tmp_path / "run.log"
     log.write_text("\n".join(lines) + "\n")
     assert file_seconds.table(file_seconds.from_log(log)) == {"tests/integration/test_a.py": 6}
+
+
+def test_the_line_is_found_after_a_prefix_a_ci_log_puts_before_each_line(tmp_path: Path):
+    """Session 42's review: from_log took the line only at a line's start, so a CI log that stamps each line with its
+    time (or a job's name) refused to refresh the table. The words inside other text (a command, a message) are no
+    table and are passed over; the last table found is the run's."""
+    seconds = {"tests/integration/test_a.py": 61.4, "tests/unit/test_b.py": 9.0}
+    log = tmp_path / "ci.log"
+    log.write_text("2026-12-06T22:03:01Z make test | grep 'file seconds: '\n"
+                   "2026-12-06T22:24:40Z [gw] " + file_seconds.LOG_LINE + json.dumps(seconds) + "\r\n"
+                   "2026-12-06T22:24:41Z the 'file seconds: ' line above refreshes the table\n")
+    assert file_seconds.from_log(log) == seconds
+
+
+def test_a_run_of_a_few_files_leaves_the_table_as_it_is_unless_forced(tmp_path: Path, monkeypatch, capsys):
+    """Session 42's review: `python -m tests.file_seconds` wrote whatever the run measured, so the output of a run of
+    one file (or of none of 5 s) replaced the suite's table with a line or with {}, and every other file then counted
+    0 s (or the median) in the order the workers take them. A run must measure at least half the listed files."""
+    table = tmp_path / "file_seconds.json"
+    monkeypatch.setattr(file_seconds, "TABLE", table)
+    current = {f"tests/integration/test_{i}.py": 40 - i for i in range(10)}
+    table.write_text(json.dumps(current))
+
+    def run(seconds: dict[str, float], *options: str) -> None:
+        log = tmp_path / "run.log"
+        log.write_text(file_seconds.LOG_LINE + json.dumps(seconds) + "\n")
+        file_seconds.main([str(log), *options])
+
+    for small in ({"tests/integration/test_0.py": 39.0}, {},
+                  {f"tests/integration/test_{i}.py": 9.0 for i in range(4)}):  # 4 of 10: under half
+        with pytest.raises(SystemExit, match="left as it is"):
+            run(small)
+        assert json.loads(table.read_text()) == current
+    half = {f"tests/integration/test_{i}.py": 9.0 for i in range(5)} | {"tests/unit/test_new.py": 6.0}
+    run(half)
+    assert json.loads(table.read_text()) == {name: round(value) for name, value in half.items()}
+    run({"tests/unit/test_new.py": 7.0}, "--force")
+    assert json.loads(table.read_text()) == {"tests/unit/test_new.py": 7}
