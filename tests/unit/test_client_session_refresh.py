@@ -5,6 +5,7 @@ real server refuses 7: those threads' calls failed, and one rotating refresh tok
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import threading
 import time
@@ -71,6 +72,20 @@ def _at_once(work) -> list[object]:
     return results
 
 
+@contextlib.contextmanager
+def _two_sessions(path):
+    """Two Sessions of the credentials file at `path` (SIGNED_IN, its access token expired), as two processes reading
+    it, closed at the end: the first refreshed, so it spent refresh-0 and the second's refresh is refused."""
+    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
+    first, second = session.Session(credentials_file=path), session.Session(credentials_file=path)
+    try:
+        assert first.token == "access-1"  # spends refresh-0: second's refresh is refused from now on
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
 def test_threads_sharing_an_expired_session_refresh_it_once(tmp_path, server):
     grants, _ = server
     path = tmp_path / "credentials.json"
@@ -122,10 +137,7 @@ def test_a_session_whose_refresh_token_another_process_spent_takes_the_files_new
     valid sign-in. Now it takes the file's tokens, and refreshes them itself once they are about to expire."""
     grants, _ = server
     path = tmp_path / "credentials.json"
-    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
-    first, second = session.Session(credentials_file=path), session.Session(credentials_file=path)
-    try:
-        assert first.token == "access-1"
+    with _two_sessions(path) as (first, second):
         assert second.token == "access-1"  # before: AuthenticationError, the session expired
         assert second.post("workspaces/list", {}) == {"workspaces": []}
         first.expires_at = 0
@@ -136,9 +148,6 @@ def test_a_session_whose_refresh_token_another_process_spent_takes_the_files_new
         assert read_credentials(path)["refresh_token"] == "refresh-5"
         assert [form["refresh_token"] for form in grants] == ["refresh-0", "refresh-0", "refresh-1", "refresh-1",
                                                               "refresh-3"]
-    finally:
-        first.close()
-        second.close()
 
 
 @pytest.mark.parametrize("other", [{"username": "bob"}, {"url": "http://elsewhere.test"},
@@ -151,10 +160,7 @@ def test_a_refused_session_never_takes_another_sign_ins_tokens_from_the_file(tmp
     the server takes, so only that check stands between them and the session; the same file as alice's is taken."""
     grants, _ = server
     path = tmp_path / "credentials.json"
-    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
-    first, second = session.Session(credentials_file=path), session.Session(credentials_file=path)
-    try:
-        assert first.token == "access-1"  # spends refresh-0: second's refresh is refused from now on
+    with _two_sessions(path) as (_, second):
         newer = read_credentials(path)
         write_credentials(newer | other, path)  # valid tokens, another sign-in's
         with pytest.raises(session.AuthenticationError, match="the session expired"):
@@ -164,9 +170,6 @@ def test_a_refused_session_never_takes_another_sign_ins_tokens_from_the_file(tmp
         write_credentials(newer, path)  # alice's again: taken
         assert second.token == "access-1"
         assert [form["refresh_token"] for form in grants] == ["refresh-0", "refresh-0", "refresh-0"]
-    finally:
-        first.close()
-        second.close()
 
 
 def test_threads_that_waited_through_a_failed_refresh_raise_its_error_not_grant_again(tmp_path, monkeypatch):
@@ -216,19 +219,13 @@ def test_a_refused_session_does_not_take_tokens_from_a_file_others_may_write(tmp
     the session went on with. Now such a file is refused, saying what to do, and nothing of it is taken."""
     grants, _ = server
     path = tmp_path / "credentials.json"
-    write_credentials(SIGNED_IN | {"expires_at": 0}, path)
-    first, second = session.Session(credentials_file=path), session.Session(credentials_file=path)
-    try:
-        assert first.token == "access-1"  # spends refresh-0: second's refresh is refused from now on
+    with _two_sessions(path) as (_, second):
         path.chmod(0o660)
         with pytest.raises(session.UnsafeCredentials, match="its group may write it"):
             second.token  # noqa: B018 - the property refreshes; before: access-1, the file's
         assert (second.access_token, second.refresh_token) == ("access-0", "refresh-0")
         path.chmod(0o600)
         assert second.token == "access-1"
-    finally:
-        first.close()
-        second.close()
 
 
 def test_a_session_takes_the_files_client_secret_with_its_newer_tokens(tmp_path, monkeypatch):
