@@ -575,20 +575,23 @@ def test_only_the_railyard_command_goes_without_httpx_command_line():
         assert "railyard_client.session" in loaded and "rich.syntax" not in loaded and "pygments" not in loaded, command
 
 
+class _Sent:
+    """A session that answers nothing and keeps what it was sent: (route, body) a post."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def post(self, route: str, body: dict) -> None:
+        self.sent.append((route, body))
+
+
 def test_a_user_is_deactivated_and_activated_by_email_or_by_id():
     """users/deactivate and users/activate take the user's email (seed 001) or its user_id (5b5800da); the SDK sent
     the email only, so a user invited before the 254-character limit with a longer one (which every command refuses)
     could not be stopped from the SDK. `by_id=True` names the user by id; by default, such a user is named by id."""
     from railyard_client.workspaces import EMAIL_MAX, User
 
-    class Session:
-        def __init__(self) -> None:
-            self.sent: list[tuple[str, dict]] = []
-
-        def post(self, route: str, body: dict) -> None:
-            self.sent.append((route, body))
-
-    session = Session()
+    session = _Sent()
     user_id = "0b6a8c1e-6f1d-4d59-9a4b-2c7f3e1d0a55"
     alice = User(session, {"id": user_id, "email": "alice@example.com", "enabled": True})
     alice.deactivate()
@@ -618,14 +621,7 @@ def test_a_password_is_set_by_email_or_by_user_id_one_of_them_sent():
     from railyard_client.client import Client
     from railyard_client.workspaces import EMAIL_MAX, User
 
-    class Session:
-        def __init__(self) -> None:
-            self.sent: list[tuple[str, dict]] = []
-
-        def post(self, route: str, body: dict) -> None:
-            self.sent.append((route, body))
-
-    session = Session()
+    session = _Sent()
     client = Client.__new__(Client)
     client._session = session
     user_id = "0b6a8c1e-6f1d-4d59-9a4b-2c7f3e1d0a55"
