@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -41,28 +43,47 @@ def _address(chars: int) -> str:
 
 @pytest.mark.parametrize("model, field, body", NAMES, ids=[f"{c.__name__}.{f}" for c, f, _ in NAMES])
 def test_a_name_longer_than_the_bound_is_refused_before_the_handler(model, field, body):
-    called = []
+    _refused_before_the_handler(model, field, body, m.NAME_CHARS, _address)
+
+
+def _answers(model: type[m.Command], body: dict) -> tuple[Callable[[str, object], Any], list[m.Command]]:
+    """`answer(field, value)`: the bus's answer to `model`'s `body` with `field` set to `value`, run by a handler that
+    keeps each command it is called with (the list returned with it) and answers nothing."""
+    called: list[m.Command] = []
 
     async def handler(cmd, ctx):
         called.append(cmd)
         return None
 
-    def answer(name: str):
-        return asyncio.run(run_command(handler, model, body | {field: name}, CallContext(subject="s")))
+    def answer(field: str, value: object):
+        return asyncio.run(run_command(handler, model, body | {field: value}, CallContext(subject="s")))
 
-    refused = answer(_address(m.NAME_CHARS + 1))
+    return answer, called
+
+
+def _refused_before_the_handler(model: type[m.Command], field: str, body: dict, bound: int,
+                                value: Callable[[int], str]) -> None:
+    """`field`'s `value` of `bound` + 1 characters is refused 400 invalid_request, naming the field and its bound in a
+    short message (the value not repeated back), before the handler; one of `bound` characters is taken."""
+    answer, called = _answers(model, body)
+    refused = answer(field, value(bound + 1))
     assert not refused.ok and refused.status == 400 and refused.error.code == "invalid_request", refused
-    assert field in refused.error.msg and str(m.NAME_CHARS) in refused.error.msg, refused.error
-    assert len(refused.error.msg) < 200  # the name is not repeated back
+    assert field in refused.error.msg and str(bound) in refused.error.msg, refused.error
+    assert len(refused.error.msg) < 200  # the value is not repeated back
     assert called == []  # was: taken, whatever its length
-    assert answer(_address(m.NAME_CHARS)).ok and len(called) == 1
+    assert answer(field, value(bound)).ok and len(called) == 1
+
+
+def _fields_carried(carries: Callable[[str], bool]) -> set[tuple[type[m.Command], str]]:
+    """Each (command, field) of the auth commands whose field's name `carries` says yes to."""
+    commands = [c for c in vars(m).values() if isinstance(c, type) and issubclass(c, m.Command) and c is not m.Command]
+    return {(c, f) for c in commands for f in c.model_fields if carries(f)}
 
 
 def test_every_name_field_of_the_auth_commands_is_bounded():
     """A new command (or field) naming a user by name or email is bounded too, or this lists it."""
     listed = {(model, field) for model, field, _ in NAMES}
-    commands = [c for c in vars(m).values() if isinstance(c, type) and issubclass(c, m.Command) and c is not m.Command]
-    named = {(c, f) for c in commands for f in c.model_fields if f in ("username", "email")}
+    named = _fields_carried(lambda f: f in ("username", "email"))
     assert named == listed, named ^ listed
     for model, field in named:
         assert _max_length(model, field) == m.NAME_CHARS, (model.__name__, field)
@@ -91,30 +112,14 @@ SECRETS = [  # every password, client secret and refresh token a command takes, 
 
 @pytest.mark.parametrize("model, field, bound, body", SECRETS, ids=[f"{c.__name__}.{f}" for c, f, _, _ in SECRETS])
 def test_a_secret_longer_than_its_bound_is_refused_before_the_handler(model, field, bound, body):
-    called = []
-
-    async def handler(cmd, ctx):
-        called.append(cmd)
-        return None
-
-    def answer(value: str):
-        return asyncio.run(run_command(handler, model, body | {field: value}, CallContext(subject="s")))
-
-    refused = answer("p" * (bound + 1))
-    assert not refused.ok and refused.status == 400 and refused.error.code == "invalid_request", refused
-    assert field in refused.error.msg and str(bound) in refused.error.msg, refused.error
-    assert len(refused.error.msg) < 200  # the secret is not repeated back
-    assert called == []  # was: taken, whatever its length
-    assert answer("p" * bound).ok and len(called) == 1
+    _refused_before_the_handler(model, field, body, bound, lambda chars: "p" * chars)
 
 
 def test_every_secret_field_of_the_auth_commands_is_bounded():
     """A new command (or field) carrying a password, client secret or refresh token is bounded too, or this lists
     it."""
     listed = {(model, field) for model, field, _, _ in SECRETS}
-    commands = [c for c in vars(m).values() if isinstance(c, type) and issubclass(c, m.Command) and c is not m.Command]
-    carried = {(c, f) for c in commands for f in c.model_fields
-               if "password" in f or f in ("client_secret", "refresh_token")}
+    carried = _fields_carried(lambda f: "password" in f or f in ("client_secret", "refresh_token"))
     assert carried == listed, carried ^ listed
     for model, field, bound, _ in SECRETS:
         assert _max_length(model, field) == bound, (model.__name__, field)
@@ -155,21 +160,7 @@ FIELDS = [  # every client id, authorization code, PKCE verifier, scope and user
 
 @pytest.mark.parametrize("model, field, bound, body", FIELDS, ids=[f"{c.__name__}.{f}" for c, f, _, _ in FIELDS])
 def test_a_request_field_longer_than_its_bound_is_refused_before_the_handler(model, field, bound, body):
-    called = []
-
-    async def handler(cmd, ctx):
-        called.append(cmd)
-        return None
-
-    def answer(value: str):
-        return asyncio.run(run_command(handler, model, body | {field: value}, CallContext(subject="s")))
-
-    refused = answer("x" * (bound + 1))
-    assert not refused.ok and refused.status == 400 and refused.error.code == "invalid_request", refused
-    assert field in refused.error.msg and str(bound) in refused.error.msg, refused.error
-    assert len(refused.error.msg) < 200  # the value is not repeated back
-    assert called == []  # was: taken, whatever its length
-    assert answer("x" * bound).ok and len(called) == 1
+    _refused_before_the_handler(model, field, body, bound, lambda chars: "x" * chars)
 
 
 def test_the_pkce_and_id_bounds_are_the_rfcs_and_ours():
@@ -183,27 +174,19 @@ def test_every_client_id_and_user_id_field_of_the_auth_commands_is_bounded():
     """A new command (or field) carrying a client id, code, verifier, scope, user id, redirect URI or PKCE challenge
     is bounded too, or this lists it."""
     listed = {(model, field) for model, field, _, _ in FIELDS}
-    commands = [c for c in vars(m).values() if isinstance(c, type) and issubclass(c, m.Command) and c is not m.Command]
-    carried = {(c, f) for c in commands for f in c.model_fields
-               if f in ("client_id", "code", "code_verifier", "scope", "user_id", "redirect_uri", "code_challenge")}
+    carried = _fields_carried(lambda f: f in ("client_id", "code", "code_verifier", "scope", "user_id", "redirect_uri",
+                                              "code_challenge"))
     assert carried == listed, carried ^ listed
     for model, field, bound, _ in FIELDS:
         assert _max_length(model, field) == bound, (model.__name__, field)
 
 
 def test_users_query_takes_at_most_a_page_of_ids_each_a_user_ids_length():
-    called = []
-
-    async def handler(cmd, ctx):
-        called.append(cmd)
-        return None
-
-    def answer(ids: list[str]):
-        return asyncio.run(run_command(handler, m.QueryUsers, {"user_ids": ids}, CallContext(subject="s")))
-
+    answer, called = _answers(m.QueryUsers, {})
     for ids in (["x" * (m.USER_ID_CHARS + 1)], [str(uuid.uuid4())] * (MAX_PAGE + 1)):
-        refused = answer(ids)
+        refused = answer("user_ids", ids)
         assert not refused.ok and refused.status == 400 and refused.error.code == "invalid_request", refused
         assert "user_ids" in refused.error.msg and len(refused.error.msg) < 200, refused.error
     assert called == []  # was: taken, up to the 2 MiB body
-    assert answer([str(uuid.uuid4())] * MAX_PAGE).ok and answer(["x" * m.USER_ID_CHARS]).ok and len(called) == 2
+    assert (answer("user_ids", [str(uuid.uuid4())] * MAX_PAGE).ok and answer("user_ids", ["x" * m.USER_ID_CHARS]).ok
+            and len(called) == 2)
