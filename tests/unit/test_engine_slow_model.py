@@ -154,19 +154,24 @@ def test_an_ab_splits_slow_arm_leaves_the_replica_answering_its_status_probe(nat
     asyncio.run(main())
 
 
+def _lane(tmp_path: Path, runtime: OnnxRuntime, name: str) -> tuple[Replica, FastLane, bytes]:
+    """A replica of one ModelInference step, model `name` run by `runtime`, its fast lane, and a 1-row request."""
+    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
+            "steps": [{"kind": "ModelInference", "models": [{"name": name, "model_version": "1", "sha": "abc",
+                                                            "runtime": "onnx"}]}]}
+    replica = Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
+    replica.steps = [Step(spec["steps"][0], [runtime])]
+    replica.narrowing = first_step_narrowing(replica.steps)
+    lane = FastLane(runtime, replica.narrowing, {"name": name, "sha": "abc"}, "v1", 1 << 20, replica)
+    return replica, lane, to_ipc_stream(pa.table({"tensor": tensor_array(np.ones((1, 4), np.float32))}))
+
+
 def test_the_fast_lane_runs_only_what_the_replica_runs_on_its_loop_and_teaches_it_a_slow_call(tmp_path):
     model = tmp_path / "slow.onnx"
     model.write_bytes(slow_onnx(iterations=16))  # ~50 ms a call: 1 ms (INLINE_NS) is all it must pass
     runtime = OnnxRuntime(model)
     runtime.load()
-    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
-            "steps": [{"kind": "ModelInference", "models": [{"name": "slow", "model_version": "1", "sha": "abc",
-                                                            "runtime": "onnx"}]}]}
-    replica = Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
-    replica.steps = [Step(spec["steps"][0], [runtime])]
-    replica.narrowing = first_step_narrowing(replica.steps)
-    lane = FastLane(runtime, replica.narrowing, {"name": "slow", "sha": "abc"}, "v1", 1 << 20, replica)
-    request = to_ipc_stream(pa.table({"tensor": tensor_array(np.ones((1, 4), np.float32))}))
+    replica, lane, request = _lane(tmp_path, runtime, "slow")
     assert lane.answer(request, time.perf_counter_ns()) is None  # nothing measured: the general path's thread
     replica.learn(1, 10_000)  # say a quick call was measured (a model can be quick for some inputs, slow for others)
     answer = lane.answer(request, time.perf_counter_ns())  # so the lane runs it, and holds the loop ~50 ms once
@@ -219,14 +224,7 @@ def test_a_quick_lane_call_preempted_past_held_ns_is_measured_again_not_kept_as_
     runtime = OnnxRuntime(model)
     runtime.load()
     session = runtime.session = Preempting(runtime.session, clock, 2 * handlers.HELD_NS)
-    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1},
-            "steps": [{"kind": "ModelInference", "models": [{"name": "quick", "model_version": "1", "sha": "abc",
-                                                            "runtime": "onnx"}]}]}
-    replica = Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
-    replica.steps = [Step(spec["steps"][0], [runtime])]
-    replica.narrowing = first_step_narrowing(replica.steps)
-    lane = FastLane(runtime, replica.narrowing, {"name": "quick", "sha": "abc"}, "v1", 1 << 20, replica)
-    request = to_ipc_stream(pa.table({"tensor": tensor_array(np.ones((1, 4), np.float32))}))
+    replica, lane, request = _lane(tmp_path, runtime, "quick")
     replica.learn(1, 10_000)  # measured quick
     assert lane.answer(request, Clock.perf_counter_ns()) is not None
     session.preempt = True
