@@ -184,24 +184,21 @@ class AuthSettings(BaseModel):
     password_hash_memory_kib: int = Field(65536, ge=8, description="argon2id memory of a password hash (KiB).")
     password_hash_parallelism: int = Field(4, ge=1, description="argon2id lanes of a password hash.")
 
-    @field_validator("bootstrap_admin_username")
+    @field_validator("bootstrap_admin_username", "bootstrap_client_id")
     @classmethod
-    def _admin_name_a_sign_in_takes(cls, name: str) -> str:
-        # a sign-in's user name is at most NAME_CHARS (254, shared/messages/auth.py; not imported: settings import
-        # nothing of the platform's): a longer admin was created and could never sign in
-        if not name or len(name) > ADMIN_NAME_CHARS:
-            raise ValueError(f"the first admin's user name must be 1-{ADMIN_NAME_CHARS} characters (this one has "
-                             f"{len(name)}): a sign-in takes no other, so that admin could never sign in")
+    def _name_a_sign_in_takes(cls, name: str, info: ValidationInfo) -> str:
+        # a sign-in's user name is at most NAME_CHARS (254), a token request's client id CLIENT_ID_CHARS (128)
+        # (shared/messages/auth.py; not imported: settings import nothing of the platform's): a longer or empty admin
+        # or client was created and could never be used
+        what, bound, why = {
+            "bootstrap_admin_username": ("the first admin's user name", ADMIN_NAME_CHARS,
+                                         "a sign-in takes no other, so that admin could never sign in"),
+            "bootstrap_client_id": ("the first client's id", ADMIN_CLIENT_ID_CHARS,
+                                    "a token request takes no other, so that client could never be used"),
+        }[info.field_name]
+        if not name or len(name) > bound:
+            raise ValueError(f"{what} must be 1-{bound} characters (this one has {len(name)}): {why}")
         return name
-
-    @field_validator("bootstrap_client_id")
-    @classmethod
-    def _client_id_a_sign_in_takes(cls, client_id: str) -> str:
-        # a token request's client id is at most CLIENT_ID_CHARS (128, shared/messages/auth.py)
-        if not client_id or len(client_id) > ADMIN_CLIENT_ID_CHARS:
-            raise ValueError(f"the first client's id must be 1-{ADMIN_CLIENT_ID_CHARS} characters (this one has "
-                             f"{len(client_id)}): a token request takes no other, so that client could never be used")
-        return client_id
 
     @field_validator("bootstrap_admin_password", "bootstrap_client_secret")
     @classmethod
