@@ -225,14 +225,9 @@ class Client:
         for both); their tokens stop working. `User.set_password` names a listed user as `User.deactivate` does."""
         if email is not None and user_id is not None:
             raise ValueError("name the user by email or by user_id, not both: users/update_password takes one of them")
-        body: dict[str, Any] = {"password": password}
-        if current_password is not None:
-            body["current_password"] = current_password
-        if email is not None:
-            body["email"] = email
-        elif user_id is not None:
-            body["user_id"] = str(user_id)
-        self._session.post("users/update_password", body)
+        body = {"password": password, "current_password": current_password, "email": email,
+                "user_id": None if user_id is None else str(user_id)}
+        self._session.post("users/update_password", {key: value for key, value in body.items() if value is not None})
 
     def create_connection(self, name: str, type: str, details: dict[str, Any]) -> Connection:
         """Create a data connection (details are kept encrypted); attach it with `add_to_workspace`."""

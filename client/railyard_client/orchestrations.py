@@ -152,18 +152,10 @@ class Orchestrations:
         Returns `{"id": task}`."""
         body: dict[str, Any] = {"orch_id": str(orchestration_id), "workspace_id": self.workspace_id,
                                 "json": args or {}, "schedule": schedule}
-        if name:
-            body["name"] = name
-        if timeout is not None:
-            body["timeout"] = timeout
-        if missed_run_policy:
-            body["missed_run_policy"] = missed_run_policy
-        if concurrency_policy is not None:
-            body["concurrency_policy"] = concurrency_policy
-        if max_queued is not None:
-            body["max_queued"] = max_queued
-        if task_id is not None:
-            body["id"] = str(task_id)
+        given = {"name": name or None, "timeout": timeout, "missed_run_policy": missed_run_policy or None,
+                 "concurrency_policy": concurrency_policy, "max_queued": max_queued,
+                 "id": None if task_id is None else str(task_id)}  # an empty name or missed-run policy: not sent
+        body |= {key: value for key, value in given.items() if value is not None}
         return self._post("task/run_scheduled", body)
 
     def task(self, task_id: str) -> dict[str, Any]:
