@@ -10,10 +10,11 @@ shown (a request's error quotes it: services/engine/runtimes.py); a file Python 
 a bytes name, `"/..."` for one holding a `'`, a backslash escaping) is named the same way (session 42). So are
 Python 3.13's words for a module named as another one (`(consider renaming '/.../random.py' since it has the same
 name ...`, `partially initialized module 'x' from '/.../x.py' has no attribute ...`) and a warning's line as Python
-writes it to stderr (`/opt/.../x.py:3: UserWarning: ...`, at a line's start, its category's name ending in
-`Warning`). Not renamed (docs/security.md): a path of any other message (a library's own words, "Load model from
-/srv/... failed"), a warning's line written otherwise (logging's `py.warnings` prefix before it, a category named
-without `Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a
+writes it to stderr (`/opt/.../x.py:3: UserWarning: ...`, at a line's start or after the `WARNING:py.warnings:` of
+logging's default format, which logging.captureWarnings writes it with; its category's name ending in `Warning`).
+Not renamed (docs/security.md): a path of any other message (a library's own words, "Load model from /srv/...
+failed"), a warning's line written otherwise (another logging format's prefix before it, a category named without
+`Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a
 path a task run's log splits across two 16-KiB pieces (services/task_scheduler/runner.py cuts a line there; each
 piece is named alone).
 
@@ -59,9 +60,12 @@ RENAMING_FILE = re.compile(r"(?P<head>\(consider renaming )" + _quoted(1) + r"(?
 PARTIAL_MODULE_FILE = re.compile(r"(?P<head>partially initialized module '[^'\n]{0,500}' from )" + _quoted(1)
                                  + r"(?= has no attribute )")
 # a warning as Python's warnings module writes it (`{file}:{line}: {category}: {message}`), at a line's start only
-# (one search a line: a '/' anywhere would let each start read to its line's end), its category's name ending in
-# `Warning` (a run's own `/data/in.csv:3: bad row` stays as printed)
-WARNING_FILE = re.compile(r"^(/[^:\n]*)(?=:\d+: \w*Warning: )", re.MULTILINE)
+# (one search a line: a '/' anywhere would let each start read to its line's end), or after the `WARNING:py.warnings:`
+# logging's default format writes before it once logging.captureWarnings(True) sends warnings to the `py.warnings`
+# logger (session 43; before, that line's file was shown whole), its category's name ending in `Warning` (a run's own
+# `/data/in.csv:3: bad row` stays as printed)
+WARNING_FILE = re.compile(r"^(?P<head>(?:WARNING:py\.warnings:)?)(?P<file>/[^:\n]*)(?=:\d+: \w*Warning: )",
+                          re.MULTILINE)
 PACKAGE_ROOTS = ("site-packages", "dist-packages")
 BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
 PATH_ROOM = 4096
@@ -104,7 +108,7 @@ def named_files(text: str, roots: Sequence[str] = ()) -> str:
     if "partially initialized module " in text:
         text = PARTIAL_MODULE_FILE.sub(lambda found: found["head"] + _requoted(found, 1, roots), text)
     if "Warning: " in text:
-        text = WARNING_FILE.sub(lambda found: shown_file(found[1], roots), text)
+        text = WARNING_FILE.sub(lambda found: found["head"] + shown_file(found["file"], roots), text)
     return text
 
 

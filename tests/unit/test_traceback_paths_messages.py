@@ -139,6 +139,21 @@ def test_a_warnings_line_shows_no_host_path():
     assert [line for _, _, _, line in writer.pending] == ["lib/util.py:12: UserWarning: careful"]
 
 
+def test_a_warnings_line_logged_by_logging_shows_no_host_path():
+    """logging.captureWarnings(True) sends a warning to the `py.warnings` logger: with logging's default format
+    (basicConfig's) its line is `WARNING:py.warnings:` and then Python's, whose file was shown whole (session 42's
+    review)."""
+    import logging
+    import warnings
+
+    written = warnings.formatwarning("careful", UserWarning, "/opt/railyard/.venv/lib/python3.11/site-packages/"
+                                     "sklearn/base.py", 3, "")
+    record = logging.LogRecord("py.warnings", logging.WARNING, __file__, 1, written, None, None)
+    line = logging.Formatter(logging.BASIC_FORMAT).format(record)
+    assert line.startswith("WARNING:py.warnings:/opt/railyard/")  # as logging writes it
+    assert named_files(line) == "WARNING:py.warnings:sklearn/base.py:3: UserWarning: careful\n"
+
+
 def test_a_circular_imports_module_file_shows_no_host_path():
     """Python's other wording of the ImportError (a module half-initialised when it is imported from) is named too."""
     text = ("ImportError: cannot import name 'x' from partially initialized module 'pkg' (most likely due to a circular"
@@ -177,9 +192,9 @@ def _cpu_named(text: str) -> str:
 KEPT_PIECES = ["[Errno 1] ", "[Errno 1] a: ", "cannot import name 'x' from (", "cannot import name 'x' from 'y' (",
                "(consider renaming '/", "(consider renaming \"/\\", "(consider renaming '/x'",
                "partially initialized module 'x' from '/", "partially initialized module '", "/:1: ",
-               "/a:1: xWarning", "Warning: /", "\n/", "/"]
+               "/a:1: xWarning", "Warning: /", "\n/", "/", "\nWARNING:py.warnings:/"]
 NAMED_PIECES = ["[Errno 1] a: b'/", "[Errno 1] a: \"/", "[Errno 1] a: '/\\", "[Errno 1] a: '/x' -> \"/",
-                "\n/a:1: aWarning: "]
+                "\n/a:1: aWarning: ", "\nWARNING:py.warnings:/a:1: aWarning: "]
 
 
 @pytest.mark.parametrize("piece", KEPT_PIECES + NAMED_PIECES)
