@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from services.gateway.monitoring_continuous import JSON_ROUTE_SPECS as CONTINUOU
 from services.gateway.monitoring_feedback import JSON_ROUTE_SPECS as FEEDBACK_ROUTE_SPECS
 from services.gateway.monitoring_feedback import add_feedback_routes
 from services.gateway.openapi_body import request_schema
+from services.gateway.orchestrations import FORWARDS as ORCHESTRATION_FORWARDS
 from services.gateway.orchestrations import JSON_ROUTE_SPECS as ORCHESTRATION_ROUTE_SPECS
 from services.gateway.orchestrations import add_orchestration_routes
 from services.gateway.ratelimit import TokenBuckets, TokenEndpointLimits
@@ -86,6 +87,9 @@ class Route:
     # the service answers its data encoded (shared.bus.EncodedData): passed on as it is once its top level is `reply`'s
     # (shared.bus.reply_data_bytes), not read and validated again (its content is the model's: the service's tests)
     encoded: bool = False
+    # how the command is sent when not as one request (handlers.forward): task/list_task_runs asked whole reads
+    # pages (orchestrations.FORWARDS)
+    forward: Callable[..., Awaitable[dict[str, Any]]] | None = None
 
     def wait(self, settings: Any) -> float:
         """Seconds the gateway waits for this route's answer, whatever the body (JSON or a multipart upload): the
@@ -215,7 +219,7 @@ JSON_ROUTES: list[Route] = [spec if isinstance(spec, Route) else R(*spec) for sp
     ("/connections/delete", subjects.REGISTRY_CONNECTIONS_DELETE, reg.DeleteConnection, None,
      "Delete a connection attached to no workspace (204; 409 while attached).", None, 204),
 ]]
-JSON_ROUTES += [R(*spec) for spec in ORCHESTRATION_ROUTE_SPECS]
+JSON_ROUTES += [R(*spec, forward=ORCHESTRATION_FORWARDS.get(spec[0])) for spec in ORCHESTRATION_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in LINEAGE_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in MONITORING_ROUTE_SPECS]
 JSON_ROUTES += [R(*spec) for spec in FEEDBACK_ROUTE_SPECS]
@@ -515,8 +519,8 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
             return Response(await request_encoded(runtime.broker, route.subject, command, token=bearer_token(request),
                                                   timeout=route.wait(runtime.settings), reply_model=route.reply),
                             status_code=route.status, media_type="application/json")
-        reply = await handlers.forward(runtime.broker, route.subject, command, bearer_token(request),
-                                       route.wait(runtime.settings))
+        reply = await (route.forward or handlers.forward)(runtime.broker, route.subject, command,
+                                                          bearer_token(request), route.wait(runtime.settings))
         if route.status == 204:
             return Response(status_code=204)
         if not route.unwrap:

@@ -7,15 +7,18 @@ under its sha256 or refuses it, and deletes the staged copy either way."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from pydantic import ValidationError
 
 from services.gateway import handlers, json_body
-from shared import subjects
+from shared import paging, subjects
 from shared.authz import Principal
-from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, validation_message
+from shared.bus import byte_size
+from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, ReplyTooLarge, validation_message
 from shared.messages import tasks as t
 from shared.objectstore import BUCKET_ORCHESTRATIONS
 from shared.service import Runtime
@@ -43,6 +46,47 @@ JSON_ROUTE_SPECS: list[tuple[Any, ...]] = [
     ("/task/get_logs_for_run", subjects.TASKS_RUN_LOGS, t.GetRunLogs, t.RunLogs,
      "A task run's log lines ('<RFC 3339 time> stdout F <line>'), the last `lines` of them."),
 ]
+
+
+WHOLE_RUNS_BYTES = 32 * 1024 * 1024
+"""JSON bytes of a task's runs the gateway reads for task/list_task_runs asked whole (4 bus replies): ~110,000 runs
+without a reason (a minute's schedule for 11 weeks), fewer with long ones; ~2.5 times that of the gateway's memory
+while it answers."""
+
+
+async def forward_runs(broker: Any, subject: str, command: t.ListTaskRuns, token: str, timeout: float) -> dict:
+    """task/list_task_runs asked whole (no `limit`): the seed's answer is every run of the task, which past ~25,000
+    runs (a schedule every minute for 17 days) is more than a bus reply carries (8 MiB) and was the 422
+    reply_too_large. So the gateway reads them a page at a time across bus replies (order "created", 1000 a page:
+    keyset pages that neither skip nor repeat a run while runs are added or updated; one request when they fit a
+    page) and answers them in the order asked: by creation, as read, or (the seed's) most recently updated first, as
+    the scheduler's SQL sorts them (updated_at descending, then run id). A run updated while the pages are read is
+    answered once, as its page read it. Past WHOLE_RUNS_BYTES: 422 reply_too_large, telling to page. A `limit`, or a
+    cursor without order "created" (a 400 there), is forwarded as it is."""
+    if command.limit is not None or (command.cursor is not None and command.order != "created"):
+        return await handlers.forward(broker, subject, command, token, timeout)
+    runs: list[dict[str, Any]] = []
+    cursor, seen, size = command.cursor, set(), 0
+    while True:
+        page = await handlers.forward(broker, subject, command.model_copy(
+            update={"order": "created", "limit": paging.MAX_PAGE, "cursor": cursor}), token, timeout)
+        runs += page["runs"]
+        if (cursor := page.get("next_cursor")) is None:
+            break
+        if (size := size + len(orjson.dumps(page["runs"]))) > WHOLE_RUNS_BYTES:
+            raise ReplyTooLarge(f"the task's runs are more than the {byte_size(WHOLE_RUNS_BYTES)} "
+                                f"task/list_task_runs answers whole: {t.RUNS_PAGES_HINT}")
+        if cursor in seen:  # a list that does not advance (shared.paging.pages)
+            raise paging.RepeatedCursor(f"task/list_task_runs answered cursor {cursor!r} again")
+        seen.add(cursor)
+    if command.order != "created":
+        runs.sort(key=lambda run: run["run_id"])  # PostgreSQL's uuid order is its canonical text's
+        runs.sort(key=lambda run: datetime.fromisoformat(run["updated_at"]), reverse=True)  # stable: ids stay in order
+    return {"runs": runs}
+
+
+FORWARDS = {"/task/list_task_runs": forward_runs}
+"""Routes of JSON_ROUTE_SPECS whose command is not forwarded as one request (http.py's Route.forward)."""
 
 
 def add_orchestration_routes(app: FastAPI, runtime: Runtime, user_caller: Any, bearer_token: Any) -> None:

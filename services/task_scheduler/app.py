@@ -15,6 +15,7 @@ from shared import paging, subjects
 from shared.authz import Principal, bus_membership, bus_verifier
 from shared.bus import CallContext, command, publish_event, request
 from shared.messages.tasks import (
+    RUNS_PAGES_HINT,
     GetRunLogs,
     GetTask,
     GetTasksByOrchSha,
@@ -97,9 +98,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
         """Stop a task: no new runs, a run in progress is stopped."""
         return await handlers.kill_task(deps(), await caller(ctx), ctx.token, cmd.id)
 
-    @command(router, subjects.TASKS_LIST_RUNS, service=NAME,
-             too_large_hint=paging.too_large_hint("task/list_task_runs", True).replace(
-                 "pass limit", 'pass order "created" and limit'))
+    @command(router, subjects.TASKS_LIST_RUNS, service=NAME, too_large_hint=RUNS_PAGES_HINT)
     async def list_runs(cmd: ListTaskRuns, ctx: CallContext) -> TaskRuns:
         """A task's runs, most recently updated first (order "created": newest first, pages with `limit`)."""
         return await handlers.list_runs(deps(), await caller(ctx), ctx.token, cmd)

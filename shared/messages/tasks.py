@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from shared.messages.base import WITHOUT_CONTROLS, Command, Event, Message, omit_when_unset
-from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field
+from shared.paging import NextCursor, cursor_field, key_cursor_field, limit_field, too_large_hint
 
 MAX_LOG_PAGE = 100_000
 """Lines a page of task/get_logs_for_run holds at most (`limit`; fewer past 4 MiB of JSON)."""
@@ -212,6 +212,11 @@ class ListTaskRuns(Command):
                                                  "most recently updated first) or \"created\" (newest first by "
                                                  "creation: the order that pages, with `limit` and `cursor`).")
     cursor: str | None = key_cursor_field("task/list_task_runs (order \"created\")")
+
+
+RUNS_PAGES_HINT = too_large_hint("task/list_task_runs", True).replace("pass limit", 'pass order "created" and limit')
+"""How to read a task's runs that pass what one answer carries: in pages of order "created" (the seed's `limit` alone
+answers the most recently updated runs, no cursor)."""
 
 
 class TaskRunRecord(Message):
