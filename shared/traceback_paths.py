@@ -11,12 +11,14 @@ a bytes name, `"/..."` for one holding a `'`, a backslash escaping) is named the
 Python 3.13's words for a module named as another one (`(consider renaming '/.../random.py' since it has the same
 name ...`, `partially initialized module 'x' from '/.../x.py' has no attribute ...`) and a warning's line as Python
 writes it to stderr (`/opt/.../x.py:3: UserWarning: ...`, at a line's start or after the `WARNING:py.warnings:` of
-logging's default format, which logging.captureWarnings writes it with; its category's name ending in `Warning`).
-Not renamed (docs/security.md): a path of any other message (a library's own words, "Load model from /srv/...
-failed"), a warning's line written otherwise (another logging format's prefix before it, a category named without
-`Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a
-path a task run's log splits across two 16-KiB pieces (services/task_scheduler/runner.py cuts a line there; each
-piece is named alone).
+logging's default format, which logging.captureWarnings writes it with). A line is a warning's when its file is a
+Python source (`.py`), whatever its category's name (a linter's `/.../main.py:3: error: ...` is named too), or its
+category's name ends in `Warning` and is not the bare `Warning` (a run's own `/data/in.csv:3: Warning: bad row` is
+the user's text, kept as printed). Not renamed (docs/security.md): a path of any other message (a library's own
+words, "Load model from /srv/... failed"), a warning's line written otherwise (another logging format's prefix before
+it, a file not `.py` with a category not named `...Warning` or named `Warning`, a folder with a `:` in its name),
+Python 3.13's unquoted `'%U'` file when it holds a `'`, and a path a task run's log splits across two 16-KiB pieces
+(services/task_scheduler/runner.py cuts a line there; each piece is named alone).
 
 Used by the engine (a request's error: services/engine/runtimes.py, sandboxed.py; f4c57130, 59b346a2, 8d122876), the
 registry (a conversion's stderr excerpt: services/registry/worker.py) and the task scheduler (a run's log lines and
@@ -62,10 +64,12 @@ PARTIAL_MODULE_FILE = re.compile(r"(?P<head>partially initialized module '[^'\n]
 # a warning as Python's warnings module writes it (`{file}:{line}: {category}: {message}`), at a line's start only
 # (one search a line: a '/' anywhere would let each start read to its line's end), or after the `WARNING:py.warnings:`
 # logging's default format writes before it once logging.captureWarnings(True) sends warnings to the `py.warnings`
-# logger (session 43; before, that line's file was shown whole), its category's name ending in `Warning` (a run's own
-# `/data/in.csv:3: bad row` stays as printed)
-WARNING_FILE = re.compile(r"^(?P<head>(?:WARNING:py\.warnings:)?)(?P<file>/[^:\n]*)(?=:\d+: \w*Warning: )",
-                          re.MULTILINE)
+# logger (session 43; before, that line's file was shown whole). Which lines are a warning's (session 43's rule): a
+# Python source's (`.py`) whatever its category's name (a class of the user's need not end in `Warning`: `Deprecated`
+# was shown whole), or any file's with a category named `...Warning` other than the bare `Warning` (a run's own
+# `/data/in.csv:3: Warning: bad row` was renamed `in.csv:3: ...`; `/data/in.csv:3: bad row` never was)
+WARNING_FILE = re.compile(r"^(?P<head>(?:WARNING:py\.warnings:)?)(?:(?P<source>/[^:\n]*\.py)(?=:\d+: [^\W\d]\w*: )"
+                          r"|(?P<file>/[^:\n]*)(?=:\d+: \w+Warning: ))", re.MULTILINE)
 PACKAGE_ROOTS = ("site-packages", "dist-packages")
 BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to (ByopRuntime._unpack)
 PATH_ROOM = 4096
@@ -107,8 +111,9 @@ def named_files(text: str, roots: Sequence[str] = ()) -> str:
         text = RENAMING_FILE.sub(lambda found: found["head"] + _requoted(found, 1, roots), text)
     if "partially initialized module " in text:
         text = PARTIAL_MODULE_FILE.sub(lambda found: found["head"] + _requoted(found, 1, roots), text)
-    if "Warning: " in text:
-        text = WARNING_FILE.sub(lambda found: found["head"] + shown_file(found["file"], roots), text)
+    if "Warning: " in text or ".py:" in text:
+        text = WARNING_FILE.sub(lambda found: found["head"] + shown_file(found["source"] or found["file"], roots),
+                                text)
     return text
 
 

@@ -61,6 +61,7 @@ def test_a_task_runs_error_line_names_its_file_from_the_orchestration():
                                   "cannot import name 'x' from 'y' (unknown location)", "Load model from /srv/m.onnx",
                                   "wrote b'/data/out.bin' and \"/data/it's.csv\"", "/data/in.csv:3: bad row",
                                   "/data/in.csv:3: Note: UserWarning: is a word here", "(consider renaming it)",
+                                  "/data/in.csv:3: Warning: bad row", "/data/main.py:3: bad row",
                                   "module 'x' from '/data/x.py' has no attribute 'y'"])
 def test_other_text_is_kept_as_printed(text):
     assert named_files(text) == text
@@ -139,6 +140,20 @@ def test_a_warnings_line_shows_no_host_path():
     assert [line for _, _, _, line in writer.pending] == ["lib/util.py:12: UserWarning: careful"]
 
 
+def test_a_warnings_line_of_any_category_from_a_python_file_shows_no_host_path():
+    """A warning's category is any class of Warning's: one of the user's or a library's need not be named `...Warning`
+    (`Deprecated`), and the bare `Warning` is one too. Its file is a Python source: such a line was shown whole when
+    the category's name did not end in `Warning` (session 42's review). A file not `.py` with the bare `Warning` is
+    the run's own text (test_other_text_is_kept_as_printed)."""
+    import warnings
+
+    deprecated = type("Deprecated", (DeprecationWarning,), {})
+    for category in (deprecated, Warning):
+        written = warnings.formatwarning("old", category, "/opt/railyard/.venv/lib/python3.11/site-packages/pkg/x.py",
+                                         3, "")
+        assert named_files(written) == f"pkg/x.py:3: {category.__name__}: old\n", written
+
+
 def test_a_warnings_line_logged_by_logging_shows_no_host_path():
     """logging.captureWarnings(True) sends a warning to the `py.warnings` logger: with logging's default format
     (basicConfig's) its line is `WARNING:py.warnings:` and then Python's, whose file was shown whole (session 42's
@@ -192,9 +207,10 @@ def _cpu_named(text: str) -> str:
 KEPT_PIECES = ["[Errno 1] ", "[Errno 1] a: ", "cannot import name 'x' from (", "cannot import name 'x' from 'y' (",
                "(consider renaming '/", "(consider renaming \"/\\", "(consider renaming '/x'",
                "partially initialized module 'x' from '/", "partially initialized module '", "/:1: ",
-               "/a:1: xWarning", "Warning: /", "\n/", "/", "\nWARNING:py.warnings:/"]
+               "/a:1: xWarning", "Warning: /", "\n/", "/", "\nWARNING:py.warnings:/", "/a.py:1: ", "\n/a.py:1: x"]
 NAMED_PIECES = ["[Errno 1] a: b'/", "[Errno 1] a: \"/", "[Errno 1] a: '/\\", "[Errno 1] a: '/x' -> \"/",
-                "\n/a:1: aWarning: ", "\nWARNING:py.warnings:/a:1: aWarning: "]
+                "\n/a:1: aWarning: ", "\nWARNING:py.warnings:/a:1: aWarning: ",
+                "\n/a.py:1: Deprecated: "]
 
 
 @pytest.mark.parametrize("piece", KEPT_PIECES + NAMED_PIECES)
