@@ -32,8 +32,11 @@ from pathlib import Path
 
 # an absolute path in a traceback line (a frame: `File "/...", line 3, in f`; a SyntaxError: `File "/...", line 3`),
 # and nothing else: a task run's log lines are its own output, where `File "/data/out.csv" written` or `File "/ is
-# the root"` is the user's text, kept as printed
-FRAME_FILE = re.compile(r'File "(/[^"\n]*)"(?=, line \d)')
+# the root"` is the user's text, kept as printed. Python writes the file unescaped between its quotes: one holding a
+# `"` (`File "/srv/a"b/x.py", line 3`) ends at the `"` before `, line N` (session 43; before, it was not read at all
+# and showed whole). A file's read stops at the next `File "` (the user's `File "/data/out.csv" written; File "/...",
+# line 3` names the second only), so each character is read for the one start before it: linear
+FRAME_FILE = re.compile(r'File "(/(?:(?!File ")[^"\n]|"(?!, line \d))*)"(?=, line \d)')
 # an OSError's file(s) in its message, as Python writes them (`[Errno N] strerror: 'file'`, `... -> 'file2'`), and
 # an ImportError's module file (`cannot import name 'x' from 'pkg' (/.../pkg/__init__.py)`): the tenant's code's
 # exception text, quoted in a request's error and ending its traceback, carried the host's folders. Each start's

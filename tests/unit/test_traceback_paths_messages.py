@@ -169,6 +169,24 @@ def test_a_warnings_line_logged_by_logging_shows_no_host_path():
     assert named_files(line) == "WARNING:py.warnings:sklearn/base.py:3: UserWarning: careful\n"
 
 
+def test_a_frames_file_holding_a_double_quote_shows_no_host_path():
+    """Python writes a frame's file between "..." unescaped: a file holding a `"` was not read as a frame's (its read
+    stopped at that quote) and showed whole (session 42's review). The user's own `File "..."` text before a frame on
+    the same line is still kept as printed."""
+    import traceback
+
+    code = compile("raise ValueError('no')", '/srv/data/.railyard/tasks/runs/r1/say "hi"/main.py', "exec")
+    try:
+        exec(code, {})
+    except ValueError as exc:
+        written = "".join(traceback.format_exception(exc))
+    assert 'File "/srv/data/.railyard/tasks/runs/r1/say "hi"/main.py", line 1, in <module>' in written  # Python's
+    named = named_files(written, ("/srv/data/.railyard/tasks/runs/r1",))
+    assert "/srv/data" not in named and 'File "say "hi"/main.py", line 1, in <module>' in named, named
+    said = 'File "/data/out.csv" written; File "/srv/data/x.py", line 3, in f'
+    assert named_files(said) == 'File "/data/out.csv" written; File "x.py", line 3, in f'
+
+
 def test_a_circular_imports_module_file_shows_no_host_path():
     """Python's other wording of the ImportError (a module half-initialised when it is imported from) is named too."""
     text = ("ImportError: cannot import name 'x' from partially initialized module 'pkg' (most likely due to a circular"
@@ -207,10 +225,11 @@ def _cpu_named(text: str) -> str:
 KEPT_PIECES = ["[Errno 1] ", "[Errno 1] a: ", "cannot import name 'x' from (", "cannot import name 'x' from 'y' (",
                "(consider renaming '/", "(consider renaming \"/\\", "(consider renaming '/x'",
                "partially initialized module 'x' from '/", "partially initialized module '", "/:1: ",
-               "/a:1: xWarning", "Warning: /", "\n/", "/", "\nWARNING:py.warnings:/", "/a.py:1: ", "\n/a.py:1: x"]
+               "/a:1: xWarning", "Warning: /", "\n/", "/", "\nWARNING:py.warnings:/", "/a.py:1: ", "\n/a.py:1: x",
+               'File "/', 'File "/"', 'File "/a", line x']
 NAMED_PIECES = ["[Errno 1] a: b'/", "[Errno 1] a: \"/", "[Errno 1] a: '/\\", "[Errno 1] a: '/x' -> \"/",
                 "\n/a:1: aWarning: ", "\nWARNING:py.warnings:/a:1: aWarning: ",
-                "\n/a.py:1: Deprecated: "]
+                "\n/a.py:1: Deprecated: ", 'File "/a"b", line 1']
 
 
 @pytest.mark.parametrize("piece", KEPT_PIECES + NAMED_PIECES)
@@ -228,7 +247,7 @@ def test_a_long_line_of_message_starts_is_named_in_linear_time(piece):
 
 
 @pytest.mark.parametrize("text", ["/" + "a" * SIZE, "\n/a:1: " + "x" * SIZE, "[Errno 1] a: '/" + "x" * SIZE,
-                                  "(consider renaming \"/" + "\\x" * (SIZE // 2)])
+                                  "(consider renaming \"/" + "\\x" * (SIZE // 2), 'File "/' + 'a"' * (SIZE // 2)])
 def test_one_long_unclosed_file_is_read_once(text):
     assert _cpu_named(text) == text
 
