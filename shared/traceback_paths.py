@@ -49,6 +49,10 @@ FRAME_FILE = re.compile(r'File "(/(?:(?!File ")[^"\n]|"(?!, line \d))*)"(?=, lin
 # itself), b'/...' for a bytes name. Before session 42 only '/...' was read: b'/srv/...' was not renamed at all, and a
 # '-quoted path holding an escaped \' was cut there, the folders after it shown. Each character is read by one branch
 # (a backslash only by `\\.`), so the scan is linear and stops at the first quote that closes it.
+#
+# An ImportError's module file is what Python writes between `(` and `)`, unquoted: a folder's own parentheses
+# (`/srv/data/copy (1)/pkg/__init__.py`, one level of them) are part of it (session 43; before, such a file was not
+# read and showed whole). Its read stops at a second `(` inside one, or its line's end: linear.
 
 
 def _quoted(n: int) -> str:
@@ -58,7 +62,7 @@ def _quoted(n: int) -> str:
 OS_ERROR_FILE = re.compile(r"""(?P<head>\[Errno -?\d+\] [^'"\n\[]{0,500}?: )""" + _quoted(1)
                            + r"(?:(?P<arrow> -> )" + _quoted(2) + ")?")
 IMPORT_FILE = re.compile(r"(cannot import name '[^'\n]{0,500}' from (?:partially initialized module )?'[^'\n]{0,500}' "
-                         r"(?:\(most likely due to a circular import\) )?\()(/[^()\n]*)\)")
+                         r"(?:\(most likely due to a circular import\) )?\()(/(?:[^()\n]|\([^()\n]*\))*)\)")
 # Python 3.13's words for a module that hides another of its name (an ImportError's file by repr, an AttributeError's
 # as '%U') and for an AttributeError of a module half-initialised: each start searches to its quote's end only
 RENAMING_FILE = re.compile(r"(?P<head>\(consider renaming )" + _quoted(1) + r"(?= (?:since|if) it has the same name )")

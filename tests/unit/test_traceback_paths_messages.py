@@ -6,6 +6,8 @@ No such file or directory: '<data dir>/engine-work/<deployment>/<replica>/<sha>.
 
 from __future__ import annotations
 
+import sys
+
 import pyarrow as pa
 import pytest
 
@@ -187,6 +189,23 @@ def test_a_frames_file_holding_a_double_quote_shows_no_host_path():
     assert named_files(said) == 'File "/data/out.csv" written; File "x.py", line 3, in f'
 
 
+def test_an_import_errors_module_file_in_a_folder_with_parentheses_shows_no_host_path(tmp_path, monkeypatch):
+    """Python writes an ImportError's module file between `(` and `)` unquoted: a file in a folder named with its own
+    parentheses (`copy (1)`) was not read (the read stopped at its `(`) and showed whole (session 42's review)."""
+    package = tmp_path / "copy (1)" / "pkg_with_parentheses"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(package.parent))
+    try:
+        exec("from pkg_with_parentheses import nothing_here", {})
+    except ImportError as exc:
+        said = str(exc)
+    finally:
+        sys.modules.pop("pkg_with_parentheses", None)
+    assert f"({package}/__init__.py)" in said  # Python's words
+    assert named_files(said) == "cannot import name 'nothing_here' from 'pkg_with_parentheses' (__init__.py)", said
+
+
 def test_a_circular_imports_module_file_shows_no_host_path():
     """Python's other wording of the ImportError (a module half-initialised when it is imported from) is named too."""
     text = ("ImportError: cannot import name 'x' from partially initialized module 'pkg' (most likely due to a circular"
@@ -226,10 +245,11 @@ KEPT_PIECES = ["[Errno 1] ", "[Errno 1] a: ", "cannot import name 'x' from (", "
                "(consider renaming '/", "(consider renaming \"/\\", "(consider renaming '/x'",
                "partially initialized module 'x' from '/", "partially initialized module '", "/:1: ",
                "/a:1: xWarning", "Warning: /", "\n/", "/", "\nWARNING:py.warnings:/", "/a.py:1: ", "\n/a.py:1: x",
-               'File "/', 'File "/"', 'File "/a", line x']
+               'File "/', 'File "/"', 'File "/a", line x',
+               "cannot import name 'x' from 'y' (/(", "cannot import name 'x' from 'y' (/()("]
 NAMED_PIECES = ["[Errno 1] a: b'/", "[Errno 1] a: \"/", "[Errno 1] a: '/\\", "[Errno 1] a: '/x' -> \"/",
                 "\n/a:1: aWarning: ", "\nWARNING:py.warnings:/a:1: aWarning: ",
-                "\n/a.py:1: Deprecated: ", 'File "/a"b", line 1']
+                "\n/a.py:1: Deprecated: ", 'File "/a"b", line 1', "cannot import name 'x' from 'y' (/a (1)/b)"]
 
 
 @pytest.mark.parametrize("piece", KEPT_PIECES + NAMED_PIECES)
@@ -247,7 +267,8 @@ def test_a_long_line_of_message_starts_is_named_in_linear_time(piece):
 
 
 @pytest.mark.parametrize("text", ["/" + "a" * SIZE, "\n/a:1: " + "x" * SIZE, "[Errno 1] a: '/" + "x" * SIZE,
-                                  "(consider renaming \"/" + "\\x" * (SIZE // 2), 'File "/' + 'a"' * (SIZE // 2)])
+                                  "(consider renaming \"/" + "\\x" * (SIZE // 2), 'File "/' + 'a"' * (SIZE // 2),
+                                  "cannot import name 'x' from 'y' (/" + "(a)" * (SIZE // 3)])
 def test_one_long_unclosed_file_is_read_once(text):
     assert _cpu_named(text) == text
 
