@@ -26,6 +26,9 @@ TASK_STOP_TIMEOUT = 20.0  # seconds a task scheduler's stop takes at most (servi
 ADMIN_NAME_CHARS = 254  # the longest first admin's user name: shared.messages.auth.NAME_CHARS, a sign-in's longest
 ADMIN_SECRET_CHARS = 4096  # its password's and the first client's secret's: shared.messages.auth.SECRET_CHARS
 ADMIN_CLIENT_ID_CHARS = 128  # the first client's id: shared.messages.auth.CLIENT_ID_CHARS
+# the longest gateway public URL (without a trailing '/'): the web UI's redirect URI is it and '/', and a redirect URI
+# is at most shared.messages.auth.REDIRECT_URI_CHARS (2048)
+PUBLIC_URL_CHARS = 2047
 # where an operator sets each bootstrap value (docker-compose.yml; `railyard up`/`make run` write <data>/secrets.json)
 OPERATOR_VARIABLE = {"bootstrap_admin_password": "RAILYARD_ADMIN_PASSWORD",
                      "bootstrap_client_secret": "RAILYARD_CLIENT_SECRET"}
@@ -153,7 +156,20 @@ class GatewaySettings(BaseModel):
         "x-forwarded-for", description="The header the trusted proxies write, the only one read: `x-forwarded-for`, "
         "or `forwarded` (RFC 7239, its `for=` parameters). A proxy passes the other one through as the client sent "
         "it, so never both.")
-    public_url: str = Field("", description="Base URL clients reach the gateway at (inference URLs use it).")
+    public_url: str = Field("", description="Base URL clients reach the gateway at (inference URLs use it; the web "
+                            "UI's sign-in redirect URI is it and '/'): at most 2047 characters.")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_a_sign_in_takes(cls, url: str) -> str:
+        # the UI's redirect URI (services/gateway/authorize.py, registered_redirect_uri) is the URL without its
+        # trailing slashes and '/'; a longer one than a redirect URI may be was refused at every sign-in, the
+        # gateway up and the UI unusable (docs/auth.md, "The registered redirect URI")
+        if len(url.rstrip("/")) > PUBLIC_URL_CHARS:
+            raise ValueError(f"the gateway's public URL must be at most {PUBLIC_URL_CHARS} characters (this one has "
+                             f"{len(url.rstrip('/'))} without a trailing '/'): the web UI's sign-in redirect URI (it "
+                             "and '/') takes at most 2048, so no one could ever sign in to the UI")
+        return url
 
 
 class AuthSettings(BaseModel):

@@ -326,6 +326,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         public client sends client_id alone."""
         try:
             source, form, client_id, client_secret = await client_form(request)
+            if form.get("grant_type") == "refresh_token" and len(_opt(form, "refresh_token") or "") > m.TOKEN_CHARS:
+                raise _long_refresh_token(Unauthorized)  # the refresh grant's answer for a refresh token not ours
             try:
                 cmd = m.IssueToken(
                     grant_type=str(form.get("grant_type") or ""), client_id=client_id, client_secret=client_secret,
@@ -358,7 +360,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             try:
                 cmd = m.EndSession(client_id=client_id, client_secret=client_secret, refresh_token=refresh_token)
             except ValidationError:  # longer than EndSession takes: no refresh token of ours (it was a 500)
-                raise InvalidRequest("invalid refresh token", code="invalid_grant") from None
+                raise _long_refresh_token(InvalidRequest) from None
             await handlers.end_session(runtime.broker, cmd, timeout)
         except RailyardError as exc:
             return error_response(exc, "oauth")
@@ -563,6 +565,16 @@ class PageHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def _long_refresh_token(kind: type[RailyardError]) -> RailyardError:
+    """A refresh token longer than m.TOKEN_CHARS is none of ours: refused `invalid_grant` as any refresh token not
+    ours, with the status its route gives one (the token route's refresh grant 401, logout 400: docs/auth.md),
+    before anything is sent. RFC 6749 5.2: invalid_grant is the refresh token "invalid, expired, revoked"; the request
+    itself is well formed (invalid_request told the client it was not, and the token route said so while logout said
+    invalid_grant). RFC 7009 2.2: an invalid token is not the client's request error either."""
+    return kind(f"invalid refresh token: longer than any this server issues (at most {m.TOKEN_CHARS} characters)",
+                code="invalid_grant")
 
 
 def _opt(form: Any, name: str) -> str | None:

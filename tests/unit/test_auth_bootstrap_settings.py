@@ -11,14 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from shared.messages.auth import CLIENT_ID_CHARS, NAME_CHARS, SECRET_CHARS
-from shared.settings import ADMIN_CLIENT_ID_CHARS, ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS, load_settings
+from services.gateway.authorize import registered_redirect_uri
+from shared.messages.auth import CLIENT_ID_CHARS, NAME_CHARS, REDIRECT_URI_CHARS, SECRET_CHARS
+from shared.settings import (
+    ADMIN_CLIENT_ID_CHARS,
+    ADMIN_NAME_CHARS,
+    ADMIN_SECRET_CHARS,
+    PUBLIC_URL_CHARS,
+    load_settings,
+)
 
 VARIABLE = "RAILYARD_AUTH__BOOTSTRAP_{}"
 
 
 def test_the_bounds_are_the_sign_ins():
     assert (ADMIN_NAME_CHARS, ADMIN_SECRET_CHARS, ADMIN_CLIENT_ID_CHARS) == (NAME_CHARS, SECRET_CHARS, CLIENT_ID_CHARS)
+    assert PUBLIC_URL_CHARS == REDIRECT_URI_CHARS - len("/")  # the UI's redirect URI is the public URL and '/'
 
 
 MARK = "Q7zX"  # no message's word holds it: any part of a value printed shows it
@@ -53,3 +61,24 @@ def test_a_bootstrap_credential_no_sign_in_takes_stops_the_start(monkeypatch, ca
         assert f"docker-compose.yml sets it from {operators})" in line, line
     monkeypatch.setenv(variable, taken)
     assert getattr(load_settings("railyard-auth").auth, f"bootstrap_{setting.lower()}") == taken
+
+
+def test_a_public_url_longer_than_a_redirect_uri_takes_stops_the_start(monkeypatch, capsys):
+    """RAILYARD_GATEWAY__PUBLIC_URL over 2047 characters (without a trailing '/'): the web UI's redirect URI (it and
+    '/') passed REDIRECT_URI_CHARS, so every sign-in to the UI was refused while the gateway ran. Refused at load."""
+    variable, base = "RAILYARD_GATEWAY__PUBLIC_URL", "https://railyard.example.com/"
+    refused = base + "p" * (PUBLIC_URL_CHARS + 1 - len(base))
+    monkeypatch.setenv(variable, refused)
+    with pytest.raises(SystemExit) as stopped:  # was: loaded, and the UI's sign-in refused every time
+        load_settings("railyard-gateway")
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"railyard-gateway: bad configuration: {variable}: "), line
+    assert f"at most {PUBLIC_URL_CHARS}" in line and f"this one has {len(refused)}" in line and "sign in" in line, line
+    taken = refused[:-1]
+    for url in (taken, taken + "/", "", "http://127.0.0.1:18000"):  # the redirect URI of each is at most 2048
+        monkeypatch.setenv(variable, url)
+        assert load_settings("railyard-gateway").gateway.public_url == url
+        if url:
+            assert len(registered_redirect_uri(url, None)) <= REDIRECT_URI_CHARS, url
+    assert len(registered_redirect_uri(refused, None)) > REDIRECT_URI_CHARS  # what the refused one would have been

@@ -72,7 +72,7 @@ CODE_GRANT = {"grant_type": "authorization_code", "client_id": "railyard-ui", "c
 OVER = [  # (route, form, what is over its bound, the bound); the client authenticates as api-client / s3cret
     (TOKEN_PATH, {"grant_type": "password", "username": "alice", "password": "p" * SECRET_CHARS}, "password",
      SECRET_CHARS),
-    (TOKEN_PATH, {"grant_type": "refresh_token", "refresh_token": "r" * TOKEN_CHARS}, "refresh_token", TOKEN_CHARS),
+    # (a refresh token over TOKEN_CHARS is invalid_grant: test_a_refresh_token_over_its_bound_is_invalid_grant...)
     (TOKEN_PATH, {"grant_type": "client_credentials", "client_id": "api-client", "client_secret": "s" * SECRET_CHARS},
      "client_secret", SECRET_CHARS),
     (LOGOUT_PATH, {"refresh_token": "a.b.c", "client_id": "api-client", "client_secret": "s" * SECRET_CHARS},
@@ -119,6 +119,28 @@ def test_a_secret_or_token_over_its_bound_is_400_invalid_request_before_anything
     assert refused.headers["cache-control"] == "no-store"
     assert asked == [] and digests == []
     assert post(form[field]).status_code in (200, 204) and len(asked) == 1  # at the bound: sent on
+
+
+@pytest.mark.parametrize("path, form, status", [(TOKEN_PATH, {"grant_type": "refresh_token"}, 401),
+                                                 (LOGOUT_PATH, {}, 400)], ids=["token", "logout"])
+def test_a_refresh_token_over_its_bound_is_invalid_grant_as_any_refresh_token_not_ours(gateway, path, form, status):
+    """A refresh token over TOKEN_CHARS (8192) is none this server issued: RFC 6749 5.2's invalid_grant (a refresh
+    token "invalid, expired, revoked"), with the status each route gives any refresh token not ours (the refresh
+    grant's 401, logout's 400: docs/auth.md), before anything is sent. Before, the token route answered 400
+    invalid_request (the request malformed) while logout answered invalid_grant."""
+    client, asked = gateway
+
+    def post(value: str):
+        return client.post(path, data=form | {"refresh_token": value}, auth=("api-client", "s3cret"))
+
+    refused = post("r" * (TOKEN_CHARS + 1))
+    assert refused.status_code == status, refused.text  # the token route's was 400
+    body = refused.json()
+    assert body["error"] == body["code"] == "invalid_grant" and "refresh token" in body["error_description"], body
+    assert str(TOKEN_CHARS) in body["error_description"] and len(refused.text) < 500, body  # not repeated back
+    assert refused.headers["cache-control"] == "no-store"
+    assert asked == []
+    assert post("r" * TOKEN_CHARS).status_code in (200, 204) and len(asked) == 1  # at the bound: sent on
 
 
 @pytest.mark.parametrize("path", [TOKEN_PATH, LOGOUT_PATH], ids=["token", "logout"])
