@@ -7,18 +7,20 @@ exception's own message where Python writes one: an OSError's file (`[Errno 2] N
 '/srv/data/.../model.bin'`, and `-> '/...'` for its second) and an ImportError's module file (`cannot import name 'x'
 from 'pkg' (/opt/.../site-packages/pkg/__init__.py)`), in a traceback's last line and wherever else such a message is
 shown (a request's error quotes it: services/engine/runtimes.py); a file Python quotes as `repr` does (`b'/...'` for
-a bytes name, `"/..."` for one holding a `'`, a backslash escaping) is named the same way (session 42). So are
-Python 3.13's words for a module named as another one (`(consider renaming '/.../random.py' since it has the same
-name ...`, `partially initialized module 'x' from '/.../x.py' has no attribute ...`) and a warning's line as Python
-writes it to stderr (`/opt/.../x.py:3: UserWarning: ...`, at a line's start or after the `WARNING:py.warnings:` of
-logging's default format, which logging.captureWarnings writes it with). A line is a warning's when its file is a
-Python source (`.py`), whatever its category's name (a linter's `/.../main.py:3: error: ...` is named too), or its
-category's name ends in `Warning` and is not the bare `Warning` (a run's own `/data/in.csv:3: Warning: bad row` is
-the user's text, kept as printed). Not renamed (docs/security.md): a path of any other message (a library's own
-words, "Load model from /srv/... failed"), a warning's line written otherwise (another logging format's prefix before
-it, a file not `.py` with a category not named `...Warning` or named `Warning`, a folder with a `:` in its name),
-Python 3.13's unquoted `'%U'` file when it holds a `'`, and a path a task run's log splits across two 16-KiB pieces
-(services/task_scheduler/runner.py cuts a line there; each piece is named alone).
+a bytes name, `"/..."` for one holding a `'`, a backslash escaping) is named the same way (session 42), and so is a
+frame's or a "-quoted file inside a JSON string (`File \\"/...\\", line 3`, `: \\"/...\\"`: a run's JSON log line
+carrying its error; session 43). So are Python 3.13's words for a module named as another one (`(consider renaming
+'/.../random.py' since it has the same name ...`, `partially initialized module 'x' from '/.../x.py' has no attribute
+...`) and a warning's line as Python writes it to stderr (`/opt/.../x.py:3: UserWarning: ...`, at a line's start or
+after the `WARNING:py.warnings:` of logging's default format, which logging.captureWarnings writes it with). A line
+is a warning's when its file is a Python source (`.py`), whatever its category's name (a linter's `/.../main.py:3:
+error: ...` is named too), or its category's name ends in `Warning` and is not the bare `Warning` (a run's own
+`/data/in.csv:3: Warning: bad row` is the user's text, kept as printed). Not renamed (docs/security.md): a path of
+any other message (a library's own words, "Load model from /srv/... failed"), a warning's line written otherwise
+(another logging format's prefix before it, a file not `.py` with a category not named `...Warning` or named
+`Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a path a
+task run's log splits across two 16-KiB pieces (services/task_scheduler/runner.py cuts a line there; each piece is
+named alone).
 
 Used by the engine (a request's error: services/engine/runtimes.py, sandboxed.py; f4c57130, 59b346a2, 8d122876), the
 registry (a conversion's stderr excerpt: services/registry/worker.py) and the task scheduler (a run's log lines and
@@ -37,6 +39,9 @@ from pathlib import Path
 # and showed whole). A file's read stops at the next `File "` (the user's `File "/data/out.csv" written; File "/...",
 # line 3` names the second only), so each character is read for the one start before it: linear
 FRAME_FILE = re.compile(r'File "(/(?:(?!File ")[^"\n]|"(?!, line \d))*)"(?=, line \d)')
+# the same frame inside a JSON string (a run's JSON log line carrying its traceback: `File \"/...\", line 3`), each
+# JSON escape (`\\`, `\"`, `\u00e9`) read as one character; before session 43 its file showed whole
+ESCAPED_FRAME_FILE = re.compile(r'File \\"(/(?:(?!File \\")[^"\\\n]|\\[^"\n]|\\"(?!, line \d))*)\\"(?=, line \d)')
 # an OSError's file(s) in its message, as Python writes them (`[Errno N] strerror: 'file'`, `... -> 'file2'`), and
 # an ImportError's module file (`cannot import name 'x' from 'pkg' (/.../pkg/__init__.py)`): the tenant's code's
 # exception text, quoted in a request's error and ending its traceback, carried the host's folders. Each start's
@@ -48,7 +53,8 @@ FRAME_FILE = re.compile(r'File "(/(?:(?!File ")[^"\n]|"(?!, line \d))*)"(?=, lin
 # A file as Python's repr quotes it: '/...' ("/..." when it holds a ' and no "; a backslash escapes the quote and
 # itself), b'/...' for a bytes name. Before session 42 only '/...' was read: b'/srv/...' was not renamed at all, and a
 # '-quoted path holding an escaped \' was cut there, the folders after it shown. Each character is read by one branch
-# (a backslash only by `\\.`), so the scan is linear and stops at the first quote that closes it.
+# (a backslash only by `\\.`), so the scan is linear and stops at the first quote that closes it. Inside a JSON string
+# "/..." is written \"/...\" (session 43: a run's JSON log line showed it whole), a JSON escape read as one character.
 #
 # An ImportError's module file is what Python writes between `(` and `)`, unquoted: a folder's own parentheses
 # (`/srv/data/copy (1)/pkg/__init__.py`, one level of them) are part of it (session 43; before, such a file was not
@@ -56,7 +62,9 @@ FRAME_FILE = re.compile(r'File "(/(?:(?!File ")[^"\n]|"(?!, line \d))*)"(?=, lin
 
 
 def _quoted(n: int) -> str:
-    return (rf"""(?P<b{n}>b?)(?:'(?P<s{n}>/(?:[^'\\\n]|\\.)*)'|"(?P<d{n}>/(?:[^"\\\n]|\\.)*)")""")
+    return (rf"(?P<b{n}>b?)(?:'(?P<s{n}>/(?:[^'\\\n]|\\.)*)'"
+            rf'|"(?P<d{n}>/(?:[^"\\\n]|\\.)*)"'
+            rf'|\\"(?P<j{n}>/(?:[^"\\\n]|\\[^"\n])*)\\")')
 
 
 OS_ERROR_FILE = re.compile(r"""(?P<head>\[Errno -?\d+\] [^'"\n\[]{0,500}?: )""" + _quoted(1)
@@ -104,11 +112,14 @@ def shown_file(path: str, roots: Sequence[str] = ()) -> str:
 
 
 def named_files(text: str, roots: Sequence[str] = ()) -> str:
-    """`text` with each traceback line's absolute file (`File "/...", line N`), each absolute file of an OSError's
-    or an ImportError's message as Python writes them (OS_ERROR_FILE, IMPORT_FILE, RENAMING_FILE,
-    PARTIAL_MODULE_FILE) and a warning line's (WARNING_FILE) named as shown_file names it; any other text as it is."""
+    """`text` with each traceback line's absolute file (`File "/...", line N`, or `File \\"/...\\", line N` inside a
+    JSON string: ESCAPED_FRAME_FILE), each absolute file of an OSError's or an ImportError's message as Python writes
+    them (OS_ERROR_FILE, IMPORT_FILE, RENAMING_FILE, PARTIAL_MODULE_FILE) and a warning line's (WARNING_FILE) named as
+    shown_file names it; any other text as it is."""
     if 'File "/' in text:
         text = FRAME_FILE.sub(lambda found: f'File "{shown_file(found[1], roots)}"', text)
+    if 'File \\"/' in text:
+        text = ESCAPED_FRAME_FILE.sub(lambda found: f'File \\"{shown_file(found[1], roots)}\\"', text)
     if "[Errno " in text:
         text = OS_ERROR_FILE.sub(lambda found: found["head"] + _requoted(found, 1, roots) + (
             found["arrow"] + _requoted(found, 2, roots) if found["arrow"] else ""), text)
@@ -126,7 +137,6 @@ def named_files(text: str, roots: Sequence[str] = ()) -> str:
 
 def _requoted(found: re.Match[str], n: int, roots: Sequence[str]) -> str:
     """The `n`th quoted file of `found` (`_quoted`) named as shown_file names it, in its own quotes and prefix."""
-    single = found[f"s{n}"]
-    if single is not None:
-        return f"{found[f'b{n}']}'{shown_file(single, roots)}'"
-    return f'{found[f"b{n}"]}"{shown_file(found[f"d{n}"], roots)}"'
+    quote, file = next((quote, found[f"{group}{n}"]) for quote, group in (("'", "s"), ('"', "d"), ('\\"', "j"))
+                       if found[f"{group}{n}"] is not None)
+    return f"{found[f'b{n}']}{quote}{shown_file(file, roots)}{quote}"

@@ -206,6 +206,25 @@ def test_an_import_errors_module_file_in_a_folder_with_parentheses_shows_no_host
     assert named_files(said) == "cannot import name 'nothing_here' from 'pkg_with_parentheses' (__init__.py)", said
 
 
+def test_a_traceback_inside_a_json_log_line_shows_no_host_path():
+    """A run logging JSON (its error's traceback a string field) writes each frame's file as `File \\"/...\\"` and an
+    OSError's "-quoted file as `\\"/...\\"`: both showed whole (session 42's review). Named, the line is still JSON."""
+    import json
+    import traceback
+
+    root = "/srv/data/.railyard/tasks/runs/r1"
+    code = compile(f"open({root + '/data/it' + chr(39) + 's here.csv'!r})", f"{root}/main.py", "exec")
+    try:
+        exec(code, {})
+    except OSError as exc:
+        line = json.dumps({"level": "error", "exc_info": "".join(traceback.format_exception(exc))})
+    assert f'File \\"{root}/main.py\\", line 1' in line and f': \\"{root}/data/it\'s here.csv\\"' in line  # json's
+    named = named_files(line, (root,))
+    assert "/srv/data" not in named, named
+    said = json.loads(named)["exc_info"]
+    assert 'File "main.py", line 1, in <module>' in said and "No such file or directory: \"data/it's here.csv\"" in said
+
+
 def test_a_circular_imports_module_file_shows_no_host_path():
     """Python's other wording of the ImportError (a module half-initialised when it is imported from) is named too."""
     text = ("ImportError: cannot import name 'x' from partially initialized module 'pkg' (most likely due to a circular"
@@ -246,10 +265,12 @@ KEPT_PIECES = ["[Errno 1] ", "[Errno 1] a: ", "cannot import name 'x' from (", "
                "partially initialized module 'x' from '/", "partially initialized module '", "/:1: ",
                "/a:1: xWarning", "Warning: /", "\n/", "/", "\nWARNING:py.warnings:/", "/a.py:1: ", "\n/a.py:1: x",
                'File "/', 'File "/"', 'File "/a", line x',
-               "cannot import name 'x' from 'y' (/(", "cannot import name 'x' from 'y' (/()("]
+               "cannot import name 'x' from 'y' (/(", "cannot import name 'x' from 'y' (/()(", 'File \\"/',
+               'File \\"/\\"', 'File \\"/\\\\']
 NAMED_PIECES = ["[Errno 1] a: b'/", "[Errno 1] a: \"/", "[Errno 1] a: '/\\", "[Errno 1] a: '/x' -> \"/",
                 "\n/a:1: aWarning: ", "\nWARNING:py.warnings:/a:1: aWarning: ",
-                "\n/a.py:1: Deprecated: ", 'File "/a"b", line 1', "cannot import name 'x' from 'y' (/a (1)/b)"]
+                "\n/a.py:1: Deprecated: ", 'File "/a"b", line 1', "cannot import name 'x' from 'y' (/a (1)/b)",
+                'File \\"/a\\"b\\", line 1', '[Errno 1] a: \\"/a\\\\\\"', '[Errno 1] a: \\"/']
 
 
 @pytest.mark.parametrize("piece", KEPT_PIECES + NAMED_PIECES)
@@ -268,7 +289,8 @@ def test_a_long_line_of_message_starts_is_named_in_linear_time(piece):
 
 @pytest.mark.parametrize("text", ["/" + "a" * SIZE, "\n/a:1: " + "x" * SIZE, "[Errno 1] a: '/" + "x" * SIZE,
                                   "(consider renaming \"/" + "\\x" * (SIZE // 2), 'File "/' + 'a"' * (SIZE // 2),
-                                  "cannot import name 'x' from 'y' (/" + "(a)" * (SIZE // 3)])
+                                  "cannot import name 'x' from 'y' (/" + "(a)" * (SIZE // 3),
+                                  'File \\"/' + 'a\\"' * (SIZE // 3), '[Errno 1] a: \\"/' + "\\x" * (SIZE // 2)])
 def test_one_long_unclosed_file_is_read_once(text):
     assert _cpu_named(text) == text
 
