@@ -40,7 +40,9 @@ the other's refresh is then refused, and that session takes the file's newer tok
 rather than say the session expired; until session 42 it said "run `railyard login` again" while the file held a
 valid sign-in. It takes the file's client secret with them (same client id): after the client's secret was rotated
 and `railyard login` run again with the new one, the old secret refreshed nothing ("the session expired"). Every
-change of the file is a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only). When
+change of the file is a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only; held
+to the file's rule: another user's, or one its group or others may write, or a symbolic link, is refused,
+UnsafeCredentials, where a lock file someone else made and held stopped every save, session 43). When
 the file cannot be written (a full disk, a read-only folder, its permissions), the session goes on with the
 refreshed tokens in memory and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the
 `railyard` command prints it as `railyard: warning: ...`; `Client.tokens_not_saved` says it for as long as it
@@ -67,6 +69,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import difflib
+import errno
 import json
 import math
 import os
@@ -318,21 +321,24 @@ def read_credentials(path: Path | None = None, *, checked: bool = True) -> dict[
     return data if isinstance(data, dict) else {}
 
 
-def refuse_unsafe_credentials(path: Path, info: os.stat_result) -> None:
+def refuse_unsafe_credentials(path: Path, info: os.stat_result, what: str = "the credentials file",
+                              risk: str = "the file's writer chooses the server your tokens and client secret are"
+                              " sent to and the user you run as",
+                              remedy: str = "remove it and run `railyard login` again") -> None:
     """UnsafeCredentials when the credentials file `info` describes is not this user's, or its group or others may
     write it; nothing where there are no POSIX owners (Windows). Before session 42 it was read whatever its owner
-    and mode, at start and, since aaf10f6b, again mid-run (`Session._take_newer_sign_in`)."""
+    and mode, at start and, since aaf10f6b, again mid-run (`Session._take_newer_sign_in`). `what`, `risk`, `remedy`:
+    the words for another file held to the same rule (the lock file beside it, `_credentials_lock`)."""
     getuid = getattr(os, "getuid", None)
     if os.name != "posix" or getuid is None:
         return
-    why = "the file's writer chooses the server your tokens and client secret are sent to and the user you run as"
     if info.st_uid != getuid():
-        raise UnsafeCredentials(f"refusing the credentials file {path}: it is another user's (uid {info.st_uid}, you"
-                                f" are {getuid()}) and {why}; remove it and run `railyard login` again")
+        raise UnsafeCredentials(f"refusing {what} {path}: it is another user's (uid {info.st_uid}, you"
+                                f" are {getuid()}) and {risk}; {remedy}")
     writable = [who for who, bit in (("its group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if info.st_mode & bit]
     if writable:
-        raise UnsafeCredentials(f"refusing the credentials file {path}: {' and '.join(writable)} may write it (mode "
-                                f"{stat.S_IMODE(info.st_mode):04o}) and {why}; `chmod 600 {path}` (railyard login"
+        raise UnsafeCredentials(f"refusing {what} {path}: {' and '.join(writable)} may write it (mode "
+                                f"{stat.S_IMODE(info.st_mode):04o}) and {risk}; `chmod 600 {path}` (railyard login"
                                 " writes it 0600)")
 
 
@@ -395,19 +401,33 @@ def sweep_stale_temporaries(folder: Path, now: float | None = None) -> None:
 def _credentials_lock(path: Path) -> Iterator[None]:
     """Held around a read, change and write of the credentials file (an exclusive flock of a `.lock` file beside it),
     so that two `railyard` processes changing it at once do not undo each other's change. Nothing where flock is not
-    (Windows) or the lock file cannot be made (a read-only folder: the write then fails as before)."""
+    (Windows) or the lock file cannot be made (a read-only folder: the write then fails as before).
+
+    The lock file is held to the credentials file's rule (`refuse_unsafe_credentials`, on the descriptor opened, not
+    followed if it is a symbolic link): UnsafeCredentials when it is another user's or its group or others may write
+    it. Whoever can open it can flock it, and until session 43 one made by another user in a folder others may write
+    (RAILYARD_CLIENT_CREDENTIALS in a shared folder) and held there stopped every save for good: `railyard login`
+    hung, and a refresh's save waited with the session's lock held."""
     try:
         import fcntl
     except ImportError:
         yield
         return
+    lock = path.with_name(path.name + ".lock")
+    with contextlib.suppress(OSError):  # an unsafe credentials file is said first, the lock beside it second
+        refuse_unsafe_credentials(path, os.stat(path))  # (read_credentials checks the file it opens, under the lock)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symbolic link put in its place: its target is someone's choice
+            raise UnsafeCredentials(f"refusing the lock file {lock}: it is a symbolic link; remove it") from None
         yield
         return
     try:
+        refuse_unsafe_credentials(lock, os.fstat(handle), "the lock file",
+                                  "whoever can open it can stop every save of the credentials file beside it",
+                                  "remove it, or keep the credentials in a folder of your own")
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:
