@@ -42,7 +42,9 @@ valid sign-in. It takes the file's client secret with them (same client id): aft
 and `railyard login` run again with the new one, the old secret refreshed nothing ("the session expired"). Every
 change of the file is a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only; held
 to the file's rule: another user's, or one its group or others may write, or a symbolic link, is refused,
-UnsafeCredentials, where a lock file someone else made and held stopped every save, session 43). When
+UnsafeCredentials, where a lock file someone else made and held stopped every save, session 43). A process that forks
+gets each session's refresh lock new in the child (one another thread held at the fork held the child's first
+refresh for ever until session 43). When
 the file cannot be written (a full disk, a read-only folder, its permissions), the session goes on with the
 refreshed tokens in memory and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the
 `railyard` command prints it as `railyard: warning: ...`; `Client.tokens_not_saved` says it for as long as it
@@ -80,6 +82,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -659,6 +662,23 @@ def _warn_each_time(warning: Warning) -> None:
                            module=frame.f_globals.get("__name__"), registry=None, module_globals=frame.f_globals)
 
 
+_SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
+"""The process's live sessions, whose refresh locks a forked child makes new (`_new_refresh_locks`)."""
+
+
+def _new_refresh_locks() -> None:
+    """In the child of a fork, each session's refresh lock made new: a lock another thread of the parent held at the
+    fork (a refresh under way: its HTTP call, its save) stays held in the child by a thread the child does not have,
+    so until session 43 the child's first refresh (a token that had expired, or a call the server refused) waited for
+    ever. A child gets a copy of the session as it was (tokens included) and refreshes on its own."""
+    for session in list(_SESSIONS):
+        session._refreshing = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_refresh_locks)
+
+
 class Session:
     """One authenticated connection to a gateway: tokens (refreshed when needed) and typed-error HTTP calls."""
 
@@ -671,6 +691,7 @@ class Session:
         # of them with the same single-use refresh token. Reentrant: a warning hook of the program that asks for a
         # token in the thread refreshing does not wait for itself
         self._refreshing = threading.RLock()
+        _SESSIONS.add(self)  # made new in a forked child (`_new_refresh_locks`)
         # refreshes ended (under the lock), and the last one's error (None when it worked): a thread that waited
         # through a failed refresh raises its error rather than make the same grant again (`_refresh_unless_replaced`)
         self._refreshes_ended = 0
