@@ -97,7 +97,8 @@ CLIENT_NEEDED = ("railyard: {command} works on railyard-client's credentials fil
 LOGIN_EXIT = ("exit 0 once signed in with the tokens saved; 1 when not: the credentials refused, the server"
               " unreachable, the tokens not saved (the client's `railyard login` says 3 or 5 for the first two); 2 with"
               " nothing to sign in with (no password or client secret given, none in the embedded stack's secrets; an"
-              " empty --password, which no user has), bad usage, or without railyard-client; 130 interrupted")
+              " empty --username or --password, which no user has), bad usage, or without railyard-client; 130"
+              " interrupted")
 
 
 def _login_code(exc) -> int:

@@ -196,7 +196,8 @@ def _client(workspace: str | None = None) -> Client:
 
 @app.command()
 @click.option("--url", help="Server URL (default: RAILYARD_CLIENT_URL, else the embedded stack's).")
-@click.option("--username", help="User (default: RAILYARD_CLIENT_USERNAME, else the embedded stack's admin).")
+@click.option("--username", help="User (default: RAILYARD_CLIENT_USERNAME, else the embedded stack's admin). An"
+              " empty one is refused, nothing sent (exit 3).")
 @click.option("--password", help="Password (default: RAILYARD_CLIENT_PASSWORD, else the embedded stack's). An empty"
               " one is refused, nothing sent (exit 3): no user has one, the server sets none shorter than 8"
               " characters.")
@@ -218,6 +219,11 @@ def login(url: str | None, username: str | None, password: str | None, client_id
     secrets = read_credentials(folder / "secrets.json", checked=False)
     state = read_credentials(folder / "run" / "stack.json", checked=False)
     url = url or env.get("RAILYARD_CLIENT_URL") or state.get("api_url") or "http://127.0.0.1:18000"
+    if username == "":  # as an empty --password (below): refused, not read as "no --username". It signed in as the
+        # variable's user or the embedded stack's admin, and saved their tokens, where `--username "$NAME"` with an
+        # unset NAME meant someone else
+        raise ConfigurationError("--username is empty: give the user's name or email, or leave --username out for"
+                                 " RAILYARD_CLIENT_USERNAME's or the embedded stack's admin")
     username = username or env.get("RAILYARD_CLIENT_USERNAME") or secrets.get("admin_username")
     if password == "":  # decision: refused here, nothing sent, not read as "no --password" (the variable's or the
         # stack's): no user has one (the server sets none shorter than 8 characters, and an empty bootstrap password
