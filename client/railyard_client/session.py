@@ -53,7 +53,11 @@ this session saves its tokens at a later refresh, which it tries over the tokens
 time the tokens go from saved to not saved (not at each refresh while the file stays unwritable), in a long-running
 process too: Python's default filter shows a warning once per place and text, so until session 42 a second failure
 (after a refresh that saved them, or another Client's in the same process, with the same file and error) was silent;
-the warning filters a program sets (`ignore`, `error`, `once`) apply as to any warning. Before, the failure was an
+the warning filters a program sets (`ignore`, `error`, `once`) apply as to any warning. Filter it by its category:
+`warnings.filterwarnings("ignore", category=railyard_client.TokensNotSaved)` (or `-W
+ignore::railyard_client.TokensNotSaved`); a filter by `module="railyard_client"` does not match it, since it is
+shown at (and attributed to) the program's own line that led to the refresh, not the SDK's (session 43's
+decision). Before, the failure was an
 OSError out of the call that refreshed, and the refreshed tokens were lost with it (`railyard token` printed nothing
 and exited 1): the user was signed out.
 
@@ -634,7 +638,9 @@ class TokensNotSaved(UserWarning):
     """The refreshed tokens of a session that came from the credentials file could not be written back to it (a full
     disk, a read-only folder): the session goes on with them in memory, and a later command needs `railyard login`
     again unless a later refresh of the session can write them. `path` is the file, `error` the OSError of the write;
-    `Client.tokens_not_saved` gives one for as long as it holds."""
+    `Client.tokens_not_saved` gives one for as long as it holds. A program silences it by this category
+    (`warnings.filterwarnings("ignore", category=TokensNotSaved)`), not by `module="railyard_client"`: it is shown at
+    the program's line that led to the refresh."""
 
     def __init__(self, path: Path, error: OSError) -> None:
         super().__init__(f"the refreshed tokens could not be saved in {path} ({error}); they are used until this"
