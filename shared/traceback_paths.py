@@ -18,9 +18,9 @@ error: ...` is named too), or its category's name ends in `Warning` and is not t
 `/data/in.csv:3: Warning: bad row` is the user's text, kept as printed). Not renamed (docs/security.md): a path of
 any other message (a library's own words, "Load model from /srv/... failed"), a warning's line written otherwise
 (another logging format's prefix before it, a file not `.py` with a category not named `...Warning` or named
-`Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a path a
-task run's log splits across two 16-KiB pieces (services/task_scheduler/runner.py cuts a line there; each piece is
-named alone).
+`Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a file whose
+match runs over FILE_ROOM characters in a task run's line longer than 16 KiB (services/task_scheduler/runner.py cuts
+such a line into pieces, each named alone, outside any file a piece would split: cut_outside_files, session 43).
 
 Used by the engine (a request's error: services/engine/runtimes.py, sandboxed.py; f4c57130, 59b346a2, 8d122876), the
 registry (a conversion's stderr excerpt: services/registry/worker.py) and the task scheduler (a run's log lines and
@@ -90,6 +90,37 @@ BYOP_FOLDER = ".byop"  # the suffix of the folder a BYOP archive is unpacked to 
 PATH_ROOM = 4096
 """Characters read before an excerpt's start: a traceback's path that begins before the excerpt is still named as a
 file, not cut inside the host's folders."""
+FILE_ROOM = PATH_ROOM + 2048
+"""Characters a file's match may take past a cut (the words before the file, a file of PATH_ROOM, what must follow
+it): text cut into pieces is read this far past each cut (cut_outside_files)."""
+# what a pattern's lookahead wants after its match: a piece holding the match must hold it too
+_FOLLOWED = ((FRAME_FILE, re.compile(r", line \d")), (ESCAPED_FRAME_FILE, re.compile(r", line \d")),
+             (OS_ERROR_FILE, None), (IMPORT_FILE, None),
+             (RENAMING_FILE, re.compile(r" (?:since|if) it has the same name ")),
+             (PARTIAL_MODULE_FILE, re.compile(r" has no attribute ")), (WARNING_FILE, re.compile(r":\d+: \w+: ")))
+
+
+def cut_outside_files(text: str, limit: int) -> int:
+    """Where to cut `text` (longer than `limit`) into a first piece of at most `limit` characters and the rest, so
+    that each piece, named alone by named_files, names the files the whole would: `limit`, or the start of the first
+    of the files' matches (a file with its pattern's words before it and what must follow it) that `limit` would cut.
+    A task run's line longer than a piece (services/task_scheduler/runner.py) was cut at 16 KiB whatever stood there,
+    and a host path across the cut was named in neither piece (session 43). `limit` when such a match starts the text
+    (longer than a piece: no real file is), and a match running past FILE_ROOM characters after `limit` is not seen.
+    Each pattern searches the text once: linear."""
+    window = text[:limit + FILE_ROOM]
+    spans: list[tuple[int, int]] = []
+    for pattern, followed in _FOLLOWED:
+        for found in pattern.finditer(window):
+            if found.start() >= limit:
+                break
+            after = followed.match(window, found.end()) if followed else None  # what its lookahead saw: always there
+            spans.append((found.start(), after.end() if after else found.end()))
+    cut = limit
+    for start, end in sorted(spans, reverse=True):  # by start, the last first: a cut moved back is checked again
+        if start < cut < end:
+            cut = start
+    return cut or limit
 
 
 def shown_file(path: str, roots: Sequence[str] = ()) -> str:

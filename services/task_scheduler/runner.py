@@ -42,7 +42,7 @@ from shared.sandbox import (
     spawn,
     stderr_excerpt,
 )
-from shared.traceback_paths import named_files
+from shared.traceback_paths import FILE_ROOM, cut_outside_files, named_files
 
 log = logging.getLogger("railyard.task_scheduler.runner")
 
@@ -236,9 +236,10 @@ async def _pump(reader: asyncio.StreamReader, stream: str, writer: LogWriter) ->
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
             _emit(writer, stream, line)
-        while len(buffer) > MAX_LINE:
-            writer.add(stream, True, buffer[:MAX_LINE].decode(errors="replace"))
-            buffer = buffer[MAX_LINE:]
+        while len(buffer) > MAX_LINE + FILE_ROOM:  # a piece's end is chosen once what may follow it has come
+            end = _piece_end(buffer)
+            writer.add(stream, True, buffer[:end].decode(errors="replace"))
+            buffer = buffer[end:]
     if buffer:
         _emit(writer, stream, buffer)
 
@@ -246,9 +247,18 @@ async def _pump(reader: asyncio.StreamReader, stream: str, writer: LogWriter) ->
 def _emit(writer: LogWriter, stream: str, line: bytes) -> None:
     line = line.rstrip(b"\r")
     while len(line) > MAX_LINE:
-        writer.add(stream, True, line[:MAX_LINE].decode(errors="replace"))
-        line = line[MAX_LINE:]
+        end = _piece_end(line)
+        writer.add(stream, True, line[:end].decode(errors="replace"))
+        line = line[end:]
     writer.add(stream, False, line.decode(errors="replace"))
+
+
+def _piece_end(line: bytes) -> int:
+    """Where the next piece of a line longer than MAX_LINE ends: at MAX_LINE bytes, or before, where no file the
+    line names is cut (traceback_paths.cut_outside_files; read as latin-1, a byte a character). Each piece is named
+    alone (LogWriter.add): cut at MAX_LINE whatever stood there, a host path across two pieces was named in neither
+    and showed whole (session 43)."""
+    return cut_outside_files(line[:MAX_LINE + FILE_ROOM].decode("latin-1"), MAX_LINE)
 
 
 def sandbox_spec(plan: RunPlan) -> SandboxSpec:

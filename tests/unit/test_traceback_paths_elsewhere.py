@@ -14,7 +14,7 @@ import pytest
 from services.registry.worker import MAX_STDERR_EXCERPT, WorkerEnd, answer_and_verdict
 from services.task_scheduler import runner
 from shared.settings import RegistrySettings
-from shared.traceback_paths import shown_file
+from shared.traceback_paths import named_files, shown_file
 
 HOST = ("/srv/data", "/opt/railyard", "registry-work", "/runs/", ".venv", "envs/", "site-packages", "python3.")
 TRACEBACK = ('Traceback (most recent call last):\n'
@@ -102,3 +102,44 @@ def test_a_runs_own_text_that_is_no_traceback_line_is_kept_as_printed(text):
     writer.add("stdout", False, text)
     writer.add("stderr", False, text + '\n  File "/srv/data/main.py", line 2, in <module>')
     assert [line for _, _, _, line in writer.pending] == [text, text + '\n  File "main.py", line 2, in <module>']
+
+
+ROOT = "/srv/data/.railyard/tasks/runs/r1"
+SAID = ['  File "/srv/data/.railyard/task-envs/ab12/lib/python3.11/site-packages/pandas/io/parsers.py", line 7, in f',
+        f"FileNotFoundError: [Errno 2] No such file or directory: '{ROOT}/data/in.csv' (read by main.py)",
+        f'{{"exc_info": "  File \\"{ROOT}/lib/util.py\\", line 2, in load"}}']
+
+
+@pytest.mark.parametrize("ended", [True, False], ids=["line-ended", "line-arriving"])
+@pytest.mark.parametrize("into", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("said", SAID, ids=["frame", "os-error", "json-frame"])
+def test_a_host_path_across_a_long_lines_16_kib_cut_is_named(said, into, ended):
+    """A run's line longer than MAX_LINE (16 KiB) is stored in pieces, each named alone (LogWriter.add). They were cut
+    at 16 KiB whatever stood there: a traceback's file or an OSError's across the cut was named in neither piece and
+    its host path showed (session 42's review). Now a piece ends before a file the cut would split: by _emit for a
+    line read whole, by _pump's own cut for one whose end has not come yet (read up to 10 bytes past the mark first,
+    then the rest: the cut waits for what may follow it). `into`: how much of `said` stands before the 16-KiB mark."""
+    async def sink(lines):
+        pass
+
+    async def pumped(*parts: bytes) -> runner.LogWriter:
+        reader = asyncio.StreamReader()
+        writer = runner.LogWriter(sink=sink, max_bytes=1 << 20, roots=(ROOT,))
+        pump = asyncio.create_task(runner._pump(reader, "stderr", writer))
+        for part in parts:
+            reader.feed_data(part)
+            for _ in range(3):
+                await asyncio.sleep(0)  # the pump reads what came
+        reader.feed_eof()
+        await pump
+        return writer
+
+    line = "x" * (runner.MAX_LINE - int(len(said) * into)) + said + "y" * (runner.FILE_ROOM + 100)
+    data = line.encode()
+    writer = asyncio.run(pumped(data + b"\nnext") if ended else pumped(data[:runner.MAX_LINE + 10],
+                                                                       data[runner.MAX_LINE + 10:]))
+    pieces = [(partial, text) for _, _, partial, text in writer.pending][:-1 if ended else None]
+    assert not [text for _, text in pieces if "/srv/data" in text], pieces  # before: the piece after the cut
+    assert "".join(text for _, text in pieces) == named_files(line, (ROOT,))
+    assert all(len(text.encode()) <= runner.MAX_LINE for _, text in pieces)
+    assert [partial for partial, _ in pieces] == [True] * (len(pieces) - 1) + [False]

@@ -7,6 +7,7 @@ No such file or directory: '<data dir>/engine-work/<deployment>/<replica>/<sha>.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pyarrow as pa
 import pytest
@@ -241,20 +242,20 @@ CPU_LIMIT = 0.5
 one's. A search is stopped there (`_cpu_named`)."""
 
 
-def _cpu_named(text: str) -> str:
-    """named_files(text), failing the test once it has taken CPU_LIMIT seconds of this process's CPU: a profiling timer
+def _cpu_named(text: str, name: Callable[[str], str] = named_files) -> str:
+    """name(text), failing the test once it has taken CPU_LIMIT seconds of this process's CPU: a profiling timer
     (SIGPROF) raises in the regex search itself (the engine checks for signals as it runs). Until session 42 a
     quadratic search ran to its end (~30 s of CPU for 224c5f33's unanchored warning file on 32 KiB, load 5) and a
     nested quantifier's exponential one (a `+` inside the `*` of a quoted file's body) until pytest's 300-s timeout."""
     import signal
 
     def over(signum: int, frame: object) -> None:
-        raise AssertionError(f"named_files took over {CPU_LIMIT} s of CPU on {len(text)} characters: not linear")
+        raise AssertionError(f"{name.__name__} took over {CPU_LIMIT} s of CPU on {len(text)} characters: not linear")
 
     previous = signal.signal(signal.SIGPROF, over)
     signal.setitimer(signal.ITIMER_PROF, CPU_LIMIT)
     try:
-        return named_files(text)
+        return name(text)
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, previous)
@@ -293,6 +294,31 @@ def test_a_long_line_of_message_starts_is_named_in_linear_time(piece):
                                   'File \\"/' + 'a\\"' * (SIZE // 3), '[Errno 1] a: \\"/' + "\\x" * (SIZE // 2)])
 def test_one_long_unclosed_file_is_read_once(text):
     assert _cpu_named(text) == text
+
+
+def _cut_and_named(text: str) -> str:
+    """`text` as a task run's line: cut into pieces (runner._emit), each named alone; the pieces joined."""
+    async def sink(lines):
+        pass
+
+    writer = runner.LogWriter(sink=sink, max_bytes=4 * SIZE)
+    runner._emit(writer, "stderr", text.encode())
+    assert all(len(line.encode()) <= runner.MAX_LINE for _, _, _, line in writer.pending)
+    return "".join(line for _, _, _, line in writer.pending)
+
+
+CUT_PIECES = ['File "/' + "a" * 3000 + '", line 1 ', "x" * 99 + 'File "/a", line 1', "[Errno 1] a: '/x' -> \"/",
+              "\n/a:1: aWarning: ", 'File \\"/a\\"b\\", line 1']
+
+
+@pytest.mark.parametrize("piece", CUT_PIECES)
+def test_a_long_run_line_is_cut_outside_its_files_in_linear_time(piece):
+    """A task run's line over 16 KiB is cut into pieces, each before a file the cut would split
+    (traceback_paths.cut_outside_files: each pattern searches a piece's text and what may follow it once), and the
+    pieces name what the whole line names. Checked on SIZE characters of files of 3,000 characters, of short ones and
+    of named pieces of three forms, within CPU_LIMIT (~0.06 s of CPU each)."""
+    text = (piece * (SIZE // len(piece) + 1))[:SIZE]
+    assert _cpu_named(text, _cut_and_named) == named_files(text)
 
 
 def test_a_warnings_file_is_looked_for_at_a_lines_start_only():
