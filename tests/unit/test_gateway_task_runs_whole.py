@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from services.gateway import handlers, orchestrations
 from services.gateway.http import JSON_ROUTES
+from services.task_scheduler import handlers as scheduler
+from services.task_scheduler import store
 from shared import paging
+from shared.authz import Principal
 from shared.errors import ReplyTooLarge
 from shared.messages.tasks import ListTaskRuns
 
@@ -104,3 +108,53 @@ def test_the_route_reads_pages():
     route = next(r for r in JSON_ROUTES if r.path == "/task/list_task_runs")
     assert route.forward is orchestrations.forward_runs and route.unwrap == "runs"
     assert all(r.forward is None for r in JSON_ROUTES if r is not route)
+
+
+def test_runs_updated_or_created_while_the_pages_are_read_are_answered_once_or_not_at_all(monkeypatch):
+    """The scheduler's own list_runs (its keyset pages, cursor and page code) over its rows in memory, the rows
+    changed between two pages as a schedule and its runs do: a run already read and one not read yet updated (each
+    moves to the head of the update order), runs created. The pages end inside runs created at the same moment.
+    Every run there at the first page is answered once, as its page read it; none created after it (the commit's
+    claim, docs/api-paging.md; a cursor taken from updated_at instead repeats the first page: RepeatedCursor)."""
+    rows = [{"id": uuid.UUID(r["run_id"]), "task_id": TASK, "status": r["status"], "exit_code": 0, "reason": None,
+             "scheduled_for": None, "created_at": datetime.fromisoformat(r["created_at"]),
+             "updated_at": datetime.fromisoformat(r["updated_at"])} for r in made_runs(2104)]
+    first = {row["id"] for row in rows}
+    by_creation = sorted(rows, key=lambda row: (row["created_at"], row["id"]), reverse=True)
+    assert by_creation[999]["created_at"] == by_creation[1000]["created_at"]  # a page ends inside a tie
+    read_early, read_late = by_creation[10], by_creation[2050]
+
+    async def runs_of(_pool, task_id, status, limit, after=None, paged=False):
+        assert paged and task_id == TASK and status is None
+        kept = sorted((row for row in rows if after is None or (row["created_at"], row["id"]) < after),
+                      key=lambda row: (row["created_at"], row["id"]), reverse=True)
+        return [dict(row) for row in kept[:limit]]
+
+    async def visible(_deps, principal, token, task_id):
+        assert (principal, token, task_id) == (alice, "token", TASK)  # every page as the caller
+
+    alice, asked = Principal(subject=str(uuid.uuid4()), kind="user", admin=False, client_id="sdk", username="alice",
+                             issued_at=0.0), []
+
+    async def forward(_broker, subject, cmd, token, timeout):
+        asked.append(cmd.cursor)
+        if len(asked) == 2:  # between the first page and the second
+            later = BASE + timedelta(days=1)
+            for row in (read_early, read_late):
+                row.update(updated_at=later, status="failure")
+            rows.extend({"id": uuid.uuid4(), "task_id": TASK, "status": "queued", "exit_code": None, "reason": None,
+                         "scheduled_for": None, "created_at": later, "updated_at": later} for _ in range(3))
+        answer = await scheduler.list_runs(SimpleNamespace(pool=None), alice, token, cmd)
+        return answer.model_dump(mode="json")
+
+    monkeypatch.setattr(store, "runs_of", runs_of)
+    monkeypatch.setattr(scheduler, "_visible_task", visible)
+    monkeypatch.setattr(handlers, "forward", forward)
+    asked_whole = ListTaskRuns(task_id=TASK)
+    runs = asyncio.run(orchestrations.forward_runs(None, "tasks.runs", asked_whole, "token", 5.0))["runs"]
+    assert len(asked) == 3 and asked[0] is None
+    ids = [uuid.UUID(run["run_id"]) for run in runs]
+    assert len(ids) == len(set(ids)) and set(ids) == first  # none skipped, none twice, none created after the first
+    assert ids[0] == read_late["id"] and runs[0]["status"] == "failure"  # read after its update: the newest
+    early = next(run for run in runs if run["run_id"] == str(read_early["id"]))
+    assert early["status"] == "success"  # read before its update: as its page read it
