@@ -24,15 +24,26 @@ from shared.messages.auth import (
     SECRET_CHARS,
     TOKEN_CHARS,
 )
+from shared.settings import Settings
 from tests.integration.pkce import TOKEN_PATH, UiSignIn, error_code
-from tests.unit.gateway_sign_in_routes import sign_in_routes
+from tests.unit.gateway_sign_in_routes import gateway_app, sign_in_routes
 
 LONG = "a" * (NAME_CHARS + 1 - len("@example.com")) + "@example.com"
 
 
+@pytest.fixture(scope="module")
+def app():
+    """One gateway app for the module's tests (each built its own: ~0.3 s of CPU, 22 times): each test still gets its
+    own client, cookies and list of what reached auth. Its token endpoints' buckets are the one thing an app keeps
+    from a test to the next; none of these tests is about them (test_gateway_limits.py is), and with the default
+    burst of 50 the module's ~50 token requests would be refused a 429 late in the module at a fast pace: the shared
+    app's buckets do not run out."""
+    return gateway_app(Settings(gateway={"token_burst_per_source": 1_000_000, "token_burst_per_client": 1_000_000}))
+
+
 @pytest.fixture
-def gateway(monkeypatch):
-    with sign_in_routes(monkeypatch) as (client, asked):
+def gateway(monkeypatch, app):
+    with sign_in_routes(monkeypatch, app) as (client, asked):
         yield client, asked
 
 
