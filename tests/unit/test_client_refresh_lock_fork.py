@@ -6,12 +6,13 @@ lock new in a forked child (os.register_at_fork, railyard_client.session._new_re
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import warnings
 
 import pytest
-from railyard_client.session import Session
+from railyard_client.session import Session, _credentials_lock, read_credentials, save_sign_in
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="POSIX: fork")
 
@@ -52,3 +53,53 @@ def test_a_childs_refresh_does_not_wait_for_the_parents_thread_that_held_the_loc
     session.refresh()  # the parent's lock is its own, released: a refresh as ever
     assert refreshed == [os.getpid()]
     session.close()
+
+
+def test_a_childs_save_and_the_parents_next_do_not_wait_on_the_file_lock_another_thread_held_at_the_fork(tmp_path):
+    """The refresh lock is held through the save, which flocks the credentials file's `.lock`: a flock belongs to the
+    open file, which the child's copy of the descriptor keeps locked once the parent's thread closes its own. So a
+    fork during another thread's save made the child's save wait for ever and the parent's next save (a refresh's,
+    its refresh lock held) wait for as long as the child lived. The child closes its copies of the lock descriptors
+    other threads held at the fork (railyard_client.session._new_refresh_locks)."""
+    path = tmp_path / "credentials.json"
+    sign_in = {"url": "http://127.0.0.1:9", "client_id": "api-client", "client_secret": "s", "username": "u",
+               "access_token": "a", "refresh_token": "r", "expires_at": 1.0}
+    save_sign_in(sign_in, path)
+    holding, release = threading.Event(), threading.Event()
+    saved_in_child, saved_told = os.pipe()
+
+    def saving() -> None:  # a save under way in another thread when the process forks
+        with _credentials_lock(path):
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=saving)
+    thread.start()
+    assert holding.wait(10)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child saves (its watchdog: 5 s), says so, and lives on as a pool worker would
+            try:
+                threading.Thread(target=lambda: (time.sleep(5), os._exit(2)), daemon=True).start()
+                save_sign_in({**sign_in, "access_token": "child"}, path)
+                os.write(saved_told, b"1")
+                time.sleep(10)
+            finally:
+                os._exit(1)
+        os.close(saved_told)
+    finally:
+        release.set()  # the parent's save ends
+        thread.join()
+    try:
+        assert os.read(saved_in_child, 1) == b"1", "the child's save waited on the lock its copy kept"  # was 2 (EOF)
+        done = threading.Event()
+        threading.Thread(target=lambda: (save_sign_in({**sign_in, "access_token": "parent"}, path), done.set()),
+                         daemon=True).start()
+        assert done.wait(3), "the parent's save waited on the lock its forked child kept"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(saved_in_child)
+    assert read_credentials(path)["access_token"] == "parent"
