@@ -48,7 +48,7 @@ under batch-1000 load at load 8 (session 28), past 0.5 s at load ~19 (docs/infer
 A replica never answered yet is Starting (it loads its models); one with no status subscriber (it unsubscribes when
 it drains) is not kept."""
 LIVENESS_PROBE_WAIT = 2.0  # seconds the supervisor's own status probe waits (4x a status read's, 7x the most seen)
-LIVENESS_KILL_GRACE = 5.0  # seconds a replica killed as hung has after SIGTERM before SIGKILL
+LIVENESS_KILL_GRACE = 5.0  # seconds a replica killed as hung has after SIGTERM before SIGKILL (none if it is stopped)
 LIVENESS_LATE = 1.0  # a liveness probe whose timeout fired this much late: the deployer's own loop stalled, not counted
 """Liveness (as a Kubernetes liveness probe, which KServe's predictors get): a replica that answered before and whose
 status probes then went unanswered (timed out) for settings.deployer.liveness_timeout seconds and liveness_probes
@@ -56,9 +56,10 @@ probes in a row is hung (a deadlocked or stopped event loop): it still holds its
 group, so NATS kept sending it a share of the requests (each re-sent after the gateway's 3 s, or a 504 after 30 s
 with one replica) until someone redeployed. The supervisor probes every replica itself every liveness_timeout /
 liveness_probes seconds (a status read's probe counts too), so a replica nobody asks about is noticed; a hung one is
-sent SIGTERM, SIGKILL after LIVENESS_KILL_GRACE, and replaced at once as one that exited. Busy is not hung: the
-busiest replica measured answered within 280 ms (session 28, batch-1000 at load 8), and any one answer resets the
-count. Only the supervisor's own probes (LIVENESS_PROBE_WAIT) are counted: a status read's 0.5 s probe times out on
+sent SIGTERM, SIGKILL after LIVENESS_KILL_GRACE (at once if it is stopped: _kill_hung), and replaced at once as one
+that exited. Busy is not hung: the busiest replica measured answered within 280 ms (session 28, batch-1000 at load 8),
+and any one answer resets the count. Only the supervisor's own probes (LIVENESS_PROBE_WAIT) are counted: a status
+read's 0.5 s probe times out on
 a replica short of CPU (load ~19), and the gateway reads the status every ROUTE_MAX_AGE per deployment, and on every
 request once the deployment says Starting; counted, and deferring the supervisor's probe, they had a busy replica
 killed. A probe that timed out while the deployer's own bus connection was down or reconnected does not count (a NATS
@@ -846,8 +847,19 @@ class LocalBackend:
         task.add_done_callback(self._probes.discard)
 
     async def _kill_hung(self, replica: Replica, name: str) -> None:
-        """SIGTERM, then SIGKILL after LIVENESS_KILL_GRACE (a hung loop does not drain; a stopped process takes only
-        SIGKILL); its work folders swept (sweep_work)."""
+        """SIGTERM, then SIGKILL after LIVENESS_KILL_GRACE (a hung loop does not drain); its work folders swept
+        (sweep_work). A stopped process (SIGSTOP, a debugger's trace stop: _stopped) is sent SIGKILL at once: it cannot
+        take the SIGTERM, which stayed pending while the grace ran out (5 s for nothing, the same end). It is not sent
+        SIGCONT to drain: what it took was re-sent by the gateway long ago, and its queued requests and probes would
+        be answered late, after its replacement's."""
+        if _stopped(replica.process.pid):
+            log.warning("engine replica %s of %s (pid %s) is stopped: killed at once (it cannot take SIGTERM)",
+                        replica.replica_id, name, replica.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.kill()
+            await replica.process.wait()
+            self.sweep_work(name, replica)
+            return
         with contextlib.suppress(ProcessLookupError):
             replica.process.send_signal(signal.SIGTERM)
         try:
@@ -1136,6 +1148,15 @@ async def _cancelled(task: asyncio.Task) -> None:
     await asyncio.wait({task})
     if not task.cancelled():
         task.result()  # its error, as `await task` raised it
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (state T, by SIGSTOP or SIGTSTP; or t, held by a debugger): it runs no
+    signal handler until it is continued, so a SIGTERM would wait pending, and only SIGKILL ends it."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
 
 
 def _remove_tree(path: Path) -> None:

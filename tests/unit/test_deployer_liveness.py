@@ -228,3 +228,31 @@ async def test_a_probe_timed_out_late_is_the_deployers_stall_not_the_replicas(tm
     stall[0] = 0.0  # on time: the replica's silence, counted
     await _run_for(backend, clock, 2 * TIMEOUT)
     assert replica_set.replicas != [replica] and replica.process.signals[0] == signal.SIGTERM
+
+
+async def test_a_stopped_replica_is_killed_at_once_a_running_one_gets_its_sigterm(tmp_path, monkeypatch):
+    """A replica killed as hung that is stopped (SIGSTOP; a debugger's trace stop) cannot take SIGTERM: it stayed
+    pending while the grace ran out, then SIGKILL. It is now sent SIGKILL at once; one that runs still gets SIGTERM
+    first (its own exit by it, no SIGKILL). Real processes; the grace is made an hour, so a wait for it fails here."""
+    monkeypatch.setattr(backend_module, "LIVENESS_KILL_GRACE", 3600.0)
+    backend = LocalBackend(tmp_path, None, scale_down_after=60, ready_timeout=10, stop_timeout=3600)
+    for stop_it, ended_by in ((True, signal.SIGKILL), (False, signal.SIGTERM)):
+        process = await asyncio.create_subprocess_exec("sleep", "600")
+        try:
+            if stop_it:
+                process.send_signal(signal.SIGSTOP)
+                for _ in range(200):  # the stop is the kernel's, a moment after the signal
+                    if backend_module._stopped(process.pid):
+                        break
+                    await asyncio.sleep(0.01)
+                assert backend_module._stopped(process.pid)
+            else:
+                assert not backend_module._stopped(process.pid)
+            replica = Replica(replica_id=f"r{stop_it:d}", process=process, started_at=0.0, answered=RUNNING)
+            async with asyncio.timeout(20):
+                await backend._kill_hung(replica, "d-1")
+            assert process.returncode == -ended_by, (stop_it, process.returncode)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
