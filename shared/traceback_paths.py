@@ -20,7 +20,9 @@ any other message (a library's own words, "Load model from /srv/... failed"), a 
 (another logging format's prefix before it, a file not `.py` with a category not named `...Warning` or named
 `Warning`, a folder with a `:` in its name), Python 3.13's unquoted `'%U'` file when it holds a `'`, and a file whose
 match runs over FILE_ROOM characters in a task run's line longer than 16 KiB (services/task_scheduler/runner.py cuts
-such a line into pieces, each named alone, outside any file a piece would split: cut_outside_files, session 43).
+such a line into pieces, each named alone, outside any file a piece would split: cut_outside_files, session 43), or
+whose rest the run printed over FLUSH_SECONDS (0.2 s) after the line went over 16 KiB (runner._pump cuts with what
+has come then).
 
 Used by the engine (a request's error: services/engine/runtimes.py, sandboxed.py; f4c57130, 59b346a2, 8d122876), the
 registry (a conversion's stderr excerpt: services/registry/worker.py) and the task scheduler (a run's log lines and

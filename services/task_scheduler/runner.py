@@ -227,19 +227,50 @@ class LinesDropped(Exception):
 
 
 async def _pump(reader: asyncio.StreamReader, stream: str, writer: LogWriter) -> None:
+    """Lines as they come; a line not ended that is longer than MAX_LINE in pieces. A piece's end is chosen once
+    FILE_ROOM bytes past it have come (_piece_end: what may follow a file there), or once FLUSH_SECONDS have passed
+    since the line went over MAX_LINE, with what has come: a run printing over 16 KiB of a line and then sleeping, or
+    going on a few bytes at a time (a progress bar's '\r' updates), had none of it stored until it printed 6 KiB more
+    or ended (3e4fbc32, review). The read is a task then, waited for again after the cut, never cancelled and read
+    anew (a second read while the first still waits is a RuntimeError)."""
+    loop = asyncio.get_running_loop()
     buffer = b""
-    while True:
-        chunk = await reader.read(CHUNK)
-        if not chunk:
-            break
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            _emit(writer, stream, line)
-        while len(buffer) > MAX_LINE + FILE_ROOM:  # a piece's end is chosen once what may follow it has come
-            end = _piece_end(buffer)
-            writer.add(stream, True, buffer[:end].decode(errors="replace"))
-            buffer = buffer[end:]
+    read: asyncio.Future[bytes] | None = None  # a read still waited for when a piece was cut without it
+    over: float | None = None  # when the line not ended went over MAX_LINE
+    try:
+        while True:
+            if len(buffer) > MAX_LINE:
+                over = loop.time() if over is None else over
+                read = read or asyncio.ensure_future(reader.read(CHUNK))
+                done, _ = await asyncio.wait({read}, timeout=max(0.0, over + FLUSH_SECONDS - loop.time()))
+                if not done:
+                    while len(buffer) > MAX_LINE:
+                        end = _piece_end(buffer)
+                        writer.add(stream, True, buffer[:end].decode(errors="replace"))
+                        buffer = buffer[end:]
+                    over = None
+                    continue
+                chunk, read = read.result(), None
+            elif read is not None:
+                chunk, read = await read, None
+            else:
+                chunk = await reader.read(CHUNK)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                _emit(writer, stream, line)
+            if lines:
+                over = None
+            while len(buffer) > MAX_LINE + FILE_ROOM:  # a piece's end is chosen once what may follow it has come
+                end = _piece_end(buffer)
+                writer.add(stream, True, buffer[:end].decode(errors="replace"))
+                buffer = buffer[end:]
+                over = None
+    finally:
+        if read is not None:
+            read.cancel()  # the pump cancelled (the run's end): nothing reads this stream again
     if buffer:
         _emit(writer, stream, buffer)
 

@@ -113,7 +113,7 @@ SAID = ['  File "/srv/data/.railyard/task-envs/ab12/lib/python3.11/site-packages
 @pytest.mark.parametrize("ended", [True, False], ids=["line-ended", "line-arriving"])
 @pytest.mark.parametrize("into", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("said", SAID, ids=["frame", "os-error", "json-frame"])
-def test_a_host_path_across_a_long_lines_16_kib_cut_is_named(said, into, ended):
+def test_a_host_path_across_a_long_lines_16_kib_cut_is_named(said, into, ended, monkeypatch):
     """A run's line longer than MAX_LINE (16 KiB) is stored in pieces, each named alone (LogWriter.add). They were cut
     at 16 KiB whatever stood there: a traceback's file or an OSError's across the cut was named in neither piece and
     its host path showed (session 42's review). Now a piece ends before a file the cut would split: by _emit for a
@@ -134,6 +134,7 @@ def test_a_host_path_across_a_long_lines_16_kib_cut_is_named(said, into, ended):
         await pump
         return writer
 
+    monkeypatch.setattr(runner, "FLUSH_SECONDS", 60.0)  # a loaded machine's pause between the two reads cuts no piece
     line = "x" * (runner.MAX_LINE - int(len(said) * into)) + said + "y" * (runner.FILE_ROOM + 100)
     data = line.encode()
     writer = asyncio.run(pumped(data + b"\nnext") if ended else pumped(data[:runner.MAX_LINE + 10],
@@ -143,3 +144,31 @@ def test_a_host_path_across_a_long_lines_16_kib_cut_is_named(said, into, ended):
     assert "".join(text for _, text in pieces) == named_files(line, (ROOT,))
     assert all(len(text.encode()) <= runner.MAX_LINE for _, text in pieces)
     assert [partial for partial, _ in pieces] == [True] * (len(pieces) - 1) + [False]
+
+
+@pytest.mark.parametrize("after", ["sleeping", "trickling"])
+def test_a_long_lines_piece_comes_within_a_flush_while_its_rest_does_not(after):
+    """A run that prints over 16 KiB of a line and then sleeps (or goes on a few bytes at a time: a progress bar's
+    '\\r' updates) gets its first piece within FLUSH_SECONDS of passing 16 KiB, as before 3e4fbc32. Since it, _pump
+    cut a line not ended only once FILE_ROOM (6 KiB) more had come: 16-22 KiB and a sleep stayed unread until the
+    run printed more or ended."""
+    async def sink(lines):
+        pass
+
+    async def first_piece_after() -> float:
+        reader = asyncio.StreamReader()
+        writer = runner.LogWriter(sink=sink, max_bytes=1 << 20)
+        pump = asyncio.create_task(runner._pump(reader, "stdout", writer))
+        reader.feed_data(b"\r" + b"x" * (runner.MAX_LINE + 100))
+        start = asyncio.get_running_loop().time()
+        while not writer.pending and asyncio.get_running_loop().time() - start < 4 * runner.FLUSH_SECONDS:
+            await asyncio.sleep(runner.FLUSH_SECONDS / 8)
+            if after == "trickling":
+                reader.feed_data(b"\r 42%|####")
+        took = asyncio.get_running_loop().time() - start
+        assert [partial for _, _, partial, _ in writer.pending] == [True]
+        reader.feed_eof()
+        await pump
+        return took
+
+    assert asyncio.run(first_piece_after()) <= 2 * runner.FLUSH_SECONDS
