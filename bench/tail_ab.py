@@ -2,6 +2,7 @@
 
     python -m bench.tail_ab --tree s8start=build/s8start [--tree head=.] [--rounds 6] [--count 1500]
                             [--forms records,Arrow,OIP v2] [--env [label:]RAILYARD_...=value]
+                            [--load CONNECTIONS:ROWS ...] [--seconds 4] [--settle] [--cpus label:CPUS:role,role]
 
 Each tree runs its own embedded stack (`railyard up` from that tree as the working directory, with a Python of
 its own: see tree_python), ccfraud deployed on each; then `rounds` rounds, each running `count` sequential batch-1
@@ -9,6 +10,14 @@ requests on one connection against every stack in turn (the order reversed every
 other work weighs on both alike. Prints p50, p99 and p99/p50 per tree and form, pooled and per round, and writes
 the samples (start on CLOCK_MONOTONIC, latency) to build/tail/ab.json for bench/tail_trace.py's describe.
 A label may be given twice with different `--env` (label:NAME=value) and the same tree: settings A/B.
+
+`--load 32:1 --load 4:1000` adds, after each stack's sequential run of a form (none with `--count 0`), a window
+of `--seconds` of that many keep-alive connections sending batch-1 (or 1,000-row) requests, as `make bench-peers`
+measures its 8- and 32-connection and batch-1000 figures (bench/loadgen.py's `concurrent`); printed as req/s and
+rows/s per round, with the load generator's CPU a request (the machine's speed, docs/performance.md item 93).
+`--settle` starts each stack's turn as bench-peers starts a form: every stack's log path idle (its rows stored),
+the page cache written back, the machine's busy CPU under 0.25 cores. `--cpus label:1:log_store,weed,postgres`
+confines those processes (every thread; fine roles as `--nice`) to those CPUs (sched_setaffinity).
 
 With two or more stacks, each run starts with its replica's log batcher idle (the other stacks' runs in between
 last longer than a window), so its segment flushes fall `engine_segment_ms` apart from the run's start: the
@@ -18,6 +27,7 @@ the share elsewhere (docs/performance.md item 86: a flush's cost to the requests
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -28,13 +38,17 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import uvloop
 
-from bench.cpu_account import _role
-from bench.peers.harness import RailyardDeployer, cmdline, descendants
+from bench import loadgen
+from bench.cpu_account import _own_cpu, _role
+from bench.peers import logpath
+from bench.peers.harness import RailyardDeployer, cmdline, descendants, settle, write_back
 from bench.tail_trace import OUT, autogroup, describe, fine_role, quiet_group, set_slice, timed
 from shared.settings import LogSettings
 from tests.models import ccfraud_onnx
@@ -96,6 +110,48 @@ def after_windows(run: list[tuple[float, float]], window: float) -> tuple[float,
     return inside, 100 * slow[~near].mean()
 
 
+def confine(root: int, cpus: set[int], roles: list[str]) -> int:
+    """Every thread of `root`'s descendants of those fine roles (tail_trace.fine_role) on `cpus` only: the threads
+    counted (what they start later inherits it: PostgreSQL's backends, Go's threads)."""
+    count = 0
+    for pid in descendants(root):
+        if fine_role(pid) in roles:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), cpus)
+                    count += 1
+    return count
+
+
+def settled(targets: dict[str, dict[str, Any]], form: str, most: float = 5.0) -> None:
+    """As bench-peers before a form: every stack's log path idle (at most 60 s), the page cache written back, the
+    machine idle (harness.settle; here at most `most` s, not its 30: other people's work would wait out every turn)."""
+    for label, by_form in targets.items():
+        backlog = by_form[form].backlog
+        waited, emptied = logpath.wait_until(lambda backlog=backlog: logpath.idle(*backlog()), 60.0, 0.2)
+        if not emptied:
+            print(f"    {label}: log path not idle after {waited:.1f} s; measured anyway", flush=True)
+    write_back()
+    with contextlib.suppress(TimeoutError):
+        uvloop.run(asyncio.wait_for(settle(), most))
+
+
+def window(target: Any, load: str, seconds: float) -> tuple[float, float]:
+    """(requests a second, the load generator's CPU us a request) of one `load` (CONNECTIONS:ROWS) window, after 3
+    sequential requests of it (as bench-peers' batch-1000 figure)."""
+    connections, rows = (int(part) for part in load.split(":"))
+    request = target.one if rows == 1 else target.thousand
+    uvloop.run(loadgen.sequential(target.url, request, 3))
+    own, started = _own_cpu(), time.perf_counter()
+    rate = uvloop.run(loadgen.concurrent(target.url, request, connections, seconds))
+    return rate, (_own_cpu() - own) / max(rate * (time.perf_counter() - started), 1) * 1e6
+
+
+def _rate(rate: float, load: str) -> str:
+    """A window's requests a second as printed: rows/s in thousands for 1,000-row requests."""
+    return f"{rate:,.0f}k rows/s" if load.endswith(":1000") else f"{rate:,.0f} req/s"
+
+
 def start(tree: Path, settings: dict[str, str], folder: Path) -> RunningStack:
     """`railyard up` from `tree`'s code on fresh ports."""
     data = folder / "data"
@@ -126,6 +182,14 @@ def main() -> None:
     parser.add_argument("--shares", type=int, default=0,
                         help="run this process and the stacks in a cgroup (v1 cpu) of that cpu.shares: a high value "
                              "(100000) keeps the rest of the machine's work off them, as on a quiet machine")
+    parser.add_argument("--load", action="append", default=[],
+                        help="CONNECTIONS:ROWS (ROWS 1 or 1000): a throughput window after each sequential run")
+    parser.add_argument("--seconds", type=float, default=4.0, help="each --load window's length")
+    parser.add_argument("--settle", action="store_true",
+                        help="before each stack's turn: every log path idle, sync, an idle machine (as bench-peers)")
+    parser.add_argument("--cpus", action="append", default=[],
+                        help="label:CPULIST:role,role - those processes (fine roles, as --nice) on those CPUs only "
+                             "(CPULIST: 1 or 0,1)")
     parser.add_argument("--verbose", action="store_true", help="describe every run")
     args = parser.parse_args()
     trees = {t.split("=", 1)[0]: Path(t.split("=", 1)[1]).resolve() for t in args.tree} or {"head": REPO}
@@ -135,6 +199,9 @@ def main() -> None:
         for name in [label] if label else trees:
             settings[name][setting.split("=", 1)[0]] = setting.split("=", 1)[1]
     forms = args.forms.split(",")
+    for load in args.load:
+        if load.count(":") != 1 or load.split(":")[1] not in ("1", "1000") or int(load.split(":")[0]) < 1:
+            raise SystemExit(f"--load {load!r}: CONNECTIONS:ROWS, ROWS 1 or 1000")
     OUT.mkdir(parents=True, exist_ok=True)
     group = quiet_group(args.shares) if args.shares else contextlib.nullcontext()
     with group:
@@ -197,39 +264,67 @@ def run(args: argparse.Namespace, trees: dict[str, Path], settings: dict[str, di
                         Path(f"/proc/{pid}/autogroup").write_text(level)
             print(f"  {label}: nice {level} for {roles}: "
                   + ", ".join(f"{fine_role(pid)} {autogroup(pid)}" for pid in descendants(stacks[label].process.pid)))
+        for item in args.cpus:
+            label, cpus, roles = item.split(":", 2)
+            confined = confine(stacks[label].process.pid, {int(c) for c in cpus.split(",")}, roles.split(","))
+            print(f"  {label}: CPUs {cpus} for {roles}: {confined} threads")
         for label in trees:
             for form in forms:
                 uvloop.run(timed(targets[label][form].url, targets[label][form].one, 300))
         samples = {(label, form): [] for label in trees for form in forms}
         ratios = {key: [] for key in samples}
+        p50s = {key: [] for key in samples}
+        loads: dict[tuple[str, str, str], list[tuple[float, float]]] = {
+            (label, form, load): [] for label in trees for form in forms for load in args.load}
         order = list(trees)
         for index in range(args.rounds):
             for form in forms:
                 for label in order if index % 2 == 0 else order[::-1]:
                     target = targets[label][form]
-                    run = uvloop.run(timed(target.url, target.one, args.count))
-                    samples[label, form] += run
-                    lat = [v for _, v in run]
-                    ratios[label, form].append(float(np.percentile(lat, 99) / np.percentile(lat, 50)))
-                    if args.verbose:
-                        print(f"round {index} {label} {form}:")
-                        describe(run)
-            print(f"round {index}: " + "  ".join(f"{label}/{form} {ratios[label, form][-1]:.2f}"
-                                                  for label in trees for form in forms), flush=True)
+                    if args.settle:
+                        settled(targets, form)
+                    if args.count:
+                        run = uvloop.run(timed(target.url, target.one, args.count))
+                        samples[label, form] += run
+                        lat = [v for _, v in run]
+                        ratios[label, form].append(float(np.percentile(lat, 99) / np.percentile(lat, 50)))
+                        p50s[label, form].append(float(np.percentile(lat, 50)) * 1e3)
+                        if args.verbose:
+                            print(f"round {index} {label} {form}:")
+                            describe(run)
+                    for load in args.load:
+                        loads[label, form, load].append(window(target, load, args.seconds))
+            print(f"round {index}: " + "  ".join(
+                f"{label}/{form} " + (f"{ratios[label, form][-1]:.2f}" if args.count else "")
+                + "".join(f" {load} {_rate(loads[label, form, load][-1][0], load)}" for load in args.load)
+                for label in trees for form in forms), flush=True)
         print(f"batch 1, one connection, {args.rounds} rounds x {args.count} requests, trees {trees}, {settings}")
-        for (label, form), run in samples.items():
+        for (label, form), run in samples.items() if args.count else ():
             lat = np.array([v for _, v in run]) * 1e3
             p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
             r = ratios[label, form]
-            window = float(settings[label].get("RAILYARD_LOGS__ENGINE_SEGMENT_MS",
-                                               LogSettings().engine_segment_ms)) / 1000
+            window_s = float(settings[label].get("RAILYARD_LOGS__ENGINE_SEGMENT_MS",
+                                                 LogSettings().engine_segment_ms)) / 1000
             after = ""
-            if len(trees) > 1 and window <= 5:
-                inside, elsewhere = after_windows(run, window)
+            if len(trees) > 1 and window_s <= 5:
+                inside, elsewhere = after_windows(run, window_s)
                 after = (f"  >2x p50: {inside:.1f} % in the {AFTER_WINDOW * 1e3:.0f} ms after a window, "
                          f"{elsewhere:.2f} % else")
-            print(f"  {label:10s} {form:8s} p50 {p50:.3f} ms  p99 {p99:.3f} ms  p99/p50 {p99 / p50:.2f}  "
+            print(f"  {label:10s} {form:8s} p50 {p50:.3f} ms (round median {statistics.median(p50s[label, form]):.3f}) "
+                  f" p99 {p99:.3f} ms  p99/p50 {p99 / p50:.2f}  "
                   f"per round {min(r):.2f}-{max(r):.2f} median {statistics.median(r):.2f}{after}")
+        first = order[0]
+        for (label, form, load), figures in loads.items():
+            rates, costs = [f[0] for f in figures], [f[1] for f in figures]
+            versus = ""
+            if label != first:  # round by round against the first label's window of the same round
+                higher = sum(a > b for a, b in zip(rates, [f[0] for f in loads[first, form, load]], strict=True))
+                versus = f"  above {first} in {higher} of {len(rates)} rounds"
+            print(f"  {label:10s} {form:8s} {load:>7s}: median {_rate(statistics.median(rates), load)} "
+                  f"({_rate(min(rates), load)}-{_rate(max(rates), load)}), load generator "
+                  f"{statistics.median(costs):.0f} us a request{versus}")
+        Path(args.out).with_suffix(".loads.json").write_text(json.dumps(
+            {f"{label}|{form}|{load}": figures for (label, form, load), figures in loads.items()}))
         Path(args.out).write_text(json.dumps({f"{label}|{form}": run for (label, form), run in samples.items()}))
     finally:
         for stack in stacks.values():
