@@ -405,6 +405,11 @@ def sweep_stale_temporaries(folder: Path, now: float | None = None) -> None:
             continue
 
 
+_LOCK_FILE_WORDS = ("the lock file", "whoever can open it can stop every save of the credentials file beside it",
+                    "remove it, or keep the credentials in a folder of your own")
+"""What `refuse_unsafe_credentials` says of the credentials file's lock (`_credentials_lock`)."""
+
+
 @contextlib.contextmanager
 def _credentials_lock(path: Path) -> Iterator[None]:
     """Held around a read, change and write of the credentials file (an exclusive flock of a `.lock` file beside it),
@@ -430,13 +435,15 @@ def _credentials_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a symbolic link put in its place: its target is someone's choice
             raise UnsafeCredentials(f"refusing the lock file {lock}: it is a symbolic link; remove it") from None
+        with contextlib.suppress(OSError):  # one there that this user may not open: another user's is refused too
+            refuse_unsafe_credentials(lock, os.lstat(lock), _LOCK_FILE_WORDS[0],  # (every save went on unlocked)
+                                      "you may not open it, so every save of the credentials file beside it would "
+                                      "go on unlocked", _LOCK_FILE_WORDS[2])
         yield
         return
     _LOCKS_HELD[handle] = threading.get_ident()  # a forked child closes its copy (`_new_refresh_locks`)
     try:
-        refuse_unsafe_credentials(lock, os.fstat(handle), "the lock file",
-                                  "whoever can open it can stop every save of the credentials file beside it",
-                                  "remove it, or keep the credentials in a folder of your own")
+        refuse_unsafe_credentials(lock, os.fstat(handle), *_LOCK_FILE_WORDS)
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:

@@ -71,3 +71,29 @@ def test_another_users_lock_file_or_a_link_in_its_place_is_refused(tmp_path, mon
     with pytest.raises(UnsafeCredentials, match="it is a symbolic link"):
         save_sign_in(SIGN_IN, path)
     assert not path.exists() and not (tmp_path / "elsewhere").exists()  # the link's target not made either
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX owners")
+def test_another_users_lock_file_this_user_may_not_open_is_refused_not_saved_around(tmp_path, monkeypatch):
+    """Another user's lock file that this user may not open (theirs, 0600, in a folder others may write): the save
+    went on without the lock, so two processes' saves could undo each other's (a spent refresh token written back)
+    whenever that user chose. Refused as their lock file that may be opened is. A lock file this user may not open
+    but owns, or none that can be made (a read-only folder), is saved around as before."""
+    path = tmp_path / "credentials.json"
+    lock = tmp_path / "credentials.json.lock"
+    lock.touch(mode=0o600)
+    real_open = session.os.open
+
+    def refused(name, *args, **kwargs):  # the tests may run as root, whom no mode refuses
+        if str(name) == str(lock):
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(session.os, "open", refused)
+    uid = os.getuid()
+    with monkeypatch.context() as patch:
+        patch.setattr(session.os, "getuid", lambda: uid + 1)  # the lock file is then another user's
+        with pytest.raises(UnsafeCredentials, match=f"refusing the lock file {lock}: it is another user's"):
+            save_sign_in(SIGN_IN, path)
+    assert not path.exists()
+    assert saved_within(path) is None and read_credentials(path)["access_token"] == "a"  # this user's own: as before
