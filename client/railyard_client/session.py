@@ -43,8 +43,8 @@ and `railyard login` run again with the new one, the old secret refreshed nothin
 change of the file is a read and a write under a lock of it (`credentials.json.lock` beside it; POSIX only; held
 to the file's rule: another user's, or one its group or others may write, or a symbolic link, is refused,
 UnsafeCredentials, where a lock file someone else made and held stopped every save, session 43). A process that forks
-gets each session's refresh lock new in the child, and the child lets go of its copy of the `.lock` another thread
-held at the fork (until session 43 the child's first refresh, or its save, waited for ever, and the parent's next
+gets each session's refresh lock new in the child, and the `.lock` another thread held at the fork is released for
+the child's copy too (until session 43 the child's first refresh, or its save, waited for ever, and the parent's next
 save for as long as the child lived). When
 the file cannot be written (a full disk, a read-only folder, its permissions), the session goes on with the
 refreshed tokens in memory and warns (a `TokensNotSaved` warning, `railyard_client.TokensNotSaved`; the
@@ -441,14 +441,17 @@ def _credentials_lock(path: Path) -> Iterator[None]:
                                       "go on unlocked", _LOCK_FILE_WORDS[2])
         yield
         return
-    _LOCKS_HELD[handle] = threading.get_ident()  # a forked child closes its copy (`_new_refresh_locks`)
     try:
         refuse_unsafe_credentials(lock, os.fstat(handle), *_LOCK_FILE_WORDS)
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:
-        _LOCKS_HELD.pop(handle, None)  # before the close: a child forked after it does not close a reused number
-        os.close(handle)  # releases the lock
+        # released explicitly, then closed: a flock belongs to the open file, which the copy of the descriptor in a
+        # child forked meanwhile (another thread's fork) kept locked after this close alone, so that child's save
+        # waited for ever and this process's next one for as long as the child lived (session 43's review)
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
 
 
 def update_credentials(change: Callable[[dict[str, Any]], dict[str, Any] | None], path: Path | None = None) -> Path:
@@ -680,28 +683,17 @@ def _warn_each_time(warning: Warning) -> None:
 
 _SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
 """The process's live sessions, whose refresh locks a forked child makes new (`_new_refresh_locks`)."""
-_LOCKS_HELD: dict[int, int] = {}
-"""The credentials lock files' descriptors open in this process (`_credentials_lock`), and the thread holding each."""
 
 
 def _new_refresh_locks() -> None:
     """In the child of a fork, each session's refresh lock made new: a lock another thread of the parent held at the
     fork (a refresh under way: its HTTP call, its save) stays held in the child by a thread the child does not have,
     so until session 43 the child's first refresh (a token that had expired, or a call the server refused) waited for
-    ever. A child gets a copy of the session as it was (tokens included) and refreshes on its own.
-
-    And the child closes its copies of the credentials lock files' descriptors other threads held at the fork (a
-    save under way): a flock belongs to the open file, which a copy keeps locked after the parent's thread closed its
-    own, so the child's save waited for ever and the parent's next save for as long as the child lived (session 43's
-    review). The forking thread's own stays: its `_credentials_lock` closes it as it ends."""
+    ever. A child gets a copy of the session as it was (tokens included) and refreshes on its own. (The credentials
+    file's lock, held through a refresh's save, is a flock the parent's thread releases explicitly for the child's
+    copy too: `_credentials_lock`.)"""
     for session in list(_SESSIONS):
         session._refreshing = threading.RLock()
-    forking = threading.get_ident()
-    for handle, holder in list(_LOCKS_HELD.items()):
-        if holder != forking:
-            del _LOCKS_HELD[handle]
-            with contextlib.suppress(OSError):
-                os.close(handle)
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

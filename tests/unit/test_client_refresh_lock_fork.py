@@ -59,8 +59,8 @@ def test_a_childs_save_and_the_parents_next_do_not_wait_on_the_file_lock_another
     """The refresh lock is held through the save, which flocks the credentials file's `.lock`: a flock belongs to the
     open file, which the child's copy of the descriptor keeps locked once the parent's thread closes its own. So a
     fork during another thread's save made the child's save wait for ever and the parent's next save (a refresh's,
-    its refresh lock held) wait for as long as the child lived. The child closes its copies of the lock descriptors
-    other threads held at the fork (railyard_client.session._new_refresh_locks)."""
+    its refresh lock held) wait for as long as the child lived. The lock is released explicitly (LOCK_UN: for every
+    copy) before its descriptor is closed (railyard_client.session._credentials_lock)."""
     path = tmp_path / "credentials.json"
     sign_in = {"url": "http://127.0.0.1:9", "client_id": "api-client", "client_secret": "s", "username": "u",
                "access_token": "a", "refresh_token": "r", "expires_at": 1.0}
