@@ -441,6 +441,7 @@ def _credentials_lock(path: Path) -> Iterator[None]:
                                       "go on unlocked", _LOCK_FILE_WORDS[2])
         yield
         return
+    opened_by = os.getpid()
     try:
         refuse_unsafe_credentials(lock, os.fstat(handle), *_LOCK_FILE_WORDS)
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -448,9 +449,11 @@ def _credentials_lock(path: Path) -> Iterator[None]:
     finally:
         # released explicitly, then closed: a flock belongs to the open file, which the copy of the descriptor in a
         # child forked meanwhile (another thread's fork) kept locked after this close alone, so that child's save
-        # waited for ever and this process's next one for as long as the child lived (session 43's review)
-        with contextlib.suppress(OSError):
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        # waited for ever and this process's next one for as long as the child lived (session 43's review). Not by
+        # a child forked inside this block: its unlock would release the parent's lock mid-save
+        if os.getpid() == opened_by:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
         os.close(handle)
 
 

@@ -5,6 +5,8 @@ lock new in a forked child (os.register_at_fork, railyard_client.session._new_re
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import threading
@@ -103,3 +105,30 @@ def test_a_childs_save_and_the_parents_next_do_not_wait_on_the_file_lock_another
         os.waitpid(pid, 0)
         os.close(saved_in_child)
     assert read_credentials(path)["access_token"] == "parent"
+
+
+def test_a_child_forked_inside_a_save_leaves_the_parents_lock_held(tmp_path):
+    """The holder unlocks its `.lock` before closing it (the test above), but not in a child forked inside the save:
+    the flock is the open file's, shared with the parent, whose save would go on unlocked."""
+    path, lock = tmp_path / "credentials.json", tmp_path / "credentials.json.lock"
+    saving = contextlib.ExitStack()
+    saving.enter_context(_credentials_lock(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child ends the save it was forked in
+        code = 1
+        try:
+            saving.close()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    other = os.open(lock, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):  # still the parent's
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        saving.close()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the parent's own end
+    finally:
+        os.close(other)
