@@ -288,8 +288,14 @@ def _piece_end(line: bytes) -> int:
     """Where the next piece of a line longer than MAX_LINE ends: at MAX_LINE bytes, or before, where no file the
     line names is cut (traceback_paths.cut_outside_files; read as latin-1, a byte a character). Each piece is named
     alone (LogWriter.add): cut at MAX_LINE whatever stood there, a host path across two pieces was named in neither
-    and showed whole (session 43)."""
-    return cut_outside_files(line[:MAX_LINE + FILE_ROOM].decode("latin-1"), MAX_LINE)
+    and showed whole (session 43). A cut inside a UTF-8 character (its continuation bytes after it) is moved back to
+    the character's first byte, at most 3 bytes: each piece is decoded alone, and the character was stored as two or
+    three U+FFFD. Only to a lead byte (not ASCII): no file's match starts or ends there, so none is cut."""
+    end = cut_outside_files(line[:MAX_LINE + FILE_ROOM].decode("latin-1"), MAX_LINE)
+    back = end
+    while back > max(end - 3, 1) and 0x80 <= line[back] < 0xC0:
+        back -= 1
+    return back if back < end and line[back] >= 0xC0 else end
 
 
 def sandbox_spec(plan: RunPlan) -> SandboxSpec:

@@ -172,3 +172,19 @@ def test_a_long_lines_piece_comes_within_a_flush_while_its_rest_does_not(after):
         return took
 
     assert asyncio.run(first_piece_after()) <= 2 * runner.FLUSH_SECONDS
+
+
+@pytest.mark.parametrize("char", ["é", "€", "😀"])
+def test_a_long_lines_pieces_end_between_two_characters(char):
+    """A line over 16 KiB is cut into pieces of at most MAX_LINE bytes, each decoded alone: a cut inside a character
+    of two to four bytes (UTF-8) stored it as two or three U+FFFD, one at the end of a piece and one at the start of
+    the next. The cut is moved back to the character's first byte (at most 3 bytes)."""
+    async def sink(lines):
+        pass
+
+    writer = runner.LogWriter(sink=sink, max_bytes=1 << 20)
+    line = "x" + char * (3 * runner.MAX_LINE // len(char.encode()))
+    runner._emit(writer, "stdout", line.encode())
+    pieces = [text for _, _, _, text in writer.pending]
+    assert len(pieces) > 3 and "\ufffd" not in "".join(pieces)  # before: one (or two) at each cut
+    assert "".join(pieces) == line and all(len(piece.encode()) <= runner.MAX_LINE for piece in pieces)
