@@ -188,32 +188,69 @@ def printed(rows: list[dict]) -> str:
     return json.dumps(rows, indent=1) + "\n"
 
 
-def test_infer_json_file_prints_the_apis_records_without_pandas(canned: Path):
-    out, child = run(canned, "infer", "fraud", str(canned / "rows.json"), "--json")
-    assert out == printed(ANSWER_JSON)
+# The commands that must not import pandas (nor, the first two, pyarrow), one after another in one fresh interpreter
+# (they were a fresh interpreter each, ~0.6 s of CPU, and test_the_json_commands_print_the_same_when_pandas_is_loaded
+# started three more for the same commands): what each left in sys.modules is read right after it, so a command that
+# imports pandas is caught by its own check (an earlier one's import would fail the later checks too, never hide one).
+# Those that load pyarrow (a parquet file, Arrow pages) come after those checked without it.
+WITHOUT = {"json": ["infer", "fraud", "rows.json", "--json"],
+           "json-to-file": ["infer", "fraud", "rows.json", "-o", "out.json"],
+           "parquet": ["infer", "fraud", "rows.parquet", "--json"],
+           "logs": ["pipelines", "logs", "fraud", "--limit", "0", "--json"]}
+
+
+@pytest.fixture(scope="module")
+def without(tmp_path_factory) -> tuple[Path, dict[str, tuple]]:
+    """The canned directory and each of WITHOUT's (exit code, stdout, child), run without pandas."""
+    canned = fill_canned(tmp_path_factory.mktemp("without"))
+    commands = [(canned, [str(canned / a) if a.startswith(("rows.", "out.")) else a for a in args])
+                for args in WITHOUT.values()]
+    answers = run_in_one_interpreter("", commands, canned / "done.json")
+    return canned, dict(zip(WITHOUT, answers, strict=True))
+
+
+def test_infer_json_file_prints_the_apis_records_without_pandas(without):
+    _, answers = without
+    code, out, child = answers["json"]
+    assert code == 0 and out == printed(ANSWER_JSON)
     assert child["sent"] == [{"path": "/v1/api/pipelines/infer/fraud-1/fraud", "json": ROWS,
                               "type": "application/json; format=pandas-records"}]
     assert child["pandas"] is False
     assert child["pyarrow"] is False  # JSON in, JSON out: no Arrow either (isinstance checks on `pa.` imported it)
 
 
-def test_infer_json_to_a_json_file_without_pandas_or_pyarrow(canned: Path):
-    out, child = run(canned, "infer", "fraud", str(canned / "rows.json"), "-o", str(canned / "out.json"))
-    assert json.loads((canned / "out.json").read_text()) == ANSWER_JSON
+def test_infer_json_to_a_json_file_without_pandas_or_pyarrow(without):
+    canned, answers = without
+    code, _, child = answers["json-to-file"]
+    assert code == 0 and json.loads((canned / "out.json").read_text()) == ANSWER_JSON
     assert (child["pandas"], child["pyarrow"]) == (False, False)
 
 
-@pytest.mark.parametrize("suffix", ["parquet", "arrow", "json"])
-def test_the_output_files_are_written_without_pandas(canned: Path, suffix: str):
+SUFFIXES = ["parquet", "arrow", "json"]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[Path, dict[str, list]]:
+    """`infer -o` and `pipelines logs -o` into a file of each suffix, the six commands one after another in one fresh
+    interpreter (a fresh one for each suffix's two, before): the directory and each suffix's two (exit code, stdout,
+    child). pandas is looked for after each."""
+    canned = fill_canned(tmp_path_factory.mktemp("written"))
+    commands = []
+    for suffix in SUFFIXES:
+        answer, logs = canned / f"answer-out.{suffix}", canned / f"logs-out.{suffix}"
+        commands += [(canned, ["infer", "fraud", str(canned / "rows.parquet"), "-o", str(answer)]),
+                     (canned, ["pipelines", "logs", "fraud", "--limit", "0", "-o", str(logs)])]
+    answers = run_in_one_interpreter("", commands, canned / "done.json")
+    return canned, {suffix: answers[2 * i:2 * i + 2] for i, suffix in enumerate(SUFFIXES)}
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_the_output_files_are_written_without_pandas(written, suffix: str):
     """`-o FILE` of `infer` (Arrow answer) and `pipelines logs`: the rows in the file, and no pandas."""
-    answer, logs = canned / f"answer-out.{suffix}", canned / f"logs-out.{suffix}"
-    # one interpreter, the two commands one after the other: pandas is looked for after each
-    written = run_in_one_interpreter("", [(canned, ["infer", "fraud", str(canned / "rows.parquet"), "-o", str(answer)]),
-                                          (canned, ["pipelines", "logs", "fraud", "--limit", "0", "-o", str(logs)])],
-                                     canned / "done.json")
-    assert [(code, child["pandas"]) for code, _, child in written] == [(0, False), (0, False)], written
-    assert read_back(answer) == ANSWER_ROWS
-    assert read_back(logs) == LOG_ROWS
+    canned, answers = written
+    assert [(code, child["pandas"]) for code, _, child in answers[suffix]] == [(0, False), (0, False)], answers
+    assert read_back(canned / f"answer-out.{suffix}") == ANSWER_ROWS
+    assert read_back(canned / f"logs-out.{suffix}") == LOG_ROWS
 
 
 READS = [[], ["--json"], ["-o", "rows.parquet"], ["-o", "rows.arrow"], ["-o", "rows.csv"]]
@@ -253,30 +290,32 @@ def test_infer_json_from_stdin_without_pandas(canned: Path):
     assert json.loads(done.stderr.strip().splitlines()[-1])["pandas"] is False
 
 
-def test_infer_parquet_file_prints_arrow_columns_without_pandas(canned: Path):
-    out, child = run(canned, "infer", "fraud", str(canned / "rows.parquet"), "--json")
-    assert out == printed(ANSWER_ROWS)
+def test_infer_parquet_file_prints_arrow_columns_without_pandas(without):
+    code, out, child = without[1]["parquet"]
+    assert code == 0 and out == printed(ANSWER_ROWS)
     assert child["sent"][0]["type"] == "application/vnd.apache.arrow.file" and child["pandas"] is False
 
 
-def test_pipelines_logs_json_prints_every_page_oldest_first_without_pandas(canned: Path):
-    out, child = run(canned, "pipelines", "logs", "fraud", "--limit", "0", "--json")
-    assert out == printed(LOG_ROWS)
+def test_pipelines_logs_json_prints_every_page_oldest_first_without_pandas(without):
+    code, out, child = without[1]["logs"]
+    assert code == 0 and out == printed(LOG_ROWS)
     assert [s["json"].get("cursor") for s in child["sent"]] == [None, "older"]
     assert child["pandas"] is False
 
 
-def test_the_json_commands_print_the_same_when_pandas_is_loaded(canned: Path):
+def test_the_json_commands_print_the_same_when_pandas_is_loaded(without):
     """The same output whether or not pandas is in the process (as it was before these commands stopped importing
     it): nothing printed depends on it."""
-    commands = [["infer", "fraud", str(canned / "rows.json"), "--json"],
-                ["infer", "fraud", str(canned / "rows.parquet"), "--json"],
-                ["pipelines", "logs", "fraud", "--limit", "0", "--json"]]
-    # the three with pandas loaded in one interpreter (pandas is there anyway); each without it in a fresh one
-    loaded = run_in_one_interpreter("import pandas\n", [(canned, args) for args in commands], canned / "done.json")
-    for args, (code, out, child) in zip(commands, loaded, strict=True):
+    canned, answers = without
+    names = ["json", "parquet", "logs"]
+    commands = [[str(canned / a) if a.startswith("rows.") else a for a in WITHOUT[name]] for name in names]
+    # the three with pandas loaded in one interpreter (pandas is there anyway); without it: `without`'s
+    loaded = run_in_one_interpreter("import pandas\n", [(canned, args) for args in commands],
+                                    canned / "done-loaded.json")
+    for name, (code, out, child) in zip(names, loaded, strict=True):
         assert code == 0 and child["pandas"] is True
-        assert out == run(canned, *args)[0]
+        assert answers[name][2]["pandas"] is False
+        assert out == answers[name][1]
 
 
 def test_the_sdk_still_answers_dataframes(canned: Path):
@@ -316,27 +355,20 @@ def test_datasets_upload_of_a_json_file_makes_the_same_table_without_pandas(cann
     (canned / "rows.json").write_text(json.dumps(UPLOADED))
     (canned / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in UPLOADED))
     sent = {}
-    for name in ("rows.json", "rows.jsonl"):  # without pandas: a fresh interpreter each
-        done = subprocess.run([sys.executable, "-c", AS_THE_COMMAND + CHILD, str(canned), "datasets", "upload", "7",
-                               str(canned / name), "--json"], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        child = json.loads(done.stderr.strip().splitlines()[-1])
-        assert child["pandas"] is False
-        assert [s["path"] for s in child["sent"]] == ["datasets/get", "/v1/api/datasets/upload_rows"]
-        assert json.loads(done.stdout) == [{"rows_added": 2}]
-        sent[name, False] = (canned / "uploaded.arrow").read_bytes()
-    # with pandas loaded: both in one interpreter, each writing its upload into a directory of its own
-    commands = []
-    for name in ("rows.json", "rows.jsonl"):
-        (canned / f"{name}-pandas").mkdir()
-        commands.append((canned / f"{name}-pandas", ["datasets", "upload", "7", str(canned / name), "--json"]))
-    loaded = run_in_one_interpreter(AS_THE_COMMAND + "import pandas\n", commands, canned / "done.json")
-    for (directory, _), (name, (code, out, child)) in zip(commands, zip(("rows.json", "rows.jsonl"), loaded,
-                                                                         strict=True), strict=True):
-        assert code == 0 and child["pandas"] is True
-        assert [s["path"] for s in child["sent"]] == ["datasets/get", "/v1/api/datasets/upload_rows"]
-        assert json.loads(out) == [{"rows_added": 2}]
-        sent[name, True] = (directory / "uploaded.arrow").read_bytes()
+    # without pandas, then with it loaded: each pair in one interpreter (pandas looked for after each command),
+    # each writing its upload into a directory of its own
+    for preamble, pandas in ((AS_THE_COMMAND, False), (AS_THE_COMMAND + "import pandas\n", True)):
+        commands = []
+        for name in ("rows.json", "rows.jsonl"):
+            (canned / f"{name}-{pandas}").mkdir()
+            commands.append((canned / f"{name}-{pandas}", ["datasets", "upload", "7", str(canned / name), "--json"]))
+        answers = run_in_one_interpreter(preamble, commands, canned / f"done-{pandas}.json")
+        for (directory, _), (name, (code, out, child)) in zip(commands, zip(("rows.json", "rows.jsonl"), answers,
+                                                                             strict=True), strict=True):
+            assert code == 0 and child["pandas"] is pandas, (name, child)
+            assert [s["path"] for s in child["sent"]] == ["datasets/get", "/v1/api/datasets/upload_rows"]
+            assert json.loads(out) == [{"rows_added": 2}]
+            sent[name, pandas] = (directory / "uploaded.arrow").read_bytes()
     assert len(set(sent.values())) == 1  # the same table, with or without pandas, from either file
     table = pa.ipc.open_file(pa.py_buffer(sent["rows.json", False])).read_all()
     assert table.to_pylist() == UPLOADED and table.equals(pa.Table.from_pylist(UPLOADED))
