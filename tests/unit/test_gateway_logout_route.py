@@ -13,14 +13,22 @@ from services.gateway import handlers
 from services.gateway.http import create_app
 from shared.errors import UpstreamTimeout
 from shared.settings import Settings
-from tests.unit.gateway_sign_in_routes import sign_in_routes
+from tests.unit.gateway_sign_in_routes import gateway_app, sign_in_routes
 
 LOGOUT = "/auth/realms/master/protocol/openid-connect/logout"
 
 
+@pytest.fixture(scope="module")
+def app():
+    """One gateway app for the tests of the `gateway` fixture (a build is ~0.3 s of CPU), each with its own client and
+    list of what reached auth (tests/unit/gateway_sign_in_routes.py); their few logouts spend nothing near its
+    buckets' burst of 50. The two tests below that need other settings build their own."""
+    return gateway_app()
+
+
 @pytest.fixture
-def gateway(monkeypatch):
-    with sign_in_routes(monkeypatch) as (client, sent):
+def gateway(monkeypatch, app):
+    with sign_in_routes(monkeypatch, app) as (client, sent):
         yield client, sent
 
 
