@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ DRAIN_LOGS = 8.0  # seconds a stopping replica has to publish the records it hol
 TRIM_EVERY = 2.0  # seconds between looks at whether the heap's free pages can go back to the system
 LEARN_ROWS = 64  # runs of at least this many rows teach a model its time per row, smaller ones its time per call
 LEARN_RUNS = 8  # the learnt time per row (per call) is the largest of this many last runs of that kind
-WARM_UP_WAIT = 0.5  # seconds load waits for a model's warm-up call (OnnxRuntime.warm_up); a slower one goes on alone
+WARM_UP_WAIT = 0.5  # seconds load waits for the models' warm-up calls (OnnxRuntime.warm_up); slower ones go on alone
+WARM_UPS_AT_ONCE = 4  # models' warm-up calls run at once (each in a thread of its own)
 
 
 class ModelCost:
@@ -303,7 +305,8 @@ class Replica:
         self.measured_apart: set[tuple[int, bool]] = set()
         self.measurer: ThreadPoolExecutor | None = None
         self.measurement: Future | None = None
-        self.warm_ups: list[asyncio.Future] = []  # the models' warm-up calls (load)
+        self.warm_ups: list[Future] = []  # the models' warm-up calls (load, warm_up)
+        self.warming = threading.BoundedSemaphore(WARM_UPS_AT_ONCE)
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
@@ -317,11 +320,9 @@ class Replica:
                     # the first step's inputs are the request's; a later step's, what earlier steps made
                     runtime = OnnxRuntime(path, threads=threads, refuse_booleans=not self.steps)
                     await asyncio.to_thread(runtime.load)
-                    # its first call's one-time set-up, here rather than in the first request's measured run (a
-                    # model slow on zeros too goes on in its thread while the replica starts serving)
-                    warming = asyncio.ensure_future(asyncio.to_thread(runtime.warm_up))
-                    self.warm_ups.append(warming)  # held: a task the loop alone refers to may be collected
-                    await asyncio.wait([warming], timeout=WARM_UP_WAIT)
+                    # its first call's one-time set-up, here rather than in the first request's measured run, in a
+                    # thread of its own while the next models load (warm_up)
+                    self.warm_ups.append(self.warm_up(runtime))
                 elif model["runtime"] in ("python", "custom"):
                     runtime = SandboxedRuntime(model["runtime"], path, self.work_dir /
                                                f"{self.replica_id}-{len(self.workers)}", self.settings,
@@ -336,8 +337,32 @@ class Replica:
         for failure in started:
             if isinstance(failure, BaseException):
                 raise failure
+        if self.warm_ups:  # slower ones go on in their threads while the replica serves
+            await asyncio.to_thread(futures.wait, self.warm_ups, WARM_UP_WAIT)
         self.narrowing = first_step_narrowing(self.steps)
         self.tensors = first_step_tensors(self.steps)
+
+    def warm_up(self, runtime: OnnxRuntime) -> Future:
+        """Start `runtime`'s warm-up call (OnnxRuntime.warm_up) in a daemon thread of its own, WARM_UPS_AT_ONCE at
+        a time (`warming`), and return what says it ended; load waits up to WARM_UP_WAIT for them all, once the
+        last model has loaded, and the replica serves its models meanwhile and after (a model not warmed yet does
+        its set-up in its first request's call, as before 2026-12-06). Before 2026-12-07 load waited up to
+        WARM_UP_WAIT for each model's, one after another, in the loop's default executor: a warm-up that never
+        ended held one of its threads for good, which the requests run in (asyncio.to_thread), and the replica's
+        exit waited for it (the executor's shutdown) until the deployer killed it (review of cf1622aa, item 111).
+        Started before the next model's session is created, so not taken for its pool (OnnxRuntime.load)."""
+        done: Future = Future()
+        warming = self.warming
+
+        def warm() -> None:
+            try:
+                with warming:
+                    runtime.warm_up()
+            finally:
+                done.set_result(None)
+
+        threading.Thread(target=warm, name="railyard-warm-up", daemon=True).start()
+        return done
 
     def narrow(self, table: pa.Table) -> pa.Table:
         """A request's table with its float64 and integer columns (not an integer narrower than the type: a uint8

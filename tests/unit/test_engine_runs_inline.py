@@ -13,9 +13,11 @@ import asyncio
 import os
 import threading
 import time
+from concurrent import futures
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from services.engine import handlers
 from services.engine.replica import LEARN_ROWS, LEARN_RUNS, Replica, Step, thread_cpu_clock
@@ -489,7 +491,7 @@ def test_a_new_replica_warms_its_models_up_before_its_first_request_is_measured(
 
     async def load():
         await replica.load()
-        await asyncio.gather(*getattr(replica, "warm_ups", []))  # (a slow one is not waited for by load)
+        await asyncio.to_thread(futures.wait, replica.warm_ups)  # (a slow one is not waited for by load)
 
     asyncio.run(load())
     runtime = replica.steps[0].runtimes[0]
@@ -517,3 +519,93 @@ def test_a_real_models_warm_up_call_answers(tmp_path):
     runtime.load()
     runtime.warm_up()
     assert len(answers) == 1 and answers[0].num_rows == 1 and answers[0].column_names == ["score"]
+
+
+class HungWarmUp(OnnxRuntime):
+    """An ONNX model whose warm-up call does not end until `release` is set; its calls are quick."""
+
+    release = threading.Event()
+    warming: list[int] = []
+
+    def load(self) -> None:
+        self.inputs = [("x", [None], np.float32)]
+        self.output_names = ["x"]
+        self.ready = True
+
+    def warm_up(self) -> None:
+        self.warming.append(threading.get_ident())
+        self.release.wait(30)
+
+    def predict(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+
+def _replica_of(tmp_path, monkeypatch, runtime: type, models: int, failing: str | None = None) -> Replica:
+    """A replica of `models` one-model steps of `runtime`, loaded without object storage (the artifact of sha
+    `failing` does not match its sha256)."""
+    from services.engine import replica as replica_module
+    from shared.errors import RailyardError
+
+    async def fetched(store, sha, cache):
+        if sha == failing:
+            raise RailyardError(f"artifact {sha} does not match its sha256; refusing to load it")
+        return tmp_path / sha
+
+    monkeypatch.setattr(replica_module, "fetch_artifact", fetched)
+    monkeypatch.setattr(replica_module, "MinioObjectStore", lambda settings: None)
+    monkeypatch.setattr(replica_module, "OnnxRuntime", runtime)
+    steps = [{"kind": "ModelInference", "models": [{"name": f"m{n}", "model_version": "1", "sha": f"s{n}",
+                                                    "runtime": "onnx"}]} for n in range(models)]
+    spec = {"deployment": {"name": "d", "pipeline": "p", "pipeline_version": "v1", "workspace_id": 1}, "steps": steps}
+    return Replica(spec, "r1", Settings(stack={"data_dir": tmp_path}))
+
+
+def test_models_warm_up_at_once_in_threads_of_their_own_and_a_hung_one_starves_nothing(tmp_path, monkeypatch):
+    # before 2026-12-07 load waited up to WARM_UP_WAIT for each model's warm-up, one after another, in the loop's
+    # default executor: 3 models slow on zeros took 3 x WARM_UP_WAIT, and a warm-up that never ended held an
+    # executor thread for good, the one the requests run in (asyncio.to_thread; here the only one, so the next
+    # model's load waited for it too) (review of cf1622aa)
+    from services.engine import replica as replica_module
+
+    monkeypatch.setattr(replica_module, "WARM_UP_WAIT", 0.2)
+    HungWarmUp.release.clear()
+    HungWarmUp.warming.clear()
+    replica = _replica_of(tmp_path, monkeypatch, HungWarmUp, 3)
+
+    async def load() -> float:
+        asyncio.get_running_loop().set_default_executor(futures.ThreadPoolExecutor(1))
+        started = time.monotonic()
+        await asyncio.wait_for(replica.load(), 5)
+        took = time.monotonic() - started
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "served"), 2) == "served"
+        return took
+
+    try:
+        took = asyncio.run(load())
+        assert len(HungWarmUp.warming) == 3 and threading.get_ident() not in HungWarmUp.warming
+        assert 0.2 <= took < 0.5, took  # one wait for the three, not one each
+        output, _, _, _ = replica.run(pa.table({"x": pa.array([1.0], pa.float32())}))  # the models serve
+        assert output.num_rows == 1
+    finally:
+        HungWarmUp.release.set()
+
+
+def test_a_load_that_fails_beside_a_hung_warm_up_ends_at_once(tmp_path, monkeypatch):
+    # the replica's process ends with its event loop, once the loop's default executor's threads have: a warm-up
+    # that never ended there (before 2026-12-07) kept a replica whose load failed (another model's artifact not
+    # matching its sha256) from exiting with its reason: the deploy read it `Starting` until ready_timeout, then
+    # "did not answer" (a stopping replica likewise until the deployer's SIGKILL, stop_timeout later)
+    from shared.errors import RailyardError
+
+    HungWarmUp.release.clear()
+    replica = _replica_of(tmp_path, monkeypatch, HungWarmUp, 2, failing="s1")
+    unstick = threading.Timer(5, HungWarmUp.release.set)  # the old code's executor waited for it
+    unstick.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(RailyardError, match="does not match"):
+            asyncio.run(replica.load())
+        assert time.monotonic() - started < 2
+    finally:
+        unstick.cancel()
+        HungWarmUp.release.set()
