@@ -202,6 +202,25 @@ def thread_cpu_clock(tid: int) -> int:
     return ((~tid) << 3) | 6
 
 
+def live_pool_threads(runtime: Any) -> tuple[int, ...] | None:
+    """`runtime`'s pool threads (OnnxRuntime.pool_threads) that still live, noted on it again when some have gone;
+    None: not known (not Linux; or every thread noted as its session was created has gone, so none was the pool's:
+    the pool's threads live as long as the session). A runtime without a pool of its own has none."""
+    threads = getattr(runtime, "pool_threads", ())
+    if not threads:
+        return threads
+    live = []
+    for tid in threads:
+        try:
+            time.clock_gettime_ns(thread_cpu_clock(tid))
+        except OSError:  # ended: another thread started while the session was created (a warm-up, an executor's)
+            continue
+        live.append(tid)
+    if len(live) != len(threads):
+        runtime.pool_threads = tuple(live) or None
+    return runtime.pool_threads
+
+
 def first_step_narrowing(steps: list[Step]) -> dict[str, pa.DataType]:
     """What a request's table is narrowed to on arrival: the first step's models' common float types, but for an
     A/B split's hash key (runtimes.narrowing)."""
@@ -294,10 +313,11 @@ class Replica:
         # the steps (and their count) learnt for, and a pipeline of one model's ModelCost and its model's id
         self._plan: tuple[Any, int, ModelCost | None, int] | None = None
         # a model's session of more than one thread (cpus >= 2): its runs are timed by the CPU clocks of the calling
-        # thread and of the sessions' pools (`_pool`: the steps, their count, the pool threads' clock ids; cpu_clock),
+        # thread and of the sessions' pools (`_pool`: the steps, their count, the pool threads' clock ids, the clock
+        # reading them; cpu_clock),
         # or where a pool is not known by the process's clock, less the loop's thread's (`loop_clock`, set by serve)
         self.pooled = int(float(spec.get("engine_config", {}).get("cpus", 1))) > 1
-        self._pool: tuple[Any, int, tuple[int, ...] | None] | None = None
+        self._pool: tuple[Any, int, tuple[int, ...] | None, Callable[[], int] | None] | None = None
         self.loop_thread: int | None = None
         self.loop_clock: int | None = None
         # calls measured off the request path (measure_apart): the A/B arms tried, by their model's id and
@@ -458,19 +478,51 @@ class Replica:
         steps = self.steps
         pool = self._pool
         if pool is None or pool[0] is not steps or pool[1] != len(steps):
-            pool = self._pool = (steps, len(steps), self._pool_clocks(steps))
-        clocks = pool[2]
-        if clocks is not None:
-            if not clocks:
-                return time.thread_time_ns
-            if len(clocks) == 1:
-                one = clocks[0]
-                return lambda: time.thread_time_ns() + time.clock_gettime_ns(one)
-            return lambda: time.thread_time_ns() + sum([time.clock_gettime_ns(clock) for clock in clocks])
+            clocks = self._pool_clocks(steps)
+            pool = self._pool = (steps, len(steps), clocks, self._pooled_clock(clocks) if clocks else None)
+        if pool[3] is not None:
+            return pool[3]
+        if pool[2] is not None:  # no pool: the calling thread's clock
+            return time.thread_time_ns
         loop_clock = self.loop_clock
         if loop_clock is None or threading.get_ident() == self.loop_thread:
             return time.process_time_ns
         return lambda: time.process_time_ns() - time.clock_gettime_ns(loop_clock)
+
+    def _pooled_clock(self, clocks: tuple[int, ...]) -> Callable[[], int]:
+        """The calling thread's CPU time plus that of the pool threads of clock ids `clocks` (cpu_clock). A thread
+        that has gone (a thread taken for a pool's as a session was created, that ended since) makes its clock's
+        read fail (EINVAL): its CPU then counts as at its last read, for a run under way, and the pools are noted
+        again at the next cpu_clock (`_pool_clocks` keeps the threads that live). Before 2026-12-07 the OSError
+        reached the run: every request of the replica failed from then on (review of be445b60)."""
+        seen = [0] * len(clocks)  # each thread's CPU at its last read: a gone thread's spent no more since
+        thread_time, read = time.thread_time_ns, time.clock_gettime_ns
+
+        def gone(at: int) -> int:
+            self._pool = None  # noted again at the next run's cpu_clock
+            return seen[at]
+
+        if len(clocks) == 1:
+            one = clocks[0]
+
+            def clock() -> int:
+                try:
+                    seen[0] = pool = read(one)
+                except OSError:
+                    pool = gone(0)
+                return thread_time() + pool
+            return clock
+
+        def clock_of_several() -> int:
+            total = thread_time()
+            for at, pool in enumerate(clocks):
+                try:
+                    seen[at] = ns = read(pool)
+                except OSError:
+                    ns = gone(at)
+                total += ns
+            return total
+        return clock_of_several
 
     def _pool_clocks(self, steps: list[Step]) -> tuple[int, ...] | None:
         """The CPU clock ids of the pool threads of the sessions of every model the steps may run (`_may_run`), None
@@ -481,7 +533,7 @@ class Replica:
             for model, runtime in zip(step.models, step.runtimes, strict=False):
                 if id(model) not in may_run:
                     continue
-                threads = getattr(runtime, "pool_threads", ())  # none: a runtime without a pool of its own
+                threads = live_pool_threads(runtime)
                 if threads is None:
                     return None
                 clocks += [thread_cpu_clock(tid) for tid in threads]

@@ -521,6 +521,46 @@ def test_a_real_models_warm_up_call_answers(tmp_path):
     assert len(answers) == 1 and answers[0].num_rows == 1 and answers[0].column_names == ["score"]
 
 
+def test_a_pool_thread_that_has_gone_fails_no_run_and_the_pool_is_noted_again(tmp_path):
+    # a thread noted as a session's pool's (OnnxRuntime.load: one started while the session was created) that ended
+    # since made its CPU clock's read fail (OSError EINVAL): every run of the replica failed from then on (review of
+    # be445b60). Now it counts as at its last read, and the pool is noted again with the threads that live
+    replica = _pooled_replica(tmp_path)
+    step = Pooled(0)
+    pool = step.pool_threads
+    gone = threading.Thread(target=lambda: None)
+    gone.start()
+    gone.join()
+    step.pool_threads = (*pool, gone.native_id)
+    replica.steps = [step]
+    replica.run(_table(1))
+    assert replica.ns_per_call is not None and replica.ns_per_call < handlers.INLINE_NS
+    replica.run(_table(1))
+    assert step.pool_threads == pool and handlers.runs_inline(replica, 1)
+
+    class Ending(Pooled):
+        """The pool's one thread ends during a run: read at its start, gone at its end."""
+
+        def work(self) -> None:
+            self.asked.wait()
+            spin(self.ns)
+            self.done.set()
+
+        def run(self, table: pa.Table):
+            if self.done.is_set():  # its pool has gone: the caller does the work
+                return table, MODEL, []
+            return super().run(table)
+
+    replica = _pooled_replica(tmp_path)
+    replica.steps = [ending := Ending(100_000)]
+    replica.run(_table(1))
+    assert replica.ns_per_call is not None and replica.ns_per_call < handlers.INLINE_NS
+    assert _until(lambda: not os.path.exists(f"/proc/self/task/{ending.pool_threads[0]}"))
+    replica.run(_table(1))  # (found gone here, if not at the first run's end)
+    replica.run(_table(1))  # no pool thread lives: not known, so the process's clock (cpu_clock)
+    assert ending.pool_threads is None and handlers.runs_inline(replica, 1)
+
+
 class HungWarmUp(OnnxRuntime):
     """An ONNX model whose warm-up call does not end until `release` is set; its calls are quick."""
 
