@@ -69,6 +69,8 @@ LEARN_ROWS = 64  # runs of at least this many rows teach a model its time per ro
 LEARN_RUNS = 8  # the learnt time per row (per call) is the largest of this many last runs of that kind
 WARM_UP_WAIT = 0.5  # seconds load waits for the models' warm-up calls (OnnxRuntime.warm_up); slower ones go on alone
 WARM_UPS_AT_ONCE = 4  # models' warm-up calls run at once (each in a thread of its own)
+RENEW_RUNS = 1000  # runs of a pipeline after which an A/B arm no run took is measured apart again (measure_arm)
+APART_TRIES = 3  # times an arm's slow time read beside a live run is measured again before it is learnt as read
 
 
 class ModelCost:
@@ -120,6 +122,18 @@ class ModelCost:
         if runs < self.kept_until:
             call = max(call or 0, self.kept)
         self.per_call = call
+
+    def forget(self, rows: int) -> None:
+        """Forget what runs of `rows`'s kind taught (under LEARN_ROWS rows: the time per call and a slow call kept;
+        else the time per row): an A/B arm no request has taken, measured apart again (Replica.measure_arm), is
+        known by its newest measurement, not the largest of them."""
+        if rows >= LEARN_ROWS:
+            self.rows = [0.0] * LEARN_RUNS
+            self.row_at, self.per_row = 0, None
+        else:
+            self.calls = [0] * LEARN_RUNS
+            self.call_at = self.kept = self.kept_until = 0
+            self.per_call = None
 
 
 class Step:
@@ -317,6 +331,7 @@ class Replica:
         # reading them; cpu_clock),
         # or where a pool is not known by the process's clock, less the loop's thread's (`loop_clock`, set by serve)
         self.pooled = int(float(spec.get("engine_config", {}).get("cpus", 1))) > 1
+        self.pool_size = max(0, int(float(spec.get("engine_config", {}).get("cpus", 1))) - 1)  # a session's pool's
         self._pool: tuple[Any, int, tuple[int, ...] | None, Callable[[], int] | None] | None = None
         self.loop_thread: int | None = None
         self.loop_clock: int | None = None
@@ -325,6 +340,17 @@ class Replica:
         self.measured_apart: set[tuple[int, bool]] = set()
         self.measurer: ThreadPoolExecutor | None = None
         self.measurement: Future | None = None
+        # the wall time (perf_counter_ns: from, to, 0 while under way) of the last call measured apart and, with
+        # `cpus` 2 or more, of the last live run (`_beside`); the arms' measurements apart (by their model's id) and
+        # their renewals (measure_arm: by measured_apart's key, the pipeline's run `sums` due, step index, step,
+        # model), the slow ones read beside a live run (by key: tries), the runs summed (`_sum`)
+        self.apart: tuple[int, int] = (0, 0)
+        self.live_from = self.live_to = 0
+        self.apart_samples: dict[int, int] = {}
+        self.renewals: dict[tuple[int, bool], tuple[int, int, Any, dict[str, Any]]] = {}
+        self.apart_tries: dict[Any, int] = {}
+        self.sums = 0
+        self.renew_due = 0
         self.warm_ups: list[Future] = []  # the models' warm-up calls (load, warm_up)
         self.warming = threading.BoundedSemaphore(WARM_UPS_AT_ONCE)
 
@@ -414,37 +440,79 @@ class Replica:
         last = None
         shadows: list = []
         changed_by = None  # the model of the last step that returned another number of rows than it was given
-        clock = self.cpu_clock()
+        # its sessions' pools may work on a call measured apart meanwhile (measure_apart): each step's wall time is
+        # noted for the measurement (`live_from`, `live_to`), and a slow time read beside one is not learnt (`_beside`)
+        pooled = self.pooled
+        clock = self.cpu_clock() if pooled else time.thread_time_ns
         several = len(self.steps) > 1
-        measured = []  # (model, rows given, CPU ns) of each step of several
+        measured = []  # (model, rows given, CPU ns, wall from, to) of each step of several
         inputs = [table] if several else None  # ... and each one's input, then the last one's output
         cpu = cpu_started = clock()
-        for step in self.steps:
-            started = time.perf_counter_ns()
-            given = current.num_rows
-            try:
-                current, last, step_shadows = step.run(current)
-            except NonFiniteValues as exc:  # rows of what an earlier step returned: the request's while it kept them
-                raise exc.for_request(last, current.num_rows, table.num_rows) from None
-            if current.num_rows != given:
-                changed_by = last
-            shadows += step_shadows
-            elapsed.append(time.perf_counter_ns() - started)
-            if several:
-                now = clock()
-                measured.append((last, given, now - cpu))
-                inputs.append(current)
-                cpu = now
+        try:
+            for step in self.steps:
+                started = time.perf_counter_ns()
+                if pooled:
+                    self.live_from = started
+                given = current.num_rows
+                try:
+                    current, last, step_shadows = step.run(current)
+                except NonFiniteValues as exc:  # rows of what an earlier step returned: the request's while it kept
+                    raise exc.for_request(last, current.num_rows, table.num_rows) from None
+                if current.num_rows != given:
+                    changed_by = last
+                shadows += step_shadows
+                ended = time.perf_counter_ns()
+                if pooled:
+                    self.live_to = ended
+                elapsed.append(ended - started)
+                if several:
+                    now = clock()
+                    measured.append((last, given, now - cpu, started, ended))
+                    inputs.append(current)
+                    cpu = now
+        except BaseException:
+            if pooled:  # ended by a failure
+                self.live_to = time.perf_counter_ns()
+            raise
         rows = table.num_rows
         if current.num_rows != rows:  # a Python step's filter or expansion that no later step undid
             raise handlers.rows_changed(changed_by, current.num_rows, rows)
         if several:
-            for model, given, ns in measured:
-                self._cost(model).add(given, ns)
+            for model, given, ns, started, ended in measured:
+                if pooled and ns >= handlers.INLINE_NS:
+                    ns = self._own(ns, self._beside(started, ended))
+                if ns is not None:
+                    self._cost(model).add(given, ns)
             self._sum(inputs)
         else:
-            self.learn(rows, clock() - cpu_started, last, table)
+            ns = clock() - cpu_started
+            if not pooled or ns < handlers.INLINE_NS:
+                self.learn(rows, ns, last, table)
+            elif (ns := self._own(ns, self._beside(started, ended))) is not None:
+                self.learn(rows, ns, last, table)
         return current, elapsed, last, shadows
+
+    def _beside(self, begun: int, ended: int) -> int:
+        """How long (perf_counter_ns) a call measured apart (measure_apart) ran while a run of a pooled pipeline did,
+        from `begun` to `ended`: its session's pool's threads, which the run's clock reads (cpu_clock), then worked
+        for it too."""
+        since, until = self.apart
+        if since == 0 or since >= ended or (until and until <= begun):
+            return 0
+        return min(until or ended, ended) - max(since, begun)
+
+    def _own(self, ns: int, beside: int) -> int | None:
+        """What a slow time `ns` read by the pools' clocks is learnt as when another call shared a pool for `beside`
+        ns of wall time (a live run and a call measured apart, both ways): each read the other's pool work as its own,
+        at most `pool_size` threads that long, so at least `ns` less that was its own. Still INLINE_NS or more: slow
+        whatever the other did, learnt as that; less: nothing learnt (a lost sample), the other's work may have made
+        it slow. Before 2026-12-07 it was learnt as read: a quick model read slow beside a call measured apart on its
+        session (or an arm beside the chosen arm's runs, whose pools the measurement read too) and took the thread
+        for its kept runs, or an arm not chosen for good (review of 0d717a95)."""
+        if not beside:
+            return ns
+        own = ns - self.pool_size * beside
+        return own if own >= handlers.INLINE_NS else None
 
     def run_step(self, step: Step, table: pa.Table) -> pa.Table:
         """One in-process model's step of handlers.run_awaiting_workers (a pipeline with a sandboxed worker), measured
@@ -583,6 +651,10 @@ class Replica:
         or from LEARN_ROWS rows, whose time it lacks) in the replica's measuring thread, off the request
         path (`measure_arm`): until then, and if that call fails, the runs take the thread (a split by a hash key whose
         traffic never reached an arm took it for ever before 2026-12-06, item 108)."""
+        if tables is not None and self.renewals:
+            self.sums = sums = self.sums + 1
+            if sums >= self.renew_due:
+                self._renew(tables)
         call: float | None = 0
         row: float | None = 0
         costs = self.costs
@@ -624,7 +696,7 @@ class Replica:
         weights = step.weights or [1] * len(step.models)
         return [model for model, weight in zip(step.models, weights, strict=False) if weight > 0]
 
-    def held_loop(self, ns: int, rows: int = 1, again: Callable[[], Any] | None = None) -> None:
+    def held_loop(self, ns: int, rows: int, again: Callable[[], Any]) -> None:
         """The fast lane's call held the event loop `ns` by its wall clock, INLINE_NS or more (the lane reads no CPU
         clock: ~0.9-2.7 us a read on the test VM, against ~0.13-0.4 us for the wall clock's): the next run takes the
         thread, where `run` measures its CPU (learn). A call the host or another process preempted (the wall clock's
@@ -632,65 +704,150 @@ class Replica:
         while its calls are. The lane's quick calls teach nothing (it runs only while calls are quick), so it pays
         no more than the perf_counter pair it reads anyway. A call of HELD_NS or more is measured again: `again`
         (the same call on the same input) runs in the replica's measuring thread, off the request path, timed by
-        cpu_clock, and enters the model's window (learn, `measure_apart`), so a model slow for some inputs stays in
-        the thread after one as after a call measured slow (ModelCost), where before 2026-12-06 the next quick run
-        measured sent the next slow one to the loop (docs/performance.md item 106), and a quick call preempted that
-        long (at load ~10) is not taken for slow: entered by its wall clock, as from item 106 on, it kept the
-        model's next 52-105 runs in the thread (item 108). Without `again` (a caller that cannot repeat its call)
-        the wall clock's `ns` enters the window as before; while another call is measured apart, only the next run
-        takes the thread."""
-        if ns >= handlers.HELD_NS and again is None:
-            self.learn(rows, ns)
+        the CPU of that thread and of the model's session's pool (`measure_apart`), and enters the model's window
+        (learn), so a model slow for some inputs stays in the thread after one as after a call measured slow
+        (ModelCost), where before 2026-12-06 the next quick run measured sent the next slow one to the loop
+        (docs/performance.md item 106), and a quick call preempted that long (at load ~10) is not taken for slow:
+        entered by its wall clock, as from item 106 on, it kept the model's next 52-105 runs in the thread (item
+        108). While another call is measured apart, only the next run takes the thread. (Until 2026-12-07 a caller
+        without `again` had the wall clock's `ns` learnt: no caller was one, item 111.)"""
         self.ns_per_call = max(self.ns_per_call or 0, ns)
-        if ns >= handlers.HELD_NS and again is not None:
-            self.measure_apart(None, rows, again)
+        if ns >= handlers.HELD_NS:
+            self.measure_apart(None, rows, again, self.steps[0].runtimes[0] if self.steps else None)
 
-    def measure_arm(self, step: Step, model: dict[str, Any], table: pa.Table) -> None:
+    def measure_arm(self, step: Step, model: dict[str, Any], table: pa.Table, renew: bool = False) -> None:
         """Measure an A/B split's arm `model`, which no run has taken yet (or none of `table`'s kind: under
         LEARN_ROWS rows, its time per call; more, its time per row), once for each kind, on `table` (the step's
         input of a run of another arm), in a thread off the request path (`measure_apart`): a call of seconds costs
         a core that long once, never the loop. An arm whose call fails there (an input it cannot take) is not measured,
         and its split's runs keep the thread until it is chosen. Not in a pipeline with a sandboxed worker: it never
         runs on the loop (handlers.runs_inline), and a user's code would be given a request its arm was not chosen
-        for."""
+        for. While no run takes the arm, its measurement is renewed (`renew`: it replaces the one before) after
+        RENEW_RUNS runs of the pipeline, or as many as thread hops cost its time (a 2 s arm: ~10,500), so that a
+        core spent on it costs no more than a hop a run; before 2026-12-07 one measurement, maybe read beside
+        other work, was the arm's until a request chose it (review of 0d717a95)."""
         key = (id(model), table.num_rows >= LEARN_ROWS)  # once for its time per call, once for its time per row
         arm_input = getattr(step, "arm_input", None)
         if self.workers or key in self.measured_apart or arm_input is None or self.measuring():
             return
         chosen = next((index for index, arm in enumerate(step.models) if arm is model), None)
-        if chosen is None or chosen >= len(step.runtimes):
+        at = next((index for index, one in enumerate(self.steps) if one is step), None)
+        if chosen is None or chosen >= len(step.runtimes) or at is None:
             return
         self.measured_apart.add(key)
         runtime = step.runtimes[chosen]
-        self.measure_apart(model, table.num_rows, lambda: runtime.predict(arm_input(chosen, table)))
+        self.measure_apart(model, table.num_rows, lambda: runtime.predict(arm_input(chosen, table)), runtime,
+                           (key, at, step, model, renew))
+
+    def _renew(self, tables: list[pa.Table]) -> None:
+        """Measure again (measure_arm) the arms whose measurement apart is due for renewal (`renewals`) and which
+        no run has taken since, on this run's input of their step when it is of their kind of run; the others
+        later. Only while nothing is measured apart (`renewals` then has one writer at a time)."""
+        if self.measuring():
+            return
+        due_next = None
+        for key, (due, at, step, model) in list(self.renewals.items()):
+            cost = self.costs.get(key[0])
+            if cost is None or cost.runs > self.apart_samples.get(key[0], 0):  # a run took it: its own runs teach
+                del self.renewals[key]
+                continue
+            if due <= self.sums:
+                if at < len(tables) and (tables[at].num_rows >= LEARN_ROWS) == key[1]:
+                    del self.renewals[key]
+                    self.measured_apart.discard(key)
+                    self.measure_arm(step, model, tables[at], renew=True)
+                    self.renew_due = self.sums + 1  # any other, at a run once this one is measured
+                    return
+                due = self.sums + LEARN_RUNS  # this run is not of its kind: looked at again later
+                self.renewals[key] = (due, at, step, model)
+            due_next = due if due_next is None else min(due_next, due)
+        self.renew_due = self.sums + RENEW_RUNS if due_next is None else due_next
 
     def measuring(self) -> bool:
         """Whether a call is being measured apart (`measure_apart`)."""
         return self.measurement is not None and not self.measurement.done()
 
-    def measure_apart(self, model: dict[str, Any] | None, rows: int, call: Callable[[], Any]) -> None:
-        """Run `call` (a model's call on `rows` rows) in the replica's measuring thread, one at a time, timed by
-        cpu_clock, and learn its time as the model's (`learn`): not while another is under way (then nothing). One
-        thread kept for them all: a call in a new thread read ~100-150 us more of CPU than in one that had made
-        calls before (ccfraud: ~20 us). Not a daemon: a replica stopping meanwhile ends once the call has (a model's
-        session is not torn down under it)."""
+    def measure_apart(self, model: dict[str, Any] | None, rows: int, call: Callable[[], Any], runtime: Any = None,
+                      arm: tuple | None = None) -> None:
+        """Run `call` (a call of `runtime`'s model on `rows` rows) in the replica's measuring thread, one at a time,
+        timed by the CPU of that thread and of `runtime`'s session's pool (`session_clock`; not the pools of the
+        pipeline's other models, which a live run may use meanwhile), and learn its time as the model's (`learn`):
+        not while another is under way (then nothing). With `cpus` 2 or more, a live run of the replica (or a fast
+        lane's call) beside it shares the session's pool, so a slow time read beside one is learnt less what the pool
+        could have done for them meanwhile (`_own`: all along the measurement), or as this thread's own part when
+        that is more; when neither is slow, not at all: an A/B arm's (`arm`: its measured_apart key, step index,
+        step, model and whether it renews an earlier measurement) is measured again at a later run, up to
+        APART_TRIES times, then learnt as read (the thread, a cost); a lane call's is dropped (the next run takes the
+        thread and is measured). One thread kept for them all: a call in
+        a new thread read ~100-150 us more of CPU than in one that had made calls before (ccfraud: ~20 us). Not a
+        daemon: a replica stopping meanwhile ends once the call has (a model's session is not torn down under it)."""
         if self.measuring():
             return
+        lane = getattr(getattr(self, "request_batcher", None), "lane", None)
 
         def measure() -> None:
             try:
-                clock = self.cpu_clock()
+                clock = self.session_clock(runtime)
+                answered = getattr(lane, "answered", 0)
+                self.apart = (since := time.perf_counter_ns(), 0)
+                own = time.thread_time_ns()
                 started = clock()
                 call()
                 ns = clock() - started
+                own = time.thread_time_ns() - own  # this thread's part: no other call's
             except Exception as exc:  # noqa: BLE001 - its runs stay in the thread: nothing measured
                 log.info("a call of %s measured apart failed: %s: %s", self.name, type(exc).__name__, exc)
                 return
+            finally:
+                self.apart = (self.apart[0], time.perf_counter_ns())
+            if self.pooled and ns >= handlers.INLINE_NS:
+                until = self.apart[1]
+                begun, ended = self.live_from, self.live_to  # ended < begun: a run under way
+                # a lane's call or a live run (the last, maybe not the only one) beside it: the pool may have worked
+                # for them all along (runs and lane calls come one at a time)
+                beside = getattr(lane, "answered", 0) != answered or \
+                    (begun and begun < until and (ended < begun or ended > since))
+                learnt = self._own(ns, until - since if beside else 0)
+                if learnt is None and own >= handlers.INLINE_NS:
+                    learnt = own
+                if learnt is None:
+                    key = arm[0] if arm is not None else None
+                    tries = 0 if key is None else self.apart_tries.get(key, 0) + 1
+                    if key is None or tries < APART_TRIES:
+                        if key is not None:  # measured again at a later run (`_sum`; `_renew` for a renewal)
+                            self.apart_tries[key] = tries
+                            self.measured_apart.discard(key)
+                            if arm[4]:
+                                self.renewals[key] = (self.sums + LEARN_RUNS, *arm[1:4])
+                                self.renew_due = min(self.renew_due, self.sums + LEARN_RUNS)
+                        log.info("a call of %s measured apart read %.1f ms beside a live run: not learnt", self.name,
+                                 ns / 1e6)
+                        return
+                else:
+                    ns = learnt
+            if arm is not None:
+                key, at, step, arm_model, renew = arm
+                if renew:
+                    self._cost(arm_model).forget(rows)
+                self.apart_samples[key[0]] = self.apart_samples.get(key[0], 0) + 1
+                self.apart_tries.pop(key, None)
+                self.renewals[key] = (self.sums + max(RENEW_RUNS, ns // handlers.HOP_NS), at, step, arm_model)
+                self.renew_due = min(self.renew_due, self.renewals[key][0])
             self.learn(rows, ns, model)
 
         if self.measurer is None:
             self.measurer = ThreadPoolExecutor(1, thread_name_prefix="railyard-measure")
         self.measurement = self.measurer.submit(measure)
+
+    def session_clock(self, runtime: Any) -> Callable[[], int]:
+        """What a call of `runtime`'s model measured apart is timed by: the calling thread's CPU, and with `cpus` 2
+        or more that of its session's pool (live_pool_threads); a pool not known, as a run is (cpu_clock)."""
+        if not self.pooled:
+            return time.thread_time_ns
+        threads = live_pool_threads(runtime) if runtime is not None else None
+        if threads is None:
+            return self.cpu_clock()
+        return self._pooled_clock(tuple(thread_cpu_clock(tid) for tid in threads)) if threads else time.thread_time_ns
 
     def status(self) -> dict[str, Any]:
         """The status probe's answer: seed 001's engine fields (status, pipeline_statuses, model_statuses; the
