@@ -88,8 +88,8 @@ class Route:
     # (shared.bus.reply_data_bytes), not read and validated again (its content is the model's: the service's tests)
     encoded: bool = False
     # how the command is sent when not as one request (handlers.forward): task/list_task_runs asked whole reads
-    # pages (orchestrations.FORWARDS)
-    forward: Callable[..., Awaitable[dict[str, Any]]] | None = None
+    # pages (orchestrations.FORWARDS) and answers their runs' JSON (a Response, passed on as it is)
+    forward: Callable[..., Awaitable[dict[str, Any] | Response]] | None = None
 
     def wait(self, settings: Any) -> float:
         """Seconds the gateway waits for this route's answer, whatever the body (JSON or a multipart upload): the
@@ -523,6 +523,8 @@ def _forwarding_endpoint(runtime: Runtime, route: Route, who: Callable) -> Calla
                             status_code=route.status, media_type="application/json")
         reply = await (route.forward or handlers.forward)(runtime.broker, route.subject, command,
                                                           bearer_token(request), route.wait(runtime.settings))
+        if isinstance(reply, Response):  # already its JSON (task/list_task_runs asked whole): not checked again
+            return reply
         if route.status == 204:
             return Response(status_code=204)
         if not route.unwrap:

@@ -7,19 +7,24 @@ descending, then run id, as `ORDER BY updated_at DESC, id`). The stack's truth: 
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import fastapi.routing
+import orjson
 import pytest
+from fastapi import FastAPI
 
 from services.gateway import handlers, orchestrations
-from services.gateway.http import JSON_ROUTES
+from services.gateway.http import JSON_ROUTES, _forwarding_endpoint
 from services.task_scheduler import handlers as scheduler
 from services.task_scheduler import store
-from shared import paging
+from shared import bus, paging, subjects
 from shared.authz import Principal
 from shared.errors import ReplyTooLarge
+from shared.messages import Reply
 from shared.messages.tasks import ListTaskRuns
 
 TASK = uuid.uuid4()
@@ -61,7 +66,7 @@ def answered(monkeypatch, scheduler: Scheduler, **asked) -> list[dict]:
     monkeypatch.setattr(handlers, "forward", scheduler.forward)
     reply = asyncio.run(orchestrations.forward_runs(None, "tasks.runs", ListTaskRuns(task_id=TASK, **asked), "token",
                                                     5.0))
-    return reply["runs"]
+    return reply["runs"] if isinstance(reply, dict) else orjson.loads(reply.body)  # a limit's reply / runs' JSON
 
 
 def test_a_whole_list_is_read_in_pages_and_answered_most_recently_updated_first(monkeypatch):
@@ -151,10 +156,117 @@ def test_runs_updated_or_created_while_the_pages_are_read_are_answered_once_or_n
     monkeypatch.setattr(scheduler, "_visible_task", visible)
     monkeypatch.setattr(handlers, "forward", forward)
     asked_whole = ListTaskRuns(task_id=TASK)
-    runs = asyncio.run(orchestrations.forward_runs(None, "tasks.runs", asked_whole, "token", 5.0))["runs"]
+    runs = orjson.loads(asyncio.run(orchestrations.forward_runs(None, "tasks.runs", asked_whole, "token", 5.0)).body)
     assert len(asked) == 2 and asked[0] is None
     ids = [uuid.UUID(run["run_id"]) for run in runs]
     assert len(ids) == len(set(ids)) and set(ids) == first  # none skipped, none twice, none created after the first
     assert ids[0] == read_late["id"] and runs[0]["status"] == "failure"  # read after its update: the newest
     early = next(run for run in runs if run["run_id"] == str(read_early["id"]))
     assert early["status"] == "success"  # read before its update: as its page read it
+
+
+ALICE = Principal(subject=str(uuid.uuid4()), kind="user", admin=False, client_id="sdk", username="alice", issued_at=0.0)
+REASONS = [None, "exit code 1", 'said "no" \\ then\n\tstopped', "ünïcödé 日本語 🚀 \u2028\u2029 \ufffd",
+           "\x00\x01\x1f\x7f", "x" * 3000, ""]
+
+
+def scheduler_runs(count: int) -> list[dict]:
+    """`count` runs as the scheduler answers them (its _run_record over rows, then the reply's JSON read back as the
+    gateway's bus request reads it): nulls, failure reasons of every kind of character, times with and without
+    microseconds, some runs updated at the same moment."""
+    rows = [{"id": uuid.uuid4(), "task_id": TASK, "status": ("success", "failure", "queued", "running")[i % 4],
+             "exit_code": (0, 1, None, -9, 137)[i % 5], "reason": REASONS[i % len(REASONS)],
+             "scheduled_for": BASE + timedelta(minutes=i) if i % 3 else None,
+             "created_at": BASE + timedelta(seconds=i, microseconds=(i * 7) % 3 * 250_001),
+             "updated_at": BASE + timedelta(hours=2, seconds=(i * 7919) % (count // 2 + 1))} for i in range(count)]
+    return [scheduler._run_record(row).model_dump(mode="json") for row in rows]
+
+
+class PagedReplies(Scheduler):
+    """The scheduler's pages as bus replies: encoded as encode_reply encodes them, read back as handlers.forward
+    (shared.bus.request) reads them, so each page's dicts are new, as in the gateway."""
+
+    async def forward(self, _broker, subject: str, cmd: ListTaskRuns, token: str, timeout: float) -> dict:
+        assert subject == subjects.TASKS_LIST_RUNS  # the route's
+        page = await super().forward(_broker, "tasks.runs", cmd, token, timeout)
+        return bus._reply_data(subject, bus.encode_reply(Reply(ok=True, data=page), None, subject), None)
+
+
+def route_app() -> FastAPI:
+    """The gateway's task/list_task_runs route as create_app adds it (its endpoint, response model and status), the
+    caller's token taken as alice's; and /model, the same runs answered through FastAPI's check and encoding against
+    that response model (the route's answer before)."""
+    route = next(r for r in JSON_ROUTES if r.path == "/task/list_task_runs")
+    settings = SimpleNamespace(nats=SimpleNamespace(request_timeout=5.0), registry=SimpleNamespace(worker_timeout=1.0))
+
+    async def who() -> Principal:
+        return ALICE
+
+    app = FastAPI()
+    app.post("/runs", response_model=route.reply, status_code=route.status)(
+        _forwarding_endpoint(SimpleNamespace(broker=None, settings=settings), route, who))
+    app.post("/model", response_model=route.reply)(lambda: app.state.runs)
+    return app
+
+
+def posted(app: FastAPI, path: str, body: dict) -> tuple[int, dict[bytes, bytes], bytes]:
+    """The app's answer to a POST, called as uvicorn calls it (ASGI), without a client."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": orjson.dumps(body, default=str), "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("gateway", 80), "headers": [(b"authorization", b"Bearer token"),
+                                                     (b"content-type", b"application/json")]}
+    asyncio.run(app(scope, receive, send))
+    bodies = [m["body"] for m in sent[1:] if m.get("body")]
+    return sent[0]["status"], dict(sent[0]["headers"]), bodies[0] if len(bodies) == 1 else b"".join(bodies)
+
+
+def test_the_whole_answer_is_the_bytes_the_response_model_wrote_without_that_check(monkeypatch):
+    """The route answers the runs' JSON as read (orjson's, joined) instead of FastAPI checking the joined runs against
+    list[TaskRunRecord] and encoding them again: at the bound that held ~9 times the answer and took ~1.5 s of the
+    event loop that serves inference (session 43's review). The bytes, headers and status are what that check and
+    encoding wrote for the same runs, in each order (unicode, control characters, quotes, nulls, times)."""
+    app, checked = route_app(), []
+    serialize = fastapi.routing.serialize_response
+
+    async def counted(**kwargs):
+        checked.append(kwargs["field"])
+        return await serialize(**kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "serialize_response", counted)
+    runs = scheduler_runs(1500)
+    monkeypatch.setattr(handlers, "forward", PagedReplies(runs).forward)
+    for order in ("updated", "created"):
+        checked.clear()
+        status, headers, body = posted(app, "/runs", {"task_id": TASK, "order": order})
+        assert not checked  # not checked and encoded again
+        app.state.runs = orjson.loads(body)
+        assert [run["run_id"] for run in app.state.runs] == [run["run_id"] for run in (
+            sorted(sorted(runs, key=lambda r: r["run_id"]), key=lambda r: datetime.fromisoformat(r["updated_at"]),
+                   reverse=True) if order == "updated" else PagedReplies(runs).runs)]
+        assert (status, headers, body) == posted(app, "/model", {}) and checked, order
+    assert {"ünïcödé 日本語 🚀 \u2028\u2029 \ufffd", "\x00\x01\x1f\x7f", None} <= {r["reason"] for r in runs}
+
+
+def test_the_whole_answer_holds_a_few_times_its_size_not_nine(monkeypatch):
+    """Peak memory of the route's whole answer (its pages read as bus replies, sorted, answered), against the
+    answer's size: ~3.4 times at the bound now (the runs' JSON, their sort keys, the joined answer), 10.9 times before
+    (every run a dict, then FastAPI's model of each and its encoding; docs/api-paging.md has the figures)."""
+    app = route_app()
+    monkeypatch.setattr(handlers, "forward", PagedReplies(made_runs(4000)).forward)
+    posted(app, "/runs", {"task_id": TASK})  # imports and caches out of the count
+    tracemalloc.start()
+    try:
+        status, _, body = posted(app, "/runs", {"task_id": TASK})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status == 200 and len(orjson.loads(body)) == 4000
+    assert peak < 6 * len(body), (peak, len(body))  # 4.6 times here (a page's dicts weigh more), 10.8 before
