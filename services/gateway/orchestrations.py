@@ -7,6 +7,8 @@ under its sha256 or refuses it, and deletes the staged copy either way."""
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +21,15 @@ from services.gateway import handlers, json_body
 from shared import paging, subjects
 from shared.authz import Principal
 from shared.bus import byte_size
-from shared.errors import InvalidRequest, PayloadTooLarge, RailyardError, ReplyTooLarge, validation_message
+from shared.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    RailyardError,
+    ReplyTooLarge,
+    TooManyRequests,
+    UpstreamTimeout,
+    validation_message,
+)
 from shared.messages import tasks as t
 from shared.objectstore import BUCKET_ORCHESTRATIONS
 from shared.service import Runtime
@@ -53,6 +63,25 @@ WHOLE_RUNS_BYTES = 32 * 1024 * 1024
 """JSON bytes of a task's runs the gateway reads for task/list_task_runs asked whole (4 bus replies): ~110,000 runs
 without a reason (a minute's schedule for 11 weeks), fewer with long ones. Held as each run's JSON bytes and joined
 (`_WholeRuns`), ~3 times the answer's size at the peak (docs/api-paging.md has the figures)."""
+
+WHOLE_READS = 2
+"""Whole reads of more than a page at once per gateway process (`_slots`): each holds up to ~3 times WHOLE_RUNS_BYTES
+(~100 MiB at the bound) and its pages' decoding runs on the event loop that serves inference, so two at once, as many
+as the reference machine's cores; another waits WHOLE_READ_QUEUE_SECONDS for a slot, then is the 429."""
+
+WHOLE_READ_QUEUE_SECONDS = 5.0
+"""Seconds a whole read waits for one of the WHOLE_READS slots (a read at the bound should take a few seconds)
+before its 429 `too_many_whole_reads` with Retry-After (the same seconds)."""
+
+WHOLE_READ_SECONDS = 30.0
+"""Seconds a whole read may take from its first page to its answer (its slot's wait included), or the route's own
+wait when longer: then the 504 `whole_read_timeout` telling to page. Under the SDK's 60 s for the route, so the
+caller reads why instead of a dropped connection; a read at the bound should take a few seconds (115 pages of
+~20-30 ms, estimated)."""
+
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+"""Each event loop's WHOLE_READS slots (one loop per gateway process; tests run several)."""
+
 
 _EPOCH, _MICROSECOND, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1), 2**62
 
@@ -94,28 +123,59 @@ async def forward_runs(broker: Any, subject: str, command: t.ListTaskRuns, token
     page) and answers them in the order asked: by creation, as read, or (the seed's) most recently updated first, as
     the scheduler's SQL sorts them (updated_at descending, then run id). A run updated while the pages are read is
     answered once, as its page read it. The answer is the JSON bytes of the runs (`_WholeRuns`). Past
-    WHOLE_RUNS_BYTES: 422 reply_too_large, telling to page. A `limit`, or a cursor without order "created" (a 400
-    there), is forwarded as it is."""
+    WHOLE_RUNS_BYTES: 422 reply_too_large, telling to page; past WHOLE_READ_SECONDS: 504 whole_read_timeout; more
+    than WHOLE_READS reading more than a page at once: the next waits, then 429 too_many_whole_reads. A `limit`, or
+    a cursor without order "created" (a 400 there), is forwarded as it is."""
     if command.limit is not None or (command.cursor is not None and command.order != "created"):
         return await handlers.forward(broker, subject, command, token, timeout)
-    return await _read_whole(broker, subject, command, token, timeout)
+    deadline = asyncio.timeout(seconds := max(WHOLE_READ_SECONDS, timeout))
+    try:
+        async with deadline:
+            return await _read_whole(broker, subject, command, token, timeout)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise UpstreamTimeout(f"task/list_task_runs asked whole took more than the {seconds:g} s the gateway gives "
+                              f"it: {t.RUNS_PAGES_HINT}", code="whole_read_timeout") from None
 
 
 async def _read_whole(broker: Any, subject: str, command: t.ListTaskRuns, token: str, timeout: float) -> Response:
-    whole, cursor, seen = _WholeRuns(command.order != "created"), command.cursor, set()
-    while True:
-        page = await handlers.forward(broker, subject, command.model_copy(
-            update={"order": "created", "limit": paging.MAX_PAGE, "cursor": cursor}), token, timeout)
-        whole.add(page["runs"])
-        if (cursor := page.get("next_cursor")) is None:
-            return whole.answer()
-        del page
-        if whole.size > WHOLE_RUNS_BYTES:
-            raise ReplyTooLarge(f"the task's runs are more than the {byte_size(WHOLE_RUNS_BYTES)} "
-                                f"task/list_task_runs answers whole: {t.RUNS_PAGES_HINT}")
-        if cursor in seen:  # a list that does not advance (shared.paging.pages)
-            raise paging.RepeatedCursor(f"task/list_task_runs answered cursor {cursor!r} again")
-        seen.add(cursor)
+    whole, cursor, seen, slots = _WholeRuns(command.order != "created"), command.cursor, set(), None
+    try:
+        while True:
+            page = await handlers.forward(broker, subject, command.model_copy(
+                update={"order": "created", "limit": paging.MAX_PAGE, "cursor": cursor}), token, timeout)
+            whole.add(page["runs"])
+            if (cursor := page.get("next_cursor")) is None:
+                return whole.answer()
+            del page
+            if whole.size > WHOLE_RUNS_BYTES:
+                raise ReplyTooLarge(f"the task's runs are more than the {byte_size(WHOLE_RUNS_BYTES)} "
+                                    f"task/list_task_runs answers whole: {t.RUNS_PAGES_HINT}")
+            if cursor in seen:  # a list that does not advance (shared.paging.pages)
+                raise paging.RepeatedCursor(f"task/list_task_runs answered cursor {cursor!r} again")
+            seen.add(cursor)
+            if slots is None:  # more than a page: one of this process's WHOLE_READS slots
+                slots = await _slot()
+    finally:
+        if slots is not None:
+            slots.release()
+
+
+async def _slot() -> asyncio.Semaphore:
+    """One of the running loop's WHOLE_READS slots, taken (the caller releases it), or the 429 once none frees up
+    within WHOLE_READ_QUEUE_SECONDS."""
+    loop = asyncio.get_running_loop()
+    if (slots := _slots.get(loop)) is None:
+        slots = _slots[loop] = asyncio.Semaphore(WHOLE_READS)
+    try:
+        async with asyncio.timeout(WHOLE_READ_QUEUE_SECONDS):
+            await slots.acquire()
+    except TimeoutError:
+        raise TooManyRequests(f"{WHOLE_READS} task/list_task_runs asked whole are being read by this gateway: try "
+                              f"again shortly, or {t.RUNS_PAGES_HINT}", retry_after=WHOLE_READ_QUEUE_SECONDS,
+                              code="too_many_whole_reads") from None
+    return slots
 
 
 FORWARDS = {"/task/list_task_runs": forward_runs}

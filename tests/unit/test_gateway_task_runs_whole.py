@@ -18,12 +18,13 @@ import pytest
 from fastapi import FastAPI
 
 from services.gateway import handlers, orchestrations
+from services.gateway.errors import error_parts
 from services.gateway.http import JSON_ROUTES, _forwarding_endpoint
 from services.task_scheduler import handlers as scheduler
 from services.task_scheduler import store
 from shared import bus, paging, subjects
 from shared.authz import Principal
-from shared.errors import ReplyTooLarge
+from shared.errors import ReplyTooLarge, TooManyRequests, UpstreamTimeout
 from shared.messages import Reply
 from shared.messages.tasks import ListTaskRuns
 
@@ -270,3 +271,75 @@ def test_the_whole_answer_holds_a_few_times_its_size_not_nine(monkeypatch):
         tracemalloc.stop()
     assert status == 200 and len(orjson.loads(body)) == 4000
     assert peak < 6 * len(body), (peak, len(body))  # 4.6 times here (a page's dicts weigh more), 10.8 before
+
+
+def test_a_whole_read_past_its_deadline_is_a_504_telling_to_page(monkeypatch):
+    """Without a deadline a whole read of slow pages went on as long as the pages came (each within the request
+    timeout), a 1000th page as well as the first. Now past WHOLE_READ_SECONDS (or the route's wait when longer) it is
+    the typed 504; a page's own timeout is still its own 504 upstream_timeout."""
+    pages = Scheduler(made_runs(3000))
+
+    async def slow(broker, subject, cmd, token, timeout):
+        assert timeout == 0.01  # each page's own wait: the route's
+        await asyncio.sleep(0.03)
+        return await pages.forward(broker, subject, cmd, token, 5.0)
+
+    monkeypatch.setattr(handlers, "forward", slow)
+    monkeypatch.setattr(orchestrations, "WHOLE_READ_SECONDS", 0.05)
+    with pytest.raises(UpstreamTimeout) as late:
+        asyncio.run(orchestrations.forward_runs(None, "tasks.runs", ListTaskRuns(task_id=TASK), "token", 0.01))
+    assert late.value.code == "whole_read_timeout" and 'pass order "created" and limit' in late.value.msg
+    assert late.value.status == 504 and len(pages.asked) in (1, 2)  # 3 pages would take 0.09 s
+    monkeypatch.setattr(orchestrations, "WHOLE_READ_SECONDS", 1.0)
+    assert len(answered(monkeypatch, Scheduler(made_runs(3000)))) == 3000
+
+    async def page_timeout(*args):
+        raise UpstreamTimeout("tasks did not answer")
+
+    monkeypatch.setattr(handlers, "forward", page_timeout)
+    with pytest.raises(UpstreamTimeout) as page_late:
+        asyncio.run(orchestrations.forward_runs(None, "tasks.runs", ListTaskRuns(task_id=TASK), "token", 5.0))
+    assert page_late.value.code == "upstream_timeout"
+
+
+def test_whole_reads_past_the_slots_wait_then_are_a_429_with_retry_after(monkeypatch):
+    """More than WHOLE_READS reading more than a page at once in a gateway process: the next waits for a slot
+    WHOLE_READ_QUEUE_SECONDS, then is the typed 429 with Retry-After (each held up to ~3 times 32 MiB and their pages'
+    decoding shared the event loop; before, any number read at once). A list of one page takes no slot; a slot is
+    given back when its read ends, in error too."""
+    monkeypatch.setattr(orchestrations, "WHOLE_READS", 1)
+    monkeypatch.setattr(orchestrations, "WHOLE_READ_QUEUE_SECONDS", 0.05)
+    many, few, go_on = Scheduler(made_runs(1500)), Scheduler(made_runs(10)), asyncio.Event()
+
+    async def forward(broker, subject, cmd, token, timeout):
+        if cmd.task_id == TASK:
+            if cmd.cursor is not None and not go_on.is_set():
+                await go_on.wait()  # the first whole read holds its slot here
+            return await many.forward(broker, subject, cmd.model_copy(update={"task_id": TASK}), token, timeout)
+        return await few.forward(broker, subject, cmd.model_copy(update={"task_id": TASK}), token, timeout)
+
+    def read(task_id=TASK):
+        return orchestrations.forward_runs(None, "tasks.runs", ListTaskRuns(task_id=task_id), "token", 5.0)
+
+    async def reads():
+        first = asyncio.create_task(read())
+        await asyncio.sleep(0.01)
+        with pytest.raises(TooManyRequests) as busy:
+            await asyncio.wait_for(read(), 2.0)  # before, it waited for the first read: not for ever here
+        one_page = await read(uuid.uuid4())  # no slot needed
+        go_on.set()
+        return busy.value, len(orjson.loads((await first).body)), len(orjson.loads(one_page.body))
+
+    monkeypatch.setattr(handlers, "forward", forward)
+    busy, first, one_page = asyncio.run(reads())
+    assert (busy.status, busy.code, busy.retry_after, first, one_page) == (429, "too_many_whole_reads", 0.05, 1500, 10)
+    assert error_parts(busy)[1]["Retry-After"] == "1"
+    monkeypatch.setattr(orchestrations, "WHOLE_RUNS_BYTES", 1000)
+
+    async def after_an_error():
+        with pytest.raises(ReplyTooLarge):
+            await read()
+        monkeypatch.setattr(orchestrations, "WHOLE_RUNS_BYTES", 10**9)
+        return len(orjson.loads((await read()).body))
+
+    assert asyncio.run(after_an_error()) == 1500
