@@ -121,7 +121,9 @@ def test_runs_updated_or_created_while_the_pages_are_read_are_answered_once_or_n
     changed between two pages as a schedule and its runs do: a run already read and one not read yet updated (each
     moves to the head of the update order), runs created. The pages end inside runs created at the same moment.
     Every run there at the first page is answered once, as its page read it; none created after it (the commit's
-    claim, docs/api-paging.md; a cursor taken from updated_at instead repeats the first page: RepeatedCursor)."""
+    claim, docs/api-paging.md; a cursor taken from updated_at instead repeats the first page: RepeatedCursor). A run
+    committed between the pages whose created_at (its transaction's start: now()) is older than the first page's
+    last run is answered though it was not there at the first page (docs/api-paging.md says so)."""
     rows = [{"id": uuid.UUID(r["run_id"]), "task_id": TASK, "status": r["status"], "exit_code": 0, "reason": None,
              "scheduled_for": None, "created_at": datetime.fromisoformat(r["created_at"]),
              "updated_at": datetime.fromisoformat(r["updated_at"])} for r in made_runs(1104)]
@@ -129,6 +131,9 @@ def test_runs_updated_or_created_while_the_pages_are_read_are_answered_once_or_n
     by_creation = sorted(rows, key=lambda row: (row["created_at"], row["id"]), reverse=True)
     assert by_creation[999]["created_at"] == by_creation[1000]["created_at"]  # a page ends inside a tie
     read_early, read_late = by_creation[10], by_creation[1050]
+    begun_before = {"id": uuid.uuid4(), "task_id": TASK, "status": "queued", "exit_code": None, "reason": None,
+                    "scheduled_for": None, "created_at": by_creation[1060]["created_at"] - timedelta(microseconds=1),
+                    "updated_at": BASE + timedelta(days=1, seconds=-1)}
 
     async def runs_of(_pool, task_id, status, limit, after=None, paged=False):
         assert paged and task_id == TASK and status is None
@@ -150,6 +155,7 @@ def test_runs_updated_or_created_while_the_pages_are_read_are_answered_once_or_n
                 row.update(updated_at=later, status="failure")
             rows.extend({"id": uuid.uuid4(), "task_id": TASK, "status": "queued", "exit_code": None, "reason": None,
                          "scheduled_for": None, "created_at": later, "updated_at": later} for _ in range(3))
+            rows.append(begun_before)  # its transaction began before the reading, long before it committed
         answer = await scheduler.list_runs(SimpleNamespace(pool=None), alice, token, cmd)
         return answer.model_dump(mode="json")
 
@@ -160,8 +166,10 @@ def test_runs_updated_or_created_while_the_pages_are_read_are_answered_once_or_n
     runs = orjson.loads(asyncio.run(orchestrations.forward_runs(None, "tasks.runs", asked_whole, "token", 5.0)).body)
     assert len(asked) == 2 and asked[0] is None
     ids = [uuid.UUID(run["run_id"]) for run in runs]
-    assert len(ids) == len(set(ids)) and set(ids) == first  # none skipped, none twice, none created after the first
+    # none skipped, none twice, none begun after the first page; the one begun before it and committed later is in
+    assert len(ids) == len(set(ids)) and set(ids) == first | {begun_before["id"]}
     assert ids[0] == read_late["id"] and runs[0]["status"] == "failure"  # read after its update: the newest
+    assert ids[1] == begun_before["id"] and runs[1]["status"] == "queued"  # updated just before it
     early = next(run for run in runs if run["run_id"] == str(read_early["id"]))
     assert early["status"] == "success"  # read before its update: as its page read it
 
