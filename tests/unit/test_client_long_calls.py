@@ -38,7 +38,7 @@ class SlowGateway(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def gateway() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowGateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)  # shutdown() waits a poll
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
