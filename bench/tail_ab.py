@@ -6,9 +6,10 @@
 
 Each tree runs its own embedded stack (`railyard up` from that tree as the working directory, with a Python of
 its own: see tree_python), ccfraud deployed on each; then `rounds` rounds, each running `count` sequential batch-1
-requests on one connection against every stack in turn (the order reversed every other round), so the machine's
-other work weighs on both alike. Prints p50, p99 and p99/p50 per tree and form, pooled and per round, and writes
-the samples (start on CLOCK_MONOTONIC, latency) to build/tail/ab.json for bench/tail_trace.py's describe.
+requests on one connection against every stack in turn (`round_order`: two stacks' order reversed every other
+round, three or more rotated), so the machine's other work weighs on each alike. Prints p50, p99 and p99/p50 per
+tree and form, pooled and per round, and writes the samples (start on CLOCK_MONOTONIC, latency) to
+build/tail/ab.json for bench/tail_trace.py's describe.
 A label may be given twice with different `--env` (label:NAME=value) and the same tree: settings A/B.
 
 `--load 32:1 --load 4:1000` adds, after each stack's sequential run of a form (none with `--count 0`), a window
@@ -108,6 +109,17 @@ def after_windows(run: list[tuple[float, float]], window: float) -> tuple[float,
         slow[part] = lat[part] > 2 * np.median(lat[part])
     inside = 100 * slow[near].mean() if near.any() else 0.0
     return inside, 100 * slow[~near].mean()
+
+
+def round_order(labels: list[str], index: int) -> list[str]:
+    """Round `index`'s order of the stacks: two reversed every other round; more rotated by one a round, so that each
+    takes each place as often (reversed, the middle one of three was always between the others: in session 43's
+    slot it read 15-18 % lower at 32 connections and batch-1000 than the same tree at an end, docs/performance.md
+    item 110)."""
+    if len(labels) <= 2:
+        return list(labels) if index % 2 == 0 else list(labels)[::-1]
+    shift = index % len(labels)
+    return list(labels[shift:]) + list(labels[:shift])
 
 
 def confine(root: int, cpus: set[int], roles: list[str]) -> int:
@@ -279,7 +291,7 @@ def run(args: argparse.Namespace, trees: dict[str, Path], settings: dict[str, di
         order = list(trees)
         for index in range(args.rounds):
             for form in forms:
-                for label in order if index % 2 == 0 else order[::-1]:
+                for label in round_order(order, index):
                     target = targets[label][form]
                     if args.settle:
                         settled(targets, form)
