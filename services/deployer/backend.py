@@ -48,7 +48,7 @@ under batch-1000 load at load 8 (session 28), past 0.5 s at load ~19 (docs/infer
 A replica never answered yet is Starting (it loads its models); one with no status subscriber (it unsubscribes when
 it drains) is not kept."""
 LIVENESS_PROBE_WAIT = 2.0  # seconds the supervisor's own status probe waits (4x a status read's, 7x the most seen)
-LIVENESS_KILL_GRACE = 5.0  # seconds a replica killed as hung has after SIGTERM before SIGKILL (none if it is stopped)
+LIVENESS_KILL_GRACE = 5.0  # seconds a replica killed as hung has after SIGTERM before SIGKILL (not if it is stopped)
 LIVENESS_LATE = 1.0  # a liveness probe whose timeout fired this much late: the deployer's own loop stalled, not counted
 """Liveness (as a Kubernetes liveness probe, which KServe's predictors get): a replica that answered before and whose
 status probes then went unanswered (timed out) for settings.deployer.liveness_timeout seconds and liveness_probes
@@ -56,7 +56,7 @@ probes in a row is hung (a deadlocked or stopped event loop): it still holds its
 group, so NATS kept sending it a share of the requests (each re-sent after the gateway's 3 s, or a 504 after 30 s
 with one replica) until someone redeployed. The supervisor probes every replica itself every liveness_timeout /
 liveness_probes seconds (a status read's probe counts too), so a replica nobody asks about is noticed; a hung one is
-sent SIGTERM, SIGKILL after LIVENESS_KILL_GRACE (at once if it is stopped: _kill_hung), and replaced at once as one
+sent SIGTERM, SIGKILL after LIVENESS_KILL_GRACE (sooner if it stays stopped: STOPPED_LOOK), and replaced at once as one
 that exited. Busy is not hung: the busiest replica measured answered within 280 ms (session 28, batch-1000 at load 8),
 and any one answer resets the count. Only the supervisor's own probes (LIVENESS_PROBE_WAIT) are counted: a status
 read's 0.5 s probe times out on
@@ -83,6 +83,17 @@ KEPT_LOGS = 10
 replica set; an older one's (deployments/<name>/replica-<id>.log) is removed when the next is replaced. A crash loop
 wrote one a restart for as long as it lasted (one a crash_backoff_max, 60 s: 1,440 a day). Kubernetes keeps a
 container's current and previous logs."""
+STOPPED_LOOK = 0.25
+"""A replica being ended (SIGTERM, then SIGKILL past its grace: LIVENESS_KILL_GRACE when hung, stop_timeout when
+stopped by an undeploy, a scale-down or a stack stop) is looked at every STOPPED_LOOK seconds meanwhile: one stopped
+(state T: SIGSTOP, SIGTSTP; t: a debugger's or a sampler's trace stop) at two looks in a row that did not run in
+between (its main thread's context switches the same: each stop is one) is sent SIGKILL then, not at the grace's end.
+A stopped process runs no handler: its SIGTERM waits pending, and the grace (5 s hung, 20 s by default for a stop)
+ran out for the same SIGKILL. Not at the first look (2eff55c2 killed a hung one at once): a process stopped for a
+moment (py-spy's or gdb's sample of it, a SIGSTOP/SIGCONT CPU limiter) takes its SIGTERM once continued and drains,
+publishing the log records of the requests it answered (docs/logs.md, "Graceful stop"), which SIGKILL loses. Not
+SIGCONT either: what a stopped replica took was re-sent by the gateway long before, and its queued requests and
+probes would be answered after its replacement's. A cgroup freezer's stop reads D or S, not T: the grace, as before."""
 REPLICA_MODULE = "services.engine.replica"  # a replica's command line: python -m REPLICA_MODULE <spec> <replica id>
 REMOVING = ".removing-"
 """An undeployed deployment's folders (deployments/<name>, engine-work/<name>) are renamed to <their parent>/
@@ -741,22 +752,47 @@ class LocalBackend:
         await asyncio.gather(*(self._stop_replica(replica, replica_set.name) for replica in replica_set.replicas))
 
     async def _stop_replica(self, replica: Replica, name: str | None = None) -> None:
-        """SIGTERM, SIGKILL past stop_timeout; then its work folders swept when `name` (its deployment) is given."""
+        """SIGTERM, SIGKILL past stop_timeout or once it stays stopped (STOPPED_LOOK); then its work folders swept
+        when `name` (its deployment) is given."""
+        if await self._end(replica, self.stop_timeout, name) == "late":
+            log.warning("engine replica %s did not stop within %g s; killed", replica.replica_id, self.stop_timeout)
+        if name is not None:
+            self.sweep_work(name, replica)
+
+    async def _end(self, replica: Replica, grace: float, name: str | None) -> Literal["late", "stopped"] | None:
+        """SIGTERM, then SIGKILL past `grace` seconds ("late") or once it stayed stopped from one look to the next
+        ("stopped", STOPPED_LOOK, said in a WARNING); None: it exited by itself."""
         if replica.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.send_signal(signal.SIGTERM)
+        waiter = asyncio.ensure_future(replica.process.wait())
+        why: Literal["late", "stopped"] | None = "late"
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns when the replica exits in the step a
             # cancel of the stop comes (bpo-42130), and the caller went on as if never cancelled
-            async with asyncio.timeout(self.stop_timeout):
-                await replica.process.wait()
+            async with asyncio.timeout(grace):
+                seen = _stop_mark(replica.process.pid)
+                while why == "late":
+                    if (await asyncio.wait({waiter}, timeout=STOPPED_LOOK))[0]:
+                        why = None
+                    elif (mark := _stop_mark(replica.process.pid)) is not None and mark == seen:
+                        why = "stopped"
+                    else:
+                        seen = mark
         except TimeoutError:
-            log.warning("engine replica %s did not stop within %g s; killed", replica.replica_id, self.stop_timeout)
-            with contextlib.suppress(ProcessLookupError):
-                replica.process.kill()
-            await replica.process.wait()
-        if name is not None:
-            self.sweep_work(name, replica)
+            pass
+        finally:
+            waiter.cancel()
+        if why is None:
+            return None
+        if why == "stopped":
+            log.warning("engine replica %s%s (pid %s) is stopped: killed without waiting out its %g s (a stopped "
+                        "process takes no SIGTERM)", replica.replica_id, f" of {name}" if name else "",
+                        replica.process.pid, grace)
+        with contextlib.suppress(ProcessLookupError):
+            replica.process.kill()
+        await replica.process.wait()
+        return why
 
     async def status(self, name: str) -> list[dict[str, Any]]:
         replica_set = self.sets.get(name)
@@ -847,28 +883,10 @@ class LocalBackend:
         task.add_done_callback(self._probes.discard)
 
     async def _kill_hung(self, replica: Replica, name: str) -> None:
-        """SIGTERM, then SIGKILL after LIVENESS_KILL_GRACE (a hung loop does not drain); its work folders swept
-        (sweep_work). A stopped process (SIGSTOP, a debugger's trace stop: _stopped) is sent SIGKILL at once: it cannot
-        take the SIGTERM, which stayed pending while the grace ran out (5 s for nothing, the same end). It is not sent
-        SIGCONT to drain: what it took was re-sent by the gateway long ago, and its queued requests and probes would
-        be answered late, after its replacement's."""
-        if _stopped(replica.process.pid):
-            log.warning("engine replica %s of %s (pid %s) is stopped: killed at once (it cannot take SIGTERM)",
-                        replica.replica_id, name, replica.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                replica.process.kill()
-            await replica.process.wait()
-            self.sweep_work(name, replica)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            replica.process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(min(LIVENESS_KILL_GRACE, self.stop_timeout)):
-                await replica.process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                replica.process.kill()
-            await replica.process.wait()
+        """SIGTERM, then SIGKILL after LIVENESS_KILL_GRACE (a hung loop does not drain) or once it stays stopped
+        (STOPPED_LOOK: a stopped process cannot take the SIGTERM, which stayed pending while the grace ran out, 5 s
+        for the same end); its work folders swept (sweep_work)."""
+        await self._end(replica, min(LIVENESS_KILL_GRACE, self.stop_timeout), name)
         self.sweep_work(name, replica)
 
     def sweep_work(self, name: str, replica: Replica) -> None:
@@ -1150,13 +1168,19 @@ async def _cancelled(task: asyncio.Task) -> None:
         task.result()  # its error, as `await task` raised it
 
 
-def _stopped(pid: int) -> bool:
-    """Whether process `pid` is stopped (state T, by SIGSTOP or SIGTSTP; or t, held by a debugger): it runs no
-    signal handler until it is continued, so a SIGTERM would wait pending, and only SIGKILL ends it."""
+def _stop_mark(pid: int) -> tuple[int, int] | None:
+    """When process `pid` is stopped (state T, by SIGSTOP or SIGTSTP; or t, held by a debugger or a sampler), its
+    main thread's voluntary and involuntary context switches (a stop is one: the same at a later look, it did not
+    run in between); None when it is not stopped, or gone (STOPPED_LOOK)."""
     try:
-        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+        process = psutil.Process(pid)
+        with process.oneshot():
+            if process.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                return None
+            switches = process.num_ctx_switches()
+            return switches.voluntary, switches.involuntary
     except psutil.Error:
-        return False
+        return None
 
 
 def _remove_tree(path: Path) -> None:

@@ -230,28 +230,37 @@ async def test_a_probe_timed_out_late_is_the_deployers_stall_not_the_replicas(tm
     assert replica_set.replicas != [replica] and replica.process.signals[0] == signal.SIGTERM
 
 
-async def test_a_stopped_replica_is_killed_at_once_a_running_one_gets_its_sigterm(tmp_path, monkeypatch):
-    """A replica killed as hung that is stopped (SIGSTOP; a debugger's trace stop) cannot take SIGTERM: it stayed
-    pending while the grace ran out, then SIGKILL. It is now sent SIGKILL at once; one that runs still gets SIGTERM
-    first (its own exit by it, no SIGKILL). Real processes; the grace is made an hour, so a wait for it fails here."""
+@pytest.mark.parametrize("end", ["_kill_hung", "_stop_replica"])
+async def test_a_replica_that_stays_stopped_is_killed_a_running_or_continued_one_gets_its_sigterm(
+        tmp_path, monkeypatch, end):
+    """A replica being ended (killed as hung: LIVENESS_KILL_GRACE; stopped by an undeploy or a scale-down:
+    stop_timeout) that is stopped (SIGSTOP; a debugger's trace stop) cannot take SIGTERM: it stayed pending while the
+    grace ran out, then SIGKILL (5 s, 20 s by default). Now one found stopped at two looks in a row (STOPPED_LOOK)
+    is sent SIGKILL then; one that runs gets SIGTERM and its grace (its own exit by it, no SIGKILL), and so does one
+    stopped for a moment, continued after the first look (2eff55c2 sent a hung one SIGKILL at once: -9, its drain
+    and its held log records lost; _stop_replica waited its 20 s for a stopped one). Real processes; the grace and
+    stop_timeout are made an hour, so a wait for either fails here."""
     monkeypatch.setattr(backend_module, "LIVENESS_KILL_GRACE", 3600.0)
+    monkeypatch.setattr(backend_module, "STOPPED_LOOK", 0.05)
     backend = LocalBackend(tmp_path, None, scale_down_after=60, ready_timeout=10, stop_timeout=3600)
-    for stop_it, ended_by in ((True, signal.SIGKILL), (False, signal.SIGTERM)):
+    for case, ended_by in (("stopped", signal.SIGKILL), ("running", signal.SIGTERM), ("continued", signal.SIGTERM)):
         process = await asyncio.create_subprocess_exec("sleep", "600")
         try:
-            if stop_it:
+            if case != "running":
                 process.send_signal(signal.SIGSTOP)
-                for _ in range(200):  # the stop is the kernel's, a moment after the signal
-                    if backend_module._stopped(process.pid):
+                for _ in range(500):  # the stop is the kernel's, a moment after the signal
+                    if backend_module._stop_mark(process.pid) is not None:
                         break
                     await asyncio.sleep(0.01)
-                assert backend_module._stopped(process.pid)
-            else:
-                assert not backend_module._stopped(process.pid)
-            replica = Replica(replica_id=f"r{stop_it:d}", process=process, started_at=0.0, answered=RUNNING)
+            assert (backend_module._stop_mark(process.pid) is not None) == (case != "running"), case
+            replica = Replica(replica_id=case, process=process, started_at=0.0, answered=RUNNING)
             async with asyncio.timeout(20):
-                await backend._kill_hung(replica, "d-1")
-            assert process.returncode == -ended_by, (stop_it, process.returncode)
+                ending = asyncio.create_task(getattr(backend, end)(replica, "d-1"))
+                await asyncio.sleep(0)  # its first step: SIGTERM sent, its first look taken
+                if case == "continued":
+                    process.send_signal(signal.SIGCONT)
+                await ending
+            assert process.returncode == -ended_by, (case, process.returncode)
         finally:
             if process.returncode is None:
                 process.kill()
