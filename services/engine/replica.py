@@ -136,6 +136,28 @@ class ModelCost:
             self.per_call = None
 
 
+class Apart:
+    """What the calls measured apart (Replica.measure_apart) and the live runs beside them note: the wall time
+    (perf_counter_ns) of the last call measured apart (`since`, `until`: 0 while under way) and, with `cpus` 2 or more,
+    of the last live run's step (`live_from`, `live_to`: less than `live_from` while under way) (Replica._beside);
+    a session pool's threads (`pool_size`); the arms' measurements apart (`samples`, by their model's id), their
+    renewals (measure_arm: by measured_apart's key, the pipeline's run `sums` due, step index, step, model; the next
+    due, `renew_due`), and the slow ones read beside a live run (`tries`, by key). One attribute of the replica for
+    them all: its instance keeps its attributes' shared keys (30 at most), which the loop's reads of `ns_per_call`
+    and `ns_per_row` (handlers.runs_inline) are quicker for (10 more attributes read ~0.02 us more a decision)."""
+
+    __slots__ = ("live_from", "live_to", "pool_size", "renew_due", "renewals", "samples", "since", "sums", "tries",
+                 "until")
+
+    def __init__(self, pool_size: int) -> None:
+        self.since = self.until = self.live_from = self.live_to = 0
+        self.pool_size = pool_size
+        self.samples: dict[int, int] = {}
+        self.renewals: dict[tuple[int, bool], tuple[int, int, Any, dict[str, Any]]] = {}
+        self.tries: dict[tuple[int, bool], int] = {}
+        self.sums = self.renew_due = 0
+
+
 class Step:
     """One pipeline step. `ModelInference` runs its model; `ShadowDeploy` answers with its champion and runs
     the challengers afterwards for the logs only (so they never fail or delay the answer); `RandomSplit`
@@ -331,7 +353,6 @@ class Replica:
         # reading them; cpu_clock),
         # or where a pool is not known by the process's clock, less the loop's thread's (`loop_clock`, set by serve)
         self.pooled = int(float(spec.get("engine_config", {}).get("cpus", 1))) > 1
-        self.pool_size = max(0, int(float(spec.get("engine_config", {}).get("cpus", 1))) - 1)  # a session's pool's
         self._pool: tuple[Any, int, tuple[int, ...] | None, Callable[[], int] | None] | None = None
         self.loop_thread: int | None = None
         self.loop_clock: int | None = None
@@ -340,24 +361,14 @@ class Replica:
         self.measured_apart: set[tuple[int, bool]] = set()
         self.measurer: ThreadPoolExecutor | None = None
         self.measurement: Future | None = None
-        # the wall time (perf_counter_ns: from, to, 0 while under way) of the last call measured apart and, with
-        # `cpus` 2 or more, of the last live run (`_beside`); the arms' measurements apart (by their model's id) and
-        # their renewals (measure_arm: by measured_apart's key, the pipeline's run `sums` due, step index, step,
-        # model), the slow ones read beside a live run (by key: tries), the runs summed (`_sum`)
-        self.apart: tuple[int, int] = (0, 0)
-        self.live_from = self.live_to = 0
-        self.apart_samples: dict[int, int] = {}
-        self.renewals: dict[tuple[int, bool], tuple[int, int, Any, dict[str, Any]]] = {}
-        self.apart_tries: dict[Any, int] = {}
-        self.sums = 0
-        self.renew_due = 0
+        self.apart = Apart(max(0, int(float(spec.get("engine_config", {}).get("cpus", 1))) - 1))
         self.warm_ups: list[Future] = []  # the models' warm-up calls (load, warm_up)
-        self.warming = threading.BoundedSemaphore(WARM_UPS_AT_ONCE)
 
     async def load(self) -> None:
         store = self.store = MinioObjectStore(self.settings.s3)
         cache = self.cache_dir
         threads = max(1, int(float(self.spec.get("engine_config", {}).get("cpus", 1))))
+        warming = threading.BoundedSemaphore(WARM_UPS_AT_ONCE)
         for step in self.spec["steps"]:
             runtimes = []
             for model in step["models"]:
@@ -368,7 +379,7 @@ class Replica:
                     await asyncio.to_thread(runtime.load)
                     # its first call's one-time set-up, here rather than in the first request's measured run, in a
                     # thread of its own while the next models load (warm_up)
-                    self.warm_ups.append(self.warm_up(runtime))
+                    self.warm_ups.append(self.warm_up(runtime, warming))
                 elif model["runtime"] in ("python", "custom"):
                     runtime = SandboxedRuntime(model["runtime"], path, self.work_dir /
                                                f"{self.replica_id}-{len(self.workers)}", self.settings,
@@ -388,7 +399,7 @@ class Replica:
         self.narrowing = first_step_narrowing(self.steps)
         self.tensors = first_step_tensors(self.steps)
 
-    def warm_up(self, runtime: OnnxRuntime) -> Future:
+    def warm_up(self, runtime: OnnxRuntime, warming: threading.BoundedSemaphore) -> Future:
         """Start `runtime`'s warm-up call (OnnxRuntime.warm_up) in a daemon thread of its own, WARM_UPS_AT_ONCE at
         a time (`warming`), and return what says it ended; load waits up to WARM_UP_WAIT for them all, once the
         last model has loaded, and the replica serves its models meanwhile and after (a model not warmed yet does
@@ -398,7 +409,6 @@ class Replica:
         exit waited for it (the executor's shutdown) until the deployer killed it (review of cf1622aa, item 111).
         Started before the next model's session is created, so not taken for its pool (OnnxRuntime.load)."""
         done: Future = Future()
-        warming = self.warming
 
         def warm() -> None:
             try:
@@ -441,7 +451,7 @@ class Replica:
         shadows: list = []
         changed_by = None  # the model of the last step that returned another number of rows than it was given
         # its sessions' pools may work on a call measured apart meanwhile (measure_apart): each step's wall time is
-        # noted for the measurement (`live_from`, `live_to`), and a slow time read beside one is not learnt (`_beside`)
+        # noted for the measurement (Apart), and a slow time read beside one is learnt less the other's (`_own`)
         pooled = self.pooled
         clock = self.cpu_clock() if pooled else time.thread_time_ns
         several = len(self.steps) > 1
@@ -452,7 +462,7 @@ class Replica:
             for step in self.steps:
                 started = time.perf_counter_ns()
                 if pooled:
-                    self.live_from = started
+                    self.apart.live_from = started
                 given = current.num_rows
                 try:
                     current, last, step_shadows = step.run(current)
@@ -463,7 +473,7 @@ class Replica:
                 shadows += step_shadows
                 ended = time.perf_counter_ns()
                 if pooled:
-                    self.live_to = ended
+                    self.apart.live_to = ended
                 elapsed.append(ended - started)
                 if several:
                     now = clock()
@@ -472,7 +482,7 @@ class Replica:
                     cpu = now
         except BaseException:
             if pooled:  # ended by a failure
-                self.live_to = time.perf_counter_ns()
+                self.apart.live_to = time.perf_counter_ns()
             raise
         rows = table.num_rows
         if current.num_rows != rows:  # a Python step's filter or expansion that no later step undid
@@ -496,7 +506,8 @@ class Replica:
         """How long (perf_counter_ns) a call measured apart (measure_apart) ran while a run of a pooled pipeline did,
         from `begun` to `ended`: its session's pool's threads, which the run's clock reads (cpu_clock), then worked
         for it too."""
-        since, until = self.apart
+        apart = self.apart
+        since, until = apart.since, apart.until
         if since == 0 or since >= ended or (until and until <= begun):
             return 0
         return min(until or ended, ended) - max(since, begun)
@@ -504,14 +515,14 @@ class Replica:
     def _own(self, ns: int, beside: int) -> int | None:
         """What a slow time `ns` read by the pools' clocks is learnt as when another call shared a pool for `beside`
         ns of wall time (a live run and a call measured apart, both ways): each read the other's pool work as its own,
-        at most `pool_size` threads that long, so at least `ns` less that was its own. Still INLINE_NS or more: slow
+        at most its `pool_size` threads that long, so at least `ns` less that was its own. Still INLINE_NS or more: slow
         whatever the other did, learnt as that; less: nothing learnt (a lost sample), the other's work may have made
         it slow. Before 2026-12-07 it was learnt as read: a quick model read slow beside a call measured apart on its
         session (or an arm beside the chosen arm's runs, whose pools the measurement read too) and took the thread
         for its kept runs, or an arm not chosen for good (review of 0d717a95)."""
         if not beside:
             return ns
-        own = ns - self.pool_size * beside
+        own = ns - self.apart.pool_size * beside
         return own if own >= handlers.INLINE_NS else None
 
     def run_step(self, step: Step, table: pa.Table) -> pa.Table:
@@ -651,9 +662,9 @@ class Replica:
         or from LEARN_ROWS rows, whose time it lacks) in the replica's measuring thread, off the request
         path (`measure_arm`): until then, and if that call fails, the runs take the thread (a split by a hash key whose
         traffic never reached an arm took it for ever before 2026-12-06, item 108)."""
-        if tables is not None and self.renewals:
-            self.sums = sums = self.sums + 1
-            if sums >= self.renew_due:
+        if tables is not None and (apart := self.apart).renewals:
+            apart.sums = sums = apart.sums + 1
+            if sums >= apart.renew_due:
                 self._renew(tables)
         call: float | None = 0
         row: float | None = 0
@@ -745,23 +756,24 @@ class Replica:
         later. Only while nothing is measured apart (`renewals` then has one writer at a time)."""
         if self.measuring():
             return
+        apart = self.apart
         due_next = None
-        for key, (due, at, step, model) in list(self.renewals.items()):
+        for key, (due, at, step, model) in list(apart.renewals.items()):
             cost = self.costs.get(key[0])
-            if cost is None or cost.runs > self.apart_samples.get(key[0], 0):  # a run took it: its own runs teach
-                del self.renewals[key]
+            if cost is None or cost.runs > apart.samples.get(key[0], 0):  # a run took it: its own runs teach
+                del apart.renewals[key]
                 continue
-            if due <= self.sums:
+            if due <= apart.sums:
                 if at < len(tables) and (tables[at].num_rows >= LEARN_ROWS) == key[1]:
-                    del self.renewals[key]
+                    del apart.renewals[key]
                     self.measured_apart.discard(key)
                     self.measure_arm(step, model, tables[at], renew=True)
-                    self.renew_due = self.sums + 1  # any other, at a run once this one is measured
+                    apart.renew_due = apart.sums + 1  # any other, at a run once this one is measured
                     return
-                due = self.sums + LEARN_RUNS  # this run is not of its kind: looked at again later
-                self.renewals[key] = (due, at, step, model)
+                due = apart.sums + LEARN_RUNS  # this run is not of its kind: looked at again later
+                apart.renewals[key] = (due, at, step, model)
             due_next = due if due_next is None else min(due_next, due)
-        self.renew_due = self.sums + RENEW_RUNS if due_next is None else due_next
+        apart.renew_due = apart.sums + RENEW_RUNS if due_next is None else due_next
 
     def measuring(self) -> bool:
         """Whether a call is being measured apart (`measure_apart`)."""
@@ -784,12 +796,13 @@ class Replica:
         if self.measuring():
             return
         lane = getattr(getattr(self, "request_batcher", None), "lane", None)
+        apart = self.apart
 
         def measure() -> None:
             try:
                 clock = self.session_clock(runtime)
                 answered = getattr(lane, "answered", 0)
-                self.apart = (since := time.perf_counter_ns(), 0)
+                apart.since, apart.until = (since := time.perf_counter_ns()), 0
                 own = time.thread_time_ns()
                 started = clock()
                 call()
@@ -799,10 +812,10 @@ class Replica:
                 log.info("a call of %s measured apart failed: %s: %s", self.name, type(exc).__name__, exc)
                 return
             finally:
-                self.apart = (self.apart[0], time.perf_counter_ns())
+                apart.until = time.perf_counter_ns()
             if self.pooled and ns >= handlers.INLINE_NS:
-                until = self.apart[1]
-                begun, ended = self.live_from, self.live_to  # ended < begun: a run under way
+                until = apart.until
+                begun, ended = apart.live_from, apart.live_to  # ended < begun: a run under way
                 # a lane's call or a live run (the last, maybe not the only one) beside it: the pool may have worked
                 # for them all along (runs and lane calls come one at a time)
                 beside = getattr(lane, "answered", 0) != answered or \
@@ -812,14 +825,14 @@ class Replica:
                     learnt = own
                 if learnt is None:
                     key = arm[0] if arm is not None else None
-                    tries = 0 if key is None else self.apart_tries.get(key, 0) + 1
+                    tries = 0 if key is None else apart.tries.get(key, 0) + 1
                     if key is None or tries < APART_TRIES:
                         if key is not None:  # measured again at a later run (`_sum`; `_renew` for a renewal)
-                            self.apart_tries[key] = tries
+                            apart.tries[key] = tries
                             self.measured_apart.discard(key)
                             if arm[4]:
-                                self.renewals[key] = (self.sums + LEARN_RUNS, *arm[1:4])
-                                self.renew_due = min(self.renew_due, self.sums + LEARN_RUNS)
+                                apart.renewals[key] = (apart.sums + LEARN_RUNS, *arm[1:4])
+                                apart.renew_due = min(apart.renew_due, apart.sums + LEARN_RUNS)
                         log.info("a call of %s measured apart read %.1f ms beside a live run: not learnt", self.name,
                                  ns / 1e6)
                         return
@@ -829,10 +842,10 @@ class Replica:
                 key, at, step, arm_model, renew = arm
                 if renew:
                     self._cost(arm_model).forget(rows)
-                self.apart_samples[key[0]] = self.apart_samples.get(key[0], 0) + 1
-                self.apart_tries.pop(key, None)
-                self.renewals[key] = (self.sums + max(RENEW_RUNS, ns // handlers.HOP_NS), at, step, arm_model)
-                self.renew_due = min(self.renew_due, self.renewals[key][0])
+                apart.samples[key[0]] = apart.samples.get(key[0], 0) + 1
+                apart.tries.pop(key, None)
+                apart.renewals[key] = (apart.sums + max(RENEW_RUNS, ns // handlers.HOP_NS), at, step, arm_model)
+                apart.renew_due = min(apart.renew_due, apart.renewals[key][0])
             self.learn(rows, ns, model)
 
         if self.measurer is None:
