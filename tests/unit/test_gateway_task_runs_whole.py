@@ -351,3 +351,53 @@ def test_whole_reads_past_the_slots_wait_then_are_a_429_with_retry_after(monkeyp
         return len(orjson.loads((await read()).body))
 
     assert asyncio.run(after_an_error()) == 1500
+
+
+def test_a_slot_is_given_back_when_its_read_is_cancelled_fails_or_is_late_and_a_cancelled_waiter_takes_none(
+        monkeypatch):
+    """Every way a whole read that took a slot ends gives it back: a page's error, the client gone (the request's
+    task cancelled) while a page is awaited, the deadline; a read cancelled or past its deadline while it waits for a
+    slot takes none. Then the loop's slots are all free and a read gets one at once. (The 429 test's read after a 422
+    ended before its slot: it showed none of this.)"""
+    monkeypatch.setattr(orchestrations, "WHOLE_READS", 1)
+    monkeypatch.setattr(orchestrations, "WHOLE_READ_QUEUE_SECONDS", 5.0)
+    pages, held, fail = Scheduler(made_runs(1500)), asyncio.Event(), set()
+
+    async def forward(broker, subject, cmd, token, timeout):
+        if cmd.cursor is not None:  # a second page: the read holds its slot here
+            if cmd.task_id in fail:
+                raise UpstreamTimeout("tasks did not answer")
+            await held.wait()
+        return await pages.forward(broker, subject, cmd.model_copy(update={"task_id": TASK}), token, 5.0)
+
+    def read(task_id=TASK):  # a route's wait under the deadline's, which is the larger of the two
+        return orchestrations.forward_runs(None, "tasks.runs", ListTaskRuns(task_id=task_id), "token", 0.01)
+
+    async def reads():
+        slots = lambda: orchestrations._slots[asyncio.get_running_loop()]  # noqa: E731
+        fail.add(failing := uuid.uuid4())
+        with pytest.raises(UpstreamTimeout):  # a page's error after the slot was taken
+            await read(failing)
+        holder = asyncio.create_task(read())
+        await asyncio.sleep(0.01)
+        assert slots().locked()
+        waiter = asyncio.create_task(read())  # waits for the slot
+        await asyncio.sleep(0.01)
+        waiter.cancel()  # its client went away
+        await asyncio.gather(waiter, return_exceptions=True)
+        monkeypatch.setattr(orchestrations, "WHOLE_READ_SECONDS", 0.05)
+        with pytest.raises(UpstreamTimeout) as late:  # past the deadline while it waits for the slot
+            await read()
+        assert late.value.code == "whole_read_timeout"
+        holder.cancel()  # the client of the read holding the slot went away while a page was awaited
+        await asyncio.gather(holder, return_exceptions=True)
+        assert not slots().locked()
+        with pytest.raises(UpstreamTimeout):  # past the deadline while a page is awaited, holding the slot
+            await read()
+        monkeypatch.setattr(orchestrations, "WHOLE_READ_SECONDS", 30.0)
+        assert not slots().locked()
+        held.set()
+        return len(orjson.loads((await asyncio.wait_for(read(), 1.0)).body))
+
+    monkeypatch.setattr(handlers, "forward", forward)
+    assert asyncio.run(reads()) == 1500
