@@ -131,7 +131,7 @@ async def forward_runs(broker: Any, subject: str, command: t.ListTaskRuns, token
     deadline = asyncio.timeout(seconds := max(WHOLE_READ_SECONDS, timeout))
     try:
         async with deadline:
-            return await _read_whole(broker, subject, command, token, timeout)
+            return await _read_whole(broker, subject, command, token, timeout, deadline)
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -139,7 +139,8 @@ async def forward_runs(broker: Any, subject: str, command: t.ListTaskRuns, token
                               f"it: {t.RUNS_PAGES_HINT}", code="whole_read_timeout") from None
 
 
-async def _read_whole(broker: Any, subject: str, command: t.ListTaskRuns, token: str, timeout: float) -> Response:
+async def _read_whole(broker: Any, subject: str, command: t.ListTaskRuns, token: str, timeout: float,
+                      deadline: asyncio.Timeout) -> Response:
     whole, cursor, seen, slots = _WholeRuns(command.order != "created"), command.cursor, set(), None
     try:
         while True:
@@ -148,6 +149,8 @@ async def _read_whole(broker: Any, subject: str, command: t.ListTaskRuns, token:
             whole.add(page["runs"])
             if (cursor := page.get("next_cursor")) is None:
                 return whole.answer()
+            if deadline.expired():  # its cancel was swallowed: Python 3.11's wait_for (the bus request's) answers a
+                raise TimeoutError  # reply that came as it was cancelled, and the read went on with no deadline
             del page
             if whole.size > WHOLE_RUNS_BYTES:
                 raise ReplyTooLarge(f"the task's runs are more than the {byte_size(WHOLE_RUNS_BYTES)} "

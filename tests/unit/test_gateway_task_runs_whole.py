@@ -401,3 +401,23 @@ def test_a_slot_is_given_back_when_its_read_is_cancelled_fails_or_is_late_and_a_
 
     monkeypatch.setattr(handlers, "forward", forward)
     assert asyncio.run(reads()) == 1500
+
+
+def test_a_deadline_whose_cancel_a_page_swallowed_still_ends_the_read(monkeypatch):
+    """Python 3.11's asyncio.wait_for (nats-py's request waits so) returns the reply when it came in the loop pass
+    the task was cancelled in, and the cancel is gone: the deadline's timeout had fired, so the read went on with no
+    deadline through every page still to come, each within its own timeout. Now it is the 504 at the next page."""
+    pages = Scheduler(made_runs(5000))
+
+    async def swallowing(broker, subject, cmd, token, timeout):
+        try:
+            await asyncio.sleep(0.03)
+        except asyncio.CancelledError:
+            pass  # as wait_for when its future is done as it is cancelled
+        return await pages.forward(broker, subject, cmd, token, 5.0)
+
+    monkeypatch.setattr(handlers, "forward", swallowing)
+    monkeypatch.setattr(orchestrations, "WHOLE_READ_SECONDS", 0.05)
+    with pytest.raises(UpstreamTimeout) as late:
+        asyncio.run(orchestrations.forward_runs(None, "tasks.runs", ListTaskRuns(task_id=TASK), "token", 0.01))
+    assert late.value.code == "whole_read_timeout" and len(pages.asked) == 2  # not all 5 pages
