@@ -772,3 +772,38 @@ def test_a_quick_run_beside_a_slow_arm_measured_apart_is_not_learnt_slow(tmp_pat
     # meanwhile, at most its wall time), or not at all when the other ran that long (measured again later)
     other = replica.costs.get(id(models[1]))
     assert other is None or other.per_call >= handlers.INLINE_NS
+
+
+def test_an_arm_read_slow_beside_a_live_run_is_measured_again_then_learnt_as_read(tmp_path):
+    # an arm's slow time read while a live run shared its pool, its own part quick, is not learnt: measured again at
+    # a later run, up to APART_TRIES times, then learnt as read (its split in the thread, a cost; never measured
+    # for good would re-measure it at every run) (f5e88351)
+    from services.engine.replica import APART_TRIES
+
+    chosen, measured = Pooled(0), SharedPool(2 * handlers.INLINE_NS)  # 2 ms of its pool's CPU, none of the caller's
+    models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("a", "b")]
+    replica = _pooled_replica(tmp_path)
+
+    class Split(Step):
+        def run(self, table):  # the first arm, always
+            chosen.run(table)
+            return table, self.models[0], []
+
+        def arm_input(self, chosen, table):
+            return table
+
+    def beside_a_live_run(table):  # a live run's step starts as the call does and is still under way after it
+        replica.apart.live_from, replica.apart.live_to = time.perf_counter_ns(), 0
+        return measured.run(table)
+
+    measured.predict = beside_a_live_run
+    replica.steps = [Split({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [chosen, measured])]
+    for tries in range(1, APART_TRIES + 2):
+        replica.run(_table(1))
+        assert _until(lambda: not replica.measuring())
+        assert measured.calls == min(tries, APART_TRIES), (tries, measured.calls)
+        cost = replica.costs.get(id(models[1]))
+        if tries < APART_TRIES:  # read slow beside a live run: not learnt
+            assert cost is None or cost.per_call is None, (tries, cost.per_call)
+        else:  # the last try learnt as read: slow
+            assert cost.per_call >= 2 * handlers.INLINE_NS, (tries, cost.per_call)
