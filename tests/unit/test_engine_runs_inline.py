@@ -807,3 +807,32 @@ def test_an_arm_read_slow_beside_a_live_run_is_measured_again_then_learnt_as_rea
             assert cost is None or cost.per_call is None, (tries, cost.per_call)
         else:  # the last try learnt as read: slow
             assert cost.per_call >= 2 * handlers.INLINE_NS, (tries, cost.per_call)
+
+
+def test_an_arm_read_slow_beside_a_live_run_is_learnt_as_its_own_threads_part_when_that_is_slow(tmp_path):
+    # the measuring thread's own CPU is no other call's: when it alone is INLINE_NS or more, the arm is slow whatever
+    # the live run beside it did, and is learnt as that at once, not measured again (f5e88351)
+    chosen, measured = Pooled(0), SharedPool(2 * handlers.INLINE_NS)  # 2 ms of its pool's CPU
+    models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("a", "b")]
+    replica = _pooled_replica(tmp_path)
+
+    class Split(Step):
+        def run(self, table):  # the first arm, always
+            chosen.run(table)
+            return table, self.models[0], []
+
+        def arm_input(self, chosen, table):
+            return table
+
+    def beside_a_live_run(table):  # 2 ms of the calling thread's, then 2 ms of the pool's, beside a live run
+        replica.apart.live_from, replica.apart.live_to = time.perf_counter_ns(), 0
+        spin(2 * handlers.INLINE_NS)
+        return measured.run(table)
+
+    measured.predict = beside_a_live_run
+    replica.steps = [Split({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [chosen, measured])]
+    replica.run(_table(1))
+    assert _until(lambda: not replica.measuring())
+    cost = replica.costs.get(id(models[1]))
+    assert measured.calls == 1 and cost is not None and cost.per_call is not None, measured.calls
+    assert 2 * handlers.INLINE_NS <= cost.per_call < 3.5 * handlers.INLINE_NS, cost.per_call  # its thread's part
