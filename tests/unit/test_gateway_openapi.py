@@ -46,3 +46,28 @@ def test_every_post_route_describes_its_body_but_the_binary_and_form_ones():
                            "/v1/api/pipelines/infer/{deployment}/{pipeline}", "/v1/api/orchestration/upload",
                            "/v1/api/datasets/upload_rows", "/v1/api/datasets/upload_file", "/v1/api/files/upload",
                            "/v1/api/models/upload_and_convert", "/v1/api/models/upload_stream"}
+
+
+def test_a_models_schema_is_made_once_and_each_route_gets_its_own_copy():
+    """pydantic's model_json_schema was ~60 % of create_app's CPU, paid again for every app a process built: now once a
+    model a process. Each call still answers a fresh dict: image_request_schema adds the multipart form to its copy,
+    which must not reach another route's."""
+    made = []
+
+    class Counted(BaseModel):
+        name: str
+        child: Tree | None = None
+
+        @classmethod
+        def model_json_schema(cls, *args, **kwargs):
+            made.append(cls)
+            return super().model_json_schema(*args, **kwargs)
+
+    first, second = request_schema(Counted), request_schema(Counted)
+    assert made == [Counted]
+    assert first == second and first is not second
+    first["requestBody"]["content"]["multipart/form-data"] = {}
+    first["requestBody"]["content"]["application/json"]["schema"]["properties"]["name"]["type"] = "changed"
+    third = request_schema(Counted)
+    assert third == second and "multipart/form-data" not in third["requestBody"]["content"]
+    assert third["requestBody"]["content"]["application/json"]["schema"]["properties"]["name"]["type"] == "string"
