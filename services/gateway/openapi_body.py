@@ -4,25 +4,27 @@ themselves (so FastAPI cannot infer it): the model's JSON Schema with its nested
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 
 
 def request_schema(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` describing a JSON body of `model` (optional: an empty body is `{}`). A fresh copy each call
     (image_request_schema adds to it; FastAPI may share its parts with the document it builds)."""
-    schema = orjson.loads(_schema_json(model))
+    schema = json.loads(_schema_json(model))
     return {"requestBody": {"required": False, "content": {"application/json": {"schema": schema}}}}
 
 
 @functools.cache
-def _schema_json(model: type[BaseModel]) -> bytes:
+def _schema_json(model: type[BaseModel]) -> str:
     """`model`'s JSON Schema with its definitions inlined, made once a process: pydantic's model_json_schema for the
     ~135 routes described was ~60 % of create_app's CPU (0.13-0.24 s of 0.22-0.36 s), paid again by every app a
-    process builds (the unit tests build one per test in several files); reading the JSON back is ~50x cheaper."""
-    return orjson.dumps(inline_definitions(model.model_json_schema()))
+    process builds (the unit tests build one per test in several files); reading the JSON back is ~50x cheaper. The
+    standard json, not orjson: orjson refuses an integer beyond 64 bits (a Field bound or default), which would stop
+    create_app; json.loads costs ~1.5 ms an app for all the routes (orjson ~0.6)."""
+    return json.dumps(inline_definitions(model.model_json_schema()))
 
 
 def inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.gateway.http import JSON_ROUTES
 from services.gateway.openapi_body import request_schema
@@ -71,3 +71,14 @@ def test_a_models_schema_is_made_once_and_each_route_gets_its_own_copy():
     third = request_schema(Counted)
     assert third == second and "multipart/form-data" not in third["requestBody"]["content"]
     assert third["requestBody"]["content"]["application/json"]["schema"]["properties"]["name"]["type"] == "string"
+
+
+def test_an_integer_beyond_64_bits_in_a_schema_is_described_as_it_is():
+    """The cached schema went through orjson, which refuses an integer beyond 64 bits: a request model bounding or
+    defaulting a field there would have stopped create_app with a TypeError (it was described before the cache)."""
+
+    class Huge(BaseModel):
+        n: int = Field(2**70, le=2**80)
+
+    schema = request_schema(Huge)["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["n"]["default"] == 2**70 and schema["properties"]["n"]["maximum"] == 2**80
