@@ -455,14 +455,18 @@ class Replica:
         pooled = self.pooled
         clock = self.cpu_clock() if pooled else time.thread_time_ns
         several = len(self.steps) > 1
-        measured = []  # (model, rows given, CPU ns, wall from, to) of each step of several
+        measured = []  # (model, rows given, CPU ns, the calling thread's, wall from, to) of each step of several
         inputs = [table] if several else None  # ... and each one's input, then the last one's output
+        # beside a call measured apart under way, the calling thread's own CPU (a part of the pooled clock's, no other
+        # call's): the least a slow run is learnt as (`_own`); -1 not read (one more clock read, ~0.7 us on this VM)
+        apart = self.apart
+        mine = mine_started = time.thread_time_ns() if pooled and apart.since and not apart.until else -1
         cpu = cpu_started = clock()
         try:
             for step in self.steps:
                 started = time.perf_counter_ns()
                 if pooled:
-                    self.apart.live_from = started
+                    apart.live_from = started
                 given = current.num_rows
                 try:
                     current, last, step_shadows = step.run(current)
@@ -473,24 +477,25 @@ class Replica:
                 shadows += step_shadows
                 ended = time.perf_counter_ns()
                 if pooled:
-                    self.apart.live_to = ended
+                    apart.live_to = ended
                 elapsed.append(ended - started)
                 if several:
                     now = clock()
-                    measured.append((last, given, now - cpu, started, ended))
+                    thread = time.thread_time_ns() if mine >= 0 else -1
+                    measured.append((last, given, now - cpu, thread - mine if mine >= 0 else -1, started, ended))
                     inputs.append(current)
-                    cpu = now
+                    cpu, mine = now, thread
         except BaseException:
             if pooled:  # ended by a failure
-                self.apart.live_to = time.perf_counter_ns()
+                apart.live_to = time.perf_counter_ns()
             raise
         rows = table.num_rows
         if current.num_rows != rows:  # a Python step's filter or expansion that no later step undid
             raise handlers.rows_changed(changed_by, current.num_rows, rows)
         if several:
-            for model, given, ns, started, ended in measured:
+            for model, given, ns, thread, started, ended in measured:
                 if pooled and ns >= handlers.INLINE_NS:
-                    ns = self._own(ns, self._beside(started, ended))
+                    ns = self._own(ns, self._beside(started, ended), thread)
                 if ns is not None:
                     self._cost(model).add(given, ns)
             self._sum(inputs)
@@ -498,7 +503,8 @@ class Replica:
             ns = clock() - cpu_started
             if not pooled or ns < handlers.INLINE_NS:
                 self.learn(rows, ns, last, table)
-            elif (ns := self._own(ns, self._beside(started, ended))) is not None:
+            elif (ns := self._own(ns, self._beside(started, ended),
+                                  time.thread_time_ns() - mine_started if mine_started >= 0 else -1)) is not None:
                 self.learn(rows, ns, last, table)
         return current, elapsed, last, shadows
 
@@ -512,17 +518,23 @@ class Replica:
             return 0
         return min(until or ended, ended) - max(since, begun)
 
-    def _own(self, ns: int, beside: int) -> int | None:
+    def _own(self, ns: int, beside: int, thread: int) -> int | None:
         """What a slow time `ns` read by the pools' clocks is learnt as when another call shared a pool for `beside`
         ns of wall time (a live run and a call measured apart, both ways): each read the other's pool work as its own,
-        at most its `pool_size` threads that long, so at least `ns` less that was its own. Still INLINE_NS or more: slow
-        whatever the other did, learnt as that; less: nothing learnt (a lost sample), the other's work may have made
-        it slow. Before 2026-12-07 it was learnt as read: a quick model read slow beside a call measured apart on its
-        session (or an arm beside the chosen arm's runs, whose pools the measurement read too) and took the thread
-        for its kept runs, or an arm not chosen for good (review of 0d717a95)."""
+        at most its `pool_size` threads that long, so at least `ns` less that was its own, and never less than
+        `thread`, the calling thread's own CPU in it (no other call's; -1 not read: a live run that began before the
+        measurement did, nothing learnt). Still INLINE_NS or more: slow whatever the other did, learnt as that; less:
+        nothing learnt (a lost sample), the other's work may have made it slow.
+        Before 2026-12-07 it was learnt as read: a quick model read slow beside a call measured apart on its session
+        (or an arm beside the chosen arm's runs, whose pools the measurement read too) and took the thread for its
+        kept runs, or an arm not chosen for good (review of 0d717a95); and, until the floor `thread` (review of
+        f5e88351), a model of seconds in its calling thread (a single-threaded step) beside a long measurement was
+        learnt as the few ms left after the subtraction, and a later request of a few hundred rows ran on the loop."""
         if not beside:
             return ns
-        own = ns - self.apart.pool_size * beside
+        if thread < 0:
+            return None
+        own = max(ns - self.apart.pool_size * beside, thread)
         return own if own >= handlers.INLINE_NS else None
 
     def run_step(self, step: Step, table: pa.Table) -> pa.Table:
@@ -820,9 +832,7 @@ class Replica:
                 # for them all along (runs and lane calls come one at a time)
                 beside = getattr(lane, "answered", 0) != answered or \
                     (begun and begun < until and (ended < begun or ended > since))
-                learnt = self._own(ns, until - since if beside else 0)
-                if learnt is None and own >= handlers.INLINE_NS:
-                    learnt = own
+                learnt = self._own(ns, until - since if beside else 0, own)
                 if learnt is None:
                     key = arm[0] if arm is not None else None
                     tries = 0 if key is None else apart.tries.get(key, 0) + 1

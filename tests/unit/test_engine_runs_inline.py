@@ -836,3 +836,49 @@ def test_an_arm_read_slow_beside_a_live_run_is_learnt_as_its_own_threads_part_wh
     cost = replica.costs.get(id(models[1]))
     assert measured.calls == 1 and cost is not None and cost.per_call is not None, measured.calls
     assert 2 * handlers.INLINE_NS <= cost.per_call < 3.5 * handlers.INLINE_NS, cost.per_call  # its thread's part
+
+
+def test_a_run_read_slow_beside_a_measurement_is_learnt_as_at_least_its_calling_threads_cpu(tmp_path, monkeypatch):
+    # a slow run beside a call measured apart was learnt less `pool_size` x the wall time they shared, with no floor:
+    # with `cpus` 2 a 1,000-row run of a single-threaded model of 2 s (its calling thread's CPU) beside a 2 s
+    # measurement of another arm (4 ms of that pool's work read too) was learnt as 4 ms, and a request of 200 rows
+    # then ran on the loop (0.8 ms expected; 0.4 s held); now never less than the calling thread's own CPU (review of
+    # f5e88351). The clocks are the test's: no CPU spent
+    from services.engine import replica as replica_module
+
+    class Clocks:  # the replica module's `time`: its wall and thread clocks moved by the step, the rest as they are
+        wall = thread = pool = 1_000
+
+        def perf_counter_ns(self) -> int:
+            return self.wall
+
+        def thread_time_ns(self) -> int:
+            return self.thread
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    clocks = Clocks()
+
+    class SingleThreaded(Busy):
+        def run(self, table: pa.Table):
+            if self.ns_per_row:  # the measurement begins as the run's step does: its thread's CPU was not read
+                replica.apart.since, replica.apart.until = clocks.wall, 0
+            clocks.wall += 2_000_000_000
+            clocks.thread += 2_000_000_000  # all of it the calling thread's
+            clocks.pool += 4_000_000  # the other arm's pool, measured apart meanwhile
+            return table, MODEL, []
+
+    monkeypatch.setattr(replica_module, "time", clocks)
+    replica = _pooled_replica(tmp_path)
+    replica.steps = [SingleThreaded(0)]
+    replica.cpu_clock = lambda: lambda: clocks.thread + clocks.pool
+    replica.apart.since, replica.apart.until = 500, 0  # a call measured apart under way all along the run
+    replica.run(_table(1_000))
+    assert replica.ns_per_row is not None and replica.ns_per_row >= 2_000_000, replica.ns_per_row
+    assert not handlers.runs_inline(replica, 200)
+    replica = _pooled_replica(tmp_path)  # a measurement that began during the run: not learnt (4 ms before)
+    replica.steps = [SingleThreaded(1)]
+    replica.cpu_clock = lambda: lambda: clocks.thread + clocks.pool
+    replica.run(_table(1_000))
+    assert replica.ns_per_row is None and not handlers.runs_inline(replica, 200), replica.ns_per_row
