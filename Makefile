@@ -97,7 +97,9 @@ browser:
 ## RAILYARD_TEST_STACK_EARLY=1: each worker starts its embedded stack as its session starts, while it collects the
 ## suite, not when its first test asks for it (tests/conftest.py). RAILYARD_TEST_STACK_STOP_LATER=1: the session's stack
 ## is stopped and removed by a process of its own after the worker's last test, not waited for on the run's path.
-TEST_WORKERS ?= 2
+## Three workers on 2 cores (session 43): two left the cores ~30 % idle while tests waited on timers and the stack
+## (919 s against 735 s for the same clone; docs/testing.md).
+TEST_WORKERS ?= 3
 TEST_JUNIT ?= build/test-run.xml
 RAILYARD_TEST_REQUIRE_BROWSER ?= $(if $(filter true,$(CI)),1,)
 test: venv $(MLFLOW_STAMP) browser
