@@ -696,25 +696,33 @@ def test_a_call_measured_apart_and_a_live_run_on_one_pool_do_not_learn_each_othe
     assert replica.ns_per_call < handlers.INLINE_NS and handlers.runs_inline(replica, 1), replica.ns_per_call
 
 
-def test_an_arm_measured_apart_is_timed_by_its_own_pool_not_by_the_other_arms(tmp_path):
-    # measured apart, an arm was timed by every pool the split may run (cpu_clock): the chosen arm's live runs
-    # meanwhile read as the measured arm's work, and a quick arm so read slow stayed slow until chosen. And a run
-    # beside a slow arm measured apart reads that arm's pool's work: not learnt when slow (review of 0d717a95)
-    quick, never = SharedPool(3 * handlers.INLINE_NS), SharedPool(0)
+def _pooled_split(tmp_path, first, other) -> tuple[Replica, list[dict]]:
+    """A pooled replica whose one step is a two-arm split that always runs `first` (its models, for their costs);
+    `other` is the arm no request takes, measured apart. A test sets each arm's `predict` before the first run."""
     models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("a", "b")]
     replica = _pooled_replica(tmp_path)
-    runs = threading.Event()
 
     class Split(Step):
         def run(self, table):  # the first arm, always
-            quick.run(table)
+            first.run(table)
             return table, self.models[0], []
 
         def arm_input(self, chosen, table):
             return table
 
+    replica.steps = [Split({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [first, other])]
+    return replica, models
+
+
+def test_an_arm_measured_apart_is_timed_by_its_own_pool_not_by_the_other_arms(tmp_path):
+    # measured apart, an arm was timed by every pool the split may run (cpu_clock): the chosen arm's live runs
+    # meanwhile read as the measured arm's work, and a quick arm so read slow stayed slow until chosen. And a run
+    # beside a slow arm measured apart reads that arm's pool's work: not learnt when slow (review of 0d717a95)
+    quick, never = SharedPool(3 * handlers.INLINE_NS), SharedPool(0)
+    replica, models = _pooled_split(tmp_path, quick, never)
+    runs = threading.Event()
+
     never.predict = lambda table: (never.run(table), runs.wait(10))[0]  # its call waits for a live run
-    replica.steps = [Split({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [quick, never])]
     replica.run(_table(1))  # the first arm measured (3 ms of its pool), the other measured apart meanwhile
     assert _until(lambda: never.calls == 1)
     replica.run(_table(1))  # a live run on the first arm's pool while the second's call is measured
@@ -750,19 +758,9 @@ def test_a_quick_run_beside_a_slow_arm_measured_apart_is_not_learnt_slow(tmp_pat
     # under INLINE_NS: not learnt (review of 0d717a95)
     chosen, measured = Pooled(0, sleep=0.003), SharedPool(20 * handlers.INLINE_NS)  # 3 ms asleep; 20 ms of CPU
     spinning = threading.Event()
-    models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("a", "b")]
-    replica = _pooled_replica(tmp_path)
-
-    class Split(Step):
-        def run(self, table):  # the first arm, always
-            chosen.run(table)
-            return table, self.models[0], []
-
-        def arm_input(self, chosen, table):
-            return table
+    replica, models = _pooled_split(tmp_path, chosen, measured)
 
     measured.predict = lambda table: (spinning.set(), measured.run(table))[1]
-    replica.steps = [Split({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [chosen, measured])]
     replica.run(_table(1))  # the first arm learnt quick; the second measured apart from here
     assert spinning.wait(10)
     replica.run(_table(1))  # 3 ms while the other arm's pool works
@@ -781,23 +779,13 @@ def test_an_arm_read_slow_beside_a_live_run_is_measured_again_then_learnt_as_rea
     from services.engine.replica import APART_TRIES
 
     chosen, measured = Pooled(0), SharedPool(2 * handlers.INLINE_NS)  # 2 ms of its pool's CPU, none of the caller's
-    models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("a", "b")]
-    replica = _pooled_replica(tmp_path)
-
-    class Split(Step):
-        def run(self, table):  # the first arm, always
-            chosen.run(table)
-            return table, self.models[0], []
-
-        def arm_input(self, chosen, table):
-            return table
+    replica, models = _pooled_split(tmp_path, chosen, measured)
 
     def beside_a_live_run(table):  # a live run's step starts as the call does and is still under way after it
         replica.apart.live_from, replica.apart.live_to = time.perf_counter_ns(), 0
         return measured.run(table)
 
     measured.predict = beside_a_live_run
-    replica.steps = [Split({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [chosen, measured])]
     for tries in range(1, APART_TRIES + 2):
         replica.run(_table(1))
         assert _until(lambda: not replica.measuring())
@@ -813,16 +801,7 @@ def test_an_arm_read_slow_beside_a_live_run_is_learnt_as_its_own_threads_part_wh
     # the measuring thread's own CPU is no other call's: when it alone is INLINE_NS or more, the arm is slow whatever
     # the live run beside it did, and is learnt as that at once, not measured again (f5e88351)
     chosen, measured = Pooled(0), SharedPool(2 * handlers.INLINE_NS)  # 2 ms of its pool's CPU
-    models = [{"name": name, "model_version": "1", "sha": name, "runtime": "onnx"} for name in ("a", "b")]
-    replica = _pooled_replica(tmp_path)
-
-    class Split(Step):
-        def run(self, table):  # the first arm, always
-            chosen.run(table)
-            return table, self.models[0], []
-
-        def arm_input(self, chosen, table):
-            return table
+    replica, models = _pooled_split(tmp_path, chosen, measured)
 
     def beside_a_live_run(table):  # 2 ms of the calling thread's, then 2 ms of the pool's, beside a live run
         replica.apart.live_from, replica.apart.live_to = time.perf_counter_ns(), 0
@@ -830,7 +809,6 @@ def test_an_arm_read_slow_beside_a_live_run_is_learnt_as_its_own_threads_part_wh
         return measured.run(table)
 
     measured.predict = beside_a_live_run
-    replica.steps = [Split({"kind": "RandomSplit", "models": models, "weights": [1, 1]}, [chosen, measured])]
     replica.run(_table(1))
     assert _until(lambda: not replica.measuring())
     cost = replica.costs.get(id(models[1]))
