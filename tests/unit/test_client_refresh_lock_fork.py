@@ -19,24 +19,34 @@ from railyard_client.session import Session, _credentials_lock, read_credentials
 pytestmark = pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="POSIX: fork")
 
 
-def test_a_childs_refresh_does_not_wait_for_the_parents_thread_that_held_the_lock_at_the_fork(tmp_path):
-    session = Session("http://127.0.0.1:9", token="t", credentials_file=tmp_path / "credentials.json")
-    refreshed: list[int] = []
-    session._refresh = lambda: refreshed.append(os.getpid())  # the grant itself is not the point: the lock is
+@contextlib.contextmanager
+def _forked_while_another_thread_holds(lock):
+    """Forks while another thread of this process is inside `lock` (a lock or a context manager) and yields fork()'s
+    answer; in the parent that thread lets go as the block ends (a child leaves by os._exit)."""
     holding, release = threading.Event(), threading.Event()
 
-    def refreshing() -> None:  # a refresh under way in another thread when the process forks
-        with session._refreshing:
+    def hold() -> None:
+        with lock:
             holding.set()
             release.wait(30)
 
-    thread = threading.Thread(target=refreshing)
+    thread = threading.Thread(target=hold)
     thread.start()
     assert holding.wait(10)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() in a process with threads
-            pid = os.fork()
+            yield os.fork()
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_a_childs_refresh_does_not_wait_for_the_parents_thread_that_held_the_lock_at_the_fork(tmp_path):
+    session = Session("http://127.0.0.1:9", token="t", credentials_file=tmp_path / "credentials.json")
+    refreshed: list[int] = []
+    session._refresh = lambda: refreshed.append(os.getpid())  # the grant itself is not the point: the lock is
+    with _forked_while_another_thread_holds(session._refreshing) as pid:  # a refresh under way in another thread
         if pid == 0:  # the child: its main thread refreshes, given 5 s by a watchdog (it takes microseconds). Not
             # a new thread: the child's first one may get the ident of the parent's thread that holds the lock (its
             # stack's address, free in the child), and an RLock takes that for its owner coming back
@@ -48,9 +58,6 @@ def test_a_childs_refresh_does_not_wait_for_the_parents_thread_that_held_the_loc
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-    finally:
-        release.set()
-        thread.join()
     assert os.waitstatus_to_exitcode(status) == 0  # was 2: the child's refresh waited on the parent's thread
     session.refresh()  # the parent's lock is its own, released: a refresh as ever
     assert refreshed == [os.getpid()]
@@ -67,21 +74,8 @@ def test_a_childs_save_and_the_parents_next_do_not_wait_on_the_file_lock_another
     sign_in = {"url": "http://127.0.0.1:9", "client_id": "api-client", "client_secret": "s", "username": "u",
                "access_token": "a", "refresh_token": "r", "expires_at": 1.0}
     save_sign_in(sign_in, path)
-    holding, release = threading.Event(), threading.Event()
     saved_in_child, saved_told = os.pipe()
-
-    def saving() -> None:  # a save under way in another thread when the process forks
-        with _credentials_lock(path):
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=saving)
-    thread.start()
-    assert holding.wait(10)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+    with _forked_while_another_thread_holds(_credentials_lock(path)) as pid:  # a save under way in another thread
         if pid == 0:  # the child saves (its watchdog: 5 s), says so, and lives on as a pool worker would
             try:
                 threading.Thread(target=lambda: (time.sleep(5), os._exit(2)), daemon=True).start()
@@ -91,10 +85,7 @@ def test_a_childs_save_and_the_parents_next_do_not_wait_on_the_file_lock_another
             finally:
                 os._exit(1)
         os.close(saved_told)
-    finally:
-        release.set()  # the parent's save ends
-        thread.join()
-    try:
+    try:  # the parent's save has ended
         assert os.read(saved_in_child, 1) == b"1", "the child's save waited on the lock its copy kept"  # was 2 (EOF)
         done = threading.Event()
         threading.Thread(target=lambda: (save_sign_in({**sign_in, "access_token": "parent"}, path), done.set()),
